@@ -1,0 +1,225 @@
+//! `get` and `insert` throughput of larder beside quick_cache and moka, measured
+//! in the same run so that ratios are meaningful on a noisy machine.
+//!
+//! Workload (DESIGN §4): u64 keys and values, Zipf(1.0) over 1M keys, capacity
+//! 100k. Multi-threaded groups report the time per operation of the whole cache
+//! (wall time divided by the number of threads' operations), so 1 and 2 threads
+//! are directly comparable.
+
+use std::sync::Barrier;
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use larder::{Cache, Eviction};
+
+const KEYS: usize = 1_000_000;
+const CAPACITY: u64 = 100_000;
+const SAMPLES: usize = 1 << 20;
+
+/// A deterministic xorshift stream.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+/// `SAMPLES` keys drawn from Zipf(1.0) over `KEYS` ranks by inverse CDF.
+fn zipf_keys(seed: u64) -> Vec<u64> {
+    let mut cdf = Vec::with_capacity(KEYS);
+    let mut sum = 0.0;
+    for k in 1..=KEYS {
+        sum += 1.0 / k as f64;
+        cdf.push(sum);
+    }
+    let mut rng = Rng(seed);
+    (0..SAMPLES)
+        .map(|_| {
+            let u = (rng.next() >> 11) as f64 / (1u64 << 53) as f64 * sum;
+            cdf.partition_point(|&c| c < u) as u64
+        })
+        .collect()
+}
+
+trait Subject: Sync {
+    fn get(&self, key: u64) -> Option<u64>;
+    fn insert(&self, key: u64, value: u64);
+}
+
+struct Larder(Cache<u64, u64>, bool);
+impl Subject for Larder {
+    fn get(&self, key: u64) -> Option<u64> {
+        if self.1 {
+            self.0.peek(&key)
+        } else {
+            self.0.get(&key)
+        }
+    }
+    fn insert(&self, key: u64, value: u64) {
+        self.0.insert(key, value)
+    }
+}
+
+struct Quick(quick_cache::sync::Cache<u64, u64>);
+impl Subject for Quick {
+    fn get(&self, key: u64) -> Option<u64> {
+        self.0.get(&key)
+    }
+    fn insert(&self, key: u64, value: u64) {
+        self.0.insert(key, value)
+    }
+}
+
+struct Moka(moka::sync::Cache<u64, u64>);
+impl Subject for Moka {
+    fn get(&self, key: u64) -> Option<u64> {
+        self.0.get(&key)
+    }
+    fn insert(&self, key: u64, value: u64) {
+        self.0.insert(key, value)
+    }
+}
+
+fn larder(eviction: Eviction, peek: bool) -> Box<dyn Subject> {
+    let cache = Cache::builder()
+        .max_capacity(CAPACITY)
+        .eviction(eviction)
+        .build()
+        .unwrap();
+    Box::new(Larder(cache, peek))
+}
+
+fn subjects(with_peek: bool) -> Vec<(&'static str, Box<dyn Subject>)> {
+    let mut v: Vec<(&'static str, Box<dyn Subject>)> = Vec::new();
+    if with_peek {
+        v.push(("larder_peek", larder(Eviction::Lru, true)));
+    }
+    v.push(("larder_lru", larder(Eviction::Lru, false)));
+    v.push(("larder_lfu", larder(Eviction::Lfu, false)));
+    v.push((
+        "quick_cache",
+        Box::new(Quick(quick_cache::sync::Cache::new(CAPACITY as usize))),
+    ));
+    v.push(("moka", Box::new(Moka(moka::sync::Cache::new(CAPACITY)))));
+    v
+}
+
+/// Runs `op` over the key stream on `threads` threads, `iters` operations each;
+/// returns the wall time per operation of the whole cache.
+fn run(threads: usize, iters: u64, keys: &[u64], op: &(dyn Fn(u64, usize) + Sync)) -> Duration {
+    let barrier = Barrier::new(threads + 1);
+    std::thread::scope(|s| {
+        for t in 0..threads {
+            let barrier = &barrier;
+            s.spawn(move || {
+                let mut at = (t * SAMPLES / threads) % SAMPLES;
+                barrier.wait();
+                for i in 0..iters {
+                    op(keys[at], i as usize);
+                    at = (at + 1) & (SAMPLES - 1);
+                }
+                barrier.wait();
+            });
+        }
+        barrier.wait();
+        let start = Instant::now();
+        barrier.wait();
+        start.elapsed() / threads as u32
+    })
+}
+
+/// Read-only Zipf lookups over a cache preloaded with the 100k most popular keys.
+fn read_only(c: &mut Criterion) {
+    let keys = zipf_keys(0x5EED);
+    let mut group = c.benchmark_group("read_only_zipf");
+    group.throughput(Throughput::Elements(1));
+    for threads in [1, 2] {
+        for (name, cache) in subjects(true) {
+            for k in (0..CAPACITY).rev() {
+                cache.insert(k, k);
+            }
+            group.bench_function(BenchmarkId::new(name, threads), |b| {
+                b.iter_custom(|iters| {
+                    run(threads, iters, &keys, &|k, _| {
+                        std::hint::black_box(cache.get(k));
+                    })
+                })
+            });
+        }
+    }
+    group.finish();
+}
+
+/// 90% get (insert on miss), 10% insert, Zipf keys, capacity 10% of the keys.
+fn mixed(c: &mut Criterion) {
+    let keys = zipf_keys(0xC0FFEE);
+    let mut group = c.benchmark_group("mixed_zipf_90_10");
+    group.throughput(Throughput::Elements(1));
+    for threads in [1, 2] {
+        for (name, cache) in subjects(false) {
+            let op = |k: u64, i: usize| {
+                if i % 10 == 0 || cache.get(k).is_none() {
+                    cache.insert(k, k);
+                }
+            };
+            // Warm up to a steady state before measuring.
+            run(1, SAMPLES as u64, &keys, &op);
+            group.bench_function(BenchmarkId::new(name, threads), |b| {
+                b.iter_custom(|iters| run(threads, iters, &keys, &op))
+            });
+        }
+    }
+    group.finish();
+}
+
+/// Single-thread micro operations: a guaranteed hit, a guaranteed miss, and an
+/// insert that evicts.
+fn micro(c: &mut Criterion) {
+    let mut rng = Rng(42);
+    let present: Vec<u64> = (0..SAMPLES).map(|_| rng.next() % CAPACITY).collect();
+    let absent: Vec<u64> = present.iter().map(|k| k + (1 << 40)).collect();
+    let fresh: Vec<u64> = (0..SAMPLES).map(|_| rng.next()).collect();
+    for (group_name, keys, insert) in [
+        ("get_hit", &present, false),
+        ("get_miss", &absent, false),
+        ("insert_evicting", &fresh, true),
+    ] {
+        let mut group = c.benchmark_group(group_name);
+        group.throughput(Throughput::Elements(1));
+        for (name, cache) in subjects(false) {
+            for k in 0..CAPACITY {
+                cache.insert(k, k);
+            }
+            group.bench_function(name, |b| {
+                b.iter_custom(|iters| {
+                    run(1, iters, keys, &|k, _| {
+                        if insert {
+                            cache.insert(k, k);
+                        } else {
+                            std::hint::black_box(cache.get(k));
+                        }
+                    })
+                })
+            });
+        }
+        group.finish();
+    }
+}
+
+fn config() -> Criterion {
+    Criterion::default()
+        .sample_size(20)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2))
+}
+
+criterion_group! {
+    name = benches;
+    config = config();
+    targets = read_only, mixed, micro
+}
+criterion_main!(benches);

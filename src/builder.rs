@@ -1,0 +1,253 @@
+//! `CacheBuilder`: every setting of a cache, validated once in `build`.
+
+use std::fmt;
+use std::hash::{BuildHasher, Hash};
+use std::marker::PhantomData;
+use std::sync::Arc;
+
+use crate::cache::{Cache, Listener, Weigher};
+use crate::{DefaultHashBuilder, Eviction, RemovalCause};
+
+/// The most shards a cache may have.
+pub const MAX_SHARDS: usize = 1 << 16;
+
+/// The least capacity the default shard count leaves each shard: small caches
+/// get one shard, so their eviction order is the policy's exact order.
+const MIN_DEFAULT_SHARD_CAPACITY: u64 = 1024;
+
+/// Configures and builds a [`Cache`]. Obtain one from [`Cache::builder`].
+///
+/// ```
+/// use larder::{Cache, Eviction};
+///
+/// let cache: Cache<String, Vec<u8>> = Cache::builder()
+///     .max_capacity(64 * 1024 * 1024)           // bytes, because of the weigher
+///     .weigher(|k: &String, v: &Vec<u8>| (k.len() + v.len()) as u32)
+///     .eviction(Eviction::Lru)
+///     .eviction_listener(|key, _value, cause| println!("{key} left: {cause:?}"))
+///     .build()
+///     .expect("valid settings");
+/// cache.insert("a".to_string(), vec![0; 100]);
+/// assert_eq!(cache.weighted_size(), 101);
+/// ```
+pub struct CacheBuilder<K, V, S = DefaultHashBuilder> {
+    max_capacity: Option<u64>,
+    weigher: Option<Weigher<K, V>>,
+    eviction: Eviction,
+    shards: Option<usize>,
+    initial_capacity: usize,
+    hasher: S,
+    listener: Option<Listener<K, V>>,
+    record_stats: bool,
+    _types: PhantomData<fn(K, V)>,
+}
+
+impl<K, V, S> fmt::Debug for CacheBuilder<K, V, S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CacheBuilder")
+            .field("max_capacity", &self.max_capacity)
+            .field("weigher", &self.weigher.is_some())
+            .field("eviction", &self.eviction)
+            .field("shards", &self.shards)
+            .field("initial_capacity", &self.initial_capacity)
+            .field("eviction_listener", &self.listener.is_some())
+            .field("record_stats", &self.record_stats)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<K, V> CacheBuilder<K, V, DefaultHashBuilder> {
+    pub(crate) fn new() -> Self {
+        Self {
+            max_capacity: None,
+            weigher: None,
+            eviction: Eviction::default(),
+            shards: None,
+            initial_capacity: 0,
+            hasher: DefaultHashBuilder::new(),
+            listener: None,
+            record_stats: false,
+            _types: PhantomData,
+        }
+    }
+}
+
+impl<K, V, S> CacheBuilder<K, V, S>
+where
+    K: Hash + Eq + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+    S: BuildHasher,
+{
+    /// The bound: a number of entries, or of weight units once a
+    /// [`weigher`](Self::weigher) is set. Required; must be at least 1.
+    ///
+    /// The capacity is split evenly between shards and each shard keeps its own
+    /// share exactly, so the cache never holds more than `max_capacity` after any
+    /// call returns. An entry heavier than one shard's share is refused (see
+    /// [`Cache::try_insert`]).
+    pub fn max_capacity(mut self, max_capacity: u64) -> Self {
+        self.max_capacity = Some(max_capacity);
+        self
+    }
+
+    /// Weighs each entry; the capacity then bounds the total weight instead of the
+    /// count. Called once per insert, before any lock is taken: if it panics the
+    /// panic reaches the caller of `insert` and the cache is unchanged.
+    /// Weights above `u32::MAX - 1` are clamped to it. A weight of 0 is allowed.
+    pub fn weigher(mut self, weigher: impl Fn(&K, &V) -> u32 + Send + Sync + 'static) -> Self {
+        self.weigher = Some(Arc::new(weigher));
+        self
+    }
+
+    /// The eviction policy. Defaults to [`Eviction::Lru`].
+    pub fn eviction(mut self, eviction: Eviction) -> Self {
+        self.eviction = eviction;
+        self
+    }
+
+    /// The number of shards: a power of two from 1 to [`MAX_SHARDS`], at most the
+    /// capacity. The default is four per available core, fewer when that would
+    /// leave a shard below 1,024 units of capacity. More shards mean less
+    /// contention; fewer mean eviction closer to the policy's global order.
+    pub fn shards(mut self, shards: usize) -> Self {
+        self.shards = Some(shards);
+        self
+    }
+
+    /// Room reserved up front for this many entries (spread over the shards), to
+    /// avoid growing the tables while the cache fills.
+    pub fn initial_capacity(mut self, entries: usize) -> Self {
+        self.initial_capacity = entries;
+        self
+    }
+
+    /// Counts hits and misses for [`Cache::stats`]. Off by default: counting costs
+    /// an atomic increment on every `get`.
+    pub fn record_stats(mut self) -> Self {
+        self.record_stats = true;
+        self
+    }
+
+    /// Called with each entry the cache lets go of, and why. It runs on the thread
+    /// that caused the removal, after the shard lock is released, so it may call
+    /// back into the cache. If it panics, the cache stays consistent, every other
+    /// removed entry is still delivered, and the first panic then resumes in the
+    /// caller of the operation that removed them.
+    pub fn eviction_listener(
+        mut self,
+        listener: impl Fn(K, V, RemovalCause) + Send + Sync + 'static,
+    ) -> Self {
+        self.listener = Some(Arc::new(listener));
+        self
+    }
+
+    /// The hasher builder for keys. The default, [`DefaultHashBuilder`], is
+    /// randomly seeded per cache, so keys chosen to collide in one process do not
+    /// collide in another.
+    pub fn hasher<S2: BuildHasher>(self, hasher: S2) -> CacheBuilder<K, V, S2> {
+        CacheBuilder {
+            max_capacity: self.max_capacity,
+            weigher: self.weigher,
+            eviction: self.eviction,
+            shards: self.shards,
+            initial_capacity: self.initial_capacity,
+            hasher,
+            listener: self.listener,
+            record_stats: self.record_stats,
+            _types: PhantomData,
+        }
+    }
+
+    /// Validates the settings and builds the cache.
+    ///
+    /// # Errors
+    ///
+    /// [`BuildError`] when the capacity is missing or zero, or the shard count is
+    /// not a power of two in `1..=MAX_SHARDS` or exceeds the capacity.
+    pub fn build(self) -> Result<Cache<K, V, S>, BuildError> {
+        let capacity = self.max_capacity.ok_or(BuildError::MissingCapacity)?;
+        if capacity == 0 {
+            return Err(BuildError::ZeroCapacity);
+        }
+        let shards = match self.shards {
+            Some(n) if n == 0 || !n.is_power_of_two() || n > MAX_SHARDS => {
+                return Err(BuildError::InvalidShards { shards: n })
+            }
+            Some(n) if n as u64 > capacity => {
+                return Err(BuildError::MoreShardsThanCapacity {
+                    shards: n,
+                    capacity,
+                })
+            }
+            Some(n) => n,
+            None => default_shards(capacity),
+        };
+        Ok(Cache::from_parts(crate::cache::Parts {
+            capacity,
+            weigher: self.weigher,
+            eviction: self.eviction,
+            shards,
+            initial_capacity: self.initial_capacity.min(capacity as usize),
+            hasher: self.hasher,
+            listener: self.listener,
+            record_stats: self.record_stats,
+        }))
+    }
+}
+
+fn default_shards(capacity: u64) -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut shards = (cores * 4).next_power_of_two().min(MAX_SHARDS);
+    while shards > 1 && capacity / (shards as u64) < MIN_DEFAULT_SHARD_CAPACITY {
+        shards /= 2;
+    }
+    shards
+}
+
+/// Why a [`CacheBuilder`] refused to build.
+///
+/// ```
+/// use larder::{BuildError, Cache};
+///
+/// let err = Cache::<u32, u32>::builder().max_capacity(0).build().unwrap_err();
+/// assert_eq!(err, BuildError::ZeroCapacity);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum BuildError {
+    /// `max_capacity` was never set.
+    MissingCapacity,
+    /// `max_capacity(0)`: a cache that can hold nothing.
+    ZeroCapacity,
+    /// The shard count is not a power of two in `1..=MAX_SHARDS`.
+    InvalidShards {
+        /// The count that was asked for.
+        shards: usize,
+    },
+    /// More shards than capacity units: some shard could hold nothing.
+    MoreShardsThanCapacity {
+        /// The count that was asked for.
+        shards: usize,
+        /// The capacity it was asked with.
+        capacity: u64,
+    },
+}
+
+impl fmt::Display for BuildError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::MissingCapacity => f.write_str("max_capacity must be set"),
+            Self::ZeroCapacity => f.write_str("max_capacity must be at least 1"),
+            Self::InvalidShards { shards } => write!(
+                f,
+                "shards must be a power of two from 1 to {MAX_SHARDS}, got {shards}"
+            ),
+            Self::MoreShardsThanCapacity { shards, capacity } => write!(
+                f,
+                "{shards} shards cannot split a capacity of {capacity}: use at most {capacity} shards"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for BuildError {}

@@ -1,0 +1,572 @@
+//! The `Cache` handle: hashes once, routes each call to its shard, and delivers
+//! removed entries to the listener once the shard lock is released.
+
+use std::borrow::Borrow;
+use std::fmt;
+use std::hash::{BuildHasher, Hash};
+use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+
+use crate::builder::CacheBuilder;
+use crate::policy::Eviction;
+use crate::store::{Removed, Shard};
+use crate::sync::{Ordering, Padded};
+use crate::{CacheStats, DefaultHashBuilder};
+
+pub(crate) type Weigher<K, V> = Arc<dyn Fn(&K, &V) -> u32 + Send + Sync>;
+pub(crate) type Listener<K, V> = Arc<dyn Fn(K, V, RemovalCause) + Send + Sync>;
+
+/// Why an entry left the cache, as told to the eviction listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[non_exhaustive]
+pub enum RemovalCause {
+    /// Evicted to respect the capacity, or refused because it alone outweighs its
+    /// shard's capacity.
+    Size,
+    /// Removed by [`Cache::remove`] or [`Cache::invalidate_all`].
+    Explicit,
+    /// Its value was replaced by an insert under the same key.
+    Replaced,
+}
+
+/// An entry refused by [`Cache::try_insert`], handed back whole.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejected<K, V> {
+    /// The key that was not stored.
+    pub key: K,
+    /// The value that was not stored.
+    pub value: V,
+    /// Its weight.
+    pub weight: u32,
+    /// The most one entry may weigh in this cache (one shard's capacity).
+    pub limit: u64,
+}
+
+impl<K, V> fmt::Display for Rejected<K, V> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "entry of weight {} exceeds the per-entry limit of {}",
+            self.weight, self.limit
+        )
+    }
+}
+
+impl<K: fmt::Debug, V: fmt::Debug> std::error::Error for Rejected<K, V> {}
+
+pub(crate) struct Parts<K, V, S> {
+    pub(crate) capacity: u64,
+    pub(crate) weigher: Option<Weigher<K, V>>,
+    pub(crate) eviction: Eviction,
+    pub(crate) shards: usize,
+    pub(crate) initial_capacity: usize,
+    pub(crate) hasher: S,
+    pub(crate) listener: Option<Listener<K, V>>,
+    pub(crate) record_stats: bool,
+}
+
+struct Inner<K, V, S> {
+    shards: Box<[Padded<Shard<K, V>>]>,
+    /// `shards.len() - 1`; shards are picked from hash bits 32.., clear of both the
+    /// table's bucket bits (low) and its control-byte bits (top 7).
+    shard_mask: u64,
+    hasher: S,
+    capacity: u64,
+    /// The smallest shard capacity: the heaviest entry the cache accepts.
+    max_entry_weight: u64,
+    weigher: Option<Weigher<K, V>>,
+    listener: Option<Listener<K, V>>,
+    record_stats: bool,
+    eviction: Eviction,
+}
+
+/// A concurrent, bounded, in-process cache.
+///
+/// `Cache` is a cheap handle: clones share one cache, and every method takes
+/// `&self`, so a `Cache` can sit in a `static`, an `Arc`, or be cloned into
+/// threads. Values are returned by clone; wrap large values in `Arc`.
+///
+/// # Consistency
+///
+/// Each key lives in one shard behind one lock, so operations on one key are
+/// linearizable. Whole-cache views (`len`, `weighted_size`, `iter`, `stats`) visit
+/// shards one at a time and are weakly consistent under concurrent writes.
+///
+/// # Bound
+///
+/// After any call returns, the total weight is at most the capacity: each shard
+/// evicts synchronously, under its lock, before the insert that would overfill
+/// it returns.
+///
+/// ```
+/// use larder::Cache;
+///
+/// let cache: Cache<&'static str, u32> = Cache::builder().max_capacity(2).build().unwrap();
+/// cache.insert("a", 1);
+/// cache.insert("b", 2);
+/// cache.get("a");                 // "a" is now the most recently used
+/// cache.insert("c", 3);           // evicts "b", the least recently used
+/// assert_eq!(cache.get("b"), None);
+/// assert_eq!(cache.get("a"), Some(1));
+/// assert_eq!(cache.len(), 2);
+/// ```
+pub struct Cache<K, V, S = DefaultHashBuilder> {
+    inner: Arc<Inner<K, V, S>>,
+}
+
+impl<K, V, S> Clone for Cache<K, V, S> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+}
+
+impl<K, V, S> fmt::Debug for Cache<K, V, S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Cache")
+            .field("capacity", &self.inner.capacity)
+            .field("shards", &self.inner.shards.len())
+            .field("eviction", &self.inner.eviction)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<K, V> Cache<K, V, DefaultHashBuilder>
+where
+    K: Hash + Eq + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+{
+    /// Starts configuring a cache. See [`CacheBuilder`].
+    ///
+    /// ```
+    /// let cache: larder::Cache<u64, String> =
+    ///     larder::Cache::builder().max_capacity(10_000).build().unwrap();
+    /// assert!(cache.is_empty());
+    /// ```
+    pub fn builder() -> CacheBuilder<K, V, DefaultHashBuilder> {
+        CacheBuilder::new()
+    }
+}
+
+impl<K, V, S> Cache<K, V, S>
+where
+    K: Hash + Eq + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+    S: BuildHasher,
+{
+    pub(crate) fn from_parts(parts: Parts<K, V, S>) -> Self {
+        let n = parts.shards as u64;
+        let base = parts.capacity / n;
+        let extra = parts.capacity % n;
+        let per_shard_initial = parts.initial_capacity.div_ceil(parts.shards);
+        let shards = (0..n)
+            .map(|i| {
+                let capacity = base + u64::from(i < extra);
+                Padded(Shard::new(capacity, parts.eviction, per_shard_initial))
+            })
+            .collect();
+        Self {
+            inner: Arc::new(Inner {
+                shards,
+                shard_mask: n - 1,
+                hasher: parts.hasher,
+                capacity: parts.capacity,
+                max_entry_weight: base,
+                weigher: parts.weigher,
+                listener: parts.listener,
+                record_stats: parts.record_stats,
+                eviction: parts.eviction,
+            }),
+        }
+    }
+
+    fn hash<Q: Hash + ?Sized>(&self, key: &Q) -> u64 {
+        self.inner.hasher.hash_one(key)
+    }
+
+    fn shard(&self, hash: u64) -> &Shard<K, V> {
+        &self.inner.shards[((hash >> 32) & self.inner.shard_mask) as usize]
+    }
+
+    /// The value under `key`, cloned, counting as a use for the eviction policy.
+    ///
+    /// A hit takes the shard's lock for reading only and records the use in a
+    /// per-shard buffer that writers apply in batches.
+    ///
+    /// ```
+    /// let cache: larder::Cache<String, u32> =
+    ///     larder::Cache::builder().max_capacity(10).build().unwrap();
+    /// cache.insert("k".to_string(), 7);
+    /// assert_eq!(cache.get("k"), Some(7)); // borrowed form: &str for String keys
+    /// assert_eq!(cache.get("x"), None);
+    /// ```
+    pub fn get<Q>(&self, key: &Q) -> Option<V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let hash = self.hash(key);
+        let shard = self.shard(hash);
+        let core = shard.core.read();
+        let Some(token) = core.find(hash, key) else {
+            drop(core);
+            if self.inner.record_stats {
+                shard.misses.fetch_add(1, Ordering::Relaxed);
+            }
+            return None;
+        };
+        let value = core.value(token).clone();
+        let drain = core.records_reads() && core.record_read(token);
+        drop(core);
+        if self.inner.record_stats {
+            shard.hits.fetch_add(1, Ordering::Relaxed);
+        }
+        if drain {
+            // Never wait: if a writer holds the lock it drains for us.
+            if let Some(mut core) = shard.core.try_write() {
+                core.drain_reads();
+            }
+        }
+        Some(value)
+    }
+
+    /// The value under `key`, cloned, without touching the eviction order or the
+    /// statistics.
+    ///
+    /// ```
+    /// let cache: larder::Cache<u32, u32> = larder::Cache::builder().max_capacity(10).build().unwrap();
+    /// cache.insert(1, 10);
+    /// assert_eq!(cache.peek(&1), Some(10));
+    /// ```
+    pub fn peek<Q>(&self, key: &Q) -> Option<V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let hash = self.hash(key);
+        let core = self.shard(hash).core.read();
+        core.find(hash, key).map(|t| core.value(t).clone())
+    }
+
+    /// Whether `key` is present, without touching the eviction order.
+    ///
+    /// ```
+    /// let cache: larder::Cache<u32, u32> = larder::Cache::builder().max_capacity(10).build().unwrap();
+    /// cache.insert(1, 10);
+    /// assert!(cache.contains_key(&1));
+    /// assert!(!cache.contains_key(&2));
+    /// ```
+    pub fn contains_key<Q>(&self, key: &Q) -> bool
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let hash = self.hash(key);
+        self.shard(hash).core.read().find(hash, key).is_some()
+    }
+
+    /// Stores `value` under `key`, replacing any value there, and evicts as needed
+    /// to stay within the capacity.
+    ///
+    /// An entry heavier than one shard's share of the capacity is not stored: the
+    /// listener receives it with [`RemovalCause::Size`] (and any old value under
+    /// the key with [`RemovalCause::Replaced`]). Use [`try_insert`](Self::try_insert)
+    /// to get it back instead.
+    ///
+    /// # Panics
+    ///
+    /// Only if the weigher or the listener panics (the cache stays consistent).
+    ///
+    /// ```
+    /// let cache: larder::Cache<u32, &str> = larder::Cache::builder().max_capacity(10).build().unwrap();
+    /// cache.insert(1, "one");
+    /// cache.insert(1, "uno");
+    /// assert_eq!(cache.get(&1), Some("uno"));
+    /// ```
+    pub fn insert(&self, key: K, value: V) {
+        if let Err(rejected) = self.try_insert(key, value) {
+            self.notify_one(rejected.key, rejected.value, RemovalCause::Size);
+        }
+    }
+
+    /// Like [`insert`](Self::insert), but an entry too heavy to store is handed
+    /// back instead of going to the listener.
+    ///
+    /// # Errors
+    ///
+    /// [`Rejected`] with the key and value when the entry's weight exceeds one
+    /// shard's capacity. Any value previously under the key is removed all the
+    /// same (the listener sees it as [`RemovalCause::Replaced`]), so a read never
+    /// returns the value this call meant to replace.
+    ///
+    /// ```
+    /// let cache: larder::Cache<u32, Vec<u8>> = larder::Cache::builder()
+    ///     .max_capacity(100)
+    ///     .shards(1)
+    ///     .weigher(|_, v: &Vec<u8>| v.len() as u32)
+    ///     .build()
+    ///     .unwrap();
+    /// let big = cache.try_insert(1, vec![0; 101]).unwrap_err();
+    /// assert_eq!((big.weight, big.limit, big.value.len()), (101, 100, 101));
+    /// assert!(cache.try_insert(2, vec![0; 100]).is_ok());
+    /// ```
+    pub fn try_insert(&self, key: K, value: V) -> Result<(), Rejected<K, V>> {
+        let weight = match &self.inner.weigher {
+            Some(weigher) => weigher(&key, &value),
+            None => 1,
+        };
+        let hash = self.hash(&key);
+        let shard = self.shard(hash);
+        let mut removed = Removed::new();
+        let hasher = &self.inner.hasher;
+        let result = shard.core.write().insert(
+            hash,
+            key,
+            value,
+            weight,
+            &|k| hasher.hash_one(k),
+            &mut removed,
+        );
+        self.notify(removed);
+        result.map_err(|(key, value)| Rejected {
+            key,
+            value,
+            weight,
+            limit: self.inner.max_entry_weight,
+        })
+    }
+
+    /// Removes `key`, returning its value. The listener sees it as
+    /// [`RemovalCause::Explicit`].
+    ///
+    /// ```
+    /// let cache: larder::Cache<u32, u32> = larder::Cache::builder().max_capacity(10).build().unwrap();
+    /// cache.insert(1, 10);
+    /// assert_eq!(cache.remove(&1), Some(10));
+    /// assert_eq!(cache.remove(&1), None);
+    /// ```
+    pub fn remove<Q>(&self, key: &Q) -> Option<V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let hash = self.hash(key);
+        let (key, value) = self.shard(hash).core.write().remove(hash, key)?;
+        match &self.inner.listener {
+            Some(_) => {
+                let returned = value.clone();
+                self.notify_one(key, value, RemovalCause::Explicit);
+                Some(returned)
+            }
+            None => Some(value),
+        }
+    }
+
+    /// Removes every entry. Shards are cleared one at a time; entries inserted
+    /// concurrently into an already-cleared shard survive. The listener sees each
+    /// removed entry as [`RemovalCause::Explicit`].
+    ///
+    /// ```
+    /// let cache: larder::Cache<u32, u32> = larder::Cache::builder().max_capacity(10).build().unwrap();
+    /// cache.insert(1, 10);
+    /// cache.invalidate_all();
+    /// assert!(cache.is_empty());
+    /// ```
+    pub fn invalidate_all(&self) {
+        let mut first_panic = None;
+        for shard in self.inner.shards.iter() {
+            let mut removed = Vec::new();
+            shard.core.write().clear(&mut removed);
+            if let Some(listener) = &self.inner.listener {
+                for (k, v) in removed {
+                    deliver(listener, k, v, RemovalCause::Explicit, &mut first_panic);
+                }
+            }
+        }
+        if let Some(panic) = first_panic {
+            resume_unwind(panic);
+        }
+    }
+
+    /// The number of entries (weakly consistent under concurrent writes).
+    pub fn len(&self) -> usize {
+        self.inner.shards.iter().map(|s| s.core.read().len()).sum()
+    }
+
+    /// Whether the cache holds no entries.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The total weight of the entries (their count when no weigher is set).
+    pub fn weighted_size(&self) -> u64 {
+        self.inner
+            .shards
+            .iter()
+            .map(|s| s.core.read().weight())
+            .sum()
+    }
+
+    /// The capacity the cache was built with.
+    pub fn capacity(&self) -> u64 {
+        self.inner.capacity
+    }
+
+    /// The number of shards.
+    pub fn shard_count(&self) -> usize {
+        self.inner.shards.len()
+    }
+
+    /// A snapshot of the counters. See [`CacheStats`].
+    pub fn stats(&self) -> CacheStats {
+        let mut stats = CacheStats::default();
+        for shard in self.inner.shards.iter() {
+            stats.hits += shard.hits.load(Ordering::Relaxed);
+            stats.misses += shard.misses.load(Ordering::Relaxed);
+            let c = shard.core.read().counters;
+            stats.inserts += c.inserts;
+            stats.updates += c.updates;
+            stats.evictions += c.evictions;
+            stats.evicted_weight += c.evicted_weight;
+            stats.invalidations += c.invalidations;
+            stats.rejections += c.rejections;
+        }
+        stats
+    }
+
+    /// Clones of the entries, shard by shard, a few at a time. Weakly consistent:
+    /// each entry present for the whole iteration is yielded once; entries added
+    /// or removed meanwhile may or may not be. Does not touch the eviction order.
+    ///
+    /// ```
+    /// let cache: larder::Cache<u32, u32> = larder::Cache::builder().max_capacity(10).build().unwrap();
+    /// cache.insert(1, 10);
+    /// cache.insert(2, 20);
+    /// let mut all: Vec<_> = cache.iter().collect();
+    /// all.sort();
+    /// assert_eq!(all, vec![(1, 10), (2, 20)]);
+    /// ```
+    pub fn iter(&self) -> Iter<'_, K, V, S>
+    where
+        K: Clone,
+    {
+        Iter {
+            cache: self,
+            shard: 0,
+            slot: Some(0),
+            batch: Vec::new(),
+        }
+    }
+
+    fn notify_one(&self, key: K, value: V, cause: RemovalCause) {
+        self.notify(std::iter::once((key, value, cause)));
+    }
+
+    /// Hands removed entries to the listener (no lock is held here). Without a
+    /// listener they are simply dropped, also outside the lock.
+    fn notify(&self, removed: impl IntoIterator<Item = (K, V, RemovalCause)>) {
+        let Some(listener) = &self.inner.listener else {
+            return;
+        };
+        let mut first_panic = None;
+        for (k, v, cause) in removed {
+            deliver(listener, k, v, cause, &mut first_panic);
+        }
+        if let Some(panic) = first_panic {
+            resume_unwind(panic);
+        }
+    }
+
+    /// Checks every shard's invariants.
+    #[doc(hidden)]
+    #[cfg(any(test, fuzzing))]
+    pub fn validate(&self) {
+        let mut weight = 0;
+        for shard in self.inner.shards.iter() {
+            let core = shard.core.read();
+            core.validate(&|k| self.inner.hasher.hash_one(k));
+            weight += core.weight();
+        }
+        assert!(weight <= self.inner.capacity);
+    }
+
+    /// Keys in eviction order (next victim first) for each shard.
+    #[cfg(test)]
+    pub(crate) fn eviction_order(&self) -> Vec<Vec<K>>
+    where
+        K: Clone,
+    {
+        self.inner
+            .shards
+            .iter()
+            .map(|s| {
+                let mut core = s.core.write();
+                core.drain_reads();
+                core.eviction_order().into_iter().cloned().collect()
+            })
+            .collect()
+    }
+}
+
+fn deliver<K, V>(
+    listener: &Listener<K, V>,
+    key: K,
+    value: V,
+    cause: RemovalCause,
+    first_panic: &mut Option<Box<dyn std::any::Any + Send>>,
+) {
+    if let Err(panic) = catch_unwind(AssertUnwindSafe(|| listener(key, value, cause))) {
+        first_panic.get_or_insert(panic);
+    }
+}
+
+/// Iterator over clones of a cache's entries. See [`Cache::iter`].
+pub struct Iter<'a, K, V, S> {
+    cache: &'a Cache<K, V, S>,
+    shard: usize,
+    /// The next slab slot to read in the current shard; `None` once it is done.
+    slot: Option<usize>,
+    batch: Vec<(K, V)>,
+}
+
+impl<K, V, S> fmt::Debug for Iter<'_, K, V, S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Iter")
+            .field("shard", &self.shard)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Entries cloned per lock acquisition while iterating.
+const ITER_BATCH: usize = 64;
+
+impl<K, V, S> Iterator for Iter<'_, K, V, S>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+    S: BuildHasher,
+{
+    type Item = (K, V);
+
+    fn next(&mut self) -> Option<(K, V)> {
+        loop {
+            if let Some(item) = self.batch.pop() {
+                return Some(item);
+            }
+            let shards = &self.cache.inner.shards;
+            let shard = shards.get(self.shard)?;
+            match self.slot {
+                Some(from) => {
+                    let core = shard.core.read();
+                    self.slot = core.collect(from, ITER_BATCH, &mut self.batch);
+                    self.batch.reverse();
+                }
+                None => {
+                    self.shard += 1;
+                    self.slot = Some(0);
+                }
+            }
+        }
+    }
+}

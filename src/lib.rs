@@ -1,0 +1,95 @@
+//! # larder
+//!
+//! An embeddable, in-process, concurrent cache: a lock-sharded store with exact
+//! LRU or LFU eviction per shard, bounded by entry count or by weight, with
+//! eviction listeners and statistics.
+//!
+//! ```
+//! use larder::{Cache, Eviction, RemovalCause};
+//! use std::sync::{Arc, Mutex};
+//!
+//! let evicted = Arc::new(Mutex::new(Vec::new()));
+//! let log = evicted.clone();
+//! let cache: Cache<u64, String> = Cache::builder()
+//!     .max_capacity(2)
+//!     .eviction(Eviction::Lru)
+//!     .eviction_listener(move |k, _v, cause| log.lock().unwrap().push((k, cause)))
+//!     .build()?;
+//!
+//! cache.insert(1, "one".into());
+//! cache.insert(2, "two".into());
+//! assert_eq!(cache.get(&1).as_deref(), Some("one"));
+//! cache.insert(3, "three".into()); // 2 is the least recently used
+//! assert_eq!(*evicted.lock().unwrap(), vec![(2, RemovalCause::Size)]);
+//! # Ok::<(), larder::BuildError>(())
+//! ```
+//!
+//! ## Features
+//!
+//! | capability | how |
+//! |---|---|
+//! | bound by count or weight | [`CacheBuilder::max_capacity`], [`CacheBuilder::weigher`] |
+//! | eviction | [`Eviction::Lru`] (default), [`Eviction::Lfu`] |
+//! | listener | [`CacheBuilder::eviction_listener`], told each [`RemovalCause`] |
+//! | statistics | [`Cache::stats`], hit/miss counting opt-in via [`CacheBuilder::record_stats`] |
+//! | borrowed lookups | `get(&str)` on a `Cache<String, _>` |
+//!
+//! ## How it works
+//!
+//! A key is hashed once (with a randomly seeded [`ahash`] hasher by default); bits
+//! of that hash pick one of a power-of-two number of shards. A shard is a
+//! cache-padded reader-writer lock around a `hashbrown::HashTable` of `u32`
+//! tokens, a slab of entries those tokens address, the shard's eviction policy,
+//! and a small read buffer.
+//!
+//! * **Reads** take the shard lock for reading, find and clone the value, and
+//!   append the entry's token to the read buffer. No reader takes the write lock
+//!   unless the buffer is full, and then only with `try_write`: a reader never
+//!   waits for a writer's drain. A read dropped because the buffer is full and
+//!   the lock busy only costs the policy a little precision.
+//! * **Writes** take the write lock, first apply the buffered reads to the policy
+//!   in order, then insert, replace or remove, and evict in policy order until the
+//!   shard is within its share of the capacity. Evicted entries are handed to the
+//!   listener after the lock is released.
+//! * **Policies** see only tokens. LRU keeps one intrusive list; LFU keeps O(1)
+//!   frequency buckets, each an intrusive list so ties break by recency. With one
+//!   shard and no concurrent readers the eviction order is exactly the policy's.
+//!
+//! ## Consistency
+//!
+//! Operations on one key are linearizable (one shard, one lock). `len`,
+//! `weighted_size`, `iter` and `stats` visit shards one by one and are weakly
+//! consistent under concurrent writes. After any call returns, the weight is at
+//! most the capacity.
+//!
+//! ## Memory
+//!
+//! Per entry: the key and value, a 4-byte weight, 8 bytes of policy links (LRU;
+//! 12 for LFU), and a 4-byte table slot plus a control byte at hashbrown's load
+//! factor. For `u64` keys and values that is about 44 bytes per entry; run
+//! `cargo run --release --example memory` to measure it beside moka and quick_cache.
+//!
+//! ## Panics and bad input
+//!
+//! Invalid settings are a [`BuildError`], never a panic. An entry heavier than
+//! its shard's capacity is refused ([`Cache::try_insert`] hands it back). A
+//! panicking weigher runs before any lock is taken; a panicking listener runs
+//! after it is released; either way the cache stays consistent and usable.
+
+mod builder;
+mod cache;
+mod policy;
+mod stats;
+mod store;
+mod sync;
+
+#[cfg(test)]
+mod tests;
+
+pub use builder::{BuildError, CacheBuilder, MAX_SHARDS};
+pub use cache::{Cache, Iter, Rejected, RemovalCause};
+pub use policy::Eviction;
+pub use stats::CacheStats;
+
+/// The default hasher builder: [`ahash::RandomState`], randomly seeded per cache.
+pub type DefaultHashBuilder = ahash::RandomState;

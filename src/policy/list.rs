@@ -1,0 +1,155 @@
+//! Intrusive doubly-linked lists threaded through one array of links indexed by
+//! slab token. Several lists (LRU order, LFU frequency buckets, and later the
+//! W-TinyLFU regions) share one `Links` array, so an entry costs 8 bytes of
+//! links whatever list it is on.
+
+use crate::store::Token;
+
+/// The "no neighbour" token.
+pub(crate) const NIL: Token = Token::MAX;
+
+#[derive(Debug, Clone, Copy)]
+struct Link {
+    prev: Token,
+    next: Token,
+}
+
+/// The links of every token, grown on demand as the slab grows.
+#[derive(Debug, Default)]
+pub(crate) struct Links {
+    links: Vec<Link>,
+}
+
+impl Links {
+    /// Makes room for `token`'s links.
+    pub(crate) fn ensure(&mut self, token: Token) {
+        let need = token as usize + 1;
+        if self.links.len() < need {
+            self.links.resize(
+                need,
+                Link {
+                    prev: NIL,
+                    next: NIL,
+                },
+            );
+        }
+    }
+
+    pub(crate) fn next(&self, token: Token) -> Token {
+        self.links[token as usize].next
+    }
+}
+
+/// One list: head is the oldest (next victim), tail the newest.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct List {
+    head: Token,
+    tail: Token,
+    len: u32,
+}
+
+impl Default for List {
+    fn default() -> Self {
+        Self {
+            head: NIL,
+            tail: NIL,
+            len: 0,
+        }
+    }
+}
+
+impl List {
+    pub(crate) fn head(&self) -> Option<Token> {
+        (self.head != NIL).then_some(self.head)
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub(crate) fn push_back(&mut self, links: &mut Links, token: Token) {
+        links.ensure(token);
+        links.links[token as usize] = Link {
+            prev: self.tail,
+            next: NIL,
+        };
+        if self.tail == NIL {
+            self.head = token;
+        } else {
+            links.links[self.tail as usize].next = token;
+        }
+        self.tail = token;
+        self.len += 1;
+    }
+
+    pub(crate) fn unlink(&mut self, links: &mut Links, token: Token) {
+        let Link { prev, next } = links.links[token as usize];
+        if prev == NIL {
+            self.head = next;
+        } else {
+            links.links[prev as usize].next = next;
+        }
+        if next == NIL {
+            self.tail = prev;
+        } else {
+            links.links[next as usize].prev = prev;
+        }
+        links.links[token as usize] = Link {
+            prev: NIL,
+            next: NIL,
+        };
+        self.len -= 1;
+    }
+
+    pub(crate) fn move_to_back(&mut self, links: &mut Links, token: Token) {
+        if self.tail != token {
+            self.unlink(links, token);
+            self.push_back(links, token);
+        }
+    }
+
+    /// The tokens from head to tail (for invariant checks and tests).
+    #[cfg(any(test, fuzzing))]
+    pub(crate) fn tokens(&self, links: &Links) -> Vec<Token> {
+        let mut out = Vec::with_capacity(self.len as usize);
+        let mut at = self.head;
+        let mut prev = NIL;
+        while at != NIL {
+            assert_eq!(links.links[at as usize].prev, prev, "broken back link");
+            out.push(at);
+            assert!(out.len() <= self.len as usize, "list longer than its count");
+            prev = at;
+            at = links.links[at as usize].next;
+        }
+        assert_eq!(prev, self.tail, "tail does not end the list");
+        assert_eq!(out.len(), self.len as usize, "list count is wrong");
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// The intrusive list agrees with a `Vec` under random pushes, moves and unlinks.
+        #[test]
+        fn list_matches_vec(ops in proptest::collection::vec((0u8..3, 0u32..16), 0..200)) {
+            let mut links = Links::default();
+            let mut list = List::default();
+            let mut model: Vec<Token> = Vec::new();
+            for (op, t) in ops {
+                let present = model.contains(&t);
+                match op {
+                    0 if !present => { list.push_back(&mut links, t); model.push(t); }
+                    1 if present => { list.move_to_back(&mut links, t); model.retain(|&x| x != t); model.push(t); }
+                    2 if present => { list.unlink(&mut links, t); model.retain(|&x| x != t); }
+                    _ => {}
+                }
+                prop_assert_eq!(list.tokens(&links), model.clone());
+                prop_assert_eq!(list.head(), model.first().copied());
+            }
+        }
+    }
+}

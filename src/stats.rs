@@ -1,0 +1,56 @@
+//! A point-in-time snapshot of a cache's counters.
+
+/// Counters summed over every shard at the moment [`Cache::stats`] ran.
+///
+/// `hits` and `misses` are counted only when the cache was built with
+/// [`CacheBuilder::record_stats`] (counting reads costs an atomic increment on
+/// every `get`); every other counter is always kept, under the shard locks.
+///
+/// [`Cache::stats`]: crate::Cache::stats
+/// [`CacheBuilder::record_stats`]: crate::CacheBuilder::record_stats
+///
+/// ```
+/// use larder::Cache;
+///
+/// let cache: Cache<u32, u32> = Cache::builder().max_capacity(10).record_stats().build().unwrap();
+/// cache.insert(1, 1);
+/// cache.get(&1);
+/// cache.get(&2);
+/// let stats = cache.stats();
+/// assert_eq!((stats.hits, stats.misses, stats.inserts), (1, 1, 1));
+/// assert_eq!(stats.hit_ratio(), 0.5);
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CacheStats {
+    /// `get` calls that found a value.
+    pub hits: u64,
+    /// `get` calls that found nothing.
+    pub misses: u64,
+    /// Entries added under a key that was absent.
+    pub inserts: u64,
+    /// Values replaced under a key that was present.
+    pub updates: u64,
+    /// Entries evicted to respect the capacity (cause [`RemovalCause::Size`]).
+    ///
+    /// [`RemovalCause::Size`]: crate::RemovalCause::Size
+    pub evictions: u64,
+    /// Total weight of the entries counted in `evictions`.
+    pub evicted_weight: u64,
+    /// Entries removed by `remove` or `invalidate_all`.
+    pub invalidations: u64,
+    /// Inserts refused because the entry alone outweighs its shard's capacity.
+    pub rejections: u64,
+}
+
+impl CacheStats {
+    /// `hits / (hits + misses)`, or 0.0 before any recorded lookup.
+    pub fn hit_ratio(&self) -> f64 {
+        let lookups = self.hits + self.misses;
+        if lookups == 0 {
+            0.0
+        } else {
+            self.hits as f64 / lookups as f64
+        }
+    }
+}

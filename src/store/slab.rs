@@ -1,0 +1,147 @@
+//! Entries live in a slab addressed by `u32` tokens: the table, the policy lists
+//! and the read buffer hold 4-byte tokens instead of pointers, and an entry needs
+//! no allocation of its own.
+
+use std::num::NonZeroU32;
+
+/// The address of an entry within its shard.
+pub(crate) type Token = u32;
+
+/// One resident entry.
+#[derive(Debug)]
+pub(crate) struct Entry<K, V> {
+    pub(crate) key: K,
+    pub(crate) value: V,
+    /// `weight + 1`: the non-zero niche makes `Option<Entry>` as small as `Entry`.
+    weight: NonZeroU32,
+}
+
+/// The largest weight one entry can have; larger weights are clamped to it.
+pub(crate) const MAX_WEIGHT: u32 = u32::MAX - 1;
+
+impl<K, V> Entry<K, V> {
+    pub(crate) fn new(key: K, value: V, weight: u32) -> Self {
+        let weight = NonZeroU32::MIN.saturating_add(weight.min(MAX_WEIGHT));
+        Self { key, value, weight }
+    }
+
+    pub(crate) fn weight(&self) -> u32 {
+        self.weight.get() - 1
+    }
+
+    pub(crate) fn set_weight(&mut self, weight: u32) {
+        self.weight = NonZeroU32::MIN.saturating_add(weight.min(MAX_WEIGHT));
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct Slab<K, V> {
+    slots: Vec<Option<Entry<K, V>>>,
+    /// Vacant slots, reused last-freed first.
+    free: Vec<Token>,
+}
+
+impl<K, V> Slab<K, V> {
+    pub(crate) fn with_capacity(capacity: usize) -> Self {
+        Self {
+            slots: Vec::with_capacity(capacity),
+            free: Vec::new(),
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.slots.len() - self.free.len()
+    }
+
+    /// Stores `entry`; `None` only when the shard already holds `u32::MAX - 1` slots.
+    pub(crate) fn insert(&mut self, entry: Entry<K, V>) -> Option<Token> {
+        if let Some(token) = self.free.pop() {
+            self.slots[token as usize] = Some(entry);
+            return Some(token);
+        }
+        let token = Token::try_from(self.slots.len())
+            .ok()
+            .filter(|&t| t < Token::MAX)?;
+        self.slots.push(Some(entry));
+        Some(token)
+    }
+
+    pub(crate) fn remove(&mut self, token: Token) -> Entry<K, V> {
+        let entry = self.slots[token as usize]
+            .take()
+            .expect("removed token is resident");
+        self.free.push(token);
+        entry
+    }
+
+    pub(crate) fn get(&self, token: Token) -> &Entry<K, V> {
+        match &self.slots[token as usize] {
+            Some(entry) => entry,
+            None => unreachable!("token {token} is not resident"),
+        }
+    }
+
+    pub(crate) fn get_mut(&mut self, token: Token) -> &mut Entry<K, V> {
+        match &mut self.slots[token as usize] {
+            Some(entry) => entry,
+            None => unreachable!("token {token} is not resident"),
+        }
+    }
+
+    pub(crate) fn is_resident(&self, token: Token) -> bool {
+        matches!(self.slots.get(token as usize), Some(Some(_)))
+    }
+
+    /// Resident entries from slot `from` on, with their tokens.
+    pub(crate) fn iter_from(&self, from: usize) -> impl Iterator<Item = (Token, &Entry<K, V>)> {
+        self.slots
+            .iter()
+            .enumerate()
+            .skip(from)
+            .filter_map(|(i, slot)| slot.as_ref().map(|e| (i as Token, e)))
+    }
+
+    /// Takes every entry out, leaving the slab empty and its memory released.
+    pub(crate) fn take_all(&mut self) -> impl Iterator<Item = Entry<K, V>> {
+        self.free = Vec::new();
+        std::mem::take(&mut self.slots).into_iter().flatten()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn option_entry_costs_no_tag() {
+        assert_eq!(
+            std::mem::size_of::<Option<Entry<u64, u64>>>(),
+            std::mem::size_of::<Entry<u64, u64>>()
+        );
+        assert_eq!(std::mem::size_of::<Entry<u64, u64>>(), 24);
+    }
+
+    #[test]
+    fn weights_round_trip_and_clamp() {
+        let mut e = Entry::new(1u8, 2u8, 0);
+        assert_eq!(e.weight(), 0);
+        e.set_weight(7);
+        assert_eq!(e.weight(), 7);
+        e.set_weight(u32::MAX);
+        assert_eq!(e.weight(), MAX_WEIGHT);
+    }
+
+    #[test]
+    fn reuses_freed_slots() {
+        let mut slab = Slab::with_capacity(0);
+        let a = slab.insert(Entry::new(1, 1, 1)).unwrap();
+        let b = slab.insert(Entry::new(2, 2, 1)).unwrap();
+        assert_eq!(slab.remove(a).key, 1);
+        assert!(!slab.is_resident(a));
+        assert_eq!(slab.len(), 1);
+        assert_eq!(slab.insert(Entry::new(3, 3, 1)), Some(a));
+        assert_eq!(slab.get(b).key, 2);
+        assert_eq!(slab.take_all().count(), 2);
+        assert_eq!(slab.len(), 0);
+    }
+}

@@ -1,0 +1,88 @@
+//! The one place that chooses between std/parking_lot and loom primitives.
+//!
+//! Everything concurrent in the crate imports its atomics and locks from here, so
+//! the loom models (`RUSTFLAGS="--cfg larder_loom"`) check the same code that ships.
+
+#[cfg(not(larder_loom))]
+pub(crate) use std::sync::atomic::{AtomicU32, AtomicU64};
+
+#[cfg(larder_loom)]
+pub(crate) use loom::sync::atomic::{AtomicU32, AtomicU64};
+
+pub(crate) use std::sync::atomic::Ordering;
+
+/// A reader-writer lock with the three operations the store needs.
+///
+/// parking_lot's lock in production (no poisoning: a panicking user callback never
+/// runs while a shard lock is held for writing, and readers cannot corrupt state);
+/// loom's under the model checker.
+#[derive(Debug, Default)]
+pub(crate) struct RwLock<T> {
+    #[cfg(not(larder_loom))]
+    inner: parking_lot::RwLock<T>,
+    #[cfg(larder_loom)]
+    inner: loom::sync::RwLock<T>,
+}
+
+#[cfg(not(larder_loom))]
+pub(crate) type ReadGuard<'a, T> = parking_lot::RwLockReadGuard<'a, T>;
+#[cfg(not(larder_loom))]
+pub(crate) type WriteGuard<'a, T> = parking_lot::RwLockWriteGuard<'a, T>;
+#[cfg(larder_loom)]
+pub(crate) type ReadGuard<'a, T> = loom::sync::RwLockReadGuard<'a, T>;
+#[cfg(larder_loom)]
+pub(crate) type WriteGuard<'a, T> = loom::sync::RwLockWriteGuard<'a, T>;
+
+impl<T> RwLock<T> {
+    pub(crate) fn new(value: T) -> Self {
+        Self {
+            #[cfg(not(larder_loom))]
+            inner: parking_lot::RwLock::new(value),
+            #[cfg(larder_loom)]
+            inner: loom::sync::RwLock::new(value),
+        }
+    }
+
+    #[cfg(not(larder_loom))]
+    pub(crate) fn read(&self) -> ReadGuard<'_, T> {
+        self.inner.read()
+    }
+
+    #[cfg(not(larder_loom))]
+    pub(crate) fn write(&self) -> WriteGuard<'_, T> {
+        self.inner.write()
+    }
+
+    #[cfg(not(larder_loom))]
+    pub(crate) fn try_write(&self) -> Option<WriteGuard<'_, T>> {
+        self.inner.try_write()
+    }
+
+    #[cfg(larder_loom)]
+    pub(crate) fn read(&self) -> ReadGuard<'_, T> {
+        self.inner.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    #[cfg(larder_loom)]
+    pub(crate) fn write(&self) -> WriteGuard<'_, T> {
+        self.inner.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    #[cfg(larder_loom)]
+    pub(crate) fn try_write(&self) -> Option<WriteGuard<'_, T>> {
+        self.inner.try_write().ok()
+    }
+}
+
+/// Aligns its contents to 128 bytes so two shards never share a cache line
+/// (adjacent-line prefetch makes 64 too small on x86).
+#[derive(Debug, Default)]
+#[repr(align(128))]
+pub(crate) struct Padded<T>(pub(crate) T);
+
+impl<T> std::ops::Deref for Padded<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}

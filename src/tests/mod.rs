@@ -1,0 +1,3 @@
+//! Model tests that need crate internals (`validate`, the policy's order).
+
+mod model;

@@ -1,0 +1,282 @@
+//! Random operation sequences against naive reference caches.
+//!
+//! With one shard the cache must agree with the model exactly: same lookups,
+//! same eviction order, same removals told to the listener. With many shards,
+//! the bound and the get/insert/remove semantics must hold.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use proptest::prelude::*;
+
+use crate::{Cache, Eviction, RemovalCause};
+
+/// Values carry their own weight so the weigher is a pure function.
+type Val = (u16, u32);
+
+#[derive(Debug, Clone)]
+enum Op {
+    Get(u8),
+    Peek(u8),
+    Contains(u8),
+    Insert(u8, Val),
+    Remove(u8),
+    InvalidateAll,
+}
+
+fn op(keys: u8, max_weight: u32) -> impl Strategy<Value = Op> {
+    prop_oneof![
+        4 => (0..keys).prop_map(Op::Get),
+        1 => (0..keys).prop_map(Op::Peek),
+        1 => (0..keys).prop_map(Op::Contains),
+        4 => (0..keys, any::<u16>(), 0..=max_weight).prop_map(|(k, v, w)| Op::Insert(k, (v, w))),
+        1 => (0..keys).prop_map(Op::Remove),
+        1 => Just(Op::InvalidateAll),
+    ]
+}
+
+/// The naive reference: a `Vec` in eviction order (first = next victim).
+struct Model {
+    eviction: Eviction,
+    capacity: u64,
+    /// (key, value, frequency, last use)
+    entries: Vec<(u8, Val, u64, u64)>,
+    clock: u64,
+    removed: Vec<(u8, Val, RemovalCause)>,
+}
+
+impl Model {
+    fn weight(&self) -> u64 {
+        self.entries.iter().map(|e| u64::from(e.1 .1)).sum()
+    }
+
+    fn sort(&mut self) {
+        if self.eviction == Eviction::Lfu {
+            self.entries.sort_by_key(|e| (e.2, e.3));
+        } else {
+            self.entries.sort_by_key(|e| e.3);
+        }
+    }
+
+    fn pos(&self, k: u8) -> Option<usize> {
+        self.entries.iter().position(|e| e.0 == k)
+    }
+
+    fn touch(&mut self, i: usize) {
+        self.clock += 1;
+        self.entries[i].2 += 1;
+        self.entries[i].3 = self.clock;
+        self.sort();
+    }
+
+    fn get(&mut self, k: u8) -> Option<Val> {
+        let i = self.pos(k)?;
+        let v = self.entries[i].1;
+        self.touch(i);
+        Some(v)
+    }
+
+    fn evict(&mut self, limit: u64, keep: Option<u8>) {
+        while self.weight() > limit {
+            let Some(i) = self.entries.iter().position(|e| Some(e.0) != keep) else {
+                break;
+            };
+            let (k, v, ..) = self.entries.remove(i);
+            self.removed.push((k, v, RemovalCause::Size));
+        }
+    }
+
+    fn insert(&mut self, k: u8, v: Val) {
+        let w = u64::from(v.1);
+        if w > self.capacity {
+            if let Some(i) = self.pos(k) {
+                let old = self.entries.remove(i);
+                self.removed.push((k, old.1, RemovalCause::Replaced));
+            }
+            self.removed.push((k, v, RemovalCause::Size));
+            return;
+        }
+        match self.pos(k) {
+            Some(i) => {
+                let old = std::mem::replace(&mut self.entries[i].1, v);
+                self.removed.push((k, old, RemovalCause::Replaced));
+                self.touch(i);
+                self.evict(self.capacity, Some(k));
+            }
+            None => {
+                self.evict(self.capacity - w, None);
+                self.clock += 1;
+                self.entries.push((k, v, 1, self.clock));
+                self.sort();
+            }
+        }
+    }
+
+    fn remove(&mut self, k: u8) -> Option<Val> {
+        let i = self.pos(k)?;
+        let (k, v, ..) = self.entries.remove(i);
+        self.removed.push((k, v, RemovalCause::Explicit));
+        Some(v)
+    }
+}
+
+type Log = Arc<Mutex<Vec<(u8, Val, RemovalCause)>>>;
+
+fn build(eviction: Eviction, capacity: u64, shards: usize) -> (Cache<u8, Val>, Log) {
+    let log = Log::default();
+    let sink = log.clone();
+    let cache = Cache::builder()
+        .max_capacity(capacity)
+        .shards(shards)
+        .eviction(eviction)
+        .weigher(|_, v: &Val| v.1)
+        .eviction_listener(move |k, v, cause| sink.lock().unwrap().push((k, v, cause)))
+        .build()
+        .unwrap();
+    (cache, log)
+}
+
+fn exact_agreement(eviction: Eviction, capacity: u64, ops: Vec<Op>) -> Result<(), TestCaseError> {
+    let (cache, log) = build(eviction, capacity, 1);
+    let mut model = Model {
+        eviction,
+        capacity,
+        entries: Vec::new(),
+        clock: 0,
+        removed: Vec::new(),
+    };
+    for op in ops {
+        match op {
+            Op::Get(k) => prop_assert_eq!(cache.get(&k), model.get(k)),
+            Op::Peek(k) => {
+                prop_assert_eq!(cache.peek(&k), model.pos(k).map(|i| model.entries[i].1))
+            }
+            Op::Contains(k) => prop_assert_eq!(cache.contains_key(&k), model.pos(k).is_some()),
+            Op::Insert(k, v) => {
+                cache.insert(k, v);
+                model.insert(k, v);
+            }
+            Op::Remove(k) => prop_assert_eq!(cache.remove(&k), model.remove(k)),
+            Op::InvalidateAll => {
+                cache.invalidate_all();
+                let mut gone: Vec<_> = model.entries.drain(..).collect();
+                gone.sort_by_key(|e| e.0);
+                let mut logged: Vec<_> = log.lock().unwrap().drain(..).collect();
+                let mut expected: Vec<_> = model.removed.drain(..).collect();
+                expected.extend(
+                    gone.into_iter()
+                        .map(|(k, v, ..)| (k, v, RemovalCause::Explicit)),
+                );
+                // Invalidation order within a shard is unspecified: compare as sets.
+                logged.sort();
+                expected.sort();
+                prop_assert_eq!(logged, expected);
+            }
+        }
+        cache.validate();
+        let order: Vec<u8> = cache.eviction_order().concat();
+        let expected: Vec<u8> = model.entries.iter().map(|e| e.0).collect();
+        prop_assert_eq!(order, expected);
+        prop_assert_eq!(&*log.lock().unwrap(), &model.removed);
+        prop_assert_eq!(cache.weighted_size(), model.weight());
+        prop_assert_eq!(cache.len(), model.entries.len());
+    }
+    Ok(())
+}
+
+fn sharded_semantics(eviction: Eviction, ops: Vec<Op>) -> Result<(), TestCaseError> {
+    let capacity = 40;
+    let (cache, log) = build(eviction, capacity, 4);
+    // Last value written per key; a key may be missing from the cache (evicted).
+    let mut written: HashMap<u8, Val> = HashMap::new();
+    for op in ops {
+        match op {
+            Op::Get(k) | Op::Peek(k) => {
+                let got = if matches!(op, Op::Get(_)) {
+                    cache.get(&k)
+                } else {
+                    cache.peek(&k)
+                };
+                if let Some(v) = got {
+                    prop_assert_eq!(Some(&v), written.get(&k));
+                }
+            }
+            Op::Contains(k) => {
+                if cache.contains_key(&k) {
+                    prop_assert!(written.contains_key(&k));
+                }
+            }
+            Op::Insert(k, v) => {
+                cache.insert(k, v);
+                if u64::from(v.1) <= capacity / 4 {
+                    prop_assert_eq!(
+                        cache.peek(&k),
+                        Some(v),
+                        "a fitting insert is readable at once"
+                    );
+                    written.insert(k, v);
+                } else {
+                    prop_assert_eq!(cache.peek(&k), None);
+                    written.remove(&k);
+                }
+            }
+            Op::Remove(k) => {
+                let got = cache.remove(&k);
+                let had = written.remove(&k);
+                if got.is_some() {
+                    prop_assert_eq!(got, had);
+                }
+                prop_assert_eq!(cache.peek(&k), None);
+            }
+            Op::InvalidateAll => {
+                cache.invalidate_all();
+                written.clear();
+                prop_assert!(cache.is_empty());
+            }
+        }
+        cache.validate();
+        prop_assert!(cache.weighted_size() <= capacity);
+    }
+    // Every key written and not resident was told to the listener as removed.
+    let resident: HashMap<u8, Val> = cache.iter().collect();
+    for (k, v) in &resident {
+        prop_assert_eq!(written.get(k), Some(v));
+    }
+    drop(log);
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    #[test]
+    fn lru_one_shard_matches_model(ops in proptest::collection::vec(op(12, 4), 1..300), cap in 1u64..16) {
+        exact_agreement(Eviction::Lru, cap, ops)?;
+    }
+
+    #[test]
+    fn lfu_one_shard_matches_model(ops in proptest::collection::vec(op(12, 4), 1..300), cap in 1u64..16) {
+        exact_agreement(Eviction::Lfu, cap, ops)?;
+    }
+
+    #[test]
+    fn lru_unweighted_long_runs_match_model(ops in proptest::collection::vec(op(40, 1), 1..1000)) {
+        // Many reads between writes: exercises read-buffer drains when it fills.
+        exact_agreement(Eviction::Lru, 20, ops)?;
+    }
+
+    #[test]
+    fn lfu_unweighted_long_runs_match_model(ops in proptest::collection::vec(op(40, 1), 1..1000)) {
+        exact_agreement(Eviction::Lfu, 20, ops)?;
+    }
+
+    #[test]
+    fn sharded_lru_keeps_semantics(ops in proptest::collection::vec(op(64, 12), 1..400)) {
+        sharded_semantics(Eviction::Lru, ops)?;
+    }
+
+    #[test]
+    fn sharded_lfu_keeps_semantics(ops in proptest::collection::vec(op(64, 12), 1..400)) {
+        sharded_semantics(Eviction::Lfu, ops)?;
+    }
+}

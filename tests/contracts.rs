@@ -1,0 +1,344 @@
+//! Black-box tests of the contracts in the crate docs: validation, the bound,
+//! weights, listeners, statistics, and panic safety of user callbacks.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use larder::{BuildError, Cache, Eviction, RemovalCause};
+
+fn assert_send_sync<T: Send + Sync + Clone>() {}
+
+#[test]
+fn cache_is_a_shared_send_sync_handle() {
+    assert_send_sync::<Cache<String, Vec<u8>>>();
+    let a: Cache<u32, u32> = Cache::builder().max_capacity(10).build().unwrap();
+    let b = a.clone();
+    a.insert(1, 1);
+    assert_eq!(b.get(&1), Some(1));
+}
+
+#[test]
+fn builder_rejects_nonsense_with_clear_errors() {
+    let missing = Cache::<u32, u32>::builder().build().unwrap_err();
+    assert_eq!(missing, BuildError::MissingCapacity);
+    assert!(missing.to_string().contains("max_capacity"));
+
+    let zero = Cache::<u32, u32>::builder()
+        .max_capacity(0)
+        .build()
+        .unwrap_err();
+    assert_eq!(zero, BuildError::ZeroCapacity);
+
+    for shards in [0, 3, 6, larder::MAX_SHARDS * 2] {
+        let err = Cache::<u32, u32>::builder()
+            .max_capacity(1 << 20)
+            .shards(shards)
+            .build()
+            .unwrap_err();
+        assert_eq!(err, BuildError::InvalidShards { shards });
+        assert!(err.to_string().contains("power of two"));
+    }
+
+    let err = Cache::<u32, u32>::builder()
+        .max_capacity(4)
+        .shards(8)
+        .build()
+        .unwrap_err();
+    assert_eq!(
+        err,
+        BuildError::MoreShardsThanCapacity {
+            shards: 8,
+            capacity: 4
+        }
+    );
+}
+
+#[test]
+fn huge_settings_build_without_panicking() {
+    let cache: Cache<u64, u64> = Cache::builder()
+        .max_capacity(u64::MAX)
+        .initial_capacity(16)
+        .build()
+        .unwrap();
+    cache.insert(1, 1);
+    assert_eq!(cache.get(&1), Some(1));
+    assert_eq!(cache.capacity(), u64::MAX);
+}
+
+#[test]
+fn default_shards_respect_small_capacities() {
+    let small: Cache<u32, u32> = Cache::builder().max_capacity(100).build().unwrap();
+    assert_eq!(small.shard_count(), 1);
+    let large: Cache<u32, u32> = Cache::builder().max_capacity(1 << 24).build().unwrap();
+    assert!(large.shard_count().is_power_of_two());
+    assert!(large.shard_count() >= 4);
+}
+
+#[test]
+fn count_bound_holds_after_every_insert() {
+    for eviction in [Eviction::Lru, Eviction::Lfu] {
+        let cache: Cache<u32, u32> = Cache::builder()
+            .max_capacity(1000)
+            .eviction(eviction)
+            .build()
+            .unwrap();
+        for i in 0..10_000 {
+            cache.insert(i, i);
+            assert!(cache.len() <= 1000);
+        }
+        assert_eq!(cache.stats().evictions, 9000);
+    }
+}
+
+#[test]
+fn weight_bound_holds_and_heavy_entries_are_refused() {
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let sink = log.clone();
+    let cache: Cache<u32, String> = Cache::builder()
+        .max_capacity(100)
+        .shards(1)
+        .weigher(|_, v: &String| v.len() as u32)
+        .eviction_listener(move |k, v, cause| sink.lock().unwrap().push((k, v.len(), cause)))
+        .build()
+        .unwrap();
+    cache.insert(1, "x".repeat(60));
+    cache.insert(2, "x".repeat(30));
+    assert_eq!(cache.weighted_size(), 90);
+    cache.insert(3, "x".repeat(20)); // evicts 1 (LRU)
+    assert_eq!(cache.weighted_size(), 50);
+    assert!(cache.get(&1).is_none());
+    cache.insert(4, "x".repeat(101)); // heavier than the whole cache
+    assert!(cache.get(&4).is_none());
+    assert_eq!(cache.weighted_size(), 50);
+    cache.insert(2, "x".repeat(500)); // a too-heavy replacement removes the old value
+    assert!(cache.get(&2).is_none());
+    assert_eq!(
+        *log.lock().unwrap(),
+        vec![
+            (1, 60, RemovalCause::Size),
+            (4, 101, RemovalCause::Size),
+            (2, 30, RemovalCause::Replaced),
+            (2, 500, RemovalCause::Size),
+        ]
+    );
+    assert_eq!(cache.stats().rejections, 2);
+}
+
+#[test]
+fn zero_weight_entries_are_kept_without_counting() {
+    let cache: Cache<u32, u32> = Cache::builder()
+        .max_capacity(2)
+        .shards(1)
+        .weigher(|_, v| *v)
+        .build()
+        .unwrap();
+    for k in 0..100 {
+        cache.insert(k, 0);
+    }
+    assert_eq!(cache.len(), 100);
+    assert_eq!(cache.weighted_size(), 0);
+    cache.insert(1000, 2);
+    assert_eq!(cache.weighted_size(), 2);
+    assert_eq!(cache.get(&1000), Some(2));
+}
+
+#[test]
+fn replacing_grows_weight_and_evicts_others_not_itself() {
+    let cache: Cache<u32, u32> = Cache::builder()
+        .max_capacity(10)
+        .shards(1)
+        .eviction(Eviction::Lfu)
+        .weigher(|_, v| *v)
+        .build()
+        .unwrap();
+    cache.insert(1, 3);
+    cache.insert(2, 3);
+    cache.get(&2);
+    cache.insert(3, 3);
+    cache.insert(1, 9); // 1 is least frequent, but it is the one being written
+    assert_eq!(cache.get(&1), Some(9));
+    assert_eq!(cache.weighted_size(), 9);
+    assert_eq!(cache.len(), 1);
+}
+
+#[test]
+fn listener_sees_every_cause_and_runs_outside_the_lock() {
+    let causes = Arc::new(Mutex::new(Vec::new()));
+    let sink = causes.clone();
+    let slot: Arc<Mutex<Option<Cache<u32, u32>>>> = Arc::default();
+    let reentrant = slot.clone();
+    let cache: Cache<u32, u32> = Cache::builder()
+        .max_capacity(1)
+        .eviction_listener(move |k, v, cause| {
+            // Calling back into the cache would deadlock if a shard lock were held.
+            if let Some(c) = reentrant.lock().unwrap().as_ref() {
+                assert!(c.len() <= 1);
+                let _ = c.get(&k);
+            }
+            sink.lock().unwrap().push((k, v, cause));
+        })
+        .build()
+        .unwrap();
+    *slot.lock().unwrap() = Some(cache.clone());
+    cache.insert(1, 10);
+    cache.insert(1, 11);
+    cache.insert(2, 20);
+    assert_eq!(cache.remove(&2), Some(20));
+    cache.insert(3, 30);
+    cache.invalidate_all();
+    slot.lock().unwrap().take();
+    assert_eq!(
+        *causes.lock().unwrap(),
+        vec![
+            (1, 10, RemovalCause::Replaced),
+            (1, 11, RemovalCause::Size),
+            (2, 20, RemovalCause::Explicit),
+            (3, 30, RemovalCause::Explicit),
+        ]
+    );
+}
+
+#[test]
+fn panicking_weigher_leaves_the_cache_unchanged_and_usable() {
+    let cache: Cache<u32, u32> = Cache::builder()
+        .max_capacity(10)
+        .weigher(|_, v| {
+            assert!(*v != 13, "unlucky value");
+            1
+        })
+        .build()
+        .unwrap();
+    cache.insert(1, 1);
+    let result = catch_unwind(AssertUnwindSafe(|| cache.insert(2, 13)));
+    assert!(result.is_err());
+    assert_eq!(cache.get(&2), None);
+    assert_eq!(cache.len(), 1);
+    cache.insert(2, 2);
+    assert_eq!(cache.get(&2), Some(2));
+    assert_eq!(cache.weighted_size(), 2);
+}
+
+#[test]
+fn panicking_listener_delivers_the_rest_and_leaves_the_cache_consistent() {
+    let delivered = Arc::new(AtomicUsize::new(0));
+    let count = delivered.clone();
+    let cache: Cache<u32, u32> = Cache::builder()
+        .max_capacity(100)
+        .shards(1)
+        .eviction_listener(move |k, _, _| {
+            count.fetch_add(1, Ordering::SeqCst);
+            assert!(k % 2 == 1, "listener rejects even keys");
+        })
+        .build()
+        .unwrap();
+    for k in 0..10 {
+        cache.insert(k, k);
+    }
+    // invalidate_all removes ten entries; five panics must not stop the other deliveries.
+    let result = catch_unwind(AssertUnwindSafe(|| cache.invalidate_all()));
+    assert!(
+        result.is_err(),
+        "the first listener panic reaches the caller"
+    );
+    assert_eq!(delivered.load(Ordering::SeqCst), 10);
+    assert!(cache.is_empty());
+    assert_eq!(cache.weighted_size(), 0);
+
+    // An eviction whose listener panics: the insert itself happened.
+    let small: Cache<u32, u32> = Cache::builder()
+        .max_capacity(1)
+        .eviction_listener(|_, _, _| panic!("listener failure"))
+        .build()
+        .unwrap();
+    small.insert(1, 1);
+    assert!(catch_unwind(AssertUnwindSafe(|| small.insert(2, 2))).is_err());
+    assert_eq!(small.get(&2), Some(2));
+    assert_eq!(small.len(), 1);
+    small.remove(&3);
+    assert_eq!(small.peek(&2), Some(2));
+}
+
+#[test]
+fn stats_count_what_happened() {
+    let cache: Cache<u32, u32> = Cache::builder()
+        .max_capacity(2)
+        .record_stats()
+        .build()
+        .unwrap();
+    cache.insert(1, 1);
+    cache.insert(2, 2);
+    cache.insert(2, 3);
+    cache.get(&1);
+    cache.get(&9);
+    cache.peek(&1); // peek counts nothing
+    cache.insert(3, 3);
+    cache.remove(&3);
+    let s = cache.stats();
+    assert_eq!((s.hits, s.misses), (1, 1));
+    assert_eq!(
+        (s.inserts, s.updates, s.evictions, s.invalidations),
+        (3, 1, 1, 1)
+    );
+    assert_eq!(s.evicted_weight, 1);
+
+    let silent: Cache<u32, u32> = Cache::builder().max_capacity(2).build().unwrap();
+    silent.get(&1);
+    assert_eq!(silent.stats().misses, 0, "hit/miss counting is opt-in");
+}
+
+#[test]
+fn peek_and_contains_do_not_change_eviction_order() {
+    let cache: Cache<u32, u32> = Cache::builder().max_capacity(2).build().unwrap();
+    cache.insert(1, 1);
+    cache.insert(2, 2);
+    assert_eq!(cache.peek(&1), Some(1));
+    assert!(cache.contains_key(&1));
+    cache.insert(3, 3);
+    assert!(!cache.contains_key(&1), "1 stayed least recently used");
+    assert!(cache.contains_key(&2));
+}
+
+#[test]
+fn iter_yields_each_resident_entry_once() {
+    let cache: Cache<u32, u32> = Cache::builder()
+        .max_capacity(10_000)
+        .shards(8)
+        .build()
+        .unwrap();
+    for k in 0..5000 {
+        cache.insert(k, k * 2);
+    }
+    for k in (0..5000).step_by(3) {
+        cache.remove(&k);
+    }
+    let mut seen: Vec<(u32, u32)> = cache.iter().collect();
+    seen.sort_unstable();
+    let expected: Vec<(u32, u32)> = (0..5000)
+        .filter(|k| k % 3 != 0)
+        .map(|k| (k, k * 2))
+        .collect();
+    assert_eq!(seen, expected);
+}
+
+#[test]
+fn string_keys_are_looked_up_by_str() {
+    let cache: Cache<String, usize> = Cache::builder().max_capacity(10).build().unwrap();
+    cache.insert("alpha".to_owned(), 1);
+    assert_eq!(cache.get("alpha"), Some(1));
+    assert!(cache.contains_key("alpha"));
+    assert_eq!(cache.remove("alpha"), Some(1));
+}
+
+#[test]
+fn custom_hasher_is_used() {
+    use std::collections::hash_map::DefaultHasher;
+    use std::hash::BuildHasherDefault;
+    let cache: Cache<u32, u32, BuildHasherDefault<DefaultHasher>> = Cache::builder()
+        .max_capacity(10)
+        .hasher(BuildHasherDefault::<DefaultHasher>::default())
+        .build()
+        .unwrap();
+    cache.insert(1, 1);
+    assert_eq!(cache.get(&1), Some(1));
+}
