@@ -64,7 +64,7 @@ impl<K, V> CacheBuilder<K, V, DefaultHashBuilder> {
             eviction: Eviction::default(),
             shards: None,
             initial_capacity: 0,
-            hasher: DefaultHashBuilder::new(),
+            hasher: DefaultHashBuilder::default(),
             listener: None,
             record_stats: false,
             _types: PhantomData,

@@ -181,10 +181,12 @@ where
         }
     }
 
+    #[inline]
     fn hash<Q: Hash + ?Sized>(&self, key: &Q) -> u64 {
         self.inner.hasher.hash_one(key)
     }
 
+    #[inline]
     fn shard(&self, hash: u64) -> &Shard<K, V> {
         &self.inner.shards[((hash >> 32) & self.inner.shard_mask) as usize]
     }
@@ -201,6 +203,7 @@ where
     /// assert_eq!(cache.get("k"), Some(7)); // borrowed form: &str for String keys
     /// assert_eq!(cache.get("x"), None);
     /// ```
+    #[inline]
     pub fn get<Q>(&self, key: &Q) -> Option<V>
     where
         K: Borrow<Q>,
@@ -208,25 +211,19 @@ where
     {
         let hash = self.hash(key);
         let shard = self.shard(hash);
-        let core = shard.core.read();
-        let Some(token) = core.find(hash, key) else {
-            drop(core);
+        let map = shard.read();
+        let Some((token, value)) = map.find(hash, key) else {
+            drop(map);
             if self.inner.record_stats {
                 shard.misses.fetch_add(1, Ordering::Relaxed);
             }
             return None;
         };
-        let value = core.value(token).clone();
-        let drain = core.records_reads() && core.record_read(token);
-        drop(core);
+        let value = value.clone();
+        drop(map);
+        shard.record_read(token);
         if self.inner.record_stats {
             shard.hits.fetch_add(1, Ordering::Relaxed);
-        }
-        if drain {
-            // Never wait: if a writer holds the lock it drains for us.
-            if let Some(mut core) = shard.core.try_write() {
-                core.drain_reads();
-            }
         }
         Some(value)
     }
@@ -239,14 +236,15 @@ where
     /// cache.insert(1, 10);
     /// assert_eq!(cache.peek(&1), Some(10));
     /// ```
+    #[inline]
     pub fn peek<Q>(&self, key: &Q) -> Option<V>
     where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
         let hash = self.hash(key);
-        let core = self.shard(hash).core.read();
-        core.find(hash, key).map(|t| core.value(t).clone())
+        let map = self.shard(hash).read();
+        map.find(hash, key).map(|(_, v)| v.clone())
     }
 
     /// Whether `key` is present, without touching the eviction order.
@@ -257,13 +255,14 @@ where
     /// assert!(cache.contains_key(&1));
     /// assert!(!cache.contains_key(&2));
     /// ```
+    #[inline]
     pub fn contains_key<Q>(&self, key: &Q) -> bool
     where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
         let hash = self.hash(key);
-        self.shard(hash).core.read().find(hash, key).is_some()
+        self.shard(hash).read().find(hash, key).is_some()
     }
 
     /// Stores `value` under `key`, replacing any value there, and evicts as needed
@@ -320,7 +319,7 @@ where
         let shard = self.shard(hash);
         let mut removed = Removed::new();
         let hasher = &self.inner.hasher;
-        let result = shard.core.write().insert(
+        let result = shard.write().insert(
             hash,
             key,
             value,
@@ -352,7 +351,7 @@ where
         Q: Hash + Eq + ?Sized,
     {
         let hash = self.hash(key);
-        let (key, value) = self.shard(hash).core.write().remove(hash, key)?;
+        let (key, value) = self.shard(hash).write().remove(hash, key)?;
         match &self.inner.listener {
             Some(_) => {
                 let returned = value.clone();
@@ -377,7 +376,7 @@ where
         let mut first_panic = None;
         for shard in self.inner.shards.iter() {
             let mut removed = Vec::new();
-            shard.core.write().clear(&mut removed);
+            shard.write().clear(&mut removed);
             if let Some(listener) = &self.inner.listener {
                 for (k, v) in removed {
                     deliver(listener, k, v, RemovalCause::Explicit, &mut first_panic);
@@ -391,7 +390,7 @@ where
 
     /// The number of entries (weakly consistent under concurrent writes).
     pub fn len(&self) -> usize {
-        self.inner.shards.iter().map(|s| s.core.read().len()).sum()
+        self.inner.shards.iter().map(|s| s.read().len()).sum()
     }
 
     /// Whether the cache holds no entries.
@@ -401,11 +400,7 @@ where
 
     /// The total weight of the entries (their count when no weigher is set).
     pub fn weighted_size(&self) -> u64 {
-        self.inner
-            .shards
-            .iter()
-            .map(|s| s.core.read().weight())
-            .sum()
+        self.inner.shards.iter().map(|s| s.read().weight()).sum()
     }
 
     /// The capacity the cache was built with.
@@ -424,7 +419,7 @@ where
         for shard in self.inner.shards.iter() {
             stats.hits += shard.hits.load(Ordering::Relaxed);
             stats.misses += shard.misses.load(Ordering::Relaxed);
-            let c = shard.core.read().counters;
+            let c = shard.read().counters;
             stats.inserts += c.inserts;
             stats.updates += c.updates;
             stats.evictions += c.evictions;
@@ -482,13 +477,10 @@ where
     #[doc(hidden)]
     #[cfg(any(test, fuzzing))]
     pub fn validate(&self) {
-        let mut weight = 0;
         for shard in self.inner.shards.iter() {
-            let core = shard.core.read();
-            core.validate(&|k| self.inner.hasher.hash_one(k));
-            weight += core.weight();
+            shard.write().validate(&|k| self.inner.hasher.hash_one(k));
         }
-        assert!(weight <= self.inner.capacity);
+        assert!(self.weighted_size() <= self.inner.capacity);
     }
 
     /// Keys in eviction order (next victim first) for each shard.
@@ -500,11 +492,7 @@ where
         self.inner
             .shards
             .iter()
-            .map(|s| {
-                let mut core = s.core.write();
-                core.drain_reads();
-                core.eviction_order().into_iter().cloned().collect()
-            })
+            .map(|s| s.write().eviction_order().into_iter().cloned().collect())
             .collect()
     }
 }
@@ -558,8 +546,8 @@ where
             let shard = shards.get(self.shard)?;
             match self.slot {
                 Some(from) => {
-                    let core = shard.core.read();
-                    self.slot = core.collect(from, ITER_BATCH, &mut self.batch);
+                    let map = shard.read();
+                    self.slot = map.collect(from, ITER_BATCH, &mut self.batch);
                     self.batch.reverse();
                 }
                 None => {

@@ -36,7 +36,7 @@
 //!
 //! ## How it works
 //!
-//! A key is hashed once (with a randomly seeded [`ahash`] hasher by default); bits
+//! A key is hashed once (with a randomly seeded foldhash by default); bits
 //! of that hash pick one of a power-of-two number of shards. A shard is a
 //! cache-padded reader-writer lock around a `hashbrown::HashTable` of `u32`
 //! tokens, a slab of entries those tokens address, the shard's eviction policy,
@@ -78,6 +78,7 @@
 
 mod builder;
 mod cache;
+mod hash;
 mod policy;
 mod stats;
 mod store;
@@ -88,8 +89,6 @@ mod tests;
 
 pub use builder::{BuildError, CacheBuilder, MAX_SHARDS};
 pub use cache::{Cache, Iter, Rejected, RemovalCause};
+pub use hash::{DefaultHashBuilder, DefaultHasher};
 pub use policy::Eviction;
 pub use stats::CacheStats;
-
-/// The default hasher builder: [`ahash::RandomState`], randomly seeded per cache.
-pub type DefaultHashBuilder = ahash::RandomState;

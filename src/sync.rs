@@ -11,11 +11,10 @@ pub(crate) use loom::sync::atomic::{AtomicU32, AtomicU64};
 
 pub(crate) use std::sync::atomic::Ordering;
 
-/// A reader-writer lock with the three operations the store needs.
+/// A reader-writer lock with the two operations the store needs.
 ///
-/// parking_lot's lock in production (no poisoning: a panicking user callback never
-/// runs while a shard lock is held for writing, and readers cannot corrupt state);
-/// loom's under the model checker.
+/// parking_lot's lock in production (no poisoning: no user callback runs while a
+/// shard lock is held for writing); loom's under the model checker.
 #[derive(Debug, Default)]
 pub(crate) struct RwLock<T> {
     #[cfg(not(larder_loom))]
@@ -44,6 +43,7 @@ impl<T> RwLock<T> {
     }
 
     #[cfg(not(larder_loom))]
+    #[inline]
     pub(crate) fn read(&self) -> ReadGuard<'_, T> {
         self.inner.read()
     }
@@ -51,11 +51,6 @@ impl<T> RwLock<T> {
     #[cfg(not(larder_loom))]
     pub(crate) fn write(&self) -> WriteGuard<'_, T> {
         self.inner.write()
-    }
-
-    #[cfg(not(larder_loom))]
-    pub(crate) fn try_write(&self) -> Option<WriteGuard<'_, T>> {
-        self.inner.try_write()
     }
 
     #[cfg(larder_loom)]
@@ -67,10 +62,50 @@ impl<T> RwLock<T> {
     pub(crate) fn write(&self) -> WriteGuard<'_, T> {
         self.inner.write().unwrap_or_else(|e| e.into_inner())
     }
+}
+
+/// A mutual-exclusion lock with the two operations the policy needs.
+#[derive(Debug, Default)]
+pub(crate) struct Mutex<T> {
+    #[cfg(not(larder_loom))]
+    inner: parking_lot::Mutex<T>,
+    #[cfg(larder_loom)]
+    inner: loom::sync::Mutex<T>,
+}
+
+#[cfg(not(larder_loom))]
+pub(crate) type MutexGuard<'a, T> = parking_lot::MutexGuard<'a, T>;
+#[cfg(larder_loom)]
+pub(crate) type MutexGuard<'a, T> = loom::sync::MutexGuard<'a, T>;
+
+impl<T> Mutex<T> {
+    pub(crate) fn new(value: T) -> Self {
+        Self {
+            #[cfg(not(larder_loom))]
+            inner: parking_lot::Mutex::new(value),
+            #[cfg(larder_loom)]
+            inner: loom::sync::Mutex::new(value),
+        }
+    }
+
+    #[cfg(not(larder_loom))]
+    pub(crate) fn lock(&self) -> MutexGuard<'_, T> {
+        self.inner.lock()
+    }
+
+    #[cfg(not(larder_loom))]
+    pub(crate) fn try_lock(&self) -> Option<MutexGuard<'_, T>> {
+        self.inner.try_lock()
+    }
 
     #[cfg(larder_loom)]
-    pub(crate) fn try_write(&self) -> Option<WriteGuard<'_, T>> {
-        self.inner.try_write().ok()
+    pub(crate) fn lock(&self) -> MutexGuard<'_, T> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    #[cfg(larder_loom)]
+    pub(crate) fn try_lock(&self) -> Option<MutexGuard<'_, T>> {
+        self.inner.try_lock().ok()
     }
 }
 

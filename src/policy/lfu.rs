@@ -44,7 +44,10 @@ impl Lfu {
     }
 
     pub(crate) fn on_access(&mut self, token: Token) {
-        let from = self.bucket_of[token as usize];
+        let from = match self.bucket_of.get(token as usize) {
+            Some(&b) if b != NIL => b,
+            _ => return, // a stale read of an entry that has left
+        };
         let Bucket { freq, next, .. } = self.buckets[from as usize];
         let Some(freq) = freq.checked_add(1) else {
             // Saturated: only recency can still change.
@@ -197,6 +200,9 @@ mod tests {
         assert_eq!(lfu.victim(2), Some(0));
         lfu.on_remove(2);
         assert_eq!(lfu.victim(0), None);
+        assert_eq!(lfu.order(), vec![0]);
+        lfu.on_access(1); // stale: ignored
+        lfu.on_access(77);
         assert_eq!(lfu.order(), vec![0]);
     }
 }

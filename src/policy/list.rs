@@ -8,6 +8,10 @@ use crate::store::Token;
 /// The "no neighbour" token.
 pub(crate) const NIL: Token = Token::MAX;
 
+/// `prev` of a token on no list. Drained reads may name tokens whose entries are
+/// gone, so policies check membership before they move anything.
+const DETACHED: Token = Token::MAX - 1;
+
 #[derive(Debug, Clone, Copy)]
 struct Link {
     prev: Token,
@@ -28,11 +32,18 @@ impl Links {
             self.links.resize(
                 need,
                 Link {
-                    prev: NIL,
+                    prev: DETACHED,
                     next: NIL,
                 },
             );
         }
+    }
+
+    /// Whether `token` is on some list.
+    pub(crate) fn is_linked(&self, token: Token) -> bool {
+        self.links
+            .get(token as usize)
+            .is_some_and(|l| l.prev != DETACHED)
     }
 
     pub(crate) fn next(&self, token: Token) -> Token {
@@ -95,7 +106,7 @@ impl List {
             links.links[next as usize].prev = prev;
         }
         links.links[token as usize] = Link {
-            prev: NIL,
+            prev: DETACHED,
             next: NIL,
         };
         self.len -= 1;
@@ -149,6 +160,7 @@ mod tests {
                 }
                 prop_assert_eq!(list.tokens(&links), model.clone());
                 prop_assert_eq!(list.head(), model.first().copied());
+                prop_assert_eq!(links.is_linked(t), model.contains(&t));
             }
         }
     }

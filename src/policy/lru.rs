@@ -15,7 +15,9 @@ impl Lru {
     }
 
     pub(crate) fn on_access(&mut self, token: Token) {
-        self.order.move_to_back(&mut self.links, token);
+        if self.links.is_linked(token) {
+            self.order.move_to_back(&mut self.links, token);
+        }
     }
 
     pub(crate) fn on_remove(&mut self, token: Token) {

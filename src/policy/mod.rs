@@ -48,11 +48,6 @@ impl Policy {
         }
     }
 
-    /// Whether reads must be recorded for this policy.
-    pub(crate) fn records_reads(&self) -> bool {
-        true
-    }
-
     pub(crate) fn on_insert(&mut self, token: Token) {
         match self {
             Self::Lru(p) => p.on_insert(token),
@@ -60,6 +55,8 @@ impl Policy {
         }
     }
 
+    /// A read of `token`; ignored when the policy does not hold it (a stale
+    /// buffered read of an entry that has since left).
     pub(crate) fn on_access(&mut self, token: Token) {
         match self {
             Self::Lru(p) => p.on_access(token),

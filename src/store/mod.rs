@@ -1,8 +1,16 @@
-//! The sharded store: each shard is a padded reader-writer lock around a
-//! `hashbrown::HashTable` of `u32` tokens into a slab of entries, plus the
-//! shard's policy and its read buffer. The store knows nothing of time; it asks
-//! the policy for victims and hands removed entries back to the caller, who
-//! notifies listeners after the lock is released.
+//! The sharded store. A shard is two locks and a ring:
+//!
+//! * the **map** — a `hashbrown::HashTable` of `u32` tokens into a slab of
+//!   entries — behind a reader-writer lock: lookups share it, writes own it;
+//! * the **policy** behind its own mutex, so that applying buffered reads to it
+//!   never blocks a lookup;
+//! * the **read buffer**, a lock-free ring that lookups append tokens to.
+//!
+//! Writers take the map lock, then the policy lock (always in that order), drain
+//! the ring, and change both together; readers never wait on the policy lock
+//! (they `try_lock` it to drain a full ring). The store knows nothing of time: it
+//! asks the policy for victims and hands removed entries back to the caller, who
+//! notifies listeners after both locks are released.
 
 mod read_buffer;
 mod slab;
@@ -13,7 +21,7 @@ use hashbrown::HashTable;
 use smallvec::SmallVec;
 
 use crate::policy::{list::NIL, Eviction, Policy};
-use crate::sync::{AtomicU64, RwLock};
+use crate::sync::{AtomicU64, Mutex, MutexGuard, ReadGuard, RwLock, WriteGuard};
 use crate::RemovalCause;
 use read_buffer::ReadBuffer;
 use slab::{Entry, Slab};
@@ -23,7 +31,7 @@ pub(crate) use slab::{Token, MAX_WEIGHT};
 /// dropped) after the lock is released.
 pub(crate) type Removed<K, V> = SmallVec<[(K, V, RemovalCause); 2]>;
 
-/// Write-side counters, kept under the shard's write lock (so plain integers).
+/// Write-side counters, kept under the map's write lock (so plain integers).
 #[derive(Debug, Default, Clone, Copy)]
 pub(crate) struct Counters {
     pub(crate) inserts: u64,
@@ -34,67 +42,87 @@ pub(crate) struct Counters {
     pub(crate) rejections: u64,
 }
 
-/// One shard: the lock, and read-side counters beside the lock word (a read
-/// writes that cache line anyway).
+/// One shard.
 #[derive(Debug)]
 pub(crate) struct Shard<K, V> {
-    pub(crate) core: RwLock<ShardCore<K, V>>,
+    map: RwLock<Map<K, V>>,
+    reads: ReadBuffer,
+    policy: Mutex<Policy>,
     pub(crate) hits: AtomicU64,
     pub(crate) misses: AtomicU64,
 }
 
-impl<K, V> Shard<K, V> {
-    pub(crate) fn new(capacity: u64, eviction: Eviction, initial_capacity: usize) -> Self {
-        Self {
-            core: RwLock::new(ShardCore {
-                table: HashTable::with_capacity(initial_capacity),
-                slab: Slab::with_capacity(initial_capacity),
-                reads: ReadBuffer::default(),
-                policy: Policy::new(eviction),
-                weight: 0,
-                capacity,
-                counters: Counters::default(),
-            }),
-            hits: AtomicU64::new(0),
-            misses: AtomicU64::new(0),
-        }
-    }
-}
-
-/// What the shard lock protects.
+/// What the map lock protects.
 #[derive(Debug)]
-pub(crate) struct ShardCore<K, V> {
+pub(crate) struct Map<K, V> {
     table: HashTable<Token>,
     slab: Slab<K, V>,
-    reads: ReadBuffer,
-    policy: Policy,
     weight: u64,
     capacity: u64,
     pub(crate) counters: Counters,
 }
 
-impl<K: Eq, V> ShardCore<K, V> {
-    pub(crate) fn find<Q>(&self, hash: u64, key: &Q) -> Option<Token>
+impl<K, V> Shard<K, V> {
+    pub(crate) fn new(capacity: u64, eviction: Eviction, initial_capacity: usize) -> Self {
+        Self {
+            map: RwLock::new(Map {
+                table: HashTable::with_capacity(initial_capacity),
+                slab: Slab::with_capacity(initial_capacity),
+                weight: 0,
+                capacity,
+                counters: Counters::default(),
+            }),
+            reads: ReadBuffer::default(),
+            policy: Mutex::new(Policy::new(eviction)),
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+        }
+    }
+
+    /// The map, shared with other readers.
+    #[inline]
+    pub(crate) fn read(&self) -> ReadGuard<'_, Map<K, V>> {
+        self.map.read()
+    }
+
+    /// Both locks, with buffered reads applied to the policy.
+    pub(crate) fn write(&self) -> ShardWriter<'_, K, V> {
+        let map = self.map.write();
+        let mut policy = self.policy.lock();
+        self.reads.drain(|t| policy.on_access(t));
+        ShardWriter { map, policy }
+    }
+
+    /// Records a read of `token` for the policy. Call after releasing the map
+    /// lock: when the ring fills, this drains it if the policy lock is free.
+    #[inline]
+    pub(crate) fn record_read(&self, token: Token) {
+        if self.reads.record(token) {
+            if let Some(mut policy) = self.policy.try_lock() {
+                self.reads.drain(|t| policy.on_access(t));
+            }
+        }
+    }
+}
+
+impl<K: Eq, V> Map<K, V> {
+    /// Finds `key` and its value in one probe of the table.
+    #[inline]
+    pub(crate) fn find<Q>(&self, hash: u64, key: &Q) -> Option<(Token, &V)>
     where
         K: Borrow<Q>,
         Q: Eq + ?Sized,
     {
-        self.table
-            .find(hash, |&t| self.slab.get(t).key.borrow() == key)
-            .copied()
-    }
-
-    pub(crate) fn value(&self, token: Token) -> &V {
-        &self.slab.get(token).value
-    }
-
-    /// Notes a read for the policy; true when the read buffer wants a drain.
-    pub(crate) fn record_read(&self, token: Token) -> bool {
-        self.reads.record(token)
-    }
-
-    pub(crate) fn records_reads(&self) -> bool {
-        self.policy.records_reads()
+        let mut value = None;
+        let token = self.table.find(hash, |&t| {
+            let entry = self.slab.get(t);
+            let hit = entry.key.borrow() == key;
+            if hit {
+                value = Some(&entry.value);
+            }
+            hit
+        })?;
+        Some((*token, value?))
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -103,98 +131,6 @@ impl<K: Eq, V> ShardCore<K, V> {
 
     pub(crate) fn weight(&self) -> u64 {
         self.weight
-    }
-
-    /// Applies buffered reads to the policy. Every write calls this first, so the
-    /// buffer only ever names resident tokens.
-    pub(crate) fn drain_reads(&mut self) {
-        let Self {
-            reads,
-            policy,
-            slab,
-            ..
-        } = self;
-        reads.drain(|t| {
-            debug_assert!(slab.is_resident(t));
-            policy.on_access(t);
-        });
-    }
-
-    /// Inserts or replaces `key`. Entries the shard let go of are pushed to `out`.
-    /// Gives the key and value back when the weight can never fit in this shard
-    /// (any entry already under `key` is removed: a rejected write must not leave
-    /// the value it meant to replace readable).
-    pub(crate) fn insert(
-        &mut self,
-        hash: u64,
-        key: K,
-        value: V,
-        weight: u32,
-        hash_of: &impl Fn(&K) -> u64,
-        out: &mut Removed<K, V>,
-    ) -> Result<(), (K, V)> {
-        self.drain_reads();
-        let existing = self.find(hash, &key);
-        if u64::from(weight) > self.capacity || weight > MAX_WEIGHT {
-            if let Some(t) = existing {
-                let old = self.unlink(hash, t);
-                out.push((key, old.value, RemovalCause::Replaced));
-                let old_key = old.key;
-                self.counters.rejections += 1;
-                return Err((old_key, value));
-            }
-            self.counters.rejections += 1;
-            return Err((key, value));
-        }
-        match existing {
-            Some(t) => {
-                let entry = self.slab.get_mut(t);
-                let old_weight = entry.weight();
-                let old_value = std::mem::replace(&mut entry.value, value);
-                entry.set_weight(weight);
-                self.weight = self.weight - u64::from(old_weight) + u64::from(weight);
-                self.policy.on_access(t);
-                self.counters.updates += 1;
-                out.push((key, old_value, RemovalCause::Replaced));
-                self.evict_to(self.capacity, t, hash_of, out);
-            }
-            None => {
-                self.evict_to(self.capacity - u64::from(weight), NIL, hash_of, out);
-                let Some(t) = self.slab.insert(Entry::new(key, value, weight)) else {
-                    unreachable!("a shard never holds u32::MAX entries: its capacity is checked");
-                };
-                let slab = &self.slab;
-                self.table
-                    .insert_unique(hash, t, |&t| hash_of(&slab.get(t).key));
-                self.policy.on_insert(t);
-                self.weight += u64::from(weight);
-                self.counters.inserts += 1;
-            }
-        }
-        Ok(())
-    }
-
-    pub(crate) fn remove<Q>(&mut self, hash: u64, key: &Q) -> Option<(K, V)>
-    where
-        K: Borrow<Q>,
-        Q: Eq + ?Sized,
-    {
-        self.drain_reads();
-        let t = self.find(hash, key)?;
-        let entry = self.unlink(hash, t);
-        self.counters.invalidations += 1;
-        Some((entry.key, entry.value))
-    }
-
-    /// Empties the shard, releasing its memory.
-    pub(crate) fn clear(&mut self, out: &mut Vec<(K, V)>) {
-        self.reads.clear();
-        self.table = HashTable::new();
-        self.policy.clear();
-        self.weight = 0;
-        let before = out.len();
-        out.extend(self.slab.take_all().map(|e| (e.key, e.value)));
-        self.counters.invalidations += (out.len() - before) as u64;
     }
 
     /// Clones up to `max` entries from slot `from` on into `out`; returns the slot
@@ -212,6 +148,89 @@ impl<K: Eq, V> ShardCore<K, V> {
         }
         None
     }
+}
+
+/// A shard held for writing: the map and the policy, changed together.
+pub(crate) struct ShardWriter<'a, K, V> {
+    map: WriteGuard<'a, Map<K, V>>,
+    policy: MutexGuard<'a, Policy>,
+}
+
+impl<K: Eq, V> ShardWriter<'_, K, V> {
+    /// Inserts or replaces `key`. Entries the shard let go of are pushed to `out`.
+    /// Gives the key and value back when the weight can never fit in this shard
+    /// (any entry already under `key` is removed: a rejected write must not leave
+    /// the value it meant to replace readable).
+    pub(crate) fn insert(
+        &mut self,
+        hash: u64,
+        key: K,
+        value: V,
+        weight: u32,
+        hash_of: &impl Fn(&K) -> u64,
+        out: &mut Removed<K, V>,
+    ) -> Result<(), (K, V)> {
+        let existing = self.map.find(hash, &key).map(|(t, _)| t);
+        if u64::from(weight) > self.map.capacity || weight > MAX_WEIGHT {
+            self.map.counters.rejections += 1;
+            if let Some(t) = existing {
+                let old = self.unlink(hash, t);
+                out.push((key, old.value, RemovalCause::Replaced));
+                return Err((old.key, value));
+            }
+            return Err((key, value));
+        }
+        match existing {
+            Some(t) => {
+                let map = &mut *self.map;
+                let entry = map.slab.get_mut(t);
+                let old_weight = entry.weight();
+                let old_value = std::mem::replace(&mut entry.value, value);
+                entry.set_weight(weight);
+                map.weight = map.weight - u64::from(old_weight) + u64::from(weight);
+                map.counters.updates += 1;
+                self.policy.on_access(t);
+                out.push((key, old_value, RemovalCause::Replaced));
+                self.evict_to(self.map.capacity, t, hash_of, out);
+            }
+            None => {
+                self.evict_to(self.map.capacity - u64::from(weight), NIL, hash_of, out);
+                let map = &mut *self.map;
+                let Some(t) = map.slab.insert(Entry::new(key, value, weight)) else {
+                    unreachable!("a shard never holds u32::MAX entries: its capacity is checked");
+                };
+                let slab = &map.slab;
+                map.table
+                    .insert_unique(hash, t, |&t| hash_of(&slab.get(t).key));
+                map.weight += u64::from(weight);
+                map.counters.inserts += 1;
+                self.policy.on_insert(t);
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn remove<Q>(&mut self, hash: u64, key: &Q) -> Option<(K, V)>
+    where
+        K: Borrow<Q>,
+        Q: Eq + ?Sized,
+    {
+        let (t, _) = self.map.find(hash, key)?;
+        let entry = self.unlink(hash, t);
+        self.map.counters.invalidations += 1;
+        Some((entry.key, entry.value))
+    }
+
+    /// Empties the shard, releasing its memory.
+    pub(crate) fn clear(&mut self, out: &mut Vec<(K, V)>) {
+        let map = &mut *self.map;
+        map.table = HashTable::new();
+        map.weight = 0;
+        self.policy.clear();
+        let before = out.len();
+        out.extend(map.slab.take_all().map(|e| (e.key, e.value)));
+        map.counters.invalidations += (out.len() - before) as u64;
+    }
 
     /// Evicts in policy order, never `keep`, until the shard weighs at most `limit`.
     fn evict_to(
@@ -221,56 +240,58 @@ impl<K: Eq, V> ShardCore<K, V> {
         hash_of: &impl Fn(&K) -> u64,
         out: &mut Removed<K, V>,
     ) {
-        while self.weight > limit {
+        while self.map.weight > limit {
             let Some(victim) = self.policy.victim(keep) else {
                 break;
             };
-            let hash = hash_of(&self.slab.get(victim).key);
+            let hash = hash_of(&self.map.slab.get(victim).key);
             let entry = self.unlink(hash, victim);
-            self.counters.evictions += 1;
-            self.counters.evicted_weight += u64::from(entry.weight());
+            self.map.counters.evictions += 1;
+            self.map.counters.evicted_weight += u64::from(entry.weight());
             out.push((entry.key, entry.value, RemovalCause::Size));
         }
     }
 
     /// Takes a resident entry out of the table, the policy and the slab.
     fn unlink(&mut self, hash: u64, token: Token) -> Entry<K, V> {
-        match self.table.find_entry(hash, |&t| t == token) {
+        let map = &mut *self.map;
+        match map.table.find_entry(hash, |&t| t == token) {
             Ok(found) => {
                 found.remove();
             }
             Err(_) => unreachable!("resident token {token} missing from the table"),
         }
         self.policy.on_remove(token);
-        let entry = self.slab.remove(token);
-        self.weight -= u64::from(entry.weight());
+        let entry = map.slab.remove(token);
+        map.weight -= u64::from(entry.weight());
         entry
     }
 
-    /// Resident tokens in eviction order.
+    /// Resident keys in eviction order.
     #[cfg(any(test, fuzzing))]
     pub(crate) fn eviction_order(&self) -> Vec<&K> {
         self.policy
             .order()
             .into_iter()
-            .map(|t| &self.slab.get(t).key)
+            .map(|t| &self.map.slab.get(t).key)
             .collect()
     }
 
     /// Checks every structural invariant of the shard; panics on the first broken one.
     #[cfg(any(test, fuzzing))]
     pub(crate) fn validate(&self, hash_of: &impl Fn(&K) -> u64) {
+        let map = &*self.map;
         let mut weight = 0;
         let mut live = Vec::new();
-        for (t, e) in self.slab.iter_from(0) {
+        for (t, e) in map.slab.iter_from(0) {
             weight += u64::from(e.weight());
             live.push(t);
-            let found = self.table.find(hash_of(&e.key), |&x| x == t);
+            let found = map.table.find(hash_of(&e.key), |&x| x == t);
             assert_eq!(found, Some(&t), "resident entry missing from the table");
         }
-        assert_eq!(self.table.len(), live.len(), "table and slab disagree");
-        assert_eq!(weight, self.weight, "weight total drifted");
-        assert!(self.weight <= self.capacity, "shard over capacity");
+        assert_eq!(map.table.len(), live.len(), "table and slab disagree");
+        assert_eq!(weight, map.weight, "weight total drifted");
+        assert!(map.weight <= map.capacity, "shard over capacity");
         let mut order = self.policy.order();
         order.sort_unstable();
         assert_eq!(order, live, "policy and slab disagree on residents");

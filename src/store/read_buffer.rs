@@ -1,69 +1,100 @@
-//! A lossy per-shard buffer of read tokens.
+//! A lossy, bounded, multi-producer ring of read tokens, one per shard.
 //!
-//! Readers hold the shard's *read* lock and append the token they hit; whoever
-//! holds the *write* lock applies the buffered tokens to the policy. Because every
-//! writer drains before it changes anything, every buffered token names an entry
-//! that is still resident when it is drained: the type system enforces the split,
-//! since `record` needs `&self` (a read guard) and `drain` needs `&mut self` (a
-//! write guard). When the buffer is full a reader tries — never waits — to take the
-//! write lock and drain; if that fails the read is dropped, which only happens
-//! under contention and only costs the policy a little precision.
+//! Readers append the token of the entry they hit while holding the shard's map
+//! lock for reading; whoever holds the shard's *policy* lock drains the ring into
+//! the policy. The policy lock is not the lookup lock, so a drain never blocks a
+//! lookup. A token may be stale by the time it is drained (its entry removed, its
+//! slot reused): the policy ignores tokens it does not hold, and a reused slot
+//! only misattributes one read.
+//!
+//! When the ring is full, or a producer loses the race for a slot, the read is
+//! dropped: that happens only under contention and only costs the policy a
+//! little precision. Single-threaded, no read is ever lost (the reader that fills
+//! the ring drains it at once), so one shard's order is exactly the policy's.
 
 use crate::store::Token;
 use crate::sync::{AtomicU32, Ordering};
 
 /// Reads buffered per shard before a drain.
 #[cfg(not(larder_loom))]
-pub(crate) const READ_BUFFER_LEN: usize = 64;
-/// Small under loom so the models reach the full-buffer path.
+pub(crate) const READ_BUFFER_LEN: u32 = 64;
+/// Small under loom so the models reach the full-ring path.
 #[cfg(larder_loom)]
-pub(crate) const READ_BUFFER_LEN: usize = 2;
+pub(crate) const READ_BUFFER_LEN: u32 = 2;
+
+/// A slot claimed by a producer that has not written its token yet.
+const EMPTY: Token = Token::MAX;
+
+/// Attempts to claim a slot before a contended read is dropped.
+const CLAIM_ATTEMPTS: usize = 2;
 
 #[derive(Debug)]
 pub(crate) struct ReadBuffer {
-    /// Slots claimed so far; may run past `READ_BUFFER_LEN` while a drain is pending.
-    len: AtomicU32,
-    slots: [AtomicU32; READ_BUFFER_LEN],
+    /// Next slot to claim; only ever advanced by producers.
+    tail: AtomicU32,
+    /// Next slot to drain; only advanced under the policy lock.
+    head: AtomicU32,
+    slots: [AtomicU32; READ_BUFFER_LEN as usize],
 }
 
 impl Default for ReadBuffer {
     fn default() -> Self {
         Self {
-            len: AtomicU32::new(0),
-            slots: std::array::from_fn(|_| AtomicU32::new(0)),
+            tail: AtomicU32::new(0),
+            head: AtomicU32::new(0),
+            slots: std::array::from_fn(|_| AtomicU32::new(EMPTY)),
         }
     }
 }
 
 impl ReadBuffer {
-    /// Records a read of `token`. Returns true when the buffer is full and should
-    /// be drained (the caller then releases its read lock and `try_write`s).
+    /// Records a read of `token`. Returns true when the ring is full and should be
+    /// drained (the caller then `try_lock`s the policy; it never waits).
+    #[inline]
     pub(crate) fn record(&self, token: Token) -> bool {
-        // Load first so a full buffer costs a shared read, not a contended RMW.
-        let len = self.len.load(Ordering::Relaxed) as usize;
-        if len >= READ_BUFFER_LEN {
-            return true;
+        for _ in 0..CLAIM_ATTEMPTS {
+            // Acquire pairs with the drainer's release of `head`: the slot we claim
+            // was emptied before it was handed back.
+            let head = self.head.load(Ordering::Acquire);
+            let tail = self.tail.load(Ordering::Relaxed);
+            let size = tail.wrapping_sub(head);
+            if size >= READ_BUFFER_LEN {
+                return true;
+            }
+            if self
+                .tail
+                .compare_exchange(
+                    tail,
+                    tail.wrapping_add(1),
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                )
+                .is_ok()
+            {
+                self.slots[(tail % READ_BUFFER_LEN) as usize].store(token, Ordering::Release);
+                return size + 1 >= READ_BUFFER_LEN;
+            }
         }
-        let slot = self.len.fetch_add(1, Ordering::Relaxed) as usize;
-        if slot < READ_BUFFER_LEN {
-            // The write lock's acquire makes this store visible to the drainer.
-            self.slots[slot].store(token, Ordering::Relaxed);
-        }
-        slot + 1 >= READ_BUFFER_LEN
+        false
     }
 
-    /// Applies and forgets every buffered read, oldest first.
-    pub(crate) fn drain(&mut self, mut apply: impl FnMut(Token)) {
-        let len = (self.len.load(Ordering::Relaxed) as usize).min(READ_BUFFER_LEN);
-        for slot in &self.slots[..len] {
-            apply(slot.load(Ordering::Relaxed));
+    /// Applies buffered reads to `apply`, oldest first. Must only be called with
+    /// the shard's policy lock held (a single consumer at a time).
+    pub(crate) fn drain(&self, mut apply: impl FnMut(Token)) {
+        let mut head = self.head.load(Ordering::Relaxed);
+        let tail = self.tail.load(Ordering::Acquire);
+        while head != tail {
+            let slot = &self.slots[(head % READ_BUFFER_LEN) as usize];
+            let token = slot.load(Ordering::Acquire);
+            if token == EMPTY {
+                // Claimed but not yet written: the next drain picks it up.
+                break;
+            }
+            slot.store(EMPTY, Ordering::Relaxed);
+            apply(token);
+            head = head.wrapping_add(1);
         }
-        self.len.store(0, Ordering::Relaxed);
-    }
-
-    /// Forgets buffered reads without applying them (the entries are gone).
-    pub(crate) fn clear(&mut self) {
-        self.len.store(0, Ordering::Relaxed);
+        self.head.store(head, Ordering::Release);
     }
 }
 
@@ -73,100 +104,112 @@ mod tests {
 
     #[test]
     fn keeps_order_and_reports_full() {
-        let mut buf = ReadBuffer::default();
-        for t in 0..READ_BUFFER_LEN as Token - 1 {
+        let buf = ReadBuffer::default();
+        for t in 0..READ_BUFFER_LEN - 1 {
             assert!(!buf.record(t));
         }
         assert!(buf.record(999));
-        assert!(buf.record(1000), "a full buffer keeps asking for a drain");
+        assert!(buf.record(1000), "a full ring keeps asking for a drain");
         let mut seen = Vec::new();
         buf.drain(|t| seen.push(t));
-        assert_eq!(seen.len(), READ_BUFFER_LEN);
+        assert_eq!(seen.len(), READ_BUFFER_LEN as usize);
         assert_eq!(seen[0], 0);
         assert_eq!(*seen.last().unwrap(), 999);
         buf.drain(|_| panic!("drained twice"));
+    }
+
+    #[test]
+    fn wraps_around_many_laps() {
+        let buf = ReadBuffer::default();
+        let mut seen = Vec::new();
+        for t in 0..10_000 {
+            if buf.record(t) {
+                buf.drain(|t| seen.push(t));
+            }
+        }
+        buf.drain(|t| seen.push(t));
+        assert_eq!(seen, (0..10_000).collect::<Vec<_>>());
     }
 }
 
 #[cfg(all(test, larder_loom))]
 mod loom_models {
-    //! The read-buffer / lock protocol under loom: readers record under the read
-    //! lock, a full buffer is drained by whoever wins `try_write`, writers drain
-    //! before they mutate. No recorded token may be applied twice or name a slot
-    //! that a writer freed, and with room in the buffer no read is lost.
+    //! The ring under loom: producers record concurrently with a drainer holding
+    //! the policy lock. Every token drained was recorded, none is drained twice,
+    //! and with room in the ring no read is lost.
     use super::*;
-    use crate::sync::RwLock;
+    use crate::sync::Mutex;
     use loom::sync::Arc;
     use loom::thread;
 
-    struct Core {
-        reads: ReadBuffer,
-        resident: [bool; 4],
-        applied: Vec<Token>,
-    }
-
-    fn read(lock: &RwLock<Core>, token: Token) -> bool {
-        let full = {
-            let core = lock.read();
-            if !core.resident[token as usize] {
-                return false;
-            }
-            core.reads.record(token)
-        };
+    fn record_and_maybe_drain(buf: &ReadBuffer, policy: &Mutex<Vec<Token>>, token: Token) -> bool {
+        let full = buf.record(token);
         if full {
-            if let Some(mut core) = lock.try_write() {
-                let Core {
-                    reads,
-                    resident,
-                    applied,
-                } = &mut *core;
-                reads.drain(|t| {
-                    assert!(resident[t as usize], "drained a token that was freed");
-                    applied.push(t);
-                });
+            if let Some(mut applied) = policy.try_lock() {
+                buf.drain(|t| applied.push(t));
             }
         }
-        true
+        full
     }
 
     #[test]
-    fn readers_and_a_writer() {
+    fn two_producers_and_a_drainer() {
         loom::model(|| {
-            let lock = Arc::new(RwLock::new(Core {
-                reads: ReadBuffer::default(),
-                resident: [true; 4],
-                applied: Vec::new(),
-            }));
-            let readers: Vec<_> = (0..2)
+            let buf = Arc::new(ReadBuffer::default());
+            let policy = Arc::new(Mutex::new(Vec::new()));
+            let producers: Vec<_> = (0..2)
                 .map(|i| {
-                    let lock = lock.clone();
-                    thread::spawn(move || read(&lock, i) as usize)
+                    let (buf, policy) = (buf.clone(), policy.clone());
+                    thread::spawn(move || record_and_maybe_drain(&buf, &policy, i))
                 })
                 .collect();
             {
-                // A writer: drain first, then free token 1.
-                let mut core = lock.write();
-                let Core {
-                    reads,
-                    resident,
-                    applied,
-                } = &mut *core;
-                reads.drain(|t| {
-                    assert!(resident[t as usize]);
-                    applied.push(t);
-                });
-                resident[1] = false;
+                // A writer drains under the policy lock while producers run.
+                let mut applied = policy.lock();
+                buf.drain(|t| applied.push(t));
             }
-            let hits: usize = readers.into_iter().map(|r| r.join().unwrap()).sum();
-            let mut core = lock.write();
-            let Core { reads, applied, .. } = &mut *core;
-            reads.drain(|t| applied.push(t));
-            // The buffer never filled, so every hit was applied exactly once.
-            assert_eq!(applied.len(), hits);
-            let mut sorted = applied.clone();
-            sorted.sort_unstable();
-            sorted.dedup();
-            assert_eq!(sorted.len(), applied.len());
+            for p in producers {
+                p.join().unwrap();
+            }
+            let mut applied = policy.lock();
+            buf.drain(|t| applied.push(t));
+            // Two reads never overflow a ring of two, and a lost claim race is
+            // retried, so both reads arrive, once each.
+            let mut seen = applied.clone();
+            seen.sort_unstable();
+            assert_eq!(seen, vec![0, 1]);
+        });
+    }
+
+    #[test]
+    fn overflow_drops_but_never_duplicates() {
+        loom::model(|| {
+            let buf = Arc::new(ReadBuffer::default());
+            let policy = Arc::new(Mutex::new(Vec::new()));
+            let producers: Vec<_> = (0..2)
+                .map(|i| {
+                    let (buf, policy) = (buf.clone(), policy.clone());
+                    thread::spawn(move || {
+                        record_and_maybe_drain(&buf, &policy, 2 * i);
+                        record_and_maybe_drain(&buf, &policy, 2 * i + 1);
+                    })
+                })
+                .collect();
+            for p in producers {
+                p.join().unwrap();
+            }
+            let mut applied = policy.lock();
+            buf.drain(|t| applied.push(t));
+            let mut seen = applied.clone();
+            seen.sort_unstable();
+            seen.dedup();
+            assert_eq!(seen.len(), applied.len(), "a token was drained twice");
+            assert!(seen.iter().all(|&t| t < 4));
+            // Each producer's own reads stay in order.
+            for i in 0..2 {
+                let mine: Vec<_> = applied.iter().filter(|&&t| t / 2 == i).collect();
+                assert!(mine.windows(2).all(|w| w[0] < w[1]));
+            }
         });
     }
 }

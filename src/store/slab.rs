@@ -74,6 +74,7 @@ impl<K, V> Slab<K, V> {
         entry
     }
 
+    #[inline]
     pub(crate) fn get(&self, token: Token) -> &Entry<K, V> {
         match &self.slots[token as usize] {
             Some(entry) => entry,
@@ -88,6 +89,7 @@ impl<K, V> Slab<K, V> {
         }
     }
 
+    #[cfg(test)]
     pub(crate) fn is_resident(&self, token: Token) -> bool {
         matches!(self.slots.get(token as usize), Some(Some(_)))
     }

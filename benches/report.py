@@ -1,0 +1,49 @@
+#!/usr/bin/env python3
+"""Turns criterion runs of `benches/throughput.rs` into a markdown table: the
+median time per operation of each subject, and each larder figure's ratio to
+quick_cache and moka (peer time / larder time: above 1.0 means larder is faster).
+
+The machine is shared and noisy, so run the bench several times under named
+baselines and pass their names; ratios are computed within each run (same
+minutes, same noise) and the median ratio across runs is reported.
+
+    for r in 1 2 3; do cargo bench --bench throughput -- --save-baseline run$r; done
+    python3 benches/report.py run1 run2 run3
+"""
+import json
+import pathlib
+import statistics
+import sys
+
+root = pathlib.Path("target/criterion")
+baselines = sys.argv[1:] or ["new"]
+# (group, threads) -> subject -> [median per run]
+times = {}
+runs = []
+for baseline in baselines:
+    run = {}
+    for est in sorted(root.glob(f"**/{baseline}/estimates.json")):
+        parts = est.relative_to(root).parts[:-2]
+        group, name = parts[0], parts[1]
+        threads = parts[2] if len(parts) > 2 else "1"
+        median = json.loads(est.read_text())["median"]["point_estimate"]
+        run.setdefault((group, threads), {})[name] = median
+        times.setdefault((group, threads), {}).setdefault(name, []).append(median)
+    runs.append(run)
+
+
+def ratio(key, name, peer):
+    r = [run[key][peer] / run[key][name] for run in runs
+         if key in run and name in run[key] and peer in run[key]]
+    return f"{statistics.median(r):.2f}×" if r else ""
+
+
+print(f"Medians over {len(baselines)} run(s): {', '.join(baselines)}\n")
+print("| workload | threads | subject | ns/op | vs quick_cache | vs moka |")
+print("|---|---:|---|---:|---:|---:|")
+for key, subjects in sorted(times.items()):
+    for name, medians in sorted(subjects.items()):
+        ours = name.startswith("larder")
+        q = ratio(key, name, "quick_cache") if ours else ""
+        m = ratio(key, name, "moka") if ours else ""
+        print(f"| {key[0]} | {key[1]} | {name} | {statistics.median(medians):.1f} | {q} | {m} |")
