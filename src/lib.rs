@@ -36,24 +36,27 @@
 //!
 //! ## How it works
 //!
-//! A key is hashed once (with a randomly seeded foldhash by default); bits
-//! of that hash pick one of a power-of-two number of shards. A shard is a
-//! cache-padded reader-writer lock around a `hashbrown::HashTable` of `u32`
-//! tokens, a slab of entries those tokens address, the shard's eviction policy,
-//! and a small read buffer.
+//! A key is hashed once (with a randomly seeded foldhash by default); bits 32 and
+//! up of that hash pick one of a power-of-two number of shards, and the shard's
+//! table reuses the same hash. A shard holds:
 //!
-//! * **Reads** take the shard lock for reading, find and clone the value, and
-//!   append the entry's token to the read buffer. No reader takes the write lock
-//!   unless the buffer is full, and then only with `try_write`: a reader never
-//!   waits for a writer's drain. A read dropped because the buffer is full and
-//!   the lock busy only costs the policy a little precision.
-//! * **Writes** take the write lock, first apply the buffered reads to the policy
-//!   in order, then insert, replace or remove, and evict in policy order until the
-//!   shard is within its share of the capacity. Evicted entries are handed to the
-//!   listener after the lock is released.
+//! * the **map**: a `hashbrown::HashTable` of `u32` tokens into a slab of
+//!   entries, behind a cache-padded reader-writer lock;
+//! * the **policy**, behind its own mutex;
+//! * a **read ring**: a bounded, lock-free buffer of the tokens of recent hits.
+//!
+//! * **Reads** take the map lock for reading, find the entry and clone its value
+//!   in one probe, and append its token to the ring. A read never waits for the
+//!   policy: when the ring is full, the reader `try_lock`s the policy and applies
+//!   the buffered reads; if someone else holds it, the read is dropped, which
+//!   costs the policy a little precision and only happens under contention.
+//! * **Writes** take the map lock, then the policy lock, apply the buffered
+//!   reads in order, then insert, replace or remove, and evict in policy order
+//!   until the shard is within its share of the capacity. Evicted entries reach
+//!   the listener after both locks are released.
 //! * **Policies** see only tokens. LRU keeps one intrusive list; LFU keeps O(1)
 //!   frequency buckets, each an intrusive list so ties break by recency. With one
-//!   shard and no concurrent readers the eviction order is exactly the policy's.
+//!   shard and one thread the eviction order is exactly the policy's.
 //!
 //! ## Consistency
 //!
