@@ -98,6 +98,7 @@ fn subjects(with_peek: bool) -> Vec<(&'static str, Box<dyn Subject>)> {
     if with_peek {
         v.push(("larder_peek", larder(Eviction::Lru, true)));
     }
+    v.push(("larder_tinylfu", larder(Eviction::TinyLfu, false)));
     v.push(("larder_lru", larder(Eviction::Lru, false)));
     v.push(("larder_lfu", larder(Eviction::Lfu, false)));
     v.push((

@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! cargo run --release --example hitratio -- [TRACE...] [--capacity N,N] [--percent 5,20]
-//!     [--traces-dir DIR] [--format arc|lirs|be32|be64]
+//!     [--threads N] [--only COLUMN,COLUMN] [--traces-dir DIR] [--format arc|lirs|be32|be64]
 //! ```
 //!
 //! A TRACE is a path, or a path relative to `--traces-dir` (default
@@ -11,6 +11,8 @@
 //! README is replayed. Formats and compressions (`.zst`, `.gz`, `.xz`) are
 //! recognised from the file name; see `../shared/traces/README.md`.
 //! `--percent` derives capacities from the trace's number of distinct keys.
+//! `--threads N` replays with N threads sharing each cache; `--only` picks
+//! columns (e.g. `--only "OPT,larder TinyLfu"`).
 
 use std::collections::{BinaryHeap, HashMap};
 use std::fs::File;
@@ -195,52 +197,87 @@ fn exact_lru(trace: &[u64], capacity: usize) -> u64 {
     hits
 }
 
-fn replay(trace: &[u64], get: impl Fn(u64) -> bool, insert: impl Fn(u64)) -> u64 {
-    let mut hits = 0;
-    for &k in trace {
-        if get(k) {
-            hits += 1;
-        } else {
-            insert(k);
+/// Replays `trace` as cache-aside (get, insert on a miss) on `threads` threads
+/// sharing the cache: each thread takes every `threads`-th chunk of 1,024
+/// requests, so all threads move through the trace together.
+fn replay<C: Sync>(
+    trace: &[u64],
+    threads: usize,
+    cache: &C,
+    get: impl Fn(&C, u64) -> bool + Sync,
+    insert: impl Fn(&C, u64) + Sync,
+) -> u64 {
+    const CHUNK: usize = 1024;
+    let hits = std::sync::atomic::AtomicU64::new(0);
+    std::thread::scope(|s| {
+        for t in 0..threads {
+            let (hits, get, insert) = (&hits, &get, &insert);
+            s.spawn(move || {
+                let mut mine = 0;
+                for chunk in trace.chunks(CHUNK).skip(t).step_by(threads) {
+                    for &k in chunk {
+                        if get(cache, k) {
+                            mine += 1;
+                        } else {
+                            insert(cache, k);
+                        }
+                    }
+                }
+                hits.fetch_add(mine, std::sync::atomic::Ordering::Relaxed);
+            });
         }
-    }
-    hits
+    });
+    hits.into_inner()
 }
 
-fn larder_hits(trace: &[u64], capacity: usize, eviction: Eviction) -> u64 {
+fn larder_hits(trace: &[u64], capacity: usize, threads: usize, eviction: Eviction) -> u64 {
     let cache: Cache<u64, ()> = Cache::builder()
         .max_capacity(capacity as u64)
         .eviction(eviction)
         .build()
         .expect("capacity ≥ 1");
-    replay(trace, |k| cache.get(&k).is_some(), |k| cache.insert(k, ()))
+    replay(
+        trace,
+        threads,
+        &cache,
+        |c, k| c.get(&k).is_some(),
+        |c, k| c.insert(k, ()),
+    )
 }
 
-const COLUMNS: &[&str] = &[
-    "OPT",
-    "LRU",
-    "larder Lru",
-    "larder Lfu",
-    "moka",
-    "quick_cache",
+type Subject = fn(&[u64], usize, usize) -> u64;
+
+/// Every policy replayed, by column name. OPT and LRU are single-threaded
+/// references whatever `--threads` says.
+const SUBJECTS: &[(&str, Subject)] = &[
+    ("OPT", |t, c, _| optimal(t, c)),
+    ("LRU", |t, c, _| exact_lru(t, c)),
+    ("larder TinyLfu", |t, c, n| {
+        larder_hits(t, c, n, Eviction::TinyLfu)
+    }),
+    ("larder Lru", |t, c, n| larder_hits(t, c, n, Eviction::Lru)),
+    ("larder Lfu", |t, c, n| larder_hits(t, c, n, Eviction::Lfu)),
+    ("moka", |t, c, n| {
+        let cache = moka::sync::Cache::new(c as u64);
+        replay(
+            t,
+            n,
+            &cache,
+            |c, k| c.get(&k).is_some(),
+            |c, k| c.insert(k, ()),
+        )
+    }),
+    ("quick_cache", |t, c, n| {
+        let cache = quick_cache::sync::Cache::new(c);
+        replay(
+            t,
+            n,
+            &cache,
+            |c, k| c.get(&k).is_some(),
+            |c, k| c.insert(k, ()),
+        )
+    }),
 ];
-
-fn run_all(trace: &[u64], capacity: usize) -> Vec<u64> {
-    vec![
-        optimal(trace, capacity),
-        exact_lru(trace, capacity),
-        larder_hits(trace, capacity, Eviction::Lru),
-        larder_hits(trace, capacity, Eviction::Lfu),
-        {
-            let cache = moka::sync::Cache::new(capacity as u64);
-            replay(trace, |k| cache.get(&k).is_some(), |k| cache.insert(k, ()))
-        },
-        {
-            let cache = quick_cache::sync::Cache::new(capacity);
-            replay(trace, |k| cache.get(&k).is_some(), |k| cache.insert(k, ()))
-        },
-    ]
-}
 
 fn list(value: &str) -> Result<Vec<u64>, Box<dyn std::error::Error>> {
     value
@@ -259,6 +296,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut percents = Vec::new();
     let mut dir = PathBuf::from("../shared/traces");
     let mut format = None;
+    let mut threads = 1;
+    let mut only: Vec<String> = Vec::new();
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let mut value = || args.next().ok_or(format!("{arg} needs a value"));
@@ -266,6 +305,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "--capacity" => capacities = list(&value()?)?,
             "--percent" => percents = list(&value()?)?,
             "--traces-dir" => dir = PathBuf::from(value()?),
+            "--threads" => threads = value()?.parse::<usize>()?.max(1),
+            "--only" => only = value()?.split(',').map(|s| s.trim().to_string()).collect(),
             "--format" => {
                 format = Some(match value()?.as_str() {
                     "arc" => Format::Arc,
@@ -276,7 +317,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 })
             }
             "-h" | "--help" => {
-                println!("usage: hitratio [TRACE...] [--capacity N,N] [--percent P,P] [--traces-dir DIR] [--format arc|lirs|be32|be64]");
+                println!("usage: hitratio [TRACE...] [--capacity N,N] [--percent P,P] [--threads N] [--only COLUMN,COLUMN] [--traces-dir DIR] [--format arc|lirs|be32|be64]");
                 return Ok(());
             }
             _ if arg.starts_with("--") => return Err(format!("unknown option {arg}").into()),
@@ -289,9 +330,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     if traces.is_empty() {
         traces = ALL_TRACES.iter().map(|s| s.to_string()).collect();
     }
-    println!("| trace | capacity | {} |", COLUMNS.join(" | "));
-    println!("|---|---:|{}", "---:|".repeat(COLUMNS.len()));
-    let mut sums = vec![0.0; COLUMNS.len()];
+    let subjects: Vec<&(&str, Subject)> = SUBJECTS
+        .iter()
+        .filter(|(name, _)| only.is_empty() || only.iter().any(|o| o == name))
+        .collect();
+    if subjects.is_empty() {
+        let names: Vec<&str> = SUBJECTS.iter().map(|s| s.0).collect();
+        return Err(format!("--only matches none of {names:?}").into());
+    }
+    let names: Vec<&str> = subjects.iter().map(|s| s.0).collect();
+    println!("| trace | capacity | {} |", names.join(" | "));
+    println!("|---|---:|{}", "---:|".repeat(names.len()));
+    let mut sums = vec![0.0; names.len()];
     let mut cases = 0;
     for name in &traces {
         let path = if Path::new(name).exists() {
@@ -314,7 +364,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .to_string_lossy();
         let short = short.split('.').next().unwrap_or_default();
         for capacity in caps {
-            let hits = run_all(&keys, capacity as usize);
+            let hits: Vec<u64> = subjects
+                .iter()
+                .map(|(_, run)| run(&keys, capacity as usize, threads))
+                .collect();
             let ratios: Vec<f64> = hits
                 .iter()
                 .map(|&h| 100.0 * h as f64 / keys.len() as f64)

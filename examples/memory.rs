@@ -35,6 +35,7 @@ fn measure<C>(
 fn main() {
     let mut rows = Vec::new();
     for (name, eviction) in [
+        ("larder (TinyLfu)", larder::Eviction::TinyLfu),
         ("larder (Lru)", larder::Eviction::Lru),
         ("larder (Lfu)", larder::Eviction::Lfu),
     ] {

@@ -99,9 +99,13 @@ struct Inner<K, V, S> {
 /// it returns.
 ///
 /// ```
-/// use larder::Cache;
+/// use larder::{Cache, Eviction};
 ///
-/// let cache: Cache<&'static str, u32> = Cache::builder().max_capacity(2).build().unwrap();
+/// let cache: Cache<&'static str, u32> = Cache::builder()
+///     .max_capacity(2)
+///     .eviction(Eviction::Lru)
+///     .build()
+///     .unwrap();
 /// cache.insert("a", 1);
 /// cache.insert("b", 2);
 /// cache.get("a");                 // "a" is now the most recently used
@@ -212,16 +216,16 @@ where
         let hash = self.hash(key);
         let shard = self.shard(hash);
         let map = shard.read();
-        let Some((token, value)) = map.find(hash, key) else {
+        let Some((token, entry)) = map.find(hash, key) else {
             drop(map);
             if self.inner.record_stats {
                 shard.misses.fetch_add(1, Ordering::Relaxed);
             }
             return None;
         };
-        let value = value.clone();
+        let value = entry.value.clone();
+        shard.record_read(&map, token, entry, &|k| self.inner.hasher.hash_one(k));
         drop(map);
-        shard.record_read(token);
         if self.inner.record_stats {
             shard.hits.fetch_add(1, Ordering::Relaxed);
         }
@@ -244,7 +248,7 @@ where
     {
         let hash = self.hash(key);
         let map = self.shard(hash).read();
-        map.find(hash, key).map(|(_, v)| v.clone())
+        map.find(hash, key).map(|(_, e)| e.value.clone())
     }
 
     /// Whether `key` is present, without touching the eviction order.
@@ -318,15 +322,9 @@ where
         let hash = self.hash(&key);
         let shard = self.shard(hash);
         let mut removed = Removed::new();
-        let hasher = &self.inner.hasher;
-        let result = shard.write().insert(
-            hash,
-            key,
-            value,
-            weight,
-            &|k| hasher.hash_one(k),
-            &mut removed,
-        );
+        let result = shard
+            .write(&|k| self.hash(k))
+            .insert(hash, key, value, weight, &mut removed);
         self.notify(removed);
         result.map_err(|(key, value)| Rejected {
             key,
@@ -351,7 +349,10 @@ where
         Q: Hash + Eq + ?Sized,
     {
         let hash = self.hash(key);
-        let (key, value) = self.shard(hash).write().remove(hash, key)?;
+        let (key, value) = self
+            .shard(hash)
+            .write(&|k| self.hash(k))
+            .remove(hash, key)?;
         match &self.inner.listener {
             Some(_) => {
                 let returned = value.clone();
@@ -376,7 +377,7 @@ where
         let mut first_panic = None;
         for shard in self.inner.shards.iter() {
             let mut removed = Vec::new();
-            shard.write().clear(&mut removed);
+            shard.write(&|k| self.hash(k)).clear(&mut removed);
             if let Some(listener) = &self.inner.listener {
                 for (k, v) in removed {
                     deliver(listener, k, v, RemovalCause::Explicit, &mut first_panic);
@@ -478,7 +479,7 @@ where
     #[cfg(any(test, fuzzing))]
     pub fn validate(&self) {
         for shard in self.inner.shards.iter() {
-            shard.write().validate(&|k| self.inner.hasher.hash_one(k));
+            shard.write(&|k| self.hash(k)).validate();
         }
         assert!(self.weighted_size() <= self.inner.capacity);
     }
@@ -492,7 +493,13 @@ where
         self.inner
             .shards
             .iter()
-            .map(|s| s.write().eviction_order().into_iter().cloned().collect())
+            .map(|s| {
+                s.write(&|k| self.hash(k))
+                    .eviction_order()
+                    .into_iter()
+                    .cloned()
+                    .collect()
+            })
             .collect()
     }
 }

@@ -4,10 +4,10 @@
 //! the loom models (`RUSTFLAGS="--cfg larder_loom"`) check the same code that ships.
 
 #[cfg(not(larder_loom))]
-pub(crate) use std::sync::atomic::{AtomicU32, AtomicU64};
+pub(crate) use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8};
 
 #[cfg(larder_loom)]
-pub(crate) use loom::sync::atomic::{AtomicU32, AtomicU64};
+pub(crate) use loom::sync::atomic::{AtomicU32, AtomicU64, AtomicU8};
 
 pub(crate) use std::sync::atomic::Ordering;
 

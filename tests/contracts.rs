@@ -77,7 +77,7 @@ fn default_shards_respect_small_capacities() {
 
 #[test]
 fn count_bound_holds_after_every_insert() {
-    for eviction in [Eviction::Lru, Eviction::Lfu] {
+    for eviction in [Eviction::TinyLfu, Eviction::Lru, Eviction::Lfu] {
         let cache: Cache<u32, u32> = Cache::builder()
             .max_capacity(1000)
             .eviction(eviction)
@@ -98,6 +98,7 @@ fn weight_bound_holds_and_heavy_entries_are_refused() {
     let cache: Cache<u32, String> = Cache::builder()
         .max_capacity(100)
         .shards(1)
+        .eviction(Eviction::Lru)
         .weigher(|_, v: &String| v.len() as u32)
         .eviction_listener(move |k, v, cause| sink.lock().unwrap().push((k, v.len(), cause)))
         .build()
@@ -170,6 +171,7 @@ fn listener_sees_every_cause_and_runs_outside_the_lock() {
     let reentrant = slot.clone();
     let cache: Cache<u32, u32> = Cache::builder()
         .max_capacity(1)
+        .eviction(Eviction::Lru)
         .eviction_listener(move |k, v, cause| {
             // Calling back into the cache would deadlock if a shard lock were held.
             if let Some(c) = reentrant.lock().unwrap().as_ref() {
@@ -289,7 +291,11 @@ fn stats_count_what_happened() {
 
 #[test]
 fn peek_and_contains_do_not_change_eviction_order() {
-    let cache: Cache<u32, u32> = Cache::builder().max_capacity(2).build().unwrap();
+    let cache: Cache<u32, u32> = Cache::builder()
+        .max_capacity(2)
+        .eviction(Eviction::Lru)
+        .build()
+        .unwrap();
     cache.insert(1, 1);
     cache.insert(2, 2);
     assert_eq!(cache.peek(&1), Some(1));

@@ -102,6 +102,16 @@ fn stress(eviction: Eviction, weighted: bool) {
 }
 
 #[test]
+fn tinylfu_under_contention() {
+    stress(Eviction::TinyLfu, false);
+}
+
+#[test]
+fn weighted_tinylfu_under_contention() {
+    stress(Eviction::TinyLfu, true);
+}
+
+#[test]
 fn lru_under_contention() {
     stress(Eviction::Lru, false);
 }

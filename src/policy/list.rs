@@ -74,6 +74,11 @@ impl List {
         (self.head != NIL).then_some(self.head)
     }
 
+    #[cfg(any(test, fuzzing))]
+    pub(crate) fn len(&self) -> u32 {
+        self.len
+    }
+
     pub(crate) fn is_empty(&self) -> bool {
         self.len == 0
     }

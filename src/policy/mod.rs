@@ -1,12 +1,26 @@
 //! Eviction policies. A policy sees only slab tokens: it is told when a token
-//! becomes resident, is read, or leaves, and it names the next victim. It never
-//! sees keys, values or locks.
+//! becomes resident, is read, changes weight, or leaves, and it names the next
+//! victim. What it needs to know about an entry — its hash for the frequency
+//! sketch, its weight — it asks through [`Entries`]; it never sees keys, values
+//! or locks.
 
 mod lfu;
 pub(crate) mod list;
 mod lru;
+mod sketch;
+mod tinylfu;
 
 use crate::store::Token;
+
+/// What a policy may ask about the entries it orders.
+pub(crate) trait Entries {
+    /// The key's hash.
+    fn hash(&self, token: Token) -> u64;
+    /// The entry's weight.
+    fn weight(&self, token: Token) -> u32;
+    /// Re-arms the entry's read filter: its next reads reach the policy again.
+    fn rearm(&self, token: Token);
+}
 
 /// Which entries make way when the cache is full.
 ///
@@ -24,9 +38,14 @@ use crate::store::Token;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum Eviction {
+    /// Window TinyLFU with an adaptive window (the default): new entries pass a
+    /// small LRU window, then must beat the main region's victim on estimated
+    /// frequency to stay. Resists scans, adapts between recency- and
+    /// frequency-biased workloads, and its reads mostly write nothing.
+    #[default]
+    TinyLfu,
     /// Least recently used: every read moves the entry to the back of its shard's
     /// list; the front is evicted. Exact per shard.
-    #[default]
     Lru,
     /// Least frequently used: the entry read the fewest times goes first, ties
     /// broken by recency. Counts never age, so LFU suits stable popularity.
@@ -38,44 +57,58 @@ pub enum Eviction {
 pub(crate) enum Policy {
     Lru(lru::Lru),
     Lfu(lfu::Lfu),
+    TinyLfu(Box<tinylfu::TinyLfu>),
 }
 
 impl Policy {
-    pub(crate) fn new(eviction: Eviction) -> Self {
+    pub(crate) fn new(eviction: Eviction, capacity: u64) -> Self {
         match eviction {
             Eviction::Lru => Self::Lru(lru::Lru::default()),
             Eviction::Lfu => Self::Lfu(lfu::Lfu::new()),
+            Eviction::TinyLfu => Self::TinyLfu(Box::new(tinylfu::TinyLfu::new(capacity))),
         }
     }
 
-    pub(crate) fn on_insert(&mut self, token: Token) {
+    pub(crate) fn on_insert(&mut self, token: Token, entries: &impl Entries) {
         match self {
             Self::Lru(p) => p.on_insert(token),
             Self::Lfu(p) => p.on_insert(token),
+            Self::TinyLfu(p) => p.on_insert(token, entries),
         }
     }
 
     /// A read of `token`; ignored when the policy does not hold it (a stale
     /// buffered read of an entry that has since left).
-    pub(crate) fn on_access(&mut self, token: Token) {
+    pub(crate) fn on_access(&mut self, token: Token, entries: &impl Entries) {
         match self {
             Self::Lru(p) => p.on_access(token),
             Self::Lfu(p) => p.on_access(token),
+            Self::TinyLfu(p) => p.on_access(token, entries),
         }
     }
 
-    pub(crate) fn on_remove(&mut self, token: Token) {
+    /// The entry's weight changed from `old` to `new` (the slab already holds `new`).
+    pub(crate) fn on_reweigh(&mut self, token: Token, old: u32, new: u32) {
+        if let Self::TinyLfu(p) = self {
+            p.on_reweigh(token, old, new);
+        }
+    }
+
+    /// `token` leaves; the slab still holds its entry.
+    pub(crate) fn on_remove(&mut self, token: Token, entries: &impl Entries) {
         match self {
             Self::Lru(p) => p.on_remove(token),
             Self::Lfu(p) => p.on_remove(token),
+            Self::TinyLfu(p) => p.on_remove(token, entries),
         }
     }
 
     /// The next entry to evict, never `keep` (pass `list::NIL` to allow any).
-    pub(crate) fn victim(&self, keep: Token) -> Option<Token> {
+    pub(crate) fn victim(&mut self, keep: Token, entries: &impl Entries) -> Option<Token> {
         match self {
             Self::Lru(p) => p.victim(keep),
             Self::Lfu(p) => p.victim(keep),
+            Self::TinyLfu(p) => p.victim(keep, entries),
         }
     }
 
@@ -83,15 +116,24 @@ impl Policy {
         match self {
             Self::Lru(p) => p.clear(),
             Self::Lfu(p) => p.clear(),
+            Self::TinyLfu(p) => p.clear(),
         }
     }
 
-    /// Resident tokens in eviction order (first = next victim).
+    /// Resident tokens in eviction order (first = next victim for LRU and LFU).
     #[cfg(any(test, fuzzing))]
     pub(crate) fn order(&self) -> Vec<Token> {
         match self {
             Self::Lru(p) => p.order(),
             Self::Lfu(p) => p.order(),
+            Self::TinyLfu(p) => p.order(),
+        }
+    }
+
+    #[cfg(any(test, fuzzing))]
+    pub(crate) fn validate(&self, entries: &impl Entries) {
+        if let Self::TinyLfu(p) = self {
+            p.validate(entries);
         }
     }
 }

@@ -20,12 +20,12 @@ use std::borrow::Borrow;
 use hashbrown::HashTable;
 use smallvec::SmallVec;
 
-use crate::policy::{list::NIL, Eviction, Policy};
+use crate::policy::{Entries, Eviction, Policy};
 use crate::sync::{AtomicU64, Mutex, MutexGuard, ReadGuard, RwLock, WriteGuard};
 use crate::RemovalCause;
 use read_buffer::ReadBuffer;
-use slab::{Entry, Slab};
-pub(crate) use slab::{Token, MAX_WEIGHT};
+use slab::Slab;
+pub(crate) use slab::{Entry, Token, MAX_WEIGHT};
 
 /// Entries taken out under a shard lock, to be handed to the listener (or
 /// dropped) after the lock is released.
@@ -48,6 +48,8 @@ pub(crate) struct Shard<K, V> {
     map: RwLock<Map<K, V>>,
     reads: ReadBuffer,
     policy: Mutex<Policy>,
+    /// Whether the policy wants only each entry's first reads (`Entry::note_read`).
+    filter_reads: bool,
     pub(crate) hits: AtomicU64,
     pub(crate) misses: AtomicU64,
 }
@@ -73,7 +75,8 @@ impl<K, V> Shard<K, V> {
                 counters: Counters::default(),
             }),
             reads: ReadBuffer::default(),
-            policy: Mutex::new(Policy::new(eviction)),
+            policy: Mutex::new(Policy::new(eviction, capacity)),
+            filter_reads: eviction == Eviction::TinyLfu,
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
         }
@@ -86,43 +89,93 @@ impl<K, V> Shard<K, V> {
     }
 
     /// Both locks, with buffered reads applied to the policy.
-    pub(crate) fn write(&self) -> ShardWriter<'_, K, V> {
+    pub(crate) fn write<'a, H: Fn(&K) -> u64>(
+        &'a self,
+        hash_of: &'a H,
+    ) -> ShardWriter<'a, K, V, H> {
         let map = self.map.write();
         let mut policy = self.policy.lock();
-        self.reads.drain(|t| policy.on_access(t));
-        ShardWriter { map, policy }
+        let view = View {
+            slab: &map.slab,
+            hash_of,
+        };
+        self.reads.drain(|t| policy.on_access(t, &view));
+        ShardWriter {
+            map,
+            policy,
+            hash_of,
+        }
     }
 
-    /// Records a read of `token` for the policy. Call after releasing the map
-    /// lock: when the ring fills, this drains it if the policy lock is free.
+    /// Records a read of `entry` (at `token`) for the policy, with the map still
+    /// read-locked by the caller. When the ring fills, this drains it if the
+    /// policy lock is free; it never waits.
     #[inline]
-    pub(crate) fn record_read(&self, token: Token) {
+    pub(crate) fn record_read(
+        &self,
+        map: &Map<K, V>,
+        token: Token,
+        entry: &Entry<K, V>,
+        hash_of: &impl Fn(&K) -> u64,
+    ) {
+        if self.filter_reads && !entry.note_read() {
+            return;
+        }
         if self.reads.record(token) {
-            if let Some(mut policy) = self.policy.try_lock() {
-                self.reads.drain(|t| policy.on_access(t));
-            }
+            self.drain_reads(map, hash_of);
+        }
+    }
+
+    #[cold]
+    fn drain_reads(&self, map: &Map<K, V>, hash_of: &impl Fn(&K) -> u64) {
+        if let Some(mut policy) = self.policy.try_lock() {
+            let view = View {
+                slab: &map.slab,
+                hash_of,
+            };
+            self.reads.drain(|t| policy.on_access(t, &view));
         }
     }
 }
 
+/// The policy's window onto the slab: hashes, weights and read filters by token.
+struct View<'a, K, V, H> {
+    slab: &'a Slab<K, V>,
+    hash_of: &'a H,
+}
+
+impl<K, V, H: Fn(&K) -> u64> Entries for View<'_, K, V, H> {
+    fn hash(&self, token: Token) -> u64 {
+        (self.hash_of)(&self.slab.get(token).key)
+    }
+
+    fn weight(&self, token: Token) -> u32 {
+        self.slab.get(token).weight()
+    }
+
+    fn rearm(&self, token: Token) {
+        self.slab.get(token).rearm();
+    }
+}
+
 impl<K: Eq, V> Map<K, V> {
-    /// Finds `key` and its value in one probe of the table.
+    /// Finds `key`'s entry in one probe of the table.
     #[inline]
-    pub(crate) fn find<Q>(&self, hash: u64, key: &Q) -> Option<(Token, &V)>
+    pub(crate) fn find<Q>(&self, hash: u64, key: &Q) -> Option<(Token, &Entry<K, V>)>
     where
         K: Borrow<Q>,
         Q: Eq + ?Sized,
     {
-        let mut value = None;
+        let mut found = None;
         let token = self.table.find(hash, |&t| {
             let entry = self.slab.get(t);
             let hit = entry.key.borrow() == key;
             if hit {
-                value = Some(&entry.value);
+                found = Some(entry);
             }
             hit
         })?;
-        Some((*token, value?))
+        Some((*token, found?))
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -151,12 +204,22 @@ impl<K: Eq, V> Map<K, V> {
 }
 
 /// A shard held for writing: the map and the policy, changed together.
-pub(crate) struct ShardWriter<'a, K, V> {
+pub(crate) struct ShardWriter<'a, K, V, H> {
     map: WriteGuard<'a, Map<K, V>>,
     policy: MutexGuard<'a, Policy>,
+    hash_of: &'a H,
 }
 
-impl<K: Eq, V> ShardWriter<'_, K, V> {
+impl<K: Eq, V, H: Fn(&K) -> u64> ShardWriter<'_, K, V, H> {
+    /// Runs `f` on the policy with a view of the slab.
+    fn with_policy<R>(&mut self, f: impl FnOnce(&mut Policy, &View<'_, K, V, H>) -> R) -> R {
+        let view = View {
+            slab: &self.map.slab,
+            hash_of: self.hash_of,
+        };
+        f(&mut self.policy, &view)
+    }
+
     /// Inserts or replaces `key`. Entries the shard let go of are pushed to `out`.
     /// Gives the key and value back when the weight can never fit in this shard
     /// (any entry already under `key` is removed: a rejected write must not leave
@@ -167,7 +230,6 @@ impl<K: Eq, V> ShardWriter<'_, K, V> {
         key: K,
         value: V,
         weight: u32,
-        hash_of: &impl Fn(&K) -> u64,
         out: &mut Removed<K, V>,
     ) -> Result<(), (K, V)> {
         let existing = self.map.find(hash, &key).map(|(t, _)| t);
@@ -180,7 +242,7 @@ impl<K: Eq, V> ShardWriter<'_, K, V> {
             }
             return Err((key, value));
         }
-        match existing {
+        let token = match existing {
             Some(t) => {
                 let map = &mut *self.map;
                 let entry = map.slab.get_mut(t);
@@ -189,24 +251,28 @@ impl<K: Eq, V> ShardWriter<'_, K, V> {
                 entry.set_weight(weight);
                 map.weight = map.weight - u64::from(old_weight) + u64::from(weight);
                 map.counters.updates += 1;
-                self.policy.on_access(t);
                 out.push((key, old_value, RemovalCause::Replaced));
-                self.evict_to(self.map.capacity, t, hash_of, out);
+                self.policy.on_reweigh(t, old_weight, weight);
+                self.with_policy(|p, view| p.on_access(t, view));
+                t
             }
             None => {
-                self.evict_to(self.map.capacity - u64::from(weight), NIL, hash_of, out);
                 let map = &mut *self.map;
                 let Some(t) = map.slab.insert(Entry::new(key, value, weight)) else {
                     unreachable!("a shard never holds u32::MAX entries: its capacity is checked");
                 };
-                let slab = &map.slab;
+                let (slab, hash_of) = (&map.slab, self.hash_of);
                 map.table
                     .insert_unique(hash, t, |&t| hash_of(&slab.get(t).key));
                 map.weight += u64::from(weight);
                 map.counters.inserts += 1;
-                self.policy.on_insert(t);
+                self.with_policy(|p, view| p.on_insert(t, view));
+                t
             }
-        }
+        };
+        // The entry just written is never its own victim: it stays readable at
+        // least until the next write to this shard.
+        self.evict_to(self.map.capacity, token, out);
         Ok(())
     }
 
@@ -233,18 +299,12 @@ impl<K: Eq, V> ShardWriter<'_, K, V> {
     }
 
     /// Evicts in policy order, never `keep`, until the shard weighs at most `limit`.
-    fn evict_to(
-        &mut self,
-        limit: u64,
-        keep: Token,
-        hash_of: &impl Fn(&K) -> u64,
-        out: &mut Removed<K, V>,
-    ) {
+    fn evict_to(&mut self, limit: u64, keep: Token, out: &mut Removed<K, V>) {
         while self.map.weight > limit {
-            let Some(victim) = self.policy.victim(keep) else {
+            let Some(victim) = self.with_policy(|p, view| p.victim(keep, view)) else {
                 break;
             };
-            let hash = hash_of(&self.map.slab.get(victim).key);
+            let hash = (self.hash_of)(&self.map.slab.get(victim).key);
             let entry = self.unlink(hash, victim);
             self.map.counters.evictions += 1;
             self.map.counters.evicted_weight += u64::from(entry.weight());
@@ -254,14 +314,14 @@ impl<K: Eq, V> ShardWriter<'_, K, V> {
 
     /// Takes a resident entry out of the table, the policy and the slab.
     fn unlink(&mut self, hash: u64, token: Token) -> Entry<K, V> {
-        let map = &mut *self.map;
-        match map.table.find_entry(hash, |&t| t == token) {
+        match self.map.table.find_entry(hash, |&t| t == token) {
             Ok(found) => {
                 found.remove();
             }
             Err(_) => unreachable!("resident token {token} missing from the table"),
         }
-        self.policy.on_remove(token);
+        self.with_policy(|p, view| p.on_remove(token, view));
+        let map = &mut *self.map;
         let entry = map.slab.remove(token);
         map.weight -= u64::from(entry.weight());
         entry
@@ -279,8 +339,9 @@ impl<K: Eq, V> ShardWriter<'_, K, V> {
 
     /// Checks every structural invariant of the shard; panics on the first broken one.
     #[cfg(any(test, fuzzing))]
-    pub(crate) fn validate(&self, hash_of: &impl Fn(&K) -> u64) {
+    pub(crate) fn validate(&self) {
         let map = &*self.map;
+        let hash_of = self.hash_of;
         let mut weight = 0;
         let mut live = Vec::new();
         for (t, e) in map.slab.iter_from(0) {
@@ -295,5 +356,9 @@ impl<K: Eq, V> ShardWriter<'_, K, V> {
         let mut order = self.policy.order();
         order.sort_unstable();
         assert_eq!(order, live, "policy and slab disagree on residents");
+        self.policy.validate(&View {
+            slab: &map.slab,
+            hash_of,
+        });
     }
 }

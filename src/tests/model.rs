@@ -185,8 +185,22 @@ fn exact_agreement(eviction: Eviction, capacity: u64, ops: Vec<Op>) -> Result<()
 }
 
 fn sharded_semantics(eviction: Eviction, ops: Vec<Op>) -> Result<(), TestCaseError> {
-    let capacity = 40;
-    let (cache, log) = build(eviction, capacity, 4);
+    semantics(eviction, 40, 4, ops)
+}
+
+fn one_shard_semantics(eviction: Eviction, ops: Vec<Op>) -> Result<(), TestCaseError> {
+    semantics(eviction, 12, 1, ops)
+}
+
+/// Whatever the policy: a fitting insert is readable at once, reads return the
+/// last value written or nothing, removals stick, the bound holds, invariants hold.
+fn semantics(
+    eviction: Eviction,
+    capacity: u64,
+    shards: u64,
+    ops: Vec<Op>,
+) -> Result<(), TestCaseError> {
+    let (cache, log) = build(eviction, capacity, shards as usize);
     // Last value written per key; a key may be missing from the cache (evicted).
     let mut written: HashMap<u8, Val> = HashMap::new();
     for op in ops {
@@ -208,7 +222,7 @@ fn sharded_semantics(eviction: Eviction, ops: Vec<Op>) -> Result<(), TestCaseErr
             }
             Op::Insert(k, v) => {
                 cache.insert(k, v);
-                if u64::from(v.1) <= capacity / 4 {
+                if u64::from(v.1) <= capacity / shards {
                     prop_assert_eq!(
                         cache.peek(&k),
                         Some(v),
@@ -273,6 +287,18 @@ proptest! {
     #[test]
     fn sharded_lru_keeps_semantics(ops in proptest::collection::vec(op(64, 12), 1..400)) {
         sharded_semantics(Eviction::Lru, ops)?;
+    }
+
+    #[test]
+    fn sharded_tinylfu_keeps_semantics(ops in proptest::collection::vec(op(64, 12), 1..400)) {
+        sharded_semantics(Eviction::TinyLfu, ops)?;
+    }
+
+    #[test]
+    fn one_shard_tinylfu_keeps_semantics_and_invariants(ops in proptest::collection::vec(op(24, 3), 1..1500)) {
+        // Long runs over few keys: fills the shard, starts the sketch, and runs
+        // admission contests, promotions and demotions, validating each step.
+        one_shard_semantics(Eviction::TinyLfu, ops)?;
     }
 
     #[test]

@@ -1,0 +1,162 @@
+//! A count-min sketch of 4-bit counters that estimates how often a key was seen,
+//! with periodic aging (Einziger, Friedman & Manes, "TinyLFU: A Highly Efficient
+//! Cache Admission Policy", 2017).
+//!
+//! Each key's four counters sit in one 64-byte block of eight `u64` words, so an
+//! increment or a lookup touches one cache line. After `sample_size` increments
+//! every counter is halved, so the sketch forgets old popularity.
+
+/// Counters per key.
+const DEPTH: usize = 4;
+/// Words per block (one 64-byte cache line).
+const BLOCK: usize = 8;
+/// A counter's ceiling.
+const MAX_COUNT: u64 = 15;
+
+#[derive(Debug)]
+pub(crate) struct Sketch {
+    table: Vec<u64>,
+    /// `table.len() / BLOCK - 1`: selects a block.
+    block_mask: usize,
+    /// Increments since the last aging.
+    size: u32,
+    /// Increments between agings.
+    sample_size: u32,
+}
+
+/// Mixes the hash again: the shard was picked from bits of the same hash, so
+/// the sketch must not index by those bits directly.
+#[inline]
+fn rehash(hash: u64) -> u64 {
+    let h = (hash ^ (hash >> 31)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    h ^ (h >> 29)
+}
+
+impl Sketch {
+    /// A sketch sized for `entries` resident entries: about four counters per
+    /// entry (half a word), at least one block.
+    pub(crate) fn new(entries: u64) -> Self {
+        let words = (entries / 2)
+            .clamp(BLOCK as u64, 1 << 26)
+            .next_power_of_two() as usize;
+        Self {
+            table: vec![0; words],
+            block_mask: words / BLOCK - 1,
+            size: 0,
+            sample_size: (entries.max(1) * 10).min(u64::from(u32::MAX / 2)) as u32,
+        }
+    }
+
+    /// (word index, bit offset) of each of the key's four counters.
+    #[inline]
+    fn slots(&self, hash: u64) -> [(usize, u32); DEPTH] {
+        let h = rehash(hash);
+        let block = ((h >> 32) as usize & self.block_mask) * BLOCK;
+        std::array::from_fn(|i| {
+            let bits = (h >> (i * 8)) as u32;
+            // Counter i lives in word pair i of the block; bit 0 picks the word,
+            // bits 1..5 the nibble.
+            let word = block + (i << 1) + (bits & 1) as usize;
+            let nibble = (bits >> 1) & 15;
+            (word, nibble << 2)
+        })
+    }
+
+    /// The estimated number of times `hash` was seen, 0 to 15.
+    pub(crate) fn frequency(&self, hash: u64) -> u8 {
+        self.slots(hash)
+            .iter()
+            .map(|&(w, shift)| (self.table[w] >> shift) & MAX_COUNT)
+            .min()
+            .unwrap_or(0) as u8
+    }
+
+    /// Counts one more sighting of `hash`, aging the whole sketch when the sample
+    /// period ends.
+    pub(crate) fn increment(&mut self, hash: u64) {
+        let mut added = false;
+        for (w, shift) in self.slots(hash) {
+            if (self.table[w] >> shift) & MAX_COUNT < MAX_COUNT {
+                self.table[w] += 1 << shift;
+                added = true;
+            }
+        }
+        if added {
+            self.size += 1;
+            if self.size >= self.sample_size {
+                self.age();
+            }
+        }
+    }
+
+    /// Halves every counter.
+    fn age(&mut self) {
+        for word in &mut self.table {
+            *word = (*word >> 1) & 0x7777_7777_7777_7777;
+        }
+        self.size /= 2;
+    }
+
+    #[cfg(any(test, fuzzing))]
+    pub(crate) fn validate(&self) {
+        assert!(self.size < self.sample_size, "aging overdue");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_saturate_at_fifteen() {
+        let mut s = Sketch::new(1024);
+        for i in 1..=20u8 {
+            s.increment(42);
+            assert_eq!(s.frequency(42), i.min(15));
+        }
+        assert_eq!(s.frequency(43), 0);
+    }
+
+    #[test]
+    fn aging_halves() {
+        let mut s = Sketch::new(64);
+        for _ in 0..9 {
+            s.increment(7);
+        }
+        assert_eq!(s.frequency(7), 9);
+        s.age();
+        assert_eq!(s.frequency(7), 4);
+        s.age();
+        assert_eq!(s.frequency(7), 2);
+    }
+
+    #[test]
+    fn ages_itself_after_the_sample_period() {
+        let mut s = Sketch::new(8); // sample size 80
+        for k in 0..79u64 {
+            s.increment(k.wrapping_mul(0x1234_5678_9ABC_DEF1));
+        }
+        s.increment(5);
+        s.validate();
+        assert!(s.size < 80);
+    }
+
+    #[test]
+    fn estimates_never_undercount_without_aging() {
+        let mut s = Sketch::new(4096);
+        let mut truth = std::collections::HashMap::new();
+        let mut rng = 0x2545_F491_4F6C_DD1Du64;
+        for _ in 0..20_000 {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            let key = (rng % 2000).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            s.increment(key);
+            *truth.entry(key).or_insert(0u32) += 1;
+        }
+        for (&k, &n) in &truth {
+            let estimate = u32::from(s.frequency(k));
+            assert!(estimate >= n.min(15), "{n} seen, {estimate} estimated");
+        }
+    }
+}

@@ -1,0 +1,360 @@
+//! Window TinyLFU with an adaptive window (Einziger, Eytan, Friedman & Manes,
+//! "Adaptive Software Cache Management", Middleware 2018; Caffeine's design).
+//!
+//! New entries enter a small LRU **window**. An entry pushed out of the window is
+//! a *candidate* for the main region, a segmented LRU of **probation** and
+//! **protected** (≈ 80 % of main). When main is full the candidate contests the
+//! probation victim: the one the frequency sketch estimates as less popular is
+//! evicted. A read in probation promotes to protected; protected overflow is
+//! demoted back to probation. A hill climber resizes the window between sample
+//! periods, towards whatever raised the hit rate.
+//!
+//! Reads reach this policy filtered: each entry records only its first few reads
+//! until the policy re-arms it (when it is demoted or leaves the window), so hot
+//! entries cost readers nothing. See `store::Entry::hits`.
+
+use super::list::{Links, List};
+use super::sketch::Sketch;
+use super::Entries;
+use crate::store::Token;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+enum Region {
+    Absent,
+    Window,
+    Probation,
+    Protected,
+}
+
+/// A warm candidate that loses its contest is still admitted one time in 128,
+/// so an attacker who inflates a victim's counters cannot freeze the cache.
+const ADMIT_WARM_THRESHOLD: u8 = 6;
+const ADMIT_WARM_ONE_IN: u64 = 128;
+/// The window starts at 1 % of the capacity.
+const INITIAL_WINDOW: f64 = 0.01;
+/// Protected's share of the main region.
+const PROTECTED_SHARE: f64 = 0.8;
+/// Hill climbing: step as a share of capacity, its decay per period, and the
+/// hit-rate change that restarts it.
+const STEP: f64 = 0.0625;
+const STEP_DECAY: f64 = 0.98;
+const RESTART_THRESHOLD: f64 = 0.05;
+
+#[derive(Debug)]
+pub(crate) struct TinyLfu {
+    links: Links,
+    region: Vec<Region>,
+    window: List,
+    probation: List,
+    protected: List,
+    window_weight: u64,
+    probation_weight: u64,
+    protected_weight: u64,
+    capacity: u64,
+    window_max: u64,
+    protected_max: u64,
+    /// Allocated once the shard is half full: counting earlier only adds noise.
+    sketch: Option<Sketch>,
+    climber: Climber,
+    rng: u64,
+}
+
+impl TinyLfu {
+    pub(crate) fn new(capacity: u64) -> Self {
+        let mut policy = Self {
+            links: Links::default(),
+            region: Vec::new(),
+            window: List::default(),
+            probation: List::default(),
+            protected: List::default(),
+            window_weight: 0,
+            probation_weight: 0,
+            protected_weight: 0,
+            capacity,
+            window_max: 0,
+            protected_max: 0,
+            sketch: None,
+            climber: Climber::new(capacity),
+            rng: 0x853C_49E6_748F_EA9B ^ capacity,
+        };
+        policy.set_window((capacity as f64 * INITIAL_WINDOW) as u64);
+        policy
+    }
+
+    /// At least one unit, so a new entry always has a predecessor to push out
+    /// of the window and into an admission contest (with a window of zero the
+    /// new entry itself would be the candidate, and it is never evicted by its
+    /// own insert).
+    fn set_window(&mut self, window_max: u64) {
+        self.window_max = window_max.max(1).min(self.capacity.saturating_sub(1));
+        self.protected_max = ((self.capacity - self.window_max) as f64 * PROTECTED_SHARE) as u64;
+    }
+
+    fn region(&self, token: Token) -> Region {
+        self.region
+            .get(token as usize)
+            .copied()
+            .unwrap_or(Region::Absent)
+    }
+
+    fn set_region(&mut self, token: Token, region: Region) {
+        if self.region.len() <= token as usize {
+            self.region.resize(token as usize + 1, Region::Absent);
+        }
+        self.region[token as usize] = region;
+    }
+
+    fn total(&self) -> u64 {
+        self.window_weight + self.probation_weight + self.protected_weight
+    }
+
+    /// Counts a sighting in the sketch (once the shard is half full).
+    fn count(&mut self, hash: u64) {
+        if self.sketch.is_none() && self.total() >= self.capacity / 2 {
+            self.sketch = Some(Sketch::new(self.capacity));
+        }
+        if let Some(sketch) = &mut self.sketch {
+            sketch.increment(hash);
+        }
+    }
+
+    fn frequency(&self, hash: u64) -> u8 {
+        self.sketch.as_ref().map_or(0, |s| s.frequency(hash))
+    }
+
+    pub(crate) fn on_insert(&mut self, token: Token, entries: &impl Entries) {
+        let weight = u64::from(entries.weight(token));
+        self.window.push_back(&mut self.links, token);
+        self.set_region(token, Region::Window);
+        self.window_weight += weight;
+        self.count(entries.hash(token));
+        self.climber.misses += 1;
+        self.climb(entries);
+    }
+
+    pub(crate) fn on_access(&mut self, token: Token, entries: &impl Entries) {
+        match self.region(token) {
+            Region::Absent => return, // a stale read of an entry that has left
+            Region::Window => self.window.move_to_back(&mut self.links, token),
+            Region::Protected => self.protected.move_to_back(&mut self.links, token),
+            Region::Probation => {
+                let weight = u64::from(entries.weight(token));
+                self.probation.unlink(&mut self.links, token);
+                self.probation_weight -= weight;
+                self.protected.push_back(&mut self.links, token);
+                self.protected_weight += weight;
+                self.set_region(token, Region::Protected);
+                self.demote_protected(entries);
+            }
+        }
+        self.count(entries.hash(token));
+        self.climber.hits += 1;
+        self.climb(entries);
+    }
+
+    pub(crate) fn on_reweigh(&mut self, token: Token, old: u32, new: u32) {
+        let slot = match self.region(token) {
+            Region::Absent => return,
+            Region::Window => &mut self.window_weight,
+            Region::Probation => &mut self.probation_weight,
+            Region::Protected => &mut self.protected_weight,
+        };
+        *slot = *slot - u64::from(old) + u64::from(new);
+    }
+
+    pub(crate) fn on_remove(&mut self, token: Token, entries: &impl Entries) {
+        let weight = u64::from(entries.weight(token));
+        match self.region(token) {
+            Region::Absent => return,
+            Region::Window => {
+                self.window.unlink(&mut self.links, token);
+                self.window_weight -= weight;
+            }
+            Region::Probation => {
+                self.probation.unlink(&mut self.links, token);
+                self.probation_weight -= weight;
+            }
+            Region::Protected => {
+                self.protected.unlink(&mut self.links, token);
+                self.protected_weight -= weight;
+            }
+        }
+        self.set_region(token, Region::Absent);
+    }
+
+    /// Chooses the next entry to evict (never `keep`), moving window overflow
+    /// into main and settling admission contests on the way.
+    pub(crate) fn victim(&mut self, keep: Token, entries: &impl Entries) -> Option<Token> {
+        while self.window_weight > self.window_max {
+            let Some(candidate) = first_other(&self.window, &self.links, keep) else {
+                break;
+            };
+            let weight = u64::from(entries.weight(candidate));
+            let main_max = self.capacity - self.window_max;
+            let room = self.probation_weight + self.protected_weight + weight <= main_max;
+            let rival = first_other(&self.probation, &self.links, keep)
+                .or_else(|| first_other(&self.protected, &self.links, keep));
+            match rival {
+                Some(victim) if !room => {
+                    if self.admit(entries.hash(candidate), entries.hash(victim)) {
+                        self.window_to_probation(candidate, weight, entries);
+                        return Some(victim);
+                    }
+                    return Some(candidate);
+                }
+                _ => self.window_to_probation(candidate, weight, entries),
+            }
+        }
+        first_other(&self.probation, &self.links, keep)
+            .or_else(|| first_other(&self.protected, &self.links, keep))
+            .or_else(|| first_other(&self.window, &self.links, keep))
+    }
+
+    fn admit(&mut self, candidate: u64, victim: u64) -> bool {
+        let candidate = self.frequency(candidate);
+        let victim = self.frequency(victim);
+        if candidate > victim {
+            return true;
+        }
+        if candidate >= ADMIT_WARM_THRESHOLD {
+            self.rng ^= self.rng << 13;
+            self.rng ^= self.rng >> 7;
+            self.rng ^= self.rng << 17;
+            return self.rng % ADMIT_WARM_ONE_IN == 0;
+        }
+        false
+    }
+
+    fn window_to_probation(&mut self, token: Token, weight: u64, entries: &impl Entries) {
+        self.window.unlink(&mut self.links, token);
+        self.window_weight -= weight;
+        self.probation.push_back(&mut self.links, token);
+        self.probation_weight += weight;
+        self.set_region(token, Region::Probation);
+        entries.rearm(token);
+    }
+
+    fn demote_protected(&mut self, entries: &impl Entries) {
+        while self.protected_weight > self.protected_max {
+            let Some(token) = self.protected.head() else {
+                break;
+            };
+            let weight = u64::from(entries.weight(token));
+            self.protected.unlink(&mut self.links, token);
+            self.protected_weight -= weight;
+            self.probation.push_back(&mut self.links, token);
+            self.probation_weight += weight;
+            self.set_region(token, Region::Probation);
+            entries.rearm(token);
+        }
+    }
+
+    /// Applies the hill climber's decision at the end of a sample period.
+    fn climb(&mut self, entries: &impl Entries) {
+        if self.sketch.is_none() {
+            self.climber.reset_sample();
+            return;
+        }
+        if let Some(delta) = self.climber.adjustment(self.capacity) {
+            let window = (self.window_max as i64).saturating_add(delta).max(0) as u64;
+            self.set_window(window);
+            self.demote_protected(entries);
+        }
+    }
+
+    pub(crate) fn clear(&mut self) {
+        *self = Self::new(self.capacity);
+    }
+
+    /// Resident tokens in eviction order: probation, protected, then window.
+    #[cfg(any(test, fuzzing))]
+    pub(crate) fn order(&self) -> Vec<Token> {
+        let mut out = self.probation.tokens(&self.links);
+        out.extend(self.protected.tokens(&self.links));
+        out.extend(self.window.tokens(&self.links));
+        out
+    }
+
+    /// Region weights add up, every token is in the region it is listed in.
+    #[cfg(any(test, fuzzing))]
+    pub(crate) fn validate(&self, entries: &impl Entries) {
+        for (list, region, weight) in [
+            (&self.window, Region::Window, self.window_weight),
+            (&self.probation, Region::Probation, self.probation_weight),
+            (&self.protected, Region::Protected, self.protected_weight),
+        ] {
+            let tokens = list.tokens(&self.links);
+            for &t in &tokens {
+                assert_eq!(self.region(t), region, "token listed in the wrong region");
+            }
+            let sum: u64 = tokens.iter().map(|&t| u64::from(entries.weight(t))).sum();
+            assert_eq!(sum, weight, "{region:?} weight drifted");
+        }
+        let listed = self.window.len() + self.probation.len() + self.protected.len();
+        let marked = self.region.iter().filter(|&&r| r != Region::Absent).count();
+        assert_eq!(listed as usize, marked, "region marks and lists disagree");
+        assert!(self.window_max < self.capacity.max(1));
+        if let Some(s) = &self.sketch {
+            s.validate();
+        }
+    }
+}
+
+/// The first token of `list` that is not `keep`.
+fn first_other(list: &List, links: &Links, keep: Token) -> Option<Token> {
+    let head = list.head()?;
+    if head != keep {
+        return Some(head);
+    }
+    let next = links.next(head);
+    (next != super::list::NIL).then_some(next)
+}
+
+/// Hill climbing on the hit rate between sample periods.
+#[derive(Debug)]
+struct Climber {
+    hits: u64,
+    misses: u64,
+    sample: u64,
+    previous_rate: f64,
+    /// Signed, in weight units. Positive first: growing the window first
+    /// measured better on the traces than shrinking it.
+    step: f64,
+}
+
+impl Climber {
+    fn new(capacity: u64) -> Self {
+        Self {
+            hits: 0,
+            misses: 0,
+            sample: capacity.saturating_mul(10).max(1),
+            previous_rate: 0.0,
+            step: STEP * capacity as f64,
+        }
+    }
+
+    fn reset_sample(&mut self) {
+        self.hits = 0;
+        self.misses = 0;
+    }
+
+    /// The window change to make, once per sample period.
+    fn adjustment(&mut self, capacity: u64) -> Option<i64> {
+        let requests = self.hits + self.misses;
+        if requests < self.sample {
+            return None;
+        }
+        let rate = self.hits as f64 / requests as f64;
+        let change = rate - self.previous_rate;
+        let amount = if change >= 0.0 { self.step } else { -self.step };
+        self.step = if change.abs() >= RESTART_THRESHOLD {
+            STEP * capacity as f64 * amount.signum()
+        } else {
+            STEP_DECAY * amount
+        };
+        self.previous_rate = rate;
+        self.reset_sample();
+        Some(amount as i64)
+    }
+}
