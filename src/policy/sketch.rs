@@ -97,6 +97,12 @@ impl Sketch {
         self.size /= 2;
     }
 
+    /// Stops the periodic halving (tests that need counts to stay put).
+    #[cfg(test)]
+    pub(crate) fn disable_aging(&mut self) {
+        self.sample_size = u32::MAX;
+    }
+
     #[cfg(any(test, fuzzing))]
     pub(crate) fn validate(&self) {
         assert!(self.size < self.sample_size, "aging overdue");

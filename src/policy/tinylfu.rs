@@ -358,3 +358,127 @@ impl Climber {
         Some(amount as i64)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::RefCell;
+
+    /// Entries with fixed weights and hashes, recording re-arms.
+    #[derive(Default)]
+    struct Fake {
+        rearmed: RefCell<Vec<Token>>,
+    }
+
+    impl Entries for Fake {
+        fn hash(&self, token: Token) -> u64 {
+            u64::from(token).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0x5555
+        }
+        fn weight(&self, _: Token) -> u32 {
+            1
+        }
+        fn rearm(&self, token: Token) {
+            self.rearmed.borrow_mut().push(token);
+        }
+    }
+
+    /// Inserts `token` the way the store does: place it, then evict around it.
+    fn insert(p: &mut TinyLfu, e: &Fake, token: Token) -> Vec<Token> {
+        p.on_insert(token, e);
+        let mut evicted = Vec::new();
+        while p.total() > p.capacity {
+            let v = p.victim(token, e).expect("something to evict");
+            p.on_remove(v, e);
+            evicted.push(v);
+        }
+        p.validate(e);
+        evicted
+    }
+
+    /// A full cache of 100 whose residents were read 20 times each; the window
+    /// is pinned at one entry so every insert runs one admission contest.
+    fn saturated_cache() -> (TinyLfu, Fake) {
+        let (mut p, e) = (TinyLfu::new(100), Fake::default());
+        p.climber.sample = u64::MAX;
+        for t in 0..100 {
+            insert(&mut p, &e, t);
+        }
+        p.sketch.as_mut().expect("half full").disable_aging();
+        for _ in 0..20 {
+            for t in 0..100 {
+                p.on_access(t, &e);
+            }
+        }
+        insert(&mut p, &e, 100);
+        (p, e)
+    }
+
+    #[test]
+    fn warm_losers_are_admitted_one_time_in_about_128() {
+        let (mut p, e) = saturated_cache();
+        // Candidates warmed to frequency 8: above the threshold, below the
+        // residents' 15. Only the random rule can let them in.
+        let mut admitted = 0;
+        for t in 1000..21_000 {
+            for _ in 0..8 {
+                p.count(e.hash(t));
+            }
+            let candidate = p.window.head().expect("a full window");
+            let evicted = insert(&mut p, &e, t);
+            assert_eq!(evicted.len(), 1);
+            if evicted[0] != candidate {
+                assert_eq!(p.region(candidate), Region::Probation);
+                admitted += 1;
+            }
+        }
+        // 20,000 / 128 ≈ 156.
+        assert!(
+            (80..300).contains(&admitted),
+            "{admitted} of 20,000 admitted"
+        );
+    }
+
+    #[test]
+    fn cold_losers_are_never_admitted() {
+        let (mut p, e) = saturated_cache();
+        // Few enough newcomers that sketch collisions keep them cold.
+        for t in 1000..1300 {
+            let candidate = p.window.head().expect("a full window");
+            let evicted = insert(&mut p, &e, t);
+            assert_eq!(evicted, vec![candidate], "cold candidate admitted");
+        }
+    }
+
+    #[test]
+    fn probation_reads_promote_and_protected_overflow_demotes() {
+        let (mut p, e) = (TinyLfu::new(10), Fake::default());
+        for t in 0..12 {
+            insert(&mut p, &e, t);
+        }
+        let in_probation: Vec<Token> = p.probation.tokens(&p.links);
+        assert!(!in_probation.is_empty());
+        for &t in &in_probation {
+            p.on_access(t, &e);
+            assert_eq!(p.region(t), Region::Protected);
+        }
+        assert!(p.protected_weight <= p.protected_max);
+        assert!(
+            !e.rearmed.borrow().is_empty(),
+            "moves into probation re-arm the read filter"
+        );
+        p.validate(&e);
+    }
+
+    #[test]
+    fn climber_grows_the_window_first() {
+        let mut c = Climber::new(1000);
+        c.hits = 5_000;
+        c.misses = 5_000;
+        let first = c.adjustment(1000).expect("a full sample");
+        assert!(first > 0, "first step grows the window");
+        c.hits = 4_000;
+        c.misses = 6_000;
+        let second = c.adjustment(1000).expect("a full sample");
+        assert!(second < 0, "a worse hit rate reverses the direction");
+    }
+}
