@@ -99,7 +99,7 @@ where
         self
     }
 
-    /// The eviction policy. Defaults to [`Eviction::Lru`].
+    /// The eviction policy. Defaults to [`Eviction::TinyLfu`].
     pub fn eviction(mut self, eviction: Eviction) -> Self {
         self.eviction = eviction;
         self

@@ -1,8 +1,9 @@
 //! # larder
 //!
-//! An embeddable, in-process, concurrent cache: a lock-sharded store with exact
-//! LRU or LFU eviction per shard, bounded by entry count or by weight, with
-//! eviction listeners and statistics.
+//! An embeddable, in-process, concurrent cache: a lock-sharded store with
+//! adaptive W-TinyLFU eviction by default (exact LRU or LFU per shard on
+//! request), bounded by entry count or by weight, with eviction listeners and
+//! statistics.
 //!
 //! ```
 //! use larder::{Cache, Eviction, RemovalCause};
@@ -29,7 +30,7 @@
 //! | capability | how |
 //! |---|---|
 //! | bound by count or weight | [`CacheBuilder::max_capacity`], [`CacheBuilder::weigher`] |
-//! | eviction | [`Eviction::Lru`] (default), [`Eviction::Lfu`] |
+//! | eviction | [`Eviction::TinyLfu`] (default), [`Eviction::Lru`], [`Eviction::Lfu`] |
 //! | listener | [`CacheBuilder::eviction_listener`], told each [`RemovalCause`] |
 //! | statistics | [`Cache::stats`], hit/miss counting opt-in via [`CacheBuilder::record_stats`] |
 //! | borrowed lookups | `get(&str)` on a `Cache<String, _>` |
@@ -54,9 +55,19 @@
 //!   reads in order, then insert, replace or remove, and evict in policy order
 //!   until the shard is within its share of the capacity. Evicted entries reach
 //!   the listener after both locks are released.
-//! * **Policies** see only tokens. LRU keeps one intrusive list; LFU keeps O(1)
-//!   frequency buckets, each an intrusive list so ties break by recency. With one
-//!   shard and one thread the eviction order is exactly the policy's.
+//! * **Policies** see only tokens (and ask the shard for an entry's hash or
+//!   weight). LRU keeps one intrusive list; LFU keeps O(1) frequency buckets, each
+//!   an intrusive list so ties break by recency. With one shard and one thread
+//!   their eviction order is exact. W-TinyLFU keeps an LRU window and a
+//!   probation/protected SLRU on the same links, a 4-bit count-min sketch in
+//!   64-byte blocks (allocated once the shard is half full, aged by halving), and
+//!   a hill climber that resizes the window per sample period.
+//! * **Read filter** (W-TinyLFU): every entry has a 2-bit read counter in what
+//!   would be padding. A read reaches the ring only while the counter is below 3;
+//!   the policy re-arms it when it moves the entry out of the window or demotes
+//!   it from protected. So the hottest entries' reads write no shared memory at
+//!   all — the lookup alone — while the policy still sees each entry's first
+//!   reads in every region it passes through.
 //!
 //! ## Consistency
 //!
@@ -67,10 +78,12 @@
 //!
 //! ## Memory
 //!
-//! Per entry: the key and value, a 4-byte weight, 8 bytes of policy links (LRU;
-//! 12 for LFU), and a 4-byte table slot plus a control byte at hashbrown's load
-//! factor. For `u64` keys and values that is about 44 bytes per entry; run
-//! `cargo run --release --example memory` to measure it beside moka and quick_cache.
+//! Per entry: the key and value, a 4-byte weight and the read counter, 8 bytes
+//! of policy links (plus 4 for LFU's bucket, or 1 for W-TinyLFU's region and
+//! about 4 of sketch), and a 4-byte table slot plus a control byte at
+//! hashbrown's load factor. For `u64` keys and values that measures 49 bytes per
+//! entry with W-TinyLFU, 44 with LRU and 48 with LFU; run `cargo run --release
+//! --example memory` to measure it beside moka and quick_cache.
 //!
 //! ## Panics and bad input
 //!
