@@ -9,6 +9,8 @@ pub(crate) mod list;
 mod lru;
 mod sketch;
 mod tinylfu;
+#[cfg(test)]
+mod tinylfu_model;
 
 use crate::store::Token;
 

@@ -29,8 +29,8 @@ enum Region {
 
 /// A warm candidate that loses its contest is still admitted one time in 128,
 /// so an attacker who inflates a victim's counters cannot freeze the cache.
-const ADMIT_WARM_THRESHOLD: u8 = 6;
-const ADMIT_WARM_ONE_IN: u64 = 128;
+pub(super) const ADMIT_WARM_THRESHOLD: u8 = 6;
+pub(super) const ADMIT_WARM_ONE_IN: u64 = 128;
 /// The window starts at 1 % of the capacity.
 const INITIAL_WINDOW: f64 = 0.01;
 /// Protected's share of the main region.
@@ -105,7 +105,7 @@ impl TinyLfu {
         self.region[token as usize] = region;
     }
 
-    fn total(&self) -> u64 {
+    pub(super) fn total(&self) -> u64 {
         self.window_weight + self.probation_weight + self.protected_weight
     }
 
@@ -267,6 +267,22 @@ impl TinyLfu {
         *self = Self::new(self.capacity);
     }
 
+    /// (window max, protected max, random state): the knobs a model must copy.
+    #[cfg(test)]
+    pub(super) fn tuning(&self) -> (u64, u64, u64) {
+        (self.window_max, self.protected_max, self.rng)
+    }
+
+    /// The three regions' tokens, oldest first.
+    #[cfg(test)]
+    pub(super) fn regions(&self) -> (Vec<Token>, Vec<Token>, Vec<Token>) {
+        (
+            self.window.tokens(&self.links),
+            self.probation.tokens(&self.links),
+            self.protected.tokens(&self.links),
+        )
+    }
+
     /// Resident tokens in eviction order: probation, protected, then window.
     #[cfg(any(test, fuzzing))]
     pub(crate) fn order(&self) -> Vec<Token> {
@@ -313,9 +329,9 @@ fn first_other(list: &List, links: &Links, keep: Token) -> Option<Token> {
 
 /// Hill climbing on the hit rate between sample periods.
 #[derive(Debug)]
-struct Climber {
-    hits: u64,
-    misses: u64,
+pub(super) struct Climber {
+    pub(super) hits: u64,
+    pub(super) misses: u64,
     sample: u64,
     previous_rate: f64,
     /// Signed, in weight units. Positive first: growing the window first
@@ -324,7 +340,7 @@ struct Climber {
 }
 
 impl Climber {
-    fn new(capacity: u64) -> Self {
+    pub(super) fn new(capacity: u64) -> Self {
         Self {
             hits: 0,
             misses: 0,
@@ -340,7 +356,7 @@ impl Climber {
     }
 
     /// The window change to make, once per sample period.
-    fn adjustment(&mut self, capacity: u64) -> Option<i64> {
+    pub(super) fn adjustment(&mut self, capacity: u64) -> Option<i64> {
         let requests = self.hits + self.misses;
         if requests < self.sample {
             return None;
