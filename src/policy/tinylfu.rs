@@ -140,11 +140,7 @@ impl TinyLfu {
             Region::Protected => self.protected.move_to_back(&mut self.links, token),
             Region::Probation => {
                 let weight = u64::from(entries.weight(token));
-                self.probation.unlink(&mut self.links, token);
-                self.probation_weight -= weight;
-                self.protected.push_back(&mut self.links, token);
-                self.protected_weight += weight;
-                self.set_region(token, Region::Protected);
+                self.relocate(token, weight, Region::Probation, Region::Protected);
                 self.demote_protected(entries);
             }
         }
@@ -154,32 +150,22 @@ impl TinyLfu {
     }
 
     pub(crate) fn on_reweigh(&mut self, token: Token, old: u32, new: u32) {
-        let slot = match self.region(token) {
-            Region::Absent => return,
-            Region::Window => &mut self.window_weight,
-            Region::Probation => &mut self.probation_weight,
-            Region::Protected => &mut self.protected_weight,
-        };
-        *slot = *slot - u64::from(old) + u64::from(new);
+        let region = self.region(token);
+        if region != Region::Absent {
+            let (_, total, _) = self.region_mut(region);
+            *total = *total - u64::from(old) + u64::from(new);
+        }
     }
 
     pub(crate) fn on_remove(&mut self, token: Token, entries: &impl Entries) {
-        let weight = u64::from(entries.weight(token));
-        match self.region(token) {
-            Region::Absent => return,
-            Region::Window => {
-                self.window.unlink(&mut self.links, token);
-                self.window_weight -= weight;
-            }
-            Region::Probation => {
-                self.probation.unlink(&mut self.links, token);
-                self.probation_weight -= weight;
-            }
-            Region::Protected => {
-                self.protected.unlink(&mut self.links, token);
-                self.protected_weight -= weight;
-            }
+        let region = self.region(token);
+        if region == Region::Absent {
+            return;
         }
+        let weight = u64::from(entries.weight(token));
+        let (list, total, links) = self.region_mut(region);
+        list.unlink(links, token);
+        *total -= weight;
         self.set_region(token, Region::Absent);
     }
 
@@ -226,12 +212,39 @@ impl TinyLfu {
         false
     }
 
+    /// A region's list and weight.
+    fn region_mut(&mut self, region: Region) -> (&mut List, &mut u64, &mut Links) {
+        match region {
+            Region::Window => (&mut self.window, &mut self.window_weight, &mut self.links),
+            Region::Probation => (
+                &mut self.probation,
+                &mut self.probation_weight,
+                &mut self.links,
+            ),
+            Region::Protected => (
+                &mut self.protected,
+                &mut self.protected_weight,
+                &mut self.links,
+            ),
+            Region::Absent => unreachable!("absent tokens are on no list"),
+        }
+    }
+
+    /// Moves `token` from the `from` region to the back of `to`.
+    fn relocate(&mut self, token: Token, weight: u64, from: Region, to: Region) {
+        let (list, total, links) = self.region_mut(from);
+        list.unlink(links, token);
+        *total -= weight;
+        let (list, total, links) = self.region_mut(to);
+        list.push_back(links, token);
+        *total += weight;
+        self.set_region(token, to);
+    }
+
+    /// An entry entering probation gets its read filter re-armed, so its next
+    /// read is seen and can promote it.
     fn window_to_probation(&mut self, token: Token, weight: u64, entries: &impl Entries) {
-        self.window.unlink(&mut self.links, token);
-        self.window_weight -= weight;
-        self.probation.push_back(&mut self.links, token);
-        self.probation_weight += weight;
-        self.set_region(token, Region::Probation);
+        self.relocate(token, weight, Region::Window, Region::Probation);
         entries.rearm(token);
     }
 
@@ -241,11 +254,7 @@ impl TinyLfu {
                 break;
             };
             let weight = u64::from(entries.weight(token));
-            self.protected.unlink(&mut self.links, token);
-            self.protected_weight -= weight;
-            self.probation.push_back(&mut self.links, token);
-            self.probation_weight += weight;
-            self.set_region(token, Region::Probation);
+            self.relocate(token, weight, Region::Protected, Region::Probation);
             entries.rearm(token);
         }
     }
