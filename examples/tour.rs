@@ -57,8 +57,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     assert!(pages.weighted_size() <= 1 << 20);
 
-    println!("\n== LFU vs LRU on a scan ==");
-    for eviction in [Eviction::Lru, Eviction::Lfu] {
+    println!("\n== LRU, LFU and W-TinyLFU on a scan ==");
+    for eviction in [Eviction::Lru, Eviction::Lfu, Eviction::TinyLfu] {
         let cache: Cache<u64, u64> = Cache::builder()
             .max_capacity(100)
             .eviction(eviction)

@@ -33,12 +33,11 @@ fn rehash(hash: u64) -> u64 {
 }
 
 impl Sketch {
-    /// A sketch sized for `entries` resident entries: about four counters per
-    /// entry (half a word), at least one block.
+    /// A sketch sized for `entries` resident entries: a word (sixteen counters)
+    /// per entry, rounded up to a power of two, as Caffeine sizes it. Half that
+    /// measured 0.25 points lower on the mean of the 30 trace cases.
     pub(crate) fn new(entries: u64) -> Self {
-        let words = (entries / 2)
-            .clamp(BLOCK as u64, 1 << 26)
-            .next_power_of_two() as usize;
+        let words = entries.clamp(BLOCK as u64, 1 << 26).next_power_of_two() as usize;
         Self {
             table: vec![0; words],
             block_mask: words / BLOCK - 1,
