@@ -80,8 +80,8 @@
 //!
 //! Per entry: the key and value, a 4-byte weight and the read counter, 8 bytes
 //! of policy links (plus 4 for LFU's bucket, or 1 for W-TinyLFU's region and
-//! about 4 of sketch), and a 4-byte table slot plus a control byte at
-//! hashbrown's load factor. For `u64` keys and values that measures 49 bytes per
+//! about 8 of sketch), and a 4-byte table slot plus a control byte at
+//! hashbrown's load factor. For `u64` keys and values that measures 53 bytes per
 //! entry with W-TinyLFU, 44 with LRU and 48 with LFU; run `cargo run --release
 //! --example memory` to measure it beside moka and quick_cache.
 //!
