@@ -27,6 +27,14 @@ enum Region {
     Protected,
 }
 
+/// A candidate must beat the victim's estimate by more than this to replace it:
+/// ties and near-ties go to the incumbent. Caffeine admits on any strict win;
+/// giving incumbents one count of advantage stops a loop or a scan longer than
+/// the sketch's memory from churning the cache (loop and scan at 5% of their
+/// keys go from 0 hits to 4.1% and 3.3%, cs 5% from 1.8% to 4.5%), at a cost on
+/// recency-biased traces (P3 20% −2.2, P12 20% −1.0): +0.3 on the 30-case mean.
+pub(super) const ADMIT_MARGIN: u8 = 1;
+
 /// A warm candidate that loses its contest is still admitted one time in 128,
 /// so an attacker who inflates a victim's counters cannot freeze the cache.
 pub(super) const ADMIT_WARM_THRESHOLD: u8 = 6;
@@ -200,7 +208,7 @@ impl TinyLfu {
     fn admit(&mut self, candidate: u64, victim: u64) -> bool {
         let candidate = self.frequency(candidate);
         let victim = self.frequency(victim);
-        if candidate > victim {
+        if candidate > victim.saturating_add(ADMIT_MARGIN) {
             return true;
         }
         if candidate >= ADMIT_WARM_THRESHOLD {

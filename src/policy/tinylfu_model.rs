@@ -9,7 +9,7 @@ use std::cell::RefCell;
 use std::collections::HashSet;
 
 use super::sketch::Sketch;
-use super::tinylfu::{Climber, TinyLfu, ADMIT_WARM_ONE_IN, ADMIT_WARM_THRESHOLD};
+use super::tinylfu::{Climber, TinyLfu, ADMIT_MARGIN, ADMIT_WARM_ONE_IN, ADMIT_WARM_THRESHOLD};
 use super::Entries;
 use crate::store::Token;
 
@@ -144,7 +144,7 @@ impl Naive {
 
     fn admit(&mut self, c: u64, v: u64) -> bool {
         let (c, v) = (self.freq(c), self.freq(v));
-        if c > v {
+        if u16::from(c) > u16::from(v) + u16::from(ADMIT_MARGIN) {
             return true;
         }
         if c >= ADMIT_WARM_THRESHOLD {
