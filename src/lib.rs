@@ -43,18 +43,22 @@
 //!
 //! * the **map**: a `hashbrown::HashTable` of `u32` tokens into a slab of
 //!   entries, behind a cache-padded reader-writer lock;
-//! * the **policy**, behind its own mutex;
-//! * a **read ring**: a bounded, lock-free buffer of the tokens of recent hits.
+//! * the **policy**, inside the map behind a mutex of its own: writers own it
+//!   through the write lock without touching the mutex; readers only ever
+//!   `try_lock` it, to apply buffered reads for LRU and LFU;
+//! * a **read ring** (LRU and LFU): a bounded, lock-free buffer of the tokens of
+//!   recent hits.
 //!
-//! * **Reads** take the map lock for reading, find the entry and clone its value
-//!   in one probe, and append its token to the ring. A read never waits for the
-//!   policy: when the ring is full, the reader `try_lock`s the policy and applies
-//!   the buffered reads; if someone else holds it, the read is dropped, which
-//!   costs the policy a little precision and only happens under contention.
-//! * **Writes** take the map lock, then the policy lock, apply the buffered
-//!   reads in order, then insert, replace or remove, and evict in policy order
-//!   until the shard is within its share of the capacity. Evicted entries reach
-//!   the listener after both locks are released.
+//! * **Reads** take the map lock for reading and find the entry and clone its
+//!   value in one probe. Under LRU and LFU they append its token to the ring. A
+//!   read never waits for the policy: when the ring is full, the reader
+//!   `try_lock`s the policy and applies the buffered reads; if someone else
+//!   holds it, the read is dropped, which costs the policy a little precision
+//!   and only happens under contention.
+//! * **Writes** take the map lock, apply the buffered reads in order, then
+//!   insert, replace or remove, and evict in policy order until the shard is
+//!   within its share of the capacity. Evicted entries reach the listener after
+//!   the lock is released.
 //! * **Policies** see only tokens (and ask the shard for an entry's hash or
 //!   weight). LRU keeps one intrusive list; LFU keeps O(1) frequency buckets, each
 //!   an intrusive list so ties break by recency. With one shard and one thread
@@ -62,12 +66,14 @@
 //!   probation/protected SLRU on the same links, a 4-bit count-min sketch in
 //!   64-byte blocks (allocated once the shard is half full, aged by halving), and
 //!   a hill climber that resizes the window per sample period.
-//! * **Read filter** (W-TinyLFU): every entry has a 2-bit read counter in what
-//!   would be padding. A read reaches the ring only while the counter is below 3;
-//!   the policy re-arms it when it moves the entry out of the window or demotes
-//!   it from protected. So the hottest entries' reads write no shared memory at
-//!   all — the lookup alone — while the policy still sees each entry's first
-//!   reads in every region it passes through.
+//! * **Deferred reads** (W-TinyLFU): a hit only bumps a small read counter in
+//!   what would be the entry's padding (capped at 3, after which a hit writes
+//!   nothing) and a hit count beside the lock word, in the cache line the read
+//!   lock has just written. The policy collects an entry's reads when it next
+//!   looks at it — at the head of the window, probation or protected — adding
+//!   them to the sketch and giving the entry the second chance the reads earned
+//!   (back of the window, promotion to protected). No read is lost to contention
+//!   and readers never touch the policy.
 //!
 //! ## Consistency
 //!

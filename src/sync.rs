@@ -64,7 +64,7 @@ impl<T> RwLock<T> {
     }
 }
 
-/// A mutual-exclusion lock with the two operations the policy needs.
+/// A mutual-exclusion lock with the three operations the policy needs.
 #[derive(Debug, Default)]
 pub(crate) struct Mutex<T> {
     #[cfg(not(larder_loom))]
@@ -89,18 +89,19 @@ impl<T> Mutex<T> {
     }
 
     #[cfg(not(larder_loom))]
-    pub(crate) fn lock(&self) -> MutexGuard<'_, T> {
-        self.inner.lock()
-    }
-
-    #[cfg(not(larder_loom))]
     pub(crate) fn try_lock(&self) -> Option<MutexGuard<'_, T>> {
         self.inner.try_lock()
     }
 
+    /// The contents, through exclusive access: no atomic operation at all.
+    #[cfg(not(larder_loom))]
+    pub(crate) fn get_mut(&mut self) -> &mut T {
+        self.inner.get_mut()
+    }
+
     #[cfg(larder_loom)]
-    pub(crate) fn lock(&self) -> MutexGuard<'_, T> {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    pub(crate) fn get_mut(&mut self) -> &mut T {
+        self.inner.get_mut().unwrap_or_else(|e| e.into_inner())
     }
 
     #[cfg(larder_loom)]

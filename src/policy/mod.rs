@@ -20,8 +20,10 @@ pub(crate) trait Entries {
     fn hash(&self, token: Token) -> u64;
     /// The entry's weight.
     fn weight(&self, token: Token) -> u32;
-    /// Re-arms the entry's read filter: its next reads reach the policy again.
-    fn rearm(&self, token: Token);
+    /// Reads of the entry noted since the last call (capped), resetting the count.
+    fn take_hits(&self, token: Token) -> u8;
+    /// Notes a read of the entry, to be collected by `take_hits`.
+    fn touch(&self, token: Token);
 }
 
 /// Which entries make way when the cache is full.
@@ -86,6 +88,14 @@ impl Policy {
             Self::Lru(p) => p.on_access(token),
             Self::Lfu(p) => p.on_access(token),
             Self::TinyLfu(p) => p.on_access(token, entries),
+        }
+    }
+
+    /// `hits` lookups found their entry since the last write (counted only for
+    /// a policy that collects reads from the entries).
+    pub(crate) fn on_hits(&mut self, hits: u64) {
+        if let Self::TinyLfu(p) = self {
+            p.on_hits(hits);
         }
     }
 

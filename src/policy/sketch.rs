@@ -73,15 +73,22 @@ impl Sketch {
     /// Counts one more sighting of `hash`, aging the whole sketch when the sample
     /// period ends.
     pub(crate) fn increment(&mut self, hash: u64) {
-        let mut added = false;
+        self.add(hash, 1);
+    }
+
+    /// Counts `n` more sightings of `hash` (each counter saturating at 15): the
+    /// same as `n` increments, except that aging waits for the last of them.
+    pub(crate) fn add(&mut self, hash: u64, n: u8) {
+        let n = u64::from(n);
+        let mut added = 0;
         for (w, shift) in self.slots(hash) {
-            if (self.table[w] >> shift) & MAX_COUNT < MAX_COUNT {
-                self.table[w] += 1 << shift;
-                added = true;
-            }
+            let count = (self.table[w] >> shift) & MAX_COUNT;
+            let raised = (count + n).min(MAX_COUNT);
+            self.table[w] += (raised - count) << shift;
+            added = added.max(raised - count);
         }
-        if added {
-            self.size += 1;
+        if added > 0 {
+            self.size += added as u32;
             if self.size >= self.sample_size {
                 self.age();
             }
@@ -120,6 +127,21 @@ mod tests {
             assert_eq!(s.frequency(42), i.min(15));
         }
         assert_eq!(s.frequency(43), 0);
+    }
+
+    #[test]
+    fn adding_n_is_n_increments() {
+        let (mut a, mut b) = (Sketch::new(1024), Sketch::new(1024));
+        for (hash, n) in [(7u64, 3u8), (8, 1), (7, 5), (9, 15), (9, 4)] {
+            a.add(hash, n);
+            for _ in 0..n {
+                b.increment(hash);
+            }
+        }
+        assert_eq!(a.table, b.table);
+        assert_eq!(a.size, b.size);
+        assert_eq!(a.frequency(7), 8);
+        assert_eq!(a.frequency(9), 15);
     }
 
     #[test]

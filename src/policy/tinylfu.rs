@@ -9,9 +9,13 @@
 //! demoted back to probation. A hill climber resizes the window between sample
 //! periods, towards whatever raised the hit rate.
 //!
-//! Reads reach this policy filtered: each entry records only its first few reads
-//! until the policy re-arms it (when it is demoted or leaves the window), so hot
-//! entries cost readers nothing. See `store::Entry::hits`.
+//! Reads reach this policy deferred: a hit only counts itself on the entry (up
+//! to a cap) and on the shard. The policy collects an entry's reads when it next
+//! looks at that entry — at the head of a region, on the way to a victim — and
+//! then applies what the reads would have done: sketch increments, a second
+//! chance at the back of the window or of protected, promotion out of
+//! probation. The shard's hit count feeds the climber. So a read costs no lock
+//! beyond the lookup's and loses nothing to contention. See `store::Entry::hits`.
 
 use super::list::{Links, List};
 use super::sketch::Sketch;
@@ -131,6 +135,11 @@ impl TinyLfu {
         self.sketch.as_ref().map_or(0, |s| s.frequency(hash))
     }
 
+    /// Hits on this shard since the last write, for the climber.
+    pub(crate) fn on_hits(&mut self, hits: u64) {
+        self.climber.hits += hits;
+    }
+
     pub(crate) fn on_insert(&mut self, token: Token, entries: &impl Entries) {
         let weight = u64::from(entries.weight(token));
         self.window.push_back(&mut self.links, token);
@@ -141,20 +150,25 @@ impl TinyLfu {
         self.climb(entries);
     }
 
+    /// A read that reached the policy directly (an update of the value): noted
+    /// on the entry like any other read, collected when the entry is next looked at.
     pub(crate) fn on_access(&mut self, token: Token, entries: &impl Entries) {
-        match self.region(token) {
-            Region::Absent => return, // a stale read of an entry that has left
-            Region::Window => self.window.move_to_back(&mut self.links, token),
-            Region::Protected => self.protected.move_to_back(&mut self.links, token),
-            Region::Probation => {
-                let weight = u64::from(entries.weight(token));
-                self.relocate(token, weight, Region::Probation, Region::Protected);
-                self.demote_protected(entries);
-            }
+        if self.region(token) != Region::Absent {
+            entries.touch(token);
         }
-        self.count(entries.hash(token));
-        self.climber.hits += 1;
-        self.climb(entries);
+    }
+
+    /// Collects the reads `token` noted since the policy last looked: they go
+    /// to the sketch and the climber. True when there were any.
+    fn collect(&mut self, token: Token, entries: &impl Entries) -> bool {
+        let hits = entries.take_hits(token);
+        if hits == 0 {
+            return false;
+        }
+        if let Some(sketch) = &mut self.sketch {
+            sketch.add(entries.hash(token), hits);
+        }
+        true
     }
 
     pub(crate) fn on_reweigh(&mut self, token: Token, old: u32, new: u32) {
@@ -178,31 +192,58 @@ impl TinyLfu {
     }
 
     /// Chooses the next entry to evict (never `keep`), moving window overflow
-    /// into main and settling admission contests on the way.
+    /// into main and settling admission contests on the way. Entries read since
+    /// the policy last looked get a second chance where they stand: a window
+    /// entry goes to the window's back, a probation entry is promoted.
     pub(crate) fn victim(&mut self, keep: Token, entries: &impl Entries) -> Option<Token> {
         while self.window_weight > self.window_max {
             let Some(candidate) = first_other(&self.window, &self.links, keep) else {
                 break;
             };
+            if self.collect(candidate, entries) {
+                self.window.move_to_back(&mut self.links, candidate);
+                continue;
+            }
             let weight = u64::from(entries.weight(candidate));
             let main_max = self.capacity - self.window_max;
             let room = self.probation_weight + self.protected_weight + weight <= main_max;
-            let rival = first_other(&self.probation, &self.links, keep)
-                .or_else(|| first_other(&self.protected, &self.links, keep));
-            match rival {
-                Some(victim) if !room => {
+            if room {
+                self.relocate(candidate, weight, Region::Window, Region::Probation);
+                continue;
+            }
+            match self.main_victim(keep, entries) {
+                Some(victim) => {
                     if self.admit(entries.hash(candidate), entries.hash(victim)) {
-                        self.window_to_probation(candidate, weight, entries);
+                        self.relocate(candidate, weight, Region::Window, Region::Probation);
                         return Some(victim);
                     }
                     return Some(candidate);
                 }
-                _ => self.window_to_probation(candidate, weight, entries),
+                None => self.relocate(candidate, weight, Region::Window, Region::Probation),
             }
         }
-        first_other(&self.probation, &self.links, keep)
-            .or_else(|| first_other(&self.protected, &self.links, keep))
+        self.main_victim(keep, entries)
             .or_else(|| first_other(&self.window, &self.links, keep))
+    }
+
+    /// The first entry of probation (else protected) not read since the policy
+    /// last looked, promoting the ones that were.
+    fn main_victim(&mut self, keep: Token, entries: &impl Entries) -> Option<Token> {
+        while let Some(t) = first_other(&self.probation, &self.links, keep) {
+            if !self.collect(t, entries) {
+                return Some(t);
+            }
+            let weight = u64::from(entries.weight(t));
+            self.relocate(t, weight, Region::Probation, Region::Protected);
+            self.demote_protected(entries);
+        }
+        while let Some(t) = first_other(&self.protected, &self.links, keep) {
+            if !self.collect(t, entries) {
+                return Some(t);
+            }
+            self.protected.move_to_back(&mut self.links, t);
+        }
+        None
     }
 
     fn admit(&mut self, candidate: u64, victim: u64) -> bool {
@@ -249,21 +290,19 @@ impl TinyLfu {
         self.set_region(token, to);
     }
 
-    /// An entry entering probation gets its read filter re-armed, so its next
-    /// read is seen and can promote it.
-    fn window_to_probation(&mut self, token: Token, weight: u64, entries: &impl Entries) {
-        self.relocate(token, weight, Region::Window, Region::Probation);
-        entries.rearm(token);
-    }
-
+    /// Moves protected overflow to probation; an entry read since the policy
+    /// last looked goes to protected's back instead.
     fn demote_protected(&mut self, entries: &impl Entries) {
         while self.protected_weight > self.protected_max {
             let Some(token) = self.protected.head() else {
                 break;
             };
+            if self.collect(token, entries) {
+                self.protected.move_to_back(&mut self.links, token);
+                continue;
+            }
             let weight = u64::from(entries.weight(token));
             self.relocate(token, weight, Region::Protected, Region::Probation);
-            entries.rearm(token);
         }
     }
 
@@ -397,10 +436,10 @@ mod tests {
     use super::*;
     use std::cell::RefCell;
 
-    /// Entries with fixed weights and hashes, recording re-arms.
+    /// Entries with fixed weights and hashes, counting reads.
     #[derive(Default)]
     struct Fake {
-        rearmed: RefCell<Vec<Token>>,
+        hits: RefCell<std::collections::HashMap<Token, u8>>,
     }
 
     impl Entries for Fake {
@@ -410,8 +449,11 @@ mod tests {
         fn weight(&self, _: Token) -> u32 {
             1
         }
-        fn rearm(&self, token: Token) {
-            self.rearmed.borrow_mut().push(token);
+        fn take_hits(&self, token: Token) -> u8 {
+            self.hits.borrow_mut().remove(&token).unwrap_or(0)
+        }
+        fn touch(&self, token: Token) {
+            *self.hits.borrow_mut().entry(token).or_insert(0) += 1;
         }
     }
 
@@ -439,7 +481,7 @@ mod tests {
         p.sketch.as_mut().expect("half full").disable_aging();
         for _ in 0..20 {
             for t in 0..100 {
-                p.on_access(t, &e);
+                p.count(e.hash(t));
             }
         }
         insert(&mut p, &e, 100);
@@ -483,22 +525,62 @@ mod tests {
     }
 
     #[test]
-    fn probation_reads_promote_and_protected_overflow_demotes() {
+    fn reads_are_collected_where_the_policy_looks() {
         let (mut p, e) = (TinyLfu::new(10), Fake::default());
+        p.climber.sample = u64::MAX;
         for t in 0..12 {
             insert(&mut p, &e, t);
         }
-        let in_probation: Vec<Token> = p.probation.tokens(&p.links);
-        assert!(!in_probation.is_empty());
-        for &t in &in_probation {
+        let probation: Vec<Token> = p.probation.tokens(&p.links);
+        assert!(probation.len() >= 3, "{probation:?}");
+        // Read every probation entry but the last: on_access only notes it.
+        let (unread, read) = probation.split_last().unwrap();
+        let sketch = p.sketch.as_ref().expect("past half full");
+        let before: Vec<u8> = read.iter().map(|&t| sketch.frequency(e.hash(t))).collect();
+        for &t in read {
             p.on_access(t, &e);
-            assert_eq!(p.region(t), Region::Protected);
+            assert_eq!(p.region(t), Region::Probation, "promotion waits");
         }
-        assert!(p.protected_weight <= p.protected_max);
+        let candidate = p.window.head().unwrap();
+        let evicted = insert(&mut p, &e, 12);
+        // The read entries were promoted on the way to the victim, which is the
+        // unread one or the candidate that lost to it.
+        assert_eq!(evicted.len(), 1);
         assert!(
-            !e.rearmed.borrow().is_empty(),
-            "moves into probation re-arm the read filter"
+            evicted[0] == *unread || evicted[0] == candidate,
+            "{evicted:?}"
         );
+        assert!(read.iter().any(|&t| p.region(t) == Region::Protected));
+        assert!(p.protected_weight <= p.protected_max);
+        assert!(e.hits.borrow().is_empty(), "every read was collected");
+        let sketch = p.sketch.as_ref().expect("past half full");
+        for (&t, b) in read.iter().zip(before) {
+            assert_eq!(
+                sketch.frequency(e.hash(t)),
+                b + 1,
+                "the read reached the sketch"
+            );
+        }
+        p.validate(&e);
+    }
+
+    #[test]
+    fn a_read_window_entry_gets_a_second_chance() {
+        let (mut p, e) = (TinyLfu::new(1000), Fake::default());
+        p.climber.sample = u64::MAX;
+        for t in 0..1000 {
+            insert(&mut p, &e, t);
+        }
+        // The window holds ten entries; read the oldest, then push it out.
+        let head = p.window.head().unwrap();
+        p.on_access(head, &e);
+        insert(&mut p, &e, 1000);
+        assert_eq!(
+            p.region(head),
+            Region::Window,
+            "a read entry left the window"
+        );
+        assert_eq!(p.window.tokens(&p.links).last(), Some(&head));
         p.validate(&e);
     }
 

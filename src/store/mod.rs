@@ -1,16 +1,20 @@
-//! The sharded store. A shard is two locks and a ring:
+//! The sharded store. A shard is a lock and a ring:
 //!
 //! * the **map** — a `hashbrown::HashTable` of `u32` tokens into a slab of
-//!   entries — behind a reader-writer lock: lookups share it, writes own it;
-//! * the **policy** behind its own mutex, so that applying buffered reads to it
-//!   never blocks a lookup;
-//! * the **read buffer**, a lock-free ring that lookups append tokens to.
+//!   entries, and the policy — behind a reader-writer lock: lookups share it,
+//!   writes own it;
+//! * the policy sits behind a mutex of its own inside the map, so that readers
+//!   can apply buffered reads to it without blocking each other's lookups;
+//!   writers reach it through the write lock (`Mutex::get_mut`, no atomics);
+//! * the **read buffer**, a lock-free ring that lookups append tokens to, for
+//!   the policies that apply every read in order (LRU, LFU). W-TinyLFU instead
+//!   collects reads from the entries themselves (`Entry::note_read`).
 //!
-//! Writers take the map lock, then the policy lock (always in that order), drain
-//! the ring, and change both together; readers never wait on the policy lock
-//! (they `try_lock` it to drain a full ring). The store knows nothing of time: it
-//! asks the policy for victims and hands removed entries back to the caller, who
-//! notifies listeners after both locks are released.
+//! Writers take the map lock, drain the ring, and change the map and the policy
+//! together; readers never wait on the policy (they `try_lock` it to drain a
+//! full ring). The store knows nothing of time: it asks the policy for victims
+//! and hands removed entries back to the caller, who notifies listeners after
+//! the lock is released.
 
 mod read_buffer;
 mod slab;
@@ -21,7 +25,7 @@ use hashbrown::HashTable;
 use smallvec::SmallVec;
 
 use crate::policy::{Entries, Eviction, Policy};
-use crate::sync::{AtomicU64, Mutex, MutexGuard, ReadGuard, RwLock, WriteGuard};
+use crate::sync::{AtomicU64, Mutex, Ordering, ReadGuard, RwLock, WriteGuard};
 use crate::RemovalCause;
 use read_buffer::ReadBuffer;
 use slab::Slab;
@@ -42,22 +46,34 @@ pub(crate) struct Counters {
     pub(crate) rejections: u64,
 }
 
-/// One shard.
+/// One shard. `repr(C)` keeps the map's lock word and its read counter at the
+/// front, in the one cache line every lookup already writes.
 #[derive(Debug)]
+#[repr(C)]
 pub(crate) struct Shard<K, V> {
     map: RwLock<Map<K, V>>,
     reads: ReadBuffer,
-    policy: Mutex<Policy>,
-    /// Whether the policy wants only each entry's first reads (`Entry::note_read`).
-    filter_reads: bool,
+    /// Whether the policy collects reads from the entries themselves
+    /// (`Entry::note_read`) instead of through the ring.
+    deferred_reads: bool,
     pub(crate) hits: AtomicU64,
     pub(crate) misses: AtomicU64,
 }
 
 /// What the map lock protects.
 #[derive(Debug)]
+#[repr(C)]
 pub(crate) struct Map<K, V> {
     table: HashTable<Token>,
+    /// Hits since the last write, for a policy that collects reads from the
+    /// entries (its hill climber needs the hit rate). Bumped by readers with a
+    /// plain load and store: it shares a cache line with the lock word that
+    /// the read lock has just written, so it costs no extra miss, and an
+    /// increment lost to a racing reader only blurs a rate.
+    hits: AtomicU64,
+    /// The policy. Writers own it through the write lock (`Mutex::get_mut`, no
+    /// atomics); readers draining the ring under the read lock `try_lock` it.
+    policy: Mutex<Policy>,
     slab: Slab<K, V>,
     weight: u64,
     capacity: u64,
@@ -69,14 +85,15 @@ impl<K, V> Shard<K, V> {
         Self {
             map: RwLock::new(Map {
                 table: HashTable::with_capacity(initial_capacity),
+                hits: AtomicU64::new(0),
+                policy: Mutex::new(Policy::new(eviction, capacity)),
                 slab: Slab::with_capacity(initial_capacity),
                 weight: 0,
                 capacity,
                 counters: Counters::default(),
             }),
             reads: ReadBuffer::default(),
-            policy: Mutex::new(Policy::new(eviction, capacity)),
-            filter_reads: eviction == Eviction::TinyLfu,
+            deferred_reads: eviction == Eviction::TinyLfu,
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
         }
@@ -88,21 +105,29 @@ impl<K, V> Shard<K, V> {
         self.map.read()
     }
 
-    /// Both locks, with buffered reads applied to the policy.
+    /// The map for writing, with buffered reads applied to the policy.
     pub(crate) fn write<'a, H: Fn(&K) -> u64>(
         &'a self,
         hash_of: &'a H,
     ) -> ShardWriter<'a, K, V, H> {
-        let map = self.map.write();
-        let mut policy = self.policy.lock();
-        let view = View {
-            slab: &map.slab,
-            hash_of,
-        };
-        self.reads.drain(|t| policy.on_access(t, &view));
+        let mut guard = self.map.write();
+        let map = &mut *guard;
+        let policy = map.policy.get_mut();
+        // No reader can race these two: the write lock is held.
+        let hits = map.hits.load(Ordering::Relaxed);
+        if hits != 0 {
+            map.hits.store(0, Ordering::Relaxed);
+            policy.on_hits(hits);
+        }
+        if !self.deferred_reads {
+            let view = View {
+                slab: &map.slab,
+                hash_of,
+            };
+            self.reads.drain(|t| policy.on_access(t, &view));
+        }
         ShardWriter {
-            map,
-            policy,
+            map: guard,
             hash_of,
         }
     }
@@ -118,7 +143,10 @@ impl<K, V> Shard<K, V> {
         entry: &Entry<K, V>,
         hash_of: &impl Fn(&K) -> u64,
     ) {
-        if self.filter_reads && !entry.note_read() {
+        if self.deferred_reads {
+            let hits = map.hits.load(Ordering::Relaxed);
+            map.hits.store(hits.wrapping_add(1), Ordering::Relaxed);
+            entry.note_read();
             return;
         }
         if self.reads.record(token) {
@@ -128,7 +156,7 @@ impl<K, V> Shard<K, V> {
 
     #[cold]
     fn drain_reads(&self, map: &Map<K, V>, hash_of: &impl Fn(&K) -> u64) {
-        if let Some(mut policy) = self.policy.try_lock() {
+        if let Some(mut policy) = map.policy.try_lock() {
             let view = View {
                 slab: &map.slab,
                 hash_of,
@@ -153,8 +181,12 @@ impl<K, V, H: Fn(&K) -> u64> Entries for View<'_, K, V, H> {
         self.slab.get(token).weight()
     }
 
-    fn rearm(&self, token: Token) {
-        self.slab.get(token).rearm();
+    fn take_hits(&self, token: Token) -> u8 {
+        self.slab.get(token).take_hits()
+    }
+
+    fn touch(&self, token: Token) {
+        self.slab.get(token).note_read();
     }
 }
 
@@ -206,18 +238,18 @@ impl<K: Eq, V> Map<K, V> {
 /// A shard held for writing: the map and the policy, changed together.
 pub(crate) struct ShardWriter<'a, K, V, H> {
     map: WriteGuard<'a, Map<K, V>>,
-    policy: MutexGuard<'a, Policy>,
     hash_of: &'a H,
 }
 
 impl<K: Eq, V, H: Fn(&K) -> u64> ShardWriter<'_, K, V, H> {
     /// Runs `f` on the policy with a view of the slab.
     fn with_policy<R>(&mut self, f: impl FnOnce(&mut Policy, &View<'_, K, V, H>) -> R) -> R {
+        let map = &mut *self.map;
         let view = View {
-            slab: &self.map.slab,
+            slab: &map.slab,
             hash_of: self.hash_of,
         };
-        f(&mut self.policy, &view)
+        f(map.policy.get_mut(), &view)
     }
 
     /// Inserts or replaces `key`. Entries the shard let go of are pushed to `out`.
@@ -252,7 +284,7 @@ impl<K: Eq, V, H: Fn(&K) -> u64> ShardWriter<'_, K, V, H> {
                 map.weight = map.weight - u64::from(old_weight) + u64::from(weight);
                 map.counters.updates += 1;
                 out.push((key, old_value, RemovalCause::Replaced));
-                self.policy.on_reweigh(t, old_weight, weight);
+                map.policy.get_mut().on_reweigh(t, old_weight, weight);
                 self.with_policy(|p, view| p.on_access(t, view));
                 t
             }
@@ -292,7 +324,7 @@ impl<K: Eq, V, H: Fn(&K) -> u64> ShardWriter<'_, K, V, H> {
         let map = &mut *self.map;
         map.table = HashTable::new();
         map.weight = 0;
-        self.policy.clear();
+        map.policy.get_mut().clear();
         let before = out.len();
         out.extend(map.slab.take_all().map(|e| (e.key, e.value)));
         map.counters.invalidations += (out.len() - before) as u64;
@@ -330,7 +362,10 @@ impl<K: Eq, V, H: Fn(&K) -> u64> ShardWriter<'_, K, V, H> {
     /// Resident keys in eviction order.
     #[cfg(any(test, fuzzing))]
     pub(crate) fn eviction_order(&self) -> Vec<&K> {
-        self.policy
+        self.map
+            .policy
+            .try_lock()
+            .expect("the write lock excludes drains")
             .order()
             .into_iter()
             .map(|t| &self.map.slab.get(t).key)
@@ -353,10 +388,14 @@ impl<K: Eq, V, H: Fn(&K) -> u64> ShardWriter<'_, K, V, H> {
         assert_eq!(map.table.len(), live.len(), "table and slab disagree");
         assert_eq!(weight, map.weight, "weight total drifted");
         assert!(map.weight <= map.capacity, "shard over capacity");
-        let mut order = self.policy.order();
+        let policy = map
+            .policy
+            .try_lock()
+            .expect("the write lock excludes drains");
+        let mut order = policy.order();
         order.sort_unstable();
         assert_eq!(order, live, "policy and slab disagree on residents");
-        self.policy.validate(&View {
+        policy.validate(&View {
             slab: &map.slab,
             hash_of,
         });
