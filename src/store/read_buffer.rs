@@ -134,48 +134,60 @@ mod tests {
 
 #[cfg(all(test, larder_loom))]
 mod loom_models {
-    //! The ring under loom: producers record concurrently with a drainer holding
-    //! the policy lock. Every token drained was recorded, none is drained twice,
-    //! and with room in the ring no read is lost.
+    //! The ring under loom, with the shard's locking: producers record while
+    //! holding the map's read lock and drain through `try_lock` on the policy;
+    //! a writer drains holding the write lock, reaching the policy with
+    //! `get_mut`. Every token drained was recorded, none is drained twice, and
+    //! with room in the ring no read is lost.
     use super::*;
-    use crate::sync::Mutex;
+    use crate::sync::{Mutex, RwLock};
     use loom::sync::Arc;
     use loom::thread;
 
-    fn record_and_maybe_drain(buf: &ReadBuffer, policy: &Mutex<Vec<Token>>, token: Token) -> bool {
+    /// The map lock around the policy, as in `store::Map`.
+    type Shard = RwLock<Mutex<Vec<Token>>>;
+
+    fn record_and_maybe_drain(buf: &ReadBuffer, shard: &Shard, token: Token) -> bool {
+        let map = shard.read();
         let full = buf.record(token);
         if full {
-            if let Some(mut applied) = policy.try_lock() {
+            if let Some(mut applied) = map.try_lock() {
                 buf.drain(|t| applied.push(t));
             }
         }
         full
     }
 
+    fn write_and_drain(buf: &ReadBuffer, shard: &Shard) {
+        let mut map = shard.write();
+        let applied = map.get_mut();
+        buf.drain(|t| applied.push(t));
+    }
+
+    fn applied(shard: &Shard) -> Vec<Token> {
+        shard.write().get_mut().clone()
+    }
+
     #[test]
     fn two_producers_and_a_drainer() {
         loom::model(|| {
             let buf = Arc::new(ReadBuffer::default());
-            let policy = Arc::new(Mutex::new(Vec::new()));
+            let shard: Arc<Shard> = Arc::new(RwLock::new(Mutex::new(Vec::new())));
             let producers: Vec<_> = (0..2)
                 .map(|i| {
-                    let (buf, policy) = (buf.clone(), policy.clone());
-                    thread::spawn(move || record_and_maybe_drain(&buf, &policy, i))
+                    let (buf, shard) = (buf.clone(), shard.clone());
+                    thread::spawn(move || record_and_maybe_drain(&buf, &shard, i))
                 })
                 .collect();
-            {
-                // A writer drains under the policy lock while producers run.
-                let mut applied = policy.lock();
-                buf.drain(|t| applied.push(t));
-            }
+            // A writer drains while producers run.
+            write_and_drain(&buf, &shard);
             for p in producers {
                 p.join().unwrap();
             }
-            let mut applied = policy.lock();
-            buf.drain(|t| applied.push(t));
+            write_and_drain(&buf, &shard);
             // Two reads never overflow a ring of two, and a lost claim race is
             // retried, so both reads arrive, once each.
-            let mut seen = applied.clone();
+            let mut seen = applied(&shard);
             seen.sort_unstable();
             assert_eq!(seen, vec![0, 1]);
         });
@@ -185,21 +197,21 @@ mod loom_models {
     fn overflow_drops_but_never_duplicates() {
         loom::model(|| {
             let buf = Arc::new(ReadBuffer::default());
-            let policy = Arc::new(Mutex::new(Vec::new()));
+            let shard: Arc<Shard> = Arc::new(RwLock::new(Mutex::new(Vec::new())));
             let producers: Vec<_> = (0..2)
                 .map(|i| {
-                    let (buf, policy) = (buf.clone(), policy.clone());
+                    let (buf, shard) = (buf.clone(), shard.clone());
                     thread::spawn(move || {
-                        record_and_maybe_drain(&buf, &policy, 2 * i);
-                        record_and_maybe_drain(&buf, &policy, 2 * i + 1);
+                        record_and_maybe_drain(&buf, &shard, 2 * i);
+                        record_and_maybe_drain(&buf, &shard, 2 * i + 1);
                     })
                 })
                 .collect();
             for p in producers {
                 p.join().unwrap();
             }
-            let mut applied = policy.lock();
-            buf.drain(|t| applied.push(t));
+            write_and_drain(&buf, &shard);
+            let applied = applied(&shard);
             let mut seen = applied.clone();
             seen.sort_unstable();
             seen.dedup();
