@@ -153,9 +153,7 @@ impl TinyLfu {
     /// A read that reached the policy directly (an update of the value): noted
     /// on the entry like any other read, collected when the entry is next looked at.
     pub(crate) fn on_access(&mut self, token: Token, entries: &impl Entries) {
-        if self.region(token) != Region::Absent {
-            entries.touch(token);
-        }
+        entries.touch(token);
     }
 
     /// Collects the reads `token` noted since the policy last looked: they go
@@ -417,6 +415,12 @@ impl Climber {
         if requests < self.sample {
             return None;
         }
+        if self.hits == 0 && self.previous_rate == 0.0 {
+            // No hits, before or now: nothing to climb towards. Moving anyway
+            // would walk the window to its maximum on a miss-only stream.
+            self.reset_sample();
+            return None;
+        }
         let rate = self.hits as f64 / requests as f64;
         let change = rate - self.previous_rate;
         let amount = if change >= 0.0 { self.step } else { -self.step };
@@ -582,6 +586,17 @@ mod tests {
         );
         assert_eq!(p.window.tokens(&p.links).last(), Some(&head));
         p.validate(&e);
+    }
+
+    #[test]
+    fn climber_stays_put_without_hits() {
+        let mut c = Climber::new(1000);
+        c.misses = 10_000;
+        assert_eq!(c.adjustment(1000), None, "a miss-only sample moves nothing");
+        assert_eq!(c.misses, 0, "the sample restarts");
+        c.hits = 1_000;
+        c.misses = 9_000;
+        assert!(c.adjustment(1000).expect("a full sample") > 0);
     }
 
     #[test]

@@ -284,7 +284,9 @@ impl<K: Eq, V, H: Fn(&K) -> u64> ShardWriter<'_, K, V, H> {
                 map.weight = map.weight - u64::from(old_weight) + u64::from(weight);
                 map.counters.updates += 1;
                 out.push((key, old_value, RemovalCause::Replaced));
-                map.policy.get_mut().on_reweigh(t, old_weight, weight);
+                if old_weight != weight {
+                    map.policy.get_mut().on_reweigh(t, old_weight, weight);
+                }
                 self.with_policy(|p, view| p.on_access(t, view));
                 t
             }
