@@ -5,8 +5,11 @@ use std::hash::{BuildHasher, Hash};
 use std::marker::PhantomData;
 use std::sync::Arc;
 
+use std::time::Duration;
+
 use crate::cache::{Cache, Listener, Weigher};
-use crate::{DefaultHashBuilder, Eviction, RemovalCause};
+use crate::expiry::Expiration;
+use crate::{Clock, DefaultHashBuilder, Eviction, Expiry, RemovalCause};
 
 /// The most shards a cache may have.
 pub const MAX_SHARDS: usize = 1 << 16;
@@ -39,6 +42,10 @@ pub struct CacheBuilder<K, V, S = DefaultHashBuilder> {
     hasher: S,
     listener: Option<Listener<K, V>>,
     record_stats: bool,
+    time_to_live: Option<Duration>,
+    time_to_idle: Option<Duration>,
+    expiry: Option<Arc<dyn Expiry<K, V>>>,
+    clock: Option<Clock>,
     _types: PhantomData<fn(K, V)>,
 }
 
@@ -52,6 +59,9 @@ impl<K, V, S> fmt::Debug for CacheBuilder<K, V, S> {
             .field("initial_capacity", &self.initial_capacity)
             .field("eviction_listener", &self.listener.is_some())
             .field("record_stats", &self.record_stats)
+            .field("time_to_live", &self.time_to_live)
+            .field("time_to_idle", &self.time_to_idle)
+            .field("expiry", &self.expiry.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -67,6 +77,10 @@ impl<K, V> CacheBuilder<K, V, DefaultHashBuilder> {
             hasher: DefaultHashBuilder::default(),
             listener: None,
             record_stats: false,
+            time_to_live: None,
+            time_to_idle: None,
+            expiry: None,
+            clock: None,
             _types: PhantomData,
         }
     }
@@ -141,6 +155,80 @@ where
         self
     }
 
+    /// Entries expire this long after they were last written (inserted or
+    /// replaced). Zero means values are not cached at all (each insert goes
+    /// straight to the listener as [`RemovalCause::Expired`]); `Duration::MAX`
+    /// or any sum past the clock's range means never. Expired entries are never
+    /// read; they are reclaimed a few at a time by writes to their shard, or by
+    /// [`Cache::run_pending_tasks`].
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use larder::{Cache, Clock};
+    ///
+    /// let (clock, time) = Clock::mock();
+    /// let cache: Cache<u32, u32> = Cache::builder()
+    ///     .max_capacity(10)
+    ///     .time_to_live(Duration::from_secs(30))
+    ///     .clock(clock)
+    ///     .build()
+    ///     .unwrap();
+    /// cache.insert(1, 1);
+    /// time.advance(Duration::from_secs(29));
+    /// assert_eq!(cache.get(&1), Some(1)); // reads do not extend a time-to-live
+    /// time.advance(Duration::from_secs(1));
+    /// assert_eq!(cache.get(&1), None);
+    /// ```
+    pub fn time_to_live(mut self, ttl: Duration) -> Self {
+        self.time_to_live = Some(ttl);
+        self
+    }
+
+    /// Entries expire this long after they were last read or written. With a
+    /// [`time_to_live`](Self::time_to_live) too, an entry expires at whichever
+    /// deadline comes first, and reads never extend it past its time-to-live.
+    /// A read extends the deadline only when that moves it by a tick (about a
+    /// millisecond), so hot entries' reads write nothing. Zero and
+    /// `Duration::MAX` mean what they mean for `time_to_live`.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use larder::{Cache, Clock};
+    ///
+    /// let (clock, time) = Clock::mock();
+    /// let cache: Cache<u32, u32> = Cache::builder()
+    ///     .max_capacity(10)
+    ///     .time_to_idle(Duration::from_secs(10))
+    ///     .clock(clock)
+    ///     .build()
+    ///     .unwrap();
+    /// cache.insert(1, 1);
+    /// for _ in 0..5 {
+    ///     time.advance(Duration::from_secs(9));
+    ///     assert_eq!(cache.get(&1), Some(1)); // each read buys ten more seconds
+    /// }
+    /// time.advance(Duration::from_secs(10));
+    /// assert_eq!(cache.get(&1), None);
+    /// ```
+    pub fn time_to_idle(mut self, tti: Duration) -> Self {
+        self.time_to_idle = Some(tti);
+        self
+    }
+
+    /// Computes each entry's lifetime on create, update and read (see
+    /// [`Expiry`]). Cannot be combined with `time_to_live` or `time_to_idle`.
+    pub fn expiry(mut self, expiry: impl Expiry<K, V>) -> Self {
+        self.expiry = Some(Arc::new(expiry));
+        self
+    }
+
+    /// The clock expiry reads. Defaults to [`Clock::system`]; tests pass
+    /// [`Clock::mock`] to move time by hand.
+    pub fn clock(mut self, clock: Clock) -> Self {
+        self.clock = Some(clock);
+        self
+    }
+
     /// The hasher builder for keys. The default, [`DefaultHashBuilder`], is
     /// randomly seeded per cache, so keys chosen to collide in one process do not
     /// collide in another.
@@ -154,6 +242,10 @@ where
             hasher,
             listener: self.listener,
             record_stats: self.record_stats,
+            time_to_live: self.time_to_live,
+            time_to_idle: self.time_to_idle,
+            expiry: self.expiry,
+            clock: self.clock,
             _types: PhantomData,
         }
     }
@@ -162,8 +254,9 @@ where
     ///
     /// # Errors
     ///
-    /// [`BuildError`] when the capacity is missing or zero, or the shard count is
-    /// not a power of two in `1..=MAX_SHARDS` or exceeds the capacity.
+    /// [`BuildError`] when the capacity is missing or zero, the shard count is
+    /// not a power of two in `1..=MAX_SHARDS` or exceeds the capacity, or an
+    /// [`Expiry`] is combined with `time_to_live` or `time_to_idle`.
     pub fn build(self) -> Result<Cache<K, V, S>, BuildError> {
         let capacity = self.max_capacity.ok_or(BuildError::MissingCapacity)?;
         if capacity == 0 {
@@ -182,6 +275,16 @@ where
             Some(n) => n,
             None => default_shards(capacity),
         };
+        let fixed = self.time_to_live.is_some() || self.time_to_idle.is_some();
+        if fixed && self.expiry.is_some() {
+            return Err(BuildError::ConflictingExpiry);
+        }
+        let timed = fixed || self.expiry.is_some();
+        let clock = self.clock.unwrap_or_default();
+        let expiration = match self.expiry {
+            Some(expiry) => Expiration::custom(clock, expiry),
+            None => Expiration::fixed(clock, self.time_to_live, self.time_to_idle),
+        };
         Ok(Cache::from_parts(crate::cache::Parts {
             capacity,
             weigher: self.weigher,
@@ -191,6 +294,8 @@ where
             hasher: self.hasher,
             listener: self.listener,
             record_stats: self.record_stats,
+            expiration,
+            timed,
         }))
     }
 }
@@ -224,6 +329,9 @@ pub enum BuildError {
         /// The count that was asked for.
         shards: usize,
     },
+    /// An [`Expiry`] together with `time_to_live` or `time_to_idle`: the
+    /// `Expiry` alone decides lifetimes, so say it there.
+    ConflictingExpiry,
     /// More shards than capacity units: some shard could hold nothing.
     MoreShardsThanCapacity {
         /// The count that was asked for.
@@ -241,6 +349,9 @@ impl fmt::Display for BuildError {
             Self::InvalidShards { shards } => write!(
                 f,
                 "shards must be a power of two from 1 to {MAX_SHARDS}, got {shards}"
+            ),
+            Self::ConflictingExpiry => f.write_str(
+                "an Expiry decides every lifetime: drop time_to_live / time_to_idle or fold them into it",
             ),
             Self::MoreShardsThanCapacity { shards, capacity } => write!(
                 f,

@@ -6,10 +6,12 @@ use std::fmt;
 use std::hash::{BuildHasher, Hash};
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::builder::CacheBuilder;
+use crate::expiry::{EntryOptions, Expiration};
 use crate::policy::Eviction;
-use crate::store::{Removed, Shard};
+use crate::store::{Entry, Map, Refused, Removed, Shard, Timing, Token};
 use crate::sync::{Ordering, Padded};
 use crate::{CacheStats, DefaultHashBuilder};
 
@@ -27,6 +29,9 @@ pub enum RemovalCause {
     Explicit,
     /// Its value was replaced by an insert under the same key.
     Replaced,
+    /// Its time-to-live, time-to-idle or [`Expiry`](crate::Expiry) deadline
+    /// passed (or was already past when it was inserted).
+    Expired,
 }
 
 /// An entry refused by [`Cache::try_insert`], handed back whole.
@@ -63,6 +68,10 @@ pub(crate) struct Parts<K, V, S> {
     pub(crate) hasher: S,
     pub(crate) listener: Option<Listener<K, V>>,
     pub(crate) record_stats: bool,
+    pub(crate) expiration: Expiration<K, V>,
+    /// Whether the builder set any expiry (else shards get timers on their
+    /// first insert with a per-entry time-to-live).
+    pub(crate) timed: bool,
 }
 
 struct Inner<K, V, S> {
@@ -78,6 +87,7 @@ struct Inner<K, V, S> {
     listener: Option<Listener<K, V>>,
     record_stats: bool,
     eviction: Eviction,
+    expiration: Expiration<K, V>,
 }
 
 /// A concurrent, bounded, in-process cache.
@@ -167,7 +177,12 @@ where
         let shards = (0..n)
             .map(|i| {
                 let capacity = base + u64::from(i < extra);
-                Padded(Shard::new(capacity, parts.eviction, per_shard_initial))
+                Padded(Shard::new(
+                    capacity,
+                    parts.eviction,
+                    per_shard_initial,
+                    parts.timed,
+                ))
             })
             .collect();
         Self {
@@ -181,6 +196,7 @@ where
                 listener: parts.listener,
                 record_stats: parts.record_stats,
                 eviction: parts.eviction,
+                expiration: parts.expiration,
             }),
         }
     }
@@ -190,6 +206,12 @@ where
         self.inner.hasher.hash_one(key)
     }
 
+    /// The clock's time if `map` keeps deadlines (else it is never needed).
+    #[inline]
+    fn now_for(&self, map: &Map<K, V>) -> Option<u64> {
+        map.timed().then(|| self.inner.expiration.clock.now())
+    }
+
     #[inline]
     fn shard(&self, hash: u64) -> &Shard<K, V> {
         &self.inner.shards[((hash >> 32) & self.inner.shard_mask) as usize]
@@ -197,8 +219,9 @@ where
 
     /// The value under `key`, cloned, counting as a use for the eviction policy.
     ///
-    /// A hit takes the shard's lock for reading only and records the use in a
-    /// per-shard buffer that writers apply in batches.
+    /// A hit takes the shard's lock for reading only. An entry past its
+    /// deadline is never returned (and counts as a miss), whether or not
+    /// maintenance has reclaimed it yet.
     ///
     /// ```
     /// let cache: larder::Cache<String, u32> =
@@ -216,7 +239,9 @@ where
         let hash = self.hash(key);
         let shard = self.shard(hash);
         let map = shard.read();
-        let Some((token, entry)) = map.find(hash, key) else {
+        let now = self.now_for(&map);
+        let found = map.find(hash, key).filter(|&(t, _)| map.is_live(t, now));
+        let Some((token, entry)) = found else {
             drop(map);
             if self.inner.record_stats {
                 shard.misses.fetch_add(1, Ordering::Relaxed);
@@ -224,6 +249,11 @@ where
             return None;
         };
         let value = entry.value.clone();
+        if let Some(now) = now {
+            if self.inner.expiration.reads_move_deadlines() {
+                self.after_read(&map, token, entry, now);
+            }
+        }
         shard.record_read(&map, token, entry, &|k| self.inner.hasher.hash_one(k));
         drop(map);
         if self.inner.record_stats {
@@ -232,8 +262,25 @@ where
         Some(value)
     }
 
-    /// The value under `key`, cloned, without touching the eviction order or the
-    /// statistics.
+    /// A read that may move the entry's deadline (time-to-idle, or an [`Expiry`]
+    /// with `expire_after_read`).
+    ///
+    /// [`Expiry`]: crate::Expiry
+    #[cold]
+    fn after_read(&self, map: &Map<K, V>, token: Token, entry: &Entry<K, V>, now: u64) {
+        if let Some(d) = map.deadlines(token) {
+            if let Some(at) = self
+                .inner
+                .expiration
+                .on_read(&entry.key, &entry.value, now, d)
+            {
+                map.move_deadline(token, at);
+            }
+        }
+    }
+
+    /// The value under `key`, cloned, without touching the eviction order, the
+    /// statistics or the deadline.
     ///
     /// ```
     /// let cache: larder::Cache<u32, u32> = larder::Cache::builder().max_capacity(10).build().unwrap();
@@ -248,7 +295,10 @@ where
     {
         let hash = self.hash(key);
         let map = self.shard(hash).read();
-        map.find(hash, key).map(|(_, e)| e.value.clone())
+        let now = self.now_for(&map);
+        map.find(hash, key)
+            .filter(|&(t, _)| map.is_live(t, now))
+            .map(|(_, e)| e.value.clone())
     }
 
     /// Whether `key` is present, without touching the eviction order.
@@ -266,7 +316,10 @@ where
         Q: Hash + Eq + ?Sized,
     {
         let hash = self.hash(key);
-        self.shard(hash).read().find(hash, key).is_some()
+        let map = self.shard(hash).read();
+        let now = self.now_for(&map);
+        map.find(hash, key)
+            .is_some_and(|(t, _)| map.is_live(t, now))
     }
 
     /// Stores `value` under `key`, replacing any value there, and evicts as needed
@@ -315,6 +368,38 @@ where
     /// assert!(cache.try_insert(2, vec![0; 100]).is_ok());
     /// ```
     pub fn try_insert(&self, key: K, value: V) -> Result<(), Rejected<K, V>> {
+        self.write(key, value, None)
+    }
+
+    /// Like [`insert`](Self::insert), with settings for this entry alone: a
+    /// time-to-live that overrides the cache's (see [`EntryOptions`]). Works on
+    /// a cache built without expiry too: its shards start keeping deadlines on
+    /// their first such insert.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use larder::{Cache, Clock, EntryOptions};
+    ///
+    /// let (clock, time) = Clock::mock();
+    /// let cache: Cache<&str, u32> = Cache::builder()
+    ///     .max_capacity(10)
+    ///     .time_to_live(Duration::from_secs(60))
+    ///     .clock(clock)
+    ///     .build()
+    ///     .unwrap();
+    /// cache.insert("session", 1);
+    /// cache.insert_with("token", 2, EntryOptions::new().ttl(Duration::from_secs(5)));
+    /// time.advance(Duration::from_secs(5));
+    /// assert_eq!(cache.get("token"), None);
+    /// assert_eq!(cache.get("session"), Some(1));
+    /// ```
+    pub fn insert_with(&self, key: K, value: V, options: EntryOptions) {
+        if let Err(rejected) = self.write(key, value, options.time_to_live()) {
+            self.notify_one(rejected.key, rejected.value, RemovalCause::Size);
+        }
+    }
+
+    fn write(&self, key: K, value: V, ttl: Option<Duration>) -> Result<(), Rejected<K, V>> {
         let weight = match &self.inner.weigher {
             Some(weigher) => weigher(&key, &value),
             None => 1,
@@ -322,16 +407,42 @@ where
         let hash = self.hash(&key);
         let shard = self.shard(hash);
         let mut removed = Removed::new();
-        let result = shard
-            .write(&|k| self.hash(k))
-            .insert(hash, key, value, weight, &mut removed);
-        self.notify(removed);
-        result.map_err(|(key, value)| Rejected {
+        let expiration = &self.inner.expiration;
+        let deadlines = |k: &K, v: &V, now: u64, current: Option<u64>| {
+            expiration.on_write(k, v, now, current, ttl)
+        };
+        let result = shard.write(&|k| self.hash(k)).insert(
+            hash,
             key,
             value,
             weight,
-            limit: self.inner.max_entry_weight,
-        })
+            Timing {
+                clock: &expiration.clock,
+                start: ttl.is_some(),
+                deadlines: &deadlines,
+            },
+            &mut removed,
+        );
+        match result {
+            Ok(()) => {
+                self.notify(removed);
+                Ok(())
+            }
+            Err(Refused::Expired(key, value)) => {
+                removed.push((key, value, RemovalCause::Expired));
+                self.notify(removed);
+                Ok(())
+            }
+            Err(Refused::TooHeavy(key, value)) => {
+                self.notify(removed);
+                Err(Rejected {
+                    key,
+                    value,
+                    weight,
+                    limit: self.inner.max_entry_weight,
+                })
+            }
+        }
     }
 
     /// Removes `key`, returning its value. The listener sees it as
@@ -349,14 +460,19 @@ where
         Q: Hash + Eq + ?Sized,
     {
         let hash = self.hash(key);
-        let (key, value) = self
-            .shard(hash)
-            .write(&|k| self.hash(k))
-            .remove(hash, key)?;
+        let (key, value, cause) = self.shard(hash).write(&|k| self.hash(k)).remove(
+            hash,
+            key,
+            &self.inner.expiration.clock,
+        )?;
+        if cause == RemovalCause::Expired {
+            self.notify_one(key, value, cause);
+            return None;
+        }
         match &self.inner.listener {
             Some(_) => {
                 let returned = value.clone();
-                self.notify_one(key, value, RemovalCause::Explicit);
+                self.notify_one(key, value, cause);
                 Some(returned)
             }
             None => Some(value),
@@ -389,7 +505,64 @@ where
         }
     }
 
-    /// The number of entries (weakly consistent under concurrent writes).
+    /// Reclaims every entry whose deadline has passed, shard by shard, in
+    /// batches that each hold a shard's lock only briefly; the listener sees
+    /// them as [`RemovalCause::Expired`]. Writes already reclaim a few expired
+    /// entries each; this is for caches that go quiet (or see only reads), and
+    /// is what an optional background sweeper calls. Its time grows linearly
+    /// with the number of entries reclaimed.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use larder::{Cache, Clock};
+    ///
+    /// let (clock, time) = Clock::mock();
+    /// let cache: Cache<u32, u32> = Cache::builder()
+    ///     .max_capacity(100)
+    ///     .time_to_live(Duration::from_secs(1))
+    ///     .clock(clock)
+    ///     .build()
+    ///     .unwrap();
+    /// (0..50).for_each(|i| cache.insert(i, i));
+    /// time.advance(Duration::from_secs(2));
+    /// assert_eq!(cache.len(), 50); // expired, unreadable, not yet reclaimed
+    /// cache.run_pending_tasks();
+    /// assert_eq!(cache.len(), 0);
+    /// ```
+    pub fn run_pending_tasks(&self) {
+        let clock = &self.inner.expiration.clock;
+        let mut first_panic = None;
+        for shard in self.inner.shards.iter() {
+            if !shard.read().timed() {
+                continue;
+            }
+            loop {
+                let mut removed = Removed::new();
+                let more = shard.write(&|k| self.hash(k)).expire(
+                    clock.now(),
+                    MAINTENANCE_BATCH,
+                    &mut removed,
+                );
+                if let Some(listener) = &self.inner.listener {
+                    for (k, v, cause) in removed {
+                        deliver(listener, k, v, cause, &mut first_panic);
+                    }
+                }
+                if !more {
+                    break;
+                }
+            }
+        }
+        if let Some(panic) = first_panic {
+            resume_unwind(panic);
+        }
+    }
+
+    /// The number of entries (weakly consistent under concurrent writes). With
+    /// expiry this includes entries past their deadline that maintenance has
+    /// not reclaimed yet (they are never returned by reads); call
+    /// [`run_pending_tasks`](Self::run_pending_tasks) first for a count of live
+    /// entries.
     pub fn len(&self) -> usize {
         self.inner.shards.iter().map(|s| s.read().len()).sum()
     }
@@ -427,6 +600,7 @@ where
             stats.evicted_weight += c.evicted_weight;
             stats.invalidations += c.invalidations;
             stats.rejections += c.rejections;
+            stats.expirations += c.expirations;
         }
         stats
     }
@@ -533,6 +707,9 @@ impl<K, V, S> fmt::Debug for Iter<'_, K, V, S> {
     }
 }
 
+/// Expired entries reclaimed per lock acquisition by `run_pending_tasks`.
+const MAINTENANCE_BATCH: usize = 256;
+
 /// Entries cloned per lock acquisition while iterating.
 const ITER_BATCH: usize = 64;
 
@@ -554,7 +731,8 @@ where
             match self.slot {
                 Some(from) => {
                     let map = shard.read();
-                    self.slot = map.collect(from, ITER_BATCH, &mut self.batch);
+                    let now = self.cache.now_for(&map);
+                    self.slot = map.collect(from, ITER_BATCH, now, &mut self.batch);
                     self.batch.reverse();
                 }
                 None => {

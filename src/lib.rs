@@ -2,8 +2,9 @@
 //!
 //! An embeddable, in-process, concurrent cache: a lock-sharded store with
 //! adaptive W-TinyLFU eviction by default (exact LRU or LFU per shard on
-//! request), bounded by entry count or by weight, with eviction listeners and
-//! statistics.
+//! request), bounded by entry count or by weight, with expiry (time-to-live,
+//! time-to-idle, per-entry and computed lifetimes on hierarchical timer
+//! wheels), eviction listeners and statistics.
 //!
 //! ```
 //! use larder::{Cache, Eviction, RemovalCause};
@@ -31,6 +32,7 @@
 //! |---|---|
 //! | bound by count or weight | [`CacheBuilder::max_capacity`], [`CacheBuilder::weigher`] |
 //! | eviction | [`Eviction::TinyLfu`] (default), [`Eviction::Lru`], [`Eviction::Lfu`] |
+//! | expiry | [`CacheBuilder::time_to_live`], [`CacheBuilder::time_to_idle`], [`Cache::insert_with`] + [`EntryOptions::ttl`], [`Expiry`]; [`Clock::mock`] for tests; [`Cache::run_pending_tasks`] |
 //! | listener | [`CacheBuilder::eviction_listener`], told each [`RemovalCause`] |
 //! | statistics | [`Cache::stats`], hit/miss counting opt-in via [`CacheBuilder::record_stats`] |
 //! | borrowed lookups | `get(&str)` on a `Cache<String, _>` |
@@ -100,6 +102,7 @@
 
 mod builder;
 mod cache;
+mod expiry;
 mod hash;
 mod policy;
 mod stats;
@@ -111,6 +114,15 @@ mod tests;
 
 pub use builder::{BuildError, CacheBuilder, MAX_SHARDS};
 pub use cache::{Cache, Iter, Rejected, RemovalCause};
+pub use expiry::{Clock, EntryOptions, Expiry, MockClock};
 pub use hash::{DefaultHashBuilder, DefaultHasher};
 pub use policy::Eviction;
 pub use stats::CacheStats;
+
+/// Replays fuzzer bytes as timer-wheel operations against a model (the
+/// `wheel` fuzz target); panics on a disagreement.
+#[cfg(fuzzing)]
+#[doc(hidden)]
+pub fn fuzz_wheel(data: &[u8]) {
+    expiry::wheel::fuzz(data);
+}

@@ -41,6 +41,11 @@ pub struct CacheStats {
     pub invalidations: u64,
     /// Inserts refused because the entry alone outweighs its shard's capacity.
     pub rejections: u64,
+    /// Entries removed because their deadline passed (cause
+    /// [`RemovalCause::Expired`]), including values inserted already expired.
+    ///
+    /// [`RemovalCause::Expired`]: crate::RemovalCause::Expired
+    pub expirations: u64,
 }
 
 impl CacheStats {

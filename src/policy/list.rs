@@ -124,6 +124,22 @@ impl List {
         }
     }
 
+    /// Moves every token of `other` to the back of this list, in order; O(1).
+    pub(crate) fn append(&mut self, links: &mut Links, other: &mut List) {
+        if other.is_empty() {
+            return;
+        }
+        if self.is_empty() {
+            *self = *other;
+        } else {
+            links.links[self.tail as usize].next = other.head;
+            links.links[other.head as usize].prev = self.tail;
+            self.tail = other.tail;
+            self.len += other.len;
+        }
+        *other = List::default();
+    }
+
     /// The tokens from head to tail (for invariant checks and tests).
     #[cfg(any(test, fuzzing))]
     pub(crate) fn tokens(&self, links: &Links) -> Vec<Token> {
@@ -151,21 +167,26 @@ mod tests {
     proptest! {
         /// The intrusive list agrees with a `Vec` under random pushes, moves and unlinks.
         #[test]
-        fn list_matches_vec(ops in proptest::collection::vec((0u8..3, 0u32..16), 0..200)) {
+        fn list_matches_vec(ops in proptest::collection::vec((0u8..5, 0u32..16), 0..200)) {
             let mut links = Links::default();
             let mut list = List::default();
+            let mut other = List::default();
             let mut model: Vec<Token> = Vec::new();
+            let mut other_model: Vec<Token> = Vec::new();
             for (op, t) in ops {
                 let present = model.contains(&t);
                 match op {
-                    0 if !present => { list.push_back(&mut links, t); model.push(t); }
+                    3 if !present && !other_model.contains(&t) => { other.push_back(&mut links, t); other_model.push(t); }
+                    4 => { list.append(&mut links, &mut other); model.append(&mut other_model); }
+                    0 if !present && !other_model.contains(&t) => { list.push_back(&mut links, t); model.push(t); }
                     1 if present => { list.move_to_back(&mut links, t); model.retain(|&x| x != t); model.push(t); }
                     2 if present => { list.unlink(&mut links, t); model.retain(|&x| x != t); }
                     _ => {}
                 }
                 prop_assert_eq!(list.tokens(&links), model.clone());
                 prop_assert_eq!(list.head(), model.first().copied());
-                prop_assert_eq!(links.is_linked(t), model.contains(&t));
+                prop_assert_eq!(other.tokens(&links), other_model.clone());
+                prop_assert_eq!(links.is_linked(t), model.contains(&t) || other_model.contains(&t));
             }
         }
     }

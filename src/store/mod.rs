@@ -24,6 +24,9 @@ use std::borrow::Borrow;
 use hashbrown::HashTable;
 use smallvec::SmallVec;
 
+use crate::expiry::clock::{ticks, Clock};
+use crate::expiry::wheel::Wheel;
+use crate::expiry::{Deadlines, NEVER};
 use crate::policy::{Entries, Eviction, Policy};
 use crate::sync::{AtomicU64, Mutex, Ordering, ReadGuard, RwLock, WriteGuard};
 use crate::RemovalCause;
@@ -44,6 +47,67 @@ pub(crate) struct Counters {
     pub(crate) evicted_weight: u64,
     pub(crate) invalidations: u64,
     pub(crate) rejections: u64,
+    pub(crate) expirations: u64,
+}
+
+/// Why a write did not store its entry.
+#[derive(Debug)]
+pub(crate) enum Refused<K, V> {
+    /// It alone outweighs the shard.
+    TooHeavy(K, V),
+    /// Its deadline had already passed (a zero time-to-live).
+    Expired(K, V),
+}
+
+/// The deadlines for `(key, value, now, the live entry's deadline)`.
+pub(crate) type DeadlinesFn<'a, K, V> = &'a dyn Fn(&K, &V, u64, Option<u64>) -> Deadlines;
+
+/// How a write learns the time and the new entry's deadlines.
+pub(crate) struct Timing<'a, K, V> {
+    pub(crate) clock: &'a Clock,
+    /// Start keeping deadlines in this shard if it does not yet (a write with a
+    /// per-entry time-to-live).
+    pub(crate) start: bool,
+    pub(crate) deadlines: DeadlinesFn<'a, K, V>,
+}
+
+/// Entries a write may expire on its way out: maintenance stays bounded.
+const WRITE_EXPIRY_BATCH: usize = 16;
+
+/// Per-entry deadlines and the wheel that reclaims expired entries, for caches
+/// with expiry.
+#[derive(Debug, Default)]
+pub(crate) struct Timers {
+    /// Nanoseconds on the cache's clock; `NEVER` for none. Reads may move a
+    /// deadline (time-to-idle) under the read lock, hence atomic; the wheel
+    /// learns of a moved deadline when it fires.
+    at: Vec<AtomicU64>,
+    /// The latest a read may move `at` to.
+    cap: Vec<u64>,
+    wheel: Wheel,
+    /// Tokens the wheel hands out, reused between calls.
+    due: Vec<Token>,
+}
+
+impl Timers {
+    fn at(&self, token: Token) -> u64 {
+        self.at[token as usize].load(Ordering::Relaxed)
+    }
+
+    fn set(&mut self, token: Token, d: Deadlines) {
+        let i = token as usize;
+        if self.at.len() <= i {
+            self.at.resize_with(i + 1, || AtomicU64::new(NEVER));
+            self.cap.resize(i + 1, NEVER);
+        }
+        self.at[i].store(d.at, Ordering::Relaxed);
+        self.cap[i] = d.cap;
+        if d.at == NEVER {
+            self.wheel.cancel(token);
+        } else {
+            self.wheel.schedule(token, ticks(d.at));
+        }
+    }
 }
 
 /// One shard. `repr(C)` keeps the map's lock word and its read counter at the
@@ -74,6 +138,8 @@ pub(crate) struct Map<K, V> {
     /// The policy. Writers own it through the write lock (`Mutex::get_mut`, no
     /// atomics); readers draining the ring under the read lock `try_lock` it.
     policy: Mutex<Policy>,
+    /// Deadlines, when the cache has expiry.
+    timers: Option<Timers>,
     slab: Slab<K, V>,
     weight: u64,
     capacity: u64,
@@ -81,12 +147,18 @@ pub(crate) struct Map<K, V> {
 }
 
 impl<K, V> Shard<K, V> {
-    pub(crate) fn new(capacity: u64, eviction: Eviction, initial_capacity: usize) -> Self {
+    pub(crate) fn new(
+        capacity: u64,
+        eviction: Eviction,
+        initial_capacity: usize,
+        timed: bool,
+    ) -> Self {
         Self {
             map: RwLock::new(Map {
                 table: HashTable::with_capacity(initial_capacity),
                 hits: AtomicU64::new(0),
                 policy: Mutex::new(Policy::new(eviction, capacity)),
+                timers: timed.then(Timers::default),
                 slab: Slab::with_capacity(initial_capacity),
                 weight: 0,
                 capacity,
@@ -210,6 +282,39 @@ impl<K: Eq, V> Map<K, V> {
         Some((*token, found?))
     }
 
+    /// Whether this shard keeps deadlines.
+    #[inline]
+    pub(crate) fn timed(&self) -> bool {
+        self.timers.is_some()
+    }
+
+    /// Whether the entry at `token` is readable at `now` (`None`: the cache has
+    /// no expiry). An entry is gone from its deadline on.
+    #[inline]
+    pub(crate) fn is_live(&self, token: Token, now: Option<u64>) -> bool {
+        match (&self.timers, now) {
+            (Some(timers), Some(now)) => timers.at(token) > now,
+            _ => true,
+        }
+    }
+
+    /// The entry's deadlines, when the cache has expiry.
+    pub(crate) fn deadlines(&self, token: Token) -> Option<Deadlines> {
+        let timers = self.timers.as_ref()?;
+        Some(Deadlines {
+            at: timers.at(token),
+            cap: timers.cap[token as usize],
+        })
+    }
+
+    /// Moves a deadline under the read lock (a read extending a time-to-idle).
+    pub(crate) fn move_deadline(&self, token: Token, at: u64) {
+        if let Some(timers) = &self.timers {
+            timers.at[token as usize].store(at, Ordering::Relaxed);
+        }
+    }
+
+    /// Entries counted in `len`, including expired ones not reclaimed yet.
     pub(crate) fn len(&self) -> usize {
         self.slab.len()
     }
@@ -220,12 +325,22 @@ impl<K: Eq, V> Map<K, V> {
 
     /// Clones up to `max` entries from slot `from` on into `out`; returns the slot
     /// to continue from, or `None` when the shard is exhausted.
-    pub(crate) fn collect(&self, from: usize, max: usize, out: &mut Vec<(K, V)>) -> Option<usize>
+    pub(crate) fn collect(
+        &self,
+        from: usize,
+        max: usize,
+        now: Option<u64>,
+        out: &mut Vec<(K, V)>,
+    ) -> Option<usize>
     where
         K: Clone,
         V: Clone,
     {
-        for (taken, (t, e)) in self.slab.iter_from(from).enumerate() {
+        let live = self
+            .slab
+            .iter_from(from)
+            .filter(|&(t, _)| self.is_live(t, now));
+        for (taken, (t, e)) in live.enumerate() {
             if taken == max {
                 return Some(t as usize);
             }
@@ -253,27 +368,48 @@ impl<K: Eq, V, H: Fn(&K) -> u64> ShardWriter<'_, K, V, H> {
     }
 
     /// Inserts or replaces `key`. Entries the shard let go of are pushed to `out`.
-    /// Gives the key and value back when the weight can never fit in this shard
-    /// (any entry already under `key` is removed: a rejected write must not leave
-    /// the value it meant to replace readable).
+    /// Gives the key and value back when the weight can never fit in this shard,
+    /// or when `deadlines` puts the entry's deadline at or before `now` (any
+    /// entry already under `key` is removed: a refused write must not leave the
+    /// value it meant to replace readable).
+    ///
+    /// When the shard keeps deadlines, the clock is read once and the entry's
+    /// deadlines are asked for before anything changes.
     pub(crate) fn insert(
         &mut self,
         hash: u64,
         key: K,
         value: V,
         weight: u32,
+        timing: Timing<'_, K, V>,
         out: &mut Removed<K, V>,
-    ) -> Result<(), (K, V)> {
-        let existing = self.map.find(hash, &key).map(|(t, _)| t);
+    ) -> Result<(), Refused<K, V>> {
+        if timing.start && self.map.timers.is_none() {
+            self.map.timers = Some(Timers::default());
+        }
+        let now = self.map.timed().then(|| timing.clock.now());
+        let mut existing = self.map.find(hash, &key).map(|(t, _)| t);
+        if let Some(t) = existing.filter(|&t| !self.map.is_live(t, now)) {
+            let old = self.unlink(hash, t);
+            self.map.counters.expirations += 1;
+            out.push((old.key, old.value, RemovalCause::Expired));
+            existing = None;
+        }
         if u64::from(weight) > self.map.capacity || weight > MAX_WEIGHT {
             self.map.counters.rejections += 1;
-            if let Some(t) = existing {
-                let old = self.unlink(hash, t);
-                out.push((key, old.value, RemovalCause::Replaced));
-                return Err((old.key, value));
-            }
-            return Err((key, value));
+            return Err(self.refuse(hash, existing, key, value, out, Refused::TooHeavy));
         }
+        let timed = match (&self.map.timers, now) {
+            (Some(timers), Some(now)) => {
+                let d = (timing.deadlines)(&key, &value, now, existing.map(|t| timers.at(t)));
+                if d.at <= now {
+                    self.map.counters.expirations += 1;
+                    return Err(self.refuse(hash, existing, key, value, out, Refused::Expired));
+                }
+                Some(d)
+            }
+            _ => None,
+        };
         let token = match existing {
             Some(t) => {
                 let map = &mut *self.map;
@@ -304,21 +440,96 @@ impl<K: Eq, V, H: Fn(&K) -> u64> ShardWriter<'_, K, V, H> {
                 t
             }
         };
+        if let (Some(d), Some(timers)) = (timed, &mut self.map.timers) {
+            timers.set(token, d);
+        }
+        if let Some(now) = now {
+            self.expire(now, WRITE_EXPIRY_BATCH, out);
+        }
         // The entry just written is never its own victim: it stays readable at
         // least until the next write to this shard.
         self.evict_to(self.map.capacity, token, out);
         Ok(())
     }
 
-    pub(crate) fn remove<Q>(&mut self, hash: u64, key: &Q) -> Option<(K, V)>
+    /// Removes the entry under the refused key, if any, and hands the refused
+    /// key and value back.
+    fn refuse(
+        &mut self,
+        hash: u64,
+        existing: Option<Token>,
+        key: K,
+        value: V,
+        out: &mut Removed<K, V>,
+        refused: fn(K, V) -> Refused<K, V>,
+    ) -> Refused<K, V> {
+        match existing {
+            Some(t) => {
+                let old = self.unlink(hash, t);
+                out.push((key, old.value, RemovalCause::Replaced));
+                refused(old.key, value)
+            }
+            None => refused(key, value),
+        }
+    }
+
+    /// Removes `key`'s entry: `Explicit` when it was live, `Expired` when its
+    /// deadline had passed (the caller then reports the key absent).
+    pub(crate) fn remove<Q>(
+        &mut self,
+        hash: u64,
+        key: &Q,
+        clock: &Clock,
+    ) -> Option<(K, V, RemovalCause)>
     where
         K: Borrow<Q>,
         Q: Eq + ?Sized,
     {
         let (t, _) = self.map.find(hash, key)?;
+        let now = self.map.timed().then(|| clock.now());
+        let live = self.map.is_live(t, now);
         let entry = self.unlink(hash, t);
-        self.map.counters.invalidations += 1;
-        Some((entry.key, entry.value))
+        self.release_if_empty();
+        if live {
+            self.map.counters.invalidations += 1;
+            Some((entry.key, entry.value, RemovalCause::Explicit))
+        } else {
+            self.map.counters.expirations += 1;
+            Some((entry.key, entry.value, RemovalCause::Expired))
+        }
+    }
+
+    /// Reclaims entries whose deadline is at or before `now`, doing at most
+    /// `budget` steps of the wheel; true when more may be due. A deadline that a
+    /// read moved later is filed again instead.
+    pub(crate) fn expire(&mut self, now: u64, budget: usize, out: &mut Removed<K, V>) -> bool {
+        let Some(timers) = &mut self.map.timers else {
+            return false;
+        };
+        let mut due = std::mem::take(&mut timers.due);
+        let more = timers.wheel.advance(ticks(now), budget, &mut due);
+        for &t in &due {
+            let timers = self.map.timers.as_mut().expect("checked above");
+            let at = timers.at(t);
+            if at > now {
+                // Not yet (its tick has begun, or a read moved it): look again
+                // at its tick, and never sooner than the next.
+                if at != NEVER {
+                    timers.wheel.schedule(t, ticks(at).max(ticks(now) + 1));
+                }
+                continue;
+            }
+            let hash = (self.hash_of)(&self.map.slab.get(t).key);
+            let entry = self.unlink(hash, t);
+            self.map.counters.expirations += 1;
+            out.push((entry.key, entry.value, RemovalCause::Expired));
+        }
+        due.clear();
+        if let Some(timers) = &mut self.map.timers {
+            timers.due = due;
+        }
+        self.release_if_empty();
+        more
     }
 
     /// Empties the shard, releasing its memory.
@@ -326,10 +537,29 @@ impl<K: Eq, V, H: Fn(&K) -> u64> ShardWriter<'_, K, V, H> {
         let map = &mut *self.map;
         map.table = HashTable::new();
         map.weight = 0;
+        if let Some(timers) = &mut map.timers {
+            *timers = Timers::default();
+        }
         map.policy.get_mut().clear();
         let before = out.len();
         out.extend(map.slab.take_all().map(|e| (e.key, e.value)));
         map.counters.invalidations += (out.len() - before) as u64;
+    }
+
+    /// Gives the memory of an emptied shard back (table, slab, policy state,
+    /// timers), as `clear` does: a cache whose entries all expire or are
+    /// removed returns to an empty cache's footprint.
+    fn release_if_empty(&mut self) {
+        let map = &mut *self.map;
+        if map.slab.len() != 0 || map.slab.capacity() == 0 {
+            return;
+        }
+        map.table = HashTable::new();
+        drop(map.slab.take_all());
+        map.policy.get_mut().clear();
+        if let Some(timers) = &mut map.timers {
+            *timers = Timers::default();
+        }
     }
 
     /// Evicts in policy order, never `keep`, until the shard weighs at most `limit`.
@@ -356,6 +586,9 @@ impl<K: Eq, V, H: Fn(&K) -> u64> ShardWriter<'_, K, V, H> {
         }
         self.with_policy(|p, view| p.on_remove(token, view));
         let map = &mut *self.map;
+        if let Some(timers) = &mut map.timers {
+            timers.wheel.cancel(token);
+        }
         let entry = map.slab.remove(token);
         map.weight -= u64::from(entry.weight());
         entry
@@ -401,5 +634,25 @@ impl<K: Eq, V, H: Fn(&K) -> u64> ShardWriter<'_, K, V, H> {
             slab: &map.slab,
             hash_of,
         });
+        if let Some(timers) = &map.timers {
+            timers.wheel.validate();
+            let mut filed = 0;
+            for &t in &live {
+                let at = timers.at(t);
+                assert!(
+                    timers.cap[t as usize] >= at || at == NEVER,
+                    "deadline past its cap"
+                );
+                match timers.wheel.deadline(t) {
+                    Some(when) => {
+                        filed += 1;
+                        let due = ticks(at).max(timers.wheel.elapsed()) + 1;
+                        assert!(when <= due, "filed after its deadline");
+                    }
+                    None => assert_eq!(at, NEVER, "a deadline the wheel does not know"),
+                }
+            }
+            assert_eq!(filed, timers.wheel.len(), "the wheel holds departed tokens");
+        }
     }
 }

@@ -89,6 +89,11 @@ impl<K, V> Slab<K, V> {
         self.slots.len() - self.free.len()
     }
 
+    /// Slots allocated, used or not.
+    pub(crate) fn capacity(&self) -> usize {
+        self.slots.capacity()
+    }
+
     /// Stores `entry`; `None` only when the shard already holds `u32::MAX - 1` slots.
     pub(crate) fn insert(&mut self, entry: Entry<K, V>) -> Option<Token> {
         if let Some(token) = self.free.pop() {

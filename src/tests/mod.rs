@@ -1,3 +1,4 @@
 //! Model tests that need crate internals (`validate`, the policy's order).
 
+mod expiry_model;
 mod model;

@@ -1,0 +1,122 @@
+//! Cache operations interleaved with clock moves against a model that knows
+//! every key's deadline. The capacity is out of reach, so what reads see must
+//! agree exactly, under every policy, with and without time-to-idle;
+//! `validate()` (wheel included) must hold after every step.
+#![no_main]
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use arbitrary::Arbitrary;
+use larder::{Cache, Clock, EntryOptions, Eviction};
+use libfuzzer_sys::fuzz_target;
+
+const TTL: u64 = 3_000;
+const TTI: u64 = 1_000;
+
+#[derive(Arbitrary, Debug)]
+enum Op {
+    Get(u8),
+    Contains(u8),
+    Insert(u8, u16),
+    InsertTtl(u8, u16, u16),
+    Remove(u8),
+    Advance(u16),
+    Maintain,
+    InvalidateAll,
+}
+
+#[derive(Arbitrary, Debug)]
+struct Input {
+    policy: u8,
+    shards: u8,
+    tti: bool,
+    ops: Vec<Op>,
+}
+
+fuzz_target!(|input: Input| {
+    let eviction = match input.policy % 3 {
+        0 => Eviction::Lru,
+        1 => Eviction::Lfu,
+        _ => Eviction::TinyLfu,
+    };
+    let (clock, time) = Clock::mock();
+    let mut builder = Cache::builder()
+        .max_capacity(4_096)
+        .shards(1 << (input.shards % 3))
+        .eviction(eviction)
+        .time_to_live(Duration::from_millis(TTL))
+        .clock(clock);
+    if input.tti {
+        builder = builder.time_to_idle(Duration::from_millis(TTI));
+    }
+    let cache: Cache<u8, u16> = builder.build().unwrap();
+    // key -> (value, deadline, cap), in ms; deadlines are exclusive.
+    let mut model: HashMap<u8, (u16, u64, u64)> = HashMap::new();
+    let mut now = 0u64;
+    let live = |m: &HashMap<u8, (u16, u64, u64)>, k: u8, now: u64| {
+        m.get(&k).copied().filter(|e| e.1 > now)
+    };
+    for op in input.ops.into_iter().take(2_000) {
+        match op {
+            Op::Get(k) => {
+                let expected = live(&model, k, now);
+                assert_eq!(cache.get(&k), expected.map(|e| e.0));
+                if let (Some((v, at, cap)), true) = (expected, input.tti) {
+                    // A read moves the deadline only by a tick (2^20 ns) or more.
+                    let moved = cap.min(now + TTI);
+                    if moved >= at + 2 {
+                        model.insert(k, (v, moved, cap));
+                    }
+                }
+            }
+            Op::Contains(k) => assert_eq!(cache.contains_key(&k), live(&model, k, now).is_some()),
+            Op::Insert(k, v) => {
+                cache.insert(k, v);
+                let cap = now + TTL;
+                let at = if input.tti { cap.min(now + TTI) } else { cap };
+                model.insert(k, (v, at, cap));
+            }
+            Op::InsertTtl(k, v, ttl) => {
+                let ttl = u64::from(ttl % 5_000);
+                cache.insert_with(k, v, EntryOptions::new().ttl(Duration::from_millis(ttl)));
+                if ttl == 0 {
+                    model.remove(&k);
+                } else {
+                    let cap = now + ttl;
+                    let at = if input.tti { cap.min(now + TTI) } else { cap };
+                    model.insert(k, (v, at, cap));
+                }
+            }
+            Op::Remove(k) => {
+                assert_eq!(cache.remove(&k), live(&model, k, now).map(|e| e.0));
+                model.remove(&k);
+            }
+            Op::Advance(ms) => {
+                let ms = u64::from(ms % 2_000);
+                time.advance(Duration::from_millis(ms));
+                now += ms;
+            }
+            Op::Maintain => {
+                cache.run_pending_tasks();
+                model.retain(|_, e| e.1 > now);
+                assert_eq!(cache.len(), model.len());
+            }
+            Op::InvalidateAll => {
+                cache.invalidate_all();
+                model.clear();
+                assert!(cache.is_empty());
+            }
+        }
+        cache.validate();
+        let mut seen: Vec<(u8, u16)> = cache.iter().collect();
+        seen.sort_unstable();
+        let mut expected: Vec<(u8, u16)> = model
+            .iter()
+            .filter(|(_, e)| e.1 > now)
+            .map(|(&k, e)| (k, e.0))
+            .collect();
+        expected.sort_unstable();
+        assert_eq!(seen, expected, "iter shows exactly the live entries");
+    }
+});

@@ -1,0 +1,136 @@
+//! Time for expiry: the system's cheap clock (quanta reads the CPU's timestamp
+//! counter where it is reliable) or a mock moved by hand in tests. Times are
+//! nanoseconds since the clock was made; [`ticks`] is the one place they become
+//! timer-wheel ticks.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A wheel tick is 2^20 ns, about 1.05 ms.
+const TICK_BITS: u32 = 20;
+pub(crate) const TICK_NANOS: u64 = 1 << TICK_BITS;
+
+/// The tick a time falls in. Deadlines are filed under the tick they fall in
+/// too, so the wheel hands out every entry due by `now` when it reaches
+/// `ticks(now)`, with the few due later in that same tick, which the store
+/// files again for the next tick.
+pub(crate) fn ticks(nanos: u64) -> u64 {
+    nanos >> TICK_BITS
+}
+
+/// Nanoseconds in a duration, saturating at `u64::MAX` (which means "never").
+pub(crate) fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// The time source of a cache's expiry.
+///
+/// [`Clock::system`] is the default. [`Clock::mock`] gives a clock that stands
+/// still until its [`MockClock`] moves it, so tests of expiry never sleep:
+///
+/// ```
+/// use std::time::Duration;
+/// use larder::{Cache, Clock};
+///
+/// let (clock, time) = Clock::mock();
+/// let cache: Cache<u32, u32> = Cache::builder()
+///     .max_capacity(10)
+///     .time_to_live(Duration::from_secs(5))
+///     .clock(clock)
+///     .build()
+///     .unwrap();
+/// cache.insert(1, 1);
+/// time.advance(Duration::from_secs(4));
+/// assert_eq!(cache.get(&1), Some(1));
+/// time.advance(Duration::from_secs(1));
+/// assert_eq!(cache.get(&1), None);
+/// ```
+#[derive(Clone)]
+pub struct Clock {
+    inner: quanta::Clock,
+    origin: u64,
+}
+
+impl Clock {
+    /// The system's monotonic clock.
+    pub fn system() -> Self {
+        let inner = quanta::Clock::new();
+        let origin = inner.raw();
+        Self { inner, origin }
+    }
+
+    /// A clock that only moves when the returned [`MockClock`] advances it.
+    pub fn mock() -> (Self, MockClock) {
+        let (inner, mock) = quanta::Clock::mock();
+        let origin = inner.raw();
+        (Self { inner, origin }, MockClock(mock))
+    }
+
+    /// Nanoseconds since the clock was made.
+    #[inline]
+    pub(crate) fn now(&self) -> u64 {
+        self.inner.delta_as_nanos(self.origin, self.inner.raw())
+    }
+}
+
+impl Default for Clock {
+    fn default() -> Self {
+        Self::system()
+    }
+}
+
+impl fmt::Debug for Clock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Clock")
+            .field("now_ns", &self.now())
+            .finish()
+    }
+}
+
+/// The hand that moves a [`Clock::mock`] clock. Clones move the same clock.
+#[derive(Clone, Debug)]
+pub struct MockClock(Arc<quanta::Mock>);
+
+impl MockClock {
+    /// Moves the clock forward by `by`.
+    ///
+    /// ```
+    /// let (clock, time) = larder::Clock::mock();
+    /// time.advance(std::time::Duration::from_millis(1500));
+    /// ```
+    pub fn advance(&self, by: Duration) {
+        self.0.increment(nanos(by));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mock_time_moves_only_when_advanced() {
+        let (clock, time) = Clock::mock();
+        let start = clock.now();
+        assert_eq!(clock.now(), start);
+        time.advance(Duration::from_millis(1500));
+        assert_eq!(clock.now() - start, 1_500_000_000);
+    }
+
+    #[test]
+    fn system_time_moves_forward() {
+        let clock = Clock::system();
+        let a = clock.now();
+        std::thread::sleep(Duration::from_millis(2));
+        assert!(clock.now() > a);
+    }
+
+    #[test]
+    fn ticks_round_down_and_durations_saturate() {
+        assert_eq!(ticks((1 << TICK_BITS) - 1), 0);
+        assert_eq!(ticks(1 << TICK_BITS), 1);
+        assert_eq!(ticks(u64::MAX), u64::MAX >> TICK_BITS);
+        assert_eq!(nanos(Duration::MAX), u64::MAX);
+        assert_eq!(nanos(Duration::from_secs(1)), 1_000_000_000);
+    }
+}

@@ -1,0 +1,381 @@
+//! Expiry contracts on a mock clock: time-to-live, time-to-idle, per-entry TTL
+//! and the `Expiry` trait, with reads exactly at the deadline; reclamation by
+//! writes and by `run_pending_tasks`; expiry under every policy and with
+//! weights; and a multi-threaded stress run while the clock moves.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use larder::{BuildError, Cache, Clock, EntryOptions, Eviction, Expiry, MockClock, RemovalCause};
+
+const SEC: Duration = Duration::from_secs(1);
+const NS: Duration = Duration::from_nanos(1);
+
+type Log = Arc<Mutex<Vec<(u32, u32, RemovalCause)>>>;
+
+/// A 100-entry cache on a mock clock with a listener log.
+fn cache_with(
+    configure: impl FnOnce(larder::CacheBuilder<u32, u32>) -> larder::CacheBuilder<u32, u32>,
+) -> (Cache<u32, u32>, MockClock, Log) {
+    let (clock, time) = Clock::mock();
+    let log: Log = Arc::default();
+    let sink = log.clone();
+    let builder = Cache::builder()
+        .max_capacity(100)
+        .clock(clock)
+        .record_stats()
+        .eviction_listener(move |k, v, cause| sink.lock().unwrap().push((k, v, cause)));
+    (configure(builder).build().unwrap(), time, log)
+}
+
+fn taken(log: &Log) -> Vec<(u32, u32, RemovalCause)> {
+    std::mem::take(&mut *log.lock().unwrap())
+}
+
+#[test]
+fn ttl_expires_exactly_at_the_deadline() {
+    let (cache, time, _) = cache_with(|b| b.time_to_live(10 * SEC));
+    cache.insert(1, 10);
+    time.advance(10 * SEC - NS);
+    assert_eq!(
+        cache.get(&1),
+        Some(10),
+        "one nanosecond before the deadline"
+    );
+    assert!(cache.contains_key(&1));
+    time.advance(NS);
+    assert_eq!(cache.get(&1), None, "at the deadline");
+    assert_eq!(cache.peek(&1), None);
+    assert!(!cache.contains_key(&1));
+    assert_eq!(cache.iter().count(), 0);
+    let stats = cache.stats();
+    assert_eq!(
+        (stats.hits, stats.misses),
+        (1, 1),
+        "an expired entry is a miss"
+    );
+}
+
+#[test]
+fn updates_restart_the_ttl() {
+    let (cache, time, log) = cache_with(|b| b.time_to_live(10 * SEC));
+    cache.insert(1, 10);
+    time.advance(8 * SEC);
+    cache.insert(1, 11);
+    time.advance(8 * SEC);
+    assert_eq!(cache.get(&1), Some(11));
+    time.advance(2 * SEC);
+    assert_eq!(cache.get(&1), None);
+    assert_eq!(taken(&log), vec![(1, 10, RemovalCause::Replaced)]);
+}
+
+#[test]
+fn tti_is_extended_by_reads_and_capped_by_the_ttl() {
+    let (cache, time, _) = cache_with(|b| b.time_to_idle(5 * SEC).time_to_live(12 * SEC));
+    cache.insert(1, 1);
+    cache.insert(2, 2);
+    for _ in 0..2 {
+        time.advance(4 * SEC);
+        assert_eq!(cache.get(&1), Some(1));
+    }
+    // 8 s: entry 2 was never read, so it idled out at 5 s.
+    assert_eq!(cache.get(&2), None);
+    time.advance(4 * SEC);
+    // 12 s: still read within every 5 s, but the time-to-live caps it.
+    assert_eq!(cache.get(&1), None);
+}
+
+#[test]
+fn tti_alone_expires_exactly_five_seconds_after_the_last_read() {
+    let (cache, time, _) = cache_with(|b| b.time_to_idle(5 * SEC));
+    cache.insert(1, 1);
+    time.advance(3 * SEC);
+    assert_eq!(cache.get(&1), Some(1));
+    time.advance(5 * SEC - NS);
+    assert!(cache.contains_key(&1), "contains_key does not extend it");
+    assert_eq!(cache.peek(&1), Some(1));
+    time.advance(NS);
+    assert_eq!(cache.get(&1), None);
+}
+
+#[test]
+fn per_entry_ttl_overrides_and_zero_means_do_not_cache() {
+    let (cache, time, log) = cache_with(|b| b.time_to_live(60 * SEC));
+    cache.insert_with(1, 1, EntryOptions::new().ttl(2 * SEC));
+    cache.insert_with(2, 2, EntryOptions::new().ttl(Duration::MAX));
+    cache.insert(3, 3);
+    cache.insert_with(3, 33, EntryOptions::new().ttl(Duration::ZERO));
+    assert_eq!(cache.get(&3), None, "a zero TTL leaves nothing readable");
+    assert_eq!(
+        taken(&log),
+        vec![
+            (3, 3, RemovalCause::Replaced),
+            (3, 33, RemovalCause::Expired)
+        ]
+    );
+    time.advance(2 * SEC);
+    assert_eq!(cache.get(&1), None);
+    time.advance(Duration::from_secs(365 * 24 * 3600));
+    assert_eq!(cache.get(&2), Some(2), "Duration::MAX never expires");
+}
+
+#[test]
+fn per_entry_ttl_works_without_configured_expiry() {
+    let (cache, time, _) = cache_with(|b| b);
+    cache.insert(1, 1);
+    cache.insert_with(2, 2, EntryOptions::new().ttl(SEC));
+    time.advance(SEC);
+    assert_eq!(cache.get(&2), None);
+    assert_eq!(cache.get(&1), Some(1));
+    cache.run_pending_tasks();
+    assert_eq!(cache.len(), 1);
+}
+
+#[test]
+fn zero_and_huge_cache_durations_do_not_panic() {
+    let (cache, _, log) = cache_with(|b| b.time_to_live(Duration::ZERO));
+    cache.insert(1, 1);
+    assert_eq!(cache.get(&1), None);
+    assert_eq!(cache.len(), 0);
+    assert_eq!(taken(&log), vec![(1, 1, RemovalCause::Expired)]);
+    assert_eq!(cache.stats().expirations, 1);
+
+    let (cache, time, _) =
+        cache_with(|b| b.time_to_live(Duration::MAX).time_to_idle(Duration::MAX));
+    cache.insert(1, 1);
+    time.advance(Duration::from_secs(100 * 365 * 24 * 3600));
+    assert_eq!(cache.get(&1), Some(1));
+    cache.run_pending_tasks();
+    assert_eq!(cache.len(), 1);
+}
+
+/// Lifetimes from the value: odd values live `value` seconds; reads halve
+/// what is left; an update to 0 clears the deadline.
+struct ByValue;
+impl Expiry<u32, u32> for ByValue {
+    fn expire_after_create(&self, _: &u32, v: &u32) -> Option<Duration> {
+        (v % 2 == 1).then(|| Duration::from_secs(u64::from(*v)))
+    }
+    fn expire_after_update(&self, _: &u32, v: &u32, current: Option<Duration>) -> Option<Duration> {
+        match v {
+            0 => None,
+            v if v % 2 == 1 => Some(Duration::from_secs(u64::from(*v))),
+            _ => current,
+        }
+    }
+    fn expire_after_read(&self, _: &u32, _: &u32, current: Option<Duration>) -> Option<Duration> {
+        current.map(|c| c / 2)
+    }
+}
+
+#[test]
+fn expiry_trait_creates_changes_keeps_and_clears() {
+    let (cache, time, _) = cache_with(|b| b.expiry(ByValue));
+    cache.insert(1, 9); // 9 s
+    cache.insert(2, 4); // never
+    cache.insert(3, 7); // 7 s
+    time.advance(SEC);
+    assert_eq!(cache.get(&1), Some(9)); // 8 s left, halved to 4
+    time.advance(4 * SEC);
+    assert_eq!(cache.peek(&1), None, "the read shortened it");
+    cache.insert(3, 0); // clears the deadline
+    cache.insert(2, 6); // even: keeps "never"
+    time.advance(Duration::from_secs(1000));
+    assert_eq!(cache.peek(&2), Some(6));
+    assert_eq!(cache.peek(&3), Some(0));
+    cache.insert(2, 3); // odd: now 3 s
+    time.advance(3 * SEC);
+    assert_eq!(cache.peek(&2), None);
+}
+
+#[test]
+fn expiry_cannot_be_combined_with_fixed_durations() {
+    let err = Cache::<u32, u32>::builder()
+        .max_capacity(10)
+        .time_to_live(SEC)
+        .expiry(ByValue)
+        .build()
+        .unwrap_err();
+    assert_eq!(err, BuildError::ConflictingExpiry);
+    assert!(err.to_string().contains("Expiry"));
+}
+
+struct Panics;
+impl Expiry<u32, u32> for Panics {
+    fn expire_after_create(&self, _: &u32, v: &u32) -> Option<Duration> {
+        assert!(*v != 13, "unlucky");
+        Some(SEC)
+    }
+    fn expire_after_update(&self, _: &u32, _: &u32, _: Option<Duration>) -> Option<Duration> {
+        panic!("no updates")
+    }
+}
+
+#[test]
+fn a_panicking_expiry_leaves_the_cache_unchanged() {
+    let (cache, _time, log) = cache_with(|b| b.expiry(Panics));
+    cache.insert(1, 1);
+    assert!(catch_unwind(AssertUnwindSafe(|| cache.insert(2, 13))).is_err());
+    assert!(catch_unwind(AssertUnwindSafe(|| cache.insert(1, 2))).is_err());
+    assert_eq!(cache.get(&1), Some(1));
+    assert_eq!(cache.get(&2), None);
+    assert_eq!(cache.len(), 1);
+    assert!(taken(&log).is_empty());
+    // The shard is still usable.
+    cache.insert(3, 3);
+    assert_eq!(cache.get(&3), Some(3));
+}
+
+#[test]
+fn maintenance_reclaims_with_cause_expired() {
+    let (cache, time, log) = cache_with(|b| b.time_to_live(SEC).shards(1));
+    for i in 0..50 {
+        cache.insert(i, i);
+    }
+    time.advance(SEC);
+    assert_eq!(cache.len(), 50, "nothing reclaimed without maintenance");
+    // Each write does a bounded step of maintenance on its way out (moving
+    // timers down the wheel counts), so a few writes reclaim some, not all.
+    cache.insert(100, 100);
+    assert!(
+        cache.len() > 40,
+        "one write did unbounded work: {}",
+        cache.len()
+    );
+    for i in 101..110 {
+        cache.insert(i, i);
+    }
+    assert!(
+        cache.len() < 59,
+        "writes reclaimed nothing: {}",
+        cache.len()
+    );
+    cache.run_pending_tasks();
+    assert_eq!(cache.len(), 10);
+    let log = taken(&log);
+    assert_eq!(log.len(), 50);
+    assert!(log
+        .iter()
+        .all(|&(k, v, c)| k == v && c == RemovalCause::Expired));
+    assert_eq!(cache.stats().expirations, 50);
+}
+
+#[test]
+fn writing_over_or_removing_an_expired_entry_reports_it_expired() {
+    let (cache, time, log) = cache_with(|b| b.time_to_live(SEC));
+    cache.insert(1, 1);
+    cache.insert(2, 2);
+    time.advance(SEC);
+    cache.insert(1, 10);
+    assert_eq!(
+        cache.remove(&2),
+        None,
+        "an expired entry is not there to remove"
+    );
+    assert_eq!(
+        taken(&log),
+        vec![(1, 1, RemovalCause::Expired), (2, 2, RemovalCause::Expired)]
+    );
+    let stats = cache.stats();
+    assert_eq!((stats.inserts, stats.updates, stats.expirations), (3, 0, 2));
+    assert_eq!(cache.get(&1), Some(10));
+}
+
+#[test]
+fn expiry_works_with_every_policy_and_weights() {
+    for eviction in [Eviction::TinyLfu, Eviction::Lru, Eviction::Lfu] {
+        let (clock, time) = Clock::mock();
+        let cache: Cache<u32, u32> = Cache::builder()
+            .max_capacity(1000)
+            .shards(2)
+            .eviction(eviction)
+            .weigher(|_, v: &u32| *v)
+            .time_to_live(10 * SEC)
+            .clock(clock)
+            .build()
+            .unwrap();
+        for i in 0..2000u32 {
+            cache.insert(i, 1 + i % 7);
+            if i % 100 == 0 {
+                time.advance(SEC);
+            }
+            assert!(cache.weighted_size() <= 1000);
+        }
+        for i in 0..2000u32 {
+            if let Some(v) = cache.get(&i) {
+                assert_eq!(v, 1 + i % 7);
+                assert!(i >= 1000, "{eviction:?}: key {i} outlived its TTL");
+            }
+        }
+        time.advance(10 * SEC);
+        cache.run_pending_tasks();
+        assert_eq!((cache.len(), cache.weighted_size()), (0, 0), "{eviction:?}");
+    }
+}
+
+/// Many threads insert with random TTLs and read while another moves the
+/// clock. The bound holds, and no read returns an entry past its deadline:
+/// each value carries an upper bound of its deadline on the mirrored clock.
+#[test]
+fn stress_expiry_while_the_clock_moves() {
+    const STEP: u64 = 50_000_000; // 50 ms per clock step
+    let (clock, time) = Clock::mock();
+    let cache: Cache<u64, Arc<AtomicU64>> = Cache::builder()
+        .max_capacity(2_000)
+        .time_to_idle(Duration::from_millis(700))
+        .clock(clock)
+        .build()
+        .unwrap();
+    let mirror = Arc::new(AtomicU64::new(0)); // never ahead of the mock clock
+    let stop = Arc::new(AtomicBool::new(false));
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            for _ in 0..400 {
+                time.advance(Duration::from_nanos(STEP));
+                mirror.fetch_add(STEP, Ordering::SeqCst);
+                std::thread::yield_now();
+            }
+            stop.store(true, Ordering::SeqCst);
+        });
+        for t in 0..4u64 {
+            let (cache, mirror, stop) = (&cache, &mirror, &stop);
+            s.spawn(move || {
+                let mut x = t + 1;
+                while !stop.load(Ordering::SeqCst) {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    let key = x % 5_000;
+                    if x % 3 == 0 {
+                        let ttl = 1 + (x >> 20) % 2_000; // 1 ms to 2 s
+                        let slot = Arc::new(AtomicU64::new(u64::MAX));
+                        cache.insert_with(
+                            key,
+                            slot.clone(),
+                            EntryOptions::new().ttl(Duration::from_millis(ttl)),
+                        );
+                        // The insert read a clock at most one step past the mirror.
+                        let after = mirror.load(Ordering::SeqCst);
+                        slot.store(after + STEP + ttl * 1_000_000, Ordering::SeqCst);
+                    } else {
+                        let before = mirror.load(Ordering::SeqCst);
+                        if let Some(slot) = cache.get(&key) {
+                            let bound = slot.load(Ordering::SeqCst);
+                            // A read may extend by the idle time; the TTL bound is what it may not pass.
+                            assert!(
+                                bound > before,
+                                "read an entry expired at {bound} at {before}"
+                            );
+                        }
+                    }
+                    assert!(cache.weighted_size() <= 2_000);
+                }
+            });
+        }
+    });
+    time.advance(Duration::from_secs(3));
+    cache.run_pending_tasks();
+    assert_eq!(cache.len(), 0);
+}
