@@ -12,38 +12,11 @@ use std::time::{Duration, Instant};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use larder::{Cache, Eviction};
 
-const KEYS: usize = 1_000_000;
+mod common;
+
+use common::{zipf_keys, Rng, SAMPLES};
+
 const CAPACITY: u64 = 100_000;
-const SAMPLES: usize = 1 << 20;
-
-/// A deterministic xorshift stream.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
-
-/// `SAMPLES` keys drawn from Zipf(1.0) over `KEYS` ranks by inverse CDF.
-fn zipf_keys(seed: u64) -> Vec<u64> {
-    let mut cdf = Vec::with_capacity(KEYS);
-    let mut sum = 0.0;
-    for k in 1..=KEYS {
-        sum += 1.0 / k as f64;
-        cdf.push(sum);
-    }
-    let mut rng = Rng(seed);
-    (0..SAMPLES)
-        .map(|_| {
-            let u = (rng.next() >> 11) as f64 / (1u64 << 53) as f64 * sum;
-            cdf.partition_point(|&c| c < u) as u64
-        })
-        .collect()
-}
 
 trait Subject: Sync {
     fn get(&self, key: u64) -> Option<u64>;

@@ -531,27 +531,32 @@ where
     /// ```
     pub fn run_pending_tasks(&self) {
         let clock = &self.inner.expiration.clock;
+        let hash_of = |k: &K| self.hash(k);
         let mut first_panic = None;
-        for shard in self.inner.shards.iter() {
-            if !shard.read().timed() {
-                continue;
-            }
-            loop {
+        // Shards take turns, a batch each: a reader that found its shard
+        // busy gets it back while the others are being swept, instead of
+        // waiting out a run of batches.
+        let mut pending: Vec<&Shard<K, V>> = self
+            .inner
+            .shards
+            .iter()
+            .map(|s| &**s)
+            .filter(|s| s.read().timed())
+            .collect();
+        while !pending.is_empty() {
+            pending.retain(|shard| {
                 let mut removed = Removed::new();
-                let more = shard.write(&|k| self.hash(k)).expire(
-                    clock.now(),
-                    MAINTENANCE_BATCH,
-                    &mut removed,
-                );
+                let more =
+                    shard
+                        .write(&hash_of)
+                        .expire(clock.now(), MAINTENANCE_BATCH, &mut removed);
                 if let Some(listener) = &self.inner.listener {
                     for (k, v, cause) in removed {
                         deliver(listener, k, v, cause, &mut first_panic);
                     }
                 }
-                if !more {
-                    break;
-                }
-            }
+                more
+            });
         }
         if let Some(panic) = first_panic {
             resume_unwind(panic);
@@ -707,8 +712,10 @@ impl<K, V, S> fmt::Debug for Iter<'_, K, V, S> {
     }
 }
 
-/// Expired entries reclaimed per lock acquisition by `run_pending_tasks`.
-const MAINTENANCE_BATCH: usize = 256;
+/// Steps of the wheel (entries reclaimed or timers moved down a level) per
+/// lock acquisition by `run_pending_tasks`: a few microseconds, so a reader
+/// waiting behind one batch waits about as long as a write.
+const MAINTENANCE_BATCH: usize = 16;
 
 /// Entries cloned per lock acquisition while iterating.
 const ITER_BATCH: usize = 64;

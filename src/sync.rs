@@ -53,6 +53,17 @@ impl<T> RwLock<T> {
         self.inner.write()
     }
 
+    #[cfg(not(larder_loom))]
+    #[inline]
+    pub(crate) fn try_read(&self) -> Option<ReadGuard<'_, T>> {
+        self.inner.try_read()
+    }
+
+    #[cfg(larder_loom)]
+    pub(crate) fn try_read(&self) -> Option<ReadGuard<'_, T>> {
+        self.inner.try_read().ok()
+    }
+
     #[cfg(larder_loom)]
     pub(crate) fn read(&self) -> ReadGuard<'_, T> {
         self.inner.read().unwrap_or_else(|e| e.into_inner())
