@@ -1,5 +1,7 @@
 //! Bytes per entry, measured with a counting global allocator: 1M u64 → u64
-//! entries in a cache of capacity 1M, for larder, quick_cache and moka.
+//! entries in a cache of capacity 1M, for larder, quick_cache and moka; then
+//! larder with expiry: what 1M entries with TTLs cost, and what is left once
+//! they have all expired and been reclaimed.
 //!
 //! `cargo run --release --example memory`
 
@@ -73,6 +75,20 @@ fn main() {
             },
         ),
     ));
+    rows.push((
+        "larder (TinyLfu, time_to_live)",
+        measure(
+            || {
+                larder::Cache::<u64, u64>::builder()
+                    .max_capacity(N)
+                    .time_to_live(std::time::Duration::from_secs(3600))
+                    .build()
+                    .unwrap()
+            },
+            |c, k| c.insert(k, k),
+            |c| c.len() as u64,
+        ),
+    ));
     println!("| cache | entries | bytes held | bytes per entry |");
     println!("|---|---:|---:|---:|");
     for (name, (entries, bytes)) in rows {
@@ -81,4 +97,43 @@ fn main() {
             bytes as f64 / entries.max(1) as f64
         );
     }
+    expired_memory();
+}
+
+/// 1M entries with TTLs of 1–60 s on a mock clock; the clock moves 61 s and
+/// maintenance runs: the cache should hold what an empty one holds.
+fn expired_memory() {
+    use std::time::Duration;
+    let region = Region::new(GLOBAL);
+    let (clock, time) = larder::Clock::mock();
+    let cache = larder::Cache::<u64, u64>::builder()
+        .max_capacity(N)
+        .time_to_live(Duration::from_secs(3600))
+        .clock(clock)
+        .build()
+        .unwrap();
+    let net = |r: &Region<System>| {
+        let s = r.change();
+        s.bytes_allocated as i64 - s.bytes_deallocated as i64
+    };
+    let empty = net(&region);
+    let mut x = 7u64;
+    for k in 0..N {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let ttl = Duration::from_millis(1_000 + x % 59_000);
+        cache.insert_with(k, k, larder::EntryOptions::new().ttl(ttl));
+    }
+    let full = net(&region);
+    time.advance(Duration::from_secs(61));
+    cache.run_pending_tasks();
+    let after = net(&region);
+    println!();
+    println!("larder with expiry, 1M entries with TTLs of 1-60 s:");
+    println!("| state | entries | bytes held |");
+    println!("|---|---:|---:|");
+    println!("| empty, just built | 0 | {empty} |");
+    println!("| filled | {N} | {full} |");
+    println!("| 61 s later, after run_pending_tasks | {} | {after} |", cache.len());
 }
