@@ -135,5 +135,8 @@ fn expired_memory() {
     println!("|---|---:|---:|");
     println!("| empty, just built | 0 | {empty} |");
     println!("| filled | {N} | {full} |");
-    println!("| 61 s later, after run_pending_tasks | {} | {after} |", cache.len());
+    println!(
+        "| 61 s later, after run_pending_tasks | {} | {after} |",
+        cache.len()
+    );
 }

@@ -46,8 +46,16 @@ pub struct CacheBuilder<K, V, S = DefaultHashBuilder> {
     time_to_idle: Option<Duration>,
     expiry: Option<Arc<dyn Expiry<K, V>>>,
     clock: Option<Clock>,
+    sweeper: Option<(Duration, Spawner<K, V, S>)>,
     _types: PhantomData<fn(K, V)>,
 }
+
+/// Starts the background sweeper of a built cache (monomorphized where the
+/// hasher is known to be `Send + Sync + 'static`).
+type Spawner<K, V, S> = fn(&Cache<K, V, S>, Duration) -> std::io::Result<()>;
+
+/// The shortest interval a background sweeper may have.
+pub const MIN_SWEEP_INTERVAL: Duration = Duration::from_millis(1);
 
 impl<K, V, S> fmt::Debug for CacheBuilder<K, V, S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -81,6 +89,7 @@ impl<K, V> CacheBuilder<K, V, DefaultHashBuilder> {
             time_to_idle: None,
             expiry: None,
             clock: None,
+            sweeper: None,
             _types: PhantomData,
         }
     }
@@ -229,6 +238,31 @@ where
         self
     }
 
+    /// Starts a background thread that calls [`Cache::run_pending_tasks`]
+    /// every `interval`, so expired entries are reclaimed in a cache that no
+    /// one writes to. Off by default: writes and explicit calls to
+    /// `run_pending_tasks` suffice for most caches. The thread holds only a
+    /// weak reference and ends within one interval of the last handle being
+    /// dropped. A panicking listener does not stop it.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let cache: larder::Cache<u32, u32> = larder::Cache::builder()
+    ///     .max_capacity(1_000)
+    ///     .time_to_live(Duration::from_secs(60))
+    ///     .background_sweep(Duration::from_secs(1))
+    ///     .build()
+    ///     .unwrap();
+    /// # drop(cache);
+    /// ```
+    pub fn background_sweep(mut self, interval: Duration) -> Self
+    where
+        S: Send + Sync + 'static,
+    {
+        self.sweeper = Some((interval, crate::cache::spawn_sweeper::<K, V, S>));
+        self
+    }
+
     /// The hasher builder for keys. The default, [`DefaultHashBuilder`], is
     /// randomly seeded per cache, so keys chosen to collide in one process do not
     /// collide in another.
@@ -246,6 +280,7 @@ where
             time_to_idle: self.time_to_idle,
             expiry: self.expiry,
             clock: self.clock,
+            sweeper: None,
             _types: PhantomData,
         }
     }
@@ -279,13 +314,18 @@ where
         if fixed && self.expiry.is_some() {
             return Err(BuildError::ConflictingExpiry);
         }
+        if let Some((interval, _)) = self.sweeper {
+            if interval < MIN_SWEEP_INTERVAL {
+                return Err(BuildError::SweepIntervalTooShort { interval });
+            }
+        }
         let timed = fixed || self.expiry.is_some();
         let clock = self.clock.unwrap_or_default();
         let expiration = match self.expiry {
             Some(expiry) => Expiration::custom(clock, expiry),
             None => Expiration::fixed(clock, self.time_to_live, self.time_to_idle),
         };
-        Ok(Cache::from_parts(crate::cache::Parts {
+        let cache = Cache::from_parts(crate::cache::Parts {
             capacity,
             weigher: self.weigher,
             eviction: self.eviction,
@@ -296,7 +336,13 @@ where
             record_stats: self.record_stats,
             expiration,
             timed,
-        }))
+        });
+        if let Some((interval, spawn)) = self.sweeper {
+            spawn(&cache, interval).map_err(|e| BuildError::SweeperNotStarted {
+                reason: e.to_string(),
+            })?;
+        }
+        Ok(cache)
     }
 }
 
@@ -329,6 +375,16 @@ pub enum BuildError {
         /// The count that was asked for.
         shards: usize,
     },
+    /// `background_sweep` with an interval below [`MIN_SWEEP_INTERVAL`].
+    SweepIntervalTooShort {
+        /// The interval that was asked for.
+        interval: Duration,
+    },
+    /// The background sweeper's thread could not be started.
+    SweeperNotStarted {
+        /// What the operating system said.
+        reason: String,
+    },
     /// An [`Expiry`] together with `time_to_live` or `time_to_idle`: the
     /// `Expiry` alone decides lifetimes, so say it there.
     ConflictingExpiry,
@@ -350,6 +406,13 @@ impl fmt::Display for BuildError {
                 f,
                 "shards must be a power of two from 1 to {MAX_SHARDS}, got {shards}"
             ),
+            Self::SweepIntervalTooShort { interval } => write!(
+                f,
+                "background_sweep interval must be at least {MIN_SWEEP_INTERVAL:?}, got {interval:?}"
+            ),
+            Self::SweeperNotStarted { reason } => {
+                write!(f, "the background sweeper could not start: {reason}")
+            }
             Self::ConflictingExpiry => f.write_str(
                 "an Expiry decides every lifetime: drop time_to_live / time_to_idle or fold them into it",
             ),

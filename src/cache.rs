@@ -88,6 +88,8 @@ struct Inner<K, V, S> {
     record_stats: bool,
     eviction: Eviction,
     expiration: Expiration<K, V>,
+    /// Whether the builder configured expiry (every shard keeps deadlines).
+    timed: bool,
 }
 
 /// A concurrent, bounded, in-process cache.
@@ -197,6 +199,7 @@ where
                 record_stats: parts.record_stats,
                 eviction: parts.eviction,
                 expiration: parts.expiration,
+                timed: parts.timed,
             }),
         }
     }
@@ -238,8 +241,11 @@ where
     {
         let hash = self.hash(key);
         let shard = self.shard(hash);
+        // With expiry configured, read the clock before the lock: the read
+        // then overlaps the lock's atomic and the probe's cache misses.
+        let early = self.inner.timed.then(|| self.inner.expiration.clock.now());
         let map = shard.read();
-        let now = self.now_for(&map);
+        let now = early.or_else(|| self.now_for(&map));
         let found = map.find(hash, key).filter(|&(t, _)| map.is_live(t, now));
         let Some((token, entry)) = found else {
             drop(map);
@@ -533,18 +539,11 @@ where
         let clock = &self.inner.expiration.clock;
         let hash_of = |k: &K| self.hash(k);
         let mut first_panic = None;
-        // Shards take turns, a batch each: a reader that found its shard
-        // busy gets it back while the others are being swept, instead of
-        // waiting out a run of batches.
-        let mut pending: Vec<&Shard<K, V>> = self
-            .inner
-            .shards
-            .iter()
-            .map(|s| &**s)
-            .filter(|s| s.read().timed())
-            .collect();
-        while !pending.is_empty() {
-            pending.retain(|shard| {
+        for shard in self.inner.shards.iter() {
+            if !shard.read().timed() {
+                continue;
+            }
+            loop {
                 let mut removed = Removed::new();
                 let more =
                     shard
@@ -555,8 +554,15 @@ where
                         deliver(listener, k, v, cause, &mut first_panic);
                     }
                 }
-                more
-            });
+                if !more {
+                    break;
+                }
+                // Leave the lock free for a moment: a reader spinning on it
+                // (see `Shard::read`) gets in between two batches.
+                for _ in 0..MAINTENANCE_GAP_SPINS {
+                    std::hint::spin_loop();
+                }
+            }
         }
         if let Some(panic) = first_panic {
             resume_unwind(panic);
@@ -683,6 +689,31 @@ where
     }
 }
 
+/// Starts the thread behind [`CacheBuilder::background_sweep`].
+pub(crate) fn spawn_sweeper<K, V, S>(
+    cache: &Cache<K, V, S>,
+    interval: Duration,
+) -> std::io::Result<()>
+where
+    K: Hash + Eq + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+    S: BuildHasher + Send + Sync + 'static,
+{
+    let inner = Arc::downgrade(&cache.inner);
+    std::thread::Builder::new()
+        .name("larder-sweeper".into())
+        .spawn(move || loop {
+            std::thread::sleep(interval);
+            let Some(inner) = inner.upgrade() else {
+                return;
+            };
+            let cache = Cache { inner };
+            // A listener's panic is the listener's business; keep sweeping.
+            let _ = catch_unwind(AssertUnwindSafe(|| cache.run_pending_tasks()));
+        })
+        .map(drop)
+}
+
 fn deliver<K, V>(
     listener: &Listener<K, V>,
     key: K,
@@ -715,7 +746,11 @@ impl<K, V, S> fmt::Debug for Iter<'_, K, V, S> {
 /// Steps of the wheel (entries reclaimed or timers moved down a level) per
 /// lock acquisition by `run_pending_tasks`: a few microseconds, so a reader
 /// waiting behind one batch waits about as long as a write.
-const MAINTENANCE_BATCH: usize = 16;
+const MAINTENANCE_BATCH: usize = 64;
+
+/// `spin_loop` hints between two maintenance batches on one shard: longer
+/// than a spinning reader's poll interval.
+const MAINTENANCE_GAP_SPINS: u32 = 24;
 
 /// Entries cloned per lock acquisition while iterating.
 const ITER_BATCH: usize = 64;

@@ -112,7 +112,7 @@ mod sync;
 #[cfg(test)]
 mod tests;
 
-pub use builder::{BuildError, CacheBuilder, MAX_SHARDS};
+pub use builder::{BuildError, CacheBuilder, MAX_SHARDS, MIN_SWEEP_INTERVAL};
 pub use cache::{Cache, Iter, Rejected, RemovalCause};
 pub use expiry::{Clock, EntryOptions, Expiry, MockClock};
 pub use hash::{DefaultHashBuilder, DefaultHasher};

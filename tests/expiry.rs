@@ -379,3 +379,48 @@ fn stress_expiry_while_the_clock_moves() {
     cache.run_pending_tasks();
     assert_eq!(cache.len(), 0);
 }
+
+#[test]
+fn a_background_sweeper_reclaims_an_untouched_cache() {
+    let (clock, time) = Clock::mock();
+    let log: Log = Arc::default();
+    let sink = log.clone();
+    let cache: Cache<u32, u32> = Cache::builder()
+        .max_capacity(100)
+        .time_to_live(SEC)
+        .clock(clock)
+        .eviction_listener(move |k, v, cause| sink.lock().unwrap().push((k, v, cause)))
+        .background_sweep(Duration::from_millis(1))
+        .build()
+        .unwrap();
+    for i in 0..20 {
+        cache.insert(i, i);
+    }
+    time.advance(SEC);
+    // Nothing touches the cache; only the sweeper can reclaim. Wait for it
+    // (real time, bounded), not for the expiry itself.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !cache.is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert_eq!(cache.len(), 0);
+    let log = taken(&log);
+    assert_eq!(log.len(), 20);
+    assert!(log.iter().all(|e| e.2 == RemovalCause::Expired));
+}
+
+#[test]
+fn sweep_intervals_below_a_millisecond_are_refused() {
+    let err = Cache::<u32, u32>::builder()
+        .max_capacity(10)
+        .background_sweep(Duration::ZERO)
+        .build()
+        .unwrap_err();
+    assert_eq!(
+        err,
+        BuildError::SweepIntervalTooShort {
+            interval: Duration::ZERO
+        }
+    );
+    assert!(err.to_string().contains("at least"));
+}

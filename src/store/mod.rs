@@ -72,8 +72,9 @@ pub(crate) struct Timing<'a, K, V> {
 }
 
 /// Rounds of backoff a reader spins through before it parks behind a writer:
-/// about 1,000 `spin_loop` hints in all, some tens of microseconds.
-const READ_SPIN_ROUNDS: u32 = 20;
+/// polls at most 16 `spin_loop` hints apart, about 1,000 hints in all (some
+/// tens of microseconds).
+const READ_SPIN_ROUNDS: u32 = 64;
 
 /// Entries a write may expire on its way out: maintenance stays bounded.
 const WRITE_EXPIRY_BATCH: usize = 16;
@@ -190,7 +191,7 @@ impl<K, V> Shard<K, V> {
     #[cold]
     fn read_contended(&self) -> ReadGuard<'_, Map<K, V>> {
         for round in 0..READ_SPIN_ROUNDS {
-            for _ in 0..(1u32 << round.min(6)) {
+            for _ in 0..(1u32 << round.min(4)) {
                 std::hint::spin_loop();
             }
             if let Some(map) = self.map.try_read() {
