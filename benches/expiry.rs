@@ -233,10 +233,16 @@ fn latency_during_mass_expiry() {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
+    // Positional arguments are name filters, except the values of criterion's
+    // baseline options.
     let filters: Vec<&str> = args[1..]
         .iter()
-        .filter(|a| !a.starts_with('-'))
-        .map(String::as_str)
+        .enumerate()
+        .filter(|&(i, a)| {
+            let after_option = i > 0 && args[i].ends_with("baseline");
+            !a.starts_with('-') && !after_option
+        })
+        .map(|(_, a)| a.as_str())
         .collect();
     // `cargo bench --bench expiry` runs everything; `-- latency` only this part.
     let bench_run = args.iter().any(|a| a == "--bench");

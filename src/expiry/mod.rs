@@ -183,8 +183,17 @@ impl<K: 'static, V: 'static> Expiration<K, V> {
                     Some(d) => after(now, Some(d)),
                     None => fixed.map_or(NEVER, |n| now.saturating_add(n)),
                 };
-                let at = tti.map_or(cap, |i| cap.min(now.saturating_add(i)));
-                Deadlines { at, cap }
+                match tti {
+                    Some(i) => Deadlines {
+                        at: cap.min(now.saturating_add(*i)),
+                        cap,
+                    },
+                    // Reads never move the deadline: no cap to keep.
+                    None => Deadlines {
+                        at: cap,
+                        cap: NEVER,
+                    },
+                }
             }
             Rule::Custom(expiry) => {
                 let lifetime = match (ttl, current) {

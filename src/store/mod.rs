@@ -87,7 +87,8 @@ pub(crate) struct Timers {
     /// deadline (time-to-idle) under the read lock, hence atomic; the wheel
     /// learns of a moved deadline when it fires.
     at: Vec<AtomicU64>,
-    /// The latest a read may move `at` to.
+    /// The latest a read may move `at` to; grown only as far as the last
+    /// token with a cap (time-to-idle caches), `NEVER` beyond.
     cap: Vec<u64>,
     wheel: Wheel,
     /// Tokens the wheel hands out, reused between calls.
@@ -99,14 +100,22 @@ impl Timers {
         self.at[token as usize].load(Ordering::Relaxed)
     }
 
+    fn cap(&self, token: Token) -> u64 {
+        self.cap.get(token as usize).copied().unwrap_or(NEVER)
+    }
+
     fn set(&mut self, token: Token, d: Deadlines) {
         let i = token as usize;
         if self.at.len() <= i {
             self.at.resize_with(i + 1, || AtomicU64::new(NEVER));
-            self.cap.resize(i + 1, NEVER);
         }
         self.at[i].store(d.at, Ordering::Relaxed);
-        self.cap[i] = d.cap;
+        if self.cap.len() <= i && d.cap != NEVER {
+            self.cap.resize(i + 1, NEVER);
+        }
+        if let Some(cap) = self.cap.get_mut(i) {
+            *cap = d.cap;
+        }
         if d.at == NEVER {
             self.wheel.cancel(token);
         } else {
@@ -327,7 +336,7 @@ impl<K: Eq, V> Map<K, V> {
         let timers = self.timers.as_ref()?;
         Some(Deadlines {
             at: timers.at(token),
-            cap: timers.cap[token as usize],
+            cap: timers.cap(token),
         })
     }
 
@@ -663,10 +672,7 @@ impl<K: Eq, V, H: Fn(&K) -> u64> ShardWriter<'_, K, V, H> {
             let mut filed = 0;
             for &t in &live {
                 let at = timers.at(t);
-                assert!(
-                    timers.cap[t as usize] >= at || at == NEVER,
-                    "deadline past its cap"
-                );
+                assert!(timers.cap(t) >= at || at == NEVER, "deadline past its cap");
                 match timers.wheel.deadline(t) {
                     Some(when) => {
                         filed += 1;
