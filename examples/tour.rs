@@ -80,6 +80,33 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("{eviction:?}: hit ratio {:.3}", cache.stats().hit_ratio());
     }
 
+    println!("\n== expiry, on a mock clock ==");
+    let (clock, time) = larder::Clock::mock();
+    let sessions: Cache<&str, &str> = Cache::builder()
+        .max_capacity(1_000)
+        .time_to_live(std::time::Duration::from_secs(3600))
+        .time_to_idle(std::time::Duration::from_secs(600))
+        .clock(clock)
+        .eviction_listener(|k, _, cause| println!("  {k} left: {cause:?}"))
+        .build()?;
+    sessions.insert("ada", "active");
+    sessions.insert("bob", "idle");
+    let short = larder::EntryOptions::new().ttl(std::time::Duration::from_secs(30));
+    sessions.insert_with("otp", "123456", short);
+    for minute in 1..=11 {
+        time.advance(std::time::Duration::from_secs(60));
+        sessions.get("ada"); // reading keeps ada's session alive
+        if minute == 1 || minute == 11 {
+            let alive: Vec<&str> = ["ada", "bob", "otp"]
+                .into_iter()
+                .filter(|k| sessions.contains_key(k))
+                .collect();
+            println!("after {minute} min: {alive:?}");
+        }
+    }
+    sessions.run_pending_tasks();
+    println!("{} left after maintenance", sessions.len());
+
     println!("\n== throughput, 1M gets on 4 threads ==");
     // Capacity is split evenly across shards, so leave headroom when every key must fit.
     let cache: Cache<u64, u64> = Cache::builder().max_capacity(150_000).build()?;
