@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use crate::builder::CacheBuilder;
 use crate::expiry::{EntryOptions, Expiration};
+use crate::loader::{Flight, LoadStats, Outcome, Role};
 use crate::policy::Eviction;
 use crate::store::{Entry, Map, Refused, Removed, Shard, Timing, Token};
 use crate::sync::{Ordering, Padded};
@@ -90,6 +91,7 @@ struct Inner<K, V, S> {
     expiration: Expiration<K, V>,
     /// Whether the builder configured expiry (every shard keeps deadlines).
     timed: bool,
+    loads: LoadStats,
 }
 
 /// A concurrent, bounded, in-process cache.
@@ -200,6 +202,7 @@ where
                 eviction: parts.eviction,
                 expiration: parts.expiration,
                 timed: parts.timed,
+                loads: LoadStats::default(),
             }),
         }
     }
@@ -266,6 +269,175 @@ where
             shard.hits.fetch_add(1, Ordering::Relaxed);
         }
         Some(value)
+    }
+
+    /// The value under `key`, or the one `load` makes for it on a miss, which
+    /// is then cached. Concurrent callers for one absent key share one load:
+    /// the first runs `load`, the others wait for its value. No shard lock is
+    /// held while `load` runs, so it may use the cache for other keys; asking
+    /// for its own key panics (it would wait for itself forever).
+    ///
+    /// A hit costs what [`get`](Self::get) costs. If `load` panics, the panic
+    /// reaches this caller, and one of the waiting callers runs its own loader
+    /// instead; nobody waits forever. If the key is written, removed or the
+    /// cache invalidated while the load runs, the loaded value is returned to
+    /// every caller of the flight but not cached over the newer state.
+    ///
+    /// ```
+    /// let cache: larder::Cache<u32, String> =
+    ///     larder::Cache::builder().max_capacity(100).build().unwrap();
+    /// let v = cache.get_or_load(7, |k| format!("user {k}"));
+    /// assert_eq!(v, "user 7");
+    /// assert_eq!(cache.get_or_load(7, |_| unreachable!("cached")), "user 7");
+    /// ```
+    pub fn get_or_load(&self, key: K, load: impl FnOnce(&K) -> V) -> V
+    where
+        K: Clone,
+    {
+        if let Some(v) = self.get(&key) {
+            return v;
+        }
+        let loaded = self.load(key, Mode::Value, |k| {
+            Ok::<_, std::convert::Infallible>(Some(load(k)))
+        });
+        match loaded {
+            Ok(Some(v)) => v,
+            _ => unreachable!("an infallible loader always yields a value"),
+        }
+    }
+
+    /// Like [`get_or_load`](Self::get_or_load) with a loader that may fail.
+    /// An error is shared, as the same `Arc`, with every caller waiting on the
+    /// same load, and is not cached: the next call loads again. (A waiter whose
+    /// error type differs from the leader's loads for itself instead.)
+    ///
+    /// # Errors
+    ///
+    /// The loader's error, shared.
+    ///
+    /// ```
+    /// let cache: larder::Cache<u32, u32> = larder::Cache::builder().max_capacity(100).build().unwrap();
+    /// let err = cache.try_get_or_load(1, |_| Err::<u32, _>("db down")).unwrap_err();
+    /// assert_eq!(*err, "db down");
+    /// assert_eq!(cache.try_get_or_load(1, |_| Ok::<_, &str>(10)), Ok(10));
+    /// ```
+    pub fn try_get_or_load<E>(
+        &self,
+        key: K,
+        load: impl FnOnce(&K) -> Result<V, E>,
+    ) -> Result<V, Arc<E>>
+    where
+        K: Clone,
+        E: Send + Sync + 'static,
+    {
+        if let Some(v) = self.get(&key) {
+            return Ok(v);
+        }
+        match self.load(key, Mode::Fallible, |k| load(k).map(Some)) {
+            Ok(Some(v)) => Ok(v),
+            Ok(None) => unreachable!("a fallible loader yields a value or an error"),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Like [`get_or_load`](Self::get_or_load) with a loader that may find
+    /// nothing: `None` is returned to every caller of the load and not cached.
+    ///
+    /// ```
+    /// let cache: larder::Cache<u32, u32> = larder::Cache::builder().max_capacity(100).build().unwrap();
+    /// assert_eq!(cache.optionally_get_or_load(1, |_| None), None);
+    /// assert!(!cache.contains_key(&1));
+    /// assert_eq!(cache.optionally_get_or_load(1, |k| Some(k * 10)), Some(10));
+    /// ```
+    pub fn optionally_get_or_load(&self, key: K, load: impl FnOnce(&K) -> Option<V>) -> Option<V>
+    where
+        K: Clone,
+    {
+        if let Some(v) = self.get(&key) {
+            return Some(v);
+        }
+        match self.load(key, Mode::Optional, |k| {
+            Ok::<_, std::convert::Infallible>(load(k))
+        }) {
+            Ok(v) => v,
+            Err(e) => match *e {},
+        }
+    }
+
+    /// The miss path shared by the loading calls: join the key's flight, or
+    /// lead it and run `load`.
+    #[cold]
+    fn load<E: Send + Sync + 'static>(
+        &self,
+        key: K,
+        mode: Mode,
+        load: impl FnOnce(&K) -> Result<Option<V>, E>,
+    ) -> Result<Option<V>, Arc<E>>
+    where
+        K: Clone,
+    {
+        let hash = self.hash(&key);
+        let shard = self.shard(hash);
+        let mut load = Some(load);
+        loop {
+            let leader = match shard.flights.join(hash, &key) {
+                Role::Leader(leader) => leader,
+                Role::Waiter(flight) => {
+                    match flight.wait() {
+                        Outcome::Loaded(v) => return Ok(Some(v)),
+                        Outcome::Absent if mode == Mode::Optional => return Ok(None),
+                        Outcome::Failed(e) if mode == Mode::Fallible => {
+                            if let Ok(e) = e.downcast::<E>() {
+                                return Err(e);
+                            }
+                        }
+                        // Abandoned, or an outcome this caller cannot take:
+                        // try again, leading if nobody else does.
+                        _ => {}
+                    }
+                    continue;
+                }
+            };
+            // A flight may have finished between the caller's miss and now.
+            if let Some(v) = self.peek(&key) {
+                leader.finish(Outcome::Loaded(v.clone()));
+                return Ok(Some(v));
+            }
+            let Some(load) = load.take() else {
+                unreachable!("a caller leads at most one flight to the end")
+            };
+            let stats = &self.inner.loads;
+            stats.loads.fetch_add(1, Ordering::Relaxed);
+            let start = std::time::Instant::now();
+            // A panic here drops `leader`, abandoning the flight to a waiter,
+            // and `counted` books it as a failure.
+            let counted = CountPanic(&stats.failures);
+            let result = load(&key);
+            std::mem::forget(counted);
+            stats.nanos.fetch_add(
+                u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX),
+                Ordering::Relaxed,
+            );
+            return match result {
+                Ok(Some(v)) => {
+                    if let Err(rejected) = self.write(key, v.clone(), None, Some(leader.flight())) {
+                        self.notify_one(rejected.key, rejected.value, RemovalCause::Size);
+                    }
+                    leader.finish(Outcome::Loaded(v.clone()));
+                    Ok(Some(v))
+                }
+                Ok(None) => {
+                    leader.finish(Outcome::Absent);
+                    Ok(None)
+                }
+                Err(e) => {
+                    stats.failures.fetch_add(1, Ordering::Relaxed);
+                    let e = Arc::new(e);
+                    leader.finish(Outcome::Failed(e.clone()));
+                    Err(e)
+                }
+            };
+        }
     }
 
     /// A read that may move the entry's deadline (time-to-idle, or an [`Expiry`]
@@ -374,7 +546,7 @@ where
     /// assert!(cache.try_insert(2, vec![0; 100]).is_ok());
     /// ```
     pub fn try_insert(&self, key: K, value: V) -> Result<(), Rejected<K, V>> {
-        self.write(key, value, None)
+        self.write(key, value, None, None)
     }
 
     /// Like [`insert`](Self::insert), with settings for this entry alone: a
@@ -400,24 +572,41 @@ where
     /// assert_eq!(cache.get("session"), Some(1));
     /// ```
     pub fn insert_with(&self, key: K, value: V, options: EntryOptions) {
-        if let Err(rejected) = self.write(key, value, options.time_to_live()) {
+        if let Err(rejected) = self.write(key, value, options.time_to_live(), None) {
             self.notify_one(rejected.key, rejected.value, RemovalCause::Size);
         }
     }
 
-    fn write(&self, key: K, value: V, ttl: Option<Duration>) -> Result<(), Rejected<K, V>> {
+    /// Stores an entry. An explicit write (`flight: None`) makes any load of
+    /// the key in progress stale; a flight's own write happens only if the
+    /// flight is not stale, checked under the shard lock.
+    fn write(
+        &self,
+        key: K,
+        value: V,
+        ttl: Option<Duration>,
+        flight: Option<&Flight<K, V>>,
+    ) -> Result<(), Rejected<K, V>> {
         let weight = match &self.inner.weigher {
             Some(weigher) => weigher(&key, &value),
             None => 1,
         };
         let hash = self.hash(&key);
         let shard = self.shard(hash);
+        if flight.is_none() {
+            shard.flights.invalidate(hash, &key);
+        }
         let mut removed = Removed::new();
         let expiration = &self.inner.expiration;
         let deadlines = |k: &K, v: &V, now: u64, current: Option<u64>| {
             expiration.on_write(k, v, now, current, ttl)
         };
-        let result = shard.write(&|k| self.hash(k)).insert(
+        let hash_of = |k: &K| self.hash(k);
+        let mut writer = shard.write(&hash_of);
+        if flight.is_some_and(|f| f.is_stale()) {
+            return Ok(());
+        }
+        let result = writer.insert(
             hash,
             key,
             value,
@@ -429,6 +618,7 @@ where
             },
             &mut removed,
         );
+        drop(writer);
         match result {
             Ok(()) => {
                 self.notify(removed);
@@ -466,11 +656,12 @@ where
         Q: Hash + Eq + ?Sized,
     {
         let hash = self.hash(key);
-        let (key, value, cause) = self.shard(hash).write(&|k| self.hash(k)).remove(
-            hash,
-            key,
-            &self.inner.expiration.clock,
-        )?;
+        let shard = self.shard(hash);
+        shard.flights.invalidate(hash, key);
+        let (key, value, cause) =
+            shard
+                .write(&|k| self.hash(k))
+                .remove(hash, key, &self.inner.expiration.clock)?;
         if cause == RemovalCause::Expired {
             self.notify_one(key, value, cause);
             return None;
@@ -499,6 +690,7 @@ where
         let mut first_panic = None;
         for shard in self.inner.shards.iter() {
             let mut removed = Vec::new();
+            shard.flights.invalidate_all();
             shard.write(&|k| self.hash(k)).clear(&mut removed);
             if let Some(listener) = &self.inner.listener {
                 for (k, v) in removed {
@@ -613,6 +805,10 @@ where
             stats.rejections += c.rejections;
             stats.expirations += c.expirations;
         }
+        stats.loads = self.inner.loads.loads.load(Ordering::Relaxed);
+        stats.load_failures = self.inner.loads.failures.load(Ordering::Relaxed);
+        stats.total_load_time =
+            Duration::from_nanos(self.inner.loads.nanos.load(Ordering::Relaxed));
         stats
     }
 
@@ -724,6 +920,26 @@ fn deliver<K, V>(
     if let Err(panic) = catch_unwind(AssertUnwindSafe(|| listener(key, value, cause))) {
         first_panic.get_or_insert(panic);
     }
+}
+
+/// Counts a failure if dropped, i.e. if the loader it watches panics.
+struct CountPanic<'a>(&'a std::sync::atomic::AtomicU64);
+
+impl Drop for CountPanic<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// What a loading call accepts from a flight it waited on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Only a value (`get_or_load`).
+    Value,
+    /// A value or an error of its own type (`try_get_or_load`).
+    Fallible,
+    /// A value or nothing (`optionally_get_or_load`).
+    Optional,
 }
 
 /// Iterator over clones of a cache's entries. See [`Cache::iter`].

@@ -104,6 +104,7 @@ mod builder;
 mod cache;
 mod expiry;
 mod hash;
+mod loader;
 mod policy;
 mod stats;
 mod store;

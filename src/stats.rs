@@ -46,6 +46,13 @@ pub struct CacheStats {
     ///
     /// [`RemovalCause::Expired`]: crate::RemovalCause::Expired
     pub expirations: u64,
+    /// Loads run by `get_or_load` and its kin (one per flight, however many
+    /// callers shared it), including failed ones.
+    pub loads: u64,
+    /// Loads whose loader returned an error or panicked.
+    pub load_failures: u64,
+    /// Time spent in loaders, summed over `loads`.
+    pub total_load_time: std::time::Duration,
 }
 
 impl CacheStats {

@@ -136,6 +136,8 @@ pub(crate) struct Shard<K, V> {
     deferred_reads: bool,
     pub(crate) hits: AtomicU64,
     pub(crate) misses: AtomicU64,
+    /// Loads in progress for keys of this shard.
+    pub(crate) flights: crate::loader::Flights<K, V>,
 }
 
 /// What the map lock protects.
@@ -182,6 +184,7 @@ impl<K, V> Shard<K, V> {
             deferred_reads: eviction == Eviction::TinyLfu,
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
+            flights: crate::loader::Flights::default(),
         }
     }
 

@@ -1,0 +1,214 @@
+//! Single flight: concurrent loads of one absent key share one load.
+//!
+//! Each shard keeps a small table of the keys being loaded, behind a mutex of
+//! its own (never the map lock, and never held while a loader runs). The first
+//! caller to miss a key becomes the flight's leader and runs the loader; later
+//! callers wait on the flight and take its outcome. A leader that panics
+//! abandons the flight: its own caller sees the panic, and one waiter takes
+//! the load over. An explicit write of the key (insert, remove, invalidate_all)
+//! while the load runs marks the flight stale, so its value reaches the waiters
+//! but is not cached over the newer state (DESIGN §3, contract 3).
+
+use std::any::Any;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread::ThreadId;
+
+use hashbrown::HashTable;
+use parking_lot::{Condvar, Mutex};
+
+/// An error shared by every caller of a failed flight, type-erased so that
+/// callers with different error types can still share flights of one key.
+pub(crate) type SharedError = Arc<dyn Any + Send + Sync>;
+
+/// How a flight ended.
+#[derive(Clone)]
+pub(crate) enum Outcome<V> {
+    /// A value (cached unless the flight went stale).
+    Loaded(V),
+    /// The loader said there is nothing (`optionally_get_or_load`); not cached.
+    Absent,
+    /// The loader failed; not cached.
+    Failed(SharedError),
+    /// The leader panicked: a waiter must load again.
+    Abandoned,
+}
+
+enum State<V> {
+    Loading,
+    Done(Outcome<V>),
+}
+
+/// One load in progress.
+pub(crate) struct Flight<K, V> {
+    pub(crate) key: K,
+    hash: u64,
+    leader: ThreadId,
+    state: Mutex<State<V>>,
+    done: Condvar,
+    /// Set by a write of the key while the load runs.
+    stale: AtomicBool,
+}
+
+impl<K, V> Flight<K, V> {
+    /// Waits for the outcome. Panics if the caller is the flight's own leader
+    /// (a loader asking for its own key would otherwise wait forever).
+    pub(crate) fn wait(&self) -> Outcome<V>
+    where
+        V: Clone,
+    {
+        assert!(
+            self.leader != std::thread::current().id(),
+            "larder: a loader asked the cache for the key it is loading; \
+             this would wait for itself forever"
+        );
+        let mut state = self.state.lock();
+        loop {
+            if let State::Done(outcome) = &*state {
+                return outcome.clone();
+            }
+            self.done.wait(&mut state);
+        }
+    }
+
+    /// Whether a write of the key happened while the load ran.
+    pub(crate) fn is_stale(&self) -> bool {
+        self.stale.load(Ordering::Acquire)
+    }
+
+    fn finish(&self, outcome: Outcome<V>) {
+        *self.state.lock() = State::Done(outcome);
+        self.done.notify_all();
+    }
+}
+
+/// A shard's table of flights.
+pub(crate) struct Flights<K, V> {
+    table: Mutex<HashTable<Arc<Flight<K, V>>>>,
+    /// Flights in the table: writes look the table up only when it is non-zero.
+    active: AtomicUsize,
+}
+
+impl<K, V> Default for Flights<K, V> {
+    fn default() -> Self {
+        Self {
+            table: Mutex::new(HashTable::new()),
+            active: AtomicUsize::new(0),
+        }
+    }
+}
+
+impl<K, V> std::fmt::Debug for Flights<K, V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Flights")
+            .field("active", &self.active.load(Ordering::Relaxed))
+            .finish()
+    }
+}
+
+/// Whether the caller leads the flight or waits on it.
+pub(crate) enum Role<'a, K, V> {
+    Leader(Leader<'a, K, V>),
+    Waiter(Arc<Flight<K, V>>),
+}
+
+impl<K: Eq + Clone, V: Clone> Flights<K, V> {
+    /// Joins the flight for `key`, or starts one and leads it.
+    pub(crate) fn join(&self, hash: u64, key: &K) -> Role<'_, K, V> {
+        let mut table = self.table.lock();
+        if let Some(flight) = table.find(hash, |f| f.key == *key) {
+            return Role::Waiter(flight.clone());
+        }
+        let flight = Arc::new(Flight {
+            key: key.clone(),
+            hash,
+            leader: std::thread::current().id(),
+            state: Mutex::new(State::Loading),
+            done: Condvar::new(),
+            stale: AtomicBool::new(false),
+        });
+        table.insert_unique(hash, flight.clone(), |f| f.hash);
+        self.active.fetch_add(1, Ordering::SeqCst);
+        Role::Leader(Leader {
+            flights: self,
+            flight,
+            finished: false,
+        })
+    }
+}
+
+impl<K, V> Flights<K, V> {
+    /// Marks the flight for `key`, if any, stale: a write of the key happened.
+    pub(crate) fn invalidate<Q>(&self, hash: u64, key: &Q)
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: Eq + ?Sized,
+    {
+        if self.active.load(Ordering::SeqCst) == 0 {
+            return;
+        }
+        if let Some(flight) = self.table.lock().find(hash, |f| f.key.borrow() == key) {
+            flight.stale.store(true, Ordering::Release);
+        }
+    }
+
+    /// Marks every flight stale (`invalidate_all`).
+    pub(crate) fn invalidate_all(&self) {
+        if self.active.load(Ordering::SeqCst) == 0 {
+            return;
+        }
+        for flight in self.table.lock().iter() {
+            flight.stale.store(true, Ordering::Release);
+        }
+    }
+}
+
+impl<K, V> Flights<K, V> {
+    fn remove_flight(&self, flight: &Arc<Flight<K, V>>) {
+        let mut table = self.table.lock();
+        if let Ok(entry) = table.find_entry(flight.hash, |f| Arc::ptr_eq(f, flight)) {
+            entry.remove();
+            self.active.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+}
+
+/// The leader's handle on its flight. Dropping it without [`Leader::finish`]
+/// (a panic in the loader) abandons the flight, so that a waiter takes the
+/// load over.
+pub(crate) struct Leader<'a, K, V> {
+    flights: &'a Flights<K, V>,
+    flight: Arc<Flight<K, V>>,
+    finished: bool,
+}
+
+impl<K, V> Leader<'_, K, V> {
+    pub(crate) fn flight(&self) -> &Flight<K, V> {
+        &self.flight
+    }
+
+    /// Ends the flight: it leaves the table (later callers start afresh or
+    /// hit the cache), then every waiter gets `outcome`.
+    pub(crate) fn finish(mut self, outcome: Outcome<V>) {
+        self.finished = true;
+        self.flights.remove_flight(&self.flight);
+        self.flight.finish(outcome);
+    }
+}
+
+impl<K, V> Drop for Leader<'_, K, V> {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.flights.remove_flight(&self.flight);
+            self.flight.finish(Outcome::Abandoned);
+        }
+    }
+}
+
+/// Load counters, kept per cache (loads are rare next to reads).
+#[derive(Debug, Default)]
+pub(crate) struct LoadStats {
+    pub(crate) loads: AtomicU64,
+    pub(crate) failures: AtomicU64,
+    pub(crate) nanos: AtomicU64,
+}

@@ -1,0 +1,309 @@
+//! Single-flight loading: one load per absent key however many callers, shared
+//! errors, panic takeover, invalidation during a load, loaders that use the
+//! cache, and the statistics.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Barrier, Mutex};
+use std::time::Duration;
+
+use larder::Cache;
+
+fn cache() -> Cache<u32, String> {
+    Cache::builder().max_capacity(1_000).build().unwrap()
+}
+
+#[test]
+fn sixty_four_threads_share_one_load() {
+    let cache = cache();
+    let loads = AtomicUsize::new(0);
+    let start = Barrier::new(64);
+    std::thread::scope(|s| {
+        for _ in 0..64 {
+            s.spawn(|| {
+                start.wait();
+                let v = cache.get_or_load(1, |k| {
+                    loads.fetch_add(1, Ordering::SeqCst);
+                    std::thread::sleep(Duration::from_millis(100));
+                    format!("value {k}")
+                });
+                assert_eq!(v, "value 1");
+            });
+        }
+    });
+    assert_eq!(loads.load(Ordering::SeqCst), 1);
+    assert_eq!(cache.get(&1).as_deref(), Some("value 1"));
+    let stats = cache.stats();
+    assert_eq!((stats.loads, stats.load_failures), (1, 0));
+    assert!(stats.total_load_time >= Duration::from_millis(100));
+}
+
+#[test]
+fn errors_are_shared_and_not_cached() {
+    let cache = cache();
+    let loads = AtomicUsize::new(0);
+    let errors = Mutex::new(Vec::new());
+    let start = Barrier::new(8);
+    std::thread::scope(|s| {
+        for _ in 0..8 {
+            s.spawn(|| {
+                start.wait();
+                let result = cache.try_get_or_load(1, |_| {
+                    loads.fetch_add(1, Ordering::SeqCst);
+                    std::thread::sleep(Duration::from_millis(100));
+                    Err::<String, _>(String::from("db down"))
+                });
+                errors.lock().unwrap().push(result.unwrap_err());
+            });
+        }
+    });
+    assert_eq!(loads.load(Ordering::SeqCst), 1, "one failed load, shared");
+    let errors = errors.into_inner().unwrap();
+    assert!(errors
+        .iter()
+        .all(|e| Arc::ptr_eq(e, &errors[0]) && **e == "db down"));
+    assert!(!cache.contains_key(&1), "an error is not cached");
+    assert_eq!(
+        cache.try_get_or_load(1, |_| Ok::<_, String>("up".into())),
+        Ok("up".into())
+    );
+    assert_eq!(cache.stats().load_failures, 1);
+}
+
+#[test]
+fn a_panicking_loader_hands_the_load_to_a_waiter() {
+    let cache = cache();
+    let loads = AtomicUsize::new(0);
+    let leader_started = Barrier::new(2);
+    std::thread::scope(|s| {
+        let leader = s.spawn(|| {
+            catch_unwind(AssertUnwindSafe(|| {
+                cache.get_or_load(1, |_| {
+                    loads.fetch_add(1, Ordering::SeqCst);
+                    leader_started.wait();
+                    std::thread::sleep(Duration::from_millis(100));
+                    panic!("loader exploded");
+                })
+            }))
+        });
+        leader_started.wait();
+        let waiters: Vec<_> = (0..4)
+            .map(|_| {
+                s.spawn(|| {
+                    cache.get_or_load(1, |_| {
+                        loads.fetch_add(1, Ordering::SeqCst);
+                        "recovered".to_string()
+                    })
+                })
+            })
+            .collect();
+        let panic = leader.join().unwrap().unwrap_err();
+        assert_eq!(panic.downcast_ref::<&str>(), Some(&"loader exploded"));
+        for w in waiters {
+            assert_eq!(w.join().unwrap(), "recovered");
+        }
+    });
+    assert_eq!(
+        loads.load(Ordering::SeqCst),
+        2,
+        "the panicking load and one takeover"
+    );
+    let stats = cache.stats();
+    assert_eq!((stats.loads, stats.load_failures), (2, 1));
+}
+
+#[test]
+fn a_write_during_a_load_keeps_the_load_out_of_the_cache() {
+    for write in ["remove", "insert", "invalidate_all"] {
+        let cache = cache();
+        cache.insert(1, "old".into());
+        cache.remove(&1);
+        let loading = Barrier::new(2);
+        let written = Barrier::new(2);
+        std::thread::scope(|s| {
+            let leader = s.spawn(|| {
+                cache.get_or_load(1, |_| {
+                    loading.wait();
+                    written.wait();
+                    "loaded".to_string()
+                })
+            });
+            loading.wait();
+            match write {
+                "remove" => drop(cache.remove(&1)),
+                "insert" => cache.insert(1, "written".into()),
+                _ => cache.invalidate_all(),
+            }
+            written.wait();
+            assert_eq!(
+                leader.join().unwrap(),
+                "loaded",
+                "{write}: the caller gets the load"
+            );
+        });
+        let expected = (write == "insert").then(|| "written".to_string());
+        assert_eq!(
+            cache.get(&1),
+            expected,
+            "{write}: the load was not cached over it"
+        );
+    }
+}
+
+#[test]
+fn loaders_may_use_the_cache_for_other_keys() {
+    let cache = cache();
+    let v = cache.get_or_load(1, |_| {
+        let two = cache.get_or_load(2, |_| "two".to_string());
+        format!("one and {two}")
+    });
+    assert_eq!(v, "one and two");
+    assert_eq!(cache.get(&2).as_deref(), Some("two"));
+}
+
+#[test]
+fn a_loader_asking_for_its_own_key_panics_instead_of_deadlocking() {
+    let cache = cache();
+    let result = catch_unwind(AssertUnwindSafe(|| {
+        cache.get_or_load(1, |_| cache.get_or_load(1, |_| "inner".to_string()))
+    }));
+    let panic = result.unwrap_err();
+    let message = panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&str>().copied())
+        .unwrap_or_default();
+    assert!(message.contains("key it is loading"), "{message}");
+    // The flight was abandoned, not left behind: the key loads normally.
+    assert_eq!(cache.get_or_load(1, |_| "fine".to_string()), "fine");
+}
+
+#[test]
+fn absent_results_are_shared_and_not_cached() {
+    let cache = cache();
+    let loads = AtomicUsize::new(0);
+    let start = Barrier::new(4);
+    std::thread::scope(|s| {
+        for _ in 0..4 {
+            s.spawn(|| {
+                start.wait();
+                let v = cache.optionally_get_or_load(1, |_| {
+                    loads.fetch_add(1, Ordering::SeqCst);
+                    std::thread::sleep(Duration::from_millis(50));
+                    None
+                });
+                assert_eq!(v, None);
+            });
+        }
+    });
+    assert_eq!(loads.load(Ordering::SeqCst), 1);
+    assert!(!cache.contains_key(&1));
+}
+
+#[test]
+fn waiters_of_another_kind_load_for_themselves() {
+    // A `get_or_load` caller cannot take an error or an absence from a
+    // flight it joined: it loads again itself.
+    let cache = cache();
+    let in_flight = Barrier::new(2);
+    std::thread::scope(|s| {
+        let failing = s.spawn(|| {
+            cache.try_get_or_load(1, |_| {
+                in_flight.wait();
+                std::thread::sleep(Duration::from_millis(50));
+                Err::<String, _>("nope")
+            })
+        });
+        in_flight.wait();
+        let v = cache.get_or_load(1, |_| "mine".to_string());
+        assert_eq!(v, "mine");
+        assert_eq!(*failing.join().unwrap().unwrap_err(), "nope");
+    });
+    assert_eq!(cache.get(&1).as_deref(), Some("mine"));
+}
+
+mod model {
+    use std::collections::HashMap;
+
+    use larder::Cache;
+    use proptest::prelude::*;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        GetOrLoad(u8, u16),
+        TryLoad(u8, Option<u16>),
+        Optionally(u8, Option<u16>),
+        Insert(u8, u16),
+        Remove(u8),
+        Get(u8),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            (0u8..16, any::<u16>()).prop_map(|(k, v)| Op::GetOrLoad(k, v)),
+            (0u8..16, any::<Option<u16>>()).prop_map(|(k, v)| Op::TryLoad(k, v)),
+            (0u8..16, any::<Option<u16>>()).prop_map(|(k, v)| Op::Optionally(k, v)),
+            (0u8..16, any::<u16>()).prop_map(|(k, v)| Op::Insert(k, v)),
+            (0u8..16).prop_map(Op::Remove),
+            (0u8..16).prop_map(Op::Get),
+        ]
+    }
+
+    proptest! {
+        /// Loading calls mixed with writes agree with a map: a present key is
+        /// returned without loading; an absent one is loaded and cached,
+        /// except errors and absences.
+        #[test]
+        fn loading_calls_agree_with_a_map(ops in proptest::collection::vec(op(), 1..200)) {
+            let cache: Cache<u8, u16> = Cache::builder().max_capacity(1_000).build().unwrap();
+            let mut model: HashMap<u8, u16> = HashMap::new();
+            let mut loads = 0u64;
+            for op in ops {
+                match op {
+                    Op::GetOrLoad(k, v) => {
+                        let was_present = model.contains_key(&k);
+                        let mut ran = false;
+                        let got = cache.get_or_load(k, |_| { ran = true; v });
+                        let expected = *model.entry(k).or_insert(v);
+                        prop_assert_eq!(got, expected);
+                        prop_assert_eq!(ran, !was_present, "loaded exactly on a miss");
+                        loads += u64::from(ran);
+                    }
+                    Op::TryLoad(k, v) => {
+                        let mut ran = false;
+                        let got = cache.try_get_or_load(k, |_| { ran = true; v.ok_or("no") });
+                        match model.get(&k) {
+                            Some(&present) => {
+                                prop_assert!(!ran);
+                                prop_assert_eq!(got, Ok(present));
+                            }
+                            None => {
+                                prop_assert!(ran);
+                                loads += 1;
+                                match v {
+                                    Some(v) => { prop_assert_eq!(got, Ok(v)); model.insert(k, v); }
+                                    None => prop_assert_eq!(got.map_err(|e| *e), Err("no")),
+                                }
+                            }
+                        }
+                    }
+                    Op::Optionally(k, v) => {
+                        let got = cache.optionally_get_or_load(k, |_| v);
+                        match model.get(&k) {
+                            Some(&present) => prop_assert_eq!(got, Some(present)),
+                            None => {
+                                loads += 1;
+                                prop_assert_eq!(got, v);
+                                if let Some(v) = v { model.insert(k, v); }
+                            }
+                        }
+                    }
+                    Op::Insert(k, v) => { cache.insert(k, v); model.insert(k, v); }
+                    Op::Remove(k) => prop_assert_eq!(cache.remove(&k), model.remove(&k)),
+                    Op::Get(k) => prop_assert_eq!(cache.get(&k), model.get(&k).copied()),
+                }
+            }
+            prop_assert_eq!(cache.stats().loads, loads);
+        }
+    }
+}
