@@ -3,6 +3,7 @@
 
 use std::borrow::Borrow;
 use std::fmt;
+use std::future::Future;
 use std::hash::{BuildHasher, Hash};
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::sync::Arc;
@@ -380,25 +381,13 @@ where
         let shard = self.shard(hash);
         let mut load = Some(load);
         loop {
-            let leader = match shard.flights.join(hash, &key) {
+            let leader = match shard.flights.join(hash, &key, true) {
                 Role::Leader(leader) => leader,
-                Role::Waiter(flight) => {
-                    match flight.wait() {
-                        Outcome::Loaded(v) => return Ok(Some(v)),
-                        Outcome::Absent if mode == Mode::Optional => return Ok(None),
-                        Outcome::Failed(e) if mode == Mode::Fallible => {
-                            if let Ok(e) = e.downcast::<E>() {
-                                return Err(e);
-                            }
-                        }
-                        // Abandoned, or an outcome this caller cannot take:
-                        // try again, leading if nobody else does.
-                        _ => {}
-                    }
-                    continue;
-                }
+                Role::Waiter(flight) => match accept::<V, E>(flight.wait(), mode) {
+                    Some(result) => return result,
+                    None => continue,
+                },
             };
-            // A flight may have finished between the caller's miss and now.
             if let Some(v) = self.peek(&key) {
                 leader.finish(Outcome::Loaded(v.clone()));
                 return Ok(Some(v));
@@ -406,37 +395,161 @@ where
             let Some(load) = load.take() else {
                 unreachable!("a caller leads at most one flight to the end")
             };
-            let stats = &self.inner.loads;
-            stats.loads.fetch_add(1, Ordering::Relaxed);
-            let start = std::time::Instant::now();
+            let timer = LoadTimer::start(&self.inner.loads);
             // A panic here drops `leader`, abandoning the flight to a waiter,
-            // and `counted` books it as a failure.
-            let counted = CountPanic(&stats.failures);
+            // and `timer`, booking the load as failed.
             let result = load(&key);
-            std::mem::forget(counted);
-            stats.nanos.fetch_add(
-                u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX),
-                Ordering::Relaxed,
-            );
-            return match result {
-                Ok(Some(v)) => {
-                    if let Err(rejected) = self.write(key, v.clone(), None, Some(leader.flight())) {
-                        self.notify_one(rejected.key, rejected.value, RemovalCause::Size);
-                    }
-                    leader.finish(Outcome::Loaded(v.clone()));
-                    Ok(Some(v))
-                }
-                Ok(None) => {
-                    leader.finish(Outcome::Absent);
-                    Ok(None)
-                }
-                Err(e) => {
-                    stats.failures.fetch_add(1, Ordering::Relaxed);
-                    let e = Arc::new(e);
-                    leader.finish(Outcome::Failed(e.clone()));
-                    Err(e)
-                }
+            timer.stop();
+            return self.land(key, leader, result);
+        }
+    }
+
+    /// The async miss path: as [`load`](Self::load), awaiting instead of
+    /// blocking. Dropping the returned future while it leads (a cancelled
+    /// task) abandons the flight, so that a waiter takes the load over.
+    async fn load_async<E: Send + Sync + 'static>(
+        &self,
+        key: K,
+        mode: Mode,
+        load: impl Future<Output = Result<Option<V>, E>>,
+    ) -> Result<Option<V>, Arc<E>>
+    where
+        K: Clone,
+    {
+        let hash = self.hash(&key);
+        let shard = self.shard(hash);
+        let mut load = Some(load);
+        loop {
+            let leader = match shard.flights.join(hash, &key, false) {
+                Role::Leader(leader) => leader,
+                Role::Waiter(flight) => match accept::<V, E>(flight.wait_async().await, mode) {
+                    Some(result) => return result,
+                    None => continue,
+                },
             };
+            if let Some(v) = self.peek(&key) {
+                leader.finish(Outcome::Loaded(v.clone()));
+                return Ok(Some(v));
+            }
+            let Some(load) = load.take() else {
+                unreachable!("a caller leads at most one flight to the end")
+            };
+            let timer = LoadTimer::start(&self.inner.loads);
+            let result = load.await;
+            timer.stop();
+            return self.land(key, leader, result);
+        }
+    }
+
+    /// A leader's result: cache a value unless the flight went stale, then
+    /// hand the outcome to the waiters.
+    fn land<E: Send + Sync + 'static>(
+        &self,
+        key: K,
+        leader: crate::loader::Leader<'_, K, V>,
+        result: Result<Option<V>, E>,
+    ) -> Result<Option<V>, Arc<E>> {
+        match result {
+            Ok(Some(v)) => {
+                if let Err(rejected) = self.write(key, v.clone(), None, Some(leader.flight())) {
+                    self.notify_one(rejected.key, rejected.value, RemovalCause::Size);
+                }
+                leader.finish(Outcome::Loaded(v.clone()));
+                Ok(Some(v))
+            }
+            Ok(None) => {
+                leader.finish(Outcome::Absent);
+                Ok(None)
+            }
+            Err(e) => {
+                self.inner.loads.failures.fetch_add(1, Ordering::Relaxed);
+                let e = Arc::new(e);
+                leader.finish(Outcome::Failed(e.clone()));
+                Err(e)
+            }
+        }
+    }
+
+    /// Like [`get_or_load`](Self::get_or_load), for async code: `load` is a
+    /// future, awaited only if this call leads the load. Any executor will do.
+    /// Sync and async callers of one key share one load. If this call's task
+    /// is cancelled while it leads, a waiting caller takes the load over.
+    ///
+    /// ```
+    /// # let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    /// # runtime.block_on(async {
+    /// let cache: larder::Cache<u32, String> =
+    ///     larder::Cache::builder().max_capacity(100).build().unwrap();
+    /// let v = cache.get_or_load_async(7, async { "seven".to_string() }).await;
+    /// assert_eq!(v, "seven");
+    /// # });
+    /// ```
+    pub async fn get_or_load_async(&self, key: K, load: impl Future<Output = V>) -> V
+    where
+        K: Clone,
+    {
+        if let Some(v) = self.get(&key) {
+            return v;
+        }
+        let loaded = self
+            .load_async(key, Mode::Value, async {
+                Ok::<_, std::convert::Infallible>(Some(load.await))
+            })
+            .await;
+        match loaded {
+            Ok(Some(v)) => v,
+            _ => unreachable!("an infallible loader always yields a value"),
+        }
+    }
+
+    /// Like [`try_get_or_load`](Self::try_get_or_load), for async code.
+    ///
+    /// # Errors
+    ///
+    /// The loader's error, shared with every caller of the same load.
+    pub async fn try_get_or_load_async<E>(
+        &self,
+        key: K,
+        load: impl Future<Output = Result<V, E>>,
+    ) -> Result<V, Arc<E>>
+    where
+        K: Clone,
+        E: Send + Sync + 'static,
+    {
+        if let Some(v) = self.get(&key) {
+            return Ok(v);
+        }
+        match self
+            .load_async(key, Mode::Fallible, async { load.await.map(Some) })
+            .await
+        {
+            Ok(Some(v)) => Ok(v),
+            Ok(None) => unreachable!("a fallible loader yields a value or an error"),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Like [`optionally_get_or_load`](Self::optionally_get_or_load), for
+    /// async code.
+    pub async fn optionally_get_or_load_async(
+        &self,
+        key: K,
+        load: impl Future<Output = Option<V>>,
+    ) -> Option<V>
+    where
+        K: Clone,
+    {
+        if let Some(v) = self.get(&key) {
+            return Some(v);
+        }
+        match self
+            .load_async(key, Mode::Optional, async {
+                Ok::<_, std::convert::Infallible>(load.await)
+            })
+            .await
+        {
+            Ok(v) => v,
+            Err(e) => match *e {},
         }
     }
 
@@ -922,12 +1035,51 @@ fn deliver<K, V>(
     }
 }
 
-/// Counts a failure if dropped, i.e. if the loader it watches panics.
-struct CountPanic<'a>(&'a std::sync::atomic::AtomicU64);
+/// Books a load in the statistics: its time when stopped, a failure if it
+/// is dropped instead (the loader panicked, or its future was cancelled).
+struct LoadTimer<'a> {
+    stats: &'a LoadStats,
+    start: std::time::Instant,
+    stopped: bool,
+}
 
-impl Drop for CountPanic<'_> {
+impl<'a> LoadTimer<'a> {
+    fn start(stats: &'a LoadStats) -> Self {
+        stats.loads.fetch_add(1, Ordering::Relaxed);
+        Self {
+            stats,
+            start: std::time::Instant::now(),
+            stopped: false,
+        }
+    }
+
+    fn stop(mut self) {
+        self.stopped = true;
+    }
+}
+
+impl Drop for LoadTimer<'_> {
     fn drop(&mut self) {
-        self.0.fetch_add(1, Ordering::Relaxed);
+        let nanos = u64::try_from(self.start.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.stats.nanos.fetch_add(nanos, Ordering::Relaxed);
+        if !self.stopped {
+            self.stats.failures.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// What a waiter makes of a flight's outcome in `mode`: its result, or `None`
+/// to try again (the leader panicked or was cancelled, or the outcome is one
+/// this kind of call cannot return).
+fn accept<V, E: Send + Sync + 'static>(
+    outcome: Outcome<V>,
+    mode: Mode,
+) -> Option<Result<Option<V>, Arc<E>>> {
+    match outcome {
+        Outcome::Loaded(v) => Some(Ok(Some(v))),
+        Outcome::Absent if mode == Mode::Optional => Some(Ok(None)),
+        Outcome::Failed(e) if mode == Mode::Fallible => e.downcast::<E>().ok().map(Err),
+        _ => None,
     }
 }
 

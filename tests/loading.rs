@@ -307,3 +307,184 @@ mod model {
         }
     }
 }
+
+mod asynchronous {
+    use std::future::Future;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Barrier};
+    use std::task::{Context, Poll, Wake, Waker};
+    use std::time::Duration;
+
+    use larder::Cache;
+
+    fn cache() -> Cache<u32, String> {
+        Cache::builder().max_capacity(1_000).build().unwrap()
+    }
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(4)
+            .enable_time()
+            .build()
+            .unwrap()
+    }
+
+    /// A second executor: polls one future on this thread, parking between
+    /// wake-ups.
+    fn block_on<F: Future>(future: F) -> F::Output {
+        struct Unpark(std::thread::Thread);
+        impl Wake for Unpark {
+            fn wake(self: Arc<Self>) {
+                self.0.unpark();
+            }
+        }
+        let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
+        let mut cx = Context::from_waker(&waker);
+        let mut future = std::pin::pin!(future);
+        loop {
+            if let Poll::Ready(v) = future.as_mut().poll(&mut cx) {
+                return v;
+            }
+            std::thread::park();
+        }
+    }
+
+    #[test]
+    fn a_thousand_tasks_share_one_load() {
+        let cache = Arc::new(cache());
+        let loads = Arc::new(AtomicUsize::new(0));
+        runtime().block_on(async {
+            let tasks: Vec<_> = (0..1_000)
+                .map(|_| {
+                    let (cache, loads) = (cache.clone(), loads.clone());
+                    tokio::spawn(async move {
+                        cache
+                            .get_or_load_async(1, async {
+                                loads.fetch_add(1, Ordering::SeqCst);
+                                tokio::time::sleep(Duration::from_millis(100)).await;
+                                "one".to_string()
+                            })
+                            .await
+                    })
+                })
+                .collect();
+            for t in tasks {
+                assert_eq!(t.await.unwrap(), "one");
+            }
+        });
+        assert_eq!(loads.load(Ordering::SeqCst), 1);
+        assert_eq!(cache.stats().loads, 1);
+    }
+
+    #[test]
+    fn sync_and_async_callers_share_a_flight() {
+        let cache = cache();
+        let loads = AtomicUsize::new(0);
+        let leading = Barrier::new(2);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                cache.get_or_load(1, |_| {
+                    loads.fetch_add(1, Ordering::SeqCst);
+                    leading.wait();
+                    std::thread::sleep(Duration::from_millis(100));
+                    "sync".to_string()
+                })
+            });
+            leading.wait();
+            // Both executors wait on the sync leader's flight.
+            let from_tokio = runtime().block_on(cache.get_or_load_async(1, async {
+                loads.fetch_add(1, Ordering::SeqCst);
+                "tokio".to_string()
+            }));
+            let from_block_on = block_on(cache.get_or_load_async(1, async {
+                loads.fetch_add(1, Ordering::SeqCst);
+                "block_on".to_string()
+            }));
+            assert_eq!(
+                (from_tokio.as_str(), from_block_on.as_str()),
+                ("sync", "sync")
+            );
+        });
+        assert_eq!(loads.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn a_cancelled_leader_hands_the_load_to_a_waiter() {
+        let cache = Arc::new(cache());
+        let loads = Arc::new(AtomicUsize::new(0));
+        runtime().block_on(async {
+            let leader = {
+                let (cache, loads) = (cache.clone(), loads.clone());
+                tokio::spawn(async move {
+                    cache
+                        .get_or_load_async(1, async {
+                            loads.fetch_add(1, Ordering::SeqCst);
+                            tokio::time::sleep(Duration::from_secs(3600)).await;
+                            "never".to_string()
+                        })
+                        .await
+                })
+            };
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let waiters: Vec<_> = (0..2)
+                .map(|_| {
+                    let (cache, loads) = (cache.clone(), loads.clone());
+                    tokio::spawn(async move {
+                        cache
+                            .get_or_load_async(1, async {
+                                loads.fetch_add(1, Ordering::SeqCst);
+                                "takeover".to_string()
+                            })
+                            .await
+                    })
+                })
+                .collect();
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            leader.abort();
+            assert!(leader.await.unwrap_err().is_cancelled());
+            for w in waiters {
+                let v = tokio::time::timeout(Duration::from_secs(10), w).await;
+                assert_eq!(v.expect("a waiter hung").unwrap(), "takeover");
+            }
+        });
+        assert_eq!(
+            loads.load(Ordering::SeqCst),
+            2,
+            "the cancelled load and one takeover"
+        );
+        let stats = cache.stats();
+        assert_eq!((stats.loads, stats.load_failures), (2, 1));
+        assert_eq!(cache.get(&1).as_deref(), Some("takeover"));
+    }
+
+    #[test]
+    fn async_errors_are_shared_and_not_cached() {
+        let cache = Arc::new(cache());
+        let errors = runtime().block_on(async {
+            let tasks: Vec<_> = (0..10)
+                .map(|_| {
+                    let cache = cache.clone();
+                    tokio::spawn(async move {
+                        cache
+                            .try_get_or_load_async(1, async {
+                                tokio::time::sleep(Duration::from_millis(50)).await;
+                                Err::<String, _>("timeout")
+                            })
+                            .await
+                            .unwrap_err()
+                    })
+                })
+                .collect();
+            let mut errors = Vec::new();
+            for t in tasks {
+                errors.push(t.await.unwrap());
+            }
+            errors
+        });
+        assert!(errors.iter().all(|e| **e == "timeout"));
+        assert!(cache.stats().loads <= 10 && cache.stats().load_failures == cache.stats().loads);
+        assert!(!cache.contains_key(&1));
+        let v = block_on(cache.optionally_get_or_load_async(1, async { Some("back".to_string()) }));
+        assert_eq!(v.as_deref(), Some("back"));
+    }
+}

@@ -12,6 +12,7 @@
 use std::any::Any;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::task::{Poll, Waker};
 use std::thread::ThreadId;
 
 use hashbrown::HashTable;
@@ -35,7 +36,8 @@ pub(crate) enum Outcome<V> {
 }
 
 enum State<V> {
-    Loading,
+    /// With the wakers of async waiters to wake when it ends.
+    Loading(Vec<Waker>),
     Done(Outcome<V>),
 }
 
@@ -43,7 +45,9 @@ enum State<V> {
 pub(crate) struct Flight<K, V> {
     pub(crate) key: K,
     hash: u64,
-    leader: ThreadId,
+    /// The thread of a synchronous leader (an async leader may move between
+    /// threads, and other tasks share its thread, so it is not recorded).
+    leader: Option<ThreadId>,
     state: Mutex<State<V>>,
     done: Condvar,
     /// Set by a write of the key while the load runs.
@@ -58,7 +62,7 @@ impl<K, V> Flight<K, V> {
         V: Clone,
     {
         assert!(
-            self.leader != std::thread::current().id(),
+            self.leader != Some(std::thread::current().id()),
             "larder: a loader asked the cache for the key it is loading; \
              this would wait for itself forever"
         );
@@ -76,9 +80,32 @@ impl<K, V> Flight<K, V> {
         self.stale.load(Ordering::Acquire)
     }
 
+    /// Waits for the outcome without blocking the thread.
+    pub(crate) async fn wait_async(&self) -> Outcome<V>
+    where
+        V: Clone,
+    {
+        std::future::poll_fn(|cx| {
+            let mut state = self.state.lock();
+            match &mut *state {
+                State::Done(outcome) => Poll::Ready(outcome.clone()),
+                State::Loading(wakers) => {
+                    if !wakers.iter().any(|w| w.will_wake(cx.waker())) {
+                        wakers.push(cx.waker().clone());
+                    }
+                    Poll::Pending
+                }
+            }
+        })
+        .await
+    }
+
     fn finish(&self, outcome: Outcome<V>) {
-        *self.state.lock() = State::Done(outcome);
+        let previous = std::mem::replace(&mut *self.state.lock(), State::Done(outcome));
         self.done.notify_all();
+        if let State::Loading(wakers) = previous {
+            wakers.into_iter().for_each(Waker::wake);
+        }
     }
 }
 
@@ -113,8 +140,9 @@ pub(crate) enum Role<'a, K, V> {
 }
 
 impl<K: Eq + Clone, V: Clone> Flights<K, V> {
-    /// Joins the flight for `key`, or starts one and leads it.
-    pub(crate) fn join(&self, hash: u64, key: &K) -> Role<'_, K, V> {
+    /// Joins the flight for `key`, or starts one and leads it (`sync`: the
+    /// leader will load on this thread, blocking it).
+    pub(crate) fn join(&self, hash: u64, key: &K, sync: bool) -> Role<'_, K, V> {
         let mut table = self.table.lock();
         if let Some(flight) = table.find(hash, |f| f.key == *key) {
             return Role::Waiter(flight.clone());
@@ -122,8 +150,8 @@ impl<K: Eq + Clone, V: Clone> Flights<K, V> {
         let flight = Arc::new(Flight {
             key: key.clone(),
             hash,
-            leader: std::thread::current().id(),
-            state: Mutex::new(State::Loading),
+            leader: sync.then(|| std::thread::current().id()),
+            state: Mutex::new(State::Loading(Vec::new())),
             done: Condvar::new(),
             stale: AtomicBool::new(false),
         });

@@ -1,0 +1,176 @@
+//! What loading costs.
+//!
+//! * `get_or_load_hit`: `get_or_load` on a key that is present, beside `get`
+//!   on the same keys and the peers' loading lookups (moka's `get_with`,
+//!   quick_cache's `get_or_insert_with`). Read-only Zipf over a preloaded cache.
+//! * Before the criterion group, the stampede figures (printed): 64 threads,
+//!   or 1,000 tokio tasks, ask for one absent key whose loader takes 20 ms; the
+//!   loader must run once, and the time from its return to each waiter's
+//!   wake-up is reported (median and p99 over all waiters of 30 rounds).
+
+mod common;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Barrier, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{zipf_keys, SAMPLES};
+use criterion::{Criterion, Throughput};
+use larder::Cache;
+
+const CAPACITY: u64 = 100_000;
+
+/// A named lookup, for one row of a group.
+type Lookup<'a> = (&'a str, &'a dyn Fn(u64) -> u64);
+
+fn get_or_load_hit(c: &mut Criterion) {
+    let keys = zipf_keys(0xF00D);
+    let larder: Cache<u64, u64> = Cache::builder().max_capacity(CAPACITY).build().unwrap();
+    let moka = moka::sync::Cache::new(CAPACITY);
+    let quick = quick_cache::sync::Cache::new(CAPACITY as usize);
+    for k in (0..CAPACITY).rev() {
+        larder.insert(k, k);
+        moka.insert(k, k);
+        quick.insert(k, k);
+    }
+    // Keys outside the preloaded range are mapped into it: every call hits.
+    let subjects: [Lookup<'_>; 4] = [
+        ("larder_get", &|k| larder.get(&(k % CAPACITY)).unwrap_or(0)),
+        ("larder_get_or_load", &|k| {
+            larder.get_or_load(k % CAPACITY, |&k| k)
+        }),
+        ("moka_get_with", &|k| moka.get_with(k % CAPACITY, || k)),
+        ("quick_cache_get_or_insert_with", &|k| {
+            quick
+                .get_or_insert_with(&(k % CAPACITY), || Ok::<_, ()>(k))
+                .unwrap_or(0)
+        }),
+    ];
+    let mut group = c.benchmark_group("get_or_load_hit");
+    group.throughput(Throughput::Elements(1));
+    for (name, lookup) in subjects {
+        group.bench_function(name, |b| {
+            let mut at = 0;
+            b.iter(|| {
+                at = (at + 1) & (SAMPLES - 1);
+                std::hint::black_box(lookup(keys[at]))
+            })
+        });
+    }
+    group.finish();
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() - 1) as f64 * p) as usize]
+}
+
+/// 64 threads on one absent key, 30 rounds.
+fn stampede_threads() {
+    let mut wakes = Vec::new();
+    for round in 0..30u32 {
+        let cache: Cache<u32, u32> = Cache::builder().max_capacity(100).build().unwrap();
+        let loads = AtomicUsize::new(0);
+        let returned = Mutex::new(None::<Instant>);
+        let start = Barrier::new(64);
+        let woke = Mutex::new(Vec::with_capacity(64));
+        std::thread::scope(|s| {
+            for _ in 0..64 {
+                s.spawn(|| {
+                    start.wait();
+                    let v = cache.get_or_load(round, |&k| {
+                        loads.fetch_add(1, Ordering::SeqCst);
+                        std::thread::sleep(Duration::from_millis(20));
+                        *returned.lock().unwrap() = Some(Instant::now());
+                        k
+                    });
+                    let now = Instant::now();
+                    assert_eq!(v, round);
+                    woke.lock().unwrap().push(now);
+                });
+            }
+        });
+        assert_eq!(loads.load(Ordering::SeqCst), 1, "one load per stampede");
+        let returned = returned.into_inner().unwrap().unwrap();
+        wakes.extend(woke.into_inner().unwrap().into_iter().map(|w| w - returned));
+    }
+    wakes.sort_unstable();
+    println!(
+        "stampede, 64 threads x 30 rounds: 1 load each; loader return to waiter wake-up: median {:?}, p99 {:?}, max {:?}",
+        percentile(&wakes, 0.5),
+        percentile(&wakes, 0.99),
+        wakes.last().unwrap()
+    );
+}
+
+/// 1,000 tokio tasks on one absent key, 30 rounds.
+fn stampede_tasks() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_time()
+        .build()
+        .unwrap();
+    let mut wakes = Vec::new();
+    for round in 0..30u32 {
+        let cache: Arc<Cache<u32, u32>> =
+            Arc::new(Cache::builder().max_capacity(100).build().unwrap());
+        let loads = Arc::new(AtomicUsize::new(0));
+        let returned = Arc::new(Mutex::new(None::<Instant>));
+        let woke = runtime.block_on(async {
+            let tasks: Vec<_> = (0..1_000)
+                .map(|_| {
+                    let (cache, loads, returned) = (cache.clone(), loads.clone(), returned.clone());
+                    tokio::spawn(async move {
+                        let v = cache
+                            .get_or_load_async(round, async move {
+                                loads.fetch_add(1, Ordering::SeqCst);
+                                tokio::time::sleep(Duration::from_millis(20)).await;
+                                *returned.lock().unwrap() = Some(Instant::now());
+                                round
+                            })
+                            .await;
+                        assert_eq!(v, round);
+                        Instant::now()
+                    })
+                })
+                .collect();
+            let mut woke = Vec::with_capacity(tasks.len());
+            for t in tasks {
+                woke.push(t.await.unwrap());
+            }
+            woke
+        });
+        assert_eq!(loads.load(Ordering::SeqCst), 1, "one load per stampede");
+        let returned = returned.lock().unwrap().unwrap();
+        wakes.extend(
+            woke.into_iter()
+                .map(|w| w.saturating_duration_since(returned)),
+        );
+    }
+    wakes.sort_unstable();
+    println!(
+        "stampede, 1,000 tokio tasks x 30 rounds: 1 load each; loader return to waiter wake-up: median {:?}, p99 {:?}, max {:?}",
+        percentile(&wakes, 0.5),
+        percentile(&wakes, 0.99),
+        wakes.last().unwrap()
+    );
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    // Positional arguments are name filters, except baseline names.
+    let filtered = args[1..].iter().enumerate().any(|(i, a)| {
+        let baseline_name = i > 0 && args[i].ends_with("baseline");
+        !a.starts_with('-') && !baseline_name
+    });
+    if args.iter().any(|a| a == "--bench") && !filtered {
+        stampede_threads();
+        stampede_tasks();
+    }
+    let mut c = Criterion::default()
+        .sample_size(20)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2))
+        .configure_from_args();
+    get_or_load_hit(&mut c);
+    c.final_summary();
+}
