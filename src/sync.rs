@@ -4,10 +4,10 @@
 //! the loom models (`RUSTFLAGS="--cfg larder_loom"`) check the same code that ships.
 
 #[cfg(not(larder_loom))]
-pub(crate) use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8};
+pub(crate) use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize};
 
 #[cfg(larder_loom)]
-pub(crate) use loom::sync::atomic::{AtomicU32, AtomicU64, AtomicU8};
+pub(crate) use loom::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize};
 
 pub(crate) use std::sync::atomic::Ordering;
 
@@ -75,7 +75,7 @@ impl<T> RwLock<T> {
     }
 }
 
-/// A mutual-exclusion lock with the three operations the policy needs.
+/// A mutual-exclusion lock with the operations the policy and the flights need.
 #[derive(Debug, Default)]
 pub(crate) struct Mutex<T> {
     #[cfg(not(larder_loom))]
@@ -118,6 +118,47 @@ impl<T> Mutex<T> {
     #[cfg(larder_loom)]
     pub(crate) fn try_lock(&self) -> Option<MutexGuard<'_, T>> {
         self.inner.try_lock().ok()
+    }
+
+    #[cfg(not(larder_loom))]
+    pub(crate) fn lock(&self) -> MutexGuard<'_, T> {
+        self.inner.lock()
+    }
+
+    #[cfg(larder_loom)]
+    pub(crate) fn lock(&self) -> MutexGuard<'_, T> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A condition variable over [`Mutex`] (a flight's waiters).
+#[derive(Debug, Default)]
+pub(crate) struct Condvar {
+    #[cfg(not(larder_loom))]
+    inner: parking_lot::Condvar,
+    #[cfg(larder_loom)]
+    inner: loom::sync::Condvar,
+}
+
+impl Condvar {
+    pub(crate) fn new() -> Self {
+        Self::default()
+    }
+
+    /// Releases `guard`, waits for a notification, and locks again.
+    #[cfg(not(larder_loom))]
+    pub(crate) fn wait<'a, T>(&self, mut guard: MutexGuard<'a, T>) -> MutexGuard<'a, T> {
+        self.inner.wait(&mut guard);
+        guard
+    }
+
+    #[cfg(larder_loom)]
+    pub(crate) fn wait<'a, T>(&self, guard: MutexGuard<'a, T>) -> MutexGuard<'a, T> {
+        self.inner.wait(guard).unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn notify_all(&self) {
+        self.inner.notify_all();
     }
 }
 

@@ -10,13 +10,13 @@
 //! but is not cached over the newer state (DESIGN §3, contract 3).
 
 use std::any::Any;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Poll, Waker};
 use std::thread::ThreadId;
 
 use hashbrown::HashTable;
-use parking_lot::{Condvar, Mutex};
+
+use crate::sync::{AtomicBool, AtomicU64, AtomicUsize, Condvar, Mutex, Ordering};
 
 /// An error shared by every caller of a failed flight, type-erased so that
 /// callers with different error types can still share flights of one key.
@@ -71,7 +71,7 @@ impl<K, V> Flight<K, V> {
             if let State::Done(outcome) = &*state {
                 return outcome.clone();
             }
-            self.done.wait(&mut state);
+            state = self.done.wait(state);
         }
     }
 
@@ -239,4 +239,119 @@ pub(crate) struct LoadStats {
     pub(crate) loads: AtomicU64,
     pub(crate) failures: AtomicU64,
     pub(crate) nanos: AtomicU64,
+}
+
+#[cfg(all(test, larder_loom))]
+mod loom_models {
+    //! The flight protocol under loom: whatever the interleaving, a caller
+    //! either leads or gets the leader's outcome, an abandoned flight is taken
+    //! over, and nobody waits forever (loom reports a deadlock otherwise).
+    use super::*;
+    use loom::sync::Arc as LoomArc;
+    use loom::thread;
+
+    type Table = Flights<u8, u32>;
+
+    /// Joins key 1: a leader finishes with `lead`'s outcome; a waiter returns
+    /// what it saw. (`sync: false`: loom threads share one OS thread.)
+    fn call(table: &Table, lead: impl FnOnce() -> Option<Outcome<u32>>) -> Outcome<u32> {
+        match table.join(1, &1, false) {
+            Role::Leader(leader) => match lead() {
+                Some(outcome) => {
+                    leader.finish(outcome.clone());
+                    outcome
+                }
+                // The leader goes away without finishing (a panic, a cancelled task).
+                None => {
+                    drop(leader);
+                    Outcome::Abandoned
+                }
+            },
+            Role::Waiter(flight) => flight.wait(),
+        }
+    }
+
+    fn value(o: &Outcome<u32>) -> Option<u32> {
+        match o {
+            Outcome::Loaded(v) => Some(*v),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn a_waiter_arriving_while_the_leader_completes_gets_its_value() {
+        loom::model(|| {
+            let table = LoomArc::new(Table::default());
+            let t = table.clone();
+            let a = thread::spawn(move || call(&t, || Some(Outcome::Loaded(7))));
+            let b = call(&table, || Some(Outcome::Loaded(7)));
+            assert_eq!(value(&a.join().unwrap()), Some(7));
+            assert_eq!(value(&b), Some(7));
+            assert_eq!(
+                table.active.load(Ordering::SeqCst),
+                0,
+                "the flight left the table"
+            );
+        });
+    }
+
+    #[test]
+    fn a_failure_reaches_the_waiter_once() {
+        loom::model(|| {
+            let table = LoomArc::new(Table::default());
+            let t = table.clone();
+            let error: SharedError = Arc::new("down");
+            let e = error.clone();
+            let a = thread::spawn(move || call(&t, || Some(Outcome::Failed(e))));
+            // Whichever leads, the other either waits on its flight and gets
+            // that outcome (the very same error) or leads a flight of its own.
+            let b = call(&table, || Some(Outcome::Loaded(1)));
+            for outcome in [a.join().unwrap(), b] {
+                match outcome {
+                    Outcome::Failed(e) => assert!(Arc::ptr_eq(&e, &error)),
+                    Outcome::Loaded(1) => {}
+                    _ => panic!("unexpected outcome"),
+                }
+            }
+        });
+    }
+
+    #[test]
+    fn an_abandoned_flight_is_taken_over() {
+        loom::model(|| {
+            let table = LoomArc::new(Table::default());
+            let t = table.clone();
+            // The first leader vanishes; a waiter that sees that retries and leads.
+            let a = thread::spawn(move || call(&t, || None));
+            let mut b = call(&table, || Some(Outcome::Loaded(2)));
+            if matches!(b, Outcome::Abandoned) {
+                b = call(&table, || Some(Outcome::Loaded(2)));
+            }
+            assert!(matches!(
+                a.join().unwrap(),
+                Outcome::Abandoned | Outcome::Loaded(2)
+            ));
+            assert_eq!(value(&b), Some(2));
+        });
+    }
+
+    #[test]
+    fn a_cancelled_leader_with_two_waiters() {
+        loom::model(|| {
+            let table = LoomArc::new(Table::default());
+            let waiter = |t: LoomArc<Table>| {
+                thread::spawn(move || loop {
+                    match call(&t, || Some(Outcome::Loaded(3))) {
+                        Outcome::Abandoned => continue,
+                        o => return value(&o),
+                    }
+                })
+            };
+            let w1 = waiter(table.clone());
+            let w2 = waiter(table.clone());
+            let _ = call(&table, || None);
+            assert_eq!(w1.join().unwrap(), Some(3));
+            assert_eq!(w2.join().unwrap(), Some(3));
+        });
+    }
 }
