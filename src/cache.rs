@@ -13,8 +13,9 @@ use crate::builder::CacheBuilder;
 use crate::expiry::{EntryOptions, Expiration};
 use crate::loader::{Flight, LoadStats, Outcome, Role};
 use crate::policy::Eviction;
-use crate::store::{Entry, Map, Refused, Removed, Shard, Timing, Token};
+use crate::store::{Entry, Map, Refused, Removed, Shard, Token, WriteContext};
 use crate::sync::{Ordering, Padded};
+use crate::tags::Tag;
 use crate::{CacheStats, DefaultHashBuilder};
 
 pub(crate) type Weigher<K, V> = Arc<dyn Fn(&K, &V) -> u32 + Send + Sync>;
@@ -34,6 +35,9 @@ pub enum RemovalCause {
     /// Its time-to-live, time-to-idle or [`Expiry`](crate::Expiry) deadline
     /// passed (or was already past when it was inserted).
     Expired,
+    /// Removed by [`Cache::invalidate_tag`], [`Cache::invalidate_tags`] or
+    /// [`Cache::invalidate_entries_if`].
+    Invalidated,
 }
 
 /// An entry refused by [`Cache::try_insert`], handed back whole.
@@ -451,7 +455,8 @@ where
     ) -> Result<Option<V>, Arc<E>> {
         match result {
             Ok(Some(v)) => {
-                if let Err(rejected) = self.write(key, v.clone(), None, Some(leader.flight())) {
+                if let Err(rejected) = self.write(key, v.clone(), None, &[], Some(leader.flight()))
+                {
                     self.notify_one(rejected.key, rejected.value, RemovalCause::Size);
                 }
                 leader.finish(Outcome::Loaded(v.clone()));
@@ -659,7 +664,7 @@ where
     /// assert!(cache.try_insert(2, vec![0; 100]).is_ok());
     /// ```
     pub fn try_insert(&self, key: K, value: V) -> Result<(), Rejected<K, V>> {
-        self.write(key, value, None, None)
+        self.write(key, value, None, &[], None)
     }
 
     /// Like [`insert`](Self::insert), with settings for this entry alone: a
@@ -685,7 +690,9 @@ where
     /// assert_eq!(cache.get("session"), Some(1));
     /// ```
     pub fn insert_with(&self, key: K, value: V, options: EntryOptions) {
-        if let Err(rejected) = self.write(key, value, options.time_to_live(), None) {
+        if let Err(rejected) =
+            self.write(key, value, options.time_to_live(), options.tag_list(), None)
+        {
             self.notify_one(rejected.key, rejected.value, RemovalCause::Size);
         }
     }
@@ -698,6 +705,7 @@ where
         key: K,
         value: V,
         ttl: Option<Duration>,
+        tags: &[Tag],
         flight: Option<&Flight<K, V>>,
     ) -> Result<(), Rejected<K, V>> {
         let weight = match &self.inner.weigher {
@@ -724,10 +732,11 @@ where
             key,
             value,
             weight,
-            Timing {
+            WriteContext {
                 clock: &expiration.clock,
                 start: ttl.is_some(),
                 deadlines: &deadlines,
+                tags,
             },
             &mut removed,
         );
@@ -874,6 +883,93 @@ where
         }
     }
 
+    /// Removes every entry that carries `tag`; the listener sees each as
+    /// [`RemovalCause::Invalidated`]. Costs O(entries with the tag), not a scan
+    /// of the cache. After the call returns, no read returns an entry that
+    /// carried the tag when the call began; an insert racing with the call
+    /// lands either before it (and is removed) or after it (and stays).
+    ///
+    /// ```
+    /// use larder::{Cache, EntryOptions};
+    ///
+    /// let responses: Cache<String, String> = Cache::builder().max_capacity(100).build().unwrap();
+    /// let about = |user: u64| EntryOptions::new().tags([format!("user:{user}")]);
+    /// responses.insert_with("/users/7".into(), "ada".into(), about(7));
+    /// responses.insert_with("/users/7/posts".into(), "[..]".into(), about(7));
+    /// responses.insert_with("/users/8".into(), "bob".into(), about(8));
+    /// responses.invalidate_tag("user:7");
+    /// assert_eq!(responses.len(), 1);
+    /// assert!(responses.contains_key("/users/8"));
+    /// ```
+    pub fn invalidate_tag(&self, tag: impl Into<Tag>) {
+        self.invalidate_tags([tag]);
+    }
+
+    /// Removes every entry that carries any of `tags` (see
+    /// [`invalidate_tag`](Self::invalidate_tag)), visiting each shard once.
+    pub fn invalidate_tags<T: Into<Tag>>(&self, tags: impl IntoIterator<Item = T>) {
+        let tags: Vec<Tag> = tags.into_iter().map(Into::into).collect();
+        let hash_of = |k: &K| self.hash(k);
+        let mut first_panic = None;
+        for shard in self.inner.shards.iter() {
+            if shard.read().tagged() == 0 {
+                continue;
+            }
+            let mut removed = Vec::new();
+            {
+                let mut writer = shard.write(&hash_of);
+                for tag in &tags {
+                    writer.invalidate_tag(tag, &mut removed);
+                }
+            }
+            if let Some(listener) = &self.inner.listener {
+                for (k, v, cause) in removed {
+                    deliver(listener, k, v, cause, &mut first_panic);
+                }
+            }
+        }
+        if let Some(panic) = first_panic {
+            resume_unwind(panic);
+        }
+    }
+
+    /// Removes every entry for which `remove(key, value)` is true, for the
+    /// rare group that tags do not cover. O(n): it visits every entry, a shard
+    /// at a time with that shard locked, so `remove` must be quick and must
+    /// not call the cache. If it panics, the shard it was visiting is left
+    /// unchanged and the panic reaches the caller. The listener sees
+    /// [`RemovalCause::Invalidated`].
+    ///
+    /// ```
+    /// let cache: larder::Cache<u32, u32> = larder::Cache::builder().max_capacity(100).build().unwrap();
+    /// (0..10).for_each(|i| cache.insert(i, i));
+    /// cache.invalidate_entries_if(|k, _| k % 2 == 0);
+    /// assert_eq!(cache.len(), 5);
+    /// ```
+    pub fn invalidate_entries_if(&self, mut remove: impl FnMut(&K, &V) -> bool) {
+        let mut first_panic = None;
+        for shard in self.inner.shards.iter() {
+            let mut removed = Vec::new();
+            shard
+                .write(&|k| self.hash(k))
+                .invalidate_if(&mut remove, &mut removed);
+            if let Some(listener) = &self.inner.listener {
+                for (k, v, cause) in removed {
+                    deliver(listener, k, v, cause, &mut first_panic);
+                }
+            }
+        }
+        if let Some(panic) = first_panic {
+            resume_unwind(panic);
+        }
+    }
+
+    /// Entries in the shards' tag indexes (they hold only tagged entries alive).
+    #[cfg(test)]
+    pub(crate) fn tagged_entries(&self) -> usize {
+        self.inner.shards.iter().map(|s| s.read().tagged()).sum()
+    }
+
     /// The number of entries (weakly consistent under concurrent writes). With
     /// expiry this includes entries past their deadline that maintenance has
     /// not reclaimed yet (they are never returned by reads); call
@@ -917,6 +1013,7 @@ where
             stats.invalidations += c.invalidations;
             stats.rejections += c.rejections;
             stats.expirations += c.expirations;
+            stats.tag_invalidations += c.tag_invalidations;
         }
         stats.loads = self.inner.loads.loads.load(Ordering::Relaxed);
         stats.load_failures = self.inner.loads.failures.load(Ordering::Relaxed);

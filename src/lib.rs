@@ -109,6 +109,7 @@ mod policy;
 mod stats;
 mod store;
 mod sync;
+mod tags;
 
 #[cfg(test)]
 mod tests;
@@ -119,6 +120,7 @@ pub use expiry::{Clock, EntryOptions, Expiry, MockClock};
 pub use hash::{DefaultHashBuilder, DefaultHasher};
 pub use policy::Eviction;
 pub use stats::CacheStats;
+pub use tags::Tag;
 
 /// Replays fuzzer bytes as timer-wheel operations against a model (the
 /// `wheel` fuzz target); panics on a disagreement.

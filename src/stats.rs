@@ -46,6 +46,11 @@ pub struct CacheStats {
     ///
     /// [`RemovalCause::Expired`]: crate::RemovalCause::Expired
     pub expirations: u64,
+    /// Entries removed by `invalidate_tag` / `invalidate_tags` (cause
+    /// [`RemovalCause::Invalidated`]).
+    ///
+    /// [`RemovalCause::Invalidated`]: crate::RemovalCause::Invalidated
+    pub tag_invalidations: u64,
     /// Loads run by `get_or_load` and its kin (one per flight, however many
     /// callers shared it), including failed ones.
     pub loads: u64,

@@ -424,3 +424,23 @@ fn sweep_intervals_below_a_millisecond_are_refused() {
     );
     assert!(err.to_string().contains("at least"));
 }
+
+#[test]
+fn entries_stored_before_a_shard_kept_deadlines_never_expire() {
+    let cache: Cache<u32, u32> = Cache::builder()
+        .max_capacity(100)
+        .shards(1)
+        .build()
+        .unwrap();
+    for i in 0..4 {
+        cache.insert(i, i);
+    }
+    cache.remove(&1);
+    // Reuses the freed slot and starts the shard's deadlines.
+    cache.insert_with(9, 9, EntryOptions::new().ttl(SEC));
+    for i in [0, 2, 3, 9] {
+        assert_eq!(cache.get(&i), Some(i));
+    }
+    cache.run_pending_tasks();
+    assert_eq!(cache.len(), 4);
+}

@@ -1,5 +1,6 @@
-//! Cache operations interleaved with clock moves against a model that knows
-//! every key's deadline. The capacity is out of reach, so what reads see must
+//! Cache operations — tagged inserts and tag invalidations among them —
+//! interleaved with clock moves against a model that knows every key's
+//! deadline and tags. The capacity is out of reach, so what reads see must
 //! agree exactly, under every policy, with and without time-to-idle;
 //! `validate()` (wheel included) must hold after every step.
 #![no_main]
@@ -24,6 +25,8 @@ enum Op {
     Advance(u16),
     Maintain,
     InvalidateAll,
+    InsertTagged(u8, u16, u8),
+    InvalidateTag(u8),
 }
 
 #[derive(Arbitrary, Debug)]
@@ -53,6 +56,8 @@ fuzz_target!(|input: Input| {
     let cache: Cache<u8, u16> = builder.build().unwrap();
     // key -> (value, deadline, cap), in ms; deadlines are exclusive.
     let mut model: HashMap<u8, (u16, u64, u64)> = HashMap::new();
+    // key -> its tags (a bit per tag 0..4), for entries written with tags.
+    let mut tags: HashMap<u8, u8> = HashMap::new();
     let mut now = 0u64;
     let live = |m: &HashMap<u8, (u16, u64, u64)>, k: u8, now: u64| {
         m.get(&k).copied().filter(|e| e.1 > now)
@@ -71,13 +76,40 @@ fuzz_target!(|input: Input| {
                 }
             }
             Op::Contains(k) => assert_eq!(cache.contains_key(&k), live(&model, k, now).is_some()),
+            Op::InsertTagged(k, v, mask) => {
+                let mask = mask % 16;
+                let names: Vec<String> = (0..4)
+                    .filter(|i| mask & (1 << i) != 0)
+                    .map(|i| format!("t{i}"))
+                    .collect();
+                cache.insert_with(k, v, EntryOptions::new().tags(names));
+                let cap = now + TTL;
+                let at = if input.tti { cap.min(now + TTI) } else { cap };
+                model.insert(k, (v, at, cap));
+                tags.insert(k, mask);
+            }
+            Op::InvalidateTag(t) => {
+                let t = t % 4;
+                cache.invalidate_tag(format!("t{t}"));
+                let doomed: Vec<u8> = tags
+                    .iter()
+                    .filter(|&(_, m)| m & (1 << t) != 0)
+                    .map(|(&k, _)| k)
+                    .collect();
+                for k in doomed {
+                    model.remove(&k);
+                    tags.remove(&k);
+                }
+            }
             Op::Insert(k, v) => {
+                tags.remove(&k);
                 cache.insert(k, v);
                 let cap = now + TTL;
                 let at = if input.tti { cap.min(now + TTI) } else { cap };
                 model.insert(k, (v, at, cap));
             }
             Op::InsertTtl(k, v, ttl) => {
+                tags.remove(&k);
                 let ttl = u64::from(ttl % 5_000);
                 cache.insert_with(k, v, EntryOptions::new().ttl(Duration::from_millis(ttl)));
                 if ttl == 0 {
@@ -91,6 +123,7 @@ fuzz_target!(|input: Input| {
             Op::Remove(k) => {
                 assert_eq!(cache.remove(&k), live(&model, k, now).map(|e| e.0));
                 model.remove(&k);
+                tags.remove(&k);
             }
             Op::Advance(ms) => {
                 let ms = u64::from(ms % 2_000);
@@ -100,11 +133,13 @@ fuzz_target!(|input: Input| {
             Op::Maintain => {
                 cache.run_pending_tasks();
                 model.retain(|_, e| e.1 > now);
+                tags.retain(|k, _| model.contains_key(k));
                 assert_eq!(cache.len(), model.len());
             }
             Op::InvalidateAll => {
                 cache.invalidate_all();
                 model.clear();
+                tags.clear();
                 assert!(cache.is_empty());
             }
         }

@@ -79,18 +79,21 @@ pub trait Expiry<K, V>: Send + Sync + 'static {
     }
 }
 
-/// Settings for one insert, for [`Cache::insert_with`](crate::Cache::insert_with).
+/// Settings for one insert, for [`Cache::insert_with`](crate::Cache::insert_with):
+/// a time-to-live and tags.
 ///
 /// ```
 /// use std::time::Duration;
-/// use larder::EntryOptions;
+/// use larder::{EntryOptions, Tag};
 ///
-/// let short = EntryOptions::new().ttl(Duration::from_secs(5));
-/// assert_eq!(short.time_to_live(), Some(Duration::from_secs(5)));
+/// let options = EntryOptions::new().ttl(Duration::from_secs(5)).tags(["team:7", "hot"]);
+/// assert_eq!(options.time_to_live(), Some(Duration::from_secs(5)));
+/// assert_eq!(options.tag_list(), &[Tag::from("team:7"), Tag::from("hot")]);
 /// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct EntryOptions {
     ttl: Option<Duration>,
+    tags: crate::tags::Tags,
 }
 
 impl EntryOptions {
@@ -110,6 +113,18 @@ impl EntryOptions {
     /// The per-entry time-to-live, if one was set.
     pub fn time_to_live(&self) -> Option<Duration> {
         self.ttl
+    }
+
+    /// Adds tags to the entry, for [`Cache::invalidate_tag`](crate::Cache::invalidate_tag).
+    /// Up to two tags are stored without an allocation of their own.
+    pub fn tags<T: Into<crate::Tag>>(mut self, tags: impl IntoIterator<Item = T>) -> Self {
+        self.tags.extend(tags.into_iter().map(Into::into));
+        self
+    }
+
+    /// The tags added so far.
+    pub fn tag_list(&self) -> &[crate::Tag] {
+        &self.tags
     }
 }
 

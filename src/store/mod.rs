@@ -29,6 +29,7 @@ use crate::expiry::wheel::Wheel;
 use crate::expiry::{Deadlines, NEVER};
 use crate::policy::{Entries, Eviction, Policy};
 use crate::sync::{AtomicU64, Mutex, Ordering, ReadGuard, RwLock, WriteGuard};
+use crate::tags::{Tag, TagIndex};
 use crate::RemovalCause;
 use read_buffer::ReadBuffer;
 use slab::Slab;
@@ -48,6 +49,7 @@ pub(crate) struct Counters {
     pub(crate) invalidations: u64,
     pub(crate) rejections: u64,
     pub(crate) expirations: u64,
+    pub(crate) tag_invalidations: u64,
 }
 
 /// Why a write did not store its entry.
@@ -62,13 +64,15 @@ pub(crate) enum Refused<K, V> {
 /// The deadlines for `(key, value, now, the live entry's deadline)`.
 pub(crate) type DeadlinesFn<'a, K, V> = &'a dyn Fn(&K, &V, u64, Option<u64>) -> Deadlines;
 
-/// How a write learns the time and the new entry's deadlines.
-pub(crate) struct Timing<'a, K, V> {
+/// What a write needs besides the entry: the time, the new entry's deadlines
+/// and its tags.
+pub(crate) struct WriteContext<'a, K, V> {
     pub(crate) clock: &'a Clock,
     /// Start keeping deadlines in this shard if it does not yet (a write with a
     /// per-entry time-to-live).
     pub(crate) start: bool,
     pub(crate) deadlines: DeadlinesFn<'a, K, V>,
+    pub(crate) tags: &'a [Tag],
 }
 
 /// Rounds of backoff a reader spins through before it parks behind a writer:
@@ -96,8 +100,12 @@ pub(crate) struct Timers {
 }
 
 impl Timers {
+    /// The deadline; `NEVER` for an entry stored before the shard kept
+    /// deadlines (a first per-entry TTL starts them), which has none.
     fn at(&self, token: Token) -> u64 {
-        self.at[token as usize].load(Ordering::Relaxed)
+        self.at
+            .get(token as usize)
+            .map_or(NEVER, |at| at.load(Ordering::Relaxed))
     }
 
     fn cap(&self, token: Token) -> u64 {
@@ -156,6 +164,8 @@ pub(crate) struct Map<K, V> {
     policy: Mutex<Policy>,
     /// Deadlines, when the cache has expiry.
     timers: Option<Timers>,
+    /// Tags of tagged entries, from the shard's first tagged insert on.
+    tags: Option<Box<TagIndex>>,
     slab: Slab<K, V>,
     weight: u64,
     capacity: u64,
@@ -175,6 +185,7 @@ impl<K, V> Shard<K, V> {
                 hits: AtomicU64::new(0),
                 policy: Mutex::new(Policy::new(eviction, capacity)),
                 timers: timed.then(Timers::default),
+                tags: None,
                 slab: Slab::with_capacity(initial_capacity),
                 weight: 0,
                 capacity,
@@ -345,9 +356,14 @@ impl<K: Eq, V> Map<K, V> {
 
     /// Moves a deadline under the read lock (a read extending a time-to-idle).
     pub(crate) fn move_deadline(&self, token: Token, at: u64) {
-        if let Some(timers) = &self.timers {
-            timers.at[token as usize].store(at, Ordering::Relaxed);
+        if let Some(slot) = self.timers.as_ref().and_then(|t| t.at.get(token as usize)) {
+            slot.store(at, Ordering::Relaxed);
         }
+    }
+
+    /// Tagged entries in the tag index (its size).
+    pub(crate) fn tagged(&self) -> usize {
+        self.tags.as_ref().map_or(0, |i| i.len())
     }
 
     /// Entries counted in `len`, including expired ones not reclaimed yet.
@@ -417,7 +433,7 @@ impl<K: Eq, V, H: Fn(&K) -> u64> ShardWriter<'_, K, V, H> {
         key: K,
         value: V,
         weight: u32,
-        timing: Timing<'_, K, V>,
+        timing: WriteContext<'_, K, V>,
         out: &mut Removed<K, V>,
     ) -> Result<(), Refused<K, V>> {
         if timing.start && self.map.timers.is_none() {
@@ -478,6 +494,12 @@ impl<K: Eq, V, H: Fn(&K) -> u64> ShardWriter<'_, K, V, H> {
         };
         if let (Some(d), Some(timers)) = (timed, &mut self.map.timers) {
             timers.set(token, d);
+        }
+        if !timing.tags.is_empty() && self.map.tags.is_none() {
+            self.map.tags = Some(Box::default());
+        }
+        if let Some(index) = &mut self.map.tags {
+            index.set(token, timing.tags);
         }
         if let Some(now) = now {
             self.expire(now, WRITE_EXPIRY_BATCH, out);
@@ -576,10 +598,49 @@ impl<K: Eq, V, H: Fn(&K) -> u64> ShardWriter<'_, K, V, H> {
         if let Some(timers) = &mut map.timers {
             *timers = Timers::default();
         }
+        map.tags = None;
         map.policy.get_mut().clear();
         let before = out.len();
         out.extend(map.slab.take_all().map(|e| (e.key, e.value)));
         map.counters.invalidations += (out.len() - before) as u64;
+    }
+
+    /// Removes every entry carrying `tag` (cause `Invalidated`).
+    pub(crate) fn invalidate_tag(&mut self, tag: &Tag, out: &mut Vec<(K, V, RemovalCause)>) {
+        let Some(index) = &self.map.tags else {
+            return;
+        };
+        for t in index.tokens(tag) {
+            let hash = (self.hash_of)(&self.map.slab.get(t).key);
+            let entry = self.unlink(hash, t);
+            self.map.counters.tag_invalidations += 1;
+            out.push((entry.key, entry.value, RemovalCause::Invalidated));
+        }
+        self.release_if_empty();
+    }
+
+    /// Removes every entry for which `remove` is true (cause `Invalidated`).
+    /// The predicate sees every entry before any is removed, so a panic in
+    /// it leaves the shard as it was.
+    pub(crate) fn invalidate_if(
+        &mut self,
+        remove: &mut dyn FnMut(&K, &V) -> bool,
+        out: &mut Vec<(K, V, RemovalCause)>,
+    ) {
+        let doomed: Vec<Token> = self
+            .map
+            .slab
+            .iter_from(0)
+            .filter(|(_, e)| remove(&e.key, &e.value))
+            .map(|(t, _)| t)
+            .collect();
+        for t in doomed {
+            let hash = (self.hash_of)(&self.map.slab.get(t).key);
+            let entry = self.unlink(hash, t);
+            self.map.counters.invalidations += 1;
+            out.push((entry.key, entry.value, RemovalCause::Invalidated));
+        }
+        self.release_if_empty();
     }
 
     /// Gives the memory of an emptied shard back (table, slab, policy state,
@@ -596,6 +657,7 @@ impl<K: Eq, V, H: Fn(&K) -> u64> ShardWriter<'_, K, V, H> {
         if let Some(timers) = &mut map.timers {
             *timers = Timers::default();
         }
+        map.tags = None;
     }
 
     /// Evicts in policy order, never `keep`, until the shard weighs at most `limit`.
@@ -624,6 +686,9 @@ impl<K: Eq, V, H: Fn(&K) -> u64> ShardWriter<'_, K, V, H> {
         let map = &mut *self.map;
         if let Some(timers) = &mut map.timers {
             timers.wheel.cancel(token);
+        }
+        if let Some(index) = &mut map.tags {
+            index.forget(token);
         }
         let entry = map.slab.remove(token);
         map.weight -= u64::from(entry.weight());
@@ -670,6 +735,9 @@ impl<K: Eq, V, H: Fn(&K) -> u64> ShardWriter<'_, K, V, H> {
             slab: &map.slab,
             hash_of,
         });
+        if let Some(index) = &map.tags {
+            index.validate(&|t| map.slab.is_resident(t));
+        }
         if let Some(timers) = &map.timers {
             timers.wheel.validate();
             let mut filed = 0;

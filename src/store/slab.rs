@@ -130,7 +130,7 @@ impl<K, V> Slab<K, V> {
         }
     }
 
-    #[cfg(test)]
+    #[cfg(any(test, fuzzing))]
     pub(crate) fn is_resident(&self, token: Token) -> bool {
         matches!(self.slots.get(token as usize), Some(Some(_)))
     }

@@ -2,3 +2,4 @@
 
 mod expiry_model;
 mod model;
+mod tags_model;
