@@ -89,6 +89,25 @@ fn main() {
             |c| c.len() as u64,
         ),
     ));
+    rows.push((
+        "larder (TinyLfu), every entry with 2 tags",
+        measure(
+            || {
+                larder::Cache::<u64, u64>::builder()
+                    .max_capacity(N)
+                    .build()
+                    .unwrap()
+            },
+            |c, k| {
+                c.insert_with(
+                    k,
+                    k,
+                    larder::EntryOptions::new().tags([k % 1_000, 1_000_000]),
+                )
+            },
+            |c| c.len() as u64,
+        ),
+    ));
     println!("| cache | entries | bytes held | bytes per entry |");
     println!("|---|---:|---:|---:|");
     for (name, (entries, bytes)) in rows {

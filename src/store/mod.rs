@@ -607,10 +607,10 @@ impl<K: Eq, V, H: Fn(&K) -> u64> ShardWriter<'_, K, V, H> {
 
     /// Removes every entry carrying `tag` (cause `Invalidated`).
     pub(crate) fn invalidate_tag(&mut self, tag: &Tag, out: &mut Vec<(K, V, RemovalCause)>) {
-        let Some(index) = &self.map.tags else {
+        let Some(index) = &mut self.map.tags else {
             return;
         };
-        for t in index.tokens(tag) {
+        for t in index.take(tag) {
             let hash = (self.hash_of)(&self.map.slab.get(t).key);
             let entry = self.unlink(hash, t);
             self.map.counters.tag_invalidations += 1;
