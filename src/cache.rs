@@ -97,6 +97,9 @@ struct Inner<K, V, S> {
     /// Whether the builder configured expiry (every shard keeps deadlines).
     timed: bool,
     loads: LoadStats,
+    /// Bumped by every tag invalidation before it sweeps: a load that saw
+    /// it move does not cache a tagged value (DESIGN §3, contract 3).
+    tag_epoch: std::sync::atomic::AtomicU64,
 }
 
 /// A concurrent, bounded, in-process cache.
@@ -208,6 +211,7 @@ where
                 expiration: parts.expiration,
                 timed: parts.timed,
                 loads: LoadStats::default(),
+                tag_epoch: std::sync::atomic::AtomicU64::new(0),
             }),
         }
     }
@@ -303,8 +307,66 @@ where
             return v;
         }
         let loaded = self.load(key, Mode::Value, |k| {
+            Ok::<_, std::convert::Infallible>(Some((load(k), EntryOptions::default())))
+        });
+        match loaded {
+            Ok(Some(v)) => v,
+            _ => unreachable!("an infallible loader always yields a value"),
+        }
+    }
+
+    /// Like [`get_or_load`](Self::get_or_load), with a loader that also says
+    /// how to store what it loaded: a time-to-live and tags. A tagged load
+    /// during which any tag was invalidated hands its value to its callers but
+    /// does not cache it, so an invalidation that began before the load ends
+    /// is never undone by it.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use larder::{Cache, EntryOptions};
+    ///
+    /// let cache: Cache<u64, String> = Cache::builder().max_capacity(100).build().unwrap();
+    /// let v = cache.get_or_load_with(7, |id| {
+    ///     let options = EntryOptions::new().ttl(Duration::from_secs(60)).tags([format!("user:{id}")]);
+    ///     (format!("profile {id}"), options)
+    /// });
+    /// assert_eq!(v, "profile 7");
+    /// cache.invalidate_tag("user:7");
+    /// assert!(!cache.contains_key(&7));
+    /// ```
+    pub fn get_or_load_with(&self, key: K, load: impl FnOnce(&K) -> (V, EntryOptions)) -> V
+    where
+        K: Clone,
+    {
+        if let Some(v) = self.get(&key) {
+            return v;
+        }
+        let loaded = self.load(key, Mode::Value, |k| {
             Ok::<_, std::convert::Infallible>(Some(load(k)))
         });
+        match loaded {
+            Ok(Some(v)) => v,
+            _ => unreachable!("an infallible loader always yields a value"),
+        }
+    }
+
+    /// [`get_or_load_with`](Self::get_or_load_with) for async code.
+    pub async fn get_or_load_with_async(
+        &self,
+        key: K,
+        load: impl Future<Output = (V, EntryOptions)>,
+    ) -> V
+    where
+        K: Clone,
+    {
+        if let Some(v) = self.get(&key) {
+            return v;
+        }
+        let loaded = self
+            .load_async(key, Mode::Value, async {
+                Ok::<_, std::convert::Infallible>(Some(load.await))
+            })
+            .await;
         match loaded {
             Ok(Some(v)) => v,
             _ => unreachable!("an infallible loader always yields a value"),
@@ -338,7 +400,9 @@ where
         if let Some(v) = self.get(&key) {
             return Ok(v);
         }
-        match self.load(key, Mode::Fallible, |k| load(k).map(Some)) {
+        match self.load(key, Mode::Fallible, |k| {
+            load(k).map(|v| Some((v, EntryOptions::default())))
+        }) {
             Ok(Some(v)) => Ok(v),
             Ok(None) => unreachable!("a fallible loader yields a value or an error"),
             Err(e) => Err(e),
@@ -362,7 +426,7 @@ where
             return Some(v);
         }
         match self.load(key, Mode::Optional, |k| {
-            Ok::<_, std::convert::Infallible>(load(k))
+            Ok::<_, std::convert::Infallible>(load(k).map(|v| (v, EntryOptions::default())))
         }) {
             Ok(v) => v,
             Err(e) => match *e {},
@@ -376,7 +440,7 @@ where
         &self,
         key: K,
         mode: Mode,
-        load: impl FnOnce(&K) -> Result<Option<V>, E>,
+        load: impl FnOnce(&K) -> Result<Option<(V, EntryOptions)>, E>,
     ) -> Result<Option<V>, Arc<E>>
     where
         K: Clone,
@@ -399,12 +463,13 @@ where
             let Some(load) = load.take() else {
                 unreachable!("a caller leads at most one flight to the end")
             };
+            let epoch = self.inner.tag_epoch.load(Ordering::SeqCst);
             let timer = LoadTimer::start(&self.inner.loads);
             // A panic here drops `leader`, abandoning the flight to a waiter,
             // and `timer`, booking the load as failed.
             let result = load(&key);
             timer.stop();
-            return self.land(key, leader, result);
+            return self.land(key, leader, epoch, result);
         }
     }
 
@@ -415,7 +480,7 @@ where
         &self,
         key: K,
         mode: Mode,
-        load: impl Future<Output = Result<Option<V>, E>>,
+        load: impl Future<Output = Result<Option<(V, EntryOptions)>, E>>,
     ) -> Result<Option<V>, Arc<E>>
     where
         K: Clone,
@@ -438,10 +503,11 @@ where
             let Some(load) = load.take() else {
                 unreachable!("a caller leads at most one flight to the end")
             };
+            let epoch = self.inner.tag_epoch.load(Ordering::SeqCst);
             let timer = LoadTimer::start(&self.inner.loads);
             let result = load.await;
             timer.stop();
-            return self.land(key, leader, result);
+            return self.land(key, leader, epoch, result);
         }
     }
 
@@ -451,12 +517,19 @@ where
         &self,
         key: K,
         leader: crate::loader::Leader<'_, K, V>,
-        result: Result<Option<V>, E>,
+        epoch: u64,
+        result: Result<Option<(V, EntryOptions)>, E>,
     ) -> Result<Option<V>, Arc<E>> {
         match result {
-            Ok(Some(v)) => {
-                if let Err(rejected) = self.write(key, v.clone(), None, &[], Some(leader.flight()))
-                {
+            Ok(Some((v, options))) => {
+                let written = self.write(
+                    key,
+                    v.clone(),
+                    options.time_to_live(),
+                    options.tag_list(),
+                    Some((leader.flight(), epoch)),
+                );
+                if let Err(rejected) = written {
                     self.notify_one(rejected.key, rejected.value, RemovalCause::Size);
                 }
                 leader.finish(Outcome::Loaded(v.clone()));
@@ -498,7 +571,7 @@ where
         }
         let loaded = self
             .load_async(key, Mode::Value, async {
-                Ok::<_, std::convert::Infallible>(Some(load.await))
+                Ok::<_, std::convert::Infallible>(Some((load.await, EntryOptions::default())))
             })
             .await;
         match loaded {
@@ -525,7 +598,9 @@ where
             return Ok(v);
         }
         match self
-            .load_async(key, Mode::Fallible, async { load.await.map(Some) })
+            .load_async(key, Mode::Fallible, async {
+                load.await.map(|v| Some((v, EntryOptions::default())))
+            })
             .await
         {
             Ok(Some(v)) => Ok(v),
@@ -549,7 +624,7 @@ where
         }
         match self
             .load_async(key, Mode::Optional, async {
-                Ok::<_, std::convert::Infallible>(load.await)
+                Ok::<_, std::convert::Infallible>(load.await.map(|v| (v, EntryOptions::default())))
             })
             .await
         {
@@ -706,7 +781,7 @@ where
         value: V,
         ttl: Option<Duration>,
         tags: &[Tag],
-        flight: Option<&Flight<K, V>>,
+        flight: Option<(&Flight<K, V>, u64)>,
     ) -> Result<(), Rejected<K, V>> {
         let weight = match &self.inner.weigher {
             Some(weigher) => weigher(&key, &value),
@@ -724,8 +799,12 @@ where
         };
         let hash_of = |k: &K| self.hash(k);
         let mut writer = shard.write(&hash_of);
-        if flight.is_some_and(|f| f.is_stale()) {
-            return Ok(());
+        if let Some((flight, epoch)) = flight {
+            let untagged_since =
+                tags.is_empty() || self.inner.tag_epoch.load(Ordering::SeqCst) == epoch;
+            if flight.is_stale() || !untagged_since {
+                return Ok(());
+            }
         }
         let result = writer.insert(
             hash,
@@ -909,6 +988,9 @@ where
     /// [`invalidate_tag`](Self::invalidate_tag)), visiting each shard once.
     pub fn invalidate_tags<T: Into<Tag>>(&self, tags: impl IntoIterator<Item = T>) {
         let tags: Vec<Tag> = tags.into_iter().map(Into::into).collect();
+        // Before any shard is swept: a tagged load landing after this point
+        // is not cached.
+        self.inner.tag_epoch.fetch_add(1, Ordering::SeqCst);
         let hash_of = |k: &K| self.hash(k);
         let mut first_panic = None;
         for shard in self.inner.shards.iter() {

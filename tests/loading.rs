@@ -13,6 +13,15 @@ fn cache() -> Cache<u32, String> {
     Cache::builder().max_capacity(1_000).build().unwrap()
 }
 
+/// Waits until `n` callers have announced themselves, then gives the last of
+/// them ample time to join the flight.
+fn wait_for(arrived: &AtomicUsize, n: usize) {
+    while arrived.load(Ordering::SeqCst) < n {
+        std::thread::yield_now();
+    }
+    std::thread::sleep(Duration::from_millis(200));
+}
+
 #[test]
 fn sixty_four_threads_share_one_load() {
     let cache = cache();
@@ -43,14 +52,17 @@ fn errors_are_shared_and_not_cached() {
     let cache = cache();
     let loads = AtomicUsize::new(0);
     let errors = Mutex::new(Vec::new());
-    let start = Barrier::new(8);
+    let arrived = AtomicUsize::new(0);
     std::thread::scope(|s| {
         for _ in 0..8 {
             s.spawn(|| {
-                start.wait();
+                arrived.fetch_add(1, Ordering::SeqCst);
                 let result = cache.try_get_or_load(1, |_| {
                     loads.fetch_add(1, Ordering::SeqCst);
-                    std::thread::sleep(Duration::from_millis(100));
+                    // An error is not cached: a caller arriving after the
+                    // flight ends would load again, so end it only once every
+                    // caller is on its way, with time to join.
+                    wait_for(&arrived, 8);
                     Err::<String, _>(String::from("db down"))
                 });
                 errors.lock().unwrap().push(result.unwrap_err());
@@ -182,14 +194,14 @@ fn a_loader_asking_for_its_own_key_panics_instead_of_deadlocking() {
 fn absent_results_are_shared_and_not_cached() {
     let cache = cache();
     let loads = AtomicUsize::new(0);
-    let start = Barrier::new(4);
+    let arrived = AtomicUsize::new(0);
     std::thread::scope(|s| {
         for _ in 0..4 {
             s.spawn(|| {
-                start.wait();
+                arrived.fetch_add(1, Ordering::SeqCst);
                 let v = cache.optionally_get_or_load(1, |_| {
                     loads.fetch_add(1, Ordering::SeqCst);
-                    std::thread::sleep(Duration::from_millis(50));
+                    wait_for(&arrived, 4);
                     None
                 });
                 assert_eq!(v, None);
@@ -487,4 +499,45 @@ mod asynchronous {
         let v = block_on(cache.optionally_get_or_load_async(1, async { Some("back".to_string()) }));
         assert_eq!(v.as_deref(), Some("back"));
     }
+}
+
+#[test]
+fn a_tagged_load_overlapping_an_invalidation_is_not_cached() {
+    use larder::EntryOptions;
+    let cache = cache();
+    let loading = Barrier::new(2);
+    let invalidated = Barrier::new(2);
+    std::thread::scope(|s| {
+        let leader = s.spawn(|| {
+            cache.get_or_load_with(1, |_| {
+                loading.wait();
+                invalidated.wait();
+                ("stale".to_string(), EntryOptions::new().tags(["user:1"]))
+            })
+        });
+        loading.wait();
+        cache.invalidate_tag("user:1");
+        invalidated.wait();
+        assert_eq!(
+            leader.join().unwrap(),
+            "stale",
+            "the caller still gets its load"
+        );
+    });
+    assert_eq!(
+        cache.get(&1),
+        None,
+        "the load began before the invalidation"
+    );
+    // Without an invalidation in between, the tagged load is cached, with its TTL.
+    let v = cache.get_or_load_with(1, |_| {
+        let options = EntryOptions::new()
+            .tags(["user:1"])
+            .ttl(Duration::from_secs(3600));
+        ("fresh".to_string(), options)
+    });
+    assert_eq!(v, "fresh");
+    assert_eq!(cache.get(&1).as_deref(), Some("fresh"));
+    cache.invalidate_tag("user:1");
+    assert_eq!(cache.get(&1), None);
 }
