@@ -9,7 +9,11 @@ use std::time::Duration;
 
 use crate::cache::{Cache, Listener, Weigher};
 use crate::expiry::Expiration;
-use crate::{Clock, DefaultHashBuilder, Eviction, Expiry, RemovalCause};
+use crate::write::{ReadThrough, WriteBehind, WriteThrough};
+use crate::{
+    CacheAside, Clock, DefaultHashBuilder, Eviction, Expiry, RemovalCause, Store, WriteBack,
+    WritePolicy,
+};
 
 /// The most shards a cache may have.
 pub const MAX_SHARDS: usize = 1 << 16;
@@ -33,7 +37,7 @@ const MIN_DEFAULT_SHARD_CAPACITY: u64 = 1024;
 /// cache.insert("a".to_string(), vec![0; 100]);
 /// assert_eq!(cache.weighted_size(), 101);
 /// ```
-pub struct CacheBuilder<K, V, S = DefaultHashBuilder> {
+pub struct CacheBuilder<K, V, S = DefaultHashBuilder, W = CacheAside> {
     max_capacity: Option<u64>,
     weigher: Option<Weigher<K, V>>,
     eviction: Eviction,
@@ -47,6 +51,9 @@ pub struct CacheBuilder<K, V, S = DefaultHashBuilder> {
     expiry: Option<Arc<dyn Expiry<K, V>>>,
     clock: Option<Clock>,
     sweeper: Option<(Duration, Spawner<K, V, S>)>,
+    write: W,
+    /// A write policy's invalid settings, reported by `build`.
+    write_error: Option<BuildError>,
     _types: PhantomData<fn(K, V)>,
 }
 
@@ -57,7 +64,7 @@ type Spawner<K, V, S> = fn(&Cache<K, V, S>, Duration) -> std::io::Result<()>;
 /// The shortest interval a background sweeper may have.
 pub const MIN_SWEEP_INTERVAL: Duration = Duration::from_millis(1);
 
-impl<K, V, S> fmt::Debug for CacheBuilder<K, V, S> {
+impl<K, V, S, W> fmt::Debug for CacheBuilder<K, V, S, W> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CacheBuilder")
             .field("max_capacity", &self.max_capacity)
@@ -90,12 +97,90 @@ impl<K, V> CacheBuilder<K, V, DefaultHashBuilder> {
             expiry: None,
             clock: None,
             sweeper: None,
+            write: CacheAside,
+            write_error: None,
             _types: PhantomData,
         }
     }
 }
 
-impl<K, V, S> CacheBuilder<K, V, S>
+impl<K, V, S> CacheBuilder<K, V, S, CacheAside>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+    S: BuildHasher,
+{
+    /// Read-through: `get` loads a missing key from `store`, one load per
+    /// key at a time; `put` and `delete` change only the cache (the
+    /// application writes the store). See [`ReadThrough`].
+    ///
+    /// ```
+    /// # use larder::{Cache, Op, Store};
+    /// struct Doubles;
+    /// impl Store<u32, u32> for Doubles {
+    ///     type Error = std::convert::Infallible;
+    ///     fn load(&self, k: &u32) -> Result<Option<u32>, Self::Error> { Ok(Some(k * 2)) }
+    ///     fn write(&self, _: &Op<u32, u32>) -> Result<(), Self::Error> { Ok(()) }
+    /// }
+    /// let cache = Cache::builder().max_capacity(100).read_through(Doubles).build().unwrap();
+    /// assert_eq!(cache.get(&21), Ok(Some(42)));
+    /// ```
+    pub fn read_through<St: Store<K, V>>(
+        self,
+        store: St,
+    ) -> CacheBuilder<K, V, S, ReadThrough<St>> {
+        self.with_write(ReadThrough::new(store), None)
+    }
+
+    /// Write-through: `put` and `delete` write `store` first and the cache
+    /// after, returning once both hold the write; `get` reads through. See
+    /// [`WriteThrough`].
+    pub fn write_through<St: Store<K, V>>(
+        self,
+        store: St,
+    ) -> CacheBuilder<K, V, S, WriteThrough<St>> {
+        self.with_write(WriteThrough::new(store), None)
+    }
+
+    /// Write-back: `put` and `delete` update the cache and queue the write; a
+    /// flusher thread, started by `build`, sends the queue to `store` in
+    /// batches as `settings` say; `get` reads your writes, then through. See
+    /// [`WriteBehind`] for the cache's `put`, `delete`, `flush` and `close`.
+    pub fn write_back<St: Store<K, V>>(
+        self,
+        store: St,
+        settings: WriteBack,
+    ) -> CacheBuilder<K, V, S, WriteBehind<K, V, St>> {
+        let error = settings
+            .check()
+            .err()
+            .map(|reason| BuildError::InvalidWriteBack { reason });
+        self.with_write(WriteBehind::new(store, settings), error)
+    }
+
+    fn with_write<W>(self, write: W, write_error: Option<BuildError>) -> CacheBuilder<K, V, S, W> {
+        CacheBuilder {
+            max_capacity: self.max_capacity,
+            weigher: self.weigher,
+            eviction: self.eviction,
+            shards: self.shards,
+            initial_capacity: self.initial_capacity,
+            hasher: self.hasher,
+            listener: self.listener,
+            record_stats: self.record_stats,
+            time_to_live: self.time_to_live,
+            time_to_idle: self.time_to_idle,
+            expiry: self.expiry,
+            clock: self.clock,
+            sweeper: self.sweeper,
+            write,
+            write_error,
+            _types: PhantomData,
+        }
+    }
+}
+
+impl<K, V, S, W> CacheBuilder<K, V, S, W>
 where
     K: Hash + Eq + Send + Sync + 'static,
     V: Clone + Send + Sync + 'static,
@@ -266,7 +351,7 @@ where
     /// The hasher builder for keys. The default, [`DefaultHashBuilder`], is
     /// randomly seeded per cache, so keys chosen to collide in one process do not
     /// collide in another.
-    pub fn hasher<S2: BuildHasher>(self, hasher: S2) -> CacheBuilder<K, V, S2> {
+    pub fn hasher<S2: BuildHasher>(self, hasher: S2) -> CacheBuilder<K, V, S2, W> {
         CacheBuilder {
             max_capacity: self.max_capacity,
             weigher: self.weigher,
@@ -281,6 +366,8 @@ where
             expiry: self.expiry,
             clock: self.clock,
             sweeper: None,
+            write: self.write,
+            write_error: self.write_error,
             _types: PhantomData,
         }
     }
@@ -292,7 +379,13 @@ where
     /// [`BuildError`] when the capacity is missing or zero, the shard count is
     /// not a power of two in `1..=MAX_SHARDS` or exceeds the capacity, or an
     /// [`Expiry`] is combined with `time_to_live` or `time_to_idle`.
-    pub fn build(self) -> Result<Cache<K, V, S>, BuildError> {
+    pub fn build(self) -> Result<Cache<K, V, S, W>, BuildError>
+    where
+        W: WritePolicy,
+    {
+        if let Some(error) = self.write_error {
+            return Err(error);
+        }
         let capacity = self.max_capacity.ok_or(BuildError::MissingCapacity)?;
         if capacity == 0 {
             return Err(BuildError::ZeroCapacity);
@@ -342,7 +435,12 @@ where
                 reason: e.to_string(),
             })?;
         }
-        Ok(cache)
+        self.write
+            .start()
+            .map_err(|e| BuildError::FlusherNotStarted {
+                reason: e.to_string(),
+            })?;
+        Ok(cache.with_write(self.write))
     }
 }
 
@@ -388,6 +486,16 @@ pub enum BuildError {
     /// An [`Expiry`] together with `time_to_live` or `time_to_idle`: the
     /// `Expiry` alone decides lifetimes, so say it there.
     ConflictingExpiry,
+    /// A write-back setting that cannot work (a zero batch size or queue).
+    InvalidWriteBack {
+        /// What is wrong.
+        reason: &'static str,
+    },
+    /// The write-back flusher's thread could not be started.
+    FlusherNotStarted {
+        /// What the operating system said.
+        reason: String,
+    },
     /// More shards than capacity units: some shard could hold nothing.
     MoreShardsThanCapacity {
         /// The count that was asked for.
@@ -416,6 +524,10 @@ impl fmt::Display for BuildError {
             Self::ConflictingExpiry => f.write_str(
                 "an Expiry decides every lifetime: drop time_to_live / time_to_idle or fold them into it",
             ),
+            Self::InvalidWriteBack { reason } => write!(f, "invalid write-back settings: {reason}"),
+            Self::FlusherNotStarted { reason } => {
+                write!(f, "the write-back flusher could not start: {reason}")
+            }
             Self::MoreShardsThanCapacity { shards, capacity } => write!(
                 f,
                 "{shards} shards cannot split a capacity of {capacity}: use at most {capacity} shards"

@@ -16,6 +16,7 @@ use crate::policy::Eviction;
 use crate::store::{Entry, Map, Refused, Removed, Shard, Token, WriteContext};
 use crate::sync::{Ordering, Padded};
 use crate::tags::Tag;
+use crate::write::CacheAside;
 use crate::{CacheStats, DefaultHashBuilder};
 
 pub(crate) type Weigher<K, V> = Arc<dyn Fn(&K, &V) -> u32 + Send + Sync>;
@@ -136,19 +137,23 @@ struct Inner<K, V, S> {
 /// assert_eq!(cache.get("a"), Some(1));
 /// assert_eq!(cache.len(), 2);
 /// ```
-pub struct Cache<K, V, S = DefaultHashBuilder> {
+pub struct Cache<K, V, S = DefaultHashBuilder, W = CacheAside> {
     inner: Arc<Inner<K, V, S>>,
+    /// Where writes land: nowhere else ([`CacheAside`]), or a [`Store`](crate::Store)
+    /// through one of the write policies.
+    write: W,
 }
 
-impl<K, V, S> Clone for Cache<K, V, S> {
+impl<K, V, S, W: Clone> Clone for Cache<K, V, S, W> {
     fn clone(&self) -> Self {
         Self {
             inner: Arc::clone(&self.inner),
+            write: self.write.clone(),
         }
     }
 }
 
-impl<K, V, S> fmt::Debug for Cache<K, V, S> {
+impl<K, V, S, W> fmt::Debug for Cache<K, V, S, W> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Cache")
             .field("capacity", &self.inner.capacity)
@@ -175,7 +180,7 @@ where
     }
 }
 
-impl<K, V, S> Cache<K, V, S>
+impl<K, V, S> Cache<K, V, S, CacheAside>
 where
     K: Hash + Eq + Send + Sync + 'static,
     V: Clone + Send + Sync + 'static,
@@ -213,23 +218,16 @@ where
                 loads: LoadStats::default(),
                 tag_epoch: std::sync::atomic::AtomicU64::new(0),
             }),
+            write: CacheAside,
         }
     }
 
-    #[inline]
-    fn hash<Q: Hash + ?Sized>(&self, key: &Q) -> u64 {
-        self.inner.hasher.hash_one(key)
-    }
-
-    /// The clock's time if `map` keeps deadlines (else it is never needed).
-    #[inline]
-    fn now_for(&self, map: &Map<K, V>) -> Option<u64> {
-        map.timed().then(|| self.inner.expiration.clock.now())
-    }
-
-    #[inline]
-    fn shard(&self, hash: u64) -> &Shard<K, V> {
-        &self.inner.shards[((hash >> 32) & self.inner.shard_mask) as usize]
+    /// The same cache, its writes going where `write` sends them.
+    pub(crate) fn with_write<W>(self, write: W) -> Cache<K, V, S, W> {
+        Cache {
+            inner: self.inner,
+            write,
+        }
     }
 
     /// The value under `key`, cloned, counting as a use for the eviction policy.
@@ -251,33 +249,7 @@ where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        let hash = self.hash(key);
-        let shard = self.shard(hash);
-        // With expiry configured, read the clock before the lock: the read
-        // then overlaps the lock's atomic and the probe's cache misses.
-        let early = self.inner.timed.then(|| self.inner.expiration.clock.now());
-        let map = shard.read();
-        let now = early.or_else(|| self.now_for(&map));
-        let found = map.find(hash, key).filter(|&(t, _)| map.is_live(t, now));
-        let Some((token, entry)) = found else {
-            drop(map);
-            if self.inner.record_stats {
-                shard.misses.fetch_add(1, Ordering::Relaxed);
-            }
-            return None;
-        };
-        let value = entry.value.clone();
-        if let Some(now) = now {
-            if self.inner.expiration.reads_move_deadlines() {
-                self.after_read(&map, token, entry, now);
-            }
-        }
-        shard.record_read(&map, token, entry, &|k| self.inner.hasher.hash_one(k));
-        drop(map);
-        if self.inner.record_stats {
-            shard.hits.fetch_add(1, Ordering::Relaxed);
-        }
-        Some(value)
+        self.get_cached(key)
     }
 
     /// The value under `key`, or the one `load` makes for it on a miss, which
@@ -433,10 +405,226 @@ where
         }
     }
 
+    /// Like [`get_or_load`](Self::get_or_load), for async code: `load` is a
+    /// future, awaited only if this call leads the load. Any executor will do.
+    /// Sync and async callers of one key share one load. If this call's task
+    /// is cancelled while it leads, a waiting caller takes the load over.
+    ///
+    /// ```
+    /// # let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    /// # runtime.block_on(async {
+    /// let cache: larder::Cache<u32, String> =
+    ///     larder::Cache::builder().max_capacity(100).build().unwrap();
+    /// let v = cache.get_or_load_async(7, async { "seven".to_string() }).await;
+    /// assert_eq!(v, "seven");
+    /// # });
+    /// ```
+    pub async fn get_or_load_async(&self, key: K, load: impl Future<Output = V>) -> V
+    where
+        K: Clone,
+    {
+        if let Some(v) = self.get(&key) {
+            return v;
+        }
+        let loaded = self
+            .load_async(key, Mode::Value, async {
+                Ok::<_, std::convert::Infallible>(Some((load.await, EntryOptions::default())))
+            })
+            .await;
+        match loaded {
+            Ok(Some(v)) => v,
+            _ => unreachable!("an infallible loader always yields a value"),
+        }
+    }
+
+    /// Like [`try_get_or_load`](Self::try_get_or_load), for async code.
+    ///
+    /// # Errors
+    ///
+    /// The loader's error, shared with every caller of the same load.
+    pub async fn try_get_or_load_async<E>(
+        &self,
+        key: K,
+        load: impl Future<Output = Result<V, E>>,
+    ) -> Result<V, Arc<E>>
+    where
+        K: Clone,
+        E: Send + Sync + 'static,
+    {
+        if let Some(v) = self.get(&key) {
+            return Ok(v);
+        }
+        match self
+            .load_async(key, Mode::Fallible, async {
+                load.await.map(|v| Some((v, EntryOptions::default())))
+            })
+            .await
+        {
+            Ok(Some(v)) => Ok(v),
+            Ok(None) => unreachable!("a fallible loader yields a value or an error"),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Like [`optionally_get_or_load`](Self::optionally_get_or_load), for
+    /// async code.
+    pub async fn optionally_get_or_load_async(
+        &self,
+        key: K,
+        load: impl Future<Output = Option<V>>,
+    ) -> Option<V>
+    where
+        K: Clone,
+    {
+        if let Some(v) = self.get(&key) {
+            return Some(v);
+        }
+        match self
+            .load_async(key, Mode::Optional, async {
+                Ok::<_, std::convert::Infallible>(load.await.map(|v| (v, EntryOptions::default())))
+            })
+            .await
+        {
+            Ok(v) => v,
+            Err(e) => match *e {},
+        }
+    }
+
+    /// Stores `value` under `key`, replacing any value there, and evicts as needed
+    /// to stay within the capacity.
+    ///
+    /// An entry heavier than one shard's share of the capacity is not stored: the
+    /// listener receives it with [`RemovalCause::Size`] (and any old value under
+    /// the key with [`RemovalCause::Replaced`]). Use [`try_insert`](Self::try_insert)
+    /// to get it back instead.
+    ///
+    /// # Panics
+    ///
+    /// Only if the weigher or the listener panics (the cache stays consistent).
+    ///
+    /// ```
+    /// let cache: larder::Cache<u32, &str> = larder::Cache::builder().max_capacity(10).build().unwrap();
+    /// cache.insert(1, "one");
+    /// cache.insert(1, "uno");
+    /// assert_eq!(cache.get(&1), Some("uno"));
+    /// ```
+    pub fn insert(&self, key: K, value: V) {
+        if let Err(rejected) = self.try_insert(key, value) {
+            self.notify_one(rejected.key, rejected.value, RemovalCause::Size);
+        }
+    }
+
+    /// Like [`insert`](Self::insert), but an entry too heavy to store is handed
+    /// back instead of going to the listener.
+    ///
+    /// # Errors
+    ///
+    /// [`Rejected`] with the key and value when the entry's weight exceeds one
+    /// shard's capacity. Any value previously under the key is removed all the
+    /// same (the listener sees it as [`RemovalCause::Replaced`]), so a read never
+    /// returns the value this call meant to replace.
+    ///
+    /// ```
+    /// let cache: larder::Cache<u32, Vec<u8>> = larder::Cache::builder()
+    ///     .max_capacity(100)
+    ///     .shards(1)
+    ///     .weigher(|_, v: &Vec<u8>| v.len() as u32)
+    ///     .build()
+    ///     .unwrap();
+    /// let big = cache.try_insert(1, vec![0; 101]).unwrap_err();
+    /// assert_eq!((big.weight, big.limit, big.value.len()), (101, 100, 101));
+    /// assert!(cache.try_insert(2, vec![0; 100]).is_ok());
+    /// ```
+    pub fn try_insert(&self, key: K, value: V) -> Result<(), Rejected<K, V>> {
+        self.write(key, value, None, &[], None)
+    }
+
+    /// Like [`insert`](Self::insert), with settings for this entry alone: a
+    /// time-to-live that overrides the cache's (see [`EntryOptions`]). Works on
+    /// a cache built without expiry too: its shards start keeping deadlines on
+    /// their first such insert.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use larder::{Cache, Clock, EntryOptions};
+    ///
+    /// let (clock, time) = Clock::mock();
+    /// let cache: Cache<&str, u32> = Cache::builder()
+    ///     .max_capacity(10)
+    ///     .time_to_live(Duration::from_secs(60))
+    ///     .clock(clock)
+    ///     .build()
+    ///     .unwrap();
+    /// cache.insert("session", 1);
+    /// cache.insert_with("token", 2, EntryOptions::new().ttl(Duration::from_secs(5)));
+    /// time.advance(Duration::from_secs(5));
+    /// assert_eq!(cache.get("token"), None);
+    /// assert_eq!(cache.get("session"), Some(1));
+    /// ```
+    pub fn insert_with(&self, key: K, value: V, options: EntryOptions) {
+        if let Err(rejected) =
+            self.write(key, value, options.time_to_live(), options.tag_list(), None)
+        {
+            self.notify_one(rejected.key, rejected.value, RemovalCause::Size);
+        }
+    }
+
+    /// Removes `key`, returning its value. The listener sees it as
+    /// [`RemovalCause::Explicit`].
+    ///
+    /// ```
+    /// let cache: larder::Cache<u32, u32> = larder::Cache::builder().max_capacity(10).build().unwrap();
+    /// cache.insert(1, 10);
+    /// assert_eq!(cache.remove(&1), Some(10));
+    /// assert_eq!(cache.remove(&1), None);
+    /// ```
+    pub fn remove<Q>(&self, key: &Q) -> Option<V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let (key, value, cause) = self.take(key)?;
+        if cause == RemovalCause::Expired {
+            self.notify_one(key, value, cause);
+            return None;
+        }
+        match &self.inner.listener {
+            Some(_) => {
+                let returned = value.clone();
+                self.notify_one(key, value, cause);
+                Some(returned)
+            }
+            None => Some(value),
+        }
+    }
+}
+
+impl<K, V, S, W> Cache<K, V, S, W>
+where
+    K: Hash + Eq + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+    S: BuildHasher,
+{
+    #[inline]
+    pub(crate) fn hash<Q: Hash + ?Sized>(&self, key: &Q) -> u64 {
+        self.inner.hasher.hash_one(key)
+    }
+
+    /// The clock's time if `map` keeps deadlines (else it is never needed).
+    #[inline]
+    fn now_for(&self, map: &Map<K, V>) -> Option<u64> {
+        map.timed().then(|| self.inner.expiration.clock.now())
+    }
+
+    #[inline]
+    fn shard(&self, hash: u64) -> &Shard<K, V> {
+        &self.inner.shards[((hash >> 32) & self.inner.shard_mask) as usize]
+    }
+
     /// The miss path shared by the loading calls: join the key's flight, or
     /// lead it and run `load`.
     #[cold]
-    fn load<E: Send + Sync + 'static>(
+    pub(crate) fn load<E: Send + Sync + 'static>(
         &self,
         key: K,
         mode: Mode,
@@ -548,89 +736,45 @@ where
         }
     }
 
-    /// Like [`get_or_load`](Self::get_or_load), for async code: `load` is a
-    /// future, awaited only if this call leads the load. Any executor will do.
-    /// Sync and async callers of one key share one load. If this call's task
-    /// is cancelled while it leads, a waiting caller takes the load over.
-    ///
-    /// ```
-    /// # let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
-    /// # runtime.block_on(async {
-    /// let cache: larder::Cache<u32, String> =
-    ///     larder::Cache::builder().max_capacity(100).build().unwrap();
-    /// let v = cache.get_or_load_async(7, async { "seven".to_string() }).await;
-    /// assert_eq!(v, "seven");
-    /// # });
-    /// ```
-    pub async fn get_or_load_async(&self, key: K, load: impl Future<Output = V>) -> V
-    where
-        K: Clone,
-    {
-        if let Some(v) = self.get(&key) {
-            return v;
-        }
-        let loaded = self
-            .load_async(key, Mode::Value, async {
-                Ok::<_, std::convert::Infallible>(Some((load.await, EntryOptions::default())))
-            })
-            .await;
-        match loaded {
-            Ok(Some(v)) => v,
-            _ => unreachable!("an infallible loader always yields a value"),
-        }
+    /// The write policy.
+    pub(crate) fn policy(&self) -> &W {
+        &self.write
     }
 
-    /// Like [`try_get_or_load`](Self::try_get_or_load), for async code.
-    ///
-    /// # Errors
-    ///
-    /// The loader's error, shared with every caller of the same load.
-    pub async fn try_get_or_load_async<E>(
-        &self,
-        key: K,
-        load: impl Future<Output = Result<V, E>>,
-    ) -> Result<V, Arc<E>>
+    /// A cache hit, as [`Cache::get`] counts and returns it.
+    #[inline]
+    pub(crate) fn get_cached<Q>(&self, key: &Q) -> Option<V>
     where
-        K: Clone,
-        E: Send + Sync + 'static,
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
     {
-        if let Some(v) = self.get(&key) {
-            return Ok(v);
+        let hash = self.hash(key);
+        let shard = self.shard(hash);
+        // With expiry configured, read the clock before the lock: the read
+        // then overlaps the lock's atomic and the probe's cache misses.
+        let early = self.inner.timed.then(|| self.inner.expiration.clock.now());
+        let map = shard.read();
+        let now = early.or_else(|| self.now_for(&map));
+        let found = map.find(hash, key).filter(|&(t, _)| map.is_live(t, now));
+        let Some((token, entry)) = found else {
+            drop(map);
+            if self.inner.record_stats {
+                shard.misses.fetch_add(1, Ordering::Relaxed);
+            }
+            return None;
+        };
+        let value = entry.value.clone();
+        if let Some(now) = now {
+            if self.inner.expiration.reads_move_deadlines() {
+                self.after_read(&map, token, entry, now);
+            }
         }
-        match self
-            .load_async(key, Mode::Fallible, async {
-                load.await.map(|v| Some((v, EntryOptions::default())))
-            })
-            .await
-        {
-            Ok(Some(v)) => Ok(v),
-            Ok(None) => unreachable!("a fallible loader yields a value or an error"),
-            Err(e) => Err(e),
+        shard.record_read(&map, token, entry, &|k| self.inner.hasher.hash_one(k));
+        drop(map);
+        if self.inner.record_stats {
+            shard.hits.fetch_add(1, Ordering::Relaxed);
         }
-    }
-
-    /// Like [`optionally_get_or_load`](Self::optionally_get_or_load), for
-    /// async code.
-    pub async fn optionally_get_or_load_async(
-        &self,
-        key: K,
-        load: impl Future<Output = Option<V>>,
-    ) -> Option<V>
-    where
-        K: Clone,
-    {
-        if let Some(v) = self.get(&key) {
-            return Some(v);
-        }
-        match self
-            .load_async(key, Mode::Optional, async {
-                Ok::<_, std::convert::Infallible>(load.await.map(|v| (v, EntryOptions::default())))
-            })
-            .await
-        {
-            Ok(v) => v,
-            Err(e) => match *e {},
-        }
+        Some(value)
     }
 
     /// A read that may move the entry's deadline (time-to-idle, or an [`Expiry`]
@@ -693,85 +837,6 @@ where
             .is_some_and(|(t, _)| map.is_live(t, now))
     }
 
-    /// Stores `value` under `key`, replacing any value there, and evicts as needed
-    /// to stay within the capacity.
-    ///
-    /// An entry heavier than one shard's share of the capacity is not stored: the
-    /// listener receives it with [`RemovalCause::Size`] (and any old value under
-    /// the key with [`RemovalCause::Replaced`]). Use [`try_insert`](Self::try_insert)
-    /// to get it back instead.
-    ///
-    /// # Panics
-    ///
-    /// Only if the weigher or the listener panics (the cache stays consistent).
-    ///
-    /// ```
-    /// let cache: larder::Cache<u32, &str> = larder::Cache::builder().max_capacity(10).build().unwrap();
-    /// cache.insert(1, "one");
-    /// cache.insert(1, "uno");
-    /// assert_eq!(cache.get(&1), Some("uno"));
-    /// ```
-    pub fn insert(&self, key: K, value: V) {
-        if let Err(rejected) = self.try_insert(key, value) {
-            self.notify_one(rejected.key, rejected.value, RemovalCause::Size);
-        }
-    }
-
-    /// Like [`insert`](Self::insert), but an entry too heavy to store is handed
-    /// back instead of going to the listener.
-    ///
-    /// # Errors
-    ///
-    /// [`Rejected`] with the key and value when the entry's weight exceeds one
-    /// shard's capacity. Any value previously under the key is removed all the
-    /// same (the listener sees it as [`RemovalCause::Replaced`]), so a read never
-    /// returns the value this call meant to replace.
-    ///
-    /// ```
-    /// let cache: larder::Cache<u32, Vec<u8>> = larder::Cache::builder()
-    ///     .max_capacity(100)
-    ///     .shards(1)
-    ///     .weigher(|_, v: &Vec<u8>| v.len() as u32)
-    ///     .build()
-    ///     .unwrap();
-    /// let big = cache.try_insert(1, vec![0; 101]).unwrap_err();
-    /// assert_eq!((big.weight, big.limit, big.value.len()), (101, 100, 101));
-    /// assert!(cache.try_insert(2, vec![0; 100]).is_ok());
-    /// ```
-    pub fn try_insert(&self, key: K, value: V) -> Result<(), Rejected<K, V>> {
-        self.write(key, value, None, &[], None)
-    }
-
-    /// Like [`insert`](Self::insert), with settings for this entry alone: a
-    /// time-to-live that overrides the cache's (see [`EntryOptions`]). Works on
-    /// a cache built without expiry too: its shards start keeping deadlines on
-    /// their first such insert.
-    ///
-    /// ```
-    /// use std::time::Duration;
-    /// use larder::{Cache, Clock, EntryOptions};
-    ///
-    /// let (clock, time) = Clock::mock();
-    /// let cache: Cache<&str, u32> = Cache::builder()
-    ///     .max_capacity(10)
-    ///     .time_to_live(Duration::from_secs(60))
-    ///     .clock(clock)
-    ///     .build()
-    ///     .unwrap();
-    /// cache.insert("session", 1);
-    /// cache.insert_with("token", 2, EntryOptions::new().ttl(Duration::from_secs(5)));
-    /// time.advance(Duration::from_secs(5));
-    /// assert_eq!(cache.get("token"), None);
-    /// assert_eq!(cache.get("session"), Some(1));
-    /// ```
-    pub fn insert_with(&self, key: K, value: V, options: EntryOptions) {
-        if let Err(rejected) =
-            self.write(key, value, options.time_to_live(), options.tag_list(), None)
-        {
-            self.notify_one(rejected.key, rejected.value, RemovalCause::Size);
-        }
-    }
-
     /// Stores an entry. An explicit write (`flight: None`) makes any load of
     /// the key in progress stale; a flight's own write happens only if the
     /// flight is not stale, checked under the shard lock.
@@ -783,6 +848,23 @@ where
         tags: &[Tag],
         flight: Option<(&Flight<K, V>, u64)>,
     ) -> Result<(), Rejected<K, V>> {
+        let mut removed = Removed::new();
+        let result = self.write_deferred(key, value, ttl, tags, flight, &mut removed);
+        self.notify(removed);
+        result
+    }
+
+    /// [`write`](Self::write), leaving what it removed in `removed` for the
+    /// caller to hand to the listener once its own locks are released.
+    pub(crate) fn write_deferred(
+        &self,
+        key: K,
+        value: V,
+        ttl: Option<Duration>,
+        tags: &[Tag],
+        flight: Option<(&Flight<K, V>, u64)>,
+        removed: &mut Removed<K, V>,
+    ) -> Result<(), Rejected<K, V>> {
         let weight = match &self.inner.weigher {
             Some(weigher) => weigher(&key, &value),
             None => 1,
@@ -792,7 +874,6 @@ where
         if flight.is_none() {
             shard.flights.invalidate(hash, &key);
         }
-        let mut removed = Removed::new();
         let expiration = &self.inner.expiration;
         let deadlines = |k: &K, v: &V, now: u64, current: Option<u64>| {
             expiration.on_write(k, v, now, current, ttl)
@@ -817,41 +898,27 @@ where
                 deadlines: &deadlines,
                 tags,
             },
-            &mut removed,
+            removed,
         );
         drop(writer);
         match result {
-            Ok(()) => {
-                self.notify(removed);
-                Ok(())
-            }
+            Ok(()) => Ok(()),
             Err(Refused::Expired(key, value)) => {
                 removed.push((key, value, RemovalCause::Expired));
-                self.notify(removed);
                 Ok(())
             }
-            Err(Refused::TooHeavy(key, value)) => {
-                self.notify(removed);
-                Err(Rejected {
-                    key,
-                    value,
-                    weight,
-                    limit: self.inner.max_entry_weight,
-                })
-            }
+            Err(Refused::TooHeavy(key, value)) => Err(Rejected {
+                key,
+                value,
+                weight,
+                limit: self.inner.max_entry_weight,
+            }),
         }
     }
 
-    /// Removes `key`, returning its value. The listener sees it as
-    /// [`RemovalCause::Explicit`].
-    ///
-    /// ```
-    /// let cache: larder::Cache<u32, u32> = larder::Cache::builder().max_capacity(10).build().unwrap();
-    /// cache.insert(1, 10);
-    /// assert_eq!(cache.remove(&1), Some(10));
-    /// assert_eq!(cache.remove(&1), None);
-    /// ```
-    pub fn remove<Q>(&self, key: &Q) -> Option<V>
+    /// Removes `key`'s entry (making any load of it stale) and returns it with
+    /// why it left, for the caller to hand to the listener.
+    pub(crate) fn take<Q>(&self, key: &Q) -> Option<(K, V, RemovalCause)>
     where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
@@ -859,22 +926,9 @@ where
         let hash = self.hash(key);
         let shard = self.shard(hash);
         shard.flights.invalidate(hash, key);
-        let (key, value, cause) =
-            shard
-                .write(&|k| self.hash(k))
-                .remove(hash, key, &self.inner.expiration.clock)?;
-        if cause == RemovalCause::Expired {
-            self.notify_one(key, value, cause);
-            return None;
-        }
-        match &self.inner.listener {
-            Some(_) => {
-                let returned = value.clone();
-                self.notify_one(key, value, cause);
-                Some(returned)
-            }
-            None => Some(value),
-        }
+        shard
+            .write(&|k| self.hash(k))
+            .remove(hash, key, &self.inner.expiration.clock)
     }
 
     /// Removes every entry. Shards are cleared one at a time; entries inserted
@@ -1116,7 +1170,7 @@ where
     /// all.sort();
     /// assert_eq!(all, vec![(1, 10), (2, 20)]);
     /// ```
-    pub fn iter(&self) -> Iter<'_, K, V, S>
+    pub fn iter(&self) -> Iter<'_, K, V, S, W>
     where
         K: Clone,
     {
@@ -1134,7 +1188,7 @@ where
 
     /// Hands removed entries to the listener (no lock is held here). Without a
     /// listener they are simply dropped, also outside the lock.
-    fn notify(&self, removed: impl IntoIterator<Item = (K, V, RemovalCause)>) {
+    pub(crate) fn notify(&self, removed: impl IntoIterator<Item = (K, V, RemovalCause)>) {
         let Some(listener) = &self.inner.listener else {
             return;
         };
@@ -1195,7 +1249,10 @@ where
             let Some(inner) = inner.upgrade() else {
                 return;
             };
-            let cache = Cache { inner };
+            let cache = Cache {
+                inner,
+                write: CacheAside,
+            };
             // A listener's panic is the listener's business; keep sweeping.
             let _ = catch_unwind(AssertUnwindSafe(|| cache.run_pending_tasks()));
         })
@@ -1256,33 +1313,37 @@ fn accept<V, E: Send + Sync + 'static>(
 ) -> Option<Result<Option<V>, Arc<E>>> {
     match outcome {
         Outcome::Loaded(v) => Some(Ok(Some(v))),
-        Outcome::Absent if mode == Mode::Optional => Some(Ok(None)),
-        Outcome::Failed(e) if mode == Mode::Fallible => e.downcast::<E>().ok().map(Err),
+        Outcome::Absent if matches!(mode, Mode::Optional | Mode::Store) => Some(Ok(None)),
+        Outcome::Failed(e) if matches!(mode, Mode::Fallible | Mode::Store) => {
+            e.downcast::<E>().ok().map(Err)
+        }
         _ => None,
     }
 }
 
 /// What a loading call accepts from a flight it waited on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Mode {
+pub(crate) enum Mode {
     /// Only a value (`get_or_load`).
     Value,
     /// A value or an error of its own type (`try_get_or_load`).
     Fallible,
     /// A value or nothing (`optionally_get_or_load`).
     Optional,
+    /// A value, nothing, or an error of its own type (a store's `load`).
+    Store,
 }
 
 /// Iterator over clones of a cache's entries. See [`Cache::iter`].
-pub struct Iter<'a, K, V, S> {
-    cache: &'a Cache<K, V, S>,
+pub struct Iter<'a, K, V, S, W = CacheAside> {
+    cache: &'a Cache<K, V, S, W>,
     shard: usize,
     /// The next slab slot to read in the current shard; `None` once it is done.
     slot: Option<usize>,
     batch: Vec<(K, V)>,
 }
 
-impl<K, V, S> fmt::Debug for Iter<'_, K, V, S> {
+impl<K, V, S, W> fmt::Debug for Iter<'_, K, V, S, W> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Iter")
             .field("shard", &self.shard)
@@ -1302,7 +1363,7 @@ const MAINTENANCE_GAP_SPINS: u32 = 24;
 /// Entries cloned per lock acquisition while iterating.
 const ITER_BATCH: usize = 64;
 
-impl<K, V, S> Iterator for Iter<'_, K, V, S>
+impl<K, V, S, W> Iterator for Iter<'_, K, V, S, W>
 where
     K: Hash + Eq + Clone + Send + Sync + 'static,
     V: Clone + Send + Sync + 'static,

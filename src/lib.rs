@@ -110,6 +110,7 @@ mod stats;
 mod store;
 mod sync;
 mod tags;
+mod write;
 
 #[cfg(test)]
 mod tests;
@@ -121,6 +122,10 @@ pub use hash::{DefaultHashBuilder, DefaultHasher};
 pub use policy::Eviction;
 pub use stats::CacheStats;
 pub use tags::Tag;
+pub use write::{
+    Backpressure, CacheAside, FailedWrite, Failure, FlushError, Op, ReadThrough, Store, WriteBack,
+    WriteBehind, WriteError, WritePolicy, WriteStats, WriteThrough,
+};
 
 /// Replays fuzzer bytes as timer-wheel operations against a model (the
 /// `wheel` fuzz target); panics on a disagreement.

@@ -1,0 +1,573 @@
+//! The write-back queue and its flusher thread.
+//!
+//! Every accepted write gets a sequence number and a slot under its key. A
+//! slot holds up to three versions of the key's latest write: the one
+//! *waiting* to be sent (later writes replace it: coalescing), the one being
+//! *sent* in the current batch, and the last one that *failed* and has not been
+//! reported yet. Reads of a dirty key take the first present of the three, so
+//! they see the latest acknowledged write whether or not the cache still holds
+//! the entry.
+//!
+//! One flusher thread sends batches one at a time, so two writes to one key
+//! can never be in flight together and reach the store in the order they
+//! were accepted.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::hash::Hash;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use foldhash::fast::RandomState;
+use hashbrown::HashMap;
+use parking_lot::{Condvar, Mutex};
+
+use super::{
+    sealed, Backpressure, FailedWrite, Failure, FlushError, KeyLocks, Op, Store, WriteBack,
+    WriteError, WritePolicy, WriteStats,
+};
+
+/// Write-back: `put` and `delete` update the cache and queue the write; a
+/// flusher thread sends queued writes to the store in batches. Built with
+/// [`CacheBuilder::write_back`](crate::CacheBuilder::write_back); see
+/// [`Cache::flush`](crate::Cache::flush) for the guarantees.
+pub struct WriteBehind<K, V, St: Store<K, V>> {
+    pub(crate) shared: Arc<Shared<K, V, St>>,
+    /// Dropped with the last handle: closes the queue, waiting a bounded time.
+    _owner: Arc<Owner<K, V, St>>,
+}
+
+impl<K, V, St: Store<K, V>> Clone for WriteBehind<K, V, St> {
+    fn clone(&self) -> Self {
+        Self {
+            shared: Arc::clone(&self.shared),
+            _owner: Arc::clone(&self._owner),
+        }
+    }
+}
+
+impl<K, V, St: Store<K, V>> fmt::Debug for WriteBehind<K, V, St> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WriteBehind")
+            .field("settings", &self.shared.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A queued write, without its key (the slot's key).
+#[derive(Debug, Clone)]
+pub(crate) enum Pending<V> {
+    Put(V),
+    Delete,
+}
+
+impl<V> Pending<V> {
+    fn into_op<K>(self, key: K) -> Op<K, V> {
+        match self {
+            Pending::Put(v) => Op::Put(key, v),
+            Pending::Delete => Op::Delete(key),
+        }
+    }
+}
+
+/// A dirty key's versions (see the module docs).
+struct Slot<V> {
+    /// The first sequence number since it last left, and the latest write.
+    waiting: Option<(u64, Pending<V>)>,
+    sending: Option<Pending<V>>,
+    failed: Option<(u64, Pending<V>)>,
+}
+
+impl<V> Slot<V> {
+    fn is_empty(&self) -> bool {
+        self.waiting.is_none() && self.sending.is_none() && self.failed.is_none()
+    }
+}
+
+/// A key with a waiting write, in the order keys became dirty.
+struct Queued<K> {
+    seq: u64,
+    key: K,
+    at: Instant,
+}
+
+struct Queue<K, V, E> {
+    slots: HashMap<K, Slot<V>, RandomState>,
+    order: VecDeque<Queued<K>>,
+    /// The last sequence number handed out (the first is 1).
+    seq: u64,
+    /// The lowest sequence number in the batch being sent.
+    sending_from: Option<u64>,
+    /// `flush` asked for every write up to this one to be sent now.
+    flush_to: u64,
+    /// Writers waiting for room.
+    blocked: usize,
+    /// Given-up writes not yet reported, with their sequence numbers.
+    failed: Vec<(u64, FailedWrite<K, V, E>)>,
+    closing: bool,
+    /// The flusher thread is running.
+    running: bool,
+    stats: WriteStats,
+}
+
+pub(crate) struct Shared<K, V, St: Store<K, V>> {
+    store: St,
+    settings: WriteBack,
+    queue: Mutex<Queue<K, V, St::Error>>,
+    /// Wakes the flusher.
+    work: Condvar,
+    /// Wakes writers waiting for room, `flush` and `close`.
+    progress: Condvar,
+    flusher: Mutex<Option<JoinHandle<()>>>,
+    /// Serializes the cache update and the queue update of writes to one key.
+    pub(crate) locks: KeyLocks,
+}
+
+struct Owner<K, V, St: Store<K, V>> {
+    shared: Arc<Shared<K, V, St>>,
+}
+
+impl<K, V, St> WriteBehind<K, V, St>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+    St: Store<K, V>,
+{
+    pub(crate) fn new(store: St, settings: WriteBack) -> Self {
+        let shared = Arc::new(Shared {
+            store,
+            settings,
+            queue: Mutex::new(Queue {
+                slots: HashMap::default(),
+                order: VecDeque::new(),
+                seq: 0,
+                sending_from: None,
+                flush_to: 0,
+                blocked: 0,
+                failed: Vec::new(),
+                closing: false,
+                running: false,
+                stats: WriteStats::default(),
+            }),
+            work: Condvar::new(),
+            progress: Condvar::new(),
+            flusher: Mutex::new(None),
+            locks: KeyLocks::new(),
+        });
+        Self {
+            _owner: Arc::new(Owner {
+                shared: Arc::clone(&shared),
+            }),
+            shared,
+        }
+    }
+
+    pub(crate) fn store(&self) -> &St {
+        &self.shared.store
+    }
+
+    /// Queues a write of `key`, waiting for room or refusing as configured.
+    /// The caller holds the key's stripe lock.
+    pub(crate) fn accept(&self, key: &K, write: Pending<V>) -> Result<(), WriteError<St::Error>> {
+        let shared = &*self.shared;
+        let mut q = shared.queue.lock();
+        loop {
+            if q.closing {
+                return Err(WriteError::Closed);
+            }
+            if q.slots.len() < shared.settings.queue_capacity || q.slots.contains_key(key) {
+                break;
+            }
+            match shared.settings.backpressure {
+                Backpressure::Fail => return Err(WriteError::QueueFull),
+                Backpressure::Block => {
+                    q.blocked += 1;
+                    shared.work.notify_one();
+                    shared.progress.wait(&mut q);
+                    q.blocked -= 1;
+                }
+            }
+        }
+        q.seq += 1;
+        let seq = q.seq;
+        q.stats.accepted += 1;
+        let queued = match q.slots.get_mut(key) {
+            Some(slot) => match &mut slot.waiting {
+                Some((_, latest)) => {
+                    *latest = write;
+                    false
+                }
+                waiting @ None => {
+                    *waiting = Some((seq, write));
+                    true
+                }
+            },
+            None => {
+                let slot = Slot {
+                    waiting: Some((seq, write)),
+                    sending: None,
+                    failed: None,
+                };
+                q.slots.insert(key.clone(), slot);
+                true
+            }
+        };
+        if queued {
+            q.order.push_back(Queued {
+                seq,
+                key: key.clone(),
+                at: Instant::now(),
+            });
+            if q.order.len() == 1 || q.order.len() >= shared.settings.batch {
+                shared.work.notify_one();
+            }
+        } else {
+            q.stats.coalesced += 1;
+        }
+        Ok(())
+    }
+
+    /// The latest acknowledged write of `key` the store may not hold yet.
+    pub(crate) fn lookup(&self, key: &K) -> Option<Pending<V>> {
+        let q = self.shared.queue.lock();
+        let slot = q.slots.get(key)?;
+        let waiting = slot.waiting.as_ref().map(|(_, w)| w);
+        let failed = slot.failed.as_ref().map(|(_, w)| w);
+        waiting.or(slot.sending.as_ref()).or(failed).cloned()
+    }
+
+    /// Sends everything accepted before the call and reports what failed.
+    pub(crate) fn flush(&self) -> Result<(), FlushError<K, V, St::Error>> {
+        let shared = &*self.shared;
+        let mut q = shared.queue.lock();
+        let target = q.seq;
+        q.flush_to = q.flush_to.max(target);
+        shared.work.notify_one();
+        while q.running && q.outstanding_from().is_some_and(|s| s <= target) {
+            shared.progress.wait(&mut q);
+        }
+        report(shared, q)
+    }
+
+    /// Refuses further writes, sends everything queued, stops the flusher and
+    /// reports what failed. A second call reports only what failed since.
+    pub(crate) fn close(&self) -> Result<(), FlushError<K, V, St::Error>> {
+        let shared = &*self.shared;
+        shared.queue.lock().closing = true;
+        shared.work.notify_all();
+        shared.progress.notify_all();
+        let flusher = shared.flusher.lock().take();
+        if let Some(flusher) = flusher {
+            if flusher.thread().id() != std::thread::current().id() {
+                // The flusher catches the store's panics; a join error would
+                // be a bug of ours, and its queue is drained by `Stopped`.
+                let _ = flusher.join();
+            }
+        }
+        report(shared, shared.queue.lock())
+    }
+
+    pub(crate) fn stats(&self) -> WriteStats {
+        let q = self.shared.queue.lock();
+        WriteStats {
+            dirty: q.slots.len() as u64,
+            ..q.stats
+        }
+    }
+}
+
+/// Takes the unreported failures; their keys stop reading as dirty.
+fn report<K, V, St>(
+    shared: &Shared<K, V, St>,
+    mut q: parking_lot::MutexGuard<'_, Queue<K, V, St::Error>>,
+) -> Result<(), FlushError<K, V, St::Error>>
+where
+    K: Hash + Eq,
+    St: Store<K, V>,
+{
+    if q.failed.is_empty() {
+        return Ok(());
+    }
+    let failed = std::mem::take(&mut q.failed);
+    for (seq, write) in &failed {
+        let key = write.op.key();
+        if let Some(slot) = q.slots.get_mut(key) {
+            if slot.failed.as_ref().is_some_and(|(s, _)| s == seq) {
+                slot.failed = None;
+            }
+            if slot.is_empty() {
+                q.slots.remove(key);
+            }
+        }
+    }
+    drop(q);
+    shared.progress.notify_all();
+    Err(FlushError {
+        failed: failed.into_iter().map(|(_, w)| w).collect(),
+    })
+}
+
+impl<K: Hash + Eq, V: Clone, E> Queue<K, V, E> {
+    /// The lowest sequence number still waiting or being sent.
+    fn outstanding_from(&self) -> Option<u64> {
+        let waiting = self.order.front().map(|q| q.seq);
+        match (self.sending_from, waiting) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// The next batch if one is due: full, asked for, old enough, or needed
+    /// to make room or to close.
+    fn take_batch(&mut self, now: Instant, settings: &WriteBack) -> Option<Vec<(u64, Op<K, V>)>>
+    where
+        K: Clone,
+    {
+        let front = self.order.front()?;
+        let due = self.closing
+            || self.blocked > 0
+            || self.order.len() >= settings.batch
+            || self.flush_to >= front.seq
+            || now.saturating_duration_since(front.at) >= settings.max_delay;
+        if !due {
+            return None;
+        }
+        let n = self.order.len().min(settings.batch);
+        let mut batch = Vec::with_capacity(n);
+        for queued in self.order.drain(..n) {
+            let slot = self
+                .slots
+                .get_mut(&queued.key)
+                .expect("a queued key has a slot");
+            let (seq, write) = slot
+                .waiting
+                .take()
+                .expect("a queued key has a waiting write");
+            slot.sending = Some(write.clone());
+            batch.push((seq, write.into_op(queued.key)));
+        }
+        self.sending_from = batch.first().map(|(seq, _)| *seq);
+        Some(batch)
+    }
+
+    /// Books a sent batch: stored, or given up on and held for reporting.
+    fn settle(&mut self, batch: Vec<(u64, Op<K, V>)>, sent: &Sent<E>) {
+        self.stats.store_calls += u64::from(sent.attempts);
+        self.stats.retries += u64::from(sent.attempts - 1);
+        for (seq, op) in batch {
+            let slot = self.slots.get_mut(op.key()).expect("a sent key has a slot");
+            let write = slot.sending.take().expect("a sent key is being sent");
+            match &sent.failure {
+                None => {
+                    self.stats.stored += 1;
+                    // A stored write supersedes an older failed one.
+                    slot.failed = None;
+                }
+                Some(failure) => {
+                    self.stats.failed += 1;
+                    if slot.waiting.is_none() {
+                        slot.failed = Some((seq, write));
+                    }
+                    let failed = FailedWrite {
+                        op,
+                        failure: failure.clone(),
+                        attempts: sent.attempts,
+                    };
+                    self.failed.push((seq, failed));
+                    continue;
+                }
+            }
+            if slot.is_empty() {
+                self.slots.remove(op.key());
+            }
+        }
+        self.sending_from = None;
+    }
+}
+
+/// How a batch fared: the attempts made, and the last failure if all failed.
+struct Sent<E> {
+    attempts: u32,
+    failure: Option<Failure<E>>,
+}
+
+impl<K, V, St> Shared<K, V, St>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+    St: Store<K, V>,
+{
+    /// The flusher thread's loop: wait for a due batch, send it, book it.
+    fn run(self: Arc<Self>) {
+        let _stopped = OnDrop(|| self.stopped());
+        loop {
+            let batch = {
+                let mut q = self.queue.lock();
+                loop {
+                    if let Some(batch) = q.take_batch(Instant::now(), &self.settings) {
+                        break batch;
+                    }
+                    if q.closing && q.order.is_empty() {
+                        return;
+                    }
+                    let due = q
+                        .order
+                        .front()
+                        .and_then(|f| f.at.checked_add(self.settings.max_delay));
+                    match due {
+                        Some(due) => {
+                            self.work.wait_until(&mut q, due);
+                        }
+                        None => self.work.wait(&mut q),
+                    }
+                }
+            };
+            let ops: Vec<Op<K, V>> = batch.iter().map(|(_, op)| op.clone()).collect();
+            let sent = self.send(&ops);
+            self.queue.lock().settle(batch, &sent);
+            self.progress.notify_all();
+        }
+    }
+
+    /// Marks the flusher stopped, however it ended. Should it ever end with
+    /// writes still queued (a bug of ours: the store's panics are caught),
+    /// they are reported as failed rather than dropped.
+    fn stopped(&self) {
+        let mut q = self.queue.lock();
+        q.running = false;
+        let stranded: Vec<Queued<K>> = q.order.drain(..).collect();
+        for queued in stranded {
+            let Some(slot) = q.slots.get_mut(&queued.key) else {
+                continue;
+            };
+            let Some((seq, write)) = slot.waiting.take() else {
+                continue;
+            };
+            q.stats.failed += 1;
+            let failed = FailedWrite {
+                op: write.into_op(queued.key),
+                failure: Failure::Panicked("the flusher stopped".into()),
+                attempts: 0,
+            };
+            q.failed.push((seq, failed));
+        }
+        drop(q);
+        self.progress.notify_all();
+    }
+
+    /// Sends one batch, retrying with backoff.
+    fn send(&self, ops: &[Op<K, V>]) -> Sent<St::Error> {
+        let mut wait = self.settings.backoff;
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let failure = match catch_unwind(AssertUnwindSafe(|| self.store.write_batch(ops))) {
+                Ok(Ok(())) => {
+                    return Sent {
+                        attempts,
+                        failure: None,
+                    }
+                }
+                Ok(Err(e)) => Failure::Store(Arc::new(e)),
+                Err(panic) => Failure::Panicked(panic_message(panic.as_ref())),
+            };
+            if attempts > self.settings.retries {
+                return Sent {
+                    attempts,
+                    failure: Some(failure),
+                };
+            }
+            std::thread::sleep(wait);
+            wait = wait.saturating_mul(2).min(self.settings.max_backoff);
+        }
+    }
+}
+
+/// Runs its closure when dropped, however the scope ends.
+struct OnDrop<F: FnMut()>(F);
+
+impl<F: FnMut()> Drop for OnDrop<F> {
+    fn drop(&mut self) {
+        (self.0)();
+    }
+}
+
+impl<K, V, St> Drop for Owner<K, V, St>
+where
+    St: Store<K, V>,
+{
+    /// The last handle is gone: close the queue and wait, up to the
+    /// configured bound, for the flusher to drain it.
+    fn drop(&mut self) {
+        let shared = &*self.shared;
+        let mut q = shared.queue.lock();
+        q.closing = true;
+        shared.work.notify_all();
+        shared.progress.notify_all();
+        let deadline = Instant::now().checked_add(shared.settings.drop_wait);
+        while q.running {
+            match deadline {
+                Some(deadline) => {
+                    if shared.progress.wait_until(&mut q, deadline).timed_out() {
+                        break;
+                    }
+                }
+                None => shared.progress.wait(&mut q),
+            }
+        }
+        let (failed, queued) = (q.failed.len(), q.order.len());
+        drop(q);
+        if failed > 0 || queued > 0 {
+            // Nobody is left to report to: say so rather than drop silently.
+            eprintln!(
+                "larder: a write-back cache was dropped with {failed} write(s) its store \
+                 refused and {queued} still queued; call `close()` to receive them"
+            );
+        }
+    }
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "a panic without a message".to_owned()
+    }
+}
+
+impl<K, V, St> sealed::Sealed for WriteBehind<K, V, St>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+    St: Store<K, V>,
+{
+    fn start(&self) -> std::io::Result<()> {
+        let shared = Arc::clone(&self.shared);
+        self.shared.queue.lock().running = true;
+        let spawned = std::thread::Builder::new()
+            .name("larder-flusher".into())
+            .spawn(move || shared.run());
+        match spawned {
+            Ok(handle) => {
+                *self.shared.flusher.lock() = Some(handle);
+                Ok(())
+            }
+            Err(e) => {
+                self.shared.queue.lock().running = false;
+                Err(e)
+            }
+        }
+    }
+}
+
+impl<K, V, St> WritePolicy for WriteBehind<K, V, St>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+    St: Store<K, V>,
+{
+}

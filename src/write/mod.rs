@@ -1,0 +1,453 @@
+//! Write policies: where a write lands besides the cache.
+//!
+//! The system of record (a database, a service) is a user type implementing
+//! [`Store`]. The builder picks the policy, which becomes the last type
+//! parameter of [`Cache`](crate::Cache):
+//!
+//! | policy | builder | `get` on a miss | `put` / `delete` | `flush` |
+//! |---|---|---|---|---|
+//! | [`CacheAside`] (default) | — | `None` | `insert` / `remove`: the cache only | — |
+//! | [`ReadThrough`] | [`read_through`](crate::CacheBuilder::read_through) | loads from the store (single flight) | the cache only; the caller writes the store | `Ok` |
+//! | [`WriteThrough`] | [`write_through`](crate::CacheBuilder::write_through) | loads from the store | the store first, then the cache | `Ok` |
+//! | [`WriteBehind`] | [`write_back`](crate::CacheBuilder::write_back) | the pending write, else the store | the cache and a queue; a flusher thread writes batches | waits for the queue |
+
+mod back;
+mod policies;
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use back::WriteBehind;
+
+/// One write to the system of record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op<K, V> {
+    /// Store `value` under `key`.
+    Put(K, V),
+    /// Remove `key`.
+    Delete(K),
+}
+
+impl<K, V> Op<K, V> {
+    /// The key written.
+    ///
+    /// ```
+    /// assert_eq!(larder::Op::<u32, u32>::Delete(7).key(), &7);
+    /// ```
+    pub fn key(&self) -> &K {
+        match self {
+            Op::Put(k, _) | Op::Delete(k) => k,
+        }
+    }
+}
+
+/// The system of record behind a cache: loads single keys and applies writes.
+///
+/// Implement [`load`](Self::load) and [`write`](Self::write); override
+/// [`write_batch`](Self::write_batch) when the store can apply many writes in
+/// one call (a transaction, a multi-row statement). Errors are the store's own
+/// type. Any method may panic: the cache stays consistent (a write-back
+/// flusher treats a panic as a failed attempt and retries it).
+///
+/// Writes may be retried after a failure, including a batch that failed half
+/// way, so they must be idempotent: applying a batch twice in a row must leave
+/// what applying it once leaves. Puts and deletes of whole values are.
+///
+/// ```
+/// use std::collections::HashMap;
+/// use std::sync::Mutex;
+/// use larder::{Op, Store};
+///
+/// #[derive(Default)]
+/// struct Memory(Mutex<HashMap<u32, String>>);
+///
+/// impl Store<u32, String> for Memory {
+///     type Error = std::convert::Infallible;
+///     fn load(&self, key: &u32) -> Result<Option<String>, Self::Error> {
+///         Ok(self.0.lock().unwrap().get(key).cloned())
+///     }
+///     fn write(&self, op: &Op<u32, String>) -> Result<(), Self::Error> {
+///         let mut map = self.0.lock().unwrap();
+///         match op {
+///             Op::Put(k, v) => map.insert(*k, v.clone()),
+///             Op::Delete(k) => map.remove(k),
+///         };
+///         Ok(())
+///     }
+/// }
+/// ```
+pub trait Store<K, V>: Send + Sync + 'static {
+    /// What the store's calls fail with.
+    type Error: Send + Sync + 'static;
+
+    /// The value under `key`, or `Ok(None)` if the store has none.
+    ///
+    /// # Errors
+    ///
+    /// The store's error; it reaches every caller waiting on this load and is
+    /// not cached.
+    fn load(&self, key: &K) -> Result<Option<V>, Self::Error>;
+
+    /// Applies one write.
+    ///
+    /// # Errors
+    ///
+    /// The store's error: a write-through `put` returns it, a write-back
+    /// flusher retries.
+    fn write(&self, op: &Op<K, V>) -> Result<(), Self::Error>;
+
+    /// Applies writes in order, at most one per key. The default calls
+    /// [`write`](Self::write) for each and stops at the first error.
+    ///
+    /// # Errors
+    ///
+    /// The store's error; the whole batch is then retried.
+    fn write_batch(&self, ops: &[Op<K, V>]) -> Result<(), Self::Error> {
+        ops.iter().try_for_each(|op| self.write(op))
+    }
+}
+
+/// The default write policy: the cache knows no store. The application loads
+/// on a miss (or uses [`get_or_load`](crate::Cache::get_or_load)) and writes
+/// its source of truth itself, removing or replacing the cached copy.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CacheAside;
+
+/// Read-through: `get` loads a missing key from the store, one load per key
+/// at a time; `put` and `delete` change the cache alone (the application
+/// writes the store itself and tells the cache). Built with
+/// [`CacheBuilder::read_through`](crate::CacheBuilder::read_through).
+#[derive(Debug)]
+pub struct ReadThrough<St> {
+    store: Arc<St>,
+}
+
+impl<St> Clone for ReadThrough<St> {
+    fn clone(&self) -> Self {
+        Self {
+            store: Arc::clone(&self.store),
+        }
+    }
+}
+
+/// Write-through: `put` and `delete` return only after the store accepted the
+/// write, and then the cache holds it; a store error leaves the cache
+/// unchanged. Writes to one key are serialized, so the cache and the store
+/// never end up holding different values. `get` reads through. Built with
+/// [`CacheBuilder::write_through`](crate::CacheBuilder::write_through).
+#[derive(Debug)]
+pub struct WriteThrough<St> {
+    store: Arc<St>,
+    locks: Arc<KeyLocks>,
+}
+
+impl<St> Clone for WriteThrough<St> {
+    fn clone(&self) -> Self {
+        Self {
+            store: Arc::clone(&self.store),
+            locks: Arc::clone(&self.locks),
+        }
+    }
+}
+
+impl<St> ReadThrough<St> {
+    pub(crate) fn new(store: St) -> Self {
+        Self {
+            store: Arc::new(store),
+        }
+    }
+}
+
+impl<St> WriteThrough<St> {
+    pub(crate) fn new(store: St) -> Self {
+        Self {
+            store: Arc::new(store),
+            locks: Arc::new(KeyLocks::new()),
+        }
+    }
+}
+
+/// Striped per-key locks: a writer holds its key's stripe across the store
+/// call and the cache update, so two writes to one key land in the same order
+/// in both. Keys sharing a stripe wait for each other, which costs time, not
+/// correctness.
+pub(crate) struct KeyLocks {
+    stripes: Box<[parking_lot::Mutex<()>]>,
+}
+
+impl fmt::Debug for KeyLocks {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyLocks")
+            .field("stripes", &self.stripes.len())
+            .finish()
+    }
+}
+
+/// Stripes per cache: enough that unrelated keys rarely share one.
+const STRIPES: usize = 1024;
+
+impl KeyLocks {
+    pub(crate) fn new() -> Self {
+        Self {
+            stripes: (0..STRIPES).map(|_| parking_lot::Mutex::new(())).collect(),
+        }
+    }
+
+    /// The stripe of a key's hash (its low bits; shards use bits 32 and up).
+    pub(crate) fn lock(&self, hash: u64) -> parking_lot::MutexGuard<'_, ()> {
+        self.stripes[(hash as usize) & (STRIPES - 1)].lock()
+    }
+}
+
+/// Settings of a write-back cache's queue and flusher, for
+/// [`CacheBuilder::write_back`](crate::CacheBuilder::write_back).
+///
+/// ```
+/// use std::time::Duration;
+/// use larder::{Backpressure, WriteBack};
+///
+/// let settings = WriteBack::default()
+///     .max_delay(Duration::from_millis(50))
+///     .batch(256)
+///     .queue_capacity(10_000)
+///     .backpressure(Backpressure::Fail)
+///     .retries(5, Duration::from_millis(10));
+/// assert_eq!(settings.batch_size(), 256);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WriteBack {
+    pub(crate) max_delay: Duration,
+    pub(crate) batch: usize,
+    pub(crate) queue_capacity: usize,
+    pub(crate) backpressure: Backpressure,
+    pub(crate) retries: u32,
+    pub(crate) backoff: Duration,
+    pub(crate) max_backoff: Duration,
+    pub(crate) drop_wait: Duration,
+}
+
+impl Default for WriteBack {
+    /// 50 ms delay, batches of 256, room for 65,536 dirty keys, writers block
+    /// when it is full, 5 retries from 10 ms doubling up to 1 s, and a drop
+    /// that waits up to 5 s for the queue to drain.
+    fn default() -> Self {
+        Self {
+            max_delay: Duration::from_millis(50),
+            batch: 256,
+            queue_capacity: 65_536,
+            backpressure: Backpressure::Block,
+            retries: 5,
+            backoff: Duration::from_millis(10),
+            max_backoff: Duration::from_secs(1),
+            drop_wait: Duration::from_secs(5),
+        }
+    }
+}
+
+impl WriteBack {
+    /// How long a write may wait in the queue before its batch is sent, even
+    /// if the batch is not full. Zero sends every write as soon as the flusher
+    /// is free; `Duration::MAX` waits for a full batch or a `flush`.
+    pub fn max_delay(mut self, delay: Duration) -> Self {
+        self.max_delay = delay;
+        self
+    }
+
+    /// The most writes per [`Store::write_batch`] call; a batch is sent as soon
+    /// as this many keys are waiting. Must be at least 1.
+    pub fn batch(mut self, size: usize) -> Self {
+        self.batch = size;
+        self
+    }
+
+    /// The configured batch size.
+    pub fn batch_size(&self) -> usize {
+        self.batch
+    }
+
+    /// The most dirty keys held at once: waiting, being written, or failed and
+    /// not yet reported. Repeated writes to a dirty key take no more room. Must
+    /// be at least 1.
+    pub fn queue_capacity(mut self, keys: usize) -> Self {
+        self.queue_capacity = keys;
+        self
+    }
+
+    /// What a write does when the queue is full.
+    pub fn backpressure(mut self, mode: Backpressure) -> Self {
+        self.backpressure = mode;
+        self
+    }
+
+    /// Retries of a failed batch, the first after `backoff`, each later one
+    /// after twice the previous wait (at most [`max_backoff`](Self::max_backoff)).
+    /// A write still failing after them is reported by `flush` or `close`.
+    pub fn retries(mut self, retries: u32, backoff: Duration) -> Self {
+        self.retries = retries;
+        self.backoff = backoff;
+        self
+    }
+
+    /// The longest wait between two retries.
+    pub fn max_backoff(mut self, wait: Duration) -> Self {
+        self.max_backoff = wait;
+        self
+    }
+
+    /// How long dropping the last handle of a write-back cache waits for its
+    /// queue to drain. Writes still queued after it are written by the flusher
+    /// thread for as long as the process lives.
+    pub fn drop_wait(mut self, wait: Duration) -> Self {
+        self.drop_wait = wait;
+        self
+    }
+
+    /// The settings' first problem, if any.
+    pub(crate) fn check(&self) -> Result<(), &'static str> {
+        if self.batch == 0 {
+            return Err("the batch size must be at least 1");
+        }
+        if self.queue_capacity == 0 {
+            return Err("the queue capacity must be at least 1");
+        }
+        Ok(())
+    }
+}
+
+/// What a write-back `put` or `delete` does when the queue is full.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Backpressure {
+    /// Wait until the flusher makes room (the default).
+    #[default]
+    Block,
+    /// Return [`WriteError::QueueFull`] at once; nothing is changed.
+    Fail,
+}
+
+/// Why a `put` or `delete` was not accepted. Nothing was changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WriteError<E> {
+    /// The store refused a write-through write.
+    Store(E),
+    /// A write-back queue is full and the cache was built with
+    /// [`Backpressure::Fail`].
+    QueueFull,
+    /// The write-back cache was closed.
+    Closed,
+}
+
+impl<E: fmt::Display> fmt::Display for WriteError<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            WriteError::Store(e) => write!(f, "the store refused the write: {e}"),
+            WriteError::QueueFull => f.write_str("the write-back queue is full"),
+            WriteError::Closed => f.write_str("the write-back cache is closed"),
+        }
+    }
+}
+
+impl<E: fmt::Debug + fmt::Display> std::error::Error for WriteError<E> {}
+
+/// Why a write-back write was given up on.
+#[derive(Debug)]
+pub enum Failure<E> {
+    /// The store's error on the last attempt (shared by the batch).
+    Store(Arc<E>),
+    /// The store panicked on the last attempt, with this message.
+    Panicked(String),
+}
+
+impl<E> Clone for Failure<E> {
+    fn clone(&self) -> Self {
+        match self {
+            Failure::Store(e) => Failure::Store(Arc::clone(e)),
+            Failure::Panicked(m) => Failure::Panicked(m.clone()),
+        }
+    }
+}
+
+impl<E: fmt::Display> fmt::Display for Failure<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Failure::Store(e) => write!(f, "{e}"),
+            Failure::Panicked(m) => write!(f, "the store panicked: {m}"),
+        }
+    }
+}
+
+/// An acknowledged write-back write that the store did not take after every
+/// retry. Until it is reported, a read of its key returns its value.
+#[derive(Debug, Clone)]
+pub struct FailedWrite<K, V, E> {
+    /// The write.
+    pub op: Op<K, V>,
+    /// Why the last attempt failed.
+    pub failure: Failure<E>,
+    /// How many times it was sent.
+    pub attempts: u32,
+}
+
+/// Writes the store did not take, reported by `flush` or `close`.
+#[derive(Debug)]
+pub struct FlushError<K, V, E> {
+    /// Each given-up write, in the order they were given up.
+    pub failed: Vec<FailedWrite<K, V, E>>,
+}
+
+impl<K, V, E: fmt::Display> fmt::Display for FlushError<K, V, E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} write(s) failed after every retry", self.failed.len())?;
+        if let Some(first) = self.failed.first() {
+            write!(f, "; first: {}", first.failure)?;
+        }
+        Ok(())
+    }
+}
+
+impl<K: fmt::Debug, V: fmt::Debug, E: fmt::Debug + fmt::Display> std::error::Error
+    for FlushError<K, V, E>
+{
+}
+
+/// Counters of a write-back cache, from [`Cache::write_stats`](crate::Cache::write_stats).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WriteStats {
+    /// Writes accepted by `put` and `delete`.
+    pub accepted: u64,
+    /// Accepted writes replaced by a later write to the same key before being sent.
+    pub coalesced: u64,
+    /// Calls to [`Store::write_batch`], retries included.
+    pub store_calls: u64,
+    /// Writes the store took.
+    pub stored: u64,
+    /// Batches sent again after a failed attempt.
+    pub retries: u64,
+    /// Writes given up on after every retry (and reported).
+    pub failed: u64,
+    /// Dirty keys now held: waiting, being written, or failed and unreported.
+    pub dirty: u64,
+}
+
+/// The write policy of a [`Cache`](crate::Cache): [`CacheAside`],
+/// [`ReadThrough`], [`WriteThrough`] or [`WriteBehind`]. Sealed.
+pub trait WritePolicy: Clone + Send + Sync + 'static + sealed::Sealed {}
+
+impl WritePolicy for CacheAside {}
+impl<St: Send + Sync + 'static> WritePolicy for ReadThrough<St> {}
+impl<St: Send + Sync + 'static> WritePolicy for WriteThrough<St> {}
+
+pub(crate) mod sealed {
+    /// What the builder does with a policy once the cache exists.
+    #[allow(unreachable_pub)]
+    pub trait Sealed {
+        /// Starts the policy's background work, if it has any.
+        fn start(&self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Sealed for super::CacheAside {}
+    impl<St> Sealed for super::ReadThrough<St> {}
+    impl<St> Sealed for super::WriteThrough<St> {}
+}

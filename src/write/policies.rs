@@ -1,0 +1,391 @@
+//! `get`, `put`, `delete` and `flush` for each write policy: the same calls,
+//! with the write landing where the policy says.
+
+use std::hash::{BuildHasher, Hash};
+use std::sync::Arc;
+
+use super::back::{Pending, WriteBehind};
+use super::{FlushError, Op, ReadThrough, Store, WriteError, WriteStats, WriteThrough};
+use crate::cache::Mode;
+use crate::store::Removed;
+use crate::{Cache, EntryOptions, RemovalCause};
+
+/// What `get` returns on a store-backed cache: the value, `None` when the
+/// store has none, or the store's error shared by everyone waiting on the load.
+type Loaded<V, E> = Result<Option<V>, Arc<E>>;
+
+impl<K, V, S, W> Cache<K, V, S, W>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+    S: BuildHasher,
+{
+    /// A cache hit, or one load per key through `fetch`, cached if it finds
+    /// a value and nothing wrote the key meanwhile.
+    fn read_through<E: Send + Sync + 'static>(
+        &self,
+        key: &K,
+        fetch: impl FnOnce(&K) -> Result<Option<V>, E>,
+    ) -> Loaded<V, E> {
+        if let Some(v) = self.get_cached(key) {
+            return Ok(Some(v));
+        }
+        self.load(key.clone(), Mode::Store, |k| {
+            Ok(fetch(k)?.map(|v| (v, EntryOptions::default())))
+        })
+    }
+
+    /// Stores `value` in the cache alone, handing what it displaced to the
+    /// listener once `guard` (a key lock) is released.
+    fn land_write<G>(&self, key: K, value: V, guard: G) {
+        let mut removed = Removed::new();
+        if let Err(rejected) = self.write_deferred(key, value, None, &[], None, &mut removed) {
+            removed.push((rejected.key, rejected.value, RemovalCause::Size));
+        }
+        drop(guard);
+        self.notify(removed);
+    }
+
+    /// Removes `key` from the cache alone, as [`land_write`](Self::land_write).
+    fn land_delete<G>(&self, key: &K, guard: G) {
+        let removed = self.take(key);
+        drop(guard);
+        self.notify(removed);
+    }
+}
+
+impl<K, V, S, St> Cache<K, V, S, ReadThrough<St>>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+    S: BuildHasher,
+    St: Store<K, V>,
+{
+    /// The cached value, or the store's, loaded once however many callers
+    /// miss on `key` together (see [`Cache::get_or_load`] for what they see).
+    /// A value found is cached; `None` is not.
+    ///
+    /// # Errors
+    ///
+    /// The store's error, shared with every caller of the same load.
+    ///
+    /// # Panics
+    ///
+    /// If the store's `load` panics, in the caller that ran it; a waiting
+    /// caller then loads for itself.
+    ///
+    /// ```
+    /// # use std::collections::HashMap;
+    /// # use larder::{Cache, Op, Store};
+    /// struct Squares;
+    /// impl Store<u64, u64> for Squares {
+    ///     type Error = String;
+    ///     fn load(&self, k: &u64) -> Result<Option<u64>, String> {
+    ///         Ok((*k < 100).then(|| k * k))
+    ///     }
+    ///     fn write(&self, _: &Op<u64, u64>) -> Result<(), String> {
+    ///         Err("read-only".into())
+    ///     }
+    /// }
+    /// let cache = Cache::builder().max_capacity(10).read_through(Squares).build().unwrap();
+    /// assert_eq!(cache.get(&7), Ok(Some(49)));
+    /// assert_eq!(cache.get(&700), Ok(None));
+    /// assert_eq!(cache.peek(&7), Some(49));
+    /// ```
+    pub fn get(&self, key: &K) -> Result<Option<V>, Arc<St::Error>> {
+        self.read_through(key, |k| self.policy().store.load(k))
+    }
+
+    /// Caches `value` under `key`; the store is the caller's to write.
+    ///
+    /// # Errors
+    ///
+    /// None with this policy; the `Result` matches the other policies.
+    pub fn put(&self, key: K, value: V) -> Result<(), WriteError<St::Error>> {
+        self.land_write(key, value, ());
+        Ok(())
+    }
+
+    /// Drops `key` from the cache (after the caller changed the store), so
+    /// that the next `get` loads it again.
+    ///
+    /// # Errors
+    ///
+    /// None with this policy; the `Result` matches the other policies.
+    pub fn delete(&self, key: &K) -> Result<(), WriteError<St::Error>> {
+        self.land_delete(key, ());
+        Ok(())
+    }
+
+    /// Nothing to send with this policy.
+    ///
+    /// # Errors
+    ///
+    /// None with this policy; the `Result` matches write-back's.
+    pub fn flush(&self) -> Result<(), FlushError<K, V, St::Error>> {
+        Ok(())
+    }
+
+    /// The store behind the cache.
+    pub fn store(&self) -> &St {
+        &self.policy().store
+    }
+}
+
+impl<K, V, S, St> Cache<K, V, S, WriteThrough<St>>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+    S: BuildHasher,
+    St: Store<K, V>,
+{
+    /// The cached value, or the store's, loaded once per key as with
+    /// [`ReadThrough`].
+    ///
+    /// # Errors
+    ///
+    /// The store's error, shared with every caller of the same load.
+    ///
+    /// # Panics
+    ///
+    /// If the store's `load` panics, in the caller that ran it.
+    pub fn get(&self, key: &K) -> Result<Option<V>, Arc<St::Error>> {
+        self.read_through(key, |k| self.policy().store.load(k))
+    }
+
+    /// Writes `value` to the store, then to the cache. Returns once both hold
+    /// it. Writes to one key are serialized across the two steps, so the
+    /// cache and the store always agree on the last one.
+    ///
+    /// # Errors
+    ///
+    /// [`WriteError::Store`] with the store's error; the cache is unchanged.
+    ///
+    /// # Panics
+    ///
+    /// If the store panics; the cache is unchanged.
+    ///
+    /// ```
+    /// # use std::collections::HashMap;
+    /// # use std::sync::Mutex;
+    /// # use larder::{Cache, Op, Store, WriteError};
+    /// #[derive(Default)]
+    /// struct Db(Mutex<HashMap<u32, u32>>);
+    /// impl Store<u32, u32> for Db {
+    ///     type Error = &'static str;
+    ///     fn load(&self, k: &u32) -> Result<Option<u32>, Self::Error> {
+    ///         Ok(self.0.lock().unwrap().get(k).copied())
+    ///     }
+    ///     fn write(&self, op: &Op<u32, u32>) -> Result<(), Self::Error> {
+    ///         match op {
+    ///             Op::Put(_, v) if *v > 100 => Err("too large"),
+    ///             Op::Put(k, v) => { self.0.lock().unwrap().insert(*k, *v); Ok(()) }
+    ///             Op::Delete(k) => { self.0.lock().unwrap().remove(k); Ok(()) }
+    ///         }
+    ///     }
+    /// }
+    /// let cache = Cache::builder().max_capacity(10).write_through(Db::default()).build().unwrap();
+    /// cache.put(1, 10).unwrap();
+    /// assert_eq!(cache.store().0.lock().unwrap().get(&1), Some(&10));
+    /// assert_eq!(cache.put(1, 500), Err(WriteError::Store("too large")));
+    /// assert_eq!(cache.get(&1), Ok(Some(10)));
+    /// ```
+    pub fn put(&self, key: K, value: V) -> Result<(), WriteError<St::Error>> {
+        let policy = self.policy();
+        let guard = policy.locks.lock(self.hash(&key));
+        let op = Op::Put(key, value);
+        policy.store.write(&op).map_err(WriteError::Store)?;
+        let Op::Put(key, value) = op else {
+            unreachable!("the op built above")
+        };
+        self.land_write(key, value, guard);
+        Ok(())
+    }
+
+    /// Deletes `key` from the store, then from the cache.
+    ///
+    /// # Errors
+    ///
+    /// [`WriteError::Store`] with the store's error; the cache is unchanged.
+    ///
+    /// # Panics
+    ///
+    /// If the store panics; the cache is unchanged.
+    pub fn delete(&self, key: &K) -> Result<(), WriteError<St::Error>> {
+        let policy = self.policy();
+        let guard = policy.locks.lock(self.hash(key));
+        policy
+            .store
+            .write(&Op::Delete(key.clone()))
+            .map_err(WriteError::Store)?;
+        self.land_delete(key, guard);
+        Ok(())
+    }
+
+    /// Nothing is ever pending with this policy.
+    ///
+    /// # Errors
+    ///
+    /// None with this policy; the `Result` matches write-back's.
+    pub fn flush(&self) -> Result<(), FlushError<K, V, St::Error>> {
+        Ok(())
+    }
+
+    /// The store behind the cache.
+    pub fn store(&self) -> &St {
+        &self.policy().store
+    }
+}
+
+impl<K, V, S, St> Cache<K, V, S, WriteBehind<K, V, St>>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+    S: BuildHasher,
+    St: Store<K, V>,
+{
+    /// The latest acknowledged value of `key`: the cached one, else a write
+    /// still queued for the store (even if the entry was evicted or expired
+    /// from the cache), else the store's, loaded once per key. A queued
+    /// delete reads as `None`.
+    ///
+    /// # Errors
+    ///
+    /// The store's error, shared with every caller of the same load.
+    ///
+    /// # Panics
+    ///
+    /// If the store's `load` panics, in the caller that ran it.
+    pub fn get(&self, key: &K) -> Result<Option<V>, Arc<St::Error>> {
+        let policy = self.policy();
+        self.read_through(key, |k| match policy.lookup(k) {
+            Some(Pending::Put(v)) => Ok(Some(v)),
+            Some(Pending::Delete) => Ok(None),
+            None => policy.store().load(k),
+        })
+    }
+
+    /// Caches `value` and queues its write to the store. A later write to
+    /// the same key before this one is sent replaces it in the queue.
+    ///
+    /// # Errors
+    ///
+    /// [`WriteError::QueueFull`] if the queue is full and the cache was
+    /// built with [`Backpressure::Fail`](crate::Backpressure::Fail) (with
+    /// `Block`, the call waits for room instead); [`WriteError::Closed`]
+    /// after [`close`](Self::close). Nothing is changed either way.
+    ///
+    /// ```
+    /// # use std::collections::HashMap;
+    /// # use std::sync::Mutex;
+    /// # use larder::{Cache, Op, Store, WriteBack};
+    /// #[derive(Default)]
+    /// struct Db(Mutex<HashMap<u32, u32>>);
+    /// impl Store<u32, u32> for Db {
+    ///     type Error = std::convert::Infallible;
+    ///     fn load(&self, k: &u32) -> Result<Option<u32>, Self::Error> {
+    ///         Ok(self.0.lock().unwrap().get(k).copied())
+    ///     }
+    ///     fn write(&self, op: &Op<u32, u32>) -> Result<(), Self::Error> {
+    ///         let mut db = self.0.lock().unwrap();
+    ///         match op {
+    ///             Op::Put(k, v) => db.insert(*k, *v),
+    ///             Op::Delete(k) => db.remove(k),
+    ///         };
+    ///         Ok(())
+    ///     }
+    /// }
+    /// let cache = Cache::builder()
+    ///     .max_capacity(10)
+    ///     .write_back(Db::default(), WriteBack::default())
+    ///     .build()
+    ///     .unwrap();
+    /// cache.put(1, 10).unwrap();
+    /// cache.put(1, 11).unwrap(); // coalesces with the first
+    /// assert_eq!(cache.get(&1), Ok(Some(11)));
+    /// cache.flush().unwrap();
+    /// assert_eq!(cache.store().0.lock().unwrap().get(&1), Some(&11));
+    /// ```
+    pub fn put(&self, key: K, value: V) -> Result<(), WriteError<St::Error>> {
+        let policy = self.policy();
+        let guard = policy.shared.locks.lock(self.hash(&key));
+        policy.accept(&key, Pending::Put(value.clone()))?;
+        self.land_write(key, value, guard);
+        Ok(())
+    }
+
+    /// Drops `key` from the cache and queues its delete from the store.
+    ///
+    /// # Errors
+    ///
+    /// As [`put`](Self::put).
+    pub fn delete(&self, key: &K) -> Result<(), WriteError<St::Error>> {
+        let policy = self.policy();
+        let guard = policy.shared.locks.lock(self.hash(key));
+        policy.accept(key, Pending::Delete)?;
+        self.land_delete(key, guard);
+        Ok(())
+    }
+
+    /// Sends every write accepted before this call and returns once the store
+    /// took each of them or it was given up on after every retry.
+    ///
+    /// # Errors
+    ///
+    /// [`FlushError`] listing the writes given up on since the last report
+    /// (each is reported once). Until reported, a failed write's key reads as
+    /// its value; the report drops the key from the cache, so that reads go
+    /// to the store again (unless a newer write of the key is pending).
+    pub fn flush(&self) -> Result<(), FlushError<K, V, St::Error>> {
+        let report = self.policy().flush();
+        self.forget_failed(report)
+    }
+
+    /// Refuses further writes ([`WriteError::Closed`]), sends everything
+    /// queued, and stops the flusher thread. Reads keep working. Calling it
+    /// again is harmless.
+    ///
+    /// Dropping the last handle of the cache does the same, but waits at most
+    /// [`WriteBack::drop_wait`](crate::WriteBack::drop_wait) and can only
+    /// print what failed to stderr. What a crash loses is what was queued:
+    /// at most the queue's capacity of writes, each at most `max_delay` old
+    /// unless the store was failing.
+    ///
+    /// # Errors
+    ///
+    /// [`FlushError`] listing the writes given up on and not yet reported.
+    pub fn close(&self) -> Result<(), FlushError<K, V, St::Error>> {
+        let report = self.policy().close();
+        self.forget_failed(report)
+    }
+
+    /// Drops the cached copies of reported failed writes whose keys have no
+    /// newer write pending: the store never took them.
+    fn forget_failed(
+        &self,
+        report: Result<(), FlushError<K, V, St::Error>>,
+    ) -> Result<(), FlushError<K, V, St::Error>> {
+        let Err(report) = report else {
+            return Ok(());
+        };
+        let policy = self.policy();
+        for failed in &report.failed {
+            let key = failed.op.key();
+            let guard = policy.shared.locks.lock(self.hash(key));
+            if policy.lookup(key).is_none() {
+                self.land_delete(key, guard);
+            }
+        }
+        Err(report)
+    }
+
+    /// Counters of the write queue.
+    pub fn write_stats(&self) -> WriteStats {
+        self.policy().stats()
+    }
+
+    /// The store behind the cache.
+    pub fn store(&self) -> &St {
+        self.policy().store()
+    }
+}
