@@ -1,0 +1,127 @@
+//! What the write policies cost against a slow system of record.
+//!
+//! The store takes 100 µs per call (sleep, then spin to the mark), like a
+//! database round trip. `put` streams Zipf(1.0) keys over 1M ids:
+//!
+//! * `put_100us_store/write_through`: every put waits for its store call.
+//! * `put_100us_store/write_back`: puts land in the cache and the queue; one
+//!   flusher thread sends coalesced batches of up to 256.
+//! * `put_100us_store/cache_only`: a plain `insert`, for scale.
+//!
+//! After each policy's rows, the store's call count per 1,000 puts is printed
+//! (the write-back figure after a `flush`, so every put was stored).
+
+mod common;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use common::{zipf_keys, SAMPLES};
+use criterion::{Criterion, Throughput};
+use larder::{Cache, Op, Store, WriteBack};
+
+const CAPACITY: u64 = 100_000;
+const STORE_CALL: Duration = Duration::from_micros(100);
+
+/// A store whose every call takes `STORE_CALL`; it counts calls and writes.
+#[derive(Default)]
+struct Slow {
+    calls: AtomicU64,
+    writes: AtomicU64,
+}
+
+fn take(d: Duration) {
+    let start = Instant::now();
+    if let Some(sleep) = d.checked_sub(Duration::from_micros(60)) {
+        std::thread::sleep(sleep);
+    }
+    while start.elapsed() < d {
+        std::hint::spin_loop();
+    }
+}
+
+impl Store<u64, u64> for Slow {
+    type Error = std::convert::Infallible;
+    fn load(&self, _: &u64) -> Result<Option<u64>, Self::Error> {
+        take(STORE_CALL);
+        Ok(None)
+    }
+    fn write(&self, op: &Op<u64, u64>) -> Result<(), Self::Error> {
+        self.write_batch(std::slice::from_ref(op))
+    }
+    fn write_batch(&self, ops: &[Op<u64, u64>]) -> Result<(), Self::Error> {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        self.writes.fetch_add(ops.len() as u64, Ordering::Relaxed);
+        take(STORE_CALL);
+        Ok(())
+    }
+}
+
+fn report(name: &str, puts: u64, store: &Slow) {
+    let calls = store.calls.load(Ordering::Relaxed);
+    println!(
+        "{name}: {puts} puts -> {calls} store calls carrying {} writes ({:.2} calls per 1,000 puts)",
+        store.writes.load(Ordering::Relaxed),
+        calls as f64 * 1_000.0 / puts.max(1) as f64
+    );
+}
+
+fn put_100us_store(c: &mut Criterion) {
+    let keys = zipf_keys(0xB0B);
+    let mut group = c.benchmark_group("put_100us_store");
+    group.throughput(Throughput::Elements(1));
+
+    let through = Cache::builder()
+        .max_capacity(CAPACITY)
+        .write_through(Slow::default())
+        .build()
+        .unwrap();
+    let mut puts = 0u64;
+    group.bench_function("write_through", |b| {
+        let mut at = 0;
+        b.iter(|| {
+            at = (at + 1) & (SAMPLES - 1);
+            puts += 1;
+            through.put(keys[at], at as u64).unwrap()
+        })
+    });
+    report("write_through", puts, through.store());
+
+    let back = Cache::builder()
+        .max_capacity(CAPACITY)
+        .write_back(Slow::default(), WriteBack::default())
+        .build()
+        .unwrap();
+    let mut puts = 0u64;
+    group.bench_function("write_back", |b| {
+        let mut at = 0;
+        b.iter(|| {
+            at = (at + 1) & (SAMPLES - 1);
+            puts += 1;
+            back.put(keys[at], at as u64).unwrap()
+        })
+    });
+    back.flush().unwrap();
+    report("write_back", puts, back.store());
+    let stats = back.write_stats();
+    println!(
+        "write_back queue: accepted {}, coalesced {}, stored {}, store calls {}",
+        stats.accepted, stats.coalesced, stats.stored, stats.store_calls
+    );
+
+    let plain: Cache<u64, u64> = Cache::builder().max_capacity(CAPACITY).build().unwrap();
+    group.bench_function("cache_only", |b| {
+        let mut at = 0;
+        b.iter(|| {
+            at = (at + 1) & (SAMPLES - 1);
+            plain.insert(keys[at], at as u64)
+        })
+    });
+    group.finish();
+}
+
+fn main() {
+    let mut c = Criterion::default().configure_from_args();
+    put_100us_store(&mut c);
+    c.final_summary();
+}
