@@ -112,7 +112,8 @@ where
 {
     /// Read-through: `get` loads a missing key from `store`, one load per
     /// key at a time; `put` and `delete` change only the cache (the
-    /// application writes the store). See [`ReadThrough`].
+    /// application writes the store). See [`ReadThrough`]. `store` is a
+    /// [`Store`], or an [`AsyncStore`](crate::AsyncStore) for the `_async` calls.
     ///
     /// ```
     /// # use larder::{Cache, Op, Store};
@@ -125,7 +126,7 @@ where
     /// let cache = Cache::builder().max_capacity(100).read_through(Doubles).build().unwrap();
     /// assert_eq!(cache.get(&21), Ok(Some(42)));
     /// ```
-    pub fn read_through<St: Store<K, V>>(
+    pub fn read_through<St: Send + Sync + 'static>(
         self,
         store: St,
     ) -> CacheBuilder<K, V, S, ReadThrough<St>> {
@@ -134,8 +135,9 @@ where
 
     /// Write-through: `put` and `delete` write `store` first and the cache
     /// after, returning once both hold the write; `get` reads through. See
-    /// [`WriteThrough`].
-    pub fn write_through<St: Store<K, V>>(
+    /// [`WriteThrough`]. `store` is a [`Store`], or an
+    /// [`AsyncStore`](crate::AsyncStore) for the `_async` calls.
+    pub fn write_through<St: Send + Sync + 'static>(
         self,
         store: St,
     ) -> CacheBuilder<K, V, S, WriteThrough<St>> {

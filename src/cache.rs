@@ -163,6 +163,13 @@ impl<K, V, S, W> fmt::Debug for Cache<K, V, S, W> {
     }
 }
 
+impl<K, V, S, W> Cache<K, V, S, W> {
+    /// The write policy.
+    pub(crate) fn policy(&self) -> &W {
+        &self.write
+    }
+}
+
 impl<K, V> Cache<K, V, DefaultHashBuilder>
 where
     K: Hash + Eq + Send + Sync + 'static,
@@ -664,7 +671,7 @@ where
     /// The async miss path: as [`load`](Self::load), awaiting instead of
     /// blocking. Dropping the returned future while it leads (a cancelled
     /// task) abandons the flight, so that a waiter takes the load over.
-    async fn load_async<E: Send + Sync + 'static>(
+    pub(crate) async fn load_async<E: Send + Sync + 'static>(
         &self,
         key: K,
         mode: Mode,
@@ -734,11 +741,6 @@ where
                 Err(e)
             }
         }
-    }
-
-    /// The write policy.
-    pub(crate) fn policy(&self) -> &W {
-        &self.write
     }
 
     /// A cache hit, as [`Cache::get`] counts and returns it.

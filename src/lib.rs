@@ -123,8 +123,8 @@ pub use policy::Eviction;
 pub use stats::CacheStats;
 pub use tags::Tag;
 pub use write::{
-    Backpressure, CacheAside, FailedWrite, Failure, FlushError, Op, ReadThrough, Store, WriteBack,
-    WriteBehind, WriteError, WritePolicy, WriteStats, WriteThrough,
+    AsyncStore, Backpressure, CacheAside, FailedWrite, Failure, FlushError, Op, ReadThrough,
+    Spawned, Store, WriteBack, WriteBehind, WriteError, WritePolicy, WriteStats, WriteThrough,
 };
 
 /// Replays fuzzer bytes as timer-wheel operations against a model (the

@@ -110,6 +110,8 @@ struct Queue<K, V, E> {
     /// The flusher thread is running.
     running: bool,
     stats: WriteStats,
+    /// Async `flush` / `close` callers to wake on progress.
+    wakers: Vec<std::task::Waker>,
 }
 
 pub(crate) struct Shared<K, V, St: Store<K, V>> {
@@ -150,6 +152,7 @@ where
                 closing: false,
                 running: false,
                 stats: WriteStats::default(),
+                wakers: Vec::new(),
             }),
             work: Condvar::new(),
             progress: Condvar::new(),
@@ -255,9 +258,10 @@ where
     /// reports what failed. A second call reports only what failed since.
     pub(crate) fn close(&self) -> Result<(), FlushError<K, V, St::Error>> {
         let shared = &*self.shared;
-        shared.queue.lock().closing = true;
+        let mut q = shared.queue.lock();
+        q.closing = true;
         shared.work.notify_all();
-        shared.progress.notify_all();
+        shared.progressed(q);
         let flusher = shared.flusher.lock().take();
         if let Some(flusher) = flusher {
             if flusher.thread().id() != std::thread::current().id() {
@@ -267,6 +271,51 @@ where
             }
         }
         report(shared, shared.queue.lock())
+    }
+
+    /// [`flush`](Self::flush), awaiting instead of blocking.
+    pub(crate) async fn flush_async(&self) -> Result<(), FlushError<K, V, St::Error>> {
+        let shared = &*self.shared;
+        let target = {
+            let mut q = shared.queue.lock();
+            q.flush_to = q.flush_to.max(q.seq);
+            q.seq
+        };
+        shared.work.notify_one();
+        std::future::poll_fn(|cx| {
+            let mut q = shared.queue.lock();
+            if q.running && q.outstanding_from().is_some_and(|s| s <= target) {
+                q.wakers.push(cx.waker().clone());
+                std::task::Poll::Pending
+            } else {
+                std::task::Poll::Ready(())
+            }
+        })
+        .await;
+        report(shared, shared.queue.lock())
+    }
+
+    /// [`close`](Self::close), awaiting instead of blocking.
+    pub(crate) async fn close_async(&self) -> Result<(), FlushError<K, V, St::Error>> {
+        let shared = &*self.shared;
+        {
+            let mut q = shared.queue.lock();
+            q.closing = true;
+            shared.work.notify_all();
+            shared.progressed(q);
+        }
+        std::future::poll_fn(|cx| {
+            let mut q = shared.queue.lock();
+            if q.running {
+                q.wakers.push(cx.waker().clone());
+                std::task::Poll::Pending
+            } else {
+                std::task::Poll::Ready(())
+            }
+        })
+        .await;
+        // The thread has left its loop; joining it now does not block.
+        self.close()
     }
 
     pub(crate) fn stats(&self) -> WriteStats {
@@ -302,8 +351,7 @@ where
             }
         }
     }
-    drop(q);
-    shared.progress.notify_all();
+    shared.progressed(q);
     Err(FlushError {
         failed: failed.into_iter().map(|(_, w)| w).collect(),
     })
@@ -393,6 +441,19 @@ struct Sent<E> {
     failure: Option<Failure<E>>,
 }
 
+impl<K, V, St: Store<K, V>> Shared<K, V, St> {
+    /// Releases the queue and wakes everyone waiting for it to move: blocked
+    /// writers, `flush` and `close`, sync and async.
+    fn progressed(&self, mut q: parking_lot::MutexGuard<'_, Queue<K, V, St::Error>>) {
+        let wakers = std::mem::take(&mut q.wakers);
+        drop(q);
+        self.progress.notify_all();
+        for waker in wakers {
+            waker.wake();
+        }
+    }
+}
+
 impl<K, V, St> Shared<K, V, St>
 where
     K: Hash + Eq + Clone + Send + Sync + 'static,
@@ -426,8 +487,9 @@ where
             };
             let ops: Vec<Op<K, V>> = batch.iter().map(|(_, op)| op.clone()).collect();
             let sent = self.send(&ops);
-            self.queue.lock().settle(batch, &sent);
-            self.progress.notify_all();
+            let mut q = self.queue.lock();
+            q.settle(batch, &sent);
+            self.progressed(q);
         }
     }
 
@@ -453,8 +515,7 @@ where
             };
             q.failed.push((seq, failed));
         }
-        drop(q);
-        self.progress.notify_all();
+        self.progressed(q);
     }
 
     /// Sends one batch, retrying with backoff.

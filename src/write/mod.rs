@@ -15,6 +15,7 @@ mod back;
 mod policies;
 
 use std::fmt;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -108,6 +109,153 @@ pub trait Store<K, V>: Send + Sync + 'static {
     }
 }
 
+/// The async twin of [`Store`], for async database clients: the same
+/// contract, with futures. A cache over an `AsyncStore` is used through the
+/// `_async` calls (`get_async`, `put_async`, `delete_async`). For write-back,
+/// wrap it in [`Spawned`] with your runtime's spawn function.
+///
+/// ```
+/// use larder::{AsyncStore, Cache, Op};
+///
+/// struct Remote;
+/// impl AsyncStore<u32, String> for Remote {
+///     type Error = std::io::Error;
+///     async fn load(&self, key: &u32) -> Result<Option<String>, Self::Error> {
+///         Ok(Some(format!("remote {key}"))) // an HTTP or database call here
+///     }
+///     async fn write_batch(&self, _ops: &[Op<u32, String>]) -> Result<(), Self::Error> {
+///         Ok(())
+///     }
+/// }
+/// # let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+/// # runtime.block_on(async {
+/// let cache = Cache::builder().max_capacity(100).write_through(Remote).build().unwrap();
+/// assert_eq!(cache.get_async(&7).await.unwrap(), Some("remote 7".to_string()));
+/// cache.put_async(7, "seven".to_string()).await.unwrap();
+/// assert_eq!(cache.peek(&7), Some("seven".to_string()));
+/// # });
+/// ```
+pub trait AsyncStore<K, V>: Send + Sync + 'static {
+    /// What the store's calls fail with.
+    type Error: Send + Sync + 'static;
+
+    /// The value under `key`, or `Ok(None)` if the store has none.
+    fn load(&self, key: &K) -> impl Future<Output = Result<Option<V>, Self::Error>> + Send;
+
+    /// Applies writes in order, at most one per key, idempotently (see
+    /// [`Store`]).
+    fn write_batch(&self, ops: &[Op<K, V>])
+        -> impl Future<Output = Result<(), Self::Error>> + Send;
+}
+
+/// An [`AsyncStore`] made usable by a write-back cache's flusher thread: each
+/// store call is handed, as a future, to `spawn` (your runtime's spawn
+/// function), and the flusher waits for its result. The runtime stays yours;
+/// larder needs none.
+///
+/// From async code, read with `get_async` and finish with `flush_async` /
+/// `close_async`: the sync `get`, `flush` and `close` block their thread
+/// until the spawned calls are done, which on a single-threaded runtime
+/// never happens. For the same reason, `close_async` a write-back cache
+/// before its last handle is dropped on a runtime thread (dropping it waits
+/// for the queue to drain, up to [`WriteBack::drop_wait`]). A full queue
+/// with [`Backpressure::Block`] also blocks `put`; in async code,
+/// [`Backpressure::Fail`] keeps writers from blocking runtime threads.
+///
+/// ```
+/// use std::time::Duration;
+/// use larder::{AsyncStore, Cache, Op, Spawned, WriteBack};
+///
+/// struct Remote;
+/// impl AsyncStore<u32, u32> for Remote {
+///     type Error = std::io::Error;
+///     async fn load(&self, _: &u32) -> Result<Option<u32>, Self::Error> { Ok(None) }
+///     async fn write_batch(&self, ops: &[Op<u32, u32>]) -> Result<(), Self::Error> {
+///         Ok(()) // one round trip for the whole batch
+///     }
+/// }
+/// # let runtime = tokio::runtime::Runtime::new().unwrap();
+/// # runtime.block_on(async {
+/// let handle = tokio::runtime::Handle::current();
+/// let store = Spawned::new(Remote, move |call| {
+///     handle.spawn(call);
+/// });
+/// let cache = Cache::builder()
+///     .max_capacity(100)
+///     .write_back(store, WriteBack::default())
+///     .build()
+///     .unwrap();
+/// cache.put(1, 10).unwrap();
+/// assert_eq!(cache.get_async(&1).await.unwrap(), Some(10));
+/// cache.flush_async().await.unwrap();
+/// # });
+/// ```
+pub struct Spawned<St> {
+    store: Arc<St>,
+    spawn: Spawner,
+}
+
+/// A runtime's spawn function, as [`Spawned`] takes it.
+type Spawner = Box<dyn Fn(std::pin::Pin<Box<dyn Future<Output = ()> + Send>>) + Send + Sync>;
+
+impl<St> fmt::Debug for Spawned<St> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Spawned").finish_non_exhaustive()
+    }
+}
+
+impl<St> Spawned<St> {
+    /// `store`, its calls run by `spawn`.
+    pub fn new(
+        store: St,
+        spawn: impl Fn(std::pin::Pin<Box<dyn Future<Output = ()> + Send>>) + Send + Sync + 'static,
+    ) -> Self {
+        Self {
+            store: Arc::new(store),
+            spawn: Box::new(spawn),
+        }
+    }
+
+    /// The async store inside.
+    pub fn store(&self) -> &St {
+        &self.store
+    }
+
+    /// Runs `call` on the runtime and blocks this thread until it is done.
+    fn run<T: Send + 'static>(&self, call: impl Future<Output = T> + Send + 'static) -> T {
+        let (done, result) = std::sync::mpsc::sync_channel(1);
+        (self.spawn)(Box::pin(async move {
+            let _ = done.send(call.await);
+        }));
+        result
+            .recv()
+            .expect("the runtime dropped a store call: it panicked or the runtime shut down")
+    }
+}
+
+impl<K, V, St> Store<K, V> for Spawned<St>
+where
+    K: Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+    St: AsyncStore<K, V>,
+{
+    type Error = St::Error;
+
+    fn load(&self, key: &K) -> Result<Option<V>, Self::Error> {
+        let (store, key) = (Arc::clone(&self.store), key.clone());
+        self.run(async move { store.load(&key).await })
+    }
+
+    fn write(&self, op: &Op<K, V>) -> Result<(), Self::Error> {
+        self.write_batch(std::slice::from_ref(op))
+    }
+
+    fn write_batch(&self, ops: &[Op<K, V>]) -> Result<(), Self::Error> {
+        let (store, ops) = (Arc::clone(&self.store), ops.to_vec());
+        self.run(async move { store.write_batch(&ops).await })
+    }
+}
+
 /// The default write policy: the cache knows no store. The application loads
 /// on a miss (or uses [`get_or_load`](crate::Cache::get_or_load)) and writes
 /// its source of truth itself, removing or replacing the cached copy.
@@ -171,9 +319,40 @@ impl<St> WriteThrough<St> {
 /// Striped per-key locks: a writer holds its key's stripe across the store
 /// call and the cache update, so two writes to one key land in the same order
 /// in both. Keys sharing a stripe wait for each other, which costs time, not
-/// correctness.
+/// correctness. A stripe can be taken by blocking (sync calls) or by awaiting
+/// (async calls), and the two exclude each other.
 pub(crate) struct KeyLocks {
-    stripes: Box<[parking_lot::Mutex<()>]>,
+    stripes: Box<[Stripe]>,
+}
+
+struct Stripe {
+    state: parking_lot::Mutex<StripeState>,
+    released: parking_lot::Condvar,
+}
+
+#[derive(Default)]
+struct StripeState {
+    held: bool,
+    /// Async callers waiting for the stripe; all are woken on release.
+    wakers: Vec<std::task::Waker>,
+}
+
+/// A held stripe; released on drop.
+pub(crate) struct KeyGuard<'a> {
+    stripe: &'a Stripe,
+}
+
+impl Drop for KeyGuard<'_> {
+    fn drop(&mut self) {
+        let mut state = self.stripe.state.lock();
+        state.held = false;
+        let wakers = std::mem::take(&mut state.wakers);
+        drop(state);
+        self.stripe.released.notify_one();
+        for waker in wakers {
+            waker.wake();
+        }
+    }
 }
 
 impl fmt::Debug for KeyLocks {
@@ -190,13 +369,47 @@ const STRIPES: usize = 1024;
 impl KeyLocks {
     pub(crate) fn new() -> Self {
         Self {
-            stripes: (0..STRIPES).map(|_| parking_lot::Mutex::new(())).collect(),
+            stripes: (0..STRIPES)
+                .map(|_| Stripe {
+                    state: parking_lot::Mutex::new(StripeState::default()),
+                    released: parking_lot::Condvar::new(),
+                })
+                .collect(),
         }
     }
 
     /// The stripe of a key's hash (its low bits; shards use bits 32 and up).
-    pub(crate) fn lock(&self, hash: u64) -> parking_lot::MutexGuard<'_, ()> {
-        self.stripes[(hash as usize) & (STRIPES - 1)].lock()
+    fn stripe(&self, hash: u64) -> &Stripe {
+        &self.stripes[(hash as usize) & (STRIPES - 1)]
+    }
+
+    /// Takes a key's stripe, blocking.
+    pub(crate) fn lock(&self, hash: u64) -> KeyGuard<'_> {
+        let stripe = self.stripe(hash);
+        let mut state = stripe.state.lock();
+        while state.held {
+            stripe.released.wait(&mut state);
+        }
+        state.held = true;
+        KeyGuard { stripe }
+    }
+
+    /// Takes a key's stripe, awaiting. Dropping the future while it waits
+    /// gives up nothing: it held nothing yet.
+    pub(crate) async fn lock_async(&self, hash: u64) -> KeyGuard<'_> {
+        let stripe = self.stripe(hash);
+        std::future::poll_fn(|cx| {
+            let mut state = stripe.state.lock();
+            if state.held {
+                state.wakers.push(cx.waker().clone());
+                std::task::Poll::Pending
+            } else {
+                state.held = true;
+                std::task::Poll::Ready(())
+            }
+        })
+        .await;
+        KeyGuard { stripe }
     }
 }
 

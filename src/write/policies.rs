@@ -5,7 +5,9 @@ use std::hash::{BuildHasher, Hash};
 use std::sync::Arc;
 
 use super::back::{Pending, WriteBehind};
-use super::{FlushError, Op, ReadThrough, Store, WriteError, WriteStats, WriteThrough};
+use super::{
+    AsyncStore, FlushError, Op, ReadThrough, Spawned, Store, WriteError, WriteStats, WriteThrough,
+};
 use crate::cache::Mode;
 use crate::store::Removed;
 use crate::{Cache, EntryOptions, RemovalCause};
@@ -44,6 +46,19 @@ where
         }
         drop(guard);
         self.notify(removed);
+    }
+
+    /// An async read-through miss: one load per key through `fetch`.
+    async fn read_through_async<E: Send + Sync + 'static>(
+        &self,
+        key: &K,
+        fetch: impl std::future::Future<Output = Result<Option<V>, E>>,
+    ) -> Loaded<V, E> {
+        if let Some(v) = self.get_cached(key) {
+            return Ok(Some(v));
+        }
+        let load = async { Ok(fetch.await?.map(|v| (v, EntryOptions::default()))) };
+        self.load_async(key.clone(), Mode::Store, load).await
     }
 
     /// Removes `key` from the cache alone, as [`land_write`](Self::land_write).
@@ -124,11 +139,6 @@ where
     /// None with this policy; the `Result` matches write-back's.
     pub fn flush(&self) -> Result<(), FlushError<K, V, St::Error>> {
         Ok(())
-    }
-
-    /// The store behind the cache.
-    pub fn store(&self) -> &St {
-        &self.policy().store
     }
 }
 
@@ -229,11 +239,6 @@ where
     /// None with this policy; the `Result` matches write-back's.
     pub fn flush(&self) -> Result<(), FlushError<K, V, St::Error>> {
         Ok(())
-    }
-
-    /// The store behind the cache.
-    pub fn store(&self) -> &St {
-        &self.policy().store
     }
 }
 
@@ -387,5 +392,189 @@ where
     /// The store behind the cache.
     pub fn store(&self) -> &St {
         self.policy().store()
+    }
+}
+
+impl<K, V, S, St> Cache<K, V, S, ReadThrough<St>> {
+    /// The store behind the cache.
+    pub fn store(&self) -> &St {
+        &self.policy().store
+    }
+}
+
+impl<K, V, S, St> Cache<K, V, S, WriteThrough<St>> {
+    /// The store behind the cache.
+    pub fn store(&self) -> &St {
+        &self.policy().store
+    }
+}
+
+impl<K, V, S, St> Cache<K, V, S, ReadThrough<St>>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+    S: BuildHasher,
+    St: AsyncStore<K, V>,
+{
+    /// `get` for an [`AsyncStore`]: the cached value, or the store's, loaded
+    /// once however many callers (sync or async) miss on `key` together. If
+    /// the task leading the load is cancelled, a waiting caller takes it over.
+    ///
+    /// # Errors
+    ///
+    /// The store's error, shared with every caller of the same load.
+    pub async fn get_async(&self, key: &K) -> Result<Option<V>, Arc<St::Error>> {
+        let store = &self.policy().store;
+        self.read_through_async(key, store.load(key)).await
+    }
+
+    /// `put` for an [`AsyncStore`]: caches `value`; the store is the
+    /// caller's to write.
+    ///
+    /// # Errors
+    ///
+    /// None with this policy; the `Result` matches the other policies.
+    pub async fn put_async(&self, key: K, value: V) -> Result<(), WriteError<St::Error>> {
+        self.land_write(key, value, ());
+        Ok(())
+    }
+
+    /// `delete` for an [`AsyncStore`]: drops `key` from the cache.
+    ///
+    /// # Errors
+    ///
+    /// None with this policy; the `Result` matches the other policies.
+    pub async fn delete_async(&self, key: &K) -> Result<(), WriteError<St::Error>> {
+        self.land_delete(key, ());
+        Ok(())
+    }
+}
+
+impl<K, V, S, St> Cache<K, V, S, WriteThrough<St>>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+    S: BuildHasher,
+    St: AsyncStore<K, V>,
+{
+    /// `get` for an [`AsyncStore`], as with read-through.
+    ///
+    /// # Errors
+    ///
+    /// The store's error, shared with every caller of the same load.
+    pub async fn get_async(&self, key: &K) -> Result<Option<V>, Arc<St::Error>> {
+        let store = &self.policy().store;
+        self.read_through_async(key, store.load(key)).await
+    }
+
+    /// `put` for an [`AsyncStore`]: writes the store, then the cache; writes
+    /// of one key, sync or async, are serialized. If the task is cancelled
+    /// while the store call runs, the store may or may not have the write, so
+    /// the key's cached copy is dropped and the next read asks the store.
+    ///
+    /// # Errors
+    ///
+    /// [`WriteError::Store`] with the store's error; the cache is unchanged.
+    pub async fn put_async(&self, key: K, value: V) -> Result<(), WriteError<St::Error>> {
+        let policy = self.policy();
+        let guard = policy.locks.lock_async(self.hash(&key)).await;
+        let mut cancelled = OnDrop(Some(|| self.land_delete(&key, ())));
+        let op = [Op::Put(key.clone(), value)];
+        let written = policy.store.write_batch(&op).await;
+        cancelled.0 = None;
+        written.map_err(WriteError::Store)?;
+        let [Op::Put(key, value)] = op else {
+            unreachable!("the op built above")
+        };
+        self.land_write(key, value, guard);
+        Ok(())
+    }
+
+    /// `delete` for an [`AsyncStore`]: deletes from the store, then from the
+    /// cache (cancellation as with [`put_async`](Self::put_async)).
+    ///
+    /// # Errors
+    ///
+    /// [`WriteError::Store`] with the store's error; the cache is unchanged.
+    pub async fn delete_async(&self, key: &K) -> Result<(), WriteError<St::Error>> {
+        let policy = self.policy();
+        let guard = policy.locks.lock_async(self.hash(key)).await;
+        let mut cancelled = OnDrop(Some(|| self.land_delete(key, ())));
+        let op = [Op::Delete(key.clone())];
+        let written = policy.store.write_batch(&op).await;
+        cancelled.0 = None;
+        written.map_err(WriteError::Store)?;
+        self.land_delete(key, guard);
+        Ok(())
+    }
+}
+
+impl<K, V, S, St> Cache<K, V, S, WriteBehind<K, V, St>>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+    S: BuildHasher,
+    St: Store<K, V>,
+{
+    /// [`flush`](Self::flush), awaiting instead of blocking the thread.
+    ///
+    /// # Errors
+    ///
+    /// As [`flush`](Self::flush).
+    pub async fn flush_async(&self) -> Result<(), FlushError<K, V, St::Error>> {
+        let report = self.policy().flush_async().await;
+        self.forget_failed(report)
+    }
+
+    /// [`close`](Self::close), awaiting instead of blocking the thread.
+    ///
+    /// # Errors
+    ///
+    /// As [`close`](Self::close).
+    pub async fn close_async(&self) -> Result<(), FlushError<K, V, St::Error>> {
+        let report = self.policy().close_async().await;
+        self.forget_failed(report)
+    }
+}
+
+impl<K, V, S, St> Cache<K, V, S, WriteBehind<K, V, Spawned<St>>>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+    S: BuildHasher,
+    St: AsyncStore<K, V>,
+{
+    /// `get` for a write-back cache over an [`AsyncStore`]: the cached value,
+    /// else the key's pending write, else the store's, awaited (one load per
+    /// key at a time).
+    ///
+    /// # Errors
+    ///
+    /// The store's error, shared with every caller of the same load.
+    pub async fn get_async(&self, key: &K) -> Result<Option<V>, Arc<St::Error>> {
+        let policy = self.policy();
+        if let Some(v) = self.get_cached(key) {
+            return Ok(Some(v));
+        }
+        let fetch = async {
+            match policy.lookup(key) {
+                Some(Pending::Put(v)) => Ok(Some(v)),
+                Some(Pending::Delete) => Ok(None),
+                None => policy.store().store().load(key).await,
+            }
+        };
+        self.read_through_async(key, fetch).await
+    }
+}
+
+/// Runs its closure when dropped unless disarmed (set to `None`): the undo of
+/// an async write whose task was cancelled mid-way.
+struct OnDrop<F: FnOnce()>(Option<F>);
+
+impl<F: FnOnce()> Drop for OnDrop<F> {
+    fn drop(&mut self) {
+        if let Some(undo) = self.0.take() {
+            undo();
+        }
     }
 }

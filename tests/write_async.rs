@@ -1,0 +1,203 @@
+//! The async twins of the write policies: an `AsyncStore` that really awaits
+//! (tokio timers), used through `get_async` / `put_async` / `delete_async`,
+//! and write-back over it with the flusher's calls spawned on tokio.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use larder::{AsyncStore, Cache, Op, Spawned, WriteBack, WriteError};
+
+#[derive(Default)]
+struct Db {
+    data: Mutex<HashMap<u64, u64>>,
+    loads: AtomicU64,
+    write_calls: AtomicU64,
+    fail: AtomicBool,
+    /// Store calls take this long (milliseconds).
+    delay_ms: AtomicU64,
+}
+
+impl Db {
+    fn value(&self, key: u64) -> Option<u64> {
+        self.data.lock().unwrap().get(&key).copied()
+    }
+}
+
+#[derive(Clone, Default)]
+struct Remote(Arc<Db>);
+
+impl AsyncStore<u64, u64> for Remote {
+    type Error = String;
+
+    async fn load(&self, key: &u64) -> Result<Option<u64>, String> {
+        self.0.loads.fetch_add(1, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(
+            self.0.delay_ms.load(Ordering::SeqCst),
+        ))
+        .await;
+        Ok(self.0.value(*key))
+    }
+
+    async fn write_batch(&self, ops: &[Op<u64, u64>]) -> Result<(), String> {
+        self.0.write_calls.fetch_add(1, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(
+            self.0.delay_ms.load(Ordering::SeqCst),
+        ))
+        .await;
+        if self.0.fail.load(Ordering::SeqCst) {
+            return Err("remote down".into());
+        }
+        let mut data = self.0.data.lock().unwrap();
+        for op in ops {
+            match op {
+                Op::Put(k, v) => data.insert(*k, *v),
+                Op::Delete(k) => data.remove(k),
+            };
+        }
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_read_through_loads_once_for_many_tasks() {
+    let remote = Remote::default();
+    remote.0.data.lock().unwrap().insert(1, 10);
+    remote.0.delay_ms.store(20, Ordering::SeqCst);
+    let cache = Arc::new(
+        Cache::builder()
+            .max_capacity(100)
+            .read_through(remote.clone())
+            .build()
+            .unwrap(),
+    );
+    let tasks: Vec<_> = (0..100)
+        .map(|_| {
+            let cache = Arc::clone(&cache);
+            tokio::spawn(async move { cache.get_async(&1).await })
+        })
+        .collect();
+    for task in tasks {
+        assert_eq!(task.await.unwrap(), Ok(Some(10)));
+    }
+    assert_eq!(
+        remote.0.loads.load(Ordering::SeqCst),
+        1,
+        "one load for 100 tasks"
+    );
+    assert_eq!(cache.get_async(&2).await, Ok(None));
+    cache.put_async(3, 30).await.unwrap();
+    cache.delete_async(&1).await.unwrap();
+    assert_eq!((cache.peek(&3), cache.peek(&1)), (Some(30), None));
+    assert_eq!(remote.0.write_calls.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_write_through_stores_first_and_a_failure_changes_nothing() {
+    let remote = Remote::default();
+    let cache = Cache::builder()
+        .max_capacity(100)
+        .write_through(remote.clone())
+        .build()
+        .unwrap();
+    cache.put_async(1, 10).await.unwrap();
+    assert_eq!((remote.0.value(1), cache.peek(&1)), (Some(10), Some(10)));
+    remote.0.fail.store(true, Ordering::SeqCst);
+    assert_eq!(
+        cache.put_async(1, 11).await,
+        Err(WriteError::Store("remote down".into()))
+    );
+    assert_eq!(
+        cache.delete_async(&1).await,
+        Err(WriteError::Store("remote down".into()))
+    );
+    assert_eq!((remote.0.value(1), cache.peek(&1)), (Some(10), Some(10)));
+    remote.0.fail.store(false, Ordering::SeqCst);
+    cache.delete_async(&1).await.unwrap();
+    assert_eq!((remote.0.value(1), cache.peek(&1)), (None, None));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_async_put_drops_the_cached_copy() {
+    let remote = Remote::default();
+    let cache = Cache::builder()
+        .max_capacity(100)
+        .write_through(remote.clone())
+        .build()
+        .unwrap();
+    cache.put_async(1, 10).await.unwrap();
+    remote.0.delay_ms.store(1_000, Ordering::SeqCst);
+    let cancelled = tokio::time::timeout(Duration::from_millis(20), cache.put_async(1, 11)).await;
+    assert!(cancelled.is_err(), "the put was cancelled mid-call");
+    assert_eq!(cache.peek(&1), None, "the cache no longer claims 10");
+    remote.0.delay_ms.store(0, Ordering::SeqCst);
+    assert_eq!(cache.get_async(&1).await, Ok(Some(10)), "the store decides");
+    cache.put_async(1, 12).await.unwrap();
+    assert_eq!(cache.peek(&1), Some(12), "the key's stripe was released");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_async_write_through_puts_on_one_key_agree() {
+    let remote = Remote::default();
+    let cache = Arc::new(
+        Cache::builder()
+            .max_capacity(100)
+            .write_through(remote.clone())
+            .build()
+            .unwrap(),
+    );
+    let tasks: Vec<_> = (0..8u64)
+        .map(|t| {
+            let cache = Arc::clone(&cache);
+            tokio::spawn(async move {
+                for i in 0..200u64 {
+                    cache.put_async(i % 2, t * 1_000 + i).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    for key in 0..2 {
+        assert_eq!(cache.peek(&key), remote.0.value(key));
+        assert!(cache.peek(&key).is_some());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_write_back_reads_its_writes_and_flushes() {
+    let remote = Remote::default();
+    remote.0.delay_ms.store(5, Ordering::SeqCst);
+    let handle = tokio::runtime::Handle::current();
+    let store = Spawned::new(remote.clone(), move |call| {
+        handle.spawn(call);
+    });
+    let cache = Cache::builder()
+        .max_capacity(4)
+        .write_back(
+            store,
+            WriteBack::default().max_delay(Duration::from_millis(1)),
+        )
+        .build()
+        .unwrap();
+    for k in 0..100 {
+        cache.put(k, k * 10).unwrap();
+    }
+    for k in 0..100 {
+        assert_eq!(cache.get_async(&k).await, Ok(Some(k * 10)), "key {k}");
+    }
+    cache.delete(&5).unwrap();
+    assert_eq!(cache.get_async(&5).await, Ok(None));
+    cache.flush_async().await.unwrap();
+    for k in 0..100 {
+        assert_eq!(remote.0.value(k), (k != 5).then_some(k * 10));
+    }
+    assert!(remote.0.write_calls.load(Ordering::SeqCst) < 100, "batched");
+    cache.put(200, 1).unwrap();
+    cache.close_async().await.unwrap();
+    assert_eq!(remote.0.value(200), Some(1));
+    assert_eq!(cache.put(201, 1), Err(WriteError::Closed));
+    assert_eq!(cache.get_async(&200).await, Ok(Some(1)));
+}
