@@ -523,7 +523,7 @@ where
         let mut wait = self.settings.backoff;
         let mut attempts = 0;
         loop {
-            attempts += 1;
+            attempts = attempts.saturating_add(1);
             let failure = match catch_unwind(AssertUnwindSafe(|| self.store.write_batch(ops))) {
                 Ok(Ok(())) => {
                     return Sent {
