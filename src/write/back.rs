@@ -521,7 +521,7 @@ where
     /// Sends one batch, retrying with backoff.
     fn send(&self, ops: &[Op<K, V>]) -> Sent<St::Error> {
         let mut wait = self.settings.backoff;
-        let mut attempts = 0;
+        let mut attempts: u32 = 0;
         loop {
             attempts = attempts.saturating_add(1);
             let failure = match catch_unwind(AssertUnwindSafe(|| self.store.write_batch(ops))) {
