@@ -201,3 +201,37 @@ async fn async_write_back_reads_its_writes_and_flushes() {
     assert_eq!(cache.put(201, 1), Err(WriteError::Closed));
     assert_eq!(cache.get_async(&200).await, Ok(Some(1)));
 }
+
+/// On a single-threaded runtime, a writer that blocked its thread for room
+/// would starve the spawned store calls that make room: `put_async` waits
+/// as a pending task instead.
+#[tokio::test(flavor = "current_thread")]
+async fn async_write_back_waits_for_room_without_blocking_the_runtime() {
+    let remote = Remote::default();
+    remote.0.delay_ms.store(2, Ordering::SeqCst);
+    let handle = tokio::runtime::Handle::current();
+    let store = Spawned::new(remote.clone(), move |call| {
+        handle.spawn(call);
+    });
+    let cache = Cache::builder()
+        .max_capacity(100)
+        .write_back(
+            store,
+            WriteBack::default()
+                .max_delay(Duration::from_millis(1))
+                .batch(2)
+                .queue_capacity(2),
+        )
+        .build()
+        .unwrap();
+    for k in 0..20 {
+        cache.put_async(k, k).await.unwrap();
+    }
+    cache.delete_async(&3).await.unwrap();
+    cache.flush_async().await.unwrap();
+    for k in 0..20 {
+        assert_eq!(remote.0.value(k), (k != 3).then_some(k));
+    }
+    assert!(cache.write_stats().dirty == 0);
+    cache.close_async().await.unwrap();
+}

@@ -193,6 +193,48 @@ where
                 }
             }
         }
+        self.enqueue(q, key, write);
+        Ok(())
+    }
+
+    /// [`accept`](Self::accept) for async writers: with
+    /// [`Backpressure::Block`], a full queue leaves the task pending (woken
+    /// when the flusher makes progress) instead of blocking its thread.
+    /// `write` is taken once accepted.
+    pub(crate) fn poll_accept(
+        &self,
+        key: &K,
+        write: &mut Option<Pending<V>>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), WriteError<St::Error>>> {
+        use std::task::Poll;
+        let shared = &*self.shared;
+        let mut q = shared.queue.lock();
+        if q.closing {
+            return Poll::Ready(Err(WriteError::Closed));
+        }
+        if q.slots.len() >= shared.settings.queue_capacity && !q.slots.contains_key(key) {
+            if shared.settings.backpressure == Backpressure::Fail {
+                return Poll::Ready(Err(WriteError::QueueFull));
+            }
+            q.wakers.push(cx.waker().clone());
+            shared.work.notify_one();
+            return Poll::Pending;
+        }
+        let write = write.take().expect("a write is accepted once");
+        self.enqueue(q, key, write);
+        Poll::Ready(Ok(()))
+    }
+
+    /// Files an accepted write: coalesced into the key's waiting write, or
+    /// queued behind the others.
+    fn enqueue(
+        &self,
+        mut q: parking_lot::MutexGuard<'_, Queue<K, V, St::Error>>,
+        key: &K,
+        write: Pending<V>,
+    ) {
+        let shared = &*self.shared;
         q.seq += 1;
         let seq = q.seq;
         q.stats.accepted += 1;
@@ -229,7 +271,6 @@ where
         } else {
             q.stats.coalesced += 1;
         }
-        Ok(())
     }
 
     /// The latest acknowledged write of `key` the store may not hold yet.
@@ -376,6 +417,7 @@ impl<K: Hash + Eq, V: Clone, E> Queue<K, V, E> {
         let front = self.order.front()?;
         let due = self.closing
             || self.blocked > 0
+            || !self.wakers.is_empty()
             || self.order.len() >= settings.batch
             || self.flush_to >= front.seq
             || now.saturating_duration_since(front.at) >= settings.max_delay;

@@ -156,11 +156,11 @@ pub trait AsyncStore<K, V>: Send + Sync + 'static {
 /// From async code, read with `get_async` and finish with `flush_async` /
 /// `close_async`: the sync `get`, `flush` and `close` block their thread
 /// until the spawned calls are done, which on a single-threaded runtime
-/// never happens. For the same reason, `close_async` a write-back cache
-/// before its last handle is dropped on a runtime thread (dropping it waits
-/// for the queue to drain, up to [`WriteBack::drop_wait`]). A full queue
-/// with [`Backpressure::Block`] also blocks `put`; in async code,
-/// [`Backpressure::Fail`] keeps writers from blocking runtime threads.
+/// never happens. For the same reason, write with `put_async` /
+/// `delete_async` (a full queue suspends the task instead of blocking the
+/// thread), and `close_async` a write-back cache before its last handle is
+/// dropped on a runtime thread (dropping it waits for the queue to drain, up
+/// to [`WriteBack::drop_wait`]).
 ///
 /// ```
 /// use std::time::Duration;

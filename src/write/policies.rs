@@ -516,6 +516,37 @@ where
     S: BuildHasher,
     St: Store<K, V>,
 {
+    /// [`put`](Self::put) for async code: a full queue with
+    /// [`Backpressure::Block`](crate::Backpressure::Block) suspends the task
+    /// instead of blocking its thread. Cancelled while it waits for room, it
+    /// changes nothing.
+    ///
+    /// # Errors
+    ///
+    /// As [`put`](Self::put).
+    pub async fn put_async(&self, key: K, value: V) -> Result<(), WriteError<St::Error>> {
+        let policy = self.policy();
+        let guard = policy.shared.locks.lock_async(self.hash(&key)).await;
+        let mut write = Some(Pending::Put(value.clone()));
+        std::future::poll_fn(|cx| policy.poll_accept(&key, &mut write, cx)).await?;
+        self.land_write(key, value, guard);
+        Ok(())
+    }
+
+    /// [`delete`](Self::delete) for async code, as [`put_async`](Self::put_async).
+    ///
+    /// # Errors
+    ///
+    /// As [`put`](Self::put).
+    pub async fn delete_async(&self, key: &K) -> Result<(), WriteError<St::Error>> {
+        let policy = self.policy();
+        let guard = policy.shared.locks.lock_async(self.hash(key)).await;
+        let mut write = Some(Pending::Delete);
+        std::future::poll_fn(|cx| policy.poll_accept(key, &mut write, cx)).await?;
+        self.land_delete(key, guard);
+        Ok(())
+    }
+
     /// [`flush`](Self::flush), awaiting instead of blocking the thread.
     ///
     /// # Errors
