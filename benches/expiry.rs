@@ -3,8 +3,11 @@
 //! * `expire_all`: reclaiming N entries with random TTLs of 1–60 s after the
 //!   mock clock moves 61 s (`run_pending_tasks`), N = 100k and 1M: time per
 //!   entry should not grow with N.
+//! * `expire_beside_1m_resident`: the same N expiring beside 1M entries that
+//!   never expire, so both sizes work out of cache: linearity without the
+//!   cache-size effect.
 //! * `get_ttl`: read-only Zipf lookups on a cache with and without a TTL (and
-//!   with a TTI, whose reads may move deadlines).
+//!   with a TTI, whose reads may move deadlines, and with the coarse clock).
 //! * `insert_ttl`: inserts of fresh keys into a full cache — plain, into a TTL
 //!   cache, with a per-entry TTL — and moka's plain and TTL inserts.
 //! * Before the criterion groups, a reader's `get` latency percentiles while
@@ -66,6 +69,51 @@ fn expire_all(c: &mut Criterion) {
     group.finish();
 }
 
+/// Reclaiming N expired entries from a cache that also holds 1M entries
+/// without a deadline, so that N = 100k and N = 1M both run out of cache: the
+/// time per entry shows whether the work is linear in the number expired.
+fn expire_beside_resident(c: &mut Criterion) {
+    const RESIDENT: u64 = 1_000_000;
+    let mut group = c.benchmark_group("expire_beside_1m_resident");
+    group.sample_size(10);
+    group.measurement_time(Duration::from_secs(8));
+    for n in [100_000u64, 1_000_000] {
+        let (clock, time) = Clock::mock();
+        let cache: Cache<u64, u64> = Cache::builder()
+            // Room to spare: shards fill unevenly, and nothing may be evicted.
+            .max_capacity(2 * (RESIDENT + n))
+            .initial_capacity((RESIDENT + n) as usize)
+            .clock(clock)
+            .build()
+            .unwrap();
+        for k in 0..RESIDENT {
+            cache.insert(k, k);
+        }
+        let mut rng = Rng(11);
+        let mut next = RESIDENT;
+        group.throughput(Throughput::Elements(n));
+        group.bench_function(BenchmarkId::from_parameter(n), |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    for _ in 0..n {
+                        let ttl = Duration::from_millis(1_000 + rng.next() % 59_000);
+                        cache.insert_with(next, next, EntryOptions::new().ttl(ttl));
+                        next += 1;
+                    }
+                    time.advance(Duration::from_secs(61));
+                    let start = Instant::now();
+                    cache.run_pending_tasks();
+                    total += start.elapsed();
+                    assert_eq!(cache.len() as u64, RESIDENT);
+                }
+                total
+            })
+        });
+    }
+    group.finish();
+}
+
 /// Lookups of one key stream over a cache preloaded with the 100k most popular keys.
 fn get_ttl(c: &mut Criterion) {
     let keys = zipf_keys(0x5EED);
@@ -83,6 +131,12 @@ fn get_ttl(c: &mut Criterion) {
         .time_to_idle(hour)
         .build()
         .unwrap();
+    let coarse: Cache<u64, u64> = Cache::builder()
+        .max_capacity(CAPACITY)
+        .time_to_live(hour)
+        .clock(Clock::coarse())
+        .build()
+        .unwrap();
     let moka_ttl = moka::sync::Cache::builder()
         .max_capacity(CAPACITY)
         .time_to_live(hour)
@@ -91,11 +145,13 @@ fn get_ttl(c: &mut Criterion) {
         plain.insert(k, k);
         ttl.insert(k, k);
         tti.insert(k, k);
+        coarse.insert(k, k);
         moka_ttl.insert(k, k);
     }
-    let subjects: [Lookup<'_>; 4] = [
+    let subjects: [Lookup<'_>; 5] = [
         ("larder", &|k| plain.get(&k)),
         ("larder_ttl", &|k| ttl.get(&k)),
+        ("larder_ttl_coarse", &|k| coarse.get(&k)),
         ("larder_tti", &|k| tti.get(&k)),
         ("moka_ttl", &|k| moka_ttl.get(&k)),
     ];
@@ -258,6 +314,7 @@ fn main() {
         .measurement_time(Duration::from_secs(2))
         .configure_from_args();
     expire_all(&mut c);
+    expire_beside_resident(&mut c);
     get_ttl(&mut c);
     insert_ttl(&mut c);
     c.final_summary();

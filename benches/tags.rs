@@ -1,7 +1,9 @@
 //! What tags cost.
 //!
 //! * `invalidate_tag`: one call on a tag carried by m entries of a 1M-entry
-//!   cache, m = 1k, 10k, 100k (time should grow linearly with m).
+//!   cache, m = 1k, 10k, 100k (time should grow linearly with m), right after
+//!   the m entries were written (`invalidate_tag`) and with the CPU caches
+//!   flushed in between (`invalidate_tag_cold`).
 //! * `get_untagged`: reads of untagged entries, in a cache where other entries
 //!   carry tags, beside the same reads in a cache with no tags at all.
 //! * `insert_tags`: inserts of fresh keys into a full cache, plain and with two
@@ -17,8 +19,28 @@ use larder::{Cache, EntryOptions};
 
 const CAPACITY: u64 = 100_000;
 
+/// Reads one word per cache line of a buffer twice the size of the last-level
+/// cache, so that what the setup touched is no longer cached (reads, so that
+/// no dirty lines are left to be written back during the measurement).
+fn evict_cpu_caches(buffer: &[u64]) {
+    let sum = buffer
+        .iter()
+        .step_by(8)
+        .fold(0u64, |a, &w| a.wrapping_add(w));
+    std::hint::black_box(sum);
+}
+
 fn invalidate_tag(c: &mut Criterion) {
-    let mut group = c.benchmark_group("invalidate_tag");
+    invalidate_tag_group(c, "invalidate_tag", false);
+    invalidate_tag_group(c, "invalidate_tag_cold", true);
+}
+
+/// `cold`: the CPU caches are flushed between inserting the tagged entries
+/// and invalidating them, so every size pays the misses a tag invalidated
+/// long after its entries were written pays.
+fn invalidate_tag_group(c: &mut Criterion, name: &str, cold: bool) {
+    let flush: Vec<u64> = (0..if cold { 8u64 << 20 } else { 0 }).collect();
+    let mut group = c.benchmark_group(name);
     group.sample_size(10);
     let cache: Cache<u64, u64> = Cache::builder()
         .max_capacity(2_000_000)
@@ -40,6 +62,7 @@ fn invalidate_tag(c: &mut Criterion) {
                         let key = 10_000_000 + k;
                         cache.insert_with(key, key, EntryOptions::new().tags(["hot"]));
                     }
+                    evict_cpu_caches(&flush);
                     let start = Instant::now();
                     cache.invalidate_tag("hot");
                     total += start.elapsed();

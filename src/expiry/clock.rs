@@ -4,7 +4,8 @@
 //! timer-wheel ticks.
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 /// A wheel tick is 2^20 ns, about 1.05 ms.
@@ -50,28 +51,101 @@ pub(crate) fn nanos(d: Duration) -> u64 {
 pub struct Clock {
     inner: quanta::Clock,
     origin: u64,
+    /// A coarse clock reads the process-wide time the ticker thread keeps.
+    coarse: Option<&'static AtomicU64>,
 }
 
 impl Clock {
-    /// The system's monotonic clock.
+    /// The system's monotonic clock, read on every use (the CPU's timestamp
+    /// counter where it is reliable: about 9 ns on the machine measured in
+    /// the README).
     pub fn system() -> Self {
         let inner = quanta::Clock::new();
         let origin = inner.raw();
-        Self { inner, origin }
+        Self {
+            inner,
+            origin,
+            coarse: None,
+        }
+    }
+
+    /// The system's monotonic clock as of the last half millisecond: a read
+    /// is one relaxed atomic load instead of a timestamp-counter read, which
+    /// makes `get` on a cache with expiry measurably cheaper (README, Expiry).
+    ///
+    /// The time comes from one process-wide thread, `larder-clock`, started
+    /// by the first coarse clock and running for the life of the process; it
+    /// stores the time every 0.5 ms. Entries may therefore live up to about
+    /// half a millisecond (plus however long that thread goes unscheduled)
+    /// past their deadline — less than one tick of the timer wheel. If the
+    /// thread cannot be started, this falls back to [`Clock::system`].
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let cache: larder::Cache<u32, u32> = larder::Cache::builder()
+    ///     .max_capacity(100)
+    ///     .time_to_live(Duration::from_secs(60))
+    ///     .clock(larder::Clock::coarse())
+    ///     .build()
+    ///     .unwrap();
+    /// cache.insert(1, 1);
+    /// assert_eq!(cache.get(&1), Some(1));
+    /// ```
+    pub fn coarse() -> Self {
+        let Some(ticker) = ticker() else {
+            return Self::system();
+        };
+        Self {
+            inner: quanta::Clock::new(),
+            origin: ticker.load(Ordering::Relaxed),
+            coarse: Some(ticker),
+        }
     }
 
     /// A clock that only moves when the returned [`MockClock`] advances it.
     pub fn mock() -> (Self, MockClock) {
         let (inner, mock) = quanta::Clock::mock();
         let origin = inner.raw();
-        (Self { inner, origin }, MockClock(mock))
+        (
+            Self {
+                inner,
+                origin,
+                coarse: None,
+            },
+            MockClock(mock),
+        )
     }
 
     /// Nanoseconds since the clock was made.
     #[inline]
     pub(crate) fn now(&self) -> u64 {
-        self.inner.delta_as_nanos(self.origin, self.inner.raw())
+        match self.coarse {
+            None => self.inner.delta_as_nanos(self.origin, self.inner.raw()),
+            Some(ticker) => ticker.load(Ordering::Relaxed).saturating_sub(self.origin),
+        }
     }
+}
+
+/// How often the ticker thread stores the time.
+const TICKER_PERIOD: Duration = Duration::from_micros(500);
+
+/// The process-wide coarse time (nanoseconds since the ticker started), or
+/// `None` if its thread could not be started.
+fn ticker() -> Option<&'static AtomicU64> {
+    static TICKER: OnceLock<Option<&'static AtomicU64>> = OnceLock::new();
+    *TICKER.get_or_init(|| {
+        let time: &'static AtomicU64 = Box::leak(Box::new(AtomicU64::new(0)));
+        let clock = quanta::Clock::new();
+        let start = clock.raw();
+        std::thread::Builder::new()
+            .name("larder-clock".into())
+            .spawn(move || loop {
+                time.store(clock.delta_as_nanos(start, clock.raw()), Ordering::Relaxed);
+                std::thread::sleep(TICKER_PERIOD);
+            })
+            .ok()
+            .map(|_| time)
+    })
 }
 
 impl Default for Clock {
@@ -123,6 +197,16 @@ mod tests {
         let a = clock.now();
         std::thread::sleep(Duration::from_millis(2));
         assert!(clock.now() > a);
+    }
+
+    #[test]
+    fn coarse_time_moves_forward_in_steps() {
+        let clock = Clock::coarse();
+        let a = clock.now();
+        std::thread::sleep(Duration::from_millis(5));
+        let b = clock.now();
+        assert!(b > a, "{a} then {b}");
+        assert!(b - a < 1_000_000_000, "{a} then {b}");
     }
 
     #[test]
