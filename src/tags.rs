@@ -82,12 +82,33 @@ impl From<&Tag> for Tag {
 /// An entry's tags: a few inline, more on the heap.
 pub(crate) type Tags = SmallVec<[Tag; 2]>;
 
-/// One shard's tag index.
+/// One shard's tag index. Each distinct tag alive in the shard is interned
+/// as a `u32` id, so a tagged entry costs the index its token and two ids
+/// (12 bytes before the table's overhead), however long its tags are; only
+/// an entry with more than two tags has a second record.
 #[derive(Debug, Default)]
 pub(crate) struct TagIndex {
-    by_tag: HashMap<Tag, HashSet<Token, RandomState>, RandomState>,
-    of_token: HashMap<Token, Tags, RandomState>,
+    /// Each distinct tag → its id.
+    ids: HashMap<Tag, u32, RandomState>,
+    /// By id: the tag's entries (`None` for a free id).
+    groups: Vec<Option<Group>>,
+    /// Ids free for reuse.
+    free: Vec<u32>,
+    /// Each tagged entry's first two tag ids (`NO_TAG` where it has fewer) …
+    of_token: HashMap<Token, [u32; 2], RandomState>,
+    /// … and the rest, for entries with more than two.
+    more: HashMap<Token, Vec<u32>, RandomState>,
 }
+
+/// The entries carrying one tag.
+#[derive(Debug)]
+struct Group {
+    tag: Tag,
+    tokens: HashSet<Token, RandomState>,
+}
+
+/// An empty slot of an entry's inline ids.
+const NO_TAG: u32 = u32::MAX;
 
 impl TagIndex {
     /// Gives `token` exactly `tags` (a write replaces the old value's tags).
@@ -96,39 +117,104 @@ impl TagIndex {
         if tags.is_empty() {
             return;
         }
-        let mut own = Tags::new();
+        let mut inline = [NO_TAG; 2];
+        let mut more = Vec::new();
         for tag in tags {
-            if own.contains(tag) {
+            let id = self.intern(tag);
+            if inline.contains(&id) || more.contains(&id) {
                 continue;
             }
-            self.by_tag.entry(tag.clone()).or_default().insert(token);
-            own.push(tag.clone());
+            if let Some(group) = &mut self.groups[id as usize] {
+                group.tokens.insert(token);
+            }
+            match inline.iter_mut().find(|slot| **slot == NO_TAG) {
+                Some(slot) => *slot = id,
+                None => more.push(id),
+            }
         }
-        self.of_token.insert(token, own);
+        self.of_token.insert(token, inline);
+        if !more.is_empty() {
+            self.more.insert(token, more);
+        }
+    }
+
+    /// The id of `tag`, made if the shard has no entry with it yet.
+    fn intern(&mut self, tag: &Tag) -> u32 {
+        if let Some(&id) = self.ids.get(tag) {
+            return id;
+        }
+        let group = Group {
+            tag: tag.clone(),
+            tokens: HashSet::default(),
+        };
+        let id = match self.free.pop() {
+            Some(id) => {
+                self.groups[id as usize] = Some(group);
+                id
+            }
+            None => {
+                self.groups.push(Some(group));
+                (self.groups.len() - 1) as u32
+            }
+        };
+        self.ids.insert(tag.clone(), id);
+        id
     }
 
     /// Takes `token` out of the index (it left the shard or lost its tags).
     pub(crate) fn forget(&mut self, token: Token) {
-        let Some(tags) = self.of_token.remove(&token) else {
+        let Some(inline) = self.of_token.remove(&token) else {
             return;
         };
-        for tag in tags {
-            if let Some(tokens) = self.by_tag.get_mut(&tag) {
-                tokens.remove(&token);
-                if tokens.is_empty() {
-                    self.by_tag.remove(&tag);
-                }
+        let more = if self.more.is_empty() {
+            Vec::new()
+        } else {
+            self.more.remove(&token).unwrap_or_default()
+        };
+        for id in inline.into_iter().filter(|&id| id != NO_TAG).chain(more) {
+            let Some(group) = &mut self.groups[id as usize] else {
+                continue;
+            };
+            group.tokens.remove(&token);
+            if group.tokens.is_empty() {
+                self.release(id);
             }
+        }
+    }
+
+    /// Frees an id whose tag no entry carries any more.
+    fn release(&mut self, id: u32) {
+        if let Some(group) = self.groups[id as usize].take() {
+            self.ids.remove(&group.tag);
+            self.free.push(id);
         }
     }
 
     /// Takes out the tokens carrying `tag` (the caller removes their entries,
     /// which then `forget` their other tags).
     pub(crate) fn take(&mut self, tag: &Tag) -> Vec<Token> {
-        self.by_tag
-            .remove(tag)
-            .map(|t| t.into_iter().collect())
-            .unwrap_or_default()
+        let Some(id) = self.ids.get(tag).copied() else {
+            return Vec::new();
+        };
+        let Some(group) = self.groups[id as usize].take() else {
+            return Vec::new();
+        };
+        self.ids.remove(tag);
+        self.free.push(id);
+        // The id may be reused at once: strike it from its entries' records.
+        for token in &group.tokens {
+            if let Some(inline) = self.of_token.get_mut(token) {
+                match inline.iter_mut().find(|slot| **slot == id) {
+                    Some(slot) => *slot = NO_TAG,
+                    None => {
+                        if let Some(more) = self.more.get_mut(token) {
+                            more.retain(|&other| other != id);
+                        }
+                    }
+                }
+            }
+        }
+        group.tokens.into_iter().collect()
     }
 
     /// Tagged entries indexed.
@@ -136,22 +222,58 @@ impl TagIndex {
         self.of_token.len()
     }
 
-    /// Both directions agree and name only `live` tokens.
+    /// Distinct tags indexed.
+    #[cfg(test)]
+    fn tags(&self) -> usize {
+        self.ids.len()
+    }
+
+    /// The entries carrying `tag`, in no order.
+    #[cfg(test)]
+    fn carriers(&self, tag: &Tag) -> usize {
+        self.ids
+            .get(tag)
+            .and_then(|&id| self.groups[id as usize].as_ref())
+            .map_or(0, |g| g.tokens.len())
+    }
+
+    /// Both directions agree, ids and groups agree, and only `live` tokens
+    /// are named.
     #[cfg(any(test, fuzzing))]
     pub(crate) fn validate(&self, live: &dyn Fn(Token) -> bool) {
-        for (tag, tokens) in &self.by_tag {
-            assert!(!tokens.is_empty(), "empty set kept for {tag:?}");
-            for t in tokens {
+        let ids_of = |t: &Token| -> Vec<u32> {
+            let mut ids: Vec<u32> = self.of_token[t]
+                .iter()
+                .copied()
+                .filter(|&id| id != NO_TAG)
+                .collect();
+            ids.extend(self.more.get(t).into_iter().flatten().copied());
+            ids
+        };
+        for (tag, &id) in &self.ids {
+            let group = self.groups[id as usize]
+                .as_ref()
+                .expect("an interned id has a group");
+            assert_eq!(&group.tag, tag, "id and group disagree");
+            assert!(!group.tokens.is_empty(), "empty group kept for {tag:?}");
+            for t in &group.tokens {
                 assert!(live(*t), "tag index names a departed token");
-                assert!(self.of_token[t].contains(tag), "indexes disagree");
+                assert!(ids_of(t).contains(&id), "indexes disagree");
             }
         }
-        for (t, tags) in &self.of_token {
+        let used = self.groups.iter().filter(|g| g.is_some()).count();
+        assert_eq!(used, self.ids.len(), "a group without an id");
+        assert_eq!(used + self.free.len(), self.groups.len(), "an id lost");
+        for t in self.of_token.keys() {
             assert!(live(*t), "tag index names a departed token");
-            for tag in tags {
-                assert!(self.by_tag[tag].contains(t), "indexes disagree");
+            let ids = ids_of(t);
+            assert!(!ids.is_empty(), "an entry indexed without tags");
+            for id in ids {
+                let group = self.groups[id as usize].as_ref().expect("a live id");
+                assert!(group.tokens.contains(t), "indexes disagree");
             }
         }
+        assert!(self.more.keys().all(|t| self.of_token.contains_key(t)));
     }
 }
 
@@ -164,16 +286,39 @@ mod tests {
         let mut index = TagIndex::default();
         index.set(1, &["a".into(), "b".into(), "a".into()]);
         index.set(2, &["b".into()]);
-        assert_eq!(index.by_tag[&Tag::from("a")].len(), 1);
-        assert_eq!(index.by_tag[&Tag::from("b")].len(), 2);
+        assert_eq!(index.carriers(&Tag::from("a")), 1);
+        assert_eq!(index.carriers(&Tag::from("b")), 2);
         index.set(1, &[Tag::from(9u64)]);
-        assert!(!index.by_tag.contains_key(&Tag::from("a")));
+        assert_eq!(index.carriers(&Tag::from("a")), 0);
+        index.validate(&|_| true);
         assert_eq!(index.take(&9u64.into()), vec![1]);
         index.forget(1);
         index.validate(&|_| true);
         index.forget(2);
         assert_eq!(index.len(), 0);
-        assert!(index.by_tag.is_empty(), "no empty sets left behind");
+        assert_eq!(index.tags(), 0, "no empty groups left behind");
+        index.validate(&|_| true);
+    }
+
+    #[test]
+    fn entries_with_many_tags_and_reused_ids() {
+        let mut index = TagIndex::default();
+        let five: Vec<Tag> = (0..5u64).map(Tag::from).collect();
+        index.set(1, &five);
+        index.set(2, &five[3..]);
+        index.validate(&|_| true);
+        assert_eq!(index.carriers(&Tag::from(4u64)), 2);
+        // Taking a tag frees its id; a new tag may reuse it before the
+        // taken entries are forgotten.
+        let mut taken = index.take(&Tag::from(3u64));
+        taken.sort_unstable();
+        assert_eq!(taken, vec![1, 2]);
+        index.set(3, &["new".into()]);
+        index.validate(&|_| true);
+        index.forget(1);
+        index.forget(2);
+        assert_eq!(index.carriers(&Tag::from("new")), 1);
+        assert_eq!((index.len(), index.tags()), (1, 1));
         index.validate(&|_| true);
     }
 
