@@ -101,7 +101,15 @@ struct Inner<K, V, S> {
     /// Bumped by every tag invalidation before it sweeps: a load that saw
     /// it move does not cache a tagged value (DESIGN §3, contract 3).
     tag_epoch: std::sync::atomic::AtomicU64,
+    /// By a tag's hash bucket: the epoch of the last invalidation of a tag in
+    /// that bucket. A tagged load is not cached if a mark of one of its tags
+    /// passed the epoch it began at; tags sharing a bucket make that
+    /// conservative, never wrong.
+    tag_marks: Box<[std::sync::atomic::AtomicU64]>,
 }
+
+/// Buckets of `Inner::tag_marks`: 512 bytes a cache.
+const TAG_MARKS: usize = 64;
 
 /// A concurrent, bounded, in-process cache.
 ///
@@ -224,6 +232,9 @@ where
                 timed: parts.timed,
                 loads: LoadStats::default(),
                 tag_epoch: std::sync::atomic::AtomicU64::new(0),
+                tag_marks: (0..TAG_MARKS)
+                    .map(|_| std::sync::atomic::AtomicU64::new(0))
+                    .collect(),
             }),
             write: CacheAside,
         }
@@ -295,10 +306,12 @@ where
     }
 
     /// Like [`get_or_load`](Self::get_or_load), with a loader that also says
-    /// how to store what it loaded: a time-to-live and tags. A tagged load
-    /// during which any tag was invalidated hands its value to its callers but
-    /// does not cache it, so an invalidation that began before the load ends
-    /// is never undone by it.
+    /// how to store what it loaded: a time-to-live and tags. A load during
+    /// which one of its tags was invalidated hands its value to its callers
+    /// but does not cache it, so an invalidation that began before the load
+    /// ends is never undone by it. (Invalidations are remembered per bucket
+    /// of tag hashes, so one of an unrelated tag in the same bucket, one in
+    /// 64, does the same.)
     ///
     /// ```
     /// use std::time::Duration;
@@ -883,8 +896,9 @@ where
         let hash_of = |k: &K| self.hash(k);
         let mut writer = shard.write(&hash_of);
         if let Some((flight, epoch)) = flight {
-            let untagged_since =
-                tags.is_empty() || self.inner.tag_epoch.load(Ordering::SeqCst) == epoch;
+            let untagged_since = tags
+                .iter()
+                .all(|tag| self.tag_mark(tag).load(Ordering::SeqCst) <= epoch);
             if flight.is_stale() || !untagged_since {
                 return Ok(());
             }
@@ -916,6 +930,12 @@ where
                 limit: self.inner.max_entry_weight,
             }),
         }
+    }
+
+    /// The invalidation mark of `tag`'s bucket.
+    fn tag_mark(&self, tag: &Tag) -> &std::sync::atomic::AtomicU64 {
+        let bucket = self.inner.hasher.hash_one(tag) as usize % TAG_MARKS;
+        &self.inner.tag_marks[bucket]
     }
 
     /// Removes `key`'s entry (making any load of it stale) and returns it with
@@ -1044,9 +1064,12 @@ where
     /// [`invalidate_tag`](Self::invalidate_tag)), visiting each shard once.
     pub fn invalidate_tags<T: Into<Tag>>(&self, tags: impl IntoIterator<Item = T>) {
         let tags: Vec<Tag> = tags.into_iter().map(Into::into).collect();
-        // Before any shard is swept: a tagged load landing after this point
-        // is not cached.
-        self.inner.tag_epoch.fetch_add(1, Ordering::SeqCst);
+        // Before any shard is swept: a load of one of these tags that began
+        // before this point and lands after it is not cached.
+        let epoch = self.inner.tag_epoch.fetch_add(1, Ordering::SeqCst) + 1;
+        for tag in &tags {
+            self.tag_mark(tag).fetch_max(epoch, Ordering::SeqCst);
+        }
         let hash_of = |k: &K| self.hash(k);
         let mut first_panic = None;
         for shard in self.inner.shards.iter() {
