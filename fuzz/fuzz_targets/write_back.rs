@@ -1,0 +1,161 @@
+//! Write-back puts, deletes, reads and flushes against a store that can be
+//! switched to failing, through a cache small enough that dirty entries are
+//! evicted all the time. Between flushes every read returns the last
+//! acknowledged write of its key (read-your-writes, whatever was evicted or
+//! failed); at each flush, every key's last acknowledged write is in the store
+//! or was reported as failed, and the store took each key's writes in order.
+#![no_main]
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arbitrary::Arbitrary;
+use larder::{Backpressure, Cache, Op, Store, WriteBack, WriteError};
+use libfuzzer_sys::fuzz_target;
+
+#[derive(Arbitrary, Debug)]
+enum Step {
+    Put(u8, u16),
+    Delete(u8),
+    Get(u8),
+    Flush,
+    Fail(bool),
+}
+
+#[derive(Arbitrary, Debug)]
+struct Input {
+    capacity: u8,
+    batch: u8,
+    queue: u8,
+    steps: Vec<Step>,
+}
+
+#[derive(Default)]
+struct Db {
+    data: Mutex<HashMap<u8, u16>>,
+    /// Every write applied, in order.
+    log: Mutex<Vec<Op<u8, u16>>>,
+    failing: AtomicBool,
+}
+
+#[derive(Clone, Default)]
+struct Shared(Arc<Db>);
+
+impl Store<u8, u16> for Shared {
+    type Error = &'static str;
+    fn load(&self, key: &u8) -> Result<Option<u16>, Self::Error> {
+        Ok(self.0.data.lock().unwrap().get(key).copied())
+    }
+    fn write(&self, op: &Op<u8, u16>) -> Result<(), Self::Error> {
+        self.write_batch(std::slice::from_ref(op))
+    }
+    fn write_batch(&self, ops: &[Op<u8, u16>]) -> Result<(), Self::Error> {
+        if self.0.failing.load(Ordering::SeqCst) {
+            return Err("failing");
+        }
+        let mut data = self.0.data.lock().unwrap();
+        for op in ops {
+            match op {
+                Op::Put(k, v) => data.insert(*k, *v),
+                Op::Delete(k) => data.remove(k),
+            };
+        }
+        self.0.log.lock().unwrap().extend(ops.iter().cloned());
+        Ok(())
+    }
+}
+
+fuzz_target!(|input: Input| {
+    let db = Shared::default();
+    let settings = WriteBack::default()
+        .max_delay(Duration::ZERO)
+        .batch(usize::from(input.batch % 8) + 1)
+        .queue_capacity(usize::from(input.queue % 16) + 1)
+        .backpressure(Backpressure::Fail)
+        .retries(1, Duration::ZERO);
+    let cache = Cache::builder()
+        .max_capacity(u64::from(input.capacity % 8) + 1)
+        .write_back(db.clone(), settings)
+        .build()
+        .unwrap();
+    // What reads must see: each key's last acknowledged write, or after a
+    // report of its failure, what the store holds.
+    let mut model: HashMap<u8, Option<u16>> = HashMap::new();
+    // Every acknowledged write per key, in order.
+    let mut acked: HashMap<u8, Vec<Option<u16>>> = HashMap::new();
+    let check_flush = |report: Result<(), larder::FlushError<u8, u16, &'static str>>,
+                       model: &mut HashMap<u8, Option<u16>>,
+                       acked: &HashMap<u8, Vec<Option<u16>>>| {
+        let failed: Vec<(u8, Option<u16>)> = match report {
+            Ok(()) => Vec::new(),
+            Err(e) => e
+                .failed
+                .iter()
+                .map(|f| match &f.op {
+                    Op::Put(k, v) => (*k, Some(*v)),
+                    Op::Delete(k) => (*k, None),
+                })
+                .collect(),
+        };
+        let data = db.0.data.lock().unwrap().clone();
+        for (k, last) in model.iter_mut() {
+            let stored = data.get(k).copied();
+            if stored != *last {
+                assert!(failed.contains(&(*k, *last)), "key {k}: {last:?} neither stored nor reported");
+                *last = stored;
+            }
+        }
+        // Each key's stored writes are a subsequence of its acknowledgements.
+        let log = db.0.log.lock().unwrap();
+        for (k, acks) in acked {
+            let mut at = 0;
+            for op in log.iter().filter(|op| op.key() == k) {
+                let w = match op {
+                    Op::Put(_, v) => Some(*v),
+                    Op::Delete(_) => None,
+                };
+                match acks[at..].iter().position(|a| *a == w) {
+                    Some(i) => at += i + 1,
+                    None => panic!("key {k}: {w:?} stored out of order"),
+                }
+            }
+        }
+    };
+    for step in input.steps {
+        match step {
+            Step::Put(k, v) => {
+                let k = k % 16;
+                match cache.put(k, v) {
+                    Ok(()) => {
+                        model.insert(k, Some(v));
+                        acked.entry(k).or_default().push(Some(v));
+                    }
+                    Err(WriteError::QueueFull) => {}
+                    Err(e) => panic!("unexpected {e:?}"),
+                }
+            }
+            Step::Delete(k) => {
+                let k = k % 16;
+                match cache.delete(&k) {
+                    Ok(()) => {
+                        model.insert(k, None);
+                        acked.entry(k).or_default().push(None);
+                    }
+                    Err(WriteError::QueueFull) => {}
+                    Err(e) => panic!("unexpected {e:?}"),
+                }
+            }
+            Step::Get(k) => {
+                let k = k % 16;
+                let expected = model.get(&k).copied().flatten();
+                assert_eq!(cache.get(&k).unwrap(), expected, "read of {k}");
+            }
+            Step::Flush => check_flush(cache.flush(), &mut model, &acked),
+            Step::Fail(on) => db.0.failing.store(on, Ordering::SeqCst),
+        }
+    }
+    db.0.failing.store(false, Ordering::SeqCst);
+    check_flush(cache.close(), &mut model, &acked);
+});
