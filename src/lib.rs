@@ -4,7 +4,8 @@
 //! adaptive W-TinyLFU eviction by default (exact LRU or LFU per shard on
 //! request), bounded by entry count or by weight, with expiry (time-to-live,
 //! time-to-idle, per-entry and computed lifetimes on hierarchical timer
-//! wheels), eviction listeners and statistics.
+//! wheels), tag groups, single-flight loading, read-through / write-through /
+//! write-back in front of a store, eviction listeners and statistics.
 //!
 //! ```
 //! use larder::{Cache, Eviction, RemovalCause};
@@ -33,6 +34,9 @@
 //! | bound by count or weight | [`CacheBuilder::max_capacity`], [`CacheBuilder::weigher`] |
 //! | eviction | [`Eviction::TinyLfu`] (default), [`Eviction::Lru`], [`Eviction::Lfu`] |
 //! | expiry | [`CacheBuilder::time_to_live`], [`CacheBuilder::time_to_idle`], [`Cache::insert_with`] + [`EntryOptions::ttl`], [`Expiry`]; [`Clock::mock`] for tests; [`Cache::run_pending_tasks`] |
+//! | loading | [`Cache::get_or_load`], [`Cache::try_get_or_load`], [`Cache::optionally_get_or_load`], [`Cache::get_or_load_with`] and `_async` twins: one load per key however many callers |
+//! | tags | [`EntryOptions::tags`], [`Cache::invalidate_tag`], [`Cache::invalidate_tags`], [`Cache::invalidate_entries_if`] |
+//! | write policies | a [`Store`] (or [`AsyncStore`]) behind [`CacheBuilder::read_through`], [`CacheBuilder::write_through`] or [`CacheBuilder::write_back`] with [`WriteBack`] settings |
 //! | listener | [`CacheBuilder::eviction_listener`], told each [`RemovalCause`] |
 //! | statistics | [`Cache::stats`], hit/miss counting opt-in via [`CacheBuilder::record_stats`] |
 //! | borrowed lookups | `get(&str)` on a `Cache<String, _>` |
@@ -69,7 +73,7 @@
 //!   64-byte blocks (allocated once the shard is half full, aged by halving), and
 //!   a hill climber that resizes the window per sample period.
 //! * **Deferred reads** (W-TinyLFU): a hit only bumps a small read counter in
-//!   what would be the entry's padding (capped at 3, after which a hit writes
+//!   what would be the entry's padding (capped at 1, after which a hit writes
 //!   nothing) and a hit count beside the lock word, in the cache line the read
 //!   lock has just written. The policy collects an entry's reads when it next
 //!   looks at it — at the head of the window, probation or protected — adding
@@ -83,6 +87,19 @@
 //! `weighted_size`, `iter` and `stats` visit shards one by one and are weakly
 //! consistent under concurrent writes. After any call returns, the weight is at
 //! most the capacity.
+//!
+//! ## Write policies
+//!
+//! The policy is `Cache`'s last type parameter, [`CacheAside`] by default.
+//! With a store, `get` reads through (one load per key at a time) and `put`,
+//! `delete` and `flush` send writes where the policy says: the cache alone
+//! (read-through), the store then the cache, serialized per key
+//! (write-through), or the cache and a coalescing queue drained in batches
+//! by a flusher thread (write-back). Write-back never drops an acknowledged
+//! write: an evicted or expired dirty entry reads as its pending value until
+//! the store has it, and a write the store keeps refusing after its retries
+//! is reported by `flush` or `close`. See the [`WriteBehind`] and
+//! [`WriteBack`] docs for every guarantee, and what a crash can lose.
 //!
 //! ## Memory
 //!
