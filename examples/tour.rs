@@ -1,5 +1,5 @@
 //! A tour of larder in a few seconds: hits, misses, eviction, the listener,
-//! weights, and statistics.
+//! weights, statistics, expiry, tags, single-flight loading and write-back.
 //!
 //! `cargo run --release --example tour`
 
@@ -107,6 +107,51 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     sessions.run_pending_tasks();
     println!("{} left after maintenance", sessions.len());
 
+    println!("\n== tags: drop every response about one user ==");
+    let responses: Cache<String, String> = Cache::builder().max_capacity(1_000).build()?;
+    let about = |user: u32| larder::EntryOptions::new().tags([format!("user:{user}")]);
+    responses.insert_with("/users/7".into(), "ada".into(), about(7));
+    responses.insert_with("/users/7/posts".into(), "[..]".into(), about(7));
+    responses.insert_with("/users/8".into(), "bob".into(), about(8));
+    responses.invalidate_tag("user:7");
+    println!("{} of 3 left after invalidating user:7", responses.len());
+
+    println!("\n== single flight: 8 threads miss one key, one load runs ==");
+    let loads = std::sync::atomic::AtomicUsize::new(0);
+    let profiles: Cache<u32, String> = Cache::builder().max_capacity(100).build()?;
+    std::thread::scope(|s| {
+        for _ in 0..8 {
+            s.spawn(|| {
+                profiles.get_or_load(1, |id| {
+                    loads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                    format!("profile {id}")
+                })
+            });
+        }
+    });
+    println!("loads run: {}", loads.into_inner());
+
+    println!("\n== write-back: 10,000 puts, a few store calls ==");
+    let orders = Cache::builder()
+        .max_capacity(100)
+        .write_back(Orders::default(), larder::WriteBack::default())
+        .build()?;
+    for i in 0..10_000u64 {
+        orders.put(i % 500, i)?; // 500 orders, each updated 20 times
+    }
+    assert_eq!(orders.get(&3)?, Some(9_503)); // read-your-writes, though evicted
+    orders.close()?;
+    let calls = orders
+        .store()
+        .calls
+        .load(std::sync::atomic::Ordering::SeqCst);
+    let rows = orders.store().rows.lock().map(|r| r.len()).unwrap_or(0);
+    println!(
+        "{rows} rows stored in {calls} store calls; {:?}",
+        orders.write_stats()
+    );
+
     println!("\n== throughput, 1M gets on 4 threads ==");
     // Capacity is split evenly across shards, so leave headroom when every key must fit.
     let cache: Cache<u64, u64> = Cache::builder().max_capacity(150_000).build()?;
@@ -128,4 +173,36 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     });
     println!("1M hits in {:?}", start.elapsed());
     Ok(())
+}
+
+/// A stand-in for a database table, counting the calls it gets.
+#[derive(Default)]
+struct Orders {
+    rows: Mutex<std::collections::HashMap<u64, u64>>,
+    calls: std::sync::atomic::AtomicUsize,
+}
+
+impl larder::Store<u64, u64> for Orders {
+    type Error = std::convert::Infallible;
+
+    fn load(&self, id: &u64) -> Result<Option<u64>, Self::Error> {
+        Ok(self.rows.lock().map(|r| r.get(id).copied()).unwrap_or(None))
+    }
+
+    fn write(&self, op: &larder::Op<u64, u64>) -> Result<(), Self::Error> {
+        self.write_batch(std::slice::from_ref(op))
+    }
+
+    fn write_batch(&self, ops: &[larder::Op<u64, u64>]) -> Result<(), Self::Error> {
+        self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        if let Ok(mut rows) = self.rows.lock() {
+            for op in ops {
+                match op {
+                    larder::Op::Put(id, v) => rows.insert(*id, *v),
+                    larder::Op::Delete(id) => rows.remove(id),
+                };
+            }
+        }
+        Ok(())
+    }
 }
