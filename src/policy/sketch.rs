@@ -46,34 +46,62 @@ impl Sketch {
         }
     }
 
-    /// (word index, bit offset) of each of the key's four counters.
+    /// The key's block (its first word) and, for each of its four counters,
+    /// (word within the block, bit offset). Counter i lives in word pair i of
+    /// the block; bit 0 of byte i of the mixed hash picks the word, bits 1..5
+    /// the nibble.
     #[inline]
-    fn slots(&self, hash: u64) -> [(usize, u32); DEPTH] {
+    fn slots(&self, hash: u64) -> (usize, [(usize, u32); DEPTH]) {
         let h = rehash(hash);
         let block = ((h >> 32) as usize & self.block_mask) * BLOCK;
-        std::array::from_fn(|i| {
+        let slots = std::array::from_fn(|i| {
             let bits = (h >> (i * 8)) as u32;
-            // Counter i lives in word pair i of the block; bit 0 picks the word,
-            // bits 1..5 the nibble.
-            let word = block + (i << 1) + (bits & 1) as usize;
-            let nibble = (bits >> 1) & 15;
-            (word, nibble << 2)
-        })
+            let word = (i << 1) | (bits & 1) as usize;
+            (word, ((bits >> 1) & 15) << 2)
+        });
+        (block, slots)
+    }
+
+    /// The key's block as an array, so indexing it needs no bounds checks.
+    #[inline]
+    fn block(&self, start: usize) -> &[u64; BLOCK] {
+        self.table[start..start + BLOCK]
+            .try_into()
+            .expect("blocks are whole")
     }
 
     /// The estimated number of times `hash` was seen, 0 to 15.
     pub(crate) fn frequency(&self, hash: u64) -> u8 {
-        self.slots(hash)
-            .iter()
-            .map(|&(w, shift)| (self.table[w] >> shift) & MAX_COUNT)
-            .min()
-            .unwrap_or(0) as u8
+        let (start, slots) = self.slots(hash);
+        let block = self.block(start);
+        let mut min = MAX_COUNT;
+        for (w, shift) in slots {
+            min = min.min((block[w & (BLOCK - 1)] >> shift) & MAX_COUNT);
+        }
+        min as u8
     }
 
     /// Counts one more sighting of `hash`, aging the whole sketch when the sample
     /// period ends.
     pub(crate) fn increment(&mut self, hash: u64) {
-        self.add(hash, 1);
+        let (start, slots) = self.slots(hash);
+        let block: &mut [u64; BLOCK] = (&mut self.table[start..start + BLOCK])
+            .try_into()
+            .expect("blocks are whole");
+        let mut added = false;
+        for (w, shift) in slots {
+            let word = &mut block[w & (BLOCK - 1)];
+            if (*word >> shift) & MAX_COUNT < MAX_COUNT {
+                *word += 1 << shift;
+                added = true;
+            }
+        }
+        if added {
+            self.size += 1;
+            if self.size >= self.sample_size {
+                self.age();
+            }
+        }
     }
 
     /// Counts `n` more sightings of `hash` (each counter saturating at 15): the
@@ -81,7 +109,9 @@ impl Sketch {
     pub(crate) fn add(&mut self, hash: u64, n: u8) {
         let n = u64::from(n);
         let mut added = 0;
-        for (w, shift) in self.slots(hash) {
+        let (start, slots) = self.slots(hash);
+        for (w, shift) in slots {
+            let w = start + w;
             let count = (self.table[w] >> shift) & MAX_COUNT;
             let raised = (count + n).min(MAX_COUNT);
             self.table[w] += (raised - count) << shift;

@@ -211,7 +211,7 @@ impl TinyLfu {
             }
             match self.main_victim(keep, entries) {
                 Some(victim) => {
-                    if self.admit(entries.hash(candidate), entries.hash(victim)) {
+                    if self.admit(entries.hash(candidate), || entries.hash(victim)) {
                         self.relocate(candidate, weight, Region::Window, Region::Probation);
                         return Some(victim);
                     }
@@ -244,10 +244,14 @@ impl TinyLfu {
         None
     }
 
-    fn admit(&mut self, candidate: u64, victim: u64) -> bool {
+    /// The admission contest. A candidate too rare to beat even an unseen
+    /// victim (the common one-hit wonder) loses without the victim's hash or
+    /// its sketch line being read.
+    fn admit(&mut self, candidate: u64, victim: impl FnOnce() -> u64) -> bool {
         let candidate = self.frequency(candidate);
-        let victim = self.frequency(victim);
-        if candidate > victim.saturating_add(ADMIT_MARGIN) {
+        if candidate > ADMIT_MARGIN
+            && candidate > self.frequency(victim()).saturating_add(ADMIT_MARGIN)
+        {
             return true;
         }
         if candidate >= ADMIT_WARM_THRESHOLD {
