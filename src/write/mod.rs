@@ -482,6 +482,12 @@ impl WriteBack {
     /// The most dirty keys held at once: waiting, being written, or failed and
     /// not yet reported. Repeated writes to a dirty key take no more room. Must
     /// be at least 1.
+    ///
+    /// Failed writes keep their room until `flush` or `close` reports them,
+    /// so that a store that is down cannot make memory grow. An application
+    /// whose store can fail for long should call `flush` now and then (or use
+    /// [`Backpressure::Fail`]): otherwise, with [`Backpressure::Block`], a full
+    /// queue of reported-to-nobody failures keeps writers waiting.
     pub fn queue_capacity(mut self, keys: usize) -> Self {
         self.queue_capacity = keys;
         self
