@@ -182,6 +182,52 @@ where
     }
 }
 
+impl<K, V, S, St> CacheBuilder<K, V, S, WriteBehind<K, V, St>>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+    St: Store<K, V>,
+{
+    /// Hands each write-back write the store still refused after every retry
+    /// to `handler`, on the flusher thread, as soon as it is given up —
+    /// instead of keeping it (readable, and holding queue room) until `flush`
+    /// or `close` reports it. Use it to log, alert, or park failures
+    /// elsewhere; a panic in it is ignored. The failed value stays in the
+    /// cache until it is evicted or replaced.
+    ///
+    /// `handler` must not wait for the cache's queue to drain (a blocking
+    /// `put` on a full queue, `flush`, `close`): the flusher is busy running it.
+    ///
+    /// ```
+    /// # use larder::{Cache, Op, Store, WriteBack};
+    /// # use std::sync::{Arc, Mutex};
+    /// struct Down;
+    /// impl Store<u32, u32> for Down {
+    ///     type Error = &'static str;
+    ///     fn load(&self, _: &u32) -> Result<Option<u32>, Self::Error> { Ok(None) }
+    ///     fn write(&self, _: &Op<u32, u32>) -> Result<(), Self::Error> { Err("down") }
+    /// }
+    /// let lost = Arc::new(Mutex::new(Vec::new()));
+    /// let log = lost.clone();
+    /// let cache = Cache::builder()
+    ///     .max_capacity(10)
+    ///     .write_back(Down, WriteBack::default().retries(0, std::time::Duration::ZERO))
+    ///     .on_write_failure(move |failed| log.lock().unwrap().push(failed.op))
+    ///     .build()
+    ///     .unwrap();
+    /// cache.put(1, 10).unwrap();
+    /// assert!(cache.flush().is_ok(), "handed over, not reported");
+    /// assert_eq!(*lost.lock().unwrap(), vec![Op::Put(1, 10)]);
+    /// ```
+    pub fn on_write_failure(
+        self,
+        handler: impl Fn(crate::FailedWrite<K, V, St::Error>) + Send + Sync + 'static,
+    ) -> Self {
+        self.write.set_failure_handler(Box::new(handler));
+        self
+    }
+}
+
 impl<K, V, S, W> CacheBuilder<K, V, S, W>
 where
     K: Hash + Eq + Send + Sync + 'static,

@@ -497,6 +497,40 @@ fn writes_that_exhaust_retries_are_reported_once_and_readable_until_then() {
 }
 
 #[test]
+fn a_failure_handler_takes_given_up_writes_and_frees_their_room() {
+    let db = Db::with_faults(Faults {
+        fail: 100,
+        ..Faults::default()
+    });
+    let handed = Arc::new(Mutex::new(Vec::new()));
+    let log = handed.clone();
+    let settings = WriteBack::default()
+        .max_delay(Duration::ZERO)
+        .queue_capacity(2)
+        .retries(1, Duration::from_micros(10));
+    let cache = Cache::builder()
+        .max_capacity(100)
+        .write_back(Shared(db.clone()), settings)
+        .on_write_failure(move |failed| {
+            log.lock().unwrap().push(failed.op);
+            panic!("a handler's panic does not stop the flusher");
+        })
+        .build()
+        .unwrap();
+    // Ten keys through a queue of two, with the store down: writers would
+    // wait forever if failures kept their room until a flush.
+    for k in 0..10 {
+        cache.put(k, k).unwrap();
+    }
+    assert!(cache.flush().is_ok(), "handed over, nothing left to report");
+    let mut ops = handed.lock().unwrap().clone();
+    ops.sort_by_key(|op| *op.key());
+    assert_eq!(ops, (0..10).map(|k| Op::Put(k, k)).collect::<Vec<_>>());
+    let stats = cache.write_stats();
+    assert_eq!((stats.failed, stats.dirty), (10, 0));
+}
+
+#[test]
 fn a_panicking_store_is_retried_and_the_flusher_survives() {
     let db = Db::with_faults(Faults {
         panic: 100,

@@ -112,6 +112,9 @@ struct Queue<K, V, E> {
     stats: WriteStats,
     /// Async `flush` / `close` callers to wake on progress.
     wakers: Vec<std::task::Waker>,
+    /// The flusher is handing given-up writes to the failure handler: a
+    /// `flush` waits for that too.
+    handing: bool,
 }
 
 pub(crate) struct Shared<K, V, St: Store<K, V>> {
@@ -123,9 +126,14 @@ pub(crate) struct Shared<K, V, St: Store<K, V>> {
     /// Wakes writers waiting for room, `flush` and `close`.
     progress: Condvar,
     flusher: Mutex<Option<JoinHandle<()>>>,
+    /// Takes given-up writes as they happen, instead of `flush` reporting them.
+    on_failure: std::sync::OnceLock<FailureHandler<K, V, St::Error>>,
     /// Serializes the cache update and the queue update of writes to one key.
     pub(crate) locks: KeyLocks,
 }
+
+/// A write-back cache's failure handler.
+pub(crate) type FailureHandler<K, V, E> = Box<dyn Fn(FailedWrite<K, V, E>) + Send + Sync>;
 
 struct Owner<K, V, St: Store<K, V>> {
     shared: Arc<Shared<K, V, St>>,
@@ -153,10 +161,12 @@ where
                 running: false,
                 stats: WriteStats::default(),
                 wakers: Vec::new(),
+                handing: false,
             }),
             work: Condvar::new(),
             progress: Condvar::new(),
             flusher: Mutex::new(None),
+            on_failure: std::sync::OnceLock::new(),
             locks: KeyLocks::new(),
         });
         Self {
@@ -169,6 +179,12 @@ where
 
     pub(crate) fn store(&self) -> &St {
         &self.shared.store
+    }
+
+    /// Hands given-up writes to `handler` from now on.
+    pub(crate) fn set_failure_handler(&self, handler: FailureHandler<K, V, St::Error>) {
+        // Set once, by the builder, before the flusher starts.
+        let _ = self.shared.on_failure.set(handler);
     }
 
     /// Queues a write of `key`, waiting for room or refusing as configured.
@@ -289,7 +305,7 @@ where
         let target = q.seq;
         q.flush_to = q.flush_to.max(target);
         shared.work.notify_one();
-        while q.running && q.outstanding_from().is_some_and(|s| s <= target) {
+        while q.running && (q.handing || q.outstanding_from().is_some_and(|s| s <= target)) {
             shared.progress.wait(&mut q);
         }
         report(shared, q)
@@ -325,7 +341,7 @@ where
         shared.work.notify_one();
         std::future::poll_fn(|cx| {
             let mut q = shared.queue.lock();
-            if q.running && q.outstanding_from().is_some_and(|s| s <= target) {
+            if q.running && (q.handing || q.outstanding_from().is_some_and(|s| s <= target)) {
                 q.wakers.push(cx.waker().clone());
                 std::task::Poll::Pending
             } else {
@@ -443,7 +459,15 @@ impl<K: Hash + Eq, V: Clone, E> Queue<K, V, E> {
     }
 
     /// Books a sent batch: stored, or given up on and held for reporting.
-    fn settle(&mut self, batch: Vec<(u64, Op<K, V>)>, sent: &Sent<E>) {
+    /// With `hand_over`, given-up writes are returned (for the failure
+    /// handler) instead of being kept for `flush` to report.
+    fn settle(
+        &mut self,
+        batch: Vec<(u64, Op<K, V>)>,
+        sent: &Sent<E>,
+        hand_over: bool,
+    ) -> Vec<FailedWrite<K, V, E>> {
+        let mut handed = Vec::new();
         self.stats.store_calls += u64::from(sent.attempts);
         self.stats.retries += u64::from(sent.attempts - 1);
         for (seq, op) in batch {
@@ -457,15 +481,23 @@ impl<K: Hash + Eq, V: Clone, E> Queue<K, V, E> {
                 }
                 Some(failure) => {
                     self.stats.failed += 1;
-                    if slot.waiting.is_none() {
+                    if slot.waiting.is_none() && !hand_over {
                         slot.failed = Some((seq, write));
                     }
+                    let empty = slot.is_empty();
                     let failed = FailedWrite {
                         op,
                         failure: failure.clone(),
                         attempts: sent.attempts,
                     };
-                    self.failed.push((seq, failed));
+                    if hand_over {
+                        if empty {
+                            self.slots.remove(failed.op.key());
+                        }
+                        handed.push(failed);
+                    } else {
+                        self.failed.push((seq, failed));
+                    }
                     continue;
                 }
             }
@@ -474,6 +506,7 @@ impl<K: Hash + Eq, V: Clone, E> Queue<K, V, E> {
             }
         }
         self.sending_from = None;
+        handed
     }
 }
 
@@ -529,9 +562,20 @@ where
             };
             let ops: Vec<Op<K, V>> = batch.iter().map(|(_, op)| op.clone()).collect();
             let sent = self.send(&ops);
+            let handler = self.on_failure.get();
             let mut q = self.queue.lock();
-            q.settle(batch, &sent);
+            let handed = q.settle(batch, &sent, handler.is_some());
+            q.handing = !handed.is_empty();
             self.progressed(q);
+            if let (Some(handler), false) = (handler, handed.is_empty()) {
+                for failed in handed {
+                    // The handler's panic is its own; the flusher goes on.
+                    let _ = catch_unwind(AssertUnwindSafe(|| handler(failed)));
+                }
+                let mut q = self.queue.lock();
+                q.handing = false;
+                self.progressed(q);
+            }
         }
     }
 

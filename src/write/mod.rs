@@ -485,9 +485,11 @@ impl WriteBack {
     ///
     /// Failed writes keep their room until `flush` or `close` reports them,
     /// so that a store that is down cannot make memory grow. An application
-    /// whose store can fail for long should call `flush` now and then (or use
-    /// [`Backpressure::Fail`]): otherwise, with [`Backpressure::Block`], a full
-    /// queue of reported-to-nobody failures keeps writers waiting.
+    /// whose store can fail for long should set a failure handler
+    /// ([`CacheBuilder::on_write_failure`](crate::CacheBuilder::on_write_failure)),
+    /// which frees the room as each failure is handed over, or call `flush`
+    /// now and then: otherwise, with [`Backpressure::Block`], a full queue of
+    /// unreported failures keeps writers waiting.
     pub fn queue_capacity(mut self, keys: usize) -> Self {
         self.queue_capacity = keys;
         self
