@@ -50,6 +50,14 @@ const PROTECTED_SHARE: f64 = 0.8;
 /// Hill climbing: step as a share of capacity, its decay per period, and the
 /// hit-rate change that restarts it.
 const STEP: f64 = 0.0625;
+/// Requests per climber sample period, in multiples of the capacity (as in
+/// Caffeine)...
+const SAMPLE: u64 = 10;
+/// ... except the first, shorter so that a cold cache finds its window sooner:
+/// on the 30 trace cases the mean rose from 45.89 to 45.98 (three runs each;
+/// 3 scored 45.68 and 1 scored 45.94), mostly on short recency-biased traces
+/// (corda vault at 5%: 30.4 → 32.0).
+const FIRST_SAMPLE: u64 = 5;
 const STEP_DECAY: f64 = 0.98;
 const RESTART_THRESHOLD: f64 = 0.05;
 
@@ -390,7 +398,10 @@ fn first_other(list: &List, links: &Links, keep: Token) -> Option<Token> {
 pub(super) struct Climber {
     pub(super) hits: u64,
     pub(super) misses: u64,
+    /// Requests per sample period: `FIRST_SAMPLE` × capacity at first,
+    /// doubling after each period up to `SAMPLE` × capacity.
     sample: u64,
+    full_sample: u64,
     previous_rate: f64,
     /// Signed, in weight units. Positive first: growing the window first
     /// measured better on the traces than shrinking it.
@@ -402,7 +413,8 @@ impl Climber {
         Self {
             hits: 0,
             misses: 0,
-            sample: capacity.saturating_mul(10).max(1),
+            sample: capacity.saturating_mul(FIRST_SAMPLE).max(1),
+            full_sample: capacity.saturating_mul(SAMPLE).max(1),
             previous_rate: 0.0,
             step: STEP * capacity as f64,
         }
@@ -434,6 +446,7 @@ impl Climber {
             STEP_DECAY * amount
         };
         self.previous_rate = rate;
+        self.sample = self.sample.saturating_mul(2).min(self.full_sample);
         self.reset_sample();
         Some(amount as i64)
     }
