@@ -247,6 +247,37 @@ fn write_through_stores_before_caching_and_a_failure_changes_nothing() {
 }
 
 #[test]
+fn write_through_put_with_gives_the_cached_copy_a_ttl_and_tags() {
+    let db = Db::new();
+    let (clock, time) = larder::Clock::mock();
+    let cache = Cache::builder()
+        .max_capacity(100)
+        .clock(clock)
+        .write_through(Shared(db.clone()))
+        .build()
+        .unwrap();
+    let options = larder::EntryOptions::new()
+        .ttl(Duration::from_secs(10))
+        .tags(["user:1"]);
+    cache.put_with(1, 10, options.clone()).unwrap();
+    cache.put_with(2, 20, options).unwrap();
+    time.advance(Duration::from_secs(10));
+    assert_eq!(cache.peek(&1), None, "the cached copy expired");
+    assert_eq!(cache.get(&1), Ok(Some(10)), "the store still has it");
+    assert_eq!(db.loads.load(Ordering::SeqCst), 1);
+    cache
+        .put_with(3, 30, larder::EntryOptions::new().tags(["user:1"]))
+        .unwrap();
+    cache.invalidate_tag("user:1");
+    assert_eq!(cache.peek(&3), None);
+    assert_eq!(
+        db.value(3),
+        Some(30),
+        "a tag drops cached copies, not store rows"
+    );
+}
+
+#[test]
 fn concurrent_write_through_puts_leave_cache_and_store_agreeing() {
     let db = Db::with_faults(Faults {
         slow: 30,
@@ -402,6 +433,27 @@ fn an_expired_dirty_entry_reads_as_its_pending_value() {
     time.advance(Duration::from_secs(2));
     assert_eq!(cache.peek(&1), None, "expired from the cache");
     assert_eq!(cache.get(&1), Ok(Some(10)), "still pending");
+    db.open_gate();
+    cache.flush().unwrap();
+    assert_eq!(db.value(1), Some(10));
+}
+
+#[test]
+fn write_back_put_with_tags_the_cached_copy_and_the_queue_keeps_the_write() {
+    let db = Db::new();
+    db.close_gate();
+    let cache = write_back(&db, WriteBack::default().max_delay(Duration::ZERO), 100);
+    cache
+        .put_with(1, 10, larder::EntryOptions::new().tags(["order:1"]))
+        .unwrap();
+    cache.invalidate_tag("order:1");
+    assert_eq!(cache.peek(&1), None, "the cached copy is gone");
+    assert_eq!(
+        cache.get(&1),
+        Ok(Some(10)),
+        "the pending write is still read"
+    );
+    assert_eq!(db.loads.load(Ordering::SeqCst), 0);
     db.open_gate();
     cache.flush().unwrap();
     assert_eq!(db.value(1), Some(10));

@@ -37,11 +37,12 @@ where
         })
     }
 
-    /// Stores `value` in the cache alone, handing what it displaced to the
-    /// listener once `guard` (a key lock) is released.
-    fn land_write<G>(&self, key: K, value: V, guard: G) {
+    /// Stores `value` in the cache alone, with `options` if any, handing what
+    /// it displaced to the listener once `guard` (a key lock) is released.
+    fn land_write<G>(&self, key: K, value: V, options: Option<&EntryOptions>, guard: G) {
         let mut removed = Removed::new();
-        if let Err(rejected) = self.write_deferred(key, value, None, &[], None, &mut removed) {
+        let (ttl, tags) = options.map_or((None, &[][..]), |o| (o.time_to_live(), o.tag_list()));
+        if let Err(rejected) = self.write_deferred(key, value, ttl, tags, None, &mut removed) {
             removed.push((rejected.key, rejected.value, RemovalCause::Size));
         }
         drop(guard);
@@ -117,7 +118,23 @@ where
     ///
     /// None with this policy; the `Result` matches the other policies.
     pub fn put(&self, key: K, value: V) -> Result<(), WriteError<St::Error>> {
-        self.land_write(key, value, ());
+        self.land_write(key, value, None, ());
+        Ok(())
+    }
+
+    /// [`put`](Self::put) with settings for the cached entry: a time-to-live
+    /// and tags (see [`EntryOptions`]).
+    ///
+    /// # Errors
+    ///
+    /// None with this policy; the `Result` matches the other policies.
+    pub fn put_with(
+        &self,
+        key: K,
+        value: V,
+        options: EntryOptions,
+    ) -> Result<(), WriteError<St::Error>> {
+        self.land_write(key, value, Some(&options), ());
         Ok(())
     }
 
@@ -201,6 +218,36 @@ where
     /// assert_eq!(cache.get(&1), Ok(Some(10)));
     /// ```
     pub fn put(&self, key: K, value: V) -> Result<(), WriteError<St::Error>> {
+        self.put_inner(key, value, None)
+    }
+
+    /// [`put`](Self::put) with settings for the cached entry: a time-to-live
+    /// and tags (see [`EntryOptions`]). The store gets the value alone; when
+    /// the cached copy expires or its tag is invalidated, the next `get`
+    /// loads it again.
+    ///
+    /// # Errors
+    ///
+    /// As [`put`](Self::put).
+    ///
+    /// # Panics
+    ///
+    /// If the store panics; the cache is unchanged.
+    pub fn put_with(
+        &self,
+        key: K,
+        value: V,
+        options: EntryOptions,
+    ) -> Result<(), WriteError<St::Error>> {
+        self.put_inner(key, value, Some(&options))
+    }
+
+    fn put_inner(
+        &self,
+        key: K,
+        value: V,
+        options: Option<&EntryOptions>,
+    ) -> Result<(), WriteError<St::Error>> {
         let policy = self.policy();
         let guard = policy.locks.lock(self.hash(&key));
         let op = Op::Put(key, value);
@@ -208,7 +255,7 @@ where
         let Op::Put(key, value) = op else {
             unreachable!("the op built above")
         };
-        self.land_write(key, value, guard);
+        self.land_write(key, value, options, guard);
         Ok(())
     }
 
@@ -312,10 +359,36 @@ where
     /// assert_eq!(cache.store().0.lock().unwrap().get(&1), Some(&11));
     /// ```
     pub fn put(&self, key: K, value: V) -> Result<(), WriteError<St::Error>> {
+        self.put_inner(key, value, None)
+    }
+
+    /// [`put`](Self::put) with settings for the cached entry: a time-to-live
+    /// and tags (see [`EntryOptions`]). The queued write carries the value
+    /// alone: when the cached copy expires or its tag is invalidated before
+    /// the store has the write, reads still return it from the queue.
+    ///
+    /// # Errors
+    ///
+    /// As [`put`](Self::put).
+    pub fn put_with(
+        &self,
+        key: K,
+        value: V,
+        options: EntryOptions,
+    ) -> Result<(), WriteError<St::Error>> {
+        self.put_inner(key, value, Some(&options))
+    }
+
+    fn put_inner(
+        &self,
+        key: K,
+        value: V,
+        options: Option<&EntryOptions>,
+    ) -> Result<(), WriteError<St::Error>> {
         let policy = self.policy();
         let guard = policy.shared.locks.lock(self.hash(&key));
         policy.accept(&key, Pending::Put(value.clone()))?;
-        self.land_write(key, value, guard);
+        self.land_write(key, value, options, guard);
         Ok(())
     }
 
@@ -435,7 +508,7 @@ where
     ///
     /// None with this policy; the `Result` matches the other policies.
     pub async fn put_async(&self, key: K, value: V) -> Result<(), WriteError<St::Error>> {
-        self.land_write(key, value, ());
+        self.land_write(key, value, None, ());
         Ok(())
     }
 
@@ -486,7 +559,7 @@ where
         let [Op::Put(key, value)] = op else {
             unreachable!("the op built above")
         };
-        self.land_write(key, value, guard);
+        self.land_write(key, value, None, guard);
         Ok(())
     }
 
@@ -529,7 +602,7 @@ where
         let guard = policy.shared.locks.lock_async(self.hash(&key)).await;
         let mut write = Some(Pending::Put(value.clone()));
         std::future::poll_fn(|cx| policy.poll_accept(&key, &mut write, cx)).await?;
-        self.land_write(key, value, guard);
+        self.land_write(key, value, None, guard);
         Ok(())
     }
 
