@@ -73,11 +73,12 @@ impl Policy {
         }
     }
 
-    pub(crate) fn on_insert(&mut self, token: Token, entries: &impl Entries) {
+    /// `token` becomes resident; `hash` is its key's hash.
+    pub(crate) fn on_insert(&mut self, token: Token, hash: u64, entries: &impl Entries) {
         match self {
             Self::Lru(p) => p.on_insert(token),
             Self::Lfu(p) => p.on_insert(token),
-            Self::TinyLfu(p) => p.on_insert(token, entries),
+            Self::TinyLfu(p) => p.on_insert(token, hash, entries),
         }
     }
 

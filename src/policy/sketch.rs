@@ -82,26 +82,31 @@ impl Sketch {
     }
 
     /// Counts one more sighting of `hash`, aging the whole sketch when the sample
-    /// period ends.
-    pub(crate) fn increment(&mut self, hash: u64) {
+    /// period ends. Returns the estimate after the sighting (its
+    /// [`frequency`](Self::frequency), read from the block already at hand;
+    /// before any aging this call caused).
+    pub(crate) fn increment(&mut self, hash: u64) -> u8 {
         let (start, slots) = self.slots(hash);
         let block: &mut [u64; BLOCK] = (&mut self.table[start..start + BLOCK])
             .try_into()
             .expect("blocks are whole");
-        let mut added = false;
+        // Branch-free: which counters are below the ceiling is data, not
+        // control flow (counts are random, so branches on them mispredict).
+        let mut added = 0;
+        let mut min = MAX_COUNT;
         for (w, shift) in slots {
             let word = &mut block[w & (BLOCK - 1)];
-            if (*word >> shift) & MAX_COUNT < MAX_COUNT {
-                *word += 1 << shift;
-                added = true;
-            }
+            let count = (*word >> shift) & MAX_COUNT;
+            let below = u64::from(count < MAX_COUNT);
+            *word += below << shift;
+            added |= below;
+            min = min.min(count + below);
         }
-        if added {
-            self.size += 1;
-            if self.size >= self.sample_size {
-                self.age();
-            }
+        self.size += added as u32;
+        if self.size >= self.sample_size {
+            self.age();
         }
+        min as u8
     }
 
     /// Counts `n` more sightings of `hash` (each counter saturating at 15): the

@@ -63,6 +63,9 @@ struct Naive {
     sketch: Option<Sketch>,
     climber: Climber,
     rng: u64,
+    /// Window entries counted at most `ADMIT_MARGIN` times when inserted and
+    /// not read since: they lose their contest without one.
+    cold: Vec<Token>,
 }
 
 impl Naive {
@@ -79,6 +82,7 @@ impl Naive {
             sketch: None,
             climber: Climber::new(capacity),
             rng,
+            cold: Vec::new(),
         }
     }
 
@@ -97,12 +101,18 @@ impl Naive {
         self.protected_max = ((self.capacity - self.window_max) as f64 * 0.8) as u64;
     }
 
-    fn count(&mut self, hash: u64, e: &Fake) {
+    fn count(&mut self, hash: u64, e: &Fake) -> u8 {
         if self.sketch.is_none() && self.total(e) >= self.capacity / 2 {
             self.sketch = Some(Sketch::new(self.capacity));
         }
-        if let Some(s) = &mut self.sketch {
-            s.increment(hash);
+        match &mut self.sketch {
+            Some(s) => {
+                let before = s.frequency(hash);
+                s.increment(hash);
+                // The estimate just after the sighting, before any aging it caused.
+                (before + 1).min(15)
+            }
+            None => 0,
         }
     }
 
@@ -145,13 +155,20 @@ impl Naive {
 
     fn insert(&mut self, t: Token, e: &Fake) {
         self.window.push(t);
-        self.count(e.hash(t), e);
+        if self.count(e.hash(t), e) <= ADMIT_MARGIN {
+            self.cold.push(t);
+        }
         self.climber.misses += 1;
         self.climb(e);
     }
 
     fn remove(&mut self, t: Token) {
-        for list in [&mut self.window, &mut self.probation, &mut self.protected] {
+        for list in [
+            &mut self.window,
+            &mut self.probation,
+            &mut self.protected,
+            &mut self.cold,
+        ] {
             list.retain(|&x| x != t);
         }
     }
@@ -197,6 +214,7 @@ impl Naive {
             if self.collect(c, e) {
                 self.window.retain(|&x| x != c);
                 self.window.push(c);
+                self.cold.retain(|&x| x != c);
                 continue;
             }
             let w = u64::from(e.weight(c));
@@ -205,11 +223,15 @@ impl Naive {
                 Self::weight(&self.probation, e) + Self::weight(&self.protected, e) + w <= main_max;
             let to_probation = |n: &mut Self| {
                 n.window.retain(|&x| x != c);
+                n.cold.retain(|&x| x != c);
                 n.probation.push(c);
             };
             if room {
                 to_probation(self);
                 continue;
+            }
+            if self.cold.contains(&c) {
+                return Some(c);
             }
             match self.main_victim(keep, e) {
                 Some(v) => {
@@ -262,7 +284,7 @@ fn agree(capacity: u64, weighted: bool, steps: Vec<Step>) -> Result<(), TestCase
             Step::Insert => {
                 let t = next;
                 next += 1;
-                real.on_insert(t, &real_entries);
+                real.on_insert(t, real_entries.hash(t), &real_entries);
                 naive.insert(t, &naive_entries);
                 resident.push(t);
                 while real.total() > capacity {

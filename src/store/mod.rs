@@ -488,7 +488,7 @@ impl<K: Eq, V, H: Fn(&K) -> u64> ShardWriter<'_, K, V, H> {
                     .insert_unique(hash, t, |&t| hash_of(&slab.get(t).key));
                 map.weight += u64::from(weight);
                 map.counters.inserts += 1;
-                self.with_policy(|p, view| p.on_insert(t, view));
+                self.with_policy(|p, view| p.on_insert(t, hash, view));
                 t
             }
         };
