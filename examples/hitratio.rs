@@ -3,7 +3,8 @@
 //!
 //! ```text
 //! cargo run --release --example hitratio -- [TRACE...] [--capacity N,N] [--percent 5,20]
-//!     [--threads N] [--only COLUMN,COLUMN] [--traces-dir DIR] [--format arc|lirs|be32|be64]
+//!     [--threads N [--block B]] [--only COLUMN,COLUMN] [--traces-dir DIR]
+//!     [--format arc|lirs|be32|be64]
 //! ```
 //!
 //! A TRACE is a path, or a path relative to `--traces-dir` (default
@@ -11,8 +12,10 @@
 //! README is replayed. Formats and compressions (`.zst`, `.gz`, `.xz`) are
 //! recognised from the file name; see `../shared/traces/README.md`.
 //! `--percent` derives capacities from the trace's number of distinct keys.
-//! `--threads N` replays with N threads sharing each cache; `--only` picks
-//! columns (e.g. `--only "OPT,larder TinyLfu"`).
+//! `--threads N` replays with N threads sharing each cache, serving the trace
+//! in its order from a shared cursor; with `--block B` thread t serves blocks
+//! t, t + N, … of B requests instead (a reordered trace: N streams a block
+//! apart). `--only` picks columns (e.g. `--only "OPT,larder TinyLfu"`).
 
 use std::collections::{BinaryHeap, HashMap};
 use std::fs::File;
@@ -197,40 +200,64 @@ fn exact_lru(trace: &[u64], capacity: usize) -> u64 {
     hits
 }
 
-/// Replays `trace` as cache-aside (get, insert on a miss) on `threads` threads
-/// sharing the cache: each thread takes every `threads`-th chunk of 1,024
-/// requests, so all threads move through the trace together.
+/// How many threads share a cache during a replay, and how they split the trace.
+#[derive(Clone, Copy)]
+struct Threads {
+    n: usize,
+    /// `None`: the threads serve the trace in its order, as workers serve one
+    /// stream of requests: each takes the next request from a shared cursor,
+    /// so requests are reordered only among those in flight at once.
+    /// `Some(b)`: thread t takes blocks t, t + n, t + 2n, … of `b` requests.
+    /// The threads then run through the trace side by side, a block apart,
+    /// which replays a different trace (n streams merged) whatever the cache.
+    block: Option<usize>,
+}
+
+/// Replays `trace` as cache-aside (get, insert on a miss) on threads sharing
+/// the cache; returns the hits.
 fn replay<C: Sync>(
     trace: &[u64],
-    threads: usize,
+    threads: Threads,
     cache: &C,
     get: impl Fn(&C, u64) -> bool + Sync,
     insert: impl Fn(&C, u64) + Sync,
 ) -> u64 {
-    const CHUNK: usize = 1024;
-    let hits = std::sync::atomic::AtomicU64::new(0);
+    use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+    let hits = AtomicU64::new(0);
+    let next = AtomicUsize::new(0);
+    let serve = |k: u64| {
+        if get(cache, k) {
+            1
+        } else {
+            insert(cache, k);
+            0
+        }
+    };
     std::thread::scope(|s| {
-        for t in 0..threads {
-            let (hits, get, insert) = (&hits, &get, &insert);
+        for t in 0..threads.n {
+            let (hits, next, serve) = (&hits, &next, &serve);
             s.spawn(move || {
                 let mut mine = 0;
-                for chunk in trace.chunks(CHUNK).skip(t).step_by(threads) {
-                    for &k in chunk {
-                        if get(cache, k) {
-                            mine += 1;
-                        } else {
-                            insert(cache, k);
+                match threads.block {
+                    None => {
+                        while let Some(&k) = trace.get(next.fetch_add(1, Ordering::Relaxed)) {
+                            mine += serve(k);
+                        }
+                    }
+                    Some(block) => {
+                        for chunk in trace.chunks(block).skip(t).step_by(threads.n) {
+                            mine += chunk.iter().map(|&k| serve(k)).sum::<u64>();
                         }
                     }
                 }
-                hits.fetch_add(mine, std::sync::atomic::Ordering::Relaxed);
+                hits.fetch_add(mine, Ordering::Relaxed);
             });
         }
     });
     hits.into_inner()
 }
 
-fn larder_hits(trace: &[u64], capacity: usize, threads: usize, eviction: Eviction) -> u64 {
+fn larder_hits(trace: &[u64], capacity: usize, threads: Threads, eviction: Eviction) -> u64 {
     let cache: Cache<u64, ()> = Cache::builder()
         .max_capacity(capacity as u64)
         .eviction(eviction)
@@ -245,7 +272,7 @@ fn larder_hits(trace: &[u64], capacity: usize, threads: usize, eviction: Evictio
     )
 }
 
-type Subject = fn(&[u64], usize, usize) -> u64;
+type Subject = fn(&[u64], usize, Threads) -> u64;
 
 /// Every policy replayed, by column name. OPT and LRU are single-threaded
 /// references whatever `--threads` says.
@@ -296,7 +323,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut percents = Vec::new();
     let mut dir = PathBuf::from("../shared/traces");
     let mut format = None;
-    let mut threads = 1;
+    let mut threads = Threads { n: 1, block: None };
     let mut only: Vec<String> = Vec::new();
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -305,7 +332,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "--capacity" => capacities = list(&value()?)?,
             "--percent" => percents = list(&value()?)?,
             "--traces-dir" => dir = PathBuf::from(value()?),
-            "--threads" => threads = value()?.parse::<usize>()?.max(1),
+            "--threads" => threads.n = value()?.parse::<usize>()?.max(1),
+            "--block" => threads.block = Some(value()?.parse::<usize>()?.max(1)),
             "--only" => only = value()?.split(',').map(|s| s.trim().to_string()).collect(),
             "--format" => {
                 format = Some(match value()?.as_str() {
@@ -317,7 +345,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 })
             }
             "-h" | "--help" => {
-                println!("usage: hitratio [TRACE...] [--capacity N,N] [--percent P,P] [--threads N] [--only COLUMN,COLUMN] [--traces-dir DIR] [--format arc|lirs|be32|be64]");
+                println!("usage: hitratio [TRACE...] [--capacity N,N] [--percent P,P] [--threads N [--block B]] [--only COLUMN,COLUMN] [--traces-dir DIR] [--format arc|lirs|be32|be64]");
                 return Ok(());
             }
             _ if arg.starts_with("--") => return Err(format!("unknown option {arg}").into()),

@@ -115,18 +115,19 @@ impl Sketch {
         let n = u64::from(n);
         let mut added = 0;
         let (start, slots) = self.slots(hash);
+        let block: &mut [u64; BLOCK] = (&mut self.table[start..start + BLOCK])
+            .try_into()
+            .expect("blocks are whole");
         for (w, shift) in slots {
-            let w = start + w;
-            let count = (self.table[w] >> shift) & MAX_COUNT;
+            let word = &mut block[w & (BLOCK - 1)];
+            let count = (*word >> shift) & MAX_COUNT;
             let raised = (count + n).min(MAX_COUNT);
-            self.table[w] += (raised - count) << shift;
+            *word += (raised - count) << shift;
             added = added.max(raised - count);
         }
-        if added > 0 {
-            self.size += added as u32;
-            if self.size >= self.sample_size {
-                self.age();
-            }
+        self.size += added as u32;
+        if self.size >= self.sample_size {
+            self.age();
         }
     }
 
