@@ -26,6 +26,7 @@ pub(crate) struct Links {
 
 impl Links {
     /// Makes room for `token`'s links.
+    #[inline]
     pub(crate) fn ensure(&mut self, token: Token) {
         let need = token as usize + 1;
         if self.links.len() < need {
@@ -46,6 +47,7 @@ impl Links {
             .is_some_and(|l| l.prev != DETACHED)
     }
 
+    #[inline]
     pub(crate) fn next(&self, token: Token) -> Token {
         self.links[token as usize].next
     }
@@ -70,6 +72,7 @@ impl Default for List {
 }
 
 impl List {
+    #[inline]
     pub(crate) fn head(&self) -> Option<Token> {
         (self.head != NIL).then_some(self.head)
     }
@@ -83,6 +86,7 @@ impl List {
         self.len == 0
     }
 
+    #[inline]
     pub(crate) fn push_back(&mut self, links: &mut Links, token: Token) {
         links.ensure(token);
         links.links[token as usize] = Link {
@@ -98,6 +102,7 @@ impl List {
         self.len += 1;
     }
 
+    #[inline]
     pub(crate) fn unlink(&mut self, links: &mut Links, token: Token) {
         let Link { prev, next } = links.links[token as usize];
         if prev == NIL {
@@ -117,6 +122,7 @@ impl List {
         self.len -= 1;
     }
 
+    #[inline]
     pub(crate) fn move_to_back(&mut self, links: &mut Links, token: Token) {
         if self.tail != token {
             self.unlink(links, token);

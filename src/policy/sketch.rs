@@ -71,6 +71,7 @@ impl Sketch {
     }
 
     /// The estimated number of times `hash` was seen, 0 to 15.
+    #[inline]
     pub(crate) fn frequency(&self, hash: u64) -> u8 {
         let (start, slots) = self.slots(hash);
         let block = self.block(start);
@@ -85,6 +86,7 @@ impl Sketch {
     /// period ends. Returns the estimate after the sighting (its
     /// [`frequency`](Self::frequency), read from the block already at hand;
     /// before any aging this call caused).
+    #[inline]
     pub(crate) fn increment(&mut self, hash: u64) -> u8 {
         let (start, slots) = self.slots(hash);
         let block: &mut [u64; BLOCK] = (&mut self.table[start..start + BLOCK])
@@ -132,6 +134,8 @@ impl Sketch {
     }
 
     /// Halves every counter.
+    #[cold]
+    #[inline(never)]
     fn age(&mut self) {
         for word in &mut self.table {
             *word = (*word >> 1) & 0x7777_7777_7777_7777;

@@ -117,6 +117,7 @@ impl TinyLfu {
         self.protected_max = ((self.capacity - self.window_max) as f64 * PROTECTED_SHARE) as u64;
     }
 
+    #[inline]
     fn region(&self, token: Token) -> Region {
         self.region
             .get(token as usize)
@@ -124,6 +125,7 @@ impl TinyLfu {
             .unwrap_or(Region::Absent)
     }
 
+    #[inline]
     fn set_region(&mut self, token: Token, region: Region) {
         if self.region.len() <= token as usize {
             self.region.resize(token as usize + 1, Region::Absent);
@@ -137,6 +139,7 @@ impl TinyLfu {
 
     /// Counts a sighting in the sketch (once the shard is half full); returns
     /// the estimate after it (0 without a sketch).
+    #[inline]
     fn count(&mut self, hash: u64) -> u8 {
         if self.sketch.is_none() && self.total() >= self.capacity / 2 {
             self.sketch = Some(Sketch::new(self.capacity));
@@ -144,6 +147,7 @@ impl TinyLfu {
         self.sketch.as_mut().map_or(0, |s| s.increment(hash))
     }
 
+    #[inline]
     fn frequency(&self, hash: u64) -> u8 {
         self.sketch.as_ref().map_or(0, |s| s.frequency(hash))
     }
@@ -178,6 +182,7 @@ impl TinyLfu {
 
     /// Collects the reads `token` noted since the policy last looked: they go
     /// to the sketch and the climber. True when there were any.
+    #[inline]
     fn collect(&mut self, token: Token, entries: &impl Entries) -> bool {
         let hits = entries.take_hits(token);
         if hits == 0 {
@@ -288,6 +293,7 @@ impl TinyLfu {
     }
 
     /// A region's list and weight.
+    #[inline]
     fn region_mut(&mut self, region: Region) -> (&mut List, &mut u64, &mut Links) {
         match region {
             Region::Window | Region::ColdWindow => {
@@ -308,6 +314,7 @@ impl TinyLfu {
     }
 
     /// Moves `token` from the `from` region to the back of `to`.
+    #[inline]
     fn relocate(&mut self, token: Token, weight: u64, from: Region, to: Region) {
         let (list, total, links) = self.region_mut(from);
         list.unlink(links, token);
@@ -406,6 +413,7 @@ impl TinyLfu {
 }
 
 /// The first token of `list` that is not `keep`.
+#[inline]
 fn first_other(list: &List, links: &Links, keep: Token) -> Option<Token> {
     let head = list.head()?;
     if head != keep {
