@@ -70,7 +70,9 @@
 //!   an intrusive list so ties break by recency. With one shard and one thread
 //!   their eviction order is exact. W-TinyLFU keeps an LRU window and a
 //!   probation/protected SLRU on the same links, a 4-bit count-min sketch in
-//!   64-byte blocks (allocated once the shard is half full, aged by halving), and
+//!   64-byte blocks (allocated once the shard is half full, aged by halving), a
+//!   table of 16-bit ghosts of keys recently turned away at admission (a key
+//!   asked for again while its ghost remains is admitted without a contest), and
 //!   a hill climber that resizes the window per sample period.
 //! * **Deferred reads** (W-TinyLFU): a hit only bumps a small read counter in
 //!   what would be the entry's padding (capped at 1, after which a hit writes
@@ -104,10 +106,10 @@
 //! ## Memory
 //!
 //! Per entry: the key and value, a 4-byte weight and the read counter, 8 bytes
-//! of policy links (plus 4 for LFU's bucket, or 1 for W-TinyLFU's region and
-//! about 8 of sketch), and a 4-byte table slot plus a control byte at
-//! hashbrown's load factor. For `u64` keys and values that measures 53 bytes per
-//! entry with W-TinyLFU, 44 with LRU and 48 with LFU; run `cargo run --release
+//! of policy links (plus 4 for LFU's bucket, or for W-TinyLFU 1 for the region,
+//! about 8 of sketch and 1 of ghosts), and a 4-byte table slot plus a control
+//! byte at hashbrown's load factor. For `u64` keys and values that measures 54.5
+//! bytes per entry with W-TinyLFU, 44 with LRU and 48 with LFU; run `cargo run --release
 //! --example memory` to measure it beside moka and quick_cache.
 //!
 //! ## Panics and bad input

@@ -77,7 +77,6 @@ impl List {
         (self.head != NIL).then_some(self.head)
     }
 
-    #[cfg(any(test, fuzzing))]
     pub(crate) fn len(&self) -> u32 {
         self.len
     }

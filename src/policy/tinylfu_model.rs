@@ -10,7 +10,9 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 
 use super::sketch::Sketch;
-use super::tinylfu::{Climber, TinyLfu, ADMIT_MARGIN, ADMIT_WARM_ONE_IN, ADMIT_WARM_THRESHOLD};
+use super::tinylfu::{
+    Climber, Ghosts, TinyLfu, ADMIT_MARGIN, ADMIT_WARM_ONE_IN, ADMIT_WARM_THRESHOLD, GHOST_SHARE,
+};
 use super::Entries;
 use crate::store::Token;
 
@@ -66,6 +68,9 @@ struct Naive {
     /// Window entries counted at most `ADMIT_MARGIN` times when inserted and
     /// not read since: they lose their contest without one.
     cold: Vec<Token>,
+    /// Window entries inserted while their ghost was kept: admitted without a contest.
+    returning: Vec<Token>,
+    ghosts: Ghosts,
 }
 
 impl Naive {
@@ -83,6 +88,8 @@ impl Naive {
             climber: Climber::new(capacity),
             rng,
             cold: Vec::new(),
+            returning: Vec::new(),
+            ghosts: Ghosts::default(),
         }
     }
 
@@ -103,7 +110,13 @@ impl Naive {
 
     fn count(&mut self, hash: u64, e: &Fake) -> u8 {
         if self.sketch.is_none() && self.total(e) >= self.capacity / 2 {
-            self.sketch = Some(Sketch::new(self.capacity));
+            // Entries when full: the capacity scaled by entries per weight unit.
+            let count = (self.window.len() + self.probation.len() + self.protected.len()) as u64;
+            let entries =
+                (self.capacity * count / self.total(e).max(1)).clamp(1, self.capacity.max(1));
+            self.sketch = Some(Sketch::new(entries));
+            self.ghosts = Ghosts::new((entries as f64 * GHOST_SHARE) as usize);
+            self.climber.set_samples(entries);
         }
         match &mut self.sketch {
             Some(s) => {
@@ -155,7 +168,10 @@ impl Naive {
 
     fn insert(&mut self, t: Token, e: &Fake) {
         self.window.push(t);
-        if self.count(e.hash(t), e) <= ADMIT_MARGIN {
+        let cold = self.count(e.hash(t), e) <= ADMIT_MARGIN;
+        if self.ghosts.take(e.hash(t)) {
+            self.returning.push(t);
+        } else if cold {
             self.cold.push(t);
         }
         self.climber.misses += 1;
@@ -168,6 +184,7 @@ impl Naive {
             &mut self.probation,
             &mut self.protected,
             &mut self.cold,
+            &mut self.returning,
         ] {
             list.retain(|&x| x != t);
         }
@@ -224,6 +241,7 @@ impl Naive {
             let to_probation = |n: &mut Self| {
                 n.window.retain(|&x| x != c);
                 n.cold.retain(|&x| x != c);
+                n.returning.retain(|&x| x != c);
                 n.probation.push(c);
             };
             if room {
@@ -231,14 +249,16 @@ impl Naive {
                 continue;
             }
             if self.cold.contains(&c) {
+                self.ghosts.insert(e.hash(c));
                 return Some(c);
             }
             match self.main_victim(keep, e) {
                 Some(v) => {
-                    if self.admit(e.hash(c), e.hash(v)) {
+                    if self.returning.contains(&c) || self.admit(e.hash(c), e.hash(v)) {
                         to_probation(self);
                         return Some(v);
                     }
+                    self.ghosts.insert(e.hash(c));
                     return Some(c);
                 }
                 None => to_probation(self),
