@@ -143,6 +143,12 @@ impl Sketch {
         self.size /= 2;
     }
 
+    /// Counters' words (tests of the sizing).
+    #[cfg(test)]
+    pub(crate) fn words(&self) -> usize {
+        self.table.len()
+    }
+
     /// Stops the periodic halving (tests that need counts to stay put).
     #[cfg(test)]
     pub(crate) fn disable_aging(&mut self) {

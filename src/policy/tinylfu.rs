@@ -823,6 +823,45 @@ mod tests {
         }
     }
 
+    /// Entries of one weight.
+    struct Heavy(u32);
+
+    impl Entries for Heavy {
+        fn hash(&self, token: Token) -> u64 {
+            u64::from(token).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        }
+        fn weight(&self, _: Token) -> u32 {
+            self.0
+        }
+        fn take_hits(&self, _: Token) -> u8 {
+            0
+        }
+        fn touch(&self, _: Token) {}
+    }
+
+    #[test]
+    fn weighted_shards_size_their_counting_by_entries_not_weight() {
+        // A capacity of 2^40 units (a terabyte, in bytes) holding 1 MiB entries:
+        // 2^20 entries when full, whatever the capacity's unit.
+        let e = Heavy(1 << 20);
+        let mut p = TinyLfu::new(1 << 40);
+        let mut t = 0;
+        while p.sketch.is_none() {
+            p.on_insert(t, e.hash(t), &e);
+            t += 1;
+        }
+        assert_eq!(t, 1 << 19, "counting starts half full");
+        let sketch = p.sketch.as_ref().unwrap();
+        assert_eq!(sketch.words(), 1 << 20, "a word per entry, not per unit");
+        assert_eq!(p.ghosts.slots.len(), 1 << 19);
+        assert_eq!(
+            p.climber.sample,
+            5 << 20,
+            "sample periods in requests per entry"
+        );
+        p.validate(&e);
+    }
+
     #[test]
     fn a_read_window_entry_gets_a_second_chance() {
         let (mut p, e) = (TinyLfu::new(1000), Fake::default());
