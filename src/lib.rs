@@ -79,9 +79,14 @@
 //!   nothing) and a hit count beside the lock word, in the cache line the read
 //!   lock has just written. The policy collects an entry's reads when it next
 //!   looks at it — at the head of the window, probation or protected — adding
-//!   them to the sketch and giving the entry the second chance the reads earned
-//!   (back of the window, promotion to protected). No read is lost to contention
-//!   and readers never touch the policy.
+//!   them to the entry's count and giving the entry the second chance the reads
+//!   earned (back of the window, promotion to protected). No read is lost to
+//!   contention and readers never touch the policy.
+//! * **Resident counts** (W-TinyLFU): a resident's frequency lives in its byte
+//!   of policy state (region, count, a read mark), halved when the sketch ages;
+//!   the sketch counts absent keys, and a key read while resident raises its
+//!   counters to its count when it leaves. Collecting reads and weighing a
+//!   candidate touch no sketch line.
 //!
 //! ## Consistency
 //!

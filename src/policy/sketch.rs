@@ -22,6 +22,9 @@ pub(crate) struct Sketch {
     size: u32,
     /// Increments between agings.
     sample_size: u32,
+    /// Set by each aging, taken by [`take_aged`](Self::take_aged): the policy
+    /// halves the counts it keeps outside the sketch at the same moment.
+    aged: bool,
 }
 
 /// Mixes the hash again: the shard was picked from bits of the same hash, so
@@ -43,6 +46,7 @@ impl Sketch {
             block_mask: words / BLOCK - 1,
             size: 0,
             sample_size: (entries.max(1) * 10).min(u64::from(u32::MAX / 2)) as u32,
+            aged: false,
         }
     }
 
@@ -63,7 +67,6 @@ impl Sketch {
     }
 
     /// The key's block as an array, so indexing it needs no bounds checks.
-    #[inline]
     fn block(&self, start: usize) -> &[u64; BLOCK] {
         self.table[start..start + BLOCK]
             .try_into()
@@ -71,7 +74,6 @@ impl Sketch {
     }
 
     /// The estimated number of times `hash` was seen, 0 to 15.
-    #[inline]
     pub(crate) fn frequency(&self, hash: u64) -> u8 {
         let (start, slots) = self.slots(hash);
         let block = self.block(start);
@@ -111,26 +113,38 @@ impl Sketch {
         min as u8
     }
 
-    /// Counts `n` more sightings of `hash` (each counter saturating at 15): the
-    /// same as `n` increments, except that aging waits for the last of them.
-    pub(crate) fn add(&mut self, hash: u64, n: u8) {
-        let n = u64::from(n);
-        let mut added = 0;
+    /// Counts `n` sightings towards the sample period without touching any
+    /// counter: reads of a resident key, whose count the policy keeps itself
+    /// until the key leaves (see [`raise`](Self::raise)).
+    #[inline]
+    pub(crate) fn note(&mut self, n: u8) {
+        self.size += u32::from(n);
+        if self.size >= self.sample_size {
+            self.age();
+        }
+    }
+
+    /// Raises each of the key's counters to at least `count` (at most 15): a
+    /// leaving key hands back the count the policy kept while it was resident.
+    /// Counters already higher (other keys sharing them) stay as they are.
+    #[inline]
+    pub(crate) fn raise(&mut self, hash: u64, count: u8) {
+        let count = u64::from(count).min(MAX_COUNT);
         let (start, slots) = self.slots(hash);
         let block: &mut [u64; BLOCK] = (&mut self.table[start..start + BLOCK])
             .try_into()
             .expect("blocks are whole");
         for (w, shift) in slots {
             let word = &mut block[w & (BLOCK - 1)];
-            let count = (*word >> shift) & MAX_COUNT;
-            let raised = (count + n).min(MAX_COUNT);
-            *word += (raised - count) << shift;
-            added = added.max(raised - count);
+            let current = (*word >> shift) & MAX_COUNT;
+            *word += (count.max(current) - current) << shift;
         }
-        self.size += added as u32;
-        if self.size >= self.sample_size {
-            self.age();
-        }
+    }
+
+    /// Whether the sketch aged since the last call.
+    #[inline]
+    pub(crate) fn take_aged(&mut self) -> bool {
+        std::mem::take(&mut self.aged)
     }
 
     /// Halves every counter.
@@ -141,6 +155,7 @@ impl Sketch {
             *word = (*word >> 1) & 0x7777_7777_7777_7777;
         }
         self.size /= 2;
+        self.aged = true;
     }
 
     /// Counters' words (tests of the sizing).
@@ -176,18 +191,38 @@ mod tests {
     }
 
     #[test]
-    fn adding_n_is_n_increments() {
-        let (mut a, mut b) = (Sketch::new(1024), Sketch::new(1024));
-        for (hash, n) in [(7u64, 3u8), (8, 1), (7, 5), (9, 15), (9, 4)] {
-            a.add(hash, n);
-            for _ in 0..n {
-                b.increment(hash);
-            }
+    fn raising_lifts_only_lower_counters() {
+        let mut s = Sketch::new(1024);
+        s.disable_aging();
+        for _ in 0..3 {
+            s.increment(7);
         }
-        assert_eq!(a.table, b.table);
-        assert_eq!(a.size, b.size);
-        assert_eq!(a.frequency(7), 8);
-        assert_eq!(a.frequency(9), 15);
+        s.raise(7, 9);
+        assert_eq!(s.frequency(7), 9);
+        s.raise(7, 4);
+        assert_eq!(s.frequency(7), 9, "a lower count leaves the counters alone");
+        s.raise(8, 200);
+        assert_eq!(s.frequency(8), 15, "counters saturate at fifteen");
+        assert_eq!(s.size, 3, "raising is not a sighting");
+        s.validate();
+    }
+
+    #[test]
+    fn noted_sightings_age_the_sketch_without_counting() {
+        let mut s = Sketch::new(64);
+        for _ in 0..6 {
+            s.increment(7);
+        }
+        assert!(!s.take_aged());
+        let before = s.table.clone();
+        s.note(15);
+        assert_eq!(s.table, before, "a note touches no counter");
+        while !s.take_aged() {
+            s.note(15);
+        }
+        assert_eq!(s.frequency(7), 3, "the period ended and the counts halved");
+        assert!(!s.take_aged(), "taken once");
+        s.validate();
     }
 
     #[test]

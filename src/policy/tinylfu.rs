@@ -12,10 +12,16 @@
 //! Reads reach this policy deferred: a hit only counts itself on the entry (up
 //! to a cap) and on the shard. The policy collects an entry's reads when it next
 //! looks at that entry — at the head of a region, on the way to a victim — and
-//! then applies what the reads would have done: sketch increments, a second
+//! then applies what the reads would have done: a higher count, a second
 //! chance at the back of the window or of protected, promotion out of
 //! probation. The shard's hit count feeds the climber. So a read costs no lock
 //! beyond the lookup's and loses nothing to contention. See `store::Entry::hits`.
+//!
+//! A resident's count is kept in its byte of policy state, not in the sketch
+//! (see [`REGION_BITS`]): the sketch counts sightings of absent keys, and a key
+//! read while resident hands its count back when it leaves. A collected read
+//! and the candidate's side of a contest then read no sketch line; the
+//! victim's side reads its key's estimate, which keeps incumbents' ties.
 
 use super::list::{Links, List};
 use super::sketch::Sketch;
@@ -29,16 +35,45 @@ enum Region {
     Window,
     Probation,
     Protected,
-    /// In the window, counted no more than `ADMIT_MARGIN` times by the sketch
-    /// when it was inserted and not read since: it would lose its admission
-    /// contest to any victim, so it loses without one (no victim is looked
-    /// for, no sketch line read). Sketch collisions after its insert are
-    /// ignored, which only errs against a candidate nobody asked for again.
-    ColdWindow,
     /// In the window, inserted while its ghost was in [`Ghosts`]: turned away
     /// at admission a short while ago and asked for again. It is admitted at
     /// its next contest without one.
     Returning,
+}
+
+impl Region {
+    #[inline]
+    fn of(meta: u8) -> Self {
+        match meta & REGION_BITS {
+            0 => Self::Absent,
+            1 => Self::Window,
+            2 => Self::Probation,
+            3 => Self::Protected,
+            _ => Self::Returning,
+        }
+    }
+}
+
+/// A token's byte of policy state: its region in the low three bits, then
+/// `READ` (reads were counted since the sketch last heard of the key), then
+/// its count in the high four bits.
+///
+/// A resident key's count lives here, not in the sketch: its estimate when it
+/// was inserted, plus the reads collected since, halved whenever the sketch
+/// ages. The sketch counts sightings of absent keys, and a key that was read
+/// while resident raises its counters to its count when it leaves. So an
+/// admission contest reads no sketch line (both counts are at hand), a read
+/// collected reads none either, and the counts of residents are free of the
+/// collisions the sketch collects meanwhile.
+const REGION_BITS: u8 = 0b0111;
+const READ: u8 = 0b1000;
+const COUNT_SHIFT: u32 = 4;
+
+/// Halves every count kept in `meta`, as the sketch halves its counters.
+fn halve_counts(meta: &mut [u8]) {
+    for m in meta {
+        *m = (*m & (REGION_BITS | READ)) | ((*m >> 1) & 0x70);
+    }
 }
 
 /// A candidate must beat the victim's estimate by more than this to replace it:
@@ -79,7 +114,8 @@ const RESTART_THRESHOLD: f64 = 0.05;
 #[derive(Debug)]
 pub(crate) struct TinyLfu {
     links: Links,
-    region: Vec<Region>,
+    /// Per token: region, read mark and count (see [`REGION_BITS`]).
+    meta: Vec<u8>,
     window: List,
     probation: List,
     protected: List,
@@ -101,7 +137,7 @@ impl TinyLfu {
     pub(crate) fn new(capacity: u64) -> Self {
         let mut policy = Self {
             links: Links::default(),
-            region: Vec::new(),
+            meta: Vec::new(),
             window: List::default(),
             probation: List::default(),
             protected: List::default(),
@@ -130,19 +166,26 @@ impl TinyLfu {
     }
 
     #[inline]
-    fn region(&self, token: Token) -> Region {
-        self.region
-            .get(token as usize)
-            .copied()
-            .unwrap_or(Region::Absent)
+    fn meta(&self, token: Token) -> u8 {
+        self.meta.get(token as usize).copied().unwrap_or(0)
     }
 
     #[inline]
+    fn region(&self, token: Token) -> Region {
+        Region::of(self.meta(token))
+    }
+
+    /// A resident's count: see [`REGION_BITS`].
+    #[inline]
+    fn count_of(&self, token: Token) -> u8 {
+        self.meta(token) >> COUNT_SHIFT
+    }
+
+    /// Moves a resident to `region`, keeping its count.
+    #[inline]
     fn set_region(&mut self, token: Token, region: Region) {
-        if self.region.len() <= token as usize {
-            self.region.resize(token as usize + 1, Region::Absent);
-        }
-        self.region[token as usize] = region;
+        let m = &mut self.meta[token as usize];
+        *m = (*m & !REGION_BITS) | region as u8;
     }
 
     pub(super) fn total(&self) -> u64 {
@@ -156,7 +199,15 @@ impl TinyLfu {
         if self.sketch.is_none() && self.total() >= self.capacity / 2 {
             self.start_counting();
         }
-        self.sketch.as_mut().map_or(0, |s| s.increment(hash))
+        let Some(sketch) = &mut self.sketch else {
+            return 0;
+        };
+        let estimate = sketch.increment(hash);
+        if sketch.take_aged() {
+            halve_counts(&mut self.meta);
+            return estimate / 2;
+        }
+        estimate
     }
 
     /// Sizes the sketch, the ghosts and the climber's sample periods by the
@@ -174,11 +225,6 @@ impl TinyLfu {
         self.climber.set_samples(entries);
     }
 
-    #[inline]
-    fn frequency(&self, hash: u64) -> u8 {
-        self.sketch.as_ref().map_or(0, |s| s.frequency(hash))
-    }
-
     /// Hits on this shard since the last write, for the climber.
     pub(crate) fn on_hits(&mut self, hits: u64) {
         self.climber.hits += hits;
@@ -188,15 +234,16 @@ impl TinyLfu {
         let weight = u64::from(entries.weight(token));
         self.window.push_back(&mut self.links, token);
         self.window_weight += weight;
-        let cold = self.count(hash) <= ADMIT_MARGIN;
+        let count = self.count(hash);
         let region = if self.ghosts.take(hash) {
             Region::Returning
-        } else if cold {
-            Region::ColdWindow
         } else {
             Region::Window
         };
-        self.set_region(token, region);
+        if self.meta.len() <= token as usize {
+            self.meta.resize(token as usize + 1, 0);
+        }
+        self.meta[token as usize] = region as u8 | count << COUNT_SHIFT;
         self.climber.misses += 1;
         self.climb(entries);
     }
@@ -208,15 +255,22 @@ impl TinyLfu {
     }
 
     /// Collects the reads `token` noted since the policy last looked: they go
-    /// to the sketch and the climber. True when there were any.
+    /// to its count, and towards the sketch's sample period. True when there
+    /// were any.
     #[inline]
     fn collect(&mut self, token: Token, entries: &impl Entries) -> bool {
         let hits = entries.take_hits(token);
         if hits == 0 {
             return false;
         }
+        let m = &mut self.meta[token as usize];
+        let count = ((*m >> COUNT_SHIFT) as u32 + u32::from(hits)).min(15) as u8;
+        *m = (*m & REGION_BITS) | READ | count << COUNT_SHIFT;
         if let Some(sketch) = &mut self.sketch {
-            sketch.add(entries.hash(token), hits);
+            sketch.note(hits);
+            if sketch.take_aged() {
+                halve_counts(&mut self.meta);
+            }
         }
         true
     }
@@ -229,8 +283,11 @@ impl TinyLfu {
         }
     }
 
+    /// Takes `token` off its list. A key read while resident hands its count
+    /// back to the sketch, so that it competes with it if it comes back.
     pub(crate) fn on_remove(&mut self, token: Token, entries: &impl Entries) {
-        let region = self.region(token);
+        let meta = self.meta(token);
+        let region = Region::of(meta);
         if region == Region::Absent {
             return;
         }
@@ -238,7 +295,12 @@ impl TinyLfu {
         let (list, total, links) = self.region_mut(region);
         list.unlink(links, token);
         *total -= weight;
-        self.set_region(token, Region::Absent);
+        self.meta[token as usize] = 0;
+        if meta & READ != 0 {
+            if let Some(sketch) = &mut self.sketch {
+                sketch.raise(entries.hash(token), meta >> COUNT_SHIFT);
+            }
+        }
     }
 
     /// Chooses the next entry to evict (never `keep`), moving window overflow
@@ -252,9 +314,6 @@ impl TinyLfu {
             };
             if self.collect(candidate, entries) {
                 self.window.move_to_back(&mut self.links, candidate);
-                if self.region(candidate) == Region::ColdWindow {
-                    self.set_region(candidate, Region::Window);
-                }
                 continue;
             }
             let weight = u64::from(entries.weight(candidate));
@@ -264,16 +323,19 @@ impl TinyLfu {
                 self.relocate(candidate, weight, Region::Window, Region::Probation);
                 continue;
             }
-            let region = self.region(candidate);
-            if region == Region::ColdWindow {
+            let returning = self.region(candidate) == Region::Returning;
+            let count = self.count_of(candidate);
+            if !returning && count <= ADMIT_MARGIN {
+                // Too rare to beat even an unseen victim (the common one-hit
+                // wonder): it loses without a victim being looked for.
                 self.ghosts.insert(entries.hash(candidate));
                 return Some(candidate);
             }
             match self.main_victim(keep, entries) {
                 Some(victim) => {
-                    if region == Region::Returning
-                        || self.admit(entries.hash(candidate), || entries.hash(victim))
-                    {
+                    // Looking for the victim may have aged the counts.
+                    let count = self.count_of(candidate);
+                    if returning || self.admit(count, self.victim_count(victim, entries)) {
                         self.relocate(candidate, weight, Region::Window, Region::Probation);
                         return Some(victim);
                     }
@@ -307,14 +369,22 @@ impl TinyLfu {
         None
     }
 
-    /// The admission contest. A candidate too rare to beat even an unseen
-    /// victim (the common one-hit wonder) loses without the victim's hash or
-    /// its sketch line being read.
-    fn admit(&mut self, candidate: u64, victim: impl FnOnce() -> u64) -> bool {
-        let candidate = self.frequency(candidate);
-        if candidate > ADMIT_MARGIN
-            && candidate > self.frequency(victim()).saturating_add(ADMIT_MARGIN)
-        {
+    /// The victim's count for its contest: its own, or the sketch's estimate
+    /// for its key when higher (the estimate counts the collisions an unread
+    /// resident's own count has aged past, which keeps ties with newcomers on
+    /// a sketch saturated by a loop or a scan, so incumbents win them).
+    #[inline]
+    fn victim_count(&self, victim: Token, entries: &impl Entries) -> u8 {
+        let own = self.count_of(victim);
+        match &self.sketch {
+            Some(s) => own.max(s.frequency(entries.hash(victim))),
+            _ => own,
+        }
+    }
+
+    /// The admission contest between two residents' counts.
+    fn admit(&mut self, candidate: u8, victim: u8) -> bool {
+        if candidate > ADMIT_MARGIN && candidate > victim.saturating_add(ADMIT_MARGIN) {
             return true;
         }
         if candidate >= ADMIT_WARM_THRESHOLD {
@@ -330,7 +400,7 @@ impl TinyLfu {
     #[inline]
     fn region_mut(&mut self, region: Region) -> (&mut List, &mut u64, &mut Links) {
         match region {
-            Region::Window | Region::ColdWindow | Region::Returning => {
+            Region::Window | Region::Returning => {
                 (&mut self.window, &mut self.window_weight, &mut self.links)
             }
             Region::Probation => (
@@ -398,6 +468,12 @@ impl TinyLfu {
         (self.window_max, self.protected_max, self.rng)
     }
 
+    /// A resident's count and whether its reads are yet to reach the sketch.
+    #[cfg(test)]
+    pub(super) fn resident_count(&self, token: Token) -> (u8, bool) {
+        (self.count_of(token), self.meta(token) & READ != 0)
+    }
+
     /// The three regions' tokens, oldest first.
     #[cfg(test)]
     pub(super) fn regions(&self) -> (Vec<Token>, Vec<Token>, Vec<Token>) {
@@ -428,7 +504,7 @@ impl TinyLfu {
             let tokens = list.tokens(&self.links);
             for &t in &tokens {
                 let listed = match self.region(t) {
-                    Region::ColdWindow | Region::Returning => Region::Window,
+                    Region::Returning => Region::Window,
                     r => r,
                 };
                 assert_eq!(listed, region, "token listed in the wrong region");
@@ -437,7 +513,17 @@ impl TinyLfu {
             assert_eq!(sum, weight, "{region:?} weight drifted");
         }
         let listed = self.window.len() + self.probation.len() + self.protected.len();
-        let marked = self.region.iter().filter(|&&r| r != Region::Absent).count();
+        let marked = self
+            .meta
+            .iter()
+            .filter(|&&m| Region::of(m) != Region::Absent)
+            .count();
+        assert!(
+            self.meta
+                .iter()
+                .all(|&m| Region::of(m) != Region::Absent || m == 0),
+            "a departed token kept its state"
+        );
         assert_eq!(listed as usize, marked, "region marks and lists disagree");
         assert!(self.window_max < self.capacity.max(1));
         if let Some(s) = &self.sketch {
@@ -614,8 +700,9 @@ mod tests {
         evicted
     }
 
-    /// A full cache of 100 whose residents were read 20 times each; the window
-    /// is pinned at one entry so every insert runs one admission contest.
+    /// A full cache of 100 whose residents were read 20 times each, so their
+    /// counts are at the ceiling; the window is pinned at one entry so every
+    /// insert runs one admission contest.
     fn saturated_cache() -> (TinyLfu, Fake) {
         let (mut p, e) = (TinyLfu::new(100), Fake::default());
         p.climber.sample = u64::MAX;
@@ -623,9 +710,13 @@ mod tests {
             insert(&mut p, &e, t);
         }
         p.sketch.as_mut().expect("half full").disable_aging();
-        for _ in 0..20 {
-            for t in 0..100 {
-                p.count(e.hash(t));
+        for t in 0..100 {
+            for _ in 0..20 {
+                p.on_access(t, &e);
+            }
+            if p.region(t) != Region::Absent {
+                p.collect(t, &e);
+                assert_eq!(p.count_of(t), 15);
             }
         }
         insert(&mut p, &e, 100);
@@ -684,8 +775,7 @@ mod tests {
         assert!(probation.len() >= 3, "{probation:?}");
         // Read every probation entry but the last: on_access only notes it.
         let (unread, read) = probation.split_last().unwrap();
-        let sketch = p.sketch.as_ref().expect("past half full");
-        let before: Vec<u8> = read.iter().map(|&t| sketch.frequency(e.hash(t))).collect();
+        let before: Vec<u8> = read.iter().map(|&t| p.count_of(t)).collect();
         for &t in read {
             p.on_access(t, &e);
             assert_eq!(p.region(t), Region::Probation, "promotion waits");
@@ -702,14 +792,49 @@ mod tests {
         assert!(read.iter().any(|&t| p.region(t) == Region::Protected));
         assert!(p.protected_weight <= p.protected_max);
         assert!(e.hits.borrow().is_empty(), "every read was collected");
-        let sketch = p.sketch.as_ref().expect("past half full");
         for (&t, b) in read.iter().zip(before) {
-            assert_eq!(
-                sketch.frequency(e.hash(t)),
-                b + 1,
-                "the read reached the sketch"
-            );
+            assert_eq!(p.count_of(t), b + 1, "the read reached the count");
+            assert_ne!(p.meta(t) & READ, 0, "marked for the sketch");
         }
+        // A read key leaving hands its count back to the sketch; an unread
+        // one leaves the sketch as it was.
+        let t = read[0];
+        let count = p.count_of(t);
+        let sketch = p.sketch.as_ref().expect("past half full");
+        assert!(sketch.frequency(e.hash(t)) < count, "not yet handed back");
+        p.on_remove(t, &e);
+        let sketch = p.sketch.as_ref().expect("past half full");
+        assert_eq!(sketch.frequency(e.hash(t)), count);
+        p.validate(&e);
+    }
+
+    #[test]
+    fn counts_halve_when_the_sketch_ages() {
+        let (mut p, e) = (TinyLfu::new(100), Fake::default());
+        p.climber.sample = u64::MAX;
+        for t in 0..110 {
+            insert(&mut p, &e, t);
+        }
+        let resident = p.probation.head().expect("a full main region");
+        for _ in 0..12 {
+            p.on_access(resident, &e);
+        }
+        p.collect(resident, &e);
+        let count = p.count_of(resident);
+        assert!(count >= 12);
+        let region = p.region(resident);
+        // Sightings of absent keys fill the sample period until it ages.
+        let mut k = 1 << 20;
+        loop {
+            p.count(e.hash(k));
+            k += 1;
+            if p.count_of(resident) != count {
+                break;
+            }
+        }
+        assert_eq!(p.count_of(resident), count / 2);
+        assert_eq!(p.region(resident), region, "the region is kept");
+        assert_ne!(p.meta(resident) & READ, 0, "and the read mark");
         p.validate(&e);
     }
 
@@ -725,7 +850,7 @@ mod tests {
             p.on_access(t, &e);
         }
         let candidate = p.window.head().unwrap();
-        assert_eq!(p.region(candidate), Region::ColdWindow);
+        assert!(p.count_of(candidate) <= ADMIT_MARGIN);
         assert_eq!(insert(&mut p, &e, 12), vec![candidate]);
         // No victim was looked for: the probation reads wait, uncollected.
         assert_eq!(p.probation.tokens(&p.links), probation);

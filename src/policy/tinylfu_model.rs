@@ -65,9 +65,12 @@ struct Naive {
     sketch: Option<Sketch>,
     climber: Climber,
     rng: u64,
-    /// Window entries counted at most `ADMIT_MARGIN` times when inserted and
-    /// not read since: they lose their contest without one.
-    cold: Vec<Token>,
+    /// Residents' counts: the estimate when inserted plus reads collected,
+    /// halved when the sketch ages.
+    counts: HashMap<Token, u8>,
+    /// Residents with reads counted since they were inserted: they hand their
+    /// count back to the sketch when they leave.
+    read: Vec<Token>,
     /// Window entries inserted while their ghost was kept: admitted without a contest.
     returning: Vec<Token>,
     ghosts: Ghosts,
@@ -87,7 +90,8 @@ impl Naive {
             sketch: None,
             climber: Climber::new(capacity),
             rng,
-            cold: Vec::new(),
+            counts: HashMap::new(),
+            read: Vec::new(),
             returning: Vec::new(),
             ghosts: Ghosts::default(),
         }
@@ -122,15 +126,24 @@ impl Naive {
             Some(s) => {
                 let before = s.frequency(hash);
                 s.increment(hash);
-                // The estimate just after the sighting, before any aging it caused.
-                (before + 1).min(15)
+                // The estimate just after the sighting, halved with the
+                // residents' counts if the sighting aged the sketch.
+                let estimate = (before + 1).min(15);
+                if s.take_aged() {
+                    self.halve();
+                    estimate / 2
+                } else {
+                    estimate
+                }
             }
             None => 0,
         }
     }
 
-    fn freq(&self, hash: u64) -> u8 {
-        self.sketch.as_ref().map_or(0, |s| s.frequency(hash))
+    fn halve(&mut self) {
+        for c in self.counts.values_mut() {
+            *c /= 2;
+        }
     }
 
     fn climb(&mut self, e: &Fake) {
@@ -148,8 +161,16 @@ impl Naive {
     fn collect(&mut self, t: Token, e: &Fake) -> bool {
         let h = e.take_hits(t);
         if h > 0 {
+            let c = self.counts.get_mut(&t).expect("a resident");
+            *c = (u32::from(*c) + u32::from(h)).min(15) as u8;
+            if !self.read.contains(&t) {
+                self.read.push(t);
+            }
             if let Some(s) = &mut self.sketch {
-                s.add(e.hash(t), h);
+                s.note(h);
+                if s.take_aged() {
+                    self.halve();
+                }
             }
         }
         h > 0
@@ -168,31 +189,40 @@ impl Naive {
 
     fn insert(&mut self, t: Token, e: &Fake) {
         self.window.push(t);
-        let cold = self.count(e.hash(t), e) <= ADMIT_MARGIN;
+        let count = self.count(e.hash(t), e);
+        self.counts.insert(t, count);
         if self.ghosts.take(e.hash(t)) {
             self.returning.push(t);
-        } else if cold {
-            self.cold.push(t);
         }
         self.climber.misses += 1;
         self.climb(e);
     }
 
-    fn remove(&mut self, t: Token) {
+    fn remove(&mut self, t: Token, e: &Fake) {
+        let count = self.counts.remove(&t).expect("a resident");
+        if self.read.contains(&t) {
+            if let Some(s) = &mut self.sketch {
+                s.raise(e.hash(t), count);
+            }
+        }
         for list in [
             &mut self.window,
             &mut self.probation,
             &mut self.protected,
-            &mut self.cold,
+            &mut self.read,
             &mut self.returning,
         ] {
             list.retain(|&x| x != t);
         }
     }
 
-    fn admit(&mut self, c: u64, v: u64) -> bool {
-        let (c, v) = (self.freq(c), self.freq(v));
-        if u16::from(c) > u16::from(v) + u16::from(ADMIT_MARGIN) {
+    /// The contest: the candidate's count against the victim's count or its
+    /// key's estimate in the sketch, whichever is higher.
+    fn admit(&mut self, c: Token, v: Token, e: &Fake) -> bool {
+        let c = self.counts[&c];
+        let estimate = self.sketch.as_ref().map_or(0, |s| s.frequency(e.hash(v)));
+        let v = self.counts[&v].max(estimate);
+        if c > ADMIT_MARGIN && u16::from(c) > u16::from(v) + u16::from(ADMIT_MARGIN) {
             return true;
         }
         if c >= ADMIT_WARM_THRESHOLD {
@@ -231,7 +261,6 @@ impl Naive {
             if self.collect(c, e) {
                 self.window.retain(|&x| x != c);
                 self.window.push(c);
-                self.cold.retain(|&x| x != c);
                 continue;
             }
             let w = u64::from(e.weight(c));
@@ -240,7 +269,6 @@ impl Naive {
                 Self::weight(&self.probation, e) + Self::weight(&self.protected, e) + w <= main_max;
             let to_probation = |n: &mut Self| {
                 n.window.retain(|&x| x != c);
-                n.cold.retain(|&x| x != c);
                 n.returning.retain(|&x| x != c);
                 n.probation.push(c);
             };
@@ -248,13 +276,14 @@ impl Naive {
                 to_probation(self);
                 continue;
             }
-            if self.cold.contains(&c) {
+            let returning = self.returning.contains(&c);
+            if !returning && self.counts[&c] <= ADMIT_MARGIN {
                 self.ghosts.insert(e.hash(c));
                 return Some(c);
             }
             match self.main_victim(keep, e) {
                 Some(v) => {
-                    if self.returning.contains(&c) || self.admit(e.hash(c), e.hash(v)) {
+                    if returning || self.admit(c, v, e) {
                         to_probation(self);
                         return Some(v);
                     }
@@ -312,7 +341,7 @@ fn agree(capacity: u64, weighted: bool, steps: Vec<Step>) -> Result<(), TestCase
                     prop_assert_eq!(v, naive.victim(t, &naive_entries), "different victims");
                     let Some(v) = v else { break };
                     real.on_remove(v, &real_entries);
-                    naive.remove(v);
+                    naive.remove(v, &naive_entries);
                     // The slab entry goes, and its read count with it.
                     real_entries.take_hits(v);
                     naive_entries.take_hits(v);
@@ -328,7 +357,7 @@ fn agree(capacity: u64, weighted: bool, steps: Vec<Step>) -> Result<(), TestCase
             Step::Remove(i) if !resident.is_empty() => {
                 let t = resident.remove(i % resident.len());
                 real.on_remove(t, &real_entries);
-                naive.remove(t);
+                naive.remove(t, &naive_entries);
                 real_entries.take_hits(t);
                 naive_entries.take_hits(t);
             }
@@ -347,6 +376,10 @@ fn agree(capacity: u64, weighted: bool, steps: Vec<Step>) -> Result<(), TestCase
             .chain(protected)
             .collect();
         all.sort_unstable();
+        for &t in &all {
+            let own = (naive.counts[&t], naive.read.contains(&t));
+            prop_assert_eq!(real.resident_count(t), own, "different counts");
+        }
         let mut expected = resident.clone();
         expected.sort_unstable();
         prop_assert_eq!(all, expected);
