@@ -335,7 +335,7 @@ impl TinyLfu {
                 Some(victim) => {
                     // Looking for the victim may have aged the counts.
                     let count = self.count_of(candidate);
-                    if returning || self.admit(count, self.victim_count(victim, entries)) {
+                    if returning || self.admit(count, victim, entries) {
                         self.relocate(candidate, weight, Region::Window, Region::Probation);
                         return Some(victim);
                     }
@@ -369,23 +369,22 @@ impl TinyLfu {
         None
     }
 
-    /// The victim's count for its contest: its own, or the sketch's estimate
-    /// for its key when higher (the estimate counts the collisions an unread
-    /// resident's own count has aged past, which keeps ties with newcomers on
-    /// a sketch saturated by a loop or a scan, so incumbents win them).
-    #[inline]
-    fn victim_count(&self, victim: Token, entries: &impl Entries) -> u8 {
-        let own = self.count_of(victim);
-        match &self.sketch {
-            Some(s) => own.max(s.frequency(entries.hash(victim))),
-            _ => own,
-        }
-    }
-
-    /// The admission contest between two residents' counts.
-    fn admit(&mut self, candidate: u8, victim: u8) -> bool {
-        if candidate > ADMIT_MARGIN && candidate > victim.saturating_add(ADMIT_MARGIN) {
-            return true;
+    /// The admission contest: the candidate's count against the victim's. The
+    /// victim's is its own count or the sketch's estimate for its key, which
+    /// ever is higher: the estimate counts the collisions an unread resident's
+    /// own count has aged past, which keeps ties with newcomers on a sketch
+    /// saturated by a loop or a scan, so incumbents win them. The estimate is
+    /// read only when the victim's own count would lose.
+    fn admit(&mut self, candidate: u8, victim: Token, entries: &impl Entries) -> bool {
+        let beats = |count: u8| candidate > ADMIT_MARGIN.max(count.saturating_add(ADMIT_MARGIN));
+        if beats(self.count_of(victim)) {
+            let estimate = self
+                .sketch
+                .as_ref()
+                .map_or(0, |s| s.frequency(entries.hash(victim)));
+            if beats(estimate) {
+                return true;
+            }
         }
         if candidate >= ADMIT_WARM_THRESHOLD {
             self.rng ^= self.rng << 13;
