@@ -131,7 +131,8 @@ impl<T> Mutex<T> {
     }
 }
 
-/// A condition variable over [`Mutex`] (a flight's waiters).
+/// A condition variable over [`Mutex`] (a flight's waiters, the write-back
+/// queue's flusher and writers).
 #[derive(Debug, Default)]
 pub(crate) struct Condvar {
     #[cfg(not(larder_loom))]
@@ -157,10 +158,50 @@ impl Condvar {
         self.inner.wait(guard).unwrap_or_else(|e| e.into_inner())
     }
 
+    /// [`wait`](Self::wait), giving up at `deadline`; true when it did. Under
+    /// loom a wait never times out (loom has no clock), so a model must not
+    /// rely on one.
+    #[cfg(not(larder_loom))]
+    pub(crate) fn wait_until<'a, T>(
+        &self,
+        mut guard: MutexGuard<'a, T>,
+        deadline: std::time::Instant,
+    ) -> (MutexGuard<'a, T>, bool) {
+        let timed_out = self.inner.wait_until(&mut guard, deadline).timed_out();
+        (guard, timed_out)
+    }
+
+    #[cfg(larder_loom)]
+    pub(crate) fn wait_until<'a, T>(
+        &self,
+        guard: MutexGuard<'a, T>,
+        deadline: std::time::Instant,
+    ) -> (MutexGuard<'a, T>, bool) {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match self.inner.wait_timeout(guard, left) {
+            Ok((guard, result)) => (guard, result.timed_out()),
+            Err(e) => {
+                let (guard, result) = e.into_inner();
+                (guard, result.timed_out())
+            }
+        }
+    }
+
+    pub(crate) fn notify_one(&self) {
+        self.inner.notify_one();
+    }
+
     pub(crate) fn notify_all(&self) {
         self.inner.notify_all();
     }
 }
+
+/// Threads: std's, or loom's under the model checker (the write-back flusher).
+#[cfg(not(larder_loom))]
+pub(crate) use std::thread;
+
+#[cfg(larder_loom)]
+pub(crate) use loom::thread;
 
 /// Aligns its contents to 128 bytes so two shards never share a cache line
 /// (adjacent-line prefetch makes 64 too small on x86).
