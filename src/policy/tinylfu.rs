@@ -98,8 +98,13 @@ const INITIAL_WINDOW: f64 = 0.01;
 /// Protected's share of the main region.
 const PROTECTED_SHARE: f64 = 0.8;
 /// Hill climbing: step as a share of capacity, its decay per period, and the
-/// hit-rate change that restarts it.
-const STEP: f64 = 0.0625;
+/// hit-rate change that restarts it. Caffeine steps 6.25 % and decays by 0.98;
+/// smaller steps that settle sooner scored better on the 30 trace cases (mean
+/// of five runs, each with its own hash seed: 46.36 → 46.48; multi1, multi2, cs
+/// and P3 up to +0.8, OLTP at 20% −0.5 and sprite at 20% −0.8), and stop the
+/// window wandering on a stationary workload (the 90/10 Zipf mix of the
+/// throughput benchmark: 0.225 → 0.219 inserts per operation).
+const STEP: f64 = 0.03;
 /// Requests per climber sample period, in multiples of the capacity (as in
 /// Caffeine)...
 const SAMPLE: u64 = 10;
@@ -108,7 +113,7 @@ const SAMPLE: u64 = 10;
 /// 3 scored 45.68 and 1 scored 45.94), mostly on short recency-biased traces
 /// (corda vault at 5%: 30.4 → 32.0).
 const FIRST_SAMPLE: u64 = 5;
-const STEP_DECAY: f64 = 0.98;
+const STEP_DECAY: f64 = 0.95;
 const RESTART_THRESHOLD: f64 = 0.05;
 
 #[derive(Debug)]
