@@ -257,12 +257,21 @@ fn replay<C: Sync>(
     hits.into_inner()
 }
 
-fn larder_hits(trace: &[u64], capacity: usize, threads: Threads, eviction: Eviction) -> u64 {
-    let cache: Cache<u64, ()> = Cache::builder()
+/// `shards`: `None` for the default count (sixteen per core).
+fn larder_hits(
+    trace: &[u64],
+    capacity: usize,
+    threads: Threads,
+    eviction: Eviction,
+    shards: Option<usize>,
+) -> u64 {
+    let mut builder = Cache::builder()
         .max_capacity(capacity as u64)
-        .eviction(eviction)
-        .build()
-        .expect("capacity ≥ 1");
+        .eviction(eviction);
+    if let Some(shards) = shards {
+        builder = builder.shards(shards);
+    }
+    let cache: Cache<u64, ()> = builder.build().expect("capacity ≥ 1");
     replay(
         trace,
         threads,
@@ -280,10 +289,19 @@ const SUBJECTS: &[(&str, Subject)] = &[
     ("OPT", |t, c, _| optimal(t, c)),
     ("LRU", |t, c, _| exact_lru(t, c)),
     ("larder TinyLfu", |t, c, n| {
-        larder_hits(t, c, n, Eviction::TinyLfu)
+        larder_hits(t, c, n, Eviction::TinyLfu, None)
     }),
-    ("larder Lru", |t, c, n| larder_hits(t, c, n, Eviction::Lru)),
-    ("larder Lfu", |t, c, n| larder_hits(t, c, n, Eviction::Lfu)),
+    // One shard: one sketch and one climber see the whole stream, what
+    // sharing them across shards would give at best.
+    ("larder TinyLfu 1 shard", |t, c, n| {
+        larder_hits(t, c, n, Eviction::TinyLfu, Some(1))
+    }),
+    ("larder Lru", |t, c, n| {
+        larder_hits(t, c, n, Eviction::Lru, None)
+    }),
+    ("larder Lfu", |t, c, n| {
+        larder_hits(t, c, n, Eviction::Lfu, None)
+    }),
     ("moka", |t, c, n| {
         let cache = moka::sync::Cache::new(c as u64);
         replay(
