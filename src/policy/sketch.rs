@@ -13,10 +13,18 @@ const BLOCK: usize = 8;
 /// A counter's ceiling.
 const MAX_COUNT: u64 = 15;
 
+/// One key's counters: eight words on one cache line. The alignment is what
+/// keeps them on one: a `Vec<u64>` is only 8-byte aligned (16 from the
+/// allocator), so its 64-byte blocks would straddle two lines, and every
+/// increment would miss twice.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[repr(C, align(64))]
+struct Block([u64; BLOCK]);
+
 #[derive(Debug)]
 pub(crate) struct Sketch {
-    table: Vec<u64>,
-    /// `table.len() / BLOCK - 1`: selects a block.
+    table: Vec<Block>,
+    /// `table.len() - 1`: selects a block.
     block_mask: usize,
     /// Increments since the last aging.
     size: u32,
@@ -42,7 +50,7 @@ impl Sketch {
     pub(crate) fn new(entries: u64) -> Self {
         let words = entries.clamp(BLOCK as u64, 1 << 26).next_power_of_two() as usize;
         Self {
-            table: vec![0; words],
+            table: vec![Block::default(); words / BLOCK],
             block_mask: words / BLOCK - 1,
             size: 0,
             sample_size: (entries.max(1) * 10).min(u64::from(u32::MAX / 2)) as u32,
@@ -50,14 +58,13 @@ impl Sketch {
         }
     }
 
-    /// The key's block (its first word) and, for each of its four counters,
-    /// (word within the block, bit offset). Counter i lives in word pair i of
-    /// the block; bit 0 of byte i of the mixed hash picks the word, bits 1..5
-    /// the nibble.
+    /// The key's block and, for each of its four counters, (word within the
+    /// block, bit offset). Counter i lives in word pair i of the block; bit 0
+    /// of byte i of the mixed hash picks the word, bits 1..5 the nibble.
     #[inline]
     fn slots(&self, hash: u64) -> (usize, [(usize, u32); DEPTH]) {
         let h = rehash(hash);
-        let block = ((h >> 32) as usize & self.block_mask) * BLOCK;
+        let block = (h >> 32) as usize & self.block_mask;
         let slots = std::array::from_fn(|i| {
             let bits = (h >> (i * 8)) as u32;
             let word = (i << 1) | (bits & 1) as usize;
@@ -66,17 +73,10 @@ impl Sketch {
         (block, slots)
     }
 
-    /// The key's block as an array, so indexing it needs no bounds checks.
-    fn block(&self, start: usize) -> &[u64; BLOCK] {
-        self.table[start..start + BLOCK]
-            .try_into()
-            .expect("blocks are whole")
-    }
-
     /// The estimated number of times `hash` was seen, 0 to 15.
     pub(crate) fn frequency(&self, hash: u64) -> u8 {
-        let (start, slots) = self.slots(hash);
-        let block = self.block(start);
+        let (block, slots) = self.slots(hash);
+        let block = &self.table[block].0;
         let mut min = MAX_COUNT;
         for (w, shift) in slots {
             min = min.min((block[w & (BLOCK - 1)] >> shift) & MAX_COUNT);
@@ -90,10 +90,8 @@ impl Sketch {
     /// before any aging this call caused).
     #[inline]
     pub(crate) fn increment(&mut self, hash: u64) -> u8 {
-        let (start, slots) = self.slots(hash);
-        let block: &mut [u64; BLOCK] = (&mut self.table[start..start + BLOCK])
-            .try_into()
-            .expect("blocks are whole");
+        let (block, slots) = self.slots(hash);
+        let block = &mut self.table[block].0;
         // Branch-free: which counters are below the ceiling is data, not
         // control flow (counts are random, so branches on them mispredict).
         let mut added = 0;
@@ -130,10 +128,8 @@ impl Sketch {
     #[inline]
     pub(crate) fn raise(&mut self, hash: u64, count: u8) {
         let count = u64::from(count).min(MAX_COUNT);
-        let (start, slots) = self.slots(hash);
-        let block: &mut [u64; BLOCK] = (&mut self.table[start..start + BLOCK])
-            .try_into()
-            .expect("blocks are whole");
+        let (block, slots) = self.slots(hash);
+        let block = &mut self.table[block].0;
         for (w, shift) in slots {
             let word = &mut block[w & (BLOCK - 1)];
             let current = (*word >> shift) & MAX_COUNT;
@@ -151,7 +147,7 @@ impl Sketch {
     #[cold]
     #[inline(never)]
     fn age(&mut self) {
-        for word in &mut self.table {
+        for word in self.table.iter_mut().flat_map(|b| &mut b.0) {
             *word = (*word >> 1) & 0x7777_7777_7777_7777;
         }
         self.size /= 2;
@@ -161,7 +157,7 @@ impl Sketch {
     /// Counters' words (tests of the sizing).
     #[cfg(test)]
     pub(crate) fn words(&self) -> usize {
-        self.table.len()
+        self.table.len() * BLOCK
     }
 
     /// Stops the periodic halving (tests that need counts to stay put).

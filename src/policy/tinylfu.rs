@@ -549,9 +549,10 @@ pub(super) struct Ghosts {
 }
 
 impl Ghosts {
+    /// At most `u32::MAX` slots, which [`slot`](Self::slot) scales to.
     pub(super) fn new(len: usize) -> Self {
         Self {
-            slots: vec![0; len],
+            slots: vec![0; len.min(u32::MAX as usize)],
         }
     }
 
@@ -563,7 +564,9 @@ impl Ghosts {
             return None;
         }
         let h = (hash ^ (hash >> 29)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        let slot = (h >> 16) as usize % self.slots.len();
+        // Bits 16..48 scaled to the length (a multiply, not a division:
+        // this runs on every insert).
+        let slot = ((u64::from((h >> 16) as u32) * self.slots.len() as u64) >> 32) as usize;
         Some((slot, (h >> 48) as u16 | 1))
     }
 
