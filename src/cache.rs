@@ -886,15 +886,18 @@ where
         };
         let hash = self.hash(&key);
         let shard = self.shard(hash);
-        if flight.is_none() {
-            shard.flights.invalidate(hash, &key);
-        }
         let expiration = &self.inner.expiration;
         let deadlines = |k: &K, v: &V, now: u64, current: Option<u64>| {
             expiration.on_write(k, v, now, current, ttl)
         };
         let hash_of = |k: &K| self.hash(k);
         let mut writer = shard.write(&hash_of);
+        // Under the write lock: a load that looked for the key before this
+        // write lands has joined its flight by then (it joins, then looks), so
+        // it is marked stale here and will not cache over this value.
+        if flight.is_none() {
+            shard.flights.invalidate(hash, &key);
+        }
         if let Some((flight, epoch)) = flight {
             let untagged_since = tags
                 .iter()
@@ -947,10 +950,11 @@ where
     {
         let hash = self.hash(key);
         let shard = self.shard(hash);
+        let hash_of = |k: &K| self.hash(k);
+        let mut writer = shard.write(&hash_of);
+        // Under the write lock, as in `write_deferred`.
         shard.flights.invalidate(hash, key);
-        shard
-            .write(&|k| self.hash(k))
-            .remove(hash, key, &self.inner.expiration.clock)
+        writer.remove(hash, key, &self.inner.expiration.clock)
     }
 
     /// Removes every entry. Shards are cleared one at a time; entries inserted
@@ -967,8 +971,12 @@ where
         let mut first_panic = None;
         for shard in self.inner.shards.iter() {
             let mut removed = Vec::new();
+            let hash_of = |k: &K| self.hash(k);
+            let mut writer = shard.write(&hash_of);
+            // Under the write lock, as in `write_deferred`.
             shard.flights.invalidate_all();
-            shard.write(&|k| self.hash(k)).clear(&mut removed);
+            writer.clear(&mut removed);
+            drop(writer);
             if let Some(listener) = &self.inner.listener {
                 for (k, v) in removed {
                     deliver(listener, k, v, RemovalCause::Explicit, &mut first_panic);

@@ -162,6 +162,56 @@ fn a_write_during_a_load_keeps_the_load_out_of_the_cache() {
     }
 }
 
+/// The race behind the test above, without the barriers inside the loader: an
+/// `insert` and a `get_or_load` of one key start together, over and over,
+/// while other writers keep the shard's lock busy. Whatever the interleaving,
+/// the insert's value must be what stays: either the load saw it, or the load
+/// looked before it landed and was marked stale by it (marking happens under
+/// the shard's write lock, after which no load can look and miss).
+#[test]
+fn a_load_racing_an_insert_never_caches_over_it() {
+    let cache: Cache<u64, u64> = Cache::builder()
+        .max_capacity(1_000_000)
+        .shards(1)
+        .eviction(larder::Eviction::Lru)
+        .build()
+        .unwrap();
+    const KEYS: u64 = 30_000;
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let start = Barrier::new(2);
+    std::thread::scope(|s| {
+        for j in 0..2u64 {
+            let (cache, stop) = (&cache, &stop);
+            s.spawn(move || {
+                let mut i = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    cache.insert(KEYS + j * 1_000 + i % 1_000, i);
+                    i += 1;
+                }
+            });
+        }
+        let loader = s.spawn(|| {
+            for k in 0..KEYS {
+                start.wait();
+                cache.get_or_load(k, |_| 0);
+            }
+        });
+        for k in 0..KEYS {
+            start.wait();
+            cache.insert(k, 1);
+        }
+        loader.join().unwrap();
+        stop.store(true, Ordering::Relaxed);
+    });
+    let overwritten: Vec<u64> = (0..KEYS).filter(|k| cache.peek(k) != Some(1)).collect();
+    assert!(
+        overwritten.is_empty(),
+        "{} of {KEYS} inserts lost to a racing load, e.g. key {:?}",
+        overwritten.len(),
+        overwritten.first()
+    );
+}
+
 #[test]
 fn loaders_may_use_the_cache_for_other_keys() {
     let cache = cache();
