@@ -400,8 +400,24 @@ where
 
     /// The hasher builder for keys. The default, [`DefaultHashBuilder`], is
     /// randomly seeded per cache, so keys chosen to collide in one process do not
-    /// collide in another.
-    pub fn hasher<S2: BuildHasher>(self, hasher: S2) -> CacheBuilder<K, V, S2, W> {
+    /// collide in another. Settings made before this call, a
+    /// [`background_sweep`](Self::background_sweep) included, are kept.
+    ///
+    /// ```
+    /// use std::collections::hash_map::RandomState;
+    ///
+    /// let cache: larder::Cache<u32, u32, RandomState> = larder::Cache::builder()
+    ///     .max_capacity(1_000)
+    ///     .hasher(RandomState::new())
+    ///     .build()
+    ///     .unwrap();
+    /// cache.insert(1, 1);
+    /// assert_eq!(cache.get(&1), Some(1));
+    /// ```
+    pub fn hasher<S2>(self, hasher: S2) -> CacheBuilder<K, V, S2, W>
+    where
+        S2: BuildHasher + Send + Sync + 'static,
+    {
         CacheBuilder {
             max_capacity: self.max_capacity,
             weigher: self.weigher,
@@ -415,7 +431,9 @@ where
             time_to_idle: self.time_to_idle,
             expiry: self.expiry,
             clock: self.clock,
-            sweeper: None,
+            sweeper: self
+                .sweeper
+                .map(|(interval, _)| (interval, crate::cache::spawn_sweeper::<K, V, S2> as _)),
             write: self.write,
             write_error: self.write_error,
             _types: PhantomData,

@@ -382,35 +382,53 @@ fn stress_expiry_while_the_clock_moves() {
 
 #[test]
 fn a_background_sweeper_reclaims_an_untouched_cache() {
-    let (clock, time) = Clock::mock();
-    let log: Log = Arc::default();
-    let sink = log.clone();
-    let cache: Cache<u32, u32> = Cache::builder()
-        .max_capacity(100)
-        .time_to_live(SEC)
-        .clock(clock)
-        .eviction_listener(move |k, v, cause| sink.lock().unwrap().push((k, v, cause)))
-        .background_sweep(Duration::from_millis(1))
-        .build()
-        .unwrap();
-    for i in 0..20 {
-        cache.insert(i, i);
+    // Also with a hasher chosen after the sweep: changing the hasher keeps it.
+    for hasher_after_sweep in [false, true] {
+        let (clock, time) = Clock::mock();
+        let log: Log = Arc::default();
+        let sink = log.clone();
+        let builder = Cache::builder()
+            .max_capacity(100)
+            .time_to_live(SEC)
+            .clock(clock)
+            .eviction_listener(move |k, v, cause| sink.lock().unwrap().push((k, v, cause)));
+        let cache: Cache<u32, u32, std::collections::hash_map::RandomState> = if hasher_after_sweep
+        {
+            builder
+                .background_sweep(Duration::from_millis(1))
+                .hasher(Default::default())
+                .build()
+                .unwrap()
+        } else {
+            builder
+                .hasher(Default::default())
+                .background_sweep(Duration::from_millis(1))
+                .build()
+                .unwrap()
+        };
+        for i in 0..20 {
+            cache.insert(i, i);
+        }
+        time.advance(SEC);
+        // Nothing touches the cache; only the sweeper can reclaim. Wait for it
+        // (real time, bounded), not for the expiry itself.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        // Entries leave the map before the sweeper tells the listener (after the
+        // shard lock is released), so wait for both.
+        while (!cache.is_empty() || log.lock().unwrap().len() < 20)
+            && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(
+            cache.len(),
+            0,
+            "hasher after the sweep: {hasher_after_sweep}"
+        );
+        let log = taken(&log);
+        assert_eq!(log.len(), 20);
+        assert!(log.iter().all(|e| e.2 == RemovalCause::Expired));
     }
-    time.advance(SEC);
-    // Nothing touches the cache; only the sweeper can reclaim. Wait for it
-    // (real time, bounded), not for the expiry itself.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    // Entries leave the map before the sweeper tells the listener (after the
-    // shard lock is released), so wait for both.
-    while (!cache.is_empty() || log.lock().unwrap().len() < 20)
-        && std::time::Instant::now() < deadline
-    {
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    assert_eq!(cache.len(), 0);
-    let log = taken(&log);
-    assert_eq!(log.len(), 20);
-    assert!(log.iter().all(|e| e.2 == RemovalCause::Expired));
 }
 
 #[test]
