@@ -127,6 +127,20 @@ fn weight_bound_holds_and_heavy_entries_are_refused() {
 }
 
 #[test]
+fn weights_above_the_largest_are_clamped_not_refused() {
+    let cache: Cache<u32, u32> = Cache::builder()
+        .max_capacity(u64::MAX)
+        .shards(1)
+        .weigher(|_, v| *v)
+        .build()
+        .unwrap();
+    assert!(cache.try_insert(1, u32::MAX).is_ok());
+    assert_eq!(cache.get(&1), Some(u32::MAX));
+    assert_eq!(cache.weighted_size(), u64::from(u32::MAX - 1));
+    assert_eq!(cache.stats().rejections, 0);
+}
+
+#[test]
 fn zero_weight_entries_are_kept_without_counting() {
     let cache: Cache<u32, u32> = Cache::builder()
         .max_capacity(2)

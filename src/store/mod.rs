@@ -447,7 +447,9 @@ impl<K: Eq, V, H: Fn(&K) -> u64> ShardWriter<'_, K, V, H> {
             out.push((old.key, old.value, RemovalCause::Expired));
             existing = None;
         }
-        if u64::from(weight) > self.map.capacity || weight > MAX_WEIGHT {
+        // Weights above `MAX_WEIGHT` count as it (the builder's docs).
+        let weight = weight.min(MAX_WEIGHT);
+        if u64::from(weight) > self.map.capacity {
             self.map.counters.rejections += 1;
             return Err(self.refuse(hash, existing, key, value, out, Refused::TooHeavy));
         }
