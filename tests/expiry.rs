@@ -190,6 +190,57 @@ fn expiry_trait_creates_changes_keeps_and_clears() {
     assert_eq!(cache.peek(&2), None);
 }
 
+/// Reads give every entry a second to live: from whatever it had, or from
+/// "never".
+struct ReadsGiveASecond;
+impl Expiry<u32, u32> for ReadsGiveASecond {
+    fn expire_after_create(&self, _: &u32, v: &u32) -> Option<Duration> {
+        (v % 2 == 0).then_some(3600 * SEC)
+    }
+    fn expire_after_read(&self, _: &u32, _: &u32, _: Option<Duration>) -> Option<Duration> {
+        Some(SEC)
+    }
+}
+
+#[test]
+fn deadlines_a_read_moves_earlier_are_reclaimed_then() {
+    let (cache, time, log) = cache_with(|b| b.expiry(ReadsGiveASecond));
+    for i in 0..10 {
+        cache.insert(i, i); // even: an hour; odd: never
+        assert_eq!(cache.get(&i), Some(i)); // now a second, either way
+    }
+    time.advance(2 * SEC);
+    cache.run_pending_tasks();
+    assert_eq!(cache.len(), 0, "reclaimed at the deadline the reads set");
+    let log = taken(&log);
+    assert_eq!(log.len(), 10);
+    assert!(log.iter().all(|e| e.2 == RemovalCause::Expired));
+    // An entry removed after its read queued it is not filed again.
+    cache.insert(20, 20);
+    cache.get(&20);
+    cache.remove(&20);
+    cache.insert(21, 21);
+    time.advance(2 * SEC);
+    cache.run_pending_tasks();
+    assert_eq!(cache.peek(&21), Some(21));
+}
+
+#[test]
+fn a_per_entry_ttl_is_not_extended_by_an_expiry_read() {
+    let (cache, time, _) = cache_with(|b| b.expiry(ReadsGiveASecond));
+    cache.insert_with(1, 1, EntryOptions::new().ttl(5 * SEC));
+    time.advance(4 * SEC + SEC / 2);
+    assert_eq!(cache.get(&1), Some(1)); // asks for 1 s more: past the TTL
+    time.advance(SEC / 2);
+    assert_eq!(cache.get(&1), None, "no read extends a per-entry TTL");
+    // A read may still end it sooner.
+    cache.insert_with(2, 2, EntryOptions::new().ttl(5 * SEC));
+    time.advance(SEC);
+    assert_eq!(cache.get(&2), Some(2)); // 4 s left, now 1 s
+    time.advance(SEC);
+    assert_eq!(cache.get(&2), None);
+}
+
 #[test]
 fn expiry_cannot_be_combined_with_fixed_durations() {
     let err = Cache::<u32, u32>::builder()

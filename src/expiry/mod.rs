@@ -103,7 +103,8 @@ impl EntryOptions {
     }
 
     /// This entry lives for `ttl` from now, whatever the cache's time-to-live
-    /// or [`Expiry`] says (a time-to-idle still applies). Zero means the value
+    /// or [`Expiry`] says: no read extends it (a time-to-idle, or an
+    /// [`Expiry::expire_after_read`] shorter than what is left, still applies). Zero means the value
     /// is not cached at all; `Duration::MAX` means it never expires.
     pub fn ttl(mut self, ttl: Duration) -> Self {
         self.ttl = Some(ttl);
@@ -212,7 +213,12 @@ impl<K: 'static, V: 'static> Expiration<K, V> {
             }
             Rule::Custom(expiry) => {
                 let lifetime = match (ttl, current) {
-                    (Some(d), _) => Some(d),
+                    // The insert's own time-to-live is also the latest a read
+                    // may move the deadline to.
+                    (Some(d), _) => {
+                        let at = after(now, Some(d));
+                        return Deadlines { at, cap: at };
+                    }
                     (None, None) => expiry.expire_after_create(key, value),
                     (None, Some(at)) => expiry.expire_after_update(key, value, remaining(at, now)),
                 };
@@ -241,7 +247,8 @@ impl<K: 'static, V: 'static> Expiration<K, V> {
             Rule::Custom(expiry) => after(
                 now,
                 expiry.expire_after_read(key, value, remaining(d.at, now)),
-            ),
+            )
+            .min(d.cap),
         };
         (at != d.at).then_some(at)
     }

@@ -97,6 +97,11 @@ pub(crate) struct Timers {
     wheel: Wheel,
     /// Tokens the wheel hands out, reused between calls.
     due: Vec<Token>,
+    /// Tokens whose deadline a read moved earlier than the wheel has it filed
+    /// (or gave a deadline where there was none): the next writer files them
+    /// again. Readers push under this lock, on that rare path only; writers,
+    /// who exclude readers, take them without it.
+    refile: Mutex<Vec<Token>>,
 }
 
 impl Timers {
@@ -106,6 +111,26 @@ impl Timers {
         self.at
             .get(token as usize)
             .map_or(NEVER, |at| at.load(Ordering::Relaxed))
+    }
+
+    /// Files again the tokens whose deadline reads moved earlier (see
+    /// `refile`), by the deadline they have now.
+    #[inline]
+    fn refile<K, V>(&mut self, slab: &Slab<K, V>) {
+        let queued = self.refile.get_mut();
+        if queued.is_empty() {
+            return;
+        }
+        for t in queued.drain(..) {
+            // A token whose entry has left since went off the wheel with it.
+            if !slab.contains(t) {
+                continue;
+            }
+            match self.at.get(t as usize).map(|a| a.load(Ordering::Relaxed)) {
+                Some(NEVER) | None => self.wheel.cancel(t),
+                Some(at) => self.wheel.schedule(t, ticks(at)),
+            }
+        }
     }
 
     fn cap(&self, token: Token) -> u64 {
@@ -233,6 +258,9 @@ impl<K, V> Shard<K, V> {
         let map = &mut *guard;
         let policy = map.policy.get_mut();
         // No reader can race these two: the write lock is held.
+        if let Some(timers) = &mut map.timers {
+            timers.refile(&map.slab);
+        }
         let hits = map.hits.load(Ordering::Relaxed);
         if hits != 0 {
             map.hits.store(0, Ordering::Relaxed);
@@ -354,10 +382,24 @@ impl<K: Eq, V> Map<K, V> {
         })
     }
 
-    /// Moves a deadline under the read lock (a read extending a time-to-idle).
+    /// Moves a deadline under the read lock (a read extending a time-to-idle,
+    /// or an [`Expiry`](crate::Expiry) answering a read). The wheel finds a
+    /// deadline moved later when the old one comes due; one moved earlier is
+    /// queued for the next writer to file again, or the entry would outlive
+    /// it on the wheel.
     pub(crate) fn move_deadline(&self, token: Token, at: u64) {
-        if let Some(slot) = self.timers.as_ref().and_then(|t| t.at.get(token as usize)) {
+        let Some(timers) = &self.timers else {
+            return;
+        };
+        if let Some(slot) = timers.at.get(token as usize) {
+            // A load and a store, not a swap: racing readers each compare with
+            // what they saw, and whoever moves it earlier queues it; the
+            // writer files it by the deadline it finds then.
+            let before = slot.load(Ordering::Relaxed);
             slot.store(at, Ordering::Relaxed);
+            if at < before {
+                timers.refile.lock().push(token);
+            }
         }
     }
 

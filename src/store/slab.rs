@@ -115,6 +115,11 @@ impl<K, V> Slab<K, V> {
         entry
     }
 
+    /// Whether `token` holds an entry.
+    pub(crate) fn contains(&self, token: Token) -> bool {
+        self.slots.get(token as usize).is_some_and(Option::is_some)
+    }
+
     #[inline]
     pub(crate) fn get(&self, token: Token) -> &Entry<K, V> {
         match &self.slots[token as usize] {
