@@ -486,18 +486,22 @@ where
             Some(expiry) => Expiration::custom(clock, expiry),
             None => Expiration::fixed(clock, self.time_to_live, self.time_to_idle),
         };
+        let initial_capacity = self.initial_capacity.min(capacity as usize);
         let cache = Cache::from_parts(crate::cache::Parts {
             capacity,
             weigher: self.weigher,
             eviction: self.eviction,
             shards,
-            initial_capacity: self.initial_capacity.min(capacity as usize),
+            initial_capacity,
             hasher: self.hasher,
             listener: self.listener,
             record_stats: self.record_stats,
             expiration,
             timed,
-        });
+        })
+        .ok_or(BuildError::InitialCapacityTooLarge {
+            entries: initial_capacity,
+        })?;
         if let Some((interval, spawn)) = self.sweeper {
             spawn(&cache, interval).map_err(|e| BuildError::SweeperNotStarted {
                 reason: e.to_string(),
@@ -581,6 +585,11 @@ pub enum BuildError {
         /// What the operating system said.
         reason: String,
     },
+    /// `initial_capacity` asked for more room than could be allocated.
+    InitialCapacityTooLarge {
+        /// The entries asked for (at most the capacity).
+        entries: usize,
+    },
     /// More shards than capacity units: some shard could hold nothing.
     MoreShardsThanCapacity {
         /// The count that was asked for.
@@ -613,6 +622,10 @@ impl fmt::Display for BuildError {
             Self::FlusherNotStarted { reason } => {
                 write!(f, "the write-back flusher could not start: {reason}")
             }
+            Self::InitialCapacityTooLarge { entries } => write!(
+                f,
+                "room for {entries} entries could not be allocated: ask initial_capacity for less"
+            ),
             Self::MoreShardsThanCapacity { shards, capacity } => write!(
                 f,
                 "{shards} shards cannot split a capacity of {capacity}: use at most {capacity} shards"

@@ -201,7 +201,8 @@ where
     V: Clone + Send + Sync + 'static,
     S: BuildHasher,
 {
-    pub(crate) fn from_parts(parts: Parts<K, V, S>) -> Self {
+    /// `None` when the initial capacity cannot be allocated.
+    pub(crate) fn from_parts(parts: Parts<K, V, S>) -> Option<Self> {
         let n = parts.shards as u64;
         let base = parts.capacity / n;
         let extra = parts.capacity % n;
@@ -209,15 +210,10 @@ where
         let shards = (0..n)
             .map(|i| {
                 let capacity = base + u64::from(i < extra);
-                Padded(Shard::new(
-                    capacity,
-                    parts.eviction,
-                    per_shard_initial,
-                    parts.timed,
-                ))
+                Shard::new(capacity, parts.eviction, per_shard_initial, parts.timed).map(Padded)
             })
-            .collect();
-        Self {
+            .collect::<Option<_>>()?;
+        Some(Self {
             inner: Arc::new(Inner {
                 shards,
                 shard_mask: n - 1,
@@ -237,7 +233,7 @@ where
                     .collect(),
             }),
             write: CacheAside,
-        }
+        })
     }
 
     /// The same cache, its writes going where `write` sends them.

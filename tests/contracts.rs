@@ -64,6 +64,20 @@ fn huge_settings_build_without_panicking() {
     cache.insert(1, 1);
     assert_eq!(cache.get(&1), Some(1));
     assert_eq!(cache.capacity(), u64::MAX);
+
+    // Room for more entries than memory can hold is an error, not an abort.
+    let err = Cache::<u64, u64>::builder()
+        .max_capacity(u64::MAX)
+        .initial_capacity(usize::MAX)
+        .build()
+        .unwrap_err();
+    assert_eq!(
+        err,
+        BuildError::InitialCapacityTooLarge {
+            entries: usize::MAX
+        }
+    );
+    assert!(err.to_string().contains("initial_capacity"));
 }
 
 #[test]

@@ -198,20 +198,24 @@ pub(crate) struct Map<K, V> {
 }
 
 impl<K, V> Shard<K, V> {
+    /// A shard with room for `initial_capacity` entries; `None` when that
+    /// room cannot be allocated.
     pub(crate) fn new(
         capacity: u64,
         eviction: Eviction,
         initial_capacity: usize,
         timed: bool,
-    ) -> Self {
-        Self {
+    ) -> Option<Self> {
+        let mut table = HashTable::new();
+        table.try_reserve(initial_capacity, |_: &Token| 0).ok()?;
+        Some(Self {
             map: RwLock::new(Map {
-                table: HashTable::with_capacity(initial_capacity),
+                table,
                 hits: AtomicU64::new(0),
                 policy: Mutex::new(Policy::new(eviction, capacity)),
                 timers: timed.then(Timers::default),
                 tags: None,
-                slab: Slab::with_capacity(initial_capacity),
+                slab: Slab::with_capacity(initial_capacity)?,
                 weight: 0,
                 capacity,
                 counters: Counters::default(),
@@ -221,7 +225,7 @@ impl<K, V> Shard<K, V> {
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
             flights: crate::loader::Flights::default(),
-        }
+        })
     }
 
     /// The map, shared with other readers.

@@ -78,11 +78,14 @@ pub(crate) struct Slab<K, V> {
 }
 
 impl<K, V> Slab<K, V> {
-    pub(crate) fn with_capacity(capacity: usize) -> Self {
-        Self {
-            slots: Vec::with_capacity(capacity),
+    /// `None` when the room cannot be allocated.
+    pub(crate) fn with_capacity(capacity: usize) -> Option<Self> {
+        let mut slots = Vec::new();
+        slots.try_reserve_exact(capacity).ok()?;
+        Some(Self {
+            slots,
             free: Vec::new(),
-        }
+        })
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -194,7 +197,7 @@ mod tests {
 
     #[test]
     fn reuses_freed_slots() {
-        let mut slab = Slab::with_capacity(0);
+        let mut slab = Slab::with_capacity(0).expect("nothing to allocate");
         let a = slab.insert(Entry::new(1, 1, 1)).unwrap();
         let b = slab.insert(Entry::new(2, 2, 1)).unwrap();
         assert_eq!(slab.remove(a).key, 1);
