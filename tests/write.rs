@@ -494,6 +494,84 @@ fn a_full_queue_blocks_writers_until_there_is_room() {
     );
 }
 
+/// Hashes a `u64` key to itself, so that tests can put keys on one lock
+/// stripe (stripes go by the hash's low bits).
+#[derive(Default)]
+struct Identity(u64);
+impl std::hash::Hasher for Identity {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = self.0 << 8 | u64::from(b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+#[test]
+fn a_flush_finishes_while_writers_wait_for_the_room_it_frees() {
+    let db = Db::with_faults(Faults {
+        fail: 100,
+        ..Faults::default()
+    });
+    let cache = Cache::builder()
+        .max_capacity(100)
+        .hasher(std::hash::BuildHasherDefault::<Identity>::default())
+        .write_back(
+            Shared(db.clone()),
+            WriteBack::default()
+                .queue_capacity(1)
+                .backpressure(Backpressure::Block)
+                .retries(0, Duration::ZERO)
+                .max_delay(Duration::ZERO),
+        )
+        .build()
+        .unwrap();
+    cache.put(1, 10).unwrap();
+    wait_until("the first write given up", || {
+        cache.write_stats().failed == 1
+    });
+    // Key 1's unreported failure holds the queue's one slot. Two writers
+    // wait for room, one of them on key 1's lock stripe (1025 = 1 + 1024).
+    let writers: Vec<_> = [2, 1025]
+        .into_iter()
+        .map(|k| {
+            let cache = cache.clone();
+            let writer = std::thread::spawn(move || cache.put(k, k));
+            std::thread::sleep(Duration::from_millis(20));
+            writer
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(50));
+    // The report frees the slot, another writer may fill it and fail, and
+    // the flush must still finish: it drops key 1's cached copy under key
+    // 1's stripe, which no writer may hold while it waits.
+    let (done, flushed) = std::sync::mpsc::channel();
+    let flusher = cache.clone();
+    std::thread::spawn(move || done.send(flusher.flush().map_err(|e| e.failed.len())));
+    let report = flushed
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the flush finished");
+    assert_eq!(report, Err(1), "key 1's failure, reported once");
+    // Each further report frees room for the next writer.
+    let mut reported = 1;
+    while writers.iter().any(|w| !w.is_finished()) || reported < 3 {
+        if let Err(e) = cache.flush() {
+            reported += e.failed.len();
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    for writer in writers {
+        assert_eq!(writer.join().unwrap(), Ok(()));
+    }
+    assert_eq!(reported, 3);
+    assert_eq!(cache.write_stats().dirty, 0);
+}
+
 #[test]
 fn a_full_queue_fails_writers_when_configured_and_changes_nothing() {
     let db = Db::new();

@@ -188,59 +188,74 @@ where
         let _ = self.shared.on_failure.set(handler);
     }
 
-    /// Queues a write of `key`, waiting for room or refusing as configured.
-    /// The caller holds the key's stripe lock.
-    pub(crate) fn accept(&self, key: &K, write: Pending<V>) -> Result<(), WriteError<St::Error>> {
-        let shared = &*self.shared;
-        let mut q = shared.queue.lock();
-        loop {
-            if q.closing {
-                return Err(WriteError::Closed);
-            }
-            if q.slots.len() < shared.settings.queue_capacity || q.slots.contains_key(key) {
-                break;
-            }
-            match shared.settings.backpressure {
-                Backpressure::Fail => return Err(WriteError::QueueFull),
-                Backpressure::Block => {
-                    q.blocked += 1;
-                    shared.work.notify_one();
-                    q = shared.progress.wait(q);
-                    q.blocked -= 1;
-                }
-            }
-        }
-        self.enqueue(q, key, write);
-        Ok(())
-    }
-
-    /// [`accept`](Self::accept) for async writers: with
-    /// [`Backpressure::Block`], a full queue leaves the task pending (woken
-    /// when the flusher makes progress) instead of blocking its thread.
-    /// `write` is taken once accepted.
-    pub(crate) fn poll_accept(
+    /// Queues a write of `key` if the queue has room for it, taking `write`:
+    /// true when queued, false when a [`Backpressure::Block`] writer must
+    /// wait for room ([`wait_for_room`](Self::wait_for_room)) and try again.
+    /// The caller holds the key's stripe lock, and must let go of it before
+    /// waiting: a `flush` may need the stripe to finish the report that makes
+    /// the room.
+    pub(crate) fn try_accept(
         &self,
         key: &K,
         write: &mut Option<Pending<V>>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), WriteError<St::Error>>> {
-        use std::task::Poll;
+    ) -> Result<bool, WriteError<St::Error>> {
         let shared = &*self.shared;
-        let mut q = shared.queue.lock();
-        if q.closing {
-            return Poll::Ready(Err(WriteError::Closed));
+        let q = shared.queue.lock();
+        if q.closing || !q.running {
+            // Closed, or the flusher is gone (see `stopped`): a write taken
+            // now would never be sent.
+            return Err(WriteError::Closed);
         }
-        if q.slots.len() >= shared.settings.queue_capacity && !q.slots.contains_key(key) {
-            if shared.settings.backpressure == Backpressure::Fail {
-                return Poll::Ready(Err(WriteError::QueueFull));
-            }
-            q.wakers.push(cx.waker().clone());
-            shared.work.notify_one();
-            return Poll::Pending;
+        if !q.has_room(key, shared.settings.queue_capacity) {
+            return match shared.settings.backpressure {
+                Backpressure::Fail => Err(WriteError::QueueFull),
+                Backpressure::Block => Ok(false),
+            };
         }
         let write = write.take().expect("a write is accepted once");
         self.enqueue(q, key, write);
-        Poll::Ready(Ok(()))
+        Ok(true)
+    }
+
+    /// Blocks until a write of `key` would find room, or the queue stops
+    /// taking writes. The caller holds no stripe lock.
+    pub(crate) fn wait_for_room(&self, key: &K) {
+        let shared = &*self.shared;
+        let mut q = shared.queue.lock();
+        while q.running && !q.closing && !q.has_room(key, shared.settings.queue_capacity) {
+            q.blocked += 1;
+            shared.work.notify_one();
+            q = shared.progress.wait(q);
+            q.blocked -= 1;
+        }
+    }
+
+    /// [`wait_for_room`](Self::wait_for_room) for async writers: pending,
+    /// woken when the flusher makes progress, instead of blocking the thread.
+    pub(crate) fn poll_room(
+        &self,
+        key: &K,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        let shared = &*self.shared;
+        let mut q = shared.queue.lock();
+        if q.running && !q.closing && !q.has_room(key, shared.settings.queue_capacity) {
+            q.wakers.push(cx.waker().clone());
+            shared.work.notify_one();
+            return std::task::Poll::Pending;
+        }
+        std::task::Poll::Ready(())
+    }
+
+    /// Queues a write of `key`, waiting for room as configured (for callers
+    /// that hold no stripe lock).
+    #[cfg(all(test, larder_loom))]
+    pub(crate) fn accept(&self, key: &K, write: Pending<V>) -> Result<(), WriteError<St::Error>> {
+        let mut write = Some(write);
+        while !self.try_accept(key, &mut write)? {
+            self.wait_for_room(key);
+        }
+        Ok(())
     }
 
     /// Files an accepted write: coalesced into the key's waiting write, or
@@ -411,6 +426,12 @@ where
 }
 
 impl<K: Hash + Eq, V: Clone, E> Queue<K, V, E> {
+    /// Whether a write of `key` fits: its key is dirty already (it coalesces
+    /// or waits behind its own slot), or there is a free slot.
+    fn has_room(&self, key: &K, capacity: usize) -> bool {
+        self.slots.len() < capacity || self.slots.contains_key(key)
+    }
+
     /// The lowest sequence number still waiting or being sent.
     fn outstanding_from(&self) -> Option<u64> {
         let waiting = self.order.front().map(|q| q.seq);

@@ -386,10 +386,17 @@ where
         options: Option<&EntryOptions>,
     ) -> Result<(), WriteError<St::Error>> {
         let policy = self.policy();
-        let guard = policy.shared.locks.lock(self.hash(&key));
-        policy.accept(&key, Pending::Put(value.clone()))?;
-        self.land_write(key, value, options, guard);
-        Ok(())
+        let mut write = Some(Pending::Put(value.clone()));
+        loop {
+            let guard = policy.shared.locks.lock(self.hash(&key));
+            if policy.try_accept(&key, &mut write)? {
+                self.land_write(key, value, options, guard);
+                return Ok(());
+            }
+            // Wait for room holding no stripe: `flush` may need it.
+            drop(guard);
+            policy.wait_for_room(&key);
+        }
     }
 
     /// Drops `key` from the cache and queues its delete from the store.
@@ -399,10 +406,16 @@ where
     /// As [`put`](Self::put).
     pub fn delete(&self, key: &K) -> Result<(), WriteError<St::Error>> {
         let policy = self.policy();
-        let guard = policy.shared.locks.lock(self.hash(key));
-        policy.accept(key, Pending::Delete)?;
-        self.land_delete(key, guard);
-        Ok(())
+        let mut write = Some(Pending::Delete);
+        loop {
+            let guard = policy.shared.locks.lock(self.hash(key));
+            if policy.try_accept(key, &mut write)? {
+                self.land_delete(key, guard);
+                return Ok(());
+            }
+            drop(guard);
+            policy.wait_for_room(key);
+        }
     }
 
     /// Sends every write accepted before this call and returns once the store
@@ -599,11 +612,16 @@ where
     /// As [`put`](Self::put).
     pub async fn put_async(&self, key: K, value: V) -> Result<(), WriteError<St::Error>> {
         let policy = self.policy();
-        let guard = policy.shared.locks.lock_async(self.hash(&key)).await;
         let mut write = Some(Pending::Put(value.clone()));
-        std::future::poll_fn(|cx| policy.poll_accept(&key, &mut write, cx)).await?;
-        self.land_write(key, value, None, guard);
-        Ok(())
+        loop {
+            let guard = policy.shared.locks.lock_async(self.hash(&key)).await;
+            if policy.try_accept(&key, &mut write)? {
+                self.land_write(key, value, None, guard);
+                return Ok(());
+            }
+            drop(guard);
+            std::future::poll_fn(|cx| policy.poll_room(&key, cx)).await;
+        }
     }
 
     /// [`delete`](Self::delete) for async code, as [`put_async`](Self::put_async).
@@ -613,11 +631,16 @@ where
     /// As [`put`](Self::put).
     pub async fn delete_async(&self, key: &K) -> Result<(), WriteError<St::Error>> {
         let policy = self.policy();
-        let guard = policy.shared.locks.lock_async(self.hash(key)).await;
         let mut write = Some(Pending::Delete);
-        std::future::poll_fn(|cx| policy.poll_accept(key, &mut write, cx)).await?;
-        self.land_delete(key, guard);
-        Ok(())
+        loop {
+            let guard = policy.shared.locks.lock_async(self.hash(key)).await;
+            if policy.try_accept(key, &mut write)? {
+                self.land_delete(key, guard);
+                return Ok(());
+            }
+            drop(guard);
+            std::future::poll_fn(|cx| policy.poll_room(key, cx)).await;
+        }
     }
 
     /// [`flush`](Self::flush), awaiting instead of blocking the thread.
