@@ -706,6 +706,121 @@ fn dropping_the_last_handle_flushes() {
     assert_eq!((db.value(1), db.value(2)), (Some(10), Some(20)));
 }
 
+/// A value whose `Clone` panics on the flusher thread (user code the flusher
+/// runs outside the store's calls).
+#[derive(Debug, PartialEq)]
+struct Brittle(u64);
+impl Clone for Brittle {
+    fn clone(&self) -> Self {
+        let on_flusher = std::thread::current().name() == Some("larder-flusher");
+        assert!(!(self.0 == 13 && on_flusher), "13 will not be cloned there");
+        Brittle(self.0)
+    }
+}
+
+#[derive(Default)]
+struct BrittleDb(Mutex<HashMap<u64, u64>>);
+impl Store<u64, Brittle> for BrittleDb {
+    type Error = String;
+    fn load(&self, k: &u64) -> Result<Option<Brittle>, String> {
+        Ok(self.0.lock().unwrap().get(k).map(|&v| Brittle(v)))
+    }
+    fn write(&self, op: &Op<u64, Brittle>) -> Result<(), String> {
+        let mut data = self.0.lock().unwrap();
+        match op {
+            Op::Put(k, v) => data.insert(*k, v.0),
+            Op::Delete(k) => data.remove(k),
+        };
+        Ok(())
+    }
+}
+
+#[test]
+fn writes_a_dead_flusher_leaves_are_reported_and_later_ones_refused() {
+    let cache = Cache::builder()
+        .max_capacity(100)
+        .write_back(
+            BrittleDb::default(),
+            WriteBack::default().max_delay(Duration::from_millis(50)),
+        )
+        .build()
+        .unwrap();
+    cache.put(1, Brittle(13)).unwrap();
+    cache.put(2, Brittle(20)).unwrap();
+    // The flusher dies cloning key 1's value for its batch; until then
+    // writes of key 3 are accepted.
+    let accepted_3 = AtomicBool::new(false);
+    wait_until("the flusher gone", || match cache.put(3, Brittle(3)) {
+        Ok(()) => {
+            accepted_3.store(true, Ordering::SeqCst);
+            false
+        }
+        Err(e) => e == WriteError::Closed,
+    });
+    assert_eq!(cache.put(4, Brittle(4)), Err(WriteError::Closed));
+    let report = cache.flush().unwrap_err();
+    let mut keys: Vec<u64> = report.failed.iter().map(|f| *f.op.key()).collect();
+    keys.sort_unstable();
+    let expected: &[u64] = if accepted_3.load(Ordering::SeqCst) {
+        &[1, 2, 3]
+    } else {
+        &[1, 2]
+    };
+    assert_eq!(keys, expected, "every acknowledged write reported");
+    assert!(report
+        .failed
+        .iter()
+        .all(|f| matches!(&f.failure, Failure::Panicked(m) if m.contains("flusher"))));
+    assert!(cache.store().0.lock().unwrap().is_empty());
+    assert!(cache.close().is_ok(), "each failure is reported once");
+}
+
+#[test]
+fn a_second_close_waits_for_the_flusher_too() {
+    let db = Db::with_faults(Faults {
+        fail: 100,
+        ..Faults::default()
+    });
+    db.close_gate();
+    let cache = write_back(&db, WriteBack::default().retries(0, Duration::ZERO), 10);
+    cache.put(1, 1).unwrap();
+    std::thread::scope(|s| {
+        let first = s.spawn(|| cache.close().map_err(|e| e.failed.len()));
+        let second = s.spawn(|| cache.close().map_err(|e| e.failed.len()));
+        std::thread::sleep(Duration::from_millis(50));
+        let returned_early = first.is_finished() || second.is_finished();
+        db.open_gate();
+        assert!(
+            !returned_early,
+            "neither returns while the write is being sent"
+        );
+        let mut outcomes = [first.join().unwrap(), second.join().unwrap()];
+        outcomes.sort();
+        assert_eq!(
+            outcomes,
+            [Ok(()), Err(1)],
+            "the failure goes to one of them"
+        );
+    });
+}
+
+#[test]
+fn the_first_retry_waits_no_longer_than_max_backoff() {
+    let db = Db::with_faults(Faults {
+        fail: 100,
+        ..Faults::default()
+    });
+    let settings = WriteBack::default()
+        .max_delay(Duration::ZERO)
+        .retries(1, Duration::MAX)
+        .max_backoff(Duration::from_millis(1));
+    let cache = write_back(&db, settings, 10);
+    cache.put(1, 1).unwrap();
+    // With the first wait uncapped this flush would never return.
+    let report = cache.flush().unwrap_err();
+    assert_eq!(report.failed[0].attempts, 2);
+}
+
 #[test]
 fn invalid_write_back_settings_are_refused() {
     let db = Db::new();

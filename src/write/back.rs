@@ -110,6 +110,11 @@ struct Queue<K, V, E> {
     closing: bool,
     /// The flusher thread is running.
     running: bool,
+    /// The flusher thread, for `close` called from it (a failure handler).
+    flusher_id: Option<thread::ThreadId>,
+    /// The last handle was dropped before the flusher finished: failures it
+    /// meets from then on can only go to stderr.
+    abandoned: bool,
     stats: WriteStats,
     /// Async `flush` / `close` callers to wake on progress.
     wakers: Vec<std::task::Waker>,
@@ -160,6 +165,8 @@ where
                 failed: Vec::new(),
                 closing: false,
                 running: false,
+                flusher_id: None,
+                abandoned: false,
                 stats: WriteStats::default(),
                 wakers: Vec::new(),
                 handing: false,
@@ -328,17 +335,26 @@ where
         let shared = &*self.shared;
         let mut q = shared.queue.lock();
         q.closing = true;
+        let on_flusher = q.flusher_id == Some(thread::current().id());
         shared.work.notify_all();
         shared.progressed(q);
+        if on_flusher {
+            // A failure handler closing the cache: the flusher stops once the
+            // handler returns; there is nothing to wait for here.
+            return report(shared, shared.queue.lock());
+        }
         let flusher = shared.flusher.lock().take();
         if let Some(flusher) = flusher {
-            if flusher.thread().id() != thread::current().id() {
-                // The flusher catches the store's panics; a join error would
-                // be a bug of ours, and its queue is drained by `Stopped`.
-                let _ = flusher.join();
-            }
+            // A join error (the flusher panicked outside the store's calls)
+            // needs nothing more: `stopped` reported what it left.
+            let _ = flusher.join();
         }
-        report(shared, shared.queue.lock())
+        // A second `close` finds no thread to join: it waits the same.
+        let mut q = shared.queue.lock();
+        while q.running {
+            q = shared.progress.wait(q);
+        }
+        report(shared, q)
     }
 
     /// [`flush`](Self::flush), awaiting instead of blocking.
@@ -464,12 +480,15 @@ impl<K: Hash + Eq, V: Clone, E> Queue<K, V, E> {
                 .slots
                 .get_mut(&queued.key)
                 .expect("a queued key has a slot");
-            let (seq, write) = slot
+            // Clone before taking: should the value's `Clone` panic, the
+            // write is still in its slot for `stopped` to report.
+            let (seq, copy) = slot
                 .waiting
-                .take()
+                .as_ref()
+                .map(|(seq, write)| (*seq, write.clone()))
                 .expect("a queued key has a waiting write");
-            slot.sending = Some(write.clone());
-            batch.push((seq, write.into_op(queued.key)));
+            slot.sending = slot.waiting.take().map(|(_, write)| write);
+            batch.push((seq, copy.into_op(queued.key)));
         }
         self.sending_from = batch.first().map(|(seq, _)| *seq);
         Some(batch)
@@ -594,34 +613,54 @@ where
         }
     }
 
-    /// Marks the flusher stopped, however it ended. Should it ever end with
-    /// writes still queued (a bug of ours: the store's panics are caught),
-    /// they are reported as failed rather than dropped.
+    /// Marks the flusher stopped, however it ended. It ends with writes
+    /// still queued or in a batch only when a panic outside the store's calls
+    /// (a key's or value's `Clone`, `Hash` or `Eq`) killed it: each such key's
+    /// latest write is then reported as failed rather than dropped, and from
+    /// then on writes are refused ([`WriteError::Closed`]).
     fn stopped(&self) {
         let mut q = self.queue.lock();
         q.running = false;
-        let stranded: Vec<Queued<K>> = q.order.drain(..).collect();
-        for queued in stranded {
-            let Some(slot) = q.slots.get_mut(&queued.key) else {
+        q.order.clear();
+        q.sending_from = None;
+        let reason = if std::thread::panicking() {
+            "the flusher thread panicked"
+        } else {
+            "the flusher stopped"
+        };
+        // No user code runs here (no `Clone`, no `Hash`): this may run while
+        // the thread unwinds from a panic in it, when a second one aborts.
+        // So the slots are moved out whole, and a reported key reads from the
+        // cache or the store until then, not from the queue.
+        let slots = std::mem::take(&mut q.slots);
+        for (key, slot) in slots {
+            // The waiting write is the latest; one in a batch was older.
+            let Some(write) = slot.waiting.map(|(_, w)| w).or(slot.sending) else {
                 continue;
             };
-            let Some((seq, write)) = slot.waiting.take() else {
-                continue;
-            };
+            q.seq += 1;
+            let seq = q.seq;
             q.stats.failed += 1;
             let failed = FailedWrite {
-                op: write.into_op(queued.key),
-                failure: Failure::Panicked("the flusher stopped".into()),
+                op: write.into_op(key),
+                failure: Failure::Panicked(reason.into()),
                 attempts: 0,
             };
             q.failed.push((seq, failed));
+        }
+        if q.abandoned && !q.failed.is_empty() {
+            eprintln!(
+                "larder: the store refused {} write(s) of a write-back cache after its last \
+                 handle was dropped; they are lost",
+                q.failed.len()
+            );
         }
         self.progressed(q);
     }
 
     /// Sends one batch, retrying with backoff.
     fn send(&self, ops: &[Op<K, V>]) -> Sent<St::Error> {
-        let mut wait = self.settings.backoff;
+        let mut wait = self.settings.backoff.min(self.settings.max_backoff);
         let mut attempts: u32 = 0;
         loop {
             attempts = attempts.saturating_add(1);
@@ -681,13 +720,21 @@ where
                 None => q = shared.progress.wait(q),
             }
         }
-        let (failed, queued) = (q.failed.len(), q.order.len());
+        let failed = q.failed.len();
+        let unsent = q
+            .slots
+            .values()
+            .filter(|s| s.waiting.is_some() || s.sending.is_some())
+            .count();
+        // Failures the flusher meets from now on have nobody to go to.
+        q.abandoned = q.running;
         drop(q);
-        if failed > 0 || queued > 0 {
+        if failed > 0 || unsent > 0 {
             // Nobody is left to report to: say so rather than drop silently.
             eprintln!(
                 "larder: a write-back cache was dropped with {failed} write(s) its store \
-                 refused and {queued} still queued; call `close()` to receive them"
+                 refused and {unsent} not yet stored (still queued or being sent; the \
+                 flusher goes on with them); call `close()` to receive every outcome"
             );
         }
     }
@@ -717,6 +764,7 @@ where
             .spawn(move || shared.run());
         match spawned {
             Ok(handle) => {
+                self.shared.queue.lock().flusher_id = Some(handle.thread().id());
                 *self.shared.flusher.lock() = Some(handle);
                 Ok(())
             }
