@@ -822,6 +822,74 @@ fn the_first_retry_waits_no_longer_than_max_backoff() {
 }
 
 #[test]
+fn a_panicking_weigher_leaves_reads_on_the_write_the_store_took() {
+    // Panics once, weighing 666.
+    let weigher = || {
+        let armed = AtomicBool::new(true);
+        move |_: &u64, v: &u64| {
+            let refuse = *v == 666 && armed.swap(false, Ordering::SeqCst);
+            assert!(!refuse, "the weigher refuses 666 once");
+            1
+        }
+    };
+    // Write-through: the store has the write before the weigher runs.
+    let db = Db::new();
+    let through = Cache::builder()
+        .max_capacity(100)
+        .weigher(weigher())
+        .write_through(Shared(db.clone()))
+        .build()
+        .unwrap();
+    through.put(1, 10).unwrap();
+    assert!(catch_unwind(AssertUnwindSafe(|| through.put(1, 666))).is_err());
+    assert_eq!(db.value(1), Some(666));
+    assert_eq!(through.peek(&1), None, "the replaced value is not cached");
+    assert_eq!(through.get(&1), Ok(Some(666)));
+    // Write-back: the queue has it.
+    let db = Db::new();
+    let back = Cache::builder()
+        .max_capacity(100)
+        .weigher(weigher())
+        .write_back(Shared(db.clone()), WriteBack::default())
+        .build()
+        .unwrap();
+    back.put(1, 10).unwrap();
+    assert!(catch_unwind(AssertUnwindSafe(|| back.put(1, 666))).is_err());
+    assert_eq!(back.get(&1), Ok(Some(666)));
+    back.flush().unwrap();
+    assert_eq!(db.value(1), Some(666));
+}
+
+#[test]
+fn a_listener_panicking_in_a_flush_keeps_the_report_for_the_next() {
+    let db = Db::with_faults(Faults {
+        fail: 100,
+        ..Faults::default()
+    });
+    let cache = Cache::builder()
+        .max_capacity(10)
+        .eviction_listener(|k: u64, _, _| assert!(k != 1, "the listener refuses key 1"))
+        .write_back(
+            Shared(db.clone()),
+            WriteBack::default().retries(0, Duration::ZERO),
+        )
+        .build()
+        .unwrap();
+    cache.put(1, 10).unwrap();
+    cache.put(2, 20).unwrap();
+    assert!(catch_unwind(AssertUnwindSafe(|| cache.flush())).is_err());
+    // The other key was still forgotten, and the report comes next time.
+    assert_eq!(cache.peek(&2), None);
+    let report = catch_unwind(AssertUnwindSafe(|| cache.flush()))
+        .expect("key 1 is no longer cached: nothing to tell the listener")
+        .unwrap_err();
+    let mut keys: Vec<u64> = report.failed.iter().map(|f| *f.op.key()).collect();
+    keys.sort_unstable();
+    assert_eq!(keys, [1, 2]);
+    assert!(cache.close().is_ok());
+}
+
+#[test]
 fn invalid_write_back_settings_are_refused() {
     let db = Db::new();
     for settings in [

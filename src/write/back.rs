@@ -402,6 +402,16 @@ where
         self.close()
     }
 
+    /// Puts a report back for the next `flush` or `close` to return: its
+    /// caller could not (a listener panicked while it dropped the failed
+    /// keys' cached copies).
+    pub(crate) fn requeue(&self, failed: Vec<FailedWrite<K, V, St::Error>>) {
+        let mut q = self.shared.queue.lock();
+        // Sequence number 0 names no slot's failure: those went with the
+        // first report.
+        q.failed.extend(failed.into_iter().map(|f| (0, f)));
+    }
+
     pub(crate) fn stats(&self) -> WriteStats {
         let q = self.shared.queue.lock();
         WriteStats {

@@ -2,6 +2,7 @@
 //! with the write landing where the policy says.
 
 use std::hash::{BuildHasher, Hash};
+use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
 use super::back::{Pending, WriteBehind};
@@ -39,11 +40,30 @@ where
 
     /// Stores `value` in the cache alone, with `options` if any, handing what
     /// it displaced to the listener once `guard` (a key lock) is released.
+    ///
+    /// The store (or the write-back queue) already has the write. Should the
+    /// weigher or the [`Expiry`](crate::Expiry) panic, the key's cached copy
+    /// is dropped before the panic goes on, so that reads find the write
+    /// there instead of the value it replaced.
     fn land_write<G>(&self, key: K, value: V, options: Option<&EntryOptions>, guard: G) {
         let mut removed = Removed::new();
         let (ttl, tags) = options.map_or((None, &[][..]), |o| (o.time_to_live(), o.tag_list()));
-        if let Err(rejected) = self.write_deferred(key, value, ttl, tags, None, &mut removed) {
-            removed.push((rejected.key, rejected.value, RemovalCause::Size));
+        let copy = self.write_calls_back().then(|| key.clone());
+        let landed = catch_unwind(AssertUnwindSafe(|| {
+            self.write_deferred(key, value, ttl, tags, None, &mut removed)
+        }));
+        match landed {
+            Ok(Ok(())) => {}
+            Ok(Err(rejected)) => removed.push((rejected.key, rejected.value, RemovalCause::Size)),
+            Err(panic) => {
+                if let Some(stale) = copy.and_then(|key| self.take(&key)) {
+                    removed.push(stale);
+                }
+                drop(guard);
+                // The callback's panic is the one the caller sees.
+                let _ = catch_unwind(AssertUnwindSafe(|| self.notify(removed)));
+                resume_unwind(panic);
+            }
         }
         drop(guard);
         self.notify(removed);
@@ -190,7 +210,9 @@ where
     ///
     /// # Panics
     ///
-    /// If the store panics; the cache is unchanged.
+    /// If the store panics; the cache is unchanged. If the weigher or the
+    /// [`Expiry`](crate::Expiry) panics, the store has the write and the key's
+    /// cached copy is dropped, so that reads load the new value.
     ///
     /// ```
     /// # use std::collections::HashMap;
@@ -232,7 +254,7 @@ where
     ///
     /// # Panics
     ///
-    /// If the store panics; the cache is unchanged.
+    /// As [`put`](Self::put).
     pub fn put_with(
         &self,
         key: K,
@@ -325,7 +347,16 @@ where
     /// [`WriteError::QueueFull`] if the queue is full and the cache was
     /// built with [`Backpressure::Fail`](crate::Backpressure::Fail) (with
     /// `Block`, the call waits for room instead); [`WriteError::Closed`]
-    /// after [`close`](Self::close). Nothing is changed either way.
+    /// after [`close`](Self::close), or once the flusher thread has died (a
+    /// panic in a key's or value's `Clone`, `Hash` or `Eq` on it; what it
+    /// left unsent is reported by the next [`flush`](Self::flush)). Nothing is
+    /// changed either way.
+    ///
+    /// # Panics
+    ///
+    /// If the weigher or the [`Expiry`](crate::Expiry) panics, the write is
+    /// queued and the key's cached copy is dropped, so that reads find the
+    /// queued value.
     ///
     /// ```
     /// # use std::collections::HashMap;
@@ -460,12 +491,26 @@ where
             return Ok(());
         };
         let policy = self.policy();
+        let mut first_panic = None;
         for failed in &report.failed {
             let key = failed.op.key();
-            let guard = policy.shared.locks.lock(self.hash(key));
-            if policy.lookup(key).is_none() {
-                self.land_delete(key, guard);
+            // A panicking listener must not cost the other keys their
+            // forgetting, nor the caller its report.
+            let forgot = catch_unwind(AssertUnwindSafe(|| {
+                let guard = policy.shared.locks.lock(self.hash(key));
+                if policy.lookup(key).is_none() {
+                    self.land_delete(key, guard);
+                }
+            }));
+            if let Err(panic) = forgot {
+                first_panic.get_or_insert(panic);
             }
+        }
+        if let Some(panic) = first_panic {
+            // The listener's panic goes on to the caller, as after any
+            // removal; the report waits for the next `flush` or `close`.
+            policy.requeue(report.failed);
+            resume_unwind(panic);
         }
         Err(report)
     }
