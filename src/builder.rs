@@ -197,6 +197,8 @@ where
     ///
     /// `handler` must not wait for the cache's queue to drain (a blocking
     /// `put` on a full queue, `flush`, `close`): the flusher is busy running it.
+    /// Nor should it own a handle of the cache: the cache would then never be
+    /// dropped, and its queue never drained by the drop.
     ///
     /// ```
     /// # use larder::{Cache, Op, Store, WriteBack};

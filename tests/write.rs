@@ -627,6 +627,27 @@ fn writes_that_exhaust_retries_are_reported_once_and_readable_until_then() {
 }
 
 #[test]
+fn a_failure_superseded_by_a_stored_write_is_not_reported() {
+    let db = Db::with_faults(Faults {
+        fail: 100,
+        ..Faults::default()
+    });
+    let settings = WriteBack::default()
+        .max_delay(Duration::ZERO)
+        .retries(0, Duration::ZERO);
+    let cache = write_back(&db, settings, 10);
+    cache.put(1, 10).unwrap();
+    cache.put(2, 20).unwrap();
+    wait_until("both given up", || cache.write_stats().failed == 2);
+    *db.faults.lock().unwrap() = Faults::default();
+    cache.put(1, 11).unwrap();
+    let report = cache.flush().unwrap_err();
+    let ops: Vec<_> = report.failed.iter().map(|f| f.op.clone()).collect();
+    assert_eq!(ops, [Op::Put(2, 20)], "key 1's failure was superseded");
+    assert_eq!((db.value(1), db.value(2)), (Some(11), None));
+}
+
+#[test]
 fn a_failure_handler_takes_given_up_writes_and_frees_their_room() {
     let db = Db::with_faults(Faults {
         fail: 100,

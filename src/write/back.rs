@@ -247,7 +247,7 @@ where
         let shared = &*self.shared;
         let mut q = shared.queue.lock();
         if q.running && !q.closing && !q.has_room(key, shared.settings.queue_capacity) {
-            q.wakers.push(cx.waker().clone());
+            super::register(&mut q.wakers, cx);
             shared.work.notify_one();
             return std::task::Poll::Pending;
         }
@@ -369,7 +369,7 @@ where
         std::future::poll_fn(|cx| {
             let mut q = shared.queue.lock();
             if q.running && (q.handing || q.outstanding_from().is_some_and(|s| s <= target)) {
-                q.wakers.push(cx.waker().clone());
+                super::register(&mut q.wakers, cx);
                 std::task::Poll::Pending
             } else {
                 std::task::Poll::Ready(())
@@ -391,7 +391,7 @@ where
         std::future::poll_fn(|cx| {
             let mut q = shared.queue.lock();
             if q.running {
-                q.wakers.push(cx.waker().clone());
+                super::register(&mut q.wakers, cx);
                 std::task::Poll::Pending
             } else {
                 std::task::Poll::Ready(())
@@ -522,8 +522,13 @@ impl<K: Hash + Eq, V: Clone, E> Queue<K, V, E> {
             match &sent.failure {
                 None => {
                     self.stats.stored += 1;
-                    // A stored write supersedes an older failed one.
+                    // A stored write supersedes an older failed one: it is
+                    // no longer read, nor reported (replaying it would write
+                    // an older value over this one).
                     slot.failed = None;
+                    if !self.failed.is_empty() {
+                        self.failed.retain(|(_, f)| f.op.key() != op.key());
+                    }
                 }
                 Some(failure) => {
                     self.stats.failed += 1;

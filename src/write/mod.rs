@@ -55,6 +55,11 @@ impl<K, V> Op<K, V> {
 /// way, so they must be idempotent: applying a batch twice in a row must leave
 /// what applying it once leaves. Puts and deletes of whole values are.
 ///
+/// A store must not write to the cache it stands behind: a write-through
+/// `write` runs under a lock of its key's stripe (shared with about one key in
+/// 1,024), and a write-back `write_batch` runs on the flusher, which a
+/// blocking `put`, `flush` or `close` would wait for.
+///
 /// ```
 /// use std::collections::HashMap;
 /// use std::sync::Mutex;
@@ -363,6 +368,15 @@ impl fmt::Debug for KeyLocks {
     }
 }
 
+/// Adds the task's waker to `wakers` unless one that wakes the same task is
+/// there already: a future polled again and again while it waits (in a
+/// `select!` loop) must not grow the list.
+pub(crate) fn register(wakers: &mut Vec<std::task::Waker>, cx: &std::task::Context<'_>) {
+    if !wakers.iter().any(|w| w.will_wake(cx.waker())) {
+        wakers.push(cx.waker().clone());
+    }
+}
+
 /// Stripes per cache: enough that unrelated keys rarely share one.
 const STRIPES: usize = 1024;
 
@@ -401,7 +415,7 @@ impl KeyLocks {
         std::future::poll_fn(|cx| {
             let mut state = stripe.state.lock();
             if state.held {
-                state.wakers.push(cx.waker().clone());
+                register(&mut state.wakers, cx);
                 std::task::Poll::Pending
             } else {
                 state.held = true;
