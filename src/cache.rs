@@ -278,6 +278,11 @@ where
     /// cache invalidated while the load runs, the loaded value is returned to
     /// every caller of the flight but not cached over the newer state.
     ///
+    /// A waiting caller blocks its thread. In async code use
+    /// [`get_or_load_async`](Self::get_or_load_async): blocking a thread whose
+    /// runtime is also running the leading task (a single-threaded runtime)
+    /// waits for ever.
+    ///
     /// ```
     /// let cache: larder::Cache<u32, String> =
     ///     larder::Cache::builder().max_capacity(100).build().unwrap();
