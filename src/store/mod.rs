@@ -744,7 +744,7 @@ impl<K: Eq, V, H: Fn(&K) -> u64> ShardWriter<'_, K, V, H> {
     }
 
     /// Resident keys in eviction order.
-    #[cfg(any(test, fuzzing))]
+    #[cfg(test)]
     pub(crate) fn eviction_order(&self) -> Vec<&K> {
         self.map
             .policy
