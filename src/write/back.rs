@@ -527,7 +527,9 @@ impl<K: Hash + Eq, V: Clone, E> Queue<K, V, E> {
                     // an older value over this one).
                     slot.failed = None;
                     if !self.failed.is_empty() {
+                        let before = self.failed.len();
                         self.failed.retain(|(_, f)| f.op.key() != op.key());
+                        self.stats.superseded += (before - self.failed.len()) as u64;
                     }
                 }
                 Some(failure) => {

@@ -658,8 +658,13 @@ pub struct WriteStats {
     pub stored: u64,
     /// Batches sent again after a failed attempt.
     pub retries: u64,
-    /// Writes given up on after every retry (and reported).
+    /// Writes given up on after every retry, reported (by `flush`, `close` or
+    /// to the failure handler) unless superseded.
     pub failed: u64,
+    /// Of `failed`, writes not reported because a later write of the same
+    /// key was stored before the report: replaying them would write the
+    /// older value over the newer.
+    pub superseded: u64,
     /// Dirty keys now held: waiting, being written, or failed and unreported.
     pub dirty: u64,
 }
