@@ -210,7 +210,14 @@ where
         let shards = (0..n)
             .map(|i| {
                 let capacity = base + u64::from(i < extra);
-                Shard::new(capacity, parts.eviction, per_shard_initial, parts.timed).map(Padded)
+                Shard::new(
+                    capacity,
+                    base,
+                    parts.eviction,
+                    per_shard_initial,
+                    parts.timed,
+                )
+                .map(Padded)
             })
             .collect::<Option<_>>()?;
         Some(Self {
@@ -982,11 +989,11 @@ where
             let mut writer = shard.write(&hash_of);
             // Under the write lock, as in `write_deferred`.
             shard.flights.invalidate_all();
-            writer.clear(&mut removed);
+            writer.clear(&self.inner.expiration.clock, &mut removed);
             drop(writer);
             if let Some(listener) = &self.inner.listener {
-                for (k, v) in removed {
-                    deliver(listener, k, v, RemovalCause::Explicit, &mut first_panic);
+                for (k, v, cause) in removed {
+                    deliver(listener, k, v, cause, &mut first_panic);
                 }
             }
         }
@@ -1095,7 +1102,7 @@ where
             {
                 let mut writer = shard.write(&hash_of);
                 for tag in &tags {
-                    writer.invalidate_tag(tag, &mut removed);
+                    writer.invalidate_tag(tag, &self.inner.expiration.clock, &mut removed);
                 }
             }
             if let Some(listener) = &self.inner.listener {
@@ -1126,9 +1133,11 @@ where
         let mut first_panic = None;
         for shard in self.inner.shards.iter() {
             let mut removed = Vec::new();
-            shard
-                .write(&|k| self.hash(k))
-                .invalidate_if(&mut remove, &mut removed);
+            shard.write(&|k| self.hash(k)).invalidate_if(
+                &mut remove,
+                &self.inner.expiration.clock,
+                &mut removed,
+            );
             if let Some(listener) = &self.inner.listener {
                 for (k, v, cause) in removed {
                     deliver(listener, k, v, cause, &mut first_panic);
@@ -1338,7 +1347,9 @@ impl Drop for LoadTimer<'_> {
     fn drop(&mut self) {
         let nanos = u64::try_from(self.start.elapsed().as_nanos()).unwrap_or(u64::MAX);
         self.stats.nanos.fetch_add(nanos, Ordering::Relaxed);
-        if !self.stopped {
+        // Dropped unstopped: the loader panicked, or (async) its future was
+        // dropped, a cancellation rather than a failure.
+        if !self.stopped && std::thread::panicking() {
             self.stats.failures.fetch_add(1, Ordering::Relaxed);
         }
     }

@@ -37,24 +37,32 @@ pub struct CacheStats {
     pub evictions: u64,
     /// Total weight of the entries counted in `evictions`.
     pub evicted_weight: u64,
-    /// Entries removed by `remove` or `invalidate_all`.
+    /// Entries removed by `remove` or `invalidate_all` (cause
+    /// [`RemovalCause::Explicit`]), or replaced by a write that was then
+    /// refused (cause [`RemovalCause::Replaced`]).
+    ///
+    /// [`RemovalCause::Explicit`]: crate::RemovalCause::Explicit
+    /// [`RemovalCause::Replaced`]: crate::RemovalCause::Replaced
     pub invalidations: u64,
     /// Inserts refused because the entry alone outweighs its shard's capacity.
     pub rejections: u64,
     /// Entries removed because their deadline passed (cause
-    /// [`RemovalCause::Expired`]), including values inserted already expired.
+    /// [`RemovalCause::Expired`]), including values inserted already expired
+    /// and entries already past their deadline when an eviction or an
+    /// invalidation took them.
     ///
     /// [`RemovalCause::Expired`]: crate::RemovalCause::Expired
     pub expirations: u64,
-    /// Entries removed by `invalidate_tag` / `invalidate_tags` (cause
-    /// [`RemovalCause::Invalidated`]).
+    /// Entries removed by `invalidate_tag` / `invalidate_tags` /
+    /// `invalidate_entries_if` (cause [`RemovalCause::Invalidated`]).
     ///
     /// [`RemovalCause::Invalidated`]: crate::RemovalCause::Invalidated
     pub tag_invalidations: u64,
     /// Loads run by `get_or_load` and its kin (one per flight, however many
-    /// callers shared it), including failed ones.
+    /// callers shared it), including failed and cancelled ones.
     pub loads: u64,
-    /// Loads whose loader returned an error or panicked.
+    /// Loads whose loader returned an error or panicked (not an async load
+    /// whose future was dropped: that is a cancellation).
     pub load_failures: u64,
     /// Time spent in loaders, summed over `loads`.
     pub total_load_time: std::time::Duration,

@@ -155,6 +155,46 @@ fn weights_above_the_largest_are_clamped_not_refused() {
 }
 
 #[test]
+fn the_heaviest_entry_taken_is_the_same_for_every_key() {
+    // 10 over 4 shards: shares of 3, 3, 2, 2. The limit is the smallest.
+    let cache: Cache<u32, u32> = Cache::builder()
+        .max_capacity(10)
+        .shards(4)
+        .weigher(|_, v| *v)
+        .build()
+        .unwrap();
+    for k in 0..64 {
+        let refused = cache.try_insert(k, 3).unwrap_err();
+        assert_eq!((refused.weight, refused.limit), (3, 2), "key {k}");
+        assert!(cache.try_insert(k, 2).is_ok());
+    }
+}
+
+#[test]
+fn a_refused_replacement_counts_the_entry_it_removed() {
+    let cache: Cache<u32, u32> = Cache::builder()
+        .max_capacity(10)
+        .shards(1)
+        .weigher(|_, v| *v)
+        .record_stats()
+        .build()
+        .unwrap();
+    cache.insert(1, 5);
+    cache.insert(1, 50); // too heavy: refused, and the old value goes
+    assert_eq!(cache.get(&1), None);
+    let stats = cache.stats();
+    assert_eq!(
+        (stats.inserts, stats.invalidations, stats.rejections),
+        (1, 1, 1)
+    );
+    assert_eq!(
+        stats.inserts - stats.invalidations,
+        cache.len() as u64,
+        "what came in, less what left, is what is there"
+    );
+}
+
+#[test]
 fn zero_weight_entries_are_kept_without_counting() {
     let cache: Cache<u32, u32> = Cache::builder()
         .max_capacity(2)

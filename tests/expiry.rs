@@ -242,6 +242,94 @@ fn a_per_entry_ttl_is_not_extended_by_an_expiry_read() {
 }
 
 #[test]
+fn entries_past_their_deadline_leave_as_expired_whatever_takes_them() {
+    // Eviction: a one-shard LRU where expiry has not reclaimed anything yet
+    // (a write reclaims a bounded batch first; forty are due).
+    let (cache, time, log) = cache_with(|b| {
+        b.max_capacity(40)
+            .shards(1)
+            .eviction(Eviction::Lru)
+            .time_to_live(SEC)
+    });
+    for i in 0..40 {
+        cache.insert(i, i);
+    }
+    time.advance(2 * SEC);
+    cache.insert(1000, 1);
+    let log_now = taken(&log);
+    assert!(!log_now.is_empty());
+    assert!(
+        log_now.iter().all(|e| e.2 == RemovalCause::Expired),
+        "{log_now:?}"
+    );
+    let stats = cache.stats();
+    assert_eq!(
+        (stats.evictions, stats.expirations),
+        (0, log_now.len() as u64)
+    );
+
+    // Bulk invalidations: each reports an expired entry as expired, and the
+    // predicate of `invalidate_entries_if` never sees one.
+    let (cache, time, log) = cache_with(|b| b.time_to_live(SEC));
+    let tagged = || EntryOptions::new().tags(["t"]);
+    cache.insert_with(1, 1, tagged());
+    cache.insert_with(2, 2, tagged().ttl(10 * SEC));
+    time.advance(2 * SEC);
+    cache.invalidate_tag("t");
+    let mut got = taken(&log);
+    got.sort_unstable();
+    assert_eq!(
+        got,
+        [
+            (1, 1, RemovalCause::Expired),
+            (2, 2, RemovalCause::Invalidated)
+        ]
+    );
+
+    cache.insert(3, 3);
+    cache.insert_with(4, 4, EntryOptions::new().ttl(10 * SEC));
+    time.advance(2 * SEC);
+    let mut seen = Vec::new();
+    cache.invalidate_entries_if(|k, _| {
+        seen.push(*k);
+        true
+    });
+    assert_eq!(seen, [4], "only the live entry is shown");
+    let mut got = taken(&log);
+    got.sort_unstable();
+    assert_eq!(
+        got,
+        [
+            (3, 3, RemovalCause::Expired),
+            (4, 4, RemovalCause::Invalidated)
+        ]
+    );
+
+    cache.insert(5, 5);
+    cache.insert_with(6, 6, EntryOptions::new().ttl(10 * SEC));
+    time.advance(2 * SEC);
+    cache.invalidate_all();
+    let mut got = taken(&log);
+    got.sort_unstable();
+    assert_eq!(
+        got,
+        [
+            (5, 5, RemovalCause::Expired),
+            (6, 6, RemovalCause::Explicit)
+        ]
+    );
+    let stats = cache.stats();
+    assert_eq!(
+        (
+            stats.expirations,
+            stats.tag_invalidations,
+            stats.invalidations
+        ),
+        (3, 2, 1)
+    );
+}
+
+#[test]
 fn expiry_cannot_be_combined_with_fixed_durations() {
     let err = Cache::<u32, u32>::builder()
         .max_capacity(10)

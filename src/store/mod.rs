@@ -194,6 +194,9 @@ pub(crate) struct Map<K, V> {
     slab: Slab<K, V>,
     weight: u64,
     capacity: u64,
+    /// The heaviest entry taken: the smallest shard's capacity, the same in
+    /// every shard, so that whether a weight fits does not hang on its key.
+    max_entry: u64,
     pub(crate) counters: Counters,
 }
 
@@ -202,6 +205,7 @@ impl<K, V> Shard<K, V> {
     /// room cannot be allocated.
     pub(crate) fn new(
         capacity: u64,
+        max_entry: u64,
         eviction: Eviction,
         initial_capacity: usize,
         timed: bool,
@@ -218,6 +222,7 @@ impl<K, V> Shard<K, V> {
                 slab: Slab::with_capacity(initial_capacity)?,
                 weight: 0,
                 capacity,
+                max_entry: max_entry.min(capacity),
                 counters: Counters::default(),
             }),
             reads: ReadBuffer::default(),
@@ -495,7 +500,7 @@ impl<K: Eq, V, H: Fn(&K) -> u64> ShardWriter<'_, K, V, H> {
         }
         // Weights above `MAX_WEIGHT` count as it (the builder's docs).
         let weight = weight.min(MAX_WEIGHT);
-        if u64::from(weight) > self.map.capacity {
+        if u64::from(weight) > self.map.max_entry {
             self.map.counters.rejections += 1;
             return Err(self.refuse(hash, existing, key, value, out, Refused::TooHeavy));
         }
@@ -554,7 +559,7 @@ impl<K: Eq, V, H: Fn(&K) -> u64> ShardWriter<'_, K, V, H> {
         }
         // The entry just written is never its own victim: it stays readable at
         // least until the next write to this shard.
-        self.evict_to(self.map.capacity, token, out);
+        self.evict_to(self.map.capacity, token, now, out);
         Ok(())
     }
 
@@ -572,6 +577,7 @@ impl<K: Eq, V, H: Fn(&K) -> u64> ShardWriter<'_, K, V, H> {
         match existing {
             Some(t) => {
                 let old = self.unlink(hash, t);
+                self.map.counters.invalidations += 1;
                 out.push((key, old.value, RemovalCause::Replaced));
                 refused(old.key, value)
             }
@@ -638,8 +644,17 @@ impl<K: Eq, V, H: Fn(&K) -> u64> ShardWriter<'_, K, V, H> {
         more
     }
 
-    /// Empties the shard, releasing its memory.
-    pub(crate) fn clear(&mut self, out: &mut Vec<(K, V)>) {
+    /// Empties the shard, releasing its memory: entries leave as `Explicit`,
+    /// or `Expired` if their deadline had passed.
+    pub(crate) fn clear(&mut self, clock: &Clock, out: &mut Vec<(K, V, RemovalCause)>) {
+        let now = self.map.timed().then(|| clock.now());
+        // Causes first, while the deadlines are still there (slot order, as
+        // `take_all` yields the entries).
+        let tokens: Vec<Token> = self.map.slab.iter_from(0).map(|(t, _)| t).collect();
+        let causes: Vec<RemovalCause> = tokens
+            .into_iter()
+            .map(|t| self.book(t, now, RemovalCause::Explicit))
+            .collect();
         let map = &mut *self.map;
         map.table = HashTable::new();
         map.weight = 0;
@@ -648,45 +663,59 @@ impl<K: Eq, V, H: Fn(&K) -> u64> ShardWriter<'_, K, V, H> {
         }
         map.tags = None;
         map.policy.get_mut().clear();
-        let before = out.len();
-        out.extend(map.slab.take_all().map(|e| (e.key, e.value)));
-        map.counters.invalidations += (out.len() - before) as u64;
+        out.extend(
+            map.slab
+                .take_all()
+                .zip(causes)
+                .map(|(e, cause)| (e.key, e.value, cause)),
+        );
     }
 
-    /// Removes every entry carrying `tag` (cause `Invalidated`).
-    pub(crate) fn invalidate_tag(&mut self, tag: &Tag, out: &mut Vec<(K, V, RemovalCause)>) {
+    /// Removes every entry carrying `tag` (cause `Invalidated`, or `Expired`
+    /// for one whose deadline had passed).
+    pub(crate) fn invalidate_tag(
+        &mut self,
+        tag: &Tag,
+        clock: &Clock,
+        out: &mut Vec<(K, V, RemovalCause)>,
+    ) {
+        let now = self.map.timed().then(|| clock.now());
         let Some(index) = &mut self.map.tags else {
             return;
         };
         for t in index.take(tag) {
+            let cause = self.book(t, now, RemovalCause::Invalidated);
             let hash = (self.hash_of)(&self.map.slab.get(t).key);
             let entry = self.unlink(hash, t);
-            self.map.counters.tag_invalidations += 1;
-            out.push((entry.key, entry.value, RemovalCause::Invalidated));
+            out.push((entry.key, entry.value, cause));
         }
         self.release_if_empty();
     }
 
-    /// Removes every entry for which `remove` is true (cause `Invalidated`).
-    /// The predicate sees every entry before any is removed, so a panic in
-    /// it leaves the shard as it was.
+    /// Removes every live entry for which `remove` is true (cause
+    /// `Invalidated`). The predicate sees every live entry before any is
+    /// removed, so a panic in it leaves the shard as it was. Entries whose
+    /// deadline had passed are not shown to it: they are reclaimed, as
+    /// `Expired`.
     pub(crate) fn invalidate_if(
         &mut self,
         remove: &mut dyn FnMut(&K, &V) -> bool,
+        clock: &Clock,
         out: &mut Vec<(K, V, RemovalCause)>,
     ) {
-        let doomed: Vec<Token> = self
-            .map
+        let now = self.map.timed().then(|| clock.now());
+        let map = &*self.map;
+        let doomed: Vec<Token> = map
             .slab
             .iter_from(0)
-            .filter(|(_, e)| remove(&e.key, &e.value))
+            .filter(|&(t, e)| !map.is_live(t, now) || remove(&e.key, &e.value))
             .map(|(t, _)| t)
             .collect();
         for t in doomed {
+            let cause = self.book(t, now, RemovalCause::Invalidated);
             let hash = (self.hash_of)(&self.map.slab.get(t).key);
             let entry = self.unlink(hash, t);
-            self.map.counters.invalidations += 1;
-            out.push((entry.key, entry.value, RemovalCause::Invalidated));
+            out.push((entry.key, entry.value, cause));
         }
         self.release_if_empty();
     }
@@ -709,17 +738,42 @@ impl<K: Eq, V, H: Fn(&K) -> u64> ShardWriter<'_, K, V, H> {
     }
 
     /// Evicts in policy order, never `keep`, until the shard weighs at most `limit`.
-    fn evict_to(&mut self, limit: u64, keep: Token, out: &mut Removed<K, V>) {
+    /// A victim whose deadline had passed (expiry not yet reclaimed it) is
+    /// reported, and counted, as expired.
+    fn evict_to(&mut self, limit: u64, keep: Token, now: Option<u64>, out: &mut Removed<K, V>) {
         while self.map.weight > limit {
             let Some(victim) = self.with_policy(|p, view| p.victim(keep, view)) else {
                 break;
             };
+            let live = self.map.is_live(victim, now);
             let hash = (self.hash_of)(&self.map.slab.get(victim).key);
             let entry = self.unlink(hash, victim);
-            self.map.counters.evictions += 1;
-            self.map.counters.evicted_weight += u64::from(entry.weight());
-            out.push((entry.key, entry.value, RemovalCause::Size));
+            let cause = if live {
+                self.map.counters.evictions += 1;
+                self.map.counters.evicted_weight += u64::from(entry.weight());
+                RemovalCause::Size
+            } else {
+                self.map.counters.expirations += 1;
+                RemovalCause::Expired
+            };
+            out.push((entry.key, entry.value, cause));
         }
+    }
+
+    /// How an entry leaving at `now` for `cause` is booked: as expired if its
+    /// deadline had passed (it was already unreadable), else as `cause`.
+    fn book(&mut self, token: Token, now: Option<u64>, cause: RemovalCause) -> RemovalCause {
+        let live = self.map.is_live(token, now);
+        let counters = &mut self.map.counters;
+        if !live {
+            counters.expirations += 1;
+            return RemovalCause::Expired;
+        }
+        match cause {
+            RemovalCause::Invalidated => counters.tag_invalidations += 1,
+            _ => counters.invalidations += 1,
+        }
+        cause
     }
 
     /// Takes a resident entry out of the table, the policy and the slab.
