@@ -721,7 +721,7 @@ where
             };
             let epoch = self.inner.tag_epoch.load(Ordering::SeqCst);
             let timer = LoadTimer::start(&self.inner.loads);
-            let result = load.await;
+            let result = crate::loader::lead(leader.flight(), load).await;
             timer.stop();
             return self.land(key, leader, epoch, result);
         }

@@ -411,6 +411,94 @@ mod asynchronous {
         }
     }
 
+    /// A waker that counts how many of its kind are alive.
+    struct Counted(Arc<AtomicUsize>);
+    impl Wake for Counted {
+        fn wake(self: Arc<Self>) {}
+    }
+    impl Drop for Counted {
+        fn drop(&mut self) {
+            self.0.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+    fn counted(live: &Arc<AtomicUsize>) -> Waker {
+        live.fetch_add(1, Ordering::SeqCst);
+        Waker::from(Arc::new(Counted(live.clone())))
+    }
+
+    #[test]
+    fn waiters_dropped_while_the_load_runs_leave_nothing_behind() {
+        let cache = cache();
+        let live = Arc::new(AtomicUsize::new(0));
+        let leader_waker = counted(&live);
+        let mut leader =
+            std::pin::pin!(cache.get_or_load_async(1, std::future::pending::<String>()));
+        assert!(leader
+            .as_mut()
+            .poll(&mut Context::from_waker(&leader_waker))
+            .is_pending());
+        for _ in 0..1_000 {
+            let waker = counted(&live);
+            let mut waiter = Box::pin(cache.get_or_load_async(1, async { "mine".to_string() }));
+            // Polled twice: the second poll must not register it again.
+            for _ in 0..2 {
+                assert!(waiter
+                    .as_mut()
+                    .poll(&mut Context::from_waker(&waker))
+                    .is_pending());
+            }
+            drop(waiter); // a timeout, a lost select! branch
+        }
+        assert_eq!(
+            live.load(Ordering::SeqCst),
+            1,
+            "only the leader's waker is still held"
+        );
+    }
+
+    #[test]
+    fn an_async_loader_asking_for_its_own_key_panics_instead_of_hanging() {
+        use std::panic::{catch_unwind, AssertUnwindSafe};
+        let cache = cache();
+        let message = |panic: Box<dyn std::any::Any + Send>| {
+            panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default()
+        };
+        // Through the async call...
+        let nested_async = catch_unwind(AssertUnwindSafe(|| {
+            block_on(cache.get_or_load_async(1, async {
+                cache
+                    .get_or_load_async(1, async { "inner".to_string() })
+                    .await
+            }))
+        }));
+        assert!(message(nested_async.unwrap_err()).contains("key it is loading"));
+        // ...and through the blocking one.
+        let nested_sync = catch_unwind(AssertUnwindSafe(|| {
+            block_on(
+                cache.get_or_load_async(2, async { cache.get_or_load(2, |_| "inner".to_string()) }),
+            )
+        }));
+        assert!(message(nested_sync.unwrap_err()).contains("key it is loading"));
+        // The flights were abandoned, not left behind.
+        assert_eq!(
+            block_on(cache.get_or_load_async(1, async { "fine".to_string() })),
+            "fine"
+        );
+        assert_eq!(cache.get_or_load(2, |_| "fine".to_string()), "fine");
+        // Other keys are fine inside a loader.
+        let outer = block_on(cache.get_or_load_async(3, async {
+            cache
+                .get_or_load_async(4, async { "four".to_string() })
+                .await
+                + "+"
+        }));
+        assert_eq!(outer, "four+");
+    }
+
     #[test]
     fn a_thousand_tasks_share_one_load() {
         let cache = Arc::new(cache());

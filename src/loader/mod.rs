@@ -37,8 +37,17 @@ pub(crate) enum Outcome<V> {
 
 enum State<V> {
     /// With the wakers of async waiters to wake when it ends.
-    Loading(Vec<Waker>),
+    Loading(Waiters),
     Done(Outcome<V>),
+}
+
+/// The async waiters of a flight, each under an id of its own, so that a
+/// waiter dropped while it waits (a timeout, a lost `select!` branch) takes
+/// its waker away with it instead of leaving it until the load ends.
+#[derive(Default)]
+struct Waiters {
+    next: u64,
+    wakers: Vec<(u64, Waker)>,
 }
 
 /// One load in progress.
@@ -54,18 +63,56 @@ pub(crate) struct Flight<K, V> {
     stale: AtomicBool,
 }
 
+thread_local! {
+    /// The flights (by address) whose async leader is polling its loader on
+    /// this thread right now: see [`lead`].
+    static LEADING: std::cell::RefCell<Vec<usize>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Polls an async leader's `load` with its flight marked as led from this
+/// thread for the length of each poll, so that the loader asking for its own
+/// key (through either call) panics instead of waiting for itself.
+pub(crate) async fn lead<F: std::future::Future, K, V>(
+    flight: &Flight<K, V>,
+    load: F,
+) -> F::Output {
+    struct Mark;
+    impl Drop for Mark {
+        fn drop(&mut self) {
+            LEADING.with(|l| l.borrow_mut().pop());
+        }
+    }
+    let address = flight as *const Flight<K, V> as usize;
+    let mut load = std::pin::pin!(load);
+    std::future::poll_fn(|cx| {
+        LEADING.with(|l| l.borrow_mut().push(address));
+        let _mark = Mark;
+        load.as_mut().poll(cx)
+    })
+    .await
+}
+
 impl<K, V> Flight<K, V> {
+    /// Panics if the caller is this flight's own leader: a loader asking for
+    /// its own key would otherwise wait for itself forever.
+    fn check_not_leading(&self) {
+        let address = self as *const Self as usize;
+        let leading = self.leader == Some(std::thread::current().id())
+            || LEADING.with(|l| l.borrow().contains(&address));
+        assert!(
+            !leading,
+            "larder: a loader asked the cache for the key it is loading; \
+             this would wait for itself forever"
+        );
+    }
+
     /// Waits for the outcome. Panics if the caller is the flight's own leader
-    /// (a loader asking for its own key would otherwise wait forever).
+    /// (see `check_not_leading`).
     pub(crate) fn wait(&self) -> Outcome<V>
     where
         V: Clone,
     {
-        assert!(
-            self.leader != Some(std::thread::current().id()),
-            "larder: a loader asked the cache for the key it is loading; \
-             this would wait for itself forever"
-        );
+        self.check_not_leading();
         let mut state = self.state.lock();
         loop {
             if let State::Done(outcome) = &*state {
@@ -81,30 +128,76 @@ impl<K, V> Flight<K, V> {
     }
 
     /// Waits for the outcome without blocking the thread.
-    pub(crate) async fn wait_async(&self) -> Outcome<V>
-    where
-        V: Clone,
-    {
-        std::future::poll_fn(|cx| {
-            let mut state = self.state.lock();
-            match &mut *state {
-                State::Done(outcome) => Poll::Ready(outcome.clone()),
-                State::Loading(wakers) => {
-                    if !wakers.iter().any(|w| w.will_wake(cx.waker())) {
-                        wakers.push(cx.waker().clone());
-                    }
-                    Poll::Pending
-                }
-            }
-        })
-        .await
+    pub(crate) fn wait_async(&self) -> WaitAsync<'_, K, V> {
+        WaitAsync {
+            flight: self,
+            id: None,
+        }
     }
 
     fn finish(&self, outcome: Outcome<V>) {
         let previous = std::mem::replace(&mut *self.state.lock(), State::Done(outcome));
         self.done.notify_all();
-        if let State::Loading(wakers) = previous {
-            wakers.into_iter().for_each(Waker::wake);
+        if let State::Loading(waiters) = previous {
+            waiters.wakers.into_iter().for_each(|(_, w)| w.wake());
+        }
+    }
+}
+
+/// [`Flight::wait_async`]'s future: registered among the flight's waiters
+/// from its first poll until it completes or is dropped.
+pub(crate) struct WaitAsync<'a, K, V> {
+    flight: &'a Flight<K, V>,
+    id: Option<u64>,
+}
+
+impl<K, V: Clone> std::future::Future for WaitAsync<'_, K, V> {
+    type Output = Outcome<V>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<Outcome<V>> {
+        self.flight.check_not_leading();
+        let mut state = self.flight.state.lock();
+        let waiters = match &mut *state {
+            State::Done(outcome) => {
+                let outcome = outcome.clone();
+                drop(state);
+                // `finish` took the waiters: nothing to deregister.
+                self.id = None;
+                return Poll::Ready(outcome);
+            }
+            State::Loading(waiters) => waiters,
+        };
+        match self
+            .id
+            .and_then(|id| waiters.wakers.iter_mut().find(|(i, _)| *i == id))
+        {
+            Some((_, waker)) => {
+                if !waker.will_wake(cx.waker()) {
+                    *waker = cx.waker().clone();
+                }
+            }
+            None => {
+                let id = waiters.next;
+                waiters.next += 1;
+                waiters.wakers.push((id, cx.waker().clone()));
+                drop(state);
+                self.id = Some(id);
+            }
+        }
+        Poll::Pending
+    }
+}
+
+impl<K, V> Drop for WaitAsync<'_, K, V> {
+    fn drop(&mut self) {
+        let Some(id) = self.id else {
+            return;
+        };
+        if let State::Loading(waiters) = &mut *self.flight.state.lock() {
+            waiters.wakers.retain(|(i, _)| *i != id);
         }
     }
 }
@@ -151,7 +244,7 @@ impl<K: Eq + Clone, V: Clone> Flights<K, V> {
             key: key.clone(),
             hash,
             leader: sync.then(|| std::thread::current().id()),
-            state: Mutex::new(State::Loading(Vec::new())),
+            state: Mutex::new(State::Loading(Waiters::default())),
             done: Condvar::new(),
             stale: AtomicBool::new(false),
         });
