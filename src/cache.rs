@@ -106,6 +106,9 @@ struct Inner<K, V, S> {
     /// passed the epoch it began at; tags sharing a bucket make that
     /// conservative, never wrong.
     tag_marks: Box<[std::sync::atomic::AtomicU64]>,
+    /// Buckets tags for `tag_marks`: the crate's own hasher, not the keys'
+    /// (which may be built for the key type alone).
+    tag_hasher: foldhash::fast::RandomState,
 }
 
 /// Buckets of `Inner::tag_marks`: 512 bytes a cache.
@@ -235,6 +238,7 @@ where
                 timed: parts.timed,
                 loads: LoadStats::default(),
                 tag_epoch: std::sync::atomic::AtomicU64::new(0),
+                tag_hasher: foldhash::fast::RandomState::default(),
                 tag_marks: (0..TAG_MARKS)
                     .map(|_| std::sync::atomic::AtomicU64::new(0))
                     .collect(),
@@ -951,7 +955,7 @@ where
 
     /// The invalidation mark of `tag`'s bucket.
     fn tag_mark(&self, tag: &Tag) -> &std::sync::atomic::AtomicU64 {
-        let bucket = self.inner.hasher.hash_one(tag) as usize % TAG_MARKS;
+        let bucket = self.inner.tag_hasher.hash_one(tag) as usize % TAG_MARKS;
         &self.inner.tag_marks[bucket]
     }
 
@@ -1133,11 +1137,13 @@ where
         let mut first_panic = None;
         for shard in self.inner.shards.iter() {
             let mut removed = Vec::new();
-            shard.write(&|k| self.hash(k)).invalidate_if(
-                &mut remove,
-                &self.inner.expiration.clock,
-                &mut removed,
-            );
+            let hash_of = |k: &K| self.hash(k);
+            let mut writer = shard.write(&hash_of);
+            // As `invalidate_all`: a load in flight may be of a key this
+            // removes, so none is cached over it.
+            shard.flights.invalidate_all();
+            writer.invalidate_if(&mut remove, &self.inner.expiration.clock, &mut removed);
+            drop(writer);
             if let Some(listener) = &self.inner.listener {
                 for (k, v, cause) in removed {
                     deliver(listener, k, v, cause, &mut first_panic);

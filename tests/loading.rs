@@ -126,7 +126,12 @@ fn a_panicking_loader_hands_the_load_to_a_waiter() {
 
 #[test]
 fn a_write_during_a_load_keeps_the_load_out_of_the_cache() {
-    for write in ["remove", "insert", "invalidate_all"] {
+    for write in [
+        "remove",
+        "insert",
+        "invalidate_all",
+        "invalidate_entries_if",
+    ] {
         let cache = cache();
         cache.insert(1, "old".into());
         cache.remove(&1);
@@ -144,7 +149,8 @@ fn a_write_during_a_load_keeps_the_load_out_of_the_cache() {
             match write {
                 "remove" => drop(cache.remove(&1)),
                 "insert" => cache.insert(1, "written".into()),
-                _ => cache.invalidate_all(),
+                "invalidate_all" => cache.invalidate_all(),
+                _ => cache.invalidate_entries_if(|_, _| true),
             }
             written.wait();
             assert_eq!(
@@ -641,6 +647,33 @@ mod asynchronous {
         let v = block_on(cache.optionally_get_or_load_async(1, async { Some("back".to_string()) }));
         assert_eq!(v.as_deref(), Some("back"));
     }
+}
+
+#[test]
+fn tags_work_with_a_key_hasher_built_for_integers_alone() {
+    /// Hashes `u64` keys and nothing else.
+    #[derive(Default)]
+    struct U64Only(u64);
+    impl std::hash::Hasher for U64Only {
+        fn finish(&self) -> u64 {
+            self.0.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        }
+        fn write(&mut self, _: &[u8]) {
+            panic!("this hasher takes u64 keys only");
+        }
+        fn write_u64(&mut self, n: u64) {
+            self.0 = n;
+        }
+    }
+    let cache: Cache<u64, u64, std::hash::BuildHasherDefault<U64Only>> = Cache::builder()
+        .max_capacity(100)
+        .hasher(Default::default())
+        .build()
+        .unwrap();
+    let loaded = cache.get_or_load_with(1, |_| (10, larder::EntryOptions::new().tags(["t"])));
+    assert_eq!(loaded, 10);
+    cache.invalidate_tag("t");
+    assert_eq!(cache.get(&1), None);
 }
 
 #[test]

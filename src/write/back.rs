@@ -678,9 +678,12 @@ where
     /// Sends one batch, retrying with backoff.
     fn send(&self, ops: &[Op<K, V>]) -> Sent<St::Error> {
         let mut wait = self.settings.backoff.min(self.settings.max_backoff);
-        let mut attempts: u32 = 0;
+        // Counted in u64: with `retries(u32::MAX, ..)` the last attempt is
+        // the 2^32nd, which a u32 count could not pass.
+        let mut tried: u64 = 0;
         loop {
-            attempts = attempts.saturating_add(1);
+            tried += 1;
+            let attempts = u32::try_from(tried).unwrap_or(u32::MAX);
             let failure = match catch_unwind(AssertUnwindSafe(|| self.store.write_batch(ops))) {
                 Ok(Ok(())) => {
                     return Sent {
@@ -691,7 +694,7 @@ where
                 Ok(Err(e)) => Failure::Store(Arc::new(e)),
                 Err(panic) => Failure::Panicked(panic_message(panic.as_ref())),
             };
-            if attempts > self.settings.retries {
+            if tried > u64::from(self.settings.retries) {
                 return Sent {
                     attempts,
                     failure: Some(failure),
