@@ -1,7 +1,9 @@
 //! Bytes per entry, measured with a counting global allocator: 1M u64 → u64
 //! entries in a cache of capacity 1M, for larder, quick_cache and moka; then
 //! larder with expiry: what 1M entries with TTLs cost, and what is left once
-//! they have all expired and been reclaimed.
+//! they have all expired and been reclaimed; then the three caches in a steady
+//! state, after 3M distinct keys went through them (full and evicting: what a
+//! cache holds beside its entries, such as quick_cache's ghosts, is there).
 //!
 //! `cargo run --release --example memory`
 
@@ -20,9 +22,19 @@ fn measure<C>(
     fill: impl Fn(&C, u64),
     len: impl Fn(&C) -> u64,
 ) -> (u64, i64) {
+    measure_inserts(N, build, fill, len)
+}
+
+/// [`measure`] with `inserts` distinct keys.
+fn measure_inserts<C>(
+    inserts: u64,
+    build: impl FnOnce() -> C,
+    fill: impl Fn(&C, u64),
+    len: impl Fn(&C) -> u64,
+) -> (u64, i64) {
     let region = Region::new(GLOBAL);
     let cache = build();
-    for k in 0..N {
+    for k in 0..inserts {
         fill(&cache, k);
     }
     let resident = len(&cache);
@@ -117,6 +129,58 @@ fn main() {
         );
     }
     expired_memory();
+    steady_state();
+}
+
+/// The three default caches after 3M distinct inserts into capacity 1M: every
+/// later insert evicts, so whatever a policy keeps about evicted keys is held.
+fn steady_state() {
+    const INSERTS: u64 = 3 * N;
+    println!();
+    println!("Steady state: 3M distinct keys inserted into capacity 1M:");
+    println!("| cache | entries | bytes held | bytes per entry |");
+    println!("|---|---:|---:|---:|");
+    let row = |name: &str, (entries, bytes): (u64, i64)| {
+        println!(
+            "| {name} | {entries} | {bytes} | {:.1} |",
+            bytes as f64 / entries.max(1) as f64
+        );
+    };
+    row(
+        "larder (TinyLfu)",
+        measure_inserts(
+            INSERTS,
+            || {
+                larder::Cache::<u64, u64>::builder()
+                    .max_capacity(N)
+                    .build()
+                    .unwrap()
+            },
+            |c, k| c.insert(k, k),
+            |c| c.len() as u64,
+        ),
+    );
+    row(
+        "quick_cache",
+        measure_inserts(
+            INSERTS,
+            || quick_cache::sync::Cache::<u64, u64>::new(N as usize),
+            |c, k| c.insert(k, k),
+            |c| c.len() as u64,
+        ),
+    );
+    row(
+        "moka",
+        measure_inserts(
+            INSERTS,
+            || moka::sync::Cache::<u64, u64>::new(N),
+            |c, k| c.insert(k, k),
+            |c| {
+                c.run_pending_tasks();
+                c.entry_count()
+            },
+        ),
+    );
 }
 
 /// 1M entries with TTLs of 1–60 s on a mock clock; the clock moves 61 s and
