@@ -506,6 +506,36 @@ mod asynchronous {
     }
 
     #[test]
+    fn a_task_of_a_runtime_a_sync_loader_drives_waits_for_it_without_panicking() {
+        let cache = Arc::new(cache());
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        // Spawned first, polled only once the loader below drives the runtime:
+        // on the leader's own thread, but another task, not the loader.
+        let waiter = {
+            let cache = cache.clone();
+            rt.spawn(async move {
+                cache
+                    .get_or_load_async(1, async { "waiter's".to_string() })
+                    .await
+            })
+        };
+        let led = cache.get_or_load(1, |_| {
+            rt.block_on(async {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                "leader's".to_string()
+            })
+        });
+        assert_eq!(led, "leader's");
+        assert_eq!(
+            rt.block_on(waiter).expect("the waiter did not panic"),
+            "leader's"
+        );
+    }
+
+    #[test]
     fn a_thousand_tasks_share_one_load() {
         let cache = Arc::new(cache());
         let loads = Arc::new(AtomicUsize::new(0));

@@ -913,6 +913,67 @@ fn a_listener_panicking_in_a_flush_keeps_the_report_for_the_next() {
 }
 
 #[test]
+fn a_report_put_back_after_a_listener_panic_drops_what_a_stored_write_superseded() {
+    /// Refuses puts of the value 1.
+    #[derive(Default)]
+    struct NoOnes(Mutex<HashMap<u64, u64>>);
+    impl Store<u64, u64> for NoOnes {
+        type Error = String;
+        fn load(&self, k: &u64) -> Result<Option<u64>, String> {
+            Ok(self.0.lock().unwrap().get(k).copied())
+        }
+        fn write(&self, op: &Op<u64, u64>) -> Result<(), String> {
+            match op {
+                Op::Put(_, 1) => return Err("no ones".into()),
+                Op::Put(k, v) => self.0.lock().unwrap().insert(*k, *v),
+                Op::Delete(k) => self.0.lock().unwrap().remove(k),
+            };
+            Ok(())
+        }
+    }
+    let (in_listener, listening) = std::sync::mpsc::channel::<()>();
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    let (in_listener, released) = (Mutex::new(in_listener), Mutex::new(released));
+    let armed = Arc::new(AtomicBool::new(false));
+    let trap = armed.clone();
+    let cache = Cache::builder()
+        .max_capacity(100)
+        .eviction_listener(move |_, _, _| {
+            if trap.swap(false, Ordering::SeqCst) {
+                in_listener.lock().unwrap().send(()).unwrap();
+                released.lock().unwrap().recv().unwrap();
+                panic!("the listener panics");
+            }
+        })
+        .write_back(
+            NoOnes::default(),
+            WriteBack::default()
+                .retries(0, Duration::ZERO)
+                .max_delay(Duration::from_millis(1)),
+        )
+        .build()
+        .unwrap();
+    cache.put(7, 1).unwrap();
+    armed.store(true, Ordering::SeqCst);
+    std::thread::scope(|s| {
+        let first = s.spawn(|| catch_unwind(AssertUnwindSafe(|| cache.flush())).is_err());
+        listening.recv().unwrap();
+        // While the first flush's listener runs, a newer write of key 7 is stored.
+        cache.put(7, 2).unwrap();
+        cache.flush().unwrap();
+        release.send(()).unwrap();
+        assert!(
+            first.join().unwrap(),
+            "the listener's panic reached the caller"
+        );
+    });
+    assert!(cache.flush().is_ok(), "the put-back failure was superseded");
+    assert_eq!(cache.store().0.lock().unwrap().get(&7), Some(&2));
+    let stats = cache.write_stats();
+    assert_eq!((stats.failed, stats.superseded), (1, 1));
+}
+
+#[test]
 fn invalid_write_back_settings_are_refused() {
     let db = Db::new();
     for settings in [

@@ -95,9 +95,15 @@ pub(crate) async fn lead<F: std::future::Future, K, V>(
 impl<K, V> Flight<K, V> {
     /// Panics if the caller is this flight's own leader: a loader asking for
     /// its own key would otherwise wait for itself forever.
-    fn check_not_leading(&self) {
+    ///
+    /// `blocking`: the caller would block its thread, so a synchronous leader
+    /// on this thread is itself. An async waiter on that thread may be another
+    /// task of a runtime the loader drives (`block_on` in a sync loader), which
+    /// will finish once the leader does: only an async leader's own poll
+    /// counts for it.
+    fn check_not_leading(&self, blocking: bool) {
         let address = self as *const Self as usize;
-        let leading = self.leader == Some(std::thread::current().id())
+        let leading = (blocking && self.leader == Some(std::thread::current().id()))
             || LEADING.with(|l| l.borrow().contains(&address));
         assert!(
             !leading,
@@ -112,7 +118,7 @@ impl<K, V> Flight<K, V> {
     where
         V: Clone,
     {
-        self.check_not_leading();
+        self.check_not_leading(true);
         let mut state = self.state.lock();
         loop {
             if let State::Done(outcome) = &*state {
@@ -158,7 +164,7 @@ impl<K, V: Clone> std::future::Future for WaitAsync<'_, K, V> {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> Poll<Outcome<V>> {
-        self.flight.check_not_leading();
+        self.flight.check_not_leading(false);
         let mut state = self.flight.state.lock();
         let waiters = match &mut *state {
             State::Done(outcome) => {

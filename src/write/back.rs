@@ -121,6 +121,11 @@ struct Queue<K, V, E> {
     /// The flusher is handing given-up writes to the failure handler: a
     /// `flush` waits for that too.
     handing: bool,
+    /// Reports taken and not yet settled by their caller (see
+    /// `WriteBehind::settled`), and the keys stored meanwhile: a report put
+    /// back must not bring back a failure a later stored write superseded.
+    reports_out: usize,
+    stored_while_out: hashbrown::HashSet<K, RandomState>,
 }
 
 pub(crate) struct Shared<K, V, St: Store<K, V>> {
@@ -170,6 +175,8 @@ where
                 stats: WriteStats::default(),
                 wakers: Vec::new(),
                 handing: false,
+                reports_out: 0,
+                stored_while_out: hashbrown::HashSet::default(),
             }),
             work: Condvar::new(),
             progress: Condvar::new(),
@@ -402,14 +409,25 @@ where
         self.close()
     }
 
-    /// Puts a report back for the next `flush` or `close` to return: its
-    /// caller could not (a listener panicked while it dropped the failed
-    /// keys' cached copies).
-    pub(crate) fn requeue(&self, failed: Vec<FailedWrite<K, V, St::Error>>) {
+    /// The caller of `flush` or `close` is done with the report it took:
+    /// `unreported` holds what it could not hand on (a listener panicked
+    /// while it dropped the failed keys' cached copies), put back for the next
+    /// report, less what a write stored meanwhile superseded.
+    pub(crate) fn settled(&self, unreported: Vec<FailedWrite<K, V, St::Error>>) {
         let mut q = self.shared.queue.lock();
-        // Sequence number 0 names no slot's failure: those went with the
-        // first report.
-        q.failed.extend(failed.into_iter().map(|f| (0, f)));
+        for failed in unreported {
+            if q.stored_while_out.contains(failed.op.key()) {
+                q.stats.superseded += 1;
+            } else {
+                // Sequence number 0 names no slot's failure: those went
+                // with the first report.
+                q.failed.push((0, failed));
+            }
+        }
+        q.reports_out -= 1;
+        if q.reports_out == 0 {
+            q.stored_while_out.clear();
+        }
     }
 
     pub(crate) fn stats(&self) -> WriteStats {
@@ -434,6 +452,8 @@ where
         return Ok(());
     }
     let failed = std::mem::take(&mut q.failed);
+    // Settled by the caller (`WriteBehind::settled`).
+    q.reports_out += 1;
     for (seq, write) in &failed {
         let key = write.op.key();
         if let Some(slot) = q.slots.get_mut(key) {
@@ -512,7 +532,10 @@ impl<K: Hash + Eq, V: Clone, E> Queue<K, V, E> {
         batch: Vec<(u64, Op<K, V>)>,
         sent: &Sent<E>,
         hand_over: bool,
-    ) -> Vec<FailedWrite<K, V, E>> {
+    ) -> Vec<FailedWrite<K, V, E>>
+    where
+        K: Clone,
+    {
         let mut handed = Vec::new();
         self.stats.store_calls += u64::from(sent.attempts);
         self.stats.retries += u64::from(sent.attempts - 1);
@@ -530,6 +553,9 @@ impl<K: Hash + Eq, V: Clone, E> Queue<K, V, E> {
                         let before = self.failed.len();
                         self.failed.retain(|(_, f)| f.op.key() != op.key());
                         self.stats.superseded += (before - self.failed.len()) as u64;
+                    }
+                    if self.reports_out > 0 {
+                        self.stored_while_out.insert(op.key().clone());
                     }
                 }
                 Some(failure) => {
@@ -651,9 +677,16 @@ where
         // cache or the store until then, not from the queue.
         let slots = std::mem::take(&mut q.slots);
         for (key, slot) in slots {
-            // The waiting write is the latest; one in a batch was older.
-            let Some(write) = slot.waiting.map(|(_, w)| w).or(slot.sending) else {
-                continue;
+            // The waiting write is the latest; one in a batch was older, and
+            // is given up on too, but only the latest is reported.
+            let write = match (slot.waiting, slot.sending) {
+                (Some((_, waiting)), Some(_)) => {
+                    q.stats.failed += 1;
+                    q.stats.superseded += 1;
+                    waiting
+                }
+                (Some((_, write)), None) | (None, Some(write)) => write,
+                (None, None) => continue,
             };
             q.seq += 1;
             let seq = q.seq;

@@ -662,8 +662,9 @@ pub struct WriteStats {
     /// to the failure handler) unless superseded.
     pub failed: u64,
     /// Of `failed`, writes not reported because a later write of the same
-    /// key was stored before the report: replaying them would write the
-    /// older value over the newer.
+    /// key was stored before the report (replaying them would write the older
+    /// value over the newer), or, when the flusher died, because the key's
+    /// later write is reported in their place.
     pub superseded: u64,
     /// Dirty keys now held: waiting, being written, or failed and unreported.
     pub dirty: u64,

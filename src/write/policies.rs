@@ -509,9 +509,10 @@ where
         if let Some(panic) = first_panic {
             // The listener's panic goes on to the caller, as after any
             // removal; the report waits for the next `flush` or `close`.
-            policy.requeue(report.failed);
+            policy.settled(report.failed);
             resume_unwind(panic);
         }
+        policy.settled(Vec::new());
         Err(report)
     }
 
