@@ -196,7 +196,8 @@ where
     /// cache until it is evicted or replaced.
     ///
     /// `handler` must not wait for the cache's queue to drain (a blocking
-    /// `put` on a full queue, `flush`, `close`): the flusher is busy running it.
+    /// `put` on a full queue): the flusher is busy running it. `flush` and
+    /// `close` called from it return at once, with what is reported so far.
     /// Nor should it own a handle of the cache: the cache would then never be
     /// dropped, and its queue never drained by the drop.
     ///

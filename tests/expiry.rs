@@ -226,6 +226,21 @@ fn deadlines_a_read_moves_earlier_are_reclaimed_then() {
 }
 
 #[test]
+fn deadlines_moved_earlier_by_many_reads_between_writes_are_still_reclaimed() {
+    // ByValue halves what is left on every read: each read moves the deadline
+    // earlier, more often than the shard queues them (it then re-files all).
+    let (cache, time, log) = cache_with(|b| b.expiry(ByValue));
+    cache.insert(1, 9); // 9 s
+    for _ in 0..5 {
+        assert_eq!(cache.get(&1), Some(9)); // 4.5 s, 2.25 s, ... 0.28 s
+    }
+    time.advance(SEC);
+    cache.run_pending_tasks();
+    assert_eq!(cache.len(), 0);
+    assert_eq!(taken(&log), [(1, 9, RemovalCause::Expired)]);
+}
+
+#[test]
 fn a_per_entry_ttl_is_not_extended_by_an_expiry_read() {
     let (cache, time, _) = cache_with(|b| b.expiry(ReadsGiveASecond));
     cache.insert_with(1, 1, EntryOptions::new().ttl(5 * SEC));

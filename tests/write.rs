@@ -974,6 +974,44 @@ fn a_report_put_back_after_a_listener_panic_drops_what_a_stored_write_superseded
 }
 
 #[test]
+fn a_failure_handler_may_flush_without_hanging_the_flusher() {
+    type Backed =
+        Cache<u64, u64, larder::DefaultHashBuilder, larder::WriteBehind<u64, u64, Shared>>;
+    // A handle the handler can reach without owning one.
+    static CACHE: std::sync::OnceLock<Backed> = std::sync::OnceLock::new();
+    let db = Db::with_faults(Faults {
+        fail: 100,
+        ..Faults::default()
+    });
+    let handled = Arc::new(AtomicU64::new(0));
+    let count = handled.clone();
+    let cache: Backed = Cache::builder()
+        .max_capacity(10)
+        .write_back(
+            Shared(db.clone()),
+            WriteBack::default()
+                .max_delay(Duration::ZERO)
+                .retries(0, Duration::ZERO),
+        )
+        .on_write_failure(move |_| {
+            count.fetch_add(1, Ordering::SeqCst);
+            if let Some(cache) = CACHE.get() {
+                let _ = cache.flush();
+            }
+        })
+        .build()
+        .unwrap();
+    assert!(CACHE.set(cache.clone()).is_ok());
+    cache.put(1, 1).unwrap();
+    wait_until("the handler ran", || handled.load(Ordering::SeqCst) == 1);
+    // The flusher came back from the handler and sends the next write.
+    *db.faults.lock().unwrap() = Faults::default();
+    cache.put(2, 2).unwrap();
+    cache.flush().unwrap();
+    assert_eq!(db.value(2), Some(2));
+}
+
+#[test]
 fn invalid_write_back_settings_are_refused() {
     let db = Db::new();
     for settings in [

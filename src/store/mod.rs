@@ -28,7 +28,7 @@ use crate::expiry::clock::{ticks, Clock};
 use crate::expiry::wheel::Wheel;
 use crate::expiry::{Deadlines, NEVER};
 use crate::policy::{Entries, Eviction, Policy};
-use crate::sync::{AtomicU64, Mutex, Ordering, ReadGuard, RwLock, WriteGuard};
+use crate::sync::{AtomicBool, AtomicU64, Mutex, Ordering, ReadGuard, RwLock, WriteGuard};
 use crate::tags::{Tag, TagIndex};
 use crate::RemovalCause;
 use read_buffer::ReadBuffer;
@@ -102,6 +102,10 @@ pub(crate) struct Timers {
     /// again. Readers push under this lock, on that rare path only; writers,
     /// who exclude readers, take them without it.
     refile: Mutex<Vec<Token>>,
+    /// Set instead of queueing once the queue holds as many tokens as there
+    /// are slots (reads moving deadlines earlier with no write in between):
+    /// the next writer files every token again, and the queue stays bounded.
+    refile_all: AtomicBool,
 }
 
 impl Timers {
@@ -117,6 +121,14 @@ impl Timers {
     /// `refile`), by the deadline they have now.
     #[inline]
     fn refile<K, V>(&mut self, slab: &Slab<K, V>) {
+        // Writers exclude readers: a load and a store, no read-modify-write
+        // (and no `get_mut`, which the loom build's atomics lack).
+        if self.refile_all.load(Ordering::Relaxed) {
+            self.refile_all.store(false, Ordering::Relaxed);
+            self.refile.get_mut().clear();
+            let tokens: Vec<Token> = slab.iter_from(0).map(|(t, _)| t).collect();
+            self.refile.get_mut().extend(tokens);
+        }
         let queued = self.refile.get_mut();
         if queued.is_empty() {
             return;
@@ -407,7 +419,12 @@ impl<K: Eq, V> Map<K, V> {
             let before = slot.load(Ordering::Relaxed);
             slot.store(at, Ordering::Relaxed);
             if at < before {
-                timers.refile.lock().push(token);
+                let mut queued = timers.refile.lock();
+                if queued.len() < timers.at.len() {
+                    queued.push(token);
+                } else {
+                    timers.refile_all.store(true, Ordering::Relaxed);
+                }
             }
         }
     }

@@ -330,7 +330,13 @@ where
         let target = q.seq;
         q.flush_to = q.flush_to.max(target);
         shared.work.notify_one();
-        while q.running && (q.handing || q.outstanding_from().is_some_and(|s| s <= target)) {
+        // On the flusher itself (a failure handler calling `flush`), waiting
+        // for the flusher would wait forever: report what there is.
+        let on_flusher = q.flusher_id == Some(thread::current().id());
+        while !on_flusher
+            && q.running
+            && (q.handing || q.outstanding_from().is_some_and(|s| s <= target))
+        {
             q = shared.progress.wait(q);
         }
         report(shared, q)
@@ -761,7 +767,10 @@ where
         shared.work.notify_all();
         shared.progress.notify_all();
         let deadline = Instant::now().checked_add(shared.settings.drop_wait);
-        while q.running {
+        // Dropped on the flusher itself (by a failure handler): it cannot
+        // wait for itself; it stops once the handler returns.
+        let on_flusher = q.flusher_id == Some(thread::current().id());
+        while q.running && !on_flusher {
             match deadline {
                 Some(deadline) => {
                     let timed_out;
