@@ -241,6 +241,27 @@ fn deadlines_moved_earlier_by_many_reads_between_writes_are_still_reclaimed() {
 }
 
 #[test]
+fn a_mock_clock_saturates_instead_of_wrapping() {
+    let (cache, time, _) = cache_with(|b| b);
+    cache.insert(1, 1); // never expires
+    cache.insert_with(2, 2, EntryOptions::new().ttl(10 * SEC));
+    time.advance(10 * SEC);
+    assert_eq!(cache.get(&2), None);
+    time.advance(Duration::MAX);
+    time.advance(Duration::MAX);
+    assert_eq!(
+        cache.get(&1),
+        Some(1),
+        "an entry without a deadline lives on"
+    );
+    assert_eq!(cache.get(&2), None, "an expired entry stays expired");
+    cache.insert(3, 3);
+    assert_eq!(cache.get(&3), Some(3), "the cache still takes writes");
+    cache.insert_with(4, 4, EntryOptions::new().ttl(SEC));
+    assert_eq!(cache.get(&4), Some(4));
+}
+
+#[test]
 fn a_per_entry_ttl_is_not_extended_by_an_expiry_read() {
     let (cache, time, _) = cache_with(|b| b.expiry(ReadsGiveASecond));
     cache.insert_with(1, 1, EntryOptions::new().ttl(5 * SEC));

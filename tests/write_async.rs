@@ -138,6 +138,95 @@ async fn a_cancelled_async_put_drops_the_cached_copy() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_async_put_tells_the_listener_after_releasing_the_key() {
+    let remote = Remote::default();
+    // The listener checks that the key's stripe is free: a lock-free look,
+    // from another thread, at whether a write of the key could start.
+    let stripe_free = Arc::new(Mutex::new(Vec::new()));
+    let log = stripe_free.clone();
+    type Through = Cache<u64, u64, larder::DefaultHashBuilder, larder::WriteThrough<Remote>>;
+    let cache: Arc<Mutex<Option<Through>>> = Arc::default();
+    let handle = cache.clone();
+    let built = Cache::builder()
+        .max_capacity(100)
+        .eviction_listener(move |k: u64, _, _| {
+            let cache = handle.lock().unwrap().clone().expect("built");
+            // A sync write of the same key, on a plain thread: it needs the
+            // stripe, so it finishes only if the stripe was released.
+            let (done, finished) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_time()
+                    .build()
+                    .unwrap();
+                let _ = done.send(rt.block_on(cache.delete_async(&k)).is_ok());
+            });
+            log.lock().unwrap().push(
+                finished
+                    .recv_timeout(Duration::from_secs(10))
+                    .unwrap_or(false),
+            );
+        })
+        .write_through(remote.clone())
+        .build()
+        .unwrap();
+    *cache.lock().unwrap() = Some(built.clone());
+    built.put_async(1, 10).await.unwrap();
+    remote.0.delay_ms.store(200, Ordering::SeqCst);
+    let cancelled = tokio::time::timeout(Duration::from_millis(20), built.put_async(1, 11)).await;
+    assert!(cancelled.is_err(), "the put was cancelled mid-call");
+    assert_eq!(
+        *stripe_free.lock().unwrap(),
+        [true],
+        "the listener ran once, with the key's stripe free"
+    );
+    *cache.lock().unwrap() = None;
+}
+
+#[test]
+fn an_async_store_and_a_listener_both_panicking_do_not_abort() {
+    struct Panics;
+    impl AsyncStore<u64, u64> for Panics {
+        type Error = String;
+        async fn load(&self, _: &u64) -> Result<Option<u64>, String> {
+            Ok(None)
+        }
+        async fn write_batch(&self, ops: &[Op<u64, u64>]) -> Result<(), String> {
+            assert!(!matches!(ops, [Op::Put(_, 666)]), "the store refuses 666");
+            Ok(())
+        }
+    }
+    let cache = Cache::builder()
+        .max_capacity(100)
+        .eviction_listener(|_: u64, _: u64, _| panic!("the listener panics"))
+        .write_through(Panics)
+        .build()
+        .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    rt.block_on(cache.put_async(1, 10)).unwrap();
+    let put = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        rt.block_on(cache.put_async(1, 666))
+    }));
+    let panic = put.unwrap_err();
+    let message = panic
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_default();
+    assert!(
+        message.contains("refuses 666"),
+        "the store's panic: {message}"
+    );
+    assert_eq!(cache.peek(&1), None, "the cached copy was dropped");
+    assert!(
+        rt.block_on(cache.put_async(1, 11)).is_ok(),
+        "the key is usable"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_async_write_through_puts_on_one_key_agree() {
     let remote = Remote::default();
     let cache = Arc::new(

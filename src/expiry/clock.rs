@@ -167,15 +167,25 @@ impl fmt::Debug for Clock {
 pub struct MockClock(Arc<quanta::Mock>);
 
 impl MockClock {
-    /// Moves the clock forward by `by`.
+    /// Moves the clock forward by `by`, up to [`MockClock::LATEST`]: time
+    /// stops there (it never wraps, and never reaches the deadline that
+    /// stands for "never expires").
     ///
     /// ```
     /// let (clock, time) = larder::Clock::mock();
     /// time.advance(std::time::Duration::from_millis(1500));
+    /// time.advance(std::time::Duration::MAX); // saturates
     /// ```
     pub fn advance(&self, by: Duration) {
-        self.0.increment(nanos(by));
+        // One hand moves it at a time in tests; racing hands could only
+        // stop it short of the limit, never carry it past.
+        let room = Self::LATEST_NANOS.saturating_sub(self.0.value());
+        self.0.increment(nanos(by).min(room));
     }
+
+    /// The latest a mock clock reads: about 292 years after it was made.
+    pub const LATEST: Duration = Duration::from_nanos(Self::LATEST_NANOS);
+    const LATEST_NANOS: u64 = u64::MAX / 2;
 }
 
 #[cfg(test)]

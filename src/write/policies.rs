@@ -7,7 +7,8 @@ use std::sync::Arc;
 
 use super::back::{Pending, WriteBehind};
 use super::{
-    AsyncStore, FlushError, Op, ReadThrough, Spawned, Store, WriteError, WriteStats, WriteThrough,
+    AsyncStore, FlushError, KeyGuard, Op, ReadThrough, Spawned, Store, WriteError, WriteStats,
+    WriteThrough,
 };
 use crate::cache::Mode;
 use crate::store::Removed;
@@ -607,13 +608,18 @@ where
     /// # Errors
     ///
     /// [`WriteError::Store`] with the store's error; the cache is unchanged.
+    ///
+    /// # Panics
+    ///
+    /// If the store panics: as with a cancellation, the store may have the
+    /// write, so the key's cached copy is dropped before the panic goes on.
     pub async fn put_async(&self, key: K, value: V) -> Result<(), WriteError<St::Error>> {
         let policy = self.policy();
         let guard = policy.locks.lock_async(self.hash(&key)).await;
-        let mut cancelled = OnDrop(Some(|| self.land_delete(&key, ())));
         let op = [Op::Put(key.clone(), value)];
-        let written = policy.store.write_batch(&op).await;
-        cancelled.0 = None;
+        let (written, guard) = self
+            .store_call(&key, guard, policy.store.write_batch(&op))
+            .await;
         written.map_err(WriteError::Store)?;
         let [Op::Put(key, value)] = op else {
             unreachable!("the op built above")
@@ -631,13 +637,54 @@ where
     pub async fn delete_async(&self, key: &K) -> Result<(), WriteError<St::Error>> {
         let policy = self.policy();
         let guard = policy.locks.lock_async(self.hash(key)).await;
-        let mut cancelled = OnDrop(Some(|| self.land_delete(key, ())));
         let op = [Op::Delete(key.clone())];
-        let written = policy.store.write_batch(&op).await;
-        cancelled.0 = None;
+        let (written, guard) = self
+            .store_call(key, guard, policy.store.write_batch(&op))
+            .await;
         written.map_err(WriteError::Store)?;
         self.land_delete(key, guard);
         Ok(())
+    }
+
+    /// Runs a write-through store `call` for `key`, holding its stripe. If the
+    /// task is cancelled while the call runs, or the store panics, the store
+    /// may or may not have the write: the key's cached copy is dropped, so the
+    /// next read asks the store. The stripe is released before the listener
+    /// hears of it, and a store's panic goes on once the listener has (a
+    /// listener's panic then is not raised over it, nor from a drop).
+    async fn store_call<'a, T>(
+        &'a self,
+        key: &'a K,
+        guard: KeyGuard<'a>,
+        call: impl std::future::Future<Output = T>,
+    ) -> (T, KeyGuard<'a>) {
+        // A mutex, not a cell: the future stays `Send` (it is never contended).
+        let held = parking_lot::Mutex::new(Some(guard));
+        let undo = || {
+            let stale = self.take(key);
+            drop(held.lock().take());
+            let _ = catch_unwind(AssertUnwindSafe(|| self.notify(stale)));
+        };
+        let mut cancelled = OnDrop(Some(&undo));
+        let mut call = std::pin::pin!(call);
+        let result = std::future::poll_fn(|cx| {
+            match catch_unwind(AssertUnwindSafe(|| call.as_mut().poll(cx))) {
+                Ok(poll) => poll.map(Ok),
+                Err(panic) => std::task::Poll::Ready(Err(panic)),
+            }
+        })
+        .await;
+        cancelled.0 = None;
+        match result {
+            Ok(out) => (
+                out,
+                held.lock().take().expect("the guard is held until now"),
+            ),
+            Err(panic) => {
+                undo();
+                resume_unwind(panic)
+            }
+        }
     }
 }
 
