@@ -75,9 +75,10 @@ impl Clock {
     ///
     /// The time comes from one process-wide thread, `larder-clock`, started
     /// by the first coarse clock and running for the life of the process; it
-    /// stores the time every 0.5 ms. Entries may therefore live up to about
-    /// half a millisecond (plus however long that thread goes unscheduled)
-    /// past their deadline — less than one tick of the timer wheel. If the
+    /// stores the time every 0.5 ms (a sleep, which overshoots: about 0.9 ms
+    /// was the longest gap measured). Entries may therefore live up to about a
+    /// millisecond (plus however long that thread goes unscheduled) past
+    /// their deadline, within a tick of the timer wheel. If the
     /// thread cannot be started, this falls back to [`Clock::system`].
     ///
     /// ```
