@@ -183,6 +183,44 @@ async fn a_cancelled_async_put_tells_the_listener_after_releasing_the_key() {
     *cache.lock().unwrap() = None;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spawned_store_panic_keeps_its_message() {
+    struct Panics;
+    impl AsyncStore<u64, u64> for Panics {
+        type Error = String;
+        async fn load(&self, _: &u64) -> Result<Option<u64>, String> {
+            Ok(None)
+        }
+        async fn write_batch(&self, _: &[Op<u64, u64>]) -> Result<(), String> {
+            panic!("the remote store exploded");
+        }
+    }
+    let handle = tokio::runtime::Handle::current();
+    let store = Spawned::new(Panics, move |call| {
+        handle.spawn(call);
+    });
+    let cache = Cache::builder()
+        .max_capacity(10)
+        .write_back(
+            store,
+            WriteBack::default()
+                .max_delay(Duration::ZERO)
+                .retries(0, Duration::ZERO),
+        )
+        .build()
+        .unwrap();
+    cache.put(1, 1).unwrap();
+    let report = tokio::task::spawn_blocking(move || cache.flush())
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(
+        matches!(&report.failed[0].failure, larder::Failure::Panicked(m) if m.contains("exploded")),
+        "{:?}",
+        report.failed[0].failure
+    );
+}
+
 #[test]
 fn an_async_store_and_a_listener_both_panicking_do_not_abort() {
     struct Panics;

@@ -226,15 +226,29 @@ impl<St> Spawned<St> {
         &self.store
     }
 
-    /// Runs `call` on the runtime and blocks this thread until it is done.
+    /// Runs `call` on the runtime and blocks this thread until it is done. A
+    /// panic in the call is caught there and resumed here, message and all,
+    /// as if the store were synchronous.
     fn run<T: Send + 'static>(&self, call: impl Future<Output = T> + Send + 'static) -> T {
         let (done, result) = std::sync::mpsc::sync_channel(1);
         (self.spawn)(Box::pin(async move {
-            let _ = done.send(call.await);
+            let mut call = std::pin::pin!(call);
+            let outcome = std::future::poll_fn(|cx| {
+                match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    call.as_mut().poll(cx)
+                })) {
+                    Ok(poll) => poll.map(Ok),
+                    Err(panic) => std::task::Poll::Ready(Err(panic)),
+                }
+            })
+            .await;
+            let _ = done.send(outcome);
         }));
-        result
-            .recv()
-            .expect("the runtime dropped a store call: it panicked or the runtime shut down")
+        match result.recv() {
+            Ok(Ok(value)) => value,
+            Ok(Err(panic)) => std::panic::resume_unwind(panic),
+            Err(_) => panic!("the runtime dropped a store call: it shut down"),
+        }
     }
 }
 
