@@ -16,7 +16,7 @@ use smallvec::SmallVec;
 
 use crate::store::Token;
 
-/// A label for a group of entries: built from a string or an integer, cheap to
+/// A label for a group of entries: built from a string or a `u64` / `u32`, cheap to
 /// clone (an integer, or a shared string).
 ///
 /// ```
@@ -83,9 +83,10 @@ impl From<&Tag> for Tag {
 pub(crate) type Tags = SmallVec<[Tag; 2]>;
 
 /// One shard's tag index. Each distinct tag alive in the shard is interned
-/// as a `u32` id, so a tagged entry costs the index its token and two ids
-/// (12 bytes before the table's overhead), however long its tags are; only
-/// an entry with more than two tags has a second record.
+/// as a `u32` id, so a tagged entry costs the index a record of its token and
+/// two ids (12 bytes), plus its token in each of its tags' groups (4 bytes a
+/// tag), before the tables' overhead, however long its tags are; only an
+/// entry with more than two tags has a second record.
 #[derive(Debug, Default)]
 pub(crate) struct TagIndex {
     /// Each distinct tag → its id.
