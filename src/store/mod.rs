@@ -28,7 +28,9 @@ use crate::expiry::clock::{ticks, Clock};
 use crate::expiry::wheel::Wheel;
 use crate::expiry::{Deadlines, NEVER};
 use crate::policy::{Entries, Eviction, Policy};
-use crate::sync::{AtomicBool, AtomicU64, Mutex, Ordering, ReadGuard, RwLock, WriteGuard};
+use crate::sync::{
+    AtomicBool, AtomicU32, AtomicU64, Mutex, Ordering, ReadGuard, RwLock, WriteGuard,
+};
 use crate::tags::{Tag, TagIndex};
 use crate::RemovalCause;
 use read_buffer::ReadBuffer;
@@ -169,23 +171,24 @@ impl Timers {
     }
 }
 
-/// One shard. `repr(C)` keeps the map's lock word and its read counter at the
-/// front, in the one cache line every lookup already writes.
+/// One shard, aligned to a cache line: a lookup touches that first line
+/// alone (the lock word and the start of [`Map`]), besides the entry it finds
+/// and the table's own memory.
 #[derive(Debug)]
-#[repr(C)]
+#[repr(C, align(64))]
 pub(crate) struct Shard<K, V> {
+    /// The lock word comes first (`lock_api` puts it before the data).
     map: RwLock<Map<K, V>>,
-    reads: ReadBuffer,
-    /// Whether the policy collects reads from the entries themselves
-    /// (`Entry::note_read`) instead of through the ring.
-    deferred_reads: bool,
+    /// Loads in progress for keys of this shard (every write asks).
+    pub(crate) flights: crate::loader::Flights<K, V>,
     pub(crate) hits: AtomicU64,
     pub(crate) misses: AtomicU64,
-    /// Loads in progress for keys of this shard.
-    pub(crate) flights: crate::loader::Flights<K, V>,
+    reads: ReadBuffer,
 }
 
-/// What the map lock protects.
+/// What the map lock protects. `repr(C)`: what a lookup reads — the table's
+/// header, `hits`, the two flags and the slab's slots — fills the 56 bytes
+/// after the lock word, so a hit costs one line of the shard.
 #[derive(Debug)]
 #[repr(C)]
 pub(crate) struct Map<K, V> {
@@ -194,22 +197,31 @@ pub(crate) struct Map<K, V> {
     /// entries (its hill climber needs the hit rate). Bumped by readers with a
     /// plain load and store: it shares a cache line with the lock word that
     /// the read lock has just written, so it costs no extra miss, and an
-    /// increment lost to a racing reader only blurs a rate.
-    hits: AtomicU64,
-    /// The policy. Writers own it through the write lock (`Mutex::get_mut`, no
-    /// atomics); readers draining the ring under the read lock `try_lock` it.
-    policy: Mutex<Policy>,
-    /// Deadlines, when the cache has expiry.
-    timers: Option<Timers>,
-    /// Tags of tagged entries, from the shard's first tagged insert on.
-    tags: Option<Box<TagIndex>>,
+    /// increment lost to a racing reader only blurs a rate. 32 bits keep the
+    /// line's budget; a write drains it long before it could wrap.
+    hits: AtomicU32,
+    /// Whether the policy collects reads from the entries themselves
+    /// (`Entry::note_read`) instead of through the ring.
+    deferred_reads: bool,
+    /// Whether `timers` is there: what a lookup asks, without reaching the
+    /// line that holds `timers`.
+    timed: bool,
     slab: Slab<K, V>,
+    // What every write reads next, then the policy, then the timers (large,
+    // and only for caches with expiry).
     weight: u64,
     capacity: u64,
     /// The heaviest entry taken: the smallest shard's capacity, the same in
     /// every shard, so that whether a weight fits does not hang on its key.
     max_entry: u64,
+    /// Tags of tagged entries, from the shard's first tagged insert on.
+    tags: Option<Box<TagIndex>>,
     pub(crate) counters: Counters,
+    /// The policy. Writers own it through the write lock (`Mutex::get_mut`, no
+    /// atomics); readers draining the ring under the read lock `try_lock` it.
+    policy: Mutex<Policy>,
+    /// Deadlines, when the cache has expiry; set with `timed`.
+    timers: Option<Timers>,
 }
 
 impl<K, V> Shard<K, V> {
@@ -227,7 +239,9 @@ impl<K, V> Shard<K, V> {
         Some(Self {
             map: RwLock::new(Map {
                 table,
-                hits: AtomicU64::new(0),
+                hits: AtomicU32::new(0),
+                deferred_reads: eviction == Eviction::TinyLfu,
+                timed,
                 policy: Mutex::new(Policy::new(eviction, capacity)),
                 timers: timed.then(Timers::default),
                 tags: None,
@@ -238,7 +252,6 @@ impl<K, V> Shard<K, V> {
                 counters: Counters::default(),
             }),
             reads: ReadBuffer::default(),
-            deferred_reads: eviction == Eviction::TinyLfu,
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
             flights: crate::loader::Flights::default(),
@@ -279,15 +292,16 @@ impl<K, V> Shard<K, V> {
         let map = &mut *guard;
         let policy = map.policy.get_mut();
         // No reader can race these two: the write lock is held.
-        if let Some(timers) = &mut map.timers {
+        // The flag first: it is on the line the lock word is on.
+        if let (true, Some(timers)) = (map.timed, &mut map.timers) {
             timers.refile(&map.slab);
         }
         let hits = map.hits.load(Ordering::Relaxed);
         if hits != 0 {
             map.hits.store(0, Ordering::Relaxed);
-            policy.on_hits(hits);
+            policy.on_hits(u64::from(hits));
         }
-        if !self.deferred_reads {
+        if !map.deferred_reads {
             let view = View {
                 slab: &map.slab,
                 hash_of,
@@ -311,7 +325,7 @@ impl<K, V> Shard<K, V> {
         entry: &Entry<K, V>,
         hash_of: &impl Fn(&K) -> u64,
     ) {
-        if self.deferred_reads {
+        if map.deferred_reads {
             let hits = map.hits.load(Ordering::Relaxed);
             map.hits.store(hits.wrapping_add(1), Ordering::Relaxed);
             entry.note_read();
@@ -381,15 +395,15 @@ impl<K: Eq, V> Map<K, V> {
     /// Whether this shard keeps deadlines.
     #[inline]
     pub(crate) fn timed(&self) -> bool {
-        self.timers.is_some()
+        self.timed
     }
 
     /// Whether the entry at `token` is readable at `now` (`None`: the cache has
     /// no expiry). An entry is gone from its deadline on.
     #[inline]
     pub(crate) fn is_live(&self, token: Token, now: Option<u64>) -> bool {
-        match (&self.timers, now) {
-            (Some(timers), Some(now)) => timers.at(token) > now,
+        match (now, &self.timers) {
+            (Some(now), Some(timers)) => timers.at(token) > now,
             _ => true,
         }
     }
@@ -504,8 +518,9 @@ impl<K: Eq, V, H: Fn(&K) -> u64> ShardWriter<'_, K, V, H> {
         timing: WriteContext<'_, K, V>,
         out: &mut Removed<K, V>,
     ) -> Result<(), Refused<K, V>> {
-        if timing.start && self.map.timers.is_none() {
+        if timing.start && !self.map.timed {
             self.map.timers = Some(Timers::default());
+            self.map.timed = true;
         }
         let now = self.map.timed().then(|| timing.clock.now());
         let mut existing = self.map.find(hash, &key).map(|(t, _)| t);
@@ -521,8 +536,8 @@ impl<K: Eq, V, H: Fn(&K) -> u64> ShardWriter<'_, K, V, H> {
             self.map.counters.rejections += 1;
             return Err(self.refuse(hash, existing, key, value, out, Refused::TooHeavy));
         }
-        let timed = match (&self.map.timers, now) {
-            (Some(timers), Some(now)) => {
+        let timed = match (now, &self.map.timers) {
+            (Some(now), Some(timers)) => {
                 let d = (timing.deadlines)(&key, &value, now, existing.map(|t| timers.at(t)));
                 if d.at <= now {
                     self.map.counters.expirations += 1;
@@ -803,7 +818,7 @@ impl<K: Eq, V, H: Fn(&K) -> u64> ShardWriter<'_, K, V, H> {
         }
         self.with_policy(|p, view| p.on_remove(token, view));
         let map = &mut *self.map;
-        if let Some(timers) = &mut map.timers {
+        if let (true, Some(timers)) = (map.timed, &mut map.timers) {
             timers.wheel.cancel(token);
         }
         if let Some(index) = &mut map.tags {
@@ -857,6 +872,7 @@ impl<K: Eq, V, H: Fn(&K) -> u64> ShardWriter<'_, K, V, H> {
         if let Some(index) = &map.tags {
             index.validate(&|t| map.slab.is_resident(t));
         }
+        assert_eq!(map.timed, map.timers.is_some(), "the timed flag drifted");
         if let Some(timers) = &map.timers {
             timers.wheel.validate();
             let mut filed = 0;
@@ -873,6 +889,42 @@ impl<K: Eq, V, H: Fn(&K) -> u64> ShardWriter<'_, K, V, H> {
                 }
             }
             assert_eq!(filed, timers.wheel.len(), "the wheel holds departed tokens");
+        }
+    }
+}
+
+#[cfg(all(test, not(larder_loom)))]
+mod tests {
+    use std::mem::{align_of, offset_of, size_of};
+
+    use super::{Map, Shard};
+    use crate::policy::Eviction;
+
+    type S = Shard<u64, u64>;
+    type M = Map<u64, u64>;
+
+    /// What a lookup reads of its shard — the lock word, the table's header,
+    /// `hits`, the flags and the slab's slots — lies in the shard's first
+    /// cache line.
+    #[test]
+    fn a_lookup_reads_one_line_of_its_shard() {
+        assert_eq!(align_of::<S>(), 64);
+        let shard = S::new(100, 100, Eviction::TinyLfu, 0, false).expect("small");
+        let map = shard.read();
+        let base = std::ptr::from_ref(&shard) as usize;
+        let data = std::ptr::from_ref::<M>(&map) as usize - base;
+        assert_eq!(data, 8, "the lock word leads the map");
+        // `Slab` is `repr(C)` with its slots first.
+        let slots = data + offset_of!(M, slab);
+        let slots_end = slots + size_of::<super::slab::Slots<u64, u64>>();
+        assert!(slots_end <= 64, "the slab's slots end at byte {slots_end}");
+        for field in [
+            offset_of!(M, table),
+            offset_of!(M, hits),
+            offset_of!(M, deferred_reads),
+            offset_of!(M, timed),
+        ] {
+            assert!(data + field < 64);
         }
     }
 }

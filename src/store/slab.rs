@@ -70,31 +70,41 @@ impl<K, V> Entry<K, V> {
     }
 }
 
+/// `repr(C)` with the slots first: a lookup reads only their address and
+/// length, which the shard keeps on the cache line of its lock word (see
+/// `store::Map`). A boxed slice is those two words; a `Vec` would be three,
+/// one too many for the line.
+/// A slab's slots: a vacant one is `None`.
+pub(crate) type Slots<K, V> = Box<[Option<Entry<K, V>>]>;
+
 #[derive(Debug)]
+#[repr(C)]
 pub(crate) struct Slab<K, V> {
-    slots: Vec<Option<Entry<K, V>>>,
-    /// Vacant slots, reused last-freed first.
+    /// Every allocated slot; those from `used` on have never held an entry.
+    slots: Slots<K, V>,
+    /// Slots handed out so far.
+    used: usize,
+    /// Vacant slots below `used`, reused last-freed first.
     free: Vec<Token>,
 }
 
 impl<K, V> Slab<K, V> {
     /// `None` when the room cannot be allocated.
     pub(crate) fn with_capacity(capacity: usize) -> Option<Self> {
-        let mut slots = Vec::new();
-        slots.try_reserve_exact(capacity).ok()?;
         Some(Self {
-            slots,
+            slots: allocate(capacity)?,
+            used: 0,
             free: Vec::new(),
         })
     }
 
     pub(crate) fn len(&self) -> usize {
-        self.slots.len() - self.free.len()
+        self.used - self.free.len()
     }
 
     /// Slots allocated, used or not.
     pub(crate) fn capacity(&self) -> usize {
-        self.slots.capacity()
+        self.slots.len()
     }
 
     /// Stores `entry`; `None` only when the shard already holds `u32::MAX - 1` slots.
@@ -103,11 +113,31 @@ impl<K, V> Slab<K, V> {
             self.slots[token as usize] = Some(entry);
             return Some(token);
         }
-        let token = Token::try_from(self.slots.len())
+        let token = Token::try_from(self.used)
             .ok()
             .filter(|&t| t < Token::MAX)?;
-        self.slots.push(Some(entry));
+        if self.used == self.slots.len() {
+            self.grow();
+        }
+        self.slots[self.used] = Some(entry);
+        self.used += 1;
         Some(token)
+    }
+
+    /// Doubles the slots (as a `Vec` grows), moving the entries over.
+    #[cold]
+    fn grow(&mut self) {
+        let len = (self.slots.len() * 2).max(4);
+        let Some(mut slots) = allocate(len) else {
+            std::alloc::handle_alloc_error(
+                std::alloc::Layout::array::<Option<Entry<K, V>>>(len)
+                    .unwrap_or(std::alloc::Layout::new::<()>()),
+            );
+        };
+        for (to, from) in slots.iter_mut().zip(self.slots.iter_mut()) {
+            *to = from.take();
+        }
+        self.slots = slots;
     }
 
     pub(crate) fn remove(&mut self, token: Token) -> Entry<K, V> {
@@ -145,7 +175,7 @@ impl<K, V> Slab<K, V> {
 
     /// Resident entries from slot `from` on, with their tokens.
     pub(crate) fn iter_from(&self, from: usize) -> impl Iterator<Item = (Token, &Entry<K, V>)> {
-        self.slots
+        self.slots[..self.used]
             .iter()
             .enumerate()
             .skip(from)
@@ -155,8 +185,19 @@ impl<K, V> Slab<K, V> {
     /// Takes every entry out, leaving the slab empty and its memory released.
     pub(crate) fn take_all(&mut self) -> impl Iterator<Item = Entry<K, V>> {
         self.free = Vec::new();
-        std::mem::take(&mut self.slots).into_iter().flatten()
+        self.used = 0;
+        Vec::from(std::mem::take(&mut self.slots))
+            .into_iter()
+            .flatten()
     }
+}
+
+/// `len` empty slots, exactly; `None` when they cannot be allocated.
+fn allocate<K, V>(len: usize) -> Option<Slots<K, V>> {
+    let mut slots = Vec::new();
+    slots.try_reserve_exact(len).ok()?;
+    slots.resize_with(len, || None);
+    Some(slots.into_boxed_slice())
 }
 
 #[cfg(test)]
