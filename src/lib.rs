@@ -72,7 +72,7 @@
 //!   probation/protected SLRU on the same links, a 4-bit count-min sketch in
 //!   64-byte blocks (allocated once the shard is half full, aged by halving), a
 //!   table of 16-bit ghosts of keys recently turned away at admission (a key
-//!   asked for again while its ghost remains is admitted without a contest), and
+//!   turned away again while its ghost remains is admitted instead), and
 //!   a hill climber that resizes the window per sample period.
 //! * **Deferred reads** (W-TinyLFU): a hit only bumps a small read counter in
 //!   what would be the entry's padding (capped at 1, after which a hit writes

@@ -71,8 +71,6 @@ struct Naive {
     /// Residents with reads counted since they were inserted: they hand their
     /// count back to the sketch when they leave.
     read: Vec<Token>,
-    /// Window entries inserted while their ghost was kept: admitted without a contest.
-    returning: Vec<Token>,
     ghosts: Ghosts,
 }
 
@@ -92,7 +90,6 @@ impl Naive {
             rng,
             counts: HashMap::new(),
             read: Vec::new(),
-            returning: Vec::new(),
             ghosts: Ghosts::default(),
         }
     }
@@ -191,9 +188,6 @@ impl Naive {
         self.window.push(t);
         let count = self.count(e.hash(t), e);
         self.counts.insert(t, count);
-        if self.ghosts.take(e.hash(t)) {
-            self.returning.push(t);
-        }
         self.climber.misses += 1;
         self.climb(e);
     }
@@ -210,7 +204,6 @@ impl Naive {
             &mut self.probation,
             &mut self.protected,
             &mut self.read,
-            &mut self.returning,
         ] {
             list.retain(|&x| x != t);
         }
@@ -269,28 +262,33 @@ impl Naive {
                 Self::weight(&self.probation, e) + Self::weight(&self.protected, e) + w <= main_max;
             let to_probation = |n: &mut Self| {
                 n.window.retain(|&x| x != c);
-                n.returning.retain(|&x| x != c);
                 n.probation.push(c);
             };
             if room {
                 to_probation(self);
                 continue;
             }
-            let returning = self.returning.contains(&c);
-            if !returning && self.counts[&c] <= ADMIT_MARGIN {
-                self.ghosts.insert(e.hash(c));
+            // Contest (unless too rare to win one); a loser whose ghost is
+            // kept is admitted all the same, one without a ghost leaves one.
+            let mut victim = None;
+            if self.counts[&c] > ADMIT_MARGIN {
+                let Some(v) = self.main_victim(keep, e) else {
+                    to_probation(self);
+                    continue;
+                };
+                if self.admit(c, v, e) {
+                    to_probation(self);
+                    return Some(v);
+                }
+                victim = Some(v);
+            }
+            if !self.ghosts.returned(e.hash(c)) {
                 return Some(c);
             }
-            match self.main_victim(keep, e) {
-                Some(v) => {
-                    if returning || self.admit(c, v, e) {
-                        to_probation(self);
-                        return Some(v);
-                    }
-                    self.ghosts.insert(e.hash(c));
-                    return Some(c);
-                }
-                None => to_probation(self),
+            let victim = victim.or_else(|| self.main_victim(keep, e));
+            to_probation(self);
+            if victim.is_some() {
+                return victim;
             }
         }
         self.main_victim(keep, e).or_else(|| first(&self.window))
