@@ -44,8 +44,8 @@ pub(crate) trait Entries {
 pub enum Eviction {
     /// Window TinyLFU with an adaptive window (the default): new entries pass a
     /// small LRU window, then must beat the main region's victim on estimated
-    /// frequency to stay, unless they were turned away a short while ago and
-    /// are asked for again (their ghost admits them). Resists scans, adapts
+    /// frequency to stay, unless they were turned away a short while ago too
+    /// (their ghost admits them). Resists scans, adapts
     /// between recency- and frequency-biased workloads, and its reads mostly
     /// write nothing.
     #[default]

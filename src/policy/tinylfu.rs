@@ -49,7 +49,7 @@ impl Region {
     }
 }
 
-/// A token's byte of policy state: its region in the low three bits, then
+/// A token's byte of policy state: its region in the low two bits, then
 /// `READ` (reads were counted since the sketch last heard of the key), then
 /// its count in the high four bits.
 ///
@@ -60,7 +60,7 @@ impl Region {
 /// admission contest reads no sketch line (both counts are at hand), a read
 /// collected reads none either, and the counts of residents are free of the
 /// collisions the sketch collects meanwhile.
-const REGION_BITS: u8 = 0b0111;
+const REGION_BITS: u8 = 0b0011;
 const READ: u8 = 0b1000;
 const COUNT_SHIFT: u32 = 4;
 
@@ -559,13 +559,13 @@ impl Ghosts {
         }
         let h = (hash ^ (hash >> 29)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
         // Bits 16..48 scaled to the length (a multiply, not a division:
-        // this runs on every insert).
+        // this runs on every lost admission).
         let slot = ((u64::from((h >> 16) as u32) * self.slots.len() as u64) >> 32) as usize;
         Some((slot, (h >> 48) as u16 | 1))
     }
 
     /// For a key turned away at admission: true if its ghost was there (it
-    /// was turned away a short while ago and asked for again), removing it;
+    /// was turned away a short while ago too), removing it;
     /// else false, leaving its ghost. One slot, read and written once.
     #[inline]
     pub(super) fn returned(&mut self, hash: u64) -> bool {

@@ -22,13 +22,18 @@ const CAP: u8 = 3;
 
 struct Fake {
     weighted: bool,
+    /// Distinct keys the tokens stand for (token modulo this), so that keys
+    /// come back after they leave, as in a cache; `None`: every token is a
+    /// new key.
+    keys: Option<u32>,
     hits: RefCell<HashMap<Token, u8>>,
 }
 
 impl Fake {
-    fn new(weighted: bool) -> Self {
+    fn new(weighted: bool, keys: Option<u32>) -> Self {
         Self {
             weighted,
+            keys,
             hits: RefCell::default(),
         }
     }
@@ -36,7 +41,8 @@ impl Fake {
 
 impl Entries for Fake {
     fn hash(&self, token: Token) -> u64 {
-        u64::from(token).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0xABCD
+        let key = self.keys.map_or(token, |keys| token % keys);
+        u64::from(key).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0xABCD
     }
     fn weight(&self, token: Token) -> u32 {
         if self.weighted {
@@ -313,8 +319,13 @@ fn steps() -> impl Strategy<Value = Vec<Step>> {
     )
 }
 
-fn agree(capacity: u64, weighted: bool, steps: Vec<Step>) -> Result<(), TestCaseError> {
-    let (real_entries, naive_entries) = (Fake::new(weighted), Fake::new(weighted));
+fn agree(
+    capacity: u64,
+    weighted: bool,
+    keys: Option<u32>,
+    steps: Vec<Step>,
+) -> Result<(), TestCaseError> {
+    let (real_entries, naive_entries) = (Fake::new(weighted, keys), Fake::new(weighted, keys));
     let mut real = TinyLfu::new(capacity);
     let mut naive = Naive::new(capacity);
     let mut resident: Vec<Token> = Vec::new();
@@ -390,11 +401,24 @@ proptest! {
 
     #[test]
     fn matches_naive_model(capacity in 2u64..64, steps in steps()) {
-        agree(capacity, false, steps)?;
+        agree(capacity, false, None, steps)?;
     }
 
     #[test]
     fn matches_naive_model_weighted(capacity in 4u64..64, steps in steps()) {
-        agree(capacity, true, steps)?;
+        agree(capacity, true, None, steps)?;
+    }
+
+    /// Keys come back after they leave: ghosts admit some of them, with and
+    /// without a contest, and with main empty or not.
+    #[test]
+    fn matches_naive_model_with_returning_keys(
+        capacity in 2u64..64,
+        spread in 2u32..5,
+        weighted in any::<bool>(),
+        steps in steps(),
+    ) {
+        let capacity = if weighted { capacity.max(4) } else { capacity };
+        agree(capacity, weighted, Some(capacity as u32 * spread), steps)?;
     }
 }
