@@ -292,7 +292,10 @@ where
     /// A waiting caller blocks its thread. In async code use
     /// [`get_or_load_async`](Self::get_or_load_async): blocking a thread whose
     /// runtime is also running the leading task (a single-threaded runtime)
-    /// waits for ever.
+    /// waits for ever. So does a cycle through other threads: a `load` that
+    /// waits for a thread which itself waits on this key's load is not
+    /// detected (only a loader asking on its own thread is), as with any
+    /// cycle of locks.
     ///
     /// ```
     /// let cache: larder::Cache<u32, String> =

@@ -119,6 +119,12 @@ pub trait Store<K, V>: Send + Sync + 'static {
 /// `_async` calls (`get_async`, `put_async`, `delete_async`). For write-back,
 /// wrap it in [`Spawned`] with your runtime's spawn function.
 ///
+/// From async code, call only the `_async` methods. A blocking call (`put`,
+/// `delete`, `flush`, `close`, `get_or_load`) parks its thread while it waits
+/// for a key's stripe, a load or the queue; on a single-threaded runtime the
+/// task it waits for (a `put_async` holding the stripe across its store call,
+/// say) runs on that same thread and never finishes.
+///
 /// ```
 /// use larder::{AsyncStore, Cache, Op};
 ///
