@@ -772,7 +772,13 @@ where
     }
 
     /// A cache hit, as [`Cache::get`] counts and returns it.
-    #[inline]
+    ///
+    /// Always inlined: in a caller's loop the cache's own fields (the shard
+    /// table, the hasher's seeds, the flags) are then loaded once, not per
+    /// call. A standalone loop of Zipf lookups ran 24.0 → 21.1 ns each, the
+    /// 90/10 mix 48.4 → 45.5 (20 alternating triplets); the criterion benches,
+    /// which call every subject through a trait object, do not see it.
+    #[inline(always)]
     pub(crate) fn get_cached<Q>(&self, key: &Q) -> Option<V>
     where
         K: Borrow<Q>,
