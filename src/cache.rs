@@ -672,7 +672,8 @@ where
         let shard = self.shard(hash);
         let mut load = Some(load);
         loop {
-            let leader = match shard.flights.join(hash, &key, true) {
+            let joined = self.inner.tag_epoch.load(Ordering::SeqCst);
+            let leader = match shard.flights.join(hash, &key, true, joined) {
                 Role::Leader(leader) => leader,
                 Role::Waiter(flight) => match accept::<V, E>(flight.wait(), mode) {
                     Some(result) => return result,
@@ -712,7 +713,8 @@ where
         let shard = self.shard(hash);
         let mut load = Some(load);
         loop {
-            let leader = match shard.flights.join(hash, &key, false) {
+            let joined = self.inner.tag_epoch.load(Ordering::SeqCst);
+            let leader = match shard.flights.join(hash, &key, false, joined) {
                 Role::Leader(leader) => leader,
                 Role::Waiter(flight) => match accept::<V, E>(flight.wait_async().await, mode) {
                     Some(result) => return result,

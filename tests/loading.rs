@@ -168,6 +168,62 @@ fn a_write_during_a_load_keeps_the_load_out_of_the_cache() {
     }
 }
 
+/// A caller that arrives after a write of the key, or after an invalidation
+/// of a tag, must not take the value of a load that began before it: that
+/// load may have read what the write replaced. It loads for itself, and its
+/// value is the one cached.
+#[test]
+fn a_caller_after_a_write_loads_afresh_instead_of_joining_an_older_load() {
+    use larder::EntryOptions;
+    use std::sync::mpsc;
+    for write in [
+        "remove",
+        "invalidate_all",
+        "invalidate_entries_if",
+        "invalidate_tag",
+    ] {
+        let cache = cache();
+        let loading = Barrier::new(2);
+        let (release, released) = mpsc::channel::<()>();
+        let (late_loads, late_loaded) = mpsc::channel::<()>();
+        let (cache, loading) = (&cache, &loading);
+        std::thread::scope(|s| {
+            let early = s.spawn(move || {
+                cache.get_or_load_with(1, |_| {
+                    loading.wait();
+                    released.recv().unwrap();
+                    ("before".to_string(), EntryOptions::new().tags(["t"]))
+                })
+            });
+            loading.wait();
+            match write {
+                "remove" => drop(cache.remove(&1)),
+                "invalidate_all" => cache.invalidate_all(),
+                "invalidate_entries_if" => cache.invalidate_entries_if(|_, _| true),
+                _ => cache.invalidate_tag("t"),
+            }
+            let late = s.spawn(move || {
+                cache.get_or_load_with(1, |_| {
+                    late_loads.send(()).unwrap();
+                    ("after".to_string(), EntryOptions::new().tags(["t"]))
+                })
+            });
+            // The early load is still running: a late caller that joined it
+            // would wait here until the timeout, then get "before".
+            let loaded_alone = late_loaded.recv_timeout(Duration::from_secs(30)).is_ok();
+            release.send(()).unwrap();
+            assert_eq!(late.join().unwrap(), "after", "{write}: the late caller");
+            assert!(loaded_alone, "{write}: the late caller ran its own load");
+            assert_eq!(early.join().unwrap(), "before", "{write}: the early caller");
+        });
+        assert_eq!(
+            cache.get(&1).as_deref(),
+            Some("after"),
+            "{write}: the older load was not cached over the newer"
+        );
+    }
+}
+
 /// The race behind the test above, without the barriers inside the loader: an
 /// `insert` and a `get_or_load` of one key start together, over and over,
 /// while other writers keep the shard's lock busy. Whatever the interleaving,

@@ -7,7 +7,10 @@
 //! abandons the flight: its own caller sees the panic, and one waiter takes
 //! the load over. An explicit write of the key (insert, remove, invalidate_all)
 //! while the load runs marks the flight stale, so its value reaches the waiters
-//! but is not cached over the newer state (DESIGN §3, contract 3).
+//! but is not cached over the newer state (DESIGN §3, contract 3), and leaves
+//! the table: a caller that arrives after the write starts a load of its own
+//! rather than take a value read before it. So does a caller that arrives
+//! after a tag invalidation the flight began before.
 
 use std::any::Any;
 use std::sync::Arc;
@@ -61,6 +64,9 @@ pub(crate) struct Flight<K, V> {
     done: Condvar,
     /// Set by a write of the key while the load runs.
     stale: AtomicBool,
+    /// The cache's tag epoch when the flight began: a caller that sees a
+    /// later one (a tag was invalidated since) does not join.
+    epoch: u64,
 }
 
 thread_local! {
@@ -240,11 +246,18 @@ pub(crate) enum Role<'a, K, V> {
 
 impl<K: Eq + Clone, V: Clone> Flights<K, V> {
     /// Joins the flight for `key`, or starts one and leads it (`sync`: the
-    /// leader will load on this thread, blocking it).
-    pub(crate) fn join(&self, hash: u64, key: &K, sync: bool) -> Role<'_, K, V> {
+    /// leader will load on this thread, blocking it). `epoch` is the cache's
+    /// tag epoch now: a flight that began before a later one may carry a
+    /// value of an invalidated tag, so it is left to its waiters and a new
+    /// flight takes its place.
+    pub(crate) fn join(&self, hash: u64, key: &K, sync: bool, epoch: u64) -> Role<'_, K, V> {
         let mut table = self.table.lock();
-        if let Some(flight) = table.find(hash, |f| f.key == *key) {
-            return Role::Waiter(flight.clone());
+        if let Ok(found) = table.find_entry(hash, |f| f.key == *key) {
+            if found.get().epoch >= epoch {
+                return Role::Waiter(found.get().clone());
+            }
+            found.remove();
+            self.active.fetch_sub(1, Ordering::SeqCst);
         }
         let flight = Arc::new(Flight {
             key: key.clone(),
@@ -253,6 +266,7 @@ impl<K: Eq + Clone, V: Clone> Flights<K, V> {
             state: Mutex::new(State::Loading(Waiters::default())),
             done: Condvar::new(),
             stale: AtomicBool::new(false),
+            epoch,
         });
         table.insert_unique(hash, flight.clone(), |f| f.hash);
         self.active.fetch_add(1, Ordering::SeqCst);
@@ -265,7 +279,10 @@ impl<K: Eq + Clone, V: Clone> Flights<K, V> {
 }
 
 impl<K, V> Flights<K, V> {
-    /// Marks the flight for `key`, if any, stale: a write of the key happened.
+    /// Marks the flight for `key`, if any, stale: a write of the key
+    /// happened. It leaves the table: its leader and waiters still get its
+    /// outcome, but a caller arriving from now on must not take a value read
+    /// before the write, so it starts a load of its own.
     pub(crate) fn invalidate<Q>(&self, hash: u64, key: &Q)
     where
         K: std::borrow::Borrow<Q>,
@@ -274,23 +291,29 @@ impl<K, V> Flights<K, V> {
         if self.active.load(Ordering::SeqCst) == 0 {
             return;
         }
-        if let Some(flight) = self.table.lock().find(hash, |f| f.key.borrow() == key) {
-            flight.stale.store(true, Ordering::Release);
+        let mut table = self.table.lock();
+        if let Ok(found) = table.find_entry(hash, |f| f.key.borrow() == key) {
+            found.get().stale.store(true, Ordering::Release);
+            found.remove();
+            self.active.fetch_sub(1, Ordering::SeqCst);
         }
     }
 
-    /// Marks every flight stale (`invalidate_all`).
+    /// Marks every flight stale and empties the table (`invalidate_all`).
     pub(crate) fn invalidate_all(&self) {
         if self.active.load(Ordering::SeqCst) == 0 {
             return;
         }
-        for flight in self.table.lock().iter() {
+        let mut table = self.table.lock();
+        for flight in table.drain() {
             flight.stale.store(true, Ordering::Release);
+            self.active.fetch_sub(1, Ordering::SeqCst);
         }
     }
 }
 
 impl<K, V> Flights<K, V> {
+    /// Takes `flight` out of the table unless a write already did.
     fn remove_flight(&self, flight: &Arc<Flight<K, V>>) {
         let mut table = self.table.lock();
         if let Ok(entry) = table.find_entry(flight.hash, |f| Arc::ptr_eq(f, flight)) {
@@ -340,6 +363,69 @@ pub(crate) struct LoadStats {
     pub(crate) nanos: AtomicU64,
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    type Table = Flights<u8, u32>;
+
+    fn leader(role: Role<'_, u8, u32>) -> Leader<'_, u8, u32> {
+        match role {
+            Role::Leader(leader) => leader,
+            Role::Waiter(_) => panic!("expected to lead"),
+        }
+    }
+
+    #[test]
+    fn a_write_takes_the_flight_out_of_the_table() {
+        let table = Table::default();
+        let early = leader(table.join(1, &1, false, 0));
+        assert!(matches!(table.join(1, &1, false, 0), Role::Waiter(_)));
+        table.invalidate(1, &1);
+        assert!(early.flight().is_stale(), "its value is not cached");
+        assert_eq!(table.active.load(Ordering::SeqCst), 0);
+        // A caller after the write leads a flight of its own.
+        let late = leader(table.join(1, &1, false, 0));
+        assert!(!late.flight().is_stale());
+        // The early leader finishing leaves the late flight in place.
+        early.finish(Outcome::Loaded(1));
+        assert_eq!(table.active.load(Ordering::SeqCst), 1);
+        assert!(matches!(table.join(1, &1, false, 0), Role::Waiter(_)));
+        late.finish(Outcome::Loaded(2));
+        assert_eq!(table.active.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn invalidating_all_empties_the_table() {
+        let table = Table::default();
+        let a = leader(table.join(1, &1, false, 0));
+        let b = leader(table.join(2, &2, false, 0));
+        table.invalidate_all();
+        assert!(a.flight().is_stale() && b.flight().is_stale());
+        assert_eq!(table.active.load(Ordering::SeqCst), 0);
+        let c = leader(table.join(1, &1, false, 0));
+        drop((a, b));
+        assert_eq!(table.active.load(Ordering::SeqCst), 1);
+        drop(c);
+        assert_eq!(table.active.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn a_caller_after_a_tag_invalidation_leads_a_flight_of_its_own() {
+        let table = Table::default();
+        let early = leader(table.join(1, &1, false, 3));
+        assert!(matches!(table.join(1, &1, false, 3), Role::Waiter(_)));
+        let late = leader(table.join(1, &1, false, 4));
+        // Not stale: whether its value is cached is for its tags to say.
+        assert!(!early.flight().is_stale());
+        assert_eq!(table.active.load(Ordering::SeqCst), 1);
+        early.finish(Outcome::Loaded(1));
+        assert!(matches!(table.join(1, &1, false, 4), Role::Waiter(_)));
+        late.finish(Outcome::Loaded(2));
+        assert_eq!(table.active.load(Ordering::SeqCst), 0);
+    }
+}
+
 #[cfg(all(test, larder_loom))]
 mod loom_models {
     //! The flight protocol under loom: whatever the interleaving, a caller
@@ -354,7 +440,7 @@ mod loom_models {
     /// Joins key 1: a leader finishes with `lead`'s outcome; a waiter returns
     /// what it saw. (`sync: false`: loom threads share one OS thread.)
     fn call(table: &Table, lead: impl FnOnce() -> Option<Outcome<u32>>) -> Outcome<u32> {
-        match table.join(1, &1, false) {
+        match table.join(1, &1, false, 0) {
             Role::Leader(leader) => match lead() {
                 Some(outcome) => {
                     leader.finish(outcome.clone());
