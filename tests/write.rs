@@ -781,6 +781,19 @@ fn writes_a_dead_flusher_leaves_are_reported_and_later_ones_refused() {
         Err(e) => e == WriteError::Closed,
     });
     assert_eq!(cache.put(4, Brittle(4)), Err(WriteError::Closed));
+    // Until reported, the keys read their acknowledged writes, cached copies
+    // gone or not: the store never got them.
+    cache.invalidate_all();
+    assert_eq!(cache.get(&1).unwrap().map(|b| b.0), Some(13));
+    assert_eq!(cache.get(&2).unwrap().map(|b| b.0), Some(20));
+    assert_eq!(
+        cache.write_stats().dirty,
+        if accepted_3.load(Ordering::SeqCst) {
+            3
+        } else {
+            2
+        }
+    );
     let report = cache.flush().unwrap_err();
     let mut keys: Vec<u64> = report.failed.iter().map(|f| *f.op.key()).collect();
     keys.sort_unstable();
@@ -795,6 +808,9 @@ fn writes_a_dead_flusher_leaves_are_reported_and_later_ones_refused() {
         .iter()
         .all(|f| matches!(&f.failure, Failure::Panicked(m) if m.contains("flusher"))));
     assert!(cache.store().0.lock().unwrap().is_empty());
+    // Reported: from now on the key reads as the store has it.
+    assert_eq!(cache.get(&1).unwrap().map(|b| b.0), None);
+    assert_eq!(cache.write_stats().dirty, 0);
     assert!(cache.close().is_ok(), "each failure is reported once");
 }
 
@@ -971,6 +987,69 @@ fn a_report_put_back_after_a_listener_panic_drops_what_a_stored_write_superseded
     assert_eq!(cache.store().0.lock().unwrap().get(&7), Some(&2));
     let stats = cache.write_stats();
     assert_eq!((stats.failed, stats.superseded), (1, 1));
+}
+
+#[test]
+fn a_report_put_back_keeps_the_order_writes_were_given_up_in() {
+    /// Refuses puts of odd values.
+    #[derive(Default)]
+    struct NoOdds;
+    impl Store<u64, u64> for NoOdds {
+        type Error = String;
+        fn load(&self, _: &u64) -> Result<Option<u64>, String> {
+            Ok(None)
+        }
+        fn write(&self, op: &Op<u64, u64>) -> Result<(), String> {
+            match op {
+                Op::Put(_, v) if v % 2 == 1 => Err("no odd values".into()),
+                _ => Ok(()),
+            }
+        }
+    }
+    let (in_listener, listening) = std::sync::mpsc::channel::<()>();
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    let (in_listener, released) = (Mutex::new(in_listener), Mutex::new(released));
+    let armed = Arc::new(AtomicBool::new(false));
+    let trap = armed.clone();
+    let cache = Cache::builder()
+        .max_capacity(100)
+        .eviction_listener(move |_, _, _| {
+            if trap.swap(false, Ordering::SeqCst) {
+                in_listener.lock().unwrap().send(()).unwrap();
+                released.lock().unwrap().recv().unwrap();
+                panic!("the listener panics");
+            }
+        })
+        .write_back(
+            NoOdds,
+            WriteBack::default()
+                .retries(0, Duration::ZERO)
+                .max_delay(Duration::from_millis(1)),
+        )
+        .build()
+        .unwrap();
+    cache.put(7, 1).unwrap();
+    wait_until("the first failure", || cache.write_stats().failed == 1);
+    armed.store(true, Ordering::SeqCst);
+    std::thread::scope(|s| {
+        let first = s.spawn(|| catch_unwind(AssertUnwindSafe(|| cache.flush())).is_err());
+        listening.recv().unwrap();
+        // While the first report is out, a newer write of key 7 fails too.
+        cache.put(7, 3).unwrap();
+        wait_until("the second failure", || cache.write_stats().failed == 2);
+        release.send(()).unwrap();
+        assert!(
+            first.join().unwrap(),
+            "the listener's panic reached the caller"
+        );
+    });
+    let report = cache.flush().unwrap_err();
+    let ops: Vec<Op<u64, u64>> = report.failed.into_iter().map(|f| f.op).collect();
+    assert_eq!(
+        ops,
+        [Op::Put(7, 1), Op::Put(7, 3)],
+        "the put-back first: a caller replaying the report in order ends on the newer write"
+    );
 }
 
 #[test]

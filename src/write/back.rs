@@ -126,6 +126,11 @@ struct Queue<K, V, E> {
     /// back must not bring back a failure a later stored write superseded.
     reports_out: usize,
     stored_while_out: hashbrown::HashSet<K, RandomState>,
+    /// Set when the flusher died with writes queued or in a batch: each such
+    /// key's latest write was left in its slot as failed, under a sequence
+    /// number from this one on, to be reported (and to read as dirty) until
+    /// then; with why it died.
+    dead: Option<(u64, &'static str)>,
 }
 
 pub(crate) struct Shared<K, V, St: Store<K, V>> {
@@ -177,6 +182,7 @@ where
                 handing: false,
                 reports_out: 0,
                 stored_while_out: hashbrown::HashSet::default(),
+                dead: None,
             }),
             work: Condvar::new(),
             progress: Condvar::new(),
@@ -421,15 +427,19 @@ where
     /// report, less what a write stored meanwhile superseded.
     pub(crate) fn settled(&self, unreported: Vec<FailedWrite<K, V, St::Error>>) {
         let mut q = self.shared.queue.lock();
+        let mut back = Vec::with_capacity(unreported.len());
         for failed in unreported {
             if q.stored_while_out.contains(failed.op.key()) {
                 q.stats.superseded += 1;
             } else {
                 // Sequence number 0 names no slot's failure: those went
                 // with the first report.
-                q.failed.push((0, failed));
+                back.push((0, failed));
             }
         }
+        // Ahead of what was given up since: reports keep the order writes
+        // were given up in.
+        q.failed.splice(0..0, back);
         q.reports_out -= 1;
         if q.reports_out == 0 {
             q.stored_while_out.clear();
@@ -454,10 +464,27 @@ where
     K: Hash + Eq,
     St: Store<K, V>,
 {
-    if q.failed.is_empty() {
+    let mut failed = std::mem::take(&mut q.failed);
+    if let Some((from, reason)) = q.dead {
+        let mut dead: Vec<_> = q
+            .slots
+            .extract_if(|_, slot| slot.failed.as_ref().is_some_and(|(seq, _)| *seq >= from))
+            .filter_map(|(key, slot)| {
+                let (seq, write) = slot.failed?;
+                let failed = FailedWrite {
+                    op: write.into_op(key),
+                    failure: Failure::Panicked(reason.into()),
+                    attempts: 0,
+                };
+                Some((seq, failed))
+            })
+            .collect();
+        dead.sort_unstable_by_key(|(seq, _)| *seq);
+        failed.extend(dead);
+    }
+    if failed.is_empty() {
         return Ok(());
     }
-    let failed = std::mem::take(&mut q.failed);
     // Settled by the caller (`WriteBehind::settled`).
     q.reports_out += 1;
     for (seq, write) in &failed {
@@ -665,7 +692,8 @@ where
     /// Marks the flusher stopped, however it ended. It ends with writes
     /// still queued or in a batch only when a panic outside the store's calls
     /// (a key's or value's `Clone`, `Hash` or `Eq`) killed it: each such key's
-    /// latest write is then reported as failed rather than dropped, and from
+    /// latest write is then failed rather than dropped — it still reads as the
+    /// key's value until the next `flush` or `close` reports it — and from
     /// then on writes are refused ([`WriteError::Closed`]).
     fn stopped(&self) {
         let mut q = self.queue.lock();
@@ -677,38 +705,40 @@ where
         } else {
             "the flusher stopped"
         };
-        // No user code runs here (no `Clone`, no `Hash`): this may run while
-        // the thread unwinds from a panic in it, when a second one aborts.
-        // So the slots are moved out whole, and a reported key reads from the
-        // cache or the store until then, not from the queue.
-        let slots = std::mem::take(&mut q.slots);
-        for (key, slot) in slots {
+        // No user code runs here (no `Clone`, no `Hash`, no `Eq`): this may
+        // run while the thread unwinds from a panic in it, when a second one
+        // aborts. So each slot keeps its latest write in place, as failed:
+        // the key reads it until `report` takes it out (with the key, no
+        // clone needed) and reports it.
+        let queue = &mut *q;
+        let from = queue.seq + 1;
+        let mut left = 0;
+        for slot in queue.slots.values_mut() {
             // The waiting write is the latest; one in a batch was older, and
             // is given up on too, but only the latest is reported.
-            let write = match (slot.waiting, slot.sending) {
+            let write = match (slot.waiting.take(), slot.sending.take()) {
                 (Some((_, waiting)), Some(_)) => {
-                    q.stats.failed += 1;
-                    q.stats.superseded += 1;
+                    queue.stats.failed += 1;
+                    queue.stats.superseded += 1;
                     waiting
                 }
                 (Some((_, write)), None) | (None, Some(write)) => write,
                 (None, None) => continue,
             };
-            q.seq += 1;
-            let seq = q.seq;
-            q.stats.failed += 1;
-            let failed = FailedWrite {
-                op: write.into_op(key),
-                failure: Failure::Panicked(reason.into()),
-                attempts: 0,
-            };
-            q.failed.push((seq, failed));
+            queue.seq += 1;
+            queue.stats.failed += 1;
+            // An older failure of the key, if any, is in `failed` already.
+            slot.failed = Some((queue.seq, write));
+            left += 1;
         }
-        if q.abandoned && !q.failed.is_empty() {
+        if left > 0 {
+            queue.dead = Some((from, reason));
+        }
+        let lost = q.failed.len() + left;
+        if q.abandoned && lost > 0 {
             eprintln!(
-                "larder: the store refused {} write(s) of a write-back cache after its last \
-                 handle was dropped; they are lost",
-                q.failed.len()
+                "larder: the store refused {lost} write(s) of a write-back cache after its last \
+                 handle was dropped; they are lost"
             );
         }
         self.progressed(q);
