@@ -287,7 +287,10 @@ where
     /// reaches this caller, and one of the waiting callers runs its own loader
     /// instead; nobody waits forever. If the key is written, removed or the
     /// cache invalidated while the load runs, the loaded value is returned to
-    /// every caller of the flight but not cached over the newer state.
+    /// the callers already waiting for it but not cached over the newer
+    /// state, and a caller arriving after that write runs a load of its own
+    /// rather than take a value read before it (as after an invalidation of
+    /// one of the cache's tags).
     ///
     /// A waiting caller blocks its thread. In async code use
     /// [`get_or_load_async`](Self::get_or_load_async): blocking a thread whose
