@@ -210,6 +210,67 @@ fn read_through_shares_a_store_error_and_does_not_cache_it() {
 // --------------------------------------------------------------- write-through
 
 #[test]
+fn a_read_after_an_acknowledged_delete_does_not_take_an_older_load() {
+    use std::sync::mpsc;
+    /// A store whose loads say they started, then wait to be released.
+    struct HeldLoads {
+        data: Mutex<HashMap<u64, u64>>,
+        started: Mutex<mpsc::Sender<()>>,
+        release: Mutex<mpsc::Receiver<()>>,
+    }
+    impl Store<u64, u64> for HeldLoads {
+        type Error = String;
+        fn load(&self, k: &u64) -> Result<Option<u64>, String> {
+            let v = self.data.lock().unwrap().get(k).copied();
+            self.started.lock().unwrap().send(()).unwrap();
+            self.release.lock().unwrap().recv().unwrap();
+            Ok(v)
+        }
+        fn write(&self, op: &Op<u64, u64>) -> Result<(), String> {
+            let mut data = self.data.lock().unwrap();
+            match op {
+                Op::Put(k, v) => data.insert(*k, *v),
+                Op::Delete(k) => data.remove(k),
+            };
+            Ok(())
+        }
+    }
+    let (started, load_started) = mpsc::channel();
+    let (release, released) = mpsc::channel();
+    let store = HeldLoads {
+        data: Mutex::new(HashMap::from([(1, 100)])),
+        started: Mutex::new(started),
+        release: Mutex::new(released),
+    };
+    let cache = Cache::builder()
+        .max_capacity(100)
+        .write_back(store, WriteBack::default().max_delay(Duration::MAX))
+        .build()
+        .unwrap();
+    std::thread::scope(|s| {
+        let early = s.spawn(|| cache.get(&1));
+        load_started.recv().unwrap();
+        cache.delete(&1).unwrap();
+        // Begun after the delete returned: it must see the delete, not wait
+        // for the load that began before it.
+        let (answer, answered) = mpsc::channel();
+        let cache = &cache;
+        s.spawn(move || answer.send(cache.get(&1)).unwrap());
+        let late = answered.recv_timeout(Duration::from_secs(30));
+        release.send(()).unwrap();
+        assert_eq!(late, Ok(Ok(None)), "the late read sees the delete");
+        assert_eq!(
+            early.join().unwrap(),
+            Ok(Some(100)),
+            "the early read's load"
+        );
+    });
+    assert_eq!(cache.get(&1), Ok(None), "the older load was not cached");
+    cache.flush().unwrap();
+    assert_eq!(cache.store().data.lock().unwrap().get(&1), None);
+}
+
+#[test]
 fn write_through_stores_before_caching_and_a_failure_changes_nothing() {
     let db = Db::new();
     let cache = Cache::builder()
