@@ -404,6 +404,43 @@ fn a_panicking_expiry_leaves_the_cache_unchanged() {
 }
 
 #[test]
+fn a_panicking_expiry_over_an_expired_entry_leaves_it_for_the_listener() {
+    let (cache, time, log) = cache_with(|b| b.expiry(Panics));
+    cache.insert(1, 1);
+    time.advance(SEC);
+    // The entry under the key has expired; the write's own `Expiry` panics.
+    assert!(catch_unwind(AssertUnwindSafe(|| cache.insert(1, 13))).is_err());
+    assert_eq!(cache.get(&1), None);
+    cache.run_pending_tasks();
+    assert_eq!(cache.len(), 0);
+    assert_eq!(
+        taken(&log),
+        [(1, 1, RemovalCause::Expired)],
+        "the expired entry is not lost to the panic"
+    );
+    assert_eq!(cache.stats().expirations, 1);
+}
+
+/// The wheel's ticks are about a millisecond: a pass of maintenance in an
+/// entry's last tick but before its deadline finds it not yet due, and a
+/// later pass in the same tick, after the deadline, must still take it.
+#[test]
+fn run_pending_tasks_reclaims_what_an_earlier_pass_in_the_tick_found_not_yet_due() {
+    for ttl_us in [1, 300, 500, 900] {
+        let ttl = Duration::from_micros(ttl_us);
+        let (cache, time, log) = cache_with(|b| b.time_to_live(ttl));
+        cache.insert(1, 1);
+        // The insert's own maintenance ran at its deadline's tick or before.
+        cache.run_pending_tasks();
+        assert_eq!(cache.len(), 1, "{ttl_us} µs: not due yet");
+        time.advance(ttl);
+        cache.run_pending_tasks();
+        assert_eq!(cache.len(), 0, "{ttl_us} µs: reclaimed at its deadline");
+        assert_eq!(taken(&log), [(1, 1, RemovalCause::Expired)]);
+    }
+}
+
+#[test]
 fn maintenance_reclaims_with_cause_expired() {
     let (cache, time, log) = cache_with(|b| b.time_to_live(SEC).shards(1));
     for i in 0..50 {

@@ -110,6 +110,13 @@ impl Wheel {
         self.len
     }
 
+    /// Whether `token` is filed.
+    pub(crate) fn is_filed(&self, token: Token) -> bool {
+        self.place
+            .get(token as usize)
+            .is_some_and(|&p| p != UNFILED)
+    }
+
     /// The deadline `token` is filed under, if it is filed.
     #[cfg(any(test, fuzzing))]
     pub(crate) fn deadline(&self, token: Token) -> Option<u64> {

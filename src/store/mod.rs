@@ -20,6 +20,8 @@ mod read_buffer;
 mod slab;
 
 use std::borrow::Borrow;
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 
 use hashbrown::HashTable;
 use smallvec::SmallVec;
@@ -97,6 +99,13 @@ pub(crate) struct Timers {
     /// token with a cap (time-to-idle caches), `NEVER` beyond.
     cap: Vec<u64>,
     wheel: Wheel,
+    /// Tokens the wheel handed out in their deadline's tick but before the
+    /// deadline, earliest deadline first: every expiry pass takes those now
+    /// due, so that one run at or after a deadline reclaims its entry even
+    /// when an earlier pass in the same tick found it not yet due. Entries
+    /// may be stale (a token since removed, or filed on the wheel again):
+    /// they are dropped when taken.
+    early: BinaryHeap<Reverse<(u64, Token)>>,
     /// Tokens the wheel hands out, reused between calls.
     due: Vec<Token>,
     /// Tokens whose deadline a read moved earlier than the wheel has it filed
@@ -523,29 +532,39 @@ impl<K: Eq, V, H: Fn(&K) -> u64> ShardWriter<'_, K, V, H> {
             self.map.timed = true;
         }
         let now = self.map.timed().then(|| timing.clock.now());
-        let mut existing = self.map.find(hash, &key).map(|(t, _)| t);
-        if let Some(t) = existing.filter(|&t| !self.map.is_live(t, now)) {
+        let found = self.map.find(hash, &key).map(|(t, _)| t);
+        // An entry already under the key whose deadline has passed leaves as
+        // expired; it is taken out only after the user's code below has run,
+        // so that a panic there changes nothing at all.
+        let expired = found.filter(|&t| !self.map.is_live(t, now));
+        let existing = found.filter(|_| expired.is_none());
+        // Weights above `MAX_WEIGHT` count as it (the builder's docs).
+        let weight = weight.min(MAX_WEIGHT);
+        let fits = u64::from(weight) <= self.map.max_entry;
+        let deadlines = match (fits, now, &self.map.timers) {
+            (true, Some(now), Some(timers)) => Some((timing.deadlines)(
+                &key,
+                &value,
+                now,
+                existing.map(|t| timers.at(t)),
+            )),
+            _ => None,
+        };
+        if let Some(t) = expired {
             let old = self.unlink(hash, t);
             self.map.counters.expirations += 1;
             out.push((old.key, old.value, RemovalCause::Expired));
-            existing = None;
         }
-        // Weights above `MAX_WEIGHT` count as it (the builder's docs).
-        let weight = weight.min(MAX_WEIGHT);
-        if u64::from(weight) > self.map.max_entry {
+        if !fits {
             self.map.counters.rejections += 1;
             return Err(self.refuse(hash, existing, key, value, out, Refused::TooHeavy));
         }
-        let timed = match (now, &self.map.timers) {
-            (Some(now), Some(timers)) => {
-                let d = (timing.deadlines)(&key, &value, now, existing.map(|t| timers.at(t)));
-                if d.at <= now {
-                    self.map.counters.expirations += 1;
-                    return Err(self.refuse(hash, existing, key, value, out, Refused::Expired));
-                }
-                Some(d)
+        let timed = match (now, deadlines) {
+            (Some(now), Some(d)) if d.at <= now => {
+                self.map.counters.expirations += 1;
+                return Err(self.refuse(hash, existing, key, value, out, Refused::Expired));
             }
-            _ => None,
+            (_, d) => d,
         };
         let token = match existing {
             Some(t) => {
@@ -651,15 +670,37 @@ impl<K: Eq, V, H: Fn(&K) -> u64> ShardWriter<'_, K, V, H> {
             return false;
         };
         let mut due = std::mem::take(&mut timers.due);
-        let more = timers.wheel.advance(ticks(now), budget, &mut due);
+        while due.len() < budget {
+            match timers.early.peek() {
+                Some(&Reverse((at, _))) if at <= now => {}
+                _ => break,
+            }
+            if let Some(Reverse((_, t))) = timers.early.pop() {
+                due.push(t);
+            }
+        }
+        let early_more = timers.early.peek().is_some_and(|e| e.0 .0 <= now);
+        let more = timers
+            .wheel
+            .advance(ticks(now), budget - due.len(), &mut due)
+            || early_more;
         for &t in &due {
-            let timers = self.map.timers.as_mut().expect("checked above");
+            let map = &mut *self.map;
+            let timers = map.timers.as_mut().expect("checked above");
+            // A stale early token: gone, or filed on the wheel again.
+            if !map.slab.contains(t) || timers.wheel.is_filed(t) {
+                continue;
+            }
             let at = timers.at(t);
             if at > now {
-                // Not yet (its tick has begun, or a read moved it): look again
-                // at its tick, and never sooner than the next.
+                // Not yet (its tick has begun, or a read moved it): within
+                // this tick, every pass looks again; later, the wheel does.
                 if at != NEVER {
-                    timers.wheel.schedule(t, ticks(at).max(ticks(now) + 1));
+                    if ticks(at) <= ticks(now) {
+                        timers.early.push(Reverse((at, t)));
+                    } else {
+                        timers.wheel.schedule(t, ticks(at));
+                    }
                 }
                 continue;
             }
@@ -885,7 +926,10 @@ impl<K: Eq, V, H: Fn(&K) -> u64> ShardWriter<'_, K, V, H> {
                         let due = ticks(at).max(timers.wheel.elapsed()) + 1;
                         assert!(when <= due, "filed after its deadline");
                     }
-                    None => assert_eq!(at, NEVER, "a deadline the wheel does not know"),
+                    None => assert!(
+                        at == NEVER || timers.early.iter().any(|e| e.0 .1 == t),
+                        "a deadline the wheel does not know"
+                    ),
                 }
             }
             assert_eq!(filed, timers.wheel.len(), "the wheel holds departed tokens");
