@@ -224,6 +224,44 @@ fn a_caller_after_a_write_loads_afresh_instead_of_joining_an_older_load() {
     }
 }
 
+/// A load replaced in the flight table by a caller after a tag invalidation
+/// (of any tag) is out of reach of later writes, so it must not be cached:
+/// otherwise an insert or `invalidate_all` during it would be undone.
+#[test]
+fn a_load_replaced_after_a_tag_invalidation_is_not_cached_over_a_later_write() {
+    use std::sync::mpsc;
+    for write in ["insert", "invalidate_all"] {
+        let cache = cache();
+        let (started, load_started) = mpsc::channel();
+        let (release, released) = mpsc::channel::<()>();
+        let early = {
+            let cache = cache.clone();
+            std::thread::spawn(move || {
+                cache.get_or_load(1, |_| {
+                    started.send(()).unwrap();
+                    released.recv().unwrap();
+                    "old".to_string()
+                })
+            })
+        };
+        load_started.recv().unwrap();
+        cache.invalidate_tag("unrelated");
+        assert_eq!(cache.get_or_load(1, |_| "second".to_string()), "second");
+        match write {
+            "insert" => cache.insert(1, "new".into()),
+            _ => cache.invalidate_all(),
+        }
+        release.send(()).unwrap();
+        assert_eq!(early.join().unwrap(), "old");
+        let expected = (write == "insert").then(|| "new".to_string());
+        assert_eq!(
+            cache.get(&1),
+            expected,
+            "{write}: the early load stayed out"
+        );
+    }
+}
+
 /// The race behind the test above, without the barriers inside the loader: an
 /// `insert` and a `get_or_load` of one key start together, over and over,
 /// while other writers keep the shard's lock busy. Whatever the interleaving,

@@ -10,7 +10,8 @@
 //! but is not cached over the newer state (DESIGN §3, contract 3), and leaves
 //! the table: a caller that arrives after the write starts a load of its own
 //! rather than take a value read before it. So does a caller that arrives
-//! after a tag invalidation the flight began before.
+//! after a tag invalidation the flight began before, and the flight it
+//! replaces is marked stale too (no write could reach it any more).
 
 use std::any::Any;
 use std::sync::Arc;
@@ -249,13 +250,15 @@ impl<K: Eq + Clone, V: Clone> Flights<K, V> {
     /// leader will load on this thread, blocking it). `epoch` is the cache's
     /// tag epoch now: a flight that began before a later one may carry a
     /// value of an invalidated tag, so it is left to its waiters and a new
-    /// flight takes its place.
+    /// flight takes its place. Out of the table, no write could mark it stale
+    /// any more, so it is marked now: only the newer flight is cached.
     pub(crate) fn join(&self, hash: u64, key: &K, sync: bool, epoch: u64) -> Role<'_, K, V> {
         let mut table = self.table.lock();
         if let Ok(found) = table.find_entry(hash, |f| f.key == *key) {
             if found.get().epoch >= epoch {
                 return Role::Waiter(found.get().clone());
             }
+            found.get().stale.store(true, Ordering::Release);
             found.remove();
             self.active.fetch_sub(1, Ordering::SeqCst);
         }
@@ -416,8 +419,9 @@ mod tests {
         let early = leader(table.join(1, &1, false, 3));
         assert!(matches!(table.join(1, &1, false, 3), Role::Waiter(_)));
         let late = leader(table.join(1, &1, false, 4));
-        // Not stale: whether its value is cached is for its tags to say.
-        assert!(!early.flight().is_stale());
+        // Out of the table no write could reach it: it is not cached.
+        assert!(early.flight().is_stale());
+        assert!(!late.flight().is_stale());
         assert_eq!(table.active.load(Ordering::SeqCst), 1);
         early.finish(Outcome::Loaded(1));
         assert!(matches!(table.join(1, &1, false, 4), Role::Waiter(_)));
