@@ -298,13 +298,58 @@ fn write_through_stores_before_caching_and_a_failure_changes_nothing() {
     };
     let panicked = catch_unwind(AssertUnwindSafe(|| cache.put(1, 12)));
     assert!(panicked.is_err());
-    assert_eq!((db.value(1), cache.peek(&1)), (Some(10), Some(10)));
+    // A panicking store may have taken the write: the cached copy is dropped
+    // and the next read asks the store (which, here, did not take it).
+    assert_eq!((db.value(1), cache.peek(&1)), (Some(10), None));
+    *db.faults.lock().unwrap() = Faults::default();
+    assert_eq!(cache.get(&1), Ok(Some(10)));
 
     *db.faults.lock().unwrap() = Faults::default();
     cache.put(1, 13).unwrap();
     cache.delete(&1).unwrap();
     assert_eq!((db.value(1), cache.peek(&1)), (None, None));
     assert_eq!(cache.get(&1), Ok(None));
+}
+
+#[test]
+fn a_write_through_store_that_panics_after_taking_the_write_leaves_no_stale_copy() {
+    /// Applies every write, then panics on the value 13 and on deletes of key 7.
+    #[derive(Default)]
+    struct TakesThenPanics(Mutex<HashMap<u64, u64>>);
+    impl Store<u64, u64> for TakesThenPanics {
+        type Error = String;
+        fn load(&self, k: &u64) -> Result<Option<u64>, String> {
+            Ok(self.0.lock().unwrap().get(k).copied())
+        }
+        fn write(&self, op: &Op<u64, u64>) -> Result<(), String> {
+            let mut data = self.0.lock().unwrap();
+            match op {
+                Op::Put(k, v) => data.insert(*k, *v),
+                Op::Delete(k) => data.remove(k),
+            };
+            drop(data);
+            match op {
+                Op::Put(_, 13) | Op::Delete(7) => panic!("the store panics after the write"),
+                _ => Ok(()),
+            }
+        }
+    }
+    let cache = Cache::builder()
+        .max_capacity(100)
+        .write_through(TakesThenPanics::default())
+        .build()
+        .unwrap();
+    cache.put(1, 10).unwrap();
+    cache.put(7, 70).unwrap();
+    assert!(catch_unwind(AssertUnwindSafe(|| cache.put(1, 13))).is_err());
+    assert!(catch_unwind(AssertUnwindSafe(|| cache.delete(&7))).is_err());
+    // The store took both writes: the cache must not keep serving the old values.
+    assert_eq!(cache.get(&1), Ok(Some(13)));
+    assert_eq!(cache.get(&7), Ok(None));
+    // The stripes were released: the keys can be written again.
+    cache.put(1, 11).unwrap();
+    cache.put(7, 71).unwrap();
+    assert_eq!((cache.get(&1), cache.get(&7)), (Ok(Some(11)), Ok(Some(71))));
 }
 
 #[test]

@@ -211,9 +211,12 @@ where
     ///
     /// # Panics
     ///
-    /// If the store panics; the cache is unchanged. If the weigher or the
-    /// [`Expiry`](crate::Expiry) panics, the store has the write and the key's
-    /// cached copy is dropped, so that reads load the new value.
+    /// If the store panics: it may have taken the write before it did, so
+    /// the key's cached copy is dropped before the panic goes on, and the next
+    /// read asks the store (as [`put_async`](Self::put_async) does). If the
+    /// weigher or the [`Expiry`](crate::Expiry) panics, the store has the
+    /// write and the key's cached copy is dropped, so that reads load the new
+    /// value.
     ///
     /// ```
     /// # use std::collections::HashMap;
@@ -274,7 +277,8 @@ where
         let policy = self.policy();
         let guard = policy.locks.lock(self.hash(&key));
         let op = Op::Put(key, value);
-        policy.store.write(&op).map_err(WriteError::Store)?;
+        let (written, guard) = self.store_call_sync(op.key(), guard, || policy.store.write(&op));
+        written.map_err(WriteError::Store)?;
         let Op::Put(key, value) = op else {
             unreachable!("the op built above")
         };
@@ -290,16 +294,37 @@ where
     ///
     /// # Panics
     ///
-    /// If the store panics; the cache is unchanged.
+    /// If the store panics: the key's cached copy is dropped before the panic
+    /// goes on, as with [`put`](Self::put).
     pub fn delete(&self, key: &K) -> Result<(), WriteError<St::Error>> {
         let policy = self.policy();
         let guard = policy.locks.lock(self.hash(key));
-        policy
-            .store
-            .write(&Op::Delete(key.clone()))
-            .map_err(WriteError::Store)?;
+        let op = Op::Delete(key.clone());
+        let (written, guard) = self.store_call_sync(key, guard, || policy.store.write(&op));
+        written.map_err(WriteError::Store)?;
         self.land_delete(key, guard);
         Ok(())
+    }
+
+    /// Runs a write-through store `call` for `key`, holding its stripe. If
+    /// the store panics it may or may not have the write: the key's cached
+    /// copy is dropped, the stripe released, the listener told (its own panic
+    /// is not raised over the store's), and the store's panic goes on.
+    fn store_call_sync<'a, T>(
+        &'a self,
+        key: &K,
+        guard: KeyGuard<'a>,
+        call: impl FnOnce() -> T,
+    ) -> (T, KeyGuard<'a>) {
+        match catch_unwind(AssertUnwindSafe(call)) {
+            Ok(out) => (out, guard),
+            Err(panic) => {
+                let stale = self.take(key);
+                drop(guard);
+                let _ = catch_unwind(AssertUnwindSafe(|| self.notify(stale)));
+                resume_unwind(panic)
+            }
+        }
     }
 
     /// Nothing is ever pending with this policy.
