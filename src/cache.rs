@@ -95,8 +95,6 @@ struct Inner<K, V, S> {
     record_stats: bool,
     eviction: Eviction,
     expiration: Expiration<K, V>,
-    /// Whether the builder configured expiry (every shard keeps deadlines).
-    timed: bool,
     loads: LoadStats,
     /// Bumped by every tag invalidation before it sweeps: a load that saw
     /// it move does not cache a tagged value (DESIGN §3, contract 3).
@@ -235,7 +233,6 @@ where
                 record_stats: parts.record_stats,
                 eviction: parts.eviction,
                 expiration: parts.expiration,
-                timed: parts.timed,
                 loads: LoadStats::default(),
                 tag_epoch: std::sync::atomic::AtomicU64::new(0),
                 tag_hasher: foldhash::fast::RandomState::default(),
@@ -791,11 +788,11 @@ where
     {
         let hash = self.hash(key);
         let shard = self.shard(hash);
-        // With expiry configured, read the clock before the lock: the read
-        // then overlaps the lock's atomic and the probe's cache misses.
-        let early = self.inner.timed.then(|| self.inner.expiration.clock.now());
+        // The clock is read under the lock: a time read before waiting for a
+        // writer could find live an entry whose idle deadline passed while it
+        // waited, and move that deadline on from the past.
         let map = shard.read();
-        let now = early.or_else(|| self.now_for(&map));
+        let now = self.now_for(&map);
         let found = map.find(hash, key).filter(|&(t, _)| map.is_live(t, now));
         let Some((token, entry)) = found else {
             drop(map);

@@ -440,6 +440,62 @@ fn run_pending_tasks_reclaims_what_an_earlier_pass_in_the_tick_found_not_yet_due
     }
 }
 
+/// A `get` that waits for a writer decides liveness, and moves the idle
+/// deadline, with the time after the wait: one that used the time from
+/// before could return an entry idle past its deadline, and bring it back
+/// for later reads after a `contains_key` had seen it gone.
+#[test]
+fn a_read_waiting_for_a_writer_judges_idleness_by_the_time_it_gets_in() {
+    use std::sync::Condvar;
+    /// (the writer is in, the gate is open)
+    #[derive(Default)]
+    struct Gate(Mutex<(bool, bool)>, Condvar);
+    /// Idle expiry of 10 s; creating key 2 holds the shard's write lock until
+    /// the gate opens.
+    struct HoldsOnTwo(Arc<Gate>);
+    impl Expiry<u32, u32> for HoldsOnTwo {
+        fn expire_after_create(&self, k: &u32, _: &u32) -> Option<Duration> {
+            if *k == 2 {
+                let mut state = self.0 .0.lock().unwrap();
+                state.0 = true;
+                self.0 .1.notify_all();
+                while !state.1 {
+                    state = self.0 .1.wait(state).unwrap();
+                }
+            }
+            Some(10 * SEC)
+        }
+        fn expire_after_read(&self, _: &u32, _: &u32, _: Option<Duration>) -> Option<Duration> {
+            Some(10 * SEC)
+        }
+    }
+    for _ in 0..3 {
+        let gate = Arc::new(Gate::default());
+        let (cache, time, _log) = cache_with(|b| b.shards(1).expiry(HoldsOnTwo(gate.clone())));
+        cache.insert(1, 1);
+        time.advance(9 * SEC);
+        std::thread::scope(|s| {
+            let writer = s.spawn(|| cache.insert(2, 2));
+            let mut state = gate.0.lock().unwrap();
+            while !state.0 {
+                state = gate.1.wait(state).unwrap();
+            }
+            drop(state);
+            // Both reads wait for the writer; time passes the idle deadline.
+            let present = s.spawn(|| cache.contains_key(&1));
+            let read = s.spawn(|| cache.get(&1));
+            std::thread::sleep(Duration::from_millis(50));
+            time.advance(6 * SEC);
+            gate.0.lock().unwrap().1 = true;
+            gate.1.notify_all();
+            writer.join().unwrap();
+            assert_eq!(read.join().unwrap(), None, "idle for 15 s of 10");
+            assert!(!present.join().unwrap());
+        });
+        assert_eq!(cache.get(&1), None, "not brought back");
+    }
+}
+
 #[test]
 fn maintenance_reclaims_with_cause_expired() {
     let (cache, time, log) = cache_with(|b| b.time_to_live(SEC).shards(1));
