@@ -920,6 +920,46 @@ fn writes_a_dead_flusher_leaves_are_reported_and_later_ones_refused() {
     assert!(cache.close().is_ok(), "each failure is reported once");
 }
 
+/// The last handle of a cache whose flusher died, dropped with nobody having
+/// called `flush`: the writes it left unsent must be mentioned on stderr.
+/// Runs itself again as a child process, whose stderr it reads.
+#[test]
+fn dropping_a_cache_whose_flusher_died_says_what_was_lost() {
+    if std::env::var_os("LARDER_TEST_CHILD").is_some() {
+        let cache = Cache::builder()
+            .max_capacity(100)
+            .write_back(
+                BrittleDb::default(),
+                WriteBack::default().max_delay(Duration::ZERO),
+            )
+            .build()
+            .unwrap();
+        cache.put(1, Brittle(13)).unwrap();
+        cache.put(2, Brittle(20)).unwrap();
+        wait_until("the flusher gone", || cache.put(99, Brittle(99)).is_err());
+        eprintln!("CHILD: dropping");
+        drop(cache);
+        return;
+    }
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "dropping_a_cache_whose_flusher_died_says_what_was_lost",
+        ])
+        .args(["--nocapture", "--test-threads=1"])
+        .env("LARDER_TEST_CHILD", "1")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "the child failed:\n{stderr}");
+    let after_drop = stderr.split("CHILD: dropping").nth(1).unwrap_or("");
+    assert!(
+        after_drop.contains("larder: a write-back cache was dropped with")
+            && !after_drop.contains("dropped with 0 write(s) its store refused and 0"),
+        "the acknowledged writes left unsent went unmentioned:\n{stderr}"
+    );
+}
+
 #[test]
 fn a_second_close_waits_for_the_flusher_too() {
     let db = Db::with_faults(Faults {
@@ -1194,6 +1234,72 @@ fn a_failure_handler_may_flush_without_hanging_the_flusher() {
     cache.put(2, 2).unwrap();
     cache.flush().unwrap();
     assert_eq!(db.value(2), Some(2));
+}
+
+#[test]
+fn a_failure_handler_may_flush_or_close_async_without_hanging_the_flusher() {
+    use std::future::Future;
+    use std::task::{Context, Poll, Wake, Waker};
+    /// Polls on this thread until ready (the handler runs on the flusher,
+    /// outside any runtime).
+    fn block_on<F: Future>(future: F) -> F::Output {
+        struct Unpark(std::thread::Thread);
+        impl Wake for Unpark {
+            fn wake(self: Arc<Self>) {
+                self.0.unpark();
+            }
+        }
+        let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
+        let mut future = std::pin::pin!(future);
+        loop {
+            if let Poll::Ready(out) = future.as_mut().poll(&mut Context::from_waker(&waker)) {
+                return out;
+            }
+            std::thread::park();
+        }
+    }
+    type Backed =
+        Cache<u64, u64, larder::DefaultHashBuilder, larder::WriteBehind<u64, u64, Shared>>;
+    static CACHE: std::sync::OnceLock<Backed> = std::sync::OnceLock::new();
+    let db = Db::with_faults(Faults {
+        fail: 100,
+        ..Faults::default()
+    });
+    let handled = Arc::new(AtomicU64::new(0));
+    let count = handled.clone();
+    let cache: Backed = Cache::builder()
+        .max_capacity(10)
+        .write_back(
+            Shared(db.clone()),
+            WriteBack::default()
+                .max_delay(Duration::ZERO)
+                .retries(0, Duration::ZERO),
+        )
+        .on_write_failure(move |_| {
+            if let Some(cache) = CACHE.get() {
+                // The first failure flushes, the second closes; both return
+                // at once on the flusher, as their blocking twins do.
+                if count.load(Ordering::SeqCst) == 0 {
+                    let _ = block_on(cache.flush_async());
+                } else {
+                    let _ = block_on(cache.close_async());
+                }
+            }
+            count.fetch_add(1, Ordering::SeqCst);
+        })
+        .build()
+        .unwrap();
+    assert!(CACHE.set(cache.clone()).is_ok());
+    cache.put(1, 1).unwrap();
+    wait_until("flush_async in the handler returned", || {
+        handled.load(Ordering::SeqCst) == 1
+    });
+    cache.put(2, 2).unwrap();
+    wait_until("close_async in the handler returned", || {
+        handled.load(Ordering::SeqCst) == 2
+    });
+    assert_eq!(cache.put(3, 3), Err(WriteError::Closed));
+    assert!(cache.close().is_ok(), "both failures went to the handler");
 }
 
 #[test]

@@ -382,6 +382,11 @@ where
         let target = {
             let mut q = shared.queue.lock();
             q.flush_to = q.flush_to.max(q.seq);
+            if q.flusher_id == Some(thread::current().id()) {
+                // On the flusher (a failure handler), as `flush`: report
+                // what there is rather than wait for the flusher itself.
+                return report(shared, q);
+            }
             q.seq
         };
         shared.work.notify_one();
@@ -403,6 +408,11 @@ where
         let shared = &*self.shared;
         {
             let mut q = shared.queue.lock();
+            if q.flusher_id == Some(thread::current().id()) {
+                // On the flusher (a failure handler): `close` does not wait.
+                drop(q);
+                return self.close();
+            }
             q.closing = true;
             shared.work.notify_all();
             shared.progressed(q);
@@ -812,7 +822,14 @@ where
                 None => q = shared.progress.wait(q),
             }
         }
-        let failed = q.failed.len();
+        // What a dead flusher left in the slots is failed and unreported too.
+        let dead = q.dead.map_or(0, |(from, _)| {
+            q.slots
+                .values()
+                .filter(|s| s.failed.as_ref().is_some_and(|(seq, _)| *seq >= from))
+                .count()
+        });
+        let failed = q.failed.len() + dead;
         let unsent = q
             .slots
             .values()
