@@ -53,8 +53,9 @@ pub enum Eviction {
     /// Least recently used: every read moves the entry to the back of its shard's
     /// list; the front is evicted. Exact per shard.
     Lru,
-    /// Least frequently used: the entry read the fewest times goes first, ties
-    /// broken by recency. Counts never age, so LFU suits stable popularity.
+    /// Least frequently used: the entry used the fewest times goes first (a
+    /// read or an update of its value counts as a use), ties broken by
+    /// recency. Counts never age, so LFU suits stable popularity.
     Lfu,
 }
 

@@ -113,9 +113,11 @@ impl<K, V> Slab<K, V> {
             self.slots[token as usize] = Some(entry);
             return Some(token);
         }
+        // The top two tokens are the lists' markers (`NIL`, and `DETACHED`
+        // for a token on no list): never an entry's.
         let token = Token::try_from(self.used)
             .ok()
-            .filter(|&t| t < Token::MAX)?;
+            .filter(|&t| t < Token::MAX - 1)?;
         if self.used == self.slots.len() {
             self.grow();
         }
