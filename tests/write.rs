@@ -1302,6 +1302,55 @@ fn a_failure_handler_may_flush_or_close_async_without_hanging_the_flusher() {
     assert!(cache.close().is_ok(), "both failures went to the handler");
 }
 
+/// Async writers that give up while they wait (a timeout, a lost `select!`
+/// branch) must not leave their wakers behind: with a queue that cannot move
+/// (full of unreported failures), the list would grow with every one.
+#[test]
+fn async_waiters_that_give_up_leave_no_waker_behind() {
+    use std::future::Future;
+    use std::task::{Context, Wake, Waker};
+    struct Task;
+    impl Wake for Task {
+        fn wake(self: Arc<Self>) {}
+    }
+    fn poll_once<F: Future>(future: F, waker: &Waker) -> bool {
+        let mut future = std::pin::pin!(future);
+        future
+            .as_mut()
+            .poll(&mut Context::from_waker(waker))
+            .is_pending()
+    }
+    let db = Db::with_faults(Faults {
+        fail: 100,
+        ..Faults::default()
+    });
+    db.close_gate();
+    let cache = write_back(
+        &db,
+        WriteBack::default()
+            .retries(0, Duration::ZERO)
+            .queue_capacity(1),
+        1,
+    );
+    cache.put(1, 1).unwrap();
+    let tasks: Vec<Arc<Task>> = (0..100).map(|_| Arc::new(Task)).collect();
+    for (k, task) in (100..).zip(&tasks) {
+        let waker = Waker::from(task.clone());
+        // Each waits (for room, for the flush, for the stripe) and is dropped.
+        assert!(poll_once(cache.put_async(k, k), &waker));
+        assert!(poll_once(cache.delete_async(&k), &waker));
+        assert!(poll_once(cache.flush_async(), &waker));
+    }
+    let held = tasks.iter().filter(|t| Arc::strong_count(t) > 1).count();
+    db.open_gate();
+    assert_eq!(
+        held, 0,
+        "{held} wakers of writers that gave up are still held"
+    );
+    let report = cache.close().unwrap_err();
+    assert_eq!(report.failed.len(), 1, "only the first put was accepted");
+}
+
 #[test]
 fn invalid_write_back_settings_are_refused() {
     let db = Db::new();

@@ -117,7 +117,7 @@ struct Queue<K, V, E> {
     abandoned: bool,
     stats: WriteStats,
     /// Async `flush` / `close` callers to wake on progress.
-    wakers: Vec<std::task::Waker>,
+    wakers: super::Wakers,
     /// The flusher is handing given-up writes to the failure handler: a
     /// `flush` waits for that too.
     handing: bool,
@@ -178,7 +178,7 @@ where
                 flusher_id: None,
                 abandoned: false,
                 stats: WriteStats::default(),
-                wakers: Vec::new(),
+                wakers: super::Wakers::default(),
                 handing: false,
                 reports_out: 0,
                 stored_while_out: hashbrown::HashSet::default(),
@@ -252,19 +252,29 @@ where
 
     /// [`wait_for_room`](Self::wait_for_room) for async writers: pending,
     /// woken when the flusher makes progress, instead of blocking the thread.
+    /// The caller's future calls [`forget`](Self::forget) when it ends.
     pub(crate) fn poll_room(
         &self,
         key: &K,
+        waiter: &super::Waiter,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<()> {
         let shared = &*self.shared;
         let mut q = shared.queue.lock();
         if q.running && !q.closing && !q.has_room(key, shared.settings.queue_capacity) {
-            super::register(&mut q.wakers, cx);
+            q.wakers.register(waiter, cx);
             shared.work.notify_one();
             return std::task::Poll::Pending;
         }
         std::task::Poll::Ready(())
+    }
+
+    /// Takes away the waker `waiter` filed, if any: its future is done, or
+    /// was dropped while it waited.
+    pub(crate) fn forget(&self, waiter: &super::Waiter) {
+        if waiter.filed() {
+            self.shared.queue.lock().wakers.forget(waiter);
+        }
     }
 
     /// Queues a write of `key`, waiting for room as configured (for callers
@@ -390,10 +400,12 @@ where
             q.seq
         };
         shared.work.notify_one();
+        let waiter = super::Waiter::new();
+        let _forget = super::Forget(|| self.forget(&waiter));
         std::future::poll_fn(|cx| {
             let mut q = shared.queue.lock();
             if q.running && (q.handing || q.outstanding_from().is_some_and(|s| s <= target)) {
-                super::register(&mut q.wakers, cx);
+                q.wakers.register(&waiter, cx);
                 std::task::Poll::Pending
             } else {
                 std::task::Poll::Ready(())
@@ -417,10 +429,12 @@ where
             shared.work.notify_all();
             shared.progressed(q);
         }
+        let waiter = super::Waiter::new();
+        let _forget = super::Forget(|| self.forget(&waiter));
         std::future::poll_fn(|cx| {
             let mut q = shared.queue.lock();
             if q.running {
-                super::register(&mut q.wakers, cx);
+                q.wakers.register(&waiter, cx);
                 std::task::Poll::Pending
             } else {
                 std::task::Poll::Ready(())
@@ -642,7 +656,7 @@ impl<K, V, St: Store<K, V>> Shared<K, V, St> {
     /// Releases the queue and wakes everyone waiting for it to move: blocked
     /// writers, `flush` and `close`, sync and async.
     fn progressed(&self, mut q: MutexGuard<'_, Queue<K, V, St::Error>>) {
-        let wakers = std::mem::take(&mut q.wakers);
+        let wakers: Vec<_> = q.wakers.take().collect();
         drop(q);
         self.progress.notify_all();
         for waker in wakers {

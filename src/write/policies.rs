@@ -731,6 +731,10 @@ where
     pub async fn put_async(&self, key: K, value: V) -> Result<(), WriteError<St::Error>> {
         let policy = self.policy();
         let mut write = Some(Pending::Put(value.clone()));
+        // Waiting for room (below) files a waker; done or dropped, this
+        // future takes it away.
+        let waiter = crate::write::Waiter::new();
+        let _forget = crate::write::Forget(|| policy.forget(&waiter));
         loop {
             let guard = policy.shared.locks.lock_async(self.hash(&key)).await;
             if policy.try_accept(&key, &mut write)? {
@@ -738,7 +742,7 @@ where
                 return Ok(());
             }
             drop(guard);
-            std::future::poll_fn(|cx| policy.poll_room(&key, cx)).await;
+            std::future::poll_fn(|cx| policy.poll_room(&key, &waiter, cx)).await;
         }
     }
 
@@ -750,6 +754,10 @@ where
     pub async fn delete_async(&self, key: &K) -> Result<(), WriteError<St::Error>> {
         let policy = self.policy();
         let mut write = Some(Pending::Delete);
+        // Waiting for room (below) files a waker; done or dropped, this
+        // future takes it away.
+        let waiter = crate::write::Waiter::new();
+        let _forget = crate::write::Forget(|| policy.forget(&waiter));
         loop {
             let guard = policy.shared.locks.lock_async(self.hash(key)).await;
             if policy.try_accept(key, &mut write)? {
@@ -757,7 +765,7 @@ where
                 return Ok(());
             }
             drop(guard);
-            std::future::poll_fn(|cx| policy.poll_room(key, cx)).await;
+            std::future::poll_fn(|cx| policy.poll_room(key, &waiter, cx)).await;
         }
     }
 
