@@ -628,7 +628,8 @@ impl WriteBack {
 
     /// How long dropping the last handle of a write-back cache waits for its
     /// queue to drain. Writes still queued after it are written by the flusher
-    /// thread for as long as the process lives.
+    /// thread for as long as the process lives. `Duration::MAX` waits until
+    /// the queue drains, however long the store takes (for ever, if it hangs).
     pub fn drop_wait(mut self, wait: Duration) -> Self {
         self.drop_wait = wait;
         self
