@@ -106,6 +106,10 @@ pub(crate) struct Timers {
     /// may be stale (a token since removed, or filed on the wheel again):
     /// they are dropped when taken.
     early: BinaryHeap<Reverse<(u64, Token)>>,
+    /// Per token, the deadline it was last pushed on `early` with (`NEVER`
+    /// once taken): a token rewritten again and again within one tick is
+    /// pushed once per deadline, not once per write.
+    early_at: Vec<u64>,
     /// Tokens the wheel hands out, reused between calls.
     due: Vec<Token>,
     /// Tokens whose deadline a read moved earlier than the wheel has it filed
@@ -675,7 +679,12 @@ impl<K: Eq, V, H: Fn(&K) -> u64> ShardWriter<'_, K, V, H> {
                 Some(&Reverse((at, _))) if at <= now => {}
                 _ => break,
             }
-            if let Some(Reverse((_, t))) = timers.early.pop() {
+            if let Some(Reverse((at, t))) = timers.early.pop() {
+                if let Some(pushed) = timers.early_at.get_mut(t as usize) {
+                    if *pushed == at {
+                        *pushed = NEVER;
+                    }
+                }
                 due.push(t);
             }
         }
@@ -697,7 +706,14 @@ impl<K: Eq, V, H: Fn(&K) -> u64> ShardWriter<'_, K, V, H> {
                 // this tick, every pass looks again; later, the wheel does.
                 if at != NEVER {
                     if ticks(at) <= ticks(now) {
-                        timers.early.push(Reverse((at, t)));
+                        let i = t as usize;
+                        if timers.early_at.len() <= i {
+                            timers.early_at.resize(i + 1, NEVER);
+                        }
+                        if timers.early_at[i] != at {
+                            timers.early_at[i] = at;
+                            timers.early.push(Reverse((at, t)));
+                        }
                     } else {
                         timers.wheel.schedule(t, ticks(at));
                     }
@@ -927,7 +943,7 @@ impl<K: Eq, V, H: Fn(&K) -> u64> ShardWriter<'_, K, V, H> {
                         assert!(when <= due, "filed after its deadline");
                     }
                     None => assert!(
-                        at == NEVER || timers.early.iter().any(|e| e.0 .1 == t),
+                        at == NEVER || timers.early_at.get(t as usize).is_some_and(|&a| a != NEVER),
                         "a deadline the wheel does not know"
                     ),
                 }
@@ -946,6 +962,39 @@ mod tests {
 
     type S = Shard<u64, u64>;
     type M = Map<u64, u64>;
+
+    /// A key rewritten again and again within its deadline's tick (a clock
+    /// standing still) is put among the early tokens once, not once a write.
+    #[test]
+    fn rewrites_within_a_tick_do_not_grow_the_early_tokens() {
+        use super::{Deadlines, Removed, WriteContext, NEVER};
+        let (clock, _time) = crate::Clock::mock();
+        let shard = S::new(100, 100, Eviction::TinyLfu, 0, true).expect("small");
+        let hash_of = |k: &u64| *k;
+        let sub_tick = |_: &u64, _: &u64, now: u64, _: Option<u64>| Deadlines {
+            at: now + 500_000,
+            cap: NEVER,
+        };
+        for i in 0..10_000 {
+            let mut out = Removed::new();
+            let timing = WriteContext {
+                clock: &clock,
+                start: false,
+                deadlines: &sub_tick,
+                tags: &[],
+            };
+            let mut writer = shard.write(&hash_of);
+            assert!(writer.insert(1, 1, i, 1, timing, &mut out).is_ok());
+        }
+        let writer = shard.write(&hash_of);
+        let timers = writer.map.timers.as_ref().expect("timed");
+        assert!(
+            timers.early.len() <= 1,
+            "{} early tokens",
+            timers.early.len()
+        );
+        writer.validate();
+    }
 
     /// What a lookup reads of its shard — the lock word, the table's header,
     /// `hits`, the flags and the slab's slots — lies in the shard's first
