@@ -928,6 +928,9 @@ where
             if flight.is_stale() || !untagged_since {
                 return Ok(());
             }
+            // Cached now: an older load of the key still running must not
+            // land over it.
+            flight.supersede_older();
         }
         let result = writer.insert(
             hash,

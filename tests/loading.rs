@@ -262,6 +262,55 @@ fn a_load_replaced_after_a_tag_invalidation_is_not_cached_over_a_later_write() {
     }
 }
 
+/// A caller after a tag invalidation does not join a load that began before
+/// it, but that older load is still cached when it lands first and none of
+/// its own tags was invalidated (under steady invalidations of other tags a
+/// hot key would otherwise never be cached); landing after the newer load,
+/// it is not cached over it.
+#[test]
+fn an_older_load_is_cached_if_it_lands_before_the_newer_one_and_not_after() {
+    use std::sync::mpsc;
+    for older_lands_first in [true, false] {
+        let cache = cache();
+        let spawn_load = |value: &'static str| {
+            let (started, load_started) = mpsc::channel();
+            let (release, released) = mpsc::channel::<()>();
+            let cache = cache.clone();
+            let handle = std::thread::spawn(move || {
+                cache.get_or_load(1, |_| {
+                    started.send(()).unwrap();
+                    released.recv().unwrap();
+                    value.to_string()
+                })
+            });
+            load_started.recv().unwrap();
+            (release, handle)
+        };
+        let (release_old, old) = spawn_load("old");
+        cache.invalidate_tag("unrelated");
+        let (release_new, new) = spawn_load("new");
+        let (first, second) = if older_lands_first {
+            ((release_old, old, "old"), (release_new, new, "new"))
+        } else {
+            ((release_new, new, "new"), (release_old, old, "old"))
+        };
+        first.0.send(()).unwrap();
+        assert_eq!(first.1.join().unwrap(), first.2);
+        assert_eq!(
+            cache.peek(&1).as_deref(),
+            Some(first.2),
+            "older first: {older_lands_first}: the first to land is cached"
+        );
+        second.0.send(()).unwrap();
+        assert_eq!(second.1.join().unwrap(), second.2);
+        assert_eq!(
+            cache.peek(&1).as_deref(),
+            Some("new"),
+            "older first: {older_lands_first}: the newer load's value stays"
+        );
+    }
+}
+
 /// The race behind the test above, without the barriers inside the loader: an
 /// `insert` and a `get_or_load` of one key start together, over and over,
 /// while other writers keep the shard's lock busy. Whatever the interleaving,

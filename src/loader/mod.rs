@@ -10,8 +10,12 @@
 //! but is not cached over the newer state (DESIGN §3, contract 3), and leaves
 //! the table: a caller that arrives after the write starts a load of its own
 //! rather than take a value read before it. So does a caller that arrives
-//! after a tag invalidation the flight began before, and the flight it
-//! replaces is marked stale too (no write could reach it any more).
+//! after a tag invalidation the flight began before. The flight it replaces
+//! stays within reach of writes through the newer one (which keeps a list of
+//! the older flights still loading), so its value is still cached if it lands
+//! first and no write or invalidation of its tags came since; once the newer
+//! flight lands, or leaves the table, the older ones are marked stale, so an
+//! older load never lands over a newer one.
 
 use std::any::Any;
 use std::sync::Arc;
@@ -68,6 +72,9 @@ pub(crate) struct Flight<K, V> {
     /// The cache's tag epoch when the flight began: a caller that sees a
     /// later one (a tag was invalidated since) does not join.
     epoch: u64,
+    /// Older flights of the key, still loading when this one replaced them
+    /// in the table: a write that reaches this flight reaches them too.
+    older: Vec<Arc<Flight<K, V>>>,
 }
 
 thread_local! {
@@ -135,9 +142,29 @@ impl<K, V> Flight<K, V> {
         }
     }
 
-    /// Whether a write of the key happened while the load ran.
+    /// Whether a write of the key happened while the load ran, or a newer
+    /// load of the key landed first.
     pub(crate) fn is_stale(&self) -> bool {
         self.stale.load(Ordering::Acquire)
+    }
+
+    /// Marks this flight and the older ones it replaced stale.
+    fn mark_stale(&self) {
+        self.stale.store(true, Ordering::Release);
+        self.supersede_older();
+    }
+
+    /// Marks the older flights this one replaced stale: called as this one's
+    /// value is cached (under the shard's write lock, where an older flight
+    /// checks before it caches) and when it leaves the table.
+    pub(crate) fn supersede_older(&self) {
+        for flight in &self.older {
+            flight.stale.store(true, Ordering::Release);
+        }
+    }
+
+    fn is_loading(&self) -> bool {
+        matches!(*self.state.lock(), State::Loading(_))
     }
 
     /// Waits for the outcome without blocking the thread.
@@ -250,17 +277,19 @@ impl<K: Eq + Clone, V: Clone> Flights<K, V> {
     /// leader will load on this thread, blocking it). `epoch` is the cache's
     /// tag epoch now: a flight that began before a later one may carry a
     /// value of an invalidated tag, so it is left to its waiters and a new
-    /// flight takes its place. Out of the table, no write could mark it stale
-    /// any more, so it is marked now: only the newer flight is cached.
+    /// flight takes its place. The new flight keeps it (and the older flights
+    /// it kept, those still loading), so that writes still reach it.
     pub(crate) fn join(&self, hash: u64, key: &K, sync: bool, epoch: u64) -> Role<'_, K, V> {
         let mut table = self.table.lock();
+        let mut older = Vec::new();
         if let Ok(found) = table.find_entry(hash, |f| f.key == *key) {
             if found.get().epoch >= epoch {
                 return Role::Waiter(found.get().clone());
             }
-            found.get().stale.store(true, Ordering::Release);
-            found.remove();
+            let (replaced, _) = found.remove();
             self.active.fetch_sub(1, Ordering::SeqCst);
+            older.extend(replaced.older.iter().filter(|f| f.is_loading()).cloned());
+            older.push(replaced);
         }
         let flight = Arc::new(Flight {
             key: key.clone(),
@@ -270,6 +299,7 @@ impl<K: Eq + Clone, V: Clone> Flights<K, V> {
             done: Condvar::new(),
             stale: AtomicBool::new(false),
             epoch,
+            older,
         });
         table.insert_unique(hash, flight.clone(), |f| f.hash);
         self.active.fetch_add(1, Ordering::SeqCst);
@@ -296,7 +326,7 @@ impl<K, V> Flights<K, V> {
         }
         let mut table = self.table.lock();
         if let Ok(found) = table.find_entry(hash, |f| f.key.borrow() == key) {
-            found.get().stale.store(true, Ordering::Release);
+            found.get().mark_stale();
             found.remove();
             self.active.fetch_sub(1, Ordering::SeqCst);
         }
@@ -309,20 +339,23 @@ impl<K, V> Flights<K, V> {
         }
         let mut table = self.table.lock();
         for flight in table.drain() {
-            flight.stale.store(true, Ordering::Release);
+            flight.mark_stale();
             self.active.fetch_sub(1, Ordering::SeqCst);
         }
     }
 }
 
 impl<K, V> Flights<K, V> {
-    /// Takes `flight` out of the table unless a write already did.
+    /// Takes `flight` out of the table unless a write already did. The
+    /// older flights it kept go stale: out of the table, no write could
+    /// reach them any more.
     fn remove_flight(&self, flight: &Arc<Flight<K, V>>) {
         let mut table = self.table.lock();
         if let Ok(entry) = table.find_entry(flight.hash, |f| Arc::ptr_eq(f, flight)) {
             entry.remove();
             self.active.fetch_sub(1, Ordering::SeqCst);
         }
+        flight.supersede_older();
     }
 }
 
@@ -419,13 +452,45 @@ mod tests {
         let early = leader(table.join(1, &1, false, 3));
         assert!(matches!(table.join(1, &1, false, 3), Role::Waiter(_)));
         let late = leader(table.join(1, &1, false, 4));
-        // Out of the table no write could reach it: it is not cached.
-        assert!(early.flight().is_stale());
+        // The late flight keeps the early one within reach of writes.
+        assert!(!early.flight().is_stale());
         assert!(!late.flight().is_stale());
         assert_eq!(table.active.load(Ordering::SeqCst), 1);
         early.finish(Outcome::Loaded(1));
         assert!(matches!(table.join(1, &1, false, 4), Role::Waiter(_)));
         late.finish(Outcome::Loaded(2));
+        assert_eq!(table.active.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn a_write_reaches_the_flights_a_newer_one_replaced() {
+        let table = Table::default();
+        let first = leader(table.join(1, &1, false, 1));
+        let second = leader(table.join(1, &1, false, 2));
+        let third = leader(table.join(1, &1, false, 3));
+        assert_eq!(table.active.load(Ordering::SeqCst), 1);
+        assert_eq!(third.flight.older.len(), 2, "both still load");
+        table.invalidate(1, &1);
+        for flight in [&first, &second, &third] {
+            assert!(flight.flight().is_stale());
+        }
+        assert_eq!(table.active.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn a_newer_flight_keeps_only_the_older_ones_still_loading() {
+        let table = Table::default();
+        let first = leader(table.join(1, &1, false, 1));
+        let second = leader(table.join(1, &1, false, 2));
+        first.finish(Outcome::Loaded(1));
+        let third = leader(table.join(1, &1, false, 3));
+        assert_eq!(third.flight.older.len(), 1);
+        assert!(Arc::ptr_eq(&third.flight.older[0], &second.flight));
+        // The newest leaving the table (here abandoned) leaves the older
+        // ones out of reach of writes: they go stale.
+        drop(third);
+        assert!(second.flight().is_stale());
+        second.finish(Outcome::Loaded(2));
         assert_eq!(table.active.load(Ordering::SeqCst), 0);
     }
 }
