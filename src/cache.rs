@@ -285,9 +285,10 @@ where
     /// instead; nobody waits forever. If the key is written, removed or the
     /// cache invalidated while the load runs, the loaded value is returned to
     /// the callers already waiting for it but not cached over the newer
-    /// state, and a caller arriving after that write runs a load of its own
-    /// rather than take a value read before it (as after an invalidation of
-    /// one of the cache's tags).
+    /// state. A caller arriving after that write (or after an invalidation of
+    /// one of the cache's tags) does not take a value read before it: it
+    /// waits for that load to end, then loads afresh unless the cache has a
+    /// value it may take. One loader of a key runs at a time.
     ///
     /// A waiting caller blocks its thread. In async code use
     /// [`get_or_load_async`](Self::get_or_load_async): blocking a thread whose
@@ -680,6 +681,9 @@ where
                     None => continue,
                 },
             };
+            // A panic here (this thread leads an older load of the key)
+            // abandons the flight, as one in `load` below does.
+            let epoch = leader.start(|| self.inner.tag_epoch.load(Ordering::SeqCst));
             if let Some(v) = self.peek(&key) {
                 leader.finish(Outcome::Loaded(v.clone()));
                 return Ok(Some(v));
@@ -687,7 +691,6 @@ where
             let Some(load) = load.take() else {
                 unreachable!("a caller leads at most one flight to the end")
             };
-            let epoch = self.inner.tag_epoch.load(Ordering::SeqCst);
             let timer = LoadTimer::start(&self.inner.loads);
             // A panic here drops `leader`, abandoning the flight to a waiter,
             // and `timer`, booking the load as failed.
@@ -721,6 +724,9 @@ where
                     None => continue,
                 },
             };
+            let epoch = leader
+                .start_async(|| self.inner.tag_epoch.load(Ordering::SeqCst))
+                .await;
             if let Some(v) = self.peek(&key) {
                 leader.finish(Outcome::Loaded(v.clone()));
                 return Ok(Some(v));
@@ -728,7 +734,6 @@ where
             let Some(load) = load.take() else {
                 unreachable!("a caller leads at most one flight to the end")
             };
-            let epoch = self.inner.tag_epoch.load(Ordering::SeqCst);
             let timer = LoadTimer::start(&self.inner.loads);
             let result = crate::loader::lead(leader.flight(), load).await;
             timer.stop();

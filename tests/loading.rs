@@ -170,10 +170,11 @@ fn a_write_during_a_load_keeps_the_load_out_of_the_cache() {
 
 /// A caller that arrives after a write of the key, or after an invalidation
 /// of a tag, must not take the value of a load that began before it: that
-/// load may have read what the write replaced. It loads for itself, and its
-/// value is the one cached.
+/// load may have read what the write replaced. Nor may it load alongside it
+/// (one loader of a key at a time): it waits for that load to end, then loads
+/// for itself, and its value is the one cached.
 #[test]
-fn a_caller_after_a_write_loads_afresh_instead_of_joining_an_older_load() {
+fn a_caller_after_a_write_waits_for_the_older_load_then_loads_afresh() {
     use larder::EntryOptions;
     use std::sync::mpsc;
     for write in [
@@ -208,13 +209,13 @@ fn a_caller_after_a_write_loads_afresh_instead_of_joining_an_older_load() {
                     ("after".to_string(), EntryOptions::new().tags(["t"]))
                 })
             });
-            // The early load is still running: a late caller that joined it
-            // would wait here until the timeout, then get "before".
-            let loaded_alone = late_loaded.recv_timeout(Duration::from_secs(30)).is_ok();
+            // The early load is still running: a late caller that loaded
+            // alongside it would have started by now.
+            let loaded_alongside = late_loaded.recv_timeout(Duration::from_millis(300)).is_ok();
             release.send(()).unwrap();
-            assert_eq!(late.join().unwrap(), "after", "{write}: the late caller");
-            assert!(loaded_alone, "{write}: the late caller ran its own load");
             assert_eq!(early.join().unwrap(), "before", "{write}: the early caller");
+            assert_eq!(late.join().unwrap(), "after", "{write}: the late caller");
+            assert!(!loaded_alongside, "{write}: one loader at a time");
         });
         assert_eq!(
             cache.get(&1).as_deref(),
@@ -225,8 +226,8 @@ fn a_caller_after_a_write_loads_afresh_instead_of_joining_an_older_load() {
 }
 
 /// A load replaced in the flight table by a caller after a tag invalidation
-/// (of any tag) is out of reach of later writes, so it must not be cached:
-/// otherwise an insert or `invalidate_all` during it would be undone.
+/// (of any tag) stays within reach of later writes: an insert or
+/// `invalidate_all` during it must not be undone by its value.
 #[test]
 fn a_load_replaced_after_a_tag_invalidation_is_not_cached_over_a_later_write() {
     use std::sync::mpsc;
@@ -246,69 +247,133 @@ fn a_load_replaced_after_a_tag_invalidation_is_not_cached_over_a_later_write() {
         };
         load_started.recv().unwrap();
         cache.invalidate_tag("unrelated");
-        assert_eq!(cache.get_or_load(1, |_| "second".to_string()), "second");
+        let second = {
+            let cache = cache.clone();
+            std::thread::spawn(move || cache.get_or_load(1, |_| "second".to_string()))
+        };
+        // Time for the second caller to replace the early flight and wait.
+        std::thread::sleep(Duration::from_millis(100));
         match write {
             "insert" => cache.insert(1, "new".into()),
             _ => cache.invalidate_all(),
         }
         release.send(()).unwrap();
         assert_eq!(early.join().unwrap(), "old");
-        let expected = (write == "insert").then(|| "new".to_string());
+        let expected = if write == "insert" { "new" } else { "second" };
         assert_eq!(
-            cache.get(&1),
+            second.join().unwrap(),
             expected,
+            "{write}: the second caller"
+        );
+        assert_eq!(
+            cache.get(&1).as_deref(),
+            Some(expected),
             "{write}: the early load stayed out"
         );
     }
 }
 
 /// A caller after a tag invalidation does not join a load that began before
-/// it, but that older load is still cached when it lands first and none of
-/// its own tags was invalidated (under steady invalidations of other tags a
-/// hot key would otherwise never be cached); landing after the newer load,
-/// it is not cached over it.
+/// it; it waits for it. When none of that load's own tags was invalidated,
+/// its value is cached and the caller takes it without loading again (under
+/// steady invalidations of other tags a hot key would otherwise never be
+/// cached); when one was, the caller loads afresh.
 #[test]
-fn an_older_load_is_cached_if_it_lands_before_the_newer_one_and_not_after() {
+fn a_caller_after_a_tag_invalidation_takes_the_older_load_unless_its_tag_went() {
+    use larder::EntryOptions;
     use std::sync::mpsc;
-    for older_lands_first in [true, false] {
+    for invalidated in ["unrelated", "t"] {
         let cache = cache();
-        let spawn_load = |value: &'static str| {
-            let (started, load_started) = mpsc::channel();
-            let (release, released) = mpsc::channel::<()>();
+        let (started, load_started) = mpsc::channel();
+        let (release, released) = mpsc::channel::<()>();
+        let early = {
             let cache = cache.clone();
-            let handle = std::thread::spawn(move || {
-                cache.get_or_load(1, |_| {
+            std::thread::spawn(move || {
+                cache.get_or_load_with(1, |_| {
                     started.send(()).unwrap();
                     released.recv().unwrap();
-                    value.to_string()
+                    ("old".to_string(), EntryOptions::new().tags(["t"]))
                 })
-            });
-            load_started.recv().unwrap();
-            (release, handle)
+            })
         };
-        let (release_old, old) = spawn_load("old");
-        cache.invalidate_tag("unrelated");
-        let (release_new, new) = spawn_load("new");
-        let (first, second) = if older_lands_first {
-            ((release_old, old, "old"), (release_new, new, "new"))
-        } else {
-            ((release_new, new, "new"), (release_old, old, "old"))
+        load_started.recv().unwrap();
+        cache.invalidate_tag(invalidated);
+        let loads = Arc::new(AtomicUsize::new(0));
+        let late = {
+            let (cache, loads) = (cache.clone(), loads.clone());
+            std::thread::spawn(move || {
+                cache.get_or_load(1, |_| {
+                    loads.fetch_add(1, Ordering::SeqCst);
+                    "new".to_string()
+                })
+            })
         };
-        first.0.send(()).unwrap();
-        assert_eq!(first.1.join().unwrap(), first.2);
+        // Time for the late caller to replace the early flight and wait.
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(loads.load(Ordering::SeqCst), 0, "{invalidated}: it waits");
+        release.send(()).unwrap();
+        assert_eq!(early.join().unwrap(), "old");
+        let expected = if invalidated == "t" { "new" } else { "old" };
         assert_eq!(
-            cache.peek(&1).as_deref(),
-            Some(first.2),
-            "older first: {older_lands_first}: the first to land is cached"
+            late.join().unwrap(),
+            expected,
+            "{invalidated}: the late caller"
         );
-        second.0.send(()).unwrap();
-        assert_eq!(second.1.join().unwrap(), second.2);
         assert_eq!(
-            cache.peek(&1).as_deref(),
-            Some("new"),
-            "older first: {older_lands_first}: the newer load's value stays"
+            loads.load(Ordering::SeqCst),
+            usize::from(invalidated == "t"),
+            "{invalidated}: loads after the early one"
         );
+        assert_eq!(cache.peek(&1).as_deref(), Some(expected), "{invalidated}");
     }
+}
+
+/// Loads of a hot key in a rolling overlap (each caller arrives after an
+/// invalidation of the key's tag, while the previous load still runs) keep
+/// no finished flight, and so no finished value, alive.
+#[test]
+fn a_rolling_overlap_of_loads_keeps_no_finished_value_alive() {
+    use larder::EntryOptions;
+    use std::sync::mpsc;
+    type Running = (mpsc::Sender<()>, std::thread::JoinHandle<Arc<u64>>);
+    let cache: Cache<u32, Arc<u64>> = Cache::builder().max_capacity(10).build().unwrap();
+    let mut weaks = Vec::new();
+    let mut running: Option<Running> = None;
+    for k in 0..50u64 {
+        cache.invalidate_tag("hot");
+        let value = Arc::new(k);
+        weaks.push(Arc::downgrade(&value));
+        let (started, load_started) = mpsc::channel();
+        let (release, released) = mpsc::channel::<()>();
+        let handle = {
+            let cache = cache.clone();
+            std::thread::spawn(move || {
+                cache.get_or_load_with(1, move |_| {
+                    started.send(()).unwrap();
+                    released.recv().unwrap();
+                    (value, EntryOptions::new().tags(["hot"]))
+                })
+            })
+        };
+        // Time for the new caller to replace the running flight and wait.
+        std::thread::sleep(Duration::from_millis(20));
+        if let Some((release, previous)) = running.take() {
+            release.send(()).unwrap();
+            assert_eq!(*previous.join().unwrap(), k - 1);
+        }
+        load_started.recv().unwrap();
+        running = Some((release, handle));
+        // Every earlier value was handed out and not cached (its tag went
+        // after its load began): none is alive any more.
+        let alive = weaks[..weaks.len() - 1]
+            .iter()
+            .filter(|w| w.strong_count() > 0)
+            .count();
+        assert_eq!(alive, 0, "after {k} finished loads");
+    }
+    let (release, last) = running.take().unwrap();
+    release.send(()).unwrap();
+    assert_eq!(*last.join().unwrap(), 49);
 }
 
 /// The race behind the test above, without the barriers inside the loader: an
@@ -920,4 +985,80 @@ fn a_tagged_load_overlapping_an_invalidation_of_other_tags_is_cached() {
         cached += usize::from(cache.get(&key).is_some());
     }
     assert!(cached >= 4, "only {cached} of 8 loads cached");
+}
+
+/// A key whose next clone on a thread can be made to block: `join` clones the
+/// key while it replaces a flight in the table, which holds that moment open
+/// (a preemption there does the same).
+#[derive(Hash, PartialEq, Eq, Debug)]
+struct Key(u32);
+
+type Hook = (std::sync::mpsc::Sender<()>, std::sync::mpsc::Receiver<()>);
+
+thread_local! {
+    static CLONE_HOOK: std::cell::RefCell<Option<Hook>> = const { std::cell::RefCell::new(None) };
+}
+
+impl Clone for Key {
+    fn clone(&self) -> Self {
+        if let Some((entered, release)) = CLONE_HOOK.with(|h| h.borrow_mut().take()) {
+            entered.send(()).unwrap();
+            release.recv().unwrap();
+        }
+        Key(self.0)
+    }
+}
+
+#[test]
+fn a_write_while_a_replaced_load_is_between_flights_is_not_undone() {
+    use std::sync::mpsc::channel;
+    use std::time::Duration;
+    let cache: Cache<Key, String> = Cache::builder().max_capacity(100).build().unwrap();
+    let ample = Duration::from_secs(1);
+    std::thread::scope(|s| {
+        // An old load of key 1, waiting in its loader.
+        let (started, load_started) = channel();
+        let (release_old, old_released) = channel::<()>();
+        let (old_done, old_landed) = channel();
+        let c = &cache;
+        s.spawn(move || {
+            let v = c.get_or_load(Key(1), |_| {
+                started.send(()).unwrap();
+                old_released.recv().unwrap();
+                "old".to_string()
+            });
+            old_done.send(v).unwrap();
+        });
+        load_started.recv().unwrap();
+        cache.invalidate_tag("unrelated");
+        // A caller after the invalidation replaces the old flight; held
+        // between taking it out of the table and putting its own in.
+        let (entered, join_entered) = channel();
+        let (release_join, join_released) = channel();
+        let (new_done, new_landed) = channel();
+        s.spawn(move || {
+            CLONE_HOOK.with(|h| *h.borrow_mut() = Some((entered, join_released)));
+            new_done
+                .send(c.get_or_load(Key(1), |_| "new".to_string()))
+                .unwrap();
+        });
+        join_entered.recv().unwrap();
+        // A write after the old load began.
+        let (written, write_landed) = channel();
+        s.spawn(move || {
+            c.insert(Key(1), "written".to_string());
+            written.send(()).unwrap();
+        });
+        let _ = write_landed.recv_timeout(ample);
+        // The old load lands: it must not be cached over the write.
+        release_old.send(()).unwrap();
+        let _ = old_landed.recv_timeout(ample);
+        release_join.send(()).unwrap();
+        let _ = new_landed.recv().unwrap();
+    });
+    assert_eq!(
+        cache.peek(&Key(1)).as_deref(),
+        Some("written"),
+        "a load that began before the insert was cached over it"
+    );
 }

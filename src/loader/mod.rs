@@ -1,24 +1,30 @@
-//! Single flight: concurrent loads of one absent key share one load.
+//! Single flight: concurrent loads of one absent key share one load, and at
+//! most one loader of a key runs at a time.
 //!
 //! Each shard keeps a small table of the keys being loaded, behind a mutex of
 //! its own (never the map lock, and never held while a loader runs). The first
 //! caller to miss a key becomes the flight's leader and runs the loader; later
 //! callers wait on the flight and take its outcome. A leader that panics
 //! abandons the flight: its own caller sees the panic, and one waiter takes
-//! the load over. An explicit write of the key (insert, remove, invalidate_all)
-//! while the load runs marks the flight stale, so its value reaches the waiters
-//! but is not cached over the newer state (DESIGN §3, contract 3), and leaves
-//! the table: a caller that arrives after the write starts a load of its own
-//! rather than take a value read before it. So does a caller that arrives
-//! after a tag invalidation the flight began before. The flight it replaces
-//! stays within reach of writes through the newer one (which keeps a list of
-//! the older flights still loading), so its value is still cached if it lands
-//! first and no write or invalidation of its tags came since; once the newer
-//! flight lands, or leaves the table, the older ones are marked stale, so an
-//! older load never lands over a newer one.
+//! the load over.
+//!
+//! A flight is *pending* until its leader starts loading, then *started* at
+//! the cache's tag epoch of that moment. A write of the key (insert, remove,
+//! invalidate_all) while a started load runs marks the flight stale, so its
+//! value reaches the waiters but is not cached over the newer state (DESIGN
+//! §3, contract 3). A caller that arrives after such a write, or after a tag
+//! invalidation the load began before, must not take a value read before it:
+//! it does not join, but replaces the flight in the table with a pending one
+//! that keeps the older flights still loading. Its leader waits for them to
+//! end before it starts (contract 4: one loader at a time), then looks in the
+//! cache again, where an older load that was not stale may have left its
+//! value. Writes reach the older flights through the newer one; once a newer
+//! value is cached the older flights are marked stale, so an older load never
+//! lands over it. A pending flight is never stale (its load has not read
+//! anything yet) and anyone may join it.
 
 use std::any::Any;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::task::{Poll, Waker};
 use std::thread::ThreadId;
 
@@ -69,13 +75,22 @@ pub(crate) struct Flight<K, V> {
     done: Condvar,
     /// Set by a write of the key while the load runs.
     stale: AtomicBool,
-    /// The cache's tag epoch when the flight began: a caller that sees a
-    /// later one (a tag was invalidated since) does not join.
-    epoch: u64,
+    /// The cache's tag epoch when the load started, [`PENDING`] before: a
+    /// caller that sees a later one (a tag was invalidated since) does not
+    /// join. Set under the table's lock.
+    epoch: AtomicU64,
+    /// Set as the flight ends (its value, if any, already cached or not).
+    ended: AtomicBool,
     /// Older flights of the key, still loading when this one replaced them
-    /// in the table: a write that reaches this flight reaches them too.
-    older: Vec<Arc<Flight<K, V>>>,
+    /// in the table: its leader waits for them before it loads, and a write
+    /// that reaches this flight reaches them too. Weak, so that one that
+    /// ended is freed with its value (and the flights it kept in turn) once
+    /// its callers have it, instead of chaining every flight of a hot key.
+    older: Vec<Weak<Flight<K, V>>>,
 }
+
+/// A flight's epoch until its leader starts loading.
+const PENDING: u64 = u64::MAX;
 
 thread_local! {
     /// The flights (by address) whose async leader is polling its loader on
@@ -158,13 +173,41 @@ impl<K, V> Flight<K, V> {
     /// value is cached (under the shard's write lock, where an older flight
     /// checks before it caches) and when it leaves the table.
     pub(crate) fn supersede_older(&self) {
-        for flight in &self.older {
+        for flight in self.older() {
             flight.stale.store(true, Ordering::Release);
         }
     }
 
+    /// The older flights still held (a flight no one holds has no leader
+    /// left: it ended).
+    fn older(&self) -> impl Iterator<Item = Arc<Flight<K, V>>> + '_ {
+        self.older.iter().filter_map(Weak::upgrade)
+    }
+
     fn is_loading(&self) -> bool {
-        matches!(*self.state.lock(), State::Loading(_))
+        !self.ended.load(Ordering::Acquire)
+    }
+
+    fn is_started(&self) -> bool {
+        self.epoch.load(Ordering::Acquire) != PENDING
+    }
+
+    /// Whether a caller that saw tag epoch `epoch` may take this flight's
+    /// outcome: it is still loading, and either pending or started at or
+    /// after `epoch` and not stale.
+    fn joinable(&self, epoch: u64) -> bool {
+        self.is_loading() && !self.is_stale() && self.epoch.load(Ordering::Acquire) >= epoch
+    }
+
+    /// A write of the key happened: a started load may have read what it
+    /// replaced; a pending one has read nothing yet, but the older loads it
+    /// waits for have.
+    fn written(&self) {
+        if self.is_started() {
+            self.mark_stale();
+        } else {
+            self.supersede_older();
+        }
     }
 
     /// Waits for the outcome without blocking the thread.
@@ -275,21 +318,31 @@ pub(crate) enum Role<'a, K, V> {
 impl<K: Eq + Clone, V: Clone> Flights<K, V> {
     /// Joins the flight for `key`, or starts one and leads it (`sync`: the
     /// leader will load on this thread, blocking it). `epoch` is the cache's
-    /// tag epoch now: a flight that began before a later one may carry a
-    /// value of an invalidated tag, so it is left to its waiters and a new
-    /// flight takes its place. The new flight keeps it (and the older flights
-    /// it kept, those still loading), so that writes still reach it.
+    /// tag epoch now: a flight that started before a later one may carry a
+    /// value of an invalidated tag, and a stale one a value a write replaced,
+    /// so such a flight is left to its waiters and a new one takes its place,
+    /// keeping it (and the older flights it kept, those still loading).
     pub(crate) fn join(&self, hash: u64, key: &K, sync: bool, epoch: u64) -> Role<'_, K, V> {
         let mut table = self.table.lock();
         let mut older = Vec::new();
         if let Ok(found) = table.find_entry(hash, |f| f.key == *key) {
-            if found.get().epoch >= epoch {
+            if found.get().joinable(epoch) {
                 return Role::Waiter(found.get().clone());
             }
+            // `active` stays as it is: a write that finds it zero skips the
+            // table, and the flights replaced must stay within its reach.
             let (replaced, _) = found.remove();
-            self.active.fetch_sub(1, Ordering::SeqCst);
-            older.extend(replaced.older.iter().filter(|f| f.is_loading()).cloned());
-            older.push(replaced);
+            older.extend(
+                replaced
+                    .older()
+                    .filter(|f| f.is_loading())
+                    .map(|f| Arc::downgrade(&f)),
+            );
+            if replaced.is_loading() {
+                older.push(Arc::downgrade(&replaced));
+            }
+        } else {
+            self.active.fetch_add(1, Ordering::SeqCst);
         }
         let flight = Arc::new(Flight {
             key: key.clone(),
@@ -298,11 +351,11 @@ impl<K: Eq + Clone, V: Clone> Flights<K, V> {
             state: Mutex::new(State::Loading(Waiters::default())),
             done: Condvar::new(),
             stale: AtomicBool::new(false),
-            epoch,
+            epoch: AtomicU64::new(PENDING),
+            ended: AtomicBool::new(false),
             older,
         });
         table.insert_unique(hash, flight.clone(), |f| f.hash);
-        self.active.fetch_add(1, Ordering::SeqCst);
         Role::Leader(Leader {
             flights: self,
             flight,
@@ -326,36 +379,67 @@ impl<K, V> Flights<K, V> {
         }
         let mut table = self.table.lock();
         if let Ok(found) = table.find_entry(hash, |f| f.key.borrow() == key) {
-            found.get().mark_stale();
-            found.remove();
-            self.active.fetch_sub(1, Ordering::SeqCst);
+            let flight = found.get();
+            flight.written();
+            if !flight.is_loading() {
+                // An abandoned flight left for the older ones it kept.
+                found.remove();
+                self.active.fetch_sub(1, Ordering::SeqCst);
+            }
         }
     }
 
-    /// Marks every flight stale and empties the table (`invalidate_all`).
+    /// [`invalidate`](Self::invalidate) for every key (`invalidate_all`).
     pub(crate) fn invalidate_all(&self) {
         if self.active.load(Ordering::SeqCst) == 0 {
             return;
         }
         let mut table = self.table.lock();
-        for flight in table.drain() {
-            flight.mark_stale();
-            self.active.fetch_sub(1, Ordering::SeqCst);
-        }
+        table.retain(|flight| {
+            flight.written();
+            let keep = flight.is_loading();
+            if !keep {
+                self.active.fetch_sub(1, Ordering::SeqCst);
+            }
+            keep
+        });
     }
 }
 
 impl<K, V> Flights<K, V> {
-    /// Takes `flight` out of the table unless a write already did. The
-    /// older flights it kept go stale: out of the table, no write could
-    /// reach them any more.
+    /// Marks `flight` ended and takes it out of the table unless a newer
+    /// flight replaced it. An abandoned flight that never started stays while
+    /// older flights it kept still load: the next caller replaces it and
+    /// waits for them, and writes reach them through it meanwhile.
     fn remove_flight(&self, flight: &Arc<Flight<K, V>>) {
         let mut table = self.table.lock();
+        flight.ended.store(true, Ordering::Release);
         if let Ok(entry) = table.find_entry(flight.hash, |f| Arc::ptr_eq(f, flight)) {
+            if !flight.is_started() && flight.older().any(|f| f.is_loading()) {
+                return;
+            }
+            // Out of the table, no write could reach the older flights any
+            // more: stale before `active` may drop to zero (a write that
+            // then skips the table must not miss them). A flight that
+            // started waited for them to end: this matters only for one
+            // abandoned while it waited.
+            flight.supersede_older();
             entry.remove();
             self.active.fetch_sub(1, Ordering::SeqCst);
+        } else {
+            flight.supersede_older();
         }
-        flight.supersede_older();
+    }
+
+    /// Starts `leader`'s load: its flight takes the cache's tag epoch now
+    /// (read by `tag_epoch`), which it returns. Under the table's lock, so a
+    /// write either comes before (and the load, which starts by looking in
+    /// the cache, sees it) or marks the started flight stale.
+    fn start(&self, flight: &Flight<K, V>, tag_epoch: impl FnOnce() -> u64) -> u64 {
+        let _table = self.table.lock();
+        let epoch = tag_epoch();
+        flight.epoch.store(epoch, Ordering::Release);
+        epoch
     }
 }
 
@@ -371,6 +455,34 @@ pub(crate) struct Leader<'a, K, V> {
 impl<K, V> Leader<'_, K, V> {
     pub(crate) fn flight(&self) -> &Flight<K, V> {
         &self.flight
+    }
+
+    /// Waits for the older loads of the key this flight replaced to end, then
+    /// starts this one at the cache's tag epoch now (read by `tag_epoch`),
+    /// which it returns. The caller then looks in the cache before it loads: an older
+    /// load may have cached a value this caller may take.
+    ///
+    /// Panics if this thread leads one of the older flights (a loader asking
+    /// for its own key after a tag invalidation: it would wait for itself).
+    pub(crate) fn start(&self, tag_epoch: impl FnOnce() -> u64) -> u64
+    where
+        V: Clone,
+    {
+        for older in self.flight.older() {
+            older.wait();
+        }
+        self.flights.start(&self.flight, tag_epoch)
+    }
+
+    /// [`start`](Self::start) without blocking the thread.
+    pub(crate) async fn start_async(&self, tag_epoch: impl FnOnce() -> u64) -> u64
+    where
+        V: Clone,
+    {
+        for older in self.flight.older() {
+            older.wait_async().await;
+        }
+        self.flights.start(&self.flight, tag_epoch)
     }
 
     /// Ends the flight: it leaves the table (later callers start afresh or
@@ -405,93 +517,164 @@ mod tests {
 
     type Table = Flights<u8, u32>;
 
-    fn leader(role: Role<'_, u8, u32>) -> Leader<'_, u8, u32> {
-        match role {
+    /// Joins key 1 having seen tag epoch `epoch`, expecting to lead, and
+    /// starts the load at `epoch` (no older flight may still be loading).
+    fn lead(table: &Table, epoch: u64) -> Leader<'_, u8, u32> {
+        let leader = pending(table, epoch);
+        assert_eq!(leader.start(|| epoch), epoch);
+        leader
+    }
+
+    /// Joins key 1 expecting to lead, without starting.
+    fn pending(table: &Table, epoch: u64) -> Leader<'_, u8, u32> {
+        match table.join(1, &1, false, epoch) {
             Role::Leader(leader) => leader,
             Role::Waiter(_) => panic!("expected to lead"),
         }
     }
 
-    #[test]
-    fn a_write_takes_the_flight_out_of_the_table() {
-        let table = Table::default();
-        let early = leader(table.join(1, &1, false, 0));
-        assert!(matches!(table.join(1, &1, false, 0), Role::Waiter(_)));
-        table.invalidate(1, &1);
-        assert!(early.flight().is_stale(), "its value is not cached");
-        assert_eq!(table.active.load(Ordering::SeqCst), 0);
-        // A caller after the write leads a flight of its own.
-        let late = leader(table.join(1, &1, false, 0));
-        assert!(!late.flight().is_stale());
-        // The early leader finishing leaves the late flight in place.
-        early.finish(Outcome::Loaded(1));
-        assert_eq!(table.active.load(Ordering::SeqCst), 1);
-        assert!(matches!(table.join(1, &1, false, 0), Role::Waiter(_)));
-        late.finish(Outcome::Loaded(2));
-        assert_eq!(table.active.load(Ordering::SeqCst), 0);
+    fn joins(table: &Table, epoch: u64) -> bool {
+        matches!(table.join(1, &1, false, epoch), Role::Waiter(_))
+    }
+
+    fn active(table: &Table) -> usize {
+        table.active.load(Ordering::SeqCst)
     }
 
     #[test]
-    fn invalidating_all_empties_the_table() {
+    fn a_write_during_a_load_makes_later_callers_lead_after_it() {
         let table = Table::default();
-        let a = leader(table.join(1, &1, false, 0));
-        let b = leader(table.join(2, &2, false, 0));
+        let early = lead(&table, 0);
+        assert!(joins(&table, 0));
+        table.invalidate(1, &1);
+        assert!(early.flight().is_stale(), "its value is not cached");
+        // A caller after the write leads a flight of its own, which waits
+        // for the early one: it keeps it.
+        let late = pending(&table, 0);
+        assert!(!late.flight().is_stale());
+        assert_eq!(late.flight.older.len(), 1);
+        assert!(std::ptr::eq(late.flight.older[0].as_ptr(), &*early.flight));
+        assert_eq!(active(&table), 1);
+        // Anyone may join the pending flight, whatever tag epoch they saw.
+        assert!(joins(&table, 7));
+        early.finish(Outcome::Loaded(1));
+        assert_eq!(late.start(|| 0), 0);
+        assert!(joins(&table, 0));
+        late.finish(Outcome::Loaded(2));
+        assert_eq!(active(&table), 0);
+    }
+
+    #[test]
+    fn a_write_before_a_pending_flight_starts_leaves_it_fresh() {
+        let table = Table::default();
+        let early = lead(&table, 0);
+        table.invalidate(1, &1);
+        let late = pending(&table, 0);
+        // A second write while `late` waits: its load has read nothing yet,
+        // so it stays fresh; the early one is stale already.
+        table.invalidate(1, &1);
+        assert!(!late.flight().is_stale());
+        early.finish(Outcome::Loaded(1));
+        late.start(|| 0);
+        table.invalidate(1, &1);
+        assert!(late.flight().is_stale(), "started, it is stale now");
+        late.finish(Outcome::Loaded(2));
+        assert_eq!(active(&table), 0);
+    }
+
+    #[test]
+    fn invalidating_all_reaches_every_flight() {
+        let table = Table::default();
+        let a = lead(&table, 0);
+        let b = match table.join(2, &2, false, 0) {
+            Role::Leader(leader) => leader,
+            Role::Waiter(_) => panic!("expected to lead"),
+        };
+        b.start(|| 0);
         table.invalidate_all();
         assert!(a.flight().is_stale() && b.flight().is_stale());
-        assert_eq!(table.active.load(Ordering::SeqCst), 0);
-        let c = leader(table.join(1, &1, false, 0));
+        // Both stay until they end, so that later callers wait for them.
+        assert_eq!(active(&table), 2);
+        let c = pending(&table, 0);
+        assert_eq!(c.flight.older.len(), 1);
         drop((a, b));
-        assert_eq!(table.active.load(Ordering::SeqCst), 1);
+        assert_eq!(active(&table), 1);
         drop(c);
-        assert_eq!(table.active.load(Ordering::SeqCst), 0);
+        assert_eq!(active(&table), 0);
     }
 
     #[test]
     fn a_caller_after_a_tag_invalidation_leads_a_flight_of_its_own() {
         let table = Table::default();
-        let early = leader(table.join(1, &1, false, 3));
-        assert!(matches!(table.join(1, &1, false, 3), Role::Waiter(_)));
-        let late = leader(table.join(1, &1, false, 4));
+        let early = lead(&table, 3);
+        assert!(joins(&table, 3));
+        let late = pending(&table, 4);
         // The late flight keeps the early one within reach of writes.
         assert!(!early.flight().is_stale());
         assert!(!late.flight().is_stale());
-        assert_eq!(table.active.load(Ordering::SeqCst), 1);
+        assert_eq!(active(&table), 1);
         early.finish(Outcome::Loaded(1));
-        assert!(matches!(table.join(1, &1, false, 4), Role::Waiter(_)));
+        assert_eq!(late.start(|| 4), 4);
+        assert!(joins(&table, 4));
         late.finish(Outcome::Loaded(2));
-        assert_eq!(table.active.load(Ordering::SeqCst), 0);
+        assert_eq!(active(&table), 0);
     }
 
     #[test]
     fn a_write_reaches_the_flights_a_newer_one_replaced() {
         let table = Table::default();
-        let first = leader(table.join(1, &1, false, 1));
-        let second = leader(table.join(1, &1, false, 2));
-        let third = leader(table.join(1, &1, false, 3));
-        assert_eq!(table.active.load(Ordering::SeqCst), 1);
-        assert_eq!(third.flight.older.len(), 2, "both still load");
+        let first = lead(&table, 1);
+        let second = pending(&table, 2);
+        assert!(joins(&table, 3), "a pending flight is joined");
         table.invalidate(1, &1);
-        for flight in [&first, &second, &third] {
-            assert!(flight.flight().is_stale());
-        }
-        assert_eq!(table.active.load(Ordering::SeqCst), 0);
+        assert!(first.flight().is_stale());
+        assert!(!second.flight().is_stale());
+        assert_eq!(active(&table), 1);
+        first.finish(Outcome::Loaded(1));
+        second.finish(Outcome::Loaded(2));
+        assert_eq!(active(&table), 0);
     }
 
     #[test]
     fn a_newer_flight_keeps_only_the_older_ones_still_loading() {
         let table = Table::default();
-        let first = leader(table.join(1, &1, false, 1));
-        let second = leader(table.join(1, &1, false, 2));
+        let first = lead(&table, 1);
+        // `second` starts without waiting for `first`, only so that a third
+        // flight can replace it while both load.
+        let second = pending(&table, 2);
+        table.start(&second.flight, || 2);
         first.finish(Outcome::Loaded(1));
-        let third = leader(table.join(1, &1, false, 3));
+        let third = pending(&table, 3);
         assert_eq!(third.flight.older.len(), 1);
-        assert!(Arc::ptr_eq(&third.flight.older[0], &second.flight));
-        // The newest leaving the table (here abandoned) leaves the older
-        // ones out of reach of writes: they go stale.
+        assert!(std::ptr::eq(
+            third.flight.older[0].as_ptr(),
+            &*second.flight
+        ));
+        // The newest abandoned before it started, with `second` still
+        // loading: it stays in the table so that writes reach `second`.
         drop(third);
+        assert_eq!(active(&table), 1);
+        table.invalidate(1, &1);
         assert!(second.flight().is_stale());
+        assert_eq!(active(&table), 0, "the write cleared the abandoned flight");
         second.finish(Outcome::Loaded(2));
-        assert_eq!(table.active.load(Ordering::SeqCst), 0);
+        assert_eq!(active(&table), 0);
+    }
+
+    #[test]
+    fn an_abandoned_flight_left_for_older_ones_is_replaced_by_the_next_caller() {
+        let table = Table::default();
+        let first = lead(&table, 1);
+        drop(pending(&table, 2));
+        assert_eq!(active(&table), 1);
+        let next = pending(&table, 2);
+        assert_eq!(next.flight.older.len(), 1);
+        assert!(std::ptr::eq(next.flight.older[0].as_ptr(), &*first.flight));
+        assert!(!first.flight().is_stale());
+        first.finish(Outcome::Loaded(1));
+        next.start(|| 2);
+        next.finish(Outcome::Loaded(2));
+        assert_eq!(active(&table), 0);
     }
 }
 
@@ -510,17 +693,20 @@ mod loom_models {
     /// what it saw. (`sync: false`: loom threads share one OS thread.)
     fn call(table: &Table, lead: impl FnOnce() -> Option<Outcome<u32>>) -> Outcome<u32> {
         match table.join(1, &1, false, 0) {
-            Role::Leader(leader) => match lead() {
-                Some(outcome) => {
-                    leader.finish(outcome.clone());
-                    outcome
+            Role::Leader(leader) => {
+                leader.start(|| 0);
+                match lead() {
+                    Some(outcome) => {
+                        leader.finish(outcome.clone());
+                        outcome
+                    }
+                    // The leader goes away without finishing (a panic, a cancelled task).
+                    None => {
+                        drop(leader);
+                        Outcome::Abandoned
+                    }
                 }
-                // The leader goes away without finishing (a panic, a cancelled task).
-                None => {
-                    drop(leader);
-                    Outcome::Abandoned
-                }
-            },
+            }
             Role::Waiter(flight) => flight.wait(),
         }
     }
@@ -586,6 +772,29 @@ mod loom_models {
                 Outcome::Abandoned | Outcome::Loaded(2)
             ));
             assert_eq!(value(&b), Some(2));
+        });
+    }
+
+    #[test]
+    fn after_a_write_one_loader_runs_at_a_time() {
+        loom::model(|| {
+            let table = LoomArc::new(Table::default());
+            let running = LoomArc::new(AtomicBool::new(false));
+            let load = |running: &AtomicBool, v: u32| {
+                assert!(!running.swap(true, Ordering::SeqCst), "two loaders at once");
+                thread::yield_now();
+                running.store(false, Ordering::SeqCst);
+                Some(Outcome::Loaded(v))
+            };
+            let (t, r) = (table.clone(), running.clone());
+            let a = thread::spawn(move || call(&t, || load(&r, 1)));
+            // The write may come before, during or after `a`'s load; a load
+            // it finds running is stale, and `b` then waits for it to end.
+            table.invalidate(1, &1);
+            let b = call(&table, || load(&running, 2));
+            assert!(value(&a.join().unwrap()).is_some());
+            assert!(value(&b).is_some());
+            assert_eq!(table.active.load(Ordering::SeqCst), 0);
         });
     }
 

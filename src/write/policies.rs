@@ -358,6 +358,17 @@ where
     /// If the store's `load` panics, in the caller that ran it.
     pub fn get(&self, key: &K) -> Result<Option<V>, Arc<St::Error>> {
         let policy = self.policy();
+        if let Some(v) = self.get_cached(key) {
+            return Ok(Some(v));
+        }
+        // A queued write answers at once, without waiting for a load of the
+        // key that began before it; looked up again inside the flight, as a
+        // write may come in between.
+        match policy.lookup(key) {
+            Some(Pending::Put(v)) => return Ok(Some(v)),
+            Some(Pending::Delete) => return Ok(None),
+            None => {}
+        }
         self.read_through(key, |k| match policy.lookup(k) {
             Some(Pending::Put(v)) => Ok(Some(v)),
             Some(Pending::Delete) => Ok(None),
@@ -808,6 +819,12 @@ where
         let policy = self.policy();
         if let Some(v) = self.get_cached(key) {
             return Ok(Some(v));
+        }
+        // As in `get`.
+        match policy.lookup(key) {
+            Some(Pending::Put(v)) => return Ok(Some(v)),
+            Some(Pending::Delete) => return Ok(None),
+            None => {}
         }
         let fetch = async {
             match policy.lookup(key) {
