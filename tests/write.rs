@@ -930,12 +930,14 @@ fn dropping_a_cache_whose_flusher_died_says_what_was_lost() {
             .max_capacity(100)
             .write_back(
                 BrittleDb::default(),
-                WriteBack::default().max_delay(Duration::ZERO),
+                WriteBack::default().max_delay(Duration::from_millis(50)),
             )
             .build()
             .unwrap();
         cache.put(1, Brittle(13)).unwrap();
-        cache.put(2, Brittle(20)).unwrap();
+        // Refused if the flusher already died on 13 (a very slow machine):
+        // 13 alone is then what the drop must mention.
+        let _ = cache.put(2, Brittle(20));
         wait_until("the flusher gone", || cache.put(99, Brittle(99)).is_err());
         eprintln!("CHILD: dropping");
         drop(cache);
@@ -1484,4 +1486,128 @@ fn fault_injection_loses_no_acknowledged_write() {
     );
     assert_eq!(stats.dirty, 0);
     assert!(stats.retries > 0, "the faults were exercised");
+}
+
+#[test]
+fn a_report_put_back_after_a_listener_panic_reads_as_its_writes_until_the_next() {
+    let db = Db::with_faults(Faults {
+        fail: 100,
+        ..Faults::default()
+    });
+    let armed = Arc::new(AtomicBool::new(false));
+    let trap = armed.clone();
+    let cache = Cache::builder()
+        .max_capacity(10)
+        .eviction_listener(move |_: u64, _, _| {
+            assert!(
+                !trap.swap(false, Ordering::SeqCst),
+                "the listener panics once"
+            );
+        })
+        .write_back(
+            Shared(db.clone()),
+            WriteBack::default().retries(0, Duration::ZERO),
+        )
+        .build()
+        .unwrap();
+    cache.put(1, 10).unwrap();
+    cache.put(2, 20).unwrap();
+    armed.store(true, Ordering::SeqCst);
+    assert!(catch_unwind(AssertUnwindSafe(|| cache.flush())).is_err());
+    // The cached copies are gone and the store never took the writes: until
+    // the report is delivered, the queue still answers for them.
+    assert_eq!((cache.peek(&1), cache.peek(&2)), (None, None));
+    assert_eq!(cache.get(&1), Ok(Some(10)), "unreported: reads its write");
+    assert_eq!(cache.get(&2), Ok(Some(20)), "unreported: reads its write");
+    let report = cache.flush().unwrap_err();
+    let mut keys: Vec<u64> = report.failed.iter().map(|f| *f.op.key()).collect();
+    keys.sort_unstable();
+    assert_eq!(keys, [1, 2]);
+    assert_eq!(cache.get(&1), Ok(None), "reported: reads go to the store");
+    assert!(cache.close().is_ok());
+}
+
+#[test]
+fn a_key_clone_panicking_while_a_report_is_out_fails_no_stored_write() {
+    /// A key whose second clone on the flusher thread, of key 2, panics: the
+    /// first is allowed, the second is refused.
+    #[derive(Debug, PartialEq, Eq, Hash)]
+    struct Key(u64);
+    static FLUSHER_CLONES_OF_2: AtomicU64 = AtomicU64::new(0);
+    impl Clone for Key {
+        fn clone(&self) -> Self {
+            let on_flusher = std::thread::current().name() == Some("larder-flusher");
+            if self.0 == 2 && on_flusher {
+                let n = FLUSHER_CLONES_OF_2.fetch_add(1, Ordering::SeqCst);
+                assert!(n == 0, "key 2 is cloned once on the flusher");
+            }
+            Key(self.0)
+        }
+    }
+    /// Refuses puts of the value 1.
+    #[derive(Default)]
+    struct NoOnes(Mutex<HashMap<u64, u64>>);
+    impl Store<Key, u64> for NoOnes {
+        type Error = String;
+        fn load(&self, k: &Key) -> Result<Option<u64>, String> {
+            Ok(self.0.lock().unwrap().get(&k.0).copied())
+        }
+        fn write(&self, op: &Op<Key, u64>) -> Result<(), String> {
+            match op {
+                Op::Put(_, 1) => return Err("no ones".into()),
+                Op::Put(k, v) => self.0.lock().unwrap().insert(k.0, *v),
+                Op::Delete(k) => self.0.lock().unwrap().remove(&k.0),
+            };
+            Ok(())
+        }
+    }
+    let (in_listener, listening) = std::sync::mpsc::channel::<()>();
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    let (in_listener, released) = (Mutex::new(in_listener), Mutex::new(released));
+    let armed = Arc::new(AtomicBool::new(false));
+    let trap = armed.clone();
+    let cache = Cache::builder()
+        .max_capacity(100)
+        .eviction_listener(move |_: Key, _: u64, _| {
+            if trap.swap(false, Ordering::SeqCst) {
+                in_listener.lock().unwrap().send(()).unwrap();
+                released.lock().unwrap().recv().unwrap();
+                panic!("the listener panics");
+            }
+        })
+        .write_back(
+            NoOnes::default(),
+            WriteBack::default()
+                .retries(0, Duration::ZERO)
+                .max_delay(Duration::MAX),
+        )
+        .build()
+        .unwrap();
+    cache.put(Key(1), 1).unwrap();
+    armed.store(true, Ordering::SeqCst);
+    std::thread::scope(|s| {
+        let first = s.spawn(|| catch_unwind(AssertUnwindSafe(|| cache.flush())).is_err());
+        listening.recv().unwrap();
+        // Key 1's report is out; keys 2 and 3 go in one batch, which the
+        // store takes.
+        cache.put(Key(2), 20).unwrap();
+        cache.put(Key(3), 30).unwrap();
+        let flushed = cache
+            .flush()
+            .map_err(|e| e.failed.into_iter().map(|f| f.op).collect::<Vec<_>>());
+        release.send(()).unwrap();
+        assert!(
+            first.join().unwrap(),
+            "the listener's panic reached the caller"
+        );
+        assert_eq!(flushed, Ok(()), "the store took both writes");
+    });
+    let stored = cache.store().0.lock().unwrap().clone();
+    assert_eq!((stored.get(&2), stored.get(&3)), (Some(&20), Some(&30)));
+    let stats = cache.write_stats();
+    assert_eq!((stats.stored, stats.failed), (2, 1));
+    let report = cache.close().unwrap_err();
+    let ops: Vec<_> = report.failed.into_iter().map(|f| f.op).collect();
+    assert_eq!(ops, [Op::Put(Key(1), 1)], "only the refused write");
+    assert_eq!(cache.write_stats().dirty, 0);
 }

@@ -362,3 +362,93 @@ async fn async_write_back_waits_for_room_without_blocking_the_runtime() {
     assert!(cache.write_stats().dirty == 0);
     cache.close_async().await.unwrap();
 }
+
+#[test]
+fn a_spawn_function_panicking_after_spawning_leaves_no_store_call_behind() {
+    /// Holds its first call until released (a second at most), and notes any
+    /// call that starts while another is still running.
+    #[derive(Default)]
+    struct Held {
+        data: Mutex<HashMap<u64, u64>>,
+        released: AtomicBool,
+        calls: AtomicU64,
+        done: AtomicU64,
+        in_flight: AtomicU64,
+        overlapped: AtomicBool,
+    }
+    #[derive(Clone, Default)]
+    struct Remote(Arc<Held>);
+    impl AsyncStore<u64, u64> for Remote {
+        type Error = String;
+        async fn load(&self, key: &u64) -> Result<Option<u64>, String> {
+            Ok(self.0.data.lock().unwrap().get(key).copied())
+        }
+        async fn write_batch(&self, ops: &[Op<u64, u64>]) -> Result<(), String> {
+            let held = &self.0;
+            let first = held.calls.fetch_add(1, Ordering::SeqCst) == 0;
+            if held.in_flight.fetch_add(1, Ordering::SeqCst) > 0 {
+                held.overlapped.store(true, Ordering::SeqCst);
+            }
+            for _ in 0..100 {
+                if !first || held.released.load(Ordering::SeqCst) {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            let mut data = held.data.lock().unwrap();
+            for op in ops {
+                match op {
+                    Op::Put(k, v) => data.insert(*k, *v),
+                    Op::Delete(k) => data.remove(k),
+                };
+            }
+            held.in_flight.fetch_sub(1, Ordering::SeqCst);
+            held.done.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        }
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_time()
+        .build()
+        .unwrap();
+    let handle = rt.handle().clone();
+    let spawns = AtomicU64::new(0);
+    let remote = Remote::default();
+    let store = Spawned::new(remote.clone(), move |call| {
+        handle.spawn(call);
+        let first = spawns.fetch_add(1, Ordering::SeqCst) == 0;
+        assert!(!first, "the spawn function panics after its first spawn");
+    });
+    let cache = Cache::builder()
+        .max_capacity(10)
+        .write_back(
+            store,
+            WriteBack::default()
+                .max_delay(Duration::ZERO)
+                .retries(1, Duration::from_millis(1)),
+        )
+        .build()
+        .unwrap();
+    cache.put(1, 10).unwrap();
+    let held = &remote.0;
+    while held.calls.load(Ordering::SeqCst) == 0 {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    // The first call, spawned before the spawn function panicked, is still
+    // running: a retry or a later batch must wait for it.
+    cache.put(1, 11).unwrap();
+    cache.flush().unwrap();
+    held.released.store(true, Ordering::SeqCst);
+    while held.done.load(Ordering::SeqCst) < held.calls.load(Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let overlapped = held.overlapped.load(Ordering::SeqCst);
+    let stored = held.data.lock().unwrap().get(&1).copied();
+    assert_eq!(
+        (overlapped, stored),
+        (false, Some(11)),
+        "one store call at a time, and the latest acknowledged write last"
+    );
+    drop(cache);
+}

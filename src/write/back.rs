@@ -105,7 +105,9 @@ struct Queue<K, V, E> {
     flush_to: u64,
     /// Writers waiting for room.
     blocked: usize,
-    /// Given-up writes not yet reported, with their sequence numbers.
+    /// Given-up writes not yet reported, with their sequence numbers; the
+    /// ones put back after a report (see `WriteBehind::settled`) first, under
+    /// sequence number 0.
     failed: Vec<(u64, FailedWrite<K, V, E>)>,
     closing: bool,
     /// The flusher thread is running.
@@ -333,10 +335,24 @@ where
     /// The latest acknowledged write of `key` the store may not hold yet.
     pub(crate) fn lookup(&self, key: &K) -> Option<Pending<V>> {
         let q = self.shared.queue.lock();
-        let slot = q.slots.get(key)?;
-        let waiting = slot.waiting.as_ref().map(|(_, w)| w);
-        let failed = slot.failed.as_ref().map(|(_, w)| w);
-        waiting.or(slot.sending.as_ref()).or(failed).cloned()
+        let latest = q.slots.get(key).and_then(|slot| {
+            let waiting = slot.waiting.as_ref().map(|(_, w)| w);
+            let failed = slot.failed.as_ref().map(|(_, w)| w);
+            waiting.or(slot.sending.as_ref()).or(failed).cloned()
+        });
+        // A failure put back after its report could not be delivered left
+        // its slot with that report, yet is unreported again: it reads as
+        // its key's value until the next report takes it. Anything in the
+        // key's slot is newer (a put-back that a stored write superseded is
+        // gone from `failed`).
+        latest.or_else(|| {
+            let put_back = q.failed.iter().take_while(|(seq, _)| *seq == 0);
+            let (_, failed) = put_back.filter(|(_, f)| f.op.key() == key).last()?;
+            Some(match &failed.op {
+                Op::Put(_, v) => Pending::Put(v.clone()),
+                Op::Delete(_) => Pending::Delete,
+            })
+        })
     }
 
     /// Sends everything accepted before the call and reports what failed.
@@ -448,7 +464,8 @@ where
     /// The caller of `flush` or `close` is done with the report it took:
     /// `unreported` holds what it could not hand on (a listener panicked
     /// while it dropped the failed keys' cached copies), put back for the next
-    /// report, less what a write stored meanwhile superseded.
+    /// report, less what a write stored meanwhile superseded. Until then a
+    /// put-back write reads as its key's value (see `lookup`).
     pub(crate) fn settled(&self, unreported: Vec<FailedWrite<K, V, St::Error>>) {
         let mut q = self.shared.queue.lock();
         let mut back = Vec::with_capacity(unreported.len());
@@ -456,8 +473,9 @@ where
             if q.stored_while_out.contains(failed.op.key()) {
                 q.stats.superseded += 1;
             } else {
-                // Sequence number 0 names no slot's failure: those went
-                // with the first report.
+                // Sequence number 0 names no slot's failure (those went
+                // with the first report) and marks the put-backs `lookup`
+                // reads.
                 back.push((0, failed));
             }
         }
@@ -586,17 +604,15 @@ impl<K: Hash + Eq, V: Clone, E> Queue<K, V, E> {
     /// handler) instead of being kept for `flush` to report.
     fn settle(
         &mut self,
-        batch: Vec<(u64, Op<K, V>)>,
+        seqs: Vec<u64>,
+        ops: Vec<Op<K, V>>,
         sent: &Sent<E>,
         hand_over: bool,
-    ) -> Vec<FailedWrite<K, V, E>>
-    where
-        K: Clone,
-    {
+    ) -> Vec<FailedWrite<K, V, E>> {
         let mut handed = Vec::new();
         self.stats.store_calls += u64::from(sent.attempts);
         self.stats.retries += u64::from(sent.attempts - 1);
-        for (seq, op) in batch {
+        for (seq, op) in seqs.into_iter().zip(ops) {
             let slot = self.slots.get_mut(op.key()).expect("a sent key has a slot");
             let write = slot.sending.take().expect("a sent key is being sent");
             match &sent.failure {
@@ -611,8 +627,15 @@ impl<K: Hash + Eq, V: Clone, E> Queue<K, V, E> {
                         self.failed.retain(|(_, f)| f.op.key() != op.key());
                         self.stats.superseded += (before - self.failed.len()) as u64;
                     }
+                    if slot.is_empty() {
+                        self.slots.remove(op.key());
+                    }
                     if self.reports_out > 0 {
-                        self.stored_while_out.insert(op.key().clone());
+                        // The sent write's own key, not a clone: a `Clone`
+                        // panicking here would kill the flusher with the
+                        // batch half booked, and the rest of it, which the
+                        // store has, would be reported failed.
+                        self.stored_while_out.insert(op.into_key());
                     }
                 }
                 Some(failure) => {
@@ -634,11 +657,7 @@ impl<K: Hash + Eq, V: Clone, E> Queue<K, V, E> {
                     } else {
                         self.failed.push((seq, failed));
                     }
-                    continue;
                 }
-            }
-            if slot.is_empty() {
-                self.slots.remove(op.key());
             }
         }
         self.sending_from = None;
@@ -694,11 +713,14 @@ where
                     };
                 }
             };
-            let ops: Vec<Op<K, V>> = batch.iter().map(|(_, op)| op.clone()).collect();
+            // The store borrows the batch's own writes, which `settle` then
+            // takes apart: no key or value is cloned (user code that may
+            // panic) between the store taking a batch and its booking.
+            let (seqs, ops): (Vec<u64>, Vec<Op<K, V>>) = batch.into_iter().unzip();
             let sent = self.send(&ops);
             let handler = self.on_failure.get();
             let mut q = self.queue.lock();
-            let handed = q.settle(batch, &sent, handler.is_some());
+            let handed = q.settle(seqs, ops, &sent, handler.is_some());
             q.handing = !handed.is_empty();
             self.progressed(q);
             if let (Some(handler), false) = (handler, handed.is_empty()) {

@@ -41,6 +41,13 @@ impl<K, V> Op<K, V> {
             Op::Put(k, _) | Op::Delete(k) => k,
         }
     }
+
+    /// The key written, taken out of the write.
+    pub(crate) fn into_key(self) -> K {
+        match self {
+            Op::Put(k, _) | Op::Delete(k) => k,
+        }
+    }
 }
 
 /// The system of record behind a cache: loads single keys and applies writes.
@@ -234,10 +241,11 @@ impl<St> Spawned<St> {
 
     /// Runs `call` on the runtime and blocks this thread until it is done. A
     /// panic in the call is caught there and resumed here, message and all,
-    /// as if the store were synchronous.
+    /// as if the store were synchronous; so is one in `spawn`, once the call
+    /// is done.
     fn run<T: Send + 'static>(&self, call: impl Future<Output = T> + Send + 'static) -> T {
         let (done, result) = std::sync::mpsc::sync_channel(1);
-        (self.spawn)(Box::pin(async move {
+        let call = Box::pin(async move {
             let mut call = std::pin::pin!(call);
             let outcome = std::future::poll_fn(|cx| {
                 match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -249,7 +257,17 @@ impl<St> Spawned<St> {
             })
             .await;
             let _ = done.send(outcome);
-        }));
+        });
+        let spawned = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (self.spawn)(call)));
+        if let Err(panic) = spawned {
+            // `spawn` may have panicked after spawning the call: the call
+            // then still runs, and a retry (or the next batch) must not
+            // overlap it, or an older write could land after a newer one.
+            // Wait for it to finish; a call never spawned was dropped with
+            // its sender, and the wait ends at once.
+            let _ = result.recv();
+            std::panic::resume_unwind(panic);
+        }
         match result.recv() {
             Ok(Ok(value)) => value,
             Ok(Err(panic)) => std::panic::resume_unwind(panic),
