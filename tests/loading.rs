@@ -1027,7 +1027,8 @@ fn a_write_while_a_replaced_load_is_between_flights_is_not_undone() {
                 old_released.recv().unwrap();
                 "old".to_string()
             });
-            old_done.send(v).unwrap();
+            // The receiver may be gone: the test waits for it only so long.
+            let _ = old_done.send(v);
         });
         load_started.recv().unwrap();
         cache.invalidate_tag("unrelated");
@@ -1047,7 +1048,7 @@ fn a_write_while_a_replaced_load_is_between_flights_is_not_undone() {
         let (written, write_landed) = channel();
         s.spawn(move || {
             c.insert(Key(1), "written".to_string());
-            written.send(()).unwrap();
+            let _ = written.send(());
         });
         let _ = write_landed.recv_timeout(ample);
         // The old load lands: it must not be cached over the write.
