@@ -365,10 +365,12 @@ impl<K: Eq + Clone, V: Clone> Flights<K, V> {
 }
 
 impl<K, V> Flights<K, V> {
-    /// Marks the flight for `key`, if any, stale: a write of the key
-    /// happened. It leaves the table: its leader and waiters still get its
-    /// outcome, but a caller arriving from now on must not take a value read
-    /// before the write, so it starts a load of its own.
+    /// A write of `key` happened: its flight, if started, goes stale (its
+    /// leader and waiters still get its outcome, but it is not cached, and a
+    /// caller arriving from now on replaces it and waits for it to end); if
+    /// pending, the older flights it waits for go stale. It stays in the
+    /// table either way, unless it ended (an abandoned flight left for older
+    /// ones).
     pub(crate) fn invalidate<Q>(&self, hash: u64, key: &Q)
     where
         K: std::borrow::Borrow<Q>,
