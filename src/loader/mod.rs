@@ -130,10 +130,19 @@ impl<K, V> Flight<K, V> {
     /// task of a runtime the loader drives (`block_on` in a sync loader), which
     /// will finish once the leader does: only an async leader's own poll
     /// counts for it.
+    ///
+    /// A pending flight's leader waits for the older flights it replaced, so
+    /// leading one of those still loading counts too.
     fn check_not_leading(&self, blocking: bool) {
-        let address = self as *const Self as usize;
-        let leading = (blocking && self.leader == Some(std::thread::current().id()))
-            || LEADING.with(|l| l.borrow().contains(&address));
+        let leads = |flight: &Self| {
+            let address = flight as *const Self as usize;
+            (blocking && flight.leader == Some(std::thread::current().id()))
+                || LEADING.with(|l| l.borrow().contains(&address))
+        };
+        let leading = leads(self)
+            || self
+                .older()
+                .any(|older| older.is_loading() && leads(&older));
         assert!(
             !leading,
             "larder: a loader asked the cache for the key it is loading; \
@@ -186,6 +195,13 @@ impl<K, V> Flight<K, V> {
 
     fn is_loading(&self) -> bool {
         !self.ended.load(Ordering::Acquire)
+    }
+
+    /// An abandoned pending flight left in the table for the older flights
+    /// it kept, some still loading: writes must go on reaching them, and the
+    /// next caller must wait for them.
+    fn holds_older(&self) -> bool {
+        self.older().any(|f| f.is_loading())
     }
 
     fn is_started(&self) -> bool {
@@ -324,11 +340,15 @@ impl<K: Eq + Clone, V: Clone> Flights<K, V> {
     /// keeping it (and the older flights it kept, those still loading).
     pub(crate) fn join(&self, hash: u64, key: &K, sync: bool, epoch: u64) -> Role<'_, K, V> {
         let mut table = self.table.lock();
-        let mut older = Vec::new();
-        if let Ok(found) = table.find_entry(hash, |f| f.key == *key) {
-            if found.get().joinable(epoch) {
-                return Role::Waiter(found.get().clone());
+        if let Some(found) = table.find(hash, |f| f.key == *key) {
+            if found.joinable(epoch) {
+                return Role::Waiter(found.clone());
             }
+        }
+        // Before the table changes: a `Clone` that panics leaves it as it was.
+        let key = key.clone();
+        let mut older = Vec::new();
+        if let Ok(found) = table.find_entry(hash, |f| f.key == key) {
             // `active` stays as it is: a write that finds it zero skips the
             // table, and the flights replaced must stay within its reach.
             let (replaced, _) = found.remove();
@@ -345,7 +365,7 @@ impl<K: Eq + Clone, V: Clone> Flights<K, V> {
             self.active.fetch_add(1, Ordering::SeqCst);
         }
         let flight = Arc::new(Flight {
-            key: key.clone(),
+            key,
             hash,
             leader: sync.then(|| std::thread::current().id()),
             state: Mutex::new(State::Loading(Waiters::default())),
@@ -383,8 +403,8 @@ impl<K, V> Flights<K, V> {
         if let Ok(found) = table.find_entry(hash, |f| f.key.borrow() == key) {
             let flight = found.get();
             flight.written();
-            if !flight.is_loading() {
-                // An abandoned flight left for the older ones it kept.
+            if !flight.is_loading() && !flight.holds_older() {
+                // An abandoned flight left for older ones that have ended.
                 found.remove();
                 self.active.fetch_sub(1, Ordering::SeqCst);
             }
@@ -399,7 +419,7 @@ impl<K, V> Flights<K, V> {
         let mut table = self.table.lock();
         table.retain(|flight| {
             flight.written();
-            let keep = flight.is_loading();
+            let keep = flight.is_loading() || flight.holds_older();
             if !keep {
                 self.active.fetch_sub(1, Ordering::SeqCst);
             }
@@ -417,7 +437,7 @@ impl<K, V> Flights<K, V> {
         let mut table = self.table.lock();
         flight.ended.store(true, Ordering::Release);
         if let Ok(entry) = table.find_entry(flight.hash, |f| Arc::ptr_eq(f, flight)) {
-            if !flight.is_started() && flight.older().any(|f| f.is_loading()) {
+            if !flight.is_started() && flight.holds_older() {
                 return;
             }
             // Out of the table, no write could reach the older flights any
@@ -430,6 +450,17 @@ impl<K, V> Flights<K, V> {
             self.active.fetch_sub(1, Ordering::SeqCst);
         } else {
             flight.supersede_older();
+            // A newer flight abandoned while it waited for this one stayed in
+            // the table for it: it goes once no flight it kept still loads.
+            let me = Arc::as_ptr(flight);
+            if let Ok(entry) = table.find_entry(flight.hash, |f| {
+                !f.is_loading() && f.older.iter().any(|w| std::ptr::eq(w.as_ptr(), me))
+            }) {
+                if !entry.get().holds_older() {
+                    entry.remove();
+                    self.active.fetch_sub(1, Ordering::SeqCst);
+                }
+            }
         }
     }
 
@@ -658,9 +689,14 @@ mod tests {
         assert_eq!(active(&table), 1);
         table.invalidate(1, &1);
         assert!(second.flight().is_stale());
-        assert_eq!(active(&table), 0, "the write cleared the abandoned flight");
+        // It stays while `second` loads, so that the next caller waits for it.
+        assert_eq!(active(&table), 1);
         second.finish(Outcome::Loaded(2));
-        assert_eq!(active(&table), 0);
+        assert_eq!(
+            active(&table),
+            0,
+            "`second` ending cleared the abandoned flight"
+        );
     }
 
     #[test]
@@ -792,6 +828,39 @@ mod loom_models {
             let a = thread::spawn(move || call(&t, || load(&r, 1)));
             // The write may come before, during or after `a`'s load; a load
             // it finds running is stale, and `b` then waits for it to end.
+            table.invalidate(1, &1);
+            let b = call(&table, || load(&running, 2));
+            assert!(value(&a.join().unwrap()).is_some());
+            assert!(value(&b).is_some());
+            assert_eq!(table.active.load(Ordering::SeqCst), 0);
+        });
+    }
+
+    #[test]
+    fn a_write_after_an_abandoned_waiting_flight_keeps_one_loader_at_a_time() {
+        loom::model(|| {
+            let table = LoomArc::new(Table::default());
+            let running = LoomArc::new(AtomicBool::new(false));
+            let load = |running: &AtomicBool, v: u32| {
+                assert!(!running.swap(true, Ordering::SeqCst), "two loaders at once");
+                thread::yield_now();
+                running.store(false, Ordering::SeqCst);
+                Some(Outcome::Loaded(v))
+            };
+            let (t, r) = (table.clone(), running.clone());
+            let a = thread::spawn(move || loop {
+                // It may have joined the flight abandoned below.
+                match call(&t, || load(&r, 1)) {
+                    Outcome::Abandoned => continue,
+                    o => return o,
+                }
+            });
+            table.invalidate(1, &1);
+            // A caller after the write, cancelled before it starts (while
+            // it would wait for `a`).
+            if let Role::Leader(leader) = table.join(1, &1, false, 0) {
+                drop(leader);
+            }
             table.invalidate(1, &1);
             let b = call(&table, || load(&running, 2));
             assert!(value(&a.join().unwrap()).is_some());
