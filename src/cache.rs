@@ -674,7 +674,7 @@ where
         let mut load = Some(load);
         loop {
             let joined = self.inner.tag_epoch.load(Ordering::SeqCst);
-            let leader = match shard.flights.join(hash, &key, true, joined) {
+            let mut leader = match shard.flights.join(hash, &key, true, joined) {
                 Role::Leader(leader) => leader,
                 Role::Waiter(flight) => match accept::<V, E>(flight.wait(), mode) {
                     Some(result) => return result,
@@ -684,7 +684,7 @@ where
             // A panic here (this thread leads an older load of the key)
             // abandons the flight, as one in `load` below does.
             let epoch = leader.start(|| self.inner.tag_epoch.load(Ordering::SeqCst));
-            if let Some(v) = self.peek(&key) {
+            if let Some(v) = self.peek_leaving(&key, &mut leader) {
                 leader.finish(Outcome::Loaded(v.clone()));
                 return Ok(Some(v));
             }
@@ -717,7 +717,7 @@ where
         let mut load = Some(load);
         loop {
             let joined = self.inner.tag_epoch.load(Ordering::SeqCst);
-            let leader = match shard.flights.join(hash, &key, false, joined) {
+            let mut leader = match shard.flights.join(hash, &key, false, joined) {
                 Role::Leader(leader) => leader,
                 Role::Waiter(flight) => match accept::<V, E>(flight.wait_async().await, mode) {
                     Some(result) => return result,
@@ -727,7 +727,7 @@ where
             let epoch = leader
                 .start_async(|| self.inner.tag_epoch.load(Ordering::SeqCst))
                 .await;
-            if let Some(v) = self.peek(&key) {
+            if let Some(v) = self.peek_leaving(&key, &mut leader) {
                 leader.finish(Outcome::Loaded(v.clone()));
                 return Ok(Some(v));
             }
@@ -752,17 +752,22 @@ where
     ) -> Result<Option<V>, Arc<E>> {
         match result {
             Ok(Some((v, options))) => {
-                let written = self.write(
+                let mut removed = Removed::new();
+                let written = self.write_deferred(
                     key,
                     v.clone(),
                     options.time_to_live(),
                     options.tag_list(),
                     Some((leader.flight(), epoch)),
+                    &mut removed,
                 );
                 if let Err(rejected) = written {
-                    self.notify_one(rejected.key, rejected.value, RemovalCause::Size);
+                    removed.push((rejected.key, rejected.value, RemovalCause::Size));
                 }
+                // The flight ends before the listener runs: it may call back
+                // into the cache, for this key too.
                 leader.finish(Outcome::Loaded(v.clone()));
+                self.notify(removed);
                 Ok(Some(v))
             }
             Ok(None) => {
@@ -857,6 +862,21 @@ where
         map.find(hash, key)
             .filter(|&(t, _)| map.is_live(t, now))
             .map(|(_, e)| e.value.clone())
+    }
+
+    /// [`peek`](Self::peek) by a leader that has started: on a hit its flight
+    /// leaves the table before the shard's lock is released (see
+    /// [`Leader::leave`](crate::loader::Leader::leave)).
+    fn peek_leaving(&self, key: &K, leader: &mut crate::loader::Leader<'_, K, V>) -> Option<V> {
+        let hash = self.hash(key);
+        let map = self.shard(hash).read();
+        let now = self.now_for(&map);
+        let v = map
+            .find(hash, key)
+            .filter(|&(t, _)| map.is_live(t, now))
+            .map(|(_, e)| e.value.clone())?;
+        leader.leave();
+        Some(v)
     }
 
     /// Whether `key` is present, without touching the eviction order.

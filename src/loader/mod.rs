@@ -380,6 +380,7 @@ impl<K: Eq + Clone, V: Clone> Flights<K, V> {
             flights: self,
             flight,
             finished: false,
+            left: false,
         })
     }
 }
@@ -483,6 +484,8 @@ pub(crate) struct Leader<'a, K, V> {
     flights: &'a Flights<K, V>,
     flight: Arc<Flight<K, V>>,
     finished: bool,
+    /// Out of the table already (see [`leave`](Self::leave)).
+    left: bool,
 }
 
 impl<K, V> Leader<'_, K, V> {
@@ -518,11 +521,22 @@ impl<K, V> Leader<'_, K, V> {
         self.flights.start(&self.flight, tag_epoch)
     }
 
+    /// Takes the flight out of the table now, before it ends: called under
+    /// the shard's read lock by a leader that found the key cached, so that
+    /// no caller arriving after a write or tag sweep of that entry (which
+    /// waits for the lock) joins the flight and gets the entry it removed.
+    pub(crate) fn leave(&mut self) {
+        if !self.left {
+            self.left = true;
+            self.flights.remove_flight(&self.flight);
+        }
+    }
+
     /// Ends the flight: it leaves the table (later callers start afresh or
     /// hit the cache), then every waiter gets `outcome`.
     pub(crate) fn finish(mut self, outcome: Outcome<V>) {
         self.finished = true;
-        self.flights.remove_flight(&self.flight);
+        self.leave();
         self.flight.finish(outcome);
     }
 }
@@ -530,7 +544,7 @@ impl<K, V> Leader<'_, K, V> {
 impl<K, V> Drop for Leader<'_, K, V> {
     fn drop(&mut self) {
         if !self.finished {
-            self.flights.remove_flight(&self.flight);
+            self.leave();
             self.flight.finish(Outcome::Abandoned);
         }
     }

@@ -1,0 +1,225 @@
+//! Where a flight meets the cache: a leader that finds its key cached when it
+//! starts, racing a tag invalidation, and the listener called by a leader's
+//! write, which may call back into the cache.
+
+use std::cell::RefCell;
+use std::future::Future;
+use std::hash::{BuildHasher, Hasher};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::mpsc;
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll, Wake, Waker};
+use std::time::Duration;
+
+use larder::{Cache, EntryOptions, RemovalCause};
+
+fn block_on<F: Future>(future: F) -> F::Output {
+    struct Unpark(std::thread::Thread);
+    impl Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
+    let mut cx = Context::from_waker(&waker);
+    let mut future = std::pin::pin!(future);
+    loop {
+        if let Poll::Ready(v) = future.as_mut().poll(&mut cx) {
+            return v;
+        }
+        std::thread::park();
+    }
+}
+
+/// Shard = the key's low bit (with two shards): key 0 is swept before key 1.
+#[derive(Clone, Default)]
+struct ByKey;
+struct KeyHasher(u64);
+impl Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 << 8) | u64::from(*b);
+        }
+    }
+    fn write_u32(&mut self, n: u32) {
+        self.0 = (u64::from(n) << 32) | u64::from(n);
+    }
+}
+impl BuildHasher for ByKey {
+    type Hasher = KeyHasher;
+    fn build_hasher(&self) -> KeyHasher {
+        KeyHasher(0)
+    }
+}
+
+/// Clones to let through, then: tell `blocked`, wait for `release`.
+type Gate = (usize, mpsc::Sender<()>, mpsc::Receiver<()>);
+
+thread_local! {
+    static GATE: RefCell<Option<Gate>> = const { RefCell::new(None) };
+}
+
+/// A value whose `Clone` can be made to stop on this thread.
+#[derive(Debug, PartialEq)]
+struct Val(&'static str);
+impl Clone for Val {
+    fn clone(&self) -> Self {
+        let stop = GATE.with(|g| {
+            let mut g = g.borrow_mut();
+            match g.as_mut() {
+                Some((0, ..)) => g.take(),
+                Some((n, ..)) => {
+                    *n -= 1;
+                    None
+                }
+                None => None,
+            }
+        });
+        if let Some((_, blocked, release)) = stop {
+            blocked.send(()).unwrap();
+            release.recv().unwrap();
+        }
+        Val(self.0)
+    }
+}
+
+/// Stops this thread's clone number `skip + 1`; returns (blocked, release).
+fn gate(skip: usize) -> (mpsc::Receiver<()>, mpsc::Sender<()>) {
+    let (blocked_tx, blocked_rx) = mpsc::channel();
+    let (release_tx, release_rx) = mpsc::channel();
+    GATE.with(|g| *g.borrow_mut() = Some((skip, blocked_tx, release_rx)));
+    (blocked_rx, release_tx)
+}
+
+/// A leader that starts after `invalidate_tag` began (its flight stamped with
+/// the new tag epoch) may find in the cache an entry the invalidation has not
+/// swept yet. A caller arriving after `invalidate_tag` returned must not join
+/// that flight and get the entry that carried the tag (README "Tags": "After
+/// `invalidate_tag` returns, no read returns an entry that carried the tag
+/// when the call began"): the leader's flight leaves the table under the
+/// shard's lock as it finds the entry.
+#[test]
+fn a_caller_after_a_tag_invalidation_never_gets_an_entry_it_removed() {
+    let cache: Cache<u32, Val, ByKey> = Cache::builder()
+        .max_capacity(100)
+        .shards(2)
+        .hasher(ByKey)
+        .build()
+        .unwrap();
+    let c = &cache;
+    let tagged = || EntryOptions::new().tags(["t"]);
+    std::thread::scope(|s| {
+        // An early load of key 1 (shard 1), made stale by a remove.
+        let (a_started, a_started_rx) = mpsc::channel();
+        let (a_release, a_released) = mpsc::channel::<()>();
+        let early = s.spawn(move || {
+            c.get_or_load(1, |_| {
+                a_started.send(()).unwrap();
+                a_released.recv().unwrap();
+                Val("early")
+            })
+        });
+        a_started_rx.recv().unwrap();
+        let _ = cache.remove(&1);
+        // A caller after the remove: its pending flight waits for the early
+        // load (in `start_async`). Its third clone of a value (after the
+        // early load's outcome and the look in the cache: the outcome it
+        // hands its waiters) will stop.
+        let (l_waiting, l_waiting_rx) = mpsc::channel();
+        let (l_gate_tx, l_gate_rx) = mpsc::channel();
+        let leader = s.spawn(move || {
+            let (blocked, release) = gate(2);
+            l_gate_tx.send((blocked, release)).unwrap();
+            let mut call = std::pin::pin!(c.get_or_load_async(1, async { Val("leader") }));
+            assert!(call
+                .as_mut()
+                .poll(&mut Context::from_waker(Waker::noop()))
+                .is_pending());
+            l_waiting.send(()).unwrap();
+            block_on(call)
+        });
+        let (l_blocked, l_release) = l_gate_rx.recv().unwrap();
+        l_waiting_rx.recv().unwrap();
+        // Key 1 is written meanwhile, tagged "t"; so is key 0 (shard 0).
+        cache.insert_with(1, Val("tagged"), tagged());
+        cache.insert_with(0, Val("zero"), tagged());
+        // Hold shard 0's read lock (a `get` whose clone stops), so that the
+        // invalidation below stops at shard 0 before it sweeps shard 1.
+        let (h_gate_tx, h_gate_rx) = mpsc::channel();
+        let holder = s.spawn(move || {
+            let (blocked, release) = gate(0);
+            h_gate_tx.send((blocked, release)).unwrap();
+            c.get(&0)
+        });
+        let (h_blocked, h_release) = h_gate_rx.recv().unwrap();
+        h_blocked.recv().unwrap();
+        let invalidation = s.spawn(move || c.invalidate_tag("t"));
+        std::thread::sleep(Duration::from_millis(300)); // it waits for shard 0
+                                                        // The early load ends; the leader starts at the new tag epoch, finds
+                                                        // "tagged" in shard 1 (not swept yet), and stops in the clone of it.
+        a_release.send(()).unwrap();
+        assert_eq!(early.join().unwrap(), Val("early"));
+        l_blocked.recv().unwrap();
+        // The invalidation completes.
+        h_release.send(()).unwrap();
+        assert_eq!(holder.join().unwrap(), Some(Val("zero")));
+        invalidation.join().unwrap();
+        assert_eq!(cache.get(&1), None, "swept");
+        // A caller after `invalidate_tag` returned.
+        let mut late = std::pin::pin!(cache.get_or_load_async(1, async { Val("fresh") }));
+        let first = late.as_mut().poll(&mut Context::from_waker(Waker::noop()));
+        l_release.send(()).unwrap();
+        let got = match first {
+            Poll::Ready(v) => v,
+            Poll::Pending => block_on(late),
+        };
+        assert_eq!(
+            leader.join().unwrap(),
+            Val("tagged"),
+            "concurrent with the invalidation"
+        );
+        assert_eq!(
+            got,
+            Val("fresh"),
+            "a caller arriving after invalidate_tag returned got the entry it removed"
+        );
+    });
+}
+
+/// The eviction listener "may call back into the cache". A leader's write
+/// that removes the key it loaded (here: too heavy to keep) calls the
+/// listener only once the flight has ended, so a listener loading that key
+/// loads it rather than being taken for a loader asking for its own key.
+#[test]
+fn a_listener_called_by_a_leaders_write_may_load_the_key() {
+    let slot: Arc<OnceLock<Cache<u32, String>>> = Arc::new(OnceLock::new());
+    let s = slot.clone();
+    let cache: Cache<u32, String> = Cache::builder()
+        .max_capacity(10)
+        .shards(1)
+        .weigher(|_, v: &String| v.len() as u32)
+        .eviction_listener(move |k, _, cause| {
+            if cause == RemovalCause::Size {
+                let cache = s.get().unwrap();
+                // Reload a key evicted for its size, smaller.
+                assert_eq!(cache.get_or_load(k, |_| "small".to_string()), "small");
+            }
+        })
+        .build()
+        .unwrap();
+    slot.set(cache.clone()).ok().unwrap();
+    let got = catch_unwind(AssertUnwindSafe(|| {
+        cache.get_or_load(1, |_| "x".repeat(100))
+    }));
+    let got = got.map_err(|p| {
+        p.downcast_ref::<String>()
+            .cloned()
+            .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_default()
+    });
+    assert_eq!(got, Ok("x".repeat(100)));
+    assert_eq!(cache.peek(&1).as_deref(), Some("small"));
+}
