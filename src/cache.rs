@@ -752,6 +752,9 @@ where
     ) -> Result<Option<V>, Arc<E>> {
         match result {
             Ok(Some((v, options))) => {
+                // Cloned before the write: a `Clone` that panics after it
+                // would drop what it removed without calling the listener.
+                let outcome = Outcome::Loaded(v.clone());
                 let mut removed = Removed::new();
                 let written = self.write_deferred(
                     key,
@@ -766,7 +769,7 @@ where
                 }
                 // The flight ends before the listener runs: it may call back
                 // into the cache, for this key too.
-                leader.finish(Outcome::Loaded(v.clone()));
+                leader.finish(outcome);
                 self.notify(removed);
                 Ok(Some(v))
             }

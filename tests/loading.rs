@@ -282,7 +282,8 @@ fn a_load_replaced_after_a_tag_invalidation_is_not_cached_over_a_later_write() {
 fn a_caller_after_a_tag_invalidation_takes_the_older_load_unless_its_tag_went() {
     use larder::EntryOptions;
     use std::sync::mpsc;
-    for invalidated in ["unrelated", "t"] {
+    /// The late caller's value, the loads it ran, and what is cached.
+    fn overlap(invalidated: &str) -> (String, usize, Option<String>) {
         let cache = cache();
         let (started, load_started) = mpsc::channel();
         let (release, released) = mpsc::channel::<()>();
@@ -313,19 +314,26 @@ fn a_caller_after_a_tag_invalidation_takes_the_older_load_unless_its_tag_went() 
         assert_eq!(loads.load(Ordering::SeqCst), 0, "{invalidated}: it waits");
         release.send(()).unwrap();
         assert_eq!(early.join().unwrap(), "old");
-        let expected = if invalidated == "t" { "new" } else { "old" };
-        assert_eq!(
-            late.join().unwrap(),
-            expected,
-            "{invalidated}: the late caller"
-        );
-        assert_eq!(
-            loads.load(Ordering::SeqCst),
-            usize::from(invalidated == "t"),
-            "{invalidated}: loads after the early one"
-        );
-        assert_eq!(cache.peek(&1).as_deref(), Some(expected), "{invalidated}");
+        let late = late.join().unwrap();
+        (late, loads.load(Ordering::SeqCst), cache.peek(&1))
     }
+    let fresh = ("new".to_string(), 1, Some("new".to_string()));
+    assert_eq!(overlap("t"), fresh, "the load's own tag went");
+    // Invalidation marks are kept per hash bucket (64, randomly seeded per
+    // cache): an unrelated tag shares "t"'s bucket one time in 64 and then
+    // keeps the load out, conservatively, like its own tag. Of 8 caches, at
+    // least one must show the older load taken (a false failure needs 8
+    // collisions).
+    let mut taken = 0;
+    for _ in 0..8 {
+        let outcome = overlap("unrelated");
+        if outcome == ("old".to_string(), 0, Some("old".to_string())) {
+            taken += 1;
+        } else {
+            assert_eq!(outcome, fresh, "an unrelated tag: taken, or kept out");
+        }
+    }
+    assert!(taken >= 1, "the older load was never taken");
 }
 
 /// Loads of a hot key in a rolling overlap (each caller arrives after an

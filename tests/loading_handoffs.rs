@@ -223,3 +223,48 @@ fn a_listener_called_by_a_leaders_write_may_load_the_key() {
     assert_eq!(got, Ok("x".repeat(100)));
     assert_eq!(cache.peek(&1).as_deref(), Some("small"));
 }
+
+/// A value whose clone panics once armed (by the weigher, i.e. inside the
+/// leader's write): what that write removed must still reach the listener,
+/// though the listener now runs after the flight ends.
+#[test]
+fn a_value_clone_panicking_after_a_leaders_write_loses_no_removal() {
+    use std::cell::Cell;
+    use std::sync::Mutex;
+    thread_local! {
+        static ARMED: Cell<bool> = const { Cell::new(false) };
+    }
+    #[derive(Debug)]
+    struct Heavy;
+    impl Clone for Heavy {
+        fn clone(&self) -> Self {
+            if ARMED.with(|a| a.replace(false)) {
+                panic!("clone");
+            }
+            Heavy
+        }
+    }
+    let seen: Arc<Mutex<Vec<(u32, RemovalCause)>>> = Arc::default();
+    let s = seen.clone();
+    let cache: Cache<u32, Heavy> = Cache::builder()
+        .max_capacity(10)
+        .shards(1)
+        .weigher(|_, _: &Heavy| {
+            ARMED.with(|a| a.set(true));
+            100
+        })
+        .eviction_listener(move |k, _, cause| s.lock().unwrap().push((k, cause)))
+        .build()
+        .unwrap();
+    // Whether or not a clone is left to panic after the write, the value it
+    // rejected goes to the listener.
+    let _ = catch_unwind(AssertUnwindSafe(|| cache.get_or_load(1, |_| Heavy)));
+    assert_eq!(
+        *seen.lock().unwrap(),
+        vec![(1, RemovalCause::Size)],
+        "the rejected value never reached the listener"
+    );
+    // The flight did not leave the key stuck.
+    ARMED.with(|a| a.set(false));
+    assert!(cache.peek(&1).is_none());
+}
