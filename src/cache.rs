@@ -626,7 +626,18 @@ where
         }
         match &self.inner.listener {
             Some(_) => {
-                let returned = value.clone();
+                // A `Clone` that panics must not drop what was removed
+                // without the listener hearing of it.
+                let returned = match catch_unwind(AssertUnwindSafe(|| value.clone())) {
+                    Ok(returned) => returned,
+                    Err(panic) => {
+                        // The clone's panic is the one the caller sees.
+                        let _ = catch_unwind(AssertUnwindSafe(|| {
+                            self.notify_one(key, value, cause);
+                        }));
+                        resume_unwind(panic);
+                    }
+                };
                 self.notify_one(key, value, cause);
                 Some(returned)
             }

@@ -416,3 +416,41 @@ fn custom_hasher_is_used() {
     cache.insert(1, 1);
     assert_eq!(cache.get(&1), Some(1));
 }
+
+#[test]
+fn a_value_clone_panicking_in_remove_loses_no_removal() {
+    use std::cell::Cell;
+    thread_local! {
+        /// Set: the next clone of a value on this thread panics.
+        static REFUSE_NEXT_CLONE: Cell<bool> = const { Cell::new(false) };
+    }
+    #[derive(Debug, PartialEq)]
+    struct Value(u32);
+    impl Clone for Value {
+        fn clone(&self) -> Self {
+            assert!(
+                !REFUSE_NEXT_CLONE.with(|refuse| refuse.replace(false)),
+                "the value refuses to be cloned"
+            );
+            Value(self.0)
+        }
+    }
+    let seen: Arc<Mutex<Vec<(u32, u32, RemovalCause)>>> = Arc::default();
+    let log = seen.clone();
+    let cache: Cache<u32, Value> = Cache::builder()
+        .max_capacity(10)
+        .eviction_listener(move |k, v: Value, cause| log.lock().unwrap().push((k, v.0, cause)))
+        .build()
+        .unwrap();
+    cache.insert(1, Value(10));
+    REFUSE_NEXT_CLONE.with(|refuse| refuse.set(true));
+    assert!(catch_unwind(AssertUnwindSafe(|| cache.remove(&1))).is_err());
+    REFUSE_NEXT_CLONE.with(|refuse| refuse.set(false));
+    assert!(cache.is_empty());
+    assert_eq!(
+        *seen.lock().unwrap(),
+        vec![(1, 10, RemovalCause::Explicit)],
+        "the removed entry reaches the listener"
+    );
+    assert_eq!(cache.stats().invalidations, 1);
+}

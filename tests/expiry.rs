@@ -734,3 +734,32 @@ fn entries_stored_before_a_shard_kept_deadlines_never_expire() {
     cache.run_pending_tasks();
     assert_eq!(cache.len(), 4);
 }
+
+/// A write into a full cache reclaims the entries whose deadline has passed
+/// before it evicts a live one: here the live entries are the least recently
+/// used, and ninety expired ones hold the rest of the room.
+#[test]
+fn a_full_cache_reclaims_expired_entries_before_evicting_live_ones() {
+    for eviction in [Eviction::Lru, Eviction::Lfu, Eviction::TinyLfu] {
+        let (cache, time, log) = cache_with(|b| b.shards(1).eviction(eviction));
+        for k in 0..10 {
+            cache.insert(k, k);
+        }
+        for k in 10..100 {
+            cache.insert_with(k, k, EntryOptions::new().ttl(10 * SEC));
+        }
+        time.advance(11 * SEC);
+        for k in 100..110 {
+            cache.insert(k, k);
+        }
+        for k in 0..10 {
+            assert_eq!(cache.get(&k), Some(k), "{eviction:?}: live entry {k}");
+        }
+        let log = taken(&log);
+        assert!(
+            log.iter().all(|e| e.2 == RemovalCause::Expired),
+            "{eviction:?}: {log:?}"
+        );
+        assert_eq!(cache.stats().evictions, 0, "{eviction:?}");
+    }
+}

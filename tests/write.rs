@@ -1611,3 +1611,80 @@ fn a_key_clone_panicking_while_a_report_is_out_fails_no_stored_write() {
     assert_eq!(ops, [Op::Put(Key(1), 1)], "only the refused write");
     assert_eq!(cache.write_stats().dirty, 0);
 }
+
+#[test]
+fn a_key_clone_panicking_after_the_store_took_a_write_leaves_no_stale_copy() {
+    thread_local! {
+        /// Set: the next clone of a key on this thread panics.
+        static REFUSE_NEXT_CLONE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
+    #[derive(Debug, PartialEq, Eq, Hash)]
+    struct Key(u64);
+    impl Clone for Key {
+        fn clone(&self) -> Self {
+            assert!(
+                !REFUSE_NEXT_CLONE.with(|refuse| refuse.replace(false)),
+                "the key refuses to be cloned"
+            );
+            Key(self.0)
+        }
+    }
+    #[derive(Default)]
+    struct Memory(Mutex<HashMap<u64, u64>>);
+    impl Store<Key, u64> for Memory {
+        type Error = String;
+        fn load(&self, k: &Key) -> Result<Option<u64>, String> {
+            Ok(self.0.lock().unwrap().get(&k.0).copied())
+        }
+        fn write(&self, op: &Op<Key, u64>) -> Result<(), String> {
+            match op {
+                Op::Put(k, v) => self.0.lock().unwrap().insert(k.0, *v),
+                Op::Delete(k) => self.0.lock().unwrap().remove(&k.0),
+            };
+            Ok(())
+        }
+    }
+    let refuse_next_clone = || REFUSE_NEXT_CLONE.with(|refuse| refuse.set(true));
+
+    // Write-through (a weigher makes the write keep a copy of the key).
+    let through = Cache::builder()
+        .max_capacity(100)
+        .weigher(|_: &Key, _: &u64| 1)
+        .write_through(Memory::default())
+        .build()
+        .unwrap();
+    through.put(Key(1), 10).unwrap();
+    refuse_next_clone();
+    assert!(catch_unwind(AssertUnwindSafe(|| through.put(Key(1), 20))).is_err());
+    REFUSE_NEXT_CLONE.with(|refuse| refuse.set(false));
+    assert_eq!(through.store().0.lock().unwrap().get(&1), Some(&20));
+    assert_eq!(
+        through.peek(&Key(1)),
+        None,
+        "the replaced value is not cached"
+    );
+    assert_eq!(through.get(&Key(1)), Ok(Some(20)));
+
+    // Write-back: the second write of a waiting key joins it in the queue.
+    let back = Cache::builder()
+        .max_capacity(100)
+        .weigher(|_: &Key, _: &u64| 1)
+        .write_back(
+            Memory::default(),
+            WriteBack::default().max_delay(Duration::MAX),
+        )
+        .build()
+        .unwrap();
+    back.put(Key(1), 10).unwrap();
+    refuse_next_clone();
+    assert!(catch_unwind(AssertUnwindSafe(|| back.put(Key(1), 20))).is_err());
+    REFUSE_NEXT_CLONE.with(|refuse| refuse.set(false));
+    assert_eq!(
+        back.get(&Key(1)),
+        Ok(Some(20)),
+        "reads find the queued write"
+    );
+    back.flush().unwrap();
+    assert_eq!(back.store().0.lock().unwrap().get(&1), Some(&20));
+    assert_eq!(back.get(&Key(1)), Ok(Some(20)));
+}

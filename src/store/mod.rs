@@ -610,7 +610,13 @@ impl<K: Eq, V, H: Fn(&K) -> u64> ShardWriter<'_, K, V, H> {
             index.set(token, timing.tags);
         }
         if let Some(now) = now {
-            self.expire(now, WRITE_EXPIRY_BATCH, out);
+            let mut more = self.expire(now, WRITE_EXPIRY_BATCH, out);
+            // Over capacity: entries whose deadline has passed make room
+            // before any live entry is evicted (the wheel's work is owed
+            // anyway, and stops as soon as the shard fits).
+            while more && self.map.weight > self.map.capacity {
+                more = self.expire(now, WRITE_EXPIRY_BATCH, out);
+            }
         }
         // The entry just written is never its own victim: it stays readable at
         // least until the next write to this shard.

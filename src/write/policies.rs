@@ -49,25 +49,49 @@ where
     fn land_write<G>(&self, key: K, value: V, options: Option<&EntryOptions>, guard: G) {
         let mut removed = Removed::new();
         let (ttl, tags) = options.map_or((None, &[][..]), |o| (o.time_to_live(), o.tag_list()));
-        let copy = self.write_calls_back().then(|| key.clone());
+        // The key's `Clone` may panic too: the stale copy goes all the same.
+        let copy = match catch_unwind(AssertUnwindSafe(|| {
+            self.write_calls_back().then(|| key.clone())
+        })) {
+            Ok(copy) => copy,
+            Err(panic) => self.drop_stale_copy(&key, removed, guard, panic),
+        };
         let landed = catch_unwind(AssertUnwindSafe(|| {
             self.write_deferred(key, value, ttl, tags, None, &mut removed)
         }));
         match landed {
             Ok(Ok(())) => {}
             Ok(Err(rejected)) => removed.push((rejected.key, rejected.value, RemovalCause::Size)),
-            Err(panic) => {
-                if let Some(stale) = copy.and_then(|key| self.take(&key)) {
-                    removed.push(stale);
+            Err(panic) => match copy {
+                Some(key) => self.drop_stale_copy(&key, removed, guard, panic),
+                None => {
+                    drop(guard);
+                    let _ = catch_unwind(AssertUnwindSafe(|| self.notify(removed)));
+                    resume_unwind(panic);
                 }
-                drop(guard);
-                // The callback's panic is the one the caller sees.
-                let _ = catch_unwind(AssertUnwindSafe(|| self.notify(removed)));
-                resume_unwind(panic);
-            }
+            },
         }
         drop(guard);
         self.notify(removed);
+    }
+
+    /// After user code panicked in [`land_write`](Self::land_write): drops
+    /// `key`'s cached copy (the store or the queue has a newer write),
+    /// releases `guard`, tells the listener, and resumes `panic` (the
+    /// callback's panic is the one the caller sees).
+    fn drop_stale_copy<G>(
+        &self,
+        key: &K,
+        mut removed: Removed<K, V>,
+        guard: G,
+        panic: Box<dyn std::any::Any + Send>,
+    ) -> ! {
+        if let Some(stale) = self.take(key) {
+            removed.push(stale);
+        }
+        drop(guard);
+        let _ = catch_unwind(AssertUnwindSafe(|| self.notify(removed)));
+        resume_unwind(panic)
     }
 
     /// An async read-through miss: one load per key through `fetch`.
@@ -214,9 +238,9 @@ where
     /// If the store panics: it may have taken the write before it did, so
     /// the key's cached copy is dropped before the panic goes on, and the next
     /// read asks the store (as [`put_async`](Self::put_async) does). If the
-    /// weigher or the [`Expiry`](crate::Expiry) panics, the store has the
-    /// write and the key's cached copy is dropped, so that reads load the new
-    /// value.
+    /// weigher, the [`Expiry`](crate::Expiry) or the key's `Clone` panics,
+    /// the store has the write and the key's cached copy is dropped, so that
+    /// reads load the new value.
     ///
     /// ```
     /// # use std::collections::HashMap;
@@ -391,9 +415,9 @@ where
     ///
     /// # Panics
     ///
-    /// If the weigher or the [`Expiry`](crate::Expiry) panics, the write is
-    /// queued and the key's cached copy is dropped, so that reads find the
-    /// queued value.
+    /// If the weigher, the [`Expiry`](crate::Expiry) or the key's `Clone`
+    /// panics after the write was queued, the key's cached copy is dropped,
+    /// so that reads find the queued value.
     ///
     /// ```
     /// # use std::collections::HashMap;
