@@ -1029,8 +1029,9 @@ where
     }
 
     /// Removes every entry. Shards are cleared one at a time; entries inserted
-    /// concurrently into an already-cleared shard survive. The listener sees each
-    /// removed entry as [`RemovalCause::Explicit`].
+    /// concurrently into an already-cleared shard survive. A load in flight
+    /// when the call returns hands its value to its callers but is not cached.
+    /// The listener sees each removed entry as [`RemovalCause::Explicit`].
     ///
     /// ```
     /// let cache: larder::Cache<u32, u32> = larder::Cache::builder().max_capacity(10).build().unwrap();
@@ -1054,8 +1055,23 @@ where
                 }
             }
         }
+        self.invalidate_flights();
         if let Some(panic) = first_panic {
             resume_unwind(panic);
+        }
+    }
+
+    /// Makes every load in flight stale, a shard at a time, as a whole-cache
+    /// invalidation ends: a load that began while it ran (after its key's
+    /// shard was swept, or from the listener) is still in flight when it
+    /// returns, and is not cached either (DESIGN §3, contract 3).
+    fn invalidate_flights(&self) {
+        let hash_of = |k: &K| self.hash(k);
+        for shard in self.inner.shards.iter() {
+            // Under the write lock, as in `write_deferred`: a load lands
+            // wholly before this or finds itself stale.
+            let _writer = shard.write(&hash_of);
+            shard.flights.invalidate_all();
         }
     }
 
@@ -1121,7 +1137,10 @@ where
     /// [`RemovalCause::Invalidated`]. Costs O(entries with the tag), not a scan
     /// of the cache. After the call returns, no read returns an entry that
     /// carried the tag when the call began; an insert racing with the call
-    /// lands either before it (and is removed) or after it (and stays).
+    /// lands either before it (and is removed) or after it (and stays). A
+    /// load whose tags include `tag` and that is in flight when the call
+    /// returns, or that began before it and ended during it, hands its value
+    /// to its callers but is not cached.
     ///
     /// ```
     /// use larder::{Cache, EntryOptions};
@@ -1168,6 +1187,13 @@ where
                 }
             }
         }
+        // Again as the sweep ends: a load of one of these tags that began
+        // while it ran (from another thread or the listener) and is still in
+        // flight now is not cached either.
+        let end = self.inner.tag_epoch.fetch_add(1, Ordering::SeqCst) + 1;
+        for tag in &tags {
+            self.tag_mark(tag).fetch_max(end, Ordering::SeqCst);
+        }
         if let Some(panic) = first_panic {
             resume_unwind(panic);
         }
@@ -1203,6 +1229,7 @@ where
                 }
             }
         }
+        self.invalidate_flights();
         if let Some(panic) = first_panic {
             resume_unwind(panic);
         }

@@ -157,9 +157,10 @@ fn a_caller_after_a_tag_invalidation_never_gets_an_entry_it_removed() {
         let (h_blocked, h_release) = h_gate_rx.recv().unwrap();
         h_blocked.recv().unwrap();
         let invalidation = s.spawn(move || c.invalidate_tag("t"));
-        std::thread::sleep(Duration::from_millis(300)); // it waits for shard 0
-                                                        // The early load ends; the leader starts at the new tag epoch, finds
-                                                        // "tagged" in shard 1 (not swept yet), and stops in the clone of it.
+        // It waits for shard 0.
+        std::thread::sleep(Duration::from_millis(300));
+        // The early load ends; the leader starts at the new tag epoch, finds
+        // "tagged" in shard 1 (not swept yet), and stops in the clone of it.
         a_release.send(()).unwrap();
         assert_eq!(early.join().unwrap(), Val("early"));
         l_blocked.recv().unwrap();
@@ -267,4 +268,106 @@ fn a_value_clone_panicking_after_a_leaders_write_loses_no_removal() {
     // The flight did not leave the key stuck.
     ARMED.with(|a| a.set(false));
     assert!(cache.peek(&1).is_none());
+}
+
+/// A cache whose listener, on the first removal it hears of, starts a load
+/// of key 5 tagged "t" on another thread and returns once that load has
+/// begun: the listener runs inside an invalidation, so the load begins while
+/// the invalidation runs and is still in flight when it returns. Returns
+/// the cache, the loading thread (once started) and the load's release.
+#[allow(clippy::type_complexity)]
+fn cache_starting_a_load_from_its_listener() -> (
+    Cache<u32, u32>,
+    Arc<std::sync::Mutex<Option<std::thread::JoinHandle<u32>>>>,
+    mpsc::Sender<()>,
+) {
+    let slot: Arc<OnceLock<Cache<u32, u32>>> = Arc::default();
+    let loading: Arc<std::sync::Mutex<Option<std::thread::JoinHandle<u32>>>> = Arc::default();
+    let (release_tx, release_rx) = mpsc::channel::<()>();
+    let release_rx = Arc::new(std::sync::Mutex::new(release_rx));
+    let (cache_slot, handle) = (slot.clone(), loading.clone());
+    let cache: Cache<u32, u32> = Cache::builder()
+        .max_capacity(100)
+        .shards(1)
+        .eviction_listener(move |_, _, _| {
+            let mut handle = handle.lock().unwrap();
+            if handle.is_some() {
+                return;
+            }
+            let cache = cache_slot.get().unwrap().clone();
+            let release = release_rx.clone();
+            let (began_tx, began_rx) = mpsc::channel();
+            *handle = Some(std::thread::spawn(move || {
+                cache.get_or_load_with(5, |_| {
+                    began_tx.send(()).unwrap();
+                    release.lock().unwrap().recv().unwrap();
+                    (50, EntryOptions::new().tags(["t"]))
+                })
+            }));
+            began_rx.recv().unwrap();
+        })
+        .build()
+        .unwrap();
+    slot.set(cache.clone()).ok().unwrap();
+    (cache, loading, release_tx)
+}
+
+/// DESIGN contract 3, for a load that begins while `invalidate_tag` runs:
+/// the call returns while the load is in flight, so the load's value goes to
+/// its caller but is not cached.
+#[test]
+fn a_tagged_load_in_flight_when_invalidate_tag_returns_is_not_cached() {
+    let (cache, loading, release) = cache_starting_a_load_from_its_listener();
+    cache.insert_with(1, 10, EntryOptions::new().tags(["t"]));
+    cache.invalidate_tag("t");
+    let load = loading
+        .lock()
+        .unwrap()
+        .take()
+        .expect("the listener began a load");
+    release.send(()).unwrap();
+    assert_eq!(load.join().unwrap(), 50, "its caller has the value");
+    assert_eq!(cache.peek(&5), None, "cached over the invalidation");
+    // Later loads are cached as usual.
+    assert_eq!(
+        cache.get_or_load_with(5, |_| (51, EntryOptions::new().tags(["t"]))),
+        51
+    );
+    assert_eq!(cache.peek(&5), Some(51));
+}
+
+/// DESIGN contract 3, for a load that begins while `invalidate_all` runs
+/// (after its key's shard was cleared): the call returns while the load is in
+/// flight, so the load's value goes to its caller but is not cached.
+#[test]
+fn a_load_in_flight_when_invalidate_all_returns_is_not_cached() {
+    let (cache, loading, release) = cache_starting_a_load_from_its_listener();
+    cache.insert(1, 10);
+    cache.invalidate_all();
+    let load = loading
+        .lock()
+        .unwrap()
+        .take()
+        .expect("the listener began a load");
+    release.send(()).unwrap();
+    assert_eq!(load.join().unwrap(), 50, "its caller has the value");
+    assert_eq!(cache.peek(&5), None, "cached over the invalidation");
+    assert_eq!(cache.get_or_load(5, |_| 51), 51);
+    assert_eq!(cache.peek(&5), Some(51));
+}
+
+/// As above, for `invalidate_entries_if`.
+#[test]
+fn a_load_in_flight_when_invalidate_entries_if_returns_is_not_cached() {
+    let (cache, loading, release) = cache_starting_a_load_from_its_listener();
+    cache.insert(1, 10);
+    cache.invalidate_entries_if(|_, _| true);
+    let load = loading
+        .lock()
+        .unwrap()
+        .take()
+        .expect("the listener began a load");
+    release.send(()).unwrap();
+    assert_eq!(load.join().unwrap(), 50, "its caller has the value");
+    assert_eq!(cache.peek(&5), None, "cached over the invalidation");
 }
