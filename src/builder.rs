@@ -629,10 +629,14 @@ impl fmt::Display for BuildError {
                 f,
                 "room for {entries} entries could not be allocated: ask initial_capacity for less"
             ),
-            Self::MoreShardsThanCapacity { shards, capacity } => write!(
-                f,
-                "{shards} shards cannot split a capacity of {capacity}: use at most {capacity} shards"
-            ),
+            Self::MoreShardsThanCapacity { shards, capacity } => {
+                // The largest count that builds: a power of two within the capacity.
+                let most = 1u64 << (*capacity).clamp(1, MAX_SHARDS as u64).ilog2();
+                write!(
+                    f,
+                    "{shards} shards cannot split a capacity of {capacity}: use at most {most} shards"
+                )
+            }
         }
     }
 }

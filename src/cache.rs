@@ -536,7 +536,9 @@ where
     ///
     /// # Panics
     ///
-    /// Only if the weigher or the listener panics (the cache stays consistent).
+    /// Only if the weigher, the [`Expiry`](crate::Expiry) or the listener
+    /// panics (the cache stays consistent; an `Expiry` that panics leaves the
+    /// write undone).
     ///
     /// ```
     /// let cache: larder::Cache<u32, &str> = larder::Cache::builder().max_capacity(10).build().unwrap();
@@ -606,7 +608,8 @@ where
     }
 
     /// Removes `key`, returning its value. The listener sees it as
-    /// [`RemovalCause::Explicit`].
+    /// [`RemovalCause::Explicit`]; an entry already past its deadline is
+    /// removed as [`RemovalCause::Expired`] and `None` is returned.
     ///
     /// ```
     /// let cache: larder::Cache<u32, u32> = larder::Cache::builder().max_capacity(10).build().unwrap();
@@ -1031,7 +1034,8 @@ where
     /// Removes every entry. Shards are cleared one at a time; entries inserted
     /// concurrently into an already-cleared shard survive. A load in flight
     /// when the call returns hands its value to its callers but is not cached.
-    /// The listener sees each removed entry as [`RemovalCause::Explicit`].
+    /// The listener sees each removed entry as [`RemovalCause::Explicit`]
+    /// ([`RemovalCause::Expired`] for one already past its deadline).
     ///
     /// ```
     /// let cache: larder::Cache<u32, u32> = larder::Cache::builder().max_capacity(10).build().unwrap();
@@ -1134,7 +1138,8 @@ where
     }
 
     /// Removes every entry that carries `tag`; the listener sees each as
-    /// [`RemovalCause::Invalidated`]. Costs O(entries with the tag), not a scan
+    /// [`RemovalCause::Invalidated`] ([`RemovalCause::Expired`] for one
+    /// already past its deadline). Costs O(entries with the tag), not a scan
     /// of the cache. After the call returns, no read returns an entry that
     /// carried the tag when the call began; an insert racing with the call
     /// lands either before it (and is removed) or after it (and stays). A

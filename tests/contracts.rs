@@ -54,6 +54,29 @@ fn builder_rejects_nonsense_with_clear_errors() {
     );
 }
 
+/// The message for too many shards names a count that builds: the largest
+/// power of two within the capacity, not the capacity itself.
+#[test]
+fn too_many_shards_suggests_a_count_that_builds() {
+    for (capacity, most) in [(5u64, 4usize), (4, 4), (1, 1), (1000, 512)] {
+        let err = Cache::<u32, u32>::builder()
+            .max_capacity(capacity)
+            .shards(1024)
+            .build()
+            .unwrap_err();
+        let message = err.to_string();
+        assert!(
+            message.contains(&format!("at most {most} shards")),
+            "capacity {capacity}: {message}"
+        );
+        Cache::<u32, u32>::builder()
+            .max_capacity(capacity)
+            .shards(most)
+            .build()
+            .expect("the suggested count builds");
+    }
+}
+
 #[test]
 fn huge_settings_build_without_panicking() {
     let cache: Cache<u64, u64> = Cache::builder()

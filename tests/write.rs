@@ -1688,3 +1688,65 @@ fn a_key_clone_panicking_after_the_store_took_a_write_leaves_no_stale_copy() {
     assert_eq!(back.store().0.lock().unwrap().get(&1), Some(&20));
     assert_eq!(back.get(&Key(1)), Ok(Some(20)));
 }
+
+/// A key whose `Clone` panics while the queue takes its write leaves the
+/// queue as it was: the put fails whole, no write is left that would never
+/// be sent, and its key holds no room.
+#[test]
+fn a_key_clone_panicking_while_a_write_is_queued_leaves_the_queue_unchanged() {
+    thread_local! {
+        /// Clones of a key this thread may still make before one panics.
+        static CLONES_LEFT: std::cell::Cell<u32> = const { std::cell::Cell::new(u32::MAX) };
+    }
+    #[derive(Debug, PartialEq, Eq, Hash)]
+    struct Key(u64);
+    impl Clone for Key {
+        fn clone(&self) -> Self {
+            let left = CLONES_LEFT.with(|left| left.get());
+            assert!(left > 0, "the key refuses to be cloned");
+            CLONES_LEFT.with(|l| l.set(left - 1));
+            Key(self.0)
+        }
+    }
+    #[derive(Default)]
+    struct Memory(Mutex<HashMap<u64, u64>>);
+    impl Store<Key, u64> for Memory {
+        type Error = String;
+        fn load(&self, k: &Key) -> Result<Option<u64>, String> {
+            Ok(self.0.lock().unwrap().get(&k.0).copied())
+        }
+        fn write(&self, op: &Op<Key, u64>) -> Result<(), String> {
+            match op {
+                Op::Put(k, v) => self.0.lock().unwrap().insert(k.0, *v),
+                Op::Delete(k) => self.0.lock().unwrap().remove(&k.0),
+            };
+            Ok(())
+        }
+    }
+    let cache = Cache::builder()
+        .max_capacity(100)
+        .write_back(
+            Memory::default(),
+            WriteBack::default()
+                .max_delay(Duration::MAX)
+                .queue_capacity(1)
+                .backpressure(Backpressure::Fail),
+        )
+        .build()
+        .unwrap();
+    // A new key's write clones it twice on its way into the queue: the
+    // second clone panics.
+    CLONES_LEFT.with(|left| left.set(1));
+    assert!(catch_unwind(AssertUnwindSafe(|| cache.put(Key(1), 10))).is_err());
+    CLONES_LEFT.with(|left| left.set(u32::MAX));
+    assert_eq!(cache.write_stats().dirty, 0, "no room held");
+    assert_eq!(
+        cache.get(&Key(1)),
+        Ok(None),
+        "the failed put changed nothing"
+    );
+    cache.put(Key(2), 20).unwrap();
+    cache.flush().unwrap();
+    assert_eq!(cache.store().0.lock().unwrap().get(&2), Some(&20));
+    assert_eq!(cache.write_stats().accepted, 1);
+}

@@ -150,7 +150,8 @@ impl TinyLfu {
             sketch: None,
             ghosts: Ghosts::default(),
             climber: Climber::new(capacity),
-            rng: 0x853C_49E6_748F_EA9B ^ capacity,
+            // Never zero: xorshift would stay at zero for good.
+            rng: (0x853C_49E6_748F_EA9B ^ capacity).max(1),
         };
         policy.set_window((capacity as f64 * INITIAL_WINDOW) as u64);
         policy
@@ -387,13 +388,16 @@ impl TinyLfu {
                 return true;
             }
         }
-        if candidate >= ADMIT_WARM_THRESHOLD {
-            self.rng ^= self.rng << 13;
-            self.rng ^= self.rng >> 7;
-            self.rng ^= self.rng << 17;
-            return self.rng % ADMIT_WARM_ONE_IN == 0;
-        }
-        false
+        candidate >= ADMIT_WARM_THRESHOLD && self.warm_loser_admitted()
+    }
+
+    /// True one time in [`ADMIT_WARM_ONE_IN`], at random.
+    #[inline]
+    fn warm_loser_admitted(&mut self) -> bool {
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        self.rng % ADMIT_WARM_ONE_IN == 0
     }
 
     /// A region's list and weight.
@@ -450,7 +454,7 @@ impl TinyLfu {
             return;
         }
         if let Some(delta) = self.climber.adjustment(self.capacity) {
-            let window = (self.window_max as i64).saturating_add(delta).max(0) as u64;
+            let window = self.window_max.saturating_add_signed(delta);
             self.set_window(window);
             self.demote_protected(entries);
         }
@@ -745,6 +749,20 @@ mod tests {
             (80..300).contains(&admitted),
             "{admitted} of 20,000 admitted"
         );
+    }
+
+    #[test]
+    fn warm_losers_are_admitted_at_random_whatever_the_capacity() {
+        // The last capacity is the generator's seed constant.
+        for capacity in [1, 100, 1 << 40, 0x853C_49E6_748F_EA9B] {
+            let mut p = TinyLfu::new(capacity);
+            let draws = 128 * 1000;
+            let admitted = (0..draws).filter(|_| p.warm_loser_admitted()).count();
+            assert!(
+                (500..1500).contains(&admitted),
+                "capacity {capacity}: {admitted} of {draws}"
+            );
+        }
     }
 
     #[test]

@@ -156,7 +156,7 @@ impl Naive {
             return;
         }
         if let Some(delta) = self.climber.adjustment(self.capacity) {
-            self.set_window((self.window_max as i64).saturating_add(delta).max(0) as u64);
+            self.set_window(self.window_max.saturating_add_signed(delta));
             self.demote(e);
         }
     }

@@ -294,11 +294,18 @@ where
     /// queued behind the others.
     fn enqueue(&self, mut q: MutexGuard<'_, Queue<K, V, St::Error>>, key: &K, write: Pending<V>) {
         let shared = &*self.shared;
+        // The key's copies first: a `Clone` that panics leaves the queue as
+        // it was (no write filed that is never sent, no room held).
+        let (slot_key, order_key) = match q.slots.get(key) {
+            Some(slot) if slot.waiting.is_some() => (None, None),
+            Some(_) => (None, Some(key.clone())),
+            None => (Some(key.clone()), Some(key.clone())),
+        };
         q.seq += 1;
         let seq = q.seq;
         q.stats.accepted += 1;
-        let queued = match q.slots.get_mut(key) {
-            Some(slot) => match &mut slot.waiting {
+        let queued = match (q.slots.get_mut(key), slot_key) {
+            (Some(slot), _) => match &mut slot.waiting {
                 Some((_, latest)) => {
                     *latest = write;
                     false
@@ -308,20 +315,21 @@ where
                     true
                 }
             },
-            None => {
+            (None, slot_key) => {
                 let slot = Slot {
                     waiting: Some((seq, write)),
                     sending: None,
                     failed: None,
                 };
-                q.slots.insert(key.clone(), slot);
+                q.slots
+                    .insert(slot_key.expect("copied for a new slot"), slot);
                 true
             }
         };
         if queued {
             q.order.push_back(Queued {
                 seq,
-                key: key.clone(),
+                key: order_key.expect("copied for a queued write"),
                 at: Instant::now(),
             });
             if q.order.len() == 1 || q.order.len() >= shared.settings.batch {
