@@ -353,6 +353,26 @@ fn panicking_listener_delivers_the_rest_and_leaves_the_cache_consistent() {
 }
 
 #[test]
+fn evicted_weight_adds_up_the_weights_of_the_entries_evicted() {
+    let cache: Cache<u32, u32> = Cache::builder()
+        .max_capacity(10)
+        .shards(1)
+        .eviction(Eviction::Lru)
+        .weigher(|_, v: &u32| *v)
+        .build()
+        .unwrap();
+    cache.insert(1, 2);
+    cache.insert(2, 3);
+    cache.insert(3, 4);
+    assert_eq!(cache.stats().evicted_weight, 0);
+    // 9 + 5 > 10: the least recent entries go, weights 2 and 3.
+    cache.insert(4, 5);
+    let s = cache.stats();
+    assert_eq!((s.evictions, s.evicted_weight), (2, 5));
+    assert_eq!(cache.weighted_size(), 9);
+}
+
+#[test]
 fn stats_count_what_happened() {
     let cache: Cache<u32, u32> = Cache::builder()
         .max_capacity(2)

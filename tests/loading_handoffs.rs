@@ -371,3 +371,71 @@ fn a_load_in_flight_when_invalidate_entries_if_returns_is_not_cached() {
     assert_eq!(load.join().unwrap(), 50, "its caller has the value");
     assert_eq!(cache.peek(&5), None, "cached over the invalidation");
 }
+
+/// A cache whose listener, on the first removal it hears of, lets a load of
+/// key 5 (tagged "t") that began before that removal finish, and returns
+/// once the load has returned: the listener runs inside an invalidation,
+/// after its key's shard was swept, so the load lands while the invalidation
+/// still runs. Returns the cache and the loading thread.
+fn cache_landing_a_load_from_its_listener() -> (Cache<u32, u32>, std::thread::JoinHandle<u32>) {
+    let (release_tx, release_rx) = mpsc::channel::<()>();
+    let (landed_tx, landed_rx) = mpsc::channel::<()>();
+    let hooks = std::sync::Mutex::new(Some((release_tx, landed_rx)));
+    let cache: Cache<u32, u32> = Cache::builder()
+        .max_capacity(100)
+        .shards(1)
+        .eviction_listener(move |_, _, _| {
+            if let Some((release, landed)) = hooks.lock().unwrap().take() {
+                release.send(()).unwrap();
+                landed.recv().unwrap();
+            }
+        })
+        .build()
+        .unwrap();
+    let (began_tx, began_rx) = mpsc::channel();
+    let c = cache.clone();
+    let load = std::thread::spawn(move || {
+        let v = c.get_or_load_with(5, |_| {
+            began_tx.send(()).unwrap();
+            release_rx.recv().unwrap();
+            (50, EntryOptions::new().tags(["t"]))
+        });
+        landed_tx.send(()).unwrap();
+        v
+    });
+    began_rx.recv().unwrap();
+    (cache, load)
+}
+
+/// A tagged load that began before `invalidate_tag` and lands while the call
+/// runs, in a shard already swept, read its value before the invalidation:
+/// its caller gets it, but it is not cached.
+#[test]
+fn a_tagged_load_landing_while_invalidate_tag_runs_is_not_cached() {
+    let (cache, load) = cache_landing_a_load_from_its_listener();
+    cache.insert_with(1, 10, EntryOptions::new().tags(["t"]));
+    cache.invalidate_tag("t");
+    assert_eq!(load.join().unwrap(), 50, "its caller has the value");
+    assert_eq!(cache.peek(&5), None, "cached over the invalidation");
+}
+
+/// As above, for `invalidate_all`: a load that began before the call and
+/// lands after its key's shard was cleared is not cached.
+#[test]
+fn a_load_landing_while_invalidate_all_runs_is_not_cached() {
+    let (cache, load) = cache_landing_a_load_from_its_listener();
+    cache.insert(1, 10);
+    cache.invalidate_all();
+    assert_eq!(load.join().unwrap(), 50, "its caller has the value");
+    assert_eq!(cache.peek(&5), None, "cached over the invalidation");
+}
+
+/// As above, for `invalidate_entries_if`.
+#[test]
+fn a_load_landing_while_invalidate_entries_if_runs_is_not_cached() {
+    let (cache, load) = cache_landing_a_load_from_its_listener();
+    cache.insert(1, 10);
+    cache.invalidate_entries_if(|_, _| true);
+    assert_eq!(load.join().unwrap(), 50, "its caller has the value");
+    assert_eq!(cache.peek(&5), None, "cached over the invalidation");
+}

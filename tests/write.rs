@@ -753,6 +753,11 @@ fn a_failure_superseded_by_a_stored_write_is_not_reported() {
     let stats = cache.write_stats();
     assert_eq!((stats.failed, stats.superseded), (2, 1));
     assert_eq!((db.value(1), db.value(2)), (Some(11), None));
+    assert_eq!(stats.dirty, 0, "nothing is pending any more");
+    // Out of the cache, key 1 reads as the store has it, not as the write
+    // that failed before it.
+    cache.invalidate_all();
+    assert_eq!(cache.get(&1), Ok(Some(11)));
 }
 
 #[test]

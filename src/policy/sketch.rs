@@ -235,6 +235,21 @@ mod tests {
     }
 
     #[test]
+    fn sightings_of_a_saturated_key_do_not_advance_the_sample_period() {
+        let mut s = Sketch::new(8); // sample size 80
+        for _ in 0..200 {
+            s.increment(7);
+        }
+        assert_eq!(s.frequency(7), 15);
+        assert_eq!(s.size, 15, "only sightings that raised a counter count");
+        assert!(
+            !s.take_aged(),
+            "a key at the ceiling alone never ages the sketch"
+        );
+        s.validate();
+    }
+
+    #[test]
     fn ages_itself_after_the_sample_period() {
         let mut s = Sketch::new(8); // sample size 80
         for k in 0..79u64 {

@@ -1047,6 +1047,20 @@ mod tests {
     }
 
     #[test]
+    fn climber_sample_periods_double_up_to_the_full_period() {
+        // Capacity 100: the first period is 5 × 100 requests, then each
+        // doubles, up to 10 × 100.
+        let mut c = Climber::new(100);
+        for period in [500, 1_000, 1_000] {
+            c.hits = period / 2;
+            c.misses = period / 2 - 1;
+            assert_eq!(c.adjustment(100), None, "one request short of {period}");
+            c.misses += 1;
+            assert!(c.adjustment(100).is_some(), "a full period of {period}");
+        }
+    }
+
+    #[test]
     fn climber_grows_the_window_first() {
         let mut c = Climber::new(1000);
         c.hits = 5_000;
