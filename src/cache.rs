@@ -854,7 +854,8 @@ where
                 .expiration
                 .on_read(&entry.key, &entry.value, now, d)
             {
-                map.move_deadline(token, at);
+                let later_only = self.inner.expiration.reads_only_extend();
+                map.move_deadline(token, at, later_only);
             }
         }
     }

@@ -188,6 +188,13 @@ impl<K: 'static, V: 'static> Expiration<K, V> {
         )
     }
 
+    /// Whether a read can only move a deadline later: a time-to-idle moves it
+    /// to `min(cap, now + idle)`, which never decreases as the clock runs,
+    /// while an [`Expiry`] may answer a read with a shorter lifetime.
+    pub(crate) fn reads_only_extend(&self) -> bool {
+        matches!(self.rule, Rule::Fixed { .. })
+    }
+
     /// Deadlines for a write at `now`. `current` is the live entry's deadline
     /// when this replaces one; `ttl` the insert's own time-to-live.
     pub(crate) fn on_write(

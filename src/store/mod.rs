@@ -435,11 +435,19 @@ impl<K: Eq, V> Map<K, V> {
     /// deadline moved later when the old one comes due; one moved earlier is
     /// queued for the next writer to file again, or the entry would outlive
     /// it on the wheel.
-    pub(crate) fn move_deadline(&self, token: Token, at: u64) {
+    ///
+    /// With `later_only` (a time-to-idle: reads only ever extend it), a read
+    /// that took the clock before a racing reader but stores after it keeps
+    /// the later deadline instead of setting the entry's idle time back.
+    pub(crate) fn move_deadline(&self, token: Token, at: u64, later_only: bool) {
         let Some(timers) = &self.timers else {
             return;
         };
         if let Some(slot) = timers.at.get(token as usize) {
+            if later_only {
+                slot.fetch_max(at, Ordering::Relaxed);
+                return;
+            }
             // A load and a store, not a swap: racing readers each compare with
             // what they saw, and whoever moves it earlier queues it; the
             // writer files it by the deadline it finds then.
@@ -1000,6 +1008,48 @@ mod tests {
             timers.early.len()
         );
         writer.validate();
+    }
+
+    /// Two readers extend an idle deadline; the one that read the clock first
+    /// stores last. The entry keeps the later deadline, while a custom expiry
+    /// (which may shorten a lifetime on a read) has the last store win and
+    /// queues the earlier deadline for the wheel.
+    #[test]
+    fn a_late_store_of_an_earlier_idle_deadline_keeps_the_later_one() {
+        use super::{Deadlines, Removed, WriteContext, NEVER};
+        let (clock, _time) = crate::Clock::mock();
+        let shard = S::new(100, 100, Eviction::TinyLfu, 0, true).expect("small");
+        let hash_of = |k: &u64| *k;
+        let idle = |_: &u64, _: &u64, now: u64, _: Option<u64>| Deadlines {
+            at: now + 10_000_000_000,
+            cap: NEVER,
+        };
+        for key in [1, 2] {
+            let mut out = Removed::new();
+            let timing = WriteContext {
+                clock: &clock,
+                start: false,
+                deadlines: &idle,
+                tags: &[],
+            };
+            assert!(shard
+                .write(&hash_of)
+                .insert(key, key, key, 1, timing, &mut out)
+                .is_ok());
+        }
+        let map = shard.read();
+        let token = |key: u64| map.find(key, &key).expect("resident").0;
+        let (first, second) = (token(1), token(2));
+        let written = map.deadlines(first).expect("timed").at;
+        let (early, late) = (written + 3_000_000_000, written + 5_000_000_000);
+        map.move_deadline(first, late, true);
+        map.move_deadline(first, early, true);
+        assert_eq!(map.deadlines(first).expect("timed").at, late);
+        map.move_deadline(second, late, false);
+        map.move_deadline(second, early, false);
+        assert_eq!(map.deadlines(second).expect("timed").at, early);
+        let timers = map.timers.as_ref().expect("timed");
+        assert_eq!(*timers.refile.lock(), vec![second]);
     }
 
     /// What a lookup reads of its shard — the lock word, the table's header,
