@@ -708,7 +708,7 @@ where
             let timer = LoadTimer::start(&self.inner.loads);
             // A panic here drops `leader`, abandoning the flight to a waiter,
             // and `timer`, booking the load as failed.
-            let result = load(&key);
+            let result = timer.run(|| load(&key));
             timer.stop();
             return self.land(key, leader, epoch, result);
         }
@@ -749,7 +749,11 @@ where
                 unreachable!("a caller leads at most one flight to the end")
             };
             let timer = LoadTimer::start(&self.inner.loads);
-            let result = crate::loader::lead(leader.flight(), load).await;
+            // Each poll runs under `timer`, so that a panic of the loader's
+            // own books a failure and a cancellation does not.
+            let mut load = std::pin::pin!(load);
+            let polled = std::future::poll_fn(|cx| timer.run(|| load.as_mut().poll(cx)));
+            let result = crate::loader::lead(leader.flight(), polled).await;
             timer.stop();
             return self.land(key, leader, epoch, result);
         }
@@ -1412,12 +1416,17 @@ fn deliver<K, V>(
     }
 }
 
-/// Books a load in the statistics: its time when stopped, a failure if it
-/// is dropped instead (the loader panicked, or its future was cancelled).
+/// Books a load in the statistics: its time when stopped or dropped, and a
+/// failure if the loader itself unwound (see [`run`](Self::run)). Dropped
+/// unstopped otherwise, its async load was cancelled: not a failure, even
+/// when the future is dropped while the thread unwinds from a panic elsewhere
+/// (a sibling in `join!`, or a runtime dropping a panicked task's future).
 struct LoadTimer<'a> {
     stats: &'a LoadStats,
     start: std::time::Instant,
     stopped: bool,
+    /// Set when a step of the loader unwound.
+    unwound: std::sync::atomic::AtomicBool,
 }
 
 impl<'a> LoadTimer<'a> {
@@ -1427,7 +1436,23 @@ impl<'a> LoadTimer<'a> {
             stats,
             start: std::time::Instant::now(),
             stopped: false,
+            unwound: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// Runs the loader, or one poll of an async loader, noting whether it
+    /// unwinds (a panic of the loader's own).
+    fn run<R>(&self, step: impl FnOnce() -> R) -> R {
+        struct Unwinding<'b>(&'b std::sync::atomic::AtomicBool);
+        impl Drop for Unwinding<'_> {
+            fn drop(&mut self) {
+                self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        let unwinding = Unwinding(&self.unwound);
+        let out = step();
+        std::mem::forget(unwinding);
+        out
     }
 
     fn stop(mut self) {
@@ -1439,9 +1464,7 @@ impl Drop for LoadTimer<'_> {
     fn drop(&mut self) {
         let nanos = u64::try_from(self.start.elapsed().as_nanos()).unwrap_or(u64::MAX);
         self.stats.nanos.fetch_add(nanos, Ordering::Relaxed);
-        // Dropped unstopped: the loader panicked, or (async) its future was
-        // dropped, a cancellation rather than a failure.
-        if !self.stopped && std::thread::panicking() {
+        if !self.stopped && self.unwound.load(std::sync::atomic::Ordering::Relaxed) {
             self.stats.failures.fetch_add(1, Ordering::Relaxed);
         }
     }

@@ -863,6 +863,59 @@ mod asynchronous {
         assert_eq!(cache.get(&1).as_deref(), Some("takeover"));
     }
 
+    /// A leader dropped while its task unwinds from a panic that is not its
+    /// loader's (a sibling branch of `join!`; tokio drops a panicked task's
+    /// future during the unwind) was cancelled: its load did not fail. A
+    /// waiter takes the load over, and a loader that panics itself is still
+    /// booked as failed.
+    #[test]
+    fn a_leader_dropped_by_a_panic_elsewhere_is_a_cancellation_not_a_failure() {
+        let cache = Arc::new(cache());
+        let leading = Arc::new(std::sync::Barrier::new(2));
+        runtime().block_on(async {
+            let leader = {
+                let (cache, leading) = (cache.clone(), leading.clone());
+                tokio::spawn(async move {
+                    tokio::join!(
+                        cache.get_or_load_async(1, async move {
+                            leading.wait();
+                            std::future::pending::<String>().await
+                        }),
+                        async {
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            panic!("a sibling of the load panics");
+                        }
+                    )
+                })
+            };
+            // The leader's loader has begun: the next caller waits for it.
+            tokio::task::block_in_place(|| leading.wait());
+            let waiter = {
+                let cache = cache.clone();
+                tokio::spawn(async move {
+                    cache
+                        .get_or_load_async(1, async { "takeover".to_string() })
+                        .await
+                })
+            };
+            assert!(leader.await.unwrap_err().is_panic());
+            let v = tokio::time::timeout(Duration::from_secs(10), waiter).await;
+            assert_eq!(v.expect("the waiter hung").unwrap(), "takeover");
+        });
+        let stats = cache.stats();
+        assert_eq!(
+            (stats.loads, stats.load_failures),
+            (2, 0),
+            "the cancelled load and the takeover"
+        );
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            block_on(cache.get_or_load_async(2, async { panic!("the loader panics") }))
+        }));
+        assert!(panicked.is_err());
+        let stats = cache.stats();
+        assert_eq!((stats.loads, stats.load_failures), (3, 1));
+    }
+
     #[test]
     fn async_errors_are_shared_and_not_cached() {
         let cache = Arc::new(cache());
