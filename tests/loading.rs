@@ -2,6 +2,8 @@
 //! errors, panic takeover, invalidation during a load, loaders that use the
 //! cache, and the statistics.
 
+mod common;
+
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier, Mutex};
@@ -593,10 +595,11 @@ mod model {
 }
 
 mod asynchronous {
+    use super::common::block_on;
     use std::future::Future;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::{Arc, Barrier};
-    use std::task::{Context, Poll, Wake, Waker};
+    use std::task::{Context, Wake, Waker};
     use std::time::Duration;
 
     use larder::Cache;
@@ -611,26 +614,6 @@ mod asynchronous {
             .enable_time()
             .build()
             .unwrap()
-    }
-
-    /// A second executor: polls one future on this thread, parking between
-    /// wake-ups.
-    fn block_on<F: Future>(future: F) -> F::Output {
-        struct Unpark(std::thread::Thread);
-        impl Wake for Unpark {
-            fn wake(self: Arc<Self>) {
-                self.0.unpark();
-            }
-        }
-        let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
-        let mut cx = Context::from_waker(&waker);
-        let mut future = std::pin::pin!(future);
-        loop {
-            if let Poll::Ready(v) = future.as_mut().poll(&mut cx) {
-                return v;
-            }
-            std::thread::park();
-        }
     }
 
     /// A waker that counts how many of its kind are alive.

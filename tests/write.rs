@@ -4,6 +4,8 @@
 //! batching, order, read-your-writes after eviction, backpressure, failure
 //! reporting, close and drop), ending with the fault-injection run.
 
+mod common;
+
 use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -1245,26 +1247,8 @@ fn a_failure_handler_may_flush_without_hanging_the_flusher() {
 
 #[test]
 fn a_failure_handler_may_flush_or_close_async_without_hanging_the_flusher() {
-    use std::future::Future;
-    use std::task::{Context, Poll, Wake, Waker};
-    /// Polls on this thread until ready (the handler runs on the flusher,
-    /// outside any runtime).
-    fn block_on<F: Future>(future: F) -> F::Output {
-        struct Unpark(std::thread::Thread);
-        impl Wake for Unpark {
-            fn wake(self: Arc<Self>) {
-                self.0.unpark();
-            }
-        }
-        let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
-        let mut future = std::pin::pin!(future);
-        loop {
-            if let Poll::Ready(out) = future.as_mut().poll(&mut Context::from_waker(&waker)) {
-                return out;
-            }
-            std::thread::park();
-        }
-    }
+    // The handler runs on the flusher, outside any runtime.
+    use common::block_on;
     type Backed =
         Cache<u64, u64, larder::DefaultHashBuilder, larder::WriteBehind<u64, u64, Shared>>;
     static CACHE: std::sync::OnceLock<Backed> = std::sync::OnceLock::new();
