@@ -547,9 +547,7 @@ where
     /// assert_eq!(cache.get(&1), Some("uno"));
     /// ```
     pub fn insert(&self, key: K, value: V) {
-        if let Err(rejected) = self.try_insert(key, value) {
-            self.notify_one(rejected.key, rejected.value, RemovalCause::Size);
-        }
+        self.write_notifying(key, value, None, &[]);
     }
 
     /// Like [`insert`](Self::insert), but an entry too heavy to store is handed
@@ -600,11 +598,18 @@ where
     /// assert_eq!(cache.get("session"), Some(1));
     /// ```
     pub fn insert_with(&self, key: K, value: V, options: EntryOptions) {
-        if let Err(rejected) =
-            self.write(key, value, options.time_to_live(), options.tag_list(), None)
-        {
-            self.notify_one(rejected.key, rejected.value, RemovalCause::Size);
+        self.write_notifying(key, value, options.time_to_live(), options.tag_list());
+    }
+
+    /// An explicit write whose refused entry, if any, goes to the listener
+    /// with what the write removed: a listener panicking on one of them
+    /// still hears of the others.
+    fn write_notifying(&self, key: K, value: V, ttl: Option<Duration>, tags: &[Tag]) {
+        let mut removed = Removed::new();
+        if let Err(rejected) = self.write_deferred(key, value, ttl, tags, None, &mut removed) {
+            removed.push((rejected.key, rejected.value, RemovalCause::Size));
         }
+        self.notify(removed);
     }
 
     /// Removes `key`, returning its value. The listener sees it as
@@ -1546,10 +1551,15 @@ where
             let shard = shards.get(self.shard)?;
             match self.slot {
                 Some(from) => {
+                    // Filled aside: a `Clone` panicking halfway leaves no
+                    // partial batch behind to be yielded again on resuming.
+                    let mut batch = std::mem::take(&mut self.batch);
                     let map = shard.read();
                     let now = self.cache.now_for(&map);
-                    self.slot = map.collect(from, ITER_BATCH, now, &mut self.batch);
-                    self.batch.reverse();
+                    self.slot = map.collect(from, ITER_BATCH, now, &mut batch);
+                    drop(map);
+                    batch.reverse();
+                    self.batch = batch;
                 }
                 None => {
                     self.shard += 1;

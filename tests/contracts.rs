@@ -497,3 +497,82 @@ fn a_value_clone_panicking_in_remove_loses_no_removal() {
     );
     assert_eq!(cache.stats().invalidations, 1);
 }
+
+/// An insert too heavy to store removes the value it meant to replace and
+/// hands itself to the listener as `Size`. A listener that panics on the
+/// replaced value must not cost the refused entry its delivery.
+#[test]
+fn a_listener_panicking_on_the_replaced_value_still_hears_of_the_refused_one() {
+    let seen: Arc<Mutex<Vec<(u32, u32, RemovalCause)>>> = Arc::default();
+    let log = seen.clone();
+    let cache: Cache<u32, u32> = Cache::builder()
+        .max_capacity(10)
+        .shards(1)
+        .weigher(|_, v| *v)
+        .eviction_listener(move |k, v, cause| {
+            log.lock().unwrap().push((k, v, cause));
+            assert!(
+                cause != RemovalCause::Replaced,
+                "listener fails on Replaced"
+            );
+        })
+        .build()
+        .unwrap();
+    for insert in [
+        (|c: &Cache<u32, u32>, k, v| c.insert(k, v)) as fn(&Cache<u32, u32>, u32, u32),
+        |c, k, v| c.insert_with(k, v, larder::EntryOptions::new()),
+    ] {
+        seen.lock().unwrap().clear();
+        cache.insert(1, 5);
+        let result = catch_unwind(AssertUnwindSafe(|| insert(&cache, 1, 50)));
+        assert!(result.is_err(), "the listener's panic reaches the caller");
+        assert!(cache.is_empty());
+        assert_eq!(
+            *seen.lock().unwrap(),
+            vec![(1, 5, RemovalCause::Replaced), (1, 50, RemovalCause::Size)],
+            "both entries the insert let go of reach the listener"
+        );
+    }
+}
+
+/// A value whose `Clone` panics while `iter` copies a batch: the panic
+/// reaches the caller, and an iteration carried on afterwards still yields
+/// each resident entry once.
+#[test]
+fn iter_resumed_after_a_clone_panic_yields_each_entry_once() {
+    use std::cell::Cell;
+    thread_local! {
+        /// Clones left before the next one panics (`usize::MAX`: none panics).
+        static CLONES_BEFORE_PANIC: Cell<usize> = const { Cell::new(usize::MAX) };
+    }
+    #[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
+    struct Value(u32);
+    impl Clone for Value {
+        fn clone(&self) -> Self {
+            CLONES_BEFORE_PANIC.with(|left| {
+                let n = left.get();
+                if n != usize::MAX {
+                    left.set(n.saturating_sub(1));
+                    assert!(n != 0, "the value refuses to be cloned");
+                }
+            });
+            Value(self.0)
+        }
+    }
+    let cache: Cache<u32, Value> = Cache::builder()
+        .max_capacity(100)
+        .shards(1)
+        .build()
+        .unwrap();
+    for k in 0..10 {
+        cache.insert(k, Value(k));
+    }
+    let mut iter = cache.iter();
+    CLONES_BEFORE_PANIC.with(|left| left.set(5));
+    assert!(catch_unwind(AssertUnwindSafe(|| iter.next())).is_err());
+    CLONES_BEFORE_PANIC.with(|left| left.set(usize::MAX));
+    let mut seen: Vec<(u32, Value)> = iter.collect();
+    seen.sort_unstable();
+    let expected: Vec<(u32, Value)> = (0..10).map(|k| (k, Value(k))).collect();
+    assert_eq!(seen, expected);
+}

@@ -1,5 +1,6 @@
 //! Model tests that need crate internals (`validate`, the policy's order).
 
+mod concurrent;
 mod expiry_model;
 mod model;
 mod tags_model;
