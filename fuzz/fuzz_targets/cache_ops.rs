@@ -3,11 +3,19 @@
 //! whose admission the model does not replay, every read must return the last
 //! value written or nothing, and a fitting insert must be readable at once.
 //! `validate()` checks the store's invariants (table, slab, policy regions and
-//! weights agree) after every step.
+//! weights agree) after every step. Every entry written is, after each step,
+//! either resident or handed to the listener exactly once; for LRU and LFU the
+//! listener hears exactly the entries and causes the model removed. With a
+//! `policy` byte of 128 or more the listener panics on every value divisible
+//! by 4: the call that removed it panics, and only then, and the cache still
+//! agrees with the model.
 #![no_main]
 
 use arbitrary::Arbitrary;
-use larder::{Cache, Eviction};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::{Arc, Mutex, Once};
+
+use larder::{Cache, Eviction, RemovalCause};
 use libfuzzer_sys::fuzz_target;
 
 #[derive(Arbitrary, Debug)]
@@ -55,36 +63,75 @@ impl Model {
     fn weight(&self) -> u64 {
         self.entries.iter().map(|e| e.2).sum()
     }
-    fn evict(&mut self, limit: u64, keep: Option<u8>) {
+    /// Evicts in order until the weight is within `limit`; returns the
+    /// entries evicted, as the listener hears of them.
+    fn evict(&mut self, limit: u64, keep: Option<u8>, out: &mut Vec<Removal>) {
         while self.weight() > limit {
             match self.entries.iter().position(|e| Some(e.0) != keep) {
-                Some(i) => drop(self.entries.remove(i)),
+                Some(i) => {
+                    let e = self.entries.remove(i);
+                    out.push((e.0, e.1, RemovalCause::Size));
+                }
                 None => break,
             }
         }
     }
-    fn insert(&mut self, k: u8, v: u8, w: u64) {
+    /// Returns what the listener hears of: a replaced value, evicted entries,
+    /// or the written entry itself when it outweighs the capacity.
+    fn insert(&mut self, k: u8, v: u8, w: u64) -> Vec<Removal> {
+        let mut out = Vec::new();
         if w > self.capacity {
             if let Some(i) = self.pos(k) {
-                self.entries.remove(i);
+                let e = self.entries.remove(i);
+                out.push((k, e.1, RemovalCause::Replaced));
             }
-            return;
+            out.push((k, v, RemovalCause::Size));
+            return out;
         }
         match self.pos(k) {
             Some(i) => {
+                out.push((k, self.entries[i].1, RemovalCause::Replaced));
                 self.entries[i].1 = v;
                 self.entries[i].2 = w;
                 self.touch(i);
-                self.evict(self.capacity, Some(k));
+                self.evict(self.capacity, Some(k), &mut out);
             }
             None => {
-                self.evict(self.capacity - w, None);
+                self.evict(self.capacity - w, None, &mut out);
                 self.clock += 1;
                 self.entries.push((k, v, w, 1, self.clock));
                 self.sort();
             }
         }
+        out
     }
+}
+
+/// (key, value, cause) as the listener hears of an entry leaving.
+type Removal = (u8, u8, RemovalCause);
+
+/// The payload of the listener's deliberate panics.
+struct Deliberate;
+
+/// Lets deliberate panics unwind to the target instead of aborting in
+/// libFuzzer's panic hook, which every other panic still reaches.
+fn allow_deliberate_panics() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !info.payload().is::<Deliberate>() {
+                previous(info);
+            }
+        }));
+    });
+}
+
+/// Runs a call that may reach the listener: `Err` when the listener panicked.
+fn listened<R>(f: impl FnOnce() -> R) -> Result<R, ()> {
+    catch_unwind(AssertUnwindSafe(f)).map_err(|panic| {
+        assert!(panic.is::<Deliberate>(), "only the listener panics");
+    })
 }
 
 fuzz_target!(|input: Input| {
@@ -95,14 +142,28 @@ fuzz_target!(|input: Input| {
         _ => Eviction::TinyLfu,
     };
     let exact = eviction != Eviction::TinyLfu;
+    allow_deliberate_panics();
+    let panics = input.policy >= 128;
+    let triggers = move |v: u8| panics && v % 4 == 0;
     let mut written: std::collections::HashMap<u8, u8> = Default::default();
+    let heard: Arc<Mutex<Vec<Removal>>> = Arc::default();
+    let sink = Arc::clone(&heard);
     let cache: Cache<u8, (u8, u8)> = Cache::builder()
         .max_capacity(capacity)
         .shards(1)
         .eviction(eviction)
         .weigher(|_, v: &(u8, u8)| u32::from(v.1 % 16))
+        .eviction_listener(move |k, v: (u8, u8), cause| {
+            sink.lock().unwrap().push((k, v.0, cause));
+            if triggers(v.0) {
+                std::panic::panic_any(Deliberate);
+            }
+        })
         .build()
         .unwrap();
+    // Entries written (each insert makes one), and every removal heard so far.
+    let mut inserts = 0usize;
+    let mut heard_total = 0usize;
     let mut model = Model {
         lfu: eviction == Eviction::Lfu,
         capacity,
@@ -110,6 +171,8 @@ fuzz_target!(|input: Input| {
         clock: 0,
     };
     for op in input.ops.into_iter().take(2_000) {
+        let mut expected_heard: Vec<Removal> = Vec::new();
+        let mut panicked = false;
         match op {
             Op::Get(k) => {
                 let got = cache.get(&k).map(|(v, w)| (v, w % 16));
@@ -133,8 +196,9 @@ fuzz_target!(|input: Input| {
                 }
             }
             Op::Insert(k, v, w) => {
-                cache.insert(k, (v, w));
-                model.insert(k, v, u64::from(w % 16));
+                panicked = listened(|| cache.insert(k, (v, w))).is_err();
+                inserts += 1;
+                expected_heard = model.insert(k, v, u64::from(w % 16));
                 if u64::from(w % 16) <= capacity {
                     written.insert(k, v);
                     assert_eq!(
@@ -148,26 +212,50 @@ fuzz_target!(|input: Input| {
                 }
             }
             Op::Remove(k) => {
-                let got = cache.remove(&k).map(|v| v.0);
+                let got = listened(|| cache.remove(&k).map(|v| v.0));
                 let expected = model.pos(k).map(|i| model.entries.remove(i).1);
-                if exact {
-                    assert_eq!(got, expected);
-                } else if got.is_some() {
-                    assert_eq!(got.as_ref(), written.get(&k));
+                expected_heard.extend(expected.map(|v| (k, v, RemovalCause::Explicit)));
+                match got {
+                    Ok(got) if exact => assert_eq!(got, expected),
+                    Ok(Some(v)) => assert_eq!(Some(&v), written.get(&k)),
+                    Ok(None) => {}
+                    // The value was removed; the listener's panic took the
+                    // place of its return.
+                    Err(()) => panicked = true,
                 }
                 written.remove(&k);
                 assert_eq!(cache.peek(&k), None);
             }
             Op::InvalidateAll => {
-                cache.invalidate_all();
-                model.entries.clear();
+                panicked = listened(|| cache.invalidate_all()).is_err();
+                expected_heard.extend(
+                    model
+                        .entries
+                        .drain(..)
+                        .map(|e| (e.0, e.1, RemovalCause::Explicit)),
+                );
                 written.clear();
                 assert!(cache.is_empty());
             }
         }
         cache.validate();
         assert!(cache.weighted_size() <= capacity);
+        let mut step_heard = std::mem::take(&mut *heard.lock().unwrap());
+        heard_total += step_heard.len();
+        assert_eq!(
+            panicked,
+            step_heard.iter().any(|e| triggers(e.1)),
+            "a call panics exactly when the listener did"
+        );
+        assert_eq!(
+            inserts,
+            cache.len() + heard_total,
+            "every entry written is resident or was heard of once"
+        );
         if exact {
+            step_heard.sort_unstable();
+            expected_heard.sort_unstable();
+            assert_eq!(step_heard, expected_heard, "the listener hears what left");
             let mut resident: Vec<(u8, u8)> = cache.iter().map(|(k, v)| (k, v.0)).collect();
             resident.sort_unstable();
             let mut expected: Vec<(u8, u8)> = model.entries.iter().map(|e| (e.0, e.1)).collect();

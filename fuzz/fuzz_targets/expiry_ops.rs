@@ -2,7 +2,10 @@
 //! interleaved with clock moves against a model that knows every key's
 //! deadline and tags. The capacity is out of reach, so what reads see must
 //! agree exactly, under every policy, with and without time-to-idle;
-//! `validate()` (wheel included) must hold after every step.
+//! `validate()` (wheel included) must hold after every step. The top of the
+//! ranges of `InsertTtl` and `Advance` stands for time-to-lives and clock
+//! jumps of up to about 2.9 years, so the cache's wheel files entries on every
+//! level and past its top (about 2.3 years), and turns them over.
 #![no_main]
 
 use std::collections::HashMap;
@@ -14,6 +17,20 @@ use libfuzzer_sys::fuzz_target;
 
 const TTL: u64 = 3_000;
 const TTI: u64 = 1_000;
+/// `InsertTtl` and `Advance` values from here on are long (see `long`).
+const LONG_FROM: u16 = 60_000;
+/// The model's clock stays below this (ms, 250 years: the mock clock stops
+/// at about 292).
+const LATEST: u64 = 250 * 365 * 24 * 3_600_000;
+
+/// A duration in ms: short ones as before (`n % short`), and `n - LONG_FROM`
+/// shifted by `shift` at the top of the range.
+fn long(n: u16, short: u64, shift: u32) -> u64 {
+    match n.checked_sub(LONG_FROM) {
+        Some(m) => u64::from(m) << shift,
+        None => u64::from(n) % short,
+    }
+}
 
 #[derive(Arbitrary, Debug)]
 enum Op {
@@ -110,7 +127,7 @@ fuzz_target!(|input: Input| {
             }
             Op::InsertTtl(k, v, ttl) => {
                 tags.remove(&k);
-                let ttl = u64::from(ttl % 5_000);
+                let ttl = long(ttl, 5_000, 24);
                 cache.insert_with(k, v, EntryOptions::new().ttl(Duration::from_millis(ttl)));
                 if ttl == 0 {
                     model.remove(&k);
@@ -126,7 +143,7 @@ fuzz_target!(|input: Input| {
                 tags.remove(&k);
             }
             Op::Advance(ms) => {
-                let ms = u64::from(ms % 2_000);
+                let ms = long(ms, 2_000, 24).min(LATEST - now);
                 time.advance(Duration::from_millis(ms));
                 now += ms;
             }

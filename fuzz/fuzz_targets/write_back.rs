@@ -4,11 +4,13 @@
 //! acknowledged write of its key (read-your-writes, whatever was evicted or
 //! failed); at each flush, every key's last acknowledged write is in the store
 //! or was reported as failed, and the store took each key's writes in order.
+//! The store can also be switched to panicking, which the flusher must treat
+//! as a failed attempt.
 #![no_main]
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Once};
 use std::time::Duration;
 
 use arbitrary::Arbitrary;
@@ -22,6 +24,7 @@ enum Step {
     Get(u8),
     Flush,
     Fail(bool),
+    Panic(bool),
 }
 
 #[derive(Arbitrary, Debug)]
@@ -38,6 +41,24 @@ struct Db {
     /// Every write applied, in order.
     log: Mutex<Vec<Op<u8, u16>>>,
     failing: AtomicBool,
+    panicking: AtomicBool,
+}
+
+/// The payload of the store's deliberate panics.
+struct Deliberate;
+
+/// Lets deliberate panics unwind to the flusher instead of aborting in
+/// libFuzzer's panic hook, which every other panic still reaches.
+fn allow_deliberate_panics() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !info.payload().is::<Deliberate>() {
+                previous(info);
+            }
+        }));
+    });
 }
 
 #[derive(Clone, Default)]
@@ -52,6 +73,9 @@ impl Store<u8, u16> for Shared {
         self.write_batch(std::slice::from_ref(op))
     }
     fn write_batch(&self, ops: &[Op<u8, u16>]) -> Result<(), Self::Error> {
+        if self.0.panicking.load(Ordering::SeqCst) {
+            std::panic::panic_any(Deliberate);
+        }
         if self.0.failing.load(Ordering::SeqCst) {
             return Err("failing");
         }
@@ -68,6 +92,7 @@ impl Store<u8, u16> for Shared {
 }
 
 fuzz_target!(|input: Input| {
+    allow_deliberate_panics();
     let db = Shared::default();
     let settings = WriteBack::default()
         .max_delay(Duration::ZERO)
@@ -103,7 +128,10 @@ fuzz_target!(|input: Input| {
         for (k, last) in model.iter_mut() {
             let stored = data.get(k).copied();
             if stored != *last {
-                assert!(failed.contains(&(*k, *last)), "key {k}: {last:?} neither stored nor reported");
+                assert!(
+                    failed.contains(&(*k, *last)),
+                    "key {k}: {last:?} neither stored nor reported"
+                );
                 *last = stored;
             }
         }
@@ -154,8 +182,10 @@ fuzz_target!(|input: Input| {
             }
             Step::Flush => check_flush(cache.flush(), &mut model, &acked),
             Step::Fail(on) => db.0.failing.store(on, Ordering::SeqCst),
+            Step::Panic(on) => db.0.panicking.store(on, Ordering::SeqCst),
         }
     }
     db.0.failing.store(false, Ordering::SeqCst);
+    db.0.panicking.store(false, Ordering::SeqCst);
     check_flush(cache.close(), &mut model, &acked);
 });
