@@ -643,7 +643,7 @@ impl<K: Eq, V, H: Fn(&K) -> u64> ShardWriter<'_, K, V, H> {
         out: &mut Removed<K, V>,
         refused: fn(K, V) -> Refused<K, V>,
     ) -> Refused<K, V> {
-        match existing {
+        let refused = match existing {
             Some(t) => {
                 let old = self.unlink(hash, t);
                 self.map.counters.invalidations += 1;
@@ -651,7 +651,10 @@ impl<K: Eq, V, H: Fn(&K) -> u64> ShardWriter<'_, K, V, H> {
                 refused(old.key, value)
             }
             None => refused(key, value),
-        }
+        };
+        // The entry it replaced (or an expired one) may have been the last.
+        self.release_if_empty();
+        refused
     }
 
     /// Removes `key`'s entry: `Explicit` when it was live, `Expired` when its
@@ -1050,6 +1053,35 @@ mod tests {
         assert_eq!(map.deadlines(second).expect("timed").at, early);
         let timers = map.timers.as_ref().expect("timed");
         assert_eq!(*timers.refile.lock(), vec![second]);
+    }
+
+    /// A refused write that takes the shard's last entry with it gives the
+    /// shard's memory back, as a removal of that entry does.
+    #[test]
+    fn a_refused_write_of_the_last_entry_releases_the_shard() {
+        use super::{Deadlines, Removed, WriteContext, NEVER};
+        let (clock, _time) = crate::Clock::mock();
+        let shard = S::new(100, 100, Eviction::TinyLfu, 0, false).expect("small");
+        let hash_of = |k: &u64| *k;
+        let never = |_: &u64, _: &u64, _: u64, _: Option<u64>| Deadlines {
+            at: NEVER,
+            cap: NEVER,
+        };
+        let timing = || WriteContext {
+            clock: &clock,
+            start: false,
+            deadlines: &never,
+            tags: &[],
+        };
+        let mut out = Removed::new();
+        let mut writer = shard.write(&hash_of);
+        assert!(writer.insert(1, 1, 10, 1, timing(), &mut out).is_ok());
+        assert!(writer.map.slab.capacity() > 0);
+        assert!(writer.insert(1, 1, 20, 101, timing(), &mut out).is_err());
+        assert_eq!(writer.map.slab.len(), 0);
+        assert_eq!(writer.map.slab.capacity(), 0, "the slab is released");
+        assert!(writer.insert(2, 2, 30, 1, timing(), &mut out).is_ok());
+        writer.validate();
     }
 
     /// What a lookup reads of its shard — the lock word, the table's header,
