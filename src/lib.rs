@@ -110,11 +110,12 @@
 //!
 //! ## Memory
 //!
-//! Per entry: the key and value, a 4-byte weight and the read counter, 8 bytes
-//! of policy links (plus 4 for LFU's bucket, or for W-TinyLFU 1 for the region
-//! and count, about 8 of sketch and 1 of ghosts), and a 4-byte table slot plus
-//! a control byte at hashbrown's load factor. For `u64` keys and values that
-//! measures 54.6 bytes per entry with W-TinyLFU, 44 with LRU and 48 with LFU;
+//! Per entry: one slot holding the key and value, a 4-byte weight, 8 bytes of
+//! policy links, the read counter and the policy's state byte (plus, outside
+//! it, 4 bytes for LFU's bucket, or for W-TinyLFU about 8 of sketch and 1 of
+//! ghosts), and a 4-byte table slot plus a control byte at hashbrown's load
+//! factor. For `u64` keys and values that measures 53.5 bytes per entry with
+//! W-TinyLFU, 44 with LRU and 48 with LFU;
 //! run `cargo run --release --example memory` to measure it beside moka and
 //! quick_cache.
 //!

@@ -4,7 +4,8 @@
 //! bucket is an intrusive list in order of arrival, so ties are broken by recency
 //! (the least recently used of the least frequently used goes first).
 
-use super::list::{Links, List, NIL};
+use super::list::{List, NIL};
+use super::Entries;
 use crate::store::Token;
 
 #[derive(Debug, Clone, Copy)]
@@ -17,7 +18,7 @@ struct Bucket {
 
 #[derive(Debug, Default)]
 pub(crate) struct Lfu {
-    links: Links,
+    /// The buckets' links live in the entries' slots.
     /// The bucket each resident token is in.
     bucket_of: Vec<u32>,
     buckets: Vec<Bucket>,
@@ -34,16 +35,16 @@ impl Lfu {
         }
     }
 
-    pub(crate) fn on_insert(&mut self, token: Token) {
+    pub(crate) fn on_insert(&mut self, token: Token, entries: &impl Entries) {
         let bucket = if self.lowest != NIL && self.buckets[self.lowest as usize].freq == 1 {
             self.lowest
         } else {
             self.new_bucket(1, NIL, self.lowest)
         };
-        self.place(token, bucket);
+        self.place(token, bucket, entries);
     }
 
-    pub(crate) fn on_access(&mut self, token: Token) {
+    pub(crate) fn on_access(&mut self, token: Token, entries: &impl Entries) {
         let from = match self.bucket_of.get(token as usize) {
             Some(&b) if b != NIL => b,
             _ => return, // a stale read of an entry that has left
@@ -52,7 +53,7 @@ impl Lfu {
         let Some(freq) = freq.checked_add(1) else {
             // Saturated: only recency can still change.
             let b = &mut self.buckets[from as usize];
-            b.entries.move_to_back(&mut self.links, token);
+            b.entries.move_to_back(&mut { entries }, token);
             return;
         };
         let to = if next != NIL && self.buckets[next as usize].freq == freq {
@@ -60,15 +61,15 @@ impl Lfu {
         } else {
             self.new_bucket(freq, from, next)
         };
-        self.take(token);
-        self.place(token, to);
+        self.take(token, entries);
+        self.place(token, to, entries);
     }
 
-    pub(crate) fn on_remove(&mut self, token: Token) {
-        self.take(token);
+    pub(crate) fn on_remove(&mut self, token: Token, entries: &impl Entries) {
+        self.take(token, entries);
     }
 
-    pub(crate) fn victim(&self, keep: Token) -> Option<Token> {
+    pub(crate) fn victim(&self, keep: Token, entries: &impl Entries) -> Option<Token> {
         let mut bucket = self.lowest;
         while bucket != NIL {
             let b = &self.buckets[bucket as usize];
@@ -76,7 +77,7 @@ impl Lfu {
                 if head != keep {
                     return Some(head);
                 }
-                let next = self.links.next(head);
+                let (_, next) = entries.link(head);
                 if next != NIL {
                     return Some(next);
                 }
@@ -90,21 +91,21 @@ impl Lfu {
         *self = Self::new();
     }
 
-    fn place(&mut self, token: Token, bucket: u32) {
+    fn place(&mut self, token: Token, bucket: u32, entries: &impl Entries) {
         if self.bucket_of.len() <= token as usize {
             self.bucket_of.resize(token as usize + 1, NIL);
         }
         self.bucket_of[token as usize] = bucket;
         self.buckets[bucket as usize]
             .entries
-            .push_back(&mut self.links, token);
+            .push_back(&mut { entries }, token);
     }
 
     /// Unlinks `token` from its bucket, freeing the bucket if it empties.
-    fn take(&mut self, token: Token) {
+    fn take(&mut self, token: Token, entries: &impl Entries) {
         let bucket = self.bucket_of[token as usize];
         let b = &mut self.buckets[bucket as usize];
-        b.entries.unlink(&mut self.links, token);
+        b.entries.unlink(&mut { entries }, token);
         self.bucket_of[token as usize] = NIL;
         if b.entries.is_empty() {
             let Bucket { prev, next, .. } = *b;
@@ -151,7 +152,7 @@ impl Lfu {
 
     /// Resident tokens in eviction order: ascending frequency, then least recent first.
     #[cfg(any(test, fuzzing))]
-    pub(crate) fn order(&self) -> Vec<Token> {
+    pub(crate) fn order(&self, entries: &impl Entries) -> Vec<Token> {
         let mut out = Vec::new();
         let mut bucket = self.lowest;
         let mut last_freq = 0;
@@ -160,7 +161,7 @@ impl Lfu {
             assert!(b.freq > last_freq, "buckets out of frequency order");
             assert!(!b.entries.is_empty(), "empty bucket left linked");
             last_freq = b.freq;
-            for t in b.entries.tokens(&self.links) {
+            for t in b.entries.tokens(&entries) {
                 assert_eq!(self.bucket_of[t as usize], bucket, "token in wrong bucket");
                 out.push(t);
             }
@@ -179,30 +180,49 @@ impl Lfu {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::policy::{slot_state_in, TestSlots};
+
+    /// Entries whose slots keep links; none has a hash, weight or reads.
+    struct Stale(TestSlots);
+
+    impl Entries for Stale {
+        fn hash(&self, _: Token) -> u64 {
+            0
+        }
+        fn weight(&self, _: Token) -> u32 {
+            1
+        }
+        fn take_hits(&self, _: Token) -> u8 {
+            0
+        }
+        fn touch(&self, _: Token) {}
+        slot_state_in!(0);
+    }
 
     #[test]
     fn evicts_least_frequent_then_least_recent() {
         let mut lfu = Lfu::new();
+        let e = &Stale(TestSlots::default());
         for t in 0..4 {
-            lfu.on_insert(t);
+            lfu.on_insert(t, e);
         }
-        lfu.on_access(0);
-        lfu.on_access(0);
-        lfu.on_access(2);
+        lfu.on_access(0, e);
+        lfu.on_access(0, e);
+        lfu.on_access(2, e);
         // freq: 0→3, 1→1, 2→2, 3→1; ties (1, 3) by recency.
-        assert_eq!(lfu.order(), vec![1, 3, 2, 0]);
-        assert_eq!(lfu.victim(NIL), Some(1));
-        assert_eq!(lfu.victim(1), Some(3));
+        assert_eq!(lfu.order(e), vec![1, 3, 2, 0]);
+        assert_eq!(lfu.victim(NIL, e), Some(1));
+        assert_eq!(lfu.victim(1, e), Some(3));
         assert_eq!(lfu.frequency(0), 3);
-        lfu.on_remove(1);
-        lfu.on_remove(3);
-        assert_eq!(lfu.victim(NIL), Some(2));
-        assert_eq!(lfu.victim(2), Some(0));
-        lfu.on_remove(2);
-        assert_eq!(lfu.victim(0), None);
-        assert_eq!(lfu.order(), vec![0]);
-        lfu.on_access(1); // stale: ignored
-        lfu.on_access(77);
-        assert_eq!(lfu.order(), vec![0]);
+        lfu.on_remove(1, e);
+        lfu.on_remove(3, e);
+        assert_eq!(lfu.victim(NIL, e), Some(2));
+        assert_eq!(lfu.victim(2, e), Some(0));
+        lfu.on_remove(2, e);
+        assert_eq!(lfu.victim(0, e), None);
+        assert_eq!(lfu.order(e), vec![0]);
+        lfu.on_access(1, e); // stale: ignored
+        lfu.on_access(77, e);
+        assert_eq!(lfu.order(e), vec![0]);
     }
 }

@@ -1,8 +1,12 @@
-//! Intrusive doubly-linked lists threaded through one array of links indexed by
-//! slab token. Several lists (LRU order, LFU frequency buckets, and later the
-//! W-TinyLFU regions) share one `Links` array, so an entry costs 8 bytes of
-//! links whatever list it is on.
+//! Intrusive doubly-linked lists threaded through links indexed by slab token.
+//! The links live wherever a [`LinkStore`] keeps them: in the entries' own
+//! slots (W-TinyLFU, whose eviction reads the slot of every entry it moves
+//! anyway, so its links come on the same cache line), or in a separate
+//! [`Links`] array shared by several lists (LRU order, LFU frequency buckets,
+//! the timer wheel's slots). Either way an entry costs 8 bytes of links
+//! whatever list it is on.
 
+use super::Entries;
 use crate::store::Token;
 
 /// The "no neighbour" token.
@@ -10,7 +14,35 @@ pub(crate) const NIL: Token = Token::MAX;
 
 /// `prev` of a token on no list. Drained reads may name tokens whose entries are
 /// gone, so policies check membership before they move anything.
-const DETACHED: Token = Token::MAX - 1;
+pub(crate) const DETACHED: Token = Token::MAX - 1;
+
+/// Where a token's `(prev, next)` links are kept.
+pub(crate) trait LinkStore {
+    fn link(&self, token: Token) -> (Token, Token);
+    fn set_link(&mut self, token: Token, prev: Token, next: Token);
+    fn set_prev(&mut self, token: Token, prev: Token);
+    fn set_next(&mut self, token: Token, next: Token);
+}
+
+/// Links kept in the entries' slots (see [`Entries::link`]).
+impl<E: Entries + ?Sized> LinkStore for &E {
+    #[inline]
+    fn link(&self, token: Token) -> (Token, Token) {
+        (**self).link(token)
+    }
+    #[inline]
+    fn set_link(&mut self, token: Token, prev: Token, next: Token) {
+        (**self).set_link(token, prev, next);
+    }
+    #[inline]
+    fn set_prev(&mut self, token: Token, prev: Token) {
+        (**self).set_prev(token, prev);
+    }
+    #[inline]
+    fn set_next(&mut self, token: Token, next: Token) {
+        (**self).set_next(token, next);
+    }
+}
 
 #[derive(Debug, Clone, Copy)]
 struct Link {
@@ -41,6 +73,7 @@ impl Links {
     }
 
     /// Whether `token` is on some list.
+    #[cfg(test)]
     pub(crate) fn is_linked(&self, token: Token) -> bool {
         self.links
             .get(token as usize)
@@ -50,6 +83,27 @@ impl Links {
     #[inline]
     pub(crate) fn next(&self, token: Token) -> Token {
         self.links[token as usize].next
+    }
+}
+
+impl LinkStore for Links {
+    #[inline]
+    fn link(&self, token: Token) -> (Token, Token) {
+        let l = self.links[token as usize];
+        (l.prev, l.next)
+    }
+    #[inline]
+    fn set_link(&mut self, token: Token, prev: Token, next: Token) {
+        self.ensure(token);
+        self.links[token as usize] = Link { prev, next };
+    }
+    #[inline]
+    fn set_prev(&mut self, token: Token, prev: Token) {
+        self.links[token as usize].prev = prev;
+    }
+    #[inline]
+    fn set_next(&mut self, token: Token, next: Token) {
+        self.links[token as usize].next = next;
     }
 }
 
@@ -85,44 +139,37 @@ impl List {
         self.len == 0
     }
 
-    #[inline]
-    pub(crate) fn push_back(&mut self, links: &mut Links, token: Token) {
-        links.ensure(token);
-        links.links[token as usize] = Link {
-            prev: self.tail,
-            next: NIL,
-        };
+    #[inline(always)]
+    pub(crate) fn push_back(&mut self, links: &mut impl LinkStore, token: Token) {
+        links.set_link(token, self.tail, NIL);
         if self.tail == NIL {
             self.head = token;
         } else {
-            links.links[self.tail as usize].next = token;
+            links.set_next(self.tail, token);
         }
         self.tail = token;
         self.len += 1;
     }
 
-    #[inline]
-    pub(crate) fn unlink(&mut self, links: &mut Links, token: Token) {
-        let Link { prev, next } = links.links[token as usize];
+    #[inline(always)]
+    pub(crate) fn unlink(&mut self, links: &mut impl LinkStore, token: Token) {
+        let (prev, next) = links.link(token);
         if prev == NIL {
             self.head = next;
         } else {
-            links.links[prev as usize].next = next;
+            links.set_next(prev, next);
         }
         if next == NIL {
             self.tail = prev;
         } else {
-            links.links[next as usize].prev = prev;
+            links.set_prev(next, prev);
         }
-        links.links[token as usize] = Link {
-            prev: DETACHED,
-            next: NIL,
-        };
+        links.set_link(token, DETACHED, NIL);
         self.len -= 1;
     }
 
     #[inline]
-    pub(crate) fn move_to_back(&mut self, links: &mut Links, token: Token) {
+    pub(crate) fn move_to_back(&mut self, links: &mut impl LinkStore, token: Token) {
         if self.tail != token {
             self.unlink(links, token);
             self.push_back(links, token);
@@ -130,15 +177,15 @@ impl List {
     }
 
     /// Moves every token of `other` to the back of this list, in order; O(1).
-    pub(crate) fn append(&mut self, links: &mut Links, other: &mut List) {
+    pub(crate) fn append(&mut self, links: &mut impl LinkStore, other: &mut List) {
         if other.is_empty() {
             return;
         }
         if self.is_empty() {
             *self = *other;
         } else {
-            links.links[self.tail as usize].next = other.head;
-            links.links[other.head as usize].prev = self.tail;
+            links.set_next(self.tail, other.head);
+            links.set_prev(other.head, self.tail);
             self.tail = other.tail;
             self.len += other.len;
         }
@@ -147,16 +194,17 @@ impl List {
 
     /// The tokens from head to tail (for invariant checks and tests).
     #[cfg(any(test, fuzzing))]
-    pub(crate) fn tokens(&self, links: &Links) -> Vec<Token> {
+    pub(crate) fn tokens(&self, links: &impl LinkStore) -> Vec<Token> {
         let mut out = Vec::with_capacity(self.len as usize);
         let mut at = self.head;
         let mut prev = NIL;
         while at != NIL {
-            assert_eq!(links.links[at as usize].prev, prev, "broken back link");
+            let (back, next) = links.link(at);
+            assert_eq!(back, prev, "broken back link");
             out.push(at);
             assert!(out.len() <= self.len as usize, "list longer than its count");
             prev = at;
-            at = links.links[at as usize].next;
+            at = next;
         }
         assert_eq!(prev, self.tail, "tail does not end the list");
         assert_eq!(out.len(), self.len as usize, "list count is wrong");

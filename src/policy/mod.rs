@@ -24,6 +24,20 @@ pub(crate) trait Entries {
     fn take_hits(&self, token: Token) -> u8;
     /// Notes a read of the entry, to be collected by `take_hits`.
     fn touch(&self, token: Token);
+    /// The entry's `(prev, next)` list links, kept in its slot (see
+    /// [`list::LinkStore`]).
+    fn link(&self, token: Token) -> (Token, Token);
+    fn set_link(&self, token: Token, prev: Token, next: Token);
+    fn set_prev(&self, token: Token, prev: Token);
+    fn set_next(&self, token: Token, next: Token);
+    /// Whether `token`'s slot holds an entry that is on a list (a buffered
+    /// read may name a slot whose entry has left).
+    fn is_linked(&self, token: Token) -> bool;
+    /// The policy's byte of state kept in the entry's slot; 0 for a vacant slot.
+    fn meta(&self, token: Token) -> u8;
+    fn set_meta(&self, token: Token, meta: u8);
+    /// Replaces every resident's byte of state by `f` of it.
+    fn update_metas(&self, f: impl FnMut(u8) -> u8);
 }
 
 /// Which entries make way when the cache is full.
@@ -79,8 +93,8 @@ impl Policy {
     /// `token` becomes resident; `hash` is its key's hash.
     pub(crate) fn on_insert(&mut self, token: Token, hash: u64, entries: &impl Entries) {
         match self {
-            Self::Lru(p) => p.on_insert(token),
-            Self::Lfu(p) => p.on_insert(token),
+            Self::Lru(p) => p.on_insert(token, entries),
+            Self::Lfu(p) => p.on_insert(token, entries),
             Self::TinyLfu(p) => p.on_insert(token, hash, entries),
         }
     }
@@ -89,8 +103,8 @@ impl Policy {
     /// buffered read of an entry that has since left).
     pub(crate) fn on_access(&mut self, token: Token, entries: &impl Entries) {
         match self {
-            Self::Lru(p) => p.on_access(token),
-            Self::Lfu(p) => p.on_access(token),
+            Self::Lru(p) => p.on_access(token, entries),
+            Self::Lfu(p) => p.on_access(token, entries),
             Self::TinyLfu(p) => p.on_access(token, entries),
         }
     }
@@ -104,17 +118,17 @@ impl Policy {
     }
 
     /// The entry's weight changed from `old` to `new` (the slab already holds `new`).
-    pub(crate) fn on_reweigh(&mut self, token: Token, old: u32, new: u32) {
+    pub(crate) fn on_reweigh(&mut self, token: Token, old: u32, new: u32, entries: &impl Entries) {
         if let Self::TinyLfu(p) = self {
-            p.on_reweigh(token, old, new);
+            p.on_reweigh(token, old, new, entries);
         }
     }
 
     /// `token` leaves; the slab still holds its entry.
     pub(crate) fn on_remove(&mut self, token: Token, entries: &impl Entries) {
         match self {
-            Self::Lru(p) => p.on_remove(token),
-            Self::Lfu(p) => p.on_remove(token),
+            Self::Lru(p) => p.on_remove(token, entries),
+            Self::Lfu(p) => p.on_remove(token, entries),
             Self::TinyLfu(p) => p.on_remove(token, entries),
         }
     }
@@ -122,8 +136,8 @@ impl Policy {
     /// The next entry to evict, never `keep` (pass `list::NIL` to allow any).
     pub(crate) fn victim(&mut self, keep: Token, entries: &impl Entries) -> Option<Token> {
         match self {
-            Self::Lru(p) => p.victim(keep),
-            Self::Lfu(p) => p.victim(keep),
+            Self::Lru(p) => p.victim(keep, entries),
+            Self::Lfu(p) => p.victim(keep, entries),
             Self::TinyLfu(p) => p.victim(keep, entries),
         }
     }
@@ -138,11 +152,11 @@ impl Policy {
 
     /// Resident tokens in eviction order (first = next victim for LRU and LFU).
     #[cfg(any(test, fuzzing))]
-    pub(crate) fn order(&self) -> Vec<Token> {
+    pub(crate) fn order(&self, entries: &impl Entries) -> Vec<Token> {
         match self {
-            Self::Lru(p) => p.order(),
-            Self::Lfu(p) => p.order(),
-            Self::TinyLfu(p) => p.order(),
+            Self::Lru(p) => p.order(entries),
+            Self::Lfu(p) => p.order(entries),
+            Self::TinyLfu(p) => p.order(entries),
         }
     }
 
@@ -150,6 +164,83 @@ impl Policy {
     pub(crate) fn validate(&self, entries: &impl Entries) {
         if let Self::TinyLfu(p) = self {
             p.validate(entries);
+        }
+    }
+}
+
+/// Links and policy bytes for the stand-in entries of the policies' unit
+/// tests, kept where a slab would keep them in the slots.
+#[cfg(test)]
+#[derive(Debug, Default)]
+pub(crate) struct TestSlots(
+    std::cell::RefCell<std::collections::HashMap<Token, (Token, Token, u8)>>,
+);
+
+#[cfg(test)]
+impl TestSlots {
+    fn with<R>(&self, token: Token, f: impl FnOnce(&mut (Token, Token, u8)) -> R) -> R {
+        let mut slots = self.0.borrow_mut();
+        f(slots.entry(token).or_insert((list::DETACHED, list::NIL, 0)))
+    }
+}
+
+/// Implements the slot-state part of [`Entries`] by a field holding
+/// [`TestSlots`] (or anything with the same methods).
+#[cfg(test)]
+macro_rules! slot_state_in {
+    ($($field:tt)+) => {
+        fn link(&self, token: Token) -> (Token, Token) {
+            self.$($field)+.link(token)
+        }
+        fn set_link(&self, token: Token, prev: Token, next: Token) {
+            self.$($field)+.set_link(token, prev, next)
+        }
+        fn set_prev(&self, token: Token, prev: Token) {
+            self.$($field)+.set_prev(token, prev)
+        }
+        fn set_next(&self, token: Token, next: Token) {
+            self.$($field)+.set_next(token, next)
+        }
+        fn is_linked(&self, token: Token) -> bool {
+            self.$($field)+.link(token).0 != $crate::policy::list::DETACHED
+        }
+        fn meta(&self, token: Token) -> u8 {
+            self.$($field)+.meta(token)
+        }
+        fn set_meta(&self, token: Token, meta: u8) {
+            self.$($field)+.set_meta(token, meta)
+        }
+        fn update_metas(&self, f: impl FnMut(u8) -> u8) {
+            self.$($field)+.update_metas(f)
+        }
+    };
+}
+#[cfg(test)]
+pub(crate) use slot_state_in;
+
+#[cfg(test)]
+impl TestSlots {
+    pub(crate) fn link(&self, token: Token) -> (Token, Token) {
+        self.with(token, |s| (s.0, s.1))
+    }
+    pub(crate) fn set_link(&self, token: Token, prev: Token, next: Token) {
+        self.with(token, |s| (s.0, s.1) = (prev, next));
+    }
+    pub(crate) fn set_prev(&self, token: Token, prev: Token) {
+        self.with(token, |s| s.0 = prev);
+    }
+    pub(crate) fn set_next(&self, token: Token, next: Token) {
+        self.with(token, |s| s.1 = next);
+    }
+    pub(crate) fn meta(&self, token: Token) -> u8 {
+        self.0.borrow().get(&token).map_or(0, |s| s.2)
+    }
+    pub(crate) fn set_meta(&self, token: Token, meta: u8) {
+        self.with(token, |s| s.2 = meta);
+    }
+    pub(crate) fn update_metas(&self, mut f: impl FnMut(u8) -> u8) {
+        for s in self.0.borrow_mut().values_mut() {
+            s.2 = f(s.2);
         }
     }
 }

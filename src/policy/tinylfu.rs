@@ -23,7 +23,7 @@
 //! and the candidate's side of a contest then read no sketch line; the
 //! victim's side reads its key's estimate, which keeps incumbents' ties.
 
-use super::list::{Links, List};
+use super::list::{List, NIL};
 use super::sketch::Sketch;
 use super::Entries;
 use crate::store::Token;
@@ -64,11 +64,9 @@ const REGION_BITS: u8 = 0b0011;
 const READ: u8 = 0b1000;
 const COUNT_SHIFT: u32 = 4;
 
-/// Halves every count kept in `meta`, as the sketch halves its counters.
-fn halve_counts(meta: &mut [u8]) {
-    for m in meta {
-        *m = (*m & (REGION_BITS | READ)) | ((*m >> 1) & 0x70);
-    }
+/// Halves every resident's count, as the sketch halves its counters.
+fn halve_counts(entries: &impl Entries) {
+    entries.update_metas(|m| (m & (REGION_BITS | READ)) | ((m >> 1) & 0x70));
 }
 
 /// A candidate must beat the victim's estimate by more than this to replace it:
@@ -113,9 +111,8 @@ const RESTART_THRESHOLD: f64 = 0.05;
 
 #[derive(Debug)]
 pub(crate) struct TinyLfu {
-    links: Links,
-    /// Per token: region, read mark and count (see [`REGION_BITS`]).
-    meta: Vec<u8>,
+    /// The lists' links and each token's byte of state (region, read mark and
+    /// count: see [`REGION_BITS`]) live in the entries' slots.
     window: List,
     probation: List,
     protected: List,
@@ -136,8 +133,6 @@ pub(crate) struct TinyLfu {
 impl TinyLfu {
     pub(crate) fn new(capacity: u64) -> Self {
         let mut policy = Self {
-            links: Links::default(),
-            meta: Vec::new(),
             window: List::default(),
             probation: List::default(),
             protected: List::default(),
@@ -167,26 +162,21 @@ impl TinyLfu {
     }
 
     #[inline]
-    fn meta(&self, token: Token) -> u8 {
-        self.meta.get(token as usize).copied().unwrap_or(0)
-    }
-
-    #[inline]
-    fn region(&self, token: Token) -> Region {
-        Region::of(self.meta(token))
+    fn region(token: Token, entries: &impl Entries) -> Region {
+        Region::of(entries.meta(token))
     }
 
     /// A resident's count: see [`REGION_BITS`].
     #[inline]
-    fn count_of(&self, token: Token) -> u8 {
-        self.meta(token) >> COUNT_SHIFT
+    fn count_of(token: Token, entries: &impl Entries) -> u8 {
+        entries.meta(token) >> COUNT_SHIFT
     }
 
     /// Moves a resident to `region`, keeping its count.
     #[inline]
-    fn set_region(&mut self, token: Token, region: Region) {
-        let m = &mut self.meta[token as usize];
-        *m = (*m & !REGION_BITS) | region as u8;
+    fn set_region(token: Token, region: Region, entries: &impl Entries) {
+        let m = entries.meta(token);
+        entries.set_meta(token, (m & !REGION_BITS) | region as u8);
     }
 
     pub(super) fn total(&self) -> u64 {
@@ -196,7 +186,7 @@ impl TinyLfu {
     /// Counts a sighting in the sketch (once the shard is half full); returns
     /// the estimate after it (0 without a sketch).
     #[inline]
-    fn count(&mut self, hash: u64) -> u8 {
+    fn count(&mut self, hash: u64, entries: &impl Entries) -> u8 {
         if self.sketch.is_none() && self.total() >= self.capacity / 2 {
             self.start_counting();
         }
@@ -205,7 +195,7 @@ impl TinyLfu {
         };
         let estimate = sketch.increment(hash);
         if sketch.take_aged() {
-            halve_counts(&mut self.meta);
+            halve_counts(entries);
             return estimate / 2;
         }
         estimate
@@ -233,13 +223,11 @@ impl TinyLfu {
 
     pub(crate) fn on_insert(&mut self, token: Token, hash: u64, entries: &impl Entries) {
         let weight = u64::from(entries.weight(token));
-        self.window.push_back(&mut self.links, token);
+        self.window.push_back(&mut { entries }, token);
         self.window_weight += weight;
-        let count = self.count(hash);
-        if self.meta.len() <= token as usize {
-            self.meta.resize(token as usize + 1, 0);
-        }
-        self.meta[token as usize] = Region::Window as u8 | count << COUNT_SHIFT;
+        // The new entry's own state is still zero: aging skips it.
+        let count = self.count(hash, entries);
+        entries.set_meta(token, Region::Window as u8 | count << COUNT_SHIFT);
         self.climber.misses += 1;
         self.climb(entries);
     }
@@ -253,28 +241,28 @@ impl TinyLfu {
     /// Collects the reads `token` noted since the policy last looked: they go
     /// to its count, and towards the sketch's sample period. True when there
     /// were any.
-    #[inline]
+    #[inline(always)]
     fn collect(&mut self, token: Token, entries: &impl Entries) -> bool {
         let hits = entries.take_hits(token);
         if hits == 0 {
             return false;
         }
-        let m = &mut self.meta[token as usize];
-        let count = ((*m >> COUNT_SHIFT) as u32 + u32::from(hits)).min(15) as u8;
-        *m = (*m & REGION_BITS) | READ | count << COUNT_SHIFT;
+        let m = entries.meta(token);
+        let count = ((m >> COUNT_SHIFT) as u32 + u32::from(hits)).min(15) as u8;
+        entries.set_meta(token, (m & REGION_BITS) | READ | count << COUNT_SHIFT);
         if let Some(sketch) = &mut self.sketch {
             sketch.note(hits);
             if sketch.take_aged() {
-                halve_counts(&mut self.meta);
+                halve_counts(entries);
             }
         }
         true
     }
 
-    pub(crate) fn on_reweigh(&mut self, token: Token, old: u32, new: u32) {
-        let region = self.region(token);
+    pub(crate) fn on_reweigh(&mut self, token: Token, old: u32, new: u32, entries: &impl Entries) {
+        let region = Self::region(token, entries);
         if region != Region::Absent {
-            let (_, total, _) = self.region_mut(region);
+            let (_, total) = self.region_mut(region);
             *total = *total - u64::from(old) + u64::from(new);
         }
     }
@@ -282,16 +270,16 @@ impl TinyLfu {
     /// Takes `token` off its list. A key read while resident hands its count
     /// back to the sketch, so that it competes with it if it comes back.
     pub(crate) fn on_remove(&mut self, token: Token, entries: &impl Entries) {
-        let meta = self.meta(token);
+        let meta = entries.meta(token);
         let region = Region::of(meta);
         if region == Region::Absent {
             return;
         }
         let weight = u64::from(entries.weight(token));
-        let (list, total, links) = self.region_mut(region);
-        list.unlink(links, token);
+        let (list, total) = self.region_mut(region);
+        list.unlink(&mut { entries }, token);
         *total -= weight;
-        self.meta[token as usize] = 0;
+        entries.set_meta(token, 0);
         if meta & READ != 0 {
             if let Some(sketch) = &mut self.sketch {
                 sketch.raise(entries.hash(token), meta >> COUNT_SHIFT);
@@ -305,18 +293,24 @@ impl TinyLfu {
     /// entry goes to the window's back, a probation entry is promoted.
     pub(crate) fn victim(&mut self, keep: Token, entries: &impl Entries) -> Option<Token> {
         while self.window_weight > self.window_max {
-            let Some(candidate) = first_other(&self.window, &self.links, keep) else {
+            let Some(candidate) = first_other(&self.window, entries, keep) else {
                 break;
             };
             if self.collect(candidate, entries) {
-                self.window.move_to_back(&mut self.links, candidate);
+                self.window.move_to_back(&mut { entries }, candidate);
                 continue;
             }
             let weight = u64::from(entries.weight(candidate));
             let main_max = self.capacity - self.window_max;
             let room = self.probation_weight + self.protected_weight + weight <= main_max;
             if room {
-                self.relocate(candidate, weight, Region::Window, Region::Probation);
+                self.relocate(
+                    candidate,
+                    weight,
+                    Region::Window,
+                    Region::Probation,
+                    entries,
+                );
                 continue;
             }
             // A candidate too rare to beat even an unseen victim (the common
@@ -324,16 +318,28 @@ impl TinyLfu {
             // that loses either way is still admitted if its ghost says it
             // was turned away a short while ago.
             let mut victim = None;
-            if self.count_of(candidate) > ADMIT_MARGIN {
+            if Self::count_of(candidate, entries) > ADMIT_MARGIN {
                 let Some(v) = self.main_victim(keep, entries) else {
                     // Main holds nothing to contest: in without one.
-                    self.relocate(candidate, weight, Region::Window, Region::Probation);
+                    self.relocate(
+                        candidate,
+                        weight,
+                        Region::Window,
+                        Region::Probation,
+                        entries,
+                    );
                     continue;
                 };
                 // Looking for the victim may have aged the counts.
-                let count = self.count_of(candidate);
+                let count = Self::count_of(candidate, entries);
                 if self.admit(count, v, entries) {
-                    self.relocate(candidate, weight, Region::Window, Region::Probation);
+                    self.relocate(
+                        candidate,
+                        weight,
+                        Region::Window,
+                        Region::Probation,
+                        entries,
+                    );
                     return Some(v);
                 }
                 victim = Some(v);
@@ -342,31 +348,37 @@ impl TinyLfu {
                 return Some(candidate);
             }
             let victim = victim.or_else(|| self.main_victim(keep, entries));
-            self.relocate(candidate, weight, Region::Window, Region::Probation);
+            self.relocate(
+                candidate,
+                weight,
+                Region::Window,
+                Region::Probation,
+                entries,
+            );
             if victim.is_some() {
                 return victim;
             }
         }
         self.main_victim(keep, entries)
-            .or_else(|| first_other(&self.window, &self.links, keep))
+            .or_else(|| first_other(&self.window, entries, keep))
     }
 
     /// The first entry of probation (else protected) not read since the policy
     /// last looked, promoting the ones that were.
     fn main_victim(&mut self, keep: Token, entries: &impl Entries) -> Option<Token> {
-        while let Some(t) = first_other(&self.probation, &self.links, keep) {
+        while let Some(t) = first_other(&self.probation, entries, keep) {
             if !self.collect(t, entries) {
                 return Some(t);
             }
             let weight = u64::from(entries.weight(t));
-            self.relocate(t, weight, Region::Probation, Region::Protected);
+            self.relocate(t, weight, Region::Probation, Region::Protected, entries);
             self.demote_protected(entries);
         }
-        while let Some(t) = first_other(&self.protected, &self.links, keep) {
+        while let Some(t) = first_other(&self.protected, entries, keep) {
             if !self.collect(t, entries) {
                 return Some(t);
             }
-            self.protected.move_to_back(&mut self.links, t);
+            self.protected.move_to_back(&mut { entries }, t);
         }
         None
     }
@@ -379,7 +391,7 @@ impl TinyLfu {
     /// read only when the victim's own count would lose.
     fn admit(&mut self, candidate: u8, victim: Token, entries: &impl Entries) -> bool {
         let beats = |count: u8| candidate > ADMIT_MARGIN.max(count.saturating_add(ADMIT_MARGIN));
-        if beats(self.count_of(victim)) {
+        if beats(Self::count_of(victim, entries)) {
             let estimate = self
                 .sketch
                 .as_ref()
@@ -402,33 +414,32 @@ impl TinyLfu {
 
     /// A region's list and weight.
     #[inline]
-    fn region_mut(&mut self, region: Region) -> (&mut List, &mut u64, &mut Links) {
+    fn region_mut(&mut self, region: Region) -> (&mut List, &mut u64) {
         match region {
-            Region::Window => (&mut self.window, &mut self.window_weight, &mut self.links),
-            Region::Probation => (
-                &mut self.probation,
-                &mut self.probation_weight,
-                &mut self.links,
-            ),
-            Region::Protected => (
-                &mut self.protected,
-                &mut self.protected_weight,
-                &mut self.links,
-            ),
+            Region::Window => (&mut self.window, &mut self.window_weight),
+            Region::Probation => (&mut self.probation, &mut self.probation_weight),
+            Region::Protected => (&mut self.protected, &mut self.protected_weight),
             Region::Absent => unreachable!("absent tokens are on no list"),
         }
     }
 
     /// Moves `token` from the `from` region to the back of `to`.
     #[inline]
-    fn relocate(&mut self, token: Token, weight: u64, from: Region, to: Region) {
-        let (list, total, links) = self.region_mut(from);
-        list.unlink(links, token);
+    fn relocate(
+        &mut self,
+        token: Token,
+        weight: u64,
+        from: Region,
+        to: Region,
+        entries: &impl Entries,
+    ) {
+        let (list, total) = self.region_mut(from);
+        list.unlink(&mut { entries }, token);
         *total -= weight;
-        let (list, total, links) = self.region_mut(to);
-        list.push_back(links, token);
+        let (list, total) = self.region_mut(to);
+        list.push_back(&mut { entries }, token);
         *total += weight;
-        self.set_region(token, to);
+        Self::set_region(token, to, entries);
     }
 
     /// Moves protected overflow to probation; an entry read since the policy
@@ -439,11 +450,11 @@ impl TinyLfu {
                 break;
             };
             if self.collect(token, entries) {
-                self.protected.move_to_back(&mut self.links, token);
+                self.protected.move_to_back(&mut { entries }, token);
                 continue;
             }
             let weight = u64::from(entries.weight(token));
-            self.relocate(token, weight, Region::Protected, Region::Probation);
+            self.relocate(token, weight, Region::Protected, Region::Probation, entries);
         }
     }
 
@@ -472,26 +483,29 @@ impl TinyLfu {
 
     /// A resident's count and whether its reads are yet to reach the sketch.
     #[cfg(test)]
-    pub(super) fn resident_count(&self, token: Token) -> (u8, bool) {
-        (self.count_of(token), self.meta(token) & READ != 0)
+    pub(super) fn resident_count(token: Token, entries: &impl Entries) -> (u8, bool) {
+        (
+            Self::count_of(token, entries),
+            entries.meta(token) & READ != 0,
+        )
     }
 
     /// The three regions' tokens, oldest first.
     #[cfg(test)]
-    pub(super) fn regions(&self) -> (Vec<Token>, Vec<Token>, Vec<Token>) {
+    pub(super) fn regions(&self, entries: &impl Entries) -> (Vec<Token>, Vec<Token>, Vec<Token>) {
         (
-            self.window.tokens(&self.links),
-            self.probation.tokens(&self.links),
-            self.protected.tokens(&self.links),
+            self.window.tokens(&entries),
+            self.probation.tokens(&entries),
+            self.protected.tokens(&entries),
         )
     }
 
     /// Resident tokens in eviction order: probation, protected, then window.
     #[cfg(any(test, fuzzing))]
-    pub(crate) fn order(&self) -> Vec<Token> {
-        let mut out = self.probation.tokens(&self.links);
-        out.extend(self.protected.tokens(&self.links));
-        out.extend(self.window.tokens(&self.links));
+    pub(crate) fn order(&self, entries: &impl Entries) -> Vec<Token> {
+        let mut out = self.probation.tokens(&entries);
+        out.extend(self.protected.tokens(&entries));
+        out.extend(self.window.tokens(&entries));
         out
     }
 
@@ -503,25 +517,29 @@ impl TinyLfu {
             (&self.probation, Region::Probation, self.probation_weight),
             (&self.protected, Region::Protected, self.protected_weight),
         ] {
-            let tokens = list.tokens(&self.links);
+            let tokens = list.tokens(&entries);
             for &t in &tokens {
-                assert_eq!(self.region(t), region, "token listed in the wrong region");
+                assert_eq!(
+                    Self::region(t, entries),
+                    region,
+                    "token listed in the wrong region"
+                );
             }
             let sum: u64 = tokens.iter().map(|&t| u64::from(entries.weight(t))).sum();
             assert_eq!(sum, weight, "{region:?} weight drifted");
         }
         let listed = self.window.len() + self.probation.len() + self.protected.len();
-        let marked = self
-            .meta
-            .iter()
-            .filter(|&&m| Region::of(m) != Region::Absent)
-            .count();
-        assert!(
-            self.meta
-                .iter()
-                .all(|&m| Region::of(m) != Region::Absent || m == 0),
-            "a departed token kept its state"
-        );
+        let mut marked = 0;
+        let mut unmarked_with_state = 0;
+        entries.update_metas(|m| {
+            if Region::of(m) != Region::Absent {
+                marked += 1;
+            } else if m != 0 {
+                unmarked_with_state += 1;
+            }
+            m
+        });
+        assert_eq!(unmarked_with_state, 0, "a departed token kept its state");
         assert_eq!(listed as usize, marked, "region marks and lists disagree");
         assert!(self.window_max < self.capacity.max(1));
         if let Some(s) = &self.sketch {
@@ -589,13 +607,13 @@ impl Ghosts {
 
 /// The first token of `list` that is not `keep`.
 #[inline]
-fn first_other(list: &List, links: &Links, keep: Token) -> Option<Token> {
+fn first_other(list: &List, entries: &impl Entries, keep: Token) -> Option<Token> {
     let head = list.head()?;
     if head != keep {
         return Some(head);
     }
-    let next = links.next(head);
-    (next != super::list::NIL).then_some(next)
+    let (_, next) = entries.link(head);
+    (next != NIL).then_some(next)
 }
 
 /// Hill climbing on the hit rate between sample periods.
@@ -667,12 +685,14 @@ impl Climber {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::policy::{slot_state_in, TestSlots};
     use std::cell::RefCell;
 
     /// Entries with fixed weights and hashes, counting reads.
     #[derive(Default)]
     struct Fake {
         hits: RefCell<std::collections::HashMap<Token, u8>>,
+        slots: TestSlots,
     }
 
     impl Entries for Fake {
@@ -688,6 +708,7 @@ mod tests {
         fn touch(&self, token: Token) {
             *self.hits.borrow_mut().entry(token).or_insert(0) += 1;
         }
+        slot_state_in!(slots);
     }
 
     /// Inserts `token` the way the store does: place it, then evict around it.
@@ -717,9 +738,9 @@ mod tests {
             for _ in 0..20 {
                 p.on_access(t, &e);
             }
-            if p.region(t) != Region::Absent {
+            if TinyLfu::region(t, &e) != Region::Absent {
                 p.collect(t, &e);
-                assert_eq!(p.count_of(t), 15);
+                assert_eq!(TinyLfu::count_of(t, &e), 15);
             }
         }
         insert(&mut p, &e, 100);
@@ -734,13 +755,13 @@ mod tests {
         let mut admitted = 0;
         for t in 1000..21_000 {
             for _ in 0..8 {
-                p.count(e.hash(t));
+                p.count(e.hash(t), &e);
             }
             let candidate = p.window.head().expect("a full window");
             let evicted = insert(&mut p, &e, t);
             assert_eq!(evicted.len(), 1);
             if evicted[0] != candidate {
-                assert_eq!(p.region(candidate), Region::Probation);
+                assert_eq!(TinyLfu::region(candidate, &e), Region::Probation);
                 admitted += 1;
             }
         }
@@ -784,18 +805,18 @@ mod tests {
             insert(&mut p, &e, t);
         }
         // The next candidate was seen before, so its contest is held.
-        p.count(e.hash(11));
-        p.count(e.hash(11));
+        p.count(e.hash(11), &e);
+        p.count(e.hash(11), &e);
         insert(&mut p, &e, 11);
-        assert_eq!(p.region(11), Region::Window);
-        let probation: Vec<Token> = p.probation.tokens(&p.links);
+        assert_eq!(TinyLfu::region(11, &e), Region::Window);
+        let probation: Vec<Token> = p.probation.tokens(&&e);
         assert!(probation.len() >= 3, "{probation:?}");
         // Read every probation entry but the last: on_access only notes it.
         let (unread, read) = probation.split_last().unwrap();
-        let before: Vec<u8> = read.iter().map(|&t| p.count_of(t)).collect();
+        let before: Vec<u8> = read.iter().map(|&t| TinyLfu::count_of(t, &e)).collect();
         for &t in read {
             p.on_access(t, &e);
-            assert_eq!(p.region(t), Region::Probation, "promotion waits");
+            assert_eq!(TinyLfu::region(t, &e), Region::Probation, "promotion waits");
         }
         let candidate = p.window.head().unwrap();
         let evicted = insert(&mut p, &e, 12);
@@ -806,17 +827,23 @@ mod tests {
             evicted[0] == *unread || evicted[0] == candidate,
             "{evicted:?}"
         );
-        assert!(read.iter().any(|&t| p.region(t) == Region::Protected));
+        assert!(read
+            .iter()
+            .any(|&t| TinyLfu::region(t, &e) == Region::Protected));
         assert!(p.protected_weight <= p.protected_max);
         assert!(e.hits.borrow().is_empty(), "every read was collected");
         for (&t, b) in read.iter().zip(before) {
-            assert_eq!(p.count_of(t), b + 1, "the read reached the count");
-            assert_ne!(p.meta(t) & READ, 0, "marked for the sketch");
+            assert_eq!(
+                TinyLfu::count_of(t, &e),
+                b + 1,
+                "the read reached the count"
+            );
+            assert_ne!(e.meta(t) & READ, 0, "marked for the sketch");
         }
         // A read key leaving hands its count back to the sketch; an unread
         // one leaves the sketch as it was.
         let t = read[0];
-        let count = p.count_of(t);
+        let count = TinyLfu::count_of(t, &e);
         let sketch = p.sketch.as_ref().expect("past half full");
         assert!(sketch.frequency(e.hash(t)) < count, "not yet handed back");
         p.on_remove(t, &e);
@@ -837,21 +864,21 @@ mod tests {
             p.on_access(resident, &e);
         }
         p.collect(resident, &e);
-        let count = p.count_of(resident);
+        let count = TinyLfu::count_of(resident, &e);
         assert!(count >= 12);
-        let region = p.region(resident);
+        let region = TinyLfu::region(resident, &e);
         // Sightings of absent keys fill the sample period until it ages.
         let mut k = 1 << 20;
         loop {
-            p.count(e.hash(k));
+            p.count(e.hash(k), &e);
             k += 1;
-            if p.count_of(resident) != count {
+            if TinyLfu::count_of(resident, &e) != count {
                 break;
             }
         }
-        assert_eq!(p.count_of(resident), count / 2);
-        assert_eq!(p.region(resident), region, "the region is kept");
-        assert_ne!(p.meta(resident) & READ, 0, "and the read mark");
+        assert_eq!(TinyLfu::count_of(resident, &e), count / 2);
+        assert_eq!(TinyLfu::region(resident, &e), region, "the region is kept");
+        assert_ne!(e.meta(resident) & READ, 0, "and the read mark");
         p.validate(&e);
     }
 
@@ -862,15 +889,15 @@ mod tests {
         for t in 0..12 {
             insert(&mut p, &e, t);
         }
-        let probation: Vec<Token> = p.probation.tokens(&p.links);
+        let probation: Vec<Token> = p.probation.tokens(&&e);
         for &t in &probation {
             p.on_access(t, &e);
         }
         let candidate = p.window.head().unwrap();
-        assert!(p.count_of(candidate) <= ADMIT_MARGIN);
+        assert!(TinyLfu::count_of(candidate, &e) <= ADMIT_MARGIN);
         assert_eq!(insert(&mut p, &e, 12), vec![candidate]);
         // No victim was looked for: the probation reads wait, uncollected.
-        assert_eq!(p.probation.tokens(&p.links), probation);
+        assert_eq!(p.probation.tokens(&&e), probation);
         assert_eq!(e.hits.borrow().len(), probation.len());
         p.validate(&e);
     }
@@ -925,7 +952,7 @@ mod tests {
         p.on_insert(3000, e2.hash(3000), &e2);
         let resident = p.probation.head().expect("a full probation");
         assert!(
-            p.count_of(3000) <= p.count_of(resident) + ADMIT_MARGIN,
+            TinyLfu::count_of(3000, &e) <= TinyLfu::count_of(resident, &e) + ADMIT_MARGIN,
             "it would lose its contest on counts"
         );
         let mut evicted = Vec::new();
@@ -941,7 +968,7 @@ mod tests {
             !evicted.contains(&3000),
             "the returning key was turned away again"
         );
-        assert_eq!(p.region(3000), Region::Probation);
+        assert_eq!(TinyLfu::region(3000, &e), Region::Probation);
         p.validate(&e2);
     }
 
@@ -974,10 +1001,11 @@ mod tests {
         fn touch(&self, token: Token) {
             self.inner.touch(token)
         }
+        slot_state_in!(inner.slots);
     }
 
     /// Entries of one weight.
-    struct Heavy(u32);
+    struct Heavy(u32, TestSlots);
 
     impl Entries for Heavy {
         fn hash(&self, token: Token) -> u64 {
@@ -990,13 +1018,14 @@ mod tests {
             0
         }
         fn touch(&self, _: Token) {}
+        slot_state_in!(1);
     }
 
     #[test]
     fn weighted_shards_size_their_counting_by_entries_not_weight() {
         // A capacity of 2^40 units (a terabyte, in bytes) holding 1 MiB entries:
         // 2^20 entries when full, whatever the capacity's unit.
-        let e = Heavy(1 << 20);
+        let e = Heavy(1 << 20, TestSlots::default());
         let mut p = TinyLfu::new(1 << 40);
         let mut t = 0;
         while p.sketch.is_none() {
@@ -1027,11 +1056,11 @@ mod tests {
         p.on_access(head, &e);
         insert(&mut p, &e, 1000);
         assert_eq!(
-            p.region(head),
+            TinyLfu::region(head, &e),
             Region::Window,
             "a read entry left the window"
         );
-        assert_eq!(p.window.tokens(&p.links).last(), Some(&head));
+        assert_eq!(p.window.tokens(&&e).last(), Some(&head));
         p.validate(&e);
     }
 

@@ -13,7 +13,7 @@ use super::sketch::Sketch;
 use super::tinylfu::{
     Climber, Ghosts, TinyLfu, ADMIT_MARGIN, ADMIT_WARM_ONE_IN, ADMIT_WARM_THRESHOLD, GHOST_SHARE,
 };
-use super::Entries;
+use super::{slot_state_in, Entries, TestSlots};
 use crate::store::Token;
 
 /// Reads an entry holds before further reads are not counted (the store caps at
@@ -27,6 +27,7 @@ struct Fake {
     /// new key.
     keys: Option<u32>,
     hits: RefCell<HashMap<Token, u8>>,
+    slots: TestSlots,
 }
 
 impl Fake {
@@ -35,6 +36,7 @@ impl Fake {
             weighted,
             keys,
             hits: RefCell::default(),
+            slots: TestSlots::default(),
         }
     }
 }
@@ -59,6 +61,7 @@ impl Entries for Fake {
         let h = hits.entry(token).or_insert(0);
         *h = (*h + 1).min(CAP);
     }
+    slot_state_in!(slots);
 }
 
 struct Naive {
@@ -373,7 +376,7 @@ fn agree(
             _ => {}
         }
         real.validate(&real_entries);
-        let (window, probation, protected) = real.regions();
+        let (window, probation, protected) = real.regions(&real_entries);
         prop_assert_eq!(&window, &naive.window);
         prop_assert_eq!(&probation, &naive.probation);
         prop_assert_eq!(&protected, &naive.protected);
@@ -387,7 +390,11 @@ fn agree(
         all.sort_unstable();
         for &t in &all {
             let own = (naive.counts[&t], naive.read.contains(&t));
-            prop_assert_eq!(real.resident_count(t), own, "different counts");
+            prop_assert_eq!(
+                TinyLfu::resident_count(t, &real_entries),
+                own,
+                "different counts"
+            );
         }
         let mut expected = resident.clone();
         expected.sort_unstable();

@@ -29,6 +29,7 @@ use smallvec::SmallVec;
 use crate::expiry::clock::{ticks, Clock};
 use crate::expiry::wheel::Wheel;
 use crate::expiry::{Deadlines, NEVER};
+use crate::policy::list::DETACHED;
 use crate::policy::{Entries, Eviction, Policy};
 use crate::sync::{
     AtomicBool, AtomicU32, AtomicU64, Mutex, Ordering, ReadGuard, RwLock, WriteGuard,
@@ -316,7 +317,7 @@ impl<K, V> Shard<K, V> {
         }
         if !map.deferred_reads {
             let view = View {
-                slab: &map.slab,
+                slots: map.slab.slots(),
                 hash_of,
             };
             self.reads.drain(|t| policy.on_access(t, &view));
@@ -353,7 +354,7 @@ impl<K, V> Shard<K, V> {
     fn drain_reads(&self, map: &Map<K, V>, hash_of: &impl Fn(&K) -> u64) {
         if let Some(mut policy) = map.policy.try_lock() {
             let view = View {
-                slab: &map.slab,
+                slots: map.slab.slots(),
                 hash_of,
             };
             self.reads.drain(|t| policy.on_access(t, &view));
@@ -363,25 +364,86 @@ impl<K, V> Shard<K, V> {
 
 /// The policy's window onto the slab: hashes, weights and read filters by token.
 struct View<'a, K, V, H> {
-    slab: &'a Slab<K, V>,
+    /// The slab's slots themselves, not the slab: one indirection less on
+    /// every access the policy makes.
+    slots: &'a [Option<Entry<K, V>>],
     hash_of: &'a H,
+}
+
+impl<K, V, H> View<'_, K, V, H> {
+    #[inline]
+    fn entry(&self, token: Token) -> &Entry<K, V> {
+        match &self.slots[token as usize] {
+            Some(entry) => entry,
+            None => unreachable!("token {token} is not resident"),
+        }
+    }
 }
 
 impl<K, V, H: Fn(&K) -> u64> Entries for View<'_, K, V, H> {
     fn hash(&self, token: Token) -> u64 {
-        (self.hash_of)(&self.slab.get(token).key)
+        (self.hash_of)(&self.entry(token).key)
     }
 
     fn weight(&self, token: Token) -> u32 {
-        self.slab.get(token).weight()
+        self.entry(token).weight()
     }
 
     fn take_hits(&self, token: Token) -> u8 {
-        self.slab.get(token).take_hits()
+        self.entry(token).take_hits()
     }
 
     fn touch(&self, token: Token) {
-        self.slab.get(token).note_read();
+        self.entry(token).note_read();
+    }
+
+    #[inline]
+    fn link(&self, token: Token) -> (Token, Token) {
+        self.entry(token).link()
+    }
+
+    #[inline]
+    fn set_link(&self, token: Token, prev: Token, next: Token) {
+        let entry = self.entry(token);
+        entry.set_prev(prev);
+        entry.set_next(next);
+    }
+
+    #[inline]
+    fn set_prev(&self, token: Token, prev: Token) {
+        self.entry(token).set_prev(prev);
+    }
+
+    #[inline]
+    fn set_next(&self, token: Token, next: Token) {
+        self.entry(token).set_next(next);
+    }
+
+    #[inline]
+    fn is_linked(&self, token: Token) -> bool {
+        self.slots
+            .get(token as usize)
+            .and_then(Option::as_ref)
+            .is_some_and(|e| e.link().0 != DETACHED)
+    }
+
+    #[inline]
+    fn meta(&self, token: Token) -> u8 {
+        self.slots
+            .get(token as usize)
+            .and_then(Option::as_ref)
+            .map_or(0, Entry::meta)
+    }
+
+    #[inline]
+    fn set_meta(&self, token: Token, meta: u8) {
+        self.entry(token).set_meta(meta);
+    }
+
+    fn update_metas(&self, mut f: impl FnMut(u8) -> u8) {
+        for entry in self.slots.iter().flatten() {
+            entry.set_meta(f(entry.meta()));
+        }
     }
 }
 
@@ -516,7 +578,7 @@ impl<K: Eq, V, H: Fn(&K) -> u64> ShardWriter<'_, K, V, H> {
     fn with_policy<R>(&mut self, f: impl FnOnce(&mut Policy, &View<'_, K, V, H>) -> R) -> R {
         let map = &mut *self.map;
         let view = View {
-            slab: &map.slab,
+            slots: map.slab.slots(),
             hash_of: self.hash_of,
         };
         f(map.policy.get_mut(), &view)
@@ -589,7 +651,7 @@ impl<K: Eq, V, H: Fn(&K) -> u64> ShardWriter<'_, K, V, H> {
                 map.counters.updates += 1;
                 out.push((key, old_value, RemovalCause::Replaced));
                 if old_weight != weight {
-                    map.policy.get_mut().on_reweigh(t, old_weight, weight);
+                    self.with_policy(|p, view| p.on_reweigh(t, old_weight, weight, view));
                 }
                 self.with_policy(|p, view| p.on_access(t, view));
                 t
@@ -906,11 +968,15 @@ impl<K: Eq, V, H: Fn(&K) -> u64> ShardWriter<'_, K, V, H> {
     /// Resident keys in eviction order.
     #[cfg(test)]
     pub(crate) fn eviction_order(&self) -> Vec<&K> {
+        let view = View {
+            slots: self.map.slab.slots(),
+            hash_of: self.hash_of,
+        };
         self.map
             .policy
             .try_lock()
             .expect("the write lock excludes drains")
-            .order()
+            .order(&view)
             .into_iter()
             .map(|t| &self.map.slab.get(t).key)
             .collect()
@@ -936,13 +1002,14 @@ impl<K: Eq, V, H: Fn(&K) -> u64> ShardWriter<'_, K, V, H> {
             .policy
             .try_lock()
             .expect("the write lock excludes drains");
-        let mut order = policy.order();
+        let view = View {
+            slots: map.slab.slots(),
+            hash_of,
+        };
+        let mut order = policy.order(&view);
         order.sort_unstable();
         assert_eq!(order, live, "policy and slab disagree on residents");
-        policy.validate(&View {
-            slab: &map.slab,
-            hash_of,
-        });
+        policy.validate(&view);
         if let Some(index) = &map.tags {
             index.validate(&|t| map.slab.is_resident(t));
         }

@@ -3,7 +3,12 @@
 //! no allocation of its own.
 
 use std::num::NonZeroU32;
+// The links and the policy byte are written only by the policy, under the
+// shard's write lock or its policy lock, which order every access: they need
+// no model checking, and loom's atomics would only slow its models down.
+use std::sync::atomic::{AtomicU32, AtomicU8 as PlainU8};
 
+use crate::policy::list::{DETACHED, NIL};
 use crate::sync::{AtomicU8, Ordering};
 
 /// Uncollected reads an entry counts before further reads write nothing: one,
@@ -22,9 +27,16 @@ pub(crate) struct Entry<K, V> {
     pub(crate) value: V,
     /// `weight + 1`: the non-zero niche makes `Option<Entry>` as small as `Entry`.
     weight: NonZeroU32,
+    /// The entry's links on its policy list: kept in the slot, so that the
+    /// policy's walks over its lists read the lines of the entries they look
+    /// at anyway, not those of a separate array as well.
+    prev: AtomicU32,
+    next: AtomicU32,
     /// Reads since the policy last collected them (deferred-read policies);
     /// lives in what would otherwise be padding.
     hits: AtomicU8,
+    /// The policy's byte of state (W-TinyLFU's region and count).
+    meta: PlainU8,
 }
 
 /// The largest weight one entry can have; larger weights are clamped to it.
@@ -37,8 +49,39 @@ impl<K, V> Entry<K, V> {
             key,
             value,
             weight,
+            prev: AtomicU32::new(DETACHED),
+            next: AtomicU32::new(NIL),
             hits: AtomicU8::new(0),
+            meta: PlainU8::new(0),
         }
+    }
+
+    #[inline]
+    pub(crate) fn link(&self) -> (Token, Token) {
+        (
+            self.prev.load(Ordering::Relaxed),
+            self.next.load(Ordering::Relaxed),
+        )
+    }
+
+    #[inline]
+    pub(crate) fn set_prev(&self, prev: Token) {
+        self.prev.store(prev, Ordering::Relaxed);
+    }
+
+    #[inline]
+    pub(crate) fn set_next(&self, next: Token) {
+        self.next.store(next, Ordering::Relaxed);
+    }
+
+    #[inline]
+    pub(crate) fn meta(&self) -> u8 {
+        self.meta.load(Ordering::Relaxed)
+    }
+
+    #[inline]
+    pub(crate) fn set_meta(&self, meta: u8) {
+        self.meta.store(meta, Ordering::Relaxed);
     }
 
     /// Notes a read for the policy to collect later. Once an entry holds
@@ -155,6 +198,12 @@ impl<K, V> Slab<K, V> {
         self.slots.get(token as usize).is_some_and(Option::is_some)
     }
 
+    /// Every slot, vacant ones as `None`.
+    #[inline]
+    pub(crate) fn slots(&self) -> &[Option<Entry<K, V>>] {
+        &self.slots
+    }
+
     #[inline]
     pub(crate) fn get(&self, token: Token) -> &Entry<K, V> {
         match &self.slots[token as usize] {
@@ -212,7 +261,7 @@ mod tests {
             std::mem::size_of::<Option<Entry<u64, u64>>>(),
             std::mem::size_of::<Entry<u64, u64>>()
         );
-        assert_eq!(std::mem::size_of::<Entry<u64, u64>>(), 24);
+        assert_eq!(std::mem::size_of::<Entry<u64, u64>>(), 32);
     }
 
     #[test]
