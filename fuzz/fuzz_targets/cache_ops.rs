@@ -8,7 +8,10 @@
 //! listener hears exactly the entries and causes the model removed. With a
 //! `policy` byte of 128 or more the listener panics on every value divisible
 //! by 4: the call that removed it panics, and only then, and the cache still
-//! agrees with the model.
+//! agrees with the model. `try_insert` hands a too-heavy entry back instead
+//! of to the listener; a `get_or_load` miss writes what it loaded as an insert
+//! would, a hit reads as `get`; `invalidate_entries_if` removes exactly the
+//! entries its predicate picks, heard as `Invalidated`.
 #![no_main]
 
 use arbitrary::Arbitrary;
@@ -23,7 +26,13 @@ enum Op {
     Get(u8),
     Peek(u8),
     Insert(u8, u8, u8),
+    /// `try_insert`: a value too heavy for the cache comes back to the caller.
+    TryInsert(u8, u8, u8),
+    /// `get_or_load` with a loader yielding `(value, weight)`.
+    GetOrLoad(u8, u8, u8),
     Remove(u8),
+    /// `invalidate_entries_if` on `(key + value) % (m % 5 + 2) == 0`.
+    InvalidateIf(u8),
     InvalidateAll,
 }
 
@@ -210,6 +219,84 @@ fuzz_target!(|input: Input| {
                     written.remove(&k);
                     assert_eq!(cache.peek(&k), None);
                 }
+            }
+            Op::TryInsert(k, v, w) => {
+                let result = listened(|| cache.try_insert(k, (v, w)));
+                let too_heavy = u64::from(w % 16) > capacity;
+                expected_heard = model.insert(k, v, u64::from(w % 16));
+                if too_heavy {
+                    // Handed back (or dropped with the listener's panic),
+                    // never heard of, never resident.
+                    expected_heard.retain(|e| e.2 != RemovalCause::Size);
+                    written.remove(&k);
+                    assert_eq!(cache.peek(&k), None);
+                } else {
+                    inserts += 1;
+                    written.insert(k, v);
+                    assert_eq!(cache.peek(&k).map(|v| v.0), Some(v));
+                }
+                match result {
+                    Ok(Ok(())) => assert!(!too_heavy, "a too-heavy entry was accepted"),
+                    Ok(Err(rejected)) => {
+                        assert!(too_heavy, "a fitting entry was rejected");
+                        assert_eq!((rejected.key, rejected.value), (k, (v, w)));
+                        assert_eq!(rejected.weight, u32::from(w % 16));
+                    }
+                    Err(()) => panicked = true,
+                }
+            }
+            Op::GetOrLoad(k, v, w) => {
+                let resident = if exact {
+                    model.pos(k).is_some()
+                } else {
+                    cache.peek(&k).is_some()
+                };
+                let mut loaded = false;
+                let got = listened(|| {
+                    cache.get_or_load(k, |_| {
+                        loaded = true;
+                        (v, w)
+                    })
+                });
+                assert_eq!(loaded, !resident, "the loader runs exactly on a miss");
+                if resident {
+                    let got = got.expect("a hit reaches no listener").0;
+                    if exact {
+                        let i = model.pos(k).expect("resident");
+                        assert_eq!(got, model.entries[i].1);
+                        model.touch(i);
+                    } else {
+                        assert_eq!(Some(&got), written.get(&k));
+                    }
+                } else {
+                    match got {
+                        Ok(got) => assert_eq!(got, (v, w), "the caller gets what it loaded"),
+                        Err(()) => panicked = true,
+                    }
+                    inserts += 1;
+                    expected_heard = model.insert(k, v, u64::from(w % 16));
+                    if u64::from(w % 16) <= capacity {
+                        written.insert(k, v);
+                        assert_eq!(cache.peek(&k).map(|v| v.0), Some(v));
+                    } else {
+                        written.remove(&k);
+                        assert_eq!(cache.peek(&k), None);
+                    }
+                }
+            }
+            Op::InvalidateIf(m) => {
+                let picks =
+                    move |k: u8, v: u8| (u32::from(k) + u32::from(v)) % u32::from(m % 5 + 2) == 0;
+                panicked = listened(|| cache.invalidate_entries_if(|k, v| picks(*k, v.0))).is_err();
+                let (gone, kept) = model.entries.drain(..).partition(|e| picks(e.0, e.1));
+                let gone: Vec<_> = gone;
+                model.entries = kept;
+                expected_heard.extend(gone.iter().map(|e| (e.0, e.1, RemovalCause::Invalidated)));
+                written.retain(|&k, &mut v| !picks(k, v));
+                assert!(
+                    cache.iter().all(|(k, v)| !picks(k, v.0)),
+                    "a picked entry stayed"
+                );
             }
             Op::Remove(k) => {
                 let got = listened(|| cache.remove(&k).map(|v| v.0));
