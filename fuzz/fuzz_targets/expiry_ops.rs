@@ -6,13 +6,23 @@
 //! ranges of `InsertTtl` and `Advance` stands for time-to-lives and clock
 //! jumps of up to about 2.9 years, so the cache's wheel files entries on every
 //! level and past its top (about 2.3 years), and turns them over.
+//!
+//! Each write stores a fresh id as its value, and a listener hears every
+//! entry that leaves: after each step every id written is resident (live, or
+//! past its deadline and not yet reclaimed) or was heard exactly once; an
+//! entry is heard as `Expired` exactly when the model's deadline for it had
+//! passed, and otherwise with the cause of the step that removed it
+//! (`Replaced` by a write of its key, `Explicit` by `remove` or
+//! `invalidate_all`, `Invalidated` by its tag's invalidation), never for
+//! size.
 #![no_main]
 
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arbitrary::Arbitrary;
-use larder::{Cache, Clock, EntryOptions, Eviction};
+use larder::{Cache, Clock, EntryOptions, Eviction, RemovalCause};
 use libfuzzer_sys::fuzz_target;
 
 const TTL: u64 = 3_000;
@@ -67,19 +77,30 @@ fuzz_target!(|input: Input| {
         .eviction(eviction)
         .time_to_live(Duration::from_millis(TTL))
         .clock(clock);
+    let heard: Arc<Mutex<Vec<(u8, u32, RemovalCause)>>> = Arc::default();
+    let sink = Arc::clone(&heard);
+    builder =
+        builder.eviction_listener(move |k, v, cause| sink.lock().unwrap().push((k, v, cause)));
     if input.tti {
         builder = builder.time_to_idle(Duration::from_millis(TTI));
     }
-    let cache: Cache<u8, u16> = builder.build().unwrap();
-    // key -> (value, deadline, cap), in ms; deadlines are exclusive.
-    let mut model: HashMap<u8, (u16, u64, u64)> = HashMap::new();
+    let cache: Cache<u8, u32> = builder.build().unwrap();
+    // key -> (value, deadline, cap), in ms; deadlines are exclusive. Values
+    // are write ids, one per write.
+    let mut model: HashMap<u8, (u32, u64, u64)> = HashMap::new();
+    let mut writes = 0u32;
+    let mut heard_total = 0usize;
     // key -> its tags (a bit per tag 0..4), for entries written with tags.
     let mut tags: HashMap<u8, u8> = HashMap::new();
     let mut now = 0u64;
-    let live = |m: &HashMap<u8, (u16, u64, u64)>, k: u8, now: u64| {
+    let live = |m: &HashMap<u8, (u32, u64, u64)>, k: u8, now: u64| {
         m.get(&k).copied().filter(|e| e.1 > now)
     };
     for op in input.ops.into_iter().take(2_000) {
+        let before = model.clone();
+        // The cause a live entry leaving in this step is heard with, and the
+        // one key it may concern (`None`: any key).
+        let mut cause: Option<(RemovalCause, Option<u8>)> = None;
         match op {
             Op::Get(k) => {
                 let expected = live(&model, k, now);
@@ -93,7 +114,10 @@ fuzz_target!(|input: Input| {
                 }
             }
             Op::Contains(k) => assert_eq!(cache.contains_key(&k), live(&model, k, now).is_some()),
-            Op::InsertTagged(k, v, mask) => {
+            Op::InsertTagged(k, _, mask) => {
+                writes += 1;
+                let v = writes;
+                cause = Some((RemovalCause::Replaced, Some(k)));
                 let mask = mask % 16;
                 let names: Vec<String> = (0..4)
                     .filter(|i| mask & (1 << i) != 0)
@@ -107,6 +131,7 @@ fuzz_target!(|input: Input| {
             }
             Op::InvalidateTag(t) => {
                 let t = t % 4;
+                cause = Some((RemovalCause::Invalidated, None));
                 cache.invalidate_tag(format!("t{t}"));
                 let doomed: Vec<u8> = tags
                     .iter()
@@ -118,14 +143,20 @@ fuzz_target!(|input: Input| {
                     tags.remove(&k);
                 }
             }
-            Op::Insert(k, v) => {
+            Op::Insert(k, _) => {
+                writes += 1;
+                let v = writes;
+                cause = Some((RemovalCause::Replaced, Some(k)));
                 tags.remove(&k);
                 cache.insert(k, v);
                 let cap = now + TTL;
                 let at = if input.tti { cap.min(now + TTI) } else { cap };
                 model.insert(k, (v, at, cap));
             }
-            Op::InsertTtl(k, v, ttl) => {
+            Op::InsertTtl(k, _, ttl) => {
+                writes += 1;
+                let v = writes;
+                cause = Some((RemovalCause::Replaced, Some(k)));
                 tags.remove(&k);
                 let ttl = long(ttl, 5_000, 24);
                 cache.insert_with(k, v, EntryOptions::new().ttl(Duration::from_millis(ttl)));
@@ -138,6 +169,7 @@ fuzz_target!(|input: Input| {
                 }
             }
             Op::Remove(k) => {
+                cause = Some((RemovalCause::Explicit, Some(k)));
                 assert_eq!(cache.remove(&k), live(&model, k, now).map(|e| e.0));
                 model.remove(&k);
                 tags.remove(&k);
@@ -154,6 +186,7 @@ fuzz_target!(|input: Input| {
                 assert_eq!(cache.len(), model.len());
             }
             Op::InvalidateAll => {
+                cause = Some((RemovalCause::Explicit, None));
                 cache.invalidate_all();
                 model.clear();
                 tags.clear();
@@ -161,9 +194,39 @@ fuzz_target!(|input: Input| {
             }
         }
         cache.validate();
-        let mut seen: Vec<(u8, u16)> = cache.iter().collect();
+        let step_heard = std::mem::take(&mut *heard.lock().unwrap());
+        heard_total += step_heard.len();
+        assert_eq!(
+            writes as usize,
+            cache.len() + heard_total,
+            "every write is resident or was heard of once"
+        );
+        for (k, v, heard_cause) in step_heard {
+            // A write already expired (a zero time-to-live) is refused:
+            // heard as expired, never in the model.
+            let Some(&(_, at, _)) = before.get(&k).filter(|e| e.0 == v) else {
+                assert_eq!(heard_cause, RemovalCause::Expired, "refused write {k} {v}");
+                assert_eq!(v, writes, "only this step's write can be refused");
+                continue;
+            };
+            if at <= now {
+                assert_eq!(
+                    heard_cause,
+                    RemovalCause::Expired,
+                    "expired {k} heard as {heard_cause:?}"
+                );
+            } else {
+                let (expected, key) = cause.expect("a live entry left in a step that removes none");
+                assert_eq!(heard_cause, expected, "live {k} heard as {heard_cause:?}");
+                assert!(
+                    key.is_none_or(|key| key == k),
+                    "live {k} left for another key"
+                );
+            }
+        }
+        let mut seen: Vec<(u8, u32)> = cache.iter().collect();
         seen.sort_unstable();
-        let mut expected: Vec<(u8, u16)> = model
+        let mut expected: Vec<(u8, u32)> = model
             .iter()
             .filter(|(_, e)| e.1 > now)
             .map(|(&k, e)| (k, e.0))
