@@ -1,7 +1,8 @@
 //! Cache operations — tagged inserts and tag invalidations among them —
 //! interleaved with clock moves against a model that knows every key's
-//! deadline and tags. The capacity is out of reach, so what reads see must
-//! agree exactly, under every policy, with and without time-to-idle;
+//! deadline and tags. What reads see must agree exactly, under every policy,
+//! with and without time-to-idle (the capacity is out of reach, or with
+//! `small` the model learns of evictions from the listener, below);
 //! `validate()` (wheel included) must hold after every step. The top of the
 //! ranges of `InsertTtl` and `Advance` stands for time-to-lives and clock
 //! jumps of up to about 2.9 years, so the cache's wheel files entries on every
@@ -13,8 +14,10 @@
 //! entry is heard as `Expired` exactly when the model's deadline for it had
 //! passed, and otherwise with the cause of the step that removed it
 //! (`Replaced` by a write of its key, `Explicit` by `remove` or
-//! `invalidate_all`, `Invalidated` by its tag's invalidation), never for
-//! size.
+//! `invalidate_all`, `Invalidated` by its tag's invalidation). With `small`
+//! the capacity is 16 entries, so writes evict: an entry heard as `Size` must
+//! have been live and evicted by a write of another key, and the model drops
+//! it, so that reads must still agree exactly.
 #![no_main]
 
 use std::collections::HashMap;
@@ -58,6 +61,7 @@ enum Op {
 
 #[derive(Arbitrary, Debug)]
 struct Input {
+    small: bool,
     policy: u8,
     shards: u8,
     tti: bool,
@@ -72,7 +76,7 @@ fuzz_target!(|input: Input| {
     };
     let (clock, time) = Clock::mock();
     let mut builder = Cache::builder()
-        .max_capacity(4_096)
+        .max_capacity(if input.small { 16 } else { 4_096 })
         .shards(1 << (input.shards % 3))
         .eviction(eviction)
         .time_to_live(Duration::from_millis(TTL))
@@ -215,6 +219,14 @@ fuzz_target!(|input: Input| {
                     RemovalCause::Expired,
                     "expired {k} heard as {heard_cause:?}"
                 );
+            } else if heard_cause == RemovalCause::Size {
+                assert!(input.small, "{k} evicted below capacity");
+                assert!(
+                    matches!(cause, Some((RemovalCause::Replaced, Some(w))) if w != k),
+                    "{k} evicted by a step that writes no other key"
+                );
+                model.remove(&k);
+                tags.remove(&k);
             } else {
                 let (expected, key) = cause.expect("a live entry left in a step that removes none");
                 assert_eq!(heard_cause, expected, "live {k} heard as {heard_cause:?}");
