@@ -5,7 +5,12 @@
 //! failed); at each flush, every key's last acknowledged write is in the store
 //! or was reported as failed, and the store took each key's writes in order.
 //! The store can also be switched to panicking, which the flusher must treat
-//! as a failed attempt.
+//! as a failed attempt. With `handler` a failure handler takes the failed
+//! writes instead of `flush`: every key's last acknowledged write is then
+//! stored, reported or handed to it, and a read of a key whose last write was
+//! handed over returns that write (it stays cached until evicted or
+//! replaced) or what the store holds, until the key is written again.
+//! `delay` gives the flusher a nonzero `max_delay` to gather batches in.
 #![no_main]
 
 use std::collections::HashMap;
@@ -15,6 +20,9 @@ use std::time::Duration;
 
 use arbitrary::Arbitrary;
 use larder::{Backpressure, Cache, Op, Store, WriteBack, WriteError};
+
+/// Writes handed to the failure handler, as `(key, value or deletion)`.
+type Handed = Arc<Mutex<Vec<(u8, Option<u16>)>>>;
 use libfuzzer_sys::fuzz_target;
 
 #[derive(Arbitrary, Debug)]
@@ -29,6 +37,8 @@ enum Step {
 
 #[derive(Arbitrary, Debug)]
 struct Input {
+    handler: bool,
+    delay: u8,
     capacity: u8,
     batch: u8,
     queue: u8,
@@ -95,25 +105,39 @@ fuzz_target!(|input: Input| {
     allow_deliberate_panics();
     let db = Shared::default();
     let settings = WriteBack::default()
-        .max_delay(Duration::ZERO)
+        .max_delay(Duration::from_micros(u64::from(input.delay % 4) * 200))
         .batch(usize::from(input.batch % 8) + 1)
         .queue_capacity(usize::from(input.queue % 16) + 1)
         .backpressure(Backpressure::Fail)
         .retries(1, Duration::ZERO);
-    let cache = Cache::builder()
+    let handed: Handed = Arc::default();
+    let mut builder = Cache::builder()
         .max_capacity(u64::from(input.capacity % 8) + 1)
-        .write_back(db.clone(), settings)
-        .build()
-        .unwrap();
+        .write_back(db.clone(), settings);
+    if input.handler {
+        let sink = Arc::clone(&handed);
+        builder = builder.on_write_failure(move |failed: larder::FailedWrite<u8, u16, _>| {
+            let w = match failed.op {
+                Op::Put(k, v) => (k, Some(v)),
+                Op::Delete(k) => (k, None),
+            };
+            sink.lock().unwrap().push(w);
+        });
+    }
+    let cache = builder.build().unwrap();
     // What reads must see: each key's last acknowledged write, or after a
     // report of its failure, what the store holds.
     let mut model: HashMap<u8, Option<u16>> = HashMap::new();
     // Every acknowledged write per key, in order.
     let mut acked: HashMap<u8, Vec<Option<u16>>> = HashMap::new();
+    // Keys whose last acknowledged write was handed to the failure handler
+    // and settled by a flush, with that write: a read may still return it.
+    let mut settled: HashMap<u8, Option<u16>> = HashMap::new();
     let check_flush = |report: Result<(), larder::FlushError<u8, u16, &'static str>>,
                        model: &mut HashMap<u8, Option<u16>>,
+                       settled: &mut HashMap<u8, Option<u16>>,
                        acked: &HashMap<u8, Vec<Option<u16>>>| {
-        let failed: Vec<(u8, Option<u16>)> = match report {
+        let mut failed: Vec<(u8, Option<u16>)> = match report {
             Ok(()) => Vec::new(),
             Err(e) => e
                 .failed
@@ -124,6 +148,17 @@ fuzz_target!(|input: Input| {
                 })
                 .collect(),
         };
+        if input.handler {
+            assert!(failed.is_empty(), "a failure handler takes every failure");
+        }
+        // What the handler took is settled: reads fall back to the store, or
+        // to the handed-over write while it stays cached.
+        for (k, w) in handed.lock().unwrap().drain(..) {
+            if model.get(&k) == Some(&w) {
+                settled.insert(k, w);
+            }
+            failed.push((k, w));
+        }
         let data = db.0.data.lock().unwrap().clone();
         for (k, last) in model.iter_mut() {
             let stored = data.get(k).copied();
@@ -157,6 +192,7 @@ fuzz_target!(|input: Input| {
                 let k = k % 16;
                 match cache.put(k, v) {
                     Ok(()) => {
+                        settled.remove(&k);
                         model.insert(k, Some(v));
                         acked.entry(k).or_default().push(Some(v));
                     }
@@ -168,6 +204,7 @@ fuzz_target!(|input: Input| {
                 let k = k % 16;
                 match cache.delete(&k) {
                     Ok(()) => {
+                        settled.remove(&k);
                         model.insert(k, None);
                         acked.entry(k).or_default().push(None);
                     }
@@ -177,15 +214,32 @@ fuzz_target!(|input: Input| {
             }
             Step::Get(k) => {
                 let k = k % 16;
-                let expected = model.get(&k).copied().flatten();
-                assert_eq!(cache.get(&k).unwrap(), expected, "read of {k}");
+                let last = model.get(&k).copied();
+                let got = cache.get(&k).unwrap();
+                if got != last.flatten() {
+                    // Only a last write handed over may read otherwise: as
+                    // itself (still cached) or as what the store holds.
+                    let last = last.expect("a key never written reads as absent");
+                    let handed_over = match settled.get(&k) {
+                        Some(&w) => Some(w),
+                        None => handed.lock().unwrap().contains(&(k, last)).then_some(last),
+                    };
+                    let Some(w) = handed_over else {
+                        panic!("read of {k}: {got:?}, last acknowledged {last:?}");
+                    };
+                    let stored = db.0.data.lock().unwrap().get(&k).copied();
+                    assert!(
+                        got == w || got == stored,
+                        "read of {k}: {got:?}, handed over {w:?}, stored {stored:?}"
+                    );
+                }
             }
-            Step::Flush => check_flush(cache.flush(), &mut model, &acked),
+            Step::Flush => check_flush(cache.flush(), &mut model, &mut settled, &acked),
             Step::Fail(on) => db.0.failing.store(on, Ordering::SeqCst),
             Step::Panic(on) => db.0.panicking.store(on, Ordering::SeqCst),
         }
     }
     db.0.failing.store(false, Ordering::SeqCst);
     db.0.panicking.store(false, Ordering::SeqCst);
-    check_flush(cache.close(), &mut model, &acked);
+    check_flush(cache.close(), &mut model, &mut settled, &acked);
 });
