@@ -1,10 +1,10 @@
 //! Intrusive doubly-linked lists threaded through links indexed by slab token.
 //! The links live wherever a [`LinkStore`] keeps them: in the entries' own
-//! slots (W-TinyLFU, whose eviction reads the slot of every entry it moves
-//! anyway, so its links come on the same cache line), or in a separate
-//! [`Links`] array shared by several lists (LRU order, LFU frequency buckets,
-//! the timer wheel's slots). Either way an entry costs 8 bytes of links
-//! whatever list it is on.
+//! slots for the eviction policies (LRU order, LFU frequency buckets, the
+//! W-TinyLFU regions; eviction reads the slot of every entry it moves anyway,
+//! so the links come on the same cache line), or in a separate [`Links`]
+//! array shared by the timer wheel's lists. Either way an entry costs 8 bytes
+//! of links whatever list it is on.
 
 use super::Entries;
 use crate::store::Token;
