@@ -392,14 +392,26 @@ impl<K, V> Flights<K, V> {
     /// pending, the older flights it waits for go stale. It stays in the
     /// table either way, unless it ended (an abandoned flight left for older
     /// ones).
+    #[inline]
     pub(crate) fn invalidate<Q>(&self, hash: u64, key: &Q)
     where
         K: std::borrow::Borrow<Q>,
         Q: Eq + ?Sized,
     {
-        if self.active.load(Ordering::SeqCst) == 0 {
-            return;
+        // Inline, so that a write with no load in flight (nearly all of
+        // them) pays one load, not a call.
+        if self.active.load(Ordering::SeqCst) != 0 {
+            self.invalidate_flying(hash, key);
         }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn invalidate_flying<Q>(&self, hash: u64, key: &Q)
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: Eq + ?Sized,
+    {
         let mut table = self.table.lock();
         if let Ok(found) = table.find_entry(hash, |f| f.key.borrow() == key) {
             let flight = found.get();

@@ -656,11 +656,20 @@ impl Climber {
     }
 
     /// The window change to make, once per sample period.
+    #[inline]
     pub(super) fn adjustment(&mut self, capacity: u64) -> Option<i64> {
-        let requests = self.hits + self.misses;
-        if requests < self.sample {
+        // Inline, so that the insert that does not end a period (nearly all
+        // of them) pays a comparison, not a call.
+        if self.hits + self.misses < self.sample {
             return None;
         }
+        self.end_period(capacity)
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn end_period(&mut self, capacity: u64) -> Option<i64> {
+        let requests = self.hits + self.misses;
         if self.hits == 0 && self.previous_rate == 0.0 {
             // No hits, before or now: nothing to climb towards. Moving anyway
             // would walk the window to its maximum on a miss-only stream.
