@@ -18,6 +18,15 @@
 //! the capacity is 16 entries, so writes evict: an entry heard as `Size` must
 //! have been live and evicted by a write of another key, and the model drops
 //! it, so that reads must still agree exactly.
+//!
+//! With `custom`, lifetimes come from an `Expiry` instead of the fixed TTL
+//! and TTI: its answers depend on the key and the write id, and on the
+//! remaining lifetime it is given; they cover no deadline, zero (a write
+//! refused as expired, a read that ends the entry), short and very long
+//! lifetimes, keeping the current one and halving it (a read that brings a
+//! deadline forward). The model computes the same answers and must agree.
+//! With `weighted`, entries weigh 1 to 3 units, so a `small` cache evicts
+//! by weight.
 #![no_main]
 
 use std::collections::HashMap;
@@ -25,7 +34,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arbitrary::Arbitrary;
-use larder::{Cache, Clock, EntryOptions, Eviction, RemovalCause};
+use larder::{Cache, Clock, EntryOptions, Eviction, Expiry, RemovalCause};
 use libfuzzer_sys::fuzz_target;
 
 const TTL: u64 = 3_000;
@@ -42,6 +51,72 @@ fn long(n: u16, short: u64, shift: u32) -> u64 {
     match n.checked_sub(LONG_FROM) {
         Some(m) => u64::from(m) << shift,
         None => u64::from(n) % short,
+    }
+}
+
+/// "No deadline" in the model.
+const NEVER: u64 = u64::MAX;
+
+/// A deterministic mix of a key, a write id and a salt.
+fn pick(k: u8, v: u32, salt: u32) -> u32 {
+    let x = (u32::from(k) << 24 ^ v ^ salt.wrapping_mul(0x9E37_79B9)).wrapping_mul(0x85EB_CA6B);
+    (x ^ x >> 15).wrapping_mul(0xC2B2_AE35) >> 8
+}
+
+/// A lifetime in ms (`None`: no deadline) chosen by `x`.
+fn lifetime(x: u32) -> Option<u64> {
+    match x % 16 {
+        0 | 1 => None,
+        2 => Some(0),
+        // About 2.2 years and up: the wheel's top levels.
+        3 => Some((1 << 36) + u64::from(x % 1_000)),
+        _ => Some(u64::from(x >> 4) % 5_000),
+    }
+}
+
+/// The remaining lifetime in whole ms (the model's times are all whole ms).
+fn ms(d: Option<Duration>) -> Option<u64> {
+    d.map(|d| {
+        assert_eq!(
+            d.subsec_nanos() % 1_000_000,
+            0,
+            "a remaining lifetime of whole ms"
+        );
+        d.as_millis() as u64
+    })
+}
+
+/// The answers the fuzzed `Expiry` gives, in ms, from the key, the write id
+/// and the current remaining lifetime: `create` when there is none.
+fn on_create(k: u8, v: u32) -> Option<u64> {
+    lifetime(pick(k, v, 1))
+}
+fn on_update(k: u8, v: u32, current: Option<u64>) -> Option<u64> {
+    match pick(k, v, 2) % 3 {
+        0 => current,
+        _ => lifetime(pick(k, v, 3)),
+    }
+}
+fn on_read(k: u8, v: u32, current: Option<u64>) -> Option<u64> {
+    match pick(k, v, 4) % 4 {
+        0 => current,
+        1 => current.map(|c| c / 2),
+        // A read ends the entry only by halving a lifetime of 1 ms.
+        _ => lifetime(pick(k, v, 5)).map(|l| l.max(1)),
+    }
+}
+
+struct Fuzzed;
+
+impl Expiry<u8, u32> for Fuzzed {
+    fn expire_after_create(&self, k: &u8, v: &u32) -> Option<Duration> {
+        on_create(*k, *v).map(Duration::from_millis)
+    }
+    fn expire_after_update(&self, k: &u8, v: &u32, current: Option<Duration>) -> Option<Duration> {
+        on_update(*k, *v, ms(current)).map(Duration::from_millis)
+    }
+    fn expire_after_read(&self, k: &u8, v: &u32, current: Option<Duration>) -> Option<Duration> {
+        on_read(*k, *v, ms(current)).map(Duration::from_millis)
     }
 }
 
@@ -65,6 +140,8 @@ struct Input {
     policy: u8,
     shards: u8,
     tti: bool,
+    custom: bool,
+    weighted: bool,
     ops: Vec<Op>,
 }
 
@@ -79,13 +156,24 @@ fuzz_target!(|input: Input| {
         .max_capacity(if input.small { 16 } else { 4_096 })
         .shards(1 << (input.shards % 3))
         .eviction(eviction)
-        .time_to_live(Duration::from_millis(TTL))
         .clock(clock);
+    // `custom` and `tti` are exclusive: the builder refuses an `Expiry`
+    // with a time-to-live or time-to-idle.
+    let tti = input.tti && !input.custom;
+    builder = if input.custom {
+        builder.expiry(Fuzzed)
+    } else {
+        builder.time_to_live(Duration::from_millis(TTL))
+    };
+    if input.weighted {
+        // At most 3: a small cache's shards hold 4 units at least.
+        builder = builder.weigher(|_, v: &u32| 1 + v % 3);
+    }
     let heard: Arc<Mutex<Vec<(u8, u32, RemovalCause)>>> = Arc::default();
     let sink = Arc::clone(&heard);
     builder =
         builder.eviction_listener(move |k, v, cause| sink.lock().unwrap().push((k, v, cause)));
-    if input.tti {
+    if tti {
         builder = builder.time_to_idle(Duration::from_millis(TTI));
     }
     let cache: Cache<u8, u32> = builder.build().unwrap();
@@ -100,6 +188,25 @@ fuzz_target!(|input: Input| {
     let live = |m: &HashMap<u8, (u32, u64, u64)>, k: u8, now: u64| {
         m.get(&k).copied().filter(|e| e.1 > now)
     };
+    // A plain write's (deadline, cap), or `None` when it is refused as
+    // already expired.
+    let custom = input.custom;
+    let write = |m: &HashMap<u8, (u32, u64, u64)>, k: u8, v: u32, now: u64| {
+        if custom {
+            let lifetime = match live(m, k, now) {
+                Some((_, at, _)) => on_update(k, v, (at != NEVER).then(|| at - now)),
+                None => on_create(k, v),
+            };
+            match lifetime {
+                Some(0) => None,
+                Some(l) => Some((now + l, NEVER)),
+                None => Some((NEVER, NEVER)),
+            }
+        } else {
+            let cap = now + TTL;
+            Some((if tti { cap.min(now + TTI) } else { cap }, cap))
+        }
+    };
     for op in input.ops.into_iter().take(2_000) {
         let before = model.clone();
         // The cause a live entry leaving in this step is heard with, and the
@@ -109,12 +216,17 @@ fuzz_target!(|input: Input| {
             Op::Get(k) => {
                 let expected = live(&model, k, now);
                 assert_eq!(cache.get(&k), expected.map(|e| e.0));
-                if let (Some((v, at, cap)), true) = (expected, input.tti) {
+                if let (Some((v, at, cap)), true) = (expected, tti) {
                     // A read moves the deadline only by a tick (2^20 ns) or more.
                     let moved = cap.min(now + TTI);
                     if moved >= at + 2 {
                         model.insert(k, (v, moved, cap));
                     }
+                }
+                if let (Some((v, at, cap)), true) = (expected, custom) {
+                    let current = (at != NEVER).then(|| at - now);
+                    let moved = on_read(k, v, current).map_or(NEVER, |l| now + l).min(cap);
+                    model.insert(k, (v, moved, cap));
                 }
             }
             Op::Contains(k) => assert_eq!(cache.contains_key(&k), live(&model, k, now).is_some()),
@@ -127,11 +239,18 @@ fuzz_target!(|input: Input| {
                     .filter(|i| mask & (1 << i) != 0)
                     .map(|i| format!("t{i}"))
                     .collect();
+                let deadlines = write(&model, k, v, now);
                 cache.insert_with(k, v, EntryOptions::new().tags(names));
-                let cap = now + TTL;
-                let at = if input.tti { cap.min(now + TTI) } else { cap };
-                model.insert(k, (v, at, cap));
-                tags.insert(k, mask);
+                match deadlines {
+                    Some((at, cap)) => {
+                        model.insert(k, (v, at, cap));
+                        tags.insert(k, mask);
+                    }
+                    None => {
+                        model.remove(&k);
+                        tags.remove(&k);
+                    }
+                }
             }
             Op::InvalidateTag(t) => {
                 let t = t % 4;
@@ -152,10 +271,12 @@ fuzz_target!(|input: Input| {
                 let v = writes;
                 cause = Some((RemovalCause::Replaced, Some(k)));
                 tags.remove(&k);
+                let deadlines = write(&model, k, v, now);
                 cache.insert(k, v);
-                let cap = now + TTL;
-                let at = if input.tti { cap.min(now + TTI) } else { cap };
-                model.insert(k, (v, at, cap));
+                match deadlines {
+                    Some((at, cap)) => model.insert(k, (v, at, cap)),
+                    None => model.remove(&k),
+                };
             }
             Op::InsertTtl(k, _, ttl) => {
                 writes += 1;
@@ -167,8 +288,10 @@ fuzz_target!(|input: Input| {
                 if ttl == 0 {
                     model.remove(&k);
                 } else {
+                    // With an `Expiry` the entry's own time-to-live is also
+                    // the latest a read may move its deadline to.
                     let cap = now + ttl;
-                    let at = if input.tti { cap.min(now + TTI) } else { cap };
+                    let at = if tti { cap.min(now + TTI) } else { cap };
                     model.insert(k, (v, at, cap));
                 }
             }
