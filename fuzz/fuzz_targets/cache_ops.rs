@@ -1,5 +1,8 @@
-//! Operation sequences against a naive model. With one shard the resident set
-//! must equal an exact `Vec` LRU's (or LFU's) after every step; for W-TinyLFU,
+//! Operation sequences against a naive model. The cache has 1, 2 or 4 shards
+//! and a fixed hasher, so the model knows each key's shard and each shard's
+//! share of the capacity (and the heaviest entry a shard takes, the smallest
+//! share). Each shard's resident set must equal an exact `Vec` LRU's (or
+//! LFU's) after every step; for W-TinyLFU,
 //! whose admission the model does not replay, every read must return the last
 //! value written or nothing, and a fitting insert must be readable at once.
 //! `validate()` checks the store's invariants (table, slab, policy regions and
@@ -11,12 +14,17 @@
 //! agrees with the model. `try_insert` hands a too-heavy entry back instead
 //! of to the listener; a `get_or_load` miss writes what it loaded as an insert
 //! would, a hit reads as `get`; `invalidate_entries_if` removes exactly the
-//! entries its predicate picks, heard as `Invalidated`.
+//! entries its predicate picks, heard as `Invalidated`. `get_or_load_async`
+//! (polled to completion here: its load is ready at once) must behave as
+//! `get_or_load`.
 #![no_main]
 
 use arbitrary::Arbitrary;
+use std::future::Future;
+use std::hash::{BuildHasher, Hasher};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Mutex, Once};
+use std::task::{Context, Poll, Waker};
 
 use larder::{Cache, Eviction, RemovalCause};
 use libfuzzer_sys::fuzz_target;
@@ -28,8 +36,9 @@ enum Op {
     Insert(u8, u8, u8),
     /// `try_insert`: a value too heavy for the cache comes back to the caller.
     TryInsert(u8, u8, u8),
-    /// `get_or_load` with a loader yielding `(value, weight)`.
-    GetOrLoad(u8, u8, u8),
+    /// `get_or_load` with a loader yielding `(value, weight)`; with the
+    /// `bool`, `get_or_load_async`.
+    GetOrLoad(u8, u8, u8, bool),
     Remove(u8),
     /// `invalidate_entries_if` on `(key + value) % (m % 5 + 2) == 0`.
     InvalidateIf(u8),
@@ -40,7 +49,46 @@ enum Op {
 struct Input {
     policy: u8,
     capacity: u8,
+    shards: u8,
     ops: Vec<Op>,
+}
+
+/// A fixed hash, so that the model knows each key's shard: the key times an
+/// odd constant (the cache picks the shard from bits 32 and up).
+#[derive(Default)]
+struct Fixed(u64);
+
+impl Hasher for Fixed {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+struct FixedState;
+
+impl BuildHasher for FixedState {
+    type Hasher = Fixed;
+    fn build_hasher(&self) -> Fixed {
+        Fixed(0x5851_F42D_4C95_7F2D)
+    }
+}
+
+/// Polls `f` until it is ready (a loader that is ready at once, on a cache
+/// nobody else uses, never leaves it pending for long).
+fn block_on<F: Future>(f: F) -> F::Output {
+    let mut f = std::pin::pin!(f);
+    let mut cx = Context::from_waker(Waker::noop());
+    loop {
+        if let Poll::Ready(v) = f.as_mut().poll(&mut cx) {
+            return v;
+        }
+    }
 }
 
 /// (key, value, weight, frequency, last use); sorted in eviction order.
@@ -48,6 +96,8 @@ struct Input {
 struct Model {
     lfu: bool,
     capacity: u64,
+    /// The heaviest entry the cache takes (the smallest shard's share).
+    max_entry: u64,
     entries: Vec<(u8, u8, u64, u64, u64)>,
     clock: u64,
 }
@@ -89,7 +139,7 @@ impl Model {
     /// or the written entry itself when it outweighs the capacity.
     fn insert(&mut self, k: u8, v: u8, w: u64) -> Vec<Removal> {
         let mut out = Vec::new();
-        if w > self.capacity {
+        if w > self.max_entry {
             if let Some(i) = self.pos(k) {
                 let e = self.entries.remove(i);
                 out.push((k, e.1, RemovalCause::Replaced));
@@ -145,6 +195,13 @@ fn listened<R>(f: impl FnOnce() -> R) -> Result<R, ()> {
 
 fuzz_target!(|input: Input| {
     let capacity = u64::from(input.capacity.max(1));
+    // 1, 2 or 4 shards, never more than the capacity's units.
+    let mut shards = 1u64 << (input.shards % 3);
+    while shards > capacity {
+        shards /= 2;
+    }
+    let (base, extra) = (capacity / shards, capacity % shards);
+    let shard_of = move |k: u8| ((FixedState.hash_one(k) >> 32) & (shards - 1)) as usize;
     let eviction = match input.policy % 3 {
         0 => Eviction::Lru,
         1 => Eviction::Lfu,
@@ -157,9 +214,10 @@ fuzz_target!(|input: Input| {
     let mut written: std::collections::HashMap<u8, u8> = Default::default();
     let heard: Arc<Mutex<Vec<Removal>>> = Arc::default();
     let sink = Arc::clone(&heard);
-    let cache: Cache<u8, (u8, u8)> = Cache::builder()
+    let cache: Cache<u8, (u8, u8), FixedState> = Cache::builder()
         .max_capacity(capacity)
-        .shards(1)
+        .shards(shards as usize)
+        .hasher(FixedState)
         .eviction(eviction)
         .weigher(|_, v: &(u8, u8)| u32::from(v.1 % 16))
         .eviction_listener(move |k, v: (u8, u8), cause| {
@@ -173,12 +231,17 @@ fuzz_target!(|input: Input| {
     // Entries written (each insert makes one), and every removal heard so far.
     let mut inserts = 0usize;
     let mut heard_total = 0usize;
-    let mut model = Model {
-        lfu: eviction == Eviction::Lfu,
-        capacity,
-        entries: Vec::new(),
-        clock: 0,
-    };
+    // One model per shard: shard i holds `base + (i < extra)` units and
+    // takes entries of up to `base`.
+    let mut models: Vec<Model> = (0..shards)
+        .map(|i| Model {
+            lfu: eviction == Eviction::Lfu,
+            capacity: base + u64::from(i < extra),
+            max_entry: base,
+            entries: Vec::new(),
+            clock: 0,
+        })
+        .collect();
     for op in input.ops.into_iter().take(2_000) {
         let mut expected_heard: Vec<Removal> = Vec::new();
         let mut panicked = false;
@@ -186,6 +249,7 @@ fuzz_target!(|input: Input| {
             Op::Get(k) => {
                 let got = cache.get(&k).map(|(v, w)| (v, w % 16));
                 if exact {
+                    let model = &mut models[shard_of(k)];
                     let expected = model.pos(k).map(|i| {
                         let e = model.entries[i];
                         model.touch(i);
@@ -199,6 +263,7 @@ fuzz_target!(|input: Input| {
             Op::Peek(k) => {
                 let got = cache.peek(&k).map(|v| v.0);
                 if exact {
+                    let model = &models[shard_of(k)];
                     assert_eq!(got, model.pos(k).map(|i| model.entries[i].1));
                 } else if let Some(v) = got {
                     assert_eq!(Some(&v), written.get(&k));
@@ -207,8 +272,8 @@ fuzz_target!(|input: Input| {
             Op::Insert(k, v, w) => {
                 panicked = listened(|| cache.insert(k, (v, w))).is_err();
                 inserts += 1;
-                expected_heard = model.insert(k, v, u64::from(w % 16));
-                if u64::from(w % 16) <= capacity {
+                expected_heard = models[shard_of(k)].insert(k, v, u64::from(w % 16));
+                if u64::from(w % 16) <= base {
                     written.insert(k, v);
                     assert_eq!(
                         cache.peek(&k).map(|v| v.0),
@@ -222,8 +287,8 @@ fuzz_target!(|input: Input| {
             }
             Op::TryInsert(k, v, w) => {
                 let result = listened(|| cache.try_insert(k, (v, w)));
-                let too_heavy = u64::from(w % 16) > capacity;
-                expected_heard = model.insert(k, v, u64::from(w % 16));
+                let too_heavy = u64::from(w % 16) > base;
+                expected_heard = models[shard_of(k)].insert(k, v, u64::from(w % 16));
                 if too_heavy {
                     // Handed back (or dropped with the listener's panic),
                     // never heard of, never resident.
@@ -241,11 +306,13 @@ fuzz_target!(|input: Input| {
                         assert!(too_heavy, "a fitting entry was rejected");
                         assert_eq!((rejected.key, rejected.value), (k, (v, w)));
                         assert_eq!(rejected.weight, u32::from(w % 16));
+                        assert_eq!(rejected.limit, base);
                     }
                     Err(()) => panicked = true,
                 }
             }
-            Op::GetOrLoad(k, v, w) => {
+            Op::GetOrLoad(k, v, w, asynchronous) => {
+                let model = &mut models[shard_of(k)];
                 let resident = if exact {
                     model.pos(k).is_some()
                 } else {
@@ -253,10 +320,17 @@ fuzz_target!(|input: Input| {
                 };
                 let mut loaded = false;
                 let got = listened(|| {
-                    cache.get_or_load(k, |_| {
-                        loaded = true;
-                        (v, w)
-                    })
+                    if asynchronous {
+                        block_on(cache.get_or_load_async(k, async {
+                            loaded = true;
+                            (v, w)
+                        }))
+                    } else {
+                        cache.get_or_load(k, |_| {
+                            loaded = true;
+                            (v, w)
+                        })
+                    }
                 });
                 assert_eq!(loaded, !resident, "the loader runs exactly on a miss");
                 if resident {
@@ -275,7 +349,7 @@ fuzz_target!(|input: Input| {
                     }
                     inserts += 1;
                     expected_heard = model.insert(k, v, u64::from(w % 16));
-                    if u64::from(w % 16) <= capacity {
+                    if u64::from(w % 16) <= base {
                         written.insert(k, v);
                         assert_eq!(cache.peek(&k).map(|v| v.0), Some(v));
                     } else {
@@ -288,10 +362,13 @@ fuzz_target!(|input: Input| {
                 let picks =
                     move |k: u8, v: u8| (u32::from(k) + u32::from(v)) % u32::from(m % 5 + 2) == 0;
                 panicked = listened(|| cache.invalidate_entries_if(|k, v| picks(*k, v.0))).is_err();
-                let (gone, kept) = model.entries.drain(..).partition(|e| picks(e.0, e.1));
-                let gone: Vec<_> = gone;
-                model.entries = kept;
-                expected_heard.extend(gone.iter().map(|e| (e.0, e.1, RemovalCause::Invalidated)));
+                for model in &mut models {
+                    let (gone, kept): (Vec<_>, Vec<_>) =
+                        model.entries.drain(..).partition(|e| picks(e.0, e.1));
+                    model.entries = kept;
+                    expected_heard
+                        .extend(gone.iter().map(|e| (e.0, e.1, RemovalCause::Invalidated)));
+                }
                 written.retain(|&k, &mut v| !picks(k, v));
                 assert!(
                     cache.iter().all(|(k, v)| !picks(k, v.0)),
@@ -300,6 +377,7 @@ fuzz_target!(|input: Input| {
             }
             Op::Remove(k) => {
                 let got = listened(|| cache.remove(&k).map(|v| v.0));
+                let model = &mut models[shard_of(k)];
                 let expected = model.pos(k).map(|i| model.entries.remove(i).1);
                 expected_heard.extend(expected.map(|v| (k, v, RemovalCause::Explicit)));
                 match got {
@@ -315,12 +393,14 @@ fuzz_target!(|input: Input| {
             }
             Op::InvalidateAll => {
                 panicked = listened(|| cache.invalidate_all()).is_err();
-                expected_heard.extend(
-                    model
-                        .entries
-                        .drain(..)
-                        .map(|e| (e.0, e.1, RemovalCause::Explicit)),
-                );
+                for model in &mut models {
+                    expected_heard.extend(
+                        model
+                            .entries
+                            .drain(..)
+                            .map(|e| (e.0, e.1, RemovalCause::Explicit)),
+                    );
+                }
                 written.clear();
                 assert!(cache.is_empty());
             }
@@ -345,10 +425,14 @@ fuzz_target!(|input: Input| {
             assert_eq!(step_heard, expected_heard, "the listener hears what left");
             let mut resident: Vec<(u8, u8)> = cache.iter().map(|(k, v)| (k, v.0)).collect();
             resident.sort_unstable();
-            let mut expected: Vec<(u8, u8)> = model.entries.iter().map(|e| (e.0, e.1)).collect();
+            let mut expected: Vec<(u8, u8)> = models
+                .iter()
+                .flat_map(|m| m.entries.iter().map(|e| (e.0, e.1)))
+                .collect();
             expected.sort_unstable();
             assert_eq!(resident, expected);
-            assert_eq!(cache.weighted_size(), model.weight());
+            let weight: u64 = models.iter().map(Model::weight).sum();
+            assert_eq!(cache.weighted_size(), weight);
         }
     }
 });
