@@ -17,7 +17,9 @@
 //! `invalidate_all`, `Invalidated` by its tag's invalidation). With `small`
 //! the capacity is 16 entries, so writes evict: an entry heard as `Size` must
 //! have been live and evicted by a write of another key, and the model drops
-//! it, so that reads must still agree exactly.
+//! it, so that reads must still agree exactly. `AdvanceToDeadline` moves the
+//! clock to a deadline exactly or to 1 ms before it: an entry is live before
+//! its deadline and expired at it.
 //!
 //! With `custom`, lifetimes come from an `Expiry` instead of the fixed TTL
 //! and TTI: its answers depend on the key and the write id, and on the
@@ -128,6 +130,9 @@ enum Op {
     InsertTtl(u8, u16, u16),
     Remove(u8),
     Advance(u16),
+    /// Moves the clock to a key's deadline exactly (with the `bool`, to 1 ms
+    /// before it), so that reads at the boundary are common.
+    AdvanceToDeadline(u8, bool),
     Maintain,
     InvalidateAll,
     InsertTagged(u8, u16, u8),
@@ -305,6 +310,15 @@ fuzz_target!(|input: Input| {
                 let ms = long(ms, 2_000, 24).min(LATEST - now);
                 time.advance(Duration::from_millis(ms));
                 now += ms;
+            }
+            Op::AdvanceToDeadline(k, early) => {
+                if let Some(&(_, at, _)) = model.get(&k) {
+                    let to = if early { at.saturating_sub(1) } else { at };
+                    if to > now && to <= LATEST {
+                        time.advance(Duration::from_millis(to - now));
+                        now = to;
+                    }
+                }
             }
             Op::Maintain => {
                 cache.run_pending_tasks();
