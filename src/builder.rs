@@ -193,7 +193,9 @@ where
     /// instead of keeping it (readable, and holding queue room) until `flush`
     /// or `close` reports it. Use it to log, alert, or park failures
     /// elsewhere; a panic in it is ignored. The failed value stays in the
-    /// cache until it is evicted or replaced.
+    /// cache until it is evicted or replaced; until the handler has been
+    /// called with it, its key reads as it even if evicted (a read never
+    /// falls back to the store's older value before anyone was told).
     ///
     /// `handler` must not wait for the cache's queue to drain (a blocking
     /// `put` on a full queue): the flusher is busy running it. `flush` and

@@ -796,6 +796,67 @@ fn a_failure_handler_takes_given_up_writes_and_frees_their_room() {
     assert_eq!((stats.failed, stats.dirty), (10, 0));
 }
 
+/// Between the flusher giving a write up and the handler being called with
+/// it, the key must not read as the store's older value: nobody has been
+/// told of the failure yet.
+#[test]
+fn a_write_on_its_way_to_the_failure_handler_still_reads_as_itself() {
+    let db = Db::with_faults(Faults {
+        fail: 100,
+        ..Faults::default()
+    });
+    db.data.lock().unwrap().insert(1, 1);
+    // The handler holds the flusher until the test lets it go.
+    let gate = Arc::new((Mutex::new((false, false)), Condvar::new()));
+    let in_handler = gate.clone();
+    let cache = Cache::builder()
+        .max_capacity(1)
+        .write_back(
+            Shared(db.clone()),
+            WriteBack::default()
+                .max_delay(Duration::ZERO)
+                .retries(0, Duration::ZERO),
+        )
+        .on_write_failure(move |failed| {
+            assert_eq!(failed.op, Op::Put(1, 10));
+            let (state, moved) = &*in_handler;
+            let mut state = state.lock().unwrap();
+            state.0 = true; // entered
+            moved.notify_all();
+            while !state.1 {
+                state = moved.wait(state).unwrap();
+            }
+        })
+        .build()
+        .unwrap();
+    cache.put(1, 10).unwrap();
+    let (state, moved) = &*gate;
+    let mut entered = state.lock().unwrap();
+    while !entered.0 {
+        entered = moved.wait(entered).unwrap();
+    }
+    drop(entered);
+    // Evict key 1's copy with a write the store will take: a read of key 1
+    // now goes past the cache.
+    *db.faults.lock().unwrap() = Faults::default();
+    cache.put(2, 20).unwrap();
+    assert!(!cache.contains_key(&1));
+    assert_eq!(
+        cache.get(&1),
+        Ok(Some(10)),
+        "given up on, but the handler has not been told yet"
+    );
+    state.lock().unwrap().1 = true; // released
+    moved.notify_all();
+    assert!(cache.flush().is_ok(), "handed over, not reported");
+    assert_eq!(
+        cache.get(&1),
+        Ok(Some(1)),
+        "once the handler has it, the key reads as the store has it"
+    );
+    assert_eq!(cache.write_stats().dirty, 0);
+}
+
 #[test]
 fn a_panicking_store_is_retried_and_the_flusher_survives() {
     let db = Db::with_faults(Faults {

@@ -11,6 +11,10 @@
 //! handed over returns that write (it stays cached until evicted or
 //! replaced) or what the store holds, until the key is written again.
 //! `delay` gives the flusher a nonzero `max_delay` to gather batches in.
+//! With `handler` and `block`, writes meet a full queue with
+//! `Backpressure::Block` (without a handler, a queue full of unreported
+//! failures would keep this single caller waiting until a flush it never
+//! reaches, as documented): they wait for room and never report it full.
 #![no_main]
 
 use std::collections::HashMap;
@@ -38,6 +42,7 @@ enum Step {
 #[derive(Arbitrary, Debug)]
 struct Input {
     handler: bool,
+    block: bool,
     delay: u8,
     capacity: u8,
     batch: u8,
@@ -104,11 +109,16 @@ impl Store<u8, u16> for Shared {
 fuzz_target!(|input: Input| {
     allow_deliberate_panics();
     let db = Shared::default();
+    let blocking = input.handler && input.block;
     let settings = WriteBack::default()
         .max_delay(Duration::from_micros(u64::from(input.delay % 4) * 200))
         .batch(usize::from(input.batch % 8) + 1)
         .queue_capacity(usize::from(input.queue % 16) + 1)
-        .backpressure(Backpressure::Fail)
+        .backpressure(if blocking {
+            Backpressure::Block
+        } else {
+            Backpressure::Fail
+        })
         .retries(1, Duration::ZERO);
     let handed: Handed = Arc::default();
     let mut builder = Cache::builder()
@@ -196,7 +206,9 @@ fuzz_target!(|input: Input| {
                         model.insert(k, Some(v));
                         acked.entry(k).or_default().push(Some(v));
                     }
-                    Err(WriteError::QueueFull) => {}
+                    Err(WriteError::QueueFull) => {
+                        assert!(!blocking, "a blocking write found the queue full")
+                    }
                     Err(e) => panic!("unexpected {e:?}"),
                 }
             }
@@ -208,7 +220,9 @@ fuzz_target!(|input: Input| {
                         model.insert(k, None);
                         acked.entry(k).or_default().push(None);
                     }
-                    Err(WriteError::QueueFull) => {}
+                    Err(WriteError::QueueFull) => {
+                        assert!(!blocking, "a blocking write found the queue full")
+                    }
                     Err(e) => panic!("unexpected {e:?}"),
                 }
             }

@@ -79,11 +79,28 @@ struct Slot<V> {
     waiting: Option<(u64, Pending<V>)>,
     sending: Option<Pending<V>>,
     failed: Option<(u64, Pending<V>)>,
+    /// A given-up write on its way to the failure handler: the key reads as
+    /// it until the handler has been called with it (see `Queue::handing`),
+    /// so that a read never falls back to the store's older value before
+    /// anyone was told of the failure.
+    handing: Option<Pending<V>>,
 }
 
 impl<V> Slot<V> {
     fn is_empty(&self) -> bool {
-        self.waiting.is_none() && self.sending.is_none() && self.failed.is_none()
+        self.waiting.is_none()
+            && self.sending.is_none()
+            && self.failed.is_none()
+            && self.handing.is_none()
+    }
+
+    /// Holds nothing but a write on its way to the failure handler: it
+    /// takes no queue room (a handler may write to the cache).
+    fn only_handing(&self) -> bool {
+        self.handing.is_some()
+            && self.waiting.is_none()
+            && self.sending.is_none()
+            && self.failed.is_none()
     }
 }
 
@@ -120,8 +137,9 @@ struct Queue<K, V, E> {
     stats: WriteStats,
     /// Async `flush` / `close` callers to wake on progress.
     wakers: super::Wakers,
-    /// The flusher is handing given-up writes to the failure handler: a
-    /// `flush` waits for that too.
+    /// The flusher is handing given-up writes to the failure handler (their
+    /// slots hold them meanwhile, in `Slot::handing`): a `flush` waits for
+    /// that too.
     handing: bool,
     /// Reports taken and not yet settled by their caller (see
     /// `WriteBehind::settled`), and the keys stored meanwhile: a report put
@@ -320,6 +338,7 @@ where
                     waiting: Some((seq, write)),
                     sending: None,
                     failed: None,
+                    handing: None,
                 };
                 q.slots
                     .insert(slot_key.expect("copied for a new slot"), slot);
@@ -346,7 +365,11 @@ where
         let latest = q.slots.get(key).and_then(|slot| {
             let waiting = slot.waiting.as_ref().map(|(_, w)| w);
             let failed = slot.failed.as_ref().map(|(_, w)| w);
-            waiting.or(slot.sending.as_ref()).or(failed).cloned()
+            waiting
+                .or(slot.sending.as_ref())
+                .or(slot.handing.as_ref())
+                .or(failed)
+                .cloned()
         });
         // A failure put back after its report could not be delivered left
         // its slot with that report, yet is unreported again: it reads as
@@ -499,7 +522,7 @@ where
     pub(crate) fn stats(&self) -> WriteStats {
         let q = self.shared.queue.lock();
         WriteStats {
-            dirty: q.slots.len() as u64,
+            dirty: (q.slots.len() - q.only_handing()) as u64,
             ..q.stats
         }
     }
@@ -558,7 +581,18 @@ impl<K: Hash + Eq, V: Clone, E> Queue<K, V, E> {
     /// Whether a write of `key` fits: its key is dirty already (it coalesces
     /// or waits behind its own slot), or there is a free slot.
     fn has_room(&self, key: &K, capacity: usize) -> bool {
-        self.slots.len() < capacity || self.slots.contains_key(key)
+        self.slots.len() < capacity
+            || self.slots.contains_key(key)
+            || self.slots.len() - self.only_handing() < capacity
+    }
+
+    /// Slots holding only a write on its way to the failure handler (none
+    /// unless the flusher is handing some over).
+    fn only_handing(&self) -> usize {
+        if !self.handing {
+            return 0;
+        }
+        self.slots.values().filter(|s| s.only_handing()).count()
     }
 
     /// The lowest sequence number still waiting or being sent.
@@ -648,8 +682,14 @@ impl<K: Hash + Eq, V: Clone, E> Queue<K, V, E> {
                 }
                 Some(failure) => {
                     self.stats.failed += 1;
-                    if slot.waiting.is_none() && !hand_over {
-                        slot.failed = Some((seq, write));
+                    if slot.waiting.is_none() {
+                        // The key's latest write: it reads as the key's
+                        // value until reported, or until the handler has it.
+                        if hand_over {
+                            slot.handing = Some(write);
+                        } else {
+                            slot.failed = Some((seq, write));
+                        }
                     }
                     let empty = slot.is_empty();
                     let failed = FailedWrite {
@@ -737,6 +777,12 @@ where
                     let _ = catch_unwind(AssertUnwindSafe(|| handler(failed)));
                 }
                 let mut q = self.queue.lock();
+                // The handler has them all: their keys read as the cache
+                // (or the store) has them from now on.
+                q.slots.retain(|_, slot| {
+                    slot.handing = None;
+                    !slot.is_empty()
+                });
                 q.handing = false;
                 self.progressed(q);
             }
@@ -770,17 +816,26 @@ where
         for slot in queue.slots.values_mut() {
             // The waiting write is the latest; one in a batch was older, and
             // is given up on too, but only the latest is reported.
-            let write = match (slot.waiting.take(), slot.sending.take()) {
+            // A write on its way to the failure handler that never reached
+            // it (the flusher died handing it over) is reported instead.
+            // (It was counted as failed when it was given up on.)
+            let handing = slot.handing.take();
+            let (write, counted) = match (slot.waiting.take(), slot.sending.take()) {
                 (Some((_, waiting)), Some(_)) => {
                     queue.stats.failed += 1;
                     queue.stats.superseded += 1;
-                    waiting
+                    (waiting, false)
                 }
-                (Some((_, write)), None) | (None, Some(write)) => write,
-                (None, None) => continue,
+                (Some((_, write)), None) | (None, Some(write)) => (write, false),
+                (None, None) => match handing {
+                    Some(write) => (write, true),
+                    None => continue,
+                },
             };
             queue.seq += 1;
-            queue.stats.failed += 1;
+            if !counted {
+                queue.stats.failed += 1;
+            }
             // An older failure of the key, if any, is in `failed` already.
             slot.failed = Some((queue.seq, write));
             left += 1;
