@@ -857,6 +857,69 @@ fn a_write_on_its_way_to_the_failure_handler_still_reads_as_itself() {
     assert_eq!(cache.write_stats().dirty, 0);
 }
 
+/// Writes on their way to the failure handler take no queue room, and their
+/// keys are not dirty: a new write of such a key needs room like any other.
+#[test]
+fn writes_being_handed_over_neither_take_nor_give_queue_room() {
+    let db = Db::with_faults(Faults {
+        fail: 100,
+        ..Faults::default()
+    });
+    let gate = Arc::new((Mutex::new((false, false)), Condvar::new()));
+    let in_handler = gate.clone();
+    let cache = Cache::builder()
+        .max_capacity(100)
+        .write_back(
+            Shared(db.clone()),
+            WriteBack::default()
+                .max_delay(Duration::from_secs(3600))
+                .batch(2)
+                .queue_capacity(2)
+                .backpressure(Backpressure::Fail)
+                .retries(0, Duration::ZERO),
+        )
+        .on_write_failure(move |_| {
+            let (state, moved) = &*in_handler;
+            let mut state = state.lock().unwrap();
+            state.0 = true;
+            moved.notify_all();
+            while !state.1 {
+                state = moved.wait(state).unwrap();
+            }
+        })
+        .build()
+        .unwrap();
+    cache.put(1, 10).unwrap();
+    cache.put(2, 20).unwrap(); // a full batch: sent, refused, handed over
+    let (state, moved) = &*gate;
+    let mut entered = state.lock().unwrap();
+    while !entered.0 {
+        entered = moved.wait(entered).unwrap();
+    }
+    drop(entered);
+    *db.faults.lock().unwrap() = Faults::default();
+    assert_eq!(cache.write_stats().dirty, 0);
+    cache.put(3, 30).unwrap();
+    cache.put(4, 40).unwrap();
+    assert_eq!(cache.write_stats().dirty, 2);
+    assert_eq!(cache.put(5, 50), Err(WriteError::QueueFull));
+    assert_eq!(
+        cache.put(1, 11),
+        Err(WriteError::QueueFull),
+        "a key only being handed over is not dirty: no room for it"
+    );
+    assert_eq!(cache.write_stats().dirty, 2);
+    state.lock().unwrap().1 = true;
+    moved.notify_all();
+    assert!(cache.flush().is_ok());
+    assert_eq!((db.value(3), db.value(4)), (Some(30), Some(40)));
+    cache.put(1, 11).unwrap();
+    cache.flush().unwrap();
+    assert_eq!(db.value(1), Some(11));
+    let stats = cache.write_stats();
+    assert_eq!((stats.dirty, stats.failed), (0, 2));
+}
+
 #[test]
 fn a_panicking_store_is_retried_and_the_flusher_survives() {
     let db = Db::with_faults(Faults {

@@ -15,6 +15,9 @@
 //! `Backpressure::Block` (without a handler, a queue full of unreported
 //! failures would keep this single caller waiting until a flush it never
 //! reaches, as documented): they wait for room and never report it full.
+//! With `two`, the steps between two flushes are dealt to two threads that
+//! write and read keys of their own (even and odd) through the one cache at
+//! once; each flush waits for both, then checks as above.
 #![no_main]
 
 use std::collections::HashMap;
@@ -43,6 +46,7 @@ enum Step {
 struct Input {
     handler: bool,
     block: bool,
+    two: bool,
     delay: u8,
     capacity: u8,
     batch: u8,
@@ -106,6 +110,19 @@ impl Store<u8, u16> for Shared {
     }
 }
 
+/// What the writers were told, per key (each key has one writer).
+#[derive(Default)]
+struct Model {
+    /// What reads must see: each key's last acknowledged write, or after a
+    /// report of its failure, what the store holds.
+    last: HashMap<u8, Option<u16>>,
+    /// Every acknowledged write per key, in order.
+    acked: HashMap<u8, Vec<Option<u16>>>,
+    /// Keys whose last acknowledged write was handed to the failure handler
+    /// and settled by a flush, with that write: a read may still return it.
+    settled: HashMap<u8, Option<u16>>,
+}
+
 fuzz_target!(|input: Input| {
     allow_deliberate_panics();
     let db = Shared::default();
@@ -135,18 +152,14 @@ fuzz_target!(|input: Input| {
         });
     }
     let cache = builder.build().unwrap();
-    // What reads must see: each key's last acknowledged write, or after a
-    // report of its failure, what the store holds.
-    let mut model: HashMap<u8, Option<u16>> = HashMap::new();
-    // Every acknowledged write per key, in order.
-    let mut acked: HashMap<u8, Vec<Option<u16>>> = HashMap::new();
-    // Keys whose last acknowledged write was handed to the failure handler
-    // and settled by a flush, with that write: a read may still return it.
-    let mut settled: HashMap<u8, Option<u16>> = HashMap::new();
+    let state = Mutex::new(Model::default());
     let check_flush = |report: Result<(), larder::FlushError<u8, u16, &'static str>>,
-                       model: &mut HashMap<u8, Option<u16>>,
-                       settled: &mut HashMap<u8, Option<u16>>,
-                       acked: &HashMap<u8, Vec<Option<u16>>>| {
+                       state: &mut Model| {
+        let Model {
+            last: model,
+            acked,
+            settled,
+        } = state;
         let mut failed: Vec<(u8, Option<u16>)> = match report {
             Ok(()) => Vec::new(),
             Err(e) => e
@@ -182,7 +195,7 @@ fuzz_target!(|input: Input| {
         }
         // Each key's stored writes are a subsequence of its acknowledgements.
         let log = db.0.log.lock().unwrap();
-        for (k, acks) in acked {
+        for (k, acks) in acked.iter() {
             let mut at = 0;
             for op in log.iter().filter(|op| op.key() == k) {
                 let w = match op {
@@ -196,64 +209,106 @@ fuzz_target!(|input: Input| {
             }
         }
     };
-    for step in input.steps {
-        match step {
-            Step::Put(k, v) => {
-                let k = k % 16;
-                match cache.put(k, v) {
-                    Ok(()) => {
-                        settled.remove(&k);
-                        model.insert(k, Some(v));
-                        acked.entry(k).or_default().push(Some(v));
-                    }
-                    Err(WriteError::QueueFull) => {
-                        assert!(!blocking, "a blocking write found the queue full")
-                    }
-                    Err(e) => panic!("unexpected {e:?}"),
+    // One step by a writer whose keys are `key(k)`. The model is locked
+    // only to book a call's outcome: the calls of two writers overlap, and
+    // their keys never meet.
+    let step = |step: &Step, key: &dyn Fn(u8) -> u8| match *step {
+        Step::Put(k, v) => {
+            let k = key(k);
+            match cache.put(k, v) {
+                Ok(()) => {
+                    let mut m = state.lock().unwrap();
+                    m.settled.remove(&k);
+                    m.last.insert(k, Some(v));
+                    m.acked.entry(k).or_default().push(Some(v));
                 }
-            }
-            Step::Delete(k) => {
-                let k = k % 16;
-                match cache.delete(&k) {
-                    Ok(()) => {
-                        settled.remove(&k);
-                        model.insert(k, None);
-                        acked.entry(k).or_default().push(None);
-                    }
-                    Err(WriteError::QueueFull) => {
-                        assert!(!blocking, "a blocking write found the queue full")
-                    }
-                    Err(e) => panic!("unexpected {e:?}"),
+                Err(WriteError::QueueFull) => {
+                    assert!(!blocking, "a blocking write found the queue full")
                 }
+                Err(e) => panic!("unexpected {e:?}"),
             }
-            Step::Get(k) => {
-                let k = k % 16;
-                let last = model.get(&k).copied();
-                let got = cache.get(&k).unwrap();
-                if got != last.flatten() {
-                    // Only a last write handed over may read otherwise: as
-                    // itself (still cached) or as what the store holds.
-                    let last = last.expect("a key never written reads as absent");
-                    let handed_over = match settled.get(&k) {
-                        Some(&w) => Some(w),
-                        None => handed.lock().unwrap().contains(&(k, last)).then_some(last),
-                    };
-                    let Some(w) = handed_over else {
-                        panic!("read of {k}: {got:?}, last acknowledged {last:?}");
-                    };
-                    let stored = db.0.data.lock().unwrap().get(&k).copied();
-                    assert!(
-                        got == w || got == stored,
-                        "read of {k}: {got:?}, handed over {w:?}, stored {stored:?}"
-                    );
+        }
+        Step::Delete(k) => {
+            let k = key(k);
+            match cache.delete(&k) {
+                Ok(()) => {
+                    let mut m = state.lock().unwrap();
+                    m.settled.remove(&k);
+                    m.last.insert(k, None);
+                    m.acked.entry(k).or_default().push(None);
                 }
+                Err(WriteError::QueueFull) => {
+                    assert!(!blocking, "a blocking write found the queue full")
+                }
+                Err(e) => panic!("unexpected {e:?}"),
             }
-            Step::Flush => check_flush(cache.flush(), &mut model, &mut settled, &acked),
-            Step::Fail(on) => db.0.failing.store(on, Ordering::SeqCst),
-            Step::Panic(on) => db.0.panicking.store(on, Ordering::SeqCst),
+        }
+        Step::Get(k) => {
+            let k = key(k);
+            let (last, settled) = {
+                let m = state.lock().unwrap();
+                (m.last.get(&k).copied(), m.settled.get(&k).copied())
+            };
+            let got = cache.get(&k).unwrap();
+            if got != last.flatten() {
+                // Only a last write handed over may read otherwise: as
+                // itself (still cached) or as what the store holds.
+                let last = last.expect("a key never written reads as absent");
+                let handed_over = match settled {
+                    Some(w) => Some(w),
+                    None => handed.lock().unwrap().contains(&(k, last)).then_some(last),
+                };
+                let Some(w) = handed_over else {
+                    panic!("read of {k}: {got:?}, last acknowledged {last:?}");
+                };
+                let stored = db.0.data.lock().unwrap().get(&k).copied();
+                assert!(
+                    got == w || got == stored,
+                    "read of {k}: {got:?}, handed over {w:?}, stored {stored:?}"
+                );
+            }
+        }
+        Step::Fail(on) => db.0.failing.store(on, Ordering::SeqCst),
+        Step::Panic(on) => db.0.panicking.store(on, Ordering::SeqCst),
+        Step::Flush => unreachable!("flushes end a stretch"),
+    };
+    // The steps between flushes, then the flush.
+    for stretch in input.steps.split_inclusive(|s| matches!(s, Step::Flush)) {
+        let (steps, flush) = match stretch.split_last() {
+            Some((Step::Flush, steps)) => (steps, true),
+            _ => (stretch, false),
+        };
+        if input.two {
+            std::thread::scope(|scope| {
+                let writers: Vec<_> = (0..2u8)
+                    .map(|t| {
+                        let step = &step;
+                        scope.spawn(move || {
+                            let key = move |k: u8| (k % 8) * 2 + t;
+                            for s in steps.iter().skip(usize::from(t)).step_by(2) {
+                                step(s, &key);
+                            }
+                        })
+                    })
+                    .collect();
+                // Joined, not just waited for: a thread's exit frees its
+                // thread-locals, which the leak checker would count.
+                for writer in writers {
+                    if let Err(panic) = writer.join() {
+                        std::panic::resume_unwind(panic);
+                    }
+                }
+            });
+        } else {
+            for s in steps {
+                step(s, &|k| k % 16);
+            }
+        }
+        if flush {
+            check_flush(cache.flush(), &mut state.lock().unwrap());
         }
     }
     db.0.failing.store(false, Ordering::SeqCst);
     db.0.panicking.store(false, Ordering::SeqCst);
-    check_flush(cache.close(), &mut model, &mut settled, &acked);
+    check_flush(cache.close(), &mut state.lock().unwrap());
 });

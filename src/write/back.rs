@@ -141,6 +141,8 @@ struct Queue<K, V, E> {
     /// slots hold them meanwhile, in `Slot::handing`): a `flush` waits for
     /// that too.
     handing: bool,
+    /// Slots holding nothing but such a write: they take no queue room.
+    handing_only: usize,
     /// Reports taken and not yet settled by their caller (see
     /// `WriteBehind::settled`), and the keys stored meanwhile: a report put
     /// back must not bring back a failure a later stored write superseded.
@@ -200,6 +202,7 @@ where
                 stats: WriteStats::default(),
                 wakers: super::Wakers::default(),
                 handing: false,
+                handing_only: 0,
                 reports_out: 0,
                 stored_while_out: hashbrown::HashSet::default(),
                 dead: None,
@@ -322,17 +325,24 @@ where
         q.seq += 1;
         let seq = q.seq;
         q.stats.accepted += 1;
-        let queued = match (q.slots.get_mut(key), slot_key) {
-            (Some(slot), _) => match &mut slot.waiting {
-                Some((_, latest)) => {
-                    *latest = write;
-                    false
+        let queue = &mut *q;
+        let queued = match (queue.slots.get_mut(key), slot_key) {
+            (Some(slot), _) => {
+                if slot.only_handing() {
+                    // Dirty again: it takes room from now on.
+                    queue.handing_only -= 1;
                 }
-                waiting @ None => {
-                    *waiting = Some((seq, write));
-                    true
+                match &mut slot.waiting {
+                    Some((_, latest)) => {
+                        *latest = write;
+                        false
+                    }
+                    waiting @ None => {
+                        *waiting = Some((seq, write));
+                        true
+                    }
                 }
-            },
+            }
             (None, slot_key) => {
                 let slot = Slot {
                     waiting: Some((seq, write)),
@@ -522,7 +532,7 @@ where
     pub(crate) fn stats(&self) -> WriteStats {
         let q = self.shared.queue.lock();
         WriteStats {
-            dirty: (q.slots.len() - q.only_handing()) as u64,
+            dirty: (q.slots.len() - q.handing_only) as u64,
             ..q.stats
         }
     }
@@ -579,20 +589,12 @@ where
 
 impl<K: Hash + Eq, V: Clone, E> Queue<K, V, E> {
     /// Whether a write of `key` fits: its key is dirty already (it coalesces
-    /// or waits behind its own slot), or there is a free slot.
+    /// or waits behind its own slot), or there is a free slot. A slot holding
+    /// only a write on its way to the failure handler is not dirty: it takes
+    /// no room, and a write of its key needs room like any other.
     fn has_room(&self, key: &K, capacity: usize) -> bool {
-        self.slots.len() < capacity
-            || self.slots.contains_key(key)
-            || self.slots.len() - self.only_handing() < capacity
-    }
-
-    /// Slots holding only a write on its way to the failure handler (none
-    /// unless the flusher is handing some over).
-    fn only_handing(&self) -> usize {
-        if !self.handing {
-            return 0;
-        }
-        self.slots.values().filter(|s| s.only_handing()).count()
+        self.slots.len() - self.handing_only < capacity
+            || self.slots.get(key).is_some_and(|s| !s.only_handing())
     }
 
     /// The lowest sequence number still waiting or being sent.
@@ -687,6 +689,9 @@ impl<K: Hash + Eq, V: Clone, E> Queue<K, V, E> {
                         // value until reported, or until the handler has it.
                         if hand_over {
                             slot.handing = Some(write);
+                            if slot.only_handing() {
+                                self.handing_only += 1;
+                            }
                         } else {
                             slot.failed = Some((seq, write));
                         }
@@ -783,6 +788,7 @@ where
                     slot.handing = None;
                     !slot.is_empty()
                 });
+                q.handing_only = 0;
                 q.handing = false;
                 self.progressed(q);
             }
@@ -826,7 +832,14 @@ where
                     queue.stats.superseded += 1;
                     (waiting, false)
                 }
-                (Some((_, write)), None) | (None, Some(write)) => (write, false),
+                (Some((_, write)), None) => {
+                    if handing.is_some() {
+                        // A newer write took its place.
+                        queue.stats.superseded += 1;
+                    }
+                    (write, false)
+                }
+                (None, Some(write)) => (write, false),
                 (None, None) => match handing {
                     Some(write) => (write, true),
                     None => continue,
@@ -840,6 +853,7 @@ where
             slot.failed = Some((queue.seq, write));
             left += 1;
         }
+        queue.handing_only = 0;
         if left > 0 {
             queue.dead = Some((from, reason));
         }
