@@ -88,7 +88,10 @@ pub(super) const ADMIT_WARM_ONE_IN: u64 = 128;
 pub(super) const GHOST_SHARE: f64 = 0.5;
 /// The window starts at 1 % of the capacity.
 const INITIAL_WINDOW: f64 = 0.01;
-/// Protected's share of the main region.
+/// Protected's share of the main region, as in Caffeine. On the 30 trace
+/// cases (two or three runs each) shares of 0.5 to 0.75 scored 46.48–46.53,
+/// 0.8 46.43–46.47 and 0.9 46.22–46.26; the gain below 0.8 is within a
+/// tenth of a point, and 0.6 costs the throughput mix 1% more instructions.
 const PROTECTED_SHARE: f64 = 0.8;
 /// Hill climbing: step as a share of capacity, its decay per period, and the
 /// hit-rate change that restarts it. Caffeine steps 6.25 % and decays by 0.98;
