@@ -831,6 +831,7 @@ where
         let now = self.now_for(&map);
         let found = map.find(hash, key).filter(|&(t, _)| map.is_live(t, now));
         let Some((token, entry)) = found else {
+            map.prefetch_insert(hash);
             drop(map);
             if self.inner.record_stats {
                 shard.misses.fetch_add(1, Ordering::Relaxed);

@@ -132,6 +132,7 @@ mod expiry;
 mod hash;
 mod loader;
 mod policy;
+mod prefetch;
 mod stats;
 mod store;
 mod sync;

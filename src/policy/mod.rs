@@ -8,6 +8,7 @@ mod lfu;
 pub(crate) mod list;
 mod lru;
 mod sketch;
+pub(crate) use sketch::Lines as SketchLines;
 mod tinylfu;
 #[cfg(test)]
 mod tinylfu_model;
@@ -38,6 +39,8 @@ pub(crate) trait Entries {
     fn set_meta(&self, token: Token, meta: u8);
     /// Replaces every resident's byte of state by `f` of it.
     fn update_metas(&self, f: impl FnMut(u8) -> u8);
+    /// Starts fetching the entry's slot (a hint: see [`crate::prefetch`]).
+    fn prefetch(&self, _token: Token) {}
 }
 
 /// Which entries make way when the cache is full.
@@ -106,6 +109,23 @@ impl Policy {
             Self::Lru(p) => p.on_access(token, entries),
             Self::Lfu(p) => p.on_access(token, entries),
             Self::TinyLfu(p) => p.on_access(token, entries),
+        }
+    }
+
+    /// A key not resident is about to be inserted under `hash`: starts
+    /// fetching the lines its insert and the eviction after it will read.
+    #[inline]
+    pub(crate) fn prefetch_insert(&self, hash: u64, entries: &impl Entries) {
+        if let Self::TinyLfu(p) = self {
+            p.prefetch_insert(hash, entries);
+        }
+    }
+
+    /// Where the policy's frequency sketch lies, if it keeps one yet.
+    pub(crate) fn sketch_lines(&self) -> SketchLines {
+        match self {
+            Self::TinyLfu(p) => p.sketch_lines(),
+            _ => SketchLines::default(),
         }
     }
 

@@ -43,6 +43,50 @@ fn rehash(hash: u64) -> u64 {
     h ^ (h >> 29)
 }
 
+/// The block of a mixed hash.
+#[inline]
+fn block_of(mixed: u64, block_mask: usize) -> usize {
+    (mixed >> 32) as usize & block_mask
+}
+
+/// Where a sketch's lines lie, kept where a reader holding only the shard's
+/// read lock can see it: a lookup that misses starts fetching the line its
+/// key's insert will count in. An address, not a pointer: nothing reads
+/// through it, and a copy may outlive its sketch (the shard cleared), which
+/// makes its prefetches useless but harmless until the shard replaces it
+/// when it counts again.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Lines {
+    /// The address of the first block; 0 for no sketch.
+    base: usize,
+    block_mask: usize,
+}
+
+impl Lines {
+    /// Whether these name a sketch.
+    #[inline]
+    pub(crate) fn is_some(self) -> bool {
+        self.base != 0
+    }
+
+    /// The address of the block counting `hash` reads, if these name a sketch.
+    #[inline]
+    fn address(self, hash: u64) -> Option<usize> {
+        (self.base != 0).then(|| {
+            let offset = block_of(rehash(hash), self.block_mask) * size_of::<Block>();
+            self.base.wrapping_add(offset)
+        })
+    }
+
+    /// Starts fetching the line that counting `hash` will read.
+    #[inline]
+    pub(crate) fn prefetch(self, hash: u64) {
+        if let Some(address) = self.address(hash) {
+            crate::prefetch::prefetch(std::ptr::without_provenance::<Block>(address));
+        }
+    }
+}
+
 impl Sketch {
     /// A sketch sized for `entries` resident entries: a word (sixteen counters)
     /// per entry, rounded up to a power of two, as Caffeine sizes it. Half that
@@ -58,13 +102,28 @@ impl Sketch {
         }
     }
 
+    /// Where the sketch's lines are, for [`Lines::prefetch`].
+    pub(crate) fn lines(&self) -> Lines {
+        Lines {
+            base: self.table.as_ptr().addr(),
+            block_mask: self.block_mask,
+        }
+    }
+
+    /// Starts fetching the line that counting `hash` will read.
+    #[inline]
+    pub(crate) fn prefetch(&self, hash: u64) {
+        let block = block_of(rehash(hash), self.block_mask);
+        crate::prefetch::prefetch(&self.table[block]);
+    }
+
     /// The key's block and, for each of its four counters, (word within the
     /// block, bit offset). Counter i lives in word pair i of the block; bit 0
     /// of byte i of the mixed hash picks the word, bits 1..5 the nibble.
     #[inline]
     fn slots(&self, hash: u64) -> (usize, [(usize, u32); DEPTH]) {
         let h = rehash(hash);
-        let block = (h >> 32) as usize & self.block_mask;
+        let block = block_of(h, self.block_mask);
         let slots = std::array::from_fn(|i| {
             let bits = (h >> (i * 8)) as u32;
             let word = (i << 1) | (bits & 1) as usize;
@@ -219,6 +278,27 @@ mod tests {
         assert_eq!(s.frequency(7), 3, "the period ended and the counts halved");
         assert!(!s.take_aged(), "taken once");
         s.validate();
+    }
+
+    #[test]
+    fn lines_name_the_block_a_key_counts_in() {
+        assert_eq!(Lines::default().address(7), None, "no sketch, no line");
+        let s = Sketch::new(4096);
+        let lines = s.lines();
+        assert!(lines.is_some());
+        let mut blocks = std::collections::HashSet::new();
+        for i in 0..1000u64 {
+            let hash = i.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            let (block, _) = s.slots(hash);
+            blocks.insert(block);
+            let counted = std::ptr::from_ref(&s.table[block]) as usize;
+            assert_eq!(lines.address(hash), Some(counted), "hash {hash:#x}");
+        }
+        assert!(
+            blocks.len() > 400,
+            "keys spread over the blocks: {}",
+            blocks.len()
+        );
     }
 
     #[test]

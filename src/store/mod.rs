@@ -30,7 +30,7 @@ use crate::expiry::clock::{ticks, Clock};
 use crate::expiry::wheel::Wheel;
 use crate::expiry::{Deadlines, NEVER};
 use crate::policy::list::DETACHED;
-use crate::policy::{Entries, Eviction, Policy};
+use crate::policy::{Entries, Eviction, Policy, SketchLines};
 use crate::sync::{
     AtomicBool, AtomicU32, AtomicU64, Mutex, Ordering, ReadGuard, RwLock, WriteGuard,
 };
@@ -228,6 +228,9 @@ pub(crate) struct Map<K, V> {
     /// The heaviest entry taken: the smallest shard's capacity, the same in
     /// every shard, so that whether a weight fits does not hang on its key.
     max_entry: u64,
+    /// Where the policy's sketch lies (W-TinyLFU, once it counts), for a
+    /// lookup that misses to prefetch the line its insert will count in.
+    sketch_lines: SketchLines,
     /// Tags of tagged entries, from the shard's first tagged insert on.
     tags: Option<Box<TagIndex>>,
     pub(crate) counters: Counters,
@@ -263,6 +266,7 @@ impl<K, V> Shard<K, V> {
                 weight: 0,
                 capacity,
                 max_entry: max_entry.min(capacity),
+                sketch_lines: SketchLines::default(),
                 counters: Counters::default(),
             }),
             reads: ReadBuffer::default(),
@@ -440,6 +444,13 @@ impl<K, V, H: Fn(&K) -> u64> Entries for View<'_, K, V, H> {
         self.entry(token).set_meta(meta);
     }
 
+    #[inline]
+    fn prefetch(&self, token: Token) {
+        if let Some(slot) = self.slots.get(token as usize) {
+            crate::prefetch::prefetch(slot);
+        }
+    }
+
     fn update_metas(&self, mut f: impl FnMut(u8) -> u8) {
         for entry in self.slots.iter().flatten() {
             entry.set_meta(f(entry.meta()));
@@ -465,6 +476,13 @@ impl<K: Eq, V> Map<K, V> {
             hit
         })?;
         Some((*token, found?))
+    }
+
+    /// A lookup of `hash` missed, and an insert of it may follow: starts
+    /// fetching the sketch line that insert will count in.
+    #[inline]
+    pub(crate) fn prefetch_insert(&self, hash: u64) {
+        self.sketch_lines.prefetch(hash);
     }
 
     /// Whether this shard keeps deadlines.
@@ -607,6 +625,9 @@ impl<K: Eq, V, H: Fn(&K) -> u64> ShardWriter<'_, K, V, H> {
         }
         let now = self.map.timed().then(|| timing.clock.now());
         let found = self.map.find(hash, &key).map(|(t, _)| t);
+        if found.is_none() {
+            self.with_policy(|p, view| p.prefetch_insert(hash, view));
+        }
         // An entry already under the key whose deadline has passed leaves as
         // expired; it is taken out only after the user's code below has run,
         // so that a panic there changes nothing at all.
@@ -667,6 +688,10 @@ impl<K: Eq, V, H: Fn(&K) -> u64> ShardWriter<'_, K, V, H> {
                 map.weight += u64::from(weight);
                 map.counters.inserts += 1;
                 self.with_policy(|p, view| p.on_insert(t, hash, view));
+                let map = &mut *self.map;
+                if !map.sketch_lines.is_some() {
+                    map.sketch_lines = map.policy.get_mut().sketch_lines();
+                }
                 t
             }
         };
@@ -831,6 +856,7 @@ impl<K: Eq, V, H: Fn(&K) -> u64> ShardWriter<'_, K, V, H> {
         }
         map.tags = None;
         map.policy.get_mut().clear();
+        map.sketch_lines = SketchLines::default();
         out.extend(
             map.slab
                 .take_all()
@@ -899,6 +925,7 @@ impl<K: Eq, V, H: Fn(&K) -> u64> ShardWriter<'_, K, V, H> {
         map.table = HashTable::new();
         drop(map.slab.take_all());
         map.policy.get_mut().clear();
+        map.sketch_lines = SketchLines::default();
         if let Some(timers) = &mut map.timers {
             *timers = Timers::default();
         }
@@ -1148,6 +1175,68 @@ mod tests {
         assert_eq!(writer.map.slab.len(), 0);
         assert_eq!(writer.map.slab.capacity(), 0, "the slab is released");
         assert!(writer.insert(2, 2, 30, 1, timing(), &mut out).is_ok());
+        writer.validate();
+    }
+
+    /// A lookup that misses prefetches from where the policy's sketch lies:
+    /// the map's copy of it is set once the policy counts, dropped with the
+    /// sketch when the shard is cleared, and set again when it counts anew.
+    #[test]
+    fn the_maps_sketch_lines_follow_the_policys_sketch() {
+        use super::{Deadlines, Removed, WriteContext, NEVER};
+        let (clock, _time) = crate::Clock::mock();
+        let shard = S::new(100, 100, Eviction::TinyLfu, 0, false).expect("small");
+        let hash_of = |k: &u64| k.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let never = |_: &u64, _: &u64, _: u64, _: Option<u64>| Deadlines {
+            at: NEVER,
+            cap: NEVER,
+        };
+        let timing = || WriteContext {
+            clock: &clock,
+            start: false,
+            deadlines: &never,
+            tags: &[],
+        };
+        let mut out = Removed::new();
+        let mut writer = shard.write(&hash_of);
+        let mut fill = |writer: &mut super::ShardWriter<'_, u64, u64, _>,
+                        keys: std::ops::Range<u64>| {
+            for k in keys {
+                assert!(writer
+                    .insert(hash_of(&k), k, k, 1, timing(), &mut out)
+                    .is_ok());
+            }
+        };
+        fill(&mut writer, 0..10);
+        assert!(
+            !writer.map.sketch_lines.is_some(),
+            "no sketch before half full"
+        );
+        fill(&mut writer, 10..200);
+        let lines = writer.map.sketch_lines;
+        assert!(lines.is_some());
+        assert_eq!(lines, writer.map.policy.get_mut().sketch_lines());
+        // What a missing lookup does (run under miri by CI).
+        for k in 1_000..1_100 {
+            writer.map.prefetch_insert(hash_of(&k));
+        }
+        let mut removed = Vec::new();
+        writer.clear(&clock, &mut removed);
+        assert_eq!(removed.len(), 100);
+        assert!(!writer.map.sketch_lines.is_some(), "gone with the sketch");
+        // A copy that outlived its sketch names freed memory: prefetching
+        // from there is a hint like any other.
+        for k in 1_000..1_100 {
+            lines.prefetch(hash_of(&k));
+        }
+        fill(&mut writer, 200..400);
+        let lines = writer.map.sketch_lines;
+        assert!(lines.is_some());
+        assert_eq!(
+            lines,
+            writer.map.policy.get_mut().sketch_lines(),
+            "the new sketch's lines"
+        );
         writer.validate();
     }
 
