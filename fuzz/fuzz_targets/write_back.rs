@@ -17,7 +17,15 @@
 //! reaches, as documented): they wait for room and never report it full.
 //! With `two`, the steps between two flushes are dealt to two threads that
 //! write and read keys of their own (even and odd) through the one cache at
-//! once; each flush waits for both, then checks as above.
+//! once; each flush waits for both, then checks as above. With `two` and
+//! `shared`, both threads write and read the same eight keys against a store
+//! that never fails, so the order of two writes of a key is the cache's to
+//! choose: once both threads are done, each key reads as one of the two
+//! threads' last acknowledged writes of it (or as before, if neither wrote
+//! it); every read in between returned a value acknowledged to one of them
+//! (a refused write is never seen); and at the flush the store holds what the
+//! cache reads, having taken each key's writes in an order that keeps each
+//! thread's own order.
 #![no_main]
 
 use std::collections::HashMap;
@@ -26,7 +34,9 @@ use std::sync::{Arc, Mutex, Once};
 use std::time::Duration;
 
 use arbitrary::Arbitrary;
-use larder::{Backpressure, Cache, Op, Store, WriteBack, WriteError};
+use larder::{
+    Backpressure, Cache, DefaultHashBuilder, Op, Store, WriteBack, WriteBehind, WriteError,
+};
 
 /// Writes handed to the failure handler, as `(key, value or deletion)`.
 type Handed = Arc<Mutex<Vec<(u8, Option<u16>)>>>;
@@ -47,6 +57,7 @@ struct Input {
     handler: bool,
     block: bool,
     two: bool,
+    shared: bool,
     delay: u8,
     capacity: u8,
     batch: u8,
@@ -272,6 +283,10 @@ fuzz_target!(|input: Input| {
         Step::Panic(on) => db.0.panicking.store(on, Ordering::SeqCst),
         Step::Flush => unreachable!("flushes end a stretch"),
     };
+    if input.two && input.shared {
+        shared_keys(&input, &cache, &db);
+        return;
+    }
     // The steps between flushes, then the flush.
     for stretch in input.steps.split_inclusive(|s| matches!(s, Step::Flush)) {
         let (steps, flush) = match stretch.split_last() {
@@ -312,3 +327,142 @@ fuzz_target!(|input: Input| {
     db.0.panicking.store(false, Ordering::SeqCst);
     check_flush(cache.close(), &mut state.lock().unwrap());
 });
+
+/// What one writer of the shared keys saw in a stretch: its acknowledged
+/// writes of each key in order, and every read as `(key, value)`.
+#[derive(Default)]
+struct Seen {
+    acked: HashMap<u8, Vec<Option<u16>>>,
+    reads: Vec<(u8, Option<u16>)>,
+}
+
+/// Whether `log` could be what the store took of a key's writes when two
+/// writers acknowledged `a` and `b` in their own orders: some interleaving of
+/// the two contains it in order (a write overtaken in the queue before it
+/// was stored is never stored at all).
+fn interleaves(log: &[Option<u16>], a: &[Option<u16>], b: &[Option<u16>]) -> bool {
+    // For each count of `a`'s writes passed, the fewest of `b`'s passed.
+    let mut reach: Vec<Option<usize>> = vec![None; a.len() + 1];
+    reach[0] = Some(0);
+    for w in log {
+        let mut next: Vec<Option<usize>> = vec![None; a.len() + 1];
+        for (i, j) in reach.iter().enumerate() {
+            let Some(j) = *j else { continue };
+            if let Some(p) = a[i..].iter().position(|x| x == w) {
+                let at = i + p + 1;
+                next[at] = Some(next[at].map_or(j, |n: usize| n.min(j)));
+            }
+            if let Some(p) = b[j..].iter().position(|x| x == w) {
+                next[i] = Some(next[i].map_or(j + p + 1, |n: usize| n.min(j + p + 1)));
+            }
+        }
+        // Matching each write at its first place in `a` or `b` from where
+        // the interleaving stands is never worse than a later place, and
+        // fewer of `b`'s passed never worse than more.
+        reach = next;
+        if reach.iter().all(Option::is_none) {
+            return false;
+        }
+    }
+    true
+}
+
+type WbCache = Cache<u8, u16, DefaultHashBuilder, WriteBehind<u8, u16, Shared>>;
+
+/// The `two` + `shared` mode: see the module's docs.
+fn shared_keys(input: &Input, cache: &WbCache, db: &Shared) {
+    let blocking = input.handler && input.block;
+    // Each key's value before the stretch (every stretch ends with a flush).
+    let mut before: HashMap<u8, Option<u16>> = HashMap::new();
+    let mut logged = 0;
+    let stretches: Vec<&[Step]> = input.steps.split(|s| matches!(s, Step::Flush)).collect();
+    for (n, steps) in stretches.iter().enumerate() {
+        let seen: Vec<Seen> = std::thread::scope(|scope| {
+            let writers: Vec<_> = (0..2usize)
+                .map(|t| {
+                    scope.spawn(move || {
+                        let mut seen = Seen::default();
+                        for s in steps.iter().skip(t).step_by(2) {
+                            match *s {
+                                Step::Put(k, v) => match cache.put(k % 8, v) {
+                                    Ok(()) => seen.acked.entry(k % 8).or_default().push(Some(v)),
+                                    Err(WriteError::QueueFull) => assert!(!blocking),
+                                    Err(e) => panic!("unexpected {e:?}"),
+                                },
+                                Step::Delete(k) => match cache.delete(&(k % 8)) {
+                                    Ok(()) => seen.acked.entry(k % 8).or_default().push(None),
+                                    Err(WriteError::QueueFull) => assert!(!blocking),
+                                    Err(e) => panic!("unexpected {e:?}"),
+                                },
+                                Step::Get(k) => {
+                                    seen.reads.push((k % 8, cache.get(&(k % 8)).unwrap()))
+                                }
+                                // The store never fails here.
+                                Step::Fail(_) | Step::Panic(_) | Step::Flush => {}
+                            }
+                        }
+                        seen
+                    })
+                })
+                .collect();
+            writers
+                .into_iter()
+                .map(|w| w.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+                .collect()
+        });
+        let empty = Vec::new();
+        let acked = |t: usize, k: u8| seen[t].acked.get(&k).unwrap_or(&empty);
+        for t in 0..2 {
+            for &(k, got) in &seen[t].reads {
+                let start = before.get(&k).copied().flatten();
+                assert!(
+                    got == start || acked(0, k).contains(&got) || acked(1, k).contains(&got),
+                    "read of {k}: {got:?}, never acknowledged (before: {start:?})"
+                );
+            }
+        }
+        for k in 0..8u8 {
+            let now = cache.get(&k).unwrap();
+            let lasts = [acked(0, k).last(), acked(1, k).last()];
+            if lasts.iter().any(Option::is_some) {
+                assert!(
+                    lasts.contains(&Some(&now)),
+                    "key {k} reads {now:?}; the writers' last writes: {lasts:?}"
+                );
+            } else {
+                assert_eq!(now, before.get(&k).copied().flatten(), "key {k}, unwritten");
+            }
+            before.insert(k, now);
+        }
+        let report = if n + 1 == stretches.len() {
+            cache.close()
+        } else {
+            cache.flush()
+        };
+        assert!(report.is_ok(), "the store never fails here");
+        let data = db.0.data.lock().unwrap().clone();
+        let log = db.0.log.lock().unwrap();
+        for k in 0..8u8 {
+            assert_eq!(
+                data.get(&k).copied(),
+                before[&k],
+                "key {k}: the store and the cache disagree"
+            );
+            let stored: Vec<Option<u16>> = log[logged..]
+                .iter()
+                .filter(|op| *op.key() == k)
+                .map(|op| match op {
+                    Op::Put(_, v) => Some(*v),
+                    Op::Delete(_) => None,
+                })
+                .collect();
+            assert!(
+                interleaves(&stored, acked(0, k), acked(1, k)),
+                "key {k}: stored {stored:?}, not in the writers' orders {:?} / {:?}",
+                acked(0, k),
+                acked(1, k)
+            );
+        }
+        logged = log.len();
+    }
+}
