@@ -857,6 +857,64 @@ fn a_write_on_its_way_to_the_failure_handler_still_reads_as_itself() {
     assert_eq!(cache.write_stats().dirty, 0);
 }
 
+/// A panic payload whose drop panics too: the flusher catches a handler's
+/// panic, and dropping this payload then kills it.
+struct Bomb;
+
+impl Drop for Bomb {
+    fn drop(&mut self) {
+        panic!("a panic payload whose drop panics");
+    }
+}
+
+/// A flusher killed while handing a batch's failures over reports the
+/// writes the handler never got, and only those: the ones it got are not
+/// delivered a second time in a report.
+#[test]
+fn a_flusher_dying_mid_hand_over_reports_only_what_the_handler_did_not_get() {
+    let db = Db::with_faults(Faults {
+        fail: 100,
+        ..Faults::default()
+    });
+    let handed = Arc::new(Mutex::new(Vec::new()));
+    let log = handed.clone();
+    let cache = Cache::builder()
+        .max_capacity(100)
+        .write_back(
+            Shared(db.clone()),
+            WriteBack::default()
+                .max_delay(Duration::from_secs(60))
+                .batch(3)
+                .retries(0, Duration::ZERO),
+        )
+        .on_write_failure(move |failed| {
+            let key = *failed.op.key();
+            log.lock().unwrap().push(key);
+            if key == 2 {
+                std::panic::panic_any(Bomb);
+            }
+        })
+        .build()
+        .unwrap();
+    // One batch of three, which fails: the handler gets key 1, then key 2,
+    // whose payload kills the flusher before key 3 is handed over.
+    for k in 1..=3 {
+        cache.put(k, k * 10).unwrap();
+    }
+    let report = cache.flush().unwrap_err();
+    assert_eq!(*handed.lock().unwrap(), [1, 2]);
+    let reported: Vec<Op<u64, u64>> = report.failed.iter().map(|f| f.op.clone()).collect();
+    assert_eq!(
+        reported,
+        [Op::Put(3, 30)],
+        "each failure reaches someone once"
+    );
+    let stats = cache.write_stats();
+    assert_eq!((stats.failed, stats.dirty), (3, 0));
+    assert_eq!(cache.put(4, 40), Err(WriteError::Closed));
+    assert!(cache.close().is_ok(), "nothing left to report");
+}
+
 /// Writes on their way to the failure handler take no queue room, and their
 /// keys are not dirty: a new write of such a key needs room like any other.
 #[test]

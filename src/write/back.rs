@@ -12,6 +12,7 @@
 //! can never be in flight together and reach the store in the order they
 //! were accepted.
 
+use std::cell::Cell;
 use std::collections::VecDeque;
 use std::fmt;
 use std::hash::Hash;
@@ -79,11 +80,12 @@ struct Slot<V> {
     waiting: Option<(u64, Pending<V>)>,
     sending: Option<Pending<V>>,
     failed: Option<(u64, Pending<V>)>,
-    /// A given-up write on its way to the failure handler: the key reads as
-    /// it until the handler has been called with it (see `Queue::handing`),
-    /// so that a read never falls back to the store's older value before
-    /// anyone was told of the failure.
-    handing: Option<Pending<V>>,
+    /// A given-up write on its way to the failure handler, with its place
+    /// among the writes handed over together: the key reads as it until the
+    /// handler has been called with it (see `Queue::handing`), so that a read
+    /// never falls back to the store's older value before anyone was told of
+    /// the failure.
+    handing: Option<(usize, Pending<V>)>,
 }
 
 impl<V> Slot<V> {
@@ -377,7 +379,7 @@ where
             let failed = slot.failed.as_ref().map(|(_, w)| w);
             waiting
                 .or(slot.sending.as_ref())
-                .or(slot.handing.as_ref())
+                .or(slot.handing.as_ref().map(|(_, w)| w))
                 .or(failed)
                 .cloned()
         });
@@ -688,7 +690,7 @@ impl<K: Hash + Eq, V: Clone, E> Queue<K, V, E> {
                         // The key's latest write: it reads as the key's
                         // value until reported, or until the handler has it.
                         if hand_over {
-                            slot.handing = Some(write);
+                            slot.handing = Some((handed.len(), write));
                             if slot.only_handing() {
                                 self.handing_only += 1;
                             }
@@ -745,7 +747,11 @@ where
 {
     /// The flusher thread's loop: wait for a due batch, send it, book it.
     fn run(self: Arc<Self>) {
-        let _stopped = OnDrop(|| self.stopped());
+        // How many of the writes being handed over the handler has been
+        // called with: if the flusher dies on the way (dropping the payload
+        // of a handler's panic can panic), those are not reported again.
+        let delivered = Cell::new(0);
+        let _stopped = OnDrop(|| self.stopped(delivered.get()));
         loop {
             let batch = {
                 let mut q = self.queue.lock();
@@ -775,11 +781,14 @@ where
             let mut q = self.queue.lock();
             let handed = q.settle(seqs, ops, &sent, handler.is_some());
             q.handing = !handed.is_empty();
+            delivered.set(0);
             self.progressed(q);
             if let (Some(handler), false) = (handler, handed.is_empty()) {
                 for failed in handed {
                     // The handler's panic is its own; the flusher goes on.
-                    let _ = catch_unwind(AssertUnwindSafe(|| handler(failed)));
+                    let outcome = catch_unwind(AssertUnwindSafe(|| handler(failed)));
+                    delivered.set(delivered.get() + 1);
+                    drop(outcome);
                 }
                 let mut q = self.queue.lock();
                 // The handler has them all: their keys read as the cache
@@ -800,8 +809,10 @@ where
     /// (a key's or value's `Clone`, `Hash` or `Eq`) killed it: each such key's
     /// latest write is then failed rather than dropped — it still reads as the
     /// key's value until the next `flush` or `close` reports it — and from
-    /// then on writes are refused ([`WriteError::Closed`]).
-    fn stopped(&self) {
+    /// then on writes are refused ([`WriteError::Closed`]). Of the writes
+    /// being handed to the failure handler, the first `delivered` reached it;
+    /// the others are failed like the rest.
+    fn stopped(&self, delivered: usize) {
         let mut q = self.queue.lock();
         q.running = false;
         q.order.clear();
@@ -824,8 +835,13 @@ where
             // is given up on too, but only the latest is reported.
             // A write on its way to the failure handler that never reached
             // it (the flusher died handing it over) is reported instead.
-            // (It was counted as failed when it was given up on.)
-            let handing = slot.handing.take();
+            // (It was counted as failed when it was given up on.) One that
+            // reached it is done with.
+            let handing = slot
+                .handing
+                .take()
+                .filter(|(at, _)| *at >= delivered)
+                .map(|(_, w)| w);
             let (write, counted) = match (slot.waiting.take(), slot.sending.take()) {
                 (Some((_, waiting)), Some(_)) => {
                     queue.stats.failed += 1;
@@ -853,6 +869,10 @@ where
             slot.failed = Some((queue.seq, write));
             left += 1;
         }
+        // Slots that held only a write the handler got. Dropping their keys
+        // is no more user code than the unwinding itself runs (the batch's
+        // keys are dropped on the way out too).
+        queue.slots.retain(|_, slot| !slot.is_empty());
         queue.handing_only = 0;
         if left > 0 {
             queue.dead = Some((from, reason));
