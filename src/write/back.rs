@@ -779,9 +779,11 @@ where
             let sent = self.send(&ops);
             let handler = self.on_failure.get();
             let mut q = self.queue.lock();
+            // Before `settle` marks any write as being handed over: it runs
+            // user code (the store error's `Clone`), which may panic.
+            delivered.set(0);
             let handed = q.settle(seqs, ops, &sent, handler.is_some());
             q.handing = !handed.is_empty();
-            delivered.set(0);
             self.progressed(q);
             if let (Some(handler), false) = (handler, handed.is_empty()) {
                 for failed in handed {
