@@ -192,13 +192,17 @@ where
     /// to `handler`, on the flusher thread, as soon as it is given up —
     /// instead of keeping it (readable, and holding queue room) until `flush`
     /// or `close` reports it. Use it to log, alert, or park failures
-    /// elsewhere; a panic in it is ignored (but if dropping that panic's
-    /// payload panics too, the flusher dies: the writes not yet handed over
-    /// are then reported by the next `flush` or `close`, each write reaching
-    /// either the handler or a report, once). The failed value stays in the
+    /// elsewhere; a panic in it is ignored. The failed value stays in the
     /// cache until it is evicted or replaced; until the handler has been
     /// called with it, its key reads as it even if evicted (a read never
     /// falls back to the store's older value before anyone was told).
+    ///
+    /// If dropping the payload of a handler's panic panics too, the flusher
+    /// dies. The writes it had not yet handed over are then reported by the
+    /// next `flush` or `close`, as failed because the flusher panicked; none
+    /// the handler got is reported again. A write whose key was written
+    /// again meanwhile is counted as superseded, and the newer write is
+    /// reported in its place.
     ///
     /// `handler` must not wait for the cache's queue to drain (a blocking
     /// `put` on a full queue): the flusher is busy running it. `flush` and

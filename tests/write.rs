@@ -915,6 +915,131 @@ fn a_flusher_dying_mid_hand_over_reports_only_what_the_handler_did_not_get() {
     assert!(cache.close().is_ok(), "nothing left to report");
 }
 
+/// As above, with key 3 written again while the failing batch was at the
+/// store: its older write was never marked as being handed over (its key
+/// had a newer one waiting) and never reached the handler. It is counted as
+/// superseded; the newer write is reported in its place.
+#[test]
+fn a_flusher_dying_mid_hand_over_counts_an_overtaken_write_as_superseded() {
+    let db = Db::with_faults(Faults {
+        fail: 100,
+        ..Faults::default()
+    });
+    db.close_gate();
+    let handed = Arc::new(Mutex::new(Vec::new()));
+    let log = handed.clone();
+    let cache = Cache::builder()
+        .max_capacity(100)
+        .write_back(
+            Shared(db.clone()),
+            WriteBack::default()
+                .max_delay(Duration::from_secs(60))
+                .batch(3)
+                .retries(0, Duration::ZERO),
+        )
+        .on_write_failure(move |failed| {
+            let key = *failed.op.key();
+            log.lock().unwrap().push(failed.op.clone());
+            if key == 2 {
+                std::panic::panic_any(Bomb);
+            }
+        })
+        .build()
+        .unwrap();
+    for k in 1..=3 {
+        cache.put(k, k * 10).unwrap();
+    }
+    wait_until("the batch at the store", || {
+        db.arrived.load(Ordering::SeqCst) == 1
+    });
+    cache.put(3, 31).unwrap();
+    db.open_gate();
+    let report = cache.flush().unwrap_err();
+    let reported: Vec<Op<u64, u64>> = report.failed.iter().map(|f| f.op.clone()).collect();
+    assert_eq!(*handed.lock().unwrap(), [Op::Put(1, 10), Op::Put(2, 20)]);
+    assert_eq!(reported, [Op::Put(3, 31)]);
+    let stats = cache.write_stats();
+    assert_eq!(
+        (stats.failed, stats.superseded, stats.dirty),
+        (4, 1, 0),
+        "two handed over, one reported, one superseded"
+    );
+}
+
+/// A key whose `Hash` panics on the flusher thread, once, when armed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Touchy(u64);
+
+static TOUCHY_ARMED: AtomicBool = AtomicBool::new(false);
+
+impl std::hash::Hash for Touchy {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        if self.0 == 99
+            && std::thread::current().name() == Some("larder-flusher")
+            && TOUCHY_ARMED.swap(false, Ordering::SeqCst)
+        {
+            panic!("a key's hash panics");
+        }
+        self.0.hash(h);
+    }
+}
+
+/// Refuses every batch; arms `Touchy` on its second call.
+struct Refusing(AtomicU64);
+
+impl Store<Touchy, u64> for Refusing {
+    type Error = String;
+    fn load(&self, _: &Touchy) -> Result<Option<u64>, String> {
+        Ok(None)
+    }
+    fn write(&self, op: &Op<Touchy, u64>) -> Result<(), String> {
+        self.write_batch(std::slice::from_ref(op))
+    }
+    fn write_batch(&self, _: &[Op<Touchy, u64>]) -> Result<(), String> {
+        if self.0.fetch_add(1, Ordering::SeqCst) == 1 {
+            TOUCHY_ARMED.store(true, Ordering::SeqCst);
+        }
+        Err("refused".into())
+    }
+}
+
+/// A flusher that dies booking a failed batch (a key's `Hash` panics) after
+/// marking some of its writes for the handler reports those writes: the
+/// previous batch's hand-over, which reached the handler whole, does not
+/// count for them.
+#[test]
+fn a_flusher_dying_as_it_books_a_batch_reports_the_writes_it_marked_for_the_handler() {
+    let handed = Arc::new(Mutex::new(Vec::new()));
+    let log = handed.clone();
+    let cache = Cache::builder()
+        .max_capacity(100)
+        .write_back(
+            Refusing(AtomicU64::new(0)),
+            WriteBack::default()
+                .max_delay(Duration::from_secs(60))
+                .batch(3)
+                .retries(0, Duration::ZERO),
+        )
+        .on_write_failure(move |failed| log.lock().unwrap().push(failed.op.key().0))
+        .build()
+        .unwrap();
+    for k in 1..=3 {
+        cache.put(Touchy(k), k).unwrap();
+    }
+    assert!(cache.flush().is_ok(), "handed over");
+    assert_eq!(*handed.lock().unwrap(), [1, 2, 3]);
+    // Booking this batch marks key 4 for the handler, then dies on key 99.
+    for k in [4, 99, 5] {
+        cache.put(Touchy(k), k).unwrap();
+    }
+    let report = cache.flush().unwrap_err();
+    let mut keys: Vec<u64> = report.failed.iter().map(|f| f.op.key().0).collect();
+    keys.sort_unstable();
+    assert_eq!(keys, [4, 5, 99], "every write of the dead batch reported");
+    assert_eq!(*handed.lock().unwrap(), [1, 2, 3]);
+    assert_eq!(cache.write_stats().dirty, 0);
+}
+
 /// Writes on their way to the failure handler take no queue room, and their
 /// keys are not dirty: a new write of such a key needs room like any other.
 #[test]

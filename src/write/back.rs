@@ -747,11 +747,12 @@ where
 {
     /// The flusher thread's loop: wait for a due batch, send it, book it.
     fn run(self: Arc<Self>) {
-        // How many of the writes being handed over the handler has been
-        // called with: if the flusher dies on the way (dropping the payload
-        // of a handler's panic can panic), those are not reported again.
-        let delivered = Cell::new(0);
-        let _stopped = OnDrop(|| self.stopped(delivered.get()));
+        // The writes being handed over, and how many of them the handler
+        // has been called with: if the flusher dies on the way (dropping
+        // the payload of a handler's panic can panic), those are not
+        // reported again.
+        let (handing, delivered) = (Cell::new(0), Cell::new(0));
+        let _stopped = OnDrop(|| self.stopped(handing.get(), delivered.get()));
         loop {
             let batch = {
                 let mut q = self.queue.lock();
@@ -780,9 +781,11 @@ where
             let handler = self.on_failure.get();
             let mut q = self.queue.lock();
             // Before `settle` marks any write as being handed over: it runs
-            // user code (the store error's `Clone`), which may panic.
+            // user code (the keys' `Hash` and `Eq`), which may panic.
+            handing.set(0);
             delivered.set(0);
             let handed = q.settle(seqs, ops, &sent, handler.is_some());
+            handing.set(handed.len());
             q.handing = !handed.is_empty();
             self.progressed(q);
             if let (Some(handler), false) = (handler, handed.is_empty()) {
@@ -811,10 +814,11 @@ where
     /// (a key's or value's `Clone`, `Hash` or `Eq`) killed it: each such key's
     /// latest write is then failed rather than dropped — it still reads as the
     /// key's value until the next `flush` or `close` reports it — and from
-    /// then on writes are refused ([`WriteError::Closed`]). Of the writes
-    /// being handed to the failure handler, the first `delivered` reached it;
-    /// the others are failed like the rest.
-    fn stopped(&self, delivered: usize) {
+    /// then on writes are refused ([`WriteError::Closed`]). Of the `handed`
+    /// writes being handed to the failure handler, the first `delivered`
+    /// reached it; the others are failed like the rest, or superseded when
+    /// their key has a newer write (which is failed in their place).
+    fn stopped(&self, handed: usize, delivered: usize) {
         let mut q = self.queue.lock();
         q.running = false;
         q.order.clear();
@@ -832,6 +836,9 @@ where
         let queue = &mut *q;
         let from = queue.seq + 1;
         let mut left = 0;
+        // Undelivered writes that are their key's latest (the others had a
+        // newer write waiting when they were given up on: superseded).
+        let mut latest_undelivered = 0;
         for slot in queue.slots.values_mut() {
             // The waiting write is the latest; one in a batch was older, and
             // is given up on too, but only the latest is reported.
@@ -844,6 +851,7 @@ where
                 .take()
                 .filter(|(at, _)| *at >= delivered)
                 .map(|(_, w)| w);
+            latest_undelivered += usize::from(handing.is_some());
             let (write, counted) = match (slot.waiting.take(), slot.sending.take()) {
                 (Some((_, waiting)), Some(_)) => {
                     queue.stats.failed += 1;
@@ -876,6 +884,9 @@ where
         // keys are dropped on the way out too).
         queue.slots.retain(|_, slot| !slot.is_empty());
         queue.handing_only = 0;
+        queue.stats.superseded += handed
+            .saturating_sub(delivered)
+            .saturating_sub(latest_undelivered) as u64;
         if left > 0 {
             queue.dead = Some((from, reason));
         }
