@@ -576,3 +576,41 @@ fn iter_resumed_after_a_clone_panic_yields_each_entry_once() {
     let expected: Vec<(u32, Value)> = (0..10).map(|k| (k, Value(k))).collect();
     assert_eq!(seen, expected);
 }
+
+/// Counts the keys hashed.
+#[derive(Clone, Default)]
+struct CountingHasher(Arc<AtomicUsize>);
+
+impl std::hash::BuildHasher for CountingHasher {
+    type Hasher = std::collections::hash_map::DefaultHasher;
+    fn build_hasher(&self) -> Self::Hasher {
+        self.0.fetch_add(1, Ordering::Relaxed);
+        std::collections::hash_map::DefaultHasher::new()
+    }
+}
+
+/// A key's hash costs what the user's hasher costs: a new key that evicts
+/// hashes itself and the entry it pushes out of the window once each (that
+/// entry's ghost, its contest and its removal share one hash), and the main
+/// region's victim when the two contest.
+#[test]
+fn a_new_key_that_evicts_hashes_few_keys() {
+    let hashed = CountingHasher::default();
+    let cache: Cache<u64, u64, _> = Cache::builder()
+        .max_capacity(1_000)
+        .shards(1)
+        .hasher(hashed.clone())
+        .build()
+        .unwrap();
+    for k in 0..5_000 {
+        cache.insert(k, k);
+    }
+    hashed.0.store(0, Ordering::Relaxed);
+    let n = 1_000;
+    for k in 10_000..10_000 + n {
+        cache.insert(k, k);
+    }
+    assert_eq!(cache.len(), 1_000);
+    let per_insert = hashed.0.load(Ordering::Relaxed) as f64 / n as f64;
+    assert!(per_insert <= 2.5, "{per_insert} keys hashed per insert");
+}

@@ -115,9 +115,19 @@ impl Policy {
     /// A key not resident is about to be inserted under `hash`: starts
     /// fetching the lines its insert and the eviction after it will read.
     #[inline]
-    pub(crate) fn prefetch_insert(&self, hash: u64, entries: &impl Entries) {
+    pub(crate) fn prefetch_insert(&mut self, hash: u64, entries: &impl Entries) {
         if let Self::TinyLfu(p) = self {
             p.prefetch_insert(hash, entries);
+        }
+    }
+
+    /// The hash of a resident token's key, if the policy computed it
+    /// already (see `TinyLfu::prefetch_insert`).
+    #[inline]
+    pub(crate) fn known_hash(&self, token: Token) -> Option<u64> {
+        match self {
+            Self::TinyLfu(p) => p.known_hash(token),
+            _ => None,
         }
     }
 

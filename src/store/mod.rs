@@ -941,7 +941,11 @@ impl<K: Eq, V, H: Fn(&K) -> u64> ShardWriter<'_, K, V, H> {
                 break;
             };
             let live = self.map.is_live(victim, now);
-            let hash = (self.hash_of)(&self.map.slab.get(victim).key);
+            let map = &mut *self.map;
+            let hash = match map.policy.get_mut().known_hash(victim) {
+                Some(hash) => hash,
+                None => (self.hash_of)(&map.slab.get(victim).key),
+            };
             let entry = self.unlink(hash, victim);
             let cause = if live {
                 self.map.counters.evictions += 1;
