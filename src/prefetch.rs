@@ -18,9 +18,10 @@
 #[inline(always)]
 pub(crate) fn prefetch<T>(address: *const T) {
     #[cfg(target_arch = "x86_64")]
-    // SAFETY: `prefetcht0` reads nothing the program can observe and never
-    // faults, whatever the address (one that is not mapped is dropped). Its
-    // only requirement, SSE, is part of the x86-64 baseline.
+    // SAFETY: `_mm_prefetch` is a hint (it lowers to `llvm.prefetch`): it
+    // changes nothing the program computes, whatever the pointer, and the
+    // `prefetcht0` it emits never faults (an unmapped address is dropped).
+    // Its only requirement, SSE, is part of the x86-64 baseline.
     unsafe {
         std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(address.cast());
     }

@@ -52,9 +52,8 @@ fn block_of(mixed: u64, block_mask: usize) -> usize {
 /// Where a sketch's lines lie, kept where a reader holding only the shard's
 /// read lock can see it: a lookup that misses starts fetching the line its
 /// key's insert will count in. An address, not a pointer: nothing reads
-/// through it, and a copy may outlive its sketch (the shard cleared), which
-/// makes its prefetches useless but harmless until the shard replaces it
-/// when it counts again.
+/// through it. The shard resets its copy with the sketch; a copy that
+/// outlived its sketch would only make prefetches useless, never unsound.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct Lines {
     /// The address of the first block; 0 for no sketch.

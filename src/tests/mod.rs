@@ -3,4 +3,5 @@
 mod concurrent;
 mod expiry_model;
 mod model;
+mod prefetch;
 mod tags_model;
