@@ -102,6 +102,15 @@ impl Policy {
         }
     }
 
+    /// Counts the entry inserted last in W-TinyLFU's sketch: called once the
+    /// insert's evictions are done (see `TinyLfu::count_fresh`).
+    #[inline]
+    pub(crate) fn count_fresh(&mut self, entries: &impl Entries) {
+        if let Self::TinyLfu(p) = self {
+            p.count_fresh(entries);
+        }
+    }
+
     /// A read of `token`; ignored when the policy does not hold it (a stale
     /// buffered read of an entry that has since left).
     pub(crate) fn on_access(&mut self, token: Token, entries: &impl Entries) {

@@ -193,12 +193,18 @@ impl Naive {
         }
     }
 
+    /// The new entry counts nothing until the insert's evictions are done
+    /// (`count_fresh`).
     fn insert(&mut self, t: Token, e: &Fake) {
         self.window.push(t);
-        let count = self.count(e.hash(t), e);
-        self.counts.insert(t, count);
+        self.counts.insert(t, 0);
         self.climber.misses += 1;
         self.climb(e);
+    }
+
+    fn count_fresh(&mut self, t: Token, e: &Fake) {
+        let count = self.count(e.hash(t), e);
+        self.counts.insert(t, count);
     }
 
     fn remove(&mut self, t: Token, e: &Fake) {
@@ -359,6 +365,9 @@ fn agree(
                     naive_entries.take_hits(v);
                     resident.retain(|&x| x != v);
                 }
+                // As the store does: the new key is counted after the evictions.
+                real.count_fresh(&real_entries);
+                naive.count_fresh(t, &naive_entries);
             }
             Step::Access(i) if !resident.is_empty() => {
                 let t = resident[i % resident.len()];

@@ -716,6 +716,7 @@ impl<K: Eq, V, H: Fn(&K) -> u64> ShardWriter<'_, K, V, H> {
         // The entry just written is never its own victim: it stays readable at
         // least until the next write to this shard.
         self.evict_to(self.map.capacity, token, now, out);
+        self.with_policy(|p, view| p.count_fresh(view));
         Ok(())
     }
 
