@@ -688,10 +688,6 @@ impl<K: Eq, V, H: Fn(&K) -> u64> ShardWriter<'_, K, V, H> {
                 map.weight += u64::from(weight);
                 map.counters.inserts += 1;
                 self.with_policy(|p, view| p.on_insert(t, hash, view));
-                let map = &mut *self.map;
-                if !map.sketch_lines.is_some() {
-                    map.sketch_lines = map.policy.get_mut().sketch_lines();
-                }
                 t
             }
         };
@@ -716,7 +712,14 @@ impl<K: Eq, V, H: Fn(&K) -> u64> ShardWriter<'_, K, V, H> {
         // The entry just written is never its own victim: it stays readable at
         // least until the next write to this shard.
         self.evict_to(self.map.capacity, token, now, out);
-        self.with_policy(|p, view| p.count_fresh(view));
+        if existing.is_none() {
+            self.with_policy(|p, view| p.count_fresh(view));
+            // The count may have started the sketch.
+            let map = &mut *self.map;
+            if !map.sketch_lines.is_some() {
+                map.sketch_lines = map.policy.get_mut().sketch_lines();
+            }
+        }
         Ok(())
     }
 
@@ -1210,6 +1213,9 @@ mod tests {
                 assert!(writer
                     .insert(hash_of(&k), k, k, 1, timing(), &mut out)
                     .is_ok());
+                // Set by the very insert that starts the sketch.
+                let policy_lines = writer.map.policy.get_mut().sketch_lines();
+                assert_eq!(writer.map.sketch_lines, policy_lines);
             }
         };
         fill(&mut writer, 0..10);
