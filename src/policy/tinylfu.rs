@@ -54,7 +54,8 @@ impl Region {
 /// its count in the high four bits.
 ///
 /// A resident key's count lives here, not in the sketch: its estimate when it
-/// was inserted, plus the reads collected since, halved whenever the sketch
+/// was counted at its insert (after that insert's evictions: see
+/// [`TinyLfu::count_fresh`]), plus the reads collected since, halved whenever the sketch
 /// ages. The sketch counts sightings of absent keys, and a key that was read
 /// while resident raises its counters to its count when it leaves. So an
 /// admission contest reads no sketch line (both counts are at hand), a read
@@ -286,7 +287,8 @@ impl TinyLfu {
         let weight = u64::from(entries.weight(token));
         self.window.push_back(&mut { entries }, token);
         self.window_weight += weight;
-        // A caller that did not count the previous entry: count it now.
+        // Counted already by the store; left pending only by a unit test
+        // that skips `count_fresh`, or by a panic in the user's hash.
         self.count_fresh(entries);
         entries.set_meta(token, Region::Window as u8);
         self.fresh = (token, hash);
@@ -604,6 +606,10 @@ impl TinyLfu {
     /// Region weights add up, every token is in the region it is listed in.
     #[cfg(any(test, fuzzing))]
     pub(crate) fn validate(&self, entries: &impl Entries) {
+        assert_eq!(
+            self.fresh.0, NIL,
+            "an insert's new entry left uncounted (count_fresh not called)"
+        );
         for (list, region, weight) in [
             (&self.window, Region::Window, self.window_weight),
             (&self.probation, Region::Probation, self.probation_weight),
@@ -1060,6 +1066,7 @@ mod tests {
             alias: again,
         };
         p.on_insert(3000, e2.hash(3000), &e2);
+        p.count_fresh(&e2);
         let resident = p.probation.head().expect("a full probation");
         assert!(
             TinyLfu::count_of(3000, &e) <= TinyLfu::count_of(resident, &e) + ADMIT_MARGIN,
@@ -1073,6 +1080,7 @@ mod tests {
                 p.on_remove(v, &e2);
                 evicted.push(v);
             }
+            p.count_fresh(&e2);
         }
         assert!(
             !evicted.contains(&3000),
@@ -1140,6 +1148,7 @@ mod tests {
         let mut t = 0;
         while p.sketch.is_none() {
             p.on_insert(t, e.hash(t), &e);
+            p.count_fresh(&e);
             t += 1;
         }
         assert_eq!(t, 1 << 19, "counting starts half full");

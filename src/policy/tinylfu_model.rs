@@ -74,8 +74,8 @@ struct Naive {
     sketch: Option<Sketch>,
     climber: Climber,
     rng: u64,
-    /// Residents' counts: the estimate when inserted plus reads collected,
-    /// halved when the sketch ages.
+    /// Residents' counts: the estimate when counted (after the insert's
+    /// evictions) plus reads collected, halved when the sketch ages.
     counts: HashMap<Token, u8>,
     /// Residents with reads counted since they were inserted: they hand their
     /// count back to the sketch when they leave.
