@@ -5,6 +5,11 @@
 //! Each key's four counters sit in one 64-byte block of eight `u64` words, so an
 //! increment or a lookup touches one cache line. After `sample_size` increments
 //! every counter is halved, so the sketch forgets old popularity.
+//!
+//! No doorkeeper (a Bloom filter taking each key's first sighting of a period,
+//! so that one-hit wonders never reach the counters): with 4 to 64 filter
+//! bits per entry it scored 0.05–0.2 points below this sketch alone on the
+//! mean of the 30 trace cases (README, "Hit ratio").
 
 /// Counters per key.
 const DEPTH: usize = 4;
