@@ -42,6 +42,19 @@ impl<T> RwLock<T> {
         }
     }
 
+    /// Whether a writer holds the lock (a plain load: a hint for spinning).
+    #[cfg(not(larder_loom))]
+    #[inline]
+    pub(crate) fn is_locked_exclusive(&self) -> bool {
+        self.inner.is_locked_exclusive()
+    }
+
+    /// Loom cannot see a lock's state without taking it: always worth a try.
+    #[cfg(larder_loom)]
+    pub(crate) fn is_locked_exclusive(&self) -> bool {
+        false
+    }
+
     #[cfg(not(larder_loom))]
     #[inline]
     pub(crate) fn read(&self) -> ReadGuard<'_, T> {

@@ -80,10 +80,14 @@ pub(crate) struct WriteContext<'a, K, V> {
     pub(crate) tags: &'a [Tag],
 }
 
-/// Rounds of backoff a reader spins through before it parks behind a writer:
-/// polls at most 16 `spin_loop` hints apart, about 1,000 hints in all (some
-/// tens of microseconds).
-const READ_SPIN_ROUNDS: u32 = 64;
+/// `spin_loop` hints a reader spins through behind a writer before it parks
+/// (some tens of microseconds), looking at the lock after each one. Polling
+/// each hint instead of backing off to 16 hints apart (as before) lets the
+/// reader in as the write ends; on the throughput benchmark's mix with two
+/// threads (two caches in one process taking turns, one per polling scheme),
+/// the median of the paired ratios was 1.00–1.08 over eight runs (above
+/// 1.0 in seven).
+const READ_SPINS: u32 = 1_000;
 
 /// Entries a write may expire on its way out: maintenance stays bounded.
 const WRITE_EXPIRY_BATCH: usize = 16;
@@ -290,9 +294,13 @@ impl<K, V> Shard<K, V> {
     /// waking a parked thread costs tens of microseconds on its own.
     #[cold]
     fn read_contended(&self) -> ReadGuard<'_, Map<K, V>> {
-        for round in 0..READ_SPIN_ROUNDS {
-            for _ in 0..(1u32 << round.min(4)) {
-                std::hint::spin_loop();
+        for _ in 0..READ_SPINS {
+            std::hint::spin_loop();
+            // A plain load while the writer works: it takes the lock's line
+            // from the writer only in shared state; the compare-and-swap
+            // that would take it over is tried once the lock looks free.
+            if self.map.is_locked_exclusive() {
+                continue;
             }
             if let Some(map) = self.map.try_read() {
                 return map;
