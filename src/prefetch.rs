@@ -9,7 +9,8 @@
 //! instructions after it until the line arrives, and the lock release waits
 //! for it — while a prefetch asks nothing to wait.
 //!
-//! This module holds the crate's only `unsafe` block.
+//! This module and `store::slots` (the slab's line-aligned memory) are the
+//! only ones with `unsafe` code.
 #![allow(unsafe_code)]
 
 /// Starts fetching the cache line holding `address` into every cache level.

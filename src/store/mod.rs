@@ -18,6 +18,7 @@
 
 mod read_buffer;
 mod slab;
+mod slots;
 
 use std::borrow::Borrow;
 use std::cmp::Reverse;

@@ -113,12 +113,14 @@ impl<K, V> Entry<K, V> {
     }
 }
 
+/// A slab's slots, on line-aligned memory (see [`super::slots`]): a vacant
+/// one is `None`.
+pub(crate) type Slots<K, V> = super::slots::Slots<Entry<K, V>>;
+
 /// `repr(C)` with the slots first: a lookup reads only their address and
 /// length, which the shard keeps on the cache line of its lock word (see
-/// `store::Map`). A boxed slice is those two words; a `Vec` would be three,
-/// one too many for the line.
-/// A slab's slots: a vacant one is `None`.
-pub(crate) type Slots<K, V> = Box<[Option<Entry<K, V>>]>;
+/// `store::Map`). The slots are those two words, as a boxed slice is; a `Vec`
+/// would be three, one too many for the line.
 
 #[derive(Debug)]
 #[repr(C)]
@@ -236,19 +238,16 @@ impl<K, V> Slab<K, V> {
     /// Takes every entry out, leaving the slab empty and its memory released.
     pub(crate) fn take_all(&mut self) -> impl Iterator<Item = Entry<K, V>> {
         self.free = Vec::new();
-        self.used = 0;
-        Vec::from(std::mem::take(&mut self.slots))
-            .into_iter()
-            .flatten()
+        let used = std::mem::take(&mut self.used);
+        let mut slots = std::mem::take(&mut self.slots);
+        // The slots are freed when the iterator is dropped.
+        (0..used).filter_map(move |i| slots[i].take())
     }
 }
 
 /// `len` empty slots, exactly; `None` when they cannot be allocated.
 fn allocate<K, V>(len: usize) -> Option<Slots<K, V>> {
-    let mut slots = Vec::new();
-    slots.try_reserve_exact(len).ok()?;
-    slots.resize_with(len, || None);
-    Some(slots.into_boxed_slice())
+    Slots::vacant(len)
 }
 
 #[cfg(test)]
@@ -299,5 +298,36 @@ mod tests {
         assert_eq!(slab.get(b).key, 2);
         assert_eq!(slab.take_all().count(), 2);
         assert_eq!(slab.len(), 0);
+    }
+
+    #[test]
+    fn growing_and_taking_all_drop_every_value_once() {
+        let counted = std::rc::Rc::new(());
+        let mut slab = Slab::with_capacity(2).expect("small");
+        let tokens: Vec<Token> = (0..40)
+            .map(|i| {
+                let entry = Entry::new(format!("key {i}"), std::rc::Rc::clone(&counted), 1);
+                slab.insert(entry).expect("room")
+            })
+            .collect();
+        assert!(slab.capacity() >= 40, "grew from 2 slots");
+        assert_eq!(
+            slab.slots().as_ptr().addr() % 64,
+            0,
+            "grown slots are line-aligned"
+        );
+        assert_eq!(std::rc::Rc::strong_count(&counted), 41);
+        for &t in tokens.iter().step_by(3) {
+            assert!(slab.remove(t).key.starts_with("key "));
+        }
+        assert_eq!(std::rc::Rc::strong_count(&counted), 41 - 14);
+        assert_eq!(slab.get(tokens[1]).key, "key 1");
+        // Taking a few and dropping the rest with the iterator.
+        let mut all = slab.take_all();
+        assert!(all.next().is_some());
+        drop(all);
+        assert_eq!(std::rc::Rc::strong_count(&counted), 1);
+        assert_eq!(slab.len(), 0);
+        assert_eq!(slab.capacity(), 0, "memory released");
     }
 }
