@@ -15,7 +15,8 @@
 
 /// Starts fetching the cache line holding `address` into every cache level.
 /// A hint with no effect on what the program computes: any address is
-/// allowed, including one that is stale or was never allocated.
+/// allowed, including one that is stale or was never allocated. On x86-64
+/// and AArch64 (elsewhere, and on AArch64 under miri, it does nothing).
 #[inline(always)]
 pub(crate) fn prefetch<T>(address: *const T) {
     #[cfg(target_arch = "x86_64")]
@@ -26,6 +27,20 @@ pub(crate) fn prefetch<T>(address: *const T) {
     unsafe {
         std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(address.cast());
     }
-    #[cfg(not(target_arch = "x86_64"))]
+    #[cfg(all(target_arch = "aarch64", not(miri)))]
+    // SAFETY: `prfm pldl1keep` is a hint: a prefetch never faults (one of an
+    // unmapped address does nothing), and it writes no register, no flag and
+    // no memory, as the options declare (`readonly` keeps it in order with
+    // the writes around it, so the compiler does not sink it past the load it
+    // is for). The stable way to it: the `_prefetch` intrinsic is unstable
+    // on this architecture.
+    unsafe {
+        std::arch::asm!(
+            "prfm pldl1keep, [{address}]",
+            address = in(reg) address,
+            options(nostack, preserves_flags, readonly)
+        );
+    }
+    #[cfg(not(any(target_arch = "x86_64", all(target_arch = "aarch64", not(miri)))))]
     let _ = address;
 }
