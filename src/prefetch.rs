@@ -30,10 +30,10 @@ pub(crate) fn prefetch<T>(address: *const T) {
     #[cfg(all(target_arch = "aarch64", not(miri)))]
     // SAFETY: `prfm pldl1keep` is a hint: a prefetch never faults (one of an
     // unmapped address does nothing), and it writes no register, no flag and
-    // no memory, as the options declare (`readonly` keeps it in order with
-    // the writes around it, so the compiler does not sink it past the load it
-    // is for). The stable way to it: the `_prefetch` intrinsic is unstable
-    // on this architecture.
+    // no memory, as the options declare (`readonly` claims more than it does,
+    // a read: that keeps it in order with the writes around it, and leaves
+    // the compiler free to move it among reads, which a hint allows). The
+    // stable way to it: the `_prefetch` intrinsic is unstable on AArch64.
     unsafe {
         std::arch::asm!(
             "prfm pldl1keep, [{address}]",

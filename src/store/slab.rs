@@ -121,7 +121,6 @@ pub(crate) type Slots<K, V> = super::slots::Slots<Entry<K, V>>;
 /// length, which the shard keeps on the cache line of its lock word (see
 /// `store::Map`). The slots are those two words, as a boxed slice is; a `Vec`
 /// would be three, one too many for the line.
-
 #[derive(Debug)]
 #[repr(C)]
 pub(crate) struct Slab<K, V> {
@@ -176,10 +175,10 @@ impl<K, V> Slab<K, V> {
     fn grow(&mut self) {
         let len = (self.slots.len() * 2).max(4);
         let Some(mut slots) = allocate(len) else {
-            std::alloc::handle_alloc_error(
-                std::alloc::Layout::array::<Option<Entry<K, V>>>(len)
-                    .unwrap_or(std::alloc::Layout::new::<()>()),
-            );
+            match Slots::<K, V>::layout(len) {
+                Some(layout) => std::alloc::handle_alloc_error(layout),
+                None => panic!("capacity overflow: {len} slots"),
+            }
         };
         for (to, from) in slots.iter_mut().zip(self.slots.iter_mut()) {
             *to = from.take();

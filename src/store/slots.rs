@@ -26,8 +26,12 @@ use std::ptr::{self, NonNull};
 /// The slots' alignment: a cache line.
 const LINE: usize = 64;
 
-/// `len` values of `Option<T>`, owned, on memory aligned to [`LINE`]: a boxed
-/// slice with a stronger alignment. Two words, as a boxed slice is.
+/// `len` values of `Option<T>`, owned, on memory aligned to [`LINE`] (when
+/// there is any memory: no slots, or slots of no size, take none): a boxed
+/// slice with a stronger alignment. Two words, as a boxed slice is. Unlike a
+/// box it does not tell the drop checker that dropping it only drops the
+/// values (`#[may_dangle]` is unstable), so borrows held by the values must
+/// outlive it strictly; the slab's entries own what they hold.
 pub(crate) struct Slots<T> {
     /// The first slot; dangling when `len` is 0.
     ptr: NonNull<Option<T>>,
@@ -66,9 +70,10 @@ impl<T> Slots<T> {
         };
         for i in 0..len {
             // SAFETY: slot `i < len` lies within the allocation just made for
-            // `len` slots (or is of no size, at a dangling but aligned
-            // address), aligned for a slot (the layout's alignment is a
-            // multiple of a slot's), and is written once before any read.
+            // `len` slots, aligned for a slot (the layout's alignment is a
+            // multiple of a slot's); or it is of no size, at `dangling()`,
+            // which is aligned for a slot. Each is written once, before any
+            // read.
             unsafe { ptr.as_ptr().add(i).write(None) };
         }
         Some(Self {
@@ -78,8 +83,9 @@ impl<T> Slots<T> {
         })
     }
 
-    /// The allocation of `len` slots: an array of them, aligned to a line.
-    fn layout(len: usize) -> Option<Layout> {
+    /// The allocation of `len` slots: an array of them, aligned to a line;
+    /// `None` when its size overflows.
+    pub(crate) fn layout(len: usize) -> Option<Layout> {
         Layout::array::<Option<T>>(len).ok()?.align_to(LINE).ok()
     }
 }
@@ -96,8 +102,10 @@ impl<T> Deref for Slots<T> {
     #[inline]
     fn deref(&self) -> &[Option<T>] {
         // SAFETY: `ptr` points at `len` initialised slots owned by `self` (or
-        // is dangling, non-null and aligned with `len == 0`, which a slice
-        // allows); the borrow of `self` keeps them alive and unchanged.
+        // is dangling, non-null and aligned for a slot, with no memory to
+        // point at: `len == 0`, or slots of no size, which a slice allows);
+        // the borrow of `self` keeps them alive, and lets them change only
+        // through shared references (the entries' atomics).
         unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
     }
 }
