@@ -985,19 +985,23 @@ where
             // land over it.
             flight.supersede_older();
         }
-        let result = writer.insert(
-            hash,
-            key,
-            value,
-            weight,
-            WriteContext {
-                clock: &expiration.clock,
-                start: ttl.is_some(),
-                deadlines: &deadlines,
-                tags,
-            },
-            removed,
-        );
+        let result = if ttl.is_none() && tags.is_empty() && writer.is_plain() {
+            writer.insert_plain(hash, key, value, weight, removed)
+        } else {
+            writer.insert(
+                hash,
+                key,
+                value,
+                weight,
+                WriteContext {
+                    clock: &expiration.clock,
+                    start: ttl.is_some(),
+                    deadlines: &deadlines,
+                    tags,
+                },
+                removed,
+            )
+        };
         drop(writer);
         match result {
             Ok(()) => Ok(()),

@@ -94,6 +94,7 @@ impl Policy {
     }
 
     /// `token` becomes resident; `hash` is its key's hash.
+    #[inline]
     pub(crate) fn on_insert(&mut self, token: Token, hash: u64, entries: &impl Entries) {
         match self {
             Self::Lru(p) => p.on_insert(token, entries),
@@ -164,6 +165,7 @@ impl Policy {
     }
 
     /// `token` leaves; the slab still holds its entry.
+    #[inline]
     pub(crate) fn on_remove(&mut self, token: Token, entries: &impl Entries) {
         match self {
             Self::Lru(p) => p.on_remove(token, entries),
@@ -173,6 +175,7 @@ impl Policy {
     }
 
     /// The next entry to evict, never `keep` (pass `list::NIL` to allow any).
+    #[inline]
     pub(crate) fn victim(&mut self, keep: Token, entries: &impl Entries) -> Option<Token> {
         match self {
             Self::Lru(p) => p.victim(keep, entries),

@@ -9,7 +9,9 @@ use std::sync::{Arc, Mutex};
 
 use proptest::prelude::*;
 
-use crate::{Cache, Eviction, RemovalCause};
+use std::time::Duration;
+
+use crate::{Cache, EntryOptions, Eviction, RemovalCause};
 
 /// Values carry their own weight so the weigher is a pure function.
 type Val = (u16, u32);
@@ -260,6 +262,100 @@ fn semantics(
     Ok(())
 }
 
+/// Hashes alike in every cache (SipHash with fixed keys), so that two caches
+/// fed the same operations make the same TinyLFU decisions.
+type FixedHasher = std::hash::BuildHasherDefault<std::collections::hash_map::DefaultHasher>;
+
+/// How a cache in [`plain_and_general_writes_agree`] writes.
+#[derive(Debug, Clone, Copy)]
+enum Writes {
+    /// `insert`: no deadline, no tag (the shard's short path).
+    Plain,
+    /// Every write tagged.
+    Tagged,
+    /// Every write with a time-to-live that never ends.
+    Timed,
+}
+
+/// Writes that bring no deadline and no tag to a shard that keeps neither
+/// take a shorter path than the others (`ShardWriter::insert_plain`). It
+/// must decide exactly as the general one: a cache written plainly, one whose
+/// every write carries a tag and one whose every write carries a time-to-live
+/// (never reached) must agree after every step on what reads return, on the
+/// eviction order, on the weight and on what their listeners heard.
+fn plain_and_general_writes_agree(
+    eviction: Eviction,
+    capacity: u64,
+    shards: usize,
+    ops: Vec<Op>,
+) -> Result<(), TestCaseError> {
+    let caches: Vec<(Writes, Cache<u8, Val, FixedHasher>, Log)> =
+        [Writes::Plain, Writes::Tagged, Writes::Timed]
+            .into_iter()
+            .map(|writes| {
+                let log = Log::default();
+                let sink = log.clone();
+                let cache = Cache::builder()
+                    .max_capacity(capacity)
+                    .shards(shards)
+                    .eviction(eviction)
+                    .hasher(FixedHasher::default())
+                    .weigher(|_, v: &Val| v.1)
+                    .eviction_listener(move |k, v, cause| sink.lock().unwrap().push((k, v, cause)))
+                    .build()
+                    .unwrap();
+                (writes, cache, log)
+            })
+            .collect();
+    for op in ops {
+        let mut seen = Vec::new();
+        for (writes, cache, log) in &caches {
+            let answer = match op {
+                Op::Get(k) => cache.get(&k),
+                Op::Peek(k) => cache.peek(&k),
+                Op::Contains(k) => cache.contains_key(&k).then_some((0, 0)),
+                Op::Insert(k, v) => {
+                    match writes {
+                        Writes::Plain => cache.insert(k, v),
+                        Writes::Tagged => cache.insert_with(k, v, EntryOptions::new().tags(["t"])),
+                        Writes::Timed => {
+                            cache.insert_with(k, v, EntryOptions::new().ttl(Duration::MAX))
+                        }
+                    }
+                    None
+                }
+                Op::Remove(k) => cache.remove(&k),
+                Op::InvalidateAll => {
+                    cache.invalidate_all();
+                    None
+                }
+            };
+            cache.validate();
+            let heard = std::mem::take(&mut *log.lock().unwrap());
+            seen.push((
+                answer,
+                cache.eviction_order(),
+                cache.weighted_size(),
+                cache.len(),
+                heard,
+            ));
+        }
+        prop_assert_eq!(
+            &seen[0],
+            &seen[1],
+            "plain against tagged writes, at {:?}",
+            op
+        );
+        prop_assert_eq!(
+            &seen[0],
+            &seen[2],
+            "plain against timed writes, at {:?}",
+            op
+        );
+    }
+    Ok(())
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(256))]
 
@@ -304,5 +400,18 @@ proptest! {
     #[test]
     fn sharded_lfu_keeps_semantics(ops in proptest::collection::vec(op(64, 12), 1..400)) {
         sharded_semantics(Eviction::Lfu, ops)?;
+    }
+
+    #[test]
+    fn plain_writes_decide_as_general_ones(
+        ops in proptest::collection::vec(op(32, 3), 1..800),
+        eviction in prop_oneof![Just(Eviction::TinyLfu), Just(Eviction::Lru), Just(Eviction::Lfu)],
+        cap in 1u64..24,
+        shards in 1usize..=2,
+    ) {
+        // Long enough runs over few keys that TinyLFU's sketch starts and
+        // its admission contests, promotions and demotions all run.
+        prop_assume!(cap >= shards as u64);
+        plain_and_general_writes_agree(eviction, cap, shards, ops)?;
     }
 }
