@@ -705,9 +705,11 @@ impl<K: Eq, V, H: Fn(&K) -> u64> ShardWriter<'_, K, V, H> {
     /// without building the deadline context or asking the clock, the wheel
     /// and the tag index at every turn. With the write's helpers inlined, the
     /// throughput benchmark's mix went from 284–292 instructions per
-    /// operation to 273–275 (`bash benches/mix_cost.sh`), and larder's time
-    /// over quick_cache's, in four paired runs of each build, from 1.31–1.37
-    /// to 1.19–1.28.
+    /// operation to 273–275 (`bash benches/mix_cost.sh`); run the way
+    /// `benches/interleaved.rs` runs it (11 rounds, one thread), the two
+    /// builds taking turns, quick_cache's time over larder's went from a
+    /// median of 0.74× to 0.78× (seven runs of each: 0.71–0.76 and
+    /// 0.63–0.84).
     pub(crate) fn insert_plain(
         &mut self,
         hash: u64,
