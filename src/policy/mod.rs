@@ -124,10 +124,13 @@ impl Policy {
 
     /// A key not resident is about to be inserted under `hash`: starts
     /// fetching the lines its insert and the eviction after it will read.
+    /// Returns the hash of the entry that eviction will most likely take,
+    /// if the policy knows it.
     #[inline]
-    pub(crate) fn prefetch_insert(&mut self, hash: u64, entries: &impl Entries) {
-        if let Self::TinyLfu(p) = self {
-            p.prefetch_insert(hash, entries);
+    pub(crate) fn prefetch_insert(&mut self, hash: u64, entries: &impl Entries) -> Option<u64> {
+        match self {
+            Self::TinyLfu(p) => p.prefetch_insert(hash, entries),
+            _ => None,
         }
     }
 
