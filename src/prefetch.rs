@@ -2,12 +2,13 @@
 //! about to read, so that its miss overlaps with the work before the read
 //! instead of stalling it.
 //!
-//! On the throughput benchmark's mix nearly every new key costs three misses
-//! that nothing before them could overlap: its sketch line, and for the
-//! window's oldest entry (the next eviction candidate) its ghost slot and its
-//! list neighbour. A plain load issued early did not help — it holds up the
-//! instructions after it until the line arrives, and the lock release waits
-//! for it — while a prefetch asks nothing to wait.
+//! On the throughput benchmark's mix nearly every new key costs misses that
+//! nothing before them could overlap: its sketch line, and for the window's
+//! oldest entry (the next eviction candidate) its ghost slot, its list
+//! neighbour and its table bucket (the control bytes and the buckets its
+//! removal probes: `store::TableLines`). A plain load issued early did not
+//! help — it holds up the instructions after it until the line arrives, and
+//! the lock release waits for it — while a prefetch asks nothing to wait.
 //!
 //! This module and `store::slots` (the slab's line-aligned memory) are the
 //! only ones with `unsafe` code.
