@@ -5,6 +5,15 @@
 //! so the links come on the same cache line), or in a separate [`Links`]
 //! array shared by the timer wheel's lists. Either way an entry costs 8 bytes
 //! of links whatever list it is on.
+//!
+//! A head's back link is not kept: taking the head off (what eviction does
+//! most) writes the list and the leaving token only, never the next token's
+//! line, which is seldom cached. Its read waits until that token is itself
+//! looked at. On the throughput benchmark's mix (one thread, two caches in one
+//! process taking turns) this took about 2% off the time per operation
+//! (median paired ratio 0.978 over six runs of 21 rounds), and
+//! `benches/mix_cost.sh` counted 275.7 instructions and 4.47 L1 misses per
+//! operation where it had counted 279.2 and 4.59.
 
 use super::Entries;
 use crate::store::Token;
@@ -154,15 +163,20 @@ impl List {
     #[inline(always)]
     pub(crate) fn unlink(&mut self, links: &mut impl LinkStore, token: Token) {
         let (prev, next) = links.link(token);
-        if prev == NIL {
+        if token == self.head {
+            // The new head's back link is left as it is: a head's is never
+            // read, and not writing it spares a miss on its line.
             self.head = next;
+            if next == NIL {
+                self.tail = NIL;
+            }
         } else {
             links.set_next(prev, next);
-        }
-        if next == NIL {
-            self.tail = prev;
-        } else {
-            links.set_prev(next, prev);
+            if next == NIL {
+                self.tail = prev;
+            } else {
+                links.set_prev(next, prev);
+            }
         }
         links.set_link(token, DETACHED, NIL);
         self.len -= 1;
@@ -200,7 +214,9 @@ impl List {
         let mut prev = NIL;
         while at != NIL {
             let (back, next) = links.link(at);
-            assert_eq!(back, prev, "broken back link");
+            // The head's back link is not kept.
+            assert!(prev == NIL || back == prev, "broken back link");
+            assert_ne!(back, DETACHED, "a listed token marked as on no list");
             out.push(at);
             assert!(out.len() <= self.len as usize, "list longer than its count");
             prev = at;
@@ -216,6 +232,59 @@ impl List {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    /// Links that record which tokens' links were written.
+    #[derive(Default)]
+    struct Recorded {
+        links: Links,
+        written: Vec<Token>,
+    }
+
+    impl LinkStore for Recorded {
+        fn link(&self, token: Token) -> (Token, Token) {
+            self.links.link(token)
+        }
+        fn set_link(&mut self, token: Token, prev: Token, next: Token) {
+            self.written.push(token);
+            self.links.set_link(token, prev, next);
+        }
+        fn set_prev(&mut self, token: Token, prev: Token) {
+            self.written.push(token);
+            self.links.set_prev(token, prev);
+        }
+        fn set_next(&mut self, token: Token, next: Token) {
+            self.written.push(token);
+            self.links.set_next(token, next);
+        }
+    }
+
+    #[test]
+    fn taking_the_head_off_writes_no_neighbour() {
+        let mut links = Recorded::default();
+        let mut list = List::default();
+        for t in 0..4 {
+            list.push_back(&mut links, t);
+        }
+        links.written.clear();
+        list.unlink(&mut links, 0);
+        assert_eq!(links.written, [0], "only the leaving token is written");
+        // The stale back link of the new head is never followed: unlinking
+        // it and the tokens after it keeps the list whole.
+        list.move_to_back(&mut links, 1);
+        assert_eq!(list.tokens(&links.links), [2, 3, 1]);
+        links.written.clear();
+        list.unlink(&mut links, 3);
+        assert_eq!(
+            links.written,
+            [2, 1, 3],
+            "a middle token rewrites both neighbours"
+        );
+        assert_eq!(list.tokens(&links.links), [2, 1]);
+        list.unlink(&mut links, 2);
+        list.unlink(&mut links, 1);
+        assert!(list.is_empty() && list.head().is_none());
+        assert_eq!(list.tokens(&links.links), []);
+    }
 
     proptest! {
         /// The intrusive list agrees with a `Vec` under random pushes, moves and unlinks.
