@@ -18,17 +18,21 @@
 //! With `two`, the steps between two flushes are dealt to two threads that
 //! write and read keys of their own (even and odd) through the one cache at
 //! once; each flush waits for both, then checks as above. With `two` and
-//! `shared`, both threads write and read the same eight keys against a store
-//! that never fails, so the order of two writes of a key is the cache's to
-//! choose: once both threads are done, each key reads as one of the two
-//! threads' last acknowledged writes of it (or as before, if neither wrote
-//! it); every read in between returned a value acknowledged to one of them
-//! (a refused write is never seen); and at the flush the store holds what the
-//! cache reads, having taken each key's writes in an order that keeps each
-//! thread's own order.
+//! `shared`, both threads write and read the same eight keys, so the order of
+//! two writes of a key is the cache's to choose, and either thread may switch
+//! the store to failing or panicking: every read in a stretch returns a value
+//! acknowledged to one of them or the key's value before the stretch (a
+//! refused write is never seen); once both are done, each key reads as one of
+//! the two threads' last acknowledged writes of it (or as before, if neither
+//! wrote it), and at the flush that write is in the store or reported failed,
+//! the store having taken each key's writes in an order that keeps each
+//! thread's own; after the flush, without a handler, the cache reads what the
+//! store holds. A key with a write handed to the failure handler may read,
+//! from then on, as any write it was ever acknowledged with (the handed-over
+//! write while it stays cached, else the store's older value).
 #![no_main]
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Once};
 use std::time::Duration;
@@ -284,7 +288,7 @@ fuzz_target!(|input: Input| {
         Step::Flush => unreachable!("flushes end a stretch"),
     };
     if input.two && input.shared {
-        shared_keys(&input, &cache, &db);
+        shared_keys(&input, &cache, &db, &handed);
         return;
     }
     // The steps between flushes, then the flush.
@@ -370,10 +374,17 @@ fn interleaves(log: &[Option<u16>], a: &[Option<u16>], b: &[Option<u16>]) -> boo
 type WbCache = Cache<u8, u16, DefaultHashBuilder, WriteBehind<u8, u16, Shared>>;
 
 /// The `two` + `shared` mode: see the module's docs.
-fn shared_keys(input: &Input, cache: &WbCache, db: &Shared) {
+fn shared_keys(input: &Input, cache: &WbCache, db: &Shared, handed: &Handed) {
     let blocking = input.handler && input.block;
     // Each key's value before the stretch (every stretch ends with a flush).
     let mut before: HashMap<u8, Option<u16>> = HashMap::new();
+    // Every value each key was ever acknowledged with, and its start (absent).
+    let mut ever: HashMap<u8, HashSet<Option<u16>>> =
+        (0..8).map(|k| (k, HashSet::from([None]))).collect();
+    // Keys a write of which was handed to the failure handler: a read of
+    // one may return the handed-over write while it stays cached, or
+    // whatever the store holds, which a failed write left at an older value.
+    let mut loose: HashSet<u8> = HashSet::new();
     let mut logged = 0;
     let stretches: Vec<&[Step]> = input.steps.split(|s| matches!(s, Step::Flush)).collect();
     for (n, steps) in stretches.iter().enumerate() {
@@ -397,8 +408,9 @@ fn shared_keys(input: &Input, cache: &WbCache, db: &Shared) {
                                 Step::Get(k) => {
                                     seen.reads.push((k % 8, cache.get(&(k % 8)).unwrap()))
                                 }
-                                // The store never fails here.
-                                Step::Fail(_) | Step::Panic(_) | Step::Flush => {}
+                                Step::Fail(on) => db.0.failing.store(on, Ordering::SeqCst),
+                                Step::Panic(on) => db.0.panicking.store(on, Ordering::SeqCst),
+                                Step::Flush => {}
                             }
                         }
                         seen
@@ -412,42 +424,96 @@ fn shared_keys(input: &Input, cache: &WbCache, db: &Shared) {
         });
         let empty = Vec::new();
         let acked = |t: usize, k: u8| seen[t].acked.get(&k).unwrap_or(&empty);
-        for t in 0..2 {
-            for &(k, got) in &seen[t].reads {
-                let start = before.get(&k).copied().flatten();
-                assert!(
-                    got == start || acked(0, k).contains(&got) || acked(1, k).contains(&got),
-                    "read of {k}: {got:?}, never acknowledged (before: {start:?})"
-                );
-            }
-        }
         for k in 0..8u8 {
-            let now = cache.get(&k).unwrap();
-            let lasts = [acked(0, k).last(), acked(1, k).last()];
-            if lasts.iter().any(Option::is_some) {
-                assert!(
-                    lasts.contains(&Some(&now)),
-                    "key {k} reads {now:?}; the writers' last writes: {lasts:?}"
-                );
-            } else {
-                assert_eq!(now, before.get(&k).copied().flatten(), "key {k}, unwritten");
-            }
-            before.insert(k, now);
+            let all = ever.get_mut(&k).expect("every key has a set");
+            all.extend(acked(0, k).iter().chain(acked(1, k)).copied());
         }
+        // What the cache reads once both writers are done, before the flush.
+        let now: HashMap<u8, Option<u16>> = (0..8u8).map(|k| (k, cache.get(&k).unwrap())).collect();
         let report = if n + 1 == stretches.len() {
+            db.0.failing.store(false, Ordering::SeqCst);
+            db.0.panicking.store(false, Ordering::SeqCst);
             cache.close()
         } else {
             cache.flush()
         };
-        assert!(report.is_ok(), "the store never fails here");
+        let mut failed: Vec<(u8, Option<u16>)> = match report {
+            Ok(()) => Vec::new(),
+            Err(e) => e
+                .failed
+                .iter()
+                .map(|f| match &f.op {
+                    Op::Put(k, v) => (*k, Some(*v)),
+                    Op::Delete(k) => (*k, None),
+                })
+                .collect(),
+        };
+        if input.handler {
+            assert!(failed.is_empty(), "a failure handler takes every failure");
+            // The flush waited for the flusher: everything handed over in
+            // the stretch has reached the handler by now.
+            for (k, w) in handed.lock().unwrap().drain(..) {
+                loose.insert(k);
+                failed.push((k, w));
+            }
+        }
+        for t in 0..2 {
+            for &(k, got) in &seen[t].reads {
+                let start = before.get(&k).copied().flatten();
+                if loose.contains(&k) {
+                    assert!(
+                        ever[&k].contains(&got),
+                        "read of {k}: {got:?}, never acknowledged"
+                    );
+                } else {
+                    assert!(
+                        got == start || acked(0, k).contains(&got) || acked(1, k).contains(&got),
+                        "read of {k}: {got:?}, never acknowledged (before: {start:?})"
+                    );
+                }
+            }
+        }
         let data = db.0.data.lock().unwrap().clone();
+        for k in 0..8u8 {
+            let now = now[&k];
+            let stored = data.get(&k).copied();
+            if loose.contains(&k) {
+                assert!(
+                    ever[&k].contains(&now),
+                    "key {k} reads {now:?}, never acknowledged"
+                );
+                assert!(
+                    ever[&k].contains(&stored),
+                    "key {k}: the store holds {stored:?}"
+                );
+            } else {
+                let lasts = [acked(0, k).last(), acked(1, k).last()];
+                if lasts.iter().any(Option::is_some) {
+                    assert!(
+                        lasts.contains(&Some(&now)),
+                        "key {k} reads {now:?}; the writers' last writes: {lasts:?}"
+                    );
+                } else {
+                    assert_eq!(now, before.get(&k).copied().flatten(), "key {k}, unwritten");
+                }
+                // The write the cache reads is stored, or reported failed.
+                assert!(
+                    stored == now || failed.contains(&(k, now)),
+                    "key {k}: {now:?} neither stored nor reported (the store holds {stored:?})"
+                );
+            }
+            if n + 1 < stretches.len() {
+                let after = cache.get(&k).unwrap();
+                if !input.handler {
+                    // A reported failure falls back to the store; a stored
+                    // write is what the store holds.
+                    assert_eq!(after, stored, "key {k}: the store and the cache disagree");
+                }
+                before.insert(k, after);
+            }
+        }
         let log = db.0.log.lock().unwrap();
         for k in 0..8u8 {
-            assert_eq!(
-                data.get(&k).copied(),
-                before[&k],
-                "key {k}: the store and the cache disagree"
-            );
             let stored: Vec<Option<u16>> = log[logged..]
                 .iter()
                 .filter(|op| *op.key() == k)
