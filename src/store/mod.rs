@@ -1,7 +1,7 @@
 //! The sharded store. A shard is a lock and a ring:
 //!
-//! * the **map** — a `hashbrown::HashTable` of `u32` tokens into a slab of
-//!   entries, and the policy — behind a reader-writer lock: lookups share it,
+//! * the **map** — a table of `u32` tokens (twelve to a cache line, see
+//!   `table`) into a slab of entries, and the policy — behind a reader-writer lock: lookups share it,
 //!   writes own it;
 //! * the policy sits behind a mutex of its own inside the map, so that readers
 //!   can apply buffered reads to it without blocking each other's lookups;
@@ -19,12 +19,12 @@
 mod read_buffer;
 mod slab;
 mod slots;
+mod table;
 
 use std::borrow::Borrow;
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 
-use hashbrown::HashTable;
 use smallvec::SmallVec;
 
 use crate::expiry::clock::{ticks, Clock};
@@ -40,6 +40,7 @@ use crate::RemovalCause;
 use read_buffer::ReadBuffer;
 use slab::Slab;
 pub(crate) use slab::{Entry, Token, MAX_WEIGHT};
+use table::Table;
 
 /// Entries taken out under a shard lock, to be handed to the listener (or
 /// dropped) after the lock is released.
@@ -211,7 +212,7 @@ pub(crate) struct Shard<K, V> {
 #[derive(Debug)]
 #[repr(C)]
 pub(crate) struct Map<K, V> {
-    table: HashTable<Token>,
+    table: Table,
     /// Hits since the last write, for a policy that collects reads from the
     /// entries (its hill climber needs the hit rate). Bumped by readers with a
     /// plain load and store: it shares a cache line with the lock word that
@@ -236,10 +237,6 @@ pub(crate) struct Map<K, V> {
     /// Where the policy's sketch lies (W-TinyLFU, once it counts), for a
     /// lookup that misses to prefetch the line its insert will count in.
     sketch_lines: SketchLines,
-    /// Where the table's buckets lie, so that a write can start fetching its
-    /// eviction candidate's bucket (kept current by every insert; reset
-    /// with the table).
-    table_lines: TableLines,
     /// Tags of tagged entries, from the shard's first tagged insert on.
     tags: Option<Box<TagIndex>>,
     pub(crate) counters: Counters,
@@ -248,76 +245,6 @@ pub(crate) struct Map<K, V> {
     policy: Mutex<Policy>,
     /// Deadlines, when the cache has expiry; set with `timed`.
     timers: Option<Timers>,
-}
-
-/// Control bytes hashbrown reads at once (an SSE2 group; an AArch64 group is
-/// 8, and prefetching 16 covers it).
-const GROUP: usize = 16;
-
-/// Where a shard's table keeps its buckets: the address of its control bytes
-/// and its bucket mask, learnt from the table itself ([`TableLines::of`]).
-///
-/// A write evicting the window's oldest entry looks that entry up in the
-/// table to remove it, and on the throughput benchmark's mix that lookup
-/// missed twice (the group of control bytes, then the bucket), about 9% of
-/// larder's samples under `perf record`. Its hash is known as the write
-/// starts (`TinyLfu::prefetch_insert`), so the write prefetches both lines
-/// then, and the eviction finds them arriving: two caches in one process
-/// taking turns on one thread (as `benches/interleaved.rs` runs them), one
-/// prefetching and one not, the median of the paired time ratios was 0.96
-/// over eight runs (0.89–0.99).
-///
-/// An address, not a pointer: nothing reads through it, so a copy that
-/// outlived its table, or a hashbrown that laid its table out otherwise,
-/// would only make the prefetches useless.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-struct TableLines {
-    /// The address of control byte 0; 0 for none known.
-    ctrl: usize,
-    /// The number of buckets less one.
-    mask: usize,
-}
-
-impl TableLines {
-    /// The lines of `table`, or none for an empty table. hashbrown lays the
-    /// buckets out backwards before the control bytes, so bucket `i` starts
-    /// `i + 1` buckets before control byte 0
-    /// (`table_lines_follow_the_tables_layout` checks it).
-    fn of(table: &HashTable<Token>) -> Self {
-        let Some(i) = table.iter_buckets().next() else {
-            return Self::default();
-        };
-        let Some(token) = table.get_bucket(i) else {
-            return Self::default();
-        };
-        let bucket = (token as *const Token).addr();
-        Self {
-            ctrl: bucket.wrapping_add((i + 1) * size_of::<Token>()),
-            mask: table.num_buckets() - 1,
-        }
-    }
-
-    /// Starts fetching what a lookup of `hash` reads first: the group of
-    /// control bytes its probe starts at (the hash's low bits, as hashbrown
-    /// probes) and the buckets that group describes.
-    #[inline]
-    fn prefetch(self, hash: u64) {
-        if self.ctrl == 0 {
-            return;
-        }
-        let pos = hash as usize & self.mask;
-        let group = self.ctrl.wrapping_add(pos);
-        let buckets = self.ctrl.wrapping_sub((pos + GROUP) * size_of::<Token>());
-        let last = (GROUP - 1) * size_of::<Token>();
-        for address in [
-            group,
-            group.wrapping_add(GROUP - 1),
-            buckets,
-            buckets.wrapping_add(last),
-        ] {
-            crate::prefetch::prefetch(std::ptr::without_provenance::<u8>(address));
-        }
-    }
 }
 
 impl<K, V> Shard<K, V> {
@@ -330,8 +257,7 @@ impl<K, V> Shard<K, V> {
         initial_capacity: usize,
         timed: bool,
     ) -> Option<Self> {
-        let mut table = HashTable::new();
-        table.try_reserve(initial_capacity, |_: &Token| 0).ok()?;
+        let table = Table::with_capacity(initial_capacity)?;
         Some(Self {
             map: RwLock::new(Map {
                 table,
@@ -346,7 +272,6 @@ impl<K, V> Shard<K, V> {
                 capacity,
                 max_entry: max_entry.min(capacity),
                 sketch_lines: SketchLines::default(),
-                table_lines: TableLines::default(),
                 counters: Counters::default(),
             }),
             reads: ReadBuffer::default(),
@@ -551,7 +476,7 @@ impl<K: Eq, V> Map<K, V> {
         Q: Eq + ?Sized,
     {
         let mut found = None;
-        let token = self.table.find(hash, |&t| {
+        let token = self.table.find(hash, |t| {
             let entry = self.slab.get(t);
             let hit = entry.key.borrow() == key;
             if hit {
@@ -559,7 +484,7 @@ impl<K: Eq, V> Map<K, V> {
             }
             hit
         })?;
-        Some((*token, found?))
+        Some((token, found?))
     }
 
     /// A lookup of `hash` missed, and an insert of it may follow: starts
@@ -819,7 +744,7 @@ impl<K: Eq, V, H: Fn(&K) -> u64> ShardWriter<'_, K, V, H> {
     fn prefetch_insert(&mut self, hash: u64) {
         let candidate = self.with_policy(|p, view| p.prefetch_insert(hash, view));
         if let Some(candidate) = candidate {
-            self.map.table_lines.prefetch(candidate);
+            self.map.table.prefetch(candidate);
         }
     }
 
@@ -857,11 +782,7 @@ impl<K: Eq, V, H: Fn(&K) -> u64> ShardWriter<'_, K, V, H> {
         };
         let (slab, hash_of) = (&map.slab, self.hash_of);
         map.table
-            .insert_unique(hash, t, |&t| hash_of(&slab.get(t).key));
-        // The table may have grown into new memory.
-        if map.table_lines.mask != map.table.num_buckets() - 1 || map.table_lines.ctrl == 0 {
-            map.table_lines = TableLines::of(&map.table);
-        }
+            .insert_unique(hash, t, |t| hash_of(&slab.get(t).key));
         map.weight += u64::from(weight);
         map.counters.inserts += 1;
         self.with_policy(|p, view| p.on_insert(t, hash, view));
@@ -1015,7 +936,7 @@ impl<K: Eq, V, H: Fn(&K) -> u64> ShardWriter<'_, K, V, H> {
             .map(|t| self.book(t, now, RemovalCause::Explicit))
             .collect();
         let map = &mut *self.map;
-        map.table = HashTable::new();
+        map.table = Table::default();
         map.weight = 0;
         if let Some(timers) = &mut map.timers {
             *timers = Timers::default();
@@ -1023,7 +944,6 @@ impl<K: Eq, V, H: Fn(&K) -> u64> ShardWriter<'_, K, V, H> {
         map.tags = None;
         map.policy.get_mut().clear();
         map.sketch_lines = SketchLines::default();
-        map.table_lines = TableLines::default();
         out.extend(
             map.slab
                 .take_all()
@@ -1089,11 +1009,10 @@ impl<K: Eq, V, H: Fn(&K) -> u64> ShardWriter<'_, K, V, H> {
         if map.slab.len() != 0 || map.slab.capacity() == 0 {
             return;
         }
-        map.table = HashTable::new();
+        map.table = Table::default();
         drop(map.slab.take_all());
         map.policy.get_mut().clear();
         map.sketch_lines = SketchLines::default();
-        map.table_lines = TableLines::default();
         if let Some(timers) = &mut map.timers {
             *timers = Timers::default();
         }
@@ -1146,11 +1065,11 @@ impl<K: Eq, V, H: Fn(&K) -> u64> ShardWriter<'_, K, V, H> {
 
     /// Takes a resident entry out of the table, the policy and the slab.
     fn unlink(&mut self, hash: u64, token: Token) -> Entry<K, V> {
-        match self.map.table.find_entry(hash, |&t| t == token) {
-            Ok(found) => {
-                found.remove();
+        match self.map.table.locate(hash, |t| t == token) {
+            Some(found) => {
+                self.map.table.remove(hash, found);
             }
-            Err(_) => unreachable!("resident token {token} missing from the table"),
+            None => unreachable!("resident token {token} missing from the table"),
         }
         self.with_policy(|p, view| p.on_remove(token, view));
         let map = &mut *self.map;
@@ -1192,17 +1111,11 @@ impl<K: Eq, V, H: Fn(&K) -> u64> ShardWriter<'_, K, V, H> {
         for (t, e) in map.slab.iter_from(0) {
             weight += u64::from(e.weight());
             live.push(t);
-            let found = map.table.find(hash_of(&e.key), |&x| x == t);
-            assert_eq!(found, Some(&t), "resident entry missing from the table");
+            let found = map.table.find(hash_of(&e.key), |x| x == t);
+            assert_eq!(found, Some(t), "resident entry missing from the table");
         }
         assert_eq!(map.table.len(), live.len(), "table and slab disagree");
-        if map.table_lines.ctrl != 0 && !map.table.is_empty() {
-            assert_eq!(
-                map.table_lines,
-                TableLines::of(&map.table),
-                "stale table lines"
-            );
-        }
+        map.table.validate(|t| hash_of(&map.slab.get(t).key));
         assert_eq!(weight, map.weight, "weight total drifted");
         assert!(map.weight <= map.capacity, "shard over capacity");
         let policy = map
@@ -1358,47 +1271,12 @@ mod tests {
         writer.validate();
     }
 
-    /// A lookup that misses prefetches from where the policy's sketch lies:
-    /// the map's copy of it is set once the policy counts, dropped with the
-    /// sketch when the shard is cleared, and set again when it counts anew.
-    /// hashbrown's layout as `TableLines` reads it: bucket `i` starts `i + 1`
-    /// buckets before control byte 0, and a key's probe starts at its hash's
-    /// low bits (where a key alone in its group lands). Should a new
-    /// hashbrown lay its table out otherwise, the prefetches would only be
-    /// useless, and this test says so.
+    /// The map's table through growth, eviction and clearing, with the
+    /// prefetch an insert makes of its candidate's bucket (run under miri by
+    /// CI), also into a table that was just cleared.
     #[test]
-    fn table_lines_follow_the_tables_layout() {
-        use super::{HashTable, TableLines, Token};
-        let mix = |n: u64| n.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (n >> 7);
-        let mut table: HashTable<Token> = HashTable::new();
-        assert_eq!(TableLines::of(&table), TableLines::default(), "empty");
-        // Smaller under miri (CI runs these there), still through growths.
-        let (keys, alone_keys) = if cfg!(miri) { (300, 20) } else { (3_000, 200) };
-        for n in 0..keys {
-            table.insert_unique(mix(u64::from(n)), n, |&t| mix(u64::from(t)));
-            let lines = TableLines::of(&table);
-            assert_eq!(lines.mask + 1, table.num_buckets());
-            if n % 97 == 0 || n.is_power_of_two() {
-                for i in table.iter_buckets() {
-                    let at = (table.get_bucket(i).expect("full") as *const Token).addr();
-                    assert_eq!(at, lines.ctrl - (i + 1) * size_of::<Token>());
-                }
-            }
-        }
-        for n in 0..alone_keys {
-            let mut alone: HashTable<Token> = HashTable::with_capacity(100);
-            alone.insert_unique(mix(n), 0, |_| mix(n));
-            let lines = TableLines::of(&alone);
-            let at = alone.find_bucket_index(mix(n), |_| true);
-            assert_eq!(at, Some(mix(n) as usize & lines.mask));
-        }
-    }
-
-    /// Every insert keeps the map's table lines current as the table grows,
-    /// and they go with the table.
-    #[test]
-    fn the_maps_table_lines_follow_its_table() {
-        use super::{TableLines, WriteContext};
+    fn table_lines_prefetch_through_growth_and_clear() {
+        use super::WriteContext;
         let (clock, _time) = crate::Clock::mock();
         let (capacity, keys) = if cfg!(miri) {
             (100, 150)
@@ -1426,24 +1304,27 @@ mod tests {
                     writer.insert(hash_of(&k), k, k, 1, timing, &mut out)
                 };
                 assert!(written.is_ok());
-                assert_eq!(writer.map.table_lines, TableLines::of(&writer.map.table));
+                if k % 100 == 0 {
+                    writer.validate();
+                }
             }
-            // What an insert's prefetch does (run under miri by CI).
             for k in 50_000..50_100 {
-                writer.map.table_lines.prefetch(hash_of(&k));
+                writer.map.table.prefetch(hash_of(&k));
             }
             writer.validate();
-            let lines = writer.map.table_lines;
+            assert_eq!(writer.map.table.len(), capacity as usize);
             let mut removed = Vec::new();
             writer.clear(&clock, &mut removed);
-            assert_eq!(writer.map.table_lines, TableLines::default());
-            // A copy that outlived its table: a hint like any other.
+            assert!(writer.map.table.is_empty());
             for k in 50_000..50_100 {
-                lines.prefetch(hash_of(&k));
+                writer.map.table.prefetch(hash_of(&k));
             }
         }
     }
 
+    /// A lookup that misses prefetches from where the policy's sketch lies:
+    /// the map's copy of it is set once the policy counts, dropped with the
+    /// sketch when the shard is cleared, and set again when it counts anew.
     #[test]
     fn the_maps_sketch_lines_follow_the_policys_sketch() {
         use super::{Deadlines, Removed, WriteContext, NEVER};

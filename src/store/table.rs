@@ -1,0 +1,435 @@
+//! The shard's hash table: tokens by hash, twelve to a cache line.
+//!
+//! A lookup in a table of control bytes with the tokens elsewhere (as
+//! hashbrown lays one out) chases three lines: the control bytes, the token,
+//! then the entry. Here a bucket is one 64-byte line holding twelve one-byte
+//! tags, an overflow count and the twelve tokens they tag, so a lookup reads
+//! the bucket and then the entry: one dependent miss less on every lookup,
+//! hit or miss, and on every write's lookup of its key.
+//!
+//! A key lives in its home bucket or, when that is full, in the first bucket
+//! after it with room (wrapping around). Each bucket counts the keys that
+//! passed it on their way further (its overflow, as in folly's F14): a lookup
+//! stops at the first bucket that does not hold its key and counts none.
+//! Removing a key takes one off the count of every bucket it passed. The
+//! table grows (doubling) before its buckets hold ten keys each on average,
+//! so that most keys sit at home.
+
+use super::slab::Token;
+
+/// Keys per bucket.
+const SLOTS: usize = 12;
+/// Mean keys per bucket beyond which the table doubles.
+const MAX_MEAN: usize = 10;
+/// 0x01 in every byte.
+const LOW_BITS: u64 = 0x0101_0101_0101_0101;
+/// 0x80 in every byte.
+const HIGH_BITS: u64 = 0x8080_8080_8080_8080;
+
+/// One cache line: the tags of slots 0 to 7 (`tags`, a byte each, low byte
+/// first) and 8 to 11 (`more_tags`), 0 marking a free slot; the overflow
+/// count; the tokens.
+#[derive(Debug, Clone, Copy)]
+#[repr(C, align(64))]
+struct Bucket {
+    tags: u64,
+    more_tags: u32,
+    overflow: u32,
+    tokens: [Token; SLOTS],
+}
+
+const EMPTY: Bucket = Bucket {
+    tags: 0,
+    more_tags: 0,
+    overflow: 0,
+    tokens: [0; SLOTS],
+};
+
+impl Bucket {
+    /// The slots that may hold `tag` (0: the free ones) among slots 0 to 7
+    /// and among 8 to 11, as the high bit of each flagged byte. The lowest
+    /// flagged byte of each is exact; a byte above a match may be flagged
+    /// wrongly, which costs a lookup one comparison of tokens.
+    #[inline(always)]
+    fn matching(&self, tag: u8) -> (u64, u64) {
+        let pattern = u64::from(tag) * LOW_BITS;
+        (
+            zero_bytes(self.tags ^ pattern),
+            zero_bytes(u64::from(self.more_tags ^ pattern as u32)) & 0x8080_8080,
+        )
+    }
+
+    /// The tag of `slot`.
+    #[cfg(any(test, fuzzing))]
+    fn tag(&self, slot: usize) -> u8 {
+        if slot < 8 {
+            (self.tags >> (slot * 8)) as u8
+        } else {
+            (self.more_tags >> ((slot - 8) * 8)) as u8
+        }
+    }
+
+    #[inline]
+    fn set_tag(&mut self, slot: usize, tag: u8) {
+        if slot < 8 {
+            let shift = slot * 8;
+            self.tags = (self.tags & !(0xFF << shift)) | u64::from(tag) << shift;
+        } else {
+            let shift = (slot - 8) * 8;
+            self.more_tags = (self.more_tags & !(0xFF << shift)) | u32::from(tag) << shift;
+        }
+    }
+
+    /// The first free slot, if any.
+    #[inline]
+    fn free_slot(&self) -> Option<usize> {
+        let (low, high) = self.matching(0);
+        if low != 0 {
+            Some(first_slot(low))
+        } else if high != 0 {
+            Some(8 + first_slot(high))
+        } else {
+            None
+        }
+    }
+
+    /// Whether `slot` holds a token.
+    #[cfg(any(test, fuzzing))]
+    fn used(&self, slot: usize) -> bool {
+        self.tag(slot) != 0
+    }
+}
+
+/// The bytes of `word` that are zero, as the high bit of each: the lowest
+/// flagged byte is zero, and so is every flagged byte below the first zero
+/// byte; a byte of 1 right above a zero byte may be flagged too.
+#[inline(always)]
+fn zero_bytes(word: u64) -> u64 {
+    word.wrapping_sub(LOW_BITS) & !word & HIGH_BITS
+}
+
+/// The slot a match mask's lowest flagged byte names.
+#[inline(always)]
+fn first_slot(mask: u64) -> usize {
+    (mask.trailing_zeros() / 8) as usize
+}
+
+/// Where a hash goes: its home bucket among `buckets` (a power of two), from
+/// its low bits, and its tag, from its top seven (the shard was chosen by bits
+/// in between), with the high bit set so that it is never 0 — nor is a byte
+/// differing from it in the lowest bit only, which `Bucket::matching` may
+/// flag above a match: a free slot is never taken for a match. The bits are
+/// those hashbrown takes, so a hasher good enough for it is good enough here.
+#[inline(always)]
+fn place_of(hash: u64, buckets: usize) -> (usize, u8) {
+    (hash as usize & (buckets - 1), (hash >> 57) as u8 | 0x80)
+}
+
+/// Tokens by their keys' hashes; the keys themselves are the caller's.
+#[derive(Debug, Default)]
+pub(crate) struct Table {
+    buckets: Vec<Bucket>,
+    len: usize,
+}
+
+/// Where a key sits: bucket and slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Found {
+    bucket: usize,
+    slot: usize,
+}
+
+impl Table {
+    /// A table with room for `capacity` keys before it grows (a power of two
+    /// of buckets); `None` when that room cannot be allocated.
+    pub(crate) fn with_capacity(capacity: usize) -> Option<Self> {
+        let mut table = Self::default();
+        let buckets = capacity.div_ceil(MAX_MEAN).next_power_of_two();
+        if capacity > 0 {
+            table.buckets.try_reserve_exact(buckets).ok()?;
+            table.buckets.resize(buckets, EMPTY);
+        }
+        Some(table)
+    }
+
+    #[cfg(any(test, fuzzing))]
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    #[cfg(test)]
+    pub(crate) fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Starts fetching the line a lookup of `hash` reads first.
+    #[inline]
+    pub(crate) fn prefetch(&self, hash: u64) {
+        if !self.buckets.is_empty() {
+            let (home, _) = place_of(hash, self.buckets.len());
+            crate::prefetch::prefetch(&self.buckets[home]);
+        }
+    }
+
+    /// The first token under `hash` that `eq` accepts.
+    #[inline]
+    pub(crate) fn find(&self, hash: u64, eq: impl FnMut(Token) -> bool) -> Option<Token> {
+        self.locate(hash, eq)
+            .map(|at| self.buckets[at.bucket].tokens[at.slot])
+    }
+
+    /// Where the first token under `hash` that `eq` accepts sits.
+    #[inline]
+    pub(crate) fn locate(&self, hash: u64, mut eq: impl FnMut(Token) -> bool) -> Option<Found> {
+        let n = self.buckets.len();
+        if n == 0 {
+            return None;
+        }
+        let (mut at, tag) = place_of(hash, n);
+        // Bounded: the table never fills, so some bucket on the way counts
+        // no overflow; the bound only guards against a broken count.
+        for _ in 0..n {
+            let bucket = &self.buckets[at];
+            let (mut low, mut high) = bucket.matching(tag);
+            while low != 0 {
+                let slot = first_slot(low);
+                if eq(bucket.tokens[slot]) {
+                    return Some(Found { bucket: at, slot });
+                }
+                low &= low - 1;
+            }
+            while high != 0 {
+                let slot = 8 + first_slot(high);
+                if eq(bucket.tokens[slot]) {
+                    return Some(Found { bucket: at, slot });
+                }
+                high &= high - 1;
+            }
+            if bucket.overflow == 0 {
+                return None;
+            }
+            at = (at + 1) & (n - 1);
+        }
+        None
+    }
+
+    /// Takes out the token at `found`, which a lookup of `hash` returned.
+    pub(crate) fn remove(&mut self, hash: u64, found: Found) -> Token {
+        let n = self.buckets.len();
+        let token = self.buckets[found.bucket].tokens[found.slot];
+        self.buckets[found.bucket].set_tag(found.slot, 0);
+        let (mut at, _) = place_of(hash, n);
+        while at != found.bucket {
+            self.buckets[at].overflow -= 1;
+            at = (at + 1) & (n - 1);
+        }
+        self.len -= 1;
+        token
+    }
+
+    /// Adds `token` under `hash`, which no token in the table is under for the
+    /// same key. Growing rehashes every token with `hash_of`.
+    pub(crate) fn insert_unique(
+        &mut self,
+        hash: u64,
+        token: Token,
+        hash_of: impl Fn(Token) -> u64,
+    ) {
+        if self.len >= self.buckets.len() * MAX_MEAN {
+            self.grow(&hash_of);
+        }
+        Self::place(&mut self.buckets, hash, token);
+        self.len += 1;
+    }
+
+    /// Puts `token` in the first slot free from its home on.
+    #[inline]
+    fn place(buckets: &mut [Bucket], hash: u64, token: Token) {
+        let n = buckets.len();
+        let (mut at, tag) = place_of(hash, n);
+        loop {
+            let bucket = &mut buckets[at];
+            if let Some(slot) = bucket.free_slot() {
+                bucket.set_tag(slot, tag);
+                bucket.tokens[slot] = token;
+                return;
+            }
+            bucket.overflow += 1;
+            at = (at + 1) & (n - 1);
+        }
+    }
+
+    #[cold]
+    fn grow(&mut self, hash_of: &impl Fn(Token) -> u64) {
+        let buckets = (self.buckets.len() * 2).max(1);
+        let mut grown = vec![EMPTY; buckets];
+        for bucket in &self.buckets {
+            for slot in 0..SLOTS {
+                let tag = if slot < 8 {
+                    (bucket.tags >> (slot * 8)) as u8
+                } else {
+                    (bucket.more_tags >> ((slot - 8) * 8)) as u8
+                };
+                if tag != 0 {
+                    let token = bucket.tokens[slot];
+                    Self::place(&mut grown, hash_of(token), token);
+                }
+            }
+        }
+        self.buckets = grown;
+    }
+
+    /// Every token, in no particular order.
+    #[cfg(test)]
+    pub(crate) fn tokens(&self) -> impl Iterator<Item = Token> + '_ {
+        self.buckets.iter().flat_map(|bucket| {
+            (0..SLOTS)
+                .filter(|&slot| bucket.used(slot))
+                .map(|slot| bucket.tokens[slot])
+        })
+    }
+
+    /// Checks the overflow counts and the length against the tokens' hashes.
+    #[cfg(any(test, fuzzing))]
+    pub(crate) fn validate(&self, hash_of: impl Fn(Token) -> u64) {
+        let n = self.buckets.len();
+        let mut overflow = vec![0u32; n];
+        let mut len = 0;
+        for (at, bucket) in self.buckets.iter().enumerate() {
+            for slot in 0..SLOTS {
+                if !bucket.used(slot) {
+                    continue;
+                }
+                len += 1;
+                let hash = hash_of(bucket.tokens[slot]);
+                let (mut passed, tag) = place_of(hash, n);
+                assert_eq!(bucket.tag(slot), tag, "tag");
+                while passed != at {
+                    overflow[passed] += 1;
+                    passed = (passed + 1) & (n - 1);
+                }
+            }
+        }
+        assert_eq!(len, self.len, "the table's length");
+        for (bucket, expected) in self.buckets.iter().zip(overflow) {
+            assert_eq!(bucket.overflow, expected, "an overflow count");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn a_bucket_is_one_line() {
+        assert_eq!(size_of::<Bucket>(), 64);
+        assert_eq!(align_of::<Bucket>(), 64);
+    }
+
+    #[test]
+    fn zero_bytes_flags_the_zero_bytes() {
+        let word = u64::from_le_bytes([7, 1, 0x80, 0, 0xFF, 0, 0x7F, 1]);
+        let flagged: Vec<usize> = (0..8)
+            .filter(|b| zero_bytes(word) >> (b * 8 + 7) & 1 == 1)
+            .collect();
+        assert_eq!(flagged, [3, 5]);
+        // A 1 right above a zero may be flagged; the lowest flag is exact.
+        let word = u64::from_le_bytes([0, 1, 2, 3, 4, 5, 6, 7]);
+        assert_eq!(first_slot(zero_bytes(word)), 0);
+        assert_eq!(zero_bytes(u64::MAX), 0);
+    }
+
+    #[test]
+    fn every_slot_takes_a_tag_and_gives_it_back() {
+        let mut bucket = EMPTY;
+        for slot in 0..SLOTS {
+            assert_eq!(bucket.free_slot(), Some(slot));
+            bucket.set_tag(slot, 0x80 | slot as u8);
+        }
+        assert_eq!(bucket.free_slot(), None);
+        for slot in 0..SLOTS {
+            let (low, high) = bucket.matching(0x80 | slot as u8);
+            let found = if low != 0 {
+                first_slot(low)
+            } else {
+                8 + first_slot(high)
+            };
+            assert_eq!(found, slot);
+        }
+        bucket.set_tag(9, 0);
+        assert_eq!(bucket.free_slot(), Some(9));
+        assert_eq!(bucket.tag(10), 0x8A);
+    }
+
+    #[test]
+    fn keys_sharing_a_home_overflow_and_leave_cleanly() {
+        // Every key hashes alike: all share one home and one tag, so they
+        // fill it, overflow into the next buckets and are told apart by `eq`.
+        let mut table = Table::with_capacity(40).unwrap();
+        let same = |_: Token| 7u64;
+        for t in 0..30 {
+            table.insert_unique(7, t, same);
+            table.validate(same);
+        }
+        for t in 0..30 {
+            assert_eq!(table.find(7, |x| x == t), Some(t));
+        }
+        for t in (0..30).step_by(3) {
+            let at = table.locate(7, |x| x == t).unwrap();
+            assert_eq!(table.remove(7, at), t);
+            table.validate(same);
+        }
+        for t in 0..30 {
+            assert_eq!(table.find(7, |x| x == t).is_some(), t % 3 != 0, "token {t}");
+        }
+    }
+
+    proptest! {
+        /// The table against a `Vec` of (token, hash): inserts, removals
+        /// and lookups, through growth, with hashes from a narrow range so
+        /// that homes and tags collide.
+        #[test]
+        fn table_matches_a_list(ops in prop::collection::vec((0u8..3, 0u64..64, any::<u64>()), 1..400)) {
+            let mut table = Table::with_capacity(0).unwrap();
+            let mut model: Vec<(Token, u64)> = Vec::new();
+            let mut next: Token = 0;
+            for (op, pick, hash) in ops {
+                // Narrow hashes collide in home and tag; wide ones spread.
+                let hash = if pick % 2 == 0 { pick } else { hash };
+                match op {
+                    0 => {
+                        let mut hashes = model.clone();
+                        hashes.push((next, hash));
+                        table.insert_unique(hash, next, move |t: Token| hashes.iter().find(|(x, _)| *x == t).map(|(_, h)| *h).unwrap());
+                        model.push((next, hash));
+                        next += 1;
+                    }
+                    1 if !model.is_empty() => {
+                        let (t, h) = model.remove(pick as usize % model.len());
+                        let at = table.locate(h, |x| x == t);
+                        prop_assert!(at.is_some(), "token {} lost", t);
+                        prop_assert_eq!(table.remove(h, at.unwrap()), t);
+                    }
+                    _ => {
+                        // A lookup is only ever shown tokens in the table.
+                        let listed = |x: Token| model.iter().any(|&(y, _)| y == x);
+                        for &(t, h) in &model {
+                            prop_assert_eq!(table.find(h, |x| { assert!(listed(x), "stale {x}"); x == t }), Some(t));
+                        }
+                        prop_assert_eq!(table.find(hash, |x| { assert!(listed(x), "stale {x}"); x == next }), None);
+                    }
+                }
+                let hashes = model.clone();
+                table.validate(move |t: Token| hashes.iter().find(|(x, _)| *x == t).map(|(_, h)| *h).unwrap());
+                let mut tokens: Vec<Token> = table.tokens().collect();
+                tokens.sort_unstable();
+                let mut expected: Vec<Token> = model.iter().map(|(t, _)| *t).collect();
+                expected.sort_unstable();
+                prop_assert_eq!(tokens, expected);
+                prop_assert_eq!(table.len(), model.len());
+            }
+        }
+    }
+}
