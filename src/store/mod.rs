@@ -777,10 +777,16 @@ impl<K: Eq, V, H: Fn(&K) -> u64> ShardWriter<'_, K, V, H> {
     #[inline(always)]
     fn add(&mut self, hash: u64, key: K, value: V, weight: u32) -> Token {
         let map = &mut *self.map;
+        let hash_of = self.hash_of;
+        // Room first: growing the table hashes the resident keys, and a key
+        // whose `Hash` panics then must not leave the new entry in the slab
+        // but out of the table.
+        let slab = &map.slab;
+        map.table.reserve_one(|t| hash_of(&slab.get(t).key));
         let Some(t) = map.slab.insert(Entry::new(key, value, weight)) else {
             unreachable!("a shard never holds u32::MAX entries: its capacity is checked");
         };
-        let (slab, hash_of) = (&map.slab, self.hash_of);
+        let slab = &map.slab;
         map.table
             .insert_unique(hash, t, |t| hash_of(&slab.get(t).key));
         map.weight += u64::from(weight);
@@ -1269,6 +1275,47 @@ mod tests {
         assert_eq!(writer.map.slab.capacity(), 0, "the slab is released");
         assert!(writer.insert(2, 2, 30, 1, timing(), &mut out).is_ok());
         writer.validate();
+    }
+
+    /// A key whose `Hash` panics while the table grows (rehashing the
+    /// resident keys) loses only the write that grew it: the new entry is in
+    /// neither the slab nor the table, and the shard stays whole and usable.
+    #[test]
+    fn a_hash_panicking_as_the_table_grows_leaves_the_shard_whole() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let shard = S::new(1_000, 1_000, Eviction::TinyLfu, 0, false).expect("small");
+        let armed = AtomicBool::new(false);
+        let hash_of = |k: &u64| {
+            assert!(
+                !(armed.load(Ordering::SeqCst) && *k == 3),
+                "a key's hash panics"
+            );
+            k.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        };
+        let mut out = super::Removed::new();
+        let mut k = 0;
+        while k < 5 || shard.write(&hash_of).map.table.room() > 0 {
+            let mut writer = shard.write(&hash_of);
+            assert!(writer.insert_plain(hash_of(&k), k, k, 1, &mut out).is_ok());
+            k += 1;
+        }
+        let resident = k;
+        armed.store(true, Ordering::SeqCst);
+        let grew = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let mut writer = shard.write(&hash_of);
+            let _ = writer.insert_plain(hash_of(&10_000), 10_000, 0, 1, &mut out);
+        }));
+        assert!(grew.is_err(), "the growth hashed key 3 and panicked");
+        armed.store(false, Ordering::SeqCst);
+        let mut writer = shard.write(&hash_of);
+        writer.validate();
+        assert_eq!(writer.map.slab.len(), resident as usize);
+        assert!(writer.map.find(hash_of(&10_000), &10_000).is_none());
+        assert!(writer
+            .insert_plain(hash_of(&10_000), 10_000, 0, 1, &mut out)
+            .is_ok());
+        writer.validate();
+        assert!(writer.map.find(hash_of(&10_000), &10_000).is_some());
     }
 
     /// The map's table through growth, eviction and clearing, with the

@@ -227,17 +227,25 @@ impl Table {
         token
     }
 
+    /// Makes room for one more token, rehashing every token with `hash_of` if
+    /// the table must grow. A panic in `hash_of` leaves the table as it was.
+    #[inline]
+    pub(crate) fn reserve_one(&mut self, hash_of: impl Fn(Token) -> u64) {
+        if self.len >= self.buckets.len() * MAX_MEAN {
+            self.grow(&hash_of);
+        }
+    }
+
     /// Adds `token` under `hash`, which no token in the table is under for the
-    /// same key. Growing rehashes every token with `hash_of`.
+    /// same key. Growing rehashes every token with `hash_of` (see
+    /// [`reserve_one`](Self::reserve_one)).
     pub(crate) fn insert_unique(
         &mut self,
         hash: u64,
         token: Token,
         hash_of: impl Fn(Token) -> u64,
     ) {
-        if self.len >= self.buckets.len() * MAX_MEAN {
-            self.grow(&hash_of);
-        }
+        self.reserve_one(hash_of);
         Self::place(&mut self.buckets, hash, token);
         self.len += 1;
     }
@@ -277,6 +285,12 @@ impl Table {
             }
         }
         self.buckets = grown;
+    }
+
+    /// Tokens the table takes before it next grows.
+    #[cfg(test)]
+    pub(crate) fn room(&self) -> usize {
+        self.buckets.len() * MAX_MEAN - self.len
     }
 
     /// Every token, in no particular order.
