@@ -435,7 +435,28 @@ fn iter_yields_each_resident_entry_once() {
         .filter(|k| k % 3 != 0)
         .map(|k| (k, k * 2))
         .collect();
-    assert_eq!(seen, expected);
+    if seen != expected {
+        // Say what differs, and what the cache says of itself, rather than
+        // print two lists of thousands.
+        let missing: Vec<_> = expected.iter().filter(|e| !seen.contains(e)).collect();
+        let extra: Vec<_> = seen.iter().filter(|e| !expected.contains(e)).collect();
+        let absent = missing
+            .iter()
+            .filter(|(k, _)| !cache.contains_key(k))
+            .count();
+        panic!(
+            "iter yielded {} entries, {} expected: {} missing (first {:?}, {absent} of them \
+             absent to contains_key too), {} extra (first {:?}); len {}, {:?}",
+            seen.len(),
+            expected.len(),
+            missing.len(),
+            &missing[..missing.len().min(8)],
+            extra.len(),
+            &extra[..extra.len().min(8)],
+            cache.len(),
+            cache.stats(),
+        );
+    }
 }
 
 #[test]
