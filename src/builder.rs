@@ -415,6 +415,12 @@ where
     /// collide in another. Settings made before this call, a
     /// [`background_sweep`](Self::background_sweep) included, are kept.
     ///
+    /// The hasher need not mix its bits well: the cache mixes each hash once
+    /// more before choosing a shard, a table bucket or a lock stripe from it,
+    /// so even an identity hasher for integer keys spreads them over every
+    /// shard. Keys whose hashes are equal are told apart by `Eq`, at the cost
+    /// of a longer lookup.
+    ///
     /// ```
     /// use std::collections::hash_map::RandomState;
     ///

@@ -662,7 +662,7 @@ where
 {
     #[inline]
     pub(crate) fn hash<Q: Hash + ?Sized>(&self, key: &Q) -> u64 {
-        self.inner.hasher.hash_one(key)
+        crate::hash::spread(self.inner.hasher.hash_one(key))
     }
 
     /// The clock's time if `map` keeps deadlines (else it is never needed).
@@ -844,7 +844,7 @@ where
                 self.after_read(&map, token, entry, now);
             }
         }
-        shard.record_read(&map, token, entry, &|k| self.inner.hasher.hash_one(k));
+        shard.record_read(&map, token, entry, &|k| self.hash(k));
         drop(map);
         if self.inner.record_stats {
             shard.hits.fetch_add(1, Ordering::Relaxed);
@@ -1026,7 +1026,7 @@ where
 
     /// The invalidation mark of `tag`'s bucket.
     fn tag_mark(&self, tag: &Tag) -> &std::sync::atomic::AtomicU64 {
-        let bucket = self.inner.tag_hasher.hash_one(tag) as usize % TAG_MARKS;
+        let bucket = crate::hash::spread(self.inner.tag_hasher.hash_one(tag)) as usize % TAG_MARKS;
         &self.inner.tag_marks[bucket]
     }
 

@@ -459,6 +459,51 @@ fn iter_yields_each_resident_entry_once() {
     }
 }
 
+/// Hashes an integer key to itself: what a hasher "for integers" often does.
+#[derive(Default)]
+struct IdentityHasher(u64);
+
+impl std::hash::Hasher for IdentityHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = self.0 << 8 | u64::from(b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+/// A hasher whose bits barely vary must not put every key in one shard, which
+/// would leave the cache one shard's share of its capacity: here the identity,
+/// on small keys (bits 32 and up, which pick the shard, are all zero) and on
+/// keys whose information sits in bits 40 and up only.
+#[test]
+fn a_hasher_with_idle_bits_still_fills_every_shard() {
+    for shift in [0, 40] {
+        let cache: Cache<u64, u32, std::hash::BuildHasherDefault<IdentityHasher>> =
+            Cache::builder()
+                .max_capacity(10_000)
+                .shards(8)
+                .record_stats()
+                .hasher(Default::default())
+                .build()
+                .unwrap();
+        for k in 0..5000u64 {
+            cache.insert(k << shift, k as u32);
+        }
+        assert_eq!(
+            (cache.len(), cache.stats().evictions),
+            (5000, 0),
+            "keys shifted by {shift}: the cache holds every key below its capacity"
+        );
+        assert!((0..5000u64).all(|k| cache.get(&(k << shift)) == Some(k as u32)));
+    }
+}
+
 #[test]
 fn string_keys_are_looked_up_by_str() {
     let cache: Cache<String, usize> = Cache::builder().max_capacity(10).build().unwrap();
