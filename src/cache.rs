@@ -673,7 +673,13 @@ where
 
     #[inline]
     fn shard(&self, hash: u64) -> &Shard<K, V> {
-        &self.inner.shards[((hash >> 32) & self.inner.shard_mask) as usize]
+        &self.inner.shards[self.shard_at(hash)]
+    }
+
+    /// Which shard holds the keys with (mixed) hash `hash`: bits 32 and up.
+    #[inline]
+    fn shard_at(&self, hash: u64) -> usize {
+        ((hash >> 32) & self.inner.shard_mask) as usize
     }
 
     /// The miss path shared by the loading calls: join the key's flight, or
@@ -1354,6 +1360,23 @@ where
         if let Some(panic) = first_panic {
             resume_unwind(panic);
         }
+    }
+
+    /// The index of the shard that holds `key`, for tests and fuzz targets
+    /// that need keys in given shards (the cache mixes the hasher's output
+    /// before picking a shard, so the hash alone does not tell).
+    ///
+    /// ```
+    /// let cache: larder::Cache<u32, u32> =
+    ///     larder::Cache::builder().max_capacity(100).shards(4).build().unwrap();
+    /// assert!(cache.shard_index(&7) < 4);
+    /// ```
+    #[doc(hidden)]
+    pub fn shard_index<Q: Hash + ?Sized>(&self, key: &Q) -> usize
+    where
+        K: Borrow<Q>,
+    {
+        self.shard_at(self.hash(key))
     }
 
     /// Checks every shard's invariants.

@@ -7,7 +7,6 @@ mod common;
 use common::block_on;
 use std::cell::RefCell;
 use std::future::Future;
-use std::hash::{BuildHasher, Hasher};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::mpsc;
 use std::sync::{Arc, OnceLock};
@@ -15,30 +14,6 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use larder::{Cache, EntryOptions, RemovalCause};
-
-/// Shard = the key's low bit (with two shards): key 0 is swept before key 1.
-#[derive(Clone, Default)]
-struct ByKey;
-struct KeyHasher(u64);
-impl Hasher for KeyHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 = (self.0 << 8) | u64::from(*b);
-        }
-    }
-    fn write_u32(&mut self, n: u32) {
-        self.0 = (u64::from(n) << 32) | u64::from(n);
-    }
-}
-impl BuildHasher for ByKey {
-    type Hasher = KeyHasher;
-    fn build_hasher(&self) -> KeyHasher {
-        KeyHasher(0)
-    }
-}
 
 /// Clones to let through, then: tell `blocked`, wait for `release`.
 type Gate = (usize, mpsc::Sender<()>, mpsc::Receiver<()>);
@@ -88,27 +63,29 @@ fn gate(skip: usize) -> (mpsc::Receiver<()>, mpsc::Sender<()>) {
 /// shard's lock as it finds the entry.
 #[test]
 fn a_caller_after_a_tag_invalidation_never_gets_an_entry_it_removed() {
-    let cache: Cache<u32, Val, ByKey> = Cache::builder()
+    let cache: Cache<u32, Val> = Cache::builder()
         .max_capacity(100)
         .shards(2)
-        .hasher(ByKey)
         .build()
         .unwrap();
+    // Key `zero` in shard 0, swept before key `one` in shard 1.
+    let zero = (0..).find(|k| cache.shard_index(k) == 0).unwrap();
+    let one = (0..).find(|k| cache.shard_index(k) == 1).unwrap();
     let c = &cache;
     let tagged = || EntryOptions::new().tags(["t"]);
     std::thread::scope(|s| {
-        // An early load of key 1 (shard 1), made stale by a remove.
+        // An early load of key `one`, made stale by a remove.
         let (a_started, a_started_rx) = mpsc::channel();
         let (a_release, a_released) = mpsc::channel::<()>();
         let early = s.spawn(move || {
-            c.get_or_load(1, |_| {
+            c.get_or_load(one, |_| {
                 a_started.send(()).unwrap();
                 a_released.recv().unwrap();
                 Val("early")
             })
         });
         a_started_rx.recv().unwrap();
-        let _ = cache.remove(&1);
+        let _ = cache.remove(&one);
         // A caller after the remove: its pending flight waits for the early
         // load (in `start_async`). Its third clone of a value (after the
         // early load's outcome and the look in the cache: the outcome it
@@ -118,7 +95,7 @@ fn a_caller_after_a_tag_invalidation_never_gets_an_entry_it_removed() {
         let leader = s.spawn(move || {
             let (blocked, release) = gate(2);
             l_gate_tx.send((blocked, release)).unwrap();
-            let mut call = std::pin::pin!(c.get_or_load_async(1, async { Val("leader") }));
+            let mut call = std::pin::pin!(c.get_or_load_async(one, async { Val("leader") }));
             assert!(call
                 .as_mut()
                 .poll(&mut Context::from_waker(Waker::noop()))
@@ -128,16 +105,16 @@ fn a_caller_after_a_tag_invalidation_never_gets_an_entry_it_removed() {
         });
         let (l_blocked, l_release) = l_gate_rx.recv().unwrap();
         l_waiting_rx.recv().unwrap();
-        // Key 1 is written meanwhile, tagged "t"; so is key 0 (shard 0).
-        cache.insert_with(1, Val("tagged"), tagged());
-        cache.insert_with(0, Val("zero"), tagged());
+        // Key `one` is written meanwhile, tagged "t"; so is key `zero`.
+        cache.insert_with(one, Val("tagged"), tagged());
+        cache.insert_with(zero, Val("zero"), tagged());
         // Hold shard 0's read lock (a `get` whose clone stops), so that the
         // invalidation below stops at shard 0 before it sweeps shard 1.
         let (h_gate_tx, h_gate_rx) = mpsc::channel();
         let holder = s.spawn(move || {
             let (blocked, release) = gate(0);
             h_gate_tx.send((blocked, release)).unwrap();
-            c.get(&0)
+            c.get(&zero)
         });
         let (h_blocked, h_release) = h_gate_rx.recv().unwrap();
         h_blocked.recv().unwrap();
@@ -153,9 +130,9 @@ fn a_caller_after_a_tag_invalidation_never_gets_an_entry_it_removed() {
         h_release.send(()).unwrap();
         assert_eq!(holder.join().unwrap(), Some(Val("zero")));
         invalidation.join().unwrap();
-        assert_eq!(cache.get(&1), None, "swept");
+        assert_eq!(cache.get(&one), None, "swept");
         // A caller after `invalidate_tag` returned.
-        let mut late = std::pin::pin!(cache.get_or_load_async(1, async { Val("fresh") }));
+        let mut late = std::pin::pin!(cache.get_or_load_async(one, async { Val("fresh") }));
         let first = late.as_mut().poll(&mut Context::from_waker(Waker::noop()));
         l_release.send(()).unwrap();
         let got = match first {

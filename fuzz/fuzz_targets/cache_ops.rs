@@ -201,7 +201,6 @@ fuzz_target!(|input: Input| {
         shards /= 2;
     }
     let (base, extra) = (capacity / shards, capacity % shards);
-    let shard_of = move |k: u8| ((FixedState.hash_one(k) >> 32) & (shards - 1)) as usize;
     let eviction = match input.policy % 3 {
         0 => Eviction::Lru,
         1 => Eviction::Lfu,
@@ -228,6 +227,7 @@ fuzz_target!(|input: Input| {
         })
         .build()
         .unwrap();
+    let shard_of = |k: u8| cache.shard_index(&k);
     // Entries written (each insert makes one), and every removal heard so far.
     let mut inserts = 0usize;
     let mut heard_total = 0usize;
