@@ -88,6 +88,7 @@ pub enum Eviction {
 /// 0.84 on one thread (ten runs each) and from 1.06 to 1.14 on two (three).
 /// The other policies' states are smaller; the shard grows by about 170 bytes.
 #[derive(Debug)]
+#[repr(u8)]
 pub(crate) enum Policy {
     Lru(lru::Lru),
     Lfu(lfu::Lfu),
