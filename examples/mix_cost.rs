@@ -8,7 +8,10 @@
 //! under `valgrind --tool=callgrind --cache-sim=yes` at two lengths and
 //! prints the difference per operation, for larder and quick_cache.
 //!
-//! `cargo run --release --example mix_cost -- [larder|quick_cache] [OPERATIONS]`
+//! `cargo run --release --example mix_cost -- [larder|quick_cache] [OPERATIONS] [SHARDS]`
+//!
+//! `SHARDS` sets larder's shard count (default: the builder's, which depends
+//! on the cores), to see what the count costs one thread.
 
 #[path = "../benches/common/mod.rs"]
 mod common;
@@ -29,13 +32,28 @@ fn main() {
             std::process::exit(2);
         }
     };
+    let shards: Option<usize> = match args.next().map(|n| n.parse()) {
+        None => None,
+        Some(Ok(n)) => Some(n),
+        Some(Err(e)) => {
+            eprintln!("SHARDS must be a count: {e}");
+            std::process::exit(2);
+        }
+    };
     let keys = zipf_keys(0xC0FFEE);
     let hits = match subject.as_str() {
         "larder" => {
-            let cache: larder::Cache<u64, u64> = larder::Cache::builder()
-                .max_capacity(CAPACITY)
-                .build()
-                .expect("a valid capacity");
+            let mut builder = larder::Cache::builder().max_capacity(CAPACITY);
+            if let Some(shards) = shards {
+                builder = builder.shards(shards);
+            }
+            let cache: larder::Cache<u64, u64> = match builder.build() {
+                Ok(cache) => cache,
+                Err(e) => {
+                    eprintln!("cannot build the cache: {e}");
+                    std::process::exit(2);
+                }
+            };
             mix(&keys, operations, |k| cache.get(&k), |k| cache.insert(k, k))
         }
         "quick_cache" => {
