@@ -74,8 +74,12 @@
 //!   probation/protected SLRU on the same links, a 4-bit count-min sketch in
 //!   64-byte blocks (allocated once the shard is half full, aged by halving), a
 //!   table of 16-bit ghosts of keys recently turned away at admission (a key
-//!   turned away again while its ghost remains is admitted instead), and
-//!   a hill climber that resizes the window per sample period.
+//!   turned away again while its ghost remains is admitted instead), another
+//!   of keys main evicted recently, and a hill climber that resizes the
+//!   window per sample period. Between the climber's decisions the ghosts
+//!   nudge it, as ARC moves its split: a key let in by its ghost grows the
+//!   window by its weight (up to 10% of the capacity), a key turned away
+//!   that main evicted a short while ago shrinks it.
 //! * **Deferred reads** (W-TinyLFU): a hit only bumps a small read counter in
 //!   what would be the entry's padding (capped at 1, after which a hit writes
 //!   nothing) and a hit count beside the lock word, in the cache line the read
@@ -114,9 +118,9 @@
 //!
 //! Per entry: one slot holding the key and value, a 4-byte weight, 8 bytes of
 //! policy links, the read counter and the policy's state byte (plus, outside
-//! it, 4 bytes for LFU's bucket, or for W-TinyLFU about 8 of sketch and 1 of
+//! it, 4 bytes for LFU's bucket, or for W-TinyLFU about 8 of sketch and 2 of
 //! ghosts), and a 4-byte table slot plus a tag byte, at most ten keys to a
-//! twelve-slot bucket. For `u64` keys and values that measures 51.4 bytes
+//! twelve-slot bucket. For `u64` keys and values that measures 52.6 bytes
 //! per entry with W-TinyLFU, 42 with LRU and 46 with LFU;
 //! run `cargo run --release --example memory` to measure it beside moka and
 //! quick_cache.

@@ -11,7 +11,8 @@ use std::collections::HashMap;
 
 use super::sketch::Sketch;
 use super::tinylfu::{
-    Climber, Ghosts, TinyLfu, ADMIT_MARGIN, ADMIT_WARM_ONE_IN, ADMIT_WARM_THRESHOLD, GHOST_SHARE,
+    Climber, Ghosts, TinyLfu, ADMIT_MARGIN, ADMIT_WARM_ONE_IN, ADMIT_WARM_THRESHOLD,
+    GHOST_GROWTH_CAP, GHOST_SHARE,
 };
 use super::{slot_state_in, Entries, TestSlots};
 use crate::store::Token;
@@ -81,6 +82,8 @@ struct Naive {
     /// count back to the sketch when they leave.
     read: Vec<Token>,
     ghosts: Ghosts,
+    /// Keys main evicted: a turned-away key found here shrinks the window.
+    evicted: Ghosts,
 }
 
 impl Naive {
@@ -100,6 +103,7 @@ impl Naive {
             counts: HashMap::new(),
             read: Vec::new(),
             ghosts: Ghosts::default(),
+            evicted: Ghosts::default(),
         }
     }
 
@@ -126,6 +130,7 @@ impl Naive {
                 (self.capacity * count / self.total(e).max(1)).clamp(1, self.capacity.max(1));
             self.sketch = Some(Sketch::new(entries));
             self.ghosts = Ghosts::new((entries as f64 * GHOST_SHARE) as usize);
+            self.evicted = Ghosts::new((entries as f64 * GHOST_SHARE) as usize);
             self.climber.set_samples(entries);
         }
         match &mut self.sketch {
@@ -293,20 +298,37 @@ impl Naive {
                 };
                 if self.admit(c, v, e) {
                     to_probation(self);
+                    self.evicted.remember(e.hash(v));
                     return Some(v);
                 }
                 victim = Some(v);
             }
+            // Turned away: a key main evicted shrinks the window by its
+            // weight; one turned away before is let in and grows it (up to
+            // the cap).
+            if self.evicted.take(e.hash(c)) {
+                self.set_window(self.window_max.saturating_sub(w));
+            }
             if !self.ghosts.returned(e.hash(c)) {
                 return Some(c);
             }
+            if (self.window_max as f64) < GHOST_GROWTH_CAP * self.capacity as f64 {
+                self.set_window(self.window_max + w);
+            }
             let victim = victim.or_else(|| self.main_victim(keep, e));
             to_probation(self);
-            if victim.is_some() {
-                return victim;
+            if let Some(v) = victim {
+                self.evicted.remember(e.hash(v));
+                return Some(v);
             }
         }
-        self.main_victim(keep, e).or_else(|| first(&self.window))
+        match self.main_victim(keep, e) {
+            Some(v) => {
+                self.evicted.remember(e.hash(v));
+                Some(v)
+            }
+            None => first(&self.window),
+        }
     }
 }
 
