@@ -81,9 +81,9 @@ struct Naive {
     /// Residents with reads counted since they were inserted: they hand their
     /// count back to the sketch when they leave.
     read: Vec<Token>,
+    /// Keys turned away, and keys main evicted: a turned-away key main
+    /// evicted shrinks the window.
     ghosts: Ghosts,
-    /// Keys main evicted: a turned-away key found here shrinks the window.
-    evicted: Ghosts,
 }
 
 impl Naive {
@@ -103,7 +103,6 @@ impl Naive {
             counts: HashMap::new(),
             read: Vec::new(),
             ghosts: Ghosts::default(),
-            evicted: Ghosts::default(),
         }
     }
 
@@ -130,7 +129,6 @@ impl Naive {
                 (self.capacity * count / self.total(e).max(1)).clamp(1, self.capacity.max(1));
             self.sketch = Some(Sketch::new(entries));
             self.ghosts = Ghosts::new((entries as f64 * GHOST_SHARE) as usize);
-            self.evicted = Ghosts::new((entries as f64 * GHOST_SHARE) as usize);
             self.climber.set_samples(entries);
         }
         match &mut self.sketch {
@@ -298,7 +296,7 @@ impl Naive {
                 };
                 if self.admit(c, v, e) {
                     to_probation(self);
-                    self.evicted.remember(e.hash(v));
+                    self.ghosts.remember_evicted(e.hash(v));
                     return Some(v);
                 }
                 victim = Some(v);
@@ -306,7 +304,7 @@ impl Naive {
             // Turned away: a key main evicted shrinks the window by its
             // weight; one turned away before is let in and grows it (up to
             // the cap).
-            if self.evicted.take(e.hash(c)) {
+            if self.ghosts.take_evicted(e.hash(c)) {
                 self.set_window(self.window_max.saturating_sub(w));
             }
             if !self.ghosts.returned(e.hash(c)) {
@@ -318,13 +316,13 @@ impl Naive {
             let victim = victim.or_else(|| self.main_victim(keep, e));
             to_probation(self);
             if let Some(v) = victim {
-                self.evicted.remember(e.hash(v));
+                self.ghosts.remember_evicted(e.hash(v));
                 return Some(v);
             }
         }
         match self.main_victim(keep, e) {
             Some(v) => {
-                self.evicted.remember(e.hash(v));
+                self.ghosts.remember_evicted(e.hash(v));
                 Some(v)
             }
             None => first(&self.window),
