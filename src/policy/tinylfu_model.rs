@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use super::sketch::Sketch;
 use super::tinylfu::{
     Climber, Ghosts, TinyLfu, ADMIT_MARGIN, ADMIT_WARM_ONE_IN, ADMIT_WARM_THRESHOLD,
-    GHOST_GROWTH_CAP, GHOST_SHARE,
+    GHOST_NUDGE_CAP, GHOST_SHARE,
 };
 use super::{slot_state_in, Entries, TestSlots};
 use crate::store::Token;
@@ -72,6 +72,9 @@ struct Naive {
     capacity: u64,
     window_max: u64,
     protected_max: u64,
+    /// The climber's window, and the ghosts' nudge on top of it.
+    climbed: u64,
+    nudge: i64,
     sketch: Option<Sketch>,
     climber: Climber,
     rng: u64,
@@ -89,7 +92,7 @@ struct Naive {
 impl Naive {
     fn new(capacity: u64) -> Self {
         let reference = TinyLfu::new(capacity);
-        let (window_max, protected_max, rng) = reference.tuning();
+        let (window_max, protected_max, rng, climbed) = reference.tuning();
         Self {
             window: Vec::new(),
             probation: Vec::new(),
@@ -97,6 +100,8 @@ impl Naive {
             capacity,
             window_max,
             protected_max,
+            climbed,
+            nudge: 0,
             sketch: None,
             climber: Climber::new(capacity),
             rng,
@@ -116,9 +121,20 @@ impl Naive {
             + Self::weight(&self.protected, e)
     }
 
-    fn set_window(&mut self, window_max: u64) {
-        self.window_max = window_max.max(1).min(self.capacity.saturating_sub(1));
+    /// The window is the climber's plus the nudge, at least 1 and below the
+    /// capacity; the climber's is at most the capacity, the nudge within
+    /// ±5% of it.
+    fn set_window(&mut self, climbed: u64) {
+        self.climbed = climbed.min(self.capacity);
+        let window = (self.climbed as i64 + self.nudge).max(0) as u64;
+        self.window_max = window.max(1).min(self.capacity.saturating_sub(1));
         self.protected_max = ((self.capacity - self.window_max) as f64 * 0.8) as u64;
+    }
+
+    fn nudge(&mut self, by: i64) {
+        let bound = (GHOST_NUDGE_CAP * self.capacity as f64) as i64;
+        self.nudge = (self.nudge + by).clamp(-bound, bound);
+        self.set_window(self.climbed);
     }
 
     fn count(&mut self, hash: u64, e: &Fake) -> u8 {
@@ -162,7 +178,7 @@ impl Naive {
             return;
         }
         if let Some(delta) = self.climber.adjustment(self.capacity) {
-            self.set_window(self.window_max.saturating_add_signed(delta));
+            self.set_window((self.climbed as i64 + delta).max(0) as u64);
             self.demote(e);
         }
     }
@@ -305,14 +321,12 @@ impl Naive {
             // weight; one turned away before is let in and grows it (up to
             // the cap).
             if self.ghosts.take_evicted(e.hash(c)) {
-                self.set_window(self.window_max.saturating_sub(w));
+                self.nudge(-(w as i64));
             }
             if !self.ghosts.returned(e.hash(c)) {
                 return Some(c);
             }
-            if (self.window_max as f64) < GHOST_GROWTH_CAP * self.capacity as f64 {
-                self.set_window(self.window_max + w);
-            }
+            self.nudge(w as i64);
             let victim = victim.or_else(|| self.main_victim(keep, e));
             to_probation(self);
             if let Some(v) = victim {
