@@ -16,6 +16,15 @@ use crate::{
 };
 
 /// The most shards a cache may have.
+///
+/// ```
+/// let err = larder::Cache::<u32, u32>::builder()
+///     .max_capacity(1 << 20)
+///     .shards(larder::MAX_SHARDS * 2)
+///     .build()
+///     .unwrap_err();
+/// assert!(matches!(err, larder::BuildError::InvalidShards { .. }));
+/// ```
 pub const MAX_SHARDS: usize = 1 << 16;
 
 /// The least capacity the default shard count leaves each shard: small caches
@@ -62,6 +71,16 @@ pub struct CacheBuilder<K, V, S = DefaultHashBuilder, W = CacheAside> {
 type Spawner<K, V, S> = fn(&Cache<K, V, S>, Duration) -> std::io::Result<()>;
 
 /// The shortest interval a background sweeper may have.
+///
+/// ```
+/// use std::time::Duration;
+/// let err = larder::Cache::<u32, u32>::builder()
+///     .max_capacity(10)
+///     .background_sweep(larder::MIN_SWEEP_INTERVAL / 2)
+///     .build()
+///     .unwrap_err();
+/// assert!(matches!(err, larder::BuildError::SweepIntervalTooShort { .. }));
+/// ```
 pub const MIN_SWEEP_INTERVAL: Duration = Duration::from_millis(1);
 
 impl<K, V, S, W> fmt::Debug for CacheBuilder<K, V, S, W> {
@@ -137,6 +156,38 @@ where
     /// after, returning once both hold the write; `get` reads through. See
     /// [`WriteThrough`]. `store` is a [`Store`], or an
     /// [`AsyncStore`](crate::AsyncStore) for the `_async` calls.
+    ///
+    /// ```
+    /// # use std::collections::HashMap;
+    /// # use std::sync::Mutex;
+    /// # use larder::{Op, Store};
+    /// # #[derive(Default)]
+    /// # struct Memory(Mutex<HashMap<u32, String>>);
+    /// # impl Store<u32, String> for Memory {
+    /// #     type Error = std::convert::Infallible;
+    /// #     fn load(&self, key: &u32) -> Result<Option<String>, Self::Error> {
+    /// #         Ok(self.0.lock().unwrap().get(key).cloned())
+    /// #     }
+    /// #     fn write(&self, op: &Op<u32, String>) -> Result<(), Self::Error> {
+    /// #         let mut map = self.0.lock().unwrap();
+    /// #         match op {
+    /// #             Op::Put(k, v) => map.insert(*k, v.clone()),
+    /// #             Op::Delete(k) => map.remove(k),
+    /// #         };
+    /// #         Ok(())
+    /// #     }
+    /// # }
+    /// use larder::Cache;
+    ///
+    /// let cache: Cache<u32, String, _, _> = Cache::builder()
+    ///     .max_capacity(100)
+    ///     .write_through(Memory::default())
+    ///     .build()
+    ///     .unwrap();
+    /// cache.put(1, "one".to_string()).unwrap();
+    /// assert_eq!(cache.store().load(&1).unwrap().as_deref(), Some("one"));
+    /// assert_eq!(cache.get(&1).unwrap().as_deref(), Some("one"));
+    /// ```
     pub fn write_through<St: Send + Sync + 'static>(
         self,
         store: St,
@@ -148,6 +199,39 @@ where
     /// flusher thread, started by `build`, sends the queue to `store` in
     /// batches as `settings` say; `get` reads your writes, then through. See
     /// [`WriteBehind`] for the cache's `put`, `delete`, `flush` and `close`.
+    ///
+    /// ```
+    /// # use std::collections::HashMap;
+    /// # use std::sync::Mutex;
+    /// # use larder::{Op, Store};
+    /// # #[derive(Default)]
+    /// # struct Memory(Mutex<HashMap<u32, String>>);
+    /// # impl Store<u32, String> for Memory {
+    /// #     type Error = std::convert::Infallible;
+    /// #     fn load(&self, key: &u32) -> Result<Option<String>, Self::Error> {
+    /// #         Ok(self.0.lock().unwrap().get(key).cloned())
+    /// #     }
+    /// #     fn write(&self, op: &Op<u32, String>) -> Result<(), Self::Error> {
+    /// #         let mut map = self.0.lock().unwrap();
+    /// #         match op {
+    /// #             Op::Put(k, v) => map.insert(*k, v.clone()),
+    /// #             Op::Delete(k) => map.remove(k),
+    /// #         };
+    /// #         Ok(())
+    /// #     }
+    /// # }
+    /// use larder::{Cache, WriteBack};
+    ///
+    /// let cache: Cache<u32, String, _, _> = Cache::builder()
+    ///     .max_capacity(100)
+    ///     .write_back(Memory::default(), WriteBack::default())
+    ///     .build()
+    ///     .unwrap();
+    /// cache.put(1, "one".to_string());
+    /// assert_eq!(cache.get(&1).unwrap().as_deref(), Some("one")); // before the store has it
+    /// cache.flush().unwrap();
+    /// assert_eq!(cache.store().load(&1).unwrap().as_deref(), Some("one"));
+    /// ```
     pub fn write_back<St: Store<K, V>>(
         self,
         store: St,
@@ -252,7 +336,18 @@ where
     /// The capacity is split evenly between shards and each shard keeps its own
     /// share exactly, so the cache never holds more than `max_capacity` after any
     /// call returns. An entry heavier than one shard's share is refused (see
-    /// [`Cache::try_insert`]).
+    /// [`Cache::try_insert`]). Whatever the capacity, a shard holds at most
+    /// `u32::MAX - 2` entries (see [`weigher`](Self::weigher)).
+    ///
+    /// ```
+    /// let cache: larder::Cache<u32, u32> =
+    ///     larder::Cache::builder().max_capacity(100).build().unwrap();
+    /// for i in 0..1_000 {
+    ///     cache.insert(i, i);
+    /// }
+    /// assert!(cache.len() <= 100);
+    /// assert_eq!(cache.capacity(), 100);
+    /// ```
     pub fn max_capacity(mut self, max_capacity: u64) -> Self {
         self.max_capacity = Some(max_capacity);
         self
@@ -261,24 +356,77 @@ where
     /// Weighs each entry; the capacity then bounds the total weight instead of the
     /// count. Called once per insert, before any lock is taken: if it panics the
     /// panic reaches the caller of `insert` and the cache is unchanged.
-    /// Weights above `u32::MAX - 1` are clamped to it. A weight of 0 is allowed.
+    /// Weights above `u32::MAX - 1` are clamped to it. A weight of 0 is
+    /// allowed; such entries take no capacity, so only memory bounds their
+    /// number.
+    ///
+    /// # Panics
+    ///
+    /// A shard holds at most `u32::MAX - 2` entries (its tokens are `u32`s):
+    /// an insert beyond that, which only weights of 0 or a capacity above
+    /// that count per shard can allow, panics. At the 32 bytes a `u64` entry
+    /// takes that is over 130 GiB in one shard.
+    ///
+    /// ```
+    /// let cache: larder::Cache<u32, String> = larder::Cache::builder()
+    ///     .max_capacity(1_000) // bytes of value
+    ///     .weigher(|_k, v: &String| v.len() as u32)
+    ///     .build()
+    ///     .unwrap();
+    /// cache.insert(1, "x".repeat(300));
+    /// cache.insert(2, "y".repeat(200));
+    /// assert_eq!(cache.weighted_size(), 500);
+    /// assert_eq!(cache.len(), 2);
+    /// ```
     pub fn weigher(mut self, weigher: impl Fn(&K, &V) -> u32 + Send + Sync + 'static) -> Self {
         self.weigher = Some(Arc::new(weigher));
         self
     }
 
     /// The eviction policy. Defaults to [`Eviction::TinyLfu`].
+    ///
+    /// ```
+    /// use larder::{Cache, Eviction};
+    ///
+    /// let cache: Cache<u32, u32> = Cache::builder()
+    ///     .max_capacity(2)
+    ///     .eviction(Eviction::Lru)
+    ///     .build()
+    ///     .unwrap();
+    /// cache.insert(1, 1);
+    /// cache.insert(2, 2);
+    /// cache.get(&1);
+    /// cache.insert(3, 3); // 2 is the least recently used
+    /// assert_eq!(cache.get(&2), None);
+    /// assert_eq!(cache.get(&1), Some(1));
+    /// ```
     pub fn eviction(mut self, eviction: Eviction) -> Self {
         self.eviction = eviction;
         self
     }
 
     /// The number of shards: a power of two from 1 to [`MAX_SHARDS`], at most the
-    /// capacity. The default is thirty-two per available core (four once a
+    /// capacity. The default is thirty-two per available core, rounded up to
+    /// a power of two (four per core once a
     /// [`weigher`](Self::weigher) is set, since an entry heavier than one
     /// shard's share is refused), fewer when that would leave a shard below
     /// 1,024 units of capacity. More shards mean less contention; fewer mean
     /// eviction closer to the policy's global order.
+    ///
+    /// ```
+    /// let cache: larder::Cache<u32, u32> = larder::Cache::builder()
+    ///     .max_capacity(10_000)
+    ///     .shards(4)
+    ///     .build()
+    ///     .unwrap();
+    /// assert_eq!(cache.shard_count(), 4);
+    /// let err = larder::Cache::<u32, u32>::builder()
+    ///     .max_capacity(10_000)
+    ///     .shards(3)
+    ///     .build()
+    ///     .unwrap_err();
+    /// assert_eq!(err, larder::BuildError::InvalidShards { shards: 3 });
+    /// ```
     pub fn shards(mut self, shards: usize) -> Self {
         self.shards = Some(shards);
         self
@@ -286,6 +434,16 @@ where
 
     /// Room reserved up front for this many entries (spread over the shards), to
     /// avoid growing the tables while the cache fills.
+    ///
+    /// ```
+    /// let cache: larder::Cache<u32, u32> = larder::Cache::builder()
+    ///     .max_capacity(10_000)
+    ///     .initial_capacity(10_000)
+    ///     .build()
+    ///     .unwrap();
+    /// cache.insert(1, 1);
+    /// assert_eq!(cache.get(&1), Some(1));
+    /// ```
     pub fn initial_capacity(mut self, entries: usize) -> Self {
         self.initial_capacity = entries;
         self
@@ -293,6 +451,20 @@ where
 
     /// Counts hits and misses for [`Cache::stats`]. Off by default: counting costs
     /// an atomic increment on every `get`.
+    ///
+    /// ```
+    /// let cache: larder::Cache<u32, u32> = larder::Cache::builder()
+    ///     .max_capacity(10)
+    ///     .record_stats()
+    ///     .build()
+    ///     .unwrap();
+    /// cache.insert(1, 1);
+    /// cache.get(&1);
+    /// cache.get(&2);
+    /// let stats = cache.stats();
+    /// assert_eq!((stats.hits, stats.misses), (1, 1));
+    /// assert_eq!(stats.hit_ratio(), 0.5);
+    /// ```
     pub fn record_stats(mut self) -> Self {
         self.record_stats = true;
         self
@@ -303,6 +475,26 @@ where
     /// back into the cache. If it panics, the cache stays consistent, every other
     /// removed entry is still delivered, and the first panic then resumes in the
     /// caller of the operation that removed them.
+    ///
+    /// ```
+    /// use larder::{Cache, RemovalCause};
+    /// use std::sync::{Arc, Mutex};
+    ///
+    /// let heard = Arc::new(Mutex::new(Vec::new()));
+    /// let log = heard.clone();
+    /// let cache: Cache<u32, u32> = Cache::builder()
+    ///     .max_capacity(10)
+    ///     .eviction_listener(move |k, v, cause| log.lock().unwrap().push((k, v, cause)))
+    ///     .build()
+    ///     .unwrap();
+    /// cache.insert(1, 10);
+    /// cache.insert(1, 11);
+    /// cache.remove(&1);
+    /// assert_eq!(
+    ///     *heard.lock().unwrap(),
+    ///     vec![(1, 10, RemovalCause::Replaced), (1, 11, RemovalCause::Explicit)]
+    /// );
+    /// ```
     pub fn eviction_listener(
         mut self,
         listener: impl Fn(K, V, RemovalCause) + Send + Sync + 'static,
@@ -373,6 +565,28 @@ where
 
     /// Computes each entry's lifetime on create, update and read (see
     /// [`Expiry`]). Cannot be combined with `time_to_live` or `time_to_idle`.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use larder::{Cache, Clock, Expiry};
+    ///
+    /// /// Short keys live a second, long ones a minute.
+    /// struct ByLength;
+    /// impl Expiry<String, u32> for ByLength {
+    ///     fn expire_after_create(&self, key: &String, _: &u32) -> Option<Duration> {
+    ///         Some(Duration::from_secs(if key.len() < 4 { 1 } else { 60 }))
+    ///     }
+    /// }
+    ///
+    /// let (clock, time) = Clock::mock();
+    /// let cache: Cache<String, u32> =
+    ///     Cache::builder().max_capacity(10).expiry(ByLength).clock(clock).build().unwrap();
+    /// cache.insert("ab".to_string(), 1);
+    /// cache.insert("abcdef".to_string(), 2);
+    /// time.advance(Duration::from_secs(2));
+    /// assert_eq!(cache.get("ab"), None);
+    /// assert_eq!(cache.get("abcdef"), Some(2));
+    /// ```
     pub fn expiry(mut self, expiry: impl Expiry<K, V>) -> Self {
         self.expiry = Some(Arc::new(expiry));
         self
@@ -380,6 +594,22 @@ where
 
     /// The clock expiry reads. Defaults to [`Clock::system`]; tests pass
     /// [`Clock::mock`] to move time by hand.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use larder::{Cache, Clock};
+    ///
+    /// let (clock, time) = Clock::mock();
+    /// let cache: Cache<u32, u32> = Cache::builder()
+    ///     .max_capacity(10)
+    ///     .time_to_live(Duration::from_secs(5))
+    ///     .clock(clock)
+    ///     .build()
+    ///     .unwrap();
+    /// cache.insert(1, 1);
+    /// time.advance(Duration::from_secs(5));
+    /// assert_eq!(cache.get(&1), None);
+    /// ```
     pub fn clock(mut self, clock: Clock) -> Self {
         self.clock = Some(clock);
         self
@@ -389,8 +619,9 @@ where
     /// every `interval`, so expired entries are reclaimed in a cache that no
     /// one writes to. Off by default: writes and explicit calls to
     /// `run_pending_tasks` suffice for most caches. The thread holds only a
-    /// weak reference and ends within one interval of the last handle being
-    /// dropped. A panicking listener does not stop it.
+    /// weak reference and ends when the last handle is dropped (once the
+    /// sweep it may be running is done), however long the interval. A
+    /// panicking listener does not stop it.
     ///
     /// ```
     /// use std::time::Duration;
@@ -462,9 +693,22 @@ where
     ///
     /// # Errors
     ///
-    /// [`BuildError`] when the capacity is missing or zero, the shard count is
-    /// not a power of two in `1..=MAX_SHARDS` or exceeds the capacity, or an
-    /// [`Expiry`] is combined with `time_to_live` or `time_to_idle`.
+    /// A [`BuildError`] when a setting cannot work: the capacity is missing or
+    /// zero; the shard count is not a power of two in `1..=MAX_SHARDS` or
+    /// exceeds the capacity; an [`Expiry`] is combined with `time_to_live` or
+    /// `time_to_idle`; a `background_sweep` interval is below
+    /// [`MIN_SWEEP_INTERVAL`]; the [`WriteBack`] settings are invalid;
+    /// `initial_capacity` asks for more room than can be allocated; or the
+    /// sweeper's or the write-back flusher's thread cannot be started.
+    ///
+    /// ```
+    /// use larder::{BuildError, Cache};
+    ///
+    /// let cache: Cache<u32, u32> = Cache::builder().max_capacity(10).build()?;
+    /// cache.insert(1, 1);
+    /// assert_eq!(Cache::<u32, u32>::builder().build().unwrap_err(), BuildError::MissingCapacity);
+    /// # Ok::<(), BuildError>(())
+    /// ```
     pub fn build(self) -> Result<Cache<K, V, S, W>, BuildError>
     where
         W: WritePolicy,

@@ -23,13 +23,37 @@ pub(crate) type Weigher<K, V> = Arc<dyn Fn(&K, &V) -> u32 + Send + Sync>;
 pub(crate) type Listener<K, V> = Arc<dyn Fn(K, V, RemovalCause) + Send + Sync>;
 
 /// Why an entry left the cache, as told to the eviction listener.
+///
+/// ```
+/// use larder::{Cache, RemovalCause};
+/// use std::sync::{Arc, Mutex};
+///
+/// let causes = Arc::new(Mutex::new(Vec::new()));
+/// let log = causes.clone();
+/// let cache: Cache<u32, u32> = Cache::builder()
+///     .max_capacity(1)
+///     .eviction_listener(move |_k, _v, cause| log.lock().unwrap().push(cause))
+///     .build()
+///     .unwrap();
+/// cache.insert(1, 1);
+/// cache.insert(1, 2); // Replaced
+/// cache.insert(2, 2); // 1 or 2 leaves for Size
+/// cache.invalidate_all(); // Explicit
+/// assert_eq!(
+///     *causes.lock().unwrap(),
+///     vec![RemovalCause::Replaced, RemovalCause::Size, RemovalCause::Explicit]
+/// );
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 #[non_exhaustive]
 pub enum RemovalCause {
     /// Evicted to respect the capacity, or refused because it alone outweighs its
     /// shard's capacity.
     Size,
-    /// Removed by [`Cache::remove`] or [`Cache::invalidate_all`].
+    /// Removed by [`Cache::remove`] or [`Cache::invalidate_all`], by a write
+    /// policy's `delete`, or dropped by a write policy as a copy that may be
+    /// stale once a store call, the weigher or an [`Expiry`](crate::Expiry)
+    /// panicked.
     Explicit,
     /// Its value was replaced by an insert under the same key.
     Replaced,
@@ -42,13 +66,26 @@ pub enum RemovalCause {
 }
 
 /// An entry refused by [`Cache::try_insert`], handed back whole.
+///
+/// ```
+/// let cache: larder::Cache<u32, String> = larder::Cache::builder()
+///     .max_capacity(100)
+///     .shards(1)
+///     .weigher(|_k, v: &String| v.len() as u32)
+///     .build()
+///     .unwrap();
+/// let rejected = cache.try_insert(1, "x".repeat(101)).unwrap_err();
+/// assert_eq!((rejected.key, rejected.weight, rejected.limit), (1, 101, 100));
+/// assert_eq!(rejected.value.len(), 101); // handed back, not lost
+/// assert!(cache.is_empty());
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rejected<K, V> {
     /// The key that was not stored.
     pub key: K,
     /// The value that was not stored.
     pub value: V,
-    /// Its weight.
+    /// Its weight, as the weigher gave it (clamped to `u32::MAX - 1`).
     pub weight: u32,
     /// The most one entry may weigh in this cache (one shard's capacity).
     pub limit: u64,
@@ -97,7 +134,8 @@ struct Inner<K, V, S> {
     expiration: Expiration<K, V>,
     loads: LoadStats,
     /// Bumped by every tag invalidation before it sweeps: a load that saw
-    /// it move does not cache a tagged value (DESIGN §3, contract 3).
+    /// it move does not cache a tagged value (a load never caches over a newer
+    /// state).
     tag_epoch: std::sync::atomic::AtomicU64,
     /// By a tag's hash bucket: the epoch of the last invalidation of a tag in
     /// that bucket. A tagged load is not cached if a mark of one of its tags
@@ -107,6 +145,20 @@ struct Inner<K, V, S> {
     /// Buckets tags for `tag_marks`: the crate's own hasher, not the keys'
     /// (which may be built for the key type alone).
     tag_hasher: foldhash::fast::RandomState,
+    /// The background sweeper's thread, if one was started: woken as the
+    /// cache is dropped, so that it ends then, however long its interval.
+    sweeper: std::sync::OnceLock<std::thread::Thread>,
+    /// Alive while the sweeper's thread runs (tests of its end).
+    #[cfg(test)]
+    sweeper_alive: std::sync::OnceLock<std::sync::Weak<()>>,
+}
+
+impl<K, V, S> Drop for Inner<K, V, S> {
+    fn drop(&mut self) {
+        if let Some(sweeper) = self.sweeper.get() {
+            sweeper.unpark();
+        }
+    }
 }
 
 /// Buckets of `Inner::tag_marks`: 512 bytes a cache.
@@ -239,6 +291,9 @@ where
                 tag_marks: (0..TAG_MARKS)
                     .map(|_| std::sync::atomic::AtomicU64::new(0))
                     .collect(),
+                sweeper: std::sync::OnceLock::new(),
+                #[cfg(test)]
+                sweeper_alive: std::sync::OnceLock::new(),
             }),
             write: CacheAside,
         })
@@ -359,6 +414,21 @@ where
     }
 
     /// [`get_or_load_with`](Self::get_or_load_with) for async code.
+    ///
+    /// ```
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// use std::time::Duration;
+    /// use larder::{Cache, EntryOptions};
+    ///
+    /// let cache: Cache<u64, String> = Cache::builder().max_capacity(100).build().unwrap();
+    /// let v = cache
+    ///     .get_or_load_with_async(7, async { ("profile 7".to_string(), EntryOptions::new().tags(["user:7"])) })
+    ///     .await;
+    /// assert_eq!(v, "profile 7");
+    /// cache.invalidate_tag("user:7");
+    /// assert!(!cache.contains_key(&7));
+    /// # });
+    /// ```
     pub async fn get_or_load_with_async(
         &self,
         key: K,
@@ -478,6 +548,17 @@ where
     /// # Errors
     ///
     /// The loader's error, shared with every caller of the same load.
+    ///
+    /// ```
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// let cache: larder::Cache<u32, String> = larder::Cache::builder().max_capacity(100).build().unwrap();
+    /// let failed = cache.try_get_or_load_async(1, async { Err::<String, _>("timeout") }).await;
+    /// assert_eq!(*failed.unwrap_err(), "timeout");
+    /// assert!(!cache.contains_key(&1)); // errors are not cached
+    /// let ok = cache.try_get_or_load_async(1, async { Ok::<_, &str>("one".to_string()) }).await;
+    /// assert_eq!(ok.unwrap(), "one");
+    /// # });
+    /// ```
     pub async fn try_get_or_load_async<E>(
         &self,
         key: K,
@@ -504,6 +585,17 @@ where
 
     /// Like [`optionally_get_or_load`](Self::optionally_get_or_load), for
     /// async code.
+    ///
+    /// ```
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// let cache: larder::Cache<u32, String> = larder::Cache::builder().max_capacity(100).build().unwrap();
+    /// assert_eq!(cache.optionally_get_or_load_async(1, async { None }).await, None);
+    /// assert!(!cache.contains_key(&1)); // a None is not cached
+    /// let v = cache.optionally_get_or_load_async(1, async { Some("one".to_string()) }).await;
+    /// assert_eq!(v.as_deref(), Some("one"));
+    /// assert!(cache.contains_key(&1));
+    /// # });
+    /// ```
     pub async fn optionally_get_or_load_async(
         &self,
         key: K,
@@ -576,7 +668,8 @@ where
     }
 
     /// Like [`insert`](Self::insert), with settings for this entry alone: a
-    /// time-to-live that overrides the cache's (see [`EntryOptions`]). Works on
+    /// time-to-live that overrides the cache's, and tags (see
+    /// [`EntryOptions`]). Works on
     /// a cache built without expiry too: its shards start keeping deadlines on
     /// their first such insert.
     ///
@@ -947,8 +1040,20 @@ where
     ) -> Result<(), Rejected<K, V>> {
         let mut removed = Removed::new();
         let result = self.write_deferred(key, value, ttl, tags, flight, &mut removed);
-        self.notify(removed);
-        result
+        let Err(rejected) = result else {
+            self.notify(removed);
+            return Ok(());
+        };
+        // A listener panicking on what the write removed must not take the
+        // rejected entry down with the unwinding: it goes to the listener as
+        // `insert` would give it, and the first panic goes on.
+        if let Err(panic) = catch_unwind(AssertUnwindSafe(|| self.notify(removed))) {
+            let _ = catch_unwind(AssertUnwindSafe(|| {
+                self.notify_one(rejected.key, rejected.value, RemovalCause::Size);
+            }));
+            resume_unwind(panic);
+        }
+        Err(rejected)
     }
 
     /// [`write`](Self::write), leaving what it removed in `removed` for the
@@ -1018,7 +1123,8 @@ where
             Err(Refused::TooHeavy(key, value)) => Err(Rejected {
                 key,
                 value,
-                weight,
+                // As the store counted it (the weigher's docs).
+                weight: weight.min(crate::store::MAX_WEIGHT),
                 limit: self.inner.max_entry_weight,
             }),
         }
@@ -1089,7 +1195,8 @@ where
     /// Makes every load in flight stale, a shard at a time, as a whole-cache
     /// invalidation ends: a load that began while it ran (after its key's
     /// shard was swept, or from the listener) is still in flight when it
-    /// returns, and is not cached either (DESIGN §3, contract 3).
+    /// returns, and is not cached either (a load never caches over a newer
+    /// state).
     fn invalidate_flights(&self) {
         let hash_of = |k: &K| self.hash(k);
         for shard in self.inner.shards.iter() {
@@ -1186,6 +1293,18 @@ where
 
     /// Removes every entry that carries any of `tags` (see
     /// [`invalidate_tag`](Self::invalidate_tag)), visiting each shard once.
+    ///
+    /// ```
+    /// use larder::{Cache, EntryOptions};
+    ///
+    /// let cache: Cache<u32, u32> = Cache::builder().max_capacity(100).build().unwrap();
+    /// cache.insert_with(1, 1, EntryOptions::new().tags(["red"]));
+    /// cache.insert_with(2, 2, EntryOptions::new().tags(["green"]));
+    /// cache.insert_with(3, 3, EntryOptions::new().tags(["blue"]));
+    /// cache.invalidate_tags(["red", "green"]);
+    /// assert_eq!(cache.len(), 1);
+    /// assert!(cache.contains_key(&3));
+    /// ```
     pub fn invalidate_tags<T: Into<Tag>>(&self, tags: impl IntoIterator<Item = T>) {
         let tags: Vec<Tag> = tags.into_iter().map(Into::into).collect();
         // Before any shard is swept: a load of one of these tags that began
@@ -1230,7 +1349,8 @@ where
     /// at a time with that shard locked, so `remove` must be quick and must
     /// not call the cache. If it panics, the shard it was visiting is left
     /// unchanged and the panic reaches the caller. The listener sees
-    /// [`RemovalCause::Invalidated`].
+    /// [`RemovalCause::Invalidated`]; entries already past their deadline are
+    /// not shown to `remove` but reclaimed, as [`RemovalCause::Expired`].
     ///
     /// ```
     /// let cache: larder::Cache<u32, u32> = larder::Cache::builder().max_capacity(100).build().unwrap();
@@ -1261,6 +1381,12 @@ where
         }
     }
 
+    /// Alive while the background sweeper's thread runs, if one was started.
+    #[cfg(test)]
+    pub(crate) fn sweeper_alive(&self) -> Option<std::sync::Weak<()>> {
+        self.inner.sweeper_alive.get().cloned()
+    }
+
     /// Entries in the shards' tag indexes (they hold only tagged entries alive).
     #[cfg(test)]
     pub(crate) fn tagged_entries(&self) -> usize {
@@ -1272,31 +1398,83 @@ where
     /// not reclaimed yet (they are never returned by reads); call
     /// [`run_pending_tasks`](Self::run_pending_tasks) first for a count of live
     /// entries.
+    ///
+    /// ```
+    /// let cache: larder::Cache<u32, u32> = larder::Cache::builder().max_capacity(100).build().unwrap();
+    /// (0..10).for_each(|i| cache.insert(i, i));
+    /// cache.remove(&0);
+    /// assert_eq!(cache.len(), 9);
+    /// ```
     pub fn len(&self) -> usize {
         self.inner.shards.iter().map(|s| s.read().len()).sum()
     }
 
     /// Whether the cache holds no entries.
+    ///
+    /// ```
+    /// let cache: larder::Cache<u32, u32> = larder::Cache::builder().max_capacity(100).build().unwrap();
+    /// assert!(cache.is_empty());
+    /// cache.insert(1, 1);
+    /// assert!(!cache.is_empty());
+    /// ```
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
     /// The total weight of the entries (their count when no weigher is set).
+    ///
+    /// ```
+    /// let cache: larder::Cache<u32, Vec<u8>> = larder::Cache::builder()
+    ///     .max_capacity(1_000)
+    ///     .weigher(|_k, v: &Vec<u8>| v.len() as u32)
+    ///     .build()
+    ///     .unwrap();
+    /// cache.insert(1, vec![0; 10]);
+    /// cache.insert(2, vec![0; 20]);
+    /// assert_eq!(cache.weighted_size(), 30);
+    /// assert_eq!(cache.len(), 2);
+    /// ```
     pub fn weighted_size(&self) -> u64 {
         self.inner.shards.iter().map(|s| s.read().weight()).sum()
     }
 
     /// The capacity the cache was built with.
+    ///
+    /// ```
+    /// let cache: larder::Cache<u32, u32> = larder::Cache::builder().max_capacity(500).build().unwrap();
+    /// assert_eq!(cache.capacity(), 500);
+    /// ```
     pub fn capacity(&self) -> u64 {
         self.inner.capacity
     }
 
     /// The number of shards.
+    ///
+    /// ```
+    /// let cache: larder::Cache<u32, u32> =
+    ///     larder::Cache::builder().max_capacity(1 << 20).shards(8).build().unwrap();
+    /// assert_eq!(cache.shard_count(), 8);
+    /// // Small caches get one shard by default, for the policy's exact order.
+    /// let small: larder::Cache<u32, u32> = larder::Cache::builder().max_capacity(100).build().unwrap();
+    /// assert_eq!(small.shard_count(), 1);
+    /// ```
     pub fn shard_count(&self) -> usize {
         self.inner.shards.len()
     }
 
     /// A snapshot of the counters. See [`CacheStats`].
+    ///
+    /// ```
+    /// let cache: larder::Cache<u32, u32> =
+    ///     larder::Cache::builder().max_capacity(1).record_stats().build().unwrap();
+    /// cache.insert(1, 1);
+    /// cache.insert(2, 2); // evicts one of them
+    /// cache.get(&1);
+    /// let stats = cache.stats();
+    /// assert_eq!(stats.inserts, 2);
+    /// assert_eq!(stats.evictions, 1);
+    /// assert_eq!(stats.hits + stats.misses, 1);
+    /// ```
     pub fn stats(&self) -> CacheStats {
         let mut stats = CacheStats::default();
         for shard in self.inner.shards.iter() {
@@ -1420,10 +1598,32 @@ where
     S: BuildHasher + Send + Sync + 'static,
 {
     let inner = Arc::downgrade(&cache.inner);
-    std::thread::Builder::new()
+    #[cfg(test)]
+    let alive = {
+        let alive = Arc::new(());
+        let _ = cache.inner.sweeper_alive.set(Arc::downgrade(&alive));
+        alive
+    };
+    let thread = std::thread::Builder::new()
         .name("larder-sweeper".into())
         .spawn(move || loop {
-            std::thread::sleep(interval);
+            #[cfg(test)]
+            let _alive = &alive;
+            // Parked, not asleep: the cache's drop unparks the thread, which
+            // then ends at once, however long the interval (an interval past
+            // the end of time parks it for good until then).
+            let due = std::time::Instant::now().checked_add(interval);
+            loop {
+                if inner.strong_count() == 0 {
+                    return;
+                }
+                let now = std::time::Instant::now();
+                match due {
+                    Some(due) if now >= due => break,
+                    Some(due) => std::thread::park_timeout(due - now),
+                    None => std::thread::park(),
+                }
+            }
             let Some(inner) = inner.upgrade() else {
                 return;
             };
@@ -1433,8 +1633,10 @@ where
             };
             // A listener's panic is the listener's business; keep sweeping.
             let _ = catch_unwind(AssertUnwindSafe(|| cache.run_pending_tasks()));
-        })
-        .map(drop)
+        })?;
+    // Set before any drop of the cache can look: the caller still holds it.
+    let _ = cache.inner.sweeper.set(thread.thread().clone());
+    Ok(())
 }
 
 fn deliver<K, V>(
@@ -1534,6 +1736,14 @@ pub(crate) enum Mode {
 }
 
 /// Iterator over clones of a cache's entries. See [`Cache::iter`].
+///
+/// ```
+/// let cache: larder::Cache<u32, u32> = larder::Cache::builder().max_capacity(100).build().unwrap();
+/// (0..5).for_each(|i| cache.insert(i, i * 10));
+/// let mut entries: Vec<(u32, u32)> = cache.iter().collect();
+/// entries.sort();
+/// assert_eq!(entries, vec![(0, 0), (1, 10), (2, 20), (3, 30), (4, 40)]);
+/// ```
 pub struct Iter<'a, K, V, S, W = CacheAside> {
     cache: &'a Cache<K, V, S, W>,
     shard: usize,

@@ -31,6 +31,16 @@ impl BuildHasher for DefaultHashBuilder {
 }
 
 /// The [`Hasher`] built by [`DefaultHashBuilder`].
+///
+/// ```
+/// use std::hash::{BuildHasher, Hasher};
+/// let build = larder::DefaultHashBuilder::default();
+/// let mut a = build.build_hasher();
+/// a.write_u64(7);
+/// let mut b = build.build_hasher();
+/// b.write_u64(7);
+/// assert_eq!(a.finish(), b.finish()); // one builder, one seed
+/// ```
 pub struct DefaultHasher(foldhash::fast::FoldHasher<'static>);
 
 impl fmt::Debug for DefaultHasher {

@@ -43,9 +43,10 @@
 //!
 //! ## How it works
 //!
-//! A key is hashed once (with a randomly seeded foldhash by default); bits 32 and
-//! up of that hash pick one of a power-of-two number of shards, and the shard's
-//! table reuses the same hash. A shard holds:
+//! A key is hashed once (with a randomly seeded foldhash by default) and the
+//! hash mixed once more; bits 32 and up of the mixed hash pick one of a
+//! power-of-two number of shards, and the shard's table reuses the same hash.
+//! A shard holds:
 //!
 //! * the **map**: a table of `u32` tokens into a slab of entries, twelve
 //!   tokens and their one-byte tags to a cache line (so a lookup reads one
@@ -78,8 +79,9 @@
 //!   of keys main evicted recently, and a hill climber that resizes the
 //!   window per sample period. Between the climber's decisions the ghosts
 //!   nudge it, as ARC moves its split: a key let in by its ghost grows the
-//!   window by its weight (up to 10% of the capacity), a key turned away
-//!   that main evicted a short while ago shrinks it.
+//!   window by its weight, a key turned away that main evicted a short while
+//!   ago shrinks it, the nudge bounded at 5% of the capacity either way
+//!   around the window the climber chose.
 //! * **Deferred reads** (W-TinyLFU): a hit only bumps a small read counter in
 //!   what would be the entry's padding (capped at 1, after which a hit writes
 //!   nothing) and a hit count beside the lock word, in the cache line the read
@@ -119,8 +121,8 @@
 //! Per entry: one slot holding the key and value, a 4-byte weight, 8 bytes of
 //! policy links, the read counter and the policy's state byte (plus, outside
 //! it, 4 bytes for LFU's bucket, or for W-TinyLFU about 8 of sketch and 2 of
-//! ghosts), and a 4-byte table slot plus a tag byte, at most ten keys to a
-//! twelve-slot bucket. For `u64` keys and values that measures 52.6 bytes
+//! ghosts), and a 4-byte table slot plus a tag byte in twelve-slot buckets
+//! that hold ten keys on average at most (the table doubles beyond). For `u64` keys and values that measures 52.6 bytes
 //! per entry with W-TinyLFU, 42 with LRU and 46 with LFU;
 //! run `cargo run --release --example memory` to measure it beside moka and
 //! quick_cache.

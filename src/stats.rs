@@ -70,6 +70,17 @@ pub struct CacheStats {
 
 impl CacheStats {
     /// `hits / (hits + misses)`, or 0.0 before any recorded lookup.
+    ///
+    /// ```
+    /// let cache: larder::Cache<u32, u32> =
+    ///     larder::Cache::builder().max_capacity(10).record_stats().build().unwrap();
+    /// assert_eq!(cache.stats().hit_ratio(), 0.0);
+    /// cache.insert(1, 1);
+    /// for key in [1, 1, 1, 2] {
+    ///     cache.get(&key);
+    /// }
+    /// assert_eq!(cache.stats().hit_ratio(), 0.75);
+    /// ```
     pub fn hit_ratio(&self) -> f64 {
         let lookups = self.hits + self.misses;
         if lookups == 0 {

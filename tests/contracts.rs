@@ -178,6 +178,46 @@ fn weights_above_the_largest_are_clamped_not_refused() {
 }
 
 #[test]
+fn a_refused_entry_reaches_the_listener_when_the_listener_panics_first() {
+    let heard = Arc::new(Mutex::new(Vec::new()));
+    let log = heard.clone();
+    let cache: Cache<u32, u32> = Cache::builder()
+        .max_capacity(10)
+        .shards(1)
+        .weigher(|_, v| *v)
+        .eviction_listener(move |k, v, cause| {
+            log.lock().unwrap().push((k, v, cause));
+            panic!("listener failure");
+        })
+        .build()
+        .unwrap();
+    cache.insert(7, 1);
+    // Too heavy: the old value leaves as replaced, the listener panics on
+    // it, and the refused entry cannot be handed back through the panic.
+    let outcome = catch_unwind(AssertUnwindSafe(|| cache.try_insert(7, 99)));
+    assert!(outcome.is_err(), "the listener's panic reaches the caller");
+    assert_eq!(
+        *heard.lock().unwrap(),
+        vec![(7, 1, RemovalCause::Replaced), (7, 99, RemovalCause::Size)],
+        "nothing the write touched is lost"
+    );
+    assert_eq!(cache.get(&7), None);
+    assert_eq!(cache.try_insert(7, 99).map_err(|r| r.value), Err(99));
+}
+
+#[test]
+fn a_rejected_weight_is_reported_as_counted() {
+    let cache: Cache<u32, u32> = Cache::builder()
+        .max_capacity(10)
+        .weigher(|_, v| *v)
+        .build()
+        .unwrap();
+    let refused = cache.try_insert(1, u32::MAX).unwrap_err();
+    assert_eq!(refused.weight, u32::MAX - 1);
+    assert_eq!(refused.value, u32::MAX);
+}
+
+#[test]
 fn the_heaviest_entry_taken_is_the_same_for_every_key() {
     // 10 over 4 shards: shares of 3, 3, 2, 2. The limit is the smallest.
     let cache: Cache<u32, u32> = Cache::builder()

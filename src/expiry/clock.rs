@@ -57,8 +57,20 @@ pub struct Clock {
 
 impl Clock {
     /// The system's monotonic clock, read on every use (the CPU's timestamp
-    /// counter where it is reliable: about 9 ns on the machine measured in
-    /// the README).
+    /// counter where it is reliable, else the operating system's monotonic
+    /// clock). [`Clock::coarse`] makes reads cheaper still.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let cache: larder::Cache<u32, u32> = larder::Cache::builder()
+    ///     .max_capacity(100)
+    ///     .time_to_live(Duration::from_secs(60))
+    ///     .clock(larder::Clock::system()) // the default
+    ///     .build()
+    ///     .unwrap();
+    /// cache.insert(1, 1);
+    /// assert_eq!(cache.get(&1), Some(1));
+    /// ```
     pub fn system() -> Self {
         let inner = quanta::Clock::new();
         let origin = inner.raw();
@@ -104,6 +116,20 @@ impl Clock {
     }
 
     /// A clock that only moves when the returned [`MockClock`] advances it.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let (clock, time) = larder::Clock::mock();
+    /// let cache: larder::Cache<u32, u32> = larder::Cache::builder()
+    ///     .max_capacity(100)
+    ///     .time_to_idle(Duration::from_secs(10))
+    ///     .clock(clock)
+    ///     .build()
+    ///     .unwrap();
+    /// cache.insert(1, 1);
+    /// time.advance(Duration::from_secs(10));
+    /// assert_eq!(cache.get(&1), None);
+    /// ```
     pub fn mock() -> (Self, MockClock) {
         let (inner, mock) = quanta::Clock::mock();
         let origin = inner.raw();
@@ -164,6 +190,22 @@ impl fmt::Debug for Clock {
 }
 
 /// The hand that moves a [`Clock::mock`] clock. Clones move the same clock.
+///
+/// ```
+/// use std::time::Duration;
+/// let (clock, time) = larder::Clock::mock();
+/// let hand = time.clone(); // moves the same clock
+/// let cache: larder::Cache<u32, u32> = larder::Cache::builder()
+///     .max_capacity(100)
+///     .time_to_live(Duration::from_secs(2))
+///     .clock(clock)
+///     .build()
+///     .unwrap();
+/// cache.insert(1, 1);
+/// time.advance(Duration::from_secs(1));
+/// hand.advance(Duration::from_secs(1));
+/// assert_eq!(cache.get(&1), None);
+/// ```
 #[derive(Clone, Debug)]
 pub struct MockClock(Arc<quanta::Mock>);
 
@@ -185,6 +227,17 @@ impl MockClock {
     }
 
     /// The latest a mock clock reads: about 292 years after it was made.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let (clock, time) = larder::Clock::mock();
+    /// let cache: larder::Cache<u32, u32> =
+    ///     larder::Cache::builder().max_capacity(10).clock(clock).build().unwrap();
+    /// cache.insert_with(1, 1, larder::EntryOptions::new().ttl(Duration::MAX)); // never expires
+    /// time.advance(larder::MockClock::LATEST);
+    /// time.advance(Duration::from_secs(1)); // time stops at LATEST
+    /// assert_eq!(cache.get(&1), Some(1));
+    /// ```
     pub const LATEST: Duration = Duration::from_nanos(Self::LATEST_NANOS);
     const LATEST_NANOS: u64 = u64::MAX / 2;
 }

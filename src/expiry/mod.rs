@@ -98,6 +98,12 @@ pub struct EntryOptions {
 
 impl EntryOptions {
     /// No per-entry settings: the cache's own apply.
+    ///
+    /// ```
+    /// let options = larder::EntryOptions::new();
+    /// assert_eq!(options.time_to_live(), None);
+    /// assert!(options.tag_list().is_empty());
+    /// ```
     pub fn new() -> Self {
         Self::default()
     }
@@ -106,24 +112,62 @@ impl EntryOptions {
     /// or [`Expiry`] says: no read extends it (a time-to-idle, or an
     /// [`Expiry::expire_after_read`] shorter than what is left, still applies). Zero means the value
     /// is not cached at all; `Duration::MAX` means it never expires.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use larder::{Cache, Clock, EntryOptions};
+    ///
+    /// let (clock, time) = Clock::mock();
+    /// let cache: Cache<u32, u32> = Cache::builder().max_capacity(10).clock(clock).build().unwrap();
+    /// cache.insert_with(1, 1, EntryOptions::new().ttl(Duration::from_secs(5)));
+    /// cache.insert_with(2, 2, EntryOptions::new().ttl(Duration::ZERO)); // not cached at all
+    /// assert_eq!(cache.get(&2), None);
+    /// time.advance(Duration::from_secs(4));
+    /// assert_eq!(cache.get(&1), Some(1));
+    /// time.advance(Duration::from_secs(1));
+    /// assert_eq!(cache.get(&1), None);
+    /// ```
     pub fn ttl(mut self, ttl: Duration) -> Self {
         self.ttl = Some(ttl);
         self
     }
 
     /// The per-entry time-to-live, if one was set.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let options = larder::EntryOptions::new().ttl(Duration::from_secs(5));
+    /// assert_eq!(options.time_to_live(), Some(Duration::from_secs(5)));
+    /// ```
     pub fn time_to_live(&self) -> Option<Duration> {
         self.ttl
     }
 
     /// Adds tags to the entry, for [`Cache::invalidate_tag`](crate::Cache::invalidate_tag).
     /// Up to two tags are stored without an allocation of their own.
+    ///
+    /// ```
+    /// use larder::{Cache, EntryOptions};
+    ///
+    /// let cache: Cache<&str, u32> = Cache::builder().max_capacity(10).build().unwrap();
+    /// cache.insert_with("a", 1, EntryOptions::new().tags(["team:7"]).tags(["hot"]));
+    /// cache.insert_with("b", 2, EntryOptions::new().tags(["team:8"]));
+    /// cache.invalidate_tag("hot");
+    /// assert_eq!(cache.get("a"), None);
+    /// assert_eq!(cache.get("b"), Some(2));
+    /// ```
     pub fn tags<T: Into<crate::Tag>>(mut self, tags: impl IntoIterator<Item = T>) -> Self {
         self.tags.extend(tags.into_iter().map(Into::into));
         self
     }
 
     /// The tags added so far.
+    ///
+    /// ```
+    /// use larder::{EntryOptions, Tag};
+    /// let options = EntryOptions::new().tags(["a"]).tags(["b", "c"]);
+    /// assert_eq!(options.tag_list(), &[Tag::from("a"), Tag::from("b"), Tag::from("c")]);
+    /// ```
     pub fn tag_list(&self) -> &[crate::Tag] {
         &self.tags
     }

@@ -11,12 +11,11 @@
 //! A flight is *pending* until its leader starts loading, then *started* at
 //! the cache's tag epoch of that moment. A write of the key (insert, remove,
 //! invalidate_all) while a started load runs marks the flight stale, so its
-//! value reaches the waiters but is not cached over the newer state (DESIGN
-//! §3, contract 3). A caller that arrives after such a write, or after a tag
+//! value reaches the waiters but is not cached over the newer state. A caller that arrives after such a write, or after a tag
 //! invalidation the load began before, must not take a value read before it:
 //! it does not join, but replaces the flight in the table with a pending one
 //! that keeps the older flights still loading. Its leader waits for them to
-//! end before it starts (contract 4: one loader at a time), then looks in the
+//! end before it starts (one loader of a key at a time), then looks in the
 //! cache again, where an older load that was not stale may have left its
 //! value. Writes reach the older flights through the newer one; once a newer
 //! value is cached the older flights are marked stale, so an older load never

@@ -784,7 +784,7 @@ impl<K: Eq, V, H: Fn(&K) -> u64> ShardWriter<'_, K, V, H> {
         let slab = &map.slab;
         map.table.reserve_one(|t| hash_of(&slab.get(t).key));
         let Some(t) = map.slab.insert(Entry::new(key, value, weight)) else {
-            unreachable!("a shard never holds u32::MAX entries: its capacity is checked");
+            panic!("larder: a shard holds at most u32::MAX - 2 entries (see `weigher`)");
         };
         let slab = &map.slab;
         map.table

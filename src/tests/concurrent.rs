@@ -185,3 +185,29 @@ fn a_background_sweeper_survives_a_panicking_listener_and_lets_go() {
     drop(cache);
     wait(&|| Arc::strong_count(&value) == 1);
 }
+
+/// A sweeper with an interval longer than any test (here: past the end of
+/// time) ends as soon as the cache is dropped, not an interval later.
+#[test]
+fn a_background_sweeper_ends_when_the_cache_is_dropped_whatever_its_interval() {
+    for interval in [Duration::from_secs(3600), Duration::MAX] {
+        let cache: Cache<u64, u64> = Cache::builder()
+            .max_capacity(100)
+            .time_to_live(Duration::from_secs(1))
+            .background_sweep(interval)
+            .build()
+            .unwrap();
+        cache.insert(1, 1);
+        let alive = cache.sweeper_alive().expect("the sweeper started");
+        assert!(alive.upgrade().is_some(), "the sweeper runs");
+        drop(cache);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while alive.upgrade().is_some() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert!(
+            alive.upgrade().is_none(),
+            "the sweeper of interval {interval:?} outlived its cache"
+        );
+    }
+}
