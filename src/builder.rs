@@ -153,7 +153,9 @@ where
     }
 
     /// Write-through: `put` and `delete` write `store` first and the cache
-    /// after, returning once both hold the write; `get` reads through. See
+    /// after, returning once both hold the write (an entry the cache refuses,
+    /// too heavy or with a zero time-to-live, is stored but not cached);
+    /// `get` reads through. See
     /// [`WriteThrough`]. `store` is a [`Store`], or an
     /// [`AsyncStore`](crate::AsyncStore) for the `_async` calls.
     ///
@@ -843,7 +845,8 @@ pub enum BuildError {
     /// An [`Expiry`] together with `time_to_live` or `time_to_idle`: the
     /// `Expiry` alone decides lifetimes, so say it there.
     ConflictingExpiry,
-    /// A write-back setting that cannot work (a zero batch size or queue).
+    /// A write-back setting that cannot work (a zero batch size or queue, a
+    /// `max_backoff` above a day).
     InvalidWriteBack {
         /// What is wrong.
         reason: &'static str,

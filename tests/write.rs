@@ -1656,6 +1656,11 @@ fn invalid_write_back_settings_are_refused() {
     for settings in [
         WriteBack::default().batch(0),
         WriteBack::default().queue_capacity(0),
+        // flush and close wait out every backoff: this one would never end.
+        WriteBack::default()
+            .retries(3, Duration::MAX)
+            .max_backoff(Duration::MAX),
+        WriteBack::default().max_backoff(Duration::from_secs(24 * 60 * 60 + 1)),
     ] {
         let err = Cache::<u64, u64>::builder()
             .max_capacity(10)
@@ -1667,6 +1672,15 @@ fn invalid_write_back_settings_are_refused() {
             "{err}"
         );
     }
+    // A day is the most, and it builds.
+    assert!(Cache::<u64, u64>::builder()
+        .max_capacity(10)
+        .write_back(
+            Shared(db.clone()),
+            WriteBack::default().max_backoff(Duration::from_secs(24 * 60 * 60))
+        )
+        .build()
+        .is_ok());
 }
 
 /// Four threads put and delete over 1k keys (each thread owns a quarter, so

@@ -33,8 +33,96 @@ use super::{
 
 /// Write-back: `put` and `delete` update the cache and queue the write; a
 /// flusher thread sends queued writes to the store in batches. Built with
-/// [`CacheBuilder::write_back`](crate::CacheBuilder::write_back); see
-/// [`Cache::flush`](crate::Cache::flush) for the guarantees.
+/// [`CacheBuilder::write_back`](crate::CacheBuilder::write_back), which
+/// takes the [`WriteBack`] settings. The cache's calls are `get`, `put`,
+/// `put_with`, `delete`, `flush`, `close`, `write_stats` and the `_async`
+/// twins.
+///
+/// # Guarantees
+///
+/// - **Nothing acknowledged is dropped.** A write that `put` or `delete`
+///   accepted stays queued when its cached entry is evicted, expires or is
+///   invalidated. Until the store has it, or it was given up on and reported
+///   (or handed to the failure handler), `get` returns it, never an older
+///   value from the store.
+/// - **Per-key order.** One flusher thread sends one batch at a time, so a
+///   key's writes reach the store in the order they were accepted.
+/// - **Coalescing and batching.** A write of a key whose previous write is
+///   still waiting replaces it. A batch of up to [`batch`](WriteBack::batch)
+///   writes is due when that many keys wait or the oldest has waited
+///   [`max_delay`](WriteBack::max_delay) (at once on `flush`, `close`, or a
+///   writer waiting for room), and goes out when the flusher is free.
+/// - **Failures.** A batch that fails (an error or a panic of the store) is
+///   sent again up to [`retries`](WriteBack::retries) times, with a doubling
+///   backoff. A write that still fails is given up on and reported once:
+///   by the next `flush` or `close`, as a [`FailedWrite`] (the write, the last
+///   error, the attempts), which also drops the key's cached copy unless a
+///   newer write of the key is pending; or, with
+///   [`on_write_failure`](crate::CacheBuilder::on_write_failure), to the
+///   handler, on the flusher thread, as soon as it is given up. A failure
+///   that a later, stored write of the same key supersedes is not reported.
+/// - **Backpressure.** At most [`queue_capacity`](WriteBack::queue_capacity)
+///   keys are dirty at once (waiting, being sent, or failed and unreported);
+///   a write of another key then waits for room ([`Backpressure::Block`]) or
+///   returns [`WriteError::QueueFull`] and changes nothing
+///   ([`Backpressure::Fail`]). A failed write keeps its room until it is
+///   reported or handed to the handler, so a store that stays down fills the
+///   queue, not memory. A writer waits for room holding no lock, so a `flush`
+///   that frees it always finishes.
+/// - **Shutdown.** `close` refuses further writes ([`WriteError::Closed`]),
+///   sends everything queued and stops the flusher thread; calling it again,
+///   even concurrently, is harmless. Dropping the last handle does the same
+///   but waits at most [`drop_wait`](WriteBack::drop_wait), and can only print
+///   to stderr how many writes failed or are still unsent. If a panic in a
+///   key's or value's `Clone`, `Hash` or `Eq` kills the flusher, each key's
+///   latest unsent write is reported failed by the next `flush` or `close`
+///   (it reads as the key's value until then), and later writes get
+///   [`WriteError::Closed`].
+/// - **Crashes.** A crash loses what was queued: the latest writes of at most
+///   `queue_capacity` keys. A write is due once it has waited `max_delay`, but
+///   it is sent only when the flusher is free, so a slow or failing store
+///   keeps writes queued for longer.
+///
+/// Writes may be sent more than once, so the store's writes must be
+/// idempotent (see [`Store`]).
+///
+/// ```
+/// # use std::collections::HashMap;
+/// # use std::sync::{Arc, Mutex};
+/// # use larder::{Op, Store};
+/// # #[derive(Clone, Default)]
+/// # struct Db(Arc<Mutex<HashMap<u32, u32>>>);
+/// # impl Db {
+/// #     fn get(&self, k: u32) -> Option<u32> { self.0.lock().unwrap().get(&k).copied() }
+/// # }
+/// # impl Store<u32, u32> for Db {
+/// #     type Error = std::convert::Infallible;
+/// #     fn load(&self, k: &u32) -> Result<Option<u32>, Self::Error> { Ok(self.get(*k)) }
+/// #     fn write(&self, op: &Op<u32, u32>) -> Result<(), Self::Error> {
+/// #         let mut db = self.0.lock().unwrap();
+/// #         match op {
+/// #             Op::Put(k, v) => db.insert(*k, *v),
+/// #             Op::Delete(k) => db.remove(k),
+/// #         };
+/// #         Ok(())
+/// #     }
+/// # }
+/// use larder::{Cache, WriteBack};
+///
+/// let db = Db::default(); // an in-memory `Store`, shared with the cache
+/// let cache = Cache::builder()
+///     .max_capacity(10)
+///     .write_back(db.clone(), WriteBack::default())
+///     .build()
+///     .unwrap();
+/// for k in 0..100 {
+///     cache.put(k, k).unwrap(); // acknowledged at once, sent in batches
+/// }
+/// assert!(cache.len() <= 10);
+/// assert!((0..100).all(|k| cache.get(&k) == Ok(Some(k)))); // cached or not
+/// cache.close().unwrap();
+/// assert!((0..100).all(|k| db.get(k) == Some(k)));
+/// ```
 pub struct WriteBehind<K, V, St: Store<K, V>> {
     pub(crate) shared: Arc<Shared<K, V, St>>,
     /// Dropped with the last handle: closes the queue, waiting a bounded time.

@@ -22,6 +22,15 @@ use std::time::Duration;
 pub use back::WriteBehind;
 
 /// One write to the system of record.
+///
+/// ```
+/// use larder::Op;
+///
+/// let ops = [Op::Put("a", 1), Op::Delete("b")];
+/// let keys: Vec<&&str> = ops.iter().map(Op::key).collect();
+/// assert_eq!(keys, [&"a", &"b"]);
+/// assert!(matches!(ops[0], Op::Put(_, 1)));
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Op<K, V> {
     /// Store `value` under `key`.
@@ -224,6 +233,29 @@ impl<St> fmt::Debug for Spawned<St> {
 
 impl<St> Spawned<St> {
     /// `store`, its calls run by `spawn`.
+    ///
+    /// The result is a blocking [`Store`]: each call is spawned as a future
+    /// and the calling thread waits for its result (the write-back flusher
+    /// is that thread). Do not call it from a runtime thread.
+    ///
+    /// ```
+    /// use larder::{AsyncStore, Op, Spawned, Store};
+    /// # struct Remote;
+    /// # impl AsyncStore<u32, u32> for Remote {
+    /// #     type Error = std::io::Error;
+    /// #     async fn load(&self, k: &u32) -> Result<Option<u32>, Self::Error> { Ok(Some(k + 1)) }
+    /// #     async fn write_batch(&self, _: &[Op<u32, u32>]) -> Result<(), Self::Error> { Ok(()) }
+    /// # }
+    ///
+    /// let runtime = tokio::runtime::Runtime::new().unwrap();
+    /// let handle = runtime.handle().clone();
+    /// let store = Spawned::new(Remote, move |call| {
+    ///     handle.spawn(call);
+    /// });
+    /// // Run on the runtime, waited for here:
+    /// assert_eq!(store.load(&1).unwrap(), Some(2));
+    /// assert!(store.write(&Op::Put(1, 10)).is_ok());
+    /// ```
     pub fn new(
         store: St,
         spawn: impl Fn(std::pin::Pin<Box<dyn Future<Output = ()> + Send>>) + Send + Sync + 'static,
@@ -235,6 +267,16 @@ impl<St> Spawned<St> {
     }
 
     /// The async store inside.
+    ///
+    /// ```
+    /// use larder::Spawned;
+    ///
+    /// struct Remote {
+    ///     url: &'static str,
+    /// }
+    /// let store = Spawned::new(Remote { url: "db://orders" }, |_call| {});
+    /// assert_eq!(store.store().url, "db://orders");
+    /// ```
     pub fn store(&self) -> &St {
         &self.store
     }
@@ -302,6 +344,18 @@ where
 /// The default write policy: the cache knows no store. The application loads
 /// on a miss (or uses [`get_or_load`](crate::Cache::get_or_load)) and writes
 /// its source of truth itself, removing or replacing the cached copy.
+///
+/// ```
+/// use larder::{Cache, CacheAside, DefaultHashBuilder};
+///
+/// let cache: Cache<u32, String, DefaultHashBuilder, CacheAside> =
+///     Cache::builder().max_capacity(100).build().unwrap();
+/// assert_eq!(cache.get(&1), None); // a miss: the application loads
+/// assert_eq!(cache.get_or_load(1, |k| format!("row {k}")), "row 1");
+/// // After the application changed row 1 in its database:
+/// cache.remove(&1);
+/// assert!(!cache.contains_key(&1));
+/// ```
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CacheAside;
 
@@ -309,6 +363,39 @@ pub struct CacheAside;
 /// at a time; `put` and `delete` change the cache alone (the application
 /// writes the store itself and tells the cache). Built with
 /// [`CacheBuilder::read_through`](crate::CacheBuilder::read_through).
+///
+/// ```
+/// # use std::collections::HashMap;
+/// # use std::sync::{Arc, Mutex};
+/// # use larder::{Op, Store};
+/// # #[derive(Clone, Default)]
+/// # struct Db(Arc<Mutex<HashMap<u32, u32>>>);
+/// # impl Db {
+/// #     fn get(&self, k: u32) -> Option<u32> { self.0.lock().unwrap().get(&k).copied() }
+/// #     fn set(&self, k: u32, v: u32) { self.0.lock().unwrap().insert(k, v); }
+/// # }
+/// # impl Store<u32, u32> for Db {
+/// #     type Error = &'static str;
+/// #     fn load(&self, k: &u32) -> Result<Option<u32>, Self::Error> { Ok(self.get(*k)) }
+/// #     fn write(&self, op: &Op<u32, u32>) -> Result<(), Self::Error> {
+/// #         match op {
+/// #             Op::Put(_, v) if *v > 100 => return Err("too large"),
+/// #             Op::Put(k, v) => self.set(*k, *v),
+/// #             Op::Delete(k) => { self.0.lock().unwrap().remove(k); }
+/// #         }
+/// #         Ok(())
+/// #     }
+/// # }
+/// use larder::Cache;
+///
+/// let db = Db::default(); // an in-memory `Store`
+/// db.set(1, 10);
+/// let cache = Cache::builder().max_capacity(100).read_through(db).build().unwrap();
+/// assert_eq!(cache.get(&1), Ok(Some(10))); // loaded, then cached
+/// cache.store().set(1, 11); // the application writes the store...
+/// cache.put(1, 11).unwrap(); // ...and tells the cache
+/// assert_eq!(cache.get(&1), Ok(Some(11)));
+/// ```
 #[derive(Debug)]
 pub struct ReadThrough<St> {
     store: Arc<St>,
@@ -327,6 +414,40 @@ impl<St> Clone for ReadThrough<St> {
 /// unchanged. Writes to one key are serialized, so the cache and the store
 /// never end up holding different values. `get` reads through. Built with
 /// [`CacheBuilder::write_through`](crate::CacheBuilder::write_through).
+///
+/// ```
+/// # use std::collections::HashMap;
+/// # use std::sync::{Arc, Mutex};
+/// # use larder::{Op, Store};
+/// # #[derive(Clone, Default)]
+/// # struct Db(Arc<Mutex<HashMap<u32, u32>>>);
+/// # impl Db {
+/// #     fn get(&self, k: u32) -> Option<u32> { self.0.lock().unwrap().get(&k).copied() }
+/// #     fn set(&self, k: u32, v: u32) { self.0.lock().unwrap().insert(k, v); }
+/// # }
+/// # impl Store<u32, u32> for Db {
+/// #     type Error = &'static str;
+/// #     fn load(&self, k: &u32) -> Result<Option<u32>, Self::Error> { Ok(self.get(*k)) }
+/// #     fn write(&self, op: &Op<u32, u32>) -> Result<(), Self::Error> {
+/// #         match op {
+/// #             Op::Put(_, v) if *v > 100 => return Err("too large"),
+/// #             Op::Put(k, v) => self.set(*k, *v),
+/// #             Op::Delete(k) => { self.0.lock().unwrap().remove(k); }
+/// #         }
+/// #         Ok(())
+/// #     }
+/// # }
+/// use larder::{Cache, WriteError};
+///
+/// let db = Db::default(); // an in-memory `Store`; it refuses values over 100
+/// let cache = Cache::builder().max_capacity(100).write_through(db).build().unwrap();
+/// cache.put(1, 10).unwrap();
+/// assert_eq!((cache.store().get(1), cache.peek(&1)), (Some(10), Some(10)));
+/// assert_eq!(cache.put(1, 500), Err(WriteError::Store("too large")));
+/// assert_eq!((cache.store().get(1), cache.peek(&1)), (Some(10), Some(10)));
+/// cache.delete(&1).unwrap();
+/// assert_eq!((cache.store().get(1), cache.peek(&1)), (None, None));
+/// ```
 #[derive(Debug)]
 pub struct WriteThrough<St> {
     store: Arc<St>,
@@ -589,7 +710,45 @@ impl Default for WriteBack {
 impl WriteBack {
     /// How long a write may wait in the queue before its batch is sent, even
     /// if the batch is not full. Zero sends every write as soon as the flusher
-    /// is free; `Duration::MAX` waits for a full batch or a `flush`.
+    /// is free; `Duration::MAX` waits for a full batch, a `flush` or `close`,
+    /// or a writer waiting for room.
+    ///
+    /// ```
+    /// # use std::collections::HashMap;
+    /// # use std::sync::{Arc, Mutex};
+    /// # use larder::{Op, Store};
+    /// # #[derive(Clone, Default)]
+    /// # struct Db(Arc<Mutex<HashMap<u32, u32>>>);
+    /// # impl Db {
+    /// #     fn get(&self, k: u32) -> Option<u32> { self.0.lock().unwrap().get(&k).copied() }
+    /// #     fn set(&self, k: u32, v: u32) { self.0.lock().unwrap().insert(k, v); }
+    /// # }
+    /// # impl Store<u32, u32> for Db {
+    /// #     type Error = &'static str;
+    /// #     fn load(&self, k: &u32) -> Result<Option<u32>, Self::Error> { Ok(self.get(*k)) }
+    /// #     fn write(&self, op: &Op<u32, u32>) -> Result<(), Self::Error> {
+    /// #         match op {
+    /// #             Op::Put(_, v) if *v > 100 => return Err("too large"),
+    /// #             Op::Put(k, v) => self.set(*k, *v),
+    /// #             Op::Delete(k) => { self.0.lock().unwrap().remove(k); }
+    /// #         }
+    /// #         Ok(())
+    /// #     }
+    /// # }
+    /// use std::time::Duration;
+    /// use larder::{Cache, WriteBack};
+    ///
+    /// let settings = WriteBack::default().max_delay(Duration::MAX);
+    /// let cache = Cache::builder()
+    ///     .max_capacity(100)
+    ///     .write_back(Db::default(), settings)
+    ///     .build()
+    ///     .unwrap();
+    /// cache.put(1, 10).unwrap();
+    /// assert_eq!(cache.store().get(1), None); // waiting for a full batch
+    /// cache.flush().unwrap();
+    /// assert_eq!(cache.store().get(1), Some(10));
+    /// ```
     pub fn max_delay(mut self, delay: Duration) -> Self {
         self.max_delay = delay;
         self
@@ -597,12 +756,57 @@ impl WriteBack {
 
     /// The most writes per [`Store::write_batch`] call; a batch is sent as soon
     /// as this many keys are waiting. Must be at least 1.
+    ///
+    /// ```
+    /// # use std::collections::HashMap;
+    /// # use std::sync::{Arc, Mutex};
+    /// # use larder::{Op, Store};
+    /// # #[derive(Clone, Default)]
+    /// # struct Db(Arc<Mutex<HashMap<u32, u32>>>);
+    /// # impl Db {
+    /// #     fn get(&self, k: u32) -> Option<u32> { self.0.lock().unwrap().get(&k).copied() }
+    /// #     fn set(&self, k: u32, v: u32) { self.0.lock().unwrap().insert(k, v); }
+    /// # }
+    /// # impl Store<u32, u32> for Db {
+    /// #     type Error = &'static str;
+    /// #     fn load(&self, k: &u32) -> Result<Option<u32>, Self::Error> { Ok(self.get(*k)) }
+    /// #     fn write(&self, op: &Op<u32, u32>) -> Result<(), Self::Error> {
+    /// #         match op {
+    /// #             Op::Put(_, v) if *v > 100 => return Err("too large"),
+    /// #             Op::Put(k, v) => self.set(*k, *v),
+    /// #             Op::Delete(k) => { self.0.lock().unwrap().remove(k); }
+    /// #         }
+    /// #         Ok(())
+    /// #     }
+    /// # }
+    /// use std::time::Duration;
+    /// use larder::{Cache, WriteBack};
+    ///
+    /// let settings = WriteBack::default().batch(3).max_delay(Duration::MAX);
+    /// let cache = Cache::builder()
+    ///     .max_capacity(100)
+    ///     .write_back(Db::default(), settings)
+    ///     .build()
+    ///     .unwrap();
+    /// for k in 0..5 {
+    ///     cache.put(k, k).unwrap();
+    /// }
+    /// cache.flush().unwrap();
+    /// assert_eq!(cache.write_stats().store_calls, 2); // 3 writes, then the last 2
+    /// ```
     pub fn batch(mut self, size: usize) -> Self {
         self.batch = size;
         self
     }
 
     /// The configured batch size.
+    ///
+    /// ```
+    /// use larder::WriteBack;
+    ///
+    /// assert_eq!(WriteBack::default().batch_size(), 256);
+    /// assert_eq!(WriteBack::default().batch(64).batch_size(), 64);
+    /// ```
     pub fn batch_size(&self) -> usize {
         self.batch
     }
@@ -618,12 +822,93 @@ impl WriteBack {
     /// which frees the room as each failure is handed over, or call `flush`
     /// now and then: otherwise, with [`Backpressure::Block`], a full queue of
     /// unreported failures keeps writers waiting.
+    ///
+    /// ```
+    /// # use std::collections::HashMap;
+    /// # use std::sync::{Arc, Mutex};
+    /// # use larder::{Op, Store};
+    /// # #[derive(Clone, Default)]
+    /// # struct Db(Arc<Mutex<HashMap<u32, u32>>>);
+    /// # impl Db {
+    /// #     fn get(&self, k: u32) -> Option<u32> { self.0.lock().unwrap().get(&k).copied() }
+    /// #     fn set(&self, k: u32, v: u32) { self.0.lock().unwrap().insert(k, v); }
+    /// # }
+    /// # impl Store<u32, u32> for Db {
+    /// #     type Error = &'static str;
+    /// #     fn load(&self, k: &u32) -> Result<Option<u32>, Self::Error> { Ok(self.get(*k)) }
+    /// #     fn write(&self, op: &Op<u32, u32>) -> Result<(), Self::Error> {
+    /// #         match op {
+    /// #             Op::Put(_, v) if *v > 100 => return Err("too large"),
+    /// #             Op::Put(k, v) => self.set(*k, *v),
+    /// #             Op::Delete(k) => { self.0.lock().unwrap().remove(k); }
+    /// #         }
+    /// #         Ok(())
+    /// #     }
+    /// # }
+    /// use std::time::Duration;
+    /// use larder::{Backpressure, Cache, WriteBack, WriteError};
+    ///
+    /// let settings = WriteBack::default()
+    ///     .queue_capacity(1)
+    ///     .backpressure(Backpressure::Fail)
+    ///     .max_delay(Duration::MAX);
+    /// let cache = Cache::builder()
+    ///     .max_capacity(100)
+    ///     .write_back(Db::default(), settings)
+    ///     .build()
+    ///     .unwrap();
+    /// cache.put(1, 10).unwrap();
+    /// cache.put(1, 11).unwrap(); // key 1 is dirty already: no more room needed
+    /// assert_eq!(cache.write_stats().dirty, 1);
+    /// assert_eq!(cache.put(2, 20), Err(WriteError::QueueFull));
+    /// cache.flush().unwrap(); // key 1 is stored: its room is free
+    /// cache.put(2, 20).unwrap();
+    /// ```
     pub fn queue_capacity(mut self, keys: usize) -> Self {
         self.queue_capacity = keys;
         self
     }
 
     /// What a write does when the queue is full.
+    ///
+    /// ```
+    /// # use std::collections::HashMap;
+    /// # use std::sync::{Arc, Mutex};
+    /// # use larder::{Op, Store};
+    /// # #[derive(Clone, Default)]
+    /// # struct Db(Arc<Mutex<HashMap<u32, u32>>>);
+    /// # impl Db {
+    /// #     fn get(&self, k: u32) -> Option<u32> { self.0.lock().unwrap().get(&k).copied() }
+    /// #     fn set(&self, k: u32, v: u32) { self.0.lock().unwrap().insert(k, v); }
+    /// # }
+    /// # impl Store<u32, u32> for Db {
+    /// #     type Error = &'static str;
+    /// #     fn load(&self, k: &u32) -> Result<Option<u32>, Self::Error> { Ok(self.get(*k)) }
+    /// #     fn write(&self, op: &Op<u32, u32>) -> Result<(), Self::Error> {
+    /// #         match op {
+    /// #             Op::Put(_, v) if *v > 100 => return Err("too large"),
+    /// #             Op::Put(k, v) => self.set(*k, *v),
+    /// #             Op::Delete(k) => { self.0.lock().unwrap().remove(k); }
+    /// #         }
+    /// #         Ok(())
+    /// #     }
+    /// # }
+    /// use std::time::Duration;
+    /// use larder::{Backpressure, Cache, WriteBack};
+    ///
+    /// let settings = WriteBack::default()
+    ///     .backpressure(Backpressure::Block) // the default
+    ///     .queue_capacity(1)
+    ///     .max_delay(Duration::MAX);
+    /// let cache = Cache::builder()
+    ///     .max_capacity(100)
+    ///     .write_back(Db::default(), settings)
+    ///     .build()
+    ///     .unwrap();
+    /// cache.put(1, 10).unwrap();
+    /// cache.put(2, 20).unwrap(); // waits while the flusher sends key 1
+    /// assert_eq!(cache.store().get(1), Some(10));
+    /// ```
     pub fn backpressure(mut self, mode: Backpressure) -> Self {
         self.backpressure = mode;
         self
@@ -631,14 +916,75 @@ impl WriteBack {
 
     /// Retries of a failed batch, the first after `backoff`, each later one
     /// after twice the previous wait (at most [`max_backoff`](Self::max_backoff)).
-    /// A write still failing after them is reported by `flush` or `close`.
+    /// A write still failing after them is given up on: it is reported by the
+    /// next `flush` or `close` or, if the cache has a failure handler
+    /// ([`CacheBuilder::on_write_failure`](crate::CacheBuilder::on_write_failure)),
+    /// handed to the handler instead, as soon as it is given up.
+    ///
+    /// ```
+    /// use std::sync::atomic::{AtomicU32, Ordering};
+    /// use std::time::Duration;
+    /// use larder::{Cache, Op, Store, WriteBack};
+    ///
+    /// #[derive(Default)]
+    /// struct Flaky(AtomicU32); // fails twice, then works
+    /// impl Store<u32, u32> for Flaky {
+    ///     type Error = &'static str;
+    ///     fn load(&self, _: &u32) -> Result<Option<u32>, Self::Error> { Ok(None) }
+    ///     fn write(&self, _: &Op<u32, u32>) -> Result<(), Self::Error> {
+    ///         if self.0.fetch_add(1, Ordering::SeqCst) < 2 { Err("busy") } else { Ok(()) }
+    ///     }
+    /// }
+    /// let settings = WriteBack::default().retries(2, Duration::from_millis(1));
+    /// let cache = Cache::builder()
+    ///     .max_capacity(100)
+    ///     .write_back(Flaky::default(), settings)
+    ///     .build()
+    ///     .unwrap();
+    /// cache.put(1, 10).unwrap();
+    /// cache.flush().unwrap(); // the third attempt succeeded
+    /// let stats = cache.write_stats();
+    /// assert_eq!((stats.store_calls, stats.retries, stats.stored), (3, 2, 1));
+    /// ```
     pub fn retries(mut self, retries: u32, backoff: Duration) -> Self {
         self.retries = retries;
         self.backoff = backoff;
         self
     }
 
-    /// The longest wait between two retries.
+    /// The longest wait between two retries: at most a day (`build` refuses
+    /// more with [`BuildError::InvalidWriteBack`](crate::BuildError::InvalidWriteBack)),
+    /// since `flush`, `close` and the cache's drop wait out every backoff of
+    /// a failing write.
+    ///
+    /// ```
+    /// # use larder::{Op, Store};
+    /// # struct Down; // a store that refuses every write
+    /// # impl Store<u32, u32> for Down {
+    /// #     type Error = &'static str;
+    /// #     fn load(&self, _: &u32) -> Result<Option<u32>, Self::Error> { Ok(None) }
+    /// #     fn write(&self, _: &Op<u32, u32>) -> Result<(), Self::Error> { Err("down") }
+    /// # }
+    /// use std::time::Duration;
+    /// use larder::{Cache, WriteBack};
+    ///
+    /// let settings = WriteBack::default()
+    ///     .retries(3, Duration::from_secs(3600))
+    ///     .max_backoff(Duration::from_millis(1)); // the hour is capped at 1 ms
+    /// let cache = Cache::builder()
+    ///     .max_capacity(100)
+    ///     .write_back(Down, settings)
+    ///     .build()
+    ///     .unwrap();
+    /// cache.put(1, 10).unwrap();
+    /// let report = cache.flush().unwrap_err(); // three retries, 1 ms apart
+    /// assert_eq!(report.failed[0].attempts, 4);
+    ///
+    /// // A flush or close waits out every backoff: more than a day is refused.
+    /// let forever = WriteBack::default().max_backoff(Duration::MAX);
+    /// let refused = Cache::<u32, u32>::builder().max_capacity(100).write_back(Down, forever).build();
+    /// assert!(matches!(refused, Err(larder::BuildError::InvalidWriteBack { .. })));
+    /// ```
     pub fn max_backoff(mut self, wait: Duration) -> Self {
         self.max_backoff = wait;
         self
@@ -648,6 +994,45 @@ impl WriteBack {
     /// queue to drain. Writes still queued after it are written by the flusher
     /// thread for as long as the process lives. `Duration::MAX` waits until
     /// the queue drains, however long the store takes (for ever, if it hangs).
+    ///
+    /// ```
+    /// # use std::collections::HashMap;
+    /// # use std::sync::{Arc, Mutex};
+    /// # use larder::{Op, Store};
+    /// # #[derive(Clone, Default)]
+    /// # struct Db(Arc<Mutex<HashMap<u32, u32>>>);
+    /// # impl Db {
+    /// #     fn get(&self, k: u32) -> Option<u32> { self.0.lock().unwrap().get(&k).copied() }
+    /// #     fn set(&self, k: u32, v: u32) { self.0.lock().unwrap().insert(k, v); }
+    /// # }
+    /// # impl Store<u32, u32> for Db {
+    /// #     type Error = &'static str;
+    /// #     fn load(&self, k: &u32) -> Result<Option<u32>, Self::Error> { Ok(self.get(*k)) }
+    /// #     fn write(&self, op: &Op<u32, u32>) -> Result<(), Self::Error> {
+    /// #         match op {
+    /// #             Op::Put(_, v) if *v > 100 => return Err("too large"),
+    /// #             Op::Put(k, v) => self.set(*k, *v),
+    /// #             Op::Delete(k) => { self.0.lock().unwrap().remove(k); }
+    /// #         }
+    /// #         Ok(())
+    /// #     }
+    /// # }
+    /// use std::time::Duration;
+    /// use larder::{Cache, WriteBack};
+    ///
+    /// let db = Db::default(); // an in-memory `Store`, shared with the cache
+    /// let settings = WriteBack::default()
+    ///     .max_delay(Duration::MAX)
+    ///     .drop_wait(Duration::MAX);
+    /// let cache = Cache::builder()
+    ///     .max_capacity(100)
+    ///     .write_back(db.clone(), settings)
+    ///     .build()
+    ///     .unwrap();
+    /// cache.put(1, 10).unwrap();
+    /// drop(cache); // waits until the queue is drained
+    /// assert_eq!(db.get(1), Some(10));
+    /// ```
     pub fn drop_wait(mut self, wait: Duration) -> Self {
         self.drop_wait = wait;
         self
@@ -661,11 +1046,60 @@ impl WriteBack {
         if self.queue_capacity == 0 {
             return Err("the queue capacity must be at least 1");
         }
+        if self.max_backoff > MAX_BACKOFF {
+            return Err(
+                "max_backoff must be at most a day: flush and close wait out every backoff",
+            );
+        }
         Ok(())
     }
 }
 
-/// What a write-back `put` or `delete` does when the queue is full.
+/// The longest `max_backoff` a [`WriteBack`] may have.
+const MAX_BACKOFF: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// What a write-back `put` or `delete` does when the queue is full (see
+/// [`WriteBack::queue_capacity`]).
+///
+/// ```
+/// # use std::collections::HashMap;
+/// # use std::sync::{Arc, Mutex};
+/// # use larder::{Op, Store};
+/// # #[derive(Clone, Default)]
+/// # struct Db(Arc<Mutex<HashMap<u32, u32>>>);
+/// # impl Db {
+/// #     fn get(&self, k: u32) -> Option<u32> { self.0.lock().unwrap().get(&k).copied() }
+/// #     fn set(&self, k: u32, v: u32) { self.0.lock().unwrap().insert(k, v); }
+/// # }
+/// # impl Store<u32, u32> for Db {
+/// #     type Error = &'static str;
+/// #     fn load(&self, k: &u32) -> Result<Option<u32>, Self::Error> { Ok(self.get(*k)) }
+/// #     fn write(&self, op: &Op<u32, u32>) -> Result<(), Self::Error> {
+/// #         match op {
+/// #             Op::Put(_, v) if *v > 100 => return Err("too large"),
+/// #             Op::Put(k, v) => self.set(*k, *v),
+/// #             Op::Delete(k) => { self.0.lock().unwrap().remove(k); }
+/// #         }
+/// #         Ok(())
+/// #     }
+/// # }
+/// use std::time::Duration;
+/// use larder::{Backpressure, Cache, WriteBack, WriteError};
+///
+/// assert_eq!(Backpressure::default(), Backpressure::Block);
+/// let settings = WriteBack::default()
+///     .backpressure(Backpressure::Fail)
+///     .queue_capacity(1)
+///     .max_delay(Duration::MAX);
+/// let cache = Cache::builder()
+///     .max_capacity(100)
+///     .write_back(Db::default(), settings)
+///     .build()
+///     .unwrap();
+/// cache.put(1, 10).unwrap();
+/// assert_eq!(cache.put(2, 20), Err(WriteError::QueueFull));
+/// assert_eq!(cache.get(&2), Ok(None)); // nothing was changed
+/// ```
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum Backpressure {
     /// Wait until the flusher makes room (the default).
@@ -676,6 +1110,41 @@ pub enum Backpressure {
 }
 
 /// Why a `put` or `delete` was not accepted. Nothing was changed.
+///
+/// ```
+/// # use std::collections::HashMap;
+/// # use std::sync::{Arc, Mutex};
+/// # use larder::{Op, Store};
+/// # #[derive(Clone, Default)]
+/// # struct Db(Arc<Mutex<HashMap<u32, u32>>>);
+/// # impl Db {
+/// #     fn get(&self, k: u32) -> Option<u32> { self.0.lock().unwrap().get(&k).copied() }
+/// #     fn set(&self, k: u32, v: u32) { self.0.lock().unwrap().insert(k, v); }
+/// # }
+/// # impl Store<u32, u32> for Db {
+/// #     type Error = &'static str;
+/// #     fn load(&self, k: &u32) -> Result<Option<u32>, Self::Error> { Ok(self.get(*k)) }
+/// #     fn write(&self, op: &Op<u32, u32>) -> Result<(), Self::Error> {
+/// #         match op {
+/// #             Op::Put(_, v) if *v > 100 => return Err("too large"),
+/// #             Op::Put(k, v) => self.set(*k, *v),
+/// #             Op::Delete(k) => { self.0.lock().unwrap().remove(k); }
+/// #         }
+/// #         Ok(())
+/// #     }
+/// # }
+/// use larder::{Cache, WriteError};
+///
+/// let db = Db::default(); // an in-memory `Store`; it refuses values over 100
+/// let cache = Cache::builder().max_capacity(100).write_through(db).build().unwrap();
+/// match cache.put(1, 500) {
+///     Err(WriteError::Store(e)) => assert_eq!(e, "too large"),
+///     Err(WriteError::QueueFull | WriteError::Closed) => unreachable!("write-back only"),
+///     Ok(()) => unreachable!("refused"),
+/// }
+/// let closed = WriteError::<&str>::Closed;
+/// assert_eq!(closed.to_string(), "the write-back cache is closed");
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WriteError<E> {
     /// The store refused a write-through write.
@@ -700,11 +1169,41 @@ impl<E: fmt::Display> fmt::Display for WriteError<E> {
 impl<E: fmt::Debug + fmt::Display> std::error::Error for WriteError<E> {}
 
 /// Why a write-back write was given up on.
+///
+/// ```
+/// use std::time::Duration;
+/// use larder::{Cache, Failure, Op, Store, WriteBack};
+///
+/// struct Down; // a store that refuses every write
+/// impl Store<u32, u32> for Down {
+///     type Error = &'static str;
+///     fn load(&self, _: &u32) -> Result<Option<u32>, Self::Error> { Ok(None) }
+///     fn write(&self, _: &Op<u32, u32>) -> Result<(), Self::Error> { Err("down") }
+/// }
+/// let settings = WriteBack::default().retries(0, Duration::ZERO);
+/// let cache = Cache::builder()
+///     .max_capacity(100)
+///     .write_back(Down, settings)
+///     .build()
+///     .unwrap();
+/// cache.put(1, 10).unwrap();
+/// let report = cache.flush().unwrap_err();
+/// match &report.failed[0].failure {
+///     Failure::Store(e) => assert_eq!(**e, "down"),
+///     Failure::Panicked(message) => unreachable!("{message}"),
+/// }
+/// let panicked = Failure::<&str>::Panicked("boom".into());
+/// assert_eq!(panicked.to_string(), "the store panicked: boom");
+/// ```
 #[derive(Debug)]
 pub enum Failure<E> {
     /// The store's error on the last attempt (shared by the batch).
     Store(Arc<E>),
-    /// The store panicked on the last attempt, with this message.
+    /// The store panicked on the last attempt, with this message. Also used,
+    /// with the message "the flusher thread panicked", for the writes the
+    /// flusher thread left behind when a panic in a key's or value's `Clone`,
+    /// `Hash` or `Eq` killed it (their [`attempts`](FailedWrite::attempts) is
+    /// then 0).
     Panicked(String),
 }
 
@@ -728,17 +1227,69 @@ impl<E: fmt::Display> fmt::Display for Failure<E> {
 
 /// An acknowledged write-back write that the store did not take after every
 /// retry. Until it is reported, a read of its key returns its value.
+///
+/// ```
+/// # use larder::Store;
+/// # struct Down; // a store that refuses every write
+/// # impl Store<u32, u32> for Down {
+/// #     type Error = &'static str;
+/// #     fn load(&self, _: &u32) -> Result<Option<u32>, Self::Error> { Ok(None) }
+/// #     fn write(&self, _: &larder::Op<u32, u32>) -> Result<(), Self::Error> { Err("down") }
+/// # }
+/// use std::time::Duration;
+/// use larder::{Cache, Failure, Op, WriteBack};
+///
+/// let settings = WriteBack::default().retries(1, Duration::ZERO);
+/// let cache = Cache::builder()
+///     .max_capacity(100)
+///     .write_back(Down, settings)
+///     .build()
+///     .unwrap();
+/// cache.put(1, 10).unwrap();
+/// let report = cache.flush().unwrap_err();
+/// let failed = &report.failed[0];
+/// assert_eq!(failed.op, Op::Put(1, 10));
+/// assert_eq!(failed.attempts, 2); // the first try and one retry
+/// assert!(matches!(failed.failure, Failure::Store(_)));
+/// ```
 #[derive(Debug, Clone)]
 pub struct FailedWrite<K, V, E> {
     /// The write.
     pub op: Op<K, V>,
     /// Why the last attempt failed.
     pub failure: Failure<E>,
-    /// How many times it was sent.
+    /// How many times it was sent; 0 when the flusher thread died before
+    /// booking it (see [`Failure::Panicked`]).
     pub attempts: u32,
 }
 
 /// Writes the store did not take, reported by `flush` or `close`.
+///
+/// ```
+/// # use larder::Store;
+/// # struct Down; // a store that refuses every write
+/// # impl Store<u32, u32> for Down {
+/// #     type Error = &'static str;
+/// #     fn load(&self, _: &u32) -> Result<Option<u32>, Self::Error> { Ok(None) }
+/// #     fn write(&self, _: &larder::Op<u32, u32>) -> Result<(), Self::Error> { Err("down") }
+/// # }
+/// use std::time::Duration;
+/// use larder::{Cache, Op, WriteBack};
+///
+/// let settings = WriteBack::default().retries(0, Duration::ZERO);
+/// let cache = Cache::builder()
+///     .max_capacity(100)
+///     .write_back(Down, settings)
+///     .build()
+///     .unwrap();
+/// cache.put(1, 10).unwrap();
+/// cache.delete(&2).unwrap();
+/// let report = cache.flush().unwrap_err();
+/// let ops: Vec<_> = report.failed.iter().map(|f| f.op.clone()).collect();
+/// assert_eq!(ops, [Op::Put(1, 10), Op::Delete(2)]);
+/// assert_eq!(report.to_string(), "2 write(s) failed after every retry; first: down");
+/// assert!(cache.flush().is_ok()); // each failure is reported once
+/// ```
 #[derive(Debug)]
 pub struct FlushError<K, V, E> {
     /// Each given-up write, in the order they were given up.
@@ -761,6 +1312,47 @@ impl<K: fmt::Debug, V: fmt::Debug, E: fmt::Debug + fmt::Display> std::error::Err
 }
 
 /// Counters of a write-back cache, from [`Cache::write_stats`](crate::Cache::write_stats).
+///
+/// ```
+/// # use std::collections::HashMap;
+/// # use std::sync::{Arc, Mutex};
+/// # use larder::{Op, Store};
+/// # #[derive(Clone, Default)]
+/// # struct Db(Arc<Mutex<HashMap<u32, u32>>>);
+/// # impl Db {
+/// #     fn get(&self, k: u32) -> Option<u32> { self.0.lock().unwrap().get(&k).copied() }
+/// #     fn set(&self, k: u32, v: u32) { self.0.lock().unwrap().insert(k, v); }
+/// # }
+/// # impl Store<u32, u32> for Db {
+/// #     type Error = &'static str;
+/// #     fn load(&self, k: &u32) -> Result<Option<u32>, Self::Error> { Ok(self.get(*k)) }
+/// #     fn write(&self, op: &Op<u32, u32>) -> Result<(), Self::Error> {
+/// #         match op {
+/// #             Op::Put(_, v) if *v > 100 => return Err("too large"),
+/// #             Op::Put(k, v) => self.set(*k, *v),
+/// #             Op::Delete(k) => { self.0.lock().unwrap().remove(k); }
+/// #         }
+/// #         Ok(())
+/// #     }
+/// # }
+/// use std::time::Duration;
+/// use larder::{Cache, WriteBack};
+///
+/// let settings = WriteBack::default().max_delay(Duration::MAX);
+/// let cache = Cache::builder()
+///     .max_capacity(100)
+///     .write_back(Db::default(), settings)
+///     .build()
+///     .unwrap();
+/// cache.put(1, 10).unwrap();
+/// cache.put(1, 11).unwrap(); // replaces the first while it waits
+/// cache.put(2, 20).unwrap();
+/// assert_eq!(cache.write_stats().dirty, 2);
+/// cache.flush().unwrap();
+/// let stats = cache.write_stats();
+/// assert_eq!((stats.accepted, stats.coalesced, stats.stored), (3, 1, 2));
+/// assert_eq!((stats.store_calls, stats.dirty), (1, 0));
+/// ```
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct WriteStats {
     /// Writes accepted by `put` and `delete`.
@@ -771,7 +1363,8 @@ pub struct WriteStats {
     pub store_calls: u64,
     /// Writes the store took.
     pub stored: u64,
-    /// Batches sent again after a failed attempt.
+    /// Attempts after a batch's first: a batch sent three times in all
+    /// counts 2.
     pub retries: u64,
     /// Writes given up on after every retry, reported (by `flush`, `close` or
     /// to the failure handler) unless superseded.
@@ -786,7 +1379,27 @@ pub struct WriteStats {
 }
 
 /// The write policy of a [`Cache`](crate::Cache): [`CacheAside`],
-/// [`ReadThrough`], [`WriteThrough`] or [`WriteBehind`]. Sealed.
+/// [`ReadThrough`], [`WriteThrough`] or [`WriteBehind`]. Sealed: a bound
+/// for code generic over the policy.
+///
+/// ```
+/// use std::hash::{BuildHasher, Hash};
+/// use larder::{Cache, WritePolicy};
+///
+/// /// How many entries a cache holds, whatever its write policy.
+/// fn cached<K, V, S, W>(cache: &Cache<K, V, S, W>) -> usize
+/// where
+///     K: Hash + Eq + Send + Sync + 'static,
+///     V: Clone + Send + Sync + 'static,
+///     S: BuildHasher,
+///     W: WritePolicy,
+/// {
+///     cache.len()
+/// }
+/// let cache: Cache<u32, u32> = Cache::builder().max_capacity(10).build().unwrap();
+/// cache.insert(1, 1);
+/// assert_eq!(cached(&cache), 1);
+/// ```
 pub trait WritePolicy: Clone + Send + Sync + 'static + sealed::Sealed {}
 
 impl WritePolicy for CacheAside {}

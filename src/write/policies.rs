@@ -159,9 +159,43 @@ where
 
     /// Caches `value` under `key`; the store is the caller's to write.
     ///
+    /// An entry heavier than one shard's share of the capacity (see
+    /// [`Cache::try_insert`]) is not cached: the listener gets it with
+    /// [`RemovalCause::Size`], and `put` still returns `Ok(())`.
+    ///
     /// # Errors
     ///
     /// None with this policy; the `Result` matches the other policies.
+    ///
+    /// ```
+    /// # use std::collections::HashMap;
+    /// # use std::sync::{Arc, Mutex};
+    /// # use larder::{Op, Store};
+    /// # #[derive(Clone, Default)]
+    /// # struct Db(Arc<Mutex<HashMap<u32, u32>>>);
+    /// # impl Db {
+    /// #     fn get(&self, k: u32) -> Option<u32> { self.0.lock().unwrap().get(&k).copied() }
+    /// #     fn set(&self, k: u32, v: u32) { self.0.lock().unwrap().insert(k, v); }
+    /// # }
+    /// # impl Store<u32, u32> for Db {
+    /// #     type Error = &'static str;
+    /// #     fn load(&self, k: &u32) -> Result<Option<u32>, Self::Error> { Ok(self.get(*k)) }
+    /// #     fn write(&self, op: &Op<u32, u32>) -> Result<(), Self::Error> {
+    /// #         match op {
+    /// #             Op::Put(_, v) if *v > 100 => return Err("too large"),
+    /// #             Op::Put(k, v) => self.set(*k, *v),
+    /// #             Op::Delete(k) => { self.0.lock().unwrap().remove(k); }
+    /// #         }
+    /// #         Ok(())
+    /// #     }
+    /// # }
+    /// use larder::Cache;
+    ///
+    /// let cache = Cache::builder().max_capacity(100).read_through(Db::default()).build().unwrap();
+    /// cache.put(1, 10).unwrap();
+    /// assert_eq!(cache.get(&1), Ok(Some(10)));
+    /// assert_eq!(cache.store().get(1), None); // the caller writes the store
+    /// ```
     pub fn put(&self, key: K, value: V) -> Result<(), WriteError<St::Error>> {
         self.land_write(key, value, None, ());
         Ok(())
@@ -173,6 +207,38 @@ where
     /// # Errors
     ///
     /// None with this policy; the `Result` matches the other policies.
+    ///
+    /// ```
+    /// # use std::collections::HashMap;
+    /// # use std::sync::{Arc, Mutex};
+    /// # use larder::{Op, Store};
+    /// # #[derive(Clone, Default)]
+    /// # struct Db(Arc<Mutex<HashMap<u32, u32>>>);
+    /// # impl Db {
+    /// #     fn get(&self, k: u32) -> Option<u32> { self.0.lock().unwrap().get(&k).copied() }
+    /// #     fn set(&self, k: u32, v: u32) { self.0.lock().unwrap().insert(k, v); }
+    /// # }
+    /// # impl Store<u32, u32> for Db {
+    /// #     type Error = &'static str;
+    /// #     fn load(&self, k: &u32) -> Result<Option<u32>, Self::Error> { Ok(self.get(*k)) }
+    /// #     fn write(&self, op: &Op<u32, u32>) -> Result<(), Self::Error> {
+    /// #         match op {
+    /// #             Op::Put(_, v) if *v > 100 => return Err("too large"),
+    /// #             Op::Put(k, v) => self.set(*k, *v),
+    /// #             Op::Delete(k) => { self.0.lock().unwrap().remove(k); }
+    /// #         }
+    /// #         Ok(())
+    /// #     }
+    /// # }
+    /// use larder::{Cache, EntryOptions};
+    ///
+    /// let cache = Cache::builder().max_capacity(100).read_through(Db::default()).build().unwrap();
+    /// cache.store().set(1, 10); // the caller writes the store...
+    /// cache.put_with(1, 10, EntryOptions::new().tags(["user:7"])).unwrap(); // ...and the cache
+    /// cache.invalidate_tag("user:7");
+    /// assert_eq!(cache.peek(&1), None);
+    /// assert_eq!(cache.get(&1), Ok(Some(10))); // loaded from the store again
+    /// ```
     pub fn put_with(
         &self,
         key: K,
@@ -189,6 +255,39 @@ where
     /// # Errors
     ///
     /// None with this policy; the `Result` matches the other policies.
+    ///
+    /// ```
+    /// # use std::collections::HashMap;
+    /// # use std::sync::{Arc, Mutex};
+    /// # use larder::{Op, Store};
+    /// # #[derive(Clone, Default)]
+    /// # struct Db(Arc<Mutex<HashMap<u32, u32>>>);
+    /// # impl Db {
+    /// #     fn get(&self, k: u32) -> Option<u32> { self.0.lock().unwrap().get(&k).copied() }
+    /// #     fn set(&self, k: u32, v: u32) { self.0.lock().unwrap().insert(k, v); }
+    /// # }
+    /// # impl Store<u32, u32> for Db {
+    /// #     type Error = &'static str;
+    /// #     fn load(&self, k: &u32) -> Result<Option<u32>, Self::Error> { Ok(self.get(*k)) }
+    /// #     fn write(&self, op: &Op<u32, u32>) -> Result<(), Self::Error> {
+    /// #         match op {
+    /// #             Op::Put(_, v) if *v > 100 => return Err("too large"),
+    /// #             Op::Put(k, v) => self.set(*k, *v),
+    /// #             Op::Delete(k) => { self.0.lock().unwrap().remove(k); }
+    /// #         }
+    /// #         Ok(())
+    /// #     }
+    /// # }
+    /// use larder::Cache;
+    ///
+    /// let cache = Cache::builder().max_capacity(100).read_through(Db::default()).build().unwrap();
+    /// cache.store().set(1, 10);
+    /// assert_eq!(cache.get(&1), Ok(Some(10)));
+    /// cache.store().set(1, 11); // the caller changes the store...
+    /// assert_eq!(cache.get(&1), Ok(Some(10))); // (the cached copy is stale)
+    /// cache.delete(&1).unwrap(); // ...and tells the cache
+    /// assert_eq!(cache.get(&1), Ok(Some(11)));
+    /// ```
     pub fn delete(&self, key: &K) -> Result<(), WriteError<St::Error>> {
         self.land_delete(key, ());
         Ok(())
@@ -199,6 +298,36 @@ where
     /// # Errors
     ///
     /// None with this policy; the `Result` matches write-back's.
+    ///
+    /// ```
+    /// # use std::collections::HashMap;
+    /// # use std::sync::{Arc, Mutex};
+    /// # use larder::{Op, Store};
+    /// # #[derive(Clone, Default)]
+    /// # struct Db(Arc<Mutex<HashMap<u32, u32>>>);
+    /// # impl Db {
+    /// #     fn get(&self, k: u32) -> Option<u32> { self.0.lock().unwrap().get(&k).copied() }
+    /// #     fn set(&self, k: u32, v: u32) { self.0.lock().unwrap().insert(k, v); }
+    /// # }
+    /// # impl Store<u32, u32> for Db {
+    /// #     type Error = &'static str;
+    /// #     fn load(&self, k: &u32) -> Result<Option<u32>, Self::Error> { Ok(self.get(*k)) }
+    /// #     fn write(&self, op: &Op<u32, u32>) -> Result<(), Self::Error> {
+    /// #         match op {
+    /// #             Op::Put(_, v) if *v > 100 => return Err("too large"),
+    /// #             Op::Put(k, v) => self.set(*k, *v),
+    /// #             Op::Delete(k) => { self.0.lock().unwrap().remove(k); }
+    /// #         }
+    /// #         Ok(())
+    /// #     }
+    /// # }
+    /// use larder::Cache;
+    ///
+    /// let cache = Cache::builder().max_capacity(100).read_through(Db::default()).build().unwrap();
+    /// cache.put(1, 10).unwrap();
+    /// assert!(cache.flush().is_ok());
+    /// assert_eq!(cache.store().get(1), None); // nothing was sent
+    /// ```
     pub fn flush(&self) -> Result<(), FlushError<K, V, St::Error>> {
         Ok(())
     }
@@ -221,13 +350,57 @@ where
     /// # Panics
     ///
     /// If the store's `load` panics, in the caller that ran it.
+    ///
+    /// ```
+    /// # use std::collections::HashMap;
+    /// # use std::sync::{Arc, Mutex};
+    /// # use larder::{Op, Store};
+    /// # #[derive(Clone, Default)]
+    /// # struct Db(Arc<Mutex<HashMap<u32, u32>>>);
+    /// # impl Db {
+    /// #     fn get(&self, k: u32) -> Option<u32> { self.0.lock().unwrap().get(&k).copied() }
+    /// #     fn set(&self, k: u32, v: u32) { self.0.lock().unwrap().insert(k, v); }
+    /// # }
+    /// # impl Store<u32, u32> for Db {
+    /// #     type Error = &'static str;
+    /// #     fn load(&self, k: &u32) -> Result<Option<u32>, Self::Error> { Ok(self.get(*k)) }
+    /// #     fn write(&self, op: &Op<u32, u32>) -> Result<(), Self::Error> {
+    /// #         match op {
+    /// #             Op::Put(_, v) if *v > 100 => return Err("too large"),
+    /// #             Op::Put(k, v) => self.set(*k, *v),
+    /// #             Op::Delete(k) => { self.0.lock().unwrap().remove(k); }
+    /// #         }
+    /// #         Ok(())
+    /// #     }
+    /// # }
+    /// use larder::Cache;
+    ///
+    /// let cache = Cache::builder()
+    ///     .max_capacity(100)
+    ///     .write_through(Db::default())
+    ///     .build()
+    ///     .unwrap();
+    /// cache.store().set(1, 10); // written by someone else
+    /// assert_eq!(cache.peek(&1), None);
+    /// assert_eq!(cache.get(&1), Ok(Some(10))); // loaded...
+    /// assert_eq!(cache.peek(&1), Some(10)); // ...and cached
+    /// ```
     pub fn get(&self, key: &K) -> Result<Option<V>, Arc<St::Error>> {
         self.read_through(key, |k| self.policy().store.load(k))
     }
 
-    /// Writes `value` to the store, then to the cache. Returns once both hold
-    /// it. Writes to one key are serialized across the two steps, so the
-    /// cache and the store always agree on the last one.
+    /// Writes `value` to the store, then to the cache, and returns once the
+    /// store took it. Writes to one key are serialized across the two steps,
+    /// so the cache and the store end with the same last write (unless the
+    /// cache refuses it, below).
+    ///
+    /// The cache may refuse the value after the store took it: an entry
+    /// heavier than one shard's share of the capacity (see
+    /// [`Cache::try_insert`]) is not cached. The listener then gets it with
+    /// [`RemovalCause::Size`] (and the key's previous cached value with
+    /// [`RemovalCause::Replaced`]), `put` still returns `Ok(())`, and reads
+    /// load the value from the store. An entry whose time-to-live is zero is
+    /// likewise dropped, with [`RemovalCause::Expired`].
     ///
     /// # Errors
     ///
@@ -237,10 +410,12 @@ where
     ///
     /// If the store panics: it may have taken the write before it did, so
     /// the key's cached copy is dropped before the panic goes on, and the next
-    /// read asks the store (as [`put_async`](Self::put_async) does). If the
+    /// read asks the store (as `put_async` does). If the
     /// weigher, the [`Expiry`](crate::Expiry) or the key's `Clone` panics,
     /// the store has the write and the key's cached copy is dropped, so that
-    /// reads load the new value.
+    /// reads load the new value. An eviction listener that panics on what
+    /// the write displaced does so after the write landed in the store and
+    /// the cache: that panic is not a failed write.
     ///
     /// ```
     /// # use std::collections::HashMap;
@@ -267,22 +442,109 @@ where
     /// assert_eq!(cache.put(1, 500), Err(WriteError::Store("too large")));
     /// assert_eq!(cache.get(&1), Ok(Some(10)));
     /// ```
+    ///
+    /// A value too heavy for the cache is stored all the same:
+    ///
+    /// ```
+    /// # use std::collections::HashMap;
+    /// # use std::sync::{Arc, Mutex};
+    /// # use larder::{Op, Store};
+    /// # #[derive(Clone, Default)]
+    /// # struct Db(Arc<Mutex<HashMap<u32, u32>>>);
+    /// # impl Db {
+    /// #     fn get(&self, k: u32) -> Option<u32> { self.0.lock().unwrap().get(&k).copied() }
+    /// #     fn set(&self, k: u32, v: u32) { self.0.lock().unwrap().insert(k, v); }
+    /// # }
+    /// # impl Store<u32, u32> for Db {
+    /// #     type Error = &'static str;
+    /// #     fn load(&self, k: &u32) -> Result<Option<u32>, Self::Error> { Ok(self.get(*k)) }
+    /// #     fn write(&self, op: &Op<u32, u32>) -> Result<(), Self::Error> {
+    /// #         match op {
+    /// #             Op::Put(_, v) if *v > 100 => return Err("too large"),
+    /// #             Op::Put(k, v) => self.set(*k, *v),
+    /// #             Op::Delete(k) => { self.0.lock().unwrap().remove(k); }
+    /// #         }
+    /// #         Ok(())
+    /// #     }
+    /// # }
+    /// use std::sync::{Arc as Shared, Mutex as Log};
+    /// use larder::{Cache, RemovalCause};
+    ///
+    /// let causes = Shared::new(Log::new(Vec::new()));
+    /// let log = causes.clone();
+    /// let cache = Cache::builder()
+    ///     .max_capacity(50) // one shard: an entry may weigh at most 50
+    ///     .weigher(|_, v: &u32| *v)
+    ///     .eviction_listener(move |_, _, cause| log.lock().unwrap().push(cause))
+    ///     .write_through(Db::default())
+    ///     .build()
+    ///     .unwrap();
+    /// cache.put(1, 10).unwrap();
+    /// assert_eq!(cache.put(1, 60), Ok(())); // too heavy for the cache
+    /// assert_eq!(*causes.lock().unwrap(), [RemovalCause::Replaced, RemovalCause::Size]);
+    /// assert_eq!((cache.store().get(1), cache.peek(&1)), (Some(60), None));
+    /// assert_eq!(cache.get(&1), Ok(Some(60))); // read from the store
+    /// ```
     pub fn put(&self, key: K, value: V) -> Result<(), WriteError<St::Error>> {
         self.put_inner(key, value, None)
     }
 
-    /// [`put`](Self::put) with settings for the cached entry: a time-to-live
-    /// and tags (see [`EntryOptions`]). The store gets the value alone; when
-    /// the cached copy expires or its tag is invalidated, the next `get`
-    /// loads it again.
+    /// `put` with settings for the cached entry: a time-to-live and tags (see
+    /// [`EntryOptions`]). The store gets the value alone; when the cached copy
+    /// expires or its tag is invalidated, the next `get` loads it again. As
+    /// with `put`, a value the cache refuses (too heavy, or a zero
+    /// time-to-live) is still stored.
     ///
     /// # Errors
     ///
-    /// As [`put`](Self::put).
+    /// [`WriteError::Store`] with the store's error; the cache is unchanged.
     ///
     /// # Panics
     ///
-    /// As [`put`](Self::put).
+    /// If the store panics: it may have taken the write, so the key's cached
+    /// copy is dropped before the panic goes on. If the weigher, the
+    /// [`Expiry`](crate::Expiry) or the key's `Clone` panics, the store has
+    /// the write and the key's cached copy is dropped. An eviction listener that panics on what
+    /// the write displaced does so after the write landed in the store and
+    /// the cache: that panic is not a failed write.
+    ///
+    /// ```
+    /// # use std::collections::HashMap;
+    /// # use std::sync::{Arc, Mutex};
+    /// # use larder::{Op, Store};
+    /// # #[derive(Clone, Default)]
+    /// # struct Db(Arc<Mutex<HashMap<u32, u32>>>);
+    /// # impl Db {
+    /// #     fn get(&self, k: u32) -> Option<u32> { self.0.lock().unwrap().get(&k).copied() }
+    /// #     fn set(&self, k: u32, v: u32) { self.0.lock().unwrap().insert(k, v); }
+    /// # }
+    /// # impl Store<u32, u32> for Db {
+    /// #     type Error = &'static str;
+    /// #     fn load(&self, k: &u32) -> Result<Option<u32>, Self::Error> { Ok(self.get(*k)) }
+    /// #     fn write(&self, op: &Op<u32, u32>) -> Result<(), Self::Error> {
+    /// #         match op {
+    /// #             Op::Put(_, v) if *v > 100 => return Err("too large"),
+    /// #             Op::Put(k, v) => self.set(*k, *v),
+    /// #             Op::Delete(k) => { self.0.lock().unwrap().remove(k); }
+    /// #         }
+    /// #         Ok(())
+    /// #     }
+    /// # }
+    /// use std::time::Duration;
+    /// use larder::{Cache, Clock, EntryOptions};
+    ///
+    /// let (clock, time) = Clock::mock();
+    /// let cache = Cache::builder()
+    ///     .max_capacity(100)
+    ///     .clock(clock)
+    ///     .write_through(Db::default())
+    ///     .build()
+    ///     .unwrap();
+    /// cache.put_with(1, 10, EntryOptions::new().ttl(Duration::from_secs(60))).unwrap();
+    /// time.advance(Duration::from_secs(60));
+    /// assert_eq!(cache.peek(&1), None); // the cached copy expired...
+    /// assert_eq!(cache.get(&1), Ok(Some(10))); // ...the store's is loaded again
+    /// ```
     pub fn put_with(
         &self,
         key: K,
@@ -319,7 +581,42 @@ where
     /// # Panics
     ///
     /// If the store panics: the key's cached copy is dropped before the panic
-    /// goes on, as with [`put`](Self::put).
+    /// goes on, as with `put`.
+    ///
+    /// ```
+    /// # use std::collections::HashMap;
+    /// # use std::sync::{Arc, Mutex};
+    /// # use larder::{Op, Store};
+    /// # #[derive(Clone, Default)]
+    /// # struct Db(Arc<Mutex<HashMap<u32, u32>>>);
+    /// # impl Db {
+    /// #     fn get(&self, k: u32) -> Option<u32> { self.0.lock().unwrap().get(&k).copied() }
+    /// #     fn set(&self, k: u32, v: u32) { self.0.lock().unwrap().insert(k, v); }
+    /// # }
+    /// # impl Store<u32, u32> for Db {
+    /// #     type Error = &'static str;
+    /// #     fn load(&self, k: &u32) -> Result<Option<u32>, Self::Error> { Ok(self.get(*k)) }
+    /// #     fn write(&self, op: &Op<u32, u32>) -> Result<(), Self::Error> {
+    /// #         match op {
+    /// #             Op::Put(_, v) if *v > 100 => return Err("too large"),
+    /// #             Op::Put(k, v) => self.set(*k, *v),
+    /// #             Op::Delete(k) => { self.0.lock().unwrap().remove(k); }
+    /// #         }
+    /// #         Ok(())
+    /// #     }
+    /// # }
+    /// use larder::Cache;
+    ///
+    /// let cache = Cache::builder()
+    ///     .max_capacity(100)
+    ///     .write_through(Db::default())
+    ///     .build()
+    ///     .unwrap();
+    /// cache.put(1, 10).unwrap();
+    /// cache.delete(&1).unwrap();
+    /// assert_eq!((cache.store().get(1), cache.peek(&1)), (None, None));
+    /// assert_eq!(cache.get(&1), Ok(None));
+    /// ```
     pub fn delete(&self, key: &K) -> Result<(), WriteError<St::Error>> {
         let policy = self.policy();
         let guard = policy.locks.lock(self.hash(key));
@@ -356,6 +653,40 @@ where
     /// # Errors
     ///
     /// None with this policy; the `Result` matches write-back's.
+    ///
+    /// ```
+    /// # use std::collections::HashMap;
+    /// # use std::sync::{Arc, Mutex};
+    /// # use larder::{Op, Store};
+    /// # #[derive(Clone, Default)]
+    /// # struct Db(Arc<Mutex<HashMap<u32, u32>>>);
+    /// # impl Db {
+    /// #     fn get(&self, k: u32) -> Option<u32> { self.0.lock().unwrap().get(&k).copied() }
+    /// #     fn set(&self, k: u32, v: u32) { self.0.lock().unwrap().insert(k, v); }
+    /// # }
+    /// # impl Store<u32, u32> for Db {
+    /// #     type Error = &'static str;
+    /// #     fn load(&self, k: &u32) -> Result<Option<u32>, Self::Error> { Ok(self.get(*k)) }
+    /// #     fn write(&self, op: &Op<u32, u32>) -> Result<(), Self::Error> {
+    /// #         match op {
+    /// #             Op::Put(_, v) if *v > 100 => return Err("too large"),
+    /// #             Op::Put(k, v) => self.set(*k, *v),
+    /// #             Op::Delete(k) => { self.0.lock().unwrap().remove(k); }
+    /// #         }
+    /// #         Ok(())
+    /// #     }
+    /// # }
+    /// use larder::Cache;
+    ///
+    /// let cache = Cache::builder()
+    ///     .max_capacity(100)
+    ///     .write_through(Db::default())
+    ///     .build()
+    ///     .unwrap();
+    /// cache.put(1, 10).unwrap();
+    /// assert_eq!(cache.store().get(1), Some(10)); // stored already
+    /// assert!(cache.flush().is_ok());
+    /// ```
     pub fn flush(&self) -> Result<(), FlushError<K, V, St::Error>> {
         Ok(())
     }
@@ -380,6 +711,43 @@ where
     /// # Panics
     ///
     /// If the store's `load` panics, in the caller that ran it.
+    ///
+    /// ```
+    /// # use std::collections::HashMap;
+    /// # use std::sync::{Arc, Mutex};
+    /// # use larder::{Op, Store};
+    /// # #[derive(Clone, Default)]
+    /// # struct Db(Arc<Mutex<HashMap<u32, u32>>>);
+    /// # impl Db {
+    /// #     fn get(&self, k: u32) -> Option<u32> { self.0.lock().unwrap().get(&k).copied() }
+    /// #     fn set(&self, k: u32, v: u32) { self.0.lock().unwrap().insert(k, v); }
+    /// # }
+    /// # impl Store<u32, u32> for Db {
+    /// #     type Error = &'static str;
+    /// #     fn load(&self, k: &u32) -> Result<Option<u32>, Self::Error> { Ok(self.get(*k)) }
+    /// #     fn write(&self, op: &Op<u32, u32>) -> Result<(), Self::Error> {
+    /// #         match op {
+    /// #             Op::Put(_, v) if *v > 100 => return Err("too large"),
+    /// #             Op::Put(k, v) => self.set(*k, *v),
+    /// #             Op::Delete(k) => { self.0.lock().unwrap().remove(k); }
+    /// #         }
+    /// #         Ok(())
+    /// #     }
+    /// # }
+    /// use std::time::Duration;
+    /// use larder::{Cache, WriteBack};
+    ///
+    /// let cache = Cache::builder()
+    ///     .max_capacity(1)
+    ///     .write_back(Db::default(), WriteBack::default().max_delay(Duration::MAX))
+    ///     .build()
+    ///     .unwrap();
+    /// cache.put(1, 10).unwrap();
+    /// cache.put(2, 20).unwrap();
+    /// assert_eq!(cache.len(), 1); // one of the two was evicted...
+    /// assert_eq!((cache.store().get(1), cache.store().get(2)), (None, None));
+    /// assert_eq!((cache.get(&1), cache.get(&2)), (Ok(Some(10)), Ok(Some(20)))); // ...both read
+    /// ```
     pub fn get(&self, key: &K) -> Result<Option<V>, Arc<St::Error>> {
         let policy = self.policy();
         if let Some(v) = self.get_cached(key) {
@@ -403,6 +771,11 @@ where
     /// Caches `value` and queues its write to the store. A later write to
     /// the same key before this one is sent replaces it in the queue.
     ///
+    /// A value the cache refuses (heavier than one shard's share of the
+    /// capacity: see [`Cache::try_insert`]; the listener gets it with
+    /// [`RemovalCause::Size`]) is queued all the same, and reads find it in
+    /// the queue until the store has it.
+    ///
     /// # Errors
     ///
     /// [`WriteError::QueueFull`] if the queue is full and the cache was
@@ -410,14 +783,16 @@ where
     /// `Block`, the call waits for room instead); [`WriteError::Closed`]
     /// after [`close`](Self::close), or once the flusher thread has died (a
     /// panic in a key's or value's `Clone`, `Hash` or `Eq` on it; what it
-    /// left unsent is reported by the next [`flush`](Self::flush)). Nothing is
-    /// changed either way.
+    /// left unsent is reported by the next `flush`). Nothing is changed
+    /// either way.
     ///
     /// # Panics
     ///
     /// If the weigher, the [`Expiry`](crate::Expiry) or the key's `Clone`
     /// panics after the write was queued, the key's cached copy is dropped,
-    /// so that reads find the queued value.
+    /// so that reads find the queued value. An eviction listener that panics on what
+    /// the write displaced does so after the write was queued and cached:
+    /// that panic is not a failed write.
     ///
     /// ```
     /// # use std::collections::HashMap;
@@ -454,14 +829,64 @@ where
         self.put_inner(key, value, None)
     }
 
-    /// [`put`](Self::put) with settings for the cached entry: a time-to-live
-    /// and tags (see [`EntryOptions`]). The queued write carries the value
-    /// alone: when the cached copy expires or its tag is invalidated before
-    /// the store has the write, reads still return it from the queue.
+    /// `put` with settings for the cached entry: a time-to-live and tags (see
+    /// [`EntryOptions`]). The queued write carries the value alone: when the
+    /// cached copy expires or its tag is invalidated before the store has the
+    /// write, reads still return it from the queue.
     ///
     /// # Errors
     ///
-    /// As [`put`](Self::put).
+    /// [`WriteError::QueueFull`] if the queue is full and the cache was
+    /// built with [`Backpressure::Fail`](crate::Backpressure::Fail) (with
+    /// `Block`, the call waits for room instead); [`WriteError::Closed`]
+    /// after [`close`](Self::close) or once the flusher thread has died.
+    /// Nothing is changed either way.
+    ///
+    /// # Panics
+    ///
+    /// As `put`: if the weigher, the [`Expiry`](crate::Expiry) or the key's
+    /// `Clone` panics after the write was queued, the key's cached copy is
+    /// dropped.
+    ///
+    /// ```
+    /// # use std::collections::HashMap;
+    /// # use std::sync::{Arc, Mutex};
+    /// # use larder::{Op, Store};
+    /// # #[derive(Clone, Default)]
+    /// # struct Db(Arc<Mutex<HashMap<u32, u32>>>);
+    /// # impl Db {
+    /// #     fn get(&self, k: u32) -> Option<u32> { self.0.lock().unwrap().get(&k).copied() }
+    /// #     fn set(&self, k: u32, v: u32) { self.0.lock().unwrap().insert(k, v); }
+    /// # }
+    /// # impl Store<u32, u32> for Db {
+    /// #     type Error = &'static str;
+    /// #     fn load(&self, k: &u32) -> Result<Option<u32>, Self::Error> { Ok(self.get(*k)) }
+    /// #     fn write(&self, op: &Op<u32, u32>) -> Result<(), Self::Error> {
+    /// #         match op {
+    /// #             Op::Put(_, v) if *v > 100 => return Err("too large"),
+    /// #             Op::Put(k, v) => self.set(*k, *v),
+    /// #             Op::Delete(k) => { self.0.lock().unwrap().remove(k); }
+    /// #         }
+    /// #         Ok(())
+    /// #     }
+    /// # }
+    /// use std::time::Duration;
+    /// use larder::{Cache, Clock, EntryOptions, WriteBack};
+    ///
+    /// let (clock, time) = Clock::mock();
+    /// let cache = Cache::builder()
+    ///     .max_capacity(100)
+    ///     .clock(clock)
+    ///     .write_back(Db::default(), WriteBack::default().max_delay(Duration::MAX))
+    ///     .build()
+    ///     .unwrap();
+    /// cache.put_with(1, 10, EntryOptions::new().ttl(Duration::from_secs(60))).unwrap();
+    /// time.advance(Duration::from_secs(60));
+    /// assert_eq!(cache.peek(&1), None); // the cached copy expired...
+    /// assert_eq!(cache.get(&1), Ok(Some(10))); // ...the queued write still reads
+    /// cache.flush().unwrap();
+    /// assert_eq!(cache.store().get(1), Some(10));
+    /// ```
     pub fn put_with(
         &self,
         key: K,
@@ -491,11 +916,55 @@ where
         }
     }
 
-    /// Drops `key` from the cache and queues its delete from the store.
+    /// Drops `key` from the cache and queues its delete from the store. Until
+    /// the store has it, `get` reads the key as `None`.
     ///
     /// # Errors
     ///
-    /// As [`put`](Self::put).
+    /// [`WriteError::QueueFull`] if the queue is full and the cache was
+    /// built with [`Backpressure::Fail`](crate::Backpressure::Fail) (with
+    /// `Block`, the call waits for room instead); [`WriteError::Closed`]
+    /// after [`close`](Self::close) or once the flusher thread has died.
+    /// Nothing is changed either way.
+    ///
+    /// ```
+    /// # use std::collections::HashMap;
+    /// # use std::sync::{Arc, Mutex};
+    /// # use larder::{Op, Store};
+    /// # #[derive(Clone, Default)]
+    /// # struct Db(Arc<Mutex<HashMap<u32, u32>>>);
+    /// # impl Db {
+    /// #     fn get(&self, k: u32) -> Option<u32> { self.0.lock().unwrap().get(&k).copied() }
+    /// #     fn set(&self, k: u32, v: u32) { self.0.lock().unwrap().insert(k, v); }
+    /// # }
+    /// # impl Store<u32, u32> for Db {
+    /// #     type Error = &'static str;
+    /// #     fn load(&self, k: &u32) -> Result<Option<u32>, Self::Error> { Ok(self.get(*k)) }
+    /// #     fn write(&self, op: &Op<u32, u32>) -> Result<(), Self::Error> {
+    /// #         match op {
+    /// #             Op::Put(_, v) if *v > 100 => return Err("too large"),
+    /// #             Op::Put(k, v) => self.set(*k, *v),
+    /// #             Op::Delete(k) => { self.0.lock().unwrap().remove(k); }
+    /// #         }
+    /// #         Ok(())
+    /// #     }
+    /// # }
+    /// use std::time::Duration;
+    /// use larder::{Cache, WriteBack};
+    ///
+    /// let db = Db::default(); // an in-memory `Store`
+    /// db.set(1, 10);
+    /// let cache = Cache::builder()
+    ///     .max_capacity(100)
+    ///     .write_back(db, WriteBack::default().max_delay(Duration::MAX))
+    ///     .build()
+    ///     .unwrap();
+    /// cache.delete(&1).unwrap();
+    /// assert_eq!(cache.get(&1), Ok(None)); // the queued delete reads as `None`
+    /// assert_eq!(cache.store().get(1), Some(10)); // not sent yet
+    /// cache.flush().unwrap();
+    /// assert_eq!(cache.store().get(1), None);
+    /// ```
     pub fn delete(&self, key: &K) -> Result<(), WriteError<St::Error>> {
         let policy = self.policy();
         let mut write = Some(Pending::Delete);
@@ -518,7 +987,35 @@ where
     /// [`FlushError`] listing the writes given up on since the last report
     /// (each is reported once). Until reported, a failed write's key reads as
     /// its value; the report drops the key from the cache, so that reads go
-    /// to the store again (unless a newer write of the key is pending).
+    /// to the store again (unless a newer write of the key is pending). With
+    /// a failure handler
+    /// ([`on_write_failure`](crate::CacheBuilder::on_write_failure)), given-up
+    /// writes go to the handler instead of into the report.
+    ///
+    /// ```
+    /// # use larder::Store;
+    /// # struct Down; // a store that refuses every write
+    /// # impl Store<u32, u32> for Down {
+    /// #     type Error = &'static str;
+    /// #     fn load(&self, _: &u32) -> Result<Option<u32>, Self::Error> { Ok(None) }
+    /// #     fn write(&self, _: &larder::Op<u32, u32>) -> Result<(), Self::Error> { Err("down") }
+    /// # }
+    /// use std::time::Duration;
+    /// use larder::{Cache, Op, WriteBack};
+    ///
+    /// let settings = WriteBack::default().retries(0, Duration::ZERO);
+    /// let cache = Cache::builder()
+    ///     .max_capacity(100)
+    ///     .write_back(Down, settings)
+    ///     .build()
+    ///     .unwrap();
+    /// cache.put(1, 10).unwrap();
+    /// assert_eq!(cache.get(&1), Ok(Some(10))); // acknowledged
+    /// let report = cache.flush().unwrap_err();
+    /// assert_eq!(report.failed[0].op, Op::Put(1, 10));
+    /// assert_eq!(cache.peek(&1), None); // the store never took it
+    /// assert!(cache.flush().is_ok()); // each failure is reported once
+    /// ```
     pub fn flush(&self) -> Result<(), FlushError<K, V, St::Error>> {
         let report = self.policy().flush();
         self.forget_failed(report)
@@ -530,13 +1027,52 @@ where
     ///
     /// Dropping the last handle of the cache does the same, but waits at most
     /// [`WriteBack::drop_wait`](crate::WriteBack::drop_wait) and can only
-    /// print what failed to stderr. What a crash loses is what was queued:
-    /// at most the queue's capacity of writes, each at most `max_delay` old
-    /// unless the store was failing.
+    /// print to stderr how many writes failed or were left unsent. What a
+    /// crash loses is what was queued: the latest writes of at most
+    /// [`queue_capacity`](crate::WriteBack::queue_capacity) keys. A write is
+    /// due once it has waited `max_delay`, but is sent only when the flusher
+    /// is free, so a slow or failing store keeps writes queued for longer.
     ///
     /// # Errors
     ///
     /// [`FlushError`] listing the writes given up on and not yet reported.
+    ///
+    /// ```
+    /// # use std::collections::HashMap;
+    /// # use std::sync::{Arc, Mutex};
+    /// # use larder::{Op, Store};
+    /// # #[derive(Clone, Default)]
+    /// # struct Db(Arc<Mutex<HashMap<u32, u32>>>);
+    /// # impl Db {
+    /// #     fn get(&self, k: u32) -> Option<u32> { self.0.lock().unwrap().get(&k).copied() }
+    /// #     fn set(&self, k: u32, v: u32) { self.0.lock().unwrap().insert(k, v); }
+    /// # }
+    /// # impl Store<u32, u32> for Db {
+    /// #     type Error = &'static str;
+    /// #     fn load(&self, k: &u32) -> Result<Option<u32>, Self::Error> { Ok(self.get(*k)) }
+    /// #     fn write(&self, op: &Op<u32, u32>) -> Result<(), Self::Error> {
+    /// #         match op {
+    /// #             Op::Put(_, v) if *v > 100 => return Err("too large"),
+    /// #             Op::Put(k, v) => self.set(*k, *v),
+    /// #             Op::Delete(k) => { self.0.lock().unwrap().remove(k); }
+    /// #         }
+    /// #         Ok(())
+    /// #     }
+    /// # }
+    /// use larder::{Cache, WriteBack, WriteError};
+    ///
+    /// let cache = Cache::builder()
+    ///     .max_capacity(100)
+    ///     .write_back(Db::default(), WriteBack::default())
+    ///     .build()
+    ///     .unwrap();
+    /// cache.put(1, 10).unwrap();
+    /// cache.close().unwrap();
+    /// assert_eq!(cache.store().get(1), Some(10)); // everything queued was sent
+    /// assert_eq!(cache.put(2, 20), Err(WriteError::Closed));
+    /// assert_eq!(cache.get(&1), Ok(Some(10))); // reads keep working
+    /// assert!(cache.close().is_ok()); // calling it again is harmless
+    /// ```
     pub fn close(&self) -> Result<(), FlushError<K, V, St::Error>> {
         let report = self.policy().close();
         self.forget_failed(report)
@@ -578,11 +1114,81 @@ where
     }
 
     /// Counters of the write queue.
+    ///
+    /// ```
+    /// # use std::collections::HashMap;
+    /// # use std::sync::{Arc, Mutex};
+    /// # use larder::{Op, Store};
+    /// # #[derive(Clone, Default)]
+    /// # struct Db(Arc<Mutex<HashMap<u32, u32>>>);
+    /// # impl Db {
+    /// #     fn get(&self, k: u32) -> Option<u32> { self.0.lock().unwrap().get(&k).copied() }
+    /// #     fn set(&self, k: u32, v: u32) { self.0.lock().unwrap().insert(k, v); }
+    /// # }
+    /// # impl Store<u32, u32> for Db {
+    /// #     type Error = &'static str;
+    /// #     fn load(&self, k: &u32) -> Result<Option<u32>, Self::Error> { Ok(self.get(*k)) }
+    /// #     fn write(&self, op: &Op<u32, u32>) -> Result<(), Self::Error> {
+    /// #         match op {
+    /// #             Op::Put(_, v) if *v > 100 => return Err("too large"),
+    /// #             Op::Put(k, v) => self.set(*k, *v),
+    /// #             Op::Delete(k) => { self.0.lock().unwrap().remove(k); }
+    /// #         }
+    /// #         Ok(())
+    /// #     }
+    /// # }
+    /// use larder::{Cache, WriteBack};
+    ///
+    /// let cache = Cache::builder()
+    ///     .max_capacity(100)
+    ///     .write_back(Db::default(), WriteBack::default())
+    ///     .build()
+    ///     .unwrap();
+    /// cache.put(1, 10).unwrap();
+    /// cache.delete(&2).unwrap();
+    /// cache.flush().unwrap();
+    /// let stats = cache.write_stats();
+    /// assert_eq!((stats.accepted, stats.stored, stats.failed, stats.dirty), (2, 2, 0, 0));
+    /// ```
     pub fn write_stats(&self) -> WriteStats {
         self.policy().stats()
     }
 
     /// The store behind the cache.
+    ///
+    /// ```
+    /// # use std::collections::HashMap;
+    /// # use std::sync::{Arc, Mutex};
+    /// # use larder::{Op, Store};
+    /// # #[derive(Clone, Default)]
+    /// # struct Db(Arc<Mutex<HashMap<u32, u32>>>);
+    /// # impl Db {
+    /// #     fn get(&self, k: u32) -> Option<u32> { self.0.lock().unwrap().get(&k).copied() }
+    /// #     fn set(&self, k: u32, v: u32) { self.0.lock().unwrap().insert(k, v); }
+    /// # }
+    /// # impl Store<u32, u32> for Db {
+    /// #     type Error = &'static str;
+    /// #     fn load(&self, k: &u32) -> Result<Option<u32>, Self::Error> { Ok(self.get(*k)) }
+    /// #     fn write(&self, op: &Op<u32, u32>) -> Result<(), Self::Error> {
+    /// #         match op {
+    /// #             Op::Put(_, v) if *v > 100 => return Err("too large"),
+    /// #             Op::Put(k, v) => self.set(*k, *v),
+    /// #             Op::Delete(k) => { self.0.lock().unwrap().remove(k); }
+    /// #         }
+    /// #         Ok(())
+    /// #     }
+    /// # }
+    /// use larder::{Cache, WriteBack};
+    ///
+    /// let cache = Cache::builder()
+    ///     .max_capacity(100)
+    ///     .write_back(Db::default(), WriteBack::default())
+    ///     .build()
+    ///     .unwrap();
+    /// cache.put(1, 10).unwrap();
+    /// cache.flush().unwrap();
+    /// assert_eq!(cache.store().get(1), Some(10));
+    /// ```
     pub fn store(&self) -> &St {
         self.policy().store()
     }
@@ -590,6 +1196,35 @@ where
 
 impl<K, V, S, St> Cache<K, V, S, ReadThrough<St>> {
     /// The store behind the cache.
+    ///
+    /// ```
+    /// # use std::collections::HashMap;
+    /// # use std::sync::{Arc, Mutex};
+    /// # use larder::{Op, Store};
+    /// # #[derive(Clone, Default)]
+    /// # struct Db(Arc<Mutex<HashMap<u32, u32>>>);
+    /// # impl Db {
+    /// #     fn get(&self, k: u32) -> Option<u32> { self.0.lock().unwrap().get(&k).copied() }
+    /// #     fn set(&self, k: u32, v: u32) { self.0.lock().unwrap().insert(k, v); }
+    /// # }
+    /// # impl Store<u32, u32> for Db {
+    /// #     type Error = &'static str;
+    /// #     fn load(&self, k: &u32) -> Result<Option<u32>, Self::Error> { Ok(self.get(*k)) }
+    /// #     fn write(&self, op: &Op<u32, u32>) -> Result<(), Self::Error> {
+    /// #         match op {
+    /// #             Op::Put(_, v) if *v > 100 => return Err("too large"),
+    /// #             Op::Put(k, v) => self.set(*k, *v),
+    /// #             Op::Delete(k) => { self.0.lock().unwrap().remove(k); }
+    /// #         }
+    /// #         Ok(())
+    /// #     }
+    /// # }
+    /// use larder::Cache;
+    ///
+    /// let cache = Cache::builder().max_capacity(100).read_through(Db::default()).build().unwrap();
+    /// cache.store().set(1, 10); // the application writes the store itself
+    /// assert_eq!(cache.get(&1), Ok(Some(10)));
+    /// ```
     pub fn store(&self) -> &St {
         &self.policy().store
     }
@@ -597,6 +1232,39 @@ impl<K, V, S, St> Cache<K, V, S, ReadThrough<St>> {
 
 impl<K, V, S, St> Cache<K, V, S, WriteThrough<St>> {
     /// The store behind the cache.
+    ///
+    /// ```
+    /// # use std::collections::HashMap;
+    /// # use std::sync::{Arc, Mutex};
+    /// # use larder::{Op, Store};
+    /// # #[derive(Clone, Default)]
+    /// # struct Db(Arc<Mutex<HashMap<u32, u32>>>);
+    /// # impl Db {
+    /// #     fn get(&self, k: u32) -> Option<u32> { self.0.lock().unwrap().get(&k).copied() }
+    /// #     fn set(&self, k: u32, v: u32) { self.0.lock().unwrap().insert(k, v); }
+    /// # }
+    /// # impl Store<u32, u32> for Db {
+    /// #     type Error = &'static str;
+    /// #     fn load(&self, k: &u32) -> Result<Option<u32>, Self::Error> { Ok(self.get(*k)) }
+    /// #     fn write(&self, op: &Op<u32, u32>) -> Result<(), Self::Error> {
+    /// #         match op {
+    /// #             Op::Put(_, v) if *v > 100 => return Err("too large"),
+    /// #             Op::Put(k, v) => self.set(*k, *v),
+    /// #             Op::Delete(k) => { self.0.lock().unwrap().remove(k); }
+    /// #         }
+    /// #         Ok(())
+    /// #     }
+    /// # }
+    /// use larder::Cache;
+    ///
+    /// let cache = Cache::builder()
+    ///     .max_capacity(100)
+    ///     .write_through(Db::default())
+    ///     .build()
+    ///     .unwrap();
+    /// cache.put(1, 10).unwrap();
+    /// assert_eq!(cache.store().get(1), Some(10));
+    /// ```
     pub fn store(&self) -> &St {
         &self.policy().store
     }
@@ -616,6 +1284,46 @@ where
     /// # Errors
     ///
     /// The store's error, shared with every caller of the same load.
+    ///
+    /// ```
+    /// # use std::collections::HashMap;
+    /// # use std::sync::Mutex;
+    /// # use larder::{AsyncStore, Op};
+    /// # #[derive(Default)]
+    /// # struct Remote(Mutex<HashMap<u32, u32>>);
+    /// # impl Remote {
+    /// #     fn get(&self, k: u32) -> Option<u32> { self.0.lock().unwrap().get(&k).copied() }
+    /// #     fn set(&self, k: u32, v: u32) { self.0.lock().unwrap().insert(k, v); }
+    /// # }
+    /// # impl AsyncStore<u32, u32> for Remote {
+    /// #     type Error = &'static str;
+    /// #     async fn load(&self, k: &u32) -> Result<Option<u32>, Self::Error> { Ok(self.get(*k)) }
+    /// #     async fn write_batch(&self, ops: &[Op<u32, u32>]) -> Result<(), Self::Error> {
+    /// #         for op in ops {
+    /// #             match op {
+    /// #                 Op::Put(_, v) if *v > 100 => return Err("too large"),
+    /// #                 Op::Put(k, v) => self.set(*k, *v),
+    /// #                 Op::Delete(k) => { self.0.lock().unwrap().remove(k); }
+    /// #             }
+    /// #         }
+    /// #         Ok(())
+    /// #     }
+    /// # }
+    /// use larder::Cache;
+    ///
+    /// # let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
+    /// # runtime.unwrap().block_on(async {
+    /// let cache = Cache::builder()
+    ///     .max_capacity(100)
+    ///     .read_through(Remote::default())
+    ///     .build()
+    ///     .unwrap();
+    /// cache.store().set(1, 10);
+    /// assert_eq!(cache.get_async(&1).await, Ok(Some(10))); // loaded, then cached
+    /// assert_eq!(cache.get_async(&2).await, Ok(None));
+    /// assert_eq!((cache.peek(&1), cache.peek(&2)), (Some(10), None));
+    /// # });
+    /// ```
     pub async fn get_async(&self, key: &K) -> Result<Option<V>, Arc<St::Error>> {
         let store = &self.policy().store;
         self.read_through_async(key, store.load(key)).await
@@ -627,6 +1335,45 @@ where
     /// # Errors
     ///
     /// None with this policy; the `Result` matches the other policies.
+    ///
+    /// ```
+    /// # use std::collections::HashMap;
+    /// # use std::sync::Mutex;
+    /// # use larder::{AsyncStore, Op};
+    /// # #[derive(Default)]
+    /// # struct Remote(Mutex<HashMap<u32, u32>>);
+    /// # impl Remote {
+    /// #     fn get(&self, k: u32) -> Option<u32> { self.0.lock().unwrap().get(&k).copied() }
+    /// #     fn set(&self, k: u32, v: u32) { self.0.lock().unwrap().insert(k, v); }
+    /// # }
+    /// # impl AsyncStore<u32, u32> for Remote {
+    /// #     type Error = &'static str;
+    /// #     async fn load(&self, k: &u32) -> Result<Option<u32>, Self::Error> { Ok(self.get(*k)) }
+    /// #     async fn write_batch(&self, ops: &[Op<u32, u32>]) -> Result<(), Self::Error> {
+    /// #         for op in ops {
+    /// #             match op {
+    /// #                 Op::Put(_, v) if *v > 100 => return Err("too large"),
+    /// #                 Op::Put(k, v) => self.set(*k, *v),
+    /// #                 Op::Delete(k) => { self.0.lock().unwrap().remove(k); }
+    /// #             }
+    /// #         }
+    /// #         Ok(())
+    /// #     }
+    /// # }
+    /// use larder::Cache;
+    ///
+    /// # let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
+    /// # runtime.unwrap().block_on(async {
+    /// let cache = Cache::builder()
+    ///     .max_capacity(100)
+    ///     .read_through(Remote::default())
+    ///     .build()
+    ///     .unwrap();
+    /// cache.put_async(1, 10).await.unwrap();
+    /// assert_eq!(cache.get_async(&1).await, Ok(Some(10)));
+    /// assert_eq!(cache.store().get(1), None); // the caller writes the store
+    /// # });
+    /// ```
     pub async fn put_async(&self, key: K, value: V) -> Result<(), WriteError<St::Error>> {
         self.land_write(key, value, None, ());
         Ok(())
@@ -637,6 +1384,47 @@ where
     /// # Errors
     ///
     /// None with this policy; the `Result` matches the other policies.
+    ///
+    /// ```
+    /// # use std::collections::HashMap;
+    /// # use std::sync::Mutex;
+    /// # use larder::{AsyncStore, Op};
+    /// # #[derive(Default)]
+    /// # struct Remote(Mutex<HashMap<u32, u32>>);
+    /// # impl Remote {
+    /// #     fn get(&self, k: u32) -> Option<u32> { self.0.lock().unwrap().get(&k).copied() }
+    /// #     fn set(&self, k: u32, v: u32) { self.0.lock().unwrap().insert(k, v); }
+    /// # }
+    /// # impl AsyncStore<u32, u32> for Remote {
+    /// #     type Error = &'static str;
+    /// #     async fn load(&self, k: &u32) -> Result<Option<u32>, Self::Error> { Ok(self.get(*k)) }
+    /// #     async fn write_batch(&self, ops: &[Op<u32, u32>]) -> Result<(), Self::Error> {
+    /// #         for op in ops {
+    /// #             match op {
+    /// #                 Op::Put(_, v) if *v > 100 => return Err("too large"),
+    /// #                 Op::Put(k, v) => self.set(*k, *v),
+    /// #                 Op::Delete(k) => { self.0.lock().unwrap().remove(k); }
+    /// #             }
+    /// #         }
+    /// #         Ok(())
+    /// #     }
+    /// # }
+    /// use larder::Cache;
+    ///
+    /// # let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
+    /// # runtime.unwrap().block_on(async {
+    /// let cache = Cache::builder()
+    ///     .max_capacity(100)
+    ///     .read_through(Remote::default())
+    ///     .build()
+    ///     .unwrap();
+    /// cache.store().set(1, 10);
+    /// assert_eq!(cache.get_async(&1).await, Ok(Some(10)));
+    /// cache.store().set(1, 11); // the caller changes the store...
+    /// cache.delete_async(&1).await.unwrap(); // ...and tells the cache
+    /// assert_eq!(cache.get_async(&1).await, Ok(Some(11)));
+    /// # });
+    /// ```
     pub async fn delete_async(&self, key: &K) -> Result<(), WriteError<St::Error>> {
         self.land_delete(key, ());
         Ok(())
@@ -650,11 +1438,52 @@ where
     S: BuildHasher,
     St: AsyncStore<K, V>,
 {
-    /// `get` for an [`AsyncStore`], as with read-through.
+    /// `get` for an [`AsyncStore`], as with read-through: the cached value,
+    /// or the store's, loaded once however many callers miss on `key`
+    /// together.
     ///
     /// # Errors
     ///
     /// The store's error, shared with every caller of the same load.
+    ///
+    /// ```
+    /// # use std::collections::HashMap;
+    /// # use std::sync::Mutex;
+    /// # use larder::{AsyncStore, Op};
+    /// # #[derive(Default)]
+    /// # struct Remote(Mutex<HashMap<u32, u32>>);
+    /// # impl Remote {
+    /// #     fn get(&self, k: u32) -> Option<u32> { self.0.lock().unwrap().get(&k).copied() }
+    /// #     fn set(&self, k: u32, v: u32) { self.0.lock().unwrap().insert(k, v); }
+    /// # }
+    /// # impl AsyncStore<u32, u32> for Remote {
+    /// #     type Error = &'static str;
+    /// #     async fn load(&self, k: &u32) -> Result<Option<u32>, Self::Error> { Ok(self.get(*k)) }
+    /// #     async fn write_batch(&self, ops: &[Op<u32, u32>]) -> Result<(), Self::Error> {
+    /// #         for op in ops {
+    /// #             match op {
+    /// #                 Op::Put(_, v) if *v > 100 => return Err("too large"),
+    /// #                 Op::Put(k, v) => self.set(*k, *v),
+    /// #                 Op::Delete(k) => { self.0.lock().unwrap().remove(k); }
+    /// #             }
+    /// #         }
+    /// #         Ok(())
+    /// #     }
+    /// # }
+    /// use larder::Cache;
+    ///
+    /// # let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
+    /// # runtime.unwrap().block_on(async {
+    /// let cache = Cache::builder()
+    ///     .max_capacity(100)
+    ///     .write_through(Remote::default())
+    ///     .build()
+    ///     .unwrap();
+    /// cache.store().set(1, 10); // written by someone else
+    /// assert_eq!(cache.get_async(&1).await, Ok(Some(10)));
+    /// assert_eq!(cache.peek(&1), Some(10));
+    /// # });
+    /// ```
     pub async fn get_async(&self, key: &K) -> Result<Option<V>, Arc<St::Error>> {
         let store = &self.policy().store;
         self.read_through_async(key, store.load(key)).await
@@ -673,6 +1502,47 @@ where
     ///
     /// If the store panics: as with a cancellation, the store may have the
     /// write, so the key's cached copy is dropped before the panic goes on.
+    ///
+    /// ```
+    /// # use std::collections::HashMap;
+    /// # use std::sync::Mutex;
+    /// # use larder::{AsyncStore, Op};
+    /// # #[derive(Default)]
+    /// # struct Remote(Mutex<HashMap<u32, u32>>);
+    /// # impl Remote {
+    /// #     fn get(&self, k: u32) -> Option<u32> { self.0.lock().unwrap().get(&k).copied() }
+    /// #     fn set(&self, k: u32, v: u32) { self.0.lock().unwrap().insert(k, v); }
+    /// # }
+    /// # impl AsyncStore<u32, u32> for Remote {
+    /// #     type Error = &'static str;
+    /// #     async fn load(&self, k: &u32) -> Result<Option<u32>, Self::Error> { Ok(self.get(*k)) }
+    /// #     async fn write_batch(&self, ops: &[Op<u32, u32>]) -> Result<(), Self::Error> {
+    /// #         for op in ops {
+    /// #             match op {
+    /// #                 Op::Put(_, v) if *v > 100 => return Err("too large"),
+    /// #                 Op::Put(k, v) => self.set(*k, *v),
+    /// #                 Op::Delete(k) => { self.0.lock().unwrap().remove(k); }
+    /// #             }
+    /// #         }
+    /// #         Ok(())
+    /// #     }
+    /// # }
+    /// use larder::{Cache, WriteError};
+    ///
+    /// # let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
+    /// # runtime.unwrap().block_on(async {
+    /// let cache = Cache::builder()
+    ///     .max_capacity(100)
+    ///     .write_through(Remote::default())
+    ///     .build()
+    ///     .unwrap();
+    /// cache.put_async(1, 10).await.unwrap();
+    /// assert_eq!(cache.store().get(1), Some(10));
+    /// // This store refuses values over 100: the cache is unchanged.
+    /// assert_eq!(cache.put_async(1, 500).await, Err(WriteError::Store("too large")));
+    /// assert_eq!(cache.get_async(&1).await, Ok(Some(10)));
+    /// # });
+    /// ```
     pub async fn put_async(&self, key: K, value: V) -> Result<(), WriteError<St::Error>> {
         let policy = self.policy();
         let guard = policy.locks.lock_async(self.hash(&key)).await;
@@ -689,11 +1559,56 @@ where
     }
 
     /// `delete` for an [`AsyncStore`]: deletes from the store, then from the
-    /// cache (cancellation as with [`put_async`](Self::put_async)).
+    /// cache. If the task is cancelled while the store call runs, the key's
+    /// cached copy is dropped, as with `put_async`.
     ///
     /// # Errors
     ///
     /// [`WriteError::Store`] with the store's error; the cache is unchanged.
+    ///
+    /// # Panics
+    ///
+    /// If the store panics: the key's cached copy is dropped before the panic
+    /// goes on.
+    ///
+    /// ```
+    /// # use std::collections::HashMap;
+    /// # use std::sync::Mutex;
+    /// # use larder::{AsyncStore, Op};
+    /// # #[derive(Default)]
+    /// # struct Remote(Mutex<HashMap<u32, u32>>);
+    /// # impl Remote {
+    /// #     fn get(&self, k: u32) -> Option<u32> { self.0.lock().unwrap().get(&k).copied() }
+    /// #     fn set(&self, k: u32, v: u32) { self.0.lock().unwrap().insert(k, v); }
+    /// # }
+    /// # impl AsyncStore<u32, u32> for Remote {
+    /// #     type Error = &'static str;
+    /// #     async fn load(&self, k: &u32) -> Result<Option<u32>, Self::Error> { Ok(self.get(*k)) }
+    /// #     async fn write_batch(&self, ops: &[Op<u32, u32>]) -> Result<(), Self::Error> {
+    /// #         for op in ops {
+    /// #             match op {
+    /// #                 Op::Put(_, v) if *v > 100 => return Err("too large"),
+    /// #                 Op::Put(k, v) => self.set(*k, *v),
+    /// #                 Op::Delete(k) => { self.0.lock().unwrap().remove(k); }
+    /// #             }
+    /// #         }
+    /// #         Ok(())
+    /// #     }
+    /// # }
+    /// use larder::Cache;
+    ///
+    /// # let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
+    /// # runtime.unwrap().block_on(async {
+    /// let cache = Cache::builder()
+    ///     .max_capacity(100)
+    ///     .write_through(Remote::default())
+    ///     .build()
+    ///     .unwrap();
+    /// cache.put_async(1, 10).await.unwrap();
+    /// cache.delete_async(&1).await.unwrap();
+    /// assert_eq!((cache.store().get(1), cache.peek(&1)), (None, None));
+    /// # });
+    /// ```
     pub async fn delete_async(&self, key: &K) -> Result<(), WriteError<St::Error>> {
         let policy = self.policy();
         let guard = policy.locks.lock_async(self.hash(key)).await;
@@ -755,14 +1670,59 @@ where
     S: BuildHasher,
     St: Store<K, V>,
 {
-    /// [`put`](Self::put) for async code: a full queue with
+    /// `put` for async code: a full queue with
     /// [`Backpressure::Block`](crate::Backpressure::Block) suspends the task
     /// instead of blocking its thread. Cancelled while it waits for room, it
     /// changes nothing.
     ///
     /// # Errors
     ///
-    /// As [`put`](Self::put).
+    /// [`WriteError::QueueFull`] if the queue is full and the cache was
+    /// built with [`Backpressure::Fail`](crate::Backpressure::Fail) (with
+    /// `Block`, the task waits for room instead); [`WriteError::Closed`]
+    /// after [`close`](Self::close) or once the flusher thread has died.
+    /// Nothing is changed either way.
+    ///
+    /// ```
+    /// # use std::collections::HashMap;
+    /// # use std::sync::{Arc, Mutex};
+    /// # use larder::{Op, Store};
+    /// # #[derive(Clone, Default)]
+    /// # struct Db(Arc<Mutex<HashMap<u32, u32>>>);
+    /// # impl Db {
+    /// #     fn get(&self, k: u32) -> Option<u32> { self.0.lock().unwrap().get(&k).copied() }
+    /// #     fn set(&self, k: u32, v: u32) { self.0.lock().unwrap().insert(k, v); }
+    /// # }
+    /// # impl Store<u32, u32> for Db {
+    /// #     type Error = &'static str;
+    /// #     fn load(&self, k: &u32) -> Result<Option<u32>, Self::Error> { Ok(self.get(*k)) }
+    /// #     fn write(&self, op: &Op<u32, u32>) -> Result<(), Self::Error> {
+    /// #         match op {
+    /// #             Op::Put(_, v) if *v > 100 => return Err("too large"),
+    /// #             Op::Put(k, v) => self.set(*k, *v),
+    /// #             Op::Delete(k) => { self.0.lock().unwrap().remove(k); }
+    /// #         }
+    /// #         Ok(())
+    /// #     }
+    /// # }
+    /// use std::time::Duration;
+    /// use larder::{Cache, WriteBack};
+    ///
+    /// # let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
+    /// # runtime.unwrap().block_on(async {
+    /// let settings = WriteBack::default().queue_capacity(1).max_delay(Duration::MAX);
+    /// let cache = Cache::builder()
+    ///     .max_capacity(100)
+    ///     .write_back(Db::default(), settings)
+    ///     .build()
+    ///     .unwrap();
+    /// cache.put_async(1, 10).await.unwrap();
+    /// cache.put_async(2, 20).await.unwrap(); // suspended while key 1 is sent
+    /// assert_eq!(cache.store().get(1), Some(10));
+    /// assert_eq!(cache.peek(&2), Some(20));
+    /// cache.close_async().await.unwrap();
+    /// # });
+    /// ```
     pub async fn put_async(&self, key: K, value: V) -> Result<(), WriteError<St::Error>> {
         let policy = self.policy();
         let mut write = Some(Pending::Put(value.clone()));
@@ -781,11 +1741,58 @@ where
         }
     }
 
-    /// [`delete`](Self::delete) for async code, as [`put_async`](Self::put_async).
+    /// `delete` for async code: a full queue with
+    /// [`Backpressure::Block`](crate::Backpressure::Block) suspends the task
+    /// instead of blocking its thread. Cancelled while it waits for room, it
+    /// changes nothing.
     ///
     /// # Errors
     ///
-    /// As [`put`](Self::put).
+    /// [`WriteError::QueueFull`] if the queue is full and the cache was
+    /// built with [`Backpressure::Fail`](crate::Backpressure::Fail) (with
+    /// `Block`, the task waits for room instead); [`WriteError::Closed`]
+    /// after [`close`](Self::close) or once the flusher thread has died.
+    /// Nothing is changed either way.
+    ///
+    /// ```
+    /// # use std::collections::HashMap;
+    /// # use std::sync::{Arc, Mutex};
+    /// # use larder::{Op, Store};
+    /// # #[derive(Clone, Default)]
+    /// # struct Db(Arc<Mutex<HashMap<u32, u32>>>);
+    /// # impl Db {
+    /// #     fn get(&self, k: u32) -> Option<u32> { self.0.lock().unwrap().get(&k).copied() }
+    /// #     fn set(&self, k: u32, v: u32) { self.0.lock().unwrap().insert(k, v); }
+    /// # }
+    /// # impl Store<u32, u32> for Db {
+    /// #     type Error = &'static str;
+    /// #     fn load(&self, k: &u32) -> Result<Option<u32>, Self::Error> { Ok(self.get(*k)) }
+    /// #     fn write(&self, op: &Op<u32, u32>) -> Result<(), Self::Error> {
+    /// #         match op {
+    /// #             Op::Put(_, v) if *v > 100 => return Err("too large"),
+    /// #             Op::Put(k, v) => self.set(*k, *v),
+    /// #             Op::Delete(k) => { self.0.lock().unwrap().remove(k); }
+    /// #         }
+    /// #         Ok(())
+    /// #     }
+    /// # }
+    /// use larder::{Cache, WriteBack};
+    ///
+    /// # let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
+    /// # runtime.unwrap().block_on(async {
+    /// let db = Db::default(); // an in-memory `Store`
+    /// db.set(1, 10);
+    /// let cache = Cache::builder()
+    ///     .max_capacity(100)
+    ///     .write_back(db, WriteBack::default())
+    ///     .build()
+    ///     .unwrap();
+    /// cache.delete_async(&1).await.unwrap();
+    /// assert_eq!(cache.peek(&1), None);
+    /// cache.flush_async().await.unwrap();
+    /// assert_eq!(cache.store().get(1), None);
+    /// # });
+    /// ```
     pub async fn delete_async(&self, key: &K) -> Result<(), WriteError<St::Error>> {
         let policy = self.policy();
         let mut write = Some(Pending::Delete);
@@ -804,21 +1811,103 @@ where
         }
     }
 
-    /// [`flush`](Self::flush), awaiting instead of blocking the thread.
+    /// `flush`, awaiting instead of blocking the thread: sends every write
+    /// accepted before this call and completes once the store took each of
+    /// them or it was given up on after every retry.
     ///
     /// # Errors
     ///
-    /// As [`flush`](Self::flush).
+    /// [`FlushError`] listing the writes given up on since the last report
+    /// (each is reported once); the report drops their keys' cached copies
+    /// unless a newer write of the key is pending. With a failure handler,
+    /// given-up writes go to it instead.
+    ///
+    /// ```
+    /// # use std::collections::HashMap;
+    /// # use std::sync::{Arc, Mutex};
+    /// # use larder::{Op, Store};
+    /// # #[derive(Clone, Default)]
+    /// # struct Db(Arc<Mutex<HashMap<u32, u32>>>);
+    /// # impl Db {
+    /// #     fn get(&self, k: u32) -> Option<u32> { self.0.lock().unwrap().get(&k).copied() }
+    /// #     fn set(&self, k: u32, v: u32) { self.0.lock().unwrap().insert(k, v); }
+    /// # }
+    /// # impl Store<u32, u32> for Db {
+    /// #     type Error = &'static str;
+    /// #     fn load(&self, k: &u32) -> Result<Option<u32>, Self::Error> { Ok(self.get(*k)) }
+    /// #     fn write(&self, op: &Op<u32, u32>) -> Result<(), Self::Error> {
+    /// #         match op {
+    /// #             Op::Put(_, v) if *v > 100 => return Err("too large"),
+    /// #             Op::Put(k, v) => self.set(*k, *v),
+    /// #             Op::Delete(k) => { self.0.lock().unwrap().remove(k); }
+    /// #         }
+    /// #         Ok(())
+    /// #     }
+    /// # }
+    /// use larder::{Cache, WriteBack};
+    ///
+    /// # let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
+    /// # runtime.unwrap().block_on(async {
+    /// let cache = Cache::builder()
+    ///     .max_capacity(100)
+    ///     .write_back(Db::default(), WriteBack::default())
+    ///     .build()
+    ///     .unwrap();
+    /// cache.put_async(1, 10).await.unwrap();
+    /// cache.flush_async().await.unwrap();
+    /// assert_eq!(cache.store().get(1), Some(10));
+    /// # });
+    /// ```
     pub async fn flush_async(&self) -> Result<(), FlushError<K, V, St::Error>> {
         let report = self.policy().flush_async().await;
         self.forget_failed(report)
     }
 
-    /// [`close`](Self::close), awaiting instead of blocking the thread.
+    /// [`close`](Self::close), awaiting instead of blocking the thread:
+    /// refuses further writes, sends everything queued and stops the flusher
+    /// thread. Calling it again is harmless.
     ///
     /// # Errors
     ///
-    /// As [`close`](Self::close).
+    /// [`FlushError`] listing the writes given up on and not yet reported.
+    ///
+    /// ```
+    /// # use std::collections::HashMap;
+    /// # use std::sync::{Arc, Mutex};
+    /// # use larder::{Op, Store};
+    /// # #[derive(Clone, Default)]
+    /// # struct Db(Arc<Mutex<HashMap<u32, u32>>>);
+    /// # impl Db {
+    /// #     fn get(&self, k: u32) -> Option<u32> { self.0.lock().unwrap().get(&k).copied() }
+    /// #     fn set(&self, k: u32, v: u32) { self.0.lock().unwrap().insert(k, v); }
+    /// # }
+    /// # impl Store<u32, u32> for Db {
+    /// #     type Error = &'static str;
+    /// #     fn load(&self, k: &u32) -> Result<Option<u32>, Self::Error> { Ok(self.get(*k)) }
+    /// #     fn write(&self, op: &Op<u32, u32>) -> Result<(), Self::Error> {
+    /// #         match op {
+    /// #             Op::Put(_, v) if *v > 100 => return Err("too large"),
+    /// #             Op::Put(k, v) => self.set(*k, *v),
+    /// #             Op::Delete(k) => { self.0.lock().unwrap().remove(k); }
+    /// #         }
+    /// #         Ok(())
+    /// #     }
+    /// # }
+    /// use larder::{Cache, WriteBack, WriteError};
+    ///
+    /// # let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
+    /// # runtime.unwrap().block_on(async {
+    /// let cache = Cache::builder()
+    ///     .max_capacity(100)
+    ///     .write_back(Db::default(), WriteBack::default())
+    ///     .build()
+    ///     .unwrap();
+    /// cache.put_async(1, 10).await.unwrap();
+    /// cache.close_async().await.unwrap();
+    /// assert_eq!(cache.store().get(1), Some(10));
+    /// assert_eq!(cache.put_async(2, 20).await, Err(WriteError::Closed));
+    /// # });
+    /// ```
     pub async fn close_async(&self) -> Result<(), FlushError<K, V, St::Error>> {
         let report = self.policy().close_async().await;
         self.forget_failed(report)
@@ -839,6 +1928,55 @@ where
     /// # Errors
     ///
     /// The store's error, shared with every caller of the same load.
+    ///
+    /// ```
+    /// # use std::collections::HashMap;
+    /// # use std::sync::Mutex;
+    /// # use larder::{AsyncStore, Op};
+    /// # #[derive(Default)]
+    /// # struct Remote(Mutex<HashMap<u32, u32>>);
+    /// # impl Remote {
+    /// #     fn get(&self, k: u32) -> Option<u32> { self.0.lock().unwrap().get(&k).copied() }
+    /// #     fn set(&self, k: u32, v: u32) { self.0.lock().unwrap().insert(k, v); }
+    /// # }
+    /// # impl AsyncStore<u32, u32> for Remote {
+    /// #     type Error = &'static str;
+    /// #     async fn load(&self, k: &u32) -> Result<Option<u32>, Self::Error> { Ok(self.get(*k)) }
+    /// #     async fn write_batch(&self, ops: &[Op<u32, u32>]) -> Result<(), Self::Error> {
+    /// #         for op in ops {
+    /// #             match op {
+    /// #                 Op::Put(_, v) if *v > 100 => return Err("too large"),
+    /// #                 Op::Put(k, v) => self.set(*k, *v),
+    /// #                 Op::Delete(k) => { self.0.lock().unwrap().remove(k); }
+    /// #             }
+    /// #         }
+    /// #         Ok(())
+    /// #     }
+    /// # }
+    /// use std::time::Duration;
+    /// use larder::{Cache, Spawned, WriteBack};
+    ///
+    /// # let runtime = tokio::runtime::Runtime::new().unwrap();
+    /// # runtime.block_on(async {
+    /// let handle = tokio::runtime::Handle::current();
+    /// let store = Spawned::new(Remote::default(), move |call| {
+    ///     handle.spawn(call);
+    /// });
+    /// store.store().set(1, 10);
+    /// let settings = WriteBack::default().max_delay(Duration::MAX);
+    /// let cache = Cache::builder()
+    ///     .max_capacity(100)
+    ///     .write_back(store, settings)
+    ///     .build()
+    ///     .unwrap();
+    /// assert_eq!(cache.get_async(&1).await, Ok(Some(10))); // loaded from the store
+    /// cache.delete_async(&1).await.unwrap();
+    /// assert_eq!(cache.get_async(&1).await, Ok(None)); // the queued delete
+    /// assert_eq!(cache.store().store().get(1), Some(10)); // not sent yet
+    /// cache.close_async().await.unwrap();
+    /// assert_eq!(cache.store().store().get(1), None);
+    /// # });
+    /// ```
     pub async fn get_async(&self, key: &K) -> Result<Option<V>, Arc<St::Error>> {
         let policy = self.policy();
         if let Some(v) = self.get_cached(key) {
