@@ -646,7 +646,7 @@ where
                 let (seq, write) = slot.failed?;
                 let failed = FailedWrite {
                     op: write.into_op(key),
-                    failure: Failure::Panicked(reason.into()),
+                    failure: Failure::FlusherStopped(reason),
                     attempts: 0,
                 };
                 Some((seq, failed))

@@ -1190,21 +1190,23 @@ impl<E: fmt::Debug + fmt::Display> std::error::Error for WriteError<E> {}
 /// let report = cache.flush().unwrap_err();
 /// match &report.failed[0].failure {
 ///     Failure::Store(e) => assert_eq!(**e, "down"),
-///     Failure::Panicked(message) => unreachable!("{message}"),
+///     other => unreachable!("{other}"),
 /// }
 /// let panicked = Failure::<&str>::Panicked("boom".into());
 /// assert_eq!(panicked.to_string(), "the store panicked: boom");
 /// ```
 #[derive(Debug)]
+#[non_exhaustive]
 pub enum Failure<E> {
     /// The store's error on the last attempt (shared by the batch).
     Store(Arc<E>),
-    /// The store panicked on the last attempt, with this message. Also used,
-    /// with the message "the flusher thread panicked", for the writes the
-    /// flusher thread left behind when a panic in a key's or value's `Clone`,
-    /// `Hash` or `Eq` killed it (their [`attempts`](FailedWrite::attempts) is
-    /// then 0).
+    /// The store panicked on the last attempt, with this message.
     Panicked(String),
+    /// The write was never sent: the flusher thread stopped first, with
+    /// this reason ("the flusher thread panicked" when a panic in a key's or
+    /// value's `Clone`, `Hash` or `Eq` killed it). Its
+    /// [`attempts`](FailedWrite::attempts) is 0.
+    FlusherStopped(&'static str),
 }
 
 impl<E> Clone for Failure<E> {
@@ -1212,6 +1214,7 @@ impl<E> Clone for Failure<E> {
         match self {
             Failure::Store(e) => Failure::Store(Arc::clone(e)),
             Failure::Panicked(m) => Failure::Panicked(m.clone()),
+            Failure::FlusherStopped(m) => Failure::FlusherStopped(m),
         }
     }
 }
@@ -1221,6 +1224,7 @@ impl<E: fmt::Display> fmt::Display for Failure<E> {
         match self {
             Failure::Store(e) => write!(f, "{e}"),
             Failure::Panicked(m) => write!(f, "the store panicked: {m}"),
+            Failure::FlusherStopped(m) => write!(f, "not sent: {m}"),
         }
     }
 }
@@ -1259,7 +1263,7 @@ pub struct FailedWrite<K, V, E> {
     /// Why the last attempt failed.
     pub failure: Failure<E>,
     /// How many times it was sent; 0 when the flusher thread died before
-    /// booking it (see [`Failure::Panicked`]).
+    /// booking it (see [`Failure::FlusherStopped`]).
     pub attempts: u32,
 }
 
