@@ -339,7 +339,7 @@ where
     /// share exactly, so the cache never holds more than `max_capacity` after any
     /// call returns. An entry heavier than one shard's share is refused (see
     /// [`Cache::try_insert`]). Whatever the capacity, a shard holds at most
-    /// `u32::MAX - 2` entries (see [`weigher`](Self::weigher)).
+    /// `u32::MAX - 1` entries (see [`weigher`](Self::weigher)).
     ///
     /// ```
     /// let cache: larder::Cache<u32, u32> =
@@ -360,14 +360,8 @@ where
     /// panic reaches the caller of `insert` and the cache is unchanged.
     /// Weights above `u32::MAX - 1` are clamped to it. A weight of 0 is
     /// allowed; such entries take no capacity, so only memory bounds their
-    /// number.
-    ///
-    /// # Panics
-    ///
-    /// A shard holds at most `u32::MAX - 2` entries (its tokens are `u32`s):
-    /// an insert beyond that, which only weights of 0 or a capacity above
-    /// that count per shard can allow, panics. At the 32 bytes a `u64` entry
-    /// takes that is over 130 GiB in one shard.
+    /// number, up to `u32::MAX - 1` entries a shard (its tokens are `u32`s):
+    /// beyond that a new key evicts one entry in policy order first.
     ///
     /// ```
     /// let cache: larder::Cache<u32, String> = larder::Cache::builder()

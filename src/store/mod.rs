@@ -676,7 +676,12 @@ impl<K: Eq, V, H: Fn(&K) -> u64> ShardWriter<'_, K, V, H> {
                 self.replace(t, key, value, weight, out);
                 t
             }
-            None => self.add(hash, key, value, weight),
+            None => {
+                if self.map.slab.is_full() {
+                    self.evict_for_token(now, out);
+                }
+                self.add(hash, key, value, weight)
+            }
         };
         if let (Some(d), Some(timers)) = (timed, &mut self.map.timers) {
             timers.set(token, d);
@@ -730,6 +735,9 @@ impl<K: Eq, V, H: Fn(&K) -> u64> ShardWriter<'_, K, V, H> {
                 t
             }
             None => {
+                if self.map.slab.is_full() {
+                    self.evict_for_token(None, out);
+                }
                 self.prefetch_insert(hash);
                 self.add(hash, key, value, weight)
             }
@@ -784,7 +792,7 @@ impl<K: Eq, V, H: Fn(&K) -> u64> ShardWriter<'_, K, V, H> {
         let slab = &map.slab;
         map.table.reserve_one(|t| hash_of(&slab.get(t).key));
         let Some(t) = map.slab.insert(Entry::new(key, value, weight)) else {
-            panic!("larder: a shard holds at most u32::MAX - 2 entries (see `weigher`)");
+            unreachable!("a full slab has a token given back before an add");
         };
         let slab = &map.slab;
         map.table
@@ -1025,6 +1033,19 @@ impl<K: Eq, V, H: Fn(&K) -> u64> ShardWriter<'_, K, V, H> {
         map.tags = None;
     }
 
+    /// A shard's tokens are `u32`s: with every one taken (`u32::MAX - 1`
+    /// entries, which only weights of 0 or a capacity above that count per
+    /// shard allow), a new key first evicts one entry in policy order.
+    #[cold]
+    #[inline(never)]
+    fn evict_for_token(&mut self, now: Option<u64>, out: &mut Removed<K, V>) {
+        let Some(victim) = self.with_policy(|p, view| p.victim(crate::policy::list::NIL, view))
+        else {
+            unreachable!("a full slab holds entries");
+        };
+        self.evict(victim, now, out);
+    }
+
     /// Evicts in policy order, never `keep`, until the shard weighs at most `limit`.
     /// A victim whose deadline had passed (expiry not yet reclaimed it) is
     /// reported, and counted, as expired.
@@ -1034,23 +1055,30 @@ impl<K: Eq, V, H: Fn(&K) -> u64> ShardWriter<'_, K, V, H> {
             let Some(victim) = self.with_policy(|p, view| p.victim(keep, view)) else {
                 break;
             };
-            let live = self.map.is_live(victim, now);
-            let map = &mut *self.map;
-            let hash = match map.policy.get_mut().known_hash(victim) {
-                Some(hash) => hash,
-                None => (self.hash_of)(&map.slab.get(victim).key),
-            };
-            let entry = self.unlink(hash, victim);
-            let cause = if live {
-                self.map.counters.evictions += 1;
-                self.map.counters.evicted_weight += u64::from(entry.weight());
-                RemovalCause::Size
-            } else {
-                self.map.counters.expirations += 1;
-                RemovalCause::Expired
-            };
-            out.push((entry.key, entry.value, cause));
+            self.evict(victim, now, out);
         }
+    }
+
+    /// Takes out `victim`, the policy's choice, as evicted (or expired, if
+    /// its deadline had passed).
+    #[inline(always)]
+    fn evict(&mut self, victim: Token, now: Option<u64>, out: &mut Removed<K, V>) {
+        let live = self.map.is_live(victim, now);
+        let map = &mut *self.map;
+        let hash = match map.policy.get_mut().known_hash(victim) {
+            Some(hash) => hash,
+            None => (self.hash_of)(&map.slab.get(victim).key),
+        };
+        let entry = self.unlink(hash, victim);
+        let cause = if live {
+            self.map.counters.evictions += 1;
+            self.map.counters.evicted_weight += u64::from(entry.weight());
+            RemovalCause::Size
+        } else {
+            self.map.counters.expirations += 1;
+            RemovalCause::Expired
+        };
+        out.push((entry.key, entry.value, cause));
     }
 
     /// How an entry leaving at `now` for `cause` is booked: as expired if its
@@ -1316,6 +1344,54 @@ mod tests {
             .is_ok());
         writer.validate();
         assert!(writer.map.find(hash_of(&10_000), &10_000).is_some());
+    }
+
+    /// With every token taken (weights of 0 leave the capacity unused), a new
+    /// key evicts one entry in policy order first, with either write path and
+    /// every policy; a key already resident is replaced without an eviction.
+    #[test]
+    fn a_full_slab_evicts_for_a_new_key() {
+        use super::WriteContext;
+        let (clock, _time) = crate::Clock::mock();
+        let hash_of = |k: &u64| k.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        for eviction in [Eviction::TinyLfu, Eviction::Lru, Eviction::Lfu] {
+            let shard = S::new(1_000, 1_000, eviction, 0, false).expect("small");
+            let mut writer = shard.write(&hash_of);
+            writer.map.slab.set_limit(4);
+            let mut out = super::Removed::new();
+            for k in 0..20u64 {
+                let timing = WriteContext {
+                    clock: &clock,
+                    start: false,
+                    deadlines: &|_: &u64, _: &u64, _: u64, _: Option<u64>| super::Deadlines {
+                        at: super::NEVER,
+                        cap: super::NEVER,
+                    },
+                    tags: &[],
+                };
+                let written = if k % 2 == 0 {
+                    writer.insert_plain(hash_of(&k), k, k, 0, &mut out)
+                } else {
+                    writer.insert(hash_of(&k), k, k, 0, timing, &mut out)
+                };
+                assert!(written.is_ok(), "{eviction:?}: key {k} refused");
+                writer.validate();
+                assert_eq!(writer.map.slab.len(), (k as usize + 1).min(4));
+                assert!(writer.map.find(hash_of(&k), &k).is_some(), "{eviction:?}");
+            }
+            assert_eq!(out.len(), 16, "{eviction:?}");
+            assert!(out.iter().all(|e| e.2 == crate::RemovalCause::Size));
+            assert_eq!(writer.map.counters.evictions, 16);
+            // A resident key's update needs no new token.
+            let resident = writer.map.slab.iter_from(0).next().expect("full").1.key;
+            out.clear();
+            assert!(writer
+                .insert_plain(hash_of(&resident), resident, 7, 0, &mut out)
+                .is_ok());
+            assert_eq!(out.len(), 1);
+            assert_eq!(out[0].2, crate::RemovalCause::Replaced);
+            assert_eq!(writer.map.slab.len(), 4);
+        }
     }
 
     /// The map's table through growth, eviction and clearing, with the

@@ -130,7 +130,14 @@ pub(crate) struct Slab<K, V> {
     used: usize,
     /// Vacant slots below `used`, reused last-freed first.
     free: Vec<Token>,
+    /// The most slots it hands out: every token below the lists' two markers
+    /// (lowered by tests, which cannot fill four billion slots).
+    limit: usize,
 }
+
+/// Slots a slab hands out at most: tokens `0..=u32::MAX - 2`, the top two
+/// being the lists' markers (`NIL`, and `DETACHED` for a token on no list).
+const MAX_SLOTS: usize = Token::MAX as usize - 1;
 
 impl<K, V> Slab<K, V> {
     /// `None` when the room cannot be allocated.
@@ -139,7 +146,20 @@ impl<K, V> Slab<K, V> {
             slots: allocate(capacity)?,
             used: 0,
             free: Vec::new(),
+            limit: MAX_SLOTS,
         })
+    }
+
+    /// Whether every token is taken: the next entry needs one given back.
+    #[inline]
+    pub(crate) fn is_full(&self) -> bool {
+        self.used >= self.limit && self.free.is_empty()
+    }
+
+    /// Hands out at most `limit` slots (tests of a full slab).
+    #[cfg(test)]
+    pub(crate) fn set_limit(&mut self, limit: usize) {
+        self.limit = limit.min(MAX_SLOTS);
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -151,17 +171,16 @@ impl<K, V> Slab<K, V> {
         self.slots.len()
     }
 
-    /// Stores `entry`; `None` only when the shard already holds `u32::MAX - 1` slots.
+    /// Stores `entry`; `None` only when it [`is_full`](Self::is_full).
     pub(crate) fn insert(&mut self, entry: Entry<K, V>) -> Option<Token> {
         if let Some(token) = self.free.pop() {
             self.slots[token as usize] = Some(entry);
             return Some(token);
         }
-        // The top two tokens are the lists' markers (`NIL`, and `DETACHED`
-        // for a token on no list): never an entry's.
-        let token = Token::try_from(self.used)
-            .ok()
-            .filter(|&t| t < Token::MAX - 1)?;
+        if self.used >= self.limit {
+            return None;
+        }
+        let token = self.used as Token;
         if self.used == self.slots.len() {
             self.grow();
         }
