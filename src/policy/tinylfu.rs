@@ -840,7 +840,9 @@ pub(super) struct Climber {
     /// doubling after each period up to `SAMPLE` × capacity.
     sample: u64,
     full_sample: u64,
-    previous_rate: f64,
+    /// The hit rate of the last sample period; `None` until a period with
+    /// hits has ended.
+    previous_rate: Option<f64>,
     /// Signed, in weight units. Positive first: growing the window first
     /// measured better on the traces than shrinking it.
     step: f64,
@@ -853,7 +855,7 @@ impl Climber {
             misses: 0,
             sample: capacity.saturating_mul(FIRST_SAMPLE).max(1),
             full_sample: capacity.saturating_mul(SAMPLE).max(1),
-            previous_rate: 0.0,
+            previous_rate: None,
             step: STEP * capacity as f64,
         }
     }
@@ -885,23 +887,33 @@ impl Climber {
     #[inline(never)]
     fn end_period(&mut self, capacity: u64) -> Option<i64> {
         let requests = self.hits + self.misses;
-        if self.hits == 0 && self.previous_rate == 0.0 {
+        let previous = self.previous_rate;
+        if self.hits == 0 && previous.unwrap_or(0.0) == 0.0 {
             // No hits, before or now: nothing to climb towards. Moving anyway
             // would walk the window to its maximum on a miss-only stream.
             self.reset_sample();
             return None;
         }
         let rate = self.hits as f64 / requests as f64;
-        let change = rate - self.previous_rate;
+        self.previous_rate = Some(rate);
+        self.sample = self.sample.saturating_mul(2).min(self.full_sample);
+        self.reset_sample();
+        // The first period only measures. Against no rate at all, any rate
+        // reads as a gain, and the window grew a step for no reason; on the
+        // throughput benchmark's mix (a stationary Zipf, where a small window
+        // is best) that step was never taken back, as the hit rate keeps
+        // rising while the sketch learns. Measuring first, the mix's hits
+        // rose from 2,339.5k to 2,349.4k of its 2.7M lookups (one shard:
+        // the window ended at 5% of the capacity instead of 6.5%), and the 30
+        // trace cases scored 46.63 / 46.62 against 46.63 / 46.63.
+        let previous = previous?;
+        let change = rate - previous;
         let amount = if change >= 0.0 { self.step } else { -self.step };
         self.step = if change.abs() >= RESTART_THRESHOLD {
             STEP * capacity as f64 * amount.signum()
         } else {
             STEP_DECAY * amount
         };
-        self.previous_rate = rate;
-        self.sample = self.sample.saturating_mul(2).min(self.full_sample);
-        self.reset_sample();
         Some(amount as i64)
     }
 }
@@ -1417,6 +1429,9 @@ mod tests {
         assert_eq!(c.misses, 0, "the sample restarts");
         c.hits = 1_000;
         c.misses = 9_000;
+        assert_eq!(c.adjustment(1000), None, "the first rate only measures");
+        c.hits = 1_000;
+        c.misses = 9_000;
         assert!(c.adjustment(1000).expect("a full sample") > 0);
     }
 
@@ -1430,13 +1445,17 @@ mod tests {
             c.misses = period / 2 - 1;
             assert_eq!(c.adjustment(100), None, "one request short of {period}");
             c.misses += 1;
-            assert!(c.adjustment(100).is_some(), "a full period of {period}");
+            c.adjustment(100);
+            assert_eq!(c.hits + c.misses, 0, "a full period of {period} ends");
         }
     }
 
     #[test]
     fn climber_grows_the_window_first() {
         let mut c = Climber::new(1000);
+        c.hits = 4_000;
+        c.misses = 6_000;
+        assert_eq!(c.adjustment(1000), None, "the first rate only measures");
         c.hits = 5_000;
         c.misses = 5_000;
         let first = c.adjustment(1000).expect("a full sample");
