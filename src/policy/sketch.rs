@@ -163,21 +163,23 @@ impl Sketch {
         let block = &mut self.table[block].0;
         // Branch-free: which counters are below the ceiling is data, not
         // control flow (counts are random, so branches on them mispredict).
-        let mut added = 0;
+        // The smallest count before the increment tells all the rest: some
+        // counter rose (the sighting counts towards the period) unless all
+        // four were at the ceiling, and the estimate after it is that count
+        // plus one, at most the ceiling.
         let mut min = MAX_COUNT;
         for (w, shift) in slots {
             let word = &mut block[w & (BLOCK - 1)];
             let count = (*word >> shift) & MAX_COUNT;
-            let below = u64::from(count < MAX_COUNT);
-            *word += below << shift;
-            added |= below;
-            min = min.min(count + below);
+            *word += u64::from(count < MAX_COUNT) << shift;
+            min = min.min(count);
         }
-        self.size += added as u32;
+        let added = min < MAX_COUNT;
+        self.size += u32::from(added);
         if self.size >= self.sample_size {
             self.age();
         }
-        min as u8
+        (min + u64::from(added)) as u8
     }
 
     /// Counts `n` sightings towards the sample period without touching any

@@ -68,6 +68,8 @@ const READ: u8 = 0b1000;
 const COUNT_SHIFT: u32 = 4;
 
 /// Halves every resident's count, as the sketch halves its counters.
+#[cold]
+#[inline(never)]
 fn halve_counts(entries: &impl Entries) {
     entries.update_metas(|m| (m & (REGION_BITS | READ)) | ((m >> 1) & 0x70));
 }
