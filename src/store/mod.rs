@@ -311,13 +311,13 @@ impl<K, V> Shard<K, V> {
     }
 
     /// The map for writing, with buffered reads applied to the policy.
+    #[inline]
     pub(crate) fn write<'a, H: Fn(&K) -> u64>(
         &'a self,
         hash_of: &'a H,
     ) -> ShardWriter<'a, K, V, H> {
         let mut guard = self.map.write();
         let map = &mut *guard;
-        let policy = map.policy.get_mut();
         // No reader can race these two: the write lock is held.
         // The flag first: it is on the line the lock word is on.
         if let (true, Some(timers)) = (map.timed, &mut map.timers) {
@@ -326,19 +326,27 @@ impl<K, V> Shard<K, V> {
         let hits = map.hits.load(Ordering::Relaxed);
         if hits != 0 {
             map.hits.store(0, Ordering::Relaxed);
-            policy.on_hits(u64::from(hits));
+            map.policy.get_mut().on_hits(u64::from(hits));
         }
         if !map.deferred_reads {
-            let view = View {
-                slots: map.slab.slots(),
-                hash_of,
-            };
-            self.reads.drain(|t| policy.on_access(t, &view));
+            self.drain_for_write(map, hash_of);
         }
         ShardWriter {
             map: guard,
             hash_of,
         }
+    }
+
+    /// Applies the ring's buffered reads to the policy, under the write lock
+    /// (the policies that apply every read: not W-TinyLFU).
+    #[inline(never)]
+    fn drain_for_write<H: Fn(&K) -> u64>(&self, map: &mut Map<K, V>, hash_of: &H) {
+        let policy = map.policy.get_mut();
+        let view = View {
+            slots: map.slab.slots(),
+            hash_of,
+        };
+        self.reads.drain(|t| policy.on_access(t, &view));
     }
 
     /// Records a read of `entry` (at `token`) for the policy, with the map still
@@ -388,7 +396,7 @@ impl<K, V, H> View<'_, K, V, H> {
     fn entry(&self, token: Token) -> &Entry<K, V> {
         match &self.slots[token as usize] {
             Some(entry) => entry,
-            None => unreachable!("token {token} is not resident"),
+            None => slab::not_resident(token),
         }
     }
 }
@@ -794,9 +802,8 @@ impl<K: Eq, V, H: Fn(&K) -> u64> ShardWriter<'_, K, V, H> {
         let Some(t) = map.slab.insert(Entry::new(key, value, weight)) else {
             unreachable!("a full slab has a token given back before an add");
         };
-        let slab = &map.slab;
-        map.table
-            .insert_unique(hash, t, |t| hash_of(&slab.get(t).key));
+        // The room was reserved above, before the slab took the entry.
+        map.table.insert_reserved(hash, t);
         map.weight += u64::from(weight);
         map.counters.inserts += 1;
         self.with_policy(|p, view| p.on_insert(t, hash, view));

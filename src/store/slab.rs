@@ -229,14 +229,14 @@ impl<K, V> Slab<K, V> {
     pub(crate) fn get(&self, token: Token) -> &Entry<K, V> {
         match &self.slots[token as usize] {
             Some(entry) => entry,
-            None => unreachable!("token {token} is not resident"),
+            None => not_resident(token),
         }
     }
 
     pub(crate) fn get_mut(&mut self, token: Token) -> &mut Entry<K, V> {
         match &mut self.slots[token as usize] {
             Some(entry) => entry,
-            None => unreachable!("token {token} is not resident"),
+            None => not_resident(token),
         }
     }
 
@@ -262,6 +262,16 @@ impl<K, V> Slab<K, V> {
         // The slots are freed when the iterator is dropped.
         (0..used).filter_map(move |i| slots[i].take())
     }
+}
+
+/// The panic of a lookup by a token whose slot is vacant (a broken
+/// invariant). Out of line and taking the token by value: formatting it in
+/// place made every caller store the token to the stack before each check.
+#[cold]
+#[inline(never)]
+#[track_caller]
+pub(crate) fn not_resident(token: Token) -> ! {
+    unreachable!("token {token} is not resident")
 }
 
 /// `len` empty slots, exactly; `None` when they cannot be allocated.

@@ -295,6 +295,7 @@ impl Table {
     /// Adds `token` under `hash`, which no token in the table is under for the
     /// same key. Growing rehashes every token with `hash_of` (see
     /// [`reserve_one`](Self::reserve_one)).
+    #[cfg(test)]
     pub(crate) fn insert_unique(
         &mut self,
         hash: u64,
@@ -302,6 +303,17 @@ impl Table {
         hash_of: impl Fn(Token) -> u64,
     ) {
         self.reserve_one(hash_of);
+        self.insert_reserved(hash, token);
+    }
+
+    /// Adds `token` under `hash`, as [`insert_unique`](Self::insert_unique)
+    /// does, after a [`reserve_one`](Self::reserve_one) made the room: the
+    /// store reserves before its slab takes the entry (a `Hash` that panics
+    /// while the table grows then leaves neither holding it) and does not
+    /// check again.
+    #[inline]
+    pub(crate) fn insert_reserved(&mut self, hash: u64, token: Token) {
+        debug_assert!(self.len < self.buckets.len() * MAX_MEAN);
         Self::place(&mut self.buckets, hash, token);
         self.len += 1;
     }
