@@ -155,6 +155,14 @@ impl Policy {
         }
     }
 
+    /// Tells the policy the hash of a resident token's key, so that what it
+    /// does with the token next does not hash the key again.
+    pub(crate) fn know(&mut self, token: Token, hash: u64) {
+        if let Self::TinyLfu(p) = self {
+            p.know(token, hash);
+        }
+    }
+
     /// Where the policy's frequency sketch lies, if it keeps one yet.
     pub(crate) fn sketch_lines(&self) -> SketchLines {
         match self {

@@ -322,6 +322,11 @@ impl TinyLfu {
         (self.known.0 == token).then_some(self.known.1)
     }
 
+    /// Keeps the hash of a resident token's key, for its next use.
+    pub(crate) fn know(&mut self, token: Token, hash: u64) {
+        self.known = (token, hash);
+    }
+
     /// The hash of a resident token's key.
     #[inline]
     fn hash_of(&self, token: Token, entries: &impl Entries) -> u64 {

@@ -383,6 +383,32 @@ impl<K, V> Shard<K, V> {
     }
 }
 
+/// A write being fitted into its shard's capacity (see
+/// [`ShardWriter::fit`]), undone if a panic unwinds through it: the written
+/// entry leaves, refused, so that the shard is not left over its capacity.
+/// Only unwinding drops it; the way through forgets it.
+struct Undo<'w, 'a, K: Eq, V, H: Fn(&K) -> u64> {
+    writer: &'w mut ShardWriter<'a, K, V, H>,
+    hash: u64,
+    token: Token,
+    out: &'w mut Removed<K, V>,
+}
+
+impl<K: Eq, V, H: Fn(&K) -> u64> Drop for Undo<'_, '_, K, V, H> {
+    #[cold]
+    fn drop(&mut self) {
+        let writer = &mut *self.writer;
+        if writer.map.slab.is_resident(self.token) {
+            // With the hash known, taking the entry out calls no user code
+            // (a second panic while unwinding would abort).
+            writer.map.policy.get_mut().know(self.token, self.hash);
+            let entry = writer.unlink(self.hash, self.token);
+            writer.map.counters.rejections += 1;
+            self.out.push((entry.key, entry.value, RemovalCause::Size));
+        }
+    }
+}
+
 /// The policy's window onto the slab: hashes, weights and read filters by token.
 struct View<'a, K, V, H> {
     /// The slab's slots themselves, not the slab: one indirection less on
@@ -700,16 +726,12 @@ impl<K: Eq, V, H: Fn(&K) -> u64> ShardWriter<'_, K, V, H> {
         if let Some(index) = &mut self.map.tags {
             index.set(token, timing.tags);
         }
-        if let Some(now) = now {
-            let mut more = self.expire(now, WRITE_EXPIRY_BATCH, out);
-            // Over capacity: entries whose deadline has passed make room
-            // before any live entry is evicted (the wheel's work is owed
-            // anyway, and stops as soon as the shard fits).
-            while more && self.map.weight > self.map.capacity {
-                more = self.expire(now, WRITE_EXPIRY_BATCH, out);
-            }
+        if self.map.weight > self.map.capacity {
+            self.fit(hash, token, now, out);
+        } else if let Some(now) = now {
+            self.expire(now, WRITE_EXPIRY_BATCH, out);
         }
-        self.settle(token, existing.is_none(), now, out);
+        self.settle(hash, token, existing.is_none(), now, out);
         Ok(())
     }
 
@@ -750,7 +772,7 @@ impl<K: Eq, V, H: Fn(&K) -> u64> ShardWriter<'_, K, V, H> {
                 self.add(hash, key, value, weight)
             }
         };
-        self.settle(token, existing.is_none(), None, out);
+        self.settle(hash, token, existing.is_none(), None, out);
         Ok(())
     }
 
@@ -810,13 +832,20 @@ impl<K: Eq, V, H: Fn(&K) -> u64> ShardWriter<'_, K, V, H> {
         t
     }
 
-    /// What follows a write: evictions down to the capacity, then, for a new
-    /// entry, its count in the sketch.
+    /// What follows a write of `token` (under `hash`): evictions down to the
+    /// capacity, then, for a new entry, its count in the sketch.
     #[inline(always)]
-    fn settle(&mut self, token: Token, added: bool, now: Option<u64>, out: &mut Removed<K, V>) {
-        // The entry just written is never its own victim: it stays readable at
-        // least until the next write to this shard.
-        self.evict_to(self.map.capacity, token, now, out);
+    fn settle(
+        &mut self,
+        hash: u64,
+        token: Token,
+        added: bool,
+        now: Option<u64>,
+        out: &mut Removed<K, V>,
+    ) {
+        if self.map.weight > self.map.capacity {
+            self.fit(hash, token, now, out);
+        }
         if added {
             self.with_policy(|p, view| p.count_fresh(view));
             // The count may have started the sketch.
@@ -825,6 +854,38 @@ impl<K: Eq, V, H: Fn(&K) -> u64> ShardWriter<'_, K, V, H> {
                 map.sketch_lines = map.policy.get_mut().sketch_lines();
             }
         }
+    }
+
+    /// Brings a shard that a write of `token` (under `hash`) took over its
+    /// capacity back within it: entries whose deadline has passed make room
+    /// first, at `now` (the wheel's work is owed anyway, and stops as soon as
+    /// the shard fits), then evictions in policy order. The entry just
+    /// written is never its own victim: it stays readable at least until the
+    /// next write to this shard.
+    ///
+    /// A key's `Hash` that panics on the way (the policy hashes victims and
+    /// candidates) undoes the write instead of leaving the shard over its
+    /// capacity: the written entry goes to `out` as refused, what was taken
+    /// out before the panic stays out, and the panic goes on to the caller.
+    #[inline(always)]
+    fn fit(&mut self, hash: u64, token: Token, now: Option<u64>, out: &mut Removed<K, V>) {
+        // Unwinding drops the guard, which undoes the write; the way through
+        // forgets it (a guard costs the write nothing, where `catch_unwind`
+        // cost the mix 2%).
+        let undo = Undo {
+            writer: self,
+            hash,
+            token,
+            out,
+        };
+        if let Some(now) = now {
+            while undo.writer.map.weight > undo.writer.map.capacity
+                && undo.writer.expire(now, WRITE_EXPIRY_BATCH, undo.out)
+            {}
+        }
+        let capacity = undo.writer.map.capacity;
+        undo.writer.evict_to(capacity, token, now, undo.out);
+        std::mem::forget(undo);
     }
 
     /// Removes the entry under the refused key, if any, and hands the refused
@@ -1351,6 +1412,51 @@ mod tests {
             .is_ok());
         writer.validate();
         assert!(writer.map.find(hash_of(&10_000), &10_000).is_some());
+    }
+
+    /// A key whose `Hash` panics while a weighted write evicts for room (the
+    /// policy hashing a victim or a candidate) leaves the shard within its
+    /// capacity: the write that panicked is the one lost, and what the
+    /// evictions before the panic took out stays out. Every policy.
+    #[test]
+    fn a_hash_panicking_mid_eviction_keeps_the_shard_within_capacity() {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        for eviction in [Eviction::TinyLfu, Eviction::Lru, Eviction::Lfu] {
+            let mut panics = 0;
+            for poisoned in 0..8u64 {
+                let shard = S::new(40, 40, eviction, 0, false).expect("small");
+                // Keys hash by value but for the poisoned one, once armed.
+                let armed = AtomicU64::new(u64::MAX);
+                let hash_of = |k: &u64| {
+                    assert!(armed.load(Ordering::SeqCst) != *k, "a key's hash panics");
+                    k.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+                };
+                let mut out = super::Removed::new();
+                for k in 0..8u64 {
+                    let mut writer = shard.write(&hash_of);
+                    assert!(writer.insert_plain(hash_of(&k), k, k, 5, &mut out).is_ok());
+                }
+                armed.store(poisoned, Ordering::SeqCst);
+                let wrote = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    let mut writer = shard.write(&hash_of);
+                    let _ = writer.insert_plain(hash_of(&100), 100, 0, 25, &mut out);
+                }));
+                armed.store(u64::MAX, Ordering::SeqCst);
+                let writer = shard.write(&hash_of);
+                writer.validate();
+                let map = &*writer.map;
+                assert!(map.weight <= map.capacity, "{eviction:?}: over capacity");
+                if wrote.is_err() {
+                    panics += 1;
+                    assert!(
+                        map.find(hash_of(&100), &100).is_none(),
+                        "{eviction:?}: the write that panicked is not resident"
+                    );
+                }
+            }
+            // Five of the eight must go, and the policy hashes some of them.
+            assert!(panics > 0, "{eviction:?}: no write panicked");
+        }
     }
 
     /// With every token taken (weights of 0 leave the capacity unused), a new

@@ -240,7 +240,7 @@ impl<K, V> Slab<K, V> {
         }
     }
 
-    #[cfg(any(test, fuzzing))]
+    /// Whether `token` names a resident entry.
     pub(crate) fn is_resident(&self, token: Token) -> bool {
         matches!(self.slots.get(token as usize), Some(Some(_)))
     }
