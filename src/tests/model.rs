@@ -415,3 +415,91 @@ proptest! {
         plain_and_general_writes_agree(eviction, cap, shards, ops)?;
     }
 }
+
+/// A key whose `Hash` panics while it is the thread's poisoned key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Touchy(u8);
+
+thread_local! {
+    static POISONED: std::cell::Cell<Option<u8>> = const { std::cell::Cell::new(None) };
+}
+
+impl std::hash::Hash for Touchy {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        assert!(
+            POISONED.with(std::cell::Cell::get) != Some(self.0),
+            "key {} hashes by panicking",
+            self.0
+        );
+        self.0.hash(state);
+    }
+}
+
+/// Writes (plain, tagged or timed) and removals, each made with one key's
+/// `Hash` poisoned: whichever key's hashing panics (the written one, or one
+/// that the write evicts or expires), the caller sees the panic, the shard
+/// stays whole and within its capacity, and a key read afterwards has the
+/// last value written to it, if any write of it went through.
+fn panicking_hashes(
+    eviction: Eviction,
+    shards: usize,
+    ops: Vec<(u8, u8, Val, u8)>,
+) -> Result<(), TestCaseError> {
+    let capacity = 24;
+    let cache: Cache<Touchy, Val, FixedHasher> = Cache::builder()
+        .max_capacity(capacity)
+        .shards(shards)
+        .eviction(eviction)
+        .hasher(FixedHasher::default())
+        .weigher(|_, v: &Val| v.1)
+        .build()
+        .unwrap();
+    // The values a key may read as: every value written to it since its last
+    // removal that went through, or whose write panicked (a panicking write
+    // may or may not have landed; a later one supersedes it either way).
+    let mut possible: HashMap<u8, Vec<Val>> = HashMap::new();
+    for (kind, key, value, poisoned) in ops {
+        POISONED.with(|p| p.set(Some(poisoned)));
+        let k = Touchy(key);
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match kind % 4 {
+            0 => cache.insert(k, value),
+            1 => cache.insert_with(k, value, EntryOptions::new().tags(["t"])),
+            2 => cache.insert_with(k, value, EntryOptions::new().ttl(Duration::from_secs(3600))),
+            _ => {
+                cache.remove(&k);
+            }
+        }));
+        POISONED.with(|p| p.set(None));
+        let went_through = outcome.is_ok();
+        prop_assert!(went_through || poisoned == key || kind % 4 != 3);
+        let values = possible.entry(key).or_default();
+        match kind % 4 {
+            3 if went_through => values.clear(),
+            3 => {}
+            _ if went_through => *values = vec![value],
+            _ => values.push(value),
+        }
+        cache.validate();
+        prop_assert!(cache.weighted_size() <= capacity);
+        for probe in 0..8u8 {
+            if let Some(v) = cache.peek(&Touchy(probe)) {
+                let allowed = possible.get(&probe).is_some_and(|vs| vs.contains(&v));
+                prop_assert!(allowed, "key {} reads {:?}", probe, v);
+            }
+        }
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(128))]
+
+    #[test]
+    fn panicking_hashes_keep_the_cache_whole(
+        ops in proptest::collection::vec((0u8..4, 0u8..8, (any::<u16>(), 0u32..=6), 0u8..10), 1..300),
+        eviction in prop_oneof![Just(Eviction::TinyLfu), Just(Eviction::Lru), Just(Eviction::Lfu)],
+        shards in 1usize..=2,
+    ) {
+        panicking_hashes(eviction, shards, ops)?;
+    }
+}
