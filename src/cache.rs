@@ -699,7 +699,7 @@ where
     /// still hears of the others.
     fn write_notifying(&self, key: K, value: V, ttl: Option<Duration>, tags: &[Tag]) {
         let mut removed = Removed::new();
-        if let Err(rejected) = self.write_deferred(key, value, ttl, tags, None, &mut removed) {
+        if let Err(rejected) = self.write_heard(key, value, ttl, tags, None, &mut removed) {
             removed.push((rejected.key, rejected.value, RemovalCause::Size));
         }
         self.notify(removed);
@@ -1039,7 +1039,7 @@ where
         flight: Option<(&Flight<K, V>, u64)>,
     ) -> Result<(), Rejected<K, V>> {
         let mut removed = Removed::new();
-        let result = self.write_deferred(key, value, ttl, tags, flight, &mut removed);
+        let result = self.write_heard(key, value, ttl, tags, flight, &mut removed);
         let Err(rejected) = result else {
             self.notify(removed);
             return Ok(());
@@ -1054,6 +1054,29 @@ where
             resume_unwind(panic);
         }
         Err(rejected)
+    }
+
+    /// [`write_deferred`](Self::write_deferred) for a caller that hands
+    /// `removed` to the listener next: should the write panic instead (a
+    /// key's `Hash` while it evicts), the listener hears what it removed
+    /// before the panic goes on (see [`HeardIfUnwinding`]).
+    #[inline(always)]
+    fn write_heard(
+        &self,
+        key: K,
+        value: V,
+        ttl: Option<Duration>,
+        tags: &[Tag],
+        flight: Option<(&Flight<K, V>, u64)>,
+        removed: &mut Removed<K, V>,
+    ) -> Result<(), Rejected<K, V>> {
+        let guard = HeardIfUnwinding {
+            cache: self,
+            list: removed,
+        };
+        let result = self.write_deferred(key, value, ttl, tags, flight, guard.list);
+        std::mem::forget(guard);
+        result
     }
 
     /// [`write`](Self::write), leaving what it removed in `removed` for the
@@ -1641,6 +1664,28 @@ where
     // Set before any drop of the cache can look: the caller still holds it.
     let _ = cache.inner.sweeper.set(thread.thread().clone());
     Ok(())
+}
+
+/// What a write is removing, heard by the listener should the write panic
+/// (a key's `Hash` while it evicts) before its caller hands the list over:
+/// only unwinding drops the guard, which then gives the listener the
+/// entries (any panic of the listener's own dropped); the way through
+/// forgets it, so it costs a write nothing.
+struct HeardIfUnwinding<'a, K, V, S, W> {
+    cache: &'a Cache<K, V, S, W>,
+    list: &'a mut Removed<K, V>,
+}
+
+impl<K, V, S, W> Drop for HeardIfUnwinding<'_, K, V, S, W> {
+    #[cold]
+    fn drop(&mut self) {
+        if let Some(listener) = &self.cache.inner.listener {
+            let mut dropped = None;
+            for (k, v, cause) in self.list.drain(..) {
+                deliver(listener, k, v, cause, &mut dropped);
+            }
+        }
+    }
 }
 
 fn deliver<K, V>(

@@ -136,8 +136,8 @@
 //! A key type whose `Hash` panics may do so wherever the cache hashes a key,
 //! its own or another's (a write hashes the keys it evicts): the panic reaches
 //! the caller, the shard stays within its capacity, and a write that was
-//! making room when it panicked is undone (its evictions stay done, unheard
-//! by the listener).
+//! making room when it panicked is undone (its evictions stay done, and the
+//! listener hears of them and of the undone entry before the panic goes on).
 
 mod builder;
 mod cache;

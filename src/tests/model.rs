@@ -438,27 +438,37 @@ impl std::hash::Hash for Touchy {
 /// Writes (plain, tagged or timed) and removals, each made with one key's
 /// `Hash` poisoned: whichever key's hashing panics (the written one, or one
 /// that the write evicts or expires), the caller sees the panic, the shard
-/// stays whole and within its capacity, and a key read afterwards has the
-/// last value written to it, if any write of it went through.
+/// stays whole and within its capacity, a key read afterwards has the last
+/// value written to it, if any write of it went through, and no key leaves
+/// without the listener hearing of it.
 fn panicking_hashes(
     eviction: Eviction,
     shards: usize,
     ops: Vec<(u8, u8, Val, u8)>,
 ) -> Result<(), TestCaseError> {
     let capacity = 24;
+    let heard: Arc<Mutex<Vec<u8>>> = Arc::default();
+    let sink = Arc::clone(&heard);
     let cache: Cache<Touchy, Val, FixedHasher> = Cache::builder()
         .max_capacity(capacity)
         .shards(shards)
         .eviction(eviction)
         .hasher(FixedHasher::default())
         .weigher(|_, v: &Val| v.1)
+        .eviction_listener(move |k: Touchy, _, _| sink.lock().unwrap().push(k.0))
         .build()
         .unwrap();
+    let resident = || -> Vec<u8> {
+        (0..8u8)
+            .filter(|&k| cache.peek(&Touchy(k)).is_some())
+            .collect()
+    };
     // The values a key may read as: every value written to it since its last
     // removal that went through, or whose write panicked (a panicking write
     // may or may not have landed; a later one supersedes it either way).
     let mut possible: HashMap<u8, Vec<Val>> = HashMap::new();
     for (kind, key, value, poisoned) in ops {
+        let before = resident();
         POISONED.with(|p| p.set(Some(poisoned)));
         let k = Touchy(key);
         let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match kind % 4 {
@@ -481,6 +491,11 @@ fn panicking_hashes(
         }
         cache.validate();
         prop_assert!(cache.weighted_size() <= capacity);
+        let after = resident();
+        let heard = std::mem::take(&mut *heard.lock().unwrap());
+        for k in before.iter().filter(|k| !after.contains(k)) {
+            prop_assert!(heard.contains(k), "key {} left unheard", k);
+        }
         for probe in 0..8u8 {
             if let Some(v) = cache.peek(&Touchy(probe)) {
                 let allowed = possible.get(&probe).is_some_and(|vs| vs.contains(&v));
