@@ -878,7 +878,7 @@ where
                 // would drop what it removed without calling the listener.
                 let outcome = Outcome::Loaded(v.clone());
                 let mut removed = Removed::new();
-                let written = self.write_deferred(
+                let written = self.write_heard(
                     key,
                     v.clone(),
                     options.time_to_live(),

@@ -435,7 +435,7 @@ impl std::hash::Hash for Touchy {
     }
 }
 
-/// Writes (plain, tagged or timed) and removals, each made with one key's
+/// Writes (plain, tagged, timed or loaded) and removals, each made with one key's
 /// `Hash` poisoned: whichever key's hashing panics (the written one, or one
 /// that the write evicts or expires), the caller sees the panic, the shard
 /// stays whole and within its capacity, a key read afterwards has the last
@@ -471,21 +471,26 @@ fn panicking_hashes(
         let before = resident();
         POISONED.with(|p| p.set(Some(poisoned)));
         let k = Touchy(key);
-        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match kind % 4 {
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match kind % 5 {
             0 => cache.insert(k, value),
             1 => cache.insert_with(k, value, EntryOptions::new().tags(["t"])),
             2 => cache.insert_with(k, value, EntryOptions::new().ttl(Duration::from_secs(3600))),
-            _ => {
+            3 => {
                 cache.remove(&k);
+            }
+            _ => {
+                cache.get_or_load(k, |_| value);
             }
         }));
         POISONED.with(|p| p.set(None));
         let went_through = outcome.is_ok();
-        prop_assert!(went_through || poisoned == key || kind % 4 != 3);
+        prop_assert!(went_through || poisoned == key || kind % 5 != 3);
         let values = possible.entry(key).or_default();
-        match kind % 4 {
+        match kind % 5 {
             3 if went_through => values.clear(),
             3 => {}
+            // A load writes only a key it did not find.
+            4 if before.contains(&key) => {}
             _ if went_through => *values = vec![value],
             _ => values.push(value),
         }
@@ -511,7 +516,7 @@ proptest! {
 
     #[test]
     fn panicking_hashes_keep_the_cache_whole(
-        ops in proptest::collection::vec((0u8..4, 0u8..8, (any::<u16>(), 0u32..=6), 0u8..10), 1..300),
+        ops in proptest::collection::vec((0u8..5, 0u8..8, (any::<u16>(), 0u32..=6), 0u8..10), 1..300),
         eviction in prop_oneof![Just(Eviction::TinyLfu), Just(Eviction::Lru), Just(Eviction::Lfu)],
         shards in 1usize..=2,
     ) {
