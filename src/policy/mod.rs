@@ -4,6 +4,8 @@
 //! sketch, its weight — it asks through [`Entries`]; it never sees keys, values
 //! or locks.
 
+mod climber;
+mod ghosts;
 mod lfu;
 pub(crate) mod list;
 mod lru;

@@ -25,6 +25,8 @@
 //! and the candidate's side of a contest then read no sketch line; the
 //! victim's side reads its key's estimate, which keeps incumbents' ties.
 
+use super::climber::Climber;
+use super::ghosts::Ghosts;
 use super::list::{List, NIL};
 use super::sketch::Sketch;
 use super::Entries;
@@ -124,24 +126,6 @@ const INITIAL_WINDOW: f64 = 0.01;
 /// 0.8 46.43–46.47 and 0.9 46.22–46.26; the gain below 0.8 is within a
 /// tenth of a point, and 0.6 costs the throughput mix 1% more instructions.
 const PROTECTED_SHARE: f64 = 0.8;
-/// Hill climbing: step as a share of capacity, its decay per period, and the
-/// hit-rate change that restarts it. Caffeine steps 6.25 % and decays by 0.98;
-/// smaller steps that settle sooner scored better on the 30 trace cases (mean
-/// of five runs, each with its own hash seed: 46.36 → 46.48; multi1, multi2, cs
-/// and P3 up to +0.8, OLTP at 20% −0.5 and sprite at 20% −0.8), and stop the
-/// window wandering on a stationary workload (the 90/10 Zipf mix of the
-/// throughput benchmark: 0.225 → 0.219 inserts per operation).
-const STEP: f64 = 0.03;
-/// Requests per climber sample period, in multiples of the capacity (as in
-/// Caffeine)...
-const SAMPLE: u64 = 10;
-/// ... except the first, shorter so that a cold cache finds its window sooner:
-/// on the 30 trace cases the mean rose from 45.89 to 45.98 (three runs each;
-/// 3 scored 45.68 and 1 scored 45.94), mostly on short recency-biased traces
-/// (corda vault at 5%: 30.4 → 32.0).
-const FIRST_SAMPLE: u64 = 5;
-const STEP_DECAY: f64 = 0.95;
-const RESTART_THRESHOLD: f64 = 0.05;
 
 #[derive(Debug)]
 pub(crate) struct TinyLfu {
@@ -728,105 +712,6 @@ impl TinyLfu {
     }
 }
 
-/// Keys recently turned away at admission, as 16-bit fingerprints in a
-/// direct-mapped table: a newer ghost overwrites an older one in its slot, so
-/// the table holds roughly the last `len` keys turned away, with no lists and
-/// no aging. A key that loses admission while its ghost is there came back
-/// within about that many rejections: recency that the window was too short to
-/// catch, as on recency-biased traces, and it is admitted. Loops and scans
-/// longer than the cache come back after their ghosts are overwritten, so they
-/// stay out. The table is consulted only when a key loses, in one slot that
-/// either admits it (taking its ghost) or takes its ghost: inserts and winners
-/// never read it (on the 90/10 Zipf mix: 2.4% less time per operation than
-/// looking the ghost up on every insert, trace mean unchanged).
-///
-/// Each slot also holds, beside the turned-away ghost, the ghost of a key
-/// main evicted (see [`GHOST_NUDGE_CAP`]): the same slot, so that a key
-/// that loses reads both in one line. Two tables of the same length make the
-/// same decisions at 300 instructions and 4.00 L1 misses per operation of the
-/// mix against 296.8 and 3.70 (`benches/mix_cost.sh`).
-#[derive(Debug, Default, Clone)]
-pub(super) struct Ghosts {
-    /// Per slot: the turned-away ghost, then the evicted one.
-    slots: Vec<[u16; 2]>,
-}
-
-/// Which ghost of a slot.
-const TURNED_AWAY: usize = 0;
-const EVICTED: usize = 1;
-
-impl Ghosts {
-    /// At most `u32::MAX` slots, which [`slot`](Self::slot) scales to.
-    pub(super) fn new(len: usize) -> Self {
-        Self {
-            slots: vec![[0; 2]; len.min(u32::MAX as usize)],
-        }
-    }
-
-    /// The key's slot and its fingerprint (never 0, the empty slot's mark),
-    /// from bits of the hash that neither the shard nor the sketch index by.
-    #[inline]
-    fn slot(&self, hash: u64) -> Option<(usize, u16)> {
-        if self.slots.is_empty() {
-            return None;
-        }
-        let h = (hash ^ (hash >> 29)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        // Bits 16..48 scaled to the length (a multiply, not a division:
-        // this runs on every lost admission).
-        let slot = ((u64::from((h >> 16) as u32) * self.slots.len() as u64) >> 32) as usize;
-        Some((slot, (h >> 48) as u16 | 1))
-    }
-
-    /// Starts fetching the key's slot.
-    #[inline]
-    fn prefetch(&self, hash: u64) {
-        if let Some((slot, _)) = self.slot(hash) {
-            crate::prefetch::prefetch(&self.slots[slot]);
-        }
-    }
-
-    /// For a key turned away at admission: true if its ghost was there (it
-    /// was turned away a short while ago too), removing it;
-    /// else false, leaving its ghost. One slot, read and written once.
-    #[inline]
-    pub(super) fn returned(&mut self, hash: u64) -> bool {
-        let Some((slot, print)) = self.slot(hash) else {
-            return false;
-        };
-        let ghost = &mut self.slots[slot][TURNED_AWAY];
-        if *ghost == print {
-            *ghost = 0;
-            true
-        } else {
-            *ghost = print;
-            false
-        }
-    }
-
-    /// Keeps the ghost of a key main evicted (over whatever its slot held).
-    #[inline]
-    pub(super) fn remember_evicted(&mut self, hash: u64) {
-        if let Some((slot, print)) = self.slot(hash) {
-            self.slots[slot][EVICTED] = print;
-        }
-    }
-
-    /// True if main evicted the key a short while ago (its ghost was there),
-    /// removing the ghost; else false, changing nothing.
-    #[inline]
-    pub(super) fn take_evicted(&mut self, hash: u64) -> bool {
-        let Some((slot, print)) = self.slot(hash) else {
-            return false;
-        };
-        let ghost = &mut self.slots[slot][EVICTED];
-        let found = *ghost == print;
-        if found {
-            *ghost = 0;
-        }
-        found
-    }
-}
-
 /// The first token of `list` that is not `keep`.
 #[inline]
 fn first_other(list: &List, entries: &impl Entries, keep: Token) -> Option<Token> {
@@ -836,93 +721,6 @@ fn first_other(list: &List, entries: &impl Entries, keep: Token) -> Option<Token
     }
     let (_, next) = entries.link(head);
     (next != NIL).then_some(next)
-}
-
-/// Hill climbing on the hit rate between sample periods.
-#[derive(Debug)]
-pub(super) struct Climber {
-    pub(super) hits: u64,
-    pub(super) misses: u64,
-    /// Requests per sample period: `FIRST_SAMPLE` × capacity at first,
-    /// doubling after each period up to `SAMPLE` × capacity.
-    sample: u64,
-    full_sample: u64,
-    /// The hit rate of the last sample period; `None` until a period with
-    /// hits has ended.
-    previous_rate: Option<f64>,
-    /// Signed, in weight units. Positive first: growing the window first
-    /// measured better on the traces than shrinking it.
-    step: f64,
-}
-
-impl Climber {
-    pub(super) fn new(capacity: u64) -> Self {
-        Self {
-            hits: 0,
-            misses: 0,
-            sample: capacity.saturating_mul(FIRST_SAMPLE).max(1),
-            full_sample: capacity.saturating_mul(SAMPLE).max(1),
-            previous_rate: None,
-            step: STEP * capacity as f64,
-        }
-    }
-
-    /// Sample periods for a shard of `entries` entries (the capacity unless
-    /// entries are weighted): set when the shard starts counting.
-    pub(super) fn set_samples(&mut self, entries: u64) {
-        self.sample = entries.saturating_mul(FIRST_SAMPLE).max(1);
-        self.full_sample = entries.saturating_mul(SAMPLE).max(1);
-    }
-
-    fn reset_sample(&mut self) {
-        self.hits = 0;
-        self.misses = 0;
-    }
-
-    /// The window change to make, once per sample period.
-    #[inline]
-    pub(super) fn adjustment(&mut self, capacity: u64) -> Option<i64> {
-        // Inline, so that the insert that does not end a period (nearly all
-        // of them) pays a comparison, not a call.
-        if self.hits + self.misses < self.sample {
-            return None;
-        }
-        self.end_period(capacity)
-    }
-
-    #[cold]
-    #[inline(never)]
-    fn end_period(&mut self, capacity: u64) -> Option<i64> {
-        let requests = self.hits + self.misses;
-        let previous = self.previous_rate;
-        if self.hits == 0 && previous.unwrap_or(0.0) == 0.0 {
-            // No hits, before or now: nothing to climb towards. Moving anyway
-            // would walk the window to its maximum on a miss-only stream.
-            self.reset_sample();
-            return None;
-        }
-        let rate = self.hits as f64 / requests as f64;
-        self.previous_rate = Some(rate);
-        self.sample = self.sample.saturating_mul(2).min(self.full_sample);
-        self.reset_sample();
-        // The first period only measures. Against no rate at all, any rate
-        // reads as a gain, and the window grew a step for no reason; on the
-        // throughput benchmark's mix (a stationary Zipf, where a small window
-        // is best) that step was never taken back, as the hit rate keeps
-        // rising while the sketch learns. Measuring first, the mix's hits
-        // rose from 2,339.5k to 2,349.4k of its 2.7M lookups (one shard:
-        // the window ended at 5% of the capacity instead of 6.5%), and the 30
-        // trace cases scored 46.63 / 46.62 against 46.63 / 46.63.
-        let previous = previous?;
-        let change = rate - previous;
-        let amount = if change >= 0.0 { self.step } else { -self.step };
-        self.step = if change.abs() >= RESTART_THRESHOLD {
-            STEP * capacity as f64 * amount.signum()
-        } else {
-            STEP_DECAY * amount
-        };
-        Some(amount as i64)
-    }
 }
 
 #[cfg(test)]
@@ -973,7 +771,7 @@ mod tests {
     /// insert runs one admission contest.
     fn saturated_cache() -> (TinyLfu, Fake) {
         let (mut p, e) = (TinyLfu::new(100), Fake::default());
-        p.climber.sample = u64::MAX;
+        p.climber.hold();
         for t in 0..100 {
             insert(&mut p, &e, t);
         }
@@ -1044,7 +842,7 @@ mod tests {
     #[test]
     fn reads_are_collected_where_the_policy_looks() {
         let (mut p, e) = (TinyLfu::new(10), Fake::default());
-        p.climber.sample = u64::MAX;
+        p.climber.hold();
         for t in 0..11 {
             insert(&mut p, &e, t);
         }
@@ -1099,7 +897,7 @@ mod tests {
     #[test]
     fn counts_halve_when_the_sketch_ages() {
         let (mut p, e) = (TinyLfu::new(100), Fake::default());
-        p.climber.sample = u64::MAX;
+        p.climber.hold();
         for t in 0..110 {
             insert(&mut p, &e, t);
         }
@@ -1129,7 +927,7 @@ mod tests {
     #[test]
     fn a_cold_candidate_loses_without_a_contest() {
         let (mut p, e) = (TinyLfu::new(10), Fake::default());
-        p.climber.sample = u64::MAX;
+        p.climber.hold();
         for t in 0..12 {
             insert(&mut p, &e, t);
         }
@@ -1144,59 +942,6 @@ mod tests {
         assert_eq!(p.probation.tokens(&&e), probation);
         assert_eq!(e.hits.borrow().len(), probation.len());
         p.validate(&e);
-    }
-
-    #[test]
-    fn ghosts_are_taken_once_and_overwritten_by_newer_ones() {
-        let mut g = Ghosts::new(64);
-        let hash = |k: u64| k.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        assert!(!g.returned(hash(1)), "no ghost yet: it leaves one");
-        assert!(g.returned(hash(1)), "turned away again: its ghost is there");
-        assert!(!g.returned(hash(1)), "a ghost admits once");
-        // Many newer ghosts overwrite the old one's slot.
-        for k in 100..10_000 {
-            g.returned(hash(k));
-        }
-        assert!(
-            !g.returned(hash(1)),
-            "an old ghost outlived 9,900 newer ones"
-        );
-        // Keys never turned away are almost never taken for ghosts.
-        let mut fresh = Ghosts::new(64);
-        for k in 100..10_000 {
-            fresh.returned(hash(k));
-        }
-        let false_hits = (20_000..120_000)
-            .filter(|&k| fresh.clone().returned(hash(k)))
-            .count();
-        assert!(false_hits < 10, "{false_hits} false ghosts");
-        assert!(
-            !Ghosts::default().returned(hash(1)) && !Ghosts::default().returned(hash(1)),
-            "an empty table holds none and keeps none"
-        );
-        // Ghosts of evicted keys: taking finds a kept one once, and keeps
-        // none; the two kinds of ghost in a slot are apart.
-        let mut kept = Ghosts::new(64);
-        assert!(!kept.take_evicted(hash(7)), "a ghost never kept");
-        assert!(!kept.take_evicted(hash(7)), "taking keeps nothing");
-        assert!(
-            !kept.returned(hash(7)),
-            "no turned-away ghost: it leaves one"
-        );
-        assert!(
-            !kept.take_evicted(hash(7)),
-            "a turned-away ghost taken for an evicted one"
-        );
-        kept.remember_evicted(hash(7));
-        kept.remember_evicted(hash(7));
-        assert!(kept.take_evicted(hash(7)), "a kept ghost");
-        assert!(!kept.take_evicted(hash(7)), "taken once");
-        assert!(kept.returned(hash(7)), "the turned-away ghost was lost");
-        kept.remember_evicted(hash(8));
-        assert!(
-            !kept.returned(hash(8)),
-            "an evicted ghost taken for a turned-away one"
-        );
     }
 
     #[test]
@@ -1399,9 +1144,9 @@ mod tests {
         assert_eq!(t, 1 << 19, "counting starts half full");
         let sketch = p.sketch.as_ref().unwrap();
         assert_eq!(sketch.words(), 1 << 20, "a word per entry, not per unit");
-        assert_eq!(p.ghosts.slots.len(), 1 << 19);
+        assert_eq!(p.ghosts.len(), 1 << 19);
         assert_eq!(
-            p.climber.sample,
+            p.climber.sample(),
             5 << 20,
             "sample periods in requests per entry"
         );
@@ -1411,7 +1156,7 @@ mod tests {
     #[test]
     fn a_read_window_entry_gets_a_second_chance() {
         let (mut p, e) = (TinyLfu::new(1000), Fake::default());
-        p.climber.sample = u64::MAX;
+        p.climber.hold();
         for t in 0..1000 {
             insert(&mut p, &e, t);
         }
@@ -1426,50 +1171,5 @@ mod tests {
         );
         assert_eq!(p.window.tokens(&&e).last(), Some(&head));
         p.validate(&e);
-    }
-
-    #[test]
-    fn climber_stays_put_without_hits() {
-        let mut c = Climber::new(1000);
-        c.misses = 10_000;
-        assert_eq!(c.adjustment(1000), None, "a miss-only sample moves nothing");
-        assert_eq!(c.misses, 0, "the sample restarts");
-        c.hits = 1_000;
-        c.misses = 9_000;
-        assert_eq!(c.adjustment(1000), None, "the first rate only measures");
-        c.hits = 1_000;
-        c.misses = 9_000;
-        assert!(c.adjustment(1000).expect("a full sample") > 0);
-    }
-
-    #[test]
-    fn climber_sample_periods_double_up_to_the_full_period() {
-        // Capacity 100: the first period is 5 × 100 requests, then each
-        // doubles, up to 10 × 100.
-        let mut c = Climber::new(100);
-        for period in [500, 1_000, 1_000] {
-            c.hits = period / 2;
-            c.misses = period / 2 - 1;
-            assert_eq!(c.adjustment(100), None, "one request short of {period}");
-            c.misses += 1;
-            c.adjustment(100);
-            assert_eq!(c.hits + c.misses, 0, "a full period of {period} ends");
-        }
-    }
-
-    #[test]
-    fn climber_grows_the_window_first() {
-        let mut c = Climber::new(1000);
-        c.hits = 4_000;
-        c.misses = 6_000;
-        assert_eq!(c.adjustment(1000), None, "the first rate only measures");
-        c.hits = 5_000;
-        c.misses = 5_000;
-        let first = c.adjustment(1000).expect("a full sample");
-        assert!(first > 0, "first step grows the window");
-        c.hits = 4_000;
-        c.misses = 6_000;
-        let second = c.adjustment(1000).expect("a full sample");
-        assert!(second < 0, "a worse hit rate reverses the direction");
     }
 }

@@ -9,10 +9,11 @@ use proptest::prelude::*;
 use std::cell::RefCell;
 use std::collections::HashMap;
 
+use super::climber::Climber;
+use super::ghosts::Ghosts;
 use super::sketch::Sketch;
 use super::tinylfu::{
-    Climber, Ghosts, TinyLfu, ADMIT_MARGIN, ADMIT_WARM_ONE_IN, ADMIT_WARM_THRESHOLD,
-    GHOST_NUDGE_CAP, GHOST_SHARE,
+    TinyLfu, ADMIT_MARGIN, ADMIT_WARM_ONE_IN, ADMIT_WARM_THRESHOLD, GHOST_NUDGE_CAP, GHOST_SHARE,
 };
 use super::{slot_state_in, Entries, TestSlots};
 use crate::store::Token;
