@@ -1,0 +1,551 @@
+//! Loading: the calls that fill a miss from a loader, sync or async, with one
+//! load per key in flight (see [`crate::loader`] for the flights themselves),
+//! and what they share: joining or leading a key's flight, landing the loaded
+//! value unless a write made it stale, and booking each load in the
+//! statistics.
+
+use std::future::Future;
+use std::hash::{BuildHasher, Hash};
+use std::sync::Arc;
+
+use super::{Cache, RemovalCause};
+use crate::expiry::EntryOptions;
+use crate::loader::{LoadStats, Outcome, Role};
+use crate::store::Removed;
+use crate::sync::Ordering;
+use crate::write::CacheAside;
+
+impl<K, V, S> Cache<K, V, S, CacheAside>
+where
+    K: Hash + Eq + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+    S: BuildHasher,
+{
+    /// The value under `key`, or the one `load` makes for it on a miss, which
+    /// is then cached. Concurrent callers for one absent key share one load:
+    /// the first runs `load`, the others wait for its value. No shard lock is
+    /// held while `load` runs, so it may use the cache for other keys; asking
+    /// for its own key panics (it would wait for itself forever).
+    ///
+    /// A hit costs what [`get`](Self::get) costs. If `load` panics, the panic
+    /// reaches this caller, and one of the waiting callers runs its own loader
+    /// instead; nobody waits forever. If the key is written, removed or the
+    /// cache invalidated while the load runs, the loaded value is returned to
+    /// the callers already waiting for it but not cached over the newer
+    /// state. A caller arriving after that write (or after an invalidation of
+    /// one of the cache's tags) does not take a value read before it: it
+    /// waits for that load to end, then loads afresh unless the cache has a
+    /// value it may take. One loader of a key runs at a time.
+    ///
+    /// A waiting caller blocks its thread. In async code use
+    /// [`get_or_load_async`](Self::get_or_load_async): blocking a thread whose
+    /// runtime is also running the leading task (a single-threaded runtime)
+    /// waits for ever. So does a cycle through other threads: a `load` that
+    /// waits for a thread which itself waits on this key's load is not
+    /// detected (only a loader asking on its own thread is), as with any
+    /// cycle of locks.
+    ///
+    /// ```
+    /// let cache: larder::Cache<u32, String> =
+    ///     larder::Cache::builder().max_capacity(100).build().unwrap();
+    /// let v = cache.get_or_load(7, |k| format!("user {k}"));
+    /// assert_eq!(v, "user 7");
+    /// assert_eq!(cache.get_or_load(7, |_| unreachable!("cached")), "user 7");
+    /// ```
+    pub fn get_or_load(&self, key: K, load: impl FnOnce(&K) -> V) -> V
+    where
+        K: Clone,
+    {
+        if let Some(v) = self.get(&key) {
+            return v;
+        }
+        let loaded = self.load(key, Mode::Value, |k| {
+            Ok::<_, std::convert::Infallible>(Some((load(k), EntryOptions::default())))
+        });
+        match loaded {
+            Ok(Some(v)) => v,
+            _ => unreachable!("an infallible loader always yields a value"),
+        }
+    }
+
+    /// Like [`get_or_load`](Self::get_or_load), with a loader that also says
+    /// how to store what it loaded: a time-to-live and tags. A load during
+    /// which one of its tags was invalidated hands its value to its callers
+    /// but does not cache it, so an invalidation that began before the load
+    /// ends is never undone by it. (Invalidations are remembered per bucket
+    /// of tag hashes, so one of an unrelated tag in the same bucket, one in
+    /// 64, does the same.)
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use larder::{Cache, EntryOptions};
+    ///
+    /// let cache: Cache<u64, String> = Cache::builder().max_capacity(100).build().unwrap();
+    /// let v = cache.get_or_load_with(7, |id| {
+    ///     let options = EntryOptions::new().ttl(Duration::from_secs(60)).tags([format!("user:{id}")]);
+    ///     (format!("profile {id}"), options)
+    /// });
+    /// assert_eq!(v, "profile 7");
+    /// cache.invalidate_tag("user:7");
+    /// assert!(!cache.contains_key(&7));
+    /// ```
+    pub fn get_or_load_with(&self, key: K, load: impl FnOnce(&K) -> (V, EntryOptions)) -> V
+    where
+        K: Clone,
+    {
+        if let Some(v) = self.get(&key) {
+            return v;
+        }
+        let loaded = self.load(key, Mode::Value, |k| {
+            Ok::<_, std::convert::Infallible>(Some(load(k)))
+        });
+        match loaded {
+            Ok(Some(v)) => v,
+            _ => unreachable!("an infallible loader always yields a value"),
+        }
+    }
+
+    /// [`get_or_load_with`](Self::get_or_load_with) for async code.
+    ///
+    /// ```
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// use std::time::Duration;
+    /// use larder::{Cache, EntryOptions};
+    ///
+    /// let cache: Cache<u64, String> = Cache::builder().max_capacity(100).build().unwrap();
+    /// let v = cache
+    ///     .get_or_load_with_async(7, async { ("profile 7".to_string(), EntryOptions::new().tags(["user:7"])) })
+    ///     .await;
+    /// assert_eq!(v, "profile 7");
+    /// cache.invalidate_tag("user:7");
+    /// assert!(!cache.contains_key(&7));
+    /// # });
+    /// ```
+    pub async fn get_or_load_with_async(
+        &self,
+        key: K,
+        load: impl Future<Output = (V, EntryOptions)>,
+    ) -> V
+    where
+        K: Clone,
+    {
+        if let Some(v) = self.get(&key) {
+            return v;
+        }
+        let loaded = self
+            .load_async(key, Mode::Value, async {
+                Ok::<_, std::convert::Infallible>(Some(load.await))
+            })
+            .await;
+        match loaded {
+            Ok(Some(v)) => v,
+            _ => unreachable!("an infallible loader always yields a value"),
+        }
+    }
+
+    /// Like [`get_or_load`](Self::get_or_load) with a loader that may fail.
+    /// An error is shared, as the same `Arc`, with every caller waiting on the
+    /// same load, and is not cached: the next call loads again. (A waiter whose
+    /// error type differs from the leader's loads for itself instead.)
+    ///
+    /// # Errors
+    ///
+    /// The loader's error, shared.
+    ///
+    /// ```
+    /// let cache: larder::Cache<u32, u32> = larder::Cache::builder().max_capacity(100).build().unwrap();
+    /// let err = cache.try_get_or_load(1, |_| Err::<u32, _>("db down")).unwrap_err();
+    /// assert_eq!(*err, "db down");
+    /// assert_eq!(cache.try_get_or_load(1, |_| Ok::<_, &str>(10)), Ok(10));
+    /// ```
+    pub fn try_get_or_load<E>(
+        &self,
+        key: K,
+        load: impl FnOnce(&K) -> Result<V, E>,
+    ) -> Result<V, Arc<E>>
+    where
+        K: Clone,
+        E: Send + Sync + 'static,
+    {
+        if let Some(v) = self.get(&key) {
+            return Ok(v);
+        }
+        match self.load(key, Mode::Fallible, |k| {
+            load(k).map(|v| Some((v, EntryOptions::default())))
+        }) {
+            Ok(Some(v)) => Ok(v),
+            Ok(None) => unreachable!("a fallible loader yields a value or an error"),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Like [`get_or_load`](Self::get_or_load) with a loader that may find
+    /// nothing: `None` is returned to every caller of the load and not cached.
+    ///
+    /// ```
+    /// let cache: larder::Cache<u32, u32> = larder::Cache::builder().max_capacity(100).build().unwrap();
+    /// assert_eq!(cache.optionally_get_or_load(1, |_| None), None);
+    /// assert!(!cache.contains_key(&1));
+    /// assert_eq!(cache.optionally_get_or_load(1, |k| Some(k * 10)), Some(10));
+    /// ```
+    pub fn optionally_get_or_load(&self, key: K, load: impl FnOnce(&K) -> Option<V>) -> Option<V>
+    where
+        K: Clone,
+    {
+        if let Some(v) = self.get(&key) {
+            return Some(v);
+        }
+        match self.load(key, Mode::Optional, |k| {
+            Ok::<_, std::convert::Infallible>(load(k).map(|v| (v, EntryOptions::default())))
+        }) {
+            Ok(v) => v,
+            Err(e) => match *e {},
+        }
+    }
+
+    /// Like [`get_or_load`](Self::get_or_load), for async code: `load` is a
+    /// future, awaited only if this call leads the load. Any executor will do.
+    /// Sync and async callers of one key share one load. If this call's task
+    /// is cancelled while it leads, a waiting caller takes the load over.
+    ///
+    /// ```
+    /// # let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    /// # runtime.block_on(async {
+    /// let cache: larder::Cache<u32, String> =
+    ///     larder::Cache::builder().max_capacity(100).build().unwrap();
+    /// let v = cache.get_or_load_async(7, async { "seven".to_string() }).await;
+    /// assert_eq!(v, "seven");
+    /// # });
+    /// ```
+    pub async fn get_or_load_async(&self, key: K, load: impl Future<Output = V>) -> V
+    where
+        K: Clone,
+    {
+        if let Some(v) = self.get(&key) {
+            return v;
+        }
+        let loaded = self
+            .load_async(key, Mode::Value, async {
+                Ok::<_, std::convert::Infallible>(Some((load.await, EntryOptions::default())))
+            })
+            .await;
+        match loaded {
+            Ok(Some(v)) => v,
+            _ => unreachable!("an infallible loader always yields a value"),
+        }
+    }
+
+    /// Like [`try_get_or_load`](Self::try_get_or_load), for async code.
+    ///
+    /// # Errors
+    ///
+    /// The loader's error, shared with every caller of the same load.
+    ///
+    /// ```
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// let cache: larder::Cache<u32, String> = larder::Cache::builder().max_capacity(100).build().unwrap();
+    /// let failed = cache.try_get_or_load_async(1, async { Err::<String, _>("timeout") }).await;
+    /// assert_eq!(*failed.unwrap_err(), "timeout");
+    /// assert!(!cache.contains_key(&1)); // errors are not cached
+    /// let ok = cache.try_get_or_load_async(1, async { Ok::<_, &str>("one".to_string()) }).await;
+    /// assert_eq!(ok.unwrap(), "one");
+    /// # });
+    /// ```
+    pub async fn try_get_or_load_async<E>(
+        &self,
+        key: K,
+        load: impl Future<Output = Result<V, E>>,
+    ) -> Result<V, Arc<E>>
+    where
+        K: Clone,
+        E: Send + Sync + 'static,
+    {
+        if let Some(v) = self.get(&key) {
+            return Ok(v);
+        }
+        match self
+            .load_async(key, Mode::Fallible, async {
+                load.await.map(|v| Some((v, EntryOptions::default())))
+            })
+            .await
+        {
+            Ok(Some(v)) => Ok(v),
+            Ok(None) => unreachable!("a fallible loader yields a value or an error"),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Like [`optionally_get_or_load`](Self::optionally_get_or_load), for
+    /// async code.
+    ///
+    /// ```
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// let cache: larder::Cache<u32, String> = larder::Cache::builder().max_capacity(100).build().unwrap();
+    /// assert_eq!(cache.optionally_get_or_load_async(1, async { None }).await, None);
+    /// assert!(!cache.contains_key(&1)); // a None is not cached
+    /// let v = cache.optionally_get_or_load_async(1, async { Some("one".to_string()) }).await;
+    /// assert_eq!(v.as_deref(), Some("one"));
+    /// assert!(cache.contains_key(&1));
+    /// # });
+    /// ```
+    pub async fn optionally_get_or_load_async(
+        &self,
+        key: K,
+        load: impl Future<Output = Option<V>>,
+    ) -> Option<V>
+    where
+        K: Clone,
+    {
+        if let Some(v) = self.get(&key) {
+            return Some(v);
+        }
+        match self
+            .load_async(key, Mode::Optional, async {
+                Ok::<_, std::convert::Infallible>(load.await.map(|v| (v, EntryOptions::default())))
+            })
+            .await
+        {
+            Ok(v) => v,
+            Err(e) => match *e {},
+        }
+    }
+}
+
+impl<K, V, S, W> Cache<K, V, S, W>
+where
+    K: Hash + Eq + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+    S: BuildHasher,
+{
+    /// The miss path shared by the loading calls: join the key's flight, or
+    /// lead it and run `load`.
+    #[cold]
+    pub(crate) fn load<E: Send + Sync + 'static>(
+        &self,
+        key: K,
+        mode: Mode,
+        load: impl FnOnce(&K) -> Result<Option<(V, EntryOptions)>, E>,
+    ) -> Result<Option<V>, Arc<E>>
+    where
+        K: Clone,
+    {
+        let hash = self.hash(&key);
+        let shard = self.shard(hash);
+        let mut load = Some(load);
+        loop {
+            let joined = self.inner.tag_epoch.load(Ordering::SeqCst);
+            let mut leader = match shard.flights.join(hash, &key, true, joined) {
+                Role::Leader(leader) => leader,
+                Role::Waiter(flight) => match accept::<V, E>(flight.wait(), mode) {
+                    Some(result) => return result,
+                    None => continue,
+                },
+            };
+            // A panic here (this thread leads an older load of the key)
+            // abandons the flight, as one in `load` below does.
+            let epoch = leader.start(|| self.inner.tag_epoch.load(Ordering::SeqCst));
+            if let Some(v) = self.peek_leaving(&key, &mut leader) {
+                leader.finish(Outcome::Loaded(v.clone()));
+                return Ok(Some(v));
+            }
+            let Some(load) = load.take() else {
+                unreachable!("a caller leads at most one flight to the end")
+            };
+            let timer = LoadTimer::start(&self.inner.loads);
+            // A panic here drops `leader`, abandoning the flight to a waiter,
+            // and `timer`, booking the load as failed.
+            let result = timer.run(|| load(&key));
+            timer.stop();
+            return self.land(key, leader, epoch, result);
+        }
+    }
+
+    /// The async miss path: as [`load`](Self::load), awaiting instead of
+    /// blocking. Dropping the returned future while it leads (a cancelled
+    /// task) abandons the flight, so that a waiter takes the load over.
+    pub(crate) async fn load_async<E: Send + Sync + 'static>(
+        &self,
+        key: K,
+        mode: Mode,
+        load: impl Future<Output = Result<Option<(V, EntryOptions)>, E>>,
+    ) -> Result<Option<V>, Arc<E>>
+    where
+        K: Clone,
+    {
+        let hash = self.hash(&key);
+        let shard = self.shard(hash);
+        let mut load = Some(load);
+        loop {
+            let joined = self.inner.tag_epoch.load(Ordering::SeqCst);
+            let mut leader = match shard.flights.join(hash, &key, false, joined) {
+                Role::Leader(leader) => leader,
+                Role::Waiter(flight) => match accept::<V, E>(flight.wait_async().await, mode) {
+                    Some(result) => return result,
+                    None => continue,
+                },
+            };
+            let epoch = leader
+                .start_async(|| self.inner.tag_epoch.load(Ordering::SeqCst))
+                .await;
+            if let Some(v) = self.peek_leaving(&key, &mut leader) {
+                leader.finish(Outcome::Loaded(v.clone()));
+                return Ok(Some(v));
+            }
+            let Some(load) = load.take() else {
+                unreachable!("a caller leads at most one flight to the end")
+            };
+            let timer = LoadTimer::start(&self.inner.loads);
+            // Each poll runs under `timer`, so that a panic of the loader's
+            // own books a failure and a cancellation does not.
+            let mut load = std::pin::pin!(load);
+            let polled = std::future::poll_fn(|cx| timer.run(|| load.as_mut().poll(cx)));
+            let result = crate::loader::lead(leader.flight(), polled).await;
+            timer.stop();
+            return self.land(key, leader, epoch, result);
+        }
+    }
+
+    /// A leader's result: cache a value unless the flight went stale, then
+    /// hand the outcome to the waiters.
+    fn land<E: Send + Sync + 'static>(
+        &self,
+        key: K,
+        leader: crate::loader::Leader<'_, K, V>,
+        epoch: u64,
+        result: Result<Option<(V, EntryOptions)>, E>,
+    ) -> Result<Option<V>, Arc<E>> {
+        match result {
+            Ok(Some((v, options))) => {
+                // Cloned before the write: a `Clone` that panics after it
+                // would drop what it removed without calling the listener.
+                let outcome = Outcome::Loaded(v.clone());
+                let mut removed = Removed::new();
+                let written = self.write_heard(
+                    key,
+                    v.clone(),
+                    options.time_to_live(),
+                    options.tag_list(),
+                    Some((leader.flight(), epoch)),
+                    &mut removed,
+                );
+                if let Err(rejected) = written {
+                    removed.push((rejected.key, rejected.value, RemovalCause::Size));
+                }
+                // The flight ends before the listener runs: it may call back
+                // into the cache, for this key too.
+                leader.finish(outcome);
+                self.notify(removed);
+                Ok(Some(v))
+            }
+            Ok(None) => {
+                leader.finish(Outcome::Absent);
+                Ok(None)
+            }
+            Err(e) => {
+                self.inner.loads.failures.fetch_add(1, Ordering::Relaxed);
+                let e = Arc::new(e);
+                leader.finish(Outcome::Failed(e.clone()));
+                Err(e)
+            }
+        }
+    }
+
+    /// [`peek`](Self::peek) by a leader that has started: on a hit its flight
+    /// leaves the table before the shard's lock is released (see
+    /// [`Leader::leave`](crate::loader::Leader::leave)).
+    fn peek_leaving(&self, key: &K, leader: &mut crate::loader::Leader<'_, K, V>) -> Option<V> {
+        let hash = self.hash(key);
+        let map = self.shard(hash).read();
+        let now = self.now_for(&map);
+        let v = map
+            .find(hash, key)
+            .filter(|&(t, _)| map.is_live(t, now))
+            .map(|(_, e)| e.value.clone())?;
+        leader.leave();
+        Some(v)
+    }
+}
+
+/// Books a load in the statistics: its time when stopped or dropped, and a
+/// failure if the loader itself unwound (see [`run`](Self::run)). Dropped
+/// unstopped otherwise, its async load was cancelled: not a failure, even
+/// when the future is dropped while the thread unwinds from a panic elsewhere
+/// (a sibling in `join!`, or a runtime dropping a panicked task's future).
+struct LoadTimer<'a> {
+    stats: &'a LoadStats,
+    start: std::time::Instant,
+    stopped: bool,
+    /// Set when a step of the loader unwound.
+    unwound: std::sync::atomic::AtomicBool,
+}
+
+impl<'a> LoadTimer<'a> {
+    fn start(stats: &'a LoadStats) -> Self {
+        stats.loads.fetch_add(1, Ordering::Relaxed);
+        Self {
+            stats,
+            start: std::time::Instant::now(),
+            stopped: false,
+            unwound: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    /// Runs the loader, or one poll of an async loader, noting whether it
+    /// unwinds (a panic of the loader's own).
+    fn run<R>(&self, step: impl FnOnce() -> R) -> R {
+        struct Unwinding<'b>(&'b std::sync::atomic::AtomicBool);
+        impl Drop for Unwinding<'_> {
+            fn drop(&mut self) {
+                self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        let unwinding = Unwinding(&self.unwound);
+        let out = step();
+        std::mem::forget(unwinding);
+        out
+    }
+
+    fn stop(mut self) {
+        self.stopped = true;
+    }
+}
+
+impl Drop for LoadTimer<'_> {
+    fn drop(&mut self) {
+        let nanos = u64::try_from(self.start.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.stats.nanos.fetch_add(nanos, Ordering::Relaxed);
+        if !self.stopped && self.unwound.load(std::sync::atomic::Ordering::Relaxed) {
+            self.stats.failures.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// What a waiter makes of a flight's outcome in `mode`: its result, or `None`
+/// to try again (the leader panicked or was cancelled, or the outcome is one
+/// this kind of call cannot return).
+fn accept<V, E: Send + Sync + 'static>(
+    outcome: Outcome<V>,
+    mode: Mode,
+) -> Option<Result<Option<V>, Arc<E>>> {
+    match outcome {
+        Outcome::Loaded(v) => Some(Ok(Some(v))),
+        Outcome::Absent if matches!(mode, Mode::Optional | Mode::Store) => Some(Ok(None)),
+        Outcome::Failed(e) if matches!(mode, Mode::Fallible | Mode::Store) => {
+            e.downcast::<E>().ok().map(Err)
+        }
+        _ => None,
+    }
+}
+
+/// What a loading call accepts from a flight it waited on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Mode {
+    /// Only a value (`get_or_load`).
+    Value,
+    /// A value or an error of its own type (`try_get_or_load`).
+    Fallible,
+    /// A value or nothing (`optionally_get_or_load`).
+    Optional,
+    /// A value, nothing, or an error of its own type (a store's `load`).
+    Store,
+}
