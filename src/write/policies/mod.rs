@@ -1,0 +1,115 @@
+//! `get`, `put`, `delete` and `flush` for each write policy: the same calls,
+//! with the write landing where the policy says.
+
+mod read_through;
+mod write_behind;
+mod write_through;
+
+use std::hash::{BuildHasher, Hash};
+use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+
+use crate::cache::Mode;
+use crate::store::Removed;
+use crate::{Cache, EntryOptions, RemovalCause};
+
+/// What `get` returns on a store-backed cache: the value, `None` when the
+/// store has none, or the store's error shared by everyone waiting on the load.
+type Loaded<V, E> = Result<Option<V>, Arc<E>>;
+
+impl<K, V, S, W> Cache<K, V, S, W>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+    S: BuildHasher,
+{
+    /// A cache hit, or one load per key through `fetch`, cached if it finds
+    /// a value and nothing wrote the key meanwhile.
+    fn read_through<E: Send + Sync + 'static>(
+        &self,
+        key: &K,
+        fetch: impl FnOnce(&K) -> Result<Option<V>, E>,
+    ) -> Loaded<V, E> {
+        if let Some(v) = self.get_cached(key) {
+            return Ok(Some(v));
+        }
+        self.load(key.clone(), Mode::Store, |k| {
+            Ok(fetch(k)?.map(|v| (v, EntryOptions::default())))
+        })
+    }
+
+    /// Stores `value` in the cache alone, with `options` if any, handing what
+    /// it displaced to the listener once `guard` (a key lock) is released.
+    ///
+    /// The store (or the write-back queue) already has the write. Should the
+    /// weigher or the [`Expiry`](crate::Expiry) panic, the key's cached copy
+    /// is dropped before the panic goes on, so that reads find the write
+    /// there instead of the value it replaced.
+    fn land_write<G>(&self, key: K, value: V, options: Option<&EntryOptions>, guard: G) {
+        let mut removed = Removed::new();
+        let (ttl, tags) = options.map_or((None, &[][..]), |o| (o.time_to_live(), o.tag_list()));
+        // The key's `Clone` may panic too: the stale copy goes all the same.
+        let copy = match catch_unwind(AssertUnwindSafe(|| {
+            self.write_calls_back().then(|| key.clone())
+        })) {
+            Ok(copy) => copy,
+            Err(panic) => self.drop_stale_copy(&key, removed, guard, panic),
+        };
+        let landed = catch_unwind(AssertUnwindSafe(|| {
+            self.write_deferred(key, value, ttl, tags, None, &mut removed)
+        }));
+        match landed {
+            Ok(Ok(())) => {}
+            Ok(Err(rejected)) => removed.push((rejected.key, rejected.value, RemovalCause::Size)),
+            Err(panic) => match copy {
+                Some(key) => self.drop_stale_copy(&key, removed, guard, panic),
+                None => {
+                    drop(guard);
+                    let _ = catch_unwind(AssertUnwindSafe(|| self.notify(removed)));
+                    resume_unwind(panic);
+                }
+            },
+        }
+        drop(guard);
+        self.notify(removed);
+    }
+
+    /// After user code panicked in [`land_write`](Self::land_write): drops
+    /// `key`'s cached copy (the store or the queue has a newer write),
+    /// releases `guard`, tells the listener, and resumes `panic` (the
+    /// callback's panic is the one the caller sees).
+    fn drop_stale_copy<G>(
+        &self,
+        key: &K,
+        mut removed: Removed<K, V>,
+        guard: G,
+        panic: Box<dyn std::any::Any + Send>,
+    ) -> ! {
+        if let Some(stale) = self.take(key) {
+            removed.push(stale);
+        }
+        drop(guard);
+        let _ = catch_unwind(AssertUnwindSafe(|| self.notify(removed)));
+        resume_unwind(panic)
+    }
+
+    /// An async read-through miss: one load per key through `fetch`.
+    async fn read_through_async<E: Send + Sync + 'static>(
+        &self,
+        key: &K,
+        fetch: impl std::future::Future<Output = Result<Option<V>, E>>,
+    ) -> Loaded<V, E> {
+        if let Some(v) = self.get_cached(key) {
+            return Ok(Some(v));
+        }
+        let load = async { Ok(fetch.await?.map(|v| (v, EntryOptions::default()))) };
+        self.load_async(key.clone(), Mode::Store, load).await
+    }
+
+    /// Removes `key` from the cache alone, as [`land_write`](Self::land_write).
+    fn land_delete<G>(&self, key: &K, guard: G) {
+        let removed = self.take(key);
+        drop(guard);
+        self.notify(removed);
+    }
+}

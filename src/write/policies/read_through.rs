@@ -1,0 +1,423 @@
+//! Read-through: misses load from the store, one load per key in flight;
+//! writes go to the cache alone.
+
+use std::hash::{BuildHasher, Hash};
+use std::sync::Arc;
+
+use super::super::{AsyncStore, FlushError, ReadThrough, Store, WriteError};
+use crate::{Cache, EntryOptions};
+
+impl<K, V, S, St> Cache<K, V, S, ReadThrough<St>>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+    S: BuildHasher,
+    St: Store<K, V>,
+{
+    /// The cached value, or the store's, loaded once however many callers
+    /// miss on `key` together (see [`Cache::get_or_load`] for what they see).
+    /// A value found is cached; `None` is not.
+    ///
+    /// # Errors
+    ///
+    /// The store's error, shared with every caller of the same load.
+    ///
+    /// # Panics
+    ///
+    /// If the store's `load` panics, in the caller that ran it; a waiting
+    /// caller then loads for itself.
+    ///
+    /// ```
+    /// # use std::collections::HashMap;
+    /// # use larder::{Cache, Op, Store};
+    /// struct Squares;
+    /// impl Store<u64, u64> for Squares {
+    ///     type Error = String;
+    ///     fn load(&self, k: &u64) -> Result<Option<u64>, String> {
+    ///         Ok((*k < 100).then(|| k * k))
+    ///     }
+    ///     fn write(&self, _: &Op<u64, u64>) -> Result<(), String> {
+    ///         Err("read-only".into())
+    ///     }
+    /// }
+    /// let cache = Cache::builder().max_capacity(10).read_through(Squares).build().unwrap();
+    /// assert_eq!(cache.get(&7), Ok(Some(49)));
+    /// assert_eq!(cache.get(&700), Ok(None));
+    /// assert_eq!(cache.peek(&7), Some(49));
+    /// ```
+    pub fn get(&self, key: &K) -> Result<Option<V>, Arc<St::Error>> {
+        self.read_through(key, |k| self.policy().store.load(k))
+    }
+
+    /// Caches `value` under `key`; the store is the caller's to write.
+    ///
+    /// An entry heavier than one shard's share of the capacity (see
+    /// [`Cache::try_insert`]) is not cached: the listener gets it with
+    /// [`RemovalCause::Size`](crate::RemovalCause::Size), and `put` still returns `Ok(())`.
+    ///
+    /// # Errors
+    ///
+    /// None with this policy; the `Result` matches the other policies.
+    ///
+    /// ```
+    /// # use std::collections::HashMap;
+    /// # use std::sync::{Arc, Mutex};
+    /// # use larder::{Op, Store};
+    /// # #[derive(Clone, Default)]
+    /// # struct Db(Arc<Mutex<HashMap<u32, u32>>>);
+    /// # impl Db {
+    /// #     fn get(&self, k: u32) -> Option<u32> { self.0.lock().unwrap().get(&k).copied() }
+    /// #     fn set(&self, k: u32, v: u32) { self.0.lock().unwrap().insert(k, v); }
+    /// # }
+    /// # impl Store<u32, u32> for Db {
+    /// #     type Error = &'static str;
+    /// #     fn load(&self, k: &u32) -> Result<Option<u32>, Self::Error> { Ok(self.get(*k)) }
+    /// #     fn write(&self, op: &Op<u32, u32>) -> Result<(), Self::Error> {
+    /// #         match op {
+    /// #             Op::Put(_, v) if *v > 100 => return Err("too large"),
+    /// #             Op::Put(k, v) => self.set(*k, *v),
+    /// #             Op::Delete(k) => { self.0.lock().unwrap().remove(k); }
+    /// #         }
+    /// #         Ok(())
+    /// #     }
+    /// # }
+    /// use larder::Cache;
+    ///
+    /// let cache = Cache::builder().max_capacity(100).read_through(Db::default()).build().unwrap();
+    /// cache.put(1, 10).unwrap();
+    /// assert_eq!(cache.get(&1), Ok(Some(10)));
+    /// assert_eq!(cache.store().get(1), None); // the caller writes the store
+    /// ```
+    pub fn put(&self, key: K, value: V) -> Result<(), WriteError<St::Error>> {
+        self.land_write(key, value, None, ());
+        Ok(())
+    }
+
+    /// [`put`](Self::put) with settings for the cached entry: a time-to-live
+    /// and tags (see [`EntryOptions`]).
+    ///
+    /// # Errors
+    ///
+    /// None with this policy; the `Result` matches the other policies.
+    ///
+    /// ```
+    /// # use std::collections::HashMap;
+    /// # use std::sync::{Arc, Mutex};
+    /// # use larder::{Op, Store};
+    /// # #[derive(Clone, Default)]
+    /// # struct Db(Arc<Mutex<HashMap<u32, u32>>>);
+    /// # impl Db {
+    /// #     fn get(&self, k: u32) -> Option<u32> { self.0.lock().unwrap().get(&k).copied() }
+    /// #     fn set(&self, k: u32, v: u32) { self.0.lock().unwrap().insert(k, v); }
+    /// # }
+    /// # impl Store<u32, u32> for Db {
+    /// #     type Error = &'static str;
+    /// #     fn load(&self, k: &u32) -> Result<Option<u32>, Self::Error> { Ok(self.get(*k)) }
+    /// #     fn write(&self, op: &Op<u32, u32>) -> Result<(), Self::Error> {
+    /// #         match op {
+    /// #             Op::Put(_, v) if *v > 100 => return Err("too large"),
+    /// #             Op::Put(k, v) => self.set(*k, *v),
+    /// #             Op::Delete(k) => { self.0.lock().unwrap().remove(k); }
+    /// #         }
+    /// #         Ok(())
+    /// #     }
+    /// # }
+    /// use larder::{Cache, EntryOptions};
+    ///
+    /// let cache = Cache::builder().max_capacity(100).read_through(Db::default()).build().unwrap();
+    /// cache.store().set(1, 10); // the caller writes the store...
+    /// cache.put_with(1, 10, EntryOptions::new().tags(["user:7"])).unwrap(); // ...and the cache
+    /// cache.invalidate_tag("user:7");
+    /// assert_eq!(cache.peek(&1), None);
+    /// assert_eq!(cache.get(&1), Ok(Some(10))); // loaded from the store again
+    /// ```
+    pub fn put_with(
+        &self,
+        key: K,
+        value: V,
+        options: EntryOptions,
+    ) -> Result<(), WriteError<St::Error>> {
+        self.land_write(key, value, Some(&options), ());
+        Ok(())
+    }
+
+    /// Drops `key` from the cache (after the caller changed the store), so
+    /// that the next `get` loads it again.
+    ///
+    /// # Errors
+    ///
+    /// None with this policy; the `Result` matches the other policies.
+    ///
+    /// ```
+    /// # use std::collections::HashMap;
+    /// # use std::sync::{Arc, Mutex};
+    /// # use larder::{Op, Store};
+    /// # #[derive(Clone, Default)]
+    /// # struct Db(Arc<Mutex<HashMap<u32, u32>>>);
+    /// # impl Db {
+    /// #     fn get(&self, k: u32) -> Option<u32> { self.0.lock().unwrap().get(&k).copied() }
+    /// #     fn set(&self, k: u32, v: u32) { self.0.lock().unwrap().insert(k, v); }
+    /// # }
+    /// # impl Store<u32, u32> for Db {
+    /// #     type Error = &'static str;
+    /// #     fn load(&self, k: &u32) -> Result<Option<u32>, Self::Error> { Ok(self.get(*k)) }
+    /// #     fn write(&self, op: &Op<u32, u32>) -> Result<(), Self::Error> {
+    /// #         match op {
+    /// #             Op::Put(_, v) if *v > 100 => return Err("too large"),
+    /// #             Op::Put(k, v) => self.set(*k, *v),
+    /// #             Op::Delete(k) => { self.0.lock().unwrap().remove(k); }
+    /// #         }
+    /// #         Ok(())
+    /// #     }
+    /// # }
+    /// use larder::Cache;
+    ///
+    /// let cache = Cache::builder().max_capacity(100).read_through(Db::default()).build().unwrap();
+    /// cache.store().set(1, 10);
+    /// assert_eq!(cache.get(&1), Ok(Some(10)));
+    /// cache.store().set(1, 11); // the caller changes the store...
+    /// assert_eq!(cache.get(&1), Ok(Some(10))); // (the cached copy is stale)
+    /// cache.delete(&1).unwrap(); // ...and tells the cache
+    /// assert_eq!(cache.get(&1), Ok(Some(11)));
+    /// ```
+    pub fn delete(&self, key: &K) -> Result<(), WriteError<St::Error>> {
+        self.land_delete(key, ());
+        Ok(())
+    }
+
+    /// Nothing to send with this policy.
+    ///
+    /// # Errors
+    ///
+    /// None with this policy; the `Result` matches write-back's.
+    ///
+    /// ```
+    /// # use std::collections::HashMap;
+    /// # use std::sync::{Arc, Mutex};
+    /// # use larder::{Op, Store};
+    /// # #[derive(Clone, Default)]
+    /// # struct Db(Arc<Mutex<HashMap<u32, u32>>>);
+    /// # impl Db {
+    /// #     fn get(&self, k: u32) -> Option<u32> { self.0.lock().unwrap().get(&k).copied() }
+    /// #     fn set(&self, k: u32, v: u32) { self.0.lock().unwrap().insert(k, v); }
+    /// # }
+    /// # impl Store<u32, u32> for Db {
+    /// #     type Error = &'static str;
+    /// #     fn load(&self, k: &u32) -> Result<Option<u32>, Self::Error> { Ok(self.get(*k)) }
+    /// #     fn write(&self, op: &Op<u32, u32>) -> Result<(), Self::Error> {
+    /// #         match op {
+    /// #             Op::Put(_, v) if *v > 100 => return Err("too large"),
+    /// #             Op::Put(k, v) => self.set(*k, *v),
+    /// #             Op::Delete(k) => { self.0.lock().unwrap().remove(k); }
+    /// #         }
+    /// #         Ok(())
+    /// #     }
+    /// # }
+    /// use larder::Cache;
+    ///
+    /// let cache = Cache::builder().max_capacity(100).read_through(Db::default()).build().unwrap();
+    /// cache.put(1, 10).unwrap();
+    /// assert!(cache.flush().is_ok());
+    /// assert_eq!(cache.store().get(1), None); // nothing was sent
+    /// ```
+    pub fn flush(&self) -> Result<(), FlushError<K, V, St::Error>> {
+        Ok(())
+    }
+}
+
+impl<K, V, S, St> Cache<K, V, S, ReadThrough<St>> {
+    /// The store behind the cache.
+    ///
+    /// ```
+    /// # use std::collections::HashMap;
+    /// # use std::sync::{Arc, Mutex};
+    /// # use larder::{Op, Store};
+    /// # #[derive(Clone, Default)]
+    /// # struct Db(Arc<Mutex<HashMap<u32, u32>>>);
+    /// # impl Db {
+    /// #     fn get(&self, k: u32) -> Option<u32> { self.0.lock().unwrap().get(&k).copied() }
+    /// #     fn set(&self, k: u32, v: u32) { self.0.lock().unwrap().insert(k, v); }
+    /// # }
+    /// # impl Store<u32, u32> for Db {
+    /// #     type Error = &'static str;
+    /// #     fn load(&self, k: &u32) -> Result<Option<u32>, Self::Error> { Ok(self.get(*k)) }
+    /// #     fn write(&self, op: &Op<u32, u32>) -> Result<(), Self::Error> {
+    /// #         match op {
+    /// #             Op::Put(_, v) if *v > 100 => return Err("too large"),
+    /// #             Op::Put(k, v) => self.set(*k, *v),
+    /// #             Op::Delete(k) => { self.0.lock().unwrap().remove(k); }
+    /// #         }
+    /// #         Ok(())
+    /// #     }
+    /// # }
+    /// use larder::Cache;
+    ///
+    /// let cache = Cache::builder().max_capacity(100).read_through(Db::default()).build().unwrap();
+    /// cache.store().set(1, 10); // the application writes the store itself
+    /// assert_eq!(cache.get(&1), Ok(Some(10)));
+    /// ```
+    pub fn store(&self) -> &St {
+        &self.policy().store
+    }
+}
+
+impl<K, V, S, St> Cache<K, V, S, ReadThrough<St>>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+    S: BuildHasher,
+    St: AsyncStore<K, V>,
+{
+    /// `get` for an [`AsyncStore`]: the cached value, or the store's, loaded
+    /// once however many callers (sync or async) miss on `key` together. If
+    /// the task leading the load is cancelled, a waiting caller takes it over.
+    ///
+    /// # Errors
+    ///
+    /// The store's error, shared with every caller of the same load.
+    ///
+    /// ```
+    /// # use std::collections::HashMap;
+    /// # use std::sync::Mutex;
+    /// # use larder::{AsyncStore, Op};
+    /// # #[derive(Default)]
+    /// # struct Remote(Mutex<HashMap<u32, u32>>);
+    /// # impl Remote {
+    /// #     fn get(&self, k: u32) -> Option<u32> { self.0.lock().unwrap().get(&k).copied() }
+    /// #     fn set(&self, k: u32, v: u32) { self.0.lock().unwrap().insert(k, v); }
+    /// # }
+    /// # impl AsyncStore<u32, u32> for Remote {
+    /// #     type Error = &'static str;
+    /// #     async fn load(&self, k: &u32) -> Result<Option<u32>, Self::Error> { Ok(self.get(*k)) }
+    /// #     async fn write_batch(&self, ops: &[Op<u32, u32>]) -> Result<(), Self::Error> {
+    /// #         for op in ops {
+    /// #             match op {
+    /// #                 Op::Put(_, v) if *v > 100 => return Err("too large"),
+    /// #                 Op::Put(k, v) => self.set(*k, *v),
+    /// #                 Op::Delete(k) => { self.0.lock().unwrap().remove(k); }
+    /// #             }
+    /// #         }
+    /// #         Ok(())
+    /// #     }
+    /// # }
+    /// use larder::Cache;
+    ///
+    /// # let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
+    /// # runtime.unwrap().block_on(async {
+    /// let cache = Cache::builder()
+    ///     .max_capacity(100)
+    ///     .read_through(Remote::default())
+    ///     .build()
+    ///     .unwrap();
+    /// cache.store().set(1, 10);
+    /// assert_eq!(cache.get_async(&1).await, Ok(Some(10))); // loaded, then cached
+    /// assert_eq!(cache.get_async(&2).await, Ok(None));
+    /// assert_eq!((cache.peek(&1), cache.peek(&2)), (Some(10), None));
+    /// # });
+    /// ```
+    pub async fn get_async(&self, key: &K) -> Result<Option<V>, Arc<St::Error>> {
+        let store = &self.policy().store;
+        self.read_through_async(key, store.load(key)).await
+    }
+
+    /// `put` for an [`AsyncStore`]: caches `value`; the store is the
+    /// caller's to write.
+    ///
+    /// # Errors
+    ///
+    /// None with this policy; the `Result` matches the other policies.
+    ///
+    /// ```
+    /// # use std::collections::HashMap;
+    /// # use std::sync::Mutex;
+    /// # use larder::{AsyncStore, Op};
+    /// # #[derive(Default)]
+    /// # struct Remote(Mutex<HashMap<u32, u32>>);
+    /// # impl Remote {
+    /// #     fn get(&self, k: u32) -> Option<u32> { self.0.lock().unwrap().get(&k).copied() }
+    /// #     fn set(&self, k: u32, v: u32) { self.0.lock().unwrap().insert(k, v); }
+    /// # }
+    /// # impl AsyncStore<u32, u32> for Remote {
+    /// #     type Error = &'static str;
+    /// #     async fn load(&self, k: &u32) -> Result<Option<u32>, Self::Error> { Ok(self.get(*k)) }
+    /// #     async fn write_batch(&self, ops: &[Op<u32, u32>]) -> Result<(), Self::Error> {
+    /// #         for op in ops {
+    /// #             match op {
+    /// #                 Op::Put(_, v) if *v > 100 => return Err("too large"),
+    /// #                 Op::Put(k, v) => self.set(*k, *v),
+    /// #                 Op::Delete(k) => { self.0.lock().unwrap().remove(k); }
+    /// #             }
+    /// #         }
+    /// #         Ok(())
+    /// #     }
+    /// # }
+    /// use larder::Cache;
+    ///
+    /// # let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
+    /// # runtime.unwrap().block_on(async {
+    /// let cache = Cache::builder()
+    ///     .max_capacity(100)
+    ///     .read_through(Remote::default())
+    ///     .build()
+    ///     .unwrap();
+    /// cache.put_async(1, 10).await.unwrap();
+    /// assert_eq!(cache.get_async(&1).await, Ok(Some(10)));
+    /// assert_eq!(cache.store().get(1), None); // the caller writes the store
+    /// # });
+    /// ```
+    pub async fn put_async(&self, key: K, value: V) -> Result<(), WriteError<St::Error>> {
+        self.land_write(key, value, None, ());
+        Ok(())
+    }
+
+    /// `delete` for an [`AsyncStore`]: drops `key` from the cache.
+    ///
+    /// # Errors
+    ///
+    /// None with this policy; the `Result` matches the other policies.
+    ///
+    /// ```
+    /// # use std::collections::HashMap;
+    /// # use std::sync::Mutex;
+    /// # use larder::{AsyncStore, Op};
+    /// # #[derive(Default)]
+    /// # struct Remote(Mutex<HashMap<u32, u32>>);
+    /// # impl Remote {
+    /// #     fn get(&self, k: u32) -> Option<u32> { self.0.lock().unwrap().get(&k).copied() }
+    /// #     fn set(&self, k: u32, v: u32) { self.0.lock().unwrap().insert(k, v); }
+    /// # }
+    /// # impl AsyncStore<u32, u32> for Remote {
+    /// #     type Error = &'static str;
+    /// #     async fn load(&self, k: &u32) -> Result<Option<u32>, Self::Error> { Ok(self.get(*k)) }
+    /// #     async fn write_batch(&self, ops: &[Op<u32, u32>]) -> Result<(), Self::Error> {
+    /// #         for op in ops {
+    /// #             match op {
+    /// #                 Op::Put(_, v) if *v > 100 => return Err("too large"),
+    /// #                 Op::Put(k, v) => self.set(*k, *v),
+    /// #                 Op::Delete(k) => { self.0.lock().unwrap().remove(k); }
+    /// #             }
+    /// #         }
+    /// #         Ok(())
+    /// #     }
+    /// # }
+    /// use larder::Cache;
+    ///
+    /// # let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
+    /// # runtime.unwrap().block_on(async {
+    /// let cache = Cache::builder()
+    ///     .max_capacity(100)
+    ///     .read_through(Remote::default())
+    ///     .build()
+    ///     .unwrap();
+    /// cache.store().set(1, 10);
+    /// assert_eq!(cache.get_async(&1).await, Ok(Some(10)));
+    /// cache.store().set(1, 11); // the caller changes the store...
+    /// cache.delete_async(&1).await.unwrap(); // ...and tells the cache
+    /// assert_eq!(cache.get_async(&1).await, Ok(Some(11)));
+    /// # });
+    /// ```
+    pub async fn delete_async(&self, key: &K) -> Result<(), WriteError<St::Error>> {
+        self.land_delete(key, ());
+        Ok(())
+    }
+}

@@ -1,0 +1,849 @@
+//! Write-behind: a write lands in the cache and the key's pending write in
+//! the queue, which the flusher writes to the store in batches; a read sees
+//! a pending write before the store.
+
+use std::hash::{BuildHasher, Hash};
+use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+
+use super::super::back::{Pending, WriteBehind};
+use super::super::{AsyncStore, FlushError, Spawned, Store, WriteError, WriteStats};
+use crate::{Cache, EntryOptions};
+
+impl<K, V, S, St> Cache<K, V, S, WriteBehind<K, V, St>>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+    S: BuildHasher,
+    St: Store<K, V>,
+{
+    /// The latest acknowledged value of `key`: the cached one, else a write
+    /// still queued for the store (even if the entry was evicted or expired
+    /// from the cache), else the store's, loaded once per key. A queued
+    /// delete reads as `None`.
+    ///
+    /// # Errors
+    ///
+    /// The store's error, shared with every caller of the same load.
+    ///
+    /// # Panics
+    ///
+    /// If the store's `load` panics, in the caller that ran it.
+    ///
+    /// ```
+    /// # use std::collections::HashMap;
+    /// # use std::sync::{Arc, Mutex};
+    /// # use larder::{Op, Store};
+    /// # #[derive(Clone, Default)]
+    /// # struct Db(Arc<Mutex<HashMap<u32, u32>>>);
+    /// # impl Db {
+    /// #     fn get(&self, k: u32) -> Option<u32> { self.0.lock().unwrap().get(&k).copied() }
+    /// #     fn set(&self, k: u32, v: u32) { self.0.lock().unwrap().insert(k, v); }
+    /// # }
+    /// # impl Store<u32, u32> for Db {
+    /// #     type Error = &'static str;
+    /// #     fn load(&self, k: &u32) -> Result<Option<u32>, Self::Error> { Ok(self.get(*k)) }
+    /// #     fn write(&self, op: &Op<u32, u32>) -> Result<(), Self::Error> {
+    /// #         match op {
+    /// #             Op::Put(_, v) if *v > 100 => return Err("too large"),
+    /// #             Op::Put(k, v) => self.set(*k, *v),
+    /// #             Op::Delete(k) => { self.0.lock().unwrap().remove(k); }
+    /// #         }
+    /// #         Ok(())
+    /// #     }
+    /// # }
+    /// use std::time::Duration;
+    /// use larder::{Cache, WriteBack};
+    ///
+    /// let cache = Cache::builder()
+    ///     .max_capacity(1)
+    ///     .write_back(Db::default(), WriteBack::default().max_delay(Duration::MAX))
+    ///     .build()
+    ///     .unwrap();
+    /// cache.put(1, 10).unwrap();
+    /// cache.put(2, 20).unwrap();
+    /// assert_eq!(cache.len(), 1); // one of the two was evicted...
+    /// assert_eq!((cache.store().get(1), cache.store().get(2)), (None, None));
+    /// assert_eq!((cache.get(&1), cache.get(&2)), (Ok(Some(10)), Ok(Some(20)))); // ...both read
+    /// ```
+    pub fn get(&self, key: &K) -> Result<Option<V>, Arc<St::Error>> {
+        let policy = self.policy();
+        if let Some(v) = self.get_cached(key) {
+            return Ok(Some(v));
+        }
+        // A queued write answers at once, without waiting for a load of the
+        // key that began before it; looked up again inside the flight, as a
+        // write may come in between.
+        match policy.lookup(key) {
+            Some(Pending::Put(v)) => return Ok(Some(v)),
+            Some(Pending::Delete) => return Ok(None),
+            None => {}
+        }
+        self.read_through(key, |k| match policy.lookup(k) {
+            Some(Pending::Put(v)) => Ok(Some(v)),
+            Some(Pending::Delete) => Ok(None),
+            None => policy.store().load(k),
+        })
+    }
+
+    /// Caches `value` and queues its write to the store. A later write to
+    /// the same key before this one is sent replaces it in the queue.
+    ///
+    /// A value the cache refuses (heavier than one shard's share of the
+    /// capacity: see [`Cache::try_insert`]; the listener gets it with
+    /// [`RemovalCause::Size`](crate::RemovalCause::Size)) is queued all the same, and reads find it in
+    /// the queue until the store has it.
+    ///
+    /// # Errors
+    ///
+    /// [`WriteError::QueueFull`] if the queue is full and the cache was
+    /// built with [`Backpressure::Fail`](crate::Backpressure::Fail) (with
+    /// `Block`, the call waits for room instead); [`WriteError::Closed`]
+    /// after [`close`](Self::close), or once the flusher thread has died (a
+    /// panic in a key's or value's `Clone`, `Hash` or `Eq` on it; what it
+    /// left unsent is reported by the next `flush`). Nothing is changed
+    /// either way.
+    ///
+    /// # Panics
+    ///
+    /// If the weigher, the [`Expiry`](crate::Expiry) or the key's `Clone`
+    /// panics after the write was queued, the key's cached copy is dropped,
+    /// so that reads find the queued value. An eviction listener that panics on what
+    /// the write displaced does so after the write was queued and cached:
+    /// that panic is not a failed write.
+    ///
+    /// ```
+    /// # use std::collections::HashMap;
+    /// # use std::sync::Mutex;
+    /// # use larder::{Cache, Op, Store, WriteBack};
+    /// #[derive(Default)]
+    /// struct Db(Mutex<HashMap<u32, u32>>);
+    /// impl Store<u32, u32> for Db {
+    ///     type Error = std::convert::Infallible;
+    ///     fn load(&self, k: &u32) -> Result<Option<u32>, Self::Error> {
+    ///         Ok(self.0.lock().unwrap().get(k).copied())
+    ///     }
+    ///     fn write(&self, op: &Op<u32, u32>) -> Result<(), Self::Error> {
+    ///         let mut db = self.0.lock().unwrap();
+    ///         match op {
+    ///             Op::Put(k, v) => db.insert(*k, *v),
+    ///             Op::Delete(k) => db.remove(k),
+    ///         };
+    ///         Ok(())
+    ///     }
+    /// }
+    /// let cache = Cache::builder()
+    ///     .max_capacity(10)
+    ///     .write_back(Db::default(), WriteBack::default())
+    ///     .build()
+    ///     .unwrap();
+    /// cache.put(1, 10).unwrap();
+    /// cache.put(1, 11).unwrap(); // coalesces with the first
+    /// assert_eq!(cache.get(&1), Ok(Some(11)));
+    /// cache.flush().unwrap();
+    /// assert_eq!(cache.store().0.lock().unwrap().get(&1), Some(&11));
+    /// ```
+    pub fn put(&self, key: K, value: V) -> Result<(), WriteError<St::Error>> {
+        self.put_inner(key, value, None)
+    }
+
+    /// `put` with settings for the cached entry: a time-to-live and tags (see
+    /// [`EntryOptions`]). The queued write carries the value alone: when the
+    /// cached copy expires or its tag is invalidated before the store has the
+    /// write, reads still return it from the queue.
+    ///
+    /// # Errors
+    ///
+    /// [`WriteError::QueueFull`] if the queue is full and the cache was
+    /// built with [`Backpressure::Fail`](crate::Backpressure::Fail) (with
+    /// `Block`, the call waits for room instead); [`WriteError::Closed`]
+    /// after [`close`](Self::close) or once the flusher thread has died.
+    /// Nothing is changed either way.
+    ///
+    /// # Panics
+    ///
+    /// As `put`: if the weigher, the [`Expiry`](crate::Expiry) or the key's
+    /// `Clone` panics after the write was queued, the key's cached copy is
+    /// dropped.
+    ///
+    /// ```
+    /// # use std::collections::HashMap;
+    /// # use std::sync::{Arc, Mutex};
+    /// # use larder::{Op, Store};
+    /// # #[derive(Clone, Default)]
+    /// # struct Db(Arc<Mutex<HashMap<u32, u32>>>);
+    /// # impl Db {
+    /// #     fn get(&self, k: u32) -> Option<u32> { self.0.lock().unwrap().get(&k).copied() }
+    /// #     fn set(&self, k: u32, v: u32) { self.0.lock().unwrap().insert(k, v); }
+    /// # }
+    /// # impl Store<u32, u32> for Db {
+    /// #     type Error = &'static str;
+    /// #     fn load(&self, k: &u32) -> Result<Option<u32>, Self::Error> { Ok(self.get(*k)) }
+    /// #     fn write(&self, op: &Op<u32, u32>) -> Result<(), Self::Error> {
+    /// #         match op {
+    /// #             Op::Put(_, v) if *v > 100 => return Err("too large"),
+    /// #             Op::Put(k, v) => self.set(*k, *v),
+    /// #             Op::Delete(k) => { self.0.lock().unwrap().remove(k); }
+    /// #         }
+    /// #         Ok(())
+    /// #     }
+    /// # }
+    /// use std::time::Duration;
+    /// use larder::{Cache, Clock, EntryOptions, WriteBack};
+    ///
+    /// let (clock, time) = Clock::mock();
+    /// let cache = Cache::builder()
+    ///     .max_capacity(100)
+    ///     .clock(clock)
+    ///     .write_back(Db::default(), WriteBack::default().max_delay(Duration::MAX))
+    ///     .build()
+    ///     .unwrap();
+    /// cache.put_with(1, 10, EntryOptions::new().ttl(Duration::from_secs(60))).unwrap();
+    /// time.advance(Duration::from_secs(60));
+    /// assert_eq!(cache.peek(&1), None); // the cached copy expired...
+    /// assert_eq!(cache.get(&1), Ok(Some(10))); // ...the queued write still reads
+    /// cache.flush().unwrap();
+    /// assert_eq!(cache.store().get(1), Some(10));
+    /// ```
+    pub fn put_with(
+        &self,
+        key: K,
+        value: V,
+        options: EntryOptions,
+    ) -> Result<(), WriteError<St::Error>> {
+        self.put_inner(key, value, Some(&options))
+    }
+
+    fn put_inner(
+        &self,
+        key: K,
+        value: V,
+        options: Option<&EntryOptions>,
+    ) -> Result<(), WriteError<St::Error>> {
+        let policy = self.policy();
+        let mut write = Some(Pending::Put(value.clone()));
+        loop {
+            let guard = policy.shared.locks.lock(self.hash(&key));
+            if policy.try_accept(&key, &mut write)? {
+                self.land_write(key, value, options, guard);
+                return Ok(());
+            }
+            // Wait for room holding no stripe: `flush` may need it.
+            drop(guard);
+            policy.wait_for_room(&key);
+        }
+    }
+
+    /// Drops `key` from the cache and queues its delete from the store. Until
+    /// the store has it, `get` reads the key as `None`.
+    ///
+    /// # Errors
+    ///
+    /// [`WriteError::QueueFull`] if the queue is full and the cache was
+    /// built with [`Backpressure::Fail`](crate::Backpressure::Fail) (with
+    /// `Block`, the call waits for room instead); [`WriteError::Closed`]
+    /// after [`close`](Self::close) or once the flusher thread has died.
+    /// Nothing is changed either way.
+    ///
+    /// ```
+    /// # use std::collections::HashMap;
+    /// # use std::sync::{Arc, Mutex};
+    /// # use larder::{Op, Store};
+    /// # #[derive(Clone, Default)]
+    /// # struct Db(Arc<Mutex<HashMap<u32, u32>>>);
+    /// # impl Db {
+    /// #     fn get(&self, k: u32) -> Option<u32> { self.0.lock().unwrap().get(&k).copied() }
+    /// #     fn set(&self, k: u32, v: u32) { self.0.lock().unwrap().insert(k, v); }
+    /// # }
+    /// # impl Store<u32, u32> for Db {
+    /// #     type Error = &'static str;
+    /// #     fn load(&self, k: &u32) -> Result<Option<u32>, Self::Error> { Ok(self.get(*k)) }
+    /// #     fn write(&self, op: &Op<u32, u32>) -> Result<(), Self::Error> {
+    /// #         match op {
+    /// #             Op::Put(_, v) if *v > 100 => return Err("too large"),
+    /// #             Op::Put(k, v) => self.set(*k, *v),
+    /// #             Op::Delete(k) => { self.0.lock().unwrap().remove(k); }
+    /// #         }
+    /// #         Ok(())
+    /// #     }
+    /// # }
+    /// use std::time::Duration;
+    /// use larder::{Cache, WriteBack};
+    ///
+    /// let db = Db::default(); // an in-memory `Store`
+    /// db.set(1, 10);
+    /// let cache = Cache::builder()
+    ///     .max_capacity(100)
+    ///     .write_back(db, WriteBack::default().max_delay(Duration::MAX))
+    ///     .build()
+    ///     .unwrap();
+    /// cache.delete(&1).unwrap();
+    /// assert_eq!(cache.get(&1), Ok(None)); // the queued delete reads as `None`
+    /// assert_eq!(cache.store().get(1), Some(10)); // not sent yet
+    /// cache.flush().unwrap();
+    /// assert_eq!(cache.store().get(1), None);
+    /// ```
+    pub fn delete(&self, key: &K) -> Result<(), WriteError<St::Error>> {
+        let policy = self.policy();
+        let mut write = Some(Pending::Delete);
+        loop {
+            let guard = policy.shared.locks.lock(self.hash(key));
+            if policy.try_accept(key, &mut write)? {
+                self.land_delete(key, guard);
+                return Ok(());
+            }
+            drop(guard);
+            policy.wait_for_room(key);
+        }
+    }
+
+    /// Sends every write accepted before this call and returns once the store
+    /// took each of them or it was given up on after every retry.
+    ///
+    /// # Errors
+    ///
+    /// [`FlushError`] listing the writes given up on since the last report
+    /// (each is reported once). Until reported, a failed write's key reads as
+    /// its value; the report drops the key from the cache, so that reads go
+    /// to the store again (unless a newer write of the key is pending). With
+    /// a failure handler
+    /// ([`on_write_failure`](crate::CacheBuilder::on_write_failure)), given-up
+    /// writes go to the handler instead of into the report.
+    ///
+    /// ```
+    /// # use larder::Store;
+    /// # struct Down; // a store that refuses every write
+    /// # impl Store<u32, u32> for Down {
+    /// #     type Error = &'static str;
+    /// #     fn load(&self, _: &u32) -> Result<Option<u32>, Self::Error> { Ok(None) }
+    /// #     fn write(&self, _: &larder::Op<u32, u32>) -> Result<(), Self::Error> { Err("down") }
+    /// # }
+    /// use std::time::Duration;
+    /// use larder::{Cache, Op, WriteBack};
+    ///
+    /// let settings = WriteBack::default().retries(0, Duration::ZERO);
+    /// let cache = Cache::builder()
+    ///     .max_capacity(100)
+    ///     .write_back(Down, settings)
+    ///     .build()
+    ///     .unwrap();
+    /// cache.put(1, 10).unwrap();
+    /// assert_eq!(cache.get(&1), Ok(Some(10))); // acknowledged
+    /// let report = cache.flush().unwrap_err();
+    /// assert_eq!(report.failed[0].op, Op::Put(1, 10));
+    /// assert_eq!(cache.peek(&1), None); // the store never took it
+    /// assert!(cache.flush().is_ok()); // each failure is reported once
+    /// ```
+    pub fn flush(&self) -> Result<(), FlushError<K, V, St::Error>> {
+        let report = self.policy().flush();
+        self.forget_failed(report)
+    }
+
+    /// Refuses further writes ([`WriteError::Closed`]), sends everything
+    /// queued, and stops the flusher thread. Reads keep working. Calling it
+    /// again is harmless.
+    ///
+    /// Dropping the last handle of the cache does the same, but waits at most
+    /// [`WriteBack::drop_wait`](crate::WriteBack::drop_wait) and can only
+    /// print to stderr how many writes failed or were left unsent. What a
+    /// crash loses is what was queued: the latest writes of at most
+    /// [`queue_capacity`](crate::WriteBack::queue_capacity) keys. A write is
+    /// due once it has waited `max_delay`, but is sent only when the flusher
+    /// is free, so a slow or failing store keeps writes queued for longer.
+    ///
+    /// # Errors
+    ///
+    /// [`FlushError`] listing the writes given up on and not yet reported.
+    ///
+    /// ```
+    /// # use std::collections::HashMap;
+    /// # use std::sync::{Arc, Mutex};
+    /// # use larder::{Op, Store};
+    /// # #[derive(Clone, Default)]
+    /// # struct Db(Arc<Mutex<HashMap<u32, u32>>>);
+    /// # impl Db {
+    /// #     fn get(&self, k: u32) -> Option<u32> { self.0.lock().unwrap().get(&k).copied() }
+    /// #     fn set(&self, k: u32, v: u32) { self.0.lock().unwrap().insert(k, v); }
+    /// # }
+    /// # impl Store<u32, u32> for Db {
+    /// #     type Error = &'static str;
+    /// #     fn load(&self, k: &u32) -> Result<Option<u32>, Self::Error> { Ok(self.get(*k)) }
+    /// #     fn write(&self, op: &Op<u32, u32>) -> Result<(), Self::Error> {
+    /// #         match op {
+    /// #             Op::Put(_, v) if *v > 100 => return Err("too large"),
+    /// #             Op::Put(k, v) => self.set(*k, *v),
+    /// #             Op::Delete(k) => { self.0.lock().unwrap().remove(k); }
+    /// #         }
+    /// #         Ok(())
+    /// #     }
+    /// # }
+    /// use larder::{Cache, WriteBack, WriteError};
+    ///
+    /// let cache = Cache::builder()
+    ///     .max_capacity(100)
+    ///     .write_back(Db::default(), WriteBack::default())
+    ///     .build()
+    ///     .unwrap();
+    /// cache.put(1, 10).unwrap();
+    /// cache.close().unwrap();
+    /// assert_eq!(cache.store().get(1), Some(10)); // everything queued was sent
+    /// assert_eq!(cache.put(2, 20), Err(WriteError::Closed));
+    /// assert_eq!(cache.get(&1), Ok(Some(10))); // reads keep working
+    /// assert!(cache.close().is_ok()); // calling it again is harmless
+    /// ```
+    pub fn close(&self) -> Result<(), FlushError<K, V, St::Error>> {
+        let report = self.policy().close();
+        self.forget_failed(report)
+    }
+
+    /// Drops the cached copies of reported failed writes whose keys have no
+    /// newer write pending: the store never took them.
+    fn forget_failed(
+        &self,
+        report: Result<(), FlushError<K, V, St::Error>>,
+    ) -> Result<(), FlushError<K, V, St::Error>> {
+        let Err(report) = report else {
+            return Ok(());
+        };
+        let policy = self.policy();
+        let mut first_panic = None;
+        for failed in &report.failed {
+            let key = failed.op.key();
+            // A panicking listener must not cost the other keys their
+            // forgetting, nor the caller its report.
+            let forgot = catch_unwind(AssertUnwindSafe(|| {
+                let guard = policy.shared.locks.lock(self.hash(key));
+                if policy.lookup(key).is_none() {
+                    self.land_delete(key, guard);
+                }
+            }));
+            if let Err(panic) = forgot {
+                first_panic.get_or_insert(panic);
+            }
+        }
+        if let Some(panic) = first_panic {
+            // The listener's panic goes on to the caller, as after any
+            // removal; the report waits for the next `flush` or `close`.
+            policy.settled(report.failed);
+            resume_unwind(panic);
+        }
+        policy.settled(Vec::new());
+        Err(report)
+    }
+
+    /// Counters of the write queue.
+    ///
+    /// ```
+    /// # use std::collections::HashMap;
+    /// # use std::sync::{Arc, Mutex};
+    /// # use larder::{Op, Store};
+    /// # #[derive(Clone, Default)]
+    /// # struct Db(Arc<Mutex<HashMap<u32, u32>>>);
+    /// # impl Db {
+    /// #     fn get(&self, k: u32) -> Option<u32> { self.0.lock().unwrap().get(&k).copied() }
+    /// #     fn set(&self, k: u32, v: u32) { self.0.lock().unwrap().insert(k, v); }
+    /// # }
+    /// # impl Store<u32, u32> for Db {
+    /// #     type Error = &'static str;
+    /// #     fn load(&self, k: &u32) -> Result<Option<u32>, Self::Error> { Ok(self.get(*k)) }
+    /// #     fn write(&self, op: &Op<u32, u32>) -> Result<(), Self::Error> {
+    /// #         match op {
+    /// #             Op::Put(_, v) if *v > 100 => return Err("too large"),
+    /// #             Op::Put(k, v) => self.set(*k, *v),
+    /// #             Op::Delete(k) => { self.0.lock().unwrap().remove(k); }
+    /// #         }
+    /// #         Ok(())
+    /// #     }
+    /// # }
+    /// use larder::{Cache, WriteBack};
+    ///
+    /// let cache = Cache::builder()
+    ///     .max_capacity(100)
+    ///     .write_back(Db::default(), WriteBack::default())
+    ///     .build()
+    ///     .unwrap();
+    /// cache.put(1, 10).unwrap();
+    /// cache.delete(&2).unwrap();
+    /// cache.flush().unwrap();
+    /// let stats = cache.write_stats();
+    /// assert_eq!((stats.accepted, stats.stored, stats.failed, stats.dirty), (2, 2, 0, 0));
+    /// ```
+    pub fn write_stats(&self) -> WriteStats {
+        self.policy().stats()
+    }
+
+    /// The store behind the cache.
+    ///
+    /// ```
+    /// # use std::collections::HashMap;
+    /// # use std::sync::{Arc, Mutex};
+    /// # use larder::{Op, Store};
+    /// # #[derive(Clone, Default)]
+    /// # struct Db(Arc<Mutex<HashMap<u32, u32>>>);
+    /// # impl Db {
+    /// #     fn get(&self, k: u32) -> Option<u32> { self.0.lock().unwrap().get(&k).copied() }
+    /// #     fn set(&self, k: u32, v: u32) { self.0.lock().unwrap().insert(k, v); }
+    /// # }
+    /// # impl Store<u32, u32> for Db {
+    /// #     type Error = &'static str;
+    /// #     fn load(&self, k: &u32) -> Result<Option<u32>, Self::Error> { Ok(self.get(*k)) }
+    /// #     fn write(&self, op: &Op<u32, u32>) -> Result<(), Self::Error> {
+    /// #         match op {
+    /// #             Op::Put(_, v) if *v > 100 => return Err("too large"),
+    /// #             Op::Put(k, v) => self.set(*k, *v),
+    /// #             Op::Delete(k) => { self.0.lock().unwrap().remove(k); }
+    /// #         }
+    /// #         Ok(())
+    /// #     }
+    /// # }
+    /// use larder::{Cache, WriteBack};
+    ///
+    /// let cache = Cache::builder()
+    ///     .max_capacity(100)
+    ///     .write_back(Db::default(), WriteBack::default())
+    ///     .build()
+    ///     .unwrap();
+    /// cache.put(1, 10).unwrap();
+    /// cache.flush().unwrap();
+    /// assert_eq!(cache.store().get(1), Some(10));
+    /// ```
+    pub fn store(&self) -> &St {
+        self.policy().store()
+    }
+}
+
+impl<K, V, S, St> Cache<K, V, S, WriteBehind<K, V, St>>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+    S: BuildHasher,
+    St: Store<K, V>,
+{
+    /// `put` for async code: a full queue with
+    /// [`Backpressure::Block`](crate::Backpressure::Block) suspends the task
+    /// instead of blocking its thread. Cancelled while it waits for room, it
+    /// changes nothing.
+    ///
+    /// # Errors
+    ///
+    /// [`WriteError::QueueFull`] if the queue is full and the cache was
+    /// built with [`Backpressure::Fail`](crate::Backpressure::Fail) (with
+    /// `Block`, the task waits for room instead); [`WriteError::Closed`]
+    /// after [`close`](Self::close) or once the flusher thread has died.
+    /// Nothing is changed either way.
+    ///
+    /// ```
+    /// # use std::collections::HashMap;
+    /// # use std::sync::{Arc, Mutex};
+    /// # use larder::{Op, Store};
+    /// # #[derive(Clone, Default)]
+    /// # struct Db(Arc<Mutex<HashMap<u32, u32>>>);
+    /// # impl Db {
+    /// #     fn get(&self, k: u32) -> Option<u32> { self.0.lock().unwrap().get(&k).copied() }
+    /// #     fn set(&self, k: u32, v: u32) { self.0.lock().unwrap().insert(k, v); }
+    /// # }
+    /// # impl Store<u32, u32> for Db {
+    /// #     type Error = &'static str;
+    /// #     fn load(&self, k: &u32) -> Result<Option<u32>, Self::Error> { Ok(self.get(*k)) }
+    /// #     fn write(&self, op: &Op<u32, u32>) -> Result<(), Self::Error> {
+    /// #         match op {
+    /// #             Op::Put(_, v) if *v > 100 => return Err("too large"),
+    /// #             Op::Put(k, v) => self.set(*k, *v),
+    /// #             Op::Delete(k) => { self.0.lock().unwrap().remove(k); }
+    /// #         }
+    /// #         Ok(())
+    /// #     }
+    /// # }
+    /// use std::time::Duration;
+    /// use larder::{Cache, WriteBack};
+    ///
+    /// # let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
+    /// # runtime.unwrap().block_on(async {
+    /// let settings = WriteBack::default().queue_capacity(1).max_delay(Duration::MAX);
+    /// let cache = Cache::builder()
+    ///     .max_capacity(100)
+    ///     .write_back(Db::default(), settings)
+    ///     .build()
+    ///     .unwrap();
+    /// cache.put_async(1, 10).await.unwrap();
+    /// cache.put_async(2, 20).await.unwrap(); // suspended while key 1 is sent
+    /// assert_eq!(cache.store().get(1), Some(10));
+    /// assert_eq!(cache.peek(&2), Some(20));
+    /// cache.close_async().await.unwrap();
+    /// # });
+    /// ```
+    pub async fn put_async(&self, key: K, value: V) -> Result<(), WriteError<St::Error>> {
+        let policy = self.policy();
+        let mut write = Some(Pending::Put(value.clone()));
+        // Waiting for room (below) files a waker; done or dropped, this
+        // future takes it away.
+        let waiter = crate::write::Waiter::new();
+        let _forget = crate::write::Forget(|| policy.forget(&waiter));
+        loop {
+            let guard = policy.shared.locks.lock_async(self.hash(&key)).await;
+            if policy.try_accept(&key, &mut write)? {
+                self.land_write(key, value, None, guard);
+                return Ok(());
+            }
+            drop(guard);
+            std::future::poll_fn(|cx| policy.poll_room(&key, &waiter, cx)).await;
+        }
+    }
+
+    /// `delete` for async code: a full queue with
+    /// [`Backpressure::Block`](crate::Backpressure::Block) suspends the task
+    /// instead of blocking its thread. Cancelled while it waits for room, it
+    /// changes nothing.
+    ///
+    /// # Errors
+    ///
+    /// [`WriteError::QueueFull`] if the queue is full and the cache was
+    /// built with [`Backpressure::Fail`](crate::Backpressure::Fail) (with
+    /// `Block`, the task waits for room instead); [`WriteError::Closed`]
+    /// after [`close`](Self::close) or once the flusher thread has died.
+    /// Nothing is changed either way.
+    ///
+    /// ```
+    /// # use std::collections::HashMap;
+    /// # use std::sync::{Arc, Mutex};
+    /// # use larder::{Op, Store};
+    /// # #[derive(Clone, Default)]
+    /// # struct Db(Arc<Mutex<HashMap<u32, u32>>>);
+    /// # impl Db {
+    /// #     fn get(&self, k: u32) -> Option<u32> { self.0.lock().unwrap().get(&k).copied() }
+    /// #     fn set(&self, k: u32, v: u32) { self.0.lock().unwrap().insert(k, v); }
+    /// # }
+    /// # impl Store<u32, u32> for Db {
+    /// #     type Error = &'static str;
+    /// #     fn load(&self, k: &u32) -> Result<Option<u32>, Self::Error> { Ok(self.get(*k)) }
+    /// #     fn write(&self, op: &Op<u32, u32>) -> Result<(), Self::Error> {
+    /// #         match op {
+    /// #             Op::Put(_, v) if *v > 100 => return Err("too large"),
+    /// #             Op::Put(k, v) => self.set(*k, *v),
+    /// #             Op::Delete(k) => { self.0.lock().unwrap().remove(k); }
+    /// #         }
+    /// #         Ok(())
+    /// #     }
+    /// # }
+    /// use larder::{Cache, WriteBack};
+    ///
+    /// # let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
+    /// # runtime.unwrap().block_on(async {
+    /// let db = Db::default(); // an in-memory `Store`
+    /// db.set(1, 10);
+    /// let cache = Cache::builder()
+    ///     .max_capacity(100)
+    ///     .write_back(db, WriteBack::default())
+    ///     .build()
+    ///     .unwrap();
+    /// cache.delete_async(&1).await.unwrap();
+    /// assert_eq!(cache.peek(&1), None);
+    /// cache.flush_async().await.unwrap();
+    /// assert_eq!(cache.store().get(1), None);
+    /// # });
+    /// ```
+    pub async fn delete_async(&self, key: &K) -> Result<(), WriteError<St::Error>> {
+        let policy = self.policy();
+        let mut write = Some(Pending::Delete);
+        // Waiting for room (below) files a waker; done or dropped, this
+        // future takes it away.
+        let waiter = crate::write::Waiter::new();
+        let _forget = crate::write::Forget(|| policy.forget(&waiter));
+        loop {
+            let guard = policy.shared.locks.lock_async(self.hash(key)).await;
+            if policy.try_accept(key, &mut write)? {
+                self.land_delete(key, guard);
+                return Ok(());
+            }
+            drop(guard);
+            std::future::poll_fn(|cx| policy.poll_room(key, &waiter, cx)).await;
+        }
+    }
+
+    /// `flush`, awaiting instead of blocking the thread: sends every write
+    /// accepted before this call and completes once the store took each of
+    /// them or it was given up on after every retry.
+    ///
+    /// # Errors
+    ///
+    /// [`FlushError`] listing the writes given up on since the last report
+    /// (each is reported once); the report drops their keys' cached copies
+    /// unless a newer write of the key is pending. With a failure handler,
+    /// given-up writes go to it instead.
+    ///
+    /// ```
+    /// # use std::collections::HashMap;
+    /// # use std::sync::{Arc, Mutex};
+    /// # use larder::{Op, Store};
+    /// # #[derive(Clone, Default)]
+    /// # struct Db(Arc<Mutex<HashMap<u32, u32>>>);
+    /// # impl Db {
+    /// #     fn get(&self, k: u32) -> Option<u32> { self.0.lock().unwrap().get(&k).copied() }
+    /// #     fn set(&self, k: u32, v: u32) { self.0.lock().unwrap().insert(k, v); }
+    /// # }
+    /// # impl Store<u32, u32> for Db {
+    /// #     type Error = &'static str;
+    /// #     fn load(&self, k: &u32) -> Result<Option<u32>, Self::Error> { Ok(self.get(*k)) }
+    /// #     fn write(&self, op: &Op<u32, u32>) -> Result<(), Self::Error> {
+    /// #         match op {
+    /// #             Op::Put(_, v) if *v > 100 => return Err("too large"),
+    /// #             Op::Put(k, v) => self.set(*k, *v),
+    /// #             Op::Delete(k) => { self.0.lock().unwrap().remove(k); }
+    /// #         }
+    /// #         Ok(())
+    /// #     }
+    /// # }
+    /// use larder::{Cache, WriteBack};
+    ///
+    /// # let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
+    /// # runtime.unwrap().block_on(async {
+    /// let cache = Cache::builder()
+    ///     .max_capacity(100)
+    ///     .write_back(Db::default(), WriteBack::default())
+    ///     .build()
+    ///     .unwrap();
+    /// cache.put_async(1, 10).await.unwrap();
+    /// cache.flush_async().await.unwrap();
+    /// assert_eq!(cache.store().get(1), Some(10));
+    /// # });
+    /// ```
+    pub async fn flush_async(&self) -> Result<(), FlushError<K, V, St::Error>> {
+        let report = self.policy().flush_async().await;
+        self.forget_failed(report)
+    }
+
+    /// [`close`](Self::close), awaiting instead of blocking the thread:
+    /// refuses further writes, sends everything queued and stops the flusher
+    /// thread. Calling it again is harmless.
+    ///
+    /// # Errors
+    ///
+    /// [`FlushError`] listing the writes given up on and not yet reported.
+    ///
+    /// ```
+    /// # use std::collections::HashMap;
+    /// # use std::sync::{Arc, Mutex};
+    /// # use larder::{Op, Store};
+    /// # #[derive(Clone, Default)]
+    /// # struct Db(Arc<Mutex<HashMap<u32, u32>>>);
+    /// # impl Db {
+    /// #     fn get(&self, k: u32) -> Option<u32> { self.0.lock().unwrap().get(&k).copied() }
+    /// #     fn set(&self, k: u32, v: u32) { self.0.lock().unwrap().insert(k, v); }
+    /// # }
+    /// # impl Store<u32, u32> for Db {
+    /// #     type Error = &'static str;
+    /// #     fn load(&self, k: &u32) -> Result<Option<u32>, Self::Error> { Ok(self.get(*k)) }
+    /// #     fn write(&self, op: &Op<u32, u32>) -> Result<(), Self::Error> {
+    /// #         match op {
+    /// #             Op::Put(_, v) if *v > 100 => return Err("too large"),
+    /// #             Op::Put(k, v) => self.set(*k, *v),
+    /// #             Op::Delete(k) => { self.0.lock().unwrap().remove(k); }
+    /// #         }
+    /// #         Ok(())
+    /// #     }
+    /// # }
+    /// use larder::{Cache, WriteBack, WriteError};
+    ///
+    /// # let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
+    /// # runtime.unwrap().block_on(async {
+    /// let cache = Cache::builder()
+    ///     .max_capacity(100)
+    ///     .write_back(Db::default(), WriteBack::default())
+    ///     .build()
+    ///     .unwrap();
+    /// cache.put_async(1, 10).await.unwrap();
+    /// cache.close_async().await.unwrap();
+    /// assert_eq!(cache.store().get(1), Some(10));
+    /// assert_eq!(cache.put_async(2, 20).await, Err(WriteError::Closed));
+    /// # });
+    /// ```
+    pub async fn close_async(&self) -> Result<(), FlushError<K, V, St::Error>> {
+        let report = self.policy().close_async().await;
+        self.forget_failed(report)
+    }
+}
+
+impl<K, V, S, St> Cache<K, V, S, WriteBehind<K, V, Spawned<St>>>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+    S: BuildHasher,
+    St: AsyncStore<K, V>,
+{
+    /// `get` for a write-back cache over an [`AsyncStore`]: the cached value,
+    /// else the key's pending write, else the store's, awaited (one load per
+    /// key at a time).
+    ///
+    /// # Errors
+    ///
+    /// The store's error, shared with every caller of the same load.
+    ///
+    /// ```
+    /// # use std::collections::HashMap;
+    /// # use std::sync::Mutex;
+    /// # use larder::{AsyncStore, Op};
+    /// # #[derive(Default)]
+    /// # struct Remote(Mutex<HashMap<u32, u32>>);
+    /// # impl Remote {
+    /// #     fn get(&self, k: u32) -> Option<u32> { self.0.lock().unwrap().get(&k).copied() }
+    /// #     fn set(&self, k: u32, v: u32) { self.0.lock().unwrap().insert(k, v); }
+    /// # }
+    /// # impl AsyncStore<u32, u32> for Remote {
+    /// #     type Error = &'static str;
+    /// #     async fn load(&self, k: &u32) -> Result<Option<u32>, Self::Error> { Ok(self.get(*k)) }
+    /// #     async fn write_batch(&self, ops: &[Op<u32, u32>]) -> Result<(), Self::Error> {
+    /// #         for op in ops {
+    /// #             match op {
+    /// #                 Op::Put(_, v) if *v > 100 => return Err("too large"),
+    /// #                 Op::Put(k, v) => self.set(*k, *v),
+    /// #                 Op::Delete(k) => { self.0.lock().unwrap().remove(k); }
+    /// #             }
+    /// #         }
+    /// #         Ok(())
+    /// #     }
+    /// # }
+    /// use std::time::Duration;
+    /// use larder::{Cache, Spawned, WriteBack};
+    ///
+    /// # let runtime = tokio::runtime::Runtime::new().unwrap();
+    /// # runtime.block_on(async {
+    /// let handle = tokio::runtime::Handle::current();
+    /// let store = Spawned::new(Remote::default(), move |call| {
+    ///     handle.spawn(call);
+    /// });
+    /// store.store().set(1, 10);
+    /// let settings = WriteBack::default().max_delay(Duration::MAX);
+    /// let cache = Cache::builder()
+    ///     .max_capacity(100)
+    ///     .write_back(store, settings)
+    ///     .build()
+    ///     .unwrap();
+    /// assert_eq!(cache.get_async(&1).await, Ok(Some(10))); // loaded from the store
+    /// cache.delete_async(&1).await.unwrap();
+    /// assert_eq!(cache.get_async(&1).await, Ok(None)); // the queued delete
+    /// assert_eq!(cache.store().store().get(1), Some(10)); // not sent yet
+    /// cache.close_async().await.unwrap();
+    /// assert_eq!(cache.store().store().get(1), None);
+    /// # });
+    /// ```
+    pub async fn get_async(&self, key: &K) -> Result<Option<V>, Arc<St::Error>> {
+        let policy = self.policy();
+        if let Some(v) = self.get_cached(key) {
+            return Ok(Some(v));
+        }
+        // As in `get`.
+        match policy.lookup(key) {
+            Some(Pending::Put(v)) => return Ok(Some(v)),
+            Some(Pending::Delete) => return Ok(None),
+            None => {}
+        }
+        let fetch = async {
+            match policy.lookup(key) {
+                Some(Pending::Put(v)) => Ok(Some(v)),
+                Some(Pending::Delete) => Ok(None),
+                None => policy.store().store().load(key).await,
+            }
+        };
+        self.read_through_async(key, fetch).await
+    }
+}

@@ -1,0 +1,652 @@
+//! Write-through: a write reaches the store before the cache, under the
+//! key's lock, so the two never disagree on an acknowledged write.
+
+use std::hash::{BuildHasher, Hash};
+use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+
+use super::super::{AsyncStore, FlushError, KeyGuard, Op, Store, WriteError, WriteThrough};
+use crate::{Cache, EntryOptions};
+
+impl<K, V, S, St> Cache<K, V, S, WriteThrough<St>>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+    S: BuildHasher,
+    St: Store<K, V>,
+{
+    /// The cached value, or the store's, loaded once per key as with
+    /// [`ReadThrough`](crate::ReadThrough).
+    ///
+    /// # Errors
+    ///
+    /// The store's error, shared with every caller of the same load.
+    ///
+    /// # Panics
+    ///
+    /// If the store's `load` panics, in the caller that ran it.
+    ///
+    /// ```
+    /// # use std::collections::HashMap;
+    /// # use std::sync::{Arc, Mutex};
+    /// # use larder::{Op, Store};
+    /// # #[derive(Clone, Default)]
+    /// # struct Db(Arc<Mutex<HashMap<u32, u32>>>);
+    /// # impl Db {
+    /// #     fn get(&self, k: u32) -> Option<u32> { self.0.lock().unwrap().get(&k).copied() }
+    /// #     fn set(&self, k: u32, v: u32) { self.0.lock().unwrap().insert(k, v); }
+    /// # }
+    /// # impl Store<u32, u32> for Db {
+    /// #     type Error = &'static str;
+    /// #     fn load(&self, k: &u32) -> Result<Option<u32>, Self::Error> { Ok(self.get(*k)) }
+    /// #     fn write(&self, op: &Op<u32, u32>) -> Result<(), Self::Error> {
+    /// #         match op {
+    /// #             Op::Put(_, v) if *v > 100 => return Err("too large"),
+    /// #             Op::Put(k, v) => self.set(*k, *v),
+    /// #             Op::Delete(k) => { self.0.lock().unwrap().remove(k); }
+    /// #         }
+    /// #         Ok(())
+    /// #     }
+    /// # }
+    /// use larder::Cache;
+    ///
+    /// let cache = Cache::builder()
+    ///     .max_capacity(100)
+    ///     .write_through(Db::default())
+    ///     .build()
+    ///     .unwrap();
+    /// cache.store().set(1, 10); // written by someone else
+    /// assert_eq!(cache.peek(&1), None);
+    /// assert_eq!(cache.get(&1), Ok(Some(10))); // loaded...
+    /// assert_eq!(cache.peek(&1), Some(10)); // ...and cached
+    /// ```
+    pub fn get(&self, key: &K) -> Result<Option<V>, Arc<St::Error>> {
+        self.read_through(key, |k| self.policy().store.load(k))
+    }
+
+    /// Writes `value` to the store, then to the cache, and returns once the
+    /// store took it. Writes to one key are serialized across the two steps,
+    /// so the cache and the store end with the same last write (unless the
+    /// cache refuses it, below).
+    ///
+    /// The cache may refuse the value after the store took it: an entry
+    /// heavier than one shard's share of the capacity (see
+    /// [`Cache::try_insert`]) is not cached. The listener then gets it with
+    /// [`RemovalCause::Size`](crate::RemovalCause::Size) (and the key's previous cached value with
+    /// [`RemovalCause::Replaced`](crate::RemovalCause::Replaced)), `put` still returns `Ok(())`, and reads
+    /// load the value from the store. An entry whose time-to-live is zero is
+    /// likewise dropped, with [`RemovalCause::Expired`](crate::RemovalCause::Expired).
+    ///
+    /// # Errors
+    ///
+    /// [`WriteError::Store`] with the store's error; the cache is unchanged.
+    ///
+    /// # Panics
+    ///
+    /// If the store panics: it may have taken the write before it did, so
+    /// the key's cached copy is dropped before the panic goes on, and the next
+    /// read asks the store (as `put_async` does). If the
+    /// weigher, the [`Expiry`](crate::Expiry) or the key's `Clone` panics,
+    /// the store has the write and the key's cached copy is dropped, so that
+    /// reads load the new value. An eviction listener that panics on what
+    /// the write displaced does so after the write landed in the store and
+    /// the cache: that panic is not a failed write.
+    ///
+    /// ```
+    /// # use std::collections::HashMap;
+    /// # use std::sync::Mutex;
+    /// # use larder::{Cache, Op, Store, WriteError};
+    /// #[derive(Default)]
+    /// struct Db(Mutex<HashMap<u32, u32>>);
+    /// impl Store<u32, u32> for Db {
+    ///     type Error = &'static str;
+    ///     fn load(&self, k: &u32) -> Result<Option<u32>, Self::Error> {
+    ///         Ok(self.0.lock().unwrap().get(k).copied())
+    ///     }
+    ///     fn write(&self, op: &Op<u32, u32>) -> Result<(), Self::Error> {
+    ///         match op {
+    ///             Op::Put(_, v) if *v > 100 => Err("too large"),
+    ///             Op::Put(k, v) => { self.0.lock().unwrap().insert(*k, *v); Ok(()) }
+    ///             Op::Delete(k) => { self.0.lock().unwrap().remove(k); Ok(()) }
+    ///         }
+    ///     }
+    /// }
+    /// let cache = Cache::builder().max_capacity(10).write_through(Db::default()).build().unwrap();
+    /// cache.put(1, 10).unwrap();
+    /// assert_eq!(cache.store().0.lock().unwrap().get(&1), Some(&10));
+    /// assert_eq!(cache.put(1, 500), Err(WriteError::Store("too large")));
+    /// assert_eq!(cache.get(&1), Ok(Some(10)));
+    /// ```
+    ///
+    /// A value too heavy for the cache is stored all the same:
+    ///
+    /// ```
+    /// # use std::collections::HashMap;
+    /// # use std::sync::{Arc, Mutex};
+    /// # use larder::{Op, Store};
+    /// # #[derive(Clone, Default)]
+    /// # struct Db(Arc<Mutex<HashMap<u32, u32>>>);
+    /// # impl Db {
+    /// #     fn get(&self, k: u32) -> Option<u32> { self.0.lock().unwrap().get(&k).copied() }
+    /// #     fn set(&self, k: u32, v: u32) { self.0.lock().unwrap().insert(k, v); }
+    /// # }
+    /// # impl Store<u32, u32> for Db {
+    /// #     type Error = &'static str;
+    /// #     fn load(&self, k: &u32) -> Result<Option<u32>, Self::Error> { Ok(self.get(*k)) }
+    /// #     fn write(&self, op: &Op<u32, u32>) -> Result<(), Self::Error> {
+    /// #         match op {
+    /// #             Op::Put(_, v) if *v > 100 => return Err("too large"),
+    /// #             Op::Put(k, v) => self.set(*k, *v),
+    /// #             Op::Delete(k) => { self.0.lock().unwrap().remove(k); }
+    /// #         }
+    /// #         Ok(())
+    /// #     }
+    /// # }
+    /// use std::sync::{Arc as Shared, Mutex as Log};
+    /// use larder::{Cache, RemovalCause};
+    ///
+    /// let causes = Shared::new(Log::new(Vec::new()));
+    /// let log = causes.clone();
+    /// let cache = Cache::builder()
+    ///     .max_capacity(50) // one shard: an entry may weigh at most 50
+    ///     .weigher(|_, v: &u32| *v)
+    ///     .eviction_listener(move |_, _, cause| log.lock().unwrap().push(cause))
+    ///     .write_through(Db::default())
+    ///     .build()
+    ///     .unwrap();
+    /// cache.put(1, 10).unwrap();
+    /// assert_eq!(cache.put(1, 60), Ok(())); // too heavy for the cache
+    /// assert_eq!(*causes.lock().unwrap(), [RemovalCause::Replaced, RemovalCause::Size]);
+    /// assert_eq!((cache.store().get(1), cache.peek(&1)), (Some(60), None));
+    /// assert_eq!(cache.get(&1), Ok(Some(60))); // read from the store
+    /// ```
+    pub fn put(&self, key: K, value: V) -> Result<(), WriteError<St::Error>> {
+        self.put_inner(key, value, None)
+    }
+
+    /// `put` with settings for the cached entry: a time-to-live and tags (see
+    /// [`EntryOptions`]). The store gets the value alone; when the cached copy
+    /// expires or its tag is invalidated, the next `get` loads it again. As
+    /// with `put`, a value the cache refuses (too heavy, or a zero
+    /// time-to-live) is still stored.
+    ///
+    /// # Errors
+    ///
+    /// [`WriteError::Store`] with the store's error; the cache is unchanged.
+    ///
+    /// # Panics
+    ///
+    /// If the store panics: it may have taken the write, so the key's cached
+    /// copy is dropped before the panic goes on. If the weigher, the
+    /// [`Expiry`](crate::Expiry) or the key's `Clone` panics, the store has
+    /// the write and the key's cached copy is dropped. An eviction listener that panics on what
+    /// the write displaced does so after the write landed in the store and
+    /// the cache: that panic is not a failed write.
+    ///
+    /// ```
+    /// # use std::collections::HashMap;
+    /// # use std::sync::{Arc, Mutex};
+    /// # use larder::{Op, Store};
+    /// # #[derive(Clone, Default)]
+    /// # struct Db(Arc<Mutex<HashMap<u32, u32>>>);
+    /// # impl Db {
+    /// #     fn get(&self, k: u32) -> Option<u32> { self.0.lock().unwrap().get(&k).copied() }
+    /// #     fn set(&self, k: u32, v: u32) { self.0.lock().unwrap().insert(k, v); }
+    /// # }
+    /// # impl Store<u32, u32> for Db {
+    /// #     type Error = &'static str;
+    /// #     fn load(&self, k: &u32) -> Result<Option<u32>, Self::Error> { Ok(self.get(*k)) }
+    /// #     fn write(&self, op: &Op<u32, u32>) -> Result<(), Self::Error> {
+    /// #         match op {
+    /// #             Op::Put(_, v) if *v > 100 => return Err("too large"),
+    /// #             Op::Put(k, v) => self.set(*k, *v),
+    /// #             Op::Delete(k) => { self.0.lock().unwrap().remove(k); }
+    /// #         }
+    /// #         Ok(())
+    /// #     }
+    /// # }
+    /// use std::time::Duration;
+    /// use larder::{Cache, Clock, EntryOptions};
+    ///
+    /// let (clock, time) = Clock::mock();
+    /// let cache = Cache::builder()
+    ///     .max_capacity(100)
+    ///     .clock(clock)
+    ///     .write_through(Db::default())
+    ///     .build()
+    ///     .unwrap();
+    /// cache.put_with(1, 10, EntryOptions::new().ttl(Duration::from_secs(60))).unwrap();
+    /// time.advance(Duration::from_secs(60));
+    /// assert_eq!(cache.peek(&1), None); // the cached copy expired...
+    /// assert_eq!(cache.get(&1), Ok(Some(10))); // ...the store's is loaded again
+    /// ```
+    pub fn put_with(
+        &self,
+        key: K,
+        value: V,
+        options: EntryOptions,
+    ) -> Result<(), WriteError<St::Error>> {
+        self.put_inner(key, value, Some(&options))
+    }
+
+    fn put_inner(
+        &self,
+        key: K,
+        value: V,
+        options: Option<&EntryOptions>,
+    ) -> Result<(), WriteError<St::Error>> {
+        let policy = self.policy();
+        let guard = policy.locks.lock(self.hash(&key));
+        let op = Op::Put(key, value);
+        let (written, guard) = self.store_call_sync(op.key(), guard, || policy.store.write(&op));
+        written.map_err(WriteError::Store)?;
+        let Op::Put(key, value) = op else {
+            unreachable!("the op built above")
+        };
+        self.land_write(key, value, options, guard);
+        Ok(())
+    }
+
+    /// Deletes `key` from the store, then from the cache.
+    ///
+    /// # Errors
+    ///
+    /// [`WriteError::Store`] with the store's error; the cache is unchanged.
+    ///
+    /// # Panics
+    ///
+    /// If the store panics: the key's cached copy is dropped before the panic
+    /// goes on, as with `put`.
+    ///
+    /// ```
+    /// # use std::collections::HashMap;
+    /// # use std::sync::{Arc, Mutex};
+    /// # use larder::{Op, Store};
+    /// # #[derive(Clone, Default)]
+    /// # struct Db(Arc<Mutex<HashMap<u32, u32>>>);
+    /// # impl Db {
+    /// #     fn get(&self, k: u32) -> Option<u32> { self.0.lock().unwrap().get(&k).copied() }
+    /// #     fn set(&self, k: u32, v: u32) { self.0.lock().unwrap().insert(k, v); }
+    /// # }
+    /// # impl Store<u32, u32> for Db {
+    /// #     type Error = &'static str;
+    /// #     fn load(&self, k: &u32) -> Result<Option<u32>, Self::Error> { Ok(self.get(*k)) }
+    /// #     fn write(&self, op: &Op<u32, u32>) -> Result<(), Self::Error> {
+    /// #         match op {
+    /// #             Op::Put(_, v) if *v > 100 => return Err("too large"),
+    /// #             Op::Put(k, v) => self.set(*k, *v),
+    /// #             Op::Delete(k) => { self.0.lock().unwrap().remove(k); }
+    /// #         }
+    /// #         Ok(())
+    /// #     }
+    /// # }
+    /// use larder::Cache;
+    ///
+    /// let cache = Cache::builder()
+    ///     .max_capacity(100)
+    ///     .write_through(Db::default())
+    ///     .build()
+    ///     .unwrap();
+    /// cache.put(1, 10).unwrap();
+    /// cache.delete(&1).unwrap();
+    /// assert_eq!((cache.store().get(1), cache.peek(&1)), (None, None));
+    /// assert_eq!(cache.get(&1), Ok(None));
+    /// ```
+    pub fn delete(&self, key: &K) -> Result<(), WriteError<St::Error>> {
+        let policy = self.policy();
+        let guard = policy.locks.lock(self.hash(key));
+        let op = Op::Delete(key.clone());
+        let (written, guard) = self.store_call_sync(key, guard, || policy.store.write(&op));
+        written.map_err(WriteError::Store)?;
+        self.land_delete(key, guard);
+        Ok(())
+    }
+
+    /// Runs a write-through store `call` for `key`, holding its stripe. If
+    /// the store panics it may or may not have the write: the key's cached
+    /// copy is dropped, the stripe released, the listener told (its own panic
+    /// is not raised over the store's), and the store's panic goes on.
+    fn store_call_sync<'a, T>(
+        &'a self,
+        key: &K,
+        guard: KeyGuard<'a>,
+        call: impl FnOnce() -> T,
+    ) -> (T, KeyGuard<'a>) {
+        match catch_unwind(AssertUnwindSafe(call)) {
+            Ok(out) => (out, guard),
+            Err(panic) => {
+                let stale = self.take(key);
+                drop(guard);
+                let _ = catch_unwind(AssertUnwindSafe(|| self.notify(stale)));
+                resume_unwind(panic)
+            }
+        }
+    }
+
+    /// Nothing is ever pending with this policy.
+    ///
+    /// # Errors
+    ///
+    /// None with this policy; the `Result` matches write-back's.
+    ///
+    /// ```
+    /// # use std::collections::HashMap;
+    /// # use std::sync::{Arc, Mutex};
+    /// # use larder::{Op, Store};
+    /// # #[derive(Clone, Default)]
+    /// # struct Db(Arc<Mutex<HashMap<u32, u32>>>);
+    /// # impl Db {
+    /// #     fn get(&self, k: u32) -> Option<u32> { self.0.lock().unwrap().get(&k).copied() }
+    /// #     fn set(&self, k: u32, v: u32) { self.0.lock().unwrap().insert(k, v); }
+    /// # }
+    /// # impl Store<u32, u32> for Db {
+    /// #     type Error = &'static str;
+    /// #     fn load(&self, k: &u32) -> Result<Option<u32>, Self::Error> { Ok(self.get(*k)) }
+    /// #     fn write(&self, op: &Op<u32, u32>) -> Result<(), Self::Error> {
+    /// #         match op {
+    /// #             Op::Put(_, v) if *v > 100 => return Err("too large"),
+    /// #             Op::Put(k, v) => self.set(*k, *v),
+    /// #             Op::Delete(k) => { self.0.lock().unwrap().remove(k); }
+    /// #         }
+    /// #         Ok(())
+    /// #     }
+    /// # }
+    /// use larder::Cache;
+    ///
+    /// let cache = Cache::builder()
+    ///     .max_capacity(100)
+    ///     .write_through(Db::default())
+    ///     .build()
+    ///     .unwrap();
+    /// cache.put(1, 10).unwrap();
+    /// assert_eq!(cache.store().get(1), Some(10)); // stored already
+    /// assert!(cache.flush().is_ok());
+    /// ```
+    pub fn flush(&self) -> Result<(), FlushError<K, V, St::Error>> {
+        Ok(())
+    }
+}
+
+impl<K, V, S, St> Cache<K, V, S, WriteThrough<St>> {
+    /// The store behind the cache.
+    ///
+    /// ```
+    /// # use std::collections::HashMap;
+    /// # use std::sync::{Arc, Mutex};
+    /// # use larder::{Op, Store};
+    /// # #[derive(Clone, Default)]
+    /// # struct Db(Arc<Mutex<HashMap<u32, u32>>>);
+    /// # impl Db {
+    /// #     fn get(&self, k: u32) -> Option<u32> { self.0.lock().unwrap().get(&k).copied() }
+    /// #     fn set(&self, k: u32, v: u32) { self.0.lock().unwrap().insert(k, v); }
+    /// # }
+    /// # impl Store<u32, u32> for Db {
+    /// #     type Error = &'static str;
+    /// #     fn load(&self, k: &u32) -> Result<Option<u32>, Self::Error> { Ok(self.get(*k)) }
+    /// #     fn write(&self, op: &Op<u32, u32>) -> Result<(), Self::Error> {
+    /// #         match op {
+    /// #             Op::Put(_, v) if *v > 100 => return Err("too large"),
+    /// #             Op::Put(k, v) => self.set(*k, *v),
+    /// #             Op::Delete(k) => { self.0.lock().unwrap().remove(k); }
+    /// #         }
+    /// #         Ok(())
+    /// #     }
+    /// # }
+    /// use larder::Cache;
+    ///
+    /// let cache = Cache::builder()
+    ///     .max_capacity(100)
+    ///     .write_through(Db::default())
+    ///     .build()
+    ///     .unwrap();
+    /// cache.put(1, 10).unwrap();
+    /// assert_eq!(cache.store().get(1), Some(10));
+    /// ```
+    pub fn store(&self) -> &St {
+        &self.policy().store
+    }
+}
+
+impl<K, V, S, St> Cache<K, V, S, WriteThrough<St>>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+    S: BuildHasher,
+    St: AsyncStore<K, V>,
+{
+    /// `get` for an [`AsyncStore`], as with read-through: the cached value,
+    /// or the store's, loaded once however many callers miss on `key`
+    /// together.
+    ///
+    /// # Errors
+    ///
+    /// The store's error, shared with every caller of the same load.
+    ///
+    /// ```
+    /// # use std::collections::HashMap;
+    /// # use std::sync::Mutex;
+    /// # use larder::{AsyncStore, Op};
+    /// # #[derive(Default)]
+    /// # struct Remote(Mutex<HashMap<u32, u32>>);
+    /// # impl Remote {
+    /// #     fn get(&self, k: u32) -> Option<u32> { self.0.lock().unwrap().get(&k).copied() }
+    /// #     fn set(&self, k: u32, v: u32) { self.0.lock().unwrap().insert(k, v); }
+    /// # }
+    /// # impl AsyncStore<u32, u32> for Remote {
+    /// #     type Error = &'static str;
+    /// #     async fn load(&self, k: &u32) -> Result<Option<u32>, Self::Error> { Ok(self.get(*k)) }
+    /// #     async fn write_batch(&self, ops: &[Op<u32, u32>]) -> Result<(), Self::Error> {
+    /// #         for op in ops {
+    /// #             match op {
+    /// #                 Op::Put(_, v) if *v > 100 => return Err("too large"),
+    /// #                 Op::Put(k, v) => self.set(*k, *v),
+    /// #                 Op::Delete(k) => { self.0.lock().unwrap().remove(k); }
+    /// #             }
+    /// #         }
+    /// #         Ok(())
+    /// #     }
+    /// # }
+    /// use larder::Cache;
+    ///
+    /// # let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
+    /// # runtime.unwrap().block_on(async {
+    /// let cache = Cache::builder()
+    ///     .max_capacity(100)
+    ///     .write_through(Remote::default())
+    ///     .build()
+    ///     .unwrap();
+    /// cache.store().set(1, 10); // written by someone else
+    /// assert_eq!(cache.get_async(&1).await, Ok(Some(10)));
+    /// assert_eq!(cache.peek(&1), Some(10));
+    /// # });
+    /// ```
+    pub async fn get_async(&self, key: &K) -> Result<Option<V>, Arc<St::Error>> {
+        let store = &self.policy().store;
+        self.read_through_async(key, store.load(key)).await
+    }
+
+    /// `put` for an [`AsyncStore`]: writes the store, then the cache; writes
+    /// of one key, sync or async, are serialized. If the task is cancelled
+    /// while the store call runs, the store may or may not have the write, so
+    /// the key's cached copy is dropped and the next read asks the store.
+    ///
+    /// # Errors
+    ///
+    /// [`WriteError::Store`] with the store's error; the cache is unchanged.
+    ///
+    /// # Panics
+    ///
+    /// If the store panics: as with a cancellation, the store may have the
+    /// write, so the key's cached copy is dropped before the panic goes on.
+    ///
+    /// ```
+    /// # use std::collections::HashMap;
+    /// # use std::sync::Mutex;
+    /// # use larder::{AsyncStore, Op};
+    /// # #[derive(Default)]
+    /// # struct Remote(Mutex<HashMap<u32, u32>>);
+    /// # impl Remote {
+    /// #     fn get(&self, k: u32) -> Option<u32> { self.0.lock().unwrap().get(&k).copied() }
+    /// #     fn set(&self, k: u32, v: u32) { self.0.lock().unwrap().insert(k, v); }
+    /// # }
+    /// # impl AsyncStore<u32, u32> for Remote {
+    /// #     type Error = &'static str;
+    /// #     async fn load(&self, k: &u32) -> Result<Option<u32>, Self::Error> { Ok(self.get(*k)) }
+    /// #     async fn write_batch(&self, ops: &[Op<u32, u32>]) -> Result<(), Self::Error> {
+    /// #         for op in ops {
+    /// #             match op {
+    /// #                 Op::Put(_, v) if *v > 100 => return Err("too large"),
+    /// #                 Op::Put(k, v) => self.set(*k, *v),
+    /// #                 Op::Delete(k) => { self.0.lock().unwrap().remove(k); }
+    /// #             }
+    /// #         }
+    /// #         Ok(())
+    /// #     }
+    /// # }
+    /// use larder::{Cache, WriteError};
+    ///
+    /// # let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
+    /// # runtime.unwrap().block_on(async {
+    /// let cache = Cache::builder()
+    ///     .max_capacity(100)
+    ///     .write_through(Remote::default())
+    ///     .build()
+    ///     .unwrap();
+    /// cache.put_async(1, 10).await.unwrap();
+    /// assert_eq!(cache.store().get(1), Some(10));
+    /// // This store refuses values over 100: the cache is unchanged.
+    /// assert_eq!(cache.put_async(1, 500).await, Err(WriteError::Store("too large")));
+    /// assert_eq!(cache.get_async(&1).await, Ok(Some(10)));
+    /// # });
+    /// ```
+    pub async fn put_async(&self, key: K, value: V) -> Result<(), WriteError<St::Error>> {
+        let policy = self.policy();
+        let guard = policy.locks.lock_async(self.hash(&key)).await;
+        let op = [Op::Put(key.clone(), value)];
+        let (written, guard) = self
+            .store_call(&key, guard, policy.store.write_batch(&op))
+            .await;
+        written.map_err(WriteError::Store)?;
+        let [Op::Put(key, value)] = op else {
+            unreachable!("the op built above")
+        };
+        self.land_write(key, value, None, guard);
+        Ok(())
+    }
+
+    /// `delete` for an [`AsyncStore`]: deletes from the store, then from the
+    /// cache. If the task is cancelled while the store call runs, the key's
+    /// cached copy is dropped, as with `put_async`.
+    ///
+    /// # Errors
+    ///
+    /// [`WriteError::Store`] with the store's error; the cache is unchanged.
+    ///
+    /// # Panics
+    ///
+    /// If the store panics: the key's cached copy is dropped before the panic
+    /// goes on.
+    ///
+    /// ```
+    /// # use std::collections::HashMap;
+    /// # use std::sync::Mutex;
+    /// # use larder::{AsyncStore, Op};
+    /// # #[derive(Default)]
+    /// # struct Remote(Mutex<HashMap<u32, u32>>);
+    /// # impl Remote {
+    /// #     fn get(&self, k: u32) -> Option<u32> { self.0.lock().unwrap().get(&k).copied() }
+    /// #     fn set(&self, k: u32, v: u32) { self.0.lock().unwrap().insert(k, v); }
+    /// # }
+    /// # impl AsyncStore<u32, u32> for Remote {
+    /// #     type Error = &'static str;
+    /// #     async fn load(&self, k: &u32) -> Result<Option<u32>, Self::Error> { Ok(self.get(*k)) }
+    /// #     async fn write_batch(&self, ops: &[Op<u32, u32>]) -> Result<(), Self::Error> {
+    /// #         for op in ops {
+    /// #             match op {
+    /// #                 Op::Put(_, v) if *v > 100 => return Err("too large"),
+    /// #                 Op::Put(k, v) => self.set(*k, *v),
+    /// #                 Op::Delete(k) => { self.0.lock().unwrap().remove(k); }
+    /// #             }
+    /// #         }
+    /// #         Ok(())
+    /// #     }
+    /// # }
+    /// use larder::Cache;
+    ///
+    /// # let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
+    /// # runtime.unwrap().block_on(async {
+    /// let cache = Cache::builder()
+    ///     .max_capacity(100)
+    ///     .write_through(Remote::default())
+    ///     .build()
+    ///     .unwrap();
+    /// cache.put_async(1, 10).await.unwrap();
+    /// cache.delete_async(&1).await.unwrap();
+    /// assert_eq!((cache.store().get(1), cache.peek(&1)), (None, None));
+    /// # });
+    /// ```
+    pub async fn delete_async(&self, key: &K) -> Result<(), WriteError<St::Error>> {
+        let policy = self.policy();
+        let guard = policy.locks.lock_async(self.hash(key)).await;
+        let op = [Op::Delete(key.clone())];
+        let (written, guard) = self
+            .store_call(key, guard, policy.store.write_batch(&op))
+            .await;
+        written.map_err(WriteError::Store)?;
+        self.land_delete(key, guard);
+        Ok(())
+    }
+
+    /// Runs a write-through store `call` for `key`, holding its stripe. If the
+    /// task is cancelled while the call runs, or the store panics, the store
+    /// may or may not have the write: the key's cached copy is dropped, so the
+    /// next read asks the store. The stripe is released before the listener
+    /// hears of it, and a store's panic goes on once the listener has (a
+    /// listener's panic then is not raised over it, nor from a drop).
+    async fn store_call<'a, T>(
+        &'a self,
+        key: &'a K,
+        guard: KeyGuard<'a>,
+        call: impl std::future::Future<Output = T>,
+    ) -> (T, KeyGuard<'a>) {
+        // A mutex, not a cell: the future stays `Send` (it is never contended).
+        let held = parking_lot::Mutex::new(Some(guard));
+        let undo = || {
+            let stale = self.take(key);
+            drop(held.lock().take());
+            let _ = catch_unwind(AssertUnwindSafe(|| self.notify(stale)));
+        };
+        let mut cancelled = OnDrop(Some(&undo));
+        let mut call = std::pin::pin!(call);
+        let result = std::future::poll_fn(|cx| {
+            match catch_unwind(AssertUnwindSafe(|| call.as_mut().poll(cx))) {
+                Ok(poll) => poll.map(Ok),
+                Err(panic) => std::task::Poll::Ready(Err(panic)),
+            }
+        })
+        .await;
+        cancelled.0 = None;
+        match result {
+            Ok(out) => (
+                out,
+                held.lock().take().expect("the guard is held until now"),
+            ),
+            Err(panic) => {
+                undo();
+                resume_unwind(panic)
+            }
+        }
+    }
+}
+
+/// Runs its closure when dropped unless disarmed (set to `None`): the undo of
+/// an async write whose task was cancelled mid-way.
+struct OnDrop<F: FnOnce()>(Option<F>);
+
+impl<F: FnOnce()> Drop for OnDrop<F> {
+    fn drop(&mut self) {
+        if let Some(undo) = self.0.take() {
+            undo();
+        }
+    }
+}
