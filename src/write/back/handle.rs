@@ -1,0 +1,428 @@
+//! The calls a write-back cache makes on its queue: accepting a write (or
+//! waiting, sync or async, for room), reading a key's pending write, and
+//! `flush` and `close` with the failures they report.
+
+use std::collections::VecDeque;
+use std::hash::Hash;
+use std::sync::Arc;
+use std::time::Instant;
+
+use hashbrown::HashMap;
+
+use super::super::{
+    Backpressure, FailedWrite, Failure, FlushError, Forget, KeyLocks, Op, Store, Waiter, Wakers,
+    WriteBack, WriteError, WriteStats,
+};
+use super::{FailureHandler, Owner, Pending, Queue, Queued, Shared, Slot, WriteBehind};
+use crate::sync::thread;
+use crate::sync::{Condvar, Mutex, MutexGuard};
+
+impl<K, V, St> WriteBehind<K, V, St>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+    St: Store<K, V>,
+{
+    pub(crate) fn new(store: St, settings: WriteBack) -> Self {
+        let shared = Arc::new(Shared {
+            store,
+            settings,
+            queue: Mutex::new(Queue {
+                slots: HashMap::default(),
+                order: VecDeque::new(),
+                seq: 0,
+                sending_from: None,
+                flush_to: 0,
+                blocked: 0,
+                failed: Vec::new(),
+                closing: false,
+                running: false,
+                flusher_id: None,
+                abandoned: false,
+                stats: WriteStats::default(),
+                wakers: Wakers::default(),
+                handing: false,
+                handing_only: 0,
+                reports_out: 0,
+                stored_while_out: hashbrown::HashSet::default(),
+                dead: None,
+            }),
+            work: Condvar::new(),
+            progress: Condvar::new(),
+            flusher: Mutex::new(None),
+            on_failure: std::sync::OnceLock::new(),
+            locks: KeyLocks::new(),
+        });
+        Self {
+            _owner: Arc::new(Owner {
+                shared: Arc::clone(&shared),
+            }),
+            shared,
+        }
+    }
+
+    pub(crate) fn store(&self) -> &St {
+        &self.shared.store
+    }
+
+    /// Hands given-up writes to `handler` from now on.
+    pub(crate) fn set_failure_handler(&self, handler: FailureHandler<K, V, St::Error>) {
+        // Set once, by the builder, before the flusher starts.
+        let _ = self.shared.on_failure.set(handler);
+    }
+
+    /// Queues a write of `key` if the queue has room for it, taking `write`:
+    /// true when queued, false when a [`Backpressure::Block`] writer must
+    /// wait for room ([`wait_for_room`](Self::wait_for_room)) and try again.
+    /// The caller holds the key's stripe lock, and must let go of it before
+    /// waiting: a `flush` may need the stripe to finish the report that makes
+    /// the room.
+    pub(crate) fn try_accept(
+        &self,
+        key: &K,
+        write: &mut Option<Pending<V>>,
+    ) -> Result<bool, WriteError<St::Error>> {
+        let shared = &*self.shared;
+        let q = shared.queue.lock();
+        if q.closing || !q.running {
+            // Closed, or the flusher is gone (see `stopped`): a write taken
+            // now would never be sent.
+            return Err(WriteError::Closed);
+        }
+        if !q.has_room(key, shared.settings.queue_capacity) {
+            return match shared.settings.backpressure {
+                Backpressure::Fail => Err(WriteError::QueueFull),
+                Backpressure::Block => Ok(false),
+            };
+        }
+        let write = write.take().expect("a write is accepted once");
+        self.enqueue(q, key, write);
+        Ok(true)
+    }
+
+    /// Blocks until a write of `key` would find room, or the queue stops
+    /// taking writes. The caller holds no stripe lock.
+    pub(crate) fn wait_for_room(&self, key: &K) {
+        let shared = &*self.shared;
+        let mut q = shared.queue.lock();
+        while q.running && !q.closing && !q.has_room(key, shared.settings.queue_capacity) {
+            q.blocked += 1;
+            shared.work.notify_one();
+            q = shared.progress.wait(q);
+            q.blocked -= 1;
+        }
+    }
+
+    /// [`wait_for_room`](Self::wait_for_room) for async writers: pending,
+    /// woken when the flusher makes progress, instead of blocking the thread.
+    /// The caller's future calls [`forget`](Self::forget) when it ends.
+    pub(crate) fn poll_room(
+        &self,
+        key: &K,
+        waiter: &Waiter,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        let shared = &*self.shared;
+        let mut q = shared.queue.lock();
+        if q.running && !q.closing && !q.has_room(key, shared.settings.queue_capacity) {
+            q.wakers.register(waiter, cx);
+            shared.work.notify_one();
+            return std::task::Poll::Pending;
+        }
+        std::task::Poll::Ready(())
+    }
+
+    /// Takes away the waker `waiter` filed, if any: its future is done, or
+    /// was dropped while it waited.
+    pub(crate) fn forget(&self, waiter: &Waiter) {
+        if waiter.filed() {
+            self.shared.queue.lock().wakers.forget(waiter);
+        }
+    }
+
+    /// Queues a write of `key`, waiting for room as configured (for callers
+    /// that hold no stripe lock).
+    #[cfg(all(test, larder_loom))]
+    pub(crate) fn accept(&self, key: &K, write: Pending<V>) -> Result<(), WriteError<St::Error>> {
+        let mut write = Some(write);
+        while !self.try_accept(key, &mut write)? {
+            self.wait_for_room(key);
+        }
+        Ok(())
+    }
+
+    /// Files an accepted write: coalesced into the key's waiting write, or
+    /// queued behind the others.
+    fn enqueue(&self, mut q: MutexGuard<'_, Queue<K, V, St::Error>>, key: &K, write: Pending<V>) {
+        let shared = &*self.shared;
+        // The key's copies first: a `Clone` that panics leaves the queue as
+        // it was (no write filed that is never sent, no room held).
+        let (slot_key, order_key) = match q.slots.get(key) {
+            Some(slot) if slot.waiting.is_some() => (None, None),
+            Some(_) => (None, Some(key.clone())),
+            None => (Some(key.clone()), Some(key.clone())),
+        };
+        q.seq += 1;
+        let seq = q.seq;
+        q.stats.accepted += 1;
+        let queue = &mut *q;
+        let queued = match (queue.slots.get_mut(key), slot_key) {
+            (Some(slot), _) => {
+                if slot.only_handing() {
+                    // Dirty again: it takes room from now on.
+                    queue.handing_only -= 1;
+                }
+                match &mut slot.waiting {
+                    Some((_, latest)) => {
+                        *latest = write;
+                        false
+                    }
+                    waiting @ None => {
+                        *waiting = Some((seq, write));
+                        true
+                    }
+                }
+            }
+            (None, slot_key) => {
+                let slot = Slot {
+                    waiting: Some((seq, write)),
+                    sending: None,
+                    failed: None,
+                    handing: None,
+                };
+                q.slots
+                    .insert(slot_key.expect("copied for a new slot"), slot);
+                true
+            }
+        };
+        if queued {
+            q.order.push_back(Queued {
+                seq,
+                key: order_key.expect("copied for a queued write"),
+                at: Instant::now(),
+            });
+            if q.order.len() == 1 || q.order.len() >= shared.settings.batch {
+                shared.work.notify_one();
+            }
+        } else {
+            q.stats.coalesced += 1;
+        }
+    }
+
+    /// The latest acknowledged write of `key` the store may not hold yet.
+    pub(crate) fn lookup(&self, key: &K) -> Option<Pending<V>> {
+        let q = self.shared.queue.lock();
+        let latest = q.slots.get(key).and_then(|slot| {
+            let waiting = slot.waiting.as_ref().map(|(_, w)| w);
+            let failed = slot.failed.as_ref().map(|(_, w)| w);
+            waiting
+                .or(slot.sending.as_ref())
+                .or(slot.handing.as_ref().map(|(_, w)| w))
+                .or(failed)
+                .cloned()
+        });
+        // A failure put back after its report could not be delivered left
+        // its slot with that report, yet is unreported again: it reads as
+        // its key's value until the next report takes it. Anything in the
+        // key's slot is newer (a put-back that a stored write superseded is
+        // gone from `failed`).
+        latest.or_else(|| {
+            let put_back = q.failed.iter().take_while(|(seq, _)| *seq == 0);
+            let (_, failed) = put_back.filter(|(_, f)| f.op.key() == key).last()?;
+            Some(match &failed.op {
+                Op::Put(_, v) => Pending::Put(v.clone()),
+                Op::Delete(_) => Pending::Delete,
+            })
+        })
+    }
+
+    /// Sends everything accepted before the call and reports what failed.
+    pub(crate) fn flush(&self) -> Result<(), FlushError<K, V, St::Error>> {
+        let shared = &*self.shared;
+        let mut q = shared.queue.lock();
+        let target = q.seq;
+        q.flush_to = q.flush_to.max(target);
+        shared.work.notify_one();
+        // On the flusher itself (a failure handler calling `flush`), waiting
+        // for the flusher would wait forever: report what there is.
+        let on_flusher = q.flusher_id == Some(thread::current().id());
+        while !on_flusher
+            && q.running
+            && (q.handing || q.outstanding_from().is_some_and(|s| s <= target))
+        {
+            q = shared.progress.wait(q);
+        }
+        report(shared, q)
+    }
+
+    /// Refuses further writes, sends everything queued, stops the flusher and
+    /// reports what failed. A second call reports only what failed since.
+    pub(crate) fn close(&self) -> Result<(), FlushError<K, V, St::Error>> {
+        let shared = &*self.shared;
+        let mut q = shared.queue.lock();
+        q.closing = true;
+        let on_flusher = q.flusher_id == Some(thread::current().id());
+        shared.work.notify_all();
+        shared.progressed(q);
+        if on_flusher {
+            // A failure handler closing the cache: the flusher stops once the
+            // handler returns; there is nothing to wait for here.
+            return report(shared, shared.queue.lock());
+        }
+        let flusher = shared.flusher.lock().take();
+        if let Some(flusher) = flusher {
+            // A join error (the flusher panicked outside the store's calls)
+            // needs nothing more: `stopped` reported what it left.
+            let _ = flusher.join();
+        }
+        // A second `close` finds no thread to join: it waits the same.
+        let mut q = shared.queue.lock();
+        while q.running {
+            q = shared.progress.wait(q);
+        }
+        report(shared, q)
+    }
+
+    /// [`flush`](Self::flush), awaiting instead of blocking.
+    pub(crate) async fn flush_async(&self) -> Result<(), FlushError<K, V, St::Error>> {
+        let shared = &*self.shared;
+        let target = {
+            let mut q = shared.queue.lock();
+            q.flush_to = q.flush_to.max(q.seq);
+            if q.flusher_id == Some(thread::current().id()) {
+                // On the flusher (a failure handler), as `flush`: report
+                // what there is rather than wait for the flusher itself.
+                return report(shared, q);
+            }
+            q.seq
+        };
+        shared.work.notify_one();
+        let waiter = Waiter::new();
+        let _forget = Forget(|| self.forget(&waiter));
+        std::future::poll_fn(|cx| {
+            let mut q = shared.queue.lock();
+            if q.running && (q.handing || q.outstanding_from().is_some_and(|s| s <= target)) {
+                q.wakers.register(&waiter, cx);
+                std::task::Poll::Pending
+            } else {
+                std::task::Poll::Ready(())
+            }
+        })
+        .await;
+        report(shared, shared.queue.lock())
+    }
+
+    /// [`close`](Self::close), awaiting instead of blocking.
+    pub(crate) async fn close_async(&self) -> Result<(), FlushError<K, V, St::Error>> {
+        let shared = &*self.shared;
+        {
+            let mut q = shared.queue.lock();
+            if q.flusher_id == Some(thread::current().id()) {
+                // On the flusher (a failure handler): `close` does not wait.
+                drop(q);
+                return self.close();
+            }
+            q.closing = true;
+            shared.work.notify_all();
+            shared.progressed(q);
+        }
+        let waiter = Waiter::new();
+        let _forget = Forget(|| self.forget(&waiter));
+        std::future::poll_fn(|cx| {
+            let mut q = shared.queue.lock();
+            if q.running {
+                q.wakers.register(&waiter, cx);
+                std::task::Poll::Pending
+            } else {
+                std::task::Poll::Ready(())
+            }
+        })
+        .await;
+        // The thread has left its loop; joining it now does not block.
+        self.close()
+    }
+
+    /// The caller of `flush` or `close` is done with the report it took:
+    /// `unreported` holds what it could not hand on (a listener panicked
+    /// while it dropped the failed keys' cached copies), put back for the next
+    /// report, less what a write stored meanwhile superseded. Until then a
+    /// put-back write reads as its key's value (see `lookup`).
+    pub(crate) fn settled(&self, unreported: Vec<FailedWrite<K, V, St::Error>>) {
+        let mut q = self.shared.queue.lock();
+        let mut back = Vec::with_capacity(unreported.len());
+        for failed in unreported {
+            if q.stored_while_out.contains(failed.op.key()) {
+                q.stats.superseded += 1;
+            } else {
+                // Sequence number 0 names no slot's failure (those went
+                // with the first report) and marks the put-backs `lookup`
+                // reads.
+                back.push((0, failed));
+            }
+        }
+        // Ahead of what was given up since: reports keep the order writes
+        // were given up in.
+        q.failed.splice(0..0, back);
+        q.reports_out -= 1;
+        if q.reports_out == 0 {
+            q.stored_while_out.clear();
+        }
+    }
+
+    pub(crate) fn stats(&self) -> WriteStats {
+        let q = self.shared.queue.lock();
+        WriteStats {
+            dirty: (q.slots.len() - q.handing_only) as u64,
+            ..q.stats
+        }
+    }
+}
+
+/// Takes the unreported failures; their keys stop reading as dirty.
+fn report<K, V, St>(
+    shared: &Shared<K, V, St>,
+    mut q: MutexGuard<'_, Queue<K, V, St::Error>>,
+) -> Result<(), FlushError<K, V, St::Error>>
+where
+    K: Hash + Eq,
+    St: Store<K, V>,
+{
+    let mut failed = std::mem::take(&mut q.failed);
+    if let Some((from, reason)) = q.dead {
+        let mut dead: Vec<_> = q
+            .slots
+            .extract_if(|_, slot| slot.failed.as_ref().is_some_and(|(seq, _)| *seq >= from))
+            .filter_map(|(key, slot)| {
+                let (seq, write) = slot.failed?;
+                let failed = FailedWrite {
+                    op: write.into_op(key),
+                    failure: Failure::FlusherStopped(reason),
+                    attempts: 0,
+                };
+                Some((seq, failed))
+            })
+            .collect();
+        dead.sort_unstable_by_key(|(seq, _)| *seq);
+        failed.extend(dead);
+    }
+    if failed.is_empty() {
+        return Ok(());
+    }
+    // Settled by the caller (`WriteBehind::settled`).
+    q.reports_out += 1;
+    for (seq, write) in &failed {
+        let key = write.op.key();
+        if let Some(slot) = q.slots.get_mut(key) {
+            if slot.failed.as_ref().is_some_and(|(s, _)| s == seq) {
+                slot.failed = None;
+            }
+            if slot.is_empty() {
+                q.slots.remove(key);
+            }
+        }
+    }
+    shared.progressed(q);
+    Err(FlushError {
+        failed: failed.into_iter().map(|(_, w)| w).collect(),
+    })
+}
