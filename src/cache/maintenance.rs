@@ -254,7 +254,7 @@ const MAINTENANCE_BATCH: usize = 64;
 /// than a spinning reader's poll interval.
 const MAINTENANCE_GAP_SPINS: u32 = 24;
 
-/// Starts the thread behind [`CacheBuilder::background_sweep`].
+/// Starts the thread behind [`CacheBuilder::background_sweep`](crate::CacheBuilder::background_sweep).
 pub(crate) fn spawn_sweeper<K, V, S>(
     cache: &Cache<K, V, S>,
     interval: Duration,

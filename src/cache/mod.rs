@@ -723,7 +723,7 @@ where
     }
 
     /// Whether a write runs user code that may panic after the caller has
-    /// committed to it elsewhere (a weigher, an [`Expiry`]).
+    /// committed to it elsewhere (a weigher, an [`Expiry`](crate::Expiry)).
     pub(crate) fn write_calls_back(&self) -> bool {
         self.inner.weigher.is_some() || self.inner.expiration.is_custom()
     }

@@ -306,7 +306,7 @@ impl Table {
         self.insert_reserved(hash, token);
     }
 
-    /// Adds `token` under `hash`, as [`insert_unique`](Self::insert_unique)
+    /// Adds `token` under `hash`, as `insert_unique` (the tests' one-step insert)
     /// does, after a [`reserve_one`](Self::reserve_one) made the room: the
     /// store reserves before its slab takes the entry (a `Hash` that panics
     /// while the table grows then leaves neither holding it) and does not

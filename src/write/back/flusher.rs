@@ -87,7 +87,7 @@ where
     /// (a key's or value's `Clone`, `Hash` or `Eq`) killed it: each such key's
     /// latest write is then failed rather than dropped — it still reads as the
     /// key's value until the next `flush` or `close` reports it — and from
-    /// then on writes are refused ([`WriteError::Closed`]). Of the `handed`
+    /// then on writes are refused ([`WriteError::Closed`](crate::WriteError::Closed)). Of the `handed`
     /// writes being handed to the failure handler, the first `delivered`
     /// reached it; the others are failed like the rest, or superseded when
     /// their key has a newer write (which is failed in their place).
