@@ -1,19 +1,20 @@
-//! `CacheBuilder`: every setting of a cache, validated once in `build`.
+//! `CacheBuilder`: every setting of a cache, validated once in `build`. The
+//! write policies' constructors are in `write`, the refusals in `error`.
+
+mod error;
+mod write;
+
+pub use error::BuildError;
 
 use std::fmt;
 use std::hash::{BuildHasher, Hash};
 use std::marker::PhantomData;
 use std::sync::Arc;
-
 use std::time::Duration;
 
 use crate::cache::{Cache, Listener, Weigher};
 use crate::expiry::Expiration;
-use crate::write::{ReadThrough, WriteBehind, WriteThrough};
-use crate::{
-    CacheAside, Clock, DefaultHashBuilder, Eviction, Expiry, RemovalCause, Store, WriteBack,
-    WritePolicy,
-};
+use crate::{CacheAside, Clock, DefaultHashBuilder, Eviction, Expiry, RemovalCause, WritePolicy};
 
 /// The most shards a cache may have.
 ///
@@ -47,23 +48,30 @@ const MIN_DEFAULT_SHARD_CAPACITY: u64 = 1024;
 /// assert_eq!(cache.weighted_size(), 101);
 /// ```
 pub struct CacheBuilder<K, V, S = DefaultHashBuilder, W = CacheAside> {
+    settings: Settings<K, V>,
+    hasher: S,
+    sweeper: Option<(Duration, Spawner<K, V, S>)>,
+    write: W,
+    /// A write policy's invalid settings, reported by `build`.
+    write_error: Option<BuildError>,
+    _types: PhantomData<fn(K, V)>,
+}
+
+/// The settings that neither the hasher nor the write policy types: they
+/// carry over unchanged when [`hasher`](CacheBuilder::hasher) or a write
+/// policy's constructor gives the builder another type.
+struct Settings<K, V> {
     max_capacity: Option<u64>,
     weigher: Option<Weigher<K, V>>,
     eviction: Eviction,
     shards: Option<usize>,
     initial_capacity: usize,
-    hasher: S,
     listener: Option<Listener<K, V>>,
     record_stats: bool,
     time_to_live: Option<Duration>,
     time_to_idle: Option<Duration>,
     expiry: Option<Arc<dyn Expiry<K, V>>>,
     clock: Option<Clock>,
-    sweeper: Option<(Duration, Spawner<K, V, S>)>,
-    write: W,
-    /// A write policy's invalid settings, reported by `build`.
-    write_error: Option<BuildError>,
-    _types: PhantomData<fn(K, V)>,
 }
 
 /// Starts the background sweeper of a built cache (monomorphized where the
@@ -86,16 +94,16 @@ pub const MIN_SWEEP_INTERVAL: Duration = Duration::from_millis(1);
 impl<K, V, S, W> fmt::Debug for CacheBuilder<K, V, S, W> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CacheBuilder")
-            .field("max_capacity", &self.max_capacity)
-            .field("weigher", &self.weigher.is_some())
-            .field("eviction", &self.eviction)
-            .field("shards", &self.shards)
-            .field("initial_capacity", &self.initial_capacity)
-            .field("eviction_listener", &self.listener.is_some())
-            .field("record_stats", &self.record_stats)
-            .field("time_to_live", &self.time_to_live)
-            .field("time_to_idle", &self.time_to_idle)
-            .field("expiry", &self.expiry.is_some())
+            .field("max_capacity", &self.settings.max_capacity)
+            .field("weigher", &self.settings.weigher.is_some())
+            .field("eviction", &self.settings.eviction)
+            .field("shards", &self.settings.shards)
+            .field("initial_capacity", &self.settings.initial_capacity)
+            .field("eviction_listener", &self.settings.listener.is_some())
+            .field("record_stats", &self.settings.record_stats)
+            .field("time_to_live", &self.settings.time_to_live)
+            .field("time_to_idle", &self.settings.time_to_idle)
+            .field("expiry", &self.settings.expiry.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -103,226 +111,25 @@ impl<K, V, S, W> fmt::Debug for CacheBuilder<K, V, S, W> {
 impl<K, V> CacheBuilder<K, V, DefaultHashBuilder> {
     pub(crate) fn new() -> Self {
         Self {
-            max_capacity: None,
-            weigher: None,
-            eviction: Eviction::default(),
-            shards: None,
-            initial_capacity: 0,
+            settings: Settings {
+                max_capacity: None,
+                weigher: None,
+                eviction: Eviction::default(),
+                shards: None,
+                initial_capacity: 0,
+                listener: None,
+                record_stats: false,
+                time_to_live: None,
+                time_to_idle: None,
+                expiry: None,
+                clock: None,
+            },
             hasher: DefaultHashBuilder::default(),
-            listener: None,
-            record_stats: false,
-            time_to_live: None,
-            time_to_idle: None,
-            expiry: None,
-            clock: None,
             sweeper: None,
             write: CacheAside,
             write_error: None,
             _types: PhantomData,
         }
-    }
-}
-
-impl<K, V, S> CacheBuilder<K, V, S, CacheAside>
-where
-    K: Hash + Eq + Clone + Send + Sync + 'static,
-    V: Clone + Send + Sync + 'static,
-    S: BuildHasher,
-{
-    /// Read-through: `get` loads a missing key from `store`, one load per
-    /// key at a time; `put` and `delete` change only the cache (the
-    /// application writes the store). See [`ReadThrough`]. `store` is a
-    /// [`Store`], or an [`AsyncStore`](crate::AsyncStore) for the `_async` calls.
-    ///
-    /// ```
-    /// # use larder::{Cache, Op, Store};
-    /// struct Doubles;
-    /// impl Store<u32, u32> for Doubles {
-    ///     type Error = std::convert::Infallible;
-    ///     fn load(&self, k: &u32) -> Result<Option<u32>, Self::Error> { Ok(Some(k * 2)) }
-    ///     fn write(&self, _: &Op<u32, u32>) -> Result<(), Self::Error> { Ok(()) }
-    /// }
-    /// let cache = Cache::builder().max_capacity(100).read_through(Doubles).build().unwrap();
-    /// assert_eq!(cache.get(&21), Ok(Some(42)));
-    /// ```
-    pub fn read_through<St: Send + Sync + 'static>(
-        self,
-        store: St,
-    ) -> CacheBuilder<K, V, S, ReadThrough<St>> {
-        self.with_write(ReadThrough::new(store), None)
-    }
-
-    /// Write-through: `put` and `delete` write `store` first and the cache
-    /// after, returning once both hold the write (an entry the cache refuses,
-    /// too heavy or with a zero time-to-live, is stored but not cached);
-    /// `get` reads through. See
-    /// [`WriteThrough`]. `store` is a [`Store`], or an
-    /// [`AsyncStore`](crate::AsyncStore) for the `_async` calls.
-    ///
-    /// ```
-    /// # use std::collections::HashMap;
-    /// # use std::sync::Mutex;
-    /// # use larder::{Op, Store};
-    /// # #[derive(Default)]
-    /// # struct Memory(Mutex<HashMap<u32, String>>);
-    /// # impl Store<u32, String> for Memory {
-    /// #     type Error = std::convert::Infallible;
-    /// #     fn load(&self, key: &u32) -> Result<Option<String>, Self::Error> {
-    /// #         Ok(self.0.lock().unwrap().get(key).cloned())
-    /// #     }
-    /// #     fn write(&self, op: &Op<u32, String>) -> Result<(), Self::Error> {
-    /// #         let mut map = self.0.lock().unwrap();
-    /// #         match op {
-    /// #             Op::Put(k, v) => map.insert(*k, v.clone()),
-    /// #             Op::Delete(k) => map.remove(k),
-    /// #         };
-    /// #         Ok(())
-    /// #     }
-    /// # }
-    /// use larder::Cache;
-    ///
-    /// let cache: Cache<u32, String, _, _> = Cache::builder()
-    ///     .max_capacity(100)
-    ///     .write_through(Memory::default())
-    ///     .build()
-    ///     .unwrap();
-    /// cache.put(1, "one".to_string()).unwrap();
-    /// assert_eq!(cache.store().load(&1).unwrap().as_deref(), Some("one"));
-    /// assert_eq!(cache.get(&1).unwrap().as_deref(), Some("one"));
-    /// ```
-    pub fn write_through<St: Send + Sync + 'static>(
-        self,
-        store: St,
-    ) -> CacheBuilder<K, V, S, WriteThrough<St>> {
-        self.with_write(WriteThrough::new(store), None)
-    }
-
-    /// Write-back: `put` and `delete` update the cache and queue the write; a
-    /// flusher thread, started by `build`, sends the queue to `store` in
-    /// batches as `settings` say; `get` reads your writes, then through. See
-    /// [`WriteBehind`] for the cache's `put`, `delete`, `flush` and `close`.
-    ///
-    /// ```
-    /// # use std::collections::HashMap;
-    /// # use std::sync::Mutex;
-    /// # use larder::{Op, Store};
-    /// # #[derive(Default)]
-    /// # struct Memory(Mutex<HashMap<u32, String>>);
-    /// # impl Store<u32, String> for Memory {
-    /// #     type Error = std::convert::Infallible;
-    /// #     fn load(&self, key: &u32) -> Result<Option<String>, Self::Error> {
-    /// #         Ok(self.0.lock().unwrap().get(key).cloned())
-    /// #     }
-    /// #     fn write(&self, op: &Op<u32, String>) -> Result<(), Self::Error> {
-    /// #         let mut map = self.0.lock().unwrap();
-    /// #         match op {
-    /// #             Op::Put(k, v) => map.insert(*k, v.clone()),
-    /// #             Op::Delete(k) => map.remove(k),
-    /// #         };
-    /// #         Ok(())
-    /// #     }
-    /// # }
-    /// use larder::{Cache, WriteBack};
-    ///
-    /// let cache: Cache<u32, String, _, _> = Cache::builder()
-    ///     .max_capacity(100)
-    ///     .write_back(Memory::default(), WriteBack::default())
-    ///     .build()
-    ///     .unwrap();
-    /// cache.put(1, "one".to_string());
-    /// assert_eq!(cache.get(&1).unwrap().as_deref(), Some("one")); // before the store has it
-    /// cache.flush().unwrap();
-    /// assert_eq!(cache.store().load(&1).unwrap().as_deref(), Some("one"));
-    /// ```
-    pub fn write_back<St: Store<K, V>>(
-        self,
-        store: St,
-        settings: WriteBack,
-    ) -> CacheBuilder<K, V, S, WriteBehind<K, V, St>> {
-        let error = settings
-            .check()
-            .err()
-            .map(|reason| BuildError::InvalidWriteBack { reason });
-        self.with_write(WriteBehind::new(store, settings), error)
-    }
-
-    fn with_write<W>(self, write: W, write_error: Option<BuildError>) -> CacheBuilder<K, V, S, W> {
-        CacheBuilder {
-            max_capacity: self.max_capacity,
-            weigher: self.weigher,
-            eviction: self.eviction,
-            shards: self.shards,
-            initial_capacity: self.initial_capacity,
-            hasher: self.hasher,
-            listener: self.listener,
-            record_stats: self.record_stats,
-            time_to_live: self.time_to_live,
-            time_to_idle: self.time_to_idle,
-            expiry: self.expiry,
-            clock: self.clock,
-            sweeper: self.sweeper,
-            write,
-            write_error,
-            _types: PhantomData,
-        }
-    }
-}
-
-impl<K, V, S, St> CacheBuilder<K, V, S, WriteBehind<K, V, St>>
-where
-    K: Hash + Eq + Clone + Send + Sync + 'static,
-    V: Clone + Send + Sync + 'static,
-    St: Store<K, V>,
-{
-    /// Hands each write-back write the store still refused after every retry
-    /// to `handler`, on the flusher thread, as soon as it is given up —
-    /// instead of keeping it (readable, and holding queue room) until `flush`
-    /// or `close` reports it. Use it to log, alert, or park failures
-    /// elsewhere; a panic in it is ignored. The failed value stays in the
-    /// cache until it is evicted or replaced; until the handler has been
-    /// called with it, its key reads as it even if evicted (a read never
-    /// falls back to the store's older value before anyone was told).
-    ///
-    /// If dropping the payload of a handler's panic panics too, the flusher
-    /// dies. The writes it had not yet handed over are then reported by the
-    /// next `flush` or `close`, as failed because the flusher panicked; none
-    /// the handler got is reported again. A write whose key was written
-    /// again meanwhile is counted as superseded, and the newer write is
-    /// reported in its place.
-    ///
-    /// `handler` must not wait for the cache's queue to drain (a blocking
-    /// `put` on a full queue): the flusher is busy running it. `flush` and
-    /// `close` called from it return at once, with what is reported so far.
-    /// Nor should it own a handle of the cache: the cache would then never be
-    /// dropped, and its queue never drained by the drop.
-    ///
-    /// ```
-    /// # use larder::{Cache, Op, Store, WriteBack};
-    /// # use std::sync::{Arc, Mutex};
-    /// struct Down;
-    /// impl Store<u32, u32> for Down {
-    ///     type Error = &'static str;
-    ///     fn load(&self, _: &u32) -> Result<Option<u32>, Self::Error> { Ok(None) }
-    ///     fn write(&self, _: &Op<u32, u32>) -> Result<(), Self::Error> { Err("down") }
-    /// }
-    /// let lost = Arc::new(Mutex::new(Vec::new()));
-    /// let log = lost.clone();
-    /// let cache = Cache::builder()
-    ///     .max_capacity(10)
-    ///     .write_back(Down, WriteBack::default().retries(0, std::time::Duration::ZERO))
-    ///     .on_write_failure(move |failed| log.lock().unwrap().push(failed.op))
-    ///     .build()
-    ///     .unwrap();
-    /// cache.put(1, 10).unwrap();
-    /// assert!(cache.flush().is_ok(), "handed over, not reported");
-    /// assert_eq!(*lost.lock().unwrap(), vec![Op::Put(1, 10)]);
-    /// ```
-    pub fn on_write_failure(
-        self,
-        handler: impl Fn(crate::FailedWrite<K, V, St::Error>) + Send + Sync + 'static,
-    ) -> Self {
-        self.write.set_failure_handler(Box::new(handler));
-        self
     }
 }
 
@@ -351,7 +158,7 @@ where
     /// assert_eq!(cache.capacity(), 100);
     /// ```
     pub fn max_capacity(mut self, max_capacity: u64) -> Self {
-        self.max_capacity = Some(max_capacity);
+        self.settings.max_capacity = Some(max_capacity);
         self
     }
 
@@ -375,7 +182,7 @@ where
     /// assert_eq!(cache.len(), 2);
     /// ```
     pub fn weigher(mut self, weigher: impl Fn(&K, &V) -> u32 + Send + Sync + 'static) -> Self {
-        self.weigher = Some(Arc::new(weigher));
+        self.settings.weigher = Some(Arc::new(weigher));
         self
     }
 
@@ -397,7 +204,7 @@ where
     /// assert_eq!(cache.get(&1), Some(1));
     /// ```
     pub fn eviction(mut self, eviction: Eviction) -> Self {
-        self.eviction = eviction;
+        self.settings.eviction = eviction;
         self
     }
 
@@ -424,7 +231,7 @@ where
     /// assert_eq!(err, larder::BuildError::InvalidShards { shards: 3 });
     /// ```
     pub fn shards(mut self, shards: usize) -> Self {
-        self.shards = Some(shards);
+        self.settings.shards = Some(shards);
         self
     }
 
@@ -441,7 +248,7 @@ where
     /// assert_eq!(cache.get(&1), Some(1));
     /// ```
     pub fn initial_capacity(mut self, entries: usize) -> Self {
-        self.initial_capacity = entries;
+        self.settings.initial_capacity = entries;
         self
     }
 
@@ -462,7 +269,7 @@ where
     /// assert_eq!(stats.hit_ratio(), 0.5);
     /// ```
     pub fn record_stats(mut self) -> Self {
-        self.record_stats = true;
+        self.settings.record_stats = true;
         self
     }
 
@@ -495,7 +302,7 @@ where
         mut self,
         listener: impl Fn(K, V, RemovalCause) + Send + Sync + 'static,
     ) -> Self {
-        self.listener = Some(Arc::new(listener));
+        self.settings.listener = Some(Arc::new(listener));
         self
     }
 
@@ -524,7 +331,7 @@ where
     /// assert_eq!(cache.get(&1), None);
     /// ```
     pub fn time_to_live(mut self, ttl: Duration) -> Self {
-        self.time_to_live = Some(ttl);
+        self.settings.time_to_live = Some(ttl);
         self
     }
 
@@ -555,7 +362,7 @@ where
     /// assert_eq!(cache.get(&1), None);
     /// ```
     pub fn time_to_idle(mut self, tti: Duration) -> Self {
-        self.time_to_idle = Some(tti);
+        self.settings.time_to_idle = Some(tti);
         self
     }
 
@@ -584,7 +391,7 @@ where
     /// assert_eq!(cache.get("abcdef"), Some(2));
     /// ```
     pub fn expiry(mut self, expiry: impl Expiry<K, V>) -> Self {
-        self.expiry = Some(Arc::new(expiry));
+        self.settings.expiry = Some(Arc::new(expiry));
         self
     }
 
@@ -607,7 +414,7 @@ where
     /// assert_eq!(cache.get(&1), None);
     /// ```
     pub fn clock(mut self, clock: Clock) -> Self {
-        self.clock = Some(clock);
+        self.settings.clock = Some(clock);
         self
     }
 
@@ -664,18 +471,8 @@ where
         S2: BuildHasher + Send + Sync + 'static,
     {
         CacheBuilder {
-            max_capacity: self.max_capacity,
-            weigher: self.weigher,
-            eviction: self.eviction,
-            shards: self.shards,
-            initial_capacity: self.initial_capacity,
+            settings: self.settings,
             hasher,
-            listener: self.listener,
-            record_stats: self.record_stats,
-            time_to_live: self.time_to_live,
-            time_to_idle: self.time_to_idle,
-            expiry: self.expiry,
-            clock: self.clock,
             sweeper: self
                 .sweeper
                 .map(|(interval, _)| (interval, crate::cache::spawn_sweeper::<K, V, S2> as _)),
@@ -693,7 +490,7 @@ where
     /// zero; the shard count is not a power of two in `1..=MAX_SHARDS` or
     /// exceeds the capacity; an [`Expiry`] is combined with `time_to_live` or
     /// `time_to_idle`; a `background_sweep` interval is below
-    /// [`MIN_SWEEP_INTERVAL`]; the [`WriteBack`] settings are invalid;
+    /// [`MIN_SWEEP_INTERVAL`]; the [`WriteBack`](crate::WriteBack) settings are invalid;
     /// `initial_capacity` asks for more room than can be allocated; or the
     /// sweeper's or the write-back flusher's thread cannot be started.
     ///
@@ -712,11 +509,14 @@ where
         if let Some(error) = self.write_error {
             return Err(error);
         }
-        let capacity = self.max_capacity.ok_or(BuildError::MissingCapacity)?;
+        let capacity = self
+            .settings
+            .max_capacity
+            .ok_or(BuildError::MissingCapacity)?;
         if capacity == 0 {
             return Err(BuildError::ZeroCapacity);
         }
-        let shards = match self.shards {
+        let shards = match self.settings.shards {
             Some(n) if n == 0 || !n.is_power_of_two() || n > MAX_SHARDS => {
                 return Err(BuildError::InvalidShards { shards: n })
             }
@@ -727,10 +527,10 @@ where
                 })
             }
             Some(n) => n,
-            None => default_shards(capacity, self.weigher.is_some()),
+            None => default_shards(capacity, self.settings.weigher.is_some()),
         };
-        let fixed = self.time_to_live.is_some() || self.time_to_idle.is_some();
-        if fixed && self.expiry.is_some() {
+        let fixed = self.settings.time_to_live.is_some() || self.settings.time_to_idle.is_some();
+        if fixed && self.settings.expiry.is_some() {
             return Err(BuildError::ConflictingExpiry);
         }
         if let Some((interval, _)) = self.sweeper {
@@ -738,22 +538,26 @@ where
                 return Err(BuildError::SweepIntervalTooShort { interval });
             }
         }
-        let timed = fixed || self.expiry.is_some();
-        let clock = self.clock.unwrap_or_default();
-        let expiration = match self.expiry {
+        let timed = fixed || self.settings.expiry.is_some();
+        let clock = self.settings.clock.unwrap_or_default();
+        let expiration = match self.settings.expiry {
             Some(expiry) => Expiration::custom(clock, expiry),
-            None => Expiration::fixed(clock, self.time_to_live, self.time_to_idle),
+            None => Expiration::fixed(
+                clock,
+                self.settings.time_to_live,
+                self.settings.time_to_idle,
+            ),
         };
-        let initial_capacity = self.initial_capacity.min(capacity as usize);
+        let initial_capacity = self.settings.initial_capacity.min(capacity as usize);
         let cache = Cache::from_parts(crate::cache::Parts {
             capacity,
-            weigher: self.weigher,
-            eviction: self.eviction,
+            weigher: self.settings.weigher,
+            eviction: self.settings.eviction,
             shards,
             initial_capacity,
             hasher: self.hasher,
-            listener: self.listener,
-            record_stats: self.record_stats,
+            listener: self.settings.listener,
+            record_stats: self.settings.record_stats,
             expiration,
             timed,
         })
@@ -805,105 +609,6 @@ fn default_shards(capacity: u64, weighted: bool) -> usize {
     }
     shards
 }
-
-/// Why a [`CacheBuilder`] refused to build.
-///
-/// ```
-/// use larder::{BuildError, Cache};
-///
-/// let err = Cache::<u32, u32>::builder().max_capacity(0).build().unwrap_err();
-/// assert_eq!(err, BuildError::ZeroCapacity);
-/// ```
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum BuildError {
-    /// `max_capacity` was never set.
-    MissingCapacity,
-    /// `max_capacity(0)`: a cache that can hold nothing.
-    ZeroCapacity,
-    /// The shard count is not a power of two in `1..=MAX_SHARDS`.
-    InvalidShards {
-        /// The count that was asked for.
-        shards: usize,
-    },
-    /// `background_sweep` with an interval below [`MIN_SWEEP_INTERVAL`].
-    SweepIntervalTooShort {
-        /// The interval that was asked for.
-        interval: Duration,
-    },
-    /// The background sweeper's thread could not be started.
-    SweeperNotStarted {
-        /// What the operating system said.
-        reason: String,
-    },
-    /// An [`Expiry`] together with `time_to_live` or `time_to_idle`: the
-    /// `Expiry` alone decides lifetimes, so say it there.
-    ConflictingExpiry,
-    /// A write-back setting that cannot work (a zero batch size or queue, a
-    /// `max_backoff` above a day).
-    InvalidWriteBack {
-        /// What is wrong.
-        reason: &'static str,
-    },
-    /// The write-back flusher's thread could not be started.
-    FlusherNotStarted {
-        /// What the operating system said.
-        reason: String,
-    },
-    /// `initial_capacity` asked for more room than could be allocated.
-    InitialCapacityTooLarge {
-        /// The entries asked for (at most the capacity).
-        entries: usize,
-    },
-    /// More shards than capacity units: some shard could hold nothing.
-    MoreShardsThanCapacity {
-        /// The count that was asked for.
-        shards: usize,
-        /// The capacity it was asked with.
-        capacity: u64,
-    },
-}
-
-impl fmt::Display for BuildError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::MissingCapacity => f.write_str("max_capacity must be set"),
-            Self::ZeroCapacity => f.write_str("max_capacity must be at least 1"),
-            Self::InvalidShards { shards } => write!(
-                f,
-                "shards must be a power of two from 1 to {MAX_SHARDS}, got {shards}"
-            ),
-            Self::SweepIntervalTooShort { interval } => write!(
-                f,
-                "background_sweep interval must be at least {MIN_SWEEP_INTERVAL:?}, got {interval:?}"
-            ),
-            Self::SweeperNotStarted { reason } => {
-                write!(f, "the background sweeper could not start: {reason}")
-            }
-            Self::ConflictingExpiry => f.write_str(
-                "an Expiry decides every lifetime: drop time_to_live / time_to_idle or fold them into it",
-            ),
-            Self::InvalidWriteBack { reason } => write!(f, "invalid write-back settings: {reason}"),
-            Self::FlusherNotStarted { reason } => {
-                write!(f, "the write-back flusher could not start: {reason}")
-            }
-            Self::InitialCapacityTooLarge { entries } => write!(
-                f,
-                "room for {entries} entries could not be allocated: ask initial_capacity for less"
-            ),
-            Self::MoreShardsThanCapacity { shards, capacity } => {
-                // The largest count that builds: a power of two within the capacity.
-                let most = 1u64 << (*capacity).clamp(1, MAX_SHARDS as u64).ilog2();
-                write!(
-                    f,
-                    "{shards} shards cannot split a capacity of {capacity}: use at most {most} shards"
-                )
-            }
-        }
-    }
-}
-
-impl std::error::Error for BuildError {}
 
 #[cfg(test)]
 mod tests {
