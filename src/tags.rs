@@ -191,31 +191,14 @@ impl TagIndex {
         }
     }
 
-    /// Takes out the tokens carrying `tag` (the caller removes their entries,
-    /// which then `forget` their other tags).
-    pub(crate) fn take(&mut self, tag: &Tag) -> Vec<Token> {
-        let Some(id) = self.ids.get(tag).copied() else {
-            return Vec::new();
-        };
-        let Some(group) = self.groups[id as usize].take() else {
-            return Vec::new();
-        };
-        self.ids.remove(tag);
-        self.free.push(id);
-        // The id may be reused at once: strike it from its entries' records.
-        for token in &group.tokens {
-            if let Some(inline) = self.of_token.get_mut(token) {
-                match inline.iter_mut().find(|slot| **slot == id) {
-                    Some(slot) => *slot = NO_TAG,
-                    None => {
-                        if let Some(more) = self.more.get_mut(token) {
-                            more.retain(|&other| other != id);
-                        }
-                    }
-                }
-            }
-        }
-        group.tokens.into_iter().collect()
+    /// The tokens carrying `tag`, in no order. Nothing changes: the caller
+    /// removes their entries, each `forget`ting its tags, and the tag's id is
+    /// freed with its last carrier.
+    pub(crate) fn carriers(&self, tag: &Tag) -> Vec<Token> {
+        self.ids
+            .get(tag)
+            .and_then(|&id| self.groups[id as usize].as_ref())
+            .map_or_else(Vec::new, |g| g.tokens.iter().copied().collect())
     }
 
     /// Tagged entries indexed.
@@ -227,15 +210,6 @@ impl TagIndex {
     #[cfg(test)]
     fn tags(&self) -> usize {
         self.ids.len()
-    }
-
-    /// The entries carrying `tag`, in no order.
-    #[cfg(test)]
-    fn carriers(&self, tag: &Tag) -> usize {
-        self.ids
-            .get(tag)
-            .and_then(|&id| self.groups[id as usize].as_ref())
-            .map_or(0, |g| g.tokens.len())
     }
 
     /// Both directions agree, ids and groups agree, and only `live` tokens
@@ -287,13 +261,17 @@ mod tests {
         let mut index = TagIndex::default();
         index.set(1, &["a".into(), "b".into(), "a".into()]);
         index.set(2, &["b".into()]);
-        assert_eq!(index.carriers(&Tag::from("a")), 1);
-        assert_eq!(index.carriers(&Tag::from("b")), 2);
+        assert_eq!(index.carriers(&Tag::from("a")).len(), 1);
+        assert_eq!(index.carriers(&Tag::from("b")).len(), 2);
         index.set(1, &[Tag::from(9u64)]);
-        assert_eq!(index.carriers(&Tag::from("a")), 0);
+        assert_eq!(index.carriers(&Tag::from("a")).len(), 0);
         index.validate(&|_| true);
-        assert_eq!(index.take(&9u64.into()), vec![1]);
+        assert_eq!(index.carriers(&9u64.into()), vec![1]);
         index.forget(1);
+        assert!(
+            index.carriers(&9u64.into()).is_empty(),
+            "the last carrier frees the tag"
+        );
         index.validate(&|_| true);
         index.forget(2);
         assert_eq!(index.len(), 0);
@@ -308,17 +286,19 @@ mod tests {
         index.set(1, &five);
         index.set(2, &five[3..]);
         index.validate(&|_| true);
-        assert_eq!(index.carriers(&Tag::from(4u64)), 2);
-        // Taking a tag frees its id; a new tag may reuse it before the
-        // taken entries are forgotten.
-        let mut taken = index.take(&Tag::from(3u64));
-        taken.sort_unstable();
-        assert_eq!(taken, vec![1, 2]);
-        index.set(3, &["new".into()]);
-        index.validate(&|_| true);
+        assert_eq!(index.carriers(&Tag::from(4u64)).len(), 2);
+        let mut carriers = index.carriers(&Tag::from(3u64));
+        carriers.sort_unstable();
+        assert_eq!(carriers, vec![1, 2]);
+        // Forgetting the carriers frees the ids of tags no one carries any
+        // more, and a new tag reuses one.
         index.forget(1);
         index.forget(2);
-        assert_eq!(index.carriers(&Tag::from("new")), 1);
+        assert_eq!(index.tags(), 0);
+        index.set(3, &["new".into()]);
+        index.validate(&|_| true);
+        assert_eq!(index.carriers(&Tag::from("new")).len(), 1);
+        assert!(index.carriers(&Tag::from(3u64)).is_empty());
         assert_eq!((index.len(), index.tags()), (1, 1));
         index.validate(&|_| true);
     }

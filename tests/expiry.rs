@@ -88,6 +88,28 @@ fn tti_is_extended_by_reads_and_capped_by_the_ttl() {
 }
 
 #[test]
+fn iter_yields_no_entry_that_expired_while_it_ran() {
+    let (cache, time, _) = cache_with(|b| b.shards(1).time_to_idle(5 * SEC));
+    for k in 0..10 {
+        cache.insert(k, k);
+    }
+    let mut it = cache.iter();
+    let first = it.next().expect("ten entries");
+    // Entry 9 is kept alive by reads; the others idle out.
+    for _ in 0..3 {
+        time.advance(2 * SEC);
+        assert_eq!(cache.get(&9), Some(9));
+    }
+    assert_eq!(cache.peek(&0).or(cache.peek(&1)), None);
+    let rest: Vec<(u32, u32)> = it.collect();
+    let expected: Vec<(u32, u32)> = if first.0 == 9 { vec![] } else { vec![(9, 9)] };
+    assert_eq!(
+        rest, expected,
+        "yielded after expiring, or a live entry skipped"
+    );
+}
+
+#[test]
 fn tti_alone_expires_exactly_five_seconds_after_the_last_read() {
     let (cache, time, _) = cache_with(|b| b.time_to_idle(5 * SEC));
     cache.insert(1, 1);

@@ -8,6 +8,7 @@ use std::hash::{BuildHasher, Hash};
 use std::time::Duration;
 
 use super::Cache;
+use crate::expiry::NEVER;
 use crate::sync::Ordering;
 use crate::write::CacheAside;
 use crate::CacheStats;
@@ -136,7 +137,9 @@ where
 
     /// Clones of the entries, shard by shard, a few at a time. Weakly consistent:
     /// each entry present for the whole iteration is yielded once; entries added
-    /// or removed meanwhile may or may not be. Does not touch the eviction order.
+    /// or removed meanwhile may or may not be. An entry whose deadline has
+    /// passed by the time it would be yielded is not, as `get` would not return
+    /// it. Does not touch the eviction order.
     ///
     /// ```
     /// let cache: larder::Cache<u32, u32> = larder::Cache::builder().max_capacity(10).build().unwrap();
@@ -223,7 +226,9 @@ pub struct Iter<'a, K, V, S, W = CacheAside> {
     shard: usize,
     /// The next slab slot to read in the current shard; `None` once it is done.
     slot: Option<usize>,
-    batch: Vec<(K, V)>,
+    /// Entries cloned from the current shard, each with its deadline as it
+    /// was then (`NEVER` for none).
+    batch: Vec<(K, V, u64)>,
 }
 
 impl<K, V, S, W> fmt::Debug for Iter<'_, K, V, S, W> {
@@ -247,8 +252,17 @@ where
 
     fn next(&mut self) -> Option<(K, V)> {
         loop {
-            if let Some(item) = self.batch.pop() {
-                return Some(item);
+            if let Some((key, value, at)) = self.batch.pop() {
+                // Cloned before its deadline, which may have passed since:
+                // yielded only if the entry is still there, unexpired (a read
+                // may have moved a time-to-idle deadline later).
+                if at != NEVER
+                    && at <= self.cache.inner.expiration.clock.now()
+                    && !self.cache.contains_key(&key)
+                {
+                    continue;
+                }
+                return Some((key, value));
             }
             let shards = &self.cache.inner.shards;
             let shard = shards.get(self.shard)?;

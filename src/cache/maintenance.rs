@@ -8,7 +8,7 @@ use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{deliver, Cache, RemovalCause};
+use super::{deliver, Cache, HeardIfUnwinding, RemovalCause};
 use crate::store::{Removed, ShardWriter};
 use crate::sync::Ordering;
 use crate::tags::Tag;
@@ -57,10 +57,18 @@ where
         let hash_of: &dyn Fn(&K) -> u64 = &hash_of;
         for shard in self.inner.shards.iter() {
             let mut removed = Vec::new();
+            // Declared before the lock: should the sweep panic (a key's
+            // `Hash`), the lock is released first, then the listener hears
+            // what the shard had removed.
+            let heard = HeardIfUnwinding {
+                cache: self,
+                list: &mut removed,
+            };
             let mut writer = shard.write(&hash_of);
             shard.flights.invalidate_all();
-            sweep(&mut writer, &mut removed);
+            sweep(&mut writer, heard.list);
             drop(writer);
+            std::mem::forget(heard);
             if let Some(listener) = &self.inner.listener {
                 for (k, v, cause) in removed {
                     deliver(listener, k, v, cause, &mut first_panic);
@@ -122,10 +130,14 @@ where
             }
             loop {
                 let mut removed = Removed::new();
-                let more =
-                    shard
-                        .write(&hash_of)
-                        .expire(clock.now(), MAINTENANCE_BATCH, &mut removed);
+                let heard = HeardIfUnwinding {
+                    cache: self,
+                    list: &mut removed,
+                };
+                let more = shard
+                    .write(&hash_of)
+                    .expire(clock.now(), MAINTENANCE_BATCH, heard.list);
+                std::mem::forget(heard);
                 if let Some(listener) = &self.inner.listener {
                     for (k, v, cause) in removed {
                         deliver(listener, k, v, cause, &mut first_panic);
@@ -202,10 +214,16 @@ where
             }
             let mut removed = Vec::new();
             {
+                let heard = HeardIfUnwinding {
+                    cache: self,
+                    list: &mut removed,
+                };
                 let mut writer = shard.write(&hash_of);
                 for tag in &tags {
-                    writer.invalidate_tag(tag, &self.inner.expiration.clock, &mut removed);
+                    writer.invalidate_tag(tag, &self.inner.expiration.clock, heard.list);
                 }
+                drop(writer);
+                std::mem::forget(heard);
             }
             if let Some(listener) = &self.inner.listener {
                 for (k, v, cause) in removed {

@@ -770,22 +770,29 @@ where
     }
 }
 
-/// What a write is removing, heard by the listener should the write panic
-/// (a key's `Hash` while it evicts) before its caller hands the list over:
-/// only unwinding drops the guard, which then gives the listener the
-/// entries (any panic of the listener's own dropped); the way through
-/// forgets it, so it costs a write nothing.
-struct HeardIfUnwinding<'a, K, V, S, W> {
+/// What a write or a sweep is removing, heard by the listener should it
+/// panic (a key's `Hash` while it evicts or sweeps) before its caller hands
+/// the list over: only unwinding drops the guard, which then gives the
+/// listener the entries (any panic of the listener's own dropped); the way
+/// through forgets it, so it costs a write nothing. Declared before the
+/// shard's lock is taken, it is dropped after the lock is released.
+struct HeardIfUnwinding<'a, K, V, S, W, L = Removed<K, V>>
+where
+    L: Default + IntoIterator<Item = (K, V, RemovalCause)>,
+{
     cache: &'a Cache<K, V, S, W>,
-    list: &'a mut Removed<K, V>,
+    list: &'a mut L,
 }
 
-impl<K, V, S, W> Drop for HeardIfUnwinding<'_, K, V, S, W> {
+impl<K, V, S, W, L> Drop for HeardIfUnwinding<'_, K, V, S, W, L>
+where
+    L: Default + IntoIterator<Item = (K, V, RemovalCause)>,
+{
     #[cold]
     fn drop(&mut self) {
         if let Some(listener) = &self.cache.inner.listener {
             let mut dropped = None;
-            for (k, v, cause) in self.list.drain(..) {
+            for (k, v, cause) in std::mem::take(self.list) {
                 deliver(listener, k, v, cause, &mut dropped);
             }
         }

@@ -157,14 +157,6 @@ impl Policy {
         }
     }
 
-    /// Tells the policy the hash of a resident token's key, so that what it
-    /// does with the token next does not hash the key again.
-    pub(crate) fn know(&mut self, token: Token, hash: u64) {
-        if let Self::TinyLfu(p) = self {
-            p.know(token, hash);
-        }
-    }
-
     /// Where the policy's frequency sketch lies, if it keeps one yet.
     pub(crate) fn sketch_lines(&self) -> SketchLines {
         match self {
@@ -188,13 +180,16 @@ impl Policy {
         }
     }
 
-    /// `token` leaves; the slab still holds its entry.
+    /// `token`, of key hash `hash`, leaves; the slab still holds its entry.
+    /// The hash comes from the caller, which has just used it to take the
+    /// token out of the table, so that a removal runs no user code: a key's
+    /// `Hash` panicking halfway through would leave the entry half removed.
     #[inline]
-    pub(crate) fn on_remove(&mut self, token: Token, entries: &impl Entries) {
+    pub(crate) fn on_remove(&mut self, token: Token, hash: u64, entries: &impl Entries) {
         match self {
             Self::Lru(p) => p.on_remove(token, entries),
             Self::Lfu(p) => p.on_remove(token, entries),
-            Self::TinyLfu(p) => p.on_remove(token, entries),
+            Self::TinyLfu(p) => p.on_remove(token, hash, entries),
         }
     }
 

@@ -393,7 +393,7 @@ fn agree(
                     let v = real.victim(t, &real_entries);
                     prop_assert_eq!(v, naive.victim(t, &naive_entries), "different victims");
                     let Some(v) = v else { break };
-                    real.on_remove(v, &real_entries);
+                    real.on_remove(v, real_entries.hash(v), &real_entries);
                     naive.remove(v, &naive_entries);
                     // The slab entry goes, and its read count with it.
                     real_entries.take_hits(v);
@@ -412,7 +412,7 @@ fn agree(
             }
             Step::Remove(i) if !resident.is_empty() => {
                 let t = resident.remove(i % resident.len());
-                real.on_remove(t, &real_entries);
+                real.on_remove(t, real_entries.hash(t), &real_entries);
                 naive.remove(t, &naive_entries);
                 real_entries.take_hits(t);
                 naive_entries.take_hits(t);

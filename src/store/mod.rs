@@ -131,6 +131,28 @@ pub(crate) struct Timers {
 }
 
 impl Timers {
+    /// Files `token`, due at `at`, again after a pass took it off the wheel
+    /// (nothing for `NEVER`): among the early tokens if `at`'s tick has begun
+    /// by `now`, so that every pass within the tick looks at it again, and on
+    /// the wheel otherwise.
+    fn file_again(&mut self, token: Token, at: u64, now: u64) {
+        if at == NEVER {
+            return;
+        }
+        if ticks(at) <= ticks(now) {
+            let i = token as usize;
+            if self.early_at.len() <= i {
+                self.early_at.resize(i + 1, NEVER);
+            }
+            if self.early_at[i] != at {
+                self.early_at[i] = at;
+                self.early.push(Reverse((at, token)));
+            }
+        } else {
+            self.wheel.schedule(token, ticks(at));
+        }
+    }
+
     /// The deadline; `NEVER` for an entry stored before the shard kept
     /// deadlines (a first per-entry TTL starts them), which has none.
     fn at(&self, token: Token) -> u64 {
@@ -575,14 +597,15 @@ impl<K: Eq, V> Map<K, V> {
         self.weight
     }
 
-    /// Clones up to `max` entries from slot `from` on into `out`; returns the slot
-    /// to continue from, or `None` when the shard is exhausted.
+    /// Clones up to `max` live entries from slot `from` on into `out`, each
+    /// with its deadline (`NEVER` for none); returns the slot to continue
+    /// from, or `None` when the shard is exhausted.
     pub(crate) fn collect(
         &self,
         from: usize,
         max: usize,
         now: Option<u64>,
-        out: &mut Vec<(K, V)>,
+        out: &mut Vec<(K, V, u64)>,
     ) -> Option<usize>
     where
         K: Clone,
@@ -596,7 +619,11 @@ impl<K: Eq, V> Map<K, V> {
             if taken == max {
                 return Some(t as usize);
             }
-            out.push((e.key.clone(), e.value.clone()));
+            let at = match (now, &self.timers) {
+                (Some(_), Some(timers)) => timers.at(t),
+                _ => NEVER,
+            };
+            out.push((e.key.clone(), e.value.clone(), at));
         }
         None
     }

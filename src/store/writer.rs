@@ -355,42 +355,34 @@ impl<K: Eq, V, H: Fn(&K) -> u64> ShardWriter<'_, K, V, H> {
             .wheel
             .advance(ticks(now), budget - due.len(), &mut due)
             || early_more;
-        for &t in &due {
-            let map = &mut *self.map;
+        // The due tokens are filed nowhere now: should a key's `Hash` panic
+        // below, the pass's guard files the rest again, so that a later pass
+        // still finds them.
+        let mut pass = ExpiryPass {
+            writer: self,
+            due,
+            next: 0,
+            now,
+        };
+        while let Some(&t) = pass.due.get(pass.next) {
+            let map = &mut *pass.writer.map;
             let timers = map.timers.as_mut().expect("checked above");
             // A stale early token: gone, or filed on the wheel again.
-            if !map.slab.contains(t) || timers.wheel.is_filed(t) {
-                continue;
-            }
-            let at = timers.at(t);
-            if at > now {
-                // Not yet (its tick has begun, or a read moved it): within
-                // this tick, every pass looks again; later, the wheel does.
-                if at != NEVER {
-                    if ticks(at) <= ticks(now) {
-                        let i = t as usize;
-                        if timers.early_at.len() <= i {
-                            timers.early_at.resize(i + 1, NEVER);
-                        }
-                        if timers.early_at[i] != at {
-                            timers.early_at[i] = at;
-                            timers.early.push(Reverse((at, t)));
-                        }
-                    } else {
-                        timers.wheel.schedule(t, ticks(at));
-                    }
+            if map.slab.contains(t) && !timers.wheel.is_filed(t) {
+                let at = timers.at(t);
+                if at > now {
+                    // Not yet (its tick has begun, or a read moved it).
+                    timers.file_again(t, at, now);
+                } else {
+                    let hash = (pass.writer.hash_of)(&pass.writer.map.slab.get(t).key);
+                    let entry = pass.writer.unlink(hash, t);
+                    pass.writer.map.counters.expirations += 1;
+                    out.push((entry.key, entry.value, RemovalCause::Expired));
                 }
-                continue;
             }
-            let hash = (self.hash_of)(&self.map.slab.get(t).key);
-            let entry = self.unlink(hash, t);
-            self.map.counters.expirations += 1;
-            out.push((entry.key, entry.value, RemovalCause::Expired));
+            pass.next += 1;
         }
-        due.clear();
-        if let Some(timers) = &mut self.map.timers {
-            timers.due = due;
-        }
+        drop(pass);
         self.release_if_empty();
         more
     }
@@ -432,12 +424,18 @@ impl<K: Eq, V, H: Fn(&K) -> u64> ShardWriter<'_, K, V, H> {
         out: &mut Vec<(K, V, RemovalCause)>,
     ) {
         let now = self.map.timed().then(|| clock.now());
-        let Some(index) = &mut self.map.tags else {
+        let Some(index) = &self.map.tags else {
             return;
         };
-        for t in index.take(tag) {
+        // Every key hashed before anything changes: a `Hash` that panics
+        // leaves the shard as it was (the tag still names all its carriers).
+        let doomed: Vec<(Token, u64)> = index
+            .carriers(tag)
+            .into_iter()
+            .map(|t| (t, (self.hash_of)(&self.map.slab.get(t).key)))
+            .collect();
+        for (t, hash) in doomed {
             let cause = self.book(t, now, RemovalCause::Invalidated);
-            let hash = (self.hash_of)(&self.map.slab.get(t).key);
             let entry = self.unlink(hash, t);
             out.push((entry.key, entry.value, cause));
         }
@@ -445,8 +443,9 @@ impl<K: Eq, V, H: Fn(&K) -> u64> ShardWriter<'_, K, V, H> {
     }
 
     /// Removes every live entry for which `remove` is true (cause
-    /// `Invalidated`). The predicate sees every live entry before any is
-    /// removed, so a panic in it leaves the shard as it was. Entries whose
+    /// `Invalidated`). The predicate sees every live entry, and the doomed
+    /// keys are hashed, before any is removed, so a panic in either leaves the
+    /// shard as it was. Entries whose
     /// deadline had passed are not shown to it: they are reclaimed, as
     /// `Expired`.
     pub(crate) fn invalidate_if(
@@ -457,15 +456,15 @@ impl<K: Eq, V, H: Fn(&K) -> u64> ShardWriter<'_, K, V, H> {
     ) {
         let now = self.map.timed().then(|| clock.now());
         let map = &*self.map;
-        let doomed: Vec<Token> = map
+        let hash_of = self.hash_of;
+        let doomed: Vec<(Token, u64)> = map
             .slab
             .iter_from(0)
             .filter(|&(t, e)| !map.is_live(t, now) || remove(&e.key, &e.value))
-            .map(|(t, _)| t)
+            .map(|(t, e)| (t, hash_of(&e.key)))
             .collect();
-        for t in doomed {
+        for (t, hash) in doomed {
             let cause = self.book(t, now, RemovalCause::Invalidated);
-            let hash = (self.hash_of)(&self.map.slab.get(t).key);
             let entry = self.unlink(hash, t);
             out.push((entry.key, entry.value, cause));
         }
@@ -562,7 +561,7 @@ impl<K: Eq, V, H: Fn(&K) -> u64> ShardWriter<'_, K, V, H> {
             }
             None => unreachable!("resident token {token} missing from the table"),
         }
-        self.with_policy(|p, view| p.on_remove(token, view));
+        self.with_policy(|p, view| p.on_remove(token, hash, view));
         let map = &mut *self.map;
         if let (true, Some(timers)) = (map.timed, &mut map.timers) {
             timers.wheel.cancel(token);
@@ -664,12 +663,40 @@ impl<K: Eq, V, H: Fn(&K) -> u64> Drop for Undo<'_, '_, K, V, H> {
     fn drop(&mut self) {
         let writer = &mut *self.writer;
         if writer.map.slab.is_resident(self.token) {
-            // With the hash known, taking the entry out calls no user code
+            // Taking the entry out calls no user code, as the hash is known
             // (a second panic while unwinding would abort).
-            writer.map.policy.get_mut().know(self.token, self.hash);
             let entry = writer.unlink(self.hash, self.token);
             writer.map.counters.rejections += 1;
             self.out.push((entry.key, entry.value, RemovalCause::Size));
         }
+    }
+}
+
+/// An expiry pass over due tokens that the wheel and the early heap no longer
+/// hold. Dropped, it files the tokens from `next` on again (none when the
+/// pass ran to its end; the rest when a key's `Hash` panicked at `next`) and
+/// gives the list's room back to the timers.
+struct ExpiryPass<'w, 'a, K: Eq, V, H: Fn(&K) -> u64> {
+    writer: &'w mut ShardWriter<'a, K, V, H>,
+    due: Vec<Token>,
+    next: usize,
+    now: u64,
+}
+
+impl<K: Eq, V, H: Fn(&K) -> u64> Drop for ExpiryPass<'_, '_, K, V, H> {
+    fn drop(&mut self) {
+        let map = &mut *self.writer.map;
+        let Some(timers) = map.timers.as_mut() else {
+            return;
+        };
+        for &t in &self.due[self.next..] {
+            if map.slab.contains(t) && !timers.wheel.is_filed(t) {
+                let at = timers.at(t);
+                timers.file_again(t, at, self.now);
+            }
+        }
+        let mut due = std::mem::take(&mut self.due);
+        due.clear();
+        timers.due = due;
     }
 }

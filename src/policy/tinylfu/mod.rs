@@ -303,11 +303,6 @@ impl TinyLfu {
         (self.known.0 == token).then_some(self.known.1)
     }
 
-    /// Keeps the hash of a resident token's key, for its next use.
-    pub(crate) fn know(&mut self, token: Token, hash: u64) {
-        self.known = (token, hash);
-    }
-
     /// The hash of a resident token's key.
     #[inline]
     fn hash_of(&self, token: Token, entries: &impl Entries) -> u64 {
@@ -398,9 +393,10 @@ impl TinyLfu {
         }
     }
 
-    /// Takes `token` off its list. A key read while resident hands its count
-    /// back to the sketch, so that it competes with it if it comes back.
-    pub(crate) fn on_remove(&mut self, token: Token, entries: &impl Entries) {
+    /// Takes `token` (of key hash `hash`) off its list. A key read while
+    /// resident hands its count back to the sketch, so that it competes with
+    /// it if it comes back.
+    pub(crate) fn on_remove(&mut self, token: Token, hash: u64, entries: &impl Entries) {
         let meta = entries.meta(token);
         let region = Region::of(meta);
         if region == Region::Absent {
@@ -411,8 +407,7 @@ impl TinyLfu {
         list.unlink(&mut { entries }, token);
         *total -= weight;
         entries.set_meta(token, 0);
-        if meta & READ != 0 && self.sketch.is_some() {
-            let hash = self.hash_of(token, entries);
+        if meta & READ != 0 {
             if let Some(sketch) = &mut self.sketch {
                 sketch.raise(hash, meta >> COUNT_SHIFT);
             }

@@ -31,7 +31,7 @@ fn insert(p: &mut TinyLfu, e: &Fake, token: Token) -> Vec<Token> {
     let mut evicted = Vec::new();
     while p.total() > p.capacity {
         let v = p.victim(token, e).expect("something to evict");
-        p.on_remove(v, e);
+        p.on_remove(v, e.hash(v), e);
         evicted.push(v);
     }
     p.count_fresh(e);
@@ -161,7 +161,7 @@ fn reads_are_collected_where_the_policy_looks() {
     let count = TinyLfu::count_of(t, &e);
     let sketch = p.sketch.as_ref().expect("past half full");
     assert!(sketch.frequency(e.hash(t)) < count, "not yet handed back");
-    p.on_remove(t, &e);
+    p.on_remove(t, e.hash(t), &e);
     let sketch = p.sketch.as_ref().expect("past half full");
     assert_eq!(sketch.frequency(e.hash(t)), count);
     p.validate(&e);
@@ -247,7 +247,7 @@ fn a_key_turned_away_and_asked_for_again_is_admitted() {
         p.on_insert(t, e2.hash(t), &e2);
         while p.total() > p.capacity {
             let v = p.victim(t, &e2).expect("something to evict");
-            p.on_remove(v, &e2);
+            p.on_remove(v, e2.hash(v), &e2);
             evicted.push(v);
         }
         p.count_fresh(&e2);
