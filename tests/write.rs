@@ -2059,3 +2059,175 @@ fn a_key_clone_panicking_while_a_write_is_queued_leaves_the_queue_unchanged() {
     assert_eq!(cache.store().0.lock().unwrap().get(&2), Some(&20));
     assert_eq!(cache.write_stats().accepted, 1);
 }
+
+// ------------------------------------------- write-back: reports put back twice
+
+/// A store that refuses puts of odd values, or every write while `down`.
+#[derive(Default)]
+struct OddRefused {
+    data: Mutex<HashMap<u64, u64>>,
+    down: bool,
+}
+
+impl Store<u64, u64> for OddRefused {
+    type Error = String;
+
+    fn load(&self, key: &u64) -> Result<Option<u64>, String> {
+        Ok(self.data.lock().unwrap().get(key).copied())
+    }
+
+    fn write(&self, op: &Op<u64, u64>) -> Result<(), String> {
+        match op {
+            _ if self.down => return Err("down".into()),
+            Op::Put(_, v) if v % 2 == 1 => return Err("odd values are refused".into()),
+            Op::Put(k, v) => self.data.lock().unwrap().insert(*k, *v),
+            Op::Delete(k) => self.data.lock().unwrap().remove(k),
+        };
+        Ok(())
+    }
+}
+
+type OddCache =
+    Cache<u64, u64, larder::DefaultHashBuilder, larder::WriteBehind<u64, u64, OddRefused>>;
+
+/// A cache whose listener runs `listener` on each value dropped, after a
+/// write of 7 = 1 that the store refused.
+fn with_7_failed(listener: impl Fn(u64) + Send + Sync + 'static) -> OddCache {
+    let cache = Cache::builder()
+        .max_capacity(100)
+        .eviction_listener(move |_k: u64, v: u64, _| listener(v))
+        .write_back(OddRefused::default(), given_up_at_once())
+        .build()
+        .unwrap();
+    cache.put(7, 1).unwrap();
+    wait_until("7 = 1 to fail", || cache.write_stats().failed == 1);
+    cache
+}
+
+/// Key 7 reads as its latest acknowledged write, 3, which the store does not
+/// hold; the next `flush` reports `expected`, in that order.
+fn reads_7_as_3_and_reports(cache: &OddCache, expected: &[Op<u64, u64>]) {
+    assert_eq!(
+        cache.get(&7),
+        Ok(Some(3)),
+        "a read went back to an older write"
+    );
+    let report = cache.flush().unwrap_err();
+    let ops: Vec<_> = report.failed.into_iter().map(|f| f.op).collect();
+    assert_eq!(
+        ops, expected,
+        "a failed write dropped, or reported out of order"
+    );
+}
+
+fn given_up_at_once() -> WriteBack {
+    WriteBack::default()
+        .retries(0, Duration::ZERO)
+        .max_delay(Duration::from_millis(1))
+}
+
+/// Two reports of one key out at once, both put back (the listener panics
+/// as each `flush` drops the key's copy), the older first: the key still
+/// reads as its newest write, and the next report lists the two in the
+/// order they were accepted.
+#[test]
+fn reports_put_back_in_either_order_keep_the_newest_write_last() {
+    let (entered_tx, entered) = std::sync::mpsc::channel::<u64>();
+    let (go1_tx, go1) = std::sync::mpsc::channel::<()>();
+    let (go3_tx, go3) = std::sync::mpsc::channel::<()>();
+    let (entered_tx, go1, go3) = (Mutex::new(entered_tx), Mutex::new(go1), Mutex::new(go3));
+    let cache = with_7_failed(move |v| {
+        let gate = match v {
+            1 => &go1,
+            3 => &go3,
+            _ => return,
+        };
+        entered_tx.lock().unwrap().send(v).unwrap();
+        gate.lock().unwrap().recv().unwrap();
+        panic!("the listener panics on {v}");
+    });
+    std::thread::scope(|s| {
+        let first = s.spawn(|| catch_unwind(AssertUnwindSafe(|| cache.flush())).is_err());
+        assert_eq!(entered.recv().unwrap(), 1, "the report of 7 = 1 is out");
+        cache.put(7, 3).unwrap();
+        wait_until("7 = 3 to fail", || cache.write_stats().failed == 2);
+        let second = s.spawn(|| catch_unwind(AssertUnwindSafe(|| cache.flush())).is_err());
+        assert_eq!(entered.recv().unwrap(), 3, "the report of 7 = 3 is out");
+        go1_tx.send(()).unwrap();
+        assert!(first.join().unwrap(), "the older report is put back first");
+        go3_tx.send(()).unwrap();
+        assert!(second.join().unwrap(), "then the newer one");
+    });
+    reads_7_as_3_and_reports(&cache, &[Op::Put(7, 1), Op::Put(7, 3)]);
+}
+
+/// While a report of a key is out, a newer write of it is stored and a
+/// newer one still fails; that one's report, put back, is not taken for
+/// superseded by the stored write, which is older.
+#[test]
+fn a_put_back_failure_newer_than_a_write_stored_meanwhile_is_still_reported() {
+    let (entered_tx, entered) = std::sync::mpsc::channel::<()>();
+    let (go_tx, go) = std::sync::mpsc::channel::<()>();
+    let (entered_tx, go) = (Mutex::new(entered_tx), Mutex::new(go));
+    let cache = with_7_failed(move |v| match v {
+        1 => {
+            // Slow, so that this report stays out.
+            entered_tx.lock().unwrap().send(()).unwrap();
+            go.lock().unwrap().recv().unwrap();
+        }
+        3 => panic!("the listener panics on 3"),
+        _ => {}
+    });
+    std::thread::scope(|s| {
+        let first = s.spawn(|| cache.flush().unwrap_err().failed.len());
+        entered.recv().unwrap();
+        cache.put(7, 2).unwrap();
+        wait_until("7 = 2 to be stored", || cache.write_stats().stored == 1);
+        cache.put(7, 3).unwrap();
+        wait_until("7 = 3 to fail", || cache.write_stats().failed == 2);
+        let put_back = catch_unwind(AssertUnwindSafe(|| cache.flush()));
+        assert!(put_back.is_err(), "the listener's panic reached the caller");
+        go_tx.send(()).unwrap();
+        assert_eq!(first.join().unwrap(), 1);
+    });
+    reads_7_as_3_and_reports(&cache, &[Op::Put(7, 3)]);
+}
+
+/// One key written again and again while the store is down: each failed
+/// write is held for its report and takes room, so the queue fills and
+/// refuses writes instead of holding ever more failures.
+#[test]
+fn a_key_written_again_and_again_while_the_store_is_down_fills_the_queue() {
+    let settings = given_up_at_once()
+        .queue_capacity(2)
+        .backpressure(Backpressure::Fail)
+        .max_delay(Duration::ZERO);
+    let cache = Cache::builder()
+        .max_capacity(100)
+        .write_back(
+            OddRefused {
+                down: true,
+                ..OddRefused::default()
+            },
+            settings,
+        )
+        .build()
+        .unwrap();
+    let mut accepted = 0;
+    for i in 0..400u64 {
+        if cache.put(1, i).is_ok() {
+            accepted += 1;
+        }
+        if i % 2 == 0 {
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    }
+    wait_until("the queue to settle", || {
+        let stats = cache.write_stats();
+        stats.failed + stats.coalesced == stats.accepted
+    });
+    let held = cache.flush().unwrap_err().failed.len();
+    assert!(accepted > 0);
+    assert!(held <= 4, "{held} failed writes held for a queue of 2");
+    assert!(cache.put(1, 1000).is_ok(), "the report freed the room");
+}

@@ -10,10 +10,10 @@ use std::time::Instant;
 use hashbrown::HashMap;
 
 use super::super::{
-    Backpressure, FailedWrite, Failure, FlushError, Forget, KeyLocks, Op, Store, Waiter, Wakers,
-    WriteBack, WriteError, WriteStats,
+    Backpressure, FailedWrite, Failure, Forget, KeyLocks, Op, Store, Waiter, Wakers, WriteBack,
+    WriteError, WriteStats,
 };
-use super::{FailureHandler, Owner, Pending, Queue, Queued, Shared, Slot, WriteBehind};
+use super::{FailureHandler, Owner, Pending, Queue, Queued, Report, Shared, Slot, WriteBehind};
 use crate::sync::thread;
 use crate::sync::{Condvar, Mutex, MutexGuard};
 
@@ -43,8 +43,9 @@ where
                 wakers: Wakers::default(),
                 handing: false,
                 handing_only: 0,
+                loose: 0,
                 reports_out: 0,
-                stored_while_out: hashbrown::HashSet::default(),
+                stored_while_out: HashMap::default(),
                 dead: None,
             }),
             work: Condvar::new(),
@@ -223,12 +224,16 @@ where
         });
         // A failure put back after its report could not be delivered left
         // its slot with that report, yet is unreported again: it reads as
-        // its key's value until the next report takes it. Anything in the
-        // key's slot is newer (a put-back that a stored write superseded is
-        // gone from `failed`).
+        // its key's value until the next report takes it, the newest of them
+        // if several reports of the key were put back. Anything in the key's
+        // slot is newer (a put-back that a stored write superseded is gone
+        // from `failed`).
         latest.or_else(|| {
-            let put_back = q.failed.iter().take_while(|(seq, _)| *seq == 0);
-            let (_, failed) = put_back.filter(|(_, f)| f.op.key() == key).last()?;
+            let (_, failed) = q
+                .failed
+                .iter()
+                .filter(|(_, f)| f.op.key() == key)
+                .max_by_key(|(seq, _)| *seq)?;
             Some(match &failed.op {
                 Op::Put(_, v) => Pending::Put(v.clone()),
                 Op::Delete(_) => Pending::Delete,
@@ -237,7 +242,7 @@ where
     }
 
     /// Sends everything accepted before the call and reports what failed.
-    pub(crate) fn flush(&self) -> Result<(), FlushError<K, V, St::Error>> {
+    pub(crate) fn flush(&self) -> Result<(), Report<K, V, St::Error>> {
         let shared = &*self.shared;
         let mut q = shared.queue.lock();
         let target = q.seq;
@@ -257,7 +262,7 @@ where
 
     /// Refuses further writes, sends everything queued, stops the flusher and
     /// reports what failed. A second call reports only what failed since.
-    pub(crate) fn close(&self) -> Result<(), FlushError<K, V, St::Error>> {
+    pub(crate) fn close(&self) -> Result<(), Report<K, V, St::Error>> {
         let shared = &*self.shared;
         let mut q = shared.queue.lock();
         q.closing = true;
@@ -284,7 +289,7 @@ where
     }
 
     /// [`flush`](Self::flush), awaiting instead of blocking.
-    pub(crate) async fn flush_async(&self) -> Result<(), FlushError<K, V, St::Error>> {
+    pub(crate) async fn flush_async(&self) -> Result<(), Report<K, V, St::Error>> {
         let shared = &*self.shared;
         let target = {
             let mut q = shared.queue.lock();
@@ -313,7 +318,7 @@ where
     }
 
     /// [`close`](Self::close), awaiting instead of blocking.
-    pub(crate) async fn close_async(&self) -> Result<(), FlushError<K, V, St::Error>> {
+    pub(crate) async fn close_async(&self) -> Result<(), Report<K, V, St::Error>> {
         let shared = &*self.shared;
         {
             let mut q = shared.queue.lock();
@@ -345,24 +350,26 @@ where
     /// The caller of `flush` or `close` is done with the report it took:
     /// `unreported` holds what it could not hand on (a listener panicked
     /// while it dropped the failed keys' cached copies), put back for the next
-    /// report, less what a write stored meanwhile superseded. Until then a
-    /// put-back write reads as its key's value (see `lookup`).
-    pub(crate) fn settled(&self, unreported: Vec<FailedWrite<K, V, St::Error>>) {
+    /// report, less what a write stored meanwhile superseded: a write of the
+    /// same key with a later sequence number. Until then a put-back write
+    /// reads as its key's value (see `lookup`).
+    pub(crate) fn settled(&self, unreported: Report<K, V, St::Error>) {
         let mut q = self.shared.queue.lock();
-        let mut back = Vec::with_capacity(unreported.len());
-        for failed in unreported {
-            if q.stored_while_out.contains(failed.op.key()) {
+        let before = q.failed.len();
+        for (seq, failed) in unreported.failed {
+            let stored = q.stored_while_out.get(failed.op.key());
+            if stored.is_some_and(|&stored| stored > seq) {
                 q.stats.superseded += 1;
             } else {
-                // Sequence number 0 names no slot's failure (those went
-                // with the first report) and marks the put-backs `lookup`
-                // reads.
-                back.push((0, failed));
+                q.failed.push((seq, failed));
+                q.loose += 1;
             }
         }
-        // Ahead of what was given up since: reports keep the order writes
-        // were given up in.
-        q.failed.splice(0..0, back);
+        if q.failed.len() > before {
+            // Reports keep each key's writes in the order they were
+            // accepted, however many reports were put back, in what order.
+            q.failed.sort_by_key(|(seq, _)| *seq);
+        }
         q.reports_out -= 1;
         if q.reports_out == 0 {
             q.stored_while_out.clear();
@@ -382,12 +389,13 @@ where
 fn report<K, V, St>(
     shared: &Shared<K, V, St>,
     mut q: MutexGuard<'_, Queue<K, V, St::Error>>,
-) -> Result<(), FlushError<K, V, St::Error>>
+) -> Result<(), Report<K, V, St::Error>>
 where
     K: Hash + Eq,
     St: Store<K, V>,
 {
     let mut failed = std::mem::take(&mut q.failed);
+    q.loose = 0;
     if let Some((from, reason)) = q.dead {
         let mut dead: Vec<_> = q
             .slots
@@ -422,7 +430,5 @@ where
         }
     }
     shared.progressed(q);
-    Err(FlushError {
-        failed: failed.into_iter().map(|(_, w)| w).collect(),
-    })
+    Err(Report { failed })
 }

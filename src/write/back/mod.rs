@@ -146,6 +146,14 @@ impl<K, V, St: Store<K, V>> fmt::Debug for WriteBehind<K, V, St> {
     }
 }
 
+/// What `flush` or `close` took to report: the given-up writes with their
+/// sequence numbers, which `WriteBehind::settled` needs should the report be
+/// put back. The caller hands on a [`FlushError`](super::FlushError).
+#[derive(Debug)]
+pub(crate) struct Report<K, V, E> {
+    pub(crate) failed: Vec<(u64, FailedWrite<K, V, E>)>,
+}
+
 /// A queued write, without its key (the slot's key).
 #[derive(Debug, Clone)]
 pub(crate) enum Pending<V> {
@@ -212,9 +220,9 @@ struct Queue<K, V, E> {
     flush_to: u64,
     /// Writers waiting for room.
     blocked: usize,
-    /// Given-up writes not yet reported, with their sequence numbers; the
-    /// ones put back after a report (see `WriteBehind::settled`) first, under
-    /// sequence number 0.
+    /// Given-up writes not yet reported, with their sequence numbers; those
+    /// put back after a report (see `WriteBehind::settled`) among them, in
+    /// sequence order.
     failed: Vec<(u64, FailedWrite<K, V, E>)>,
     closing: bool,
     /// The flusher thread is running.
@@ -233,11 +241,16 @@ struct Queue<K, V, E> {
     handing: bool,
     /// Slots holding nothing but such a write: they take no queue room.
     handing_only: usize,
+    /// Entries of `failed` that no slot holds (a failure with a newer write
+    /// of its key waiting or failed after it, a report put back): each takes
+    /// queue room as a dirty key does, until reported.
+    loose: usize,
     /// Reports taken and not yet settled by their caller (see
-    /// `WriteBehind::settled`), and the keys stored meanwhile: a report put
-    /// back must not bring back a failure a later stored write superseded.
+    /// `WriteBehind::settled`), and the keys stored meanwhile, each with the
+    /// sequence number of its latest stored write: a report put back must
+    /// not bring back a failure a later stored write superseded.
     reports_out: usize,
-    stored_while_out: hashbrown::HashSet<K, RandomState>,
+    stored_while_out: HashMap<K, u64, RandomState>,
     /// Set when the flusher died with writes queued or in a batch: each such
     /// key's latest write was left in its slot as failed, under a sequence
     /// number from this one on, to be reported (and to read as dirty) until
@@ -268,13 +281,19 @@ struct Owner<K, V, St: Store<K, V>> {
 }
 
 impl<K: Hash + Eq, V: Clone, E> Queue<K, V, E> {
-    /// Whether a write of `key` fits: its key is dirty already (it coalesces
-    /// or waits behind its own slot), or there is a free slot. A slot holding
-    /// only a write on its way to the failure handler is not dirty: it takes
-    /// no room, and a write of its key needs room like any other.
+    /// Whether a write of `key` fits: it replaces its key's waiting write
+    /// (coalesces), or the dirty keys and the failures held by no slot
+    /// (`loose`) leave room. A slot holding only a write on its way to the
+    /// failure handler is not dirty: it takes no room.
+    ///
+    /// A write behind its key's write in flight, or its failed one, needs
+    /// room too: should the earlier write fail with this one waiting, its
+    /// failure is held for its report by no slot, and a key written again
+    /// and again while the store is down would otherwise pile up failures
+    /// without bound.
     fn has_room(&self, key: &K, capacity: usize) -> bool {
-        self.slots.len() - self.handing_only < capacity
-            || self.slots.get(key).is_some_and(|s| !s.only_handing())
+        self.slots.len() - self.handing_only + self.loose < capacity
+            || self.slots.get(key).is_some_and(|s| s.waiting.is_some())
     }
 
     /// The lowest sequence number still waiting or being sent.
@@ -345,11 +364,14 @@ impl<K: Hash + Eq, V: Clone, E> Queue<K, V, E> {
                     // A stored write supersedes an older failed one: it is
                     // no longer read, nor reported (replaying it would write
                     // an older value over this one).
-                    slot.failed = None;
+                    let held = slot.failed.take().is_some();
                     if !self.failed.is_empty() {
                         let before = self.failed.len();
                         self.failed.retain(|(_, f)| f.op.key() != op.key());
-                        self.stats.superseded += (before - self.failed.len()) as u64;
+                        let removed = before - self.failed.len();
+                        self.stats.superseded += removed as u64;
+                        // All but the one the slot held, if it held one.
+                        self.loose -= removed.saturating_sub(usize::from(held));
                     }
                     if slot.is_empty() {
                         self.slots.remove(op.key());
@@ -359,7 +381,7 @@ impl<K: Hash + Eq, V: Clone, E> Queue<K, V, E> {
                         // panicking here would kill the flusher with the
                         // batch half booked, and the rest of it, which the
                         // store has, would be reported failed.
-                        self.stored_while_out.insert(op.into_key());
+                        self.stored_while_out.insert(op.into_key(), seq);
                     }
                 }
                 Some(failure) => {
@@ -373,8 +395,16 @@ impl<K: Hash + Eq, V: Clone, E> Queue<K, V, E> {
                                 self.handing_only += 1;
                             }
                         } else {
+                            // An older failure of the key the slot held
+                            // stays in `failed`, held by no slot now.
+                            if slot.failed.is_some() {
+                                self.loose += 1;
+                            }
                             slot.failed = Some((seq, write));
                         }
+                    } else if !hand_over {
+                        // Kept for its report only: a newer write waits.
+                        self.loose += 1;
                     }
                     let empty = slot.is_empty();
                     let failed = FailedWrite {

@@ -6,7 +6,7 @@ use std::hash::{BuildHasher, Hash};
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
-use super::super::back::{Pending, WriteBehind};
+use super::super::back::{Pending, Report, WriteBehind};
 use super::super::{AsyncStore, FlushError, Spawned, Store, WriteError, WriteStats};
 use crate::{Cache, EntryOptions};
 
@@ -400,14 +400,14 @@ where
     /// newer write pending: the store never took them.
     fn forget_failed(
         &self,
-        report: Result<(), FlushError<K, V, St::Error>>,
+        report: Result<(), Report<K, V, St::Error>>,
     ) -> Result<(), FlushError<K, V, St::Error>> {
         let Err(report) = report else {
             return Ok(());
         };
         let policy = self.policy();
         let mut first_panic = None;
-        for failed in &report.failed {
+        for (_, failed) in &report.failed {
             let key = failed.op.key();
             // A panicking listener must not cost the other keys their
             // forgetting, nor the caller its report.
@@ -424,11 +424,13 @@ where
         if let Some(panic) = first_panic {
             // The listener's panic goes on to the caller, as after any
             // removal; the report waits for the next `flush` or `close`.
-            policy.settled(report.failed);
+            policy.settled(report);
             resume_unwind(panic);
         }
-        policy.settled(Vec::new());
-        Err(report)
+        policy.settled(Report { failed: Vec::new() });
+        Err(FlushError {
+            failed: report.failed.into_iter().map(|(_, w)| w).collect(),
+        })
     }
 
     /// Counters of the write queue.
