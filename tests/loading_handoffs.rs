@@ -87,13 +87,13 @@ fn a_caller_after_a_tag_invalidation_never_gets_an_entry_it_removed() {
         a_started_rx.recv().unwrap();
         let _ = cache.remove(&one);
         // A caller after the remove: its pending flight waits for the early
-        // load (in `start_async`). Its third clone of a value (after the
-        // early load's outcome and the look in the cache: the outcome it
-        // hands its waiters) will stop.
+        // load (in `start_async`, cloning nothing of its outcome). Its second
+        // clone of a value (after the look in the cache: the outcome it hands
+        // its waiters) will stop.
         let (l_waiting, l_waiting_rx) = mpsc::channel();
         let (l_gate_tx, l_gate_rx) = mpsc::channel();
         let leader = s.spawn(move || {
-            let (blocked, release) = gate(2);
+            let (blocked, release) = gate(1);
             l_gate_tx.send((blocked, release)).unwrap();
             let mut call = std::pin::pin!(c.get_or_load_async(one, async { Val("leader") }));
             assert!(call

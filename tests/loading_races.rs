@@ -232,3 +232,63 @@ fn a_panicking_key_clone_while_replacing_a_flight_keeps_the_older_load_in_reach(
         "a load that began before the insert was cached over it"
     );
 }
+
+/// A value whose `Clone` panics for 1 on a thread that armed it.
+#[derive(Debug, PartialEq)]
+struct Brittle(u32);
+
+thread_local! {
+    static BRITTLE_ARMED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+impl Clone for Brittle {
+    fn clone(&self) -> Self {
+        let armed = BRITTLE_ARMED.with(std::cell::Cell::get);
+        assert!(
+            !armed || self.0 != 1,
+            "the older load's value's clone panics"
+        );
+        Brittle(self.0)
+    }
+}
+
+/// A caller that waits for an older load of its key to end (the key was
+/// removed while it ran) takes nothing of that load's value: a `Clone` that
+/// would panic on its thread is never called there.
+#[test]
+fn a_caller_waiting_out_an_older_load_does_not_clone_its_value() {
+    let cache: Arc<Cache<u32, Brittle>> =
+        Arc::new(Cache::builder().max_capacity(10).build().unwrap());
+    let (started_tx, started) = mpsc::channel();
+    let (go_tx, go) = mpsc::channel::<()>();
+    let older = {
+        let cache = Arc::clone(&cache);
+        std::thread::spawn(move || {
+            cache.get_or_load(1, |_| {
+                started_tx.send(()).unwrap();
+                go.recv().unwrap();
+                Brittle(1)
+            })
+        })
+    };
+    started.recv().unwrap();
+    cache.remove(&1);
+    let newer = {
+        let cache = Arc::clone(&cache);
+        std::thread::spawn(move || {
+            BRITTLE_ARMED.with(|armed| armed.set(true));
+            let value = cache.get_or_load(1, |_| Brittle(2));
+            BRITTLE_ARMED.with(|armed| armed.set(false));
+            value
+        })
+    };
+    // Give the newer caller time to start waiting for the older load (were
+    // it late, it would find that load ended and wait for nothing).
+    std::thread::sleep(Duration::from_millis(100));
+    go_tx.send(()).unwrap();
+    assert_eq!(older.join().unwrap(), Brittle(1));
+    assert_eq!(
+        newer.join().expect("no clone on the newer caller's thread"),
+        Brittle(2)
+    );
+}

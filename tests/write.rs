@@ -2063,24 +2063,42 @@ fn a_key_clone_panicking_while_a_write_is_queued_leaves_the_queue_unchanged() {
 // ------------------------------------------- write-back: reports put back twice
 
 /// A store that refuses puts of odd values, or every write while `down`.
-#[derive(Default)]
-struct OddRefused {
-    data: Mutex<HashMap<u64, u64>>,
+struct OddRefused<K = u64> {
+    data: Mutex<HashMap<K, u64>>,
     down: bool,
 }
 
-impl Store<u64, u64> for OddRefused {
+impl<K> Default for OddRefused<K> {
+    fn default() -> Self {
+        Self {
+            data: Mutex::default(),
+            down: false,
+        }
+    }
+}
+
+impl<K> OddRefused<K> {
+    /// One that refuses every write.
+    fn down() -> Self {
+        Self {
+            down: true,
+            ..Self::default()
+        }
+    }
+}
+
+impl<K: std::hash::Hash + Eq + Clone + Send + Sync + 'static> Store<K, u64> for OddRefused<K> {
     type Error = String;
 
-    fn load(&self, key: &u64) -> Result<Option<u64>, String> {
+    fn load(&self, key: &K) -> Result<Option<u64>, String> {
         Ok(self.data.lock().unwrap().get(key).copied())
     }
 
-    fn write(&self, op: &Op<u64, u64>) -> Result<(), String> {
+    fn write(&self, op: &Op<K, u64>) -> Result<(), String> {
         match op {
             _ if self.down => return Err("down".into()),
             Op::Put(_, v) if v % 2 == 1 => return Err("odd values are refused".into()),
-            Op::Put(k, v) => self.data.lock().unwrap().insert(*k, *v),
+            Op::Put(k, v) => self.data.lock().unwrap().insert(k.clone(), *v),
             Op::Delete(k) => self.data.lock().unwrap().remove(k),
         };
         Ok(())
@@ -2204,13 +2222,7 @@ fn a_key_written_again_and_again_while_the_store_is_down_fills_the_queue() {
         .max_delay(Duration::ZERO);
     let cache = Cache::builder()
         .max_capacity(100)
-        .write_back(
-            OddRefused {
-                down: true,
-                ..OddRefused::default()
-            },
-            settings,
-        )
+        .write_back(OddRefused::down(), settings)
         .build()
         .unwrap();
     let mut accepted = 0;
@@ -2230,4 +2242,78 @@ fn a_key_written_again_and_again_while_the_store_is_down_fills_the_queue() {
     assert!(accepted > 0);
     assert!(held <= 4, "{held} failed writes held for a queue of 2");
     assert!(cache.put(1, 1000).is_ok(), "the report freed the room");
+}
+
+/// A key whose `Hash` panics on the thread that armed it, once.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Flaky(u64);
+
+thread_local! {
+    static FLAKY_ARMED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+impl std::hash::Hash for Flaky {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        if FLAKY_ARMED.with(|armed| armed.replace(false)) {
+            panic!("a key's hash panics");
+        }
+        self.0.hash(h);
+    }
+}
+
+/// A key's `Hash` panicking as `flush` takes its report: the panic reaches
+/// the caller and the report waits, whole, for the next `flush`.
+#[test]
+fn a_hash_panicking_as_flush_takes_its_report_loses_nothing() {
+    let cache = Cache::builder()
+        .max_capacity(100)
+        .write_back(OddRefused::down(), given_up_at_once())
+        .build()
+        .unwrap();
+    cache.put(Flaky(1), 10).unwrap();
+    cache.put(Flaky(2), 20).unwrap();
+    wait_until("both to fail", || cache.write_stats().failed == 2);
+    FLAKY_ARMED.with(|armed| armed.set(true));
+    let panicked = catch_unwind(AssertUnwindSafe(|| cache.flush()));
+    assert!(panicked.is_err(), "the hash's panic reached the caller");
+    assert!(
+        !FLAKY_ARMED.with(std::cell::Cell::get),
+        "the armed hash ran"
+    );
+    assert_eq!(cache.get(&Flaky(1)), Ok(Some(10)), "still pending");
+    let mut ops: Vec<_> = cache
+        .flush()
+        .unwrap_err()
+        .failed
+        .into_iter()
+        .map(|f| f.op)
+        .collect();
+    ops.sort_by_key(|op| op.key().0);
+    assert_eq!(ops, [Op::Put(Flaky(1), 10), Op::Put(Flaky(2), 20)]);
+    assert!(cache.flush().is_ok(), "reported once");
+    assert_eq!(cache.write_stats().dirty, 0);
+}
+
+/// `on_write_failure` called twice: the later handler is the one used.
+#[test]
+fn a_second_failure_handler_replaces_the_first() {
+    let (first, second) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let (one, two) = (first.clone(), second.clone());
+    let cache = Cache::builder()
+        .max_capacity(100)
+        .write_back(OddRefused::down(), given_up_at_once())
+        .on_write_failure(move |_| {
+            one.fetch_add(1, Ordering::SeqCst);
+        })
+        .on_write_failure(move |_| {
+            two.fetch_add(1, Ordering::SeqCst);
+        })
+        .build()
+        .unwrap();
+    cache.put(1, 2).unwrap();
+    wait_until("the failure to be handed over", || {
+        second.load(Ordering::SeqCst) == 1
+    });
+    assert!(cache.flush().is_ok(), "handed over, not reported");
+    assert_eq!(first.load(Ordering::SeqCst), 0);
 }

@@ -153,7 +153,8 @@ where
     /// to `handler`, on the flusher thread, as soon as it is given up —
     /// instead of keeping it (readable, and holding queue room) until `flush`
     /// or `close` reports it. Use it to log, alert, or park failures
-    /// elsewhere; a panic in it is ignored. The failed value stays in the
+    /// elsewhere; a panic in it is ignored. Called again, the later handler
+    /// replaces the earlier one. The failed value stays in the
     /// cache until it is evicted or replaced; until the handler has been
     /// called with it, its key reads as it even if evicted (a read never
     /// falls back to the store's older value before anyone was told).
@@ -196,7 +197,7 @@ where
         self,
         handler: impl Fn(crate::FailedWrite<K, V, St::Error>) + Send + Sync + 'static,
     ) -> Self {
-        self.write.set_failure_handler(Box::new(handler));
+        self.write.set_failure_handler(std::sync::Arc::new(handler));
         self
     }
 }

@@ -25,7 +25,10 @@ where
     /// is then cached. Concurrent callers for one absent key share one load:
     /// the first runs `load`, the others wait for its value. No shard lock is
     /// held while `load` runs, so it may use the cache for other keys; asking
-    /// for its own key panics (it would wait for itself forever).
+    /// for its own key panics (it would wait for itself forever). Not
+    /// detected: a `load` that blocks on a future awaiting its own key
+    /// through an `_async` call (`block_on(cache.get_or_load_async(key, ..))`)
+    /// waits forever, as that wait cannot be told from another task's.
     ///
     /// A hit costs what [`get`](Self::get) costs. If `load` panics, the panic
     /// reaches this caller, and one of the waiting callers runs its own loader

@@ -155,11 +155,22 @@ impl<K, V> Flight<K, V> {
     where
         V: Clone,
     {
+        self.wait_then(Outcome::clone)
+    }
+
+    /// Waits for the flight to end, taking nothing of its outcome: a caller
+    /// waiting for an older load of its key need not clone (user code, which
+    /// may panic) a value it will not use.
+    pub(crate) fn wait_ended(&self) {
+        self.wait_then(|_| ());
+    }
+
+    fn wait_then<R>(&self, take: impl FnOnce(&Outcome<V>) -> R) -> R {
         self.check_not_leading(true);
         let mut state = self.state.lock();
         loop {
             if let State::Done(outcome) = &*state {
-                return outcome.clone();
+                return take(outcome);
             }
             state = self.done.wait(state);
         }
@@ -226,11 +237,29 @@ impl<K, V> Flight<K, V> {
     }
 
     /// Waits for the outcome without blocking the thread.
-    pub(crate) fn wait_async(&self) -> WaitAsync<'_, K, V> {
-        WaitAsync {
+    pub(crate) async fn wait_async(&self) -> Outcome<V>
+    where
+        V: Clone,
+    {
+        let outcome = WaitAsync {
             flight: self,
             id: None,
-        }
+            take: true,
+        };
+        outcome.await.expect("asked for the outcome")
+    }
+
+    /// [`wait_ended`](Self::wait_ended) without blocking the thread.
+    pub(crate) async fn wait_ended_async(&self)
+    where
+        V: Clone,
+    {
+        let ended = WaitAsync {
+            flight: self,
+            id: None,
+            take: false,
+        };
+        ended.await;
     }
 
     fn finish(&self, outcome: Outcome<V>) {
@@ -244,23 +273,25 @@ impl<K, V> Flight<K, V> {
 
 /// [`Flight::wait_async`]'s future: registered among the flight's waiters
 /// from its first poll until it completes or is dropped.
-pub(crate) struct WaitAsync<'a, K, V> {
+struct WaitAsync<'a, K, V> {
     flight: &'a Flight<K, V>,
     id: Option<u64>,
+    /// Whether to clone the outcome (`Some`), or only to wait for the end.
+    take: bool,
 }
 
 impl<K, V: Clone> std::future::Future for WaitAsync<'_, K, V> {
-    type Output = Outcome<V>;
+    type Output = Option<Outcome<V>>;
 
     fn poll(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
-    ) -> Poll<Outcome<V>> {
+    ) -> Poll<Option<Outcome<V>>> {
         self.flight.check_not_leading(false);
         let mut state = self.flight.state.lock();
         let waiters = match &mut *state {
             State::Done(outcome) => {
-                let outcome = outcome.clone();
+                let outcome = self.take.then(|| outcome.clone());
                 drop(state);
                 // `finish` took the waiters: nothing to deregister.
                 self.id = None;
@@ -516,7 +547,7 @@ impl<K, V> Leader<'_, K, V> {
         V: Clone,
     {
         for older in self.flight.older() {
-            older.wait();
+            older.wait_ended();
         }
         self.flights.start(&self.flight, tag_epoch)
     }
@@ -527,7 +558,7 @@ impl<K, V> Leader<'_, K, V> {
         V: Clone,
     {
         for older in self.flight.older() {
-            older.wait_async().await;
+            older.wait_ended_async().await;
         }
         self.flights.start(&self.flight, tag_epoch)
     }

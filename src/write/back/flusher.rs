@@ -51,7 +51,7 @@ where
             // panic) between the store taking a batch and its booking.
             let (seqs, ops): (Vec<u64>, Vec<Op<K, V>>) = batch.into_iter().unzip();
             let sent = self.send(&ops);
-            let handler = self.on_failure.get();
+            let handler = self.on_failure.lock().clone();
             let mut q = self.queue.lock();
             // Before `settle` marks any write as being handed over: it runs
             // user code (the keys' `Hash` and `Eq`), which may panic.

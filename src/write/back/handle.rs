@@ -4,6 +4,7 @@
 
 use std::collections::VecDeque;
 use std::hash::Hash;
+use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -51,7 +52,7 @@ where
             work: Condvar::new(),
             progress: Condvar::new(),
             flusher: Mutex::new(None),
-            on_failure: std::sync::OnceLock::new(),
+            on_failure: Mutex::new(None),
             locks: KeyLocks::new(),
         });
         Self {
@@ -66,10 +67,10 @@ where
         &self.shared.store
     }
 
-    /// Hands given-up writes to `handler` from now on.
+    /// Hands given-up writes to `handler` from now on, instead of any
+    /// handler set before (the builder sets it, before the flusher starts).
     pub(crate) fn set_failure_handler(&self, handler: FailureHandler<K, V, St::Error>) {
-        // Set once, by the builder, before the flusher starts.
-        let _ = self.shared.on_failure.set(handler);
+        *self.shared.on_failure.lock() = Some(handler);
     }
 
     /// Queues a write of `key` if the queue has room for it, taking `write`:
@@ -416,19 +417,31 @@ where
     if failed.is_empty() {
         return Ok(());
     }
-    // Settled by the caller (`WriteBehind::settled`).
-    q.reports_out += 1;
-    for (seq, write) in &failed {
-        let key = write.op.key();
-        if let Some(slot) = q.slots.get_mut(key) {
-            if slot.failed.as_ref().is_some_and(|(s, _)| s == seq) {
-                slot.failed = None;
-            }
-            if slot.is_empty() {
-                q.slots.remove(key);
+    // The keys' slots let go of what the report takes. Should a key's `Hash`
+    // or `Eq` panic on the way, the report goes back whole, to be taken by
+    // the next one (each of its writes taking room until then, as if held
+    // by no slot), and the panic on to the caller.
+    let released = catch_unwind(AssertUnwindSafe(|| {
+        for (seq, write) in &failed {
+            let key = write.op.key();
+            if let Some(slot) = q.slots.get_mut(key) {
+                if slot.failed.as_ref().is_some_and(|(s, _)| s == seq) {
+                    slot.failed = None;
+                }
+                if slot.is_empty() {
+                    q.slots.remove(key);
+                }
             }
         }
+    }));
+    if let Err(panic) = released {
+        q.loose = failed.len();
+        q.failed = failed;
+        drop(q);
+        resume_unwind(panic);
     }
+    // Settled by the caller (`WriteBehind::settled`).
+    q.reports_out += 1;
     shared.progressed(q);
     Err(Report { failed })
 }

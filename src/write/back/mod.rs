@@ -268,13 +268,14 @@ pub(crate) struct Shared<K, V, St: Store<K, V>> {
     progress: Condvar,
     flusher: Mutex<Option<JoinHandle<()>>>,
     /// Takes given-up writes as they happen, instead of `flush` reporting them.
-    on_failure: std::sync::OnceLock<FailureHandler<K, V, St::Error>>,
+    /// Set by the builder; a later call replaces an earlier one.
+    on_failure: Mutex<Option<FailureHandler<K, V, St::Error>>>,
     /// Serializes the cache update and the queue update of writes to one key.
     pub(crate) locks: KeyLocks,
 }
 
 /// A write-back cache's failure handler.
-pub(crate) type FailureHandler<K, V, E> = Box<dyn Fn(FailedWrite<K, V, E>) + Send + Sync>;
+pub(crate) type FailureHandler<K, V, E> = Arc<dyn Fn(FailedWrite<K, V, E>) + Send + Sync>;
 
 struct Owner<K, V, St: Store<K, V>> {
     shared: Arc<Shared<K, V, St>>,
