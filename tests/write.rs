@@ -2317,3 +2317,32 @@ fn a_second_failure_handler_replaces_the_first() {
     assert!(cache.flush().is_ok(), "handed over, not reported");
     assert_eq!(first.load(Ordering::SeqCst), 0);
 }
+
+/// A write behind its key's write in flight takes no more room: with the
+/// queue full, it is accepted, not refused.
+#[test]
+fn a_write_behind_its_keys_write_in_flight_takes_no_more_room() {
+    let db = Db::new();
+    db.close_gate();
+    let cache = write_back(
+        &db,
+        WriteBack::default()
+            .max_delay(Duration::ZERO)
+            .queue_capacity(1)
+            .backpressure(Backpressure::Fail),
+        100,
+    );
+    cache.put(1, 1).unwrap();
+    wait_until("1 = 1 to be in flight", || {
+        db.arrived.load(Ordering::SeqCst) == 1
+    });
+    assert_eq!(
+        cache.put(2, 2),
+        Err(WriteError::QueueFull),
+        "the queue is full"
+    );
+    assert_eq!(cache.put(1, 2), Ok(()), "key 1 is dirty already");
+    db.open_gate();
+    cache.flush().unwrap();
+    assert_eq!(db.log(), [Op::Put(1, 1), Op::Put(1, 2)]);
+}

@@ -153,13 +153,14 @@ impl WriteBack {
     }
 
     /// The most dirty keys held at once: waiting, being written, or failed and
-    /// not yet reported. A write that replaces its key's waiting write takes
-    /// no more room; one behind its key's write in flight or failed needs
-    /// room like a new key's. Must be at least 1.
+    /// not yet reported. Repeated writes to a dirty key take no more room.
+    /// Must be at least 1.
     ///
     /// Failed writes keep their room until `flush` or `close` reports them,
     /// so that a store that is down cannot make memory grow: a key's failed
-    /// write that a newer write of the key followed takes a room of its own. An application
+    /// write that a newer write of the key followed takes a room of its own,
+    /// and once such failures alone fill the queue, a dirty key's writes
+    /// wait for room too (unless they replace a write still waiting). An application
     /// whose store can fail for long should set a failure handler
     /// ([`CacheBuilder::on_write_failure`](crate::CacheBuilder::on_write_failure)),
     /// which frees the room as each failure is handed over, or call `flush`

@@ -282,19 +282,24 @@ struct Owner<K, V, St: Store<K, V>> {
 }
 
 impl<K: Hash + Eq, V: Clone, E> Queue<K, V, E> {
-    /// Whether a write of `key` fits: it replaces its key's waiting write
-    /// (coalesces), or the dirty keys and the failures held by no slot
-    /// (`loose`) leave room. A slot holding only a write on its way to the
-    /// failure handler is not dirty: it takes no room.
+    /// Whether a write of `key` fits: its key is dirty already (it coalesces
+    /// or waits behind its own slot), or the dirty keys and the failures
+    /// held by no slot (`loose`) leave room. A slot holding only a write on
+    /// its way to the failure handler is not dirty: it takes no room, and a
+    /// write of its key needs room like any other.
     ///
-    /// A write behind its key's write in flight, or its failed one, needs
-    /// room too: should the earlier write fail with this one waiting, its
-    /// failure is held for its report by no slot, and a key written again
-    /// and again while the store is down would otherwise pile up failures
-    /// without bound.
+    /// A write behind its key's write in flight or failed gets in free only
+    /// while the loose failures alone leave room: should the earlier write
+    /// fail with this one waiting, its failure is held for its report by no
+    /// slot, and a key written again and again against a store that is down
+    /// would otherwise pile up failures without bound. Replacing a waiting
+    /// write adds nothing and always fits.
     fn has_room(&self, key: &K, capacity: usize) -> bool {
-        self.slots.len() - self.handing_only + self.loose < capacity
-            || self.slots.get(key).is_some_and(|s| s.waiting.is_some())
+        let dirty = self.slots.len() - self.handing_only;
+        dirty + self.loose < capacity
+            || self.slots.get(key).is_some_and(|s| {
+                s.waiting.is_some() || (!s.only_handing() && self.loose < capacity)
+            })
     }
 
     /// The lowest sequence number still waiting or being sent.
