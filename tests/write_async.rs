@@ -452,3 +452,71 @@ fn a_spawn_function_panicking_after_spawning_leaves_no_store_call_behind() {
     );
     drop(cache);
 }
+
+/// A client whose `load` sends its request when called, and returns a future
+/// of the reply; counts the requests sent.
+#[derive(Clone, Default)]
+struct Eager {
+    requests: Arc<AtomicU64>,
+    data: Arc<Mutex<HashMap<u64, u64>>>,
+}
+
+impl AsyncStore<u64, u64> for Eager {
+    type Error = String;
+
+    fn load(
+        &self,
+        key: &u64,
+    ) -> impl std::future::Future<Output = Result<Option<u64>, String>> + Send {
+        self.requests.fetch_add(1, Ordering::SeqCst);
+        let reply = self.data.lock().unwrap().get(key).copied();
+        async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            Ok(reply)
+        }
+    }
+
+    async fn write_batch(&self, _: &[Op<u64, u64>]) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+/// Eight concurrent `get_async` calls of key 1 on `cache`, then ten more;
+/// the requests `store` saw.
+macro_rules! requests_for_18_gets {
+    ($cache:expr, $store:expr) => {{
+        let cache = $cache;
+        let gets: Vec<_> = (0..8)
+            .map(|_| {
+                let cache = cache.clone();
+                tokio::spawn(async move { cache.get_async(&1).await })
+            })
+            .collect();
+        for g in gets {
+            assert_eq!(g.await.unwrap(), Ok(Some(10)));
+        }
+        for _ in 0..10 {
+            assert_eq!(cache.get_async(&1).await, Ok(Some(10)));
+        }
+        $store.requests.load(Ordering::SeqCst)
+    }};
+}
+
+/// Eight callers missing on one key together, then ten hits: one request
+/// to a store that sends it as `load` is called, read-through and
+/// write-through alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_async_asks_a_store_once_however_many_callers_miss_or_hit() {
+    let store = Eager::default();
+    store.data.lock().unwrap().insert(1, 10);
+    let cache = Cache::builder()
+        .max_capacity(100)
+        .read_through(store.clone());
+    assert_eq!(requests_for_18_gets!(cache.build().unwrap(), store), 1);
+    let store = Eager::default();
+    store.data.lock().unwrap().insert(1, 10);
+    let cache = Cache::builder()
+        .max_capacity(100)
+        .write_through(store.clone());
+    assert_eq!(requests_for_18_gets!(cache.build().unwrap(), store), 1);
+}

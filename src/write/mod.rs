@@ -176,6 +176,13 @@ pub trait AsyncStore<K, V>: Send + Sync + 'static {
 
     /// Applies writes in order, at most one per key, idempotently (see
     /// [`Store`]).
+    ///
+    /// A write-through `put_async` whose caller is cancelled drops this
+    /// future and lets the next write of the key go ahead. A store whose
+    /// request, once sent, still lands after its future is dropped may then
+    /// land after that later write, leaving the store an older value than
+    /// the cache: such a store should finish its writes to a key in order
+    /// (one connection per key, say, or a version check).
     fn write_batch(&self, ops: &[Op<K, V>])
         -> impl Future<Output = Result<(), Self::Error>> + Send;
 }

@@ -462,7 +462,11 @@ where
     /// ```
     pub async fn get_async(&self, key: &K) -> Result<Option<V>, Arc<St::Error>> {
         let store = &self.policy().store;
-        self.read_through_async(key, store.load(key)).await
+        // The store's call is made only by the caller that leads the load:
+        // a store may start its request when `load` is called, not when the
+        // future is first polled.
+        self.read_through_async(key, async { store.load(key).await })
+            .await
     }
 
     /// `put` for an [`AsyncStore`]: writes the store, then the cache; writes
