@@ -110,6 +110,20 @@ fn iter_yields_no_entry_that_expired_while_it_ran() {
 }
 
 #[test]
+fn iter_yields_a_rewritten_key_with_its_new_value_not_the_expired_one() {
+    let (cache, time, _) = cache_with(|b| b.shards(1).time_to_live(10 * SEC));
+    cache.insert(1, 1);
+    cache.insert(2, 2);
+    let mut it = cache.iter();
+    let (first, _) = it.next().expect("two entries");
+    let other = 3 - first;
+    time.advance(11 * SEC);
+    cache.insert(other, 30);
+    assert_eq!(it.next(), Some((other, 30)), "the expired value yielded");
+    assert_eq!(it.next(), None);
+}
+
+#[test]
 fn tti_alone_expires_exactly_five_seconds_after_the_last_read() {
     let (cache, time, _) = cache_with(|b| b.time_to_idle(5 * SEC));
     cache.insert(1, 1);

@@ -253,14 +253,15 @@ where
     fn next(&mut self) -> Option<(K, V)> {
         loop {
             if let Some((key, value, at)) = self.batch.pop() {
-                // Cloned before its deadline, which may have passed since:
-                // yielded only if the entry is still there, unexpired (a read
-                // may have moved a time-to-idle deadline later).
-                if at != NEVER
-                    && at <= self.cache.inner.expiration.clock.now()
-                    && !self.cache.contains_key(&key)
-                {
-                    continue;
+                // Cloned before its deadline, which may have passed since: the
+                // key is yielded with what it holds now, if anything (a read
+                // may have moved a time-to-idle deadline later, or a write
+                // given the key a new entry).
+                if at != NEVER && at <= self.cache.inner.expiration.clock.now() {
+                    match self.cache.peek(&key) {
+                        Some(now) => return Some((key, now)),
+                        None => continue,
+                    }
                 }
                 return Some((key, value));
             }

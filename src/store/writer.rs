@@ -115,12 +115,14 @@ impl<K: Eq, V, H: Fn(&K) -> u64> ShardWriter<'_, K, V, H> {
         if let Some(index) = &mut self.map.tags {
             index.set(token, timing.tags);
         }
-        if self.map.weight > self.map.capacity {
-            self.fit(hash, token, now, out);
-        } else if let Some(now) = now {
+        let fitted = self.map.weight <= self.map.capacity;
+        // Evictions down to the capacity if over it, and the new key's count:
+        // the write is whole before the expiry step below runs the keys'
+        // `Hash`, which may panic.
+        self.settle(hash, token, existing.is_none(), now, out);
+        if let (true, Some(now)) = (fitted, now) {
             self.expire(now, WRITE_EXPIRY_BATCH, out);
         }
-        self.settle(hash, token, existing.is_none(), now, out);
         Ok(())
     }
 

@@ -435,6 +435,34 @@ impl std::hash::Hash for Touchy {
     }
 }
 
+/// A write that fits runs a step of expiry after it is whole: a key's `Hash`
+/// panicking in that step leaves the new entry counted and the shard valid.
+#[test]
+fn a_hash_panicking_in_a_writes_expiry_step_leaves_the_write_whole() {
+    for eviction in [Eviction::TinyLfu, Eviction::Lru, Eviction::Lfu] {
+        let (clock, time) = crate::Clock::mock();
+        let cache: Cache<Touchy, u32> = Cache::builder()
+            .max_capacity(100)
+            .shards(1)
+            .eviction(eviction)
+            .time_to_live(Duration::from_secs(1))
+            .clock(clock)
+            .build()
+            .unwrap();
+        cache.insert(Touchy(1), 1);
+        time.advance(Duration::from_secs(2));
+        POISONED.with(|p| p.set(Some(1)));
+        let outcome =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| cache.insert(Touchy(2), 2)));
+        POISONED.with(|p| p.set(None));
+        assert!(outcome.is_err(), "the expiry step hashed key 1");
+        cache.validate();
+        assert_eq!(cache.get(&Touchy(2)), Some(2), "{eviction:?}");
+        cache.run_pending_tasks();
+        assert_eq!(cache.len(), 1, "{eviction:?}");
+    }
+}
+
 /// Writes (plain, tagged, timed or loaded), removals and sweeps (a tag's
 /// invalidation, a predicate's, the expiry of every timed entry), each made
 /// with one key's `Hash` poisoned: whichever key's hashing panics (the
