@@ -414,11 +414,10 @@ fn concurrent_write_through_puts_leave_cache_and_store_agreeing() {
 
 // ------------------------------------------------------------------ write-back
 
-fn write_back(
-    db: &Arc<Db>,
-    settings: WriteBack,
-    capacity: u64,
-) -> Cache<u64, u64, larder::DefaultHashBuilder, larder::WriteBehind<u64, u64, Shared>> {
+type WriteBackCache =
+    Cache<u64, u64, larder::DefaultHashBuilder, larder::WriteBehind<u64, u64, Shared>>;
+
+fn write_back(db: &Arc<Db>, settings: WriteBack, capacity: u64) -> WriteBackCache {
     Cache::builder()
         .max_capacity(capacity)
         .write_back(Shared(db.clone()), settings)
@@ -567,17 +566,25 @@ fn write_back_put_with_tags_the_cached_copy_and_the_queue_keeps_the_write() {
     assert_eq!(db.value(1), Some(10));
 }
 
-#[test]
-fn a_full_queue_blocks_writers_until_there_is_room() {
+/// A write-back cache sending each write at once to a store whose gate is
+/// closed (its calls wait), with a queue of `queue_capacity`.
+fn behind_a_closed_gate(
+    queue_capacity: usize,
+    backpressure: Backpressure,
+) -> (Arc<Db>, WriteBackCache) {
     let db = Db::new();
     db.close_gate();
-    let cache = write_back(
-        &db,
-        WriteBack::default()
-            .max_delay(Duration::ZERO)
-            .queue_capacity(2),
-        100,
-    );
+    let settings = WriteBack::default()
+        .max_delay(Duration::ZERO)
+        .queue_capacity(queue_capacity)
+        .backpressure(backpressure);
+    let cache = write_back(&db, settings, 100);
+    (db, cache)
+}
+
+#[test]
+fn a_full_queue_blocks_writers_until_there_is_room() {
+    let (db, cache) = behind_a_closed_gate(2, Backpressure::Block);
     cache.put(1, 1).unwrap();
     cache.put(2, 2).unwrap();
     cache.put(2, 3).unwrap(); // a dirty key takes no more room
@@ -2322,16 +2329,7 @@ fn a_second_failure_handler_replaces_the_first() {
 /// queue full, it is accepted, not refused.
 #[test]
 fn a_write_behind_its_keys_write_in_flight_takes_no_more_room() {
-    let db = Db::new();
-    db.close_gate();
-    let cache = write_back(
-        &db,
-        WriteBack::default()
-            .max_delay(Duration::ZERO)
-            .queue_capacity(1)
-            .backpressure(Backpressure::Fail),
-        100,
-    );
+    let (db, cache) = behind_a_closed_gate(1, Backpressure::Fail);
     cache.put(1, 1).unwrap();
     wait_until("1 = 1 to be in flight", || {
         db.arrived.load(Ordering::SeqCst) == 1

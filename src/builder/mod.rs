@@ -236,7 +236,11 @@ where
     }
 
     /// Room reserved up front for this many entries (spread over the shards), to
-    /// avoid growing the tables while the cache fills.
+    /// avoid growing the tables while the cache fills. At most the capacity
+    /// is reserved. An allocation that fails makes `build` return
+    /// [`BuildError::InitialCapacityTooLarge`]; but on a system that
+    /// overcommits memory, room it cannot back may instead get the process
+    /// killed as it is first written, so ask for what the machine holds.
     ///
     /// ```
     /// let cache: larder::Cache<u32, u32> = larder::Cache::builder()
