@@ -44,11 +44,13 @@ pub struct CacheStats {
     /// [`RemovalCause::Explicit`]: crate::RemovalCause::Explicit
     /// [`RemovalCause::Replaced`]: crate::RemovalCause::Replaced
     pub invalidations: u64,
-    /// Inserts refused because the entry alone outweighs its shard's capacity,
+    /// Inserts refused because the entry alone outweighs the per-entry limit
+    /// (the smallest shard's capacity: see [`Rejected::limit`]),
     /// and writes undone because a key's `Hash` panicked while they evicted
     /// (their entries reach the listener as [`RemovalCause::Size`] too).
     ///
     /// [`RemovalCause::Size`]: crate::RemovalCause::Size
+    /// [`Rejected::limit`]: crate::Rejected::limit
     pub rejections: u64,
     /// Entries removed because their deadline passed (cause
     /// [`RemovalCause::Expired`]), including values inserted already expired

@@ -720,3 +720,23 @@ fn a_new_key_that_evicts_hashes_few_keys() {
     let per_insert = hashed.0.load(Ordering::Relaxed) as f64 / n as f64;
     assert!(per_insert <= 2.5, "{per_insert} keys hashed per insert");
 }
+
+/// The per-entry limit is the smallest shard's capacity whichever shard a
+/// key maps to: with a capacity of 5 over two shards (3 and 2 units), an
+/// entry of 3 is refused even in the shard of 3, and one of 2 fits in either.
+#[test]
+fn the_per_entry_limit_is_the_smallest_shards_capacity_for_every_key() {
+    let cache: Cache<u32, u32> = Cache::builder()
+        .max_capacity(5)
+        .shards(2)
+        .weigher(|_, v: &u32| *v)
+        .build()
+        .unwrap();
+    for shard in 0..2 {
+        let key = (0..1000).find(|k| cache.shard_index(k) == shard).unwrap();
+        let refused = cache.try_insert(key, 3).unwrap_err();
+        assert_eq!((refused.weight, refused.limit), (3, 2), "shard {shard}");
+        assert!(cache.try_insert(key, 2).is_ok(), "shard {shard}");
+    }
+    assert_eq!(cache.weighted_size(), 4);
+}

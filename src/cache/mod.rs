@@ -53,8 +53,9 @@ pub(crate) type Listener<K, V> = Arc<dyn Fn(K, V, RemovalCause) + Send + Sync>;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 #[non_exhaustive]
 pub enum RemovalCause {
-    /// Evicted to respect the capacity, or refused because it alone outweighs its
-    /// shard's capacity.
+    /// Evicted to respect the capacity, or refused because it alone outweighs
+    /// the per-entry limit: the smallest shard's capacity (the capacity over the
+    /// shard count, rounded down), the same whichever shard its key maps to.
     Size,
     /// Removed by [`Cache::remove`] or [`Cache::invalidate_all`], by a write
     /// policy's `delete`, or dropped by a write policy as a copy that may be
@@ -93,7 +94,8 @@ pub struct Rejected<K, V> {
     pub value: V,
     /// Its weight, as the weigher gave it (clamped to `u32::MAX - 1`).
     pub weight: u32,
-    /// The most one entry may weigh in this cache (one shard's capacity).
+    /// The most one entry may weigh in this cache: the smallest shard's
+    /// capacity (the capacity over the shard count, rounded down).
     pub limit: u64,
 }
 
@@ -364,8 +366,8 @@ where
     ///
     /// # Errors
     ///
-    /// [`Rejected`] with the key and value when the entry's weight exceeds one
-    /// shard's capacity. Any value previously under the key is removed all the
+    /// [`Rejected`] with the key and value when the entry's weight exceeds the
+    /// per-entry limit, the smallest shard's capacity ([`Rejected::limit`]). Any value previously under the key is removed all the
     /// same (the listener sees it as [`RemovalCause::Replaced`]), so a read never
     /// returns the value this call meant to replace.
     ///
