@@ -340,16 +340,20 @@ where
     /// Stores `value` under `key`, replacing any value there, and evicts as needed
     /// to stay within the capacity.
     ///
-    /// An entry heavier than one shard's share of the capacity is not stored: the
-    /// listener receives it with [`RemovalCause::Size`] (and any old value under
-    /// the key with [`RemovalCause::Replaced`]). Use [`try_insert`](Self::try_insert)
-    /// to get it back instead.
+    /// An entry heavier than the per-entry limit ([`Rejected::limit`]) is not
+    /// stored: the listener receives it with [`RemovalCause::Size`] (and any old
+    /// value under the key with [`RemovalCause::Replaced`]). Use
+    /// [`try_insert`](Self::try_insert) to get it back instead.
     ///
     /// # Panics
     ///
-    /// Only if the weigher, the [`Expiry`](crate::Expiry) or the listener
-    /// panics (the cache stays consistent; an `Expiry` that panics leaves the
-    /// write undone).
+    /// Only if the weigher, the [`Expiry`](crate::Expiry), the listener or a
+    /// key's `Hash` or `Eq` panics. The cache stays consistent either way. An
+    /// `Expiry` that panics, or this key's `Hash` or `Eq`, leaves the cache as
+    /// it was. Another key's `Hash`, met while the write evicts, undoes the
+    /// write (the listener hears the entry as [`RemovalCause::Size`]); met in
+    /// the step of expiry that follows a write that fitted, it leaves the
+    /// write done.
     ///
     /// ```
     /// let cache: larder::Cache<u32, &str> = larder::Cache::builder().max_capacity(10).build().unwrap();
