@@ -124,6 +124,74 @@ fn iter_yields_a_rewritten_key_with_its_new_value_not_the_expired_one() {
 }
 
 #[test]
+fn iter_yields_no_entry_whose_deadline_a_write_moved_earlier_and_passed() {
+    let (cache, time, _) = cache_with(|b| b.shards(1));
+    for k in 0..10 {
+        cache.insert_with(k, k, EntryOptions::new().ttl(100 * SEC));
+    }
+    let mut it = cache.iter();
+    let first = it.next().expect("ten entries");
+    for k in (0..10).filter(|&k| k != first.0) {
+        cache.insert_with(k, k + 100, EntryOptions::new().ttl(SEC));
+    }
+    time.advance(2 * SEC);
+    assert_eq!(cache.get(&((first.0 + 1) % 10)), None, "expired for get");
+    let rest: Vec<(u32, u32)> = it.collect();
+    assert_eq!(rest, vec![], "yielded past the deadlines the writes set");
+}
+
+/// Reads that shorten the lifetime: an `Expiry` whose `expire_after_read`
+/// gives one second where the entries were created with a hundred.
+struct ReadsShorten;
+
+impl Expiry<u32, u32> for ReadsShorten {
+    fn expire_after_create(&self, _: &u32, _: &u32) -> Option<Duration> {
+        Some(100 * SEC)
+    }
+    fn expire_after_read(&self, _: &u32, _: &u32, _: Option<Duration>) -> Option<Duration> {
+        Some(SEC)
+    }
+}
+
+#[test]
+fn iter_yields_no_entry_whose_deadline_a_read_moved_earlier_and_passed() {
+    let (cache, time, _) = cache_with(|b| b.shards(1).expiry(ReadsShorten));
+    for k in 0..10 {
+        cache.insert(k, k);
+    }
+    let mut it = cache.iter();
+    let first = it.next().expect("ten entries");
+    let read: Vec<u32> = (0..10).filter(|&k| k != first.0).collect();
+    for k in &read {
+        assert_eq!(cache.get(k), Some(*k));
+    }
+    time.advance(2 * SEC);
+    assert!(!cache.contains_key(&read[0]), "expired for contains_key");
+    let rest: Vec<(u32, u32)> = it.collect();
+    assert_eq!(rest, vec![], "yielded past the deadlines the reads set");
+}
+
+#[test]
+fn iter_yields_an_entry_written_meanwhile_with_its_current_value() {
+    let (cache, _, _) = cache_with(|b| b.shards(1));
+    for k in 0..10 {
+        cache.insert(k, k);
+    }
+    let mut it = cache.iter();
+    let first = it.next().expect("ten entries");
+    for k in (0..10).filter(|&k| k != first.0) {
+        cache.insert(k, k + 100);
+    }
+    let mut rest: Vec<(u32, u32)> = it.collect();
+    rest.sort();
+    let expected: Vec<(u32, u32)> = (0..10)
+        .filter(|&k| k != first.0)
+        .map(|k| (k, k + 100))
+        .collect();
+    assert_eq!(rest, expected, "a value replaced before it was yielded");
+}
+
+#[test]
 fn tti_alone_expires_exactly_five_seconds_after_the_last_read() {
     let (cache, time, _) = cache_with(|b| b.time_to_idle(5 * SEC));
     cache.insert(1, 1);

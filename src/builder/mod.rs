@@ -237,8 +237,10 @@ where
 
     /// Room reserved up front for this many entries (spread over the shards), to
     /// avoid growing the tables while the cache fills. At most the capacity
-    /// is reserved. An allocation that fails makes `build` return
-    /// [`BuildError::InitialCapacityTooLarge`]; but on a system that
+    /// is reserved. A shard that empties (its last entry removed, expired or
+    /// invalidated, or `invalidate_all`) keeps its share of the room, and
+    /// gives back only what it grew beyond it. An allocation that fails makes
+    /// `build` return [`BuildError::InitialCapacityTooLarge`]; but on a system that
     /// overcommits memory, room it cannot back may instead get the process
     /// killed as it is first written, so ask for what the machine holds.
     ///

@@ -8,7 +8,6 @@ use std::hash::{BuildHasher, Hash};
 use std::time::Duration;
 
 use super::Cache;
-use crate::expiry::NEVER;
 use crate::sync::Ordering;
 use crate::write::CacheAside;
 use crate::CacheStats;
@@ -136,10 +135,16 @@ where
     }
 
     /// Clones of the entries, shard by shard, a few at a time. Weakly consistent:
-    /// each entry present for the whole iteration is yielded once; entries added
-    /// or removed meanwhile may or may not be. An entry whose deadline has
-    /// passed by the time it would be yielded is not, as `get` would not return
-    /// it. Does not touch the eviction order.
+    /// each entry present for the whole iteration is yielded once, with the
+    /// value it holds when it is yielded; entries added or removed meanwhile
+    /// may or may not be, and a key removed and written again meanwhile may be
+    /// yielded twice (the iterator walks each shard's slots in order, and the
+    /// new entry may take a slot it has yet to reach). An entry whose deadline
+    /// has passed by the time it would be yielded is not, as `get` would not
+    /// return it. Does not touch the eviction order.
+    ///
+    /// Each entry costs a lookup as it is yielded, as [`peek`](Self::peek)
+    /// does: the keys are cloned a batch at a time, their values one by one.
     ///
     /// ```
     /// let cache: larder::Cache<u32, u32> = larder::Cache::builder().max_capacity(10).build().unwrap();
@@ -192,6 +197,16 @@ where
         assert!(self.weighted_size() <= self.inner.capacity);
     }
 
+    /// Per shard, the slots its slab holds and the buckets its table holds.
+    #[cfg(test)]
+    pub(crate) fn storage(&self) -> Vec<(usize, usize)> {
+        self.inner
+            .shards
+            .iter()
+            .map(|s| s.read().storage())
+            .collect()
+    }
+
     /// Keys in eviction order (next victim first) for each shard.
     #[cfg(test)]
     pub(crate) fn eviction_order(&self) -> Vec<Vec<K>>
@@ -226,9 +241,8 @@ pub struct Iter<'a, K, V, S, W = CacheAside> {
     shard: usize,
     /// The next slab slot to read in the current shard; `None` once it is done.
     slot: Option<usize>,
-    /// Entries cloned from the current shard, each with its deadline as it
-    /// was then (`NEVER` for none).
-    batch: Vec<(K, V, u64)>,
+    /// Keys cloned from the current shard, yet to be looked up.
+    batch: Vec<K>,
 }
 
 impl<K, V, S, W> fmt::Debug for Iter<'_, K, V, S, W> {
@@ -252,18 +266,19 @@ where
 
     fn next(&mut self) -> Option<(K, V)> {
         loop {
-            if let Some((key, value, at)) = self.batch.pop() {
-                // Cloned before its deadline, which may have passed since: the
-                // key is yielded with what it holds now, if anything (a read
-                // may have moved a time-to-idle deadline later, or a write
-                // given the key a new entry).
-                if at != NEVER && at <= self.cache.inner.expiration.clock.now() {
-                    match self.cache.peek(&key) {
-                        Some(now) => return Some((key, now)),
-                        None => continue,
-                    }
+            if let Some(key) = self.batch.last() {
+                // Looked up again, not cloned with the key: since the batch was
+                // taken, the key may have been removed or written again, or its
+                // deadline moved (earlier by a write or an `Expiry`, later by a
+                // read) and passed. Taken off the batch only once looked up: a
+                // `Hash` or `Clone` panicking leaves it there for an iteration
+                // carried on after the panic.
+                let value = self.cache.peek(key);
+                let key = self.batch.pop()?;
+                match value {
+                    Some(value) => return Some((key, value)),
+                    None => continue,
                 }
-                return Some((key, value));
             }
             let shards = &self.cache.inner.shards;
             let shard = shards.get(self.shard)?;

@@ -277,6 +277,7 @@ where
                     parts.eviction,
                     per_shard_initial,
                     parts.timed,
+                    parts.weigher.is_some(),
                 )
                 .map(Padded)
             })

@@ -19,7 +19,7 @@
 mod read_buffer;
 mod slab;
 mod slots;
-mod table;
+pub(crate) mod table;
 mod writer;
 
 use std::borrow::Borrow;
@@ -267,19 +267,57 @@ pub(crate) struct Map<K, V> {
     policy: Mutex<Policy>,
     /// Deadlines, when the cache has expiry; set with `timed`.
     timers: Option<Timers>,
+    /// The most entries the shard holds at once, when its entries are
+    /// unweighted: its capacity, and one more while a new key's eviction is
+    /// pending (`usize::MAX` for weighted entries, which may weigh 0). The
+    /// slab and the table grow to fit it, not past it.
+    ceiling: usize,
+    /// The entries `initial_capacity` reserved room for: an emptied shard
+    /// keeps that room, or shrinks back to it.
+    reserved: usize,
+}
+
+/// The slots and the table's keys to reserve for `reserved` entries of a
+/// shard holding at most `ceiling` at once (see [`Map::ceiling`]). Room for
+/// the capacity is room for the entry over it too; the table takes that one
+/// over its mean load (see `Table::reserve_one`).
+fn room(reserved: usize, ceiling: usize) -> (usize, usize) {
+    let slots = if reserved >= ceiling.saturating_sub(1) {
+        ceiling
+    } else {
+        reserved
+    };
+    (slots, reserved.min(ceiling.saturating_sub(1)))
+}
+
+/// A slab and a table with the [`room`] for `reserved` entries; `None` when
+/// it cannot be allocated.
+fn storage<K, V>(reserved: usize, ceiling: usize) -> Option<(Slab<K, V>, Table)> {
+    let (slots, keys) = room(reserved, ceiling);
+    Some((
+        Slab::with_capacity(slots, ceiling)?,
+        Table::with_capacity(keys)?,
+    ))
 }
 
 impl<K, V> Shard<K, V> {
     /// A shard with room for `initial_capacity` entries; `None` when that
-    /// room cannot be allocated.
+    /// room cannot be allocated. `weighted`: whether a weigher weighs the
+    /// entries (else each weighs 1).
     pub(crate) fn new(
         capacity: u64,
         max_entry: u64,
         eviction: Eviction,
         initial_capacity: usize,
         timed: bool,
+        weighted: bool,
     ) -> Option<Self> {
-        let table = Table::with_capacity(initial_capacity)?;
+        let ceiling = match usize::try_from(capacity) {
+            Ok(capacity) if !weighted => capacity.saturating_add(1),
+            _ => usize::MAX,
+        };
+        let reserved = initial_capacity.min(ceiling);
+        let (slab, table) = storage(reserved, ceiling)?;
         Some(Self {
             map: RwLock::new(Map {
                 table,
@@ -289,7 +327,9 @@ impl<K, V> Shard<K, V> {
                 policy: Mutex::new(Policy::new(eviction, capacity)),
                 timers: timed.then(Timers::default),
                 tags: None,
-                slab: Slab::with_capacity(initial_capacity)?,
+                slab,
+                ceiling,
+                reserved,
                 weight: 0,
                 capacity,
                 max_entry: max_entry.min(capacity),
@@ -588,6 +628,12 @@ impl<K: Eq, V> Map<K, V> {
         self.tags.as_ref().map_or(0, |i| i.len())
     }
 
+    /// Slots the slab holds and buckets the table holds, used or not.
+    #[cfg(test)]
+    pub(crate) fn storage(&self) -> (usize, usize) {
+        (self.slab.capacity(), self.table.buckets())
+    }
+
     /// Entries counted in `len`, including expired ones not reclaimed yet.
     pub(crate) fn len(&self) -> usize {
         self.slab.len()
@@ -597,19 +643,37 @@ impl<K: Eq, V> Map<K, V> {
         self.weight
     }
 
-    /// Clones up to `max` live entries from slot `from` on into `out`, each
-    /// with its deadline (`NEVER` for none); returns the slot to continue
-    /// from, or `None` when the shard is exhausted.
+    /// Brings the slab and the table of a shard that holds no entry back to
+    /// the room `initial_capacity` reserved (none if it reserved none): kept
+    /// as they are if that is what they hold, else allocated anew. A
+    /// reservation that cannot be allocated again is given up.
+    pub(crate) fn release_storage(&mut self) {
+        debug_assert_eq!(self.slab.len(), 0, "only an empty shard is released");
+        let (slots, keys) = room(self.reserved, self.ceiling);
+        if self.slab.capacity() == slots {
+            self.slab.reset();
+        } else {
+            self.slab = Slab::with_capacity(slots, self.ceiling)
+                .or_else(|| Slab::with_capacity(0, self.ceiling))
+                .unwrap_or_else(|| unreachable!("an empty slab allocates nothing"));
+        }
+        if self.table.buckets() != Table::buckets_for(keys) {
+            self.table = Table::with_capacity(keys).unwrap_or_default();
+        }
+    }
+
+    /// Clones the keys of up to `max` live entries from slot `from` on into
+    /// `out`; returns the slot to continue from, or `None` when the shard is
+    /// exhausted.
     pub(crate) fn collect(
         &self,
         from: usize,
         max: usize,
         now: Option<u64>,
-        out: &mut Vec<(K, V, u64)>,
+        out: &mut Vec<K>,
     ) -> Option<usize>
     where
         K: Clone,
-        V: Clone,
     {
         let live = self
             .slab
@@ -619,11 +683,7 @@ impl<K: Eq, V> Map<K, V> {
             if taken == max {
                 return Some(t as usize);
             }
-            let at = match (now, &self.timers) {
-                (Some(_), Some(timers)) => timers.at(t),
-                _ => NEVER,
-            };
-            out.push((e.key.clone(), e.value.clone(), at));
+            out.push(e.key.clone());
         }
         None
     }
@@ -645,7 +705,7 @@ mod tests {
     fn rewrites_within_a_tick_do_not_grow_the_early_tokens() {
         use super::{Deadlines, Removed, WriteContext, NEVER};
         let (clock, _time) = crate::Clock::mock();
-        let shard = S::new(100, 100, Eviction::TinyLfu, 0, true).expect("small");
+        let shard = S::new(100, 100, Eviction::TinyLfu, 0, true, false).expect("small");
         let hash_of = |k: &u64| *k;
         let sub_tick = |_: &u64, _: &u64, now: u64, _: Option<u64>| Deadlines {
             at: now + 500_000,
@@ -680,7 +740,7 @@ mod tests {
     fn a_late_store_of_an_earlier_idle_deadline_keeps_the_later_one() {
         use super::{Deadlines, Removed, WriteContext, NEVER};
         let (clock, _time) = crate::Clock::mock();
-        let shard = S::new(100, 100, Eviction::TinyLfu, 0, true).expect("small");
+        let shard = S::new(100, 100, Eviction::TinyLfu, 0, true, false).expect("small");
         let hash_of = |k: &u64| *k;
         let idle = |_: &u64, _: &u64, now: u64, _: Option<u64>| Deadlines {
             at: now + 10_000_000_000,
@@ -720,7 +780,7 @@ mod tests {
     fn a_refused_write_of_the_last_entry_releases_the_shard() {
         use super::{Deadlines, Removed, WriteContext, NEVER};
         let (clock, _time) = crate::Clock::mock();
-        let shard = S::new(100, 100, Eviction::TinyLfu, 0, false).expect("small");
+        let shard = S::new(100, 100, Eviction::TinyLfu, 0, false, true).expect("small");
         let hash_of = |k: &u64| *k;
         let never = |_: &u64, _: &u64, _: u64, _: Option<u64>| Deadlines {
             at: NEVER,
@@ -749,7 +809,7 @@ mod tests {
     #[test]
     fn a_hash_panicking_as_the_table_grows_leaves_the_shard_whole() {
         use std::sync::atomic::{AtomicBool, Ordering};
-        let shard = S::new(1_000, 1_000, Eviction::TinyLfu, 0, false).expect("small");
+        let shard = S::new(1_000, 1_000, Eviction::TinyLfu, 0, false, false).expect("small");
         let armed = AtomicBool::new(false);
         let hash_of = |k: &u64| {
             assert!(
@@ -794,7 +854,7 @@ mod tests {
         for eviction in [Eviction::TinyLfu, Eviction::Lru, Eviction::Lfu] {
             let mut panics = 0;
             for poisoned in 0..8u64 {
-                let shard = S::new(40, 40, eviction, 0, false).expect("small");
+                let shard = S::new(40, 40, eviction, 0, false, false).expect("small");
                 // Keys hash by value but for the poisoned one, once armed.
                 let armed = AtomicU64::new(u64::MAX);
                 let hash_of = |k: &u64| {
@@ -838,7 +898,7 @@ mod tests {
         let (clock, _time) = crate::Clock::mock();
         let hash_of = |k: &u64| k.wrapping_mul(0x9E37_79B9_7F4A_7C15);
         for eviction in [Eviction::TinyLfu, Eviction::Lru, Eviction::Lfu] {
-            let shard = S::new(1_000, 1_000, eviction, 0, false).expect("small");
+            let shard = S::new(1_000, 1_000, eviction, 0, false, true).expect("small");
             let mut writer = shard.write(&hash_of);
             writer.map.slab.set_limit(4);
             let mut out = super::Removed::new();
@@ -889,7 +949,7 @@ mod tests {
         } else {
             (1_000, 1_500)
         };
-        let shard = S::new(capacity, capacity, Eviction::TinyLfu, 0, false).expect("small");
+        let shard = S::new(capacity, capacity, Eviction::TinyLfu, 0, false, false).expect("small");
         let hash_of = |k: &u64| k.wrapping_mul(0x9E37_79B9_7F4A_7C15);
         let mut out = super::Removed::new();
         let mut writer = shard.write(&hash_of);
@@ -935,7 +995,7 @@ mod tests {
     fn the_maps_sketch_lines_follow_the_policys_sketch() {
         use super::{Deadlines, Removed, WriteContext, NEVER};
         let (clock, _time) = crate::Clock::mock();
-        let shard = S::new(100, 100, Eviction::TinyLfu, 0, false).expect("small");
+        let shard = S::new(100, 100, Eviction::TinyLfu, 0, false, false).expect("small");
         let hash_of = |k: &u64| k.wrapping_mul(0x9E37_79B9_7F4A_7C15);
         let never = |_: &u64, _: &u64, _: u64, _: Option<u64>| Deadlines {
             at: NEVER,
@@ -999,7 +1059,7 @@ mod tests {
     #[test]
     fn a_lookup_reads_one_line_of_its_shard() {
         assert_eq!(align_of::<S>(), 64);
-        let shard = S::new(100, 100, Eviction::TinyLfu, 0, false).expect("small");
+        let shard = S::new(100, 100, Eviction::TinyLfu, 0, false, false).expect("small");
         let map = shard.read();
         let base = std::ptr::from_ref(&shard) as usize;
         let data = std::ptr::from_ref::<M>(&map) as usize - base;

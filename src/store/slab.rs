@@ -133,6 +133,11 @@ pub(crate) struct Slab<K, V> {
     /// The most slots it hands out: every token below the lists' two markers
     /// (lowered by tests, which cannot fill four billion slots).
     limit: usize,
+    /// The most entries it will hold at once, when the shard knows (an
+    /// unweighted shard holds at most its capacity, and one more while a
+    /// new key's eviction is pending): growth stops there instead of
+    /// doubling past it. `usize::MAX` when unknown.
+    ceiling: usize,
 }
 
 /// Slots a slab hands out at most: tokens `0..=u32::MAX - 2`, the top two
@@ -140,14 +145,25 @@ pub(crate) struct Slab<K, V> {
 const MAX_SLOTS: usize = Token::MAX as usize - 1;
 
 impl<K, V> Slab<K, V> {
-    /// `None` when the room cannot be allocated.
-    pub(crate) fn with_capacity(capacity: usize) -> Option<Self> {
+    /// Room for `capacity` entries, growing to at most `ceiling` slots as long
+    /// as no more are needed (see [`grow`](Self::grow)); `None` when the room
+    /// cannot be allocated.
+    pub(crate) fn with_capacity(capacity: usize, ceiling: usize) -> Option<Self> {
         Some(Self {
             slots: allocate(capacity)?,
             used: 0,
             free: Vec::new(),
             limit: MAX_SLOTS,
+            ceiling,
         })
+    }
+
+    /// Forgets the vacant slots of a slab that holds no entry, keeping its
+    /// memory: the next entries fill it from the first slot again.
+    pub(crate) fn reset(&mut self) {
+        debug_assert_eq!(self.len(), 0, "only an empty slab is reset");
+        self.used = 0;
+        self.free.clear();
     }
 
     /// Whether every token is taken: the next entry needs one given back.
@@ -190,10 +206,16 @@ impl<K, V> Slab<K, V> {
         Some(token)
     }
 
-    /// Doubles the slots (as a `Vec` grows), moving the entries over.
+    /// Doubles the slots (as a `Vec` grows), moving the entries over, but
+    /// stops at the ceiling: a shard whose capacity is a power of two would
+    /// otherwise double its slots for the one entry a new key holds over the
+    /// capacity until its eviction, and keep twice the memory it needs.
     #[cold]
     fn grow(&mut self) {
-        let len = (self.slots.len() * 2).max(4);
+        let mut len = (self.slots.len() * 2).max(4);
+        if self.slots.len() < self.ceiling {
+            len = len.min(self.ceiling);
+        }
         let Some(mut slots) = allocate(len) else {
             match Slots::<K, V>::layout(len) {
                 Some(layout) => std::alloc::handle_alloc_error(layout),
@@ -317,7 +339,7 @@ mod tests {
 
     #[test]
     fn reuses_freed_slots() {
-        let mut slab = Slab::with_capacity(0).expect("nothing to allocate");
+        let mut slab = Slab::with_capacity(0, usize::MAX).expect("nothing to allocate");
         let a = slab.insert(Entry::new(1, 1, 1)).unwrap();
         let b = slab.insert(Entry::new(2, 2, 1)).unwrap();
         assert_eq!(slab.remove(a).key, 1);
@@ -332,7 +354,7 @@ mod tests {
     #[test]
     fn growing_and_taking_all_drop_every_value_once() {
         let counted = std::rc::Rc::new(());
-        let mut slab = Slab::with_capacity(2).expect("small");
+        let mut slab = Slab::with_capacity(2, usize::MAX).expect("small");
         let tokens: Vec<Token> = (0..40)
             .map(|i| {
                 let entry = Entry::new(format!("key {i}"), std::rc::Rc::clone(&counted), 1);

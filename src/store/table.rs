@@ -206,8 +206,8 @@ impl Table {
     /// of buckets); `None` when that room cannot be allocated.
     pub(crate) fn with_capacity(capacity: usize) -> Option<Self> {
         let mut table = Self::default();
-        let buckets = capacity.div_ceil(MAX_MEAN).next_power_of_two();
-        if capacity > 0 {
+        let buckets = Self::buckets_for(capacity);
+        if buckets > 0 {
             table.buckets.try_reserve_exact(buckets).ok()?;
             table.buckets.resize(buckets, EMPTY);
         }
@@ -285,10 +285,32 @@ impl Table {
 
     /// Makes room for one more token, rehashing every token with `hash_of` if
     /// the table must grow. A panic in `hash_of` leaves the table as it was.
+    ///
+    /// `ceiling` is the most tokens the table will hold at once when the
+    /// caller knows (`usize::MAX` if not): a table full to its mean load
+    /// whose next token is the last it will ever hold takes it over the mean
+    /// instead of doubling. An unweighted shard of a capacity ten times a
+    /// power of two otherwise doubles its table for the one entry a new key
+    /// holds over the capacity until its eviction.
     #[inline]
-    pub(crate) fn reserve_one(&mut self, hash_of: impl Fn(Token) -> u64) {
-        if self.len >= self.buckets.len() * MAX_MEAN {
+    pub(crate) fn reserve_one(&mut self, ceiling: usize, hash_of: impl Fn(Token) -> u64) {
+        let full = self.buckets.len() * MAX_MEAN;
+        if self.len >= full && !(self.len == full && self.len + 1 == ceiling && full != 0) {
             self.grow(&hash_of);
+        }
+    }
+
+    /// Buckets allocated.
+    pub(crate) fn buckets(&self) -> usize {
+        self.buckets.len()
+    }
+
+    /// The buckets [`with_capacity`](Self::with_capacity) allocates for
+    /// `capacity` keys.
+    pub(crate) fn buckets_for(capacity: usize) -> usize {
+        match capacity {
+            0 => 0,
+            _ => capacity.div_ceil(MAX_MEAN).next_power_of_two(),
         }
     }
 
@@ -302,7 +324,7 @@ impl Table {
         token: Token,
         hash_of: impl Fn(Token) -> u64,
     ) {
-        self.reserve_one(hash_of);
+        self.reserve_one(usize::MAX, hash_of);
         self.insert_reserved(hash, token);
     }
 
@@ -313,7 +335,7 @@ impl Table {
     /// check again.
     #[inline]
     pub(crate) fn insert_reserved(&mut self, hash: u64, token: Token) {
-        debug_assert!(self.len < self.buckets.len() * MAX_MEAN);
+        debug_assert!(self.len <= self.buckets.len() * MAX_MEAN);
         Self::place(&mut self.buckets, hash, token);
         self.len += 1;
     }

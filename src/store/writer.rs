@@ -211,7 +211,8 @@ impl<K: Eq, V, H: Fn(&K) -> u64> ShardWriter<'_, K, V, H> {
         // whose `Hash` panics then must not leave the new entry in the slab
         // but out of the table.
         let slab = &map.slab;
-        map.table.reserve_one(|t| hash_of(&slab.get(t).key));
+        map.table
+            .reserve_one(map.ceiling, |t| hash_of(&slab.get(t).key));
         let Some(t) = map.slab.insert(Entry::new(key, value, weight)) else {
             unreachable!("a full slab has a token given back before an add");
         };
@@ -415,6 +416,7 @@ impl<K: Eq, V, H: Fn(&K) -> u64> ShardWriter<'_, K, V, H> {
                 .zip(causes)
                 .map(|(e, cause)| (e.key, e.value, cause)),
         );
+        map.release_storage();
     }
 
     /// Removes every entry carrying `tag` (cause `Invalidated`, or `Expired`
@@ -475,14 +477,14 @@ impl<K: Eq, V, H: Fn(&K) -> u64> ShardWriter<'_, K, V, H> {
 
     /// Gives the memory of an emptied shard back (table, slab, policy state,
     /// timers), as `clear` does: a cache whose entries all expire or are
-    /// removed returns to an empty cache's footprint.
+    /// removed returns to a new cache's footprint, keeping the room
+    /// `initial_capacity` reserved.
     fn release_if_empty(&mut self) {
         let map = &mut *self.map;
         if map.slab.len() != 0 || map.slab.capacity() == 0 {
             return;
         }
-        map.table = Table::default();
-        drop(map.slab.take_all());
+        map.release_storage();
         map.policy.get_mut().clear();
         map.sketch_lines = SketchLines::default();
         if let Some(timers) = &mut map.timers {

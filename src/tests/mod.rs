@@ -4,4 +4,5 @@ mod concurrent;
 mod expiry_model;
 mod model;
 mod prefetch;
+mod storage;
 mod tags_model;
