@@ -61,9 +61,10 @@
 //! * **Reads** take the map lock for reading and find the entry and clone its
 //!   value in one probe. Under LRU and LFU they append its token to the ring. A
 //!   read never waits for the policy: when the ring is full, the reader
-//!   `try_lock`s the policy and applies the buffered reads; if someone else
-//!   holds it, the read is dropped, which costs the policy a little precision
-//!   and only happens under contention.
+//!   `try_lock`s the policy and applies the buffered reads, then its own; if
+//!   someone else holds it, the read is dropped, which costs the policy a
+//!   little precision and only happens under contention. A drain hands the
+//!   ring's slots back one by one, so reads arriving during it find room.
 //! * **Writes** take the map lock, apply the buffered reads in order, then
 //!   insert, replace or remove, and evict in policy order until the shard is
 //!   within its share of the capacity. Evicted entries reach the listener after

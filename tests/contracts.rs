@@ -741,4 +741,37 @@ fn the_per_entry_limit_is_the_smallest_shards_capacity_for_every_key() {
         assert!(cache.try_insert(key, 2).is_ok(), "shard {shard}");
     }
     assert_eq!(cache.weighted_size(), 4);
+    assert_eq!(cache.max_entry_weight(), 2);
+}
+
+/// `max_entry_weight` names the limit whatever shard count the default
+/// chose, on either side of the capacities where that count doubles.
+#[test]
+fn max_entry_weight_is_the_limit_try_insert_applies() {
+    for capacity in [
+        1u64,
+        100,
+        2_047,
+        2_048,
+        8_191,
+        8_192,
+        1 << 20,
+        (1 << 20) + 3,
+    ] {
+        let cache: Cache<u32, u32> = Cache::builder()
+            .max_capacity(capacity)
+            .weigher(|_, v: &u32| *v)
+            .build()
+            .unwrap();
+        let limit = cache.max_entry_weight();
+        assert_eq!(
+            limit,
+            capacity / cache.shard_count() as u64,
+            "capacity {capacity}"
+        );
+        let limit = u32::try_from(limit).unwrap();
+        assert!(cache.try_insert(1, limit).is_ok(), "capacity {capacity}");
+        let refused = cache.try_insert(2, limit + 1).unwrap_err();
+        assert_eq!(refused.limit, u64::from(limit), "capacity {capacity}");
+    }
 }

@@ -168,7 +168,11 @@ where
     /// Weights above `u32::MAX - 1` are clamped to it. A weight of 0 is
     /// allowed; such entries take no capacity, so only memory bounds their
     /// number, up to `u32::MAX - 1` entries a shard (its tokens are `u32`s):
-    /// beyond that a new key evicts one entry in policy order first.
+    /// beyond that a new key evicts one entry in policy order first. An entry
+    /// heavier than one shard's share of the capacity is refused (see
+    /// [`Cache::max_entry_weight`](crate::Cache::max_entry_weight), and set
+    /// [`shards`](Self::shards) when entries may be that heavy: the default
+    /// count depends on the cores).
     ///
     /// ```
     /// let cache: larder::Cache<u32, String> = larder::Cache::builder()

@@ -99,6 +99,31 @@ where
         self.inner.shards.len()
     }
 
+    /// The heaviest entry the cache takes: the smallest shard's share of the
+    /// capacity, whichever shard a key maps to. A heavier one is refused
+    /// ([`try_insert`](crate::Cache::try_insert) hands it back; `insert`
+    /// passes it to the listener as
+    /// [`RemovalCause::Size`](crate::RemovalCause::Size)). The default shard
+    /// count grows with the capacity and the cores, so this limit steps down
+    /// where it doubles; a weighted cache whose entries may come near the
+    /// capacity should set [`shards`](crate::CacheBuilder::shards) itself.
+    ///
+    /// ```
+    /// let cache: larder::Cache<u32, Vec<u8>> = larder::Cache::builder()
+    ///     .max_capacity(1 << 20)
+    ///     .weigher(|_, v: &Vec<u8>| v.len() as u32)
+    ///     .shards(4)
+    ///     .build()
+    ///     .unwrap();
+    /// assert_eq!(cache.max_entry_weight(), 1 << 18);
+    /// assert!(cache.try_insert(1, vec![0; 1 << 18]).is_ok());
+    /// let refused = cache.try_insert(2, vec![0; (1 << 18) + 1]).unwrap_err();
+    /// assert_eq!(refused.limit, cache.max_entry_weight());
+    /// ```
+    pub fn max_entry_weight(&self) -> u64 {
+        self.inner.max_entry_weight
+    }
+
     /// A snapshot of the counters. See [`CacheStats`].
     ///
     /// ```

@@ -70,7 +70,8 @@ pub enum Eviction {
     #[default]
     TinyLfu,
     /// Least recently used: every read moves the entry to the back of its shard's
-    /// list; the front is evicted. Exact per shard.
+    /// list; the front is evicted. Exact per shard on one thread; reads racing
+    /// for one shard may drop a read now and then (see the crate docs).
     Lru,
     /// Least frequently used: the entry used the fewest times goes first (a
     /// read or an update of its value counts as a use), ties broken by

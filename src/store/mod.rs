@@ -36,7 +36,7 @@ use crate::policy::{Entries, Eviction, Policy, SketchLines};
 use crate::sync::{AtomicBool, AtomicU32, AtomicU64, Mutex, Ordering, ReadGuard, RwLock};
 use crate::tags::{Tag, TagIndex};
 use crate::RemovalCause;
-use read_buffer::ReadBuffer;
+use read_buffer::{ReadBuffer, Recorded};
 use slab::Slab;
 pub(crate) use slab::{Entry, Token, MAX_WEIGHT};
 use table::Table;
@@ -413,7 +413,8 @@ impl<K, V> Shard<K, V> {
 
     /// Records a read of `entry` (at `token`) for the policy, with the map still
     /// read-locked by the caller. When the ring fills, this drains it if the
-    /// policy lock is free; it never waits.
+    /// policy lock is free; it never waits. A read that found the ring full
+    /// is applied after that drain (dropped if the lock was taken).
     #[inline]
     pub(crate) fn record_read(
         &self,
@@ -428,19 +429,34 @@ impl<K, V> Shard<K, V> {
             entry.note_read();
             return;
         }
-        if self.reads.record(token) {
-            self.drain_reads(map, hash_of);
+        match self.reads.record(token) {
+            Recorded::Buffered | Recorded::Dropped => {}
+            Recorded::Filled => self.drain_reads(map, None, hash_of),
+            Recorded::Full => self.drain_reads(map, Some(token), hash_of),
         }
     }
 
+    /// Drains the ring into the policy if its lock is free, then applies
+    /// `unbuffered`, a read the full ring could not take, if the drain
+    /// reached every read recorded before it.
     #[cold]
-    fn drain_reads(&self, map: &Map<K, V>, hash_of: &impl Fn(&K) -> u64) {
+    fn drain_reads(
+        &self,
+        map: &Map<K, V>,
+        unbuffered: Option<Token>,
+        hash_of: &impl Fn(&K) -> u64,
+    ) {
         if let Some(mut policy) = map.policy.try_lock() {
             let view = View {
                 slots: map.slab.slots(),
                 hash_of,
             };
-            self.reads.drain(|t| policy.on_access(t, &view));
+            let whole = self.reads.drain(|t| policy.on_access(t, &view));
+            // Behind every read recorded before it, or not at all: a read of
+            // this thread's may still wait in a slot another claimed first.
+            if let (true, Some(token)) = (whole, unbuffered) {
+                policy.on_access(token, &view);
+            }
         }
     }
 }
@@ -698,6 +714,37 @@ mod tests {
 
     type S = Shard<u64, u64>;
     type M = Map<u64, u64>;
+
+    /// LRU: a read that finds the ring full (it filled while the policy lock
+    /// was taken, so no drain could run) drains it and is applied after,
+    /// where it used to be dropped.
+    #[test]
+    fn a_read_finding_the_ring_full_is_applied_after_its_drain() {
+        use super::read_buffer::READ_BUFFER_LEN;
+        let hash_of = |k: &u64| k.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let shard = S::new(4, 4, Eviction::Lru, 0, false, false).expect("small");
+        {
+            let mut out = super::Removed::new();
+            let mut writer = shard.write(&hash_of);
+            for k in 1..=4u64 {
+                assert!(writer.insert_plain(hash_of(&k), k, k, 1, &mut out).is_ok());
+            }
+        }
+        let map = shard.read();
+        let (t3, e3) = map.find(hash_of(&3), &3).expect("resident");
+        let (t1, e1) = map.find(hash_of(&1), &1).expect("resident");
+        {
+            let _busy = map.policy.try_lock().expect("free");
+            for _ in 0..READ_BUFFER_LEN {
+                shard.record_read(&map, t3, e3, &hash_of);
+            }
+        }
+        shard.record_read(&map, t1, e1, &hash_of);
+        drop(map);
+        let writer = shard.write(&hash_of);
+        let order: Vec<u64> = writer.eviction_order().into_iter().copied().collect();
+        assert_eq!(order, vec![2, 4, 3, 1], "1 was read last");
+    }
 
     /// A key rewritten again and again within its deadline's tick (a clock
     /// standing still) is put among the early tokens once, not once a write.

@@ -7,10 +7,15 @@
 //! slot reused): the policy ignores tokens it does not hold, and a reused slot
 //! only misattributes one read.
 //!
-//! When the ring is full, or a producer loses the race for a slot, the read is
-//! dropped: that happens only under contention and only costs the policy a
-//! little precision. Single-threaded, no read is ever lost (the reader that fills
-//! the ring drains it at once), so one shard's order is exactly the policy's.
+//! A reader that finds the ring full drains it if the policy lock is free and
+//! then applies its own read, behind the reads recorded before it. The read
+//! is dropped when that lock is taken, when the drain stops short at a slot
+//! claimed but not written yet, or when the reader loses the race for a slot
+//! twice: that happens only under
+//! contention and only costs the policy a little precision. A drain hands each
+//! slot back as it takes its token, so readers arriving meanwhile find room.
+//! Single-threaded, no read is ever lost (the reader that fills the ring
+//! drains it at once), so one shard's order is exactly the policy's.
 
 use crate::store::Token;
 use crate::sync::{AtomicU32, Ordering};
@@ -47,11 +52,25 @@ impl Default for ReadBuffer {
     }
 }
 
+/// What became of a read offered to the ring.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Recorded {
+    /// In the ring, with room left.
+    Buffered,
+    /// In the ring, which it filled: the ring wants draining.
+    Filled,
+    /// Not in the ring, which was full: the ring wants draining, and the
+    /// read applying after it.
+    Full,
+    /// Not in the ring: other readers won the slots it tried for.
+    Dropped,
+}
+
 impl ReadBuffer {
-    /// Records a read of `token`. Returns true when the ring is full and should be
-    /// drained (the caller then `try_lock`s the policy; it never waits).
+    /// Records a read of `token`. When the ring is (or becomes) full, the
+    /// caller `try_lock`s the policy to drain it (it never waits).
     #[inline]
-    pub(crate) fn record(&self, token: Token) -> bool {
+    pub(crate) fn record(&self, token: Token) -> Recorded {
         for _ in 0..CLAIM_ATTEMPTS {
             // Acquire pairs with the drainer's release of `head`: the slot we claim
             // was emptied before it was handed back.
@@ -59,7 +78,7 @@ impl ReadBuffer {
             let tail = self.tail.load(Ordering::Relaxed);
             let size = tail.wrapping_sub(head);
             if size >= READ_BUFFER_LEN {
-                return true;
+                return Recorded::Full;
             }
             if self
                 .tail
@@ -72,15 +91,20 @@ impl ReadBuffer {
                 .is_ok()
             {
                 self.slots[(tail % READ_BUFFER_LEN) as usize].store(token, Ordering::Release);
-                return size + 1 >= READ_BUFFER_LEN;
+                if size + 1 >= READ_BUFFER_LEN {
+                    return Recorded::Filled;
+                }
+                return Recorded::Buffered;
             }
         }
-        false
+        Recorded::Dropped
     }
 
     /// Applies buffered reads to `apply`, oldest first. Must only be called with
-    /// the shard's policy lock held (a single consumer at a time).
-    pub(crate) fn drain(&self, mut apply: impl FnMut(Token)) {
+    /// the shard's policy lock held (a single consumer at a time). False when
+    /// it stopped short at a slot claimed but not written yet: reads recorded
+    /// before the call may then still be in the ring.
+    pub(crate) fn drain(&self, mut apply: impl FnMut(Token)) -> bool {
         let mut head = self.head.load(Ordering::Relaxed);
         let tail = self.tail.load(Ordering::Acquire);
         while head != tail {
@@ -88,13 +112,17 @@ impl ReadBuffer {
             let token = slot.load(Ordering::Acquire);
             if token == EMPTY {
                 // Claimed but not yet written: the next drain picks it up.
-                break;
+                return false;
             }
             slot.store(EMPTY, Ordering::Relaxed);
-            apply(token);
             head = head.wrapping_add(1);
+            // Handed back before the token is applied, slot by slot: a reader
+            // arriving during the drain finds room instead of a full ring (and,
+            // the policy lock being taken, dropping its read).
+            self.head.store(head, Ordering::Release);
+            apply(token);
         }
-        self.head.store(head, Ordering::Release);
+        true
     }
 }
 
@@ -106,10 +134,14 @@ mod tests {
     fn keeps_order_and_reports_full() {
         let buf = ReadBuffer::default();
         for t in 0..READ_BUFFER_LEN - 1 {
-            assert!(!buf.record(t));
+            assert_eq!(buf.record(t), Recorded::Buffered);
         }
-        assert!(buf.record(999));
-        assert!(buf.record(1000), "a full ring keeps asking for a drain");
+        assert_eq!(buf.record(999), Recorded::Filled);
+        assert_eq!(
+            buf.record(1000),
+            Recorded::Full,
+            "a full ring keeps asking for a drain"
+        );
         let mut seen = Vec::new();
         buf.drain(|t| seen.push(t));
         assert_eq!(seen.len(), READ_BUFFER_LEN as usize);
@@ -123,12 +155,35 @@ mod tests {
         let buf = ReadBuffer::default();
         let mut seen = Vec::new();
         for t in 0..10_000 {
-            if buf.record(t) {
+            if buf.record(t) == Recorded::Filled {
                 buf.drain(|t| seen.push(t));
             }
         }
         buf.drain(|t| seen.push(t));
         assert_eq!(seen, (0..10_000).collect::<Vec<_>>());
+    }
+
+    /// A read recorded while a drain runs finds the room the drain made: the
+    /// ring used to look full until the drain ended, and a reader then (the
+    /// policy lock being the drainer's) dropped its read.
+    #[test]
+    fn a_drain_makes_room_as_it_goes() {
+        let buf = ReadBuffer::default();
+        for t in 0..READ_BUFFER_LEN {
+            buf.record(t);
+        }
+        let mut seen = Vec::new();
+        let mut during = Vec::new();
+        buf.drain(|t| {
+            if t == 0 {
+                during.push(buf.record(500));
+            }
+            seen.push(t);
+        });
+        assert_eq!(during, vec![Recorded::Filled]);
+        assert_eq!(seen, (0..READ_BUFFER_LEN).collect::<Vec<_>>());
+        buf.drain(|t| seen.push(t));
+        assert_eq!(seen.last(), Some(&500), "the read made during the drain");
     }
 }
 
@@ -147,21 +202,22 @@ mod loom_models {
     /// The map lock around the policy, as in `store::Map`.
     type Shard = RwLock<Mutex<Vec<Token>>>;
 
-    fn record_and_maybe_drain(buf: &ReadBuffer, shard: &Shard, token: Token) -> bool {
+    fn record_and_maybe_drain(buf: &ReadBuffer, shard: &Shard, token: Token) {
         let map = shard.read();
-        let full = buf.record(token);
-        if full {
+        let recorded = buf.record(token);
+        if matches!(recorded, Recorded::Filled | Recorded::Full) {
             if let Some(mut applied) = map.try_lock() {
-                buf.drain(|t| applied.push(t));
+                if buf.drain(|t| applied.push(t)) && recorded == Recorded::Full {
+                    applied.push(token);
+                }
             }
         }
-        full
     }
 
     fn write_and_drain(buf: &ReadBuffer, shard: &Shard) {
         let mut map = shard.write();
         let applied = map.get_mut();
-        buf.drain(|t| applied.push(t));
+        let _ = buf.drain(|t| applied.push(t));
     }
 
     fn applied(shard: &Shard) -> Vec<Token> {
