@@ -6,6 +6,12 @@ use std::time::Duration;
 /// Settings of a write-back cache's queue and flusher, for
 /// [`CacheBuilder::write_back`](crate::CacheBuilder::write_back).
 ///
+/// The queue is one lock for the whole cache. Keys' and values' `Drop` runs
+/// outside it, but their `Clone`, `Hash` and `Eq` run under it when a read
+/// finds a key's write still queued, when a write is queued, and when the
+/// flusher takes a batch: a slow `Clone` there holds up writes and queue
+/// reads of every key meanwhile.
+///
 /// ```
 /// use std::time::Duration;
 /// use larder::{Backpressure, WriteBack};

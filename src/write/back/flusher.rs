@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::super::{Failure, Op, Store};
-use super::{Sent, Shared};
+use super::{Bin, Sent, Shared};
 
 impl<K, V, St> Shared<K, V, St>
 where
@@ -57,10 +57,12 @@ where
             // user code (the keys' `Hash` and `Eq`), which may panic.
             handing.set(0);
             delivered.set(0);
-            let handed = q.settle(seqs, ops, &sent, handler.is_some());
+            let mut bin = Bin::default();
+            let handed = q.settle(seqs, ops, &sent, handler.is_some(), &mut bin);
             handing.set(handed.len());
             q.handing = !handed.is_empty();
             self.progressed(q);
+            drop(bin);
             if let (Some(handler), false) = (handler, handed.is_empty()) {
                 for failed in handed {
                     // The handler's panic is its own; the flusher goes on.
@@ -71,13 +73,18 @@ where
                 let mut q = self.queue.lock();
                 // The handler has them all: their keys read as the cache
                 // (or the store) has them from now on.
-                q.slots.retain(|_, slot| {
-                    slot.handing = None;
-                    !slot.is_empty()
+                let mut bin = Bin::default();
+                let emptied = q.slots.extract_if(|_, slot| {
+                    if let Some((_, write)) = slot.handing.take() {
+                        bin.writes.push(write);
+                    }
+                    slot.is_empty()
                 });
+                bin.keys.extend(emptied.map(|(key, _)| key));
                 q.handing_only = 0;
                 q.handing = false;
                 self.progressed(q);
+                drop(bin);
             }
         }
     }

@@ -14,7 +14,9 @@ use super::super::{
     Backpressure, FailedWrite, Failure, Forget, KeyLocks, Op, Store, Waiter, Wakers, WriteBack,
     WriteError, WriteStats,
 };
-use super::{FailureHandler, Owner, Pending, Queue, Queued, Report, Shared, Slot, WriteBehind};
+use super::{
+    Bin, FailureHandler, Owner, Pending, Queue, Queued, Report, Shared, Slot, WriteBehind,
+};
 use crate::sync::thread;
 use crate::sync::{Condvar, Mutex, MutexGuard};
 
@@ -168,6 +170,9 @@ where
         let seq = q.seq;
         q.stats.accepted += 1;
         let queue = &mut *q;
+        // The write this one replaces, dropped once the lock is released
+        // (see `Bin`).
+        let mut replaced = None;
         let queued = match (queue.slots.get_mut(key), slot_key) {
             (Some(slot), _) => {
                 if slot.only_handing() {
@@ -176,7 +181,7 @@ where
                 }
                 match &mut slot.waiting {
                     Some((_, latest)) => {
-                        *latest = write;
+                        replaced = Some(std::mem::replace(latest, write));
                         false
                     }
                     waiting @ None => {
@@ -209,6 +214,8 @@ where
         } else {
             q.stats.coalesced += 1;
         }
+        drop(q);
+        drop(replaced);
     }
 
     /// The latest acknowledged write of `key` the store may not hold yet.
@@ -421,15 +428,22 @@ where
     // or `Eq` panic on the way, the report goes back whole, to be taken by
     // the next one (each of its writes taking room until then, as if held
     // by no slot), and the panic on to the caller.
+    // What the slots let go of is dropped once the lock is released (see
+    // `Bin`).
+    let mut bin = Bin::default();
     let released = catch_unwind(AssertUnwindSafe(|| {
         for (seq, write) in &failed {
             let key = write.op.key();
             if let Some(slot) = q.slots.get_mut(key) {
                 if slot.failed.as_ref().is_some_and(|(s, _)| s == seq) {
-                    slot.failed = None;
+                    if let Some((_, write)) = slot.failed.take() {
+                        bin.writes.push(write);
+                    }
                 }
                 if slot.is_empty() {
-                    q.slots.remove(key);
+                    if let Some((key, _)) = q.slots.remove_entry(key) {
+                        bin.keys.push(key);
+                    }
                 }
             }
         }
@@ -438,10 +452,12 @@ where
         q.loose = failed.len();
         q.failed = failed;
         drop(q);
+        drop(bin);
         resume_unwind(panic);
     }
     // Settled by the caller (`WriteBehind::settled`).
     q.reports_out += 1;
     shared.progressed(q);
+    drop(bin);
     Err(Report { failed })
 }

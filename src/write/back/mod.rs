@@ -170,6 +170,26 @@ impl<V> Pending<V> {
     }
 }
 
+/// What the queue lets go of while its lock is held, dropped once the lock
+/// is released: a key's or value's `Drop` may call into the cache, whose
+/// reads and writes take that lock, or take a lock that a caller of the
+/// cache holds while it waits for this one.
+pub(super) struct Bin<K, V> {
+    pub(super) writes: Vec<Pending<V>>,
+    pub(super) ops: Vec<Op<K, V>>,
+    pub(super) keys: Vec<K>,
+}
+
+impl<K, V> Default for Bin<K, V> {
+    fn default() -> Self {
+        Self {
+            writes: Vec::new(),
+            ops: Vec::new(),
+            keys: Vec::new(),
+        }
+    }
+}
+
 /// A dirty key's versions (see the module docs).
 struct Slot<V> {
     /// The first sequence number since it last left, and the latest write.
@@ -351,12 +371,16 @@ impl<K: Hash + Eq, V: Clone, E> Queue<K, V, E> {
     /// Books a sent batch: stored, or given up on and held for reporting.
     /// With `hand_over`, given-up writes are returned (for the failure
     /// handler) instead of being kept for `flush` to report.
+    ///
+    /// What the booking lets go of goes to `bin`, for the caller to drop
+    /// once the lock is released.
     fn settle(
         &mut self,
         seqs: Vec<u64>,
         ops: Vec<Op<K, V>>,
         sent: &Sent<E>,
         hand_over: bool,
+        bin: &mut Bin<K, V>,
     ) -> Vec<FailedWrite<K, V, E>> {
         let mut handed = Vec::new();
         self.stats.store_calls += u64::from(sent.attempts);
@@ -367,27 +391,58 @@ impl<K: Hash + Eq, V: Clone, E> Queue<K, V, E> {
             match &sent.failure {
                 None => {
                     self.stats.stored += 1;
+                    bin.writes.push(write);
                     // A stored write supersedes an older failed one: it is
                     // no longer read, nor reported (replaying it would write
                     // an older value over this one).
-                    let held = slot.failed.take().is_some();
+                    let held = match slot.failed.take() {
+                        Some((_, failed)) => {
+                            bin.writes.push(failed);
+                            true
+                        }
+                        None => false,
+                    };
                     if !self.failed.is_empty() {
                         let before = self.failed.len();
-                        self.failed.retain(|(_, f)| f.op.key() != op.key());
+                        // The keys compared first (user code that may panic),
+                        // before anything moves.
+                        let doomed: Vec<bool> = self
+                            .failed
+                            .iter()
+                            .map(|(_, f)| f.op.key() == op.key())
+                            .collect();
+                        let mut doomed = doomed.into_iter();
+                        let (gone, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.failed)
+                            .into_iter()
+                            .partition(|_| doomed.next().unwrap_or(false));
+                        self.failed = kept;
+                        bin.ops.extend(gone.into_iter().map(|(_, f)| f.op));
                         let removed = before - self.failed.len();
                         self.stats.superseded += removed as u64;
                         // All but the one the slot held, if it held one.
                         self.loose -= removed.saturating_sub(usize::from(held));
                     }
                     if slot.is_empty() {
-                        self.slots.remove(op.key());
+                        if let Some((key, _)) = self.slots.remove_entry(op.key()) {
+                            bin.keys.push(key);
+                        }
                     }
                     if self.reports_out > 0 {
                         // The sent write's own key, not a clone: a `Clone`
                         // panicking here would kill the flusher with the
                         // batch half booked, and the rest of it, which the
                         // store has, would be reported failed.
-                        self.stored_while_out.insert(op.into_key(), seq);
+                        match self.stored_while_out.get_mut(op.key()) {
+                            Some(stored) => {
+                                *stored = seq;
+                                bin.ops.push(op);
+                            }
+                            None => {
+                                self.stored_while_out.insert(op.into_key(), seq);
+                            }
+                        }
+                    } else {
+                        bin.ops.push(op);
                     }
                 }
                 Some(failure) => {
@@ -396,21 +451,26 @@ impl<K: Hash + Eq, V: Clone, E> Queue<K, V, E> {
                         // The key's latest write: it reads as the key's
                         // value until reported, or until the handler has it.
                         if hand_over {
-                            slot.handing = Some((handed.len(), write));
+                            if let Some((_, before)) = slot.handing.replace((handed.len(), write)) {
+                                bin.writes.push(before);
+                            }
                             if slot.only_handing() {
                                 self.handing_only += 1;
                             }
                         } else {
                             // An older failure of the key the slot held
                             // stays in `failed`, held by no slot now.
-                            if slot.failed.is_some() {
+                            if let Some((_, older)) = slot.failed.replace((seq, write)) {
                                 self.loose += 1;
+                                bin.writes.push(older);
                             }
-                            slot.failed = Some((seq, write));
                         }
-                    } else if !hand_over {
-                        // Kept for its report only: a newer write waits.
-                        self.loose += 1;
+                    } else {
+                        if !hand_over {
+                            // Kept for its report only: a newer write waits.
+                            self.loose += 1;
+                        }
+                        bin.writes.push(write);
                     }
                     let empty = slot.is_empty();
                     let failed = FailedWrite {
@@ -420,7 +480,9 @@ impl<K: Hash + Eq, V: Clone, E> Queue<K, V, E> {
                     };
                     if hand_over {
                         if empty {
-                            self.slots.remove(failed.op.key());
+                            if let Some((key, _)) = self.slots.remove_entry(failed.op.key()) {
+                                bin.keys.push(key);
+                            }
                         }
                         handed.push(failed);
                     } else {
