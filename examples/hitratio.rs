@@ -257,7 +257,8 @@ fn replay<C: Sync>(
     hits.into_inner()
 }
 
-/// `shards`: `None` for the default count (sixteen per core).
+/// `shards`: `None` for the default count (32 per core, fewer when a shard
+/// would hold under 1,024 entries).
 fn larder_hits(
     trace: &[u64],
     capacity: usize,

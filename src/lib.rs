@@ -132,8 +132,8 @@
 //!
 //! Invalid settings are a [`BuildError`], never a panic. An entry heavier than
 //! its shard's capacity is refused ([`Cache::try_insert`] hands it back). A
-//! panicking weigher runs before any lock is taken; a panicking listener runs
-//! after it is released; either way the cache stays consistent and usable.
+//! panicking weigher runs before any shard lock is taken; a panicking listener
+//! runs after it is released; either way the cache stays consistent and usable.
 //! A key type whose `Hash` panics may do so wherever the cache hashes a key,
 //! its own or another's (a write hashes the keys it evicts): the panic reaches
 //! the caller, the shard stays within its capacity, and a write that was

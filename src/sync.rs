@@ -13,8 +13,10 @@ pub(crate) use std::sync::atomic::Ordering;
 
 /// A reader-writer lock with the two operations the store needs.
 ///
-/// parking_lot's lock in production (no poisoning: no user callback runs while a
-/// shard lock is held for writing); loom's under the model checker.
+/// parking_lot's lock in production; loom's under the model checker. No
+/// poisoning: the user code that runs while a shard lock is held for writing
+/// (an `Expiry`'s `expire_after_create` and `expire_after_update`, keys'
+/// `Hash` and `Eq`) is guarded where it may panic, and the shard stays whole.
 #[derive(Debug, Default)]
 pub(crate) struct RwLock<T> {
     #[cfg(not(larder_loom))]

@@ -93,9 +93,10 @@ impl fmt::Display for BuildError {
             Self::MoreShardsThanCapacity { shards, capacity } => {
                 // The largest count that builds: a power of two within the capacity.
                 let most = 1u64 << (*capacity).clamp(1, MAX_SHARDS as u64).ilog2();
+                let noun = if most == 1 { "shard" } else { "shards" };
                 write!(
                     f,
-                    "{shards} shards cannot split a capacity of {capacity}: use at most {most} shards"
+                    "{shards} shards cannot split a capacity of {capacity}: use at most {most} {noun}"
                 )
             }
         }

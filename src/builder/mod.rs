@@ -163,8 +163,11 @@ where
     }
 
     /// Weighs each entry; the capacity then bounds the total weight instead of the
-    /// count. Called once per insert, before any lock is taken: if it panics the
-    /// panic reaches the caller of `insert` and the cache is unchanged.
+    /// count. Called once per insert, before any shard lock is taken: if it
+    /// panics the panic reaches the caller of `insert` and the cache is
+    /// unchanged. With write-through and write-back it runs while the key's
+    /// stripe lock is held (writes of one key take turns), so a weigher that
+    /// writes to the cache may wait on itself: it should only weigh.
     /// Weights above `u32::MAX - 1` are clamped to it. A weight of 0 is
     /// allowed; such entries take no capacity, so only memory bounds their
     /// number, up to `u32::MAX - 1` entries a shard (its tokens are `u32`s):

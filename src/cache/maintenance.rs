@@ -250,6 +250,10 @@ where
     /// unchanged and the panic reaches the caller. The listener sees
     /// [`RemovalCause::Invalidated`]; entries already past their deadline are
     /// not shown to `remove` but reclaimed, as [`RemovalCause::Expired`].
+    /// As with [`invalidate_all`](Self::invalidate_all), a load in flight
+    /// during the call hands its value to its callers but is not cached,
+    /// whatever its key (the predicate cannot be asked of a value not loaded
+    /// yet).
     ///
     /// ```
     /// let cache: larder::Cache<u32, u32> = larder::Cache::builder().max_capacity(100).build().unwrap();
