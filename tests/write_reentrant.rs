@@ -26,9 +26,12 @@ thread_local! {
     static IN_DROP: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
+/// A store that refuses every write when `down`, and the writes of
+/// `down_for` if set.
 #[derive(Clone, Default)]
 struct Db {
     down: bool,
+    down_for: Option<u32>,
     rows: Arc<Mutex<HashMap<u32, u32>>>,
 }
 
@@ -38,7 +41,7 @@ impl Store<u32, Val> for Db {
         Ok(None)
     }
     fn write(&self, op: &Op<u32, Val>) -> Result<(), Self::Error> {
-        if self.down {
+        if self.down || self.down_for == Some(*op.key()) {
             return Err("down");
         }
         let mut rows = self.rows.lock().unwrap();
@@ -170,4 +173,48 @@ fn the_failure_handler_path_drops_writes_outside_the_queue_lock() {
     let mut heard: Vec<u32> = rx.try_iter().collect();
     heard.sort_unstable();
     assert_eq!(heard, vec![1, 2]);
+}
+
+/// A write stored while a `flush`'s report is out (its listener, hearing the
+/// failed write dropped, writes another key and flushes it) is booked as
+/// stored meanwhile; its value used to go down with it under the queue lock.
+#[test]
+fn a_write_stored_while_a_report_is_out_drops_its_value_outside_the_queue_lock() {
+    let hook: Arc<OnceLock<Wb>> = Arc::new(OnceLock::new());
+    let in_listener = hook.clone();
+    let once = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let nested = Arc::new(Mutex::new(None));
+    let nested_out = nested.clone();
+    let cache: Wb = Cache::builder()
+        .max_capacity(100)
+        .eviction_listener(move |k: u32, _: Val, _| {
+            if k == 1 && !once.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                let cache = in_listener.get().expect("set before the first write");
+                cache.put(2, Val(2, in_listener.clone())).unwrap();
+                *nested_out.lock().unwrap() = Some(cache.flush().is_ok());
+            }
+        })
+        .write_back(
+            Db {
+                down_for: Some(1),
+                ..Db::default()
+            },
+            WriteBack::default()
+                .max_delay(Duration::MAX)
+                .retries(0, Duration::ZERO),
+        )
+        .build()
+        .unwrap();
+    let _ = hook.set(cache.clone());
+    let rows = cache.store().rows.clone();
+    cache.put(1, Val(1, hook.clone())).unwrap();
+    within(
+        10,
+        "a flush whose listener flushes a write of another key",
+        move || {
+            assert_eq!(cache.flush().unwrap_err().failed.len(), 1);
+        },
+    );
+    assert_eq!(*nested.lock().unwrap(), Some(true));
+    assert_eq!(rows.lock().unwrap().get(&2), Some(&2));
 }

@@ -140,6 +140,28 @@ pub(crate) struct Slab<K, V> {
     ceiling: usize,
 }
 
+/// The entries of a slab being emptied in place: see
+/// [`Slab::drain_in_place`].
+pub(crate) struct DrainInPlace<'a, K, V> {
+    slots: std::slice::IterMut<'a, Option<Entry<K, V>>>,
+}
+
+impl<K, V> Iterator for DrainInPlace<'_, K, V> {
+    type Item = Entry<K, V>;
+
+    fn next(&mut self) -> Option<Entry<K, V>> {
+        self.slots.find_map(Option::take)
+    }
+}
+
+impl<K, V> Drop for DrainInPlace<'_, K, V> {
+    fn drop(&mut self) {
+        for slot in &mut self.slots {
+            drop(slot.take());
+        }
+    }
+}
+
 /// Slots a slab hands out at most: tokens `0..=u32::MAX - 2`, the top two
 /// being the lists' markers (`NIL`, and `DETACHED` for a token on no list).
 const MAX_SLOTS: usize = Token::MAX as usize - 1;
@@ -156,6 +178,23 @@ impl<K, V> Slab<K, V> {
             limit: MAX_SLOTS,
             ceiling,
         })
+    }
+
+    /// Whether no slot was handed out since the slab was made or
+    /// [`reset`](Self::reset).
+    pub(crate) fn untouched(&self) -> bool {
+        self.used == 0
+    }
+
+    /// Takes every entry out, keeping the slots: the slab is then as
+    /// [`reset`](Self::reset) leaves it. Entries the iterator has not yielded
+    /// when it is dropped are dropped with it.
+    pub(crate) fn drain_in_place(&mut self) -> DrainInPlace<'_, K, V> {
+        self.free.clear();
+        let used = std::mem::take(&mut self.used);
+        DrainInPlace {
+            slots: self.slots[..used].iter_mut(),
+        }
     }
 
     /// Forgets the vacant slots of a slab that holds no entry, keeping its
@@ -275,15 +314,6 @@ impl<K, V> Slab<K, V> {
             .skip(from)
             .filter_map(|(i, slot)| slot.as_ref().map(|e| (i as Token, e)))
     }
-
-    /// Takes every entry out, leaving the slab empty and its memory released.
-    pub(crate) fn take_all(&mut self) -> impl Iterator<Item = Entry<K, V>> {
-        self.free = Vec::new();
-        let used = std::mem::take(&mut self.used);
-        let mut slots = std::mem::take(&mut self.slots);
-        // The slots are freed when the iterator is dropped.
-        (0..used).filter_map(move |i| slots[i].take())
-    }
 }
 
 /// The panic of a lookup by a token whose slot is vacant (a broken
@@ -347,12 +377,12 @@ mod tests {
         assert_eq!(slab.len(), 1);
         assert_eq!(slab.insert(Entry::new(3, 3, 1)), Some(a));
         assert_eq!(slab.get(b).key, 2);
-        assert_eq!(slab.take_all().count(), 2);
+        assert_eq!(slab.drain_in_place().count(), 2);
         assert_eq!(slab.len(), 0);
     }
 
     #[test]
-    fn growing_and_taking_all_drop_every_value_once() {
+    fn growing_and_draining_drop_every_value_once() {
         let counted = std::rc::Rc::new(());
         let mut slab = Slab::with_capacity(2, usize::MAX).expect("small");
         let tokens: Vec<Token> = (0..40)
@@ -374,11 +404,16 @@ mod tests {
         assert_eq!(std::rc::Rc::strong_count(&counted), 41 - 14);
         assert_eq!(slab.get(tokens[1]).key, "key 1");
         // Taking a few and dropping the rest with the iterator.
-        let mut all = slab.take_all();
+        let mut all = slab.drain_in_place();
         assert!(all.next().is_some());
         drop(all);
         assert_eq!(std::rc::Rc::strong_count(&counted), 1);
         assert_eq!(slab.len(), 0);
-        assert_eq!(slab.capacity(), 0, "memory released");
+        assert!(slab.capacity() >= 40, "the slots kept");
+        assert!(slab.untouched());
+        assert!(slab
+            .insert(Entry::new("again".into(), counted.clone(), 1))
+            .is_some());
+        assert_eq!(slab.get(0).key, "again", "filled from the first slot again");
     }
 }

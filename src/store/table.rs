@@ -300,6 +300,14 @@ impl Table {
         }
     }
 
+    /// Takes every token out, keeping the buckets.
+    pub(crate) fn clear(&mut self) {
+        if self.len != 0 {
+            self.buckets.fill(EMPTY);
+            self.len = 0;
+        }
+    }
+
     /// Buckets allocated.
     pub(crate) fn buckets(&self) -> usize {
         self.buckets.len()

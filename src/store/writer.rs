@@ -6,7 +6,6 @@
 use std::borrow::Borrow;
 use std::cmp::Reverse;
 
-use super::table::Table;
 use super::{
     Entry, Map, Refused, Removed, Timers, Token, View, WriteContext, MAX_WEIGHT, WRITE_EXPIRY_BATCH,
 };
@@ -395,14 +394,17 @@ impl<K: Eq, V, H: Fn(&K) -> u64> ShardWriter<'_, K, V, H> {
     pub(crate) fn clear(&mut self, clock: &Clock, out: &mut Vec<(K, V, RemovalCause)>) {
         let now = self.map.timed().then(|| clock.now());
         // Causes first, while the deadlines are still there (slot order, as
-        // `take_all` yields the entries).
+        // `drain_in_place` yields the entries).
         let tokens: Vec<Token> = self.map.slab.iter_from(0).map(|(t, _)| t).collect();
         let causes: Vec<RemovalCause> = tokens
             .into_iter()
             .map(|t| self.book(t, now, RemovalCause::Explicit))
             .collect();
         let map = &mut *self.map;
-        map.table = Table::default();
+        // Emptied in place: `release_storage` keeps them if they are the
+        // room `initial_capacity` reserved (an `invalidate_all` then
+        // allocates nothing), and frees them otherwise.
+        map.table.clear();
         map.weight = 0;
         if let Some(timers) = &mut map.timers {
             *timers = Timers::default();
@@ -412,7 +414,7 @@ impl<K: Eq, V, H: Fn(&K) -> u64> ShardWriter<'_, K, V, H> {
         map.sketch_lines = SketchLines::default();
         out.extend(
             map.slab
-                .take_all()
+                .drain_in_place()
                 .zip(causes)
                 .map(|(e, cause)| (e.key, e.value, cause)),
         );
@@ -481,7 +483,10 @@ impl<K: Eq, V, H: Fn(&K) -> u64> ShardWriter<'_, K, V, H> {
     /// `initial_capacity` reserved.
     fn release_if_empty(&mut self) {
         let map = &mut *self.map;
-        if map.slab.len() != 0 || map.slab.capacity() == 0 {
+        // Nothing to give back if no entry came in since the last release
+        // (a refused write, a pass over a shard already empty): the policy,
+        // the timers and the tags hold nothing either.
+        if map.slab.len() != 0 || map.slab.untouched() {
             return;
         }
         map.release_storage();

@@ -55,13 +55,6 @@ impl<K, V> Op<K, V> {
             Op::Put(k, _) | Op::Delete(k) => k,
         }
     }
-
-    /// The key written, taken out of the write.
-    pub(crate) fn into_key(self) -> K {
-        match self {
-            Op::Put(k, _) | Op::Delete(k) => k,
-        }
-    }
 }
 
 /// The system of record behind a cache: loads single keys and applies writes.

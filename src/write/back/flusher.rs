@@ -52,12 +52,14 @@ where
             let (seqs, ops): (Vec<u64>, Vec<Op<K, V>>) = batch.into_iter().unzip();
             let sent = self.send(&ops);
             let handler = self.on_failure.lock().clone();
+            // Before the guard: should `settle` panic, the lock is released
+            // before what it had let go of is dropped.
+            let mut bin = Bin::default();
             let mut q = self.queue.lock();
             // Before `settle` marks any write as being handed over: it runs
             // user code (the keys' `Hash` and `Eq`), which may panic.
             handing.set(0);
             delivered.set(0);
-            let mut bin = Bin::default();
             let handed = q.settle(seqs, ops, &sent, handler.is_some(), &mut bin);
             handing.set(handed.len());
             q.handing = !handed.is_empty();

@@ -411,12 +411,14 @@ impl<K: Hash + Eq, V: Clone, E> Queue<K, V, E> {
                             .iter()
                             .map(|(_, f)| f.op.key() == op.key())
                             .collect();
-                        let mut doomed = doomed.into_iter();
-                        let (gone, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.failed)
-                            .into_iter()
-                            .partition(|_| doomed.next().unwrap_or(false));
-                        self.failed = kept;
-                        bin.ops.extend(gone.into_iter().map(|(_, f)| f.op));
+                        if doomed.contains(&true) {
+                            let mut doomed = doomed.into_iter();
+                            let (gone, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.failed)
+                                .into_iter()
+                                .partition(|_| doomed.next().unwrap_or(false));
+                            self.failed = kept;
+                            bin.ops.extend(gone.into_iter().map(|(_, f)| f.op));
+                        }
                         let removed = before - self.failed.len();
                         self.stats.superseded += removed as u64;
                         // All but the one the slot held, if it held one.
@@ -438,7 +440,16 @@ impl<K: Hash + Eq, V: Clone, E> Queue<K, V, E> {
                                 bin.ops.push(op);
                             }
                             None => {
-                                self.stored_while_out.insert(op.into_key(), seq);
+                                // The value goes to the bin, not down with
+                                // the op here, under the lock.
+                                let key = match op {
+                                    Op::Put(key, value) => {
+                                        bin.writes.push(Pending::Put(value));
+                                        key
+                                    }
+                                    Op::Delete(key) => key,
+                                };
+                                self.stored_while_out.insert(key, seq);
                             }
                         }
                     } else {
