@@ -1,13 +1,21 @@
 //! Write-back lets go of keys and values outside its queue lock: a value whose
 //! `Drop` reads its own cache (whose reads of a key not cached ask that queue)
 //! must not hang a `put` that replaces it, the flusher that stores it, or a
-//! `flush` that reports it.
+//! `flush` that reports it — nor the flusher's death when a key's `Hash`
+//! panics, nor a report put back after a listener's panic.
 
 use std::collections::HashMap;
 use std::sync::{mpsc, Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use larder::{Cache, DefaultHashBuilder, Op, Store, WriteBack, WriteBehind};
+
+/// Write-back settings that send only when asked (`flush`), with `retries`.
+fn manual(retries: u32) -> WriteBack {
+    WriteBack::default()
+        .max_delay(Duration::MAX)
+        .retries(retries, Duration::ZERO)
+}
 
 /// Runs `f` on a thread of its own; fails if it has not returned in `secs`.
 fn within(secs: u64, what: &str, f: impl FnOnce() + Send + 'static) {
@@ -32,6 +40,9 @@ thread_local! {
 struct Db {
     down: bool,
     down_for: Option<u32>,
+    /// Refuses the first write of `down_for` only.
+    once: bool,
+    refused: Arc<std::sync::atomic::AtomicBool>,
     rows: Arc<Mutex<HashMap<u32, u32>>>,
 }
 
@@ -41,7 +52,8 @@ impl Store<u32, Val> for Db {
         Ok(None)
     }
     fn write(&self, op: &Op<u32, Val>) -> Result<(), Self::Error> {
-        if self.down || self.down_for == Some(*op.key()) {
+        let refused = || self.refused.swap(true, std::sync::atomic::Ordering::SeqCst);
+        if self.down || (self.down_for == Some(*op.key()) && !(self.once && refused())) {
             return Err("down");
         }
         let mut rows = self.rows.lock().unwrap();
@@ -83,12 +95,7 @@ impl Drop for Val {
 fn cache(db: Db, retries: u32) -> (Wb, Arc<OnceLock<Wb>>) {
     let cache: Wb = Cache::builder()
         .max_capacity(100)
-        .write_back(
-            db,
-            WriteBack::default()
-                .max_delay(Duration::MAX)
-                .retries(retries, Duration::ZERO),
-        )
+        .write_back(db, manual(retries))
         .build()
         .unwrap();
     let hook = Arc::new(OnceLock::new());
@@ -155,9 +162,7 @@ fn the_failure_handler_path_drops_writes_outside_the_queue_lock() {
                 down: true,
                 ..Db::default()
             },
-            WriteBack::default()
-                .max_delay(Duration::MAX)
-                .retries(0, Duration::ZERO),
+            manual(0),
         )
         .on_write_failure(move |failed| {
             let _ = tx.lock().unwrap().send(*failed.op.key());
@@ -175,37 +180,45 @@ fn the_failure_handler_path_drops_writes_outside_the_queue_lock() {
     assert_eq!(heard, vec![1, 2]);
 }
 
-/// A write stored while a `flush`'s report is out (its listener, hearing the
-/// failed write dropped, writes another key and flushes it) is booked as
-/// stored meanwhile; its value used to go down with it under the queue lock.
-#[test]
-fn a_write_stored_while_a_report_is_out_drops_its_value_outside_the_queue_lock() {
+/// A write-back cache over `db` whose listener, the first time it hears of
+/// key 1, runs `on_key_1` with the cache and a handle for values.
+fn listening_cache(
+    db: Db,
+    on_key_1: impl Fn(&Wb, &Arc<OnceLock<Wb>>) + Send + Sync + 'static,
+) -> (Wb, Arc<OnceLock<Wb>>) {
     let hook: Arc<OnceLock<Wb>> = Arc::new(OnceLock::new());
     let in_listener = hook.clone();
-    let once = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let nested = Arc::new(Mutex::new(None));
-    let nested_out = nested.clone();
+    let once = std::sync::atomic::AtomicBool::new(false);
     let cache: Wb = Cache::builder()
         .max_capacity(100)
         .eviction_listener(move |k: u32, _: Val, _| {
             if k == 1 && !once.swap(true, std::sync::atomic::Ordering::SeqCst) {
                 let cache = in_listener.get().expect("set before the first write");
-                cache.put(2, Val(2, in_listener.clone())).unwrap();
-                *nested_out.lock().unwrap() = Some(cache.flush().is_ok());
+                on_key_1(cache, &in_listener);
             }
         })
-        .write_back(
-            Db {
-                down_for: Some(1),
-                ..Db::default()
-            },
-            WriteBack::default()
-                .max_delay(Duration::MAX)
-                .retries(0, Duration::ZERO),
-        )
+        .write_back(db, manual(0))
         .build()
         .unwrap();
     let _ = hook.set(cache.clone());
+    (cache, hook)
+}
+
+/// A write stored while a `flush`'s report is out (its listener, hearing the
+/// failed write dropped, writes another key and flushes it) is booked as
+/// stored meanwhile; its value used to go down with it under the queue lock.
+#[test]
+fn a_write_stored_while_a_report_is_out_drops_its_value_outside_the_queue_lock() {
+    let nested = Arc::new(Mutex::new(None));
+    let nested_out = nested.clone();
+    let db = Db {
+        down_for: Some(1),
+        ..Db::default()
+    };
+    let (cache, hook) = listening_cache(db, move |cache, hook| {
+        cache.put(2, Val(2, hook.clone())).unwrap();
+        *nested_out.lock().unwrap() = Some(cache.flush().is_ok());
+    });
     let rows = cache.store().rows.clone();
     cache.put(1, Val(1, hook.clone())).unwrap();
     within(
@@ -217,4 +230,333 @@ fn a_write_stored_while_a_report_is_out_drops_its_value_outside_the_queue_lock()
     );
     assert_eq!(*nested.lock().unwrap(), Some(true));
     assert_eq!(rows.lock().unwrap().get(&2), Some(&2));
+}
+
+/// Set by the store once it has the batch, to the batch's tens (each test
+/// writes keys of its own tens): the next hash of a key of those tens panics
+/// (once), in the flusher's booking of that batch.
+static ARMED: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// Keys and values whose next `Clone` panics (once each).
+static CLONE_PANICS: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+
+/// Whether `id`'s clone is one that panics.
+fn clone_panics(id: u32) -> bool {
+    let mut armed = CLONE_PANICS.lock().unwrap_or_else(|e| e.into_inner());
+    let at = armed.iter().position(|&a| a == id);
+    at.map(|at| armed.swap_remove(at)).is_some()
+}
+
+/// Makes `id`'s next `Clone` panic.
+fn arm_clone(id: u32) {
+    CLONE_PANICS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(id);
+}
+
+/// A key whose `Hash` panics once when `ARMED` with its tens, and whose
+/// `Clone` panics once when `CLONE_PANICS` names it.
+#[derive(PartialEq, Eq, Debug)]
+struct Touchy(u32);
+
+impl Clone for Touchy {
+    fn clone(&self) -> Self {
+        if clone_panics(self.0) {
+            panic!("the key's clone panics");
+        }
+        Touchy(self.0)
+    }
+}
+
+impl std::hash::Hash for Touchy {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        let tens = self.0 / 10;
+        let armed = std::sync::atomic::Ordering::SeqCst;
+        if self.0 < 100 && ARMED.compare_exchange(tens, 0, armed, armed).is_ok() {
+            panic!("the key's hash panics");
+        }
+        self.0.hash(state);
+    }
+}
+
+type Tb = Cache<Touchy, TVal, DefaultHashBuilder, WriteBehind<Touchy, TVal, TouchyDb>>;
+
+/// A value whose `Drop` reads a key its cache does not hold, as `Val`, and
+/// whose `Clone` panics once when `CLONE_PANICS` names it (plus 1,000,000).
+struct TVal(u32, Arc<OnceLock<Tb>>);
+
+impl Clone for TVal {
+    fn clone(&self) -> Self {
+        if clone_panics(self.0 + 1_000_000) {
+            panic!("the value's clone panics");
+        }
+        TVal(self.0, self.1.clone())
+    }
+}
+
+impl Drop for TVal {
+    fn drop(&mut self) {
+        if IN_DROP.with(|d| d.replace(true)) {
+            return;
+        }
+        if let Some(cache) = self.1.get() {
+            let _ = cache.get(&Touchy(999_999));
+        }
+        IN_DROP.with(|d| d.set(false));
+    }
+}
+
+/// A store that takes every write (or refuses all, when `down`) and arms
+/// the keys' hash to panic once it has the batch.
+#[derive(Clone, Default)]
+struct TouchyDb {
+    down: bool,
+    writes: Arc<Mutex<Vec<u32>>>,
+    /// Writes each key sent again, while it is being sent.
+    rewrite: Option<Arc<OnceLock<Tb>>>,
+}
+
+impl Store<Touchy, TVal> for TouchyDb {
+    type Error = &'static str;
+    fn load(&self, _: &Touchy) -> Result<Option<TVal>, Self::Error> {
+        Ok(None)
+    }
+    fn write(&self, op: &Op<Touchy, TVal>) -> Result<(), Self::Error> {
+        self.writes.lock().unwrap().push(op.key().0);
+        if let Some(cache) = self.rewrite.as_ref().and_then(|hook| hook.get()) {
+            let key = op.key().clone();
+            let value = TVal(key.0 + 1000, self.rewrite.clone().unwrap_or_default());
+            cache.put(key, value).unwrap();
+        }
+        // Armed by the batch's last write (the first refused one ends it).
+        if op.key().0 % 10 == 2 || self.down {
+            ARMED.store(op.key().0 / 10, std::sync::atomic::Ordering::SeqCst);
+        }
+        if self.down {
+            return Err("down");
+        }
+        Ok(())
+    }
+}
+
+/// The flusher books a batch the store took (or refused), and a key's
+/// `Hash` panics on the way: the flusher dies, and what it held, the rest
+/// of the batch among it, goes down once the queue lock is released. It
+/// used to go down with the unwinding, under the lock, where a value
+/// reading its own cache hung the flusher's death and every later call.
+/// The next flush reports both writes as failed because the flusher
+/// stopped, as `Failure::FlusherStopped` documents.
+fn a_hash_panic_in_the_flushers_booking_drops_the_batch_outside_the_queue_lock(
+    tens: u32,
+    down: bool,
+    handler: bool,
+    rewrite: bool,
+) {
+    let hook: Arc<OnceLock<Tb>> = Arc::new(OnceLock::new());
+    let db = TouchyDb {
+        down,
+        rewrite: rewrite.then(|| hook.clone()),
+        ..TouchyDb::default()
+    };
+    let writes = db.writes.clone();
+    let handed = Arc::new(Mutex::new(Vec::new()));
+    let heard = handed.clone();
+    let builder = Cache::builder().max_capacity(100).write_back(db, manual(0));
+    let builder = if handler {
+        builder.on_write_failure(move |failed| heard.lock().unwrap().push(failed.op.key().0))
+    } else {
+        builder
+    };
+    let cache: Tb = builder.build().unwrap();
+    let _ = hook.set(cache.clone());
+    let (one, two) = (tens * 10 + 1, tens * 10 + 2);
+    cache.put(Touchy(one), TVal(one, hook.clone())).unwrap();
+    cache.put(Touchy(two), TVal(two, hook.clone())).unwrap();
+    // The flush that sends the batch: it may come back before or after the
+    // flusher died, reporting nothing or both writes.
+    let first = Arc::new(Mutex::new(None));
+    let first_out = first.clone();
+    let flushing = cache.clone();
+    within(10, "the flush that sends the batch", move || {
+        *first_out.lock().unwrap() = Some(flushing.flush().err().map(|r| r.failed.len()));
+    });
+    let reported = Arc::new(Mutex::new(None));
+    let reported_out = reported.clone();
+    within(10, "a flush after the flusher died", move || {
+        let mut failed: Vec<(u32, Option<u32>, bool)> = match cache.flush() {
+            Ok(()) => Vec::new(),
+            Err(report) => report
+                .failed
+                .iter()
+                .map(|f| {
+                    let stopped = matches!(f.failure, larder::Failure::FlusherStopped(_));
+                    let value = match &f.op {
+                        Op::Put(_, value) => Some(value.0),
+                        Op::Delete(_) => None,
+                    };
+                    (f.op.key().0, value, stopped)
+                })
+                .collect(),
+        };
+        failed.sort_unstable();
+        *reported_out.lock().unwrap() = Some(failed);
+    });
+    // A batch stops at the first refused write.
+    let sent = if down { vec![one] } else { vec![one, two] };
+    assert_eq!(*writes.lock().unwrap(), sent, "the store had the batch");
+    let armed = ARMED.load(std::sync::atomic::Ordering::SeqCst);
+    assert_ne!(armed, tens, "the hash panicked");
+    let first = first
+        .lock()
+        .unwrap()
+        .take()
+        .expect("the first flush returned");
+    let second = reported
+        .lock()
+        .unwrap()
+        .take()
+        .expect("the second flush returned");
+    // Reported once, by one of the two flushes, as stopped by the panic.
+    match first {
+        Some(n) => {
+            assert_eq!(n, 2);
+            assert!(second.is_empty());
+        }
+        None => {
+            // Each key's latest write.
+            let latest = |key: u32| Some(if rewrite { key + 1000 } else { key });
+            assert_eq!(
+                second,
+                vec![(one, latest(one), true), (two, latest(two), true)]
+            );
+        }
+    }
+    assert!(handed.lock().unwrap().is_empty(), "the handler got nothing");
+}
+
+#[test]
+fn a_hash_panic_booking_a_stored_batch_drops_it_outside_the_queue_lock() {
+    a_hash_panic_in_the_flushers_booking_drops_the_batch_outside_the_queue_lock(
+        1, false, false, false,
+    );
+}
+
+#[test]
+fn a_hash_panic_booking_a_failed_batch_for_the_handler_drops_it_outside_the_queue_lock() {
+    a_hash_panic_in_the_flushers_booking_drops_the_batch_outside_the_queue_lock(
+        2, true, true, false,
+    );
+}
+
+/// The same, with each key written again while the store had it: the flusher
+/// dies holding the sent write and a newer one of each key, the newer one is
+/// reported, and the older one goes down after the lock.
+#[test]
+fn a_hash_panic_booking_a_batch_written_again_drops_it_outside_the_queue_lock() {
+    a_hash_panic_in_the_flushers_booking_drops_the_batch_outside_the_queue_lock(
+        3, false, false, true,
+    );
+}
+
+/// A `flush` whose listener, hearing a failed write's cached copy dropped,
+/// writes the key again, stores it with a flush of its own, and panics: the
+/// report goes back, less the failed write the newer one superseded, which
+/// goes down once the queue lock is released. It used to go down under it.
+#[test]
+fn a_report_put_back_drops_what_was_superseded_outside_the_queue_lock() {
+    let db = Db {
+        down_for: Some(1),
+        once: true,
+        ..Db::default()
+    };
+    let (cache, hook) = listening_cache(db, |cache, hook| {
+        cache.put(1, Val(2, hook.clone())).unwrap();
+        assert!(cache.flush().is_ok(), "the store takes the newer write");
+        panic!("the listener panics");
+    });
+    let rows = cache.store().rows.clone();
+    cache.put(1, Val(1, hook.clone())).unwrap();
+    let checked = cache.clone();
+    within(10, "a flush whose listener panics", move || {
+        let flushed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| cache.flush()));
+        assert!(flushed.is_err(), "the listener's panic reaches the caller");
+    });
+    // The put-back report held only the superseded write: nothing is left
+    // to report, and the key reads as the newer value the store has.
+    within(10, "the flush after it", move || {
+        assert!(checked.flush().is_ok());
+        assert_eq!(checked.get(&1).unwrap().map(|v| v.0), Some(2));
+        assert_eq!(checked.write_stats().superseded, 1);
+    });
+    assert_eq!(rows.lock().unwrap().get(&1), Some(&2));
+}
+
+/// The keys a store was sent, in order.
+type Sent = Arc<Mutex<Vec<u32>>>;
+
+/// A write-back cache of `Touchy` keys and `TVal` values that hold a handle
+/// to it, over a store that takes every write.
+fn touchy_cache() -> (Tb, Arc<OnceLock<Tb>>, Sent) {
+    let db = TouchyDb::default();
+    let writes = db.writes.clone();
+    let cache: Tb = Cache::builder()
+        .max_capacity(100)
+        .write_back(db, manual(0))
+        .build()
+        .unwrap();
+    let hook = Arc::new(OnceLock::new());
+    let _ = hook.set(cache.clone());
+    (cache, hook, writes)
+}
+
+/// The flusher copies a batch's values under the queue lock; one copy
+/// panics: the copies taken before it go down after the lock, the flusher
+/// dies, and the next flush reports both writes as stopped.
+#[test]
+fn a_clone_panic_taking_a_batch_drops_its_copies_outside_the_queue_lock() {
+    let (cache, hook, writes) = touchy_cache();
+    cache.put(Touchy(401), TVal(401, hook.clone())).unwrap();
+    cache.put(Touchy(402), TVal(402, hook)).unwrap();
+    arm_clone(1_000_402);
+    within(10, "flushes after the flusher died copying", move || {
+        let mut failed = Vec::new();
+        for _ in 0..2 {
+            if let Err(report) = cache.flush() {
+                for f in report.failed {
+                    assert!(matches!(f.failure, larder::Failure::FlusherStopped(_)));
+                    failed.push(f.op.key().0);
+                }
+            }
+        }
+        failed.sort_unstable();
+        assert_eq!(failed, vec![401, 402]);
+    });
+    assert!(writes.lock().unwrap().is_empty(), "nothing was sent");
+}
+
+/// A write whose key's `Clone` panics as the queue files it: the value goes
+/// down after the lock, the caller sees the panic, and the cache takes
+/// writes as before.
+#[test]
+fn a_key_clone_panic_queueing_a_write_drops_its_value_outside_the_queue_lock() {
+    let (cache, hook, writes) = touchy_cache();
+    within(
+        10,
+        "a put whose key's clone panics, and the writes after it",
+        move || {
+            arm_clone(501);
+            let put = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                cache.put(Touchy(501), TVal(501, hook.clone()))
+            }));
+            assert!(put.is_err(), "the clone's panic reaches the caller");
+            cache.put(Touchy(502), TVal(502, hook.clone())).unwrap();
+            cache.put(Touchy(501), TVal(5010, hook.clone())).unwrap();
+            assert!(cache.flush().is_ok());
+            assert_eq!(cache.get(&Touchy(501)).unwrap().map(|v| v.0), Some(5010));
+        },
+    );
+    let mut sent = writes.lock().unwrap().clone();
+    sent.sort_unstable();
+    assert_eq!(sent, vec![501, 502]);
 }

@@ -6,12 +6,12 @@ use std::time::Duration;
 /// Settings of a write-back cache's queue and flusher, for
 /// [`CacheBuilder::write_back`](crate::CacheBuilder::write_back).
 ///
-/// The queue is one lock for the whole cache. Keys' and values' `Drop` runs
-/// outside it (but for a key's `Hash` or `Eq` panicking in the flusher, which
-/// drops the batch it was booking as it unwinds), and their `Clone`, `Hash`
-/// and `Eq` run under it when a read finds a key's write still queued, when a
-/// write is queued, and when the flusher takes a batch: a slow `Clone` there
-/// holds up writes and queue reads of every key meanwhile.
+/// The queue is one lock for the whole cache. Values' `Drop` runs outside
+/// it, on every path, a panic in user code's included (keys' too, but for a
+/// key whose own `Hash` panics as a map takes it in), and their `Clone`,
+/// `Hash` and `Eq` run under it when a read finds a key's write still queued,
+/// when a write is queued, and when the flusher takes a batch: a slow `Clone`
+/// there holds up writes and queue reads of every key meanwhile.
 ///
 /// ```
 /// use std::time::Duration;

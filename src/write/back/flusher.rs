@@ -27,11 +27,13 @@ where
         let (handing, delivered) = (Cell::new(0), Cell::new(0));
         let _stopped = OnDrop(|| self.stopped(handing.get(), delivered.get()));
         loop {
-            let batch = {
+            // Before the guard (see `take_batch`).
+            let mut batch = Vec::new();
+            {
                 let mut q = self.queue.lock();
                 loop {
-                    if let Some(batch) = q.take_batch(Instant::now(), &self.settings) {
-                        break batch;
+                    if q.take_batch(Instant::now(), &self.settings, &mut batch) {
+                        break;
                     }
                     if q.closing && q.order.is_empty() {
                         return;
@@ -45,22 +47,33 @@ where
                         None => self.work.wait(q),
                     };
                 }
-            };
+            }
             // The store borrows the batch's own writes, which `settle` then
             // takes apart: no key or value is cloned (user code that may
             // panic) between the store taking a batch and its booking.
             let (seqs, ops): (Vec<u64>, Vec<Op<K, V>>) = batch.into_iter().unzip();
             let sent = self.send(&ops);
             let handler = self.on_failure.lock().clone();
-            // Before the guard: should `settle` panic, the lock is released
-            // before what it had let go of is dropped.
+            // Before the guard: should `settle` panic (a key's `Hash` or
+            // `Eq`, a failure's `Clone`), the lock is released before what
+            // it had let go of, what it had handed over and the rest of the
+            // batch are dropped.
+            let mut batch: Vec<Option<Op<K, V>>> = ops.into_iter().map(Some).collect();
+            let mut handed = Vec::new();
             let mut bin = Bin::default();
             let mut q = self.queue.lock();
             // Before `settle` marks any write as being handed over: it runs
             // user code (the keys' `Hash` and `Eq`), which may panic.
             handing.set(0);
             delivered.set(0);
-            let handed = q.settle(seqs, ops, &sent, handler.is_some(), &mut bin);
+            q.settle(
+                &seqs,
+                &mut batch,
+                &sent,
+                handler.is_some(),
+                &mut bin,
+                &mut handed,
+            );
             handing.set(handed.len());
             q.handing = !handed.is_empty();
             self.progressed(q);
@@ -101,9 +114,11 @@ where
     /// reached it; the others are failed like the rest, or superseded when
     /// their key has a newer write (which is failed in their place).
     fn stopped(&self, handed: usize, delivered: usize) {
+        // What the queue lets go of is dropped after the lock (see `Bin`).
+        let mut bin = Bin::default();
         let mut q = self.queue.lock();
         q.running = false;
-        q.order.clear();
+        bin.keys.extend(q.order.drain(..).map(|queued| queued.key));
         q.sending_from = None;
         let reason = if std::thread::panicking() {
             "the flusher thread panicked"
@@ -128,22 +143,27 @@ where
             // it (the flusher died handing it over) is reported instead.
             // (It was counted as failed when it was given up on.) One that
             // reached it is done with.
-            let handing = slot
-                .handing
-                .take()
-                .filter(|(at, _)| *at >= delivered)
-                .map(|(_, w)| w);
+            let handing = match slot.handing.take() {
+                Some((at, write)) if at >= delivered => Some(write),
+                Some((_, delivered)) => {
+                    bin.writes.push(delivered);
+                    None
+                }
+                None => None,
+            };
             latest_undelivered += usize::from(handing.is_some());
             let (write, counted) = match (slot.waiting.take(), slot.sending.take()) {
-                (Some((_, waiting)), Some(_)) => {
+                (Some((_, waiting)), Some(sending)) => {
+                    bin.writes.push(sending);
                     queue.stats.failed += 1;
                     queue.stats.superseded += 1;
                     (waiting, false)
                 }
                 (Some((_, write)), None) => {
-                    if handing.is_some() {
+                    if let Some(superseded) = handing {
                         // A newer write took its place.
                         queue.stats.superseded += 1;
+                        bin.writes.push(superseded);
                     }
                     (write, false)
                 }
@@ -158,13 +178,18 @@ where
                 queue.stats.failed += 1;
             }
             // An older failure of the key, if any, is in `failed` already.
-            slot.failed = Some((queue.seq, write));
+            if let Some((_, older)) = slot.failed.replace((queue.seq, write)) {
+                bin.writes.push(older);
+            }
             left += 1;
         }
-        // Slots that held only a write the handler got. Dropping their keys
-        // is no more user code than the unwinding itself runs (the batch's
-        // keys are dropped on the way out too).
-        queue.slots.retain(|_, slot| !slot.is_empty());
+        // Slots that held only a write the handler got.
+        bin.keys.extend(
+            queue
+                .slots
+                .extract_if(|_, slot| slot.is_empty())
+                .map(|(key, _)| key),
+        );
         queue.handing_only = 0;
         queue.stats.superseded += handed
             .saturating_sub(delivered)

@@ -99,7 +99,6 @@ where
                 Backpressure::Block => Ok(false),
             };
         }
-        let write = write.take().expect("a write is accepted once");
         self.enqueue(q, key, write);
         Ok(true)
     }
@@ -155,9 +154,18 @@ where
         Ok(())
     }
 
-    /// Files an accepted write: coalesced into the key's waiting write, or
-    /// queued behind the others.
-    fn enqueue(&self, mut q: MutexGuard<'_, Queue<K, V, St::Error>>, key: &K, write: Pending<V>) {
+    /// Files an accepted write, taken out of `write`: coalesced into the
+    /// key's waiting write, or queued behind the others.
+    ///
+    /// The write stays the caller's until the last of the user code filing
+    /// it runs (the key's `Clone`, `Hash` and `Eq`): should that panic, the
+    /// value goes down with the caller's frame, after the lock.
+    fn enqueue(
+        &self,
+        mut q: MutexGuard<'_, Queue<K, V, St::Error>>,
+        key: &K,
+        write: &mut Option<Pending<V>>,
+    ) {
         let shared = &*self.shared;
         // The key's copies first: a `Clone` that panics leaves the queue as
         // it was (no write filed that is never sent, no room held).
@@ -166,6 +174,11 @@ where
             Some(_) => (None, Some(key.clone())),
             None => (Some(key.clone()), Some(key.clone())),
         };
+        // Room for a new slot before anything moves: growing rehashes.
+        if slot_key.is_some() {
+            q.slots.reserve(1);
+        }
+        let mut write = || write.take().expect("a write is accepted once");
         q.seq += 1;
         let seq = q.seq;
         q.stats.accepted += 1;
@@ -173,6 +186,7 @@ where
         // The write this one replaces, dropped once the lock is released
         // (see `Bin`).
         let mut replaced = None;
+        let mut displaced = None;
         let queued = match (queue.slots.get_mut(key), slot_key) {
             (Some(slot), _) => {
                 if slot.only_handing() {
@@ -181,24 +195,34 @@ where
                 }
                 match &mut slot.waiting {
                     Some((_, latest)) => {
-                        replaced = Some(std::mem::replace(latest, write));
+                        replaced = Some(std::mem::replace(latest, write()));
                         false
                     }
                     waiting @ None => {
-                        *waiting = Some((seq, write));
+                        *waiting = Some((seq, write()));
                         true
                     }
                 }
             }
             (None, slot_key) => {
-                let slot = Slot {
+                // The key hashed (user code) before the write is taken; the
+                // room reserved above, the insert hashes nothing more.
+                let slot = |write| Slot {
                     waiting: Some((seq, write)),
                     sending: None,
                     failed: None,
                     handing: None,
                 };
-                q.slots
-                    .insert(slot_key.expect("copied for a new slot"), slot);
+                match q.slots.entry(slot_key.expect("copied for a new slot")) {
+                    hashbrown::hash_map::Entry::Vacant(vacant) => {
+                        vacant.insert(slot(write()));
+                    }
+                    // Only a key whose `Hash` or `Eq` changed its mind
+                    // finds one now; its slot goes as `insert` would.
+                    hashbrown::hash_map::Entry::Occupied(mut occupied) => {
+                        displaced = Some(occupied.insert(slot(write())));
+                    }
+                }
                 true
             }
         };
@@ -216,6 +240,7 @@ where
         }
         drop(q);
         drop(replaced);
+        drop(displaced);
     }
 
     /// The latest acknowledged write of `key` the store may not hold yet.
@@ -362,12 +387,18 @@ where
     /// same key with a later sequence number. Until then a put-back write
     /// reads as its key's value (see `lookup`).
     pub(crate) fn settled(&self, unreported: Report<K, V, St::Error>) {
+        // Declared before the guard: what is let go of, and what is left of
+        // the report should a key's `Hash` or `Eq` panic, are dropped after
+        // the lock (see `Bin`).
+        let mut failed = unreported.failed.into_iter();
+        let mut bin = Bin::default();
         let mut q = self.shared.queue.lock();
         let before = q.failed.len();
-        for (seq, failed) in unreported.failed {
+        for (seq, failed) in failed.by_ref() {
             let stored = q.stored_while_out.get(failed.op.key());
             if stored.is_some_and(|&stored| stored > seq) {
                 q.stats.superseded += 1;
+                bin.ops.push(failed.op);
             } else {
                 q.failed.push((seq, failed));
                 q.loose += 1;
@@ -380,8 +411,10 @@ where
         }
         q.reports_out -= 1;
         if q.reports_out == 0 {
-            q.stored_while_out.clear();
+            let stored = q.stored_while_out.drain().map(|(key, _)| key);
+            bin.keys.extend(stored);
         }
+        drop(q);
     }
 
     pub(crate) fn stats(&self) -> WriteStats {

@@ -331,13 +331,25 @@ impl<K: Hash + Eq, V: Clone, E> Queue<K, V, E> {
         }
     }
 
-    /// The next batch if one is due: full, asked for, old enough, or needed
-    /// to make room or to close.
-    fn take_batch(&mut self, now: Instant, settings: &WriteBack) -> Option<Vec<(u64, Op<K, V>)>>
+    /// Takes the next batch into `batch` (empty) if one is due: full, asked
+    /// for, old enough, or needed to make room or to close. True if it did.
+    ///
+    /// The batch is the caller's: should a key's `Hash` or `Eq` or a value's
+    /// `Clone` panic on the way, the copies taken so far go down with the
+    /// caller's frame, after the lock, and the writes not yet taken stay
+    /// queued, for `stopped` to report.
+    fn take_batch(
+        &mut self,
+        now: Instant,
+        settings: &WriteBack,
+        batch: &mut Vec<(u64, Op<K, V>)>,
+    ) -> bool
     where
         K: Clone,
     {
-        let front = self.order.front()?;
+        let Some(front) = self.order.front() else {
+            return false;
+        };
         let due = self.closing
             || self.blocked > 0
             || !self.wakers.is_empty()
@@ -345,11 +357,14 @@ impl<K: Hash + Eq, V: Clone, E> Queue<K, V, E> {
             || self.flush_to >= front.seq
             || now.saturating_duration_since(front.at) >= settings.max_delay;
         if !due {
-            return None;
+            return false;
         }
         let n = self.order.len().min(settings.batch);
-        let mut batch = Vec::with_capacity(n);
-        for queued in self.order.drain(..n) {
+        batch.reserve_exact(n);
+        for _ in 0..n {
+            let Some(queued) = self.order.front() else {
+                break;
+            };
             let slot = self
                 .slots
                 .get_mut(&queued.key)
@@ -362,30 +377,40 @@ impl<K: Hash + Eq, V: Clone, E> Queue<K, V, E> {
                 .map(|(seq, write)| (*seq, write.clone()))
                 .expect("a queued key has a waiting write");
             slot.sending = slot.waiting.take().map(|(_, write)| write);
+            let Some(queued) = self.order.pop_front() else {
+                unreachable!("the key was at the front a moment ago");
+            };
             batch.push((seq, copy.into_op(queued.key)));
         }
         self.sending_from = batch.first().map(|(seq, _)| *seq);
-        Some(batch)
+        true
     }
 
     /// Books a sent batch: stored, or given up on and held for reporting.
-    /// With `hand_over`, given-up writes are returned (for the failure
+    /// With `hand_over`, given-up writes go to `handed` (for the failure
     /// handler) instead of being kept for `flush` to report.
     ///
     /// What the booking lets go of goes to `bin`, for the caller to drop
-    /// once the lock is released.
+    /// once the lock is released. The batch stays the caller's too: each op
+    /// is taken out of it only after the last user code (its key's `Hash`
+    /// and `Eq`, the failure's `Clone`) that booking it runs, so that a
+    /// panic there leaves what was not yet booked, and the writes handed
+    /// over so far, to be dropped by the caller after the lock.
     fn settle(
         &mut self,
-        seqs: Vec<u64>,
-        ops: Vec<Op<K, V>>,
+        seqs: &[u64],
+        batch: &mut [Option<Op<K, V>>],
         sent: &Sent<E>,
         hand_over: bool,
         bin: &mut Bin<K, V>,
-    ) -> Vec<FailedWrite<K, V, E>> {
-        let mut handed = Vec::new();
+        handed: &mut Vec<FailedWrite<K, V, E>>,
+    ) {
         self.stats.store_calls += u64::from(sent.attempts);
         self.stats.retries += u64::from(sent.attempts - 1);
-        for (seq, op) in seqs.into_iter().zip(ops) {
+        for (&seq, taken) in seqs.iter().zip(batch.iter_mut()) {
+            let Some(op) = taken.as_ref() else {
+                continue;
+            };
             let slot = self.slots.get_mut(op.key()).expect("a sent key has a slot");
             let write = slot.sending.take().expect("a sent key is being sent");
             match &sent.failure {
@@ -437,23 +462,26 @@ impl<K: Hash + Eq, V: Clone, E> Queue<K, V, E> {
                         match self.stored_while_out.get_mut(op.key()) {
                             Some(stored) => {
                                 *stored = seq;
-                                bin.ops.push(op);
+                                bin.ops.extend(taken.take());
                             }
                             None => {
                                 // The value goes to the bin, not down with
-                                // the op here, under the lock.
-                                let key = match op {
-                                    Op::Put(key, value) => {
+                                // the op here, under the lock. (Should the
+                                // key's `Hash` panic in the insert, the key
+                                // is dropped in it.)
+                                let key = match taken.take() {
+                                    Some(Op::Put(key, value)) => {
                                         bin.writes.push(Pending::Put(value));
                                         key
                                     }
-                                    Op::Delete(key) => key,
+                                    Some(Op::Delete(key)) => key,
+                                    None => unreachable!("the op is still in the batch"),
                                 };
                                 self.stored_while_out.insert(key, seq);
                             }
                         }
                     } else {
-                        bin.ops.push(op);
+                        bin.ops.extend(taken.take());
                     }
                 }
                 Some(failure) => {
@@ -483,18 +511,22 @@ impl<K: Hash + Eq, V: Clone, E> Queue<K, V, E> {
                         }
                         bin.writes.push(write);
                     }
-                    let empty = slot.is_empty();
+                    if hand_over && slot.is_empty() {
+                        if let Some((key, _)) = self.slots.remove_entry(op.key()) {
+                            bin.keys.push(key);
+                        }
+                    }
+                    // The last user code of this op's booking.
+                    let failure = failure.clone();
+                    let Some(op) = taken.take() else {
+                        unreachable!("the op is still in the batch");
+                    };
                     let failed = FailedWrite {
                         op,
-                        failure: failure.clone(),
+                        failure,
                         attempts: sent.attempts,
                     };
                     if hand_over {
-                        if empty {
-                            if let Some((key, _)) = self.slots.remove_entry(failed.op.key()) {
-                                bin.keys.push(key);
-                            }
-                        }
                         handed.push(failed);
                     } else {
                         self.failed.push((seq, failed));
@@ -503,7 +535,6 @@ impl<K: Hash + Eq, V: Clone, E> Queue<K, V, E> {
             }
         }
         self.sending_from = None;
-        handed
     }
 }
 
