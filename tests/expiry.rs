@@ -841,7 +841,9 @@ fn entries_stored_before_a_shard_kept_deadlines_never_expire() {
 
 /// A write into a full cache reclaims the entries whose deadline has passed
 /// before it evicts a live one: here the live entries are the least recently
-/// used, and ninety expired ones hold the rest of the room.
+/// used, and ninety expired ones hold the rest of the room. (Within a bound:
+/// a write moves or reclaims at most 512 deadlines before it evicts, see
+/// `src/tests/wheel_work.rs`.)
 #[test]
 fn a_full_cache_reclaims_expired_entries_before_evicting_live_ones() {
     for eviction in [Eviction::Lru, Eviction::Lfu, Eviction::TinyLfu] {

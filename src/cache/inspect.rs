@@ -222,6 +222,16 @@ where
         assert!(self.weighted_size() <= self.inner.capacity);
     }
 
+    /// Per shard, whether its timer wheel has work owed left undone.
+    #[cfg(test)]
+    pub(crate) fn wheels_behind(&self) -> Vec<bool> {
+        self.inner
+            .shards
+            .iter()
+            .map(|s| s.read().wheel_behind())
+            .collect()
+    }
+
     /// Per shard, the slots its slab holds and the buckets its table holds.
     #[cfg(test)]
     pub(crate) fn storage(&self) -> Vec<(usize, usize)> {

@@ -98,6 +98,12 @@ fn slot_for(elapsed: u64, when: u64) -> Option<(usize, usize)> {
 }
 
 impl Wheel {
+    /// Whether a slot's deadlines are being moved down, with some left.
+    #[cfg(test)]
+    pub(crate) fn is_spilling(&self) -> bool {
+        self.spilling.is_some()
+    }
+
     /// The wheel's time in ticks.
     #[cfg(any(test, fuzzing))]
     pub(crate) fn elapsed(&self) -> u64 {

@@ -7,7 +7,8 @@ use std::borrow::Borrow;
 use std::cmp::Reverse;
 
 use super::{
-    Entry, Map, Refused, Removed, Timers, Token, View, WriteContext, MAX_WEIGHT, WRITE_EXPIRY_BATCH,
+    Entry, Map, Refused, Removed, Timers, Token, View, WriteContext, FIT_EXPIRY_BATCHES,
+    MAX_WEIGHT, WRITE_EXPIRY_BATCH,
 };
 use crate::expiry::clock::{ticks, Clock};
 use crate::expiry::NEVER;
@@ -250,7 +251,8 @@ impl<K: Eq, V, H: Fn(&K) -> u64> ShardWriter<'_, K, V, H> {
     /// Brings a shard that a write of `token` (under `hash`) took over its
     /// capacity back within it: entries whose deadline has passed make room
     /// first, at `now` (the wheel's work is owed anyway, and stops as soon as
-    /// the shard fits), then evictions in policy order. The entry just
+    /// the shard fits, or after [`FIT_EXPIRY_BATCHES`] batches), then
+    /// evictions in policy order. The entry just
     /// written is never its own victim: it stays readable at least until the
     /// next write to this shard.
     ///
@@ -270,9 +272,13 @@ impl<K: Eq, V, H: Fn(&K) -> u64> ShardWriter<'_, K, V, H> {
             out,
         };
         if let Some(now) = now {
-            while undo.writer.map.weight > undo.writer.map.capacity
-                && undo.writer.expire(now, WRITE_EXPIRY_BATCH, undo.out)
-            {}
+            for _ in 0..FIT_EXPIRY_BATCHES {
+                if undo.writer.map.weight <= undo.writer.map.capacity
+                    || !undo.writer.expire(now, WRITE_EXPIRY_BATCH, undo.out)
+                {
+                    break;
+                }
+            }
         }
         let capacity = undo.writer.map.capacity;
         undo.writer.evict_to(capacity, token, now, undo.out);

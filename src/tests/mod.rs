@@ -6,3 +6,4 @@ mod model;
 mod prefetch;
 mod storage;
 mod tags_model;
+mod wheel_work;
