@@ -274,6 +274,21 @@ fn cache_starting_a_load_from_its_listener() -> (
     (cache, loading, release_tx)
 }
 
+/// Lets the load the listener of [`cache_starting_a_load_from_its_listener`]
+/// began finish; returns what its caller got.
+fn finish_the_listeners_load(
+    loading: &std::sync::Mutex<Option<std::thread::JoinHandle<u32>>>,
+    release: &mpsc::Sender<()>,
+) -> u32 {
+    let load = loading
+        .lock()
+        .unwrap()
+        .take()
+        .expect("the listener began a load");
+    release.send(()).unwrap();
+    load.join().unwrap()
+}
+
 /// DESIGN contract 3, for a load that begins while `invalidate_tag` runs:
 /// the call returns while the load is in flight, so the load's value goes to
 /// its caller but is not cached.
@@ -282,13 +297,11 @@ fn a_tagged_load_in_flight_when_invalidate_tag_returns_is_not_cached() {
     let (cache, loading, release) = cache_starting_a_load_from_its_listener();
     cache.insert_with(1, 10, EntryOptions::new().tags(["t"]));
     cache.invalidate_tag("t");
-    let load = loading
-        .lock()
-        .unwrap()
-        .take()
-        .expect("the listener began a load");
-    release.send(()).unwrap();
-    assert_eq!(load.join().unwrap(), 50, "its caller has the value");
+    assert_eq!(
+        finish_the_listeners_load(&loading, &release),
+        50,
+        "its caller has the value"
+    );
     assert_eq!(cache.peek(&5), None, "cached over the invalidation");
     // Later loads are cached as usual.
     assert_eq!(
@@ -306,13 +319,11 @@ fn a_load_in_flight_when_invalidate_all_returns_is_not_cached() {
     let (cache, loading, release) = cache_starting_a_load_from_its_listener();
     cache.insert(1, 10);
     cache.invalidate_all();
-    let load = loading
-        .lock()
-        .unwrap()
-        .take()
-        .expect("the listener began a load");
-    release.send(()).unwrap();
-    assert_eq!(load.join().unwrap(), 50, "its caller has the value");
+    assert_eq!(
+        finish_the_listeners_load(&loading, &release),
+        50,
+        "its caller has the value"
+    );
     assert_eq!(cache.peek(&5), None, "cached over the invalidation");
     assert_eq!(cache.get_or_load(5, |_| 51), 51);
     assert_eq!(cache.peek(&5), Some(51));
@@ -324,13 +335,11 @@ fn a_load_in_flight_when_invalidate_entries_if_returns_is_not_cached() {
     let (cache, loading, release) = cache_starting_a_load_from_its_listener();
     cache.insert(1, 10);
     cache.invalidate_entries_if(|_, _| true);
-    let load = loading
-        .lock()
-        .unwrap()
-        .take()
-        .expect("the listener began a load");
-    release.send(()).unwrap();
-    assert_eq!(load.join().unwrap(), 50, "its caller has the value");
+    assert_eq!(
+        finish_the_listeners_load(&loading, &release),
+        50,
+        "its caller has the value"
+    );
     assert_eq!(cache.peek(&5), None, "cached over the invalidation");
 }
 
@@ -400,4 +409,102 @@ fn a_load_landing_while_invalidate_entries_if_runs_is_not_cached() {
     cache.invalidate_entries_if(|_, _| true);
     assert_eq!(load.join().unwrap(), 50, "its caller has the value");
     assert_eq!(cache.peek(&5), None, "cached over the invalidation");
+}
+
+/// DESIGN contract 3, for `remove`: the listener, hearing of the removed
+/// entry, begins a load of its key, so the call returns with that load in
+/// flight; the load's value goes to its caller but is not cached.
+#[test]
+fn a_load_in_flight_when_remove_returns_is_not_cached() {
+    let (cache, loading, release) = cache_starting_a_load_from_its_listener();
+    cache.insert(5, 10);
+    assert_eq!(cache.remove(&5), Some(10));
+    assert_eq!(
+        finish_the_listeners_load(&loading, &release),
+        50,
+        "its caller has the value"
+    );
+    assert_eq!(cache.peek(&5), None, "cached over the removal");
+    assert_eq!(cache.get_or_load(5, |_| 51), 51);
+    assert_eq!(cache.peek(&5), Some(51));
+}
+
+thread_local! {
+    static HASH_ARMED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// A key whose `Hash` panics once, for key 1, when armed on its thread.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct PanicKey(u32);
+
+impl std::hash::Hash for PanicKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        if self.0 == 1 && HASH_ARMED.with(|a| a.replace(false)) {
+            panic!("key 1's hash panics");
+        }
+        self.0.hash(state);
+    }
+}
+
+/// A leader's write evicts key 1, whose `Hash` panics: the write is undone,
+/// and the listener hears of the loaded entry (refused, as `Size`) and loads
+/// its key again. It used to hear of it while the flight was still open:
+/// an async leader's listener waited for itself, a sync one's load was
+/// taken for a loader asking for its own key. The flight now ends first.
+fn a_listener_hearing_of_an_undone_leaders_write_loads_its_key(async_leader: bool) {
+    let slot: Arc<OnceLock<Cache<PanicKey, u32>>> = Arc::default();
+    let reloaded: Arc<std::sync::Mutex<Option<u32>>> = Arc::default();
+    let (s, r) = (slot.clone(), reloaded.clone());
+    let cache: Cache<PanicKey, u32> = Cache::builder()
+        .max_capacity(1)
+        .shards(1)
+        .eviction(larder::Eviction::Lru)
+        .eviction_listener(move |k: PanicKey, _, cause| {
+            if k.0 == 2 && cause == RemovalCause::Size {
+                let v = s.get().unwrap().get_or_load(PanicKey(2), |_| 22);
+                *r.lock().unwrap() = Some(v);
+            }
+        })
+        .build()
+        .unwrap();
+    slot.set(cache.clone()).ok().unwrap();
+    cache.insert(PanicKey(1), 1);
+    let (done_tx, done_rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let arm = || HASH_ARMED.with(|a| a.set(true));
+        let led = catch_unwind(AssertUnwindSafe(|| {
+            if async_leader {
+                block_on(cache.get_or_load_async(PanicKey(2), async {
+                    arm();
+                    20
+                }))
+            } else {
+                cache.get_or_load(PanicKey(2), |_| {
+                    arm();
+                    20
+                })
+            }
+        }));
+        let _ = done_tx.send(led.is_err());
+    });
+    let panicked = done_rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the leader returned: its listener did not wait for its own flight");
+    assert!(panicked, "the key's panic reaches the leader's caller");
+    assert_eq!(
+        *reloaded.lock().unwrap(),
+        Some(22),
+        "the listener loaded the key"
+    );
+    assert_eq!(slot.get().unwrap().peek(&PanicKey(2)), Some(22));
+}
+
+#[test]
+fn a_listener_hearing_of_an_undone_sync_leaders_write_loads_its_key() {
+    a_listener_hearing_of_an_undone_leaders_write_loads_its_key(false);
+}
+
+#[test]
+fn a_listener_hearing_of_an_undone_async_leaders_write_loads_its_key() {
+    a_listener_hearing_of_an_undone_leaders_write_loads_its_key(true);
 }

@@ -8,7 +8,7 @@ use std::future::Future;
 use std::hash::{BuildHasher, Hash};
 use std::sync::Arc;
 
-use super::{Cache, RemovalCause};
+use super::{Cache, HeardIfUnwinding, RemovalCause};
 use crate::expiry::EntryOptions;
 use crate::loader::{LoadStats, Outcome, Role};
 use crate::store::Removed;
@@ -423,14 +423,25 @@ where
                 // would drop what it removed without calling the listener.
                 let outcome = Outcome::Loaded(v.clone());
                 let mut removed = Removed::new();
-                let written = self.write_heard(
+                // Should the write panic (a key's `Hash` as it evicts), the
+                // listener hears what it removed, as `write_heard` has it
+                // do, but only once the flight has ended (the leader, moved
+                // in after the guard, is dropped before it): the listener
+                // may load this key too, and would wait for itself.
+                let heard = HeardIfUnwinding {
+                    cache: self,
+                    list: &mut removed,
+                };
+                let leader = leader;
+                let written = self.write_deferred(
                     key,
                     v.clone(),
                     options.time_to_live(),
                     options.tag_list(),
                     Some((leader.flight(), epoch)),
-                    &mut removed,
+                    heard.list,
                 );
+                std::mem::forget(heard);
                 if let Err(rejected) = written {
                     removed.push((rejected.key, rejected.value, RemovalCause::Size));
                 }

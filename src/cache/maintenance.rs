@@ -21,8 +21,11 @@ where
     S: BuildHasher,
 {
     /// Removes every entry. Shards are cleared one at a time; entries inserted
-    /// concurrently into an already-cleared shard survive. A load in flight
-    /// when the call returns hands its value to its callers but is not cached.
+    /// concurrently into an already-cleared shard survive. A load that began
+    /// before the call and lands while it runs, or that is in flight when it
+    /// returns, hands its value to its callers but is not cached; one that
+    /// begins and lands while the call runs, in a shard already cleared, is
+    /// cached like any other write made meanwhile.
     /// The listener sees each removed entry as [`RemovalCause::Explicit`]
     /// ([`RemovalCause::Expired`] for one already past its deadline).
     ///
@@ -250,10 +253,12 @@ where
     /// unchanged and the panic reaches the caller. The listener sees
     /// [`RemovalCause::Invalidated`]; entries already past their deadline are
     /// not shown to `remove` but reclaimed, as [`RemovalCause::Expired`].
-    /// As with [`invalidate_all`](Self::invalidate_all), a load in flight
-    /// during the call hands its value to its callers but is not cached,
-    /// whatever its key (the predicate cannot be asked of a value not loaded
-    /// yet).
+    /// As with [`invalidate_all`](Self::invalidate_all), a load that began
+    /// before the call and lands while it runs, or that is in flight when it
+    /// returns, hands its value to its callers but is not cached, whatever
+    /// its key (the predicate cannot be asked of a value not loaded yet); one
+    /// that begins and lands while the call runs, in a shard already visited,
+    /// is cached like any other write made meanwhile, unasked.
     ///
     /// ```
     /// let cache: larder::Cache<u32, u32> = larder::Cache::builder().max_capacity(100).build().unwrap();

@@ -431,7 +431,9 @@ where
 
     /// Removes `key`, returning its value. The listener sees it as
     /// [`RemovalCause::Explicit`]; an entry already past its deadline is
-    /// removed as [`RemovalCause::Expired`] and `None` is returned.
+    /// removed as [`RemovalCause::Expired`] and `None` is returned. A load of
+    /// the key in flight when the call returns (one the listener began too)
+    /// hands its value to its callers but is not cached.
     ///
     /// ```
     /// let cache: larder::Cache<u32, u32> = larder::Cache::builder().max_capacity(10).build().unwrap();
@@ -440,6 +442,20 @@ where
     /// assert_eq!(cache.remove(&1), None);
     /// ```
     pub fn remove<Q>(&self, key: &Q) -> Option<V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let removed = catch_unwind(AssertUnwindSafe(|| self.remove_heard(key)));
+        // However the call ends (a listener's panic too), a load of the key
+        // that began while it ran is not cached either.
+        self.flights_stale(key);
+        removed.unwrap_or_else(|panic| resume_unwind(panic))
+    }
+
+    /// [`remove`](Self::remove), but for the loads of the key that began
+    /// while it ran.
+    fn remove_heard<Q>(&self, key: &Q) -> Option<V>
     where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
@@ -755,6 +771,26 @@ where
         // Under the write lock, as in `write_deferred`.
         shard.flights.invalidate(hash, key);
         writer.remove(hash, key, &self.inner.expiration.clock)
+    }
+
+    /// Makes a load of `key` in flight stale as a removal of it ends: one
+    /// that began while the removal ran (from the listener, or on another
+    /// thread once the entry was taken) is still in flight when the call
+    /// returns, and is not cached. One atomic load when no load is in flight
+    /// in the key's shard.
+    fn flights_stale<Q>(&self, key: &Q)
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let hash = self.hash(key);
+        let shard = self.shard(hash);
+        if shard.flights.is_active() {
+            let hash_of = |k: &K| self.hash(k);
+            // Under the write lock, as in `write_deferred`.
+            let _writer = shard.write(&hash_of);
+            shard.flights.invalidate(hash, key);
+        }
     }
 
     fn notify_one(&self, key: K, value: V, cause: RemovalCause) {

@@ -416,6 +416,12 @@ impl<K: Eq + Clone, V: Clone> Flights<K, V> {
 }
 
 impl<K, V> Flights<K, V> {
+    /// Whether any load is in flight in this table.
+    #[inline]
+    pub(crate) fn is_active(&self) -> bool {
+        self.active.load(Ordering::SeqCst) != 0
+    }
+
     /// A write of `key` happened: its flight, if started, goes stale (its
     /// leader and waiters still get its outcome, but it is not cached, and a
     /// caller arriving from now on replaces it and waits for it to end); if
