@@ -839,6 +839,73 @@ fn entries_stored_before_a_shard_kept_deadlines_never_expire() {
     assert_eq!(cache.len(), 4);
 }
 
+/// As above, with far more entries expiring together than one write's share
+/// of the wheel's work moves down its levels: their deadlines, 600 s out,
+/// share a slot of a high level, and the clock passed them all at once. A
+/// write hands out those found due as it spills the slot, so the first
+/// writes reclaim expired entries instead of evicting live ones (they
+/// evicted 8 live entries over 20 writes while all of the 1,500 were
+/// still on their way down).
+#[test]
+fn writes_reclaim_many_entries_expiring_together_before_evicting_live_ones() {
+    for eviction in [Eviction::Lru, Eviction::Lfu, Eviction::TinyLfu] {
+        let (cache, time, log) = cache_with(|b| b.max_capacity(2000).shards(1).eviction(eviction));
+        for k in 0..500 {
+            cache.insert(k, k);
+        }
+        for k in 500..2000 {
+            let ttl = 600 * SEC + Duration::from_micros(u64::from(k) * 50);
+            cache.insert_with(k, k, EntryOptions::new().ttl(ttl));
+        }
+        time.advance(700 * SEC);
+        for k in 10_000..10_020 {
+            cache.insert(k, k);
+        }
+        for k in (0..500).chain(10_000..10_020) {
+            assert_eq!(cache.get(&k), Some(k), "{eviction:?}: live entry {k}");
+        }
+        let log = taken(&log);
+        assert!(log.len() >= 20, "{eviction:?}");
+        assert!(
+            log.iter()
+                .all(|e| e.2 == RemovalCause::Expired && e.0 >= 500),
+            "{eviction:?}: {log:?}"
+        );
+    }
+}
+
+/// One heavy write needs room that only many expired entries can make: it
+/// reclaims them, and evicts no live entry (it evicted all 399).
+#[test]
+fn a_heavy_write_reclaims_many_expired_entries_before_evicting_live_ones() {
+    let (cache, time, log) = cache_with(|b| {
+        b.max_capacity(1400)
+            .shards(1)
+            .eviction(Eviction::Lru)
+            .weigher(|_, v: &u32| if *v >= 1_000_000 { 1000 } else { 1 })
+    });
+    for k in 0..399 {
+        cache.insert(k, k);
+    }
+    for k in 399..1399 {
+        let ttl = 600 * SEC + Duration::from_micros(u64::from(k) * 50);
+        cache.insert_with(k, k, EntryOptions::new().ttl(ttl));
+    }
+    time.advance(700 * SEC);
+    cache.insert(5000, 1_000_000);
+    assert!(cache.weighted_size() <= 1400);
+    assert_eq!(cache.get(&5000), Some(1_000_000));
+    for k in 0..399 {
+        assert_eq!(cache.get(&k), Some(k), "live entry {k}");
+    }
+    let log = taken(&log);
+    assert!(
+        log.iter()
+            .all(|e| e.2 == RemovalCause::Expired && e.0 >= 399),
+        "{log:?}"
+    );
+}
+
 /// A write into a full cache reclaims the entries whose deadline has passed
 /// before it evicts a live one: here the live entries are the least recently
 /// used, and ninety expired ones hold the rest of the room. (Within a bound:

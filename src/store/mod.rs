@@ -95,16 +95,18 @@ const READ_SPINS: u32 = 1_000;
 const WRITE_EXPIRY_BATCH: usize = 16;
 
 /// Batches of expiry a write over the capacity runs for room before it evicts
-/// by policy: up to 512 deadlines moved down the wheel's levels or reclaimed.
-/// Bounded, not "until the wheel has nothing due": moving deadlines down
-/// frees nothing, and a full shard holding a million deadlines in one slot
-/// when the clock reached it ran them all down under the write lock, in one
-/// insert: 7.1–7.5 ms, where the inserts before took 0.2 µs (median). With
-/// the bound that insert took 5.2–5.9 µs, and the 20,000 after it, doing the
-/// rest of the cascade, a median of 0.21–0.25 µs and at most 18 µs (a
-/// one-shard LRU cache of 1M entries on a mock clock; two runs). Four batches
-/// were too few: ninety entries expired together need more than 64 moves
-/// before the first of them is reclaimed, and a live entry was evicted first.
+/// by policy: up to 512 deadlines moved down the wheel's levels or reclaimed
+/// (plus two per unit of weight it is over, for heavy writes; see
+/// `ShardWriter::fit`). Bounded, not "until the wheel has nothing due":
+/// moving deadlines down frees nothing, and a full shard holding a million
+/// deadlines in one slot when the clock reached it ran them all down under
+/// the write lock, in one insert: 7.1–7.5 ms, where the inserts before took
+/// 0.2 µs (median). With the bound that insert took 5.2–6.9 µs, and the
+/// 20,000 after it, doing the rest of the cascade, a median of 0.21–0.28 µs
+/// and at most 18.5 µs (a one-shard LRU cache of 1M entries on a mock clock;
+/// four runs). Entries already expired cost two steps each, however high
+/// their slot (see `Wheel::advance`), so a write still reclaims hundreds of
+/// them before it evicts a live one.
 const FIT_EXPIRY_BATCHES: usize = 32;
 
 /// Per-entry deadlines and the wheel that reclaims expired entries, for caches
