@@ -312,6 +312,8 @@ impl Drop for TVal {
 #[derive(Clone, Default)]
 struct TouchyDb {
     down: bool,
+    /// Refuses this key's writes only.
+    refuse: Option<u32>,
     writes: Arc<Mutex<Vec<u32>>>,
     /// Writes each key sent again, while it is being sent.
     rewrite: Option<Arc<OnceLock<Tb>>>,
@@ -333,7 +335,7 @@ impl Store<Touchy, TVal> for TouchyDb {
         if op.key().0 % 10 == 2 || self.down {
             ARMED.store(op.key().0 / 10, std::sync::atomic::Ordering::SeqCst);
         }
-        if self.down {
+        if self.down || self.refuse == Some(op.key().0) {
             return Err("down");
         }
         Ok(())
@@ -559,4 +561,61 @@ fn a_key_clone_panic_queueing_a_write_drops_its_value_outside_the_queue_lock() {
     let mut sent = writes.lock().unwrap().clone();
     sent.sort_unstable();
     assert_eq!(sent, vec![501, 502]);
+}
+
+/// A `flush` reports key 71's refused write; its listener, hearing of the
+/// cached copy dropped, stores key 73, arms key 71's `Hash` and panics; the
+/// report goes back, and looking key 71 up among the writes stored meanwhile
+/// panics. The write goes back unchecked (reported again, not lost), and
+/// nothing is dropped under the queue lock: a value dropped there used to
+/// hang the call.
+#[test]
+fn a_hash_panic_putting_a_report_back_loses_nothing_and_drops_nothing_under_the_lock() {
+    let hook: Arc<OnceLock<Tb>> = Arc::new(OnceLock::new());
+    let in_listener = hook.clone();
+    let once = std::sync::atomic::AtomicBool::new(false);
+    let cache: Tb = Cache::builder()
+        .max_capacity(100)
+        .eviction_listener(move |k: Touchy, _: TVal, _| {
+            if k.0 == 71 && !once.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                let cache = in_listener.get().expect("set before the first write");
+                cache
+                    .put(Touchy(73), TVal(73, in_listener.clone()))
+                    .unwrap();
+                assert!(cache.flush().is_ok(), "the store takes key 73");
+                ARMED.store(7, std::sync::atomic::Ordering::SeqCst);
+                panic!("the listener panics");
+            }
+        })
+        .write_back(
+            TouchyDb {
+                refuse: Some(71),
+                ..TouchyDb::default()
+            },
+            manual(0),
+        )
+        .build()
+        .unwrap();
+    let _ = hook.set(cache.clone());
+    cache.put(Touchy(71), TVal(71, hook.clone())).unwrap();
+    let reported = Arc::new(Mutex::new(None));
+    let reported_out = reported.clone();
+    within(
+        10,
+        "a flush whose report goes back with a panic",
+        move || {
+            let flushed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| cache.flush()));
+            assert!(flushed.is_err(), "a panic reaches the caller");
+            let report = cache.flush().expect_err("key 71's write is reported again");
+            let keys: Vec<u32> = report.failed.iter().map(|f| f.op.key().0).collect();
+            *reported_out.lock().unwrap() = Some(keys);
+            assert!(cache.flush().is_ok(), "reported once more only");
+        },
+    );
+    assert_eq!(*reported.lock().unwrap(), Some(vec![71]));
+    assert_ne!(
+        ARMED.load(std::sync::atomic::Ordering::SeqCst),
+        7,
+        "the hash panicked"
+    );
 }

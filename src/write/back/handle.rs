@@ -387,22 +387,37 @@ where
     /// same key with a later sequence number. Until then a put-back write
     /// reads as its key's value (see `lookup`).
     pub(crate) fn settled(&self, unreported: Report<K, V, St::Error>) {
-        // Declared before the guard: what is let go of, and what is left of
-        // the report should a key's `Hash` or `Eq` panic, are dropped after
-        // the lock (see `Bin`).
-        let mut failed = unreported.failed.into_iter();
+        // Declared before the guard: what is let go of is dropped after the
+        // lock (see `Bin`), and each write stays here until the key's `Hash`
+        // and `Eq` (which may panic) have run for it.
+        let mut failed: Vec<_> = unreported.failed.into_iter().map(Some).collect();
         let mut bin = Bin::default();
         let mut q = self.shared.queue.lock();
         let before = q.failed.len();
-        for (seq, failed) in failed.by_ref() {
-            let stored = q.stored_while_out.get(failed.op.key());
-            if stored.is_some_and(|&stored| stored > seq) {
-                q.stats.superseded += 1;
-                bin.ops.push(failed.op);
-            } else {
-                q.failed.push((seq, failed));
-                q.loose += 1;
+        let checked = catch_unwind(AssertUnwindSafe(|| {
+            for write in &mut failed {
+                let Some((seq, f)) = write.as_ref() else {
+                    continue;
+                };
+                let stored = q.stored_while_out.get(f.op.key());
+                let superseded = stored.is_some_and(|stored| stored > seq);
+                let Some((seq, f)) = write.take() else {
+                    continue;
+                };
+                if superseded {
+                    q.stats.superseded += 1;
+                    bin.ops.push(f.op);
+                } else {
+                    q.failed.push((seq, f));
+                    q.loose += 1;
+                }
             }
+        }));
+        // Should a key's `Hash` or `Eq` have panicked, the writes not looked
+        // up go back unchecked: reported again, not lost.
+        for (seq, f) in failed.into_iter().flatten() {
+            q.failed.push((seq, f));
+            q.loose += 1;
         }
         if q.failed.len() > before {
             // Reports keep each key's writes in the order they were
@@ -415,6 +430,10 @@ where
             bin.keys.extend(stored);
         }
         drop(q);
+        drop(bin);
+        if let Err(panic) = checked {
+            resume_unwind(panic);
+        }
     }
 
     pub(crate) fn stats(&self) -> WriteStats {
