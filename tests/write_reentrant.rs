@@ -269,8 +269,19 @@ impl Clone for Touchy {
     }
 }
 
+thread_local! {
+    /// Hashes of keys to let through on this thread before one panics.
+    static HASH_COUNTDOWN: std::cell::Cell<Option<u32>> = const { std::cell::Cell::new(None) };
+}
+
 impl std::hash::Hash for Touchy {
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        if let Some(left) = HASH_COUNTDOWN.with(|c| c.get()) {
+            HASH_COUNTDOWN.with(|c| c.set(left.checked_sub(1)));
+            if left == 0 {
+                panic!("the key's hash panics");
+            }
+        }
         let tens = self.0 / 10;
         let armed = std::sync::atomic::Ordering::SeqCst;
         if self.0 < 100 && ARMED.compare_exchange(tens, 0, armed, armed).is_ok() {
@@ -617,5 +628,40 @@ fn a_hash_panic_putting_a_report_back_loses_nothing_and_drops_nothing_under_the_
         ARMED.load(std::sync::atomic::Ordering::SeqCst),
         7,
         "the hash panicked"
+    );
+}
+
+/// A put whose key's `Hash` panics, at each of the hashes a put runs in
+/// turn: a write is counted as accepted only if it was queued, and every
+/// write queued reaches the store — those acknowledged with `Ok`, and those
+/// whose put panicked after queueing them (documented on `put`).
+#[test]
+fn a_put_whose_keys_hash_panics_is_counted_accepted_only_if_queued() {
+    let (cache, hook, writes) = touchy_cache();
+    let mut acknowledged = Vec::new();
+    for k in 0..30u32 {
+        let key = 200 + k;
+        HASH_COUNTDOWN.with(|c| c.set(Some(k)));
+        let put = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            cache.put(Touchy(key), TVal(key, hook.clone()))
+        }));
+        HASH_COUNTDOWN.with(|c| c.set(None));
+        if let Ok(Ok(())) = put {
+            acknowledged.push(key);
+        }
+    }
+    assert!(acknowledged.len() < 30, "some hash panicked");
+    assert!(!acknowledged.is_empty(), "some put got through");
+    let accepted = cache.write_stats().accepted;
+    within(10, "flush", move || assert!(cache.flush().is_ok()));
+    let sent = writes.lock().unwrap().clone();
+    assert_eq!(
+        sent.len() as u64,
+        accepted,
+        "accepted {accepted}, sent {sent:?}"
+    );
+    assert!(
+        acknowledged.iter().all(|k| sent.contains(k)),
+        "{acknowledged:?} {sent:?}"
     );
 }

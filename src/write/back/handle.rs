@@ -179,9 +179,8 @@ where
             q.slots.reserve(1);
         }
         let mut write = || write.take().expect("a write is accepted once");
-        q.seq += 1;
-        let seq = q.seq;
-        q.stats.accepted += 1;
+        // Counted once filed: the key's `Hash` and `Eq` run below.
+        let seq = q.seq + 1;
         let queue = &mut *q;
         // The write this one replaces, dropped once the lock is released
         // (see `Bin`).
@@ -226,6 +225,8 @@ where
                 true
             }
         };
+        q.seq = seq;
+        q.stats.accepted += 1;
         if queued {
             q.order.push_back(Queued {
                 seq,
