@@ -96,11 +96,11 @@ const WRITE_EXPIRY_BATCH: usize = 16;
 
 /// Batches of expiry a write over the capacity runs for room before it evicts
 /// by policy: up to 512 deadlines moved down the wheel's levels or reclaimed
-/// (plus two per unit of weight it is over, for heavy writes; see
-/// `ShardWriter::fit`). Bounded, not "until the wheel has nothing due":
-/// moving deadlines down frees nothing, and a full shard holding a million
-/// deadlines in one slot when the clock reached it ran them all down under
-/// the write lock, in one insert: 7.1–7.5 ms, where the inserts before took
+/// (plus two per entry of the shard's mean weight it is over, for heavy
+/// writes; see `ShardWriter::fit`). Bounded, not "until the wheel has nothing
+/// due": moving deadlines down frees nothing, and a full shard holding a
+/// million deadlines in one slot when the clock reached it ran them all down
+/// under the write lock, in one insert: 7.1–7.5 ms, where the inserts before took
 /// 0.2 µs (median). With the bound that insert took 5.2–6.9 µs, and the
 /// 20,000 after it, doing the rest of the cascade, a median of 0.21–0.28 µs
 /// and at most 18.5 µs (a one-shard LRU cache of 1M entries on a mock clock;

@@ -252,7 +252,8 @@ impl<K: Eq, V, H: Fn(&K) -> u64> ShardWriter<'_, K, V, H> {
     /// capacity back within it: entries whose deadline has passed make room
     /// first, at `now` (the wheel's work is owed anyway, and stops as soon as
     /// the shard fits, or after [`FIT_EXPIRY_BATCHES`] batches and two steps
-    /// per unit of weight over the capacity), then evictions in policy order. The entry just
+    /// per entry of mean weight over the capacity), then evictions in policy
+    /// order. The entry just
     /// written is never its own victim: it stays readable at least until the
     /// next write to this shard.
     ///
@@ -272,11 +273,15 @@ impl<K: Eq, V, H: Fn(&K) -> u64> ShardWriter<'_, K, V, H> {
             out,
         };
         if let Some(now) = now {
-            // Two units of the wheel's work per unit of weight over: an
-            // expired entry found due as its slot is spilled costs two (see
-            // `Wheel::advance`), and a heavy write may need many.
-            let over = undo.writer.map.weight - undo.writer.map.capacity;
-            let owed = over.saturating_mul(2) / WRITE_EXPIRY_BATCH as u64;
+            // Two units of the wheel's work per entry of the shard's mean
+            // weight it is over: an expired entry found due as its slot is
+            // spilled costs two (see `Wheel::advance`), and a heavy write
+            // may need many (in entries, not in units of weight: weights
+            // may be bytes).
+            let map = &undo.writer.map;
+            let over = map.weight - map.capacity;
+            let mean = (map.weight / map.slab.len().max(1) as u64).max(1);
+            let owed = over.div_ceil(mean).saturating_mul(2) / WRITE_EXPIRY_BATCH as u64;
             let batches =
                 FIT_EXPIRY_BATCHES.saturating_add(usize::try_from(owed).unwrap_or(usize::MAX));
             for _ in 0..batches {

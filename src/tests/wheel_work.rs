@@ -11,21 +11,33 @@ use crate::{Cache, Clock, EntryOptions, Eviction, RemovalCause};
 /// deadlines 600 s out (within 0.1 s of each other: one slot of a high
 /// level), then the clock moved 590 s: nothing is due, but the slot's
 /// deadlines are owed their move down the levels.
+///
+/// Weighted, each entry weighs 10,000 (bytes, say): a write's share of the
+/// wheel's work grows with the entries it must displace, not with its
+/// weight (two steps per unit of weight over ran the whole cascade).
 #[test]
 fn a_full_shard_writes_without_running_the_wheels_whole_cascade() {
-    for eviction in [Eviction::TinyLfu, Eviction::Lru, Eviction::Lfu] {
+    let evictions = [Eviction::TinyLfu, Eviction::Lru, Eviction::Lfu];
+    for (eviction, weight) in evictions
+        .into_iter()
+        .flat_map(|e| [(e, None), (e, Some(10_000))])
+    {
         let capacity = 20_000u32;
         let (clock, time) = Clock::mock();
         let heard = Arc::new(Mutex::new(Vec::new()));
         let log = heard.clone();
-        let cache: Cache<u32, u32> = Cache::builder()
-            .max_capacity(u64::from(capacity))
+        let builder = Cache::builder()
             .shards(1)
             .eviction(eviction)
             .clock(clock)
-            .eviction_listener(move |k, _, cause| log.lock().unwrap().push((k, cause)))
-            .build()
-            .expect("valid settings");
+            .eviction_listener(move |k, _, cause| log.lock().unwrap().push((k, cause)));
+        let builder = match weight {
+            None => builder.max_capacity(u64::from(capacity)),
+            Some(w) => builder
+                .max_capacity(u64::from(capacity) * u64::from(w))
+                .weigher(move |_: &u32, _: &u32| w),
+        };
+        let cache: Cache<u32, u32> = builder.build().expect("valid settings");
         for k in 0..capacity {
             let ttl = Duration::from_secs(600) + Duration::from_micros(u64::from(k) % 100_000);
             cache.insert_with(k, k, EntryOptions::new().ttl(ttl));
@@ -36,7 +48,7 @@ fn a_full_shard_writes_without_running_the_wheels_whole_cascade() {
         cache.insert_with(capacity, 0, later.clone());
         // The insert evicted one live entry by policy, and left the rest of
         // the cascade for later writes.
-        let case = format!("{eviction:?}");
+        let case = format!("{eviction:?}, weight {weight:?}");
         let evicted = std::mem::take(&mut *heard.lock().unwrap());
         assert_eq!(evicted.len(), 1, "{case}");
         assert_eq!(evicted[0].1, RemovalCause::Size, "{case}");
