@@ -261,7 +261,14 @@ where
         // its key's value until the next report takes it, the newest of them
         // if several reports of the key were put back. Anything in the key's
         // slot is newer (a put-back that a stored write superseded is gone
-        // from `failed`).
+        // from `failed`). Put-backs are held by no slot, so counted in
+        // `loose`: with none, the scan is skipped (a store that is down
+        // leaves up to `queue_capacity` failures unreported, and every read
+        // of a clean key scanned them all, under the queue lock: 1,000
+        // misses went from under 1 ms to 0.3–0.4 s with 60,000 of them).
+        if q.loose == 0 {
+            return latest;
+        }
         latest.or_else(|| {
             let (_, failed) = q
                 .failed

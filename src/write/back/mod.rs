@@ -427,7 +427,11 @@ impl<K: Hash + Eq, V: Clone, E> Queue<K, V, E> {
                         }
                         None => false,
                     };
-                    if !self.failed.is_empty() {
+                    // Only the slot's own failure, or failures held by no
+                    // slot (`loose`), may be of this key: with neither, the
+                    // scan is skipped (it made each stored write cost a pass
+                    // over every unreported failure, under the queue lock).
+                    if (held || self.loose > 0) && !self.failed.is_empty() {
                         let before = self.failed.len();
                         // The keys compared first (user code that may panic),
                         // before anything moves.
