@@ -1,13 +1,17 @@
 //! What maintenance of an empty shard allocates: nothing, with or without the
-//! room `initial_capacity` reserved. Counted with a global allocator that
+//! room `initial_capacity` reserved; and what a write-back queue holds while
+//! flush reports overlap without end: no more as writes go on. Counted with a
+//! global allocator that
 //! counts every thread's allocations, so this binary runs one test, which
 //! makes the checks one after another (the harness's own threads then stay
 //! quiet while they count).
 
 use std::alloc::System;
+use std::collections::HashMap;
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
-use larder::{Cache, Clock};
+use larder::{Cache, Clock, Eviction, Op, RemovalCause, Store, WriteBack};
 use stats_alloc::{Region, StatsAlloc, INSTRUMENTED_SYSTEM};
 
 #[global_allocator]
@@ -29,6 +33,7 @@ fn maintenance_and_refused_writes_on_empty_shards_allocate_nothing() {
     invalidate_all_on_an_empty_cache_allocates_nothing();
     maintenance_of_empty_shards_allocates_nothing();
     refused_writes_into_an_empty_shard_allocate_nothing();
+    overlapping_reports_hold_no_more_as_writes_are_stored();
 }
 
 fn invalidate_all_on_an_empty_cache_allocates_nothing() {
@@ -107,4 +112,104 @@ fn refused_writes_into_an_empty_shard_allocate_nothing() {
             "initial_capacity {initial}: 1000 refused writes allocated {allocations} times"
         );
     }
+}
+
+/// Keys with this bit the store refuses.
+const REFUSED: u64 = 1 << 40;
+
+struct Refusing;
+impl Store<u64, u64> for Refusing {
+    type Error = &'static str;
+    fn load(&self, _: &u64) -> Result<Option<u64>, Self::Error> {
+        Ok(None)
+    }
+    fn write(&self, op: &Op<u64, u64>) -> Result<(), Self::Error> {
+        match op {
+            Op::Put(k, _) if k & REFUSED != 0 => Err("refused"),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Bytes allocated and not freed, across every thread.
+fn live() -> i64 {
+    let stats = GLOBAL.stats();
+    stats.bytes_allocated as i64 - stats.bytes_deallocated as i64
+}
+
+/// Round after round, a flush reports a refused write and its listener is
+/// slow to hear that write's cached copy dropped, so that the previous
+/// round's report is settled only after this round's was taken: a report is
+/// always out. Meanwhile 100 new keys a round are stored. The queue kept
+/// every key stored while a report was out (about 22 bytes a key, without
+/// bound); it now keeps only the reported keys.
+fn overlapping_reports_hold_no_more_as_writes_are_stored() {
+    let (entered_tx, entered_rx) = mpsc::channel::<u64>();
+    let entered_tx = Mutex::new(entered_tx);
+    let gates: Arc<Mutex<HashMap<u64, mpsc::Receiver<()>>>> = Arc::default();
+    let gate_of = gates.clone();
+    let cache = Cache::builder()
+        .max_capacity(1_000)
+        .eviction(Eviction::Lru)
+        .eviction_listener(move |k: u64, _: u64, cause| {
+            if k & REFUSED != 0 && cause == RemovalCause::Explicit {
+                let go = gate_of
+                    .lock()
+                    .unwrap()
+                    .remove(&k)
+                    .expect("a gate per refused key");
+                entered_tx.lock().unwrap().send(k).unwrap();
+                go.recv_timeout(Duration::from_secs(20)).unwrap();
+            }
+        })
+        .write_back(
+            Refusing,
+            WriteBack::default()
+                .retries(0, Duration::ZERO)
+                .max_delay(Duration::ZERO)
+                .batch(1),
+        )
+        .build()
+        .unwrap();
+    type Held = (mpsc::Sender<()>, std::thread::JoinHandle<()>);
+    let mut held: Option<Held> = None;
+    let mut next = 0u64;
+    let mut marks = Vec::new();
+    let base = live();
+    for round in 0..600u64 {
+        let refused = REFUSED | round;
+        let (go, gate) = mpsc::channel();
+        gates.lock().unwrap().insert(refused, gate);
+        cache.put(refused, 0).unwrap();
+        let flushing = cache.clone();
+        let reporter = std::thread::spawn(move || assert!(flushing.flush().is_err()));
+        assert_eq!(
+            entered_rx.recv_timeout(Duration::from_secs(20)),
+            Ok(refused)
+        );
+        // The previous round's report is settled only now.
+        if let Some((go, reporter)) = held.take() {
+            go.send(()).unwrap();
+            reporter.join().unwrap();
+        }
+        held = Some((go, reporter));
+        for _ in 0..100 {
+            cache.put(next, next).unwrap();
+            next += 1;
+        }
+        assert!(cache.flush().is_ok(), "all stored");
+        if round == 99 || round == 599 {
+            marks.push(live() - base);
+        }
+    }
+    let (go, reporter) = held.take().expect("a report out");
+    go.send(()).unwrap();
+    reporter.join().unwrap();
+    assert!(cache.close().is_ok());
+    assert!(
+        marks[1] - marks[0] < 128 * 1024,
+        "50,000 more keys stored while reports were out: {} -> {} bytes held",
+        marks[0],
+        marks[1]
+    );
 }

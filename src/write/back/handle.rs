@@ -3,7 +3,7 @@
 //! `flush` and `close` with the failures they report.
 
 use std::collections::VecDeque;
-use std::hash::Hash;
+use std::hash::{BuildHasher, Hash};
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::Instant;
@@ -49,6 +49,7 @@ where
                 loose: 0,
                 reports_out: 0,
                 stored_while_out: HashMap::default(),
+                reported: HashMap::default(),
                 dead: None,
             }),
             work: Condvar::new(),
@@ -432,10 +433,20 @@ where
             // accepted, however many reports were put back, in what order.
             q.failed.sort_by_key(|(seq, _)| *seq);
         }
+        for hash in &unreported.hashes {
+            if let Some(count) = q.reported.get_mut(hash) {
+                *count -= 1;
+                if *count == 0 {
+                    q.reported.remove(hash);
+                }
+            }
+        }
         q.reports_out -= 1;
         if q.reports_out == 0 {
             let stored = q.stored_while_out.drain().map(|(key, _)| key);
             bin.keys.extend(stored);
+            q.stored_while_out.shrink_to_fit();
+            q.reported.clear();
         }
         drop(q);
         drop(bin);
@@ -491,9 +502,11 @@ where
     // What the slots let go of is dropped once the lock is released (see
     // `Bin`).
     let mut bin = Bin::default();
+    let mut hashes = Vec::with_capacity(failed.len());
     let released = catch_unwind(AssertUnwindSafe(|| {
         for (seq, write) in &failed {
             let key = write.op.key();
+            hashes.push(q.slots.hasher().hash_one(key));
             if let Some(slot) = q.slots.get_mut(key) {
                 if slot.failed.as_ref().is_some_and(|(s, _)| s == seq) {
                     if let Some((_, write)) = slot.failed.take() {
@@ -517,7 +530,10 @@ where
     }
     // Settled by the caller (`WriteBehind::settled`).
     q.reports_out += 1;
+    for &hash in &hashes {
+        *q.reported.entry(hash).or_default() += 1;
+    }
     shared.progressed(q);
     drop(bin);
-    Err(Report { failed })
+    Err(Report { failed, hashes })
 }

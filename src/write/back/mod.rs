@@ -17,7 +17,7 @@ mod handle;
 
 use std::collections::VecDeque;
 use std::fmt;
-use std::hash::Hash;
+use std::hash::{BuildHasher, Hash};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -152,6 +152,9 @@ impl<K, V, St: Store<K, V>> fmt::Debug for WriteBehind<K, V, St> {
 #[derive(Debug)]
 pub(crate) struct Report<K, V, E> {
     pub(crate) failed: Vec<(u64, FailedWrite<K, V, E>)>,
+    /// The hashes the report counted in `Queue::reported`, for `settled`
+    /// to take back.
+    pub(crate) hashes: Vec<u64>,
 }
 
 /// A queued write, without its key (the slot's key).
@@ -271,6 +274,12 @@ struct Queue<K, V, E> {
     /// not bring back a failure a later stored write superseded.
     reports_out: usize,
     stored_while_out: HashMap<K, u64, RandomState>,
+    /// The hashes (by the slots' hasher) of the keys in the reports out,
+    /// with how many of their writes: only those keys' stored writes are
+    /// kept in `stored_while_out`. Without it, reports overlapping without
+    /// end (two callers flushing, a slow listener) kept every key stored
+    /// meanwhile: 22 bytes a stored key, without bound.
+    reported: HashMap<u64, usize, RandomState>,
     /// Set when the flusher died with writes queued or in a batch: each such
     /// key's latest write was left in its slot as failed, under a sequence
     /// number from this one on, to be reported (and to read as dirty) until
@@ -458,7 +467,11 @@ impl<K: Hash + Eq, V: Clone, E> Queue<K, V, E> {
                             bin.keys.push(key);
                         }
                     }
-                    if self.reports_out > 0 {
+                    let reported = self.reports_out > 0
+                        && self
+                            .reported
+                            .contains_key(&self.slots.hasher().hash_one(op.key()));
+                    if reported {
                         // The sent write's own key, not a clone: a `Clone`
                         // panicking here would kill the flusher with the
                         // batch half booked, and the rest of it, which the

@@ -402,7 +402,7 @@ where
         &self,
         report: Result<(), Report<K, V, St::Error>>,
     ) -> Result<(), FlushError<K, V, St::Error>> {
-        let Err(report) = report else {
+        let Err(mut report) = report else {
             return Ok(());
         };
         let policy = self.policy();
@@ -427,7 +427,10 @@ where
             policy.settled(report);
             resume_unwind(panic);
         }
-        policy.settled(Report { failed: Vec::new() });
+        policy.settled(Report {
+            failed: Vec::new(),
+            hashes: std::mem::take(&mut report.hashes),
+        });
         Err(FlushError {
             failed: report.failed.into_iter().map(|(_, w)| w).collect(),
         })
