@@ -232,10 +232,26 @@ fn a_write_stored_while_a_report_is_out_drops_its_value_outside_the_queue_lock()
     assert_eq!(rows.lock().unwrap().get(&2), Some(&2));
 }
 
-/// Set by the store once it has the batch, to the batch's tens (each test
-/// writes keys of its own tens): the next hash of a key of those tens panics
-/// (once), in the flusher's booking of that batch.
-static ARMED: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+/// Tens of keys (each test writes keys of its own tens) whose next hash
+/// panics, once: armed by the store once it has a batch, for the flusher's
+/// booking of that batch, or by a test.
+static ARMED: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+
+/// Makes the next hash of a key of `tens` panic.
+fn arm(tens: u32) {
+    let mut armed = ARMED.lock().unwrap_or_else(|e| e.into_inner());
+    if !armed.contains(&tens) {
+        armed.push(tens);
+    }
+}
+
+/// Whether a hash of a key of `tens` is still to panic.
+fn armed(tens: u32) -> bool {
+    ARMED
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .contains(&tens)
+}
 
 /// Keys and values whose next `Clone` panics (once each).
 static CLONE_PANICS: Mutex<Vec<u32>> = Mutex::new(Vec::new());
@@ -255,7 +271,7 @@ fn arm_clone(id: u32) {
         .push(id);
 }
 
-/// A key whose `Hash` panics once when `ARMED` with its tens, and whose
+/// A key whose `Hash` panics once when its tens are `ARMED`, and whose
 /// `Clone` panics once when `CLONE_PANICS` names it.
 #[derive(PartialEq, Eq, Debug)]
 struct Touchy(u32);
@@ -283,8 +299,12 @@ impl std::hash::Hash for Touchy {
             }
         }
         let tens = self.0 / 10;
-        let armed = std::sync::atomic::Ordering::SeqCst;
-        if self.0 < 100 && ARMED.compare_exchange(tens, 0, armed, armed).is_ok() {
+        let fire = self.0 < 100 && {
+            let mut armed = ARMED.lock().unwrap_or_else(|e| e.into_inner());
+            let at = armed.iter().position(|&a| a == tens);
+            at.map(|at| armed.swap_remove(at)).is_some()
+        };
+        if fire {
             panic!("the key's hash panics");
         }
         self.0.hash(state);
@@ -323,8 +343,8 @@ impl Drop for TVal {
 #[derive(Clone, Default)]
 struct TouchyDb {
     down: bool,
-    /// Refuses this key's writes only.
-    refuse: Option<u32>,
+    /// Refuses this key's writes only (none while 0).
+    refuse: Arc<std::sync::atomic::AtomicU32>,
     writes: Arc<Mutex<Vec<u32>>>,
     /// Writes each key sent again, while it is being sent.
     rewrite: Option<Arc<OnceLock<Tb>>>,
@@ -344,9 +364,10 @@ impl Store<Touchy, TVal> for TouchyDb {
         }
         // Armed by the batch's last write (the first refused one ends it).
         if op.key().0 % 10 == 2 || self.down {
-            ARMED.store(op.key().0 / 10, std::sync::atomic::Ordering::SeqCst);
+            arm(op.key().0 / 10);
         }
-        if self.down || self.refuse == Some(op.key().0) {
+        let refused = self.refuse.load(std::sync::atomic::Ordering::SeqCst);
+        if self.down || (refused != 0 && refused == op.key().0) {
             return Err("down");
         }
         Ok(())
@@ -418,8 +439,7 @@ fn a_hash_panic_in_the_flushers_booking_drops_the_batch_outside_the_queue_lock(
     // A batch stops at the first refused write.
     let sent = if down { vec![one] } else { vec![one, two] };
     assert_eq!(*writes.lock().unwrap(), sent, "the store had the batch");
-    let armed = ARMED.load(std::sync::atomic::Ordering::SeqCst);
-    assert_ne!(armed, tens, "the hash panicked");
+    assert!(!armed(tens), "the hash panicked");
     let first = first
         .lock()
         .unwrap()
@@ -575,11 +595,11 @@ fn a_key_clone_panic_queueing_a_write_drops_its_value_outside_the_queue_lock() {
 }
 
 /// A `flush` reports key 71's refused write; its listener, hearing of the
-/// cached copy dropped, stores key 73, arms key 71's `Hash` and panics; the
-/// report goes back, and looking key 71 up among the writes stored meanwhile
-/// panics. The write goes back unchecked (reported again, not lost), and
-/// nothing is dropped under the queue lock: a value dropped there used to
-/// hang the call.
+/// cached copy dropped, lets the store take key 71 again, stores a newer
+/// write of it, arms key 71's `Hash` and panics; the report goes back, and
+/// looking key 71 up among the writes stored meanwhile panics. The write
+/// goes back unchecked (reported again, not lost), and nothing is dropped
+/// under the queue lock: a value dropped there used to hang the call.
 #[test]
 fn a_hash_panic_putting_a_report_back_loses_nothing_and_drops_nothing_under_the_lock() {
     let hook: Arc<OnceLock<Tb>> = Arc::new(OnceLock::new());
@@ -591,16 +611,20 @@ fn a_hash_panic_putting_a_report_back_loses_nothing_and_drops_nothing_under_the_
             if k.0 == 71 && !once.swap(true, std::sync::atomic::Ordering::SeqCst) {
                 let cache = in_listener.get().expect("set before the first write");
                 cache
-                    .put(Touchy(73), TVal(73, in_listener.clone()))
+                    .store()
+                    .refuse
+                    .store(0, std::sync::atomic::Ordering::SeqCst);
+                cache
+                    .put(Touchy(71), TVal(710, in_listener.clone()))
                     .unwrap();
-                assert!(cache.flush().is_ok(), "the store takes key 73");
-                ARMED.store(7, std::sync::atomic::Ordering::SeqCst);
+                assert!(cache.flush().is_ok(), "the store takes the newer write");
+                arm(7);
                 panic!("the listener panics");
             }
         })
         .write_back(
             TouchyDb {
-                refuse: Some(71),
+                refuse: Arc::new(71.into()),
                 ..TouchyDb::default()
             },
             manual(0),
@@ -624,11 +648,7 @@ fn a_hash_panic_putting_a_report_back_loses_nothing_and_drops_nothing_under_the_
         },
     );
     assert_eq!(*reported.lock().unwrap(), Some(vec![71]));
-    assert_ne!(
-        ARMED.load(std::sync::atomic::Ordering::SeqCst),
-        7,
-        "the hash panicked"
-    );
+    assert!(!armed(7), "the hash panicked");
 }
 
 /// A put whose key's `Hash` panics, at each of the hashes a put runs in
