@@ -162,6 +162,16 @@ impl Timers {
             if self.early_at[i] != at {
                 self.early_at[i] = at;
                 self.early.push(Reverse((at, token)));
+                // Pushes for a deadline since moved within the tick are
+                // stale: dropped when they outnumber the tokens, so that the
+                // heap stays within twice the tokens. A clock standing still
+                // (a mock) and deadlines changing from write to write within
+                // the tick grew it by one entry a write, without bound.
+                if self.early.len() > 2 * self.early_at.len().max(64) {
+                    let early_at = &self.early_at;
+                    self.early
+                        .retain(|Reverse((at, t))| early_at.get(*t as usize) == Some(at));
+                }
             }
         } else {
             self.wheel.schedule(token, ticks(at));
