@@ -292,6 +292,12 @@ where
     /// removed entry is still delivered, and the first panic then resumes in the
     /// caller of the operation that removed them.
     ///
+    /// A listener (or a value) that owns a handle of its own cache keeps the
+    /// cache alive: the two are dropped only once that handle is let go of
+    /// (a cycle of `Arc`s, as with any shared owner). Give it a handle it can
+    /// drop, such as one in a `Mutex<Option<_>>` you empty, if the cache is
+    /// to be dropped while the program runs.
+    ///
     /// ```
     /// use larder::{Cache, RemovalCause};
     /// use std::sync::{Arc, Mutex};

@@ -493,7 +493,7 @@ mod tests {
         #![proptest_config(ProptestConfig::with_cases(256))]
 
         /// Against a `BTreeMap` of (deadline, token): the same tokens come due at
-        /// each advance, in deadline order.
+        /// each advance (see [`replay`]).
         #[test]
         fn matches_a_btreemap(ops in proptest::collection::vec(op(), 1..200)) {
             if let Err(e) = replay(&ops) {
