@@ -95,19 +95,28 @@ const READ_SPINS: u32 = 1_000;
 const WRITE_EXPIRY_BATCH: usize = 16;
 
 /// Batches of expiry a write over the capacity runs for room before it evicts
-/// by policy: up to 512 deadlines moved down the wheel's levels or reclaimed
-/// (plus two per entry of the shard's mean weight it is over, for heavy
-/// writes; see `ShardWriter::fit`). Bounded, not "until the wheel has nothing
-/// due": moving deadlines down frees nothing, and a full shard holding a
-/// million deadlines in one slot when the clock reached it ran them all down
-/// under the write lock, in one insert: 7.1–7.5 ms, where the inserts before took
-/// 0.2 µs (median). With the bound that insert took 5.2–6.9 µs, and the
-/// 20,000 after it, doing the rest of the cascade, a median of 0.21–0.28 µs
-/// and at most 18.5 µs (a one-shard LRU cache of 1M entries on a mock clock;
-/// four runs). Entries already expired cost two steps each, however high
-/// their slot (see `Wheel::advance`), so a write still reclaims hundreds of
-/// them before it evicts a live one.
+/// by policy: up to 512 deadlines moved down the wheel's levels or reclaimed,
+/// and more only while each batch makes room (see [`FIT_EXPIRY_CEILING`]).
+/// Bounded, not "until the wheel has nothing due": moving deadlines down
+/// frees nothing, and a full shard holding a million deadlines in one slot
+/// when the clock reached it ran them all down under the write lock, in one
+/// insert: 7.1–7.5 ms, where the inserts before took 0.2 µs (median). With
+/// the bound that insert took 5.2–6.9 µs, and the 20,000 after it, doing the
+/// rest of the cascade, a median of 0.21–0.28 µs and at most 18.5 µs (a
+/// one-shard LRU cache of 1M entries on a mock clock; four runs). Entries
+/// already expired cost two steps each, however high their slot (see
+/// `Wheel::advance`), so a write still reclaims hundreds of them before it
+/// evicts a live one.
 const FIT_EXPIRY_BATCHES: usize = 32;
+
+/// The most batches of expiry a write over the capacity runs, all but the
+/// first [`FIT_EXPIRY_BATCHES`] only while each makes room: a heavy write
+/// may need thousands of light expired entries reclaimed (as it would need
+/// them evicted otherwise). Estimating the batches from the weight it is
+/// over instead either ran whole cascades (weightless entries pull a mean
+/// weight down; weights in bytes) or evicted live entries while expired ones
+/// lighter than the mean held the room.
+const FIT_EXPIRY_CEILING: usize = 4096;
 
 /// Per-entry deadlines and the wheel that reclaims expired entries, for caches
 /// with expiry.

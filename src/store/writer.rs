@@ -8,7 +8,7 @@ use std::cmp::Reverse;
 
 use super::{
     Entry, Map, Refused, Removed, Timers, Token, View, WriteContext, FIT_EXPIRY_BATCHES,
-    MAX_WEIGHT, WRITE_EXPIRY_BATCH,
+    FIT_EXPIRY_CEILING, MAX_WEIGHT, WRITE_EXPIRY_BATCH,
 };
 use crate::expiry::clock::{ticks, Clock};
 use crate::expiry::NEVER;
@@ -251,9 +251,9 @@ impl<K: Eq, V, H: Fn(&K) -> u64> ShardWriter<'_, K, V, H> {
     /// Brings a shard that a write of `token` (under `hash`) took over its
     /// capacity back within it: entries whose deadline has passed make room
     /// first, at `now` (the wheel's work is owed anyway, and stops as soon as
-    /// the shard fits, or after [`FIT_EXPIRY_BATCHES`] batches and two steps
-    /// per entry of mean weight over the capacity), then evictions in policy
-    /// order. The entry just
+    /// the shard fits, or after [`FIT_EXPIRY_BATCHES`] batches unless the
+    /// last one made room, and after [`FIT_EXPIRY_CEILING`] at most), then
+    /// evictions in policy order. The entry just
     /// written is never its own victim: it stays readable at least until the
     /// next write to this shard.
     ///
@@ -273,23 +273,21 @@ impl<K: Eq, V, H: Fn(&K) -> u64> ShardWriter<'_, K, V, H> {
             out,
         };
         if let Some(now) = now {
-            // Two units of the wheel's work per entry of the shard's mean
-            // weight it is over: an expired entry found due as its slot is
-            // spilled costs two (see `Wheel::advance`), and a heavy write
-            // may need many (in entries, not in units of weight: weights
-            // may be bytes).
-            let map = &undo.writer.map;
-            let over = map.weight - map.capacity;
-            let mean = (map.weight / map.slab.len().max(1) as u64).max(1);
-            let owed = over.div_ceil(mean).saturating_mul(2) / WRITE_EXPIRY_BATCH as u64;
-            let batches =
-                FIT_EXPIRY_BATCHES.saturating_add(usize::try_from(owed).unwrap_or(usize::MAX));
-            for _ in 0..batches {
-                if undo.writer.map.weight <= undo.writer.map.capacity
+            // A share of the wheel's work first; past it, only batches that
+            // make room go on (up to a ceiling): a heavy write may need many
+            // expired entries reclaimed, as it would need as many evicted,
+            // but moving deadlines down the wheel or reclaiming weightless
+            // entries frees nothing.
+            let mut progressed = true;
+            for batch in 0..FIT_EXPIRY_CEILING {
+                let before = undo.writer.map.weight;
+                if before <= undo.writer.map.capacity
+                    || (batch >= FIT_EXPIRY_BATCHES && !progressed)
                     || !undo.writer.expire(now, WRITE_EXPIRY_BATCH, undo.out)
                 {
                     break;
                 }
+                progressed = undo.writer.map.weight < before;
             }
         }
         let capacity = undo.writer.map.capacity;
