@@ -929,7 +929,10 @@ fn a_heavy_write_among_weightless_expired_entries_runs_a_bounded_share() {
     cache.insert(999_999, 1_000_001);
     let log = taken(&log);
     let expired = log.iter().filter(|e| e.2 == RemovalCause::Expired).count();
-    assert!(expired <= 1024, "one write reclaimed {expired} weightless entries");
+    assert!(
+        expired <= 1024,
+        "one write reclaimed {expired} weightless entries"
+    );
     assert!(cache.weighted_size() <= 1_000_000);
     assert_eq!(cache.get(&999_999), Some(1_000_001));
 }
@@ -960,7 +963,8 @@ fn a_heavy_write_reclaims_thousands_of_light_expired_entries() {
     }
     let log = taken(&log);
     assert!(
-        log.iter().all(|e| e.2 == RemovalCause::Expired && e.0 >= 10),
+        log.iter()
+            .all(|e| e.2 == RemovalCause::Expired && e.0 >= 10),
         "{} removals, the first {:?}",
         log.len(),
         log.first()

@@ -102,8 +102,8 @@ const WRITE_EXPIRY_BATCH: usize = 16;
 /// when the clock reached it ran them all down under the write lock, in one
 /// insert: 7.1–7.5 ms, where the inserts before took 0.2 µs (median). With
 /// the bound that insert took 5.2–6.9 µs, and the 20,000 after it, doing the
-/// rest of the cascade, a median of 0.21–0.28 µs and at most 18.5 µs (a
-/// one-shard LRU cache of 1M entries on a mock clock; four runs). Entries
+/// rest of the cascade, a median of 0.21–0.28 µs and at most 19.5 µs (a
+/// one-shard LRU cache of 1M entries on a mock clock; five runs). Entries
 /// already expired cost two steps each, however high their slot (see
 /// `Wheel::advance`), so a write still reclaims hundreds of them before it
 /// evicts a live one.
