@@ -430,26 +430,44 @@ impl<K: Hash + Eq, V: Clone, E> Queue<K, V, E> {
                     // no longer read, nor reported (replaying it would write
                     // an older value over this one).
                     let held = match slot.failed.take() {
-                        Some((_, failed)) => {
+                        Some((seq, failed)) => {
                             bin.writes.push(failed);
-                            true
+                            Some(seq)
                         }
-                        None => false,
+                        None => None,
                     };
                     // Only the slot's own failure, or failures held by no
                     // slot (`loose`), may be of this key: with neither, the
                     // scan is skipped (it made each stored write cost a pass
                     // over every unreported failure, under the queue lock).
-                    if (held || self.loose > 0) && !self.failed.is_empty() {
+                    if (held.is_some() || self.loose > 0) && !self.failed.is_empty() {
                         let before = self.failed.len();
-                        // The keys compared first (user code that may panic),
-                        // before anything moves.
-                        let doomed: Vec<bool> = self
-                            .failed
-                            .iter()
-                            .map(|(_, f)| f.op.key() == op.key())
-                            .collect();
-                        if doomed.contains(&true) {
+                        // With no loose failures, the slot's own is the only
+                        // one of this key: found by its sequence number
+                        // (`failed` is in sequence order, and a number names
+                        // one write), without comparing keys. A key written
+                        // again once the store is back after an outage
+                        // compared every unreported failure's.
+                        let own = match held {
+                            Some(seq) if self.loose == 0 => {
+                                self.failed.binary_search_by_key(&seq, |(s, _)| *s).ok()
+                            }
+                            _ => None,
+                        };
+                        // Else the keys compared first (user code that may
+                        // panic), before anything moves.
+                        let doomed: Vec<bool> = match own {
+                            Some(_) => Vec::new(),
+                            None => self
+                                .failed
+                                .iter()
+                                .map(|(_, f)| f.op.key() == op.key())
+                                .collect(),
+                        };
+                        if let Some(i) = own {
+                            let (_, gone) = self.failed.remove(i);
+                            bin.ops.push(gone.op);
+                        } else if doomed.contains(&true) {
                             let mut doomed = doomed.into_iter();
                             let (gone, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.failed)
                                 .into_iter()
@@ -460,7 +478,7 @@ impl<K: Hash + Eq, V: Clone, E> Queue<K, V, E> {
                         let removed = before - self.failed.len();
                         self.stats.superseded += removed as u64;
                         // All but the one the slot held, if it held one.
-                        self.loose -= removed.saturating_sub(usize::from(held));
+                        self.loose -= removed.saturating_sub(usize::from(held.is_some()));
                     }
                     if slot.is_empty() {
                         if let Some((key, _)) = self.slots.remove_entry(op.key()) {
