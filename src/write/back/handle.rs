@@ -2,7 +2,7 @@
 //! waiting, sync or async, for room), reading a key's pending write, and
 //! `flush` and `close` with the failures they report.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::hash::{BuildHasher, Hash};
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::sync::Arc;
@@ -37,7 +37,7 @@ where
                 sending_from: None,
                 flush_to: 0,
                 blocked: 0,
-                failed: Vec::new(),
+                failed: BTreeMap::new(),
                 closing: false,
                 running: false,
                 flusher_id: None,
@@ -271,11 +271,7 @@ where
             return latest;
         }
         latest.or_else(|| {
-            let (_, failed) = q
-                .failed
-                .iter()
-                .filter(|(_, f)| f.op.key() == key)
-                .max_by_key(|(seq, _)| *seq)?;
+            let (_, failed) = q.failed.iter().rev().find(|(_, f)| f.op.key() == key)?;
             Some(match &failed.op {
                 Op::Put(_, v) => Pending::Put(v.clone()),
                 Op::Delete(_) => Pending::Delete,
@@ -402,7 +398,6 @@ where
         let mut failed: Vec<_> = unreported.failed.into_iter().map(Some).collect();
         let mut bin = Bin::default();
         let mut q = self.shared.queue.lock();
-        let before = q.failed.len();
         let checked = catch_unwind(AssertUnwindSafe(|| {
             for write in &mut failed {
                 let Some((seq, f)) = write.as_ref() else {
@@ -417,21 +412,19 @@ where
                     q.stats.superseded += 1;
                     bin.ops.push(f.op);
                 } else {
-                    q.failed.push((seq, f));
+                    q.failed.insert(seq, f);
                     q.loose += 1;
                 }
             }
         }));
         // Should a key's `Hash` or `Eq` have panicked, the writes not looked
         // up go back unchecked: reported again, not lost.
+        // Reports keep each key's writes in the order they were accepted
+        // (`failed` is by sequence number), however many reports were put
+        // back, in what order.
         for (seq, f) in failed.into_iter().flatten() {
-            q.failed.push((seq, f));
+            q.failed.insert(seq, f);
             q.loose += 1;
-        }
-        if q.failed.len() > before {
-            // Reports keep each key's writes in the order they were
-            // accepted, however many reports were put back, in what order.
-            q.failed.sort_by_key(|(seq, _)| *seq);
         }
         for hash in &unreported.hashes {
             if let Some(count) = q.reported.get_mut(hash) {
@@ -473,7 +466,7 @@ where
     K: Hash + Eq,
     St: Store<K, V>,
 {
-    let mut failed = std::mem::take(&mut q.failed);
+    let mut failed: Vec<_> = std::mem::take(&mut q.failed).into_iter().collect();
     q.loose = 0;
     if let Some((from, reason)) = q.dead {
         let mut dead: Vec<_> = q
@@ -523,7 +516,7 @@ where
     }));
     if let Err(panic) = released {
         q.loose = failed.len();
-        q.failed = failed;
+        q.failed = failed.into_iter().collect();
         drop(q);
         drop(bin);
         resume_unwind(panic);
