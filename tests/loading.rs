@@ -704,6 +704,72 @@ mod asynchronous {
         assert_eq!(outer, "four+");
     }
 
+    /// A leader cancelled mid-load drops its loader while the load is still
+    /// its own: a loader whose `Drop` asks for its key then (through either
+    /// call) panics, as it would asking during a poll, instead of waiting for
+    /// itself, with every later caller of the key waiting behind it.
+    #[test]
+    fn a_cancelled_loader_whose_drop_asks_for_its_own_key_panics_instead_of_hanging() {
+        use std::panic::{catch_unwind, AssertUnwindSafe};
+        use std::sync::mpsc;
+        struct AsksOnDrop {
+            cache: Arc<Cache<u32, String>>,
+            via_async: bool,
+        }
+        impl Drop for AsksOnDrop {
+            fn drop(&mut self) {
+                if self.via_async {
+                    block_on(
+                        self.cache
+                            .get_or_load_async(1, async { "drop".to_string() }),
+                    );
+                } else {
+                    self.cache.get_or_load(1, |_| "drop".to_string());
+                }
+            }
+        }
+        for via_async in [false, true] {
+            let cache = Arc::new(cache());
+            let (tx, rx) = mpsc::channel();
+            let c = cache.clone();
+            // On a thread of its own: a regression hangs that thread, not the test.
+            std::thread::spawn(move || {
+                let asks = AsksOnDrop {
+                    cache: c.clone(),
+                    via_async,
+                };
+                let mut leader = Box::pin(c.get_or_load_async(1, async move {
+                    let _asks = asks;
+                    std::future::pending::<String>().await
+                }));
+                let pending = leader
+                    .as_mut()
+                    .poll(&mut Context::from_waker(Waker::noop()))
+                    .is_pending();
+                // Cancelled, as by a timeout.
+                let dropped = catch_unwind(AssertUnwindSafe(|| drop(leader)));
+                let message = dropped.err().map(|panic| {
+                    panic
+                        .downcast_ref::<String>()
+                        .cloned()
+                        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                        .unwrap_or_default()
+                });
+                let _ = tx.send((pending, message));
+            });
+            let (pending, message) = rx
+                .recv_timeout(Duration::from_secs(20))
+                .unwrap_or_else(|_| panic!("dropping the leader hung (via async: {via_async})"));
+            assert!(pending);
+            assert!(
+                message.is_some_and(|m| m.contains("key it is loading")),
+                "via async: {via_async}"
+            );
+            // The load was given up: the next caller loads afresh.
+            assert_eq!(cache.get_or_load(1, |_| "next".to_string()), "next");
+        }
+    }
+
     #[test]
     fn a_task_of_a_runtime_a_sync_loader_drives_waits_for_it_without_panicking() {
         let cache = Arc::new(cache());

@@ -399,9 +399,14 @@ where
             };
             let timer = LoadTimer::start(&self.inner.loads);
             // Each poll runs under `timer`, so that a panic of the loader's
-            // own books a failure and a cancellation does not.
-            let mut load = std::pin::pin!(load);
-            let polled = std::future::poll_fn(|cx| timer.run(|| load.as_mut().poll(cx)));
+            // own books a failure and a cancellation does not. The loader
+            // moves into what `lead` holds, which drops it as the flight's
+            // own (see `lead`).
+            let timer_ref = &timer;
+            let polled = async move {
+                let mut load = std::pin::pin!(load);
+                std::future::poll_fn(|cx| timer_ref.run(|| load.as_mut().poll(cx))).await
+            };
             let result = crate::loader::lead(leader.flight(), polled).await;
             timer.stop();
             return self.land(key, leader, epoch, result);

@@ -98,24 +98,52 @@ thread_local! {
 }
 
 /// Polls an async leader's `load` with its flight marked as led from this
-/// thread for the length of each poll, so that the loader asking for its own
-/// key (through either call) panics instead of waiting for itself.
+/// thread for the length of each poll, and drops it so marked, so that the
+/// loader asking for its own key (through either call) panics instead of
+/// waiting for itself. The drop counts too: a leader cancelled mid-load
+/// (dropped by a timeout) drops its `load` while the flight is still open,
+/// and a `load` whose `Drop` asked for its key waited for itself, and every
+/// later caller of the key with it.
 pub(crate) async fn lead<F: std::future::Future, K, V>(
     flight: &Flight<K, V>,
     load: F,
 ) -> F::Output {
+    /// Pops the mark pushed before it.
     struct Mark;
     impl Drop for Mark {
         fn drop(&mut self) {
             LEADING.with(|l| l.borrow_mut().pop());
         }
     }
-    let address = flight as *const Flight<K, V> as usize;
-    let mut load = std::pin::pin!(load);
-    std::future::poll_fn(|cx| {
+    fn mark(address: usize) -> Mark {
         LEADING.with(|l| l.borrow_mut().push(address));
-        let _mark = Mark;
-        load.as_mut().poll(cx)
+        Mark
+    }
+    /// Holds the loader; dropping it (done, cancelled or unwinding) drops the
+    /// loader with the flight marked.
+    struct Led<'a, F> {
+        load: std::pin::Pin<&'a mut Option<F>>,
+        address: usize,
+    }
+    impl<F> Drop for Led<'_, F> {
+        fn drop(&mut self) {
+            if self.load.is_some() {
+                let _mark = mark(self.address);
+                self.load.set(None);
+            }
+        }
+    }
+    let address = flight as *const Flight<K, V> as usize;
+    let mut led = Led {
+        load: std::pin::pin!(Some(load)),
+        address,
+    };
+    std::future::poll_fn(|cx| {
+        let _mark = mark(address);
+        match led.load.as_mut().as_pin_mut() {
+            Some(load) => load.poll(cx),
+            None => unreachable!("the loader is dropped only with its leader"),
+        }
     })
     .await
 }
