@@ -776,3 +776,90 @@ fn max_entry_weight_is_the_limit_try_insert_applies() {
         assert_eq!(refused.limit, u64::from(limit), "capacity {capacity}");
     }
 }
+
+/// A key whose `Hash` panics while `POISON_ARMED` is set, if it is at or
+/// above `POISON_FROM`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct PoisonKey(u64);
+
+static POISON_ARMED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+const POISON_FROM: u64 = 1_000_000;
+
+impl std::hash::Hash for PoisonKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        assert!(
+            !(self.0 >= POISON_FROM && POISON_ARMED.load(Ordering::SeqCst)),
+            "the hash of key {} panics",
+            self.0
+        );
+        self.0.hash(state);
+    }
+}
+
+/// Another key's `Hash` panicking as a write of a new key makes room (the
+/// policy hashing its next candidate, an eviction, the table growing)
+/// undoes the write, and the listener hears its entry as refused for size:
+/// the written value is never lost, and nothing else is. It was dropped
+/// silently when the panic came before the entry was placed (hashing the
+/// candidate for a full shard, growing the table).
+#[test]
+fn another_keys_panicking_hash_undoes_a_new_keys_write_for_the_listener() {
+    let mut undone = 0;
+    for eviction in [Eviction::TinyLfu, Eviction::Lru, Eviction::Lfu] {
+        for capacity in [4u64, 8, 16, 64] {
+            for fill in 0..capacity + 2 {
+                let heard: Arc<Mutex<Vec<(u64, u64, RemovalCause)>>> = Arc::default();
+                let log = heard.clone();
+                let cache: Cache<PoisonKey, u64> = Cache::builder()
+                    .max_capacity(capacity)
+                    .shards(1)
+                    .eviction(eviction)
+                    .record_stats()
+                    .eviction_listener(move |k: PoisonKey, v, cause| {
+                        log.lock().unwrap().push((k.0, v, cause))
+                    })
+                    .build()
+                    .unwrap();
+                for k in 0..fill {
+                    cache.insert(PoisonKey(k), k);
+                }
+                cache.insert(PoisonKey(POISON_FROM), 999);
+                POISON_ARMED.store(true, Ordering::SeqCst);
+                let value = 12_345;
+                let write = catch_unwind(AssertUnwindSafe(|| {
+                    cache.insert(PoisonKey(500), value);
+                }));
+                POISON_ARMED.store(false, Ordering::SeqCst);
+                let case = format!("{eviction:?}, capacity {capacity}, {fill} resident");
+                let heard = heard.lock().unwrap().clone();
+                let resident = cache.peek(&PoisonKey(500)) == Some(value);
+                if write.is_err() {
+                    undone += 1;
+                    assert!(!resident, "{case}");
+                    assert!(
+                        heard.contains(&(500, value, RemovalCause::Size)),
+                        "{case}: the undone write reaches the listener: {heard:?}"
+                    );
+                }
+                // Every value written is resident or heard, once.
+                let mut seen = std::collections::HashMap::<u64, usize>::new();
+                for (_, v, _) in &heard {
+                    *seen.entry(*v).or_default() += 1;
+                }
+                for (_, v) in cache.iter() {
+                    *seen.entry(v).or_default() += 1;
+                }
+                for v in (0..fill).chain([999, value]) {
+                    assert_eq!(seen.get(&v), Some(&1), "{case}: value {v}: {heard:?}");
+                }
+                let sized = heard
+                    .iter()
+                    .filter(|(_, _, c)| *c == RemovalCause::Size)
+                    .count() as u64;
+                let stats = cache.stats();
+                assert_eq!(stats.evictions + stats.rejections, sized, "{case}");
+            }
+        }
+    }
+    assert!(undone > 20, "the poisoned hash met {undone} writes");
+}

@@ -1001,3 +1001,91 @@ fn a_full_cache_reclaims_expired_entries_before_evicting_live_ones() {
         assert_eq!(cache.stats().evictions, 0, "{eviction:?}");
     }
 }
+
+/// A value whose `Clone` waits, once armed, until released: a read's user
+/// code running while the clock moves on.
+#[derive(Debug, PartialEq)]
+struct SlowClone(u32);
+
+static SLOW_ARMED: AtomicBool = AtomicBool::new(false);
+static SLOW_IN_CLONE: AtomicBool = AtomicBool::new(false);
+static SLOW_RELEASE: AtomicBool = AtomicBool::new(false);
+static SLOW_SERIAL: Mutex<()> = Mutex::new(());
+
+impl Clone for SlowClone {
+    fn clone(&self) -> Self {
+        if SLOW_ARMED.swap(false, Ordering::SeqCst) {
+            SLOW_IN_CLONE.store(true, Ordering::SeqCst);
+            while !SLOW_RELEASE.load(Ordering::SeqCst) {
+                std::thread::yield_now();
+            }
+        }
+        SlowClone(self.0)
+    }
+}
+
+/// Idle for ten seconds from each create and read, as `time_to_idle` has it.
+struct IdleTen;
+impl Expiry<u32, SlowClone> for IdleTen {
+    fn expire_after_create(&self, _: &u32, _: &SlowClone) -> Option<Duration> {
+        Some(10 * SEC)
+    }
+    fn expire_after_read(&self, _: &u32, _: &SlowClone, _: Option<Duration>) -> Option<Duration> {
+        Some(10 * SEC)
+    }
+}
+
+/// A read that found its entry live, and whose user code (the value's
+/// `Clone`) ran on while the clock passed the entry's idle deadline and
+/// another read found the key gone, does not move the deadline on: it
+/// brought the expired entry back, to be read again with no write in
+/// between, and to leave as removed instead of expired.
+#[test]
+fn a_read_racing_its_entrys_idle_deadline_does_not_bring_it_back() {
+    let _serial = SLOW_SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    for custom in [false, true] {
+        let (clock, time) = Clock::mock();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let sink = log.clone();
+        let builder = Cache::builder()
+            .max_capacity(10)
+            .clock(clock)
+            .eviction_listener(move |k, v: SlowClone, cause| {
+                sink.lock().unwrap().push((k, v.0, cause))
+            });
+        let builder = if custom {
+            builder.expiry(IdleTen)
+        } else {
+            builder.time_to_idle(10 * SEC)
+        };
+        let cache: Cache<u32, SlowClone> = builder.build().unwrap();
+        cache.insert(1, SlowClone(7));
+        time.advance(9 * SEC); // the deadline is at 10 s
+        SLOW_IN_CLONE.store(false, Ordering::SeqCst);
+        SLOW_RELEASE.store(false, Ordering::SeqCst);
+        SLOW_ARMED.store(true, Ordering::SeqCst);
+        let reader = {
+            let cache = cache.clone();
+            std::thread::spawn(move || cache.get(&1)) // the clock at 9 s
+        };
+        while !SLOW_IN_CLONE.load(Ordering::SeqCst) {
+            std::thread::yield_now();
+        }
+        time.advance(2 * SEC); // 11 s
+        assert_eq!(cache.get(&1), None, "expired at 11 s");
+        SLOW_RELEASE.store(true, Ordering::SeqCst);
+        assert_eq!(
+            reader.join().unwrap(),
+            Some(SlowClone(7)),
+            "live when it was read"
+        );
+        assert_eq!(cache.get(&1), None, "custom expiry: {custom}");
+        assert_eq!(cache.remove(&1), None);
+        cache.run_pending_tasks();
+        assert_eq!(
+            *log.lock().unwrap(),
+            vec![(1, 7, RemovalCause::Expired)],
+            "custom expiry: {custom}"
+        );
+    }
+}

@@ -361,6 +361,12 @@ where
     /// millisecond), so hot entries' reads write nothing. Zero and
     /// `Duration::MAX` mean what they mean for `time_to_live`.
     ///
+    /// A read returns the entry if it was live when the read took the clock.
+    /// Should the deadline pass before the read extends it (the value's
+    /// `Clone`, or an [`Expiry`] answering the read, taking
+    /// that long), the read still returns the value but leaves the deadline
+    /// where it was: the entry stays expired, as any other read since found it.
+    ///
     /// ```
     /// use std::time::Duration;
     /// use larder::{Cache, Clock};

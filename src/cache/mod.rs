@@ -571,7 +571,10 @@ where
                 .on_read(&entry.key, &entry.value, now, d)
             {
                 let later_only = self.inner.expiration.reads_only_extend();
-                map.move_deadline(token, at, later_only);
+                // The clock again: the value's `Clone` and the `Expiry` ran
+                // since `now`, and the entry may have expired meanwhile.
+                let now = self.inner.expiration.clock.now();
+                map.move_deadline(token, at, later_only, now);
             }
         }
     }

@@ -648,21 +648,24 @@ impl<K: Eq, V> Map<K, V> {
     /// With `later_only` (a time-to-idle: reads only ever extend it), a read
     /// that took the clock before a racing reader but stores after it keeps
     /// the later deadline instead of setting the entry's idle time back.
-    pub(crate) fn move_deadline(&self, token: Token, at: u64, later_only: bool) {
+    ///
+    /// `now` is the clock read again once the read has its new deadline
+    /// (after the value's `Clone` and the [`Expiry`](crate::Expiry), user
+    /// code that may take long): a deadline already past by then stays. The
+    /// entry expired while the read ran, and another read may have found it
+    /// gone: moving the deadline on would bring the entry back.
+    pub(crate) fn move_deadline(&self, token: Token, at: u64, later_only: bool, now: u64) {
         let Some(timers) = &self.timers else {
             return;
         };
         if let Some(slot) = timers.at.get(token as usize) {
-            if later_only {
-                slot.fetch_max(at, Ordering::Relaxed);
-                return;
-            }
-            // A load and a store, not a swap: racing readers each compare with
-            // what they saw, and whoever moves it earlier queues it; the
-            // writer files it by the deadline it finds then.
-            let before = slot.load(Ordering::Relaxed);
-            slot.store(at, Ordering::Relaxed);
-            if at < before {
+            // Racing readers each compare with what they find; whoever moves
+            // it earlier queues it, and the writer files it by the deadline
+            // it finds then.
+            let moved = slot.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |before| {
+                (before > now && (at > before || !later_only)).then_some(at)
+            });
+            if moved.is_ok_and(|before| at < before) {
                 let mut queued = timers.refile.lock();
                 if queued.len() < timers.at.len() {
                     queued.push(token);
@@ -852,13 +855,20 @@ mod tests {
         let (first, second) = (token(1), token(2));
         let written = map.deadlines(first).expect("timed").at;
         let (early, late) = (written + 3_000_000_000, written + 5_000_000_000);
-        map.move_deadline(first, late, true);
-        map.move_deadline(first, early, true);
+        map.move_deadline(first, late, true, 0);
+        map.move_deadline(first, early, true, 0);
         assert_eq!(map.deadlines(first).expect("timed").at, late);
-        map.move_deadline(second, late, false);
-        map.move_deadline(second, early, false);
+        map.move_deadline(second, late, false, 0);
+        map.move_deadline(second, early, false, 0);
         assert_eq!(map.deadlines(second).expect("timed").at, early);
         let timers = map.timers.as_ref().expect("timed");
+        assert_eq!(*timers.refile.lock(), vec![second]);
+        // A deadline the clock has passed since the read stays, either way.
+        for (token, later_only) in [(first, true), (second, false)] {
+            let passed = map.deadlines(token).expect("timed").at;
+            map.move_deadline(token, passed + 9_000_000_000, later_only, passed);
+            assert_eq!(map.deadlines(token).expect("timed").at, passed);
+        }
         assert_eq!(*timers.refile.lock(), vec![second]);
     }
 
@@ -892,8 +902,9 @@ mod tests {
     }
 
     /// A key whose `Hash` panics while the table grows (rehashing the
-    /// resident keys) loses only the write that grew it: the new entry is in
-    /// neither the slab nor the table, and the shard stays whole and usable.
+    /// resident keys) undoes only the write that grew it: the new entry is in
+    /// neither the slab nor the table but in `out`, refused for size (for the
+    /// listener), and the shard stays whole and usable.
     #[test]
     fn a_hash_panicking_as_the_table_grows_leaves_the_shard_whole() {
         use std::sync::atomic::{AtomicBool, Ordering};
@@ -913,15 +924,22 @@ mod tests {
             assert!(writer.insert_plain(hash_of(&k), k, k, 1, &mut out).is_ok());
             k += 1;
         }
+        assert!(out.is_empty());
         let resident = k;
         armed.store(true, Ordering::SeqCst);
         let grew = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             let mut writer = shard.write(&hash_of);
-            let _ = writer.insert_plain(hash_of(&10_000), 10_000, 0, 1, &mut out);
+            let _ = writer.insert_plain(hash_of(&10_000), 10_000, 7, 1, &mut out);
         }));
         assert!(grew.is_err(), "the growth hashed key 3 and panicked");
         armed.store(false, Ordering::SeqCst);
+        assert_eq!(
+            out.iter().map(|(k, v, c)| (*k, *v, *c)).collect::<Vec<_>>(),
+            vec![(10_000, 7, crate::RemovalCause::Size)]
+        );
+        out.clear();
         let mut writer = shard.write(&hash_of);
+        assert_eq!(writer.map.counters.rejections, 1);
         writer.validate();
         assert_eq!(writer.map.slab.len(), resident as usize);
         assert!(writer.map.find(hash_of(&10_000), &10_000).is_none());

@@ -58,9 +58,6 @@ impl<K: Eq, V, H: Fn(&K) -> u64> ShardWriter<'_, K, V, H> {
         }
         let now = self.map.timed().then(|| timing.clock.now());
         let found = self.map.find(hash, &key).map(|(t, _)| t);
-        if found.is_none() {
-            self.prefetch_insert(hash);
-        }
         // An entry already under the key whose deadline has passed leaves as
         // expired; it is taken out only after the user's code below has run,
         // so that a panic there changes nothing at all.
@@ -99,12 +96,7 @@ impl<K: Eq, V, H: Fn(&K) -> u64> ShardWriter<'_, K, V, H> {
                 self.replace(t, key, value, weight, out);
                 t
             }
-            None => {
-                if self.map.slab.is_full() {
-                    self.evict_for_token(now, out);
-                }
-                self.add(hash, key, value, weight)
-            }
+            None => self.place(hash, key, value, weight, now, out),
         };
         if let (Some(d), Some(timers)) = (timed, &mut self.map.timers) {
             timers.set(token, d);
@@ -155,13 +147,7 @@ impl<K: Eq, V, H: Fn(&K) -> u64> ShardWriter<'_, K, V, H> {
                 self.replace(t, key, value, weight, out);
                 t
             }
-            None => {
-                if self.map.slab.is_full() {
-                    self.evict_for_token(None, out);
-                }
-                self.prefetch_insert(hash);
-                self.add(hash, key, value, weight)
-            }
+            None => self.place(hash, key, value, weight, None, out),
         };
         self.settle(hash, token, existing.is_none(), None, out);
         Ok(())
@@ -202,17 +188,49 @@ impl<K: Eq, V, H: Fn(&K) -> u64> ShardWriter<'_, K, V, H> {
         self.with_policy(|p, view| p.on_access(t, view));
     }
 
-    /// Adds a new entry to the slab, the table and the policy; returns its token.
+    /// Makes room for a new key (a token, the table's room) and adds it;
+    /// returns its token. Making room hashes other keys (victims, the
+    /// policy's next candidate, the resident keys as the table grows):
+    /// should one's `Hash` panic, the unwinding hands the key and value to
+    /// `out` as refused for size, for the listener to hear, as a write undone
+    /// while it evicts is (see [`fit`](Self::fit)).
     #[inline(always)]
-    fn add(&mut self, hash: u64, key: K, value: V, weight: u32) -> Token {
-        let map = &mut *self.map;
-        let hash_of = self.hash_of;
-        // Room first: growing the table hashes the resident keys, and a key
-        // whose `Hash` panics then must not leave the new entry in the slab
-        // but out of the table.
+    fn place(
+        &mut self,
+        hash: u64,
+        key: K,
+        value: V,
+        weight: u32,
+        now: Option<u64>,
+        out: &mut Removed<K, V>,
+    ) -> Token {
+        let mut unplaced = Unplaced {
+            writer: self,
+            entry: Some((key, value)),
+            out,
+        };
+        if unplaced.writer.map.slab.is_full() {
+            unplaced.writer.evict_for_token(now, unplaced.out);
+        }
+        unplaced.writer.prefetch_insert(hash);
+        let writer = &mut *unplaced.writer;
+        let map = &mut *writer.map;
+        let hash_of = writer.hash_of;
         let slab = &map.slab;
         map.table
             .reserve_one(map.ceiling, |t| hash_of(&slab.get(t).key));
+        let Some((key, value)) = unplaced.entry.take() else {
+            unreachable!("taken only here");
+        };
+        drop(unplaced);
+        self.add(hash, key, value, weight)
+    }
+
+    /// Adds a new entry to the slab, the table (its room reserved: see
+    /// [`place`](Self::place)) and the policy; returns its token.
+    #[inline(always)]
+    fn add(&mut self, hash: u64, key: K, value: V, weight: u32) -> Token {
+        let map = &mut *self.map;
         let Some(t) = map.slab.insert(Entry::new(key, value, weight)) else {
             unreachable!("a full slab has a token given back before an add");
         };
@@ -693,6 +711,25 @@ impl<K: Eq, V, H: Fn(&K) -> u64> Drop for Undo<'_, '_, K, V, H> {
             let entry = writer.unlink(self.hash, self.token);
             writer.map.counters.rejections += 1;
             self.out.push((entry.key, entry.value, RemovalCause::Size));
+        }
+    }
+}
+
+/// A new key's write before it is placed (see [`ShardWriter::place`]):
+/// dropped still holding the key and value (another key's `Hash` panicked),
+/// it hands them to `out` as refused for size.
+struct Unplaced<'w, 'a, K: Eq, V, H: Fn(&K) -> u64> {
+    writer: &'w mut ShardWriter<'a, K, V, H>,
+    entry: Option<(K, V)>,
+    out: &'w mut Removed<K, V>,
+}
+
+impl<K: Eq, V, H: Fn(&K) -> u64> Drop for Unplaced<'_, '_, K, V, H> {
+    #[inline]
+    fn drop(&mut self) {
+        if let Some((key, value)) = self.entry.take() {
+            self.writer.map.counters.rejections += 1;
+            self.out.push((key, value, RemovalCause::Size));
         }
     }
 }
