@@ -662,10 +662,17 @@ impl<K: Eq, V> Map<K, V> {
             // Racing readers each compare with what they find; whoever moves
             // it earlier queues it, and the writer files it by the deadline
             // it finds then.
-            let moved = slot.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |before| {
-                (before > now && (at > before || !later_only)).then_some(at)
-            });
-            if moved.is_ok_and(|before| at < before) {
+            let mut before = slot.load(Ordering::Relaxed);
+            let moved = loop {
+                if before <= now || (later_only && at <= before) {
+                    break false;
+                }
+                match slot.compare_exchange_weak(before, at, Ordering::Relaxed, Ordering::Relaxed) {
+                    Ok(_) => break true,
+                    Err(found) => before = found,
+                }
+            };
+            if moved && at < before {
                 let mut queued = timers.refile.lock();
                 if queued.len() < timers.at.len() {
                     queued.push(token);
