@@ -2475,3 +2475,89 @@ fn writing_failed_keys_again_does_not_scan_every_unreported_failure() {
     assert_eq!(cache.write_stats().superseded, failures);
     assert!(cache.flush().is_ok(), "nothing left to report");
 }
+
+thread_local! {
+    /// Hashes of `Fickle` keys to let through on this thread before one panics.
+    static FICKLE_COUNTDOWN: std::cell::Cell<Option<u32>> = const { std::cell::Cell::new(None) };
+}
+
+/// A key whose `Hash` panics on this thread once `FICKLE_COUNTDOWN` runs out.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Fickle(u64);
+
+impl std::hash::Hash for Fickle {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        if let Some(left) = FICKLE_COUNTDOWN.with(|c| c.get()) {
+            FICKLE_COUNTDOWN.with(|c| c.set(left.checked_sub(1)));
+            assert!(left != 0, "the key's hash panics");
+        }
+        self.0.hash(state);
+    }
+}
+
+/// Refuses every write.
+struct Refuses;
+
+impl Store<Fickle, u64> for Refuses {
+    type Error = &'static str;
+    fn load(&self, _: &Fickle) -> Result<Option<u64>, Self::Error> {
+        Ok(None)
+    }
+    fn write(&self, _: &Op<Fickle, u64>) -> Result<(), Self::Error> {
+        Err("down")
+    }
+}
+
+/// A `flush` whose report meets a key's panicking `Hash` puts the report
+/// back whole: the writes their slots still hold take their keys' queue
+/// room once, as before the flush. Counting each as held by no slot as well
+/// took it twice until the next report: a queue of four holding three
+/// failed keys refused a fourth. Every hash the report runs is tried.
+#[test]
+fn a_report_put_back_by_a_panicking_hash_takes_its_keys_room_once() {
+    for countdown in 0..12 {
+        let cache = Cache::builder()
+            .max_capacity(100)
+            .write_back(
+                Refuses,
+                WriteBack::default()
+                    .retries(0, Duration::ZERO)
+                    .max_delay(Duration::ZERO)
+                    .queue_capacity(4)
+                    .backpressure(Backpressure::Fail),
+            )
+            .build()
+            .unwrap();
+        for k in 1..=3 {
+            cache.put(Fickle(k), 10 * k).unwrap();
+        }
+        wait_until("the failures", || cache.write_stats().failed == 3);
+        FICKLE_COUNTDOWN.with(|c| c.set(Some(countdown)));
+        let flushed = catch_unwind(AssertUnwindSafe(|| cache.flush()));
+        FICKLE_COUNTDOWN.with(|c| c.set(None));
+        let mut reported: Vec<u64> = match flushed {
+            Ok(Err(report)) => report.failed.iter().map(|f| f.op.key().0).collect(),
+            Ok(Ok(())) => panic!("three writes failed"),
+            Err(_) => Vec::new(),
+        };
+        for k in 1..=3 {
+            if !reported.contains(&k) {
+                assert_eq!(
+                    cache.get(&Fickle(k)),
+                    Ok(Some(10 * k)),
+                    "countdown {countdown}"
+                );
+            }
+        }
+        // One key more fits (three failed keys, or none once reported, in a
+        // queue of four).
+        assert_eq!(cache.put(Fickle(10), 100), Ok(()), "countdown {countdown}");
+        wait_until("the fourth failure", || cache.write_stats().failed == 4);
+        // And every failure is reported once, in order.
+        match cache.flush() {
+            Ok(()) => {}
+            Err(report) => reported.extend(report.failed.iter().map(|f| f.op.key().0)),
+        }
+        assert_eq!(reported, vec![1, 2, 3, 10], "countdown {countdown}");
+    }
+}

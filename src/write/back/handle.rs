@@ -467,7 +467,7 @@ where
     St: Store<K, V>,
 {
     let mut failed: Vec<_> = std::mem::take(&mut q.failed).into_iter().collect();
-    q.loose = 0;
+    let mut loose = std::mem::take(&mut q.loose);
     if let Some((from, reason)) = q.dead {
         let mut dead: Vec<_> = q
             .slots
@@ -483,6 +483,8 @@ where
             })
             .collect();
         dead.sort_unstable_by_key(|(seq, _)| *seq);
+        // Their slots are gone: held by no slot, should the report go back.
+        loose += dead.len();
         failed.extend(dead);
     }
     if failed.is_empty() {
@@ -490,8 +492,9 @@ where
     }
     // The keys' slots let go of what the report takes. Should a key's `Hash`
     // or `Eq` panic on the way, the report goes back whole, to be taken by
-    // the next one (each of its writes taking room until then, as if held
-    // by no slot), and the panic on to the caller.
+    // the next one (until then, each write a slot let go of takes room as
+    // one held by no slot; the others stay their slots'), and the panic on
+    // to the caller.
     // What the slots let go of is dropped once the lock is released (see
     // `Bin`).
     let mut bin = Bin::default();
@@ -503,6 +506,8 @@ where
             if let Some(slot) = q.slots.get_mut(key) {
                 if slot.failed.as_ref().is_some_and(|(s, _)| s == seq) {
                     if let Some((_, write)) = slot.failed.take() {
+                        // Held by no slot now, should the report go back.
+                        loose += 1;
                         bin.writes.push(write);
                     }
                 }
@@ -515,8 +520,19 @@ where
         }
     }));
     if let Err(panic) = released {
-        q.loose = failed.len();
+        // Loose: those no slot held before, and those whose slot let go of
+        // them above. The rest are still their slots' (counting them again
+        // took each such key's queue room twice, until the next report).
+        q.loose = loose;
         q.failed = failed.into_iter().collect();
+        // A slot emptied above but not removed (the key's `Hash` panicked
+        // removing it) must not take room as a dirty key: taken out without
+        // hashing.
+        bin.keys.extend(
+            q.slots
+                .extract_if(|_, slot| slot.is_empty())
+                .map(|(key, _)| key),
+        );
         drop(q);
         drop(bin);
         resume_unwind(panic);
