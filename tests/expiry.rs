@@ -225,6 +225,27 @@ fn per_entry_ttl_overrides_and_zero_means_do_not_cache() {
     assert_eq!(cache.get(&2), Some(2), "Duration::MAX never expires");
 }
 
+/// A write due at once (a zero TTL) is refused as it arrives, not stored to
+/// wait its turn behind entries already due: with more of those than one
+/// write reclaims, it would hold a slot and its weight, and the listener
+/// would not hear of it before the call returned.
+#[test]
+fn a_write_due_at_once_is_refused_even_behind_many_due_entries() {
+    let (cache, time, log) = cache_with(|b| b.time_to_live(SEC));
+    for k in 0..40 {
+        cache.insert(k, k);
+    }
+    time.advance(2 * SEC);
+    let inserts = cache.stats().inserts;
+    cache.insert_with(100, 7, EntryOptions::new().ttl(Duration::ZERO));
+    assert!(
+        taken(&log).contains(&(100, 7, RemovalCause::Expired)),
+        "heard before the call returned"
+    );
+    assert_eq!(cache.stats().inserts, inserts, "never stored");
+    assert_eq!(cache.peek(&100), None);
+}
+
 #[test]
 fn per_entry_ttl_works_without_configured_expiry() {
     let (cache, time, _) = cache_with(|b| b);

@@ -2561,3 +2561,111 @@ fn a_report_put_back_by_a_panicking_hash_takes_its_keys_room_once() {
         assert_eq!(reported, vec![1, 2, 3, 10], "countdown {countdown}");
     }
 }
+
+/// Refuses odd values; holds each call while the gate is shut.
+#[derive(Clone, Default)]
+struct GatedOdd(Arc<(Mutex<bool>, Condvar, AtomicU64)>);
+
+impl GatedOdd {
+    fn shut(&self, shut: bool) {
+        *self.0 .0.lock().unwrap() = shut;
+        self.0 .1.notify_all();
+    }
+
+    fn arrived(&self) -> u64 {
+        self.0 .2.load(Ordering::SeqCst)
+    }
+}
+
+impl Store<u64, u64> for GatedOdd {
+    type Error = &'static str;
+    fn load(&self, _: &u64) -> Result<Option<u64>, Self::Error> {
+        Ok(None)
+    }
+    fn write(&self, op: &Op<u64, u64>) -> Result<(), Self::Error> {
+        let (gate, moved, arrived) = &*self.0;
+        arrived.fetch_add(1, Ordering::SeqCst);
+        let mut shut = gate.lock().unwrap();
+        while *shut {
+            shut = moved.wait(shut).unwrap();
+        }
+        match op {
+            Op::Put(_, v) if v % 2 == 1 => Err("odd"),
+            _ => Ok(()),
+        }
+    }
+}
+
+type GatedOddCache =
+    Cache<u64, u64, larder::DefaultHashBuilder, larder::WriteBehind<u64, u64, GatedOdd>>;
+
+fn gated_odd_cache(queue: usize) -> (GatedOddCache, GatedOdd) {
+    let store = GatedOdd::default();
+    let cache = Cache::builder()
+        .max_capacity(100)
+        .write_back(
+            store.clone(),
+            WriteBack::default()
+                .retries(0, Duration::ZERO)
+                .max_delay(Duration::ZERO)
+                .queue_capacity(queue)
+                .backpressure(Backpressure::Fail),
+        )
+        .build()
+        .unwrap();
+    (cache, store)
+}
+
+/// A key's writes failing one after another: each failure its slot lets go
+/// of for the next is held by no slot and takes room, so that a store that
+/// is down cannot make them pile up. While those leave room, the key's next
+/// write is let in; once they fill the queue, it is refused.
+#[test]
+fn one_keys_failures_fill_the_queue_then_refuse_its_writes() {
+    let (cache, _store) = gated_odd_cache(4);
+    for (n, v) in (1..=5u64).map(|n| (n, 2 * n + 1)) {
+        cache.put(7, v).unwrap();
+        wait_until("the failure", || cache.write_stats().failed == n);
+    }
+    // Four failures held by no slot, the latest by the key's slot.
+    assert_eq!(cache.put(7, 13), Err(WriteError::QueueFull));
+    let report = cache.flush().unwrap_err();
+    let values: Vec<u64> = report
+        .failed
+        .iter()
+        .map(|f| match f.op {
+            Op::Put(_, v) => v,
+            Op::Delete(_) => 0,
+        })
+        .collect();
+    assert_eq!(values, vec![3, 5, 7, 9, 11]);
+    assert_eq!(cache.put(7, 13), Ok(()), "room again once reported");
+}
+
+/// A failure held by no slot (its key's next write was waiting when it
+/// failed) and superseded by that write, stored, gives its room back: were
+/// it to stay taken, every such outage would cost the queue a key's room.
+#[test]
+fn a_superseded_failure_held_by_no_slot_gives_its_room_back() {
+    let (cache, store) = gated_odd_cache(2);
+    for round in 0..3u64 {
+        store.shut(true);
+        let arrived = store.arrived();
+        cache.put(7, 2 * round + 1).unwrap(); // refused, once let through
+        wait_until("the write in flight", || store.arrived() == arrived + 1);
+        cache.put(7, 2 * round + 2).unwrap(); // waits behind it, then stored
+        store.shut(false);
+        wait_until("the stored write", || {
+            let stats = cache.write_stats();
+            stats.stored == round + 1 && stats.superseded == round + 1
+        });
+    }
+    // Two keys fit a queue of two: nothing is left taking room.
+    cache.put(1, 1).unwrap();
+    wait_until("the first failure", || cache.write_stats().failed == 4);
+    assert_eq!(cache.put(2, 1), Ok(()));
+    wait_until("the second failure", || cache.write_stats().failed == 5);
+    let report = cache.flush().unwrap_err();
+    let keys: Vec<u64> = report.failed.iter().map(|f| *f.op.key()).collect();
+    assert_eq!(keys, vec![1, 2], "the superseded failures are not reported");
+}

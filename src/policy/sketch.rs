@@ -313,6 +313,27 @@ mod tests {
         );
     }
 
+    /// An aging halves the period's count as well as the counters: the
+    /// next aging comes after half a period, as the halved counts are worth
+    /// half a period's sightings.
+    #[test]
+    fn the_period_after_an_aging_is_half_as_long() {
+        let mut s = Sketch::new(64); // sample size 640
+        let mut notes = 0;
+        while !s.take_aged() {
+            s.note(1);
+            notes += 1;
+        }
+        assert_eq!(notes, 640);
+        assert_eq!(s.size, 320);
+        let mut notes = 0;
+        while !s.take_aged() {
+            s.note(1);
+            notes += 1;
+        }
+        assert_eq!(notes, 320);
+    }
+
     #[test]
     fn aging_halves() {
         let mut s = Sketch::new(64);

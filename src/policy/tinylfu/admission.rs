@@ -129,7 +129,7 @@ impl TinyLfu {
     /// own count has aged past, which keeps ties with newcomers on a sketch
     /// saturated by a loop or a scan, so incumbents win them. The estimate is
     /// read only when the victim's own count would lose.
-    fn admit(&mut self, candidate: u8, victim: Token, entries: &impl Entries) -> bool {
+    pub(super) fn admit(&mut self, candidate: u8, victim: Token, entries: &impl Entries) -> bool {
         let beats = |count: u8| candidate > ADMIT_MARGIN.max(count.saturating_add(ADMIT_MARGIN));
         if beats(Self::count_of(victim, entries)) {
             let hash = self.hash_of(victim, entries);

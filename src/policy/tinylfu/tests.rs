@@ -87,6 +87,25 @@ fn warm_losers_are_admitted_one_time_in_about_128() {
     );
 }
 
+/// The rule for warm losers starts at exactly `ADMIT_WARM_THRESHOLD`: a
+/// candidate counted that often that loses its contest is admitted one time
+/// in about 128, one counted once less never.
+#[test]
+fn the_warm_loser_rule_starts_at_its_threshold() {
+    let (mut p, e) = saturated_cache();
+    let victim = p.probation.head().expect("a full main region");
+    assert_eq!(TinyLfu::count_of(victim, &e), 15);
+    let draws = 128 * 100;
+    let warm = (0..draws)
+        .filter(|_| p.admit(ADMIT_WARM_THRESHOLD, victim, &e))
+        .count();
+    assert!((50..150).contains(&warm), "{warm} of {draws} admitted");
+    let cool = (0..draws)
+        .filter(|_| p.admit(ADMIT_WARM_THRESHOLD - 1, victim, &e))
+        .count();
+    assert_eq!(cool, 0, "below the threshold, never");
+}
+
 #[test]
 fn warm_losers_are_admitted_at_random_whatever_the_capacity() {
     // The last capacity is the generator's seed constant.
