@@ -2669,3 +2669,51 @@ fn a_superseded_failure_held_by_no_slot_gives_its_room_back() {
     let keys: Vec<u64> = report.failed.iter().map(|f| *f.op.key()).collect();
     assert_eq!(keys, vec![1, 2], "the superseded failures are not reported");
 }
+
+/// Refuses every write and notes when each call came.
+#[derive(Clone, Default)]
+struct Stamps(Arc<Mutex<Vec<std::time::Instant>>>);
+
+impl Store<u64, u64> for Stamps {
+    type Error = &'static str;
+    fn load(&self, _: &u64) -> Result<Option<u64>, Self::Error> {
+        Ok(None)
+    }
+    fn write(&self, _: &Op<u64, u64>) -> Result<(), Self::Error> {
+        self.0.lock().unwrap().push(std::time::Instant::now());
+        Err("down")
+    }
+}
+
+/// Retries back off exponentially: each wait at least twice the one
+/// before, from the first backoff, up to `max_backoff` (lower bounds only:
+/// a sleep never ends early).
+#[test]
+fn retries_back_off_doubling_each_time() {
+    let store = Stamps::default();
+    let backoff = Duration::from_millis(20);
+    let cache = Cache::builder()
+        .max_capacity(10)
+        .write_back(
+            store.clone(),
+            WriteBack::default()
+                .max_delay(Duration::ZERO)
+                .retries(3, backoff)
+                .max_backoff(Duration::from_secs(1)),
+        )
+        .build()
+        .unwrap();
+    cache.put(1, 1).unwrap();
+    let report = cache.flush().unwrap_err();
+    assert_eq!(report.failed[0].attempts, 4);
+    let stamps = store.0.lock().unwrap().clone();
+    assert_eq!(stamps.len(), 4);
+    for (i, pair) in stamps.windows(2).enumerate() {
+        let least = backoff * (1 << i);
+        assert!(
+            pair[1] - pair[0] >= least,
+            "wait {i} was {:?}, under {least:?}",
+            pair[1] - pair[0]
+        );
+    }
+}

@@ -396,6 +396,26 @@ mod tests {
         assert_eq!(w.len(), 0);
     }
 
+    /// Once the parked tokens are back on the wheel, the earliest parked
+    /// deadline is forgotten: a token parked far out (due at `u64::MAX`) then
+    /// costs the clock's jumps nothing. Were the old one remembered, the
+    /// wheel would step one top-level turn at a time towards it, a unit of
+    /// work each, without end.
+    #[test]
+    fn a_far_parked_token_costs_the_clock_nothing_once_others_are_unparked() {
+        let mut w = Wheel::default();
+        w.schedule(1, 3 * SPAN + 17);
+        w.schedule(2, u64::MAX);
+        assert_eq!(drain(&mut w, 3 * SPAN + 17, 64), vec![1]);
+        let mut out = Vec::new();
+        assert!(
+            !w.advance(1000 * SPAN, 4, &mut out),
+            "a jump of a thousand turns is within a budget of four"
+        );
+        assert!(out.is_empty());
+        assert_eq!(w.deadline(2), Some(u64::MAX));
+    }
+
     #[test]
     fn rescheduling_and_cancelling_are_by_token() {
         let mut w = Wheel::default();

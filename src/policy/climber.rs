@@ -155,6 +155,25 @@ mod tests {
         }
     }
 
+    /// Small changes in the hit rate shrink the step (by `STEP_DECAY` each
+    /// period), so that the window settles instead of swinging about its
+    /// best size; a change of `RESTART_THRESHOLD` or more (the workload
+    /// changed) restarts it at full size, whichever way the rate went.
+    #[test]
+    fn climber_steps_decay_and_restart_on_a_large_change() {
+        let mut c = Climber::new(1000);
+        let mut period = |hits: u64| {
+            c.hits = hits;
+            c.misses = 10_000 - hits;
+            c.adjustment(1000)
+        };
+        assert_eq!(period(4_000), None, "the first rate only measures");
+        assert_eq!(period(4_100), Some(30), "a full step up");
+        assert_eq!(period(4_200), Some(28), "decayed: 30 × 0.95");
+        assert_eq!(period(3_000), Some(-27), "down, decayed once more");
+        assert_eq!(period(3_100), Some(-30), "restarted at full size");
+    }
+
     #[test]
     fn climber_grows_the_window_first() {
         let mut c = Climber::new(1000);
