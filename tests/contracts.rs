@@ -164,6 +164,42 @@ fn weight_bound_holds_and_heavy_entries_are_refused() {
     assert_eq!(cache.stats().rejections, 2);
 }
 
+/// The per-entry limit is the same for a write that brings a TTL or tags
+/// (which takes the store's general path) as for a plain one: an entry
+/// weighing exactly the limit is taken, one unit more is refused.
+#[test]
+fn the_per_entry_limit_holds_for_writes_with_ttl_or_tags() {
+    use larder::EntryOptions;
+    use std::time::Duration;
+    let options = [
+        EntryOptions::new(),
+        EntryOptions::new().ttl(Duration::from_secs(60)),
+        EntryOptions::new().tags(["t"]),
+    ];
+    for (i, options) in options.into_iter().enumerate() {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let sink = log.clone();
+        let cache: Cache<u32, String> = Cache::builder()
+            .max_capacity(100)
+            .shards(1)
+            .weigher(|_, v: &String| v.len() as u32)
+            .eviction_listener(move |k, v, cause| sink.lock().unwrap().push((k, v.len(), cause)))
+            .build()
+            .unwrap();
+        let limit = cache.max_entry_weight() as usize;
+        assert_eq!(limit, 100);
+        cache.insert_with(1, "x".repeat(limit), options.clone());
+        assert_eq!(cache.peek(&1).map(|v| v.len()), Some(limit), "options {i}");
+        cache.insert_with(2, "x".repeat(limit + 1), options);
+        assert_eq!(cache.peek(&2), None, "options {i}");
+        assert_eq!(
+            *log.lock().unwrap(),
+            vec![(2, limit + 1, RemovalCause::Size)],
+            "options {i}"
+        );
+    }
+}
+
 #[test]
 fn weights_above_the_largest_are_clamped_not_refused() {
     let cache: Cache<u32, u32> = Cache::builder()
