@@ -100,7 +100,8 @@
 //! ## Consistency
 //!
 //! Operations on one key are linearizable (one shard, one lock). `len`,
-//! `weighted_size`, `iter` and `stats` visit shards one by one and are weakly
+//! `weighted_size`, `iter`, `stats`, `invalidate_all`, `invalidate_tag(s)` and
+//! `invalidate_entries_if` visit shards one by one and are weakly
 //! consistent under concurrent writes. After any call returns, the weight is at
 //! most the capacity.
 //!

@@ -165,11 +165,15 @@ where
     /// [`RemovalCause::Invalidated`] ([`RemovalCause::Expired`] for one
     /// already past its deadline). Costs O(entries with the tag), not a scan
     /// of the cache. After the call returns, no read returns an entry that
-    /// carried the tag when the call began; an insert racing with the call
-    /// lands either before it (and is removed) or after it (and stays). A
-    /// load whose tags include `tag` and that is in flight when the call
-    /// returns, or that began before it and ended during it, hands its value
-    /// to its callers but is not cached.
+    /// carried the tag when the call began. Shards are swept one at a time,
+    /// each under its own lock (the listener hears a shard's removals before
+    /// the next is swept), so the call is not one instant for the whole
+    /// cache: an insert racing with it lands either before its own shard's
+    /// sweep (and is removed) or after it (and stays), and of two racing
+    /// inserts into different shards, the later may be removed while the
+    /// earlier stays. A load whose tags include `tag` and that is in flight
+    /// when the call returns, or that began before it and ended during it,
+    /// hands its value to its callers but is not cached.
     ///
     /// ```
     /// use larder::{Cache, EntryOptions};

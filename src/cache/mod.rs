@@ -181,8 +181,10 @@ const TAG_MARKS: usize = 64;
 /// # Consistency
 ///
 /// Each key lives in one shard behind one lock, so operations on one key are
-/// linearizable. Whole-cache views (`len`, `weighted_size`, `iter`, `stats`) visit
-/// shards one at a time and are weakly consistent under concurrent writes.
+/// linearizable. Whole-cache views (`len`, `weighted_size`, `iter`, `stats`)
+/// and whole-cache removals (`invalidate_all`, `invalidate_tag(s)`,
+/// `invalidate_entries_if`) visit shards one at a time and are weakly
+/// consistent under concurrent writes.
 ///
 /// # Bound
 ///
