@@ -209,6 +209,158 @@ fn read_through_shares_a_store_error_and_does_not_cache_it() {
     assert_eq!(cache.get(&1), Ok(Some(2)));
 }
 
+/// A store that tags each value it loads `group:{key / 10}` and gives it ten
+/// seconds to live; a load can be held once it has read, and the tagging
+/// made to panic.
+#[derive(Default)]
+struct Tagging {
+    data: Mutex<HashMap<u64, u64>>,
+    /// Taken by the next load, which waits at the first barrier once it has
+    /// read the store, then at the second before it returns.
+    hold: Mutex<Option<(Arc<Barrier>, Arc<Barrier>)>>,
+    panic_in_options: AtomicBool,
+    loads: AtomicU64,
+}
+
+impl Store<u64, u64> for Tagging {
+    type Error = String;
+
+    fn load(&self, key: &u64) -> Result<Option<u64>, String> {
+        self.loads.fetch_add(1, Ordering::SeqCst);
+        let value = self.data.lock().unwrap().get(key).copied();
+        let hold = self.hold.lock().unwrap().take();
+        if let Some((read, release)) = hold {
+            read.wait();
+            release.wait();
+        }
+        Ok(value)
+    }
+
+    fn write(&self, op: &Op<u64, u64>) -> Result<(), String> {
+        let mut data = self.data.lock().unwrap();
+        match op {
+            Op::Put(k, v) => data.insert(*k, *v),
+            Op::Delete(k) => data.remove(k),
+        };
+        Ok(())
+    }
+
+    fn load_options(&self, key: &u64, _value: &u64) -> larder::EntryOptions {
+        assert!(
+            !self.panic_in_options.load(Ordering::SeqCst),
+            "options refused"
+        );
+        larder::EntryOptions::new()
+            .tags([format!("group:{}", key / 10)])
+            .ttl(Duration::from_secs(10))
+    }
+}
+
+#[test]
+fn read_through_caches_what_it_loads_with_the_stores_tags_and_ttl() {
+    let (clock, time) = larder::Clock::mock();
+    let store = Tagging::default();
+    store
+        .data
+        .lock()
+        .unwrap()
+        .extend([(11, 110), (12, 120), (21, 210)]);
+    let cache = Cache::builder()
+        .max_capacity(100)
+        .clock(clock)
+        .read_through(store)
+        .build()
+        .unwrap();
+    for k in [11, 12, 21] {
+        assert_eq!(cache.get(&k), Ok(Some(k * 10)));
+    }
+    cache.invalidate_tag("group:1");
+    assert_eq!((cache.peek(&11), cache.peek(&12)), (None, None));
+    assert_eq!(cache.peek(&21), Some(210), "another group stays");
+    time.advance(Duration::from_secs(10));
+    assert_eq!(cache.peek(&21), None, "the store's ttl passed");
+    assert_eq!(cache.get(&21), Ok(Some(210)), "loaded again");
+    assert_eq!(cache.store().loads.load(Ordering::SeqCst), 4);
+}
+
+#[test]
+fn a_tag_invalidation_stops_a_load_that_read_the_store_before_the_change() {
+    let store = Tagging::default();
+    store.data.lock().unwrap().insert(1, 10);
+    let cache = Cache::builder()
+        .max_capacity(100)
+        .read_through(store)
+        .build()
+        .unwrap();
+    let (read, release) = (Arc::new(Barrier::new(2)), Arc::new(Barrier::new(2)));
+    *cache.store().hold.lock().unwrap() = Some((read.clone(), release.clone()));
+    std::thread::scope(|s| {
+        let reader = s.spawn(|| cache.get(&1));
+        read.wait(); // the load has read 10
+        cache.store().data.lock().unwrap().insert(1, 11); // the row changes...
+        cache.invalidate_tag("group:0"); // ...and the cache is told by its group
+        release.wait();
+        assert_eq!(reader.join().unwrap(), Ok(Some(10)), "its callers get it");
+    });
+    assert_eq!(cache.peek(&1), None, "but it is not cached");
+    assert_eq!(cache.get(&1), Ok(Some(11)));
+    assert_eq!(cache.store().loads.load(Ordering::SeqCst), 2);
+}
+
+#[test]
+fn a_panicking_load_options_fails_the_load_and_caches_nothing() {
+    let store = Tagging::default();
+    store.data.lock().unwrap().insert(1, 10);
+    store.panic_in_options.store(true, Ordering::SeqCst);
+    let cache = Cache::builder()
+        .max_capacity(100)
+        .read_through(store)
+        .build()
+        .unwrap();
+    let panicked = catch_unwind(AssertUnwindSafe(|| cache.get(&1)));
+    assert!(panicked.is_err(), "the caller sees the panic");
+    assert_eq!(cache.peek(&1), None);
+    assert_eq!(cache.stats().load_failures, 1);
+    cache
+        .store()
+        .panic_in_options
+        .store(false, Ordering::SeqCst);
+    assert_eq!(cache.get(&1), Ok(Some(10)), "the next caller loads afresh");
+    assert_eq!(cache.peek(&1), Some(10));
+}
+
+#[test]
+fn write_through_and_write_back_reads_take_the_stores_options_too() {
+    let through = Cache::builder()
+        .max_capacity(100)
+        .write_through(Tagging::default())
+        .build()
+        .unwrap();
+    through.store().data.lock().unwrap().insert(5, 50);
+    assert_eq!(through.get(&5), Ok(Some(50)));
+    through.invalidate_tag("group:0");
+    assert_eq!(through.peek(&5), None, "a loaded copy carries the tag");
+
+    // Write-back: a miss that the queue does not answer loads the same way.
+    let back = Cache::builder()
+        .max_capacity(100)
+        .write_back(
+            Tagging::default(),
+            WriteBack::default().max_delay(Duration::MAX),
+        )
+        .build()
+        .unwrap();
+    back.store().data.lock().unwrap().insert(7, 70);
+    back.put(8, 80).unwrap();
+    assert_eq!(back.get(&7), Ok(Some(70)));
+    back.invalidate_tag("group:0");
+    assert_eq!(back.peek(&7), None, "a loaded copy carries the tag");
+    assert_eq!(back.peek(&8), Some(80), "a put without tags has none");
+    assert_eq!(back.store().loads.load(Ordering::SeqCst), 1);
+    back.flush().unwrap();
+    assert_eq!(back.store().data.lock().unwrap().get(&8), Some(&80));
+}
+
 // --------------------------------------------------------------- write-through
 
 #[test]

@@ -17,6 +17,8 @@ struct Db {
     fail: AtomicBool,
     /// Store calls take this long (milliseconds).
     delay_ms: AtomicU64,
+    /// Loaded values are tagged `parity:{key % 2}`.
+    tag_loads: AtomicBool,
 }
 
 impl Db {
@@ -57,6 +59,14 @@ impl AsyncStore<u64, u64> for Remote {
             };
         }
         Ok(())
+    }
+
+    fn load_options(&self, key: &u64, _value: &u64) -> larder::EntryOptions {
+        if self.0.tag_loads.load(Ordering::SeqCst) {
+            larder::EntryOptions::new().tags([format!("parity:{}", key % 2)])
+        } else {
+            larder::EntryOptions::default()
+        }
     }
 }
 
@@ -327,6 +337,48 @@ async fn async_write_back_reads_its_writes_and_flushes() {
     assert_eq!(remote.0.value(200), Some(1));
     assert_eq!(cache.put(201, 1), Err(WriteError::Closed));
     assert_eq!(cache.get_async(&200).await, Ok(Some(1)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_stores_tag_what_they_load_read_through_and_write_back() {
+    let remote = Remote::default();
+    remote.0.tag_loads.store(true, Ordering::SeqCst);
+    remote
+        .0
+        .data
+        .lock()
+        .unwrap()
+        .extend([(1, 10), (2, 20), (3, 30)]);
+    let through = Cache::builder()
+        .max_capacity(100)
+        .read_through(remote.clone())
+        .build()
+        .unwrap();
+    let handle = tokio::runtime::Handle::current();
+    let spawned = Spawned::new(remote.clone(), move |call| {
+        handle.spawn(call);
+    });
+    let back = Cache::builder()
+        .max_capacity(100)
+        .write_back(spawned, WriteBack::default())
+        .build()
+        .unwrap();
+    for k in [1, 2, 3] {
+        assert_eq!(through.get_async(&k).await, Ok(Some(k * 10)));
+        assert_eq!(back.get_async(&k).await, Ok(Some(k * 10)));
+    }
+    through.invalidate_tag("parity:1");
+    back.invalidate_tag("parity:1");
+    for cache in [
+        &through.peek(&1),
+        &through.peek(&3),
+        &back.peek(&1),
+        &back.peek(&3),
+    ] {
+        assert_eq!(*cache, None, "odd keys were tagged as loaded");
+    }
+    assert_eq!((through.peek(&2), back.peek(&2)), (Some(20), Some(20)));
+    back.close_async().await.unwrap();
 }
 
 /// On a single-threaded runtime, a writer that blocked its thread for room

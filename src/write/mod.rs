@@ -17,6 +17,7 @@ mod key_locks;
 mod policies;
 mod settings;
 
+use crate::EntryOptions;
 use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
@@ -126,6 +127,54 @@ pub trait Store<K, V>: Send + Sync + 'static {
     fn write_batch(&self, ops: &[Op<K, V>]) -> Result<(), Self::Error> {
         ops.iter().try_for_each(|op| self.write(op))
     }
+
+    /// How a value read through this store is cached: its time to live and
+    /// its tags. It is called for each value a `get` caches after a miss:
+    /// one this store loaded or, with write-back, one the load found queued.
+    /// The default caches it with neither.
+    ///
+    /// Tag loaded values here for [`invalidate_tag`](crate::Cache::invalidate_tag)
+    /// to reach them, and to reach a load still in flight: a load whose tags
+    /// include an invalidated tag hands its value to its callers but does not
+    /// cache it, even if it read the store before the change the invalidation
+    /// stands for. A load with no tags is not stopped by a tag invalidation;
+    /// `delete` (or [`Cache::remove`](crate::Cache::remove)) stops any load
+    /// of its key. A panic here fails the load as a panic in
+    /// [`load`](Self::load) would.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use larder::{Cache, EntryOptions, Op, Store};
+    ///
+    /// /// Orders, keyed by id; order `id` belongs to customer `id / 100`.
+    /// struct Orders;
+    /// impl Store<u64, String> for Orders {
+    ///     type Error = std::convert::Infallible;
+    ///     fn load(&self, id: &u64) -> Result<Option<String>, Self::Error> {
+    ///         Ok(Some(format!("order {id}")))
+    ///     }
+    ///     fn write(&self, _op: &Op<u64, String>) -> Result<(), Self::Error> {
+    ///         Ok(())
+    ///     }
+    ///     fn load_options(&self, id: &u64, _order: &String) -> EntryOptions {
+    ///         EntryOptions::new()
+    ///             .tags([format!("customer:{}", id / 100)])
+    ///             .ttl(Duration::from_secs(60))
+    ///     }
+    /// }
+    ///
+    /// let cache = Cache::builder().max_capacity(100).read_through(Orders).build().unwrap();
+    /// cache.get(&701).unwrap();
+    /// cache.get(&702).unwrap();
+    /// cache.get(&801).unwrap();
+    /// cache.invalidate_tag("customer:7"); // customer 7's orders changed
+    /// assert_eq!(cache.len(), 1);
+    /// assert!(cache.contains_key(&801));
+    /// ```
+    fn load_options(&self, key: &K, value: &V) -> EntryOptions {
+        let _ = (key, value);
+        EntryOptions::default()
+    }
 }
 
 /// The async twin of [`Store`], for async database clients: the same
@@ -178,6 +227,40 @@ pub trait AsyncStore<K, V>: Send + Sync + 'static {
     /// (one connection per key, say, or a version check).
     fn write_batch(&self, ops: &[Op<K, V>])
         -> impl Future<Output = Result<(), Self::Error>> + Send;
+
+    /// How a value read through this store is cached: its time to live and
+    /// its tags (see [`Store::load_options`]). The default caches it with
+    /// neither.
+    ///
+    /// ```
+    /// use larder::{AsyncStore, Cache, EntryOptions, Op};
+    ///
+    /// struct Remote;
+    /// impl AsyncStore<u32, String> for Remote {
+    ///     type Error = std::io::Error;
+    ///     async fn load(&self, key: &u32) -> Result<Option<String>, Self::Error> {
+    ///         Ok(Some(format!("remote {key}")))
+    ///     }
+    ///     async fn write_batch(&self, _ops: &[Op<u32, String>]) -> Result<(), Self::Error> {
+    ///         Ok(())
+    ///     }
+    ///     fn load_options(&self, key: &u32, _value: &String) -> EntryOptions {
+    ///         EntryOptions::new().tags([format!("shelf:{}", key / 10)])
+    ///     }
+    /// }
+    /// # let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    /// # runtime.block_on(async {
+    /// let cache = Cache::builder().max_capacity(100).read_through(Remote).build().unwrap();
+    /// cache.get_async(&31).await.unwrap();
+    /// cache.get_async(&42).await.unwrap();
+    /// cache.invalidate_tag("shelf:3");
+    /// assert!(!cache.contains_key(&31) && cache.contains_key(&42));
+    /// # });
+    /// ```
+    fn load_options(&self, key: &K, value: &V) -> EntryOptions {
+        let _ = (key, value);
+        EntryOptions::default()
+    }
 }
 
 /// An [`AsyncStore`] made usable by a write-back cache's flusher thread: each
@@ -343,6 +426,10 @@ where
     fn write_batch(&self, ops: &[Op<K, V>]) -> Result<(), Self::Error> {
         let (store, ops) = (Arc::clone(&self.store), ops.to_vec());
         self.run(async move { store.write_batch(&ops).await })
+    }
+
+    fn load_options(&self, key: &K, value: &V) -> EntryOptions {
+        self.store.load_options(key, value)
     }
 }
 

@@ -23,18 +23,23 @@ where
     V: Clone + Send + Sync + 'static,
     S: BuildHasher,
 {
-    /// A cache hit, or one load per key through `fetch`, cached if it finds
-    /// a value and nothing wrote the key meanwhile.
+    /// A cache hit, or one load per key through `fetch`, cached with the
+    /// `options` it gives the value if it finds one and nothing wrote the
+    /// key (or invalidated one of those tags) meanwhile.
     fn read_through<E: Send + Sync + 'static>(
         &self,
         key: &K,
         fetch: impl FnOnce(&K) -> Result<Option<V>, E>,
+        options: impl FnOnce(&K, &V) -> EntryOptions,
     ) -> Loaded<V, E> {
         if let Some(v) = self.get_cached(key) {
             return Ok(Some(v));
         }
         self.load(key.clone(), Mode::Store, |k| {
-            Ok(fetch(k)?.map(|v| (v, EntryOptions::default())))
+            Ok(fetch(k)?.map(|v| {
+                let options = options(k, &v);
+                (v, options)
+            }))
         })
     }
 
@@ -93,16 +98,23 @@ where
         resume_unwind(panic)
     }
 
-    /// An async read-through miss: one load per key through `fetch`.
+    /// An async read-through miss: one load per key through `fetch`, cached
+    /// with the `options` it gives the value (as [`read_through`](Self::read_through)).
     async fn read_through_async<E: Send + Sync + 'static>(
         &self,
         key: &K,
         fetch: impl std::future::Future<Output = Result<Option<V>, E>>,
+        options: impl FnOnce(&K, &V) -> EntryOptions,
     ) -> Loaded<V, E> {
         if let Some(v) = self.get_cached(key) {
             return Ok(Some(v));
         }
-        let load = async { Ok(fetch.await?.map(|v| (v, EntryOptions::default()))) };
+        let load = async {
+            Ok(fetch.await?.map(|v| {
+                let options = options(key, &v);
+                (v, options)
+            }))
+        };
         self.load_async(key.clone(), Mode::Store, load).await
     }
 

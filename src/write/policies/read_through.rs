@@ -46,7 +46,8 @@ where
     /// assert_eq!(cache.peek(&7), Some(49));
     /// ```
     pub fn get(&self, key: &K) -> Result<Option<V>, Arc<St::Error>> {
-        self.read_through(key, |k| self.policy().store.load(k))
+        let store = &self.policy().store;
+        self.read_through(key, |k| store.load(k), |k, v| store.load_options(k, v))
     }
 
     /// Caches `value` under `key`; the store is the caller's to write.
@@ -320,7 +321,8 @@ where
         // The store's call is made only by the caller that leads the load:
         // a store may start its request when `load` is called, not when the
         // future is first polled.
-        self.read_through_async(key, async { store.load(key).await })
+        let options = |k: &K, v: &V| store.load_options(k, v);
+        self.read_through_async(key, async { store.load(key).await }, options)
             .await
     }
 

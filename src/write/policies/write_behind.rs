@@ -79,11 +79,12 @@ where
             Some(Pending::Delete) => return Ok(None),
             None => {}
         }
-        self.read_through(key, |k| match policy.lookup(k) {
+        let fetch = |k: &K| match policy.lookup(k) {
             Some(Pending::Put(v)) => Ok(Some(v)),
             Some(Pending::Delete) => Ok(None),
             None => policy.store().load(k),
-        })
+        };
+        self.read_through(key, fetch, |k, v| policy.store().load_options(k, v))
     }
 
     /// Caches `value` and queues its write to the store. A later write to
@@ -849,6 +850,7 @@ where
                 None => policy.store().store().load(key).await,
             }
         };
-        self.read_through_async(key, fetch).await
+        let options = |k: &K, v: &V| policy.store().load_options(k, v);
+        self.read_through_async(key, fetch, options).await
     }
 }
