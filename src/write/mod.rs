@@ -138,8 +138,8 @@ pub trait Store<K, V>: Send + Sync + 'static {
     /// include an invalidated tag hands its value to its callers but does not
     /// cache it, even if it read the store before the change the invalidation
     /// stands for. A load with no tags is not stopped by a tag invalidation;
-    /// `delete` (or [`Cache::remove`](crate::Cache::remove)) stops any load
-    /// of its key. A panic here fails the load as a panic in
+    /// the cache's `delete` of a key (and `invalidate_all`) stops any load
+    /// of it. A panic here fails the load as a panic in
     /// [`load`](Self::load) would.
     ///
     /// ```
