@@ -1,6 +1,7 @@
 //! What maintenance of an empty shard allocates: nothing, with or without the
-//! room `initial_capacity` reserved; and what a write-back queue holds while
-//! flush reports overlap without end: no more as writes go on. Counted with a
+//! room `initial_capacity` reserved; what a write-back queue holds while
+//! flush reports overlap without end, and what the tag index holds while a
+//! key is re-tagged without end: no more as writes go on. Counted with a
 //! global allocator that
 //! counts every thread's allocations, so this binary runs one test, which
 //! makes the checks one after another (the harness's own threads then stay
@@ -35,6 +36,40 @@ fn empty_shards_allocate_nothing_and_churn_holds_no_more() {
     refused_writes_into_an_empty_shard_allocate_nothing();
     overlapping_reports_hold_no_more_as_writes_are_stored();
     rewrites_within_a_standing_tick_hold_no_more_as_they_go_on();
+    retagging_a_key_with_ever_new_tags_holds_no_more();
+}
+
+/// A key re-tagged with ever-new tags (a version, a timestamp) while its
+/// shard is never emptied: each tag's interned id is freed with its group
+/// and taken again by the next, so the index holds no more as it goes on.
+fn retagging_a_key_with_ever_new_tags_holds_no_more() {
+    let cache: Cache<u64, u64> = Cache::builder()
+        .max_capacity(100)
+        .shards(1)
+        .build()
+        .unwrap();
+    cache.insert_with(0, 0, EntryOptions::new().tags(["steady"]));
+    let retag = |from: u64, to: u64| {
+        for version in from..to {
+            cache.insert_with(1, version, EntryOptions::new().tags([version]));
+        }
+    };
+    retag(0, 1_000); // the index's tables reach their size
+    let region = Region::new(GLOBAL);
+    retag(1_000, 101_000);
+    let change = region.change();
+    let held = change.bytes_allocated as i64 - change.bytes_deallocated as i64;
+    assert!(
+        held < 64 * 1024,
+        "100,000 re-taggings of one key left {held} bytes held"
+    );
+    // The index still works: the last tag finds its entry, the first none.
+    cache.invalidate_tag(1_000u64);
+    assert_eq!(cache.peek(&1), Some(100_999));
+    cache.invalidate_tag(100_999u64);
+    assert_eq!((cache.peek(&1), cache.peek(&0)), (None, Some(0)));
+    cache.invalidate_tag("steady");
+    assert!(cache.is_empty());
 }
 
 fn invalidate_all_on_an_empty_cache_allocates_nothing() {

@@ -722,6 +722,51 @@ fn iter_resumed_after_a_clone_panic_yields_each_entry_once() {
     assert_eq!(seen, expected);
 }
 
+/// A key whose `Clone` panics halfway through the batch `iter` takes from
+/// a shard: the keys cloned before it must not stay behind in the iterator
+/// to be yielded again when the iteration carries on and takes the batch
+/// anew (fails when the batch is collected straight into the iterator's own).
+#[test]
+fn iter_resumed_after_a_key_clone_panic_yields_each_entry_once() {
+    use std::cell::Cell;
+    thread_local! {
+        /// Key clones left before the next one panics (`usize::MAX`: none does).
+        static KEY_CLONES_BEFORE_PANIC: Cell<usize> = const { Cell::new(usize::MAX) };
+    }
+    #[derive(Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+    struct Key(u32);
+    impl Clone for Key {
+        fn clone(&self) -> Self {
+            KEY_CLONES_BEFORE_PANIC.with(|left| {
+                let n = left.get();
+                if n != usize::MAX {
+                    left.set(n.saturating_sub(1));
+                    assert!(n != 0, "the key refuses to be cloned");
+                }
+            });
+            Key(self.0)
+        }
+    }
+    let cache: Cache<Key, u32> = Cache::builder()
+        .max_capacity(100)
+        .shards(1)
+        .build()
+        .unwrap();
+    for k in 0..10 {
+        cache.insert(Key(k), k * 10);
+    }
+    let mut iter = cache.iter();
+    // The first `next` clones the shard's batch (all ten keys); the fourth
+    // clone panics.
+    KEY_CLONES_BEFORE_PANIC.with(|left| left.set(3));
+    assert!(catch_unwind(AssertUnwindSafe(|| iter.next())).is_err());
+    KEY_CLONES_BEFORE_PANIC.with(|left| left.set(usize::MAX));
+    let mut seen: Vec<(Key, u32)> = iter.collect();
+    seen.sort_unstable();
+    let expected: Vec<(Key, u32)> = (0..10).map(|k| (Key(k), k * 10)).collect();
+    assert_eq!(seen, expected);
+}
+
 /// Counts the keys hashed.
 #[derive(Clone, Default)]
 struct CountingHasher(Arc<AtomicUsize>);

@@ -488,8 +488,11 @@ fn a_write_through_store_that_panics_after_taking_the_write_leaves_no_stale_copy
             }
         }
     }
+    let heard: Arc<Mutex<Vec<(u64, u64, larder::RemovalCause)>>> = Arc::default();
+    let sink = heard.clone();
     let cache = Cache::builder()
         .max_capacity(100)
+        .eviction_listener(move |k, v, cause| sink.lock().unwrap().push((k, v, cause)))
         .write_through(TakesThenPanics::default())
         .build()
         .unwrap();
@@ -497,6 +500,15 @@ fn a_write_through_store_that_panics_after_taking_the_write_leaves_no_stale_copy
     cache.put(7, 70).unwrap();
     assert!(catch_unwind(AssertUnwindSafe(|| cache.put(1, 13))).is_err());
     assert!(catch_unwind(AssertUnwindSafe(|| cache.delete(&7))).is_err());
+    assert_eq!((cache.peek(&1), cache.peek(&7)), (None, None));
+    assert_eq!(
+        *heard.lock().unwrap(),
+        [
+            (1, 10, larder::RemovalCause::Explicit),
+            (7, 70, larder::RemovalCause::Explicit)
+        ],
+        "the copies dropped after the store's panics reach the listener"
+    );
     // The store took both writes: the cache must not keep serving the old values.
     assert_eq!(cache.get(&1), Ok(Some(13)));
     assert_eq!(cache.get(&7), Ok(None));

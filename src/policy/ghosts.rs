@@ -164,4 +164,43 @@ mod tests {
             "an evicted ghost taken for a turned-away one"
         );
     }
+
+    /// No key's print is 0, an empty slot's mark: such a key would find a
+    /// ghost in every empty slot (fails without the print's low bit set).
+    #[test]
+    fn no_key_finds_its_ghost_in_an_empty_slot() {
+        let hash = |k: u64| k.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let mut evicted = Ghosts::new(1);
+        for k in 0..2_000_000 {
+            assert!(
+                !evicted.take_evicted(hash(k)),
+                "key {k} took an evicted ghost from an empty slot"
+            );
+            assert!(
+                !Ghosts::new(1).returned(hash(k)),
+                "key {k} found a turned-away ghost in an empty table"
+            );
+        }
+    }
+
+    /// Keys spread over every slot: direct-mapped over n slots, the ghost of
+    /// a key followed by j others survives with probability (1 - 1/n)^j, so
+    /// of the last n/2 keys about 79% keep theirs; over half the slots
+    /// (a slot index short of a bit), 63%.
+    #[test]
+    fn the_ghost_table_uses_all_its_slots() {
+        const LEN: u64 = 4096;
+        let hash = |k: u64| k.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let mut table = Ghosts::new(LEN as usize);
+        for k in 0..10 * LEN {
+            table.remember_evicted(hash(k));
+        }
+        let recent = 10 * LEN - LEN / 2..10 * LEN;
+        let kept = recent.filter(|&k| table.take_evicted(hash(k))).count() as u64;
+        assert!(
+            kept * 100 > (LEN / 2) * 72,
+            "only {kept} of the last {} ghosts kept in {LEN} slots",
+            LEN / 2
+        );
+    }
 }
