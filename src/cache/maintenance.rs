@@ -165,7 +165,9 @@ where
     /// [`RemovalCause::Invalidated`] ([`RemovalCause::Expired`] for one
     /// already past its deadline). Costs O(entries with the tag), not a scan
     /// of the cache. After the call returns, no read returns an entry that
-    /// carried the tag when the call began. Shards are swept one at a time,
+    /// carried the tag when the call began. (A write-back cache's `get`
+    /// still finds a value whose write waits in its queue: tags mark cached
+    /// copies, not queued writes.) Shards are swept one at a time,
     /// each under its own lock (the listener hears a shard's removals before
     /// the next is swept), so the call is not one instant for the whole
     /// cache: an insert racing with it lands either before its own shard's
