@@ -1,7 +1,9 @@
 //! The timer wheel against a `BTreeMap` model: random schedules, cancels and
-//! advances with small budgets; the same tokens must come due at each advance
-//! (in deadline order, but for those found due as a slot is spilled), with the
-//! wheel's invariants intact after every call.
+//! advances with small budgets, some left stopped part-way (a slot half
+//! spilled, tokens waiting to be handed out) while more schedules and cancels
+//! run; every token handed out must be due, an advance that finishes must
+//! have handed out every token due, and the wheel's invariants must hold
+//! after every call.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
