@@ -160,6 +160,16 @@ fn first_other(list: &List, entries: &impl Entries, keep: Token) -> Option<Token
     if head != keep {
         return Some(head);
     }
-    let (_, next) = entries.link(head);
+    next_of(head, entries)
+}
+
+/// The token after `token` on its list. Out of line: inlined, it had the
+/// loops of `victim` and `main_victim` work out the address of `keep`'s
+/// slot before they start and keep it on the stack, for a head that is
+/// seldom `keep` (6 instructions per evicting insert, 1.3 per operation of
+/// the throughput mix, under callgrind).
+#[inline(never)]
+fn next_of(token: Token, entries: &impl Entries) -> Option<Token> {
+    let (_, next) = entries.link(token);
     (next != NIL).then_some(next)
 }
