@@ -126,8 +126,8 @@ impl Expiry<u8, u32> for Fuzzed {
 enum Op {
     Get(u8),
     Contains(u8),
-    Insert(u8, u16),
-    InsertTtl(u8, u16, u16),
+    Insert(u8),
+    InsertTtl(u8, u16),
     Remove(u8),
     Advance(u16),
     /// Moves the clock to a key's deadline exactly (with the `bool`, to 1 ms
@@ -135,7 +135,7 @@ enum Op {
     AdvanceToDeadline(u8, bool),
     Maintain,
     InvalidateAll,
-    InsertTagged(u8, u16, u8),
+    InsertTagged(u8, u8),
     InvalidateTag(u8),
 }
 
@@ -235,7 +235,7 @@ fuzz_target!(|input: Input| {
                 }
             }
             Op::Contains(k) => assert_eq!(cache.contains_key(&k), live(&model, k, now).is_some()),
-            Op::InsertTagged(k, _, mask) => {
+            Op::InsertTagged(k, mask) => {
                 writes += 1;
                 let v = writes;
                 cause = Some((RemovalCause::Replaced, Some(k)));
@@ -271,7 +271,7 @@ fuzz_target!(|input: Input| {
                     tags.remove(&k);
                 }
             }
-            Op::Insert(k, _) => {
+            Op::Insert(k) => {
                 writes += 1;
                 let v = writes;
                 cause = Some((RemovalCause::Replaced, Some(k)));
@@ -283,7 +283,7 @@ fuzz_target!(|input: Input| {
                     None => model.remove(&k),
                 };
             }
-            Op::InsertTtl(k, _, ttl) => {
+            Op::InsertTtl(k, ttl) => {
                 writes += 1;
                 let v = writes;
                 cause = Some((RemovalCause::Replaced, Some(k)));
