@@ -2628,8 +2628,11 @@ fn writing_failed_keys_again_does_not_scan_every_unreported_failure() {
     for k in 0..failures {
         cache.put(Counted(base + k), k + 1).unwrap();
     }
+    // The flusher counts a failure superseded after the store has taken the
+    // write that supersedes it: wait for both.
     wait_until("the rewrites", || {
         store.took.lock().unwrap().len() as u64 == failures
+            && cache.write_stats().superseded >= failures
     });
     let compared = EQ_CALLS_REWRITTEN.load(Ordering::SeqCst) - before;
     assert!(

@@ -39,7 +39,8 @@ use std::time::Duration;
 
 use arbitrary::Arbitrary;
 use larder::{
-    Backpressure, Cache, DefaultHashBuilder, Op, Store, WriteBack, WriteBehind, WriteError,
+    Backpressure, Cache, DefaultHashBuilder, EntryOptions, Op, Store, WriteBack, WriteBehind,
+    WriteError,
 };
 
 /// Writes handed to the failure handler, as `(key, value or deletion)`.
@@ -48,8 +49,11 @@ use libfuzzer_sys::fuzz_target;
 
 #[derive(Arbitrary, Debug)]
 enum Step {
-    Put(u8, u16),
+    /// With `true`, the cached copy is tagged (`put_with`).
+    Put(u8, u16, bool),
     Delete(u8),
+    /// Drops the tagged cached copies; their writes stay queued.
+    InvalidateTag,
     Get(u8),
     Flush,
     Fail(bool),
@@ -228,9 +232,9 @@ fuzz_target!(|input: Input| {
     // only to book a call's outcome: the calls of two writers overlap, and
     // their keys never meet.
     let step = |step: &Step, key: &dyn Fn(u8) -> u8| match *step {
-        Step::Put(k, v) => {
+        Step::Put(k, v, tagged) => {
             let k = key(k);
-            match cache.put(k, v) {
+            match put(&cache, k, v, tagged) {
                 Ok(()) => {
                     let mut m = state.lock().unwrap();
                     m.settled.remove(&k);
@@ -283,6 +287,7 @@ fuzz_target!(|input: Input| {
                 );
             }
         }
+        Step::InvalidateTag => cache.invalidate_tag("t"),
         Step::Fail(on) => db.0.failing.store(on, Ordering::SeqCst),
         Step::Panic(on) => db.0.panicking.store(on, Ordering::SeqCst),
         Step::Flush => unreachable!("flushes end a stretch"),
@@ -344,6 +349,17 @@ struct Seen {
 /// writers acknowledged `a` and `b` in their own orders: some interleaving of
 /// the two contains it in order (a write overtaken in the queue before it
 /// was stored is never stored at all).
+/// A write-back `put`, with the cached copy tagged `"t"` when `tagged`: a tag
+/// invalidation drops the copy as an eviction would, and every read must
+/// still find the write (queued, stored or reported) as after an eviction.
+fn put(cache: &WbCache, k: u8, v: u16, tagged: bool) -> Result<(), WriteError<&'static str>> {
+    if tagged {
+        cache.put_with(k, v, EntryOptions::new().tags(["t"]))
+    } else {
+        cache.put(k, v)
+    }
+}
+
 fn interleaves(log: &[Option<u16>], a: &[Option<u16>], b: &[Option<u16>]) -> bool {
     // For each count of `a`'s writes passed, the fewest of `b`'s passed.
     let mut reach: Vec<Option<usize>> = vec![None; a.len() + 1];
@@ -395,7 +411,7 @@ fn shared_keys(input: &Input, cache: &WbCache, db: &Shared, handed: &Handed) {
                         let mut seen = Seen::default();
                         for s in steps.iter().skip(t).step_by(2) {
                             match *s {
-                                Step::Put(k, v) => match cache.put(k % 8, v) {
+                                Step::Put(k, v, tagged) => match put(cache, k % 8, v, tagged) {
                                     Ok(()) => seen.acked.entry(k % 8).or_default().push(Some(v)),
                                     Err(WriteError::QueueFull) => assert!(!blocking),
                                     Err(e) => panic!("unexpected {e:?}"),
@@ -408,6 +424,7 @@ fn shared_keys(input: &Input, cache: &WbCache, db: &Shared, handed: &Handed) {
                                 Step::Get(k) => {
                                     seen.reads.push((k % 8, cache.get(&(k % 8)).unwrap()))
                                 }
+                                Step::InvalidateTag => cache.invalidate_tag("t"),
                                 Step::Fail(on) => db.0.failing.store(on, Ordering::SeqCst),
                                 Step::Panic(on) => db.0.panicking.store(on, Ordering::SeqCst),
                                 Step::Flush => {}
