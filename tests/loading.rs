@@ -876,7 +876,10 @@ mod asynchronous {
                         .await
                 })
             };
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            // The leader's load has begun: it leads the flight.
+            while loads.load(Ordering::SeqCst) == 0 {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
             let waiters: Vec<_> = (0..2)
                 .map(|_| {
                     let (cache, loads) = (cache.clone(), loads.clone());

@@ -116,7 +116,7 @@ fn a_loader_asking_for_its_own_key_behind_a_pending_flight_panics() {
         });
         std::thread::sleep(Duration::from_millis(200)); // it waits in `start`
         go.send(()).unwrap();
-        match outcome_rx.recv_timeout(Duration::from_secs(2)) {
+        match outcome_rx.recv_timeout(Duration::from_secs(20)) {
             Ok(Err(m)) => assert!(m.contains("key it is loading"), "{m}"),
             Ok(Ok(v)) => failures.push(format!("async={asynchronous}: returned {v}")),
             Err(_) => failures.push(format!(

@@ -17,6 +17,10 @@ struct Db {
     fail: AtomicBool,
     /// Store calls take this long (milliseconds).
     delay_ms: AtomicU64,
+    /// The next write call takes this much longer (milliseconds): a call
+    /// that a test cancels, whatever the machine's pace, while the calls
+    /// after it run at `delay_ms`.
+    hold_next_ms: AtomicU64,
     /// Loaded values are tagged `parity:{key % 2}`.
     tag_loads: AtomicBool,
 }
@@ -44,8 +48,9 @@ impl AsyncStore<u64, u64> for Remote {
 
     async fn write_batch(&self, ops: &[Op<u64, u64>]) -> Result<(), String> {
         self.0.write_calls.fetch_add(1, Ordering::SeqCst);
+        let hold = self.0.hold_next_ms.swap(0, Ordering::SeqCst);
         tokio::time::sleep(Duration::from_millis(
-            self.0.delay_ms.load(Ordering::SeqCst),
+            self.0.delay_ms.load(Ordering::SeqCst) + hold,
         ))
         .await;
         if self.0.fail.load(Ordering::SeqCst) {
@@ -137,11 +142,10 @@ async fn a_cancelled_async_put_drops_the_cached_copy() {
         .build()
         .unwrap();
     cache.put_async(1, 10).await.unwrap();
-    remote.0.delay_ms.store(1_000, Ordering::SeqCst);
+    remote.0.hold_next_ms.store(3_600_000, Ordering::SeqCst);
     let cancelled = tokio::time::timeout(Duration::from_millis(20), cache.put_async(1, 11)).await;
     assert!(cancelled.is_err(), "the put was cancelled mid-call");
     assert_eq!(cache.peek(&1), None, "the cache no longer claims 10");
-    remote.0.delay_ms.store(0, Ordering::SeqCst);
     assert_eq!(cache.get_async(&1).await, Ok(Some(10)), "the store decides");
     cache.put_async(1, 12).await.unwrap();
     assert_eq!(cache.peek(&1), Some(12), "the key's stripe was released");
@@ -182,7 +186,8 @@ async fn a_cancelled_async_put_tells_the_listener_after_releasing_the_key() {
         .unwrap();
     *cache.lock().unwrap() = Some(built.clone());
     built.put_async(1, 10).await.unwrap();
-    remote.0.delay_ms.store(200, Ordering::SeqCst);
+    // The listener's own delete runs at the usual pace.
+    remote.0.hold_next_ms.store(3_600_000, Ordering::SeqCst);
     let cancelled = tokio::time::timeout(Duration::from_millis(20), built.put_async(1, 11)).await;
     assert!(cancelled.is_err(), "the put was cancelled mid-call");
     assert_eq!(

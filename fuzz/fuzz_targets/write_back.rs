@@ -11,6 +11,8 @@
 //! handed over returns that write (it stays cached until evicted or
 //! replaced) or what the store holds, until the key is written again.
 //! `delay` gives the flusher a nonzero `max_delay` to gather batches in.
+//! A put may tag its cached copy, and a step invalidates the tag: the copy
+//! goes as an eviction would take it, and the checks above stand unchanged.
 //! With `handler` and `block`, writes meet a full queue with
 //! `Backpressure::Block` (without a handler, a queue full of unreported
 //! failures would keep this single caller waiting until a flush it never
