@@ -151,11 +151,11 @@ impl Naive {
         match &mut self.sketch {
             Some(s) => {
                 let before = s.frequency(hash);
-                s.increment(hash);
+                let (_, aged) = s.increment(hash);
                 // The estimate just after the sighting, halved with the
                 // residents' counts if the sighting aged the sketch.
                 let estimate = (before + 1).min(15);
-                if s.take_aged() {
+                if aged {
                     self.halve();
                     estimate / 2
                 } else {
@@ -193,8 +193,7 @@ impl Naive {
                 self.read.push(t);
             }
             if let Some(s) = &mut self.sketch {
-                s.note(h);
-                if s.take_aged() {
+                if s.note(h) {
                     self.halve();
                 }
             }

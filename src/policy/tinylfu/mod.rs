@@ -243,8 +243,8 @@ impl TinyLfu {
         let Some(sketch) = &mut self.sketch else {
             return 0;
         };
-        let estimate = sketch.increment(hash);
-        if sketch.take_aged() {
+        let (estimate, aged) = sketch.increment(hash);
+        if aged {
             halve_counts(entries);
             return estimate / 2;
         }
@@ -390,8 +390,7 @@ impl TinyLfu {
         let count = ((m >> COUNT_SHIFT) as u32 + u32::from(hits)).min(15) as u8;
         entries.set_meta(token, (m & REGION_BITS) | READ | count << COUNT_SHIFT);
         if let Some(sketch) = &mut self.sketch {
-            sketch.note(hits);
-            if sketch.take_aged() {
+            if sketch.note(hits) {
                 halve_counts(entries);
             }
         }
