@@ -43,6 +43,9 @@ pub(crate) struct Wheel {
     /// The wheel's time, in ticks: every token due at or before it has been
     /// moved to the due list.
     elapsed: u64,
+    /// `LEVELS * SLOTS` lists, allocated when the first token is filed (4.6
+    /// KB a shard: a cache with expiry whose shard holds no deadline yet
+    /// pays nothing for it).
     slots: Vec<List>,
     occupied: [u64; LEVELS],
     parked: List,
@@ -73,7 +76,7 @@ impl Default for Wheel {
     fn default() -> Self {
         Self {
             elapsed: 0,
-            slots: vec![List::default(); LEVELS * SLOTS],
+            slots: Vec::new(),
             occupied: [0; LEVELS],
             parked: List::default(),
             parked_min: u64::MAX,
@@ -178,6 +181,9 @@ impl Wheel {
         let when = self.when[token as usize];
         let place = match slot_for(self.elapsed, when) {
             Some((level, slot)) => {
+                if self.slots.is_empty() {
+                    self.slots = vec![List::default(); LEVELS * SLOTS];
+                }
                 self.slots[level * SLOTS + slot].push_back(&mut self.links, token);
                 self.occupied[level] |= 1 << slot;
                 (level * SLOTS + slot) as u16
@@ -322,7 +328,10 @@ impl Wheel {
         let mut filed = 0;
         for level in 0..LEVELS {
             for slot in 0..SLOTS {
-                let tokens = self.slots[level * SLOTS + slot].tokens(&self.links);
+                let tokens = self
+                    .slots
+                    .get(level * SLOTS + slot)
+                    .map_or_else(Vec::new, |list| list.tokens(&self.links));
                 assert_eq!(
                     self.occupied[level] & (1 << slot) != 0,
                     !tokens.is_empty(),
@@ -394,6 +403,22 @@ mod tests {
         assert!(drain(&mut w, 4999, 64).is_empty());
         assert_eq!(drain(&mut w, 10_000, 64), vec![2]);
         assert_eq!(w.len(), 0);
+    }
+
+    /// The slots are allocated by the first token filed on them: an empty
+    /// wheel, or one holding only parked deadlines, has none, and still
+    /// advances and validates.
+    #[test]
+    fn slots_wait_for_the_first_token_filed_on_them() {
+        let mut w = Wheel::default();
+        assert!(w.slots.is_empty());
+        assert!(drain(&mut w, 10 * SPAN, 64).is_empty());
+        w.schedule(1, 20 * SPAN);
+        assert!(w.slots.is_empty(), "a parked deadline needs no slot");
+        w.schedule(2, 10 * SPAN + 5);
+        assert_eq!(w.slots.len(), LEVELS * SLOTS);
+        assert_eq!(drain(&mut w, 10 * SPAN + 5, 64), vec![2]);
+        assert_eq!(drain(&mut w, 20 * SPAN, 64), vec![1]);
     }
 
     /// Once the parked tokens are back on the wheel, the earliest parked
