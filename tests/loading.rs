@@ -49,58 +49,72 @@ fn sixty_four_threads_share_one_load() {
     assert!(stats.total_load_time >= Duration::from_millis(100));
 }
 
-/// Trials of a shared flight run again when a caller missed it: one that
-/// stalled for over 200 ms between announcing itself and calling (a loaded
-/// machine) reaches the cache after the flight ended and rightly loads
-/// again. A cache whose waiters did not take the flight's outcome would miss
-/// it in every trial.
-const TRIALS: usize = 10;
-
-#[test]
-fn errors_are_shared_and_not_cached() {
-    for trial in 1..=TRIALS {
+/// Runs `callers` threads that each call `call` once for key 1 on a fresh
+/// cache, the loader it passes calling `hook` first; returns the cache and
+/// what the calls returned, from a trial in which the key loaded once. The
+/// first load ends only once every caller is on its way, with time to join
+/// (an outcome that is not cached would be loaded again by a caller
+/// arriving after the flight ended). A caller that stalled for over 200 ms
+/// between announcing itself and calling (a loaded machine) does arrive
+/// late, and rightly loads again: such a trial is run again, up to ten
+/// trials. A cache whose waiters did not take the flight's outcome would
+/// load more than once in every trial. Loads of the key never overlap.
+fn shared_flight<R: Send>(
+    callers: usize,
+    call: impl Fn(&Cache<u32, String>, &(dyn Fn() + Sync)) -> R + Sync,
+) -> (Cache<u32, String>, Vec<R>) {
+    const TRIALS: usize = 10;
+    for _ in 0..TRIALS {
         let cache = cache();
         let loads = AtomicUsize::new(0);
         let loading = AtomicBool::new(false);
-        let errors = Mutex::new(Vec::new());
         let arrived = AtomicUsize::new(0);
+        let results = Mutex::new(Vec::new());
+        let hook = || {
+            assert!(!loading.swap(true, Ordering::SeqCst), "loads overlap");
+            if loads.fetch_add(1, Ordering::SeqCst) == 0 {
+                wait_for(&arrived, callers);
+            }
+            loading.store(false, Ordering::SeqCst);
+        };
         std::thread::scope(|s| {
-            for _ in 0..8 {
+            for _ in 0..callers {
                 s.spawn(|| {
                     arrived.fetch_add(1, Ordering::SeqCst);
-                    let result = cache.try_get_or_load(1, |_| {
-                        assert!(!loading.swap(true, Ordering::SeqCst), "loads overlap");
-                        // An error is not cached: a caller arriving after the
-                        // flight ends would load again, so end it only once
-                        // every caller is on its way, with time to join.
-                        if loads.fetch_add(1, Ordering::SeqCst) == 0 {
-                            wait_for(&arrived, 8);
-                        }
-                        loading.store(false, Ordering::SeqCst);
-                        Err::<String, _>(String::from("db down"))
-                    });
-                    errors.lock().unwrap().push(result.unwrap_err());
+                    let result = call(&cache, &hook);
+                    results.lock().unwrap().push(result);
                 });
             }
         });
-        let errors = errors.into_inner().unwrap();
-        assert!(errors.len() == 8 && errors.iter().all(|e| **e == "db down"));
-        if loads.load(Ordering::SeqCst) > 1 {
-            assert!(trial < TRIALS, "a caller missed the flight in every trial");
-            continue;
+        if loads.load(Ordering::SeqCst) == 1 {
+            return (cache, results.into_inner().unwrap());
         }
-        assert!(
-            errors.iter().all(|e| Arc::ptr_eq(e, &errors[0])),
-            "one failed load, its error shared"
-        );
-        assert!(!cache.contains_key(&1), "an error is not cached");
-        assert_eq!(
-            cache.try_get_or_load(1, |_| Ok::<_, String>("up".into())),
-            Ok("up".into())
-        );
-        assert_eq!(cache.stats().load_failures, 1);
-        return;
     }
+    panic!("a caller missed the flight in each of {TRIALS} trials");
+}
+
+#[test]
+fn errors_are_shared_and_not_cached() {
+    let (cache, errors) = shared_flight(8, |cache, hook| {
+        let result = cache.try_get_or_load(1, |_| {
+            hook();
+            Err::<String, _>(String::from("db down"))
+        });
+        result.unwrap_err()
+    });
+    assert_eq!(errors.len(), 8);
+    assert!(
+        errors
+            .iter()
+            .all(|e| Arc::ptr_eq(e, &errors[0]) && **e == "db down"),
+        "one failed load, its error shared"
+    );
+    assert!(!cache.contains_key(&1), "an error is not cached");
+    assert_eq!(
+        cache.try_get_or_load(1, |_| Ok::<_, String>("up".into())),
+        Ok("up".into())
+    );
+    assert_eq!(cache.stats().load_failures, 1);
 }
 
 #[test]
@@ -485,33 +499,15 @@ fn a_loader_asking_for_its_own_key_panics_instead_of_deadlocking() {
 
 #[test]
 fn absent_results_are_shared_and_not_cached() {
-    for trial in 1..=TRIALS {
-        let cache = cache();
-        let loads = AtomicUsize::new(0);
-        let loading = AtomicBool::new(false);
-        let arrived = AtomicUsize::new(0);
-        std::thread::scope(|s| {
-            for _ in 0..4 {
-                s.spawn(|| {
-                    arrived.fetch_add(1, Ordering::SeqCst);
-                    let v = cache.optionally_get_or_load(1, |_| {
-                        assert!(!loading.swap(true, Ordering::SeqCst), "loads overlap");
-                        if loads.fetch_add(1, Ordering::SeqCst) == 0 {
-                            wait_for(&arrived, 4);
-                        }
-                        loading.store(false, Ordering::SeqCst);
-                        None
-                    });
-                    assert_eq!(v, None);
-                });
-            }
-        });
-        assert!(!cache.contains_key(&1), "an absence is not cached");
-        if loads.load(Ordering::SeqCst) == 1 {
-            return;
-        }
-        assert!(trial < TRIALS, "a caller missed the flight in every trial");
-    }
+    let (cache, results) = shared_flight(4, |cache, hook| {
+        cache.optionally_get_or_load(1, |_| {
+            hook();
+            None
+        })
+    });
+    assert_eq!(results, vec![None; 4]);
+    assert!(!cache.contains_key(&1), "an absence is not cached");
+    assert_eq!(cache.stats().loads, 1);
 }
 
 #[test]
