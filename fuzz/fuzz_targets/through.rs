@@ -1,0 +1,678 @@
+//! Read-through and write-through `get`, `put`, `put_with`, `delete` and
+//! `invalidate_tag` against an in-memory store, through a cache of 1–8
+//! entries (so that writes and loads evict), its policy picked by the first
+//! byte. The store can be switched to failing, to panicking before it applies
+//! a write or after (loads panic in both), and back; the application may
+//! write it behind the cache's back; a mock clock moves for the entries'
+//! time-to-live, and the store's `load_options` may tag loaded values and
+//! give them a time-to-live of `value % 4` ms (zero: not cached).
+//!
+//! After every step the model knows each key's cached copy exactly, except
+//! that a step which cached something may have evicted other keys' copies:
+//! `peek` of every key must show the model's copy (or, after such a step and
+//! for keys it did not write, nothing). So a write acknowledged is cached at
+//! once unless refused (zero time-to-live: then nothing is cached under its
+//! key); a refused or failed write changes no key's copy; a tag invalidation
+//! drops exactly the tagged copies, the clock exactly the expired ones; a
+//! `get` of a cached key returns the copy without calling the store; a `get`
+//! of any other calls `load` exactly once and returns the store's value,
+//! caching it with its `load_options` unless it is `None`, or returns the
+//! store's error or panic and caches nothing (so a later change of the store
+//! is seen).
+//!
+//! Write-through: a `put` / `delete` that returns `Ok` made exactly one store
+//! call, and the store holds the write; one that returns the store's error
+//! left the store and every cached copy unchanged; one whose store panicked
+//! passes the panic on, the store holds the write or not (as the store did),
+//! and the key's cached copy is gone, so the next `get` returns what the
+//! store holds. An entry the cache refuses (zero time-to-live) is still
+//! stored. For a key the application has not written behind the cache's back
+//! since the key was last written through it or left the cache, every `get`
+//! returns exactly the store's value and any cached copy equals it.
+//! Read-through: `put` and `delete` never call the store, whatever its state.
+//!
+//! A racing `get` misses, and its `load`, having read the store, waits for
+//! another thread to put or delete the key through the cache (under
+//! write-through with the store working, failing or panicking for that one
+//! call), to invalidate the tag, or to write the store behind the cache. The
+//! `get` returns the value it read. Its load is not cached over a write or
+//! delete that landed, nor after a store's panic dropped the key's copy, nor
+//! when its tag was invalidated; it is cached after a write the store
+//! refused, despite the invalidation of a tag it does not carry, and over a
+//! change behind the cache (stale, as documented for read-through).
+#![no_main]
+
+use std::any::Any;
+use std::collections::HashMap;
+use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Once};
+use std::time::Duration;
+
+use arbitrary::Arbitrary;
+use larder::{
+    Cache, Clock, DefaultHashBuilder, EntryOptions, Eviction, MockClock, Op, ReadThrough, Store,
+    WriteError, WriteThrough,
+};
+use libfuzzer_sys::fuzz_target;
+
+/// Keys are taken modulo this: twice the largest capacity.
+const KEYS: u8 = 16;
+
+#[derive(Arbitrary, Debug)]
+enum Step {
+    Get(u8),
+    Put(u8, u16),
+    /// `put_with`: a time-to-live of `ttl % 8` ms if given (zero: refused),
+    /// and the tag `"t"` with `true`.
+    PutWith(u8, u16, Option<u8>, bool),
+    Delete(u8),
+    InvalidateTag,
+    /// The store's state, `% 4`: working, failing, panicking before it
+    /// applies a write, panicking after.
+    Store(u8),
+    /// The application writes the store itself (`None`: deletes the key).
+    BackDoor(u8, Option<u16>),
+    /// Moves the clock by `ms % 8` milliseconds.
+    Advance(u8),
+    /// A `get` during whose load another thread does `Race` on the key.
+    Racing(u8, Race),
+}
+
+#[derive(Arbitrary, Debug, Clone, Copy)]
+enum Race {
+    /// A `put` (`Some`, its copy tagged `"t"` with `true`) or `delete` of
+    /// the key, with the store in state `% 4` (as [`Step::Store`]) for the
+    /// write's call, and working again after it.
+    Write(Option<u16>, bool, u8),
+    InvalidateTag,
+    BackDoor(Option<u16>),
+}
+
+#[derive(Arbitrary, Debug)]
+struct Input {
+    write_through: bool,
+    capacity: u8,
+    eviction: u8,
+    /// Bit 0: loaded values are tagged `"t"`; bit 1: they live `value % 4` ms.
+    load_options: u8,
+    steps: Vec<Step>,
+}
+
+const WORKING: u8 = 0;
+const FAILING: u8 = 1;
+const PANIC_BEFORE: u8 = 2;
+const PANIC_AFTER: u8 = 3;
+
+/// Something for a load to run once it has read the store.
+type Hook = Box<dyn FnOnce() + Send>;
+
+#[derive(Default)]
+struct Db {
+    data: Mutex<HashMap<u8, u16>>,
+    /// Every write call, whatever came of it.
+    writes: Mutex<Vec<Op<u8, u16>>>,
+    loads: AtomicUsize,
+    state: AtomicU8,
+    tag_loads: bool,
+    time_loads: bool,
+    /// Run (once) by the next load that reads the store.
+    race: Mutex<Option<Hook>>,
+}
+
+/// The payload of the store's deliberate panics.
+struct Deliberate;
+
+/// Lets deliberate panics unwind to the caller instead of aborting in
+/// libFuzzer's panic hook, which every other panic still reaches.
+fn allow_deliberate_panics() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !info.payload().is::<Deliberate>() {
+                previous(info);
+            }
+        }));
+    });
+}
+
+#[derive(Clone, Default)]
+struct Shared(Arc<Db>);
+
+impl Shared {
+    fn value(&self, k: u8) -> Option<u16> {
+        self.0.data.lock().unwrap().get(&k).copied()
+    }
+    fn set(&self, k: u8, w: Option<u16>) {
+        let mut data = self.0.data.lock().unwrap();
+        match w {
+            Some(v) => data.insert(k, v),
+            None => data.remove(&k),
+        };
+    }
+    fn snapshot(&self) -> HashMap<u8, u16> {
+        self.0.data.lock().unwrap().clone()
+    }
+    fn writes(&self) -> usize {
+        self.0.writes.lock().unwrap().len()
+    }
+    fn loads(&self) -> usize {
+        self.0.loads.load(Ordering::SeqCst)
+    }
+    fn state(&self) -> u8 {
+        self.0.state.load(Ordering::SeqCst)
+    }
+}
+
+impl Store<u8, u16> for Shared {
+    type Error = &'static str;
+    fn load(&self, key: &u8) -> Result<Option<u16>, Self::Error> {
+        self.0.loads.fetch_add(1, Ordering::SeqCst);
+        match self.state() {
+            FAILING => return Err("failing"),
+            PANIC_BEFORE | PANIC_AFTER => std::panic::panic_any(Deliberate),
+            _ => {}
+        }
+        let value = self.value(*key);
+        let race = self.0.race.lock().unwrap().take();
+        if let Some(race) = race {
+            race();
+        }
+        Ok(value)
+    }
+    fn write(&self, op: &Op<u8, u16>) -> Result<(), Self::Error> {
+        self.0.writes.lock().unwrap().push(op.clone());
+        let state = self.state();
+        match state {
+            FAILING => return Err("failing"),
+            PANIC_BEFORE => std::panic::panic_any(Deliberate),
+            _ => {}
+        }
+        match op {
+            Op::Put(k, v) => self.set(*k, Some(*v)),
+            Op::Delete(k) => self.set(*k, None),
+        }
+        if state == PANIC_AFTER {
+            std::panic::panic_any(Deliberate);
+        }
+        Ok(())
+    }
+    fn load_options(&self, _key: &u8, value: &u16) -> EntryOptions {
+        let mut options = EntryOptions::new();
+        if self.0.tag_loads {
+            options = options.tags(["t"]);
+        }
+        if self.0.time_loads {
+            options = options.ttl(Duration::from_millis(u64::from(value % 4)));
+        }
+        options
+    }
+}
+
+type Loaded = Result<Option<u16>, Arc<&'static str>>;
+type Written = Result<(), WriteError<&'static str>>;
+
+/// The calls both policies share.
+trait Through: Clone + Send + Sync + 'static {
+    const WRITE_THROUGH: bool;
+    fn get(&self, k: u8) -> Loaded;
+    fn put(&self, k: u8, v: u16, options: Option<EntryOptions>) -> Written;
+    fn delete(&self, k: u8) -> Written;
+    fn peek(&self, k: u8) -> Option<u16>;
+    fn invalidate(&self);
+}
+
+macro_rules! through {
+    ($policy:ty, $write_through:expr) => {
+        impl Through for Cache<u8, u16, DefaultHashBuilder, $policy> {
+            const WRITE_THROUGH: bool = $write_through;
+            fn get(&self, k: u8) -> Loaded {
+                Cache::<u8, u16, DefaultHashBuilder, $policy>::get(self, &k)
+            }
+            fn put(&self, k: u8, v: u16, options: Option<EntryOptions>) -> Written {
+                match options {
+                    Some(options) => {
+                        Cache::<u8, u16, DefaultHashBuilder, $policy>::put_with(self, k, v, options)
+                    }
+                    None => Cache::<u8, u16, DefaultHashBuilder, $policy>::put(self, k, v),
+                }
+            }
+            fn delete(&self, k: u8) -> Written {
+                Cache::<u8, u16, DefaultHashBuilder, $policy>::delete(self, &k)
+            }
+            fn peek(&self, k: u8) -> Option<u16> {
+                Cache::<u8, u16, DefaultHashBuilder, $policy>::peek(self, &k)
+            }
+            fn invalidate(&self) {
+                self.invalidate_tag("t");
+            }
+        }
+    };
+}
+
+through!(ReadThrough<Shared>, false);
+through!(WriteThrough<Shared>, true);
+
+/// A cached copy as the model knows it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Cached {
+    value: u16,
+    /// When it expires, in mock milliseconds.
+    deadline: Option<u64>,
+    tagged: bool,
+}
+
+#[derive(Default)]
+struct Model {
+    /// Mock milliseconds since the cache was built.
+    now: u64,
+    copies: HashMap<u8, Cached>,
+    /// Keys the application wrote behind the cache while it may have held
+    /// them (write-through: until then the cache agrees with the store).
+    behind: [bool; KEYS as usize],
+}
+
+impl Model {
+    /// `k`'s copy, unless it has expired.
+    fn live(&self, k: u8) -> Option<Cached> {
+        self.copies
+            .get(&k)
+            .copied()
+            .filter(|c| c.deadline.is_none_or(|d| d > self.now))
+    }
+
+    /// The copy a write of `value` leaves, living `ttl` ms if given (`None`:
+    /// a zero time-to-live, refused).
+    fn written(&self, value: u16, ttl: Option<u64>, tagged: bool) -> Option<Cached> {
+        match ttl {
+            Some(0) => None,
+            ttl => Some(Cached {
+                value,
+                deadline: ttl.map(|t| self.now + t),
+                tagged,
+            }),
+        }
+    }
+}
+
+/// What one step leaves cached: keys it set exactly, and whether it cached
+/// anything (other keys' copies may then have been evicted).
+#[derive(Default)]
+struct After {
+    exact: HashMap<u8, Option<Cached>>,
+    may_evict: bool,
+}
+
+impl After {
+    fn set(&mut self, k: u8, copy: Option<Cached>) {
+        self.may_evict |= copy.is_some();
+        self.exact.insert(k, copy);
+    }
+}
+
+/// `Ok` for a call's return, `Err` for its store's deliberate panic; any
+/// other panic goes on.
+fn deliberate<T>(call: impl FnOnce() -> T) -> Result<T, ()> {
+    catch_unwind(AssertUnwindSafe(call)).map_err(|payload: Box<dyn Any + Send>| {
+        if !payload.is::<Deliberate>() {
+            resume_unwind(payload);
+        }
+    })
+}
+
+fn tag_options(tagged: bool) -> Option<EntryOptions> {
+    tagged.then(|| EntryOptions::new().tags(["t"]))
+}
+
+fuzz_target!(|input: Input| {
+    allow_deliberate_panics();
+    let db = Shared(Arc::new(Db {
+        tag_loads: input.load_options & 1 != 0,
+        time_loads: input.load_options & 2 != 0,
+        ..Db::default()
+    }));
+    let (clock, time) = Clock::mock();
+    let builder = Cache::builder()
+        .max_capacity(u64::from(input.capacity % 8) + 1)
+        .eviction(match input.eviction % 3 {
+            0 => Eviction::Lru,
+            1 => Eviction::Lfu,
+            _ => Eviction::TinyLfu,
+        })
+        .clock(clock);
+    if input.write_through {
+        let cache = builder.write_through(db.clone()).build().unwrap();
+        run(&cache, &db, &time, &input.steps);
+    } else {
+        let cache = builder.read_through(db.clone()).build().unwrap();
+        run(&cache, &db, &time, &input.steps);
+    }
+    // A hook a step left unrun holds a handle of the cache.
+    db.0.race.lock().unwrap().take();
+});
+
+fn run<C: Through>(cache: &C, db: &Shared, time: &MockClock, steps: &[Step]) {
+    let mut model = Model::default();
+    for step in steps {
+        let after = one_step(cache, db, time, &mut model, step);
+        check(cache, db, &mut model, &after, step);
+    }
+}
+
+/// Runs `step`, checks what it returned and what the store holds, and says
+/// what the cache must hold after it.
+fn one_step<C: Through>(
+    cache: &C,
+    db: &Shared,
+    time: &MockClock,
+    model: &mut Model,
+    step: &Step,
+) -> After {
+    let mut after = After::default();
+    match *step {
+        Step::Get(k) => {
+            get(cache, db, model, k % KEYS, None, &mut after);
+        }
+        Step::Racing(k, race) => {
+            get(cache, db, model, k % KEYS, Some(race), &mut after);
+        }
+        Step::Put(k, v) => write(cache, db, model, k % KEYS, Some((v, None)), &mut after),
+        Step::PutWith(k, v, ttl, tagged) => {
+            let ttl = ttl.map(|t| u64::from(t % 8));
+            let options = EntryOptions::new();
+            let options = match ttl {
+                Some(t) => options.ttl(Duration::from_millis(t)),
+                None => options,
+            };
+            let options = if tagged { options.tags(["t"]) } else { options };
+            let k = k % KEYS;
+            let copy = model.written(v, ttl, tagged);
+            write_as(
+                cache,
+                db,
+                model,
+                k,
+                Some((v, Some(options))),
+                copy,
+                &mut after,
+            );
+        }
+        Step::Delete(k) => write(cache, db, model, k % KEYS, None, &mut after),
+        Step::InvalidateTag => {
+            cache.invalidate();
+            for (&k, copy) in &model.copies {
+                if copy.tagged {
+                    after.exact.insert(k, None);
+                }
+            }
+        }
+        Step::Store(state) => db.0.state.store(state % 4, Ordering::SeqCst),
+        Step::BackDoor(k, w) => {
+            let k = k % KEYS;
+            db.set(k, w);
+            model.behind[usize::from(k)] = true;
+        }
+        Step::Advance(ms) => {
+            let ms = u64::from(ms % 8);
+            time.advance(Duration::from_millis(ms));
+            model.now += ms;
+        }
+    }
+    after
+}
+
+/// A `get` of `k`; with `race`, its load (if it runs one and the store
+/// works) lets another thread do `race` once it has read the store.
+fn get<C: Through>(
+    cache: &C,
+    db: &Shared,
+    model: &mut Model,
+    k: u8,
+    race: Option<Race>,
+    after: &mut After,
+) {
+    let state = db.state();
+    let stored = db.value(k);
+    let loads = db.loads();
+    let live = model.live(k);
+    let raced = race.filter(|_| live.is_none() && state == WORKING);
+    if let Some(race) = race {
+        let cache = cache.clone();
+        let behind = db.clone();
+        let hook: Hook = Box::new(move || {
+            // On another thread, as another caller would: the store must
+            // not call the cache it stands behind.
+            let racer = std::thread::spawn(move || match race {
+                Race::Write(w, tagged, state) => {
+                    behind.0.state.store(state % 4, Ordering::SeqCst);
+                    let got = deliberate(|| match w {
+                        Some(v) => cache.put(k, v, tag_options(tagged)),
+                        None => cache.delete(k),
+                    });
+                    behind.0.state.store(WORKING, Ordering::SeqCst);
+                    let want = match state % 4 {
+                        _ if !C::WRITE_THROUGH => Ok(Ok(())),
+                        WORKING => Ok(Ok(())),
+                        FAILING => Ok(Err(WriteError::Store("failing"))),
+                        _ => Err(()),
+                    };
+                    assert_eq!(got, want, "racing write of {k}: {w:?}");
+                }
+                Race::InvalidateTag => cache.invalidate(),
+                Race::BackDoor(w) => behind.set(k, w),
+            });
+            if let Err(panic) = racer.join() {
+                resume_unwind(panic);
+            }
+        });
+        *db.0.race.lock().unwrap() = Some(hook);
+    }
+    let got = deliberate(|| cache.get(k));
+    // A hook left unrun is dropped here, with its handle of the cache.
+    let unrun = db.0.race.lock().unwrap().take();
+    assert_eq!(
+        unrun.is_none(),
+        raced.is_some() || race.is_none(),
+        "get of {k}: the load ran the race, or not, against the model"
+    );
+    if C::WRITE_THROUGH && !model.behind[usize::from(k)] {
+        if let Ok(Ok(value)) = got {
+            assert_eq!(
+                value, stored,
+                "get of {k}: write-through reads the store's value"
+            );
+        }
+    }
+    if let Some(copy) = live {
+        assert_eq!(got, Ok(Ok(Some(copy.value))), "get of {k}: a hit");
+        assert_eq!(db.loads(), loads, "get of {k}: a hit loaded");
+        return;
+    }
+    assert_eq!(db.loads(), loads + 1, "get of {k}: a miss loads once");
+    match state {
+        FAILING => {
+            assert_eq!(got, Ok(Err(Arc::new("failing"))), "get of {k}");
+            after.exact.insert(k, None);
+            return;
+        }
+        PANIC_BEFORE | PANIC_AFTER => {
+            assert!(got.is_err(), "get of {k}: the load's panic is lost");
+            after.exact.insert(k, None);
+            return;
+        }
+        _ => {}
+    }
+    assert_eq!(got, Ok(Ok(stored)), "get of {k}: the store's value");
+    let loaded = stored.and_then(|v| {
+        model.written(
+            v,
+            db.0.time_loads.then_some(u64::from(v % 4)),
+            db.0.tag_loads,
+        )
+    });
+    match raced {
+        None => after.set(k, loaded),
+        Some(Race::Write(w, tagged, state)) => {
+            let state = if C::WRITE_THROUGH { state % 4 } else { WORKING };
+            // The store's call: taken (working, or panicking after), or not.
+            let stored = match state {
+                WORKING | PANIC_AFTER if C::WRITE_THROUGH => w,
+                _ => stored,
+            };
+            assert_eq!(db.value(k), stored, "racing write of {k}: {w:?}, the store");
+            match state {
+                // Cached over the load.
+                WORKING => after.set(k, w.and_then(|v| model.written(v, None, tagged))),
+                // Refused: the cache is unchanged, and the load lands.
+                FAILING => after.set(k, loaded),
+                // The store may have it: no copy, and the load is stale.
+                _ => {
+                    after.exact.insert(k, None);
+                }
+            }
+            if C::WRITE_THROUGH && state != FAILING {
+                model.behind[usize::from(k)] = false;
+            }
+        }
+        Some(Race::InvalidateTag) => {
+            for (&t, copy) in &model.copies {
+                if copy.tagged {
+                    after.exact.insert(t, None);
+                }
+            }
+            after.set(k, loaded.filter(|c| !c.tagged));
+        }
+        Some(Race::BackDoor(_)) => {
+            after.set(k, loaded);
+            model.behind[usize::from(k)] = true;
+        }
+    }
+}
+
+/// A `put` (`Some((value, options))`) or `delete` (`None`) of `k`.
+fn write<C: Through>(
+    cache: &C,
+    db: &Shared,
+    model: &mut Model,
+    k: u8,
+    put: Option<(u16, Option<EntryOptions>)>,
+    after: &mut After,
+) {
+    let copy = put
+        .as_ref()
+        .and_then(|&(v, _)| model.written(v, None, false));
+    write_as(cache, db, model, k, put, copy, after);
+}
+
+/// [`write`], which caches `copy` when it lands.
+fn write_as<C: Through>(
+    cache: &C,
+    db: &Shared,
+    model: &mut Model,
+    k: u8,
+    put: Option<(u16, Option<EntryOptions>)>,
+    copy: Option<Cached>,
+    after: &mut After,
+) {
+    let state = db.state();
+    let before = db.snapshot();
+    let writes = db.writes();
+    let value = put.as_ref().map(|&(v, _)| v);
+    let op = match value {
+        Some(v) => Op::Put(k, v),
+        None => Op::Delete(k),
+    };
+    let got = deliberate(|| match put {
+        Some((v, options)) => cache.put(k, v, options),
+        None => cache.delete(k),
+    });
+    if !C::WRITE_THROUGH {
+        assert_eq!(
+            got,
+            Ok(Ok(())),
+            "{op:?}: read-through writes the cache alone"
+        );
+        assert_eq!(db.writes(), 0, "{op:?}: read-through wrote the store");
+        assert_eq!(
+            db.snapshot(),
+            before,
+            "{op:?}: read-through changed the store"
+        );
+        after.set(k, copy);
+        return;
+    }
+    assert_eq!(db.writes(), writes + 1, "{op:?}: one store call");
+    assert_eq!(
+        db.0.writes.lock().unwrap().last(),
+        Some(&op),
+        "{op:?}: sent"
+    );
+    let mut stored = before.clone();
+    match value {
+        Some(v) => stored.insert(k, v),
+        None => stored.remove(&k),
+    };
+    match state {
+        FAILING => {
+            assert_eq!(got, Ok(Err(WriteError::Store("failing"))), "{op:?}");
+            assert_eq!(db.snapshot(), before, "{op:?}: refused, yet stored");
+            // The cache is unchanged: no key's copy moves.
+        }
+        PANIC_BEFORE | PANIC_AFTER => {
+            assert!(got.is_err(), "{op:?}: the store's panic is lost");
+            let expect = if state == PANIC_AFTER {
+                &stored
+            } else {
+                &before
+            };
+            assert_eq!(&db.snapshot(), expect, "{op:?}: the store");
+            // The store may have the write: the cached copy is dropped.
+            after.exact.insert(k, None);
+            model.behind[usize::from(k)] = false;
+        }
+        _ => {
+            assert_eq!(got, Ok(Ok(())), "{op:?}");
+            assert_eq!(db.snapshot(), stored, "{op:?}: acknowledged, not stored");
+            after.set(k, copy);
+            model.behind[usize::from(k)] = false;
+        }
+    }
+}
+
+/// After a step: every key's cached copy is what `after` and the model say,
+/// or, after a step that cached something, a key it did not set may have
+/// been evicted. Write-through: a copy the application did not overtake
+/// behind the cache equals the store's value.
+fn check<C: Through>(cache: &C, db: &Shared, model: &mut Model, after: &After, step: &Step) {
+    for k in 0..KEYS {
+        let set = after.exact.get(&k);
+        let want = match set {
+            Some(copy) => *copy,
+            None => model.live(k),
+        };
+        let got = cache.peek(k);
+        let evicted = after.may_evict && set.is_none() && got.is_none();
+        assert!(
+            got == want.map(|c| c.value) || evicted,
+            "after {step:?}: key {k} cached as {got:?}, the model's copy {want:?} (evictions {})",
+            after.may_evict
+        );
+        match got.and(want) {
+            Some(copy) => model.copies.insert(k, copy),
+            None => model.copies.remove(&k),
+        };
+        let behind = &mut model.behind[usize::from(k)];
+        if got.is_none() {
+            // The next read loads what the store holds.
+            *behind = false;
+        }
+        if C::WRITE_THROUGH && !*behind {
+            assert!(
+                got.is_none() || got == db.value(k),
+                "after {step:?}: key {k} cached as {got:?}, stored as {:?}",
+                db.value(k)
+            );
+        }
+    }
+}
