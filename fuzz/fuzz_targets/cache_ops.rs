@@ -6,23 +6,55 @@
 //! whose admission the model does not replay, every read must return the last
 //! value written or nothing, and a fitting insert must be readable at once.
 //! `validate()` checks the store's invariants (table, slab, policy regions and
-//! weights agree) after every step. Every entry written is, after each step,
-//! either resident or handed to the listener exactly once; for LRU and LFU the
-//! listener hears exactly the entries and causes the model removed. With a
-//! `policy` byte of 128 or more the listener panics on every value divisible
-//! by 4: the call that removed it panics, and only then, and the cache still
-//! agrees with the model. `try_insert` hands a too-heavy entry back instead
-//! of to the listener (unless the listener panicked on the value it
-//! replaced: it then hears of the entry as `Size`); a `get_or_load` miss writes what it loaded as an insert
-//! would, a hit reads as `get`; `invalidate_entries_if` removes exactly the
-//! entries its predicate picks, heard as `Invalidated`. `get_or_load_async`
-//! (polled to completion here: its load is ready at once) must behave as
-//! `get_or_load`.
+//! weights, each shard within its capacity) after every step, and the total
+//! weight must be within the capacity. Every entry written is, after each
+//! step, either resident or handed to the listener exactly once; for LRU and
+//! LFU the listener hears exactly the entries and causes the model removed,
+//! and under every policy an entry heard as `Size` (other than the step's own
+//! write, refused or undone) was resident before the step. The statistics'
+//! `rejections` count exactly the too-heavy writes and the undone ones (below),
+//! and with `evictions` they add up to the entries heard as `Size` and handed
+//! back. With a `policy` byte of 128 or more the listener panics on every
+//! value divisible by 4: the call that removed it panics, and only then, and
+//! the cache still agrees with the model. `try_insert` hands a too-heavy
+//! entry back instead of to the listener (unless the listener panicked on the
+//! value it replaced: it then hears of the entry as `Size`); a `get_or_load`
+//! miss writes what it loaded as an insert would, a hit reads as `get`;
+//! `invalidate_entries_if` removes exactly the entries its predicate picks,
+//! heard as `Invalidated`. `get_or_load_async` (polled to completion here: its
+//! load is ready at once) must behave as `get_or_load`.
+//!
+//! Other callbacks panic too, and a call panics exactly when one of its
+//! callbacks did, with the panic of the weigher or a key's `Hash` when one
+//! of those panicked (the listener's own panics then go unreported):
+//!
+//! - With a nonzero `weigher_panics` byte the weigher panics on the (key,
+//!   value, weight) triples it picks. It runs before the shard is touched: the
+//!   write does not happen, nothing is heard, the cache is as it was (a
+//!   `get_or_load` miss has run its loader by then, and caches nothing).
+//! - With a nonzero `hash_panics` byte, the keys congruent to it mod 8 have a
+//!   `Hash` that panics while `Arm` has armed it (only around the cache's own
+//!   calls: the target's checks hash every key). A call on such a key panics
+//!   at once and changes nothing (`get`, `peek`, `remove`, the writes, and a
+//!   `get_or_load` runs no loader). Another key's `Hash`, met as a write makes
+//!   room, undoes the write: the listener hears the written entry as `Size`
+//!   (and the value it replaced as `Replaced`), the entries evicted before the
+//!   panic stay out, heard as `Size`. For LRU and LFU they must be the first
+//!   victims in the model's order, the write having needed the room, and the
+//!   panic must come from the next victim (none of them panicking), or, for a
+//!   new key that evicted nothing, from a key the table rehashed as it grew
+//!   (one in the shard panics); the model then drops the key and those
+//!   victims and must agree exactly again. `invalidate_entries_if` and
+//!   `invalidate_all` sweep the shards in turn: with a `Hash` panicking, the
+//!   shards before the one that panicked are swept whole, that one (which
+//!   holds a picked key whose `Hash` panics) and the rest are left as they
+//!   were.
 #![no_main]
 
 use arbitrary::Arbitrary;
+use std::cell::Cell;
 use std::future::Future;
-use std::hash::{BuildHasher, Hasher};
+use std::hash::{BuildHasher, Hash, Hasher};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Mutex, Once};
 use std::task::{Context, Poll, Waker};
@@ -44,6 +76,9 @@ enum Op {
     /// `invalidate_entries_if` on `(key + value) % (m % 5 + 2) == 0`.
     InvalidateIf(u8),
     InvalidateAll,
+    /// Arms (`true`) or disarms the panicking keys' `Hash` for the calls of
+    /// the steps that follow.
+    Arm(bool),
 }
 
 #[derive(Arbitrary, Debug)]
@@ -51,6 +86,11 @@ struct Input {
     policy: u8,
     capacity: u8,
     shards: u8,
+    /// Nonzero: the weigher panics on the entries `weigher_fails` picks.
+    weigher_panics: u8,
+    /// Nonzero: keys congruent to it mod 8 have a `Hash` that panics while
+    /// armed.
+    hash_panics: u8,
     ops: Vec<Op>,
 }
 
@@ -77,6 +117,59 @@ impl BuildHasher for FixedState {
     type Hasher = Fixed;
     fn build_hasher(&self) -> Fixed {
         Fixed(0x5851_F42D_4C95_7F2D)
+    }
+}
+
+/// The target's callbacks that panic, and how often they did in a step.
+#[derive(Clone, Copy, Default)]
+struct Panics {
+    /// Whether the panicking keys' `Hash` panics now.
+    armed: bool,
+    /// The panicking keys, by their residue mod 8.
+    residue: Option<u8>,
+    hash: u32,
+    weigher: u32,
+}
+
+thread_local! {
+    static PANICS: Cell<Panics> = Cell::new(Panics::default());
+}
+
+fn panics() -> Panics {
+    PANICS.with(Cell::get)
+}
+
+fn set_panics(f: impl FnOnce(&mut Panics)) {
+    PANICS.with(|p| {
+        let mut v = p.get();
+        f(&mut v);
+        p.set(v);
+    });
+}
+
+/// Whether `k`'s `Hash` panics when armed.
+fn panicky(k: u8) -> bool {
+    panics().residue == Some(k % 8)
+}
+
+/// Whether the weigher panics on `(k, (v, w))`: one entry in 8, by `seed`.
+fn weigher_fails(seed: u8, k: u8, v: u8, w: u8) -> bool {
+    seed != 0 && u32::from_le_bytes([k, v, w, seed]).wrapping_mul(0x9E37_79B1) >> 29 == 0
+}
+
+/// A key that hashes as its byte does, except that the keys `panicky` picks
+/// panic while armed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Key(u8);
+
+impl Hash for Key {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        let p = panics();
+        if p.armed && p.residue == Some(self.0 % 8) {
+            set_panics(|p| p.hash += 1);
+            std::panic::panic_any(Deliberate::Hash);
+        }
+        self.0.hash(state);
     }
 }
 
@@ -165,13 +258,64 @@ impl Model {
         }
         out
     }
+    /// A write of `(k, v)` weighing `w` that another key's `Hash` undid while
+    /// it made room, `heard` being what the listener heard of in its step:
+    /// the key leaves (its old value `Replaced`, the write `Size`), and so do
+    /// the victims evicted before the panic, which must be the first in
+    /// eviction order, evicted only while the shard was over its capacity,
+    /// none of them panicking; then the next victim must be one whose `Hash`
+    /// panics, or, for a new key that evicted nothing, a key of the shard
+    /// (the table rehashed them as it grew). Returns what the listener hears
+    /// of.
+    fn undone(&mut self, k: u8, v: u8, w: u64, heard: &[Removal]) -> Vec<Removal> {
+        assert!(w <= self.max_entry, "a too-heavy write of {k} was undone");
+        let mut out = Vec::new();
+        let old = self.pos(k).map(|i| self.entries.remove(i));
+        if let Some(e) = old {
+            out.push((k, e.1, RemovalCause::Replaced));
+        }
+        let mut weight = self.weight() + w;
+        let victims = heard
+            .iter()
+            .filter(|e| e.2 == RemovalCause::Size && e.0 != k);
+        for &(victim, value, cause) in victims {
+            assert!(
+                weight > self.capacity,
+                "{victim} evicted with the shard within its capacity"
+            );
+            assert!(!self.entries.is_empty(), "{victim} evicted from nothing");
+            let e = self.entries.remove(0);
+            assert_eq!((victim, value), (e.0, e.1), "evicted out of order");
+            assert!(!panicky(victim), "{victim} evicted, its `Hash` panicking");
+            weight -= e.2;
+            out.push((victim, value, cause));
+        }
+        let at_victim =
+            weight > self.capacity && self.entries.first().is_some_and(|e| panicky(e.0));
+        let as_grown = old.is_none() && out.is_empty() && self.entries.iter().any(|e| panicky(e.0));
+        assert!(
+            at_victim || as_grown,
+            "the write of {k} undone without a panicking key in its way"
+        );
+        out.push((k, v, RemovalCause::Size));
+        out
+    }
 }
 
 /// (key, value, cause) as the listener hears of an entry leaving.
 type Removal = (u8, u8, RemovalCause);
 
-/// The payload of the listener's deliberate panics.
-struct Deliberate;
+/// What a sweep picks, by key and value.
+type Picks = Box<dyn Fn(u8, u8) -> bool>;
+
+/// The payload of the target's deliberate panics, by the callback that
+/// panicked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Deliberate {
+    Listener,
+    Weigher,
+    Hash,
+}
 
 /// Lets deliberate panics unwind to the target instead of aborting in
 /// libFuzzer's panic hook, which every other panic still reaches.
@@ -187,11 +331,108 @@ fn allow_deliberate_panics() {
     });
 }
 
-/// Runs a call that may reach the listener: `Err` when the listener panicked.
-fn listened<R>(f: impl FnOnce() -> R) -> Result<R, ()> {
-    catch_unwind(AssertUnwindSafe(f)).map_err(|panic| {
-        assert!(panic.is::<Deliberate>(), "only the listener panics");
+/// Runs a call of the cache, the panicking keys' `Hash` armed if `armed`:
+/// `Err` with the payload of the deliberate panic it ended in.
+fn call<R>(armed: bool, f: impl FnOnce() -> R) -> Result<R, Deliberate> {
+    set_panics(|p| p.armed = armed);
+    let result = catch_unwind(AssertUnwindSafe(f));
+    set_panics(|p| p.armed = false);
+    result.map_err(|panic| {
+        *panic
+            .downcast_ref::<Deliberate>()
+            .expect("only deliberate panics")
     })
+}
+
+/// What became of a write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Fate {
+    /// It never reached the shard: the weigher or the key's own `Hash`
+    /// panicked.
+    Refused,
+    /// Another key's `Hash` panicked as it made room.
+    Undone,
+    /// Written (or refused as too heavy), its listener perhaps panicking.
+    Done,
+}
+
+/// A write's fate from the panic its call ended in, given whether its own
+/// key's `Hash` and the weigher panic on it (either, or both: the cache may
+/// run them in either order, before it touches the shard).
+fn fate(outcome: Option<Deliberate>, own_hash: bool, weighs: bool) -> Fate {
+    if own_hash || weighs {
+        assert!(
+            (own_hash && outcome == Some(Deliberate::Hash))
+                || (weighs && outcome == Some(Deliberate::Weigher)),
+            "a write whose key's Hash ({own_hash}) or weigher ({weighs}) panics ended in {outcome:?}"
+        );
+        return Fate::Refused;
+    }
+    match outcome {
+        Some(Deliberate::Hash) => Fate::Undone,
+        _ => Fate::Done,
+    }
+}
+
+/// Checks a sweep over the shards (`invalidate_entries_if`, `invalidate_all`)
+/// that removes the entries `picks` picks, heard as `cause`, given the
+/// residents before it and what the listener heard: the shards before the
+/// one a key's `Hash` panicked in are swept whole, that one, which holds a
+/// picked key whose `Hash` panics, and the rest not at all. Returns which
+/// shards were swept.
+fn sweep(
+    before: &[(u8, u8)],
+    heard: &[Removal],
+    cause: RemovalCause,
+    picks: impl Fn(u8, u8) -> bool,
+    shard_of: impl Fn(u8) -> usize,
+    shards: usize,
+    hash_panicked: bool,
+) -> Vec<bool> {
+    assert!(
+        heard.iter().all(|e| e.2 == cause),
+        "a sweep heard of as another cause: {heard:?}"
+    );
+    let mut swept = vec![false; shards];
+    let mut stopped = false;
+    for (s, swept) in swept.iter_mut().enumerate() {
+        let mut picked: Vec<(u8, u8)> = before
+            .iter()
+            .copied()
+            .filter(|&(k, v)| shard_of(k) == s && picks(k, v))
+            .collect();
+        let mut gone: Vec<(u8, u8)> = heard
+            .iter()
+            .filter(|e| shard_of(e.0) == s)
+            .map(|e| (e.0, e.1))
+            .collect();
+        picked.sort_unstable();
+        gone.sort_unstable();
+        if stopped {
+            assert!(gone.is_empty(), "shard {s} swept after the panic");
+        } else if gone == picked {
+            *swept = true;
+        } else {
+            assert!(
+                gone.is_empty(),
+                "shard {s} swept in part: {gone:?} of {picked:?}"
+            );
+            assert!(
+                hash_panicked,
+                "shard {s} left unswept, and nothing panicked"
+            );
+            assert!(
+                picked.iter().any(|e| panicky(e.0)),
+                "shard {s} left unswept, with no picked key whose Hash panics"
+            );
+            stopped = true;
+        }
+    }
+    assert!(
+        !hash_panicked || stopped,
+        "a key's Hash panicked, and every shard was swept"
+    );
+    swept
 }
 
 fuzz_target!(|input: Input| {
@@ -209,29 +450,57 @@ fuzz_target!(|input: Input| {
     };
     let exact = eviction != Eviction::TinyLfu;
     allow_deliberate_panics();
-    let panics = input.policy >= 128;
-    let triggers = move |v: u8| panics && v % 4 == 0;
+    let listener_panics = input.policy >= 128;
+    let triggers = move |v: u8| listener_panics && v % 4 == 0;
+    let residue = (input.hash_panics != 0).then_some(input.hash_panics % 8);
+    PANICS.with(|p| {
+        p.set(Panics {
+            residue,
+            ..Panics::default()
+        })
+    });
+    let seed = input.weigher_panics;
+    let weighs = move |k: u8, v: u8, w: u8| weigher_fails(seed, k, v, w);
     let mut written: std::collections::HashMap<u8, u8> = Default::default();
     let heard: Arc<Mutex<Vec<Removal>>> = Arc::default();
     let sink = Arc::clone(&heard);
-    let cache: Cache<u8, (u8, u8), FixedState> = Cache::builder()
+    let cache: Cache<Key, (u8, u8), FixedState> = Cache::builder()
         .max_capacity(capacity)
         .shards(shards as usize)
         .hasher(FixedState)
         .eviction(eviction)
-        .weigher(|_, v: &(u8, u8)| u32::from(v.1 % 16))
-        .eviction_listener(move |k, v: (u8, u8), cause| {
-            sink.lock().unwrap().push((k, v.0, cause));
+        .weigher(move |k: &Key, v: &(u8, u8)| {
+            if weighs(k.0, v.0, v.1) {
+                set_panics(|p| p.weigher += 1);
+                std::panic::panic_any(Deliberate::Weigher);
+            }
+            u32::from(v.1 % 16)
+        })
+        .eviction_listener(move |k: Key, v: (u8, u8), cause| {
+            sink.lock().unwrap().push((k.0, v.0, cause));
             if triggers(v.0) {
-                std::panic::panic_any(Deliberate);
+                std::panic::panic_any(Deliberate::Listener);
             }
         })
         .build()
         .unwrap();
-    let shard_of = |k: u8| cache.shard_index(&k);
+    // Hashed once, disarmed.
+    let shard_table: Vec<usize> = (0..=255u8).map(|k| cache.shard_index(&Key(k))).collect();
+    let shard_of = |k: u8| shard_table[usize::from(k)];
+    let residents = || {
+        let mut all: Vec<(u8, u8)> = cache.iter().map(|(k, v)| (k.0, v.0)).collect();
+        all.sort_unstable();
+        all
+    };
+    let mut armed = false;
     // Entries written (each insert makes one), and every removal heard so far.
     let mut inserts = 0usize;
     let mut heard_total = 0usize;
+    // Writes refused as too heavy or undone; entries heard as `Size`, and
+    // handed back by `try_insert`.
+    let mut rejections = 0u64;
+    let mut size_heard = 0u64;
+    let mut handed_back = 0u64;
     // One model per shard: shard i holds `base + (i < extra)` units and
     // takes entries of up to `base`.
     let mut models: Vec<Model> = (0..shards)
@@ -244,104 +513,146 @@ fuzz_target!(|input: Input| {
         })
         .collect();
     for op in input.ops.into_iter().take(2_000) {
+        let before = residents();
+        set_panics(|p| (p.hash, p.weigher) = (0, 0));
         let mut expected_heard: Vec<Removal> = Vec::new();
-        let mut panicked = false;
+        // The deliberate panic the step's call ended in.
+        let mut outcome: Option<Deliberate> = None;
+        // A write's (key, value, weight) and what became of it.
+        let mut write: Option<(u8, u8, u8, Fate)> = None;
+        // The step leaves the cache as it was, and nothing is heard.
+        let mut unchanged = false;
+        // A sweep's checks, once the step's removals are heard: what it
+        // picks, the cause it removes with.
+        let mut swept: Option<(Picks, RemovalCause)> = None;
         match op {
+            Op::Arm(on) => armed = on,
             Op::Get(k) => {
-                let got = cache.get(&k).map(|(v, w)| (v, w % 16));
-                if exact {
-                    let model = &mut models[shard_of(k)];
-                    let expected = model.pos(k).map(|i| {
-                        let e = model.entries[i];
-                        model.touch(i);
-                        (e.1, e.2 as u8)
-                    });
-                    assert_eq!(got, expected);
-                } else if let Some((v, _)) = got {
-                    assert_eq!(Some(&v), written.get(&k));
+                let got = call(armed, || cache.get(&Key(k)));
+                outcome = got.as_ref().err().copied();
+                if armed && panicky(k) {
+                    assert_eq!(outcome, Some(Deliberate::Hash));
+                    unchanged = true;
+                } else {
+                    let got = got
+                        .expect("a get panics only in its key's Hash")
+                        .map(|(v, w)| (v, w % 16));
+                    if exact {
+                        let model = &mut models[shard_of(k)];
+                        let expected = model.pos(k).map(|i| {
+                            let e = model.entries[i];
+                            model.touch(i);
+                            (e.1, e.2 as u8)
+                        });
+                        assert_eq!(got, expected);
+                    } else if let Some((v, _)) = got {
+                        assert_eq!(Some(&v), written.get(&k));
+                    }
                 }
             }
             Op::Peek(k) => {
-                let got = cache.peek(&k).map(|v| v.0);
-                if exact {
-                    let model = &models[shard_of(k)];
-                    assert_eq!(got, model.pos(k).map(|i| model.entries[i].1));
-                } else if let Some(v) = got {
-                    assert_eq!(Some(&v), written.get(&k));
+                let got = call(armed, || cache.peek(&Key(k)).map(|v| v.0));
+                outcome = got.as_ref().err().copied();
+                if armed && panicky(k) {
+                    assert_eq!(outcome, Some(Deliberate::Hash));
+                    unchanged = true;
+                } else {
+                    let got = got.expect("a peek panics only in its key's Hash");
+                    if exact {
+                        let model = &models[shard_of(k)];
+                        assert_eq!(got, model.pos(k).map(|i| model.entries[i].1));
+                    } else if let Some(v) = got {
+                        assert_eq!(Some(&v), written.get(&k));
+                    }
                 }
             }
             Op::Insert(k, v, w) => {
-                panicked = listened(|| cache.insert(k, (v, w))).is_err();
-                inserts += 1;
-                expected_heard = models[shard_of(k)].insert(k, v, u64::from(w % 16));
-                if u64::from(w % 16) <= base {
-                    written.insert(k, v);
-                    assert_eq!(
-                        cache.peek(&k).map(|v| v.0),
-                        Some(v),
-                        "a fitting insert is readable"
-                    );
-                } else {
-                    written.remove(&k);
-                    assert_eq!(cache.peek(&k), None);
+                outcome = call(armed, || cache.insert(Key(k), (v, w))).err();
+                let fate = fate(outcome, armed && panicky(k), weighs(k, v, w));
+                if fate == Fate::Done {
+                    inserts += 1;
+                    expected_heard = models[shard_of(k)].insert(k, v, u64::from(w % 16));
+                    if u64::from(w % 16) <= base {
+                        written.insert(k, v);
+                        assert_eq!(
+                            cache.peek(&Key(k)).map(|v| v.0),
+                            Some(v),
+                            "a fitting insert is readable"
+                        );
+                    } else {
+                        written.remove(&k);
+                        assert_eq!(cache.peek(&Key(k)), None);
+                    }
                 }
+                write = Some((k, v, w, fate));
             }
             Op::TryInsert(k, v, w) => {
-                let result = listened(|| cache.try_insert(k, (v, w)));
-                let too_heavy = u64::from(w % 16) > base;
-                expected_heard = models[shard_of(k)].insert(k, v, u64::from(w % 16));
-                if too_heavy {
-                    // Handed back, never heard of, never resident; or, when
-                    // the listener panicked on the value it replaced, heard
-                    // of as `Size` after all (the panic cannot carry it back).
-                    if result.is_ok() {
-                        expected_heard.retain(|e| e.2 != RemovalCause::Size);
+                let result = call(armed, || cache.try_insert(Key(k), (v, w)));
+                outcome = result.as_ref().err().copied();
+                let fate = fate(outcome, armed && panicky(k), weighs(k, v, w));
+                if fate == Fate::Done {
+                    let too_heavy = u64::from(w % 16) > base;
+                    expected_heard = models[shard_of(k)].insert(k, v, u64::from(w % 16));
+                    if too_heavy {
+                        // Handed back, never heard of, never resident; or,
+                        // when the listener panicked on the value it
+                        // replaced, heard of as `Size` after all (the panic
+                        // cannot carry it back).
+                        if result.is_ok() {
+                            expected_heard.retain(|e| e.2 != RemovalCause::Size);
+                        } else {
+                            inserts += 1;
+                        }
+                        written.remove(&k);
+                        assert_eq!(cache.peek(&Key(k)), None);
                     } else {
                         inserts += 1;
+                        written.insert(k, v);
+                        assert_eq!(cache.peek(&Key(k)).map(|v| v.0), Some(v));
                     }
-                    written.remove(&k);
-                    assert_eq!(cache.peek(&k), None);
-                } else {
-                    inserts += 1;
-                    written.insert(k, v);
-                    assert_eq!(cache.peek(&k).map(|v| v.0), Some(v));
-                }
-                match result {
-                    Ok(Ok(())) => assert!(!too_heavy, "a too-heavy entry was accepted"),
-                    Ok(Err(rejected)) => {
-                        assert!(too_heavy, "a fitting entry was rejected");
-                        assert_eq!((rejected.key, rejected.value), (k, (v, w)));
-                        assert_eq!(rejected.weight, u32::from(w % 16));
-                        assert_eq!(rejected.limit, base);
+                    match result {
+                        Ok(Ok(())) => assert!(!too_heavy, "a too-heavy entry was accepted"),
+                        Ok(Err(rejected)) => {
+                            assert!(too_heavy, "a fitting entry was rejected");
+                            assert_eq!((rejected.key, rejected.value), (Key(k), (v, w)));
+                            assert_eq!(rejected.weight, u32::from(w % 16));
+                            assert_eq!(rejected.limit, base);
+                            handed_back += 1;
+                        }
+                        Err(_) => {}
                     }
-                    Err(()) => panicked = true,
                 }
+                write = Some((k, v, w, fate));
             }
             Op::GetOrLoad(k, v, w, asynchronous) => {
-                let model = &mut models[shard_of(k)];
-                let resident = if exact {
-                    model.pos(k).is_some()
-                } else {
-                    cache.peek(&k).is_some()
-                };
+                let own_hash = armed && panicky(k);
+                let resident = before.iter().any(|e| e.0 == k);
                 let mut loaded = false;
-                let got = listened(|| {
+                let got = call(armed, || {
                     if asynchronous {
-                        block_on(cache.get_or_load_async(k, async {
+                        block_on(cache.get_or_load_async(Key(k), async {
                             loaded = true;
                             (v, w)
                         }))
                     } else {
-                        cache.get_or_load(k, |_| {
+                        cache.get_or_load(Key(k), |_| {
                             loaded = true;
                             (v, w)
                         })
                     }
                 });
-                assert_eq!(loaded, !resident, "the loader runs exactly on a miss");
-                if resident {
-                    let got = got.expect("a hit reaches no listener").0;
+                outcome = got.as_ref().err().copied();
+                assert_eq!(
+                    loaded,
+                    !resident && !own_hash,
+                    "the loader runs exactly on a miss"
+                );
+                if own_hash {
+                    write = Some((k, v, w, fate(outcome, true, false)));
+                } else if resident {
+                    let got = got.expect("a hit reaches no callback that panics").0;
                     if exact {
+                        let model = &mut models[shard_of(k)];
                         let i = model.pos(k).expect("resident");
                         assert_eq!(got, model.entries[i].1);
                         model.touch(i);
@@ -349,94 +660,200 @@ fuzz_target!(|input: Input| {
                         assert_eq!(Some(&got), written.get(&k));
                     }
                 } else {
-                    match got {
-                        Ok(got) => assert_eq!(got, (v, w), "the caller gets what it loaded"),
-                        Err(()) => panicked = true,
+                    let fate = fate(outcome, false, weighs(k, v, w));
+                    if fate == Fate::Done {
+                        if let Ok(got) = got {
+                            assert_eq!(got, (v, w), "the caller gets what it loaded");
+                        }
+                        inserts += 1;
+                        expected_heard = models[shard_of(k)].insert(k, v, u64::from(w % 16));
+                        if u64::from(w % 16) <= base {
+                            written.insert(k, v);
+                            assert_eq!(cache.peek(&Key(k)).map(|v| v.0), Some(v));
+                        } else {
+                            written.remove(&k);
+                            assert_eq!(cache.peek(&Key(k)), None);
+                        }
                     }
-                    inserts += 1;
-                    expected_heard = model.insert(k, v, u64::from(w % 16));
-                    if u64::from(w % 16) <= base {
-                        written.insert(k, v);
-                        assert_eq!(cache.peek(&k).map(|v| v.0), Some(v));
-                    } else {
-                        written.remove(&k);
-                        assert_eq!(cache.peek(&k), None);
-                    }
+                    write = Some((k, v, w, fate));
                 }
             }
             Op::InvalidateIf(m) => {
                 let picks =
                     move |k: u8, v: u8| (u32::from(k) + u32::from(v)) % u32::from(m % 5 + 2) == 0;
-                panicked = listened(|| cache.invalidate_entries_if(|k, v| picks(*k, v.0))).is_err();
-                for model in &mut models {
-                    let (gone, kept): (Vec<_>, Vec<_>) =
-                        model.entries.drain(..).partition(|e| picks(e.0, e.1));
-                    model.entries = kept;
-                    expected_heard
-                        .extend(gone.iter().map(|e| (e.0, e.1, RemovalCause::Invalidated)));
-                }
-                written.retain(|&k, &mut v| !picks(k, v));
-                assert!(
-                    cache.iter().all(|(k, v)| !picks(k, v.0)),
-                    "a picked entry stayed"
-                );
+                outcome = call(armed, || {
+                    cache.invalidate_entries_if(|k, v| picks(k.0, v.0))
+                })
+                .err();
+                swept = Some((Box::new(picks), RemovalCause::Invalidated));
             }
             Op::Remove(k) => {
-                let got = listened(|| cache.remove(&k).map(|v| v.0));
-                let model = &mut models[shard_of(k)];
-                let expected = model.pos(k).map(|i| model.entries.remove(i).1);
-                expected_heard.extend(expected.map(|v| (k, v, RemovalCause::Explicit)));
-                match got {
-                    Ok(got) if exact => assert_eq!(got, expected),
-                    Ok(Some(v)) => assert_eq!(Some(&v), written.get(&k)),
-                    Ok(None) => {}
-                    // The value was removed; the listener's panic took the
-                    // place of its return.
-                    Err(()) => panicked = true,
+                let got = call(armed, || cache.remove(&Key(k)).map(|v| v.0));
+                outcome = got.as_ref().err().copied();
+                if armed && panicky(k) {
+                    assert_eq!(outcome, Some(Deliberate::Hash));
+                    unchanged = true;
+                } else {
+                    let model = &mut models[shard_of(k)];
+                    let expected = model.pos(k).map(|i| model.entries.remove(i).1);
+                    expected_heard.extend(expected.map(|v| (k, v, RemovalCause::Explicit)));
+                    match got {
+                        Ok(got) if exact => assert_eq!(got, expected),
+                        Ok(Some(v)) => assert_eq!(Some(&v), written.get(&k)),
+                        Ok(None) => {}
+                        // The value was removed; the listener's panic took
+                        // the place of its return.
+                        Err(panic) => assert_eq!(
+                            panic,
+                            Deliberate::Listener,
+                            "a remove panics only in its key's Hash or the listener"
+                        ),
+                    }
+                    written.remove(&k);
+                    assert_eq!(cache.peek(&Key(k)), None);
                 }
-                written.remove(&k);
-                assert_eq!(cache.peek(&k), None);
             }
             Op::InvalidateAll => {
-                panicked = listened(|| cache.invalidate_all()).is_err();
-                for model in &mut models {
-                    expected_heard.extend(
-                        model
-                            .entries
-                            .drain(..)
-                            .map(|e| (e.0, e.1, RemovalCause::Explicit)),
-                    );
-                }
-                written.clear();
-                assert!(cache.is_empty());
+                outcome = call(armed, || cache.invalidate_all()).err();
+                swept = Some((Box::new(|_, _| true), RemovalCause::Explicit));
             }
         }
         cache.validate();
         assert!(cache.weighted_size() <= capacity);
-        let mut step_heard = std::mem::take(&mut *heard.lock().unwrap());
+        let step_heard = std::mem::take(&mut *heard.lock().unwrap());
         heard_total += step_heard.len();
-        assert_eq!(
-            panicked,
-            step_heard.iter().any(|e| triggers(e.1)),
-            "a call panics exactly when the listener did"
-        );
+        size_heard += step_heard
+            .iter()
+            .filter(|e| e.2 == RemovalCause::Size)
+            .count() as u64;
+        let Panics {
+            hash: hash_panics,
+            weigher: weigher_panics,
+            ..
+        } = panics();
+        let listener_panicked = step_heard.iter().any(|e| triggers(e.1));
+        match outcome {
+            None => assert!(
+                !listener_panicked && hash_panics == 0 && weigher_panics == 0,
+                "a callback panicked, and the call did not"
+            ),
+            Some(Deliberate::Listener) => assert!(
+                listener_panicked && hash_panics == 0 && weigher_panics == 0,
+                "the call panicked as the listener, which did not (or another callback did)"
+            ),
+            Some(Deliberate::Weigher) => assert!(
+                weigher_panics == 1 && hash_panics == 0 && step_heard.is_empty(),
+                "the call panicked as the weigher"
+            ),
+            Some(Deliberate::Hash) => assert!(
+                hash_panics >= 1 && weigher_panics == 0,
+                "the call panicked as a key's Hash"
+            ),
+        }
+        // The step's own write, which may be heard as `Size` without having
+        // been resident.
+        let mut own = None;
+        if let Some((k, v, w, fate)) = write {
+            match fate {
+                Fate::Refused => unchanged = true,
+                Fate::Done => {
+                    own = Some((k, v));
+                    if u64::from(w % 16) > base {
+                        rejections += 1;
+                    }
+                }
+                Fate::Undone => {
+                    own = Some((k, v));
+                    inserts += 1;
+                    rejections += 1;
+                    if exact {
+                        expected_heard =
+                            models[shard_of(k)].undone(k, v, u64::from(w % 16), &step_heard);
+                    } else {
+                        assert!(
+                            step_heard.contains(&(k, v, RemovalCause::Size)),
+                            "an undone write is heard as Size"
+                        );
+                        if let Some(&(_, old)) = before.iter().find(|e| e.0 == k) {
+                            assert!(
+                                step_heard.contains(&(k, old, RemovalCause::Replaced)),
+                                "the value an undone write replaced is heard"
+                            );
+                        }
+                    }
+                    written.remove(&k);
+                    assert_eq!(cache.peek(&Key(k)), None, "an undone write stays");
+                }
+            }
+        }
+        if let Some((picks, cause)) = swept {
+            let hash_panicked = outcome == Some(Deliberate::Hash);
+            let swept = sweep(
+                &before,
+                &step_heard,
+                cause,
+                &picks,
+                shard_of,
+                shards as usize,
+                hash_panicked,
+            );
+            for (model, &swept) in models.iter_mut().zip(&swept) {
+                if swept {
+                    let (gone, kept): (Vec<_>, Vec<_>) =
+                        model.entries.drain(..).partition(|e| picks(e.0, e.1));
+                    model.entries = kept;
+                    expected_heard.extend(gone.iter().map(|e| (e.0, e.1, cause)));
+                }
+            }
+            written.retain(|&k, &mut v| !(swept[shard_of(k)] && picks(k, v)));
+            assert!(
+                cache
+                    .iter()
+                    .all(|(k, v)| !(swept[shard_of(k.0)] && picks(k.0, v.0))),
+                "a picked entry stayed"
+            );
+        }
+        if unchanged {
+            assert!(
+                step_heard.is_empty(),
+                "a call that changed nothing was heard"
+            );
+            assert_eq!(residents(), before, "a call that changed nothing did");
+        }
+        for e in &step_heard {
+            if e.2 == RemovalCause::Size && Some((e.0, e.1)) != own {
+                assert!(
+                    before.contains(&(e.0, e.1)),
+                    "{e:?} evicted, and it was not resident"
+                );
+            }
+        }
         assert_eq!(
             inserts,
             cache.len() + heard_total,
             "every entry written is resident or was heard of once"
         );
+        let stats = cache.stats();
+        assert_eq!(
+            stats.rejections, rejections,
+            "rejections: too-heavy and undone writes"
+        );
+        assert_eq!(
+            stats.evictions + stats.rejections,
+            size_heard + handed_back,
+            "evictions and rejections: heard as Size or handed back"
+        );
         if exact {
+            let mut step_heard = step_heard;
             step_heard.sort_unstable();
             expected_heard.sort_unstable();
             assert_eq!(step_heard, expected_heard, "the listener hears what left");
-            let mut resident: Vec<(u8, u8)> = cache.iter().map(|(k, v)| (k, v.0)).collect();
-            resident.sort_unstable();
             let mut expected: Vec<(u8, u8)> = models
                 .iter()
                 .flat_map(|m| m.entries.iter().map(|e| (e.0, e.1)))
                 .collect();
             expected.sort_unstable();
-            assert_eq!(resident, expected);
+            assert_eq!(residents(), expected);
             let weight: u64 = models.iter().map(Model::weight).sum();
             assert_eq!(cache.weighted_size(), weight);
         }

@@ -29,10 +29,27 @@
 //! deadline forward). The model computes the same answers and must agree.
 //! With `weighted`, entries weigh 1 to 3 units, so a `small` cache evicts
 //! by weight.
+//!
+//! With `custom` and a `panics` byte, the `Expiry` also panics: each of its
+//! methods that `panics` enables (bit 0 `expire_after_create`, 1
+//! `expire_after_update`, 2 `expire_after_read`) on one call in four, picked
+//! by the key, the write id and the lifetime left. The model knows which
+//! method a call runs (create for a key with no live entry, update for one
+//! with, read for a `get` that finds one) and with what, so the call must
+//! panic exactly when that method does, with its panic, and no other call
+//! may panic. A write that panicked did not happen: the cache is as it was
+//! (an expired entry under the key stays until reclaimed), its id is never
+//! resident nor heard, nothing is heard in its step, and the key keeps its
+//! value, deadline and tags. A read that panicked moved no deadline: read
+//! again later, with other time left, the entry must answer as the model's
+//! unmoved deadline says. Reads and the listener must then still agree
+//! exactly with the model.
 #![no_main]
 
+use std::cell::Cell;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::{Arc, Mutex, Once};
 use std::time::Duration;
 
 use arbitrary::Arbitrary;
@@ -108,16 +125,89 @@ fn on_read(k: u8, v: u32, current: Option<u64>) -> Option<u64> {
     }
 }
 
-struct Fuzzed;
+/// The `Expiry`'s methods, as bits of the `panics` byte.
+const CREATE: u8 = 1;
+const UPDATE: u8 = 2;
+const READ: u8 = 4;
+
+/// Whether the `Expiry`'s `method` panics on `(k, v)` with `current` ms of
+/// lifetime left (`None` for create, or no deadline), as `panics` enables:
+/// one call in four. Hanging on the lifetime left, an entry whose read
+/// panicked may be read later, and its answer then shows whether the panic
+/// moved the deadline.
+fn fails(panics: u8, method: u8, k: u8, v: u32, current: Option<u64>) -> bool {
+    let left = current
+        .map_or(u32::MAX, |c| c as u32)
+        .wrapping_mul(0x2545_F491);
+    panics & method != 0 && pick(k, v ^ left, 6 + u32::from(method)) % 4 == 0
+}
+
+/// The payload of the `Expiry`'s deliberate panics.
+struct Deliberate;
+
+thread_local! {
+    /// The `Expiry` methods that panicked, as bits.
+    static PANICKED: Cell<u8> = const { Cell::new(0) };
+}
+
+/// Lets deliberate panics unwind to the target instead of aborting in
+/// libFuzzer's panic hook, which every other panic still reaches.
+fn allow_deliberate_panics() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !info.payload().is::<Deliberate>() {
+                previous(info);
+            }
+        }));
+    });
+}
+
+/// Runs a call of the cache: `Err` when the `Expiry` panicked, with the
+/// method that did (one: a second panic while unwinding would abort).
+fn call<R>(f: impl FnOnce() -> R) -> Result<R, u8> {
+    PANICKED.with(|p| p.set(0));
+    let result = catch_unwind(AssertUnwindSafe(f));
+    let panicked = PANICKED.with(Cell::get);
+    match result {
+        Ok(r) => {
+            assert_eq!(panicked, 0, "the Expiry panicked, the call did not");
+            Ok(r)
+        }
+        Err(panic) => {
+            assert!(panic.is::<Deliberate>(), "only the Expiry panics");
+            assert!(panicked.is_power_of_two(), "panicked in {panicked:#b}");
+            Err(panicked)
+        }
+    }
+}
+
+struct Fuzzed {
+    /// The methods that panic, as bits (see `fails`).
+    panics: u8,
+}
+
+impl Fuzzed {
+    fn check(&self, method: u8, k: u8, v: u32, current: Option<u64>) {
+        if fails(self.panics, method, k, v, current) {
+            PANICKED.with(|p| p.set(p.get() | method));
+            std::panic::panic_any(Deliberate);
+        }
+    }
+}
 
 impl Expiry<u8, u32> for Fuzzed {
     fn expire_after_create(&self, k: &u8, v: &u32) -> Option<Duration> {
+        self.check(CREATE, *k, *v, None);
         on_create(*k, *v).map(Duration::from_millis)
     }
     fn expire_after_update(&self, k: &u8, v: &u32, current: Option<Duration>) -> Option<Duration> {
+        self.check(UPDATE, *k, *v, ms(current));
         on_update(*k, *v, ms(current)).map(Duration::from_millis)
     }
     fn expire_after_read(&self, k: &u8, v: &u32, current: Option<Duration>) -> Option<Duration> {
+        self.check(READ, *k, *v, ms(current));
         on_read(*k, *v, ms(current)).map(Duration::from_millis)
     }
 }
@@ -147,6 +237,8 @@ struct Input {
     tti: bool,
     custom: bool,
     weighted: bool,
+    /// With `custom`, the `Expiry` methods that panic (see `fails`).
+    panics: u8,
     ops: Vec<Op>,
 }
 
@@ -156,6 +248,7 @@ fuzz_target!(|input: Input| {
         1 => Eviction::Lfu,
         _ => Eviction::TinyLfu,
     };
+    allow_deliberate_panics();
     let (clock, time) = Clock::mock();
     let mut builder = Cache::builder()
         .max_capacity(if input.small { 16 } else { 4_096 })
@@ -166,7 +259,9 @@ fuzz_target!(|input: Input| {
     // with a time-to-live or time-to-idle.
     let tti = input.tti && !input.custom;
     builder = if input.custom {
-        builder.expiry(Fuzzed)
+        builder.expiry(Fuzzed {
+            panics: input.panics,
+        })
     } else {
         builder.time_to_live(Duration::from_millis(TTL))
     };
@@ -183,9 +278,11 @@ fuzz_target!(|input: Input| {
     }
     let cache: Cache<u8, u32> = builder.build().unwrap();
     // key -> (value, deadline, cap), in ms; deadlines are exclusive. Values
-    // are write ids, one per write.
+    // are write ids, one per write call; `writes` counts those that were not
+    // undone by a panicking `Expiry`.
     let mut model: HashMap<u8, (u32, u64, u64)> = HashMap::new();
-    let mut writes = 0u32;
+    let mut ids = 0u32;
+    let mut writes = 0usize;
     let mut heard_total = 0usize;
     // key -> its tags (a bit per tag 0..4), for entries written with tags.
     let mut tags: HashMap<u8, u8> = HashMap::new();
@@ -196,6 +293,16 @@ fuzz_target!(|input: Input| {
     // A plain write's (deadline, cap), or `None` when it is refused as
     // already expired.
     let custom = input.custom;
+    let panics = if custom { input.panics } else { 0 };
+    // Whether a plain write of `(k, v)` panics: the `Expiry` method it runs
+    // (update for a key with a live entry, else create), if that one panics.
+    let panicking = |m: &HashMap<u8, (u32, u64, u64)>, k: u8, v: u32, now: u64| {
+        let (method, current) = match live(m, k, now) {
+            Some((_, at, _)) => (UPDATE, (at != NEVER).then(|| at - now)),
+            None => (CREATE, None),
+        };
+        (custom && fails(panics, method, k, v, current)).then_some(method)
+    };
     let write = |m: &HashMap<u8, (u32, u64, u64)>, k: u8, v: u32, now: u64| {
         if custom {
             let lifetime = match live(m, k, now) {
@@ -217,50 +324,78 @@ fuzz_target!(|input: Input| {
         // The cause a live entry leaving in this step is heard with, and the
         // one key it may concern (`None`: any key).
         let mut cause: Option<(RemovalCause, Option<u8>)> = None;
+        // The step's call panicked in the `Expiry`: nothing may be heard.
+        let mut refused = false;
         match op {
             Op::Get(k) => {
                 let expected = live(&model, k, now);
-                assert_eq!(cache.get(&k), expected.map(|e| e.0));
-                if let (Some((v, at, cap)), true) = (expected, tti) {
-                    // A read moves the deadline only by a tick (2^20 ns) or more.
-                    let moved = cap.min(now + TTI);
-                    if moved >= at + 2 {
-                        model.insert(k, (v, moved, cap));
+                let got = call(|| cache.get(&k));
+                match expected {
+                    // The read panics and moves no deadline: the model
+                    // stays as it is.
+                    Some((v, at, _))
+                        if custom && fails(panics, READ, k, v, (at != NEVER).then(|| at - now)) =>
+                    {
+                        assert_eq!(got, Err(READ), "the read of {k} ({v}) panics");
+                        refused = true;
+                    }
+                    _ => {
+                        assert_eq!(got, Ok(expected.map(|e| e.0)));
+                        if let (Some((v, at, cap)), true) = (expected, tti) {
+                            // A read moves the deadline only by a tick
+                            // (2^20 ns) or more.
+                            let moved = cap.min(now + TTI);
+                            if moved >= at + 2 {
+                                model.insert(k, (v, moved, cap));
+                            }
+                        }
+                        if let (Some((v, at, cap)), true) = (expected, custom) {
+                            let current = (at != NEVER).then(|| at - now);
+                            let moved = on_read(k, v, current).map_or(NEVER, |l| now + l).min(cap);
+                            model.insert(k, (v, moved, cap));
+                        }
                     }
                 }
-                if let (Some((v, at, cap)), true) = (expected, custom) {
-                    let current = (at != NEVER).then(|| at - now);
-                    let moved = on_read(k, v, current).map_or(NEVER, |l| now + l).min(cap);
-                    model.insert(k, (v, moved, cap));
-                }
             }
-            Op::Contains(k) => assert_eq!(cache.contains_key(&k), live(&model, k, now).is_some()),
+            Op::Contains(k) => assert_eq!(
+                call(|| cache.contains_key(&k)),
+                Ok(live(&model, k, now).is_some())
+            ),
             Op::InsertTagged(k, mask) => {
-                writes += 1;
-                let v = writes;
-                cause = Some((RemovalCause::Replaced, Some(k)));
+                ids += 1;
+                let v = ids;
                 let mask = mask % 16;
                 let names: Vec<String> = (0..4)
                     .filter(|i| mask & (1 << i) != 0)
                     .map(|i| format!("t{i}"))
                     .collect();
+                let panicking = panicking(&model, k, v, now);
                 let deadlines = write(&model, k, v, now);
-                cache.insert_with(k, v, EntryOptions::new().tags(names));
-                match deadlines {
-                    Some((at, cap)) => {
-                        model.insert(k, (v, at, cap));
-                        tags.insert(k, mask);
-                    }
-                    None => {
-                        model.remove(&k);
-                        tags.remove(&k);
+                let wrote = call(|| cache.insert_with(k, v, EntryOptions::new().tags(names)));
+                if let Some(method) = panicking {
+                    // Not written: the key keeps its value, deadline and tags.
+                    assert_eq!(wrote, Err(method), "the write of {k} ({v}) panics");
+                    refused = true;
+                } else {
+                    assert_eq!(wrote, Ok(()));
+                    writes += 1;
+                    cause = Some((RemovalCause::Replaced, Some(k)));
+                    match deadlines {
+                        Some((at, cap)) => {
+                            model.insert(k, (v, at, cap));
+                            tags.insert(k, mask);
+                        }
+                        None => {
+                            model.remove(&k);
+                            tags.remove(&k);
+                        }
                     }
                 }
             }
             Op::InvalidateTag(t) => {
                 let t = t % 4;
                 cause = Some((RemovalCause::Invalidated, None));
-                cache.invalidate_tag(format!("t{t}"));
+                assert_eq!(call(|| cache.invalidate_tag(format!("t{t}"))), Ok(()));
                 let doomed: Vec<u8> = tags
                     .iter()
                     .filter(|&(_, m)| m & (1 << t) != 0)
@@ -272,24 +407,37 @@ fuzz_target!(|input: Input| {
                 }
             }
             Op::Insert(k) => {
-                writes += 1;
-                let v = writes;
-                cause = Some((RemovalCause::Replaced, Some(k)));
-                tags.remove(&k);
+                ids += 1;
+                let v = ids;
+                let panicking = panicking(&model, k, v, now);
                 let deadlines = write(&model, k, v, now);
-                cache.insert(k, v);
-                match deadlines {
-                    Some((at, cap)) => model.insert(k, (v, at, cap)),
-                    None => model.remove(&k),
-                };
+                let wrote = call(|| cache.insert(k, v));
+                if let Some(method) = panicking {
+                    assert_eq!(wrote, Err(method), "the write of {k} ({v}) panics");
+                    refused = true;
+                } else {
+                    assert_eq!(wrote, Ok(()));
+                    writes += 1;
+                    cause = Some((RemovalCause::Replaced, Some(k)));
+                    tags.remove(&k);
+                    match deadlines {
+                        Some((at, cap)) => model.insert(k, (v, at, cap)),
+                        None => model.remove(&k),
+                    };
+                }
             }
             Op::InsertTtl(k, ttl) => {
+                ids += 1;
                 writes += 1;
-                let v = writes;
+                let v = ids;
                 cause = Some((RemovalCause::Replaced, Some(k)));
                 tags.remove(&k);
                 let ttl = long(ttl, 5_000, 24);
-                cache.insert_with(k, v, EntryOptions::new().ttl(Duration::from_millis(ttl)));
+                // Its own time-to-live: the `Expiry` is not asked.
+                let wrote = call(|| {
+                    cache.insert_with(k, v, EntryOptions::new().ttl(Duration::from_millis(ttl)))
+                });
+                assert_eq!(wrote, Ok(()));
                 if ttl == 0 {
                     model.remove(&k);
                 } else {
@@ -302,7 +450,10 @@ fuzz_target!(|input: Input| {
             }
             Op::Remove(k) => {
                 cause = Some((RemovalCause::Explicit, Some(k)));
-                assert_eq!(cache.remove(&k), live(&model, k, now).map(|e| e.0));
+                assert_eq!(
+                    call(|| cache.remove(&k)),
+                    Ok(live(&model, k, now).map(|e| e.0))
+                );
                 model.remove(&k);
                 tags.remove(&k);
             }
@@ -321,14 +472,14 @@ fuzz_target!(|input: Input| {
                 }
             }
             Op::Maintain => {
-                cache.run_pending_tasks();
+                assert_eq!(call(|| cache.run_pending_tasks()), Ok(()));
                 model.retain(|_, e| e.1 > now);
                 tags.retain(|k, _| model.contains_key(k));
                 assert_eq!(cache.len(), model.len());
             }
             Op::InvalidateAll => {
                 cause = Some((RemovalCause::Explicit, None));
-                cache.invalidate_all();
+                assert_eq!(call(|| cache.invalidate_all()), Ok(()));
                 model.clear();
                 tags.clear();
                 assert!(cache.is_empty());
@@ -338,16 +489,20 @@ fuzz_target!(|input: Input| {
         let step_heard = std::mem::take(&mut *heard.lock().unwrap());
         heard_total += step_heard.len();
         assert_eq!(
-            writes as usize,
+            writes,
             cache.len() + heard_total,
             "every write is resident or was heard of once"
+        );
+        assert!(
+            !refused || step_heard.is_empty(),
+            "a call that panicked in the Expiry was heard: {step_heard:?}"
         );
         for (k, v, heard_cause) in step_heard {
             // A write already expired (a zero time-to-live) is refused:
             // heard as expired, never in the model.
             let Some(&(_, at, _)) = before.get(&k).filter(|e| e.0 == v) else {
                 assert_eq!(heard_cause, RemovalCause::Expired, "refused write {k} {v}");
-                assert_eq!(v, writes, "only this step's write can be refused");
+                assert_eq!(v, ids, "only this step's write can be refused");
                 continue;
             };
             if at <= now {
