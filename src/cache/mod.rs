@@ -353,10 +353,12 @@ where
     /// Only if the weigher, the [`Expiry`](crate::Expiry), the listener or a
     /// key's `Hash` or `Eq` panics. The cache stays consistent either way. An
     /// `Expiry` that panics, or this key's `Hash` or `Eq`, leaves the cache as
-    /// it was. Another key's `Hash`, met while the write makes room (evicting,
-    /// or growing the shard's table), undoes the write (the listener hears
-    /// the entry as [`RemovalCause::Size`]); met in
-    /// the step of expiry that follows a write that fitted, it leaves the
+    /// it was. Another key's `Hash`, met before a new key's entry is placed
+    /// (evicting; growing the shard's table; under W-TinyLFU, hashing the
+    /// window's oldest entry, its next candidate for the main region, which
+    /// it does for every new key once the shard is half full), undoes the
+    /// write (the listener hears the entry as [`RemovalCause::Size`]); met
+    /// in the step of expiry that follows a write that fitted, it leaves the
     /// write done.
     ///
     /// ```
