@@ -546,6 +546,33 @@ fn a_panicking_expiry_over_an_expired_entry_leaves_it_for_the_listener() {
     assert_eq!(cache.stats().expirations, 1);
 }
 
+/// Extends an entry by ten seconds at each read, and panics on reads of
+/// value 13.
+struct PanicsOnRead;
+impl Expiry<u32, u32> for PanicsOnRead {
+    fn expire_after_create(&self, _: &u32, _: &u32) -> Option<Duration> {
+        Some(SEC)
+    }
+    fn expire_after_read(&self, _: &u32, v: &u32, _: Option<Duration>) -> Option<Duration> {
+        assert!(*v != 13, "unlucky read");
+        Some(10 * SEC)
+    }
+}
+
+#[test]
+fn a_panicking_expire_after_read_moves_no_deadline() {
+    let (cache, time, log) = cache_with(|b| b.expiry(PanicsOnRead));
+    cache.insert(1, 13);
+    cache.insert(2, 2);
+    assert!(catch_unwind(AssertUnwindSafe(|| cache.get(&1))).is_err());
+    assert_eq!(cache.get(&2), Some(2), "the shard is still usable");
+    time.advance(SEC);
+    assert_eq!(cache.get(&1), None, "key 1 kept its deadline of one second");
+    assert_eq!(cache.get(&2), Some(2), "key 2's read moved its deadline");
+    cache.run_pending_tasks();
+    assert_eq!(taken(&log), [(1, 13, RemovalCause::Expired)]);
+}
+
 /// The wheel's ticks are about a millisecond: a pass of maintenance in an
 /// entry's last tick but before its deadline finds it not yet due, and a
 /// later pass in the same tick, after the deadline, must still take it.

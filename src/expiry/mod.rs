@@ -30,7 +30,8 @@ pub(crate) const NEVER: u64 = u64::MAX;
 /// The methods run on the calling thread with the entry's shard locked (for
 /// writing on create and update, for reading on read), so they should be quick
 /// and must not call back into the cache. A panic in one propagates to the
-/// caller, and the write that called it does not happen.
+/// caller: the write that called it does not happen, and the read that
+/// called it moves no deadline.
 ///
 /// ```
 /// use std::time::Duration;
