@@ -147,7 +147,7 @@ impl<T> Mutex<T> {
 }
 
 /// A condition variable over [`Mutex`] (a flight's waiters, the write-back
-/// queue's flusher and writers).
+/// queue's flusher and writers, a key lock's blocking takers).
 #[derive(Debug, Default)]
 pub(crate) struct Condvar {
     #[cfg(not(larder_loom))]
