@@ -16,14 +16,20 @@ use smallvec::SmallVec;
 
 use crate::store::Token;
 
-/// A label for a group of entries: built from a string or a `u64` / `u32`, cheap to
-/// clone (an integer, or a shared string).
+/// A label for a group of entries: built from a string or an integer
+/// (`u64`, `u32`, `usize`, `i64`, `i32`: one tag per 64-bit pattern, so
+/// `7u32` and `7i64` are one tag), cheap to clone (an integer, or a shared
+/// string).
 ///
 /// ```
 /// use larder::Tag;
 ///
 /// assert_eq!(Tag::from("user:7"), Tag::from(String::from("user:7")));
 /// assert_ne!(Tag::from(7u64), Tag::from("7"));
+/// let customer_id: i64 = 7; // a database key
+/// assert_eq!(Tag::from(customer_id), Tag::from(7u64));
+/// assert_eq!(Tag::from(7usize), Tag::from(7)); // a literal is an `i32`
+/// assert_eq!(Tag::from(-1i64), Tag::from(u64::MAX));
 /// ```
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct Tag(Repr);
@@ -70,6 +76,28 @@ impl From<u64> for Tag {
 impl From<u32> for Tag {
     fn from(n: u32) -> Self {
         Tag(Repr::Int(u64::from(n)))
+    }
+}
+
+/// The tag of the `u64` with the same bits: `Tag::from(5i64) ==
+/// Tag::from(5u64)` (and `-1i64` is `u64::MAX`'s tag).
+impl From<i64> for Tag {
+    fn from(n: i64) -> Self {
+        Tag(Repr::Int(n as u64))
+    }
+}
+
+/// As the `i64` of the same value: `Tag::from(5) == Tag::from(5u64)`.
+impl From<i32> for Tag {
+    fn from(n: i32) -> Self {
+        Tag::from(i64::from(n))
+    }
+}
+
+/// The tag of the same `u64`.
+impl From<usize> for Tag {
+    fn from(n: usize) -> Self {
+        Tag(Repr::Int(n as u64))
     }
 }
 
