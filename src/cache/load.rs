@@ -211,6 +211,15 @@ where
     /// Sync and async callers of one key share one load. If this call's task
     /// is cancelled while it leads, a waiting caller takes the load over.
     ///
+    /// The load is this call's future: cancelling the leader (a timeout, a
+    /// lost `select!` branch) drops it, and the caller that takes over starts
+    /// its own from the beginning. So callers that all time out before a
+    /// load can finish never cache its value, however many of them there
+    /// are, and each takeover may send the backend another request. Where
+    /// loads can outlast the callers' patience, spawn the load as a task of
+    /// its own that inserts its value (or pass a future that awaits such a
+    /// task's handle), so that it finishes whoever is still waiting.
+    ///
     /// ```
     /// # let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
     /// # runtime.block_on(async {

@@ -275,7 +275,10 @@ pub trait AsyncStore<K, V>: Send + Sync + 'static {
 /// `delete_async` (a full queue suspends the task instead of blocking the
 /// thread), and `close_async` a write-back cache before its last handle is
 /// dropped on a runtime thread (dropping it waits for the queue to drain, up
-/// to [`WriteBack::drop_wait`]).
+/// to [`WriteBack::drop_wait`]). Close the cache before its runtime shuts
+/// down, too: a `spawn` that panics (tokio's, on a runtime that is gone)
+/// fails the call like a store that panics, so the queued writes are retried
+/// and then reported, each attempt's panic reaching the panic hook.
 ///
 /// ```
 /// use std::time::Duration;

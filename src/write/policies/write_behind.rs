@@ -346,7 +346,9 @@ where
     ///
     /// Dropping the last handle of the cache does the same, but waits at most
     /// [`WriteBack::drop_wait`](crate::WriteBack::drop_wait) and can only
-    /// print to stderr how many writes failed or were left unsent. What a
+    /// print to stderr how many writes failed or were left unsent. A cache
+    /// that is never dropped (in a `static`, or leaked) is not flushed when
+    /// the process exits: call `close` before it does. What a
     /// crash loses is what was queued: the latest writes of at most
     /// [`queue_capacity`](crate::WriteBack::queue_capacity) keys. A write is
     /// due once it has waited `max_delay`, but is sent only when the flusher
