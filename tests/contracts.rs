@@ -858,6 +858,77 @@ fn max_entry_weight_is_the_limit_try_insert_applies() {
     }
 }
 
+/// `max_entry_weight` on the builder lowers the default shard count until
+/// an entry of that weight fits one shard's share, whatever the cores, and
+/// refuses what cannot hold it.
+#[test]
+fn max_entry_weight_sets_the_heaviest_entry_the_cache_takes() {
+    for capacity in [1u64, 1_000, 1 << 20, 64 << 20, (1 << 40) + 7] {
+        for weight in [0, 1, capacity / 3, capacity / 2, capacity] {
+            let cache: Cache<u32, u64> = Cache::builder()
+                .max_capacity(capacity)
+                .weigher(|_, v: &u64| u32::try_from(*v).unwrap_or(u32::MAX))
+                .max_entry_weight(weight)
+                .build()
+                .unwrap();
+            let case = format!("capacity {capacity}, weight {weight}");
+            assert!(cache.max_entry_weight() >= weight, "{case}");
+            let default: Cache<u32, u64> = Cache::builder()
+                .max_capacity(capacity)
+                .weigher(|_, v: &u64| u32::try_from(*v).unwrap_or(u32::MAX))
+                .build()
+                .unwrap();
+            assert!(cache.shard_count() <= default.shard_count(), "{case}");
+            // Lowered no further than needed: twice the shards would not hold it.
+            if cache.shard_count() < default.shard_count() {
+                assert!(
+                    capacity / (2 * cache.shard_count() as u64) < weight,
+                    "{case}"
+                );
+            }
+            if weight <= u64::from(u32::MAX - 1) {
+                assert!(cache.try_insert(1, weight).is_ok(), "{case}");
+            }
+        }
+    }
+    let err = Cache::<u32, u32>::builder()
+        .max_capacity(100)
+        .max_entry_weight(101)
+        .build()
+        .unwrap_err();
+    assert_eq!(
+        err,
+        BuildError::EntryTooHeavy {
+            weight: 101,
+            capacity: 100,
+            shards: 1
+        }
+    );
+    assert_eq!(
+        err.to_string(),
+        "max_entry_weight 101 is above the capacity 100"
+    );
+    // An explicit shard count is kept, or refused.
+    let build = |shards: usize| {
+        Cache::<u32, u32>::builder()
+            .max_capacity(4_096)
+            .shards(shards)
+            .max_entry_weight(1_024)
+            .build()
+    };
+    assert_eq!(build(4).unwrap().max_entry_weight(), 1_024);
+    let err = build(8).unwrap_err();
+    assert_eq!(
+        err,
+        BuildError::EntryTooHeavy {
+            weight: 1_024,
+            capacity: 4_096,
+            shards: 8
+        }
+    );
+    assert!(err.to_string().ends_with("use at most 4 shards"), "{err}");
+}
+
 /// A key whose `Hash` panics while `POISON_ARMED` is set, if it is at or
 /// above `POISON_FROM`.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -61,6 +61,20 @@ pub enum BuildError {
         /// The capacity it was asked with.
         capacity: u64,
     },
+    /// [`max_entry_weight`](crate::CacheBuilder::max_entry_weight) above a
+    /// shard's share of the capacity: above the capacity itself, or above
+    /// the share of each of the [`shards`](crate::CacheBuilder::shards)
+    /// asked for.
+    EntryTooHeavy {
+        /// The weight the cache was to take.
+        weight: u64,
+        /// The capacity it was asked with.
+        capacity: u64,
+        /// The shard count asked for, else 1 (the default count is lowered
+        /// to hold the weight, down to one shard, so it fails only when the
+        /// weight is above the capacity).
+        shards: usize,
+    },
 }
 
 impl fmt::Display for BuildError {
@@ -98,6 +112,26 @@ impl fmt::Display for BuildError {
                     f,
                     "{shards} shards cannot split a capacity of {capacity}: use at most {most} {noun}"
                 )
+            }
+            Self::EntryTooHeavy {
+                weight,
+                capacity,
+                shards,
+            } => {
+                if weight > capacity {
+                    write!(
+                        f,
+                        "max_entry_weight {weight} is above the capacity {capacity}"
+                    )
+                } else {
+                    // The most shards whose shares hold the weight.
+                    let most = 1u64 << (capacity / weight.max(&1)).min(MAX_SHARDS as u64).ilog2();
+                    let noun = if most == 1 { "shard" } else { "shards" };
+                    write!(
+                        f,
+                        "{shards} shards split a capacity of {capacity} into shares below max_entry_weight {weight}: use at most {most} {noun}"
+                    )
+                }
             }
         }
     }

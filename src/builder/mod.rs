@@ -65,6 +65,7 @@ struct Settings<K, V> {
     weigher: Option<Weigher<K, V>>,
     eviction: Eviction,
     shards: Option<usize>,
+    entry_weight: Option<u64>,
     initial_capacity: usize,
     listener: Option<Listener<K, V>>,
     record_stats: bool,
@@ -98,6 +99,7 @@ impl<K, V, S, W> fmt::Debug for CacheBuilder<K, V, S, W> {
             .field("weigher", &self.settings.weigher.is_some())
             .field("eviction", &self.settings.eviction)
             .field("shards", &self.settings.shards)
+            .field("max_entry_weight", &self.settings.entry_weight)
             .field("initial_capacity", &self.settings.initial_capacity)
             .field("eviction_listener", &self.settings.listener.is_some())
             .field("record_stats", &self.settings.record_stats)
@@ -116,6 +118,7 @@ impl<K, V> CacheBuilder<K, V, DefaultHashBuilder> {
                 weigher: None,
                 eviction: Eviction::default(),
                 shards: None,
+                entry_weight: None,
                 initial_capacity: 0,
                 listener: None,
                 record_stats: false,
@@ -173,9 +176,9 @@ where
     /// number, up to `u32::MAX - 1` entries a shard (its tokens are `u32`s):
     /// beyond that a new key evicts one entry in policy order first. An entry
     /// heavier than one shard's share of the capacity is refused (see
-    /// [`Cache::max_entry_weight`](crate::Cache::max_entry_weight), and set
-    /// [`shards`](Self::shards) when entries may be that heavy: the default
-    /// count depends on the cores).
+    /// [`Cache::max_entry_weight`](crate::Cache::max_entry_weight)): the
+    /// default shard count depends on the cores, so say how heavy entries
+    /// may be with [`max_entry_weight`](Self::max_entry_weight).
     ///
     /// ```
     /// let cache: larder::Cache<u32, String> = larder::Cache::builder()
@@ -239,6 +242,43 @@ where
     /// ```
     pub fn shards(mut self, shards: usize) -> Self {
         self.settings.shards = Some(shards);
+        self
+    }
+
+    /// The heaviest entry the cache must take (see
+    /// [`Cache::max_entry_weight`](crate::Cache::max_entry_weight): an entry
+    /// heavier than one shard's share of the capacity is refused). Without
+    /// [`shards`](Self::shards), the default shard count is halved until
+    /// each shard's share is at least `weight`, so that the limit no longer
+    /// depends on the machine's cores; with it, `build` refuses a count
+    /// whose shares are smaller, as it refuses a `weight` above the
+    /// capacity ([`BuildError::EntryTooHeavy`]).
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use larder::{BuildError, Cache};
+    ///
+    /// let cache: Cache<String, Arc<[u8]>> = Cache::builder()
+    ///     .max_capacity(64 << 20) // bytes
+    ///     .weigher(|_, v: &Arc<[u8]>| v.len() as u32)
+    ///     .max_entry_weight(16 << 20) // a report may take a quarter
+    ///     .build()
+    ///     .unwrap();
+    /// assert!(cache.shard_count() <= 4);
+    /// assert!(cache.max_entry_weight() >= 16 << 20);
+    /// assert!(cache.try_insert("report".into(), vec![0; 16 << 20].into()).is_ok());
+    ///
+    /// let err = Cache::<u32, u32>::builder()
+    ///     .max_capacity(1_000)
+    ///     .shards(4)
+    ///     .max_entry_weight(300)
+    ///     .build()
+    ///     .unwrap_err();
+    /// assert_eq!(err, BuildError::EntryTooHeavy { weight: 300, capacity: 1_000, shards: 4 });
+    /// assert_eq!(err.to_string(), "4 shards split a capacity of 1000 into shares below max_entry_weight 300: use at most 2 shards");
+    /// ```
+    pub fn max_entry_weight(mut self, weight: u64) -> Self {
+        self.settings.entry_weight = Some(weight);
         self
     }
 
@@ -552,8 +592,25 @@ where
                 })
             }
             Some(n) => n,
-            None => default_shards(capacity, self.settings.weigher.is_some()),
+            None => {
+                let mut n = default_shards(capacity, self.settings.weigher.is_some());
+                if let Some(weight) = self.settings.entry_weight {
+                    while n > 1 && capacity / (n as u64) < weight {
+                        n /= 2;
+                    }
+                }
+                n
+            }
         };
+        if let Some(weight) = self.settings.entry_weight {
+            if capacity / (shards as u64) < weight {
+                return Err(BuildError::EntryTooHeavy {
+                    weight,
+                    capacity,
+                    shards,
+                });
+            }
+        }
         let fixed = self.settings.time_to_live.is_some() || self.settings.time_to_idle.is_some();
         if fixed && self.settings.expiry.is_some() {
             return Err(BuildError::ConflictingExpiry);

@@ -105,8 +105,10 @@ where
     /// passes it to the listener as
     /// [`RemovalCause::Size`](crate::RemovalCause::Size)). The default shard
     /// count grows with the capacity and the cores, so this limit steps down
-    /// where it doubles; a weighted cache whose entries may come near the
-    /// capacity should set [`shards`](crate::CacheBuilder::shards) itself.
+    /// where it doubles; a weighted cache whose entries may be heavy should
+    /// say how heavy with the builder's
+    /// [`max_entry_weight`](crate::CacheBuilder::max_entry_weight) (or set
+    /// [`shards`](crate::CacheBuilder::shards) itself).
     ///
     /// ```
     /// let cache: larder::Cache<u32, Vec<u8>> = larder::Cache::builder()
