@@ -1,7 +1,7 @@
 //! Read-through and write-through `get`, `put`, `put_with`, `delete` and
 //! `invalidate_tag` against an in-memory store, through a cache of 1–8
-//! entries (so that writes and loads evict), its policy picked by the first
-//! byte. The store can be switched to failing, to panicking before it applies
+//! entries over 1, 2 or 4 shards (so that writes and loads evict), its
+//! policy picked by the first byte. The store can be switched to failing, to panicking before it applies
 //! a write or after (loads panic in both), and back; the application may
 //! write it behind the cache's back; a mock clock moves for the entries'
 //! time-to-live, and the store's `load_options` may tag loaded values and
@@ -92,6 +92,8 @@ enum Race {
 #[derive(Arbitrary, Debug)]
 struct Input {
     write_through: bool,
+    /// `% 8 + 1` entries, over `1 << (capacity >> 3) % 3` shards (fewer
+    /// where the capacity is smaller: at most one a unit of capacity).
     capacity: u8,
     eviction: u8,
     /// Bit 0: loaded values are tagged `"t"`; bit 1: they live `value % 4` ms.
@@ -333,8 +335,12 @@ fuzz_target!(|input: Input| {
         ..Db::default()
     }));
     let (clock, time) = Clock::mock();
+    let capacity = u64::from(input.capacity % 8) + 1;
+    // Both powers of two: the smaller one is the count.
+    let shards = (1u64 << ((input.capacity >> 3) % 3)).min(1 << capacity.ilog2());
     let builder = Cache::builder()
-        .max_capacity(u64::from(input.capacity % 8) + 1)
+        .max_capacity(capacity)
+        .shards(shards as usize)
         .eviction(match input.eviction % 3 {
             0 => Eviction::Lru,
             1 => Eviction::Lfu,
