@@ -230,3 +230,108 @@ impl<T> std::ops::Deref for Padded<T> {
         &self.0
     }
 }
+
+/// Wakes every waker, even when one of them panics: the others' tasks would
+/// otherwise wait for a wakeup that never comes. The first panic is raised
+/// again once all are woken (and dropped if the thread is unwinding already,
+/// as a guard's drop may be, where a second panic would abort).
+pub(crate) fn wake_all(wakers: impl IntoIterator<Item = std::task::Waker>) {
+    if let Some(payload) = wake_each(wakers) {
+        if !std::thread::panicking() {
+            std::panic::resume_unwind(payload);
+        }
+    }
+}
+
+/// Wakes every waker, even when one of them panics; the first panic's
+/// payload, if any, for the caller to raise or to drop.
+pub(crate) fn wake_each(
+    wakers: impl IntoIterator<Item = std::task::Waker>,
+) -> Option<Box<dyn std::any::Any + Send>> {
+    let mut panicked = None;
+    for waker in wakers {
+        let woken = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| waker.wake()));
+        if let Err(payload) = woken {
+            panicked.get_or_insert(payload);
+        }
+    }
+    panicked
+}
+
+#[cfg(all(test, not(larder_loom)))]
+pub(crate) mod tests {
+    use super::wake_all;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use std::task::{Wake, Waker};
+
+    /// Counts its wakes; panics on each if `panics`.
+    pub(crate) struct Counting {
+        wakes: AtomicUsize,
+        panics: bool,
+    }
+
+    impl Counting {
+        pub(crate) fn wakes(&self) -> usize {
+            self.wakes.load(Ordering::SeqCst)
+        }
+    }
+
+    impl Wake for Counting {
+        fn wake(self: Arc<Self>) {
+            self.wakes.fetch_add(1, Ordering::SeqCst);
+            assert!(!self.panics, "a waker that panics");
+        }
+    }
+
+    /// A waker and its count; one that panics (with "a waker that panics")
+    /// if `panics`.
+    pub(crate) fn waker(panics: bool) -> (Arc<Counting>, Waker) {
+        let counting = Arc::new(Counting {
+            wakes: AtomicUsize::new(0),
+            panics,
+        });
+        (counting.clone(), Waker::from(counting))
+    }
+
+    #[test]
+    fn a_panicking_waker_leaves_no_other_unwoken_and_its_panic_is_raised() {
+        let wakers: Vec<_> = [false, true, false, true, false]
+            .into_iter()
+            .map(waker)
+            .collect();
+        let counts: Vec<_> = wakers.iter().map(|(c, _)| c.clone()).collect();
+        let raised = std::panic::catch_unwind(|| {
+            wake_all(wakers.into_iter().map(|(_, w)| w));
+        });
+        let payload = raised.expect_err("the waker's panic is raised");
+        assert_eq!(
+            payload.downcast_ref::<&str>(),
+            Some(&"a waker that panics"),
+            "the first panic's own payload"
+        );
+        for count in counts {
+            assert_eq!(count.wakes.load(Ordering::SeqCst), 1);
+        }
+    }
+
+    #[test]
+    fn a_panicking_waker_met_while_unwinding_is_dropped() {
+        let (count, w) = waker(true);
+        let (other, w2) = waker(false);
+        struct WakeOnDrop(Option<Vec<Waker>>);
+        impl Drop for WakeOnDrop {
+            fn drop(&mut self) {
+                wake_all(self.0.take().into_iter().flatten());
+            }
+        }
+        let raised = std::panic::catch_unwind(move || {
+            let _guard = WakeOnDrop(Some(vec![w, w2]));
+            panic!("the first panic");
+        });
+        let payload = raised.expect_err("the first panic goes on");
+        assert_eq!(payload.downcast_ref::<&str>(), Some(&"the first panic"));
+        assert_eq!(count.wakes.load(Ordering::SeqCst), 1);
+        assert_eq!(other.wakes.load(Ordering::SeqCst), 1);
+    }
+}

@@ -1772,6 +1772,60 @@ fn a_failure_handler_may_flush_or_close_async_without_hanging_the_flusher() {
     assert!(cache.close().is_ok(), "both failures went to the handler");
 }
 
+/// A waker that panics (a broken executor) must not kill the flusher, nor
+/// leave the other waiters unwoken: the flusher wakes them all, drops the
+/// panic, and goes on flushing.
+#[test]
+fn a_panicking_waker_neither_stops_the_flusher_nor_strands_other_waiters() {
+    use std::future::Future;
+    use std::task::{Context, Poll, Wake, Waker};
+    struct Task {
+        wakes: AtomicU64,
+        panics: bool,
+    }
+    impl Wake for Task {
+        fn wake(self: Arc<Self>) {
+            self.wakes.fetch_add(1, Ordering::SeqCst);
+            assert!(!self.panics, "a waker that panics");
+        }
+    }
+    let (db, cache) = behind_a_closed_gate(100, Backpressure::Block);
+    cache.put(1, 1).unwrap();
+    wait_until("the batch reached the store", || {
+        db.arrived.load(Ordering::SeqCst) == 1
+    });
+    let tasks: Vec<Arc<Task>> = [true, false, true, false]
+        .into_iter()
+        .map(|panics| {
+            Arc::new(Task {
+                wakes: AtomicU64::new(0),
+                panics,
+            })
+        })
+        .collect();
+    let mut flushes: Vec<_> = tasks
+        .iter()
+        .map(|task| (Box::pin(cache.flush_async()), Waker::from(task.clone())))
+        .collect();
+    for (flush, waker) in &mut flushes {
+        let polled = flush.as_mut().poll(&mut Context::from_waker(waker));
+        assert!(polled.is_pending(), "the batch is at the gate");
+    }
+    db.open_gate();
+    wait_until("every waiter woken", || {
+        tasks.iter().all(|t| t.wakes.load(Ordering::SeqCst) >= 1)
+    });
+    for (mut flush, waker) in flushes {
+        let polled = flush.as_mut().poll(&mut Context::from_waker(&waker));
+        assert!(matches!(polled, Poll::Ready(Ok(()))), "the flush ended");
+    }
+    // The flusher lives on.
+    cache.put(2, 2).unwrap();
+    cache.flush().unwrap();
+    assert_eq!(db.value(2), Some(2));
+    assert!(cache.close().is_ok());
+}
+
 /// Async writers that give up while they wait (a timeout, a lost `select!`
 /// branch) must not leave their wakers behind: with a queue that cannot move
 /// (full of unreported failures), the list would grow with every one.

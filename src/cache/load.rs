@@ -48,6 +48,11 @@ where
     /// detected (only a loader asking on its own thread is), as with any
     /// cycle of locks.
     ///
+    /// The caller that ends a load wakes the async callers waiting for it
+    /// (their tasks' wakers). Should a waker panic (an executor's bug), the
+    /// others are woken all the same and the first panic then reaches that
+    /// caller, its value cached.
+    ///
     /// ```
     /// let cache: larder::Cache<u32, String> =
     ///     larder::Cache::builder().max_capacity(100).build().unwrap();

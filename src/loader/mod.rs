@@ -294,7 +294,7 @@ impl<K, V> Flight<K, V> {
         let previous = std::mem::replace(&mut *self.state.lock(), State::Done(outcome));
         self.done.notify_all();
         if let State::Loading(waiters) = previous {
-            waiters.wakers.into_iter().for_each(|(_, w)| w.wake());
+            crate::sync::wake_all(waiters.wakers.into_iter().map(|(_, w)| w));
         }
     }
 }
@@ -802,6 +802,41 @@ mod tests {
         first.finish(Outcome::Loaded(1));
         next.start(|| 2);
         next.finish(Outcome::Loaded(2));
+        assert_eq!(active(&table), 0);
+    }
+
+    #[cfg(not(larder_loom))]
+    #[test]
+    fn a_panicking_waker_leaves_no_other_waiter_unwoken() {
+        use crate::sync::tests::waker;
+        use std::future::Future;
+        use std::task::Context;
+        let table = Table::default();
+        let leader = lead(&table, 0);
+        let mut waiting: Vec<_> = [false, true, false]
+            .into_iter()
+            .map(|panics| {
+                let Role::Waiter(flight) = table.join(1, &1, false, 0) else {
+                    panic!("expected to wait");
+                };
+                let (count, waker) = waker(panics);
+                let future = Box::pin(async move { flight.wait_async().await });
+                (future, count, waker)
+            })
+            .collect();
+        for (future, _, waker) in &mut waiting {
+            let polled = future.as_mut().poll(&mut Context::from_waker(waker));
+            assert!(polled.is_pending(), "the load has not ended");
+        }
+        let raised = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            leader.finish(Outcome::Loaded(5));
+        }));
+        assert!(raised.is_err(), "the waker's panic reaches the leader");
+        for (mut future, count, waker) in waiting {
+            assert_eq!(count.wakes(), 1, "every waiter is woken");
+            let polled = future.as_mut().poll(&mut Context::from_waker(&waker));
+            assert!(matches!(polled, Poll::Ready(Outcome::Loaded(5))));
+        }
         assert_eq!(active(&table), 0);
     }
 }

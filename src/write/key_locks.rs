@@ -37,9 +37,7 @@ impl Drop for KeyGuard<'_> {
         let wakers: Vec<_> = state.wakers.take().collect();
         drop(state);
         self.stripe.released.notify_one();
-        for waker in wakers {
-            waker.wake();
-        }
+        crate::sync::wake_all(wakers);
     }
 }
 
@@ -185,6 +183,44 @@ impl KeyLocks {
         })
         .await;
         KeyGuard { stripe }
+    }
+}
+
+#[cfg(all(test, not(larder_loom)))]
+mod tests {
+    use super::*;
+    use crate::sync::tests::waker;
+    use std::future::Future;
+    use std::task::{Context, Poll};
+
+    #[test]
+    fn a_panicking_waker_leaves_no_other_taker_unwoken() {
+        let locks = KeyLocks::new();
+        let guard = locks.lock(1);
+        let mut waiting: Vec<_> = [true, false, true, false]
+            .into_iter()
+            .map(|panics| {
+                let (count, waker) = waker(panics);
+                (Box::pin(locks.lock_async(1)), count, waker)
+            })
+            .collect();
+        for (future, _, waker) in &mut waiting {
+            let polled = future.as_mut().poll(&mut Context::from_waker(waker));
+            assert!(polled.is_pending(), "the stripe is held");
+        }
+        let raised = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(guard)));
+        assert!(raised.is_err(), "the waker's panic reaches the releaser");
+        // Every taker was woken and, in turn, takes the stripe.
+        for (count, _) in waiting.iter().map(|(_, c, w)| (c, w)) {
+            assert_eq!(count.wakes(), 1);
+        }
+        for (mut future, _, waker) in waiting {
+            let Poll::Ready(guard) = future.as_mut().poll(&mut Context::from_waker(&waker)) else {
+                panic!("a woken taker finds the stripe free");
+            };
+            drop(guard);
+        }
+        assert!(!locks.stripe(1).state.lock().held);
     }
 }
 

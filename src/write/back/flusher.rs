@@ -76,7 +76,7 @@ where
             );
             handing.set(handed.len());
             q.handing = !handed.is_empty();
-            self.progressed(q);
+            self.progressed_quietly(q);
             drop(bin);
             if let (Some(handler), false) = (handler, handed.is_empty()) {
                 for failed in handed {
@@ -98,7 +98,7 @@ where
                 bin.keys.extend(emptied.map(|(key, _)| key));
                 q.handing_only = 0;
                 q.handing = false;
-                self.progressed(q);
+                self.progressed_quietly(q);
                 drop(bin);
             }
         }
@@ -204,7 +204,7 @@ where
                  handle was dropped; they are lost"
             );
         }
-        self.progressed(q);
+        self.progressed_quietly(q);
     }
 
     /// Sends one batch, retrying with backoff.

@@ -578,14 +578,32 @@ struct Sent<E> {
 
 impl<K, V, St: Store<K, V>> Shared<K, V, St> {
     /// Releases the queue and wakes everyone waiting for it to move: blocked
-    /// writers, `flush` and `close`, sync and async.
-    fn progressed(&self, mut q: MutexGuard<'_, Queue<K, V, St::Error>>) {
+    /// writers, `flush` and `close`, sync and async. A waker's panic is
+    /// raised once all are woken.
+    fn progressed(&self, q: MutexGuard<'_, Queue<K, V, St::Error>>) {
+        if let Some(payload) = self.wake_waiting(q) {
+            if !std::thread::panicking() {
+                std::panic::resume_unwind(payload);
+            }
+        }
+    }
+
+    /// [`progressed`](Self::progressed) for the flusher, which goes on past
+    /// a waker's panic: it has no caller to raise it to, and dying would
+    /// fail every write still queued.
+    fn progressed_quietly(&self, q: MutexGuard<'_, Queue<K, V, St::Error>>) {
+        drop(self.wake_waiting(q));
+    }
+
+    /// Releases the queue and wakes its waiters; the first waker's panic.
+    fn wake_waiting(
+        &self,
+        mut q: MutexGuard<'_, Queue<K, V, St::Error>>,
+    ) -> Option<Box<dyn std::any::Any + Send>> {
         let wakers: Vec<_> = q.wakers.take().collect();
         drop(q);
         self.progress.notify_all();
-        for waker in wakers {
-            waker.wake();
-        }
+        crate::sync::wake_each(wakers)
     }
 }
 
