@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use larder::{AsyncStore, Cache, Op, Spawned, WriteBack, WriteError};
+use larder::{AsyncStore, Cache, Clock, EntryOptions, Op, Spawned, WriteBack, WriteError};
 
 #[derive(Default)]
 struct Db {
@@ -131,6 +131,92 @@ async fn async_write_through_stores_first_and_a_failure_changes_nothing() {
     remote.0.fail.store(false, Ordering::SeqCst);
     cache.delete_async(&1).await.unwrap();
     assert_eq!((remote.0.value(1), cache.peek(&1)), (None, None));
+}
+
+/// `put_with_async` caches with the entry's time-to-live and tags under
+/// every policy; the store (or the queue) gets the value alone, so when the
+/// copy expires or its tag is invalidated the next read finds the write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn put_with_async_gives_the_cached_copy_a_ttl_and_tags() {
+    let minute = || EntryOptions::new().ttl(Duration::from_secs(60));
+    let shelf = || EntryOptions::new().tags(["shelf"]);
+    let zero = || EntryOptions::new().ttl(Duration::ZERO);
+
+    // Write-through: stored first, then cached with the options.
+    let remote = Remote::default();
+    let (clock, time) = Clock::mock();
+    let cache = Cache::builder()
+        .max_capacity(100)
+        .clock(clock)
+        .write_through(remote.clone())
+        .build()
+        .unwrap();
+    cache.put_with_async(1, 10, minute()).await.unwrap();
+    cache.put_with_async(2, 20, shelf()).await.unwrap();
+    cache.put_with_async(3, 30, zero()).await.unwrap();
+    assert_eq!(
+        [1, 2, 3].map(|k| (remote.0.value(k), cache.peek(&k))),
+        [(Some(10), Some(10)), (Some(20), Some(20)), (Some(30), None)],
+        "stored, and cached unless refused (a zero time-to-live)"
+    );
+    time.advance(Duration::from_secs(59));
+    cache.invalidate_tag("shelf");
+    assert_eq!((cache.peek(&1), cache.peek(&2)), (Some(10), None));
+    time.advance(Duration::from_secs(1));
+    assert_eq!(cache.peek(&1), None, "expired");
+    let loads = remote.0.loads.load(Ordering::SeqCst);
+    for (k, v) in [(1, 10), (2, 20), (3, 30)] {
+        assert_eq!(cache.get_async(&k).await, Ok(Some(v)), "loaded again");
+    }
+    assert_eq!(remote.0.loads.load(Ordering::SeqCst), loads + 3);
+    remote.0.fail.store(true, Ordering::SeqCst);
+    assert_eq!(
+        cache.put_with_async(1, 11, shelf()).await,
+        Err(WriteError::Store("remote down".into()))
+    );
+    assert_eq!((remote.0.value(1), cache.peek(&1)), (Some(10), Some(10)));
+    remote.0.fail.store(false, Ordering::SeqCst);
+
+    // Read-through: the cache alone.
+    let remote = Remote::default();
+    let (clock, time) = Clock::mock();
+    let cache = Cache::builder()
+        .max_capacity(100)
+        .clock(clock)
+        .read_through(remote.clone())
+        .build()
+        .unwrap();
+    cache.put_with_async(1, 10, minute()).await.unwrap();
+    cache.put_with_async(2, 20, shelf()).await.unwrap();
+    assert_eq!((cache.peek(&1), cache.peek(&2)), (Some(10), Some(20)));
+    assert_eq!(remote.0.write_calls.load(Ordering::SeqCst), 0);
+    cache.invalidate_tag("shelf");
+    time.advance(Duration::from_secs(60));
+    assert_eq!((cache.peek(&1), cache.peek(&2)), (None, None));
+
+    // Write-back: the queued write outlives the cached copy.
+    let remote = Remote::default();
+    let handle = tokio::runtime::Handle::current();
+    let store = Spawned::new(remote.clone(), move |call| {
+        handle.spawn(call);
+    });
+    let (clock, time) = Clock::mock();
+    let cache = Cache::builder()
+        .max_capacity(100)
+        .clock(clock)
+        .write_back(store, WriteBack::default().max_delay(Duration::MAX))
+        .build()
+        .unwrap();
+    cache.put_with_async(1, 10, minute()).await.unwrap();
+    cache.put_with_async(2, 20, shelf()).await.unwrap();
+    assert_eq!((cache.peek(&1), cache.peek(&2)), (Some(10), Some(20)));
+    cache.invalidate_tag("shelf");
+    time.advance(Duration::from_secs(60));
+    assert_eq!((cache.peek(&1), cache.peek(&2)), (None, None));
+    assert_eq!(cache.get_async(&1).await, Ok(Some(10)), "the queued write");
+    assert_eq!(cache.get_async(&2).await, Ok(Some(20)), "the queued write");
+    cache.close_async().await.unwrap();
+    assert_eq!((remote.0.value(1), remote.0.value(2)), (Some(10), Some(20)));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

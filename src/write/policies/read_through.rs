@@ -376,6 +376,59 @@ where
         Ok(())
     }
 
+    /// [`put_with`](Self::put_with) for an [`AsyncStore`]: caches `value`
+    /// with a time-to-live and tags; the store is not called.
+    ///
+    /// # Errors
+    ///
+    /// None with this policy; the `Result` matches the other policies.
+    ///
+    /// ```
+    /// # use std::collections::HashMap;
+    /// # use std::sync::Mutex;
+    /// # use larder::{AsyncStore, Op};
+    /// # #[derive(Default)]
+    /// # struct Remote(Mutex<HashMap<u32, u32>>);
+    /// # impl Remote {
+    /// #     fn get(&self, k: u32) -> Option<u32> { self.0.lock().unwrap().get(&k).copied() }
+    /// #     fn set(&self, k: u32, v: u32) { self.0.lock().unwrap().insert(k, v); }
+    /// # }
+    /// # impl AsyncStore<u32, u32> for Remote {
+    /// #     type Error = &'static str;
+    /// #     async fn load(&self, k: &u32) -> Result<Option<u32>, Self::Error> { Ok(self.get(*k)) }
+    /// #     async fn write_batch(&self, _: &[Op<u32, u32>]) -> Result<(), Self::Error> { Ok(()) }
+    /// # }
+    /// use std::time::Duration;
+    /// use larder::{Cache, Clock, EntryOptions};
+    ///
+    /// # let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
+    /// # runtime.unwrap().block_on(async {
+    /// let (clock, time) = Clock::mock();
+    /// let cache = Cache::builder()
+    ///     .max_capacity(100)
+    ///     .clock(clock)
+    ///     .read_through(Remote::default())
+    ///     .build()
+    ///     .unwrap();
+    /// cache.store().set(1, 10); // the caller writes the store...
+    /// let minute = EntryOptions::new().ttl(Duration::from_secs(60));
+    /// cache.put_with_async(1, 10, minute).await.unwrap(); // ...and the cache
+    /// cache.store().set(1, 11);
+    /// assert_eq!(cache.get_async(&1).await, Ok(Some(10))); // cached
+    /// time.advance(Duration::from_secs(60));
+    /// assert_eq!(cache.get_async(&1).await, Ok(Some(11))); // expired: loaded
+    /// # });
+    /// ```
+    pub async fn put_with_async(
+        &self,
+        key: K,
+        value: V,
+        options: EntryOptions,
+    ) -> Result<(), WriteError<St::Error>> {
+        self.land_write(key, value, Some(&options), ());
+        Ok(())
+    }
+
     /// `delete` for an [`AsyncStore`]: drops `key` from the cache.
     ///
     /// # Errors

@@ -581,6 +581,73 @@ where
     /// # });
     /// ```
     pub async fn put_async(&self, key: K, value: V) -> Result<(), WriteError<St::Error>> {
+        self.put_async_inner(key, value, None).await
+    }
+
+    /// [`put_with`](Self::put_with) for async code: `put_async` with settings
+    /// for the cached entry, a time-to-live and tags. The queued write (what
+    /// `get` reads until the store has it) has neither. Cancelled while it
+    /// waits for room, it changes nothing.
+    ///
+    /// # Errors
+    ///
+    /// As [`put_async`](Self::put_async): [`WriteError::QueueFull`] (with
+    /// [`Backpressure::Fail`](crate::Backpressure::Fail)) or
+    /// [`WriteError::Closed`]; nothing is changed either way.
+    ///
+    /// ```
+    /// # use std::collections::HashMap;
+    /// # use std::sync::Mutex;
+    /// # use larder::{Op, Store};
+    /// # #[derive(Default)]
+    /// # struct Db(Mutex<HashMap<u32, u32>>);
+    /// # impl Db {
+    /// #     fn get(&self, k: u32) -> Option<u32> { self.0.lock().unwrap().get(&k).copied() }
+    /// # }
+    /// # impl Store<u32, u32> for Db {
+    /// #     type Error = &'static str;
+    /// #     fn load(&self, k: &u32) -> Result<Option<u32>, Self::Error> { Ok(self.get(*k)) }
+    /// #     fn write(&self, op: &Op<u32, u32>) -> Result<(), Self::Error> {
+    /// #         match op {
+    /// #             Op::Put(k, v) => { self.0.lock().unwrap().insert(*k, *v); }
+    /// #             Op::Delete(k) => { self.0.lock().unwrap().remove(k); }
+    /// #         }
+    /// #         Ok(())
+    /// #     }
+    /// # }
+    /// use larder::{Cache, EntryOptions, WriteBack};
+    ///
+    /// # let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
+    /// # runtime.unwrap().block_on(async {
+    /// let cache = Cache::builder()
+    ///     .max_capacity(100)
+    ///     .write_back(Db::default(), WriteBack::default())
+    ///     .build()
+    ///     .unwrap();
+    /// let shelf = EntryOptions::new().tags(["shelf:1"]);
+    /// cache.put_with_async(1, 10, shelf).await.unwrap();
+    /// cache.invalidate_tag("shelf:1");
+    /// assert_eq!(cache.peek(&1), None); // the cached copy is gone...
+    /// assert_eq!(cache.get(&1), Ok(Some(10))); // ...the write is not
+    /// cache.close_async().await.unwrap();
+    /// assert_eq!(cache.store().get(1), Some(10));
+    /// # });
+    /// ```
+    pub async fn put_with_async(
+        &self,
+        key: K,
+        value: V,
+        options: EntryOptions,
+    ) -> Result<(), WriteError<St::Error>> {
+        self.put_async_inner(key, value, Some(options)).await
+    }
+
+    async fn put_async_inner(
+        &self,
+        key: K,
+        value: V,
+        options: Option<EntryOptions>,
+    ) -> Result<(), WriteError<St::Error>> {
         let policy = self.policy();
         let mut write = Some(Pending::Put(value.clone()));
         // Waiting for room (below) files a waker; done or dropped, this
@@ -590,7 +657,7 @@ where
         loop {
             let guard = policy.shared.locks.lock_async(self.hash(&key)).await;
             if policy.try_accept(&key, &mut write)? {
-                self.land_write(key, value, None, guard);
+                self.land_write(key, value, options.as_ref(), guard);
                 return Ok(());
             }
             drop(guard);

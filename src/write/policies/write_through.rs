@@ -526,6 +526,76 @@ where
     /// # });
     /// ```
     pub async fn put_async(&self, key: K, value: V) -> Result<(), WriteError<St::Error>> {
+        self.put_async_inner(key, value, None).await
+    }
+
+    /// [`put_with`](Self::put_with) for an [`AsyncStore`]: `put_async` with
+    /// settings for the cached entry, a time-to-live and tags. The store gets
+    /// the value alone. Cancelled or panicking, as `put_async`.
+    ///
+    /// # Errors
+    ///
+    /// [`WriteError::Store`] with the store's error; the cache is unchanged.
+    ///
+    /// # Panics
+    ///
+    /// If the store panics: the key's cached copy is dropped before the panic
+    /// goes on, as with `put_async`.
+    ///
+    /// ```
+    /// # use std::collections::HashMap;
+    /// # use std::sync::Mutex;
+    /// # use larder::{AsyncStore, Op};
+    /// # #[derive(Default)]
+    /// # struct Remote(Mutex<HashMap<u32, u32>>);
+    /// # impl Remote {
+    /// #     fn get(&self, k: u32) -> Option<u32> { self.0.lock().unwrap().get(&k).copied() }
+    /// # }
+    /// # impl AsyncStore<u32, u32> for Remote {
+    /// #     type Error = &'static str;
+    /// #     async fn load(&self, k: &u32) -> Result<Option<u32>, Self::Error> { Ok(self.get(*k)) }
+    /// #     async fn write_batch(&self, ops: &[Op<u32, u32>]) -> Result<(), Self::Error> {
+    /// #         for op in ops {
+    /// #             match op {
+    /// #                 Op::Put(k, v) => { self.0.lock().unwrap().insert(*k, *v); }
+    /// #                 Op::Delete(k) => { self.0.lock().unwrap().remove(k); }
+    /// #             }
+    /// #         }
+    /// #         Ok(())
+    /// #     }
+    /// # }
+    /// use larder::{Cache, EntryOptions};
+    ///
+    /// # let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
+    /// # runtime.unwrap().block_on(async {
+    /// let cache = Cache::builder()
+    ///     .max_capacity(100)
+    ///     .write_through(Remote::default())
+    ///     .build()
+    ///     .unwrap();
+    /// let shelf = EntryOptions::new().tags(["shelf:1"]);
+    /// cache.put_with_async(1, 10, shelf).await.unwrap();
+    /// cache.invalidate_tag("shelf:1");
+    /// assert_eq!(cache.peek(&1), None); // the cached copy is gone...
+    /// assert_eq!(cache.store().get(1), Some(10)); // ...the store keeps the write
+    /// assert_eq!(cache.get_async(&1).await, Ok(Some(10)));
+    /// # });
+    /// ```
+    pub async fn put_with_async(
+        &self,
+        key: K,
+        value: V,
+        options: EntryOptions,
+    ) -> Result<(), WriteError<St::Error>> {
+        self.put_async_inner(key, value, Some(options)).await
+    }
+
+    async fn put_async_inner(
+        &self,
+        key: K,
+        value: V,
+        options: Option<EntryOptions>,
+    ) -> Result<(), WriteError<St::Error>> {
         let policy = self.policy();
         let guard = policy.locks.lock_async(self.hash(&key)).await;
         let op = [Op::Put(key.clone(), value)];
@@ -536,7 +606,7 @@ where
         let [Op::Put(key, value)] = op else {
             unreachable!("the op built above")
         };
-        self.land_write(key, value, None, guard);
+        self.land_write(key, value, options.as_ref(), guard);
         Ok(())
     }
 
