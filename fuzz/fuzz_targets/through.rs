@@ -40,19 +40,33 @@
 //! when its tag was invalidated; it is cached after a write the store
 //! refused, despite the invalidation of a tag it does not carry, and over a
 //! change behind the cache (stale, as documented for read-through).
+//!
+//! Async: a step may make the next call its async twin (`get_async`,
+//! `put_async`, `put_with_async`, `delete_async`) over the same store as an
+//! `AsyncStore` whose calls stay pending for 0–3 polls before they do what
+//! the sync call does, and may drop the call's future after a number of
+//! polls (a cancelled task). Run to the end, an async call must do exactly
+//! what its sync twin does. Dropped: a `get` that missed leaves nothing
+//! behind (no store call, nothing cached, its race not run); a
+//! write-through `put` or `delete` dropped during its store call leaves the
+//! store without the write and the key uncached, and its stripe free for the
+//! next write; a call dropped before its first poll changes nothing.
 #![no_main]
 
 use std::any::Any;
 use std::collections::HashMap;
+use std::future::Future;
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Once};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use arbitrary::Arbitrary;
 use larder::{
-    Cache, Clock, DefaultHashBuilder, EntryOptions, Eviction, MockClock, Op, ReadThrough, Store,
-    WriteError, WriteThrough,
+    AsyncStore, Cache, Clock, DefaultHashBuilder, EntryOptions, Eviction, MockClock, Op,
+    ReadThrough, Store, WriteError, WriteThrough,
 };
 use libfuzzer_sys::fuzz_target;
 
@@ -77,6 +91,34 @@ enum Step {
     Advance(u8),
     /// A `get` during whose load another thread does `Race` on the key.
     Racing(u8, Race),
+    /// Makes the next step, if a call (`Get`, `Racing`, `Put`, `PutWith`,
+    /// `Delete`), its async twin, with the store's calls pending for
+    /// `delay % 4` polls, and its future dropped after `cancel % 6` polls if
+    /// given and it has not ended by then.
+    Async {
+        delay: u8,
+        cancel: Option<u8>,
+    },
+}
+
+/// How a call is made: sync, or async with the store pending for `delay`
+/// polls and the future dropped after `cancel` polls.
+#[derive(Clone, Copy, Debug)]
+struct Async {
+    delay: usize,
+    cancel: Option<usize>,
+}
+
+impl Async {
+    /// Whether a call that ends on poll `polls` is dropped before it does.
+    fn cancels(mode: Option<Async>, polls: usize) -> bool {
+        mode.and_then(|m| m.cancel).is_some_and(|c| c < polls)
+    }
+
+    /// Whether the call was polled at all before it was dropped.
+    fn polled(mode: Option<Async>) -> bool {
+        mode.and_then(|m| m.cancel) != Some(0)
+    }
 }
 
 #[derive(Arbitrary, Debug, Clone, Copy)]
@@ -118,6 +160,8 @@ struct Db {
     state: AtomicU8,
     tag_loads: bool,
     time_loads: bool,
+    /// Polls the `AsyncStore`'s calls stay pending before they run.
+    delay: AtomicUsize,
     /// Run (once) by the next load that reads the store.
     race: Mutex<Option<Hook>>,
 }
@@ -212,8 +256,53 @@ impl Store<u8, u16> for Shared {
     }
 }
 
+/// Pending for `polls` polls (waking at once), then ready.
+async fn pending_for(polls: usize) {
+    let mut left = polls;
+    std::future::poll_fn(|cx| {
+        if left == 0 {
+            return Poll::Ready(());
+        }
+        left -= 1;
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    })
+    .await;
+}
+
+/// The same store, async: each call stays pending for `delay` polls, then
+/// does all that the sync call does in its last poll (so a call dropped
+/// before then never reached the store).
+impl AsyncStore<u8, u16> for Shared {
+    type Error = &'static str;
+    fn load(&self, key: &u8) -> impl Future<Output = Result<Option<u16>, Self::Error>> + Send {
+        let (store, key) = (self.clone(), *key);
+        let delay = self.0.delay.load(Ordering::SeqCst);
+        async move {
+            pending_for(delay).await;
+            Store::load(&store, &key)
+        }
+    }
+    fn write_batch(
+        &self,
+        ops: &[Op<u8, u16>],
+    ) -> impl Future<Output = Result<(), Self::Error>> + Send {
+        let (store, ops) = (self.clone(), ops.to_vec());
+        let delay = self.0.delay.load(Ordering::SeqCst);
+        async move {
+            pending_for(delay).await;
+            ops.iter().try_for_each(|op| Store::write(&store, op))
+        }
+    }
+    fn load_options(&self, key: &u8, value: &u16) -> EntryOptions {
+        Store::load_options(self, key, value)
+    }
+}
+
 type Loaded = Result<Option<u16>, Arc<&'static str>>;
 type Written = Result<(), WriteError<&'static str>>;
+
+type Boxed<'a, T> = Pin<Box<dyn Future<Output = T> + 'a>>;
 
 /// The calls both policies share.
 trait Through: Clone + Send + Sync + 'static {
@@ -221,6 +310,9 @@ trait Through: Clone + Send + Sync + 'static {
     fn get(&self, k: u8) -> Loaded;
     fn put(&self, k: u8, v: u16, options: Option<EntryOptions>) -> Written;
     fn delete(&self, k: u8) -> Written;
+    fn get_async(&self, k: u8) -> Boxed<'_, Loaded>;
+    fn put_async(&self, k: u8, v: u16, options: Option<EntryOptions>) -> Boxed<'_, Written>;
+    fn delete_async(&self, k: u8) -> Boxed<'_, Written>;
     fn peek(&self, k: u8) -> Option<u16>;
     fn invalidate(&self);
 }
@@ -242,6 +334,33 @@ macro_rules! through {
             }
             fn delete(&self, k: u8) -> Written {
                 Cache::<u8, u16, DefaultHashBuilder, $policy>::delete(self, &k)
+            }
+            fn get_async(&self, k: u8) -> Boxed<'_, Loaded> {
+                Box::pin(async move {
+                    Cache::<u8, u16, DefaultHashBuilder, $policy>::get_async(self, &k).await
+                })
+            }
+            fn put_async(
+                &self,
+                k: u8,
+                v: u16,
+                options: Option<EntryOptions>,
+            ) -> Boxed<'_, Written> {
+                match options {
+                    Some(options) => Box::pin(
+                        Cache::<u8, u16, DefaultHashBuilder, $policy>::put_with_async(
+                            self, k, v, options,
+                        ),
+                    ),
+                    None => Box::pin(Cache::<u8, u16, DefaultHashBuilder, $policy>::put_async(
+                        self, k, v,
+                    )),
+                }
+            }
+            fn delete_async(&self, k: u8) -> Boxed<'_, Written> {
+                Box::pin(async move {
+                    Cache::<u8, u16, DefaultHashBuilder, $policy>::delete_async(self, &k).await
+                })
             }
             fn peek(&self, k: u8) -> Option<u16> {
                 Cache::<u8, u16, DefaultHashBuilder, $policy>::peek(self, &k)
@@ -267,6 +386,8 @@ struct Cached {
 
 #[derive(Default)]
 struct Model {
+    /// How the next call is made (set by `Step::Async`).
+    mode: Option<Async>,
     /// Mock milliseconds since the cache was built.
     now: u64,
     copies: HashMap<u8, Cached>,
@@ -323,6 +444,40 @@ fn deliberate<T>(call: impl FnOnce() -> T) -> Result<T, ()> {
     })
 }
 
+/// Polls `future` to its end, or drops it after `cancel` polls: `None` then.
+fn drive<T>(mut future: Boxed<'_, T>, cancel: Option<usize>) -> Option<T> {
+    let mut cx = Context::from_waker(Waker::noop());
+    for polls in 0.. {
+        if cancel == Some(polls) {
+            return None;
+        }
+        if let Poll::Ready(out) = future.as_mut().poll(&mut cx) {
+            return Some(out);
+        }
+        assert!(polls < 64, "an async call still pending after 64 polls");
+    }
+    unreachable!("the loop returns")
+}
+
+/// Makes a call sync (`mode` `None`) or async: `None` if it was dropped
+/// before it ended, else its return (`Err` for the store's deliberate panic).
+fn call<'a, T>(
+    db: &Shared,
+    mode: Option<Async>,
+    sync: impl FnOnce() -> T,
+    future: impl FnOnce() -> Boxed<'a, T>,
+) -> Option<Result<T, ()>> {
+    let Some(mode) = mode else {
+        return Some(deliberate(sync));
+    };
+    db.0.delay.store(mode.delay, Ordering::SeqCst);
+    match deliberate(|| drive(future(), mode.cancel)) {
+        Ok(None) => None,
+        Ok(Some(out)) => Some(Ok(out)),
+        Err(()) => Some(Err(())),
+    }
+}
+
 fn tag_options(tagged: bool) -> Option<EntryOptions> {
     tagged.then(|| EntryOptions::new().tags(["t"]))
 }
@@ -376,14 +531,29 @@ fn one_step<C: Through>(
     step: &Step,
 ) -> After {
     let mut after = After::default();
+    let mode = model.mode.take();
     match *step {
+        Step::Async { delay, cancel } => {
+            model.mode = Some(Async {
+                delay: usize::from(delay % 4),
+                cancel: cancel.map(|c| usize::from(c % 6)),
+            });
+        }
         Step::Get(k) => {
-            get(cache, db, model, k % KEYS, None, &mut after);
+            get(cache, db, model, k % KEYS, None, mode, &mut after);
         }
         Step::Racing(k, race) => {
-            get(cache, db, model, k % KEYS, Some(race), &mut after);
+            get(cache, db, model, k % KEYS, Some(race), mode, &mut after);
         }
-        Step::Put(k, v) => write(cache, db, model, k % KEYS, Some((v, None)), &mut after),
+        Step::Put(k, v) => write(
+            cache,
+            db,
+            model,
+            k % KEYS,
+            Some((v, None)),
+            mode,
+            &mut after,
+        ),
         Step::PutWith(k, v, ttl, tagged) => {
             let ttl = ttl.map(|t| u64::from(t % 8));
             let options = EntryOptions::new();
@@ -401,10 +571,11 @@ fn one_step<C: Through>(
                 k,
                 Some((v, Some(options))),
                 copy,
+                mode,
                 &mut after,
             );
         }
-        Step::Delete(k) => write(cache, db, model, k % KEYS, None, &mut after),
+        Step::Delete(k) => write(cache, db, model, k % KEYS, None, mode, &mut after),
         Step::InvalidateTag => {
             cache.invalidate();
             for (&k, copy) in &model.copies {
@@ -436,13 +607,21 @@ fn get<C: Through>(
     model: &mut Model,
     k: u8,
     race: Option<Race>,
+    mode: Option<Async>,
     after: &mut After,
 ) {
     let state = db.state();
     let stored = db.value(k);
     let loads = db.loads();
     let live = model.live(k);
-    let raced = race.filter(|_| live.is_none() && state == WORKING);
+    // A hit ends on its first poll; a miss once its load has been pending
+    // for the delay.
+    let polls = match live {
+        Some(_) => 1,
+        None => mode.map_or(1, |m| m.delay + 1),
+    };
+    let cancelled = Async::cancels(mode, polls);
+    let raced = race.filter(|_| live.is_none() && state == WORKING && !cancelled);
     if let Some(race) = race {
         let cache = cache.clone();
         let behind = db.clone();
@@ -474,7 +653,7 @@ fn get<C: Through>(
         });
         *db.0.race.lock().unwrap() = Some(hook);
     }
-    let got = deliberate(|| cache.get(k));
+    let got = call(db, mode, || cache.get(k), || cache.get_async(k));
     // A hook left unrun is dropped here, with its handle of the cache.
     let unrun = db.0.race.lock().unwrap().take();
     assert_eq!(
@@ -482,6 +661,12 @@ fn get<C: Through>(
         raced.is_some() || race.is_none(),
         "get of {k}: the load ran the race, or not, against the model"
     );
+    assert_eq!(got.is_none(), cancelled, "get of {k}: dropped, {mode:?}");
+    let Some(got) = got else {
+        // Dropped before it ended: no store call, nothing cached.
+        assert_eq!(db.loads(), loads, "get of {k}: a dropped call loaded");
+        return;
+    };
     if C::WRITE_THROUGH && !model.behind[usize::from(k)] {
         if let Ok(Ok(value)) = got {
             assert_eq!(
@@ -563,12 +748,13 @@ fn write<C: Through>(
     model: &mut Model,
     k: u8,
     put: Option<(u16, Option<EntryOptions>)>,
+    mode: Option<Async>,
     after: &mut After,
 ) {
     let copy = put
         .as_ref()
         .and_then(|&(v, _)| model.written(v, None, false));
-    write_as(cache, db, model, k, put, copy, after);
+    write_as(cache, db, model, k, put, copy, mode, after);
 }
 
 /// [`write`], which caches `copy` when it lands.
@@ -579,6 +765,7 @@ fn write_as<C: Through>(
     k: u8,
     put: Option<(u16, Option<EntryOptions>)>,
     copy: Option<Cached>,
+    mode: Option<Async>,
     after: &mut After,
 ) {
     let state = db.state();
@@ -589,10 +776,45 @@ fn write_as<C: Through>(
         Some(v) => Op::Put(k, v),
         None => Op::Delete(k),
     };
-    let got = deliberate(|| match put {
-        Some((v, options)) => cache.put(k, v, options),
-        None => cache.delete(k),
-    });
+    // Write-through takes the key's stripe on the first poll, then awaits
+    // the store; read-through ends on the first poll.
+    let polls = match mode {
+        Some(m) if C::WRITE_THROUGH => m.delay + 1,
+        _ => 1,
+    };
+    let cancelled = Async::cancels(mode, polls);
+    let put_async = put.clone();
+    let got = call(
+        db,
+        mode,
+        || match put {
+            Some((v, options)) => cache.put(k, v, options),
+            None => cache.delete(k),
+        },
+        || match put_async {
+            Some((v, options)) => cache.put_async(k, v, options),
+            None => cache.delete_async(k),
+        },
+    );
+    assert_eq!(got.is_none(), cancelled, "{op:?}: dropped, {mode:?}");
+    let Some(got) = got else {
+        assert_eq!(
+            db.writes(),
+            writes,
+            "{op:?}: a dropped call reached the store"
+        );
+        assert_eq!(
+            db.snapshot(),
+            before,
+            "{op:?}: a dropped call changed the store"
+        );
+        if Async::polled(mode) {
+            // Dropped in its store call: the store may have had the write
+            // (not this one), so the key's copy is gone.
+            after.exact.insert(k, None);
+        }
+        return;
+    };
     if !C::WRITE_THROUGH {
         assert_eq!(
             got,
