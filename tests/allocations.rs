@@ -37,6 +37,32 @@ fn empty_shards_allocate_nothing_and_churn_holds_no_more() {
     overlapping_reports_hold_no_more_as_writes_are_stored();
     rewrites_within_a_standing_tick_hold_no_more_as_they_go_on();
     retagging_a_key_with_ever_new_tags_holds_no_more();
+    hits_through_a_borrowed_key_allocate_nothing();
+}
+
+/// `get_or_load_by_ref` and its twins make an owned key only on a miss: a
+/// hit on a `String`-keyed cache allocates nothing, where `get_or_load`
+/// takes the key it must be handed by value.
+fn hits_through_a_borrowed_key_allocate_nothing() {
+    let cache: Cache<String, u64> = Cache::builder().max_capacity(100).build().unwrap();
+    let (misses, _) = counted(|| {
+        assert_eq!(cache.get_or_load_by_ref("k", |k| k.len() as u64), 1);
+    });
+    assert!(misses > 0, "a miss stores an owned key");
+    let (by_ref, _) = counted(|| {
+        for _ in 0..1_000 {
+            assert_eq!(cache.get_or_load_by_ref("k", |_| unreachable!()), 1);
+            let hit = cache.try_get_or_load_by_ref("k", |_| Err::<u64, ()>(()));
+            assert_eq!(hit, Ok(1));
+        }
+    });
+    assert_eq!(by_ref, 0, "hits through a borrowed key allocated");
+    let (by_value, _) = counted(|| {
+        for _ in 0..1_000 {
+            assert_eq!(cache.get_or_load("k".to_string(), |_| unreachable!()), 1);
+        }
+    });
+    assert!(by_value >= 1_000, "an owned key per call: {by_value}");
 }
 
 /// A key re-tagged with ever-new tags (a version, a timestamp) while its

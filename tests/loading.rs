@@ -117,6 +117,36 @@ fn errors_are_shared_and_not_cached() {
     assert_eq!(cache.stats().load_failures, 1);
 }
 
+/// Callers with a borrowed key (`_by_ref`, sync and async, plain and
+/// fallible) share one flight with callers that hand the key over.
+#[test]
+fn borrowed_and_owned_keys_share_one_load() {
+    let turn = AtomicUsize::new(0);
+    let (cache, values) = shared_flight(8, |cache, hook| {
+        let load = |k: &u32| {
+            hook();
+            format!("value {k}")
+        };
+        match turn.fetch_add(1, Ordering::SeqCst) % 4 {
+            0 => cache.get_or_load(1, load),
+            1 => cache.get_or_load_by_ref(&1, load),
+            2 => cache
+                .try_get_or_load_by_ref(&1, |k| Ok::<_, ()>(load(k)))
+                .unwrap(),
+            _ => common::block_on(cache.get_or_load_by_ref_async(&1, async {
+                hook();
+                "value 1".to_string()
+            })),
+        }
+    });
+    assert_eq!(values.len(), 8);
+    assert!(values.iter().all(|v| v == "value 1"), "{values:?}");
+    assert_eq!(cache.get(&1).as_deref(), Some("value 1"));
+    let failed = common::block_on(cache.try_get_or_load_by_ref_async(&2, async { Err("down") }));
+    assert_eq!(*failed.unwrap_err(), "down");
+    assert!(!cache.contains_key(&2), "an error is not cached");
+}
+
 #[test]
 fn a_panicking_loader_hands_the_load_to_a_waiter() {
     let cache = cache();

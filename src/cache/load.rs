@@ -4,6 +4,7 @@
 //! value unless a write made it stale, and booking each load in the
 //! statistics.
 
+use std::borrow::Borrow;
 use std::future::Future;
 use std::hash::{BuildHasher, Hash};
 use std::sync::Arc;
@@ -67,6 +68,37 @@ where
         if let Some(v) = self.get(&key) {
             return v;
         }
+        self.load_value(key, load)
+    }
+
+    /// [`get_or_load`](Self::get_or_load) with the key borrowed: an owned
+    /// key is made (`to_owned`) only on a miss, so a hit on a `String`-keyed
+    /// cache allocates nothing.
+    ///
+    /// ```
+    /// let cache: larder::Cache<String, usize> =
+    ///     larder::Cache::builder().max_capacity(100).build().unwrap();
+    /// assert_eq!(cache.get_or_load_by_ref("larder", |k| k.len()), 6);
+    /// // A hit: no `String` is built for the lookup.
+    /// assert_eq!(cache.get_or_load_by_ref("larder", |_| unreachable!("cached")), 6);
+    /// assert_eq!(cache.get("larder"), Some(6));
+    /// ```
+    pub fn get_or_load_by_ref<Q>(&self, key: &Q, load: impl FnOnce(&K) -> V) -> V
+    where
+        K: Clone + Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+    {
+        if let Some(v) = self.get(key) {
+            return v;
+        }
+        self.load_value(key.to_owned(), load)
+    }
+
+    /// The miss path of [`get_or_load`](Self::get_or_load).
+    fn load_value(&self, key: K, load: impl FnOnce(&K) -> V) -> V
+    where
+        K: Clone,
+    {
         let loaded = self.load(key, Mode::Value, |k| {
             Ok::<_, std::convert::Infallible>(Some((load(k), EntryOptions::default())))
         });
@@ -178,6 +210,45 @@ where
         if let Some(v) = self.get(&key) {
             return Ok(v);
         }
+        self.try_load_value(key, load)
+    }
+
+    /// [`try_get_or_load`](Self::try_get_or_load) with the key borrowed: an
+    /// owned key is made only on a miss.
+    ///
+    /// # Errors
+    ///
+    /// The loader's error, shared.
+    ///
+    /// ```
+    /// let cache: larder::Cache<String, usize> =
+    ///     larder::Cache::builder().max_capacity(100).build().unwrap();
+    /// let err = cache.try_get_or_load_by_ref("k", |_| Err::<usize, _>("db down"));
+    /// assert_eq!(*err.unwrap_err(), "db down");
+    /// assert_eq!(cache.try_get_or_load_by_ref("k", |k| Ok::<_, &str>(k.len())), Ok(1));
+    /// ```
+    pub fn try_get_or_load_by_ref<Q, E>(
+        &self,
+        key: &Q,
+        load: impl FnOnce(&K) -> Result<V, E>,
+    ) -> Result<V, Arc<E>>
+    where
+        K: Clone + Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+        E: Send + Sync + 'static,
+    {
+        if let Some(v) = self.get(key) {
+            return Ok(v);
+        }
+        self.try_load_value(key.to_owned(), load)
+    }
+
+    /// The miss path of [`try_get_or_load`](Self::try_get_or_load).
+    fn try_load_value<E>(&self, key: K, load: impl FnOnce(&K) -> Result<V, E>) -> Result<V, Arc<E>>
+    where
+        K: Clone,
+        E: Send + Sync + 'static,
+    {
         match self.load(key, Mode::Fallible, |k| {
             load(k).map(|v| Some((v, EntryOptions::default())))
         }) {
@@ -241,6 +312,39 @@ where
         if let Some(v) = self.get(&key) {
             return v;
         }
+        self.load_value_async(key, load).await
+    }
+
+    /// [`get_or_load_async`](Self::get_or_load_async) with the key borrowed:
+    /// an owned key is made only on a miss.
+    ///
+    /// ```
+    /// # let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    /// # runtime.block_on(async {
+    /// let cache: larder::Cache<String, String> =
+    ///     larder::Cache::builder().max_capacity(100).build().unwrap();
+    /// let v = cache.get_or_load_by_ref_async("k", async { "v".to_string() }).await;
+    /// assert_eq!(v, "v");
+    /// let hit = cache.get_or_load_by_ref_async("k", async { unreachable!("cached") });
+    /// assert_eq!(hit.await, "v");
+    /// # });
+    /// ```
+    pub async fn get_or_load_by_ref_async<Q>(&self, key: &Q, load: impl Future<Output = V>) -> V
+    where
+        K: Clone + Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+    {
+        if let Some(v) = self.get(key) {
+            return v;
+        }
+        self.load_value_async(key.to_owned(), load).await
+    }
+
+    /// The miss path of [`get_or_load_async`](Self::get_or_load_async).
+    async fn load_value_async(&self, key: K, load: impl Future<Output = V>) -> V
+    where
+        K: Clone,
+    {
         let loaded = self
             .load_async(key, Mode::Value, async {
                 Ok::<_, std::convert::Infallible>(Some((load.await, EntryOptions::default())))
@@ -280,6 +384,51 @@ where
         if let Some(v) = self.get(&key) {
             return Ok(v);
         }
+        self.try_load_value_async(key, load).await
+    }
+
+    /// [`try_get_or_load_async`](Self::try_get_or_load_async) with the key
+    /// borrowed: an owned key is made only on a miss.
+    ///
+    /// # Errors
+    ///
+    /// The loader's error, shared with every caller of the same load.
+    ///
+    /// ```
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// let cache: larder::Cache<String, String> = larder::Cache::builder().max_capacity(100).build().unwrap();
+    /// let failed = cache.try_get_or_load_by_ref_async("k", async { Err::<String, _>("timeout") }).await;
+    /// assert_eq!(*failed.unwrap_err(), "timeout");
+    /// let ok = cache.try_get_or_load_by_ref_async("k", async { Ok::<_, &str>("v".to_string()) });
+    /// assert_eq!(ok.await.unwrap(), "v");
+    /// # });
+    /// ```
+    pub async fn try_get_or_load_by_ref_async<Q, E>(
+        &self,
+        key: &Q,
+        load: impl Future<Output = Result<V, E>>,
+    ) -> Result<V, Arc<E>>
+    where
+        K: Clone + Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+        E: Send + Sync + 'static,
+    {
+        if let Some(v) = self.get(key) {
+            return Ok(v);
+        }
+        self.try_load_value_async(key.to_owned(), load).await
+    }
+
+    /// The miss path of [`try_get_or_load_async`](Self::try_get_or_load_async).
+    async fn try_load_value_async<E>(
+        &self,
+        key: K,
+        load: impl Future<Output = Result<V, E>>,
+    ) -> Result<V, Arc<E>>
+    where
+        K: Clone,
+        E: Send + Sync + 'static,
+    {
         match self
             .load_async(key, Mode::Fallible, async {
                 load.await.map(|v| Some((v, EntryOptions::default())))
