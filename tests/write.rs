@@ -139,6 +139,69 @@ fn wait_until(what: &str, done: impl Fn() -> bool) {
     panic!("timed out waiting for {what}");
 }
 
+/// A store of `String` keys that loads each key's length and counts its
+/// loads.
+#[derive(Clone, Default)]
+struct Lengths(Arc<(AtomicU64, Mutex<HashMap<String, usize>>)>);
+
+impl Store<String, usize> for Lengths {
+    type Error = String;
+    fn load(&self, key: &String) -> Result<Option<usize>, String> {
+        self.0 .0.fetch_add(1, Ordering::SeqCst);
+        Ok(Some(key.len()))
+    }
+    fn write(&self, op: &Op<String, usize>) -> Result<(), String> {
+        let mut data = self.0 .1.lock().unwrap();
+        match op {
+            Op::Put(k, v) => data.insert(k.clone(), *v),
+            Op::Delete(k) => data.remove(k),
+        };
+        Ok(())
+    }
+}
+
+/// Every policy's `get` takes the key borrowed (`&str` for `String` keys),
+/// and counts one lookup once: a miss that loads is one miss (write-back
+/// counted two, looking the cache up again after its queue), a hit one hit.
+#[test]
+fn write_policy_gets_take_borrowed_keys_and_count_each_lookup_once() {
+    let builder = || {
+        Cache::<String, usize>::builder()
+            .max_capacity(100)
+            .record_stats()
+    };
+    let store = Lengths::default();
+    let read_through = builder().read_through(store.clone()).build().unwrap();
+    let write_through = builder().write_through(store.clone()).build().unwrap();
+    let write_back = builder()
+        .write_back(store.clone(), WriteBack::default())
+        .build()
+        .unwrap();
+    type Get<'a> = &'a dyn Fn(&str) -> Result<Option<usize>, Arc<String>>;
+    let gets: [Get; 3] = [&|k| read_through.get(k), &|k| write_through.get(k), &|k| {
+        write_back.get(k)
+    }];
+    for (i, get) in gets.iter().enumerate() {
+        let loads = store.0 .0.load(Ordering::SeqCst);
+        assert_eq!(get("larder"), Ok(Some(6)), "policy {i}: a miss loads");
+        assert_eq!(get("larder"), Ok(Some(6)), "policy {i}: then hits");
+        assert_eq!(store.0 .0.load(Ordering::SeqCst), loads + 1, "policy {i}");
+    }
+    for (name, stats) in [
+        ("read-through", read_through.stats()),
+        ("write-through", write_through.stats()),
+        ("write-back", write_back.stats()),
+    ] {
+        assert_eq!((stats.hits, stats.misses), (1, 1), "{name}");
+    }
+    // A queued write answers a borrowed key too, and counts its miss once.
+    write_back.put("queued".to_string(), 1).unwrap();
+    write_back.invalidate_all();
+    assert_eq!(write_back.get("queued"), Ok(Some(1)));
+    assert_eq!(write_back.stats().misses, 2);
+    assert!(write_back.close().is_ok());
+}
+
 // ---------------------------------------------------------------- read-through
 
 #[test]

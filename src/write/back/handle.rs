@@ -246,7 +246,11 @@ where
     }
 
     /// The latest acknowledged write of `key` the store may not hold yet.
-    pub(crate) fn lookup(&self, key: &K) -> Option<Pending<V>> {
+    pub(crate) fn lookup<Q>(&self, key: &Q) -> Option<Pending<V>>
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
         let q = self.shared.queue.lock();
         let latest = q.slots.get(key).and_then(|slot| {
             let waiting = slot.waiting.as_ref().map(|(_, w)| w);
@@ -271,7 +275,11 @@ where
             return latest;
         }
         latest.or_else(|| {
-            let (_, failed) = q.failed.iter().rev().find(|(_, f)| f.op.key() == key)?;
+            let (_, failed) = q
+                .failed
+                .iter()
+                .rev()
+                .find(|(_, f)| f.op.key().borrow() == key)?;
             Some(match &failed.op {
                 Op::Put(_, v) => Pending::Put(v.clone()),
                 Op::Delete(_) => Pending::Delete,

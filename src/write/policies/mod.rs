@@ -5,6 +5,7 @@ mod read_through;
 mod write_behind;
 mod write_through;
 
+use std::borrow::Borrow;
 use std::hash::{BuildHasher, Hash};
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::sync::Arc;
@@ -26,16 +27,31 @@ where
     /// A cache hit, or one load per key through `fetch`, cached with the
     /// `options` it gives the value if it finds one and nothing wrote the
     /// key (or invalidated one of those tags) meanwhile.
-    fn read_through<E: Send + Sync + 'static>(
+    fn read_through<Q, E: Send + Sync + 'static>(
         &self,
-        key: &K,
+        key: &Q,
         fetch: impl FnOnce(&K) -> Result<Option<V>, E>,
         options: impl FnOnce(&K, &V) -> EntryOptions,
-    ) -> Loaded<V, E> {
+    ) -> Loaded<V, E>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+    {
         if let Some(v) = self.get_cached(key) {
             return Ok(Some(v));
         }
-        self.load(key.clone(), Mode::Store, |k| {
+        self.load_through(key.to_owned(), fetch, options)
+    }
+
+    /// The miss path of [`read_through`](Self::read_through), for a caller
+    /// that looked the key up already (a lookup counts in the statistics).
+    fn load_through<E: Send + Sync + 'static>(
+        &self,
+        key: K,
+        fetch: impl FnOnce(&K) -> Result<Option<V>, E>,
+        options: impl FnOnce(&K, &V) -> EntryOptions,
+    ) -> Loaded<V, E> {
+        self.load(key, Mode::Store, |k| {
             Ok(fetch(k)?.map(|v| {
                 let options = options(k, &v);
                 (v, options)
@@ -98,17 +114,15 @@ where
         resume_unwind(panic)
     }
 
-    /// An async read-through miss: one load per key through `fetch`, cached
-    /// with the `options` it gives the value (as [`read_through`](Self::read_through)).
-    async fn read_through_async<E: Send + Sync + 'static>(
+    /// An async read-through miss, for a caller that looked the key up
+    /// already: one load per key through `fetch`, cached with the `options`
+    /// it gives the value (as [`read_through`](Self::read_through)).
+    async fn load_through_async<E: Send + Sync + 'static>(
         &self,
         key: &K,
         fetch: impl std::future::Future<Output = Result<Option<V>, E>>,
         options: impl FnOnce(&K, &V) -> EntryOptions,
     ) -> Loaded<V, E> {
-        if let Some(v) = self.get_cached(key) {
-            return Ok(Some(v));
-        }
         let load = async {
             Ok(fetch.await?.map(|v| {
                 let options = options(key, &v);

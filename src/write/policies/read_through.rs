@@ -1,6 +1,7 @@
 //! Read-through: misses load from the store, one load per key in flight;
 //! writes go to the cache alone.
 
+use std::borrow::Borrow;
 use std::hash::{BuildHasher, Hash};
 use std::sync::Arc;
 
@@ -17,6 +18,9 @@ where
     /// The cached value, or the store's, loaded once however many callers
     /// miss on `key` together (see [`Cache::get_or_load`] for what they see).
     /// A value found is cached; `None` is not.
+    ///
+    /// `key` may be a borrowed form (`&str` for `String` keys): an owned
+    /// key is made only for a load.
     ///
     /// # Errors
     ///
@@ -45,7 +49,11 @@ where
     /// assert_eq!(cache.get(&700), Ok(None));
     /// assert_eq!(cache.peek(&7), Some(49));
     /// ```
-    pub fn get(&self, key: &K) -> Result<Option<V>, Arc<St::Error>> {
+    pub fn get<Q>(&self, key: &Q) -> Result<Option<V>, Arc<St::Error>>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+    {
         let store = &self.policy().store;
         self.read_through(key, |k| store.load(k), |k, v| store.load_options(k, v))
     }
@@ -273,6 +281,9 @@ where
     /// once however many callers (sync or async) miss on `key` together. If
     /// the task leading the load is cancelled, a waiting caller takes it over.
     ///
+    /// `key` may be a borrowed form (`&str` for `String` keys): an owned
+    /// key is made only for a load.
+    ///
     /// # Errors
     ///
     /// The store's error, shared with every caller of the same load.
@@ -316,13 +327,21 @@ where
     /// assert_eq!((cache.peek(&1), cache.peek(&2)), (Some(10), None));
     /// # });
     /// ```
-    pub async fn get_async(&self, key: &K) -> Result<Option<V>, Arc<St::Error>> {
+    pub async fn get_async<Q>(&self, key: &Q) -> Result<Option<V>, Arc<St::Error>>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+    {
         let store = &self.policy().store;
         // The store's call is made only by the caller that leads the load:
         // a store may start its request when `load` is called, not when the
         // future is first polled.
         let options = |k: &K, v: &V| store.load_options(k, v);
-        self.read_through_async(key, async { store.load(key).await }, options)
+        if let Some(v) = self.get_cached(key) {
+            return Ok(Some(v));
+        }
+        let key = key.to_owned();
+        self.load_through_async(&key, async { store.load(&key).await }, options)
             .await
     }
 

@@ -2,6 +2,7 @@
 //! the queue, which the flusher writes to the store in batches; a read sees
 //! a pending write before the store.
 
+use std::borrow::Borrow;
 use std::hash::{BuildHasher, Hash};
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::sync::Arc;
@@ -21,6 +22,9 @@ where
     /// still queued for the store (even if the entry was evicted or expired
     /// from the cache), else the store's, loaded once per key. A queued
     /// delete reads as `None`.
+    ///
+    /// `key` may be a borrowed form (`&str` for `String` keys): an owned
+    /// key is made only for a load.
     ///
     /// # Errors
     ///
@@ -66,7 +70,11 @@ where
     /// assert_eq!((cache.store().get(1), cache.store().get(2)), (None, None));
     /// assert_eq!((cache.get(&1), cache.get(&2)), (Ok(Some(10)), Ok(Some(20)))); // ...both read
     /// ```
-    pub fn get(&self, key: &K) -> Result<Option<V>, Arc<St::Error>> {
+    pub fn get<Q>(&self, key: &Q) -> Result<Option<V>, Arc<St::Error>>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+    {
         let policy = self.policy();
         if let Some(v) = self.get_cached(key) {
             return Ok(Some(v));
@@ -79,12 +87,15 @@ where
             Some(Pending::Delete) => return Ok(None),
             None => {}
         }
-        let fetch = |k: &K| match policy.lookup(k) {
+        let fetch = |k: &K| match policy.lookup::<K>(k) {
             Some(Pending::Put(v)) => Ok(Some(v)),
             Some(Pending::Delete) => Ok(None),
             None => policy.store().load(k),
         };
-        self.read_through(key, fetch, |k, v| policy.store().load_options(k, v))
+        // The lookup above counted the miss: straight to the load.
+        self.load_through(key.to_owned(), fetch, |k, v| {
+            policy.store().load_options(k, v)
+        })
     }
 
     /// Caches `value` and queues its write to the store. A later write to
@@ -849,6 +860,9 @@ where
     /// else the key's pending write, else the store's, awaited (one load per
     /// key at a time).
     ///
+    /// `key` may be a borrowed form (`&str` for `String` keys): an owned
+    /// key is made only for a load.
+    ///
     /// # Errors
     ///
     /// The store's error, shared with every caller of the same load.
@@ -901,7 +915,11 @@ where
     /// assert_eq!(cache.store().store().get(1), None);
     /// # });
     /// ```
-    pub async fn get_async(&self, key: &K) -> Result<Option<V>, Arc<St::Error>> {
+    pub async fn get_async<Q>(&self, key: &Q) -> Result<Option<V>, Arc<St::Error>>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+    {
         let policy = self.policy();
         if let Some(v) = self.get_cached(key) {
             return Ok(Some(v));
@@ -912,14 +930,15 @@ where
             Some(Pending::Delete) => return Ok(None),
             None => {}
         }
+        let key = key.to_owned();
         let fetch = async {
-            match policy.lookup(key) {
+            match policy.lookup::<K>(&key) {
                 Some(Pending::Put(v)) => Ok(Some(v)),
                 Some(Pending::Delete) => Ok(None),
-                None => policy.store().store().load(key).await,
+                None => policy.store().store().load(&key).await,
             }
         };
         let options = |k: &K, v: &V| policy.store().load_options(k, v);
-        self.read_through_async(key, fetch, options).await
+        self.load_through_async(&key, fetch, options).await
     }
 }

@@ -1,6 +1,7 @@
 //! Write-through: a write reaches the store before the cache, under the
 //! key's lock, so the two never disagree on an acknowledged write.
 
+use std::borrow::Borrow;
 use std::hash::{BuildHasher, Hash};
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::sync::Arc;
@@ -17,6 +18,9 @@ where
 {
     /// The cached value, or the store's, loaded once per key as with
     /// [`ReadThrough`](crate::ReadThrough).
+    ///
+    /// `key` may be a borrowed form (`&str` for `String` keys): an owned
+    /// key is made only for a load.
     ///
     /// # Errors
     ///
@@ -60,7 +64,11 @@ where
     /// assert_eq!(cache.get(&1), Ok(Some(10))); // loaded...
     /// assert_eq!(cache.peek(&1), Some(10)); // ...and cached
     /// ```
-    pub fn get(&self, key: &K) -> Result<Option<V>, Arc<St::Error>> {
+    pub fn get<Q>(&self, key: &Q) -> Result<Option<V>, Arc<St::Error>>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+    {
         let store = &self.policy().store;
         self.read_through(key, |k| store.load(k), |k, v| store.load_options(k, v))
     }
@@ -419,6 +427,9 @@ where
     /// or the store's, loaded once however many callers miss on `key`
     /// together.
     ///
+    /// `key` may be a borrowed form (`&str` for `String` keys): an owned
+    /// key is made only for a load.
+    ///
     /// # Errors
     ///
     /// The store's error, shared with every caller of the same load.
@@ -461,13 +472,21 @@ where
     /// assert_eq!(cache.peek(&1), Some(10));
     /// # });
     /// ```
-    pub async fn get_async(&self, key: &K) -> Result<Option<V>, Arc<St::Error>> {
+    pub async fn get_async<Q>(&self, key: &Q) -> Result<Option<V>, Arc<St::Error>>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+    {
         let store = &self.policy().store;
         // The store's call is made only by the caller that leads the load:
         // a store may start its request when `load` is called, not when the
         // future is first polled.
         let options = |k: &K, v: &V| store.load_options(k, v);
-        self.read_through_async(key, async { store.load(key).await }, options)
+        if let Some(v) = self.get_cached(key) {
+            return Ok(Some(v));
+        }
+        let key = key.to_owned();
+        self.load_through_async(&key, async { store.load(&key).await }, options)
             .await
     }
 
