@@ -4,7 +4,8 @@
 ///
 /// `hits` and `misses` are counted only when the cache was built with
 /// [`CacheBuilder::record_stats`] (counting reads costs an atomic increment on
-/// every `get`); every other counter is always kept, under the shard locks.
+/// every `get`); every other counter is always kept: the writes' under the
+/// shard locks, the loads' cache-wide.
 ///
 /// [`Cache::stats`]: crate::Cache::stats
 /// [`CacheBuilder::record_stats`]: crate::CacheBuilder::record_stats
@@ -23,9 +24,13 @@
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct CacheStats {
-    /// `get` calls that found a value.
+    /// Lookups that found a live entry: one per call of `get`, of the
+    /// `get_or_load` family and of a write policy's `get` / `get_async`
+    /// (`peek`, `contains_key` and `iter` are not counted).
     pub hits: u64,
-    /// `get` calls that found nothing.
+    /// Lookups that found no live entry, one per such call, even when a
+    /// load (this caller's or another's) or a write-back queue then
+    /// supplied the value.
     pub misses: u64,
     /// Entries added under a key that was absent.
     pub inserts: u64,
@@ -64,8 +69,11 @@ pub struct CacheStats {
     ///
     /// [`RemovalCause::Invalidated`]: crate::RemovalCause::Invalidated
     pub tag_invalidations: u64,
-    /// Loads run by `get_or_load` and its kin (one per flight, however many
-    /// callers shared it), including failed and cancelled ones.
+    /// Loads run by `get_or_load` and its kin, or by a write policy's `get`
+    /// (one per flight, however many callers shared it), including failed
+    /// and cancelled ones. Under write-back, a flight whose key was found
+    /// written in the queue once it started (a write racing the read) counts
+    /// too, though the store was not asked.
     pub loads: u64,
     /// Loads whose loader returned an error or panicked (not an async load
     /// whose future was dropped: that is a cancellation).

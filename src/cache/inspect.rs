@@ -168,7 +168,8 @@ where
     /// yielded twice (the iterator walks each shard's slots in order, and the
     /// new entry may take a slot it has yet to reach). An entry whose deadline
     /// has passed by the time it would be yielded is not, as `get` would not
-    /// return it. Does not touch the eviction order.
+    /// return it. Does not touch the eviction order, the statistics or the
+    /// deadlines.
     ///
     /// Each entry costs a lookup as it is yielded, as [`peek`](Self::peek)
     /// does: the keys are cloned a batch at a time, their values one by one.

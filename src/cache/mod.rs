@@ -606,7 +606,8 @@ where
             .map(|(_, e)| e.value.clone())
     }
 
-    /// Whether `key` is present, without touching the eviction order.
+    /// Whether `key` is present (and live), without touching the eviction
+    /// order, the statistics or the deadline.
     ///
     /// ```
     /// let cache: larder::Cache<u32, u32> = larder::Cache::builder().max_capacity(10).build().unwrap();
