@@ -1,7 +1,8 @@
 //! Read-through and write-through `get`, `put`, `put_with`, `delete` and
 //! `invalidate_tag` against an in-memory store, through a cache of 1–8
 //! entries over 1, 2 or 4 shards (so that writes and loads evict), its
-//! policy picked by the first byte. The store can be switched to failing, to panicking before it applies
+//! policy picked by the first byte, its entries weighing one each or their
+//! value `% 3`. The store can be switched to failing, to panicking before it applies
 //! a write or after (loads panic in both), and back; the application may
 //! write it behind the cache's back; a mock clock moves for the entries'
 //! time-to-live, and the store's `load_options` may tag loaded values and
@@ -41,6 +42,15 @@
 //! refused, despite the invalidation of a tag it does not carry, and over a
 //! change behind the cache (stale, as documented for read-through).
 //!
+//! The eviction listener hears, by the end of each step: every copy that
+//! step evicted, with `Size` (exactly those, and copies that had expired
+//! unheard) and every value a write stored but the cache refused for its
+//! weight; every live copy the step replaced, deleted, dropped or
+//! invalidated, once; `Expired` only for copies that had expired unheard,
+//! or for the step's own key (a value refused as expired at once);
+//! `Replaced`, `Explicit` and `Invalidated` only for keys the step wrote,
+//! deleted, loaded or invalidated.
+//!
 //! Async: a step may make the next call its async twin (`get_async`,
 //! `put_async`, `put_with_async`, `delete_async`) over the same store as an
 //! `AsyncStore` whose calls stay pending for 0–3 polls before they do what
@@ -66,7 +76,7 @@ use std::time::Duration;
 use arbitrary::Arbitrary;
 use larder::{
     AsyncStore, Cache, Clock, DefaultHashBuilder, EntryOptions, Eviction, MockClock, Op,
-    ReadThrough, Store, WriteError, WriteThrough,
+    ReadThrough, RemovalCause, Store, WriteError, WriteThrough,
 };
 use libfuzzer_sys::fuzz_target;
 
@@ -140,6 +150,9 @@ struct Input {
     eviction: u8,
     /// Bit 0: loaded values are tagged `"t"`; bit 1: they live `value % 4` ms.
     load_options: u8,
+    /// Values weigh `value % 3` (zero included), and the capacity is their
+    /// weight: one too heavy for a shard is not cached.
+    weighted: bool,
     steps: Vec<Step>,
 }
 
@@ -162,6 +175,8 @@ struct Db {
     time_loads: bool,
     /// Polls the `AsyncStore`'s calls stay pending before they run.
     delay: AtomicUsize,
+    /// What the eviction listener heard, since the last step's check.
+    heard: Mutex<Vec<(u8, u16, RemovalCause)>>,
     /// Run (once) by the next load that reads the store.
     race: Mutex<Option<Hook>>,
 }
@@ -394,6 +409,11 @@ struct Model {
     /// Keys the application wrote behind the cache while it may have held
     /// them (write-through: until then the cache agrees with the store).
     behind: [bool; KEYS as usize],
+    /// Copies that expired and that the listener has not heard of yet: the
+    /// cache reclaims them when it gets to them.
+    expired: Vec<(u8, u16)>,
+    /// The heaviest value a weighted cache takes (a shard's capacity).
+    max_weight: Option<u64>,
 }
 
 impl Model {
@@ -405,9 +425,17 @@ impl Model {
             .filter(|c| c.deadline.is_none_or(|d| d > self.now))
     }
 
+    /// Whether the cache refuses `value` for its weight.
+    fn too_heavy(&self, value: u16) -> bool {
+        self.max_weight.is_some_and(|m| u64::from(value % 3) > m)
+    }
+
     /// The copy a write of `value` leaves, living `ttl` ms if given (`None`:
     /// a zero time-to-live, refused).
     fn written(&self, value: u16, ttl: Option<u64>, tagged: bool) -> Option<Cached> {
+        if self.too_heavy(value) {
+            return None;
+        }
         match ttl {
             Some(0) => None,
             ttl => Some(Cached {
@@ -425,6 +453,10 @@ impl Model {
 struct After {
     exact: HashMap<u8, Option<Cached>>,
     may_evict: bool,
+    /// Values written that the cache refused for their weight: each must be
+    /// heard (as `Size`, or as `Expired` for one that also had a zero
+    /// time-to-live).
+    refused: Vec<(u8, u16)>,
 }
 
 impl After {
@@ -501,20 +533,39 @@ fuzz_target!(|input: Input| {
             1 => Eviction::Lfu,
             _ => Eviction::TinyLfu,
         })
-        .clock(clock);
+        .clock(clock)
+        .eviction_listener({
+            let db = db.clone();
+            move |k, v, cause| db.0.heard.lock().unwrap().push((k, v, cause))
+        });
+    let builder = if input.weighted {
+        builder.weigher(|_: &u8, v: &u16| u32::from(v % 3))
+    } else {
+        builder
+    };
+    let max_weight = input.weighted.then_some(capacity / shards);
     if input.write_through {
         let cache = builder.write_through(db.clone()).build().unwrap();
-        run(&cache, &db, &time, &input.steps);
+        run(&cache, &db, &time, max_weight, &input.steps);
     } else {
         let cache = builder.read_through(db.clone()).build().unwrap();
-        run(&cache, &db, &time, &input.steps);
+        run(&cache, &db, &time, max_weight, &input.steps);
     }
     // A hook a step left unrun holds a handle of the cache.
     db.0.race.lock().unwrap().take();
 });
 
-fn run<C: Through>(cache: &C, db: &Shared, time: &MockClock, steps: &[Step]) {
-    let mut model = Model::default();
+fn run<C: Through>(
+    cache: &C,
+    db: &Shared,
+    time: &MockClock,
+    max_weight: Option<u64>,
+    steps: &[Step],
+) {
+    let mut model = Model {
+        max_weight,
+        ..Model::default()
+    };
     for step in steps {
         let after = one_step(cache, db, time, &mut model, step);
         check(cache, db, &mut model, &after, step);
@@ -828,6 +879,9 @@ fn write_as<C: Through>(
             "{op:?}: read-through changed the store"
         );
         after.set(k, copy);
+        after
+            .refused
+            .extend(value.filter(|&v| model.too_heavy(v)).map(|v| (k, v)));
         return;
     }
     assert_eq!(db.writes(), writes + 1, "{op:?}: one store call");
@@ -863,6 +917,9 @@ fn write_as<C: Through>(
             assert_eq!(got, Ok(Ok(())), "{op:?}");
             assert_eq!(db.snapshot(), stored, "{op:?}: acknowledged, not stored");
             after.set(k, copy);
+            after
+                .refused
+                .extend(value.filter(|&v| model.too_heavy(v)).map(|v| (k, v)));
             model.behind[usize::from(k)] = false;
         }
     }
@@ -873,6 +930,8 @@ fn write_as<C: Through>(
 /// been evicted. Write-through: a copy the application did not overtake
 /// behind the cache equals the store's value.
 fn check<C: Through>(cache: &C, db: &Shared, model: &mut Model, after: &After, step: &Step) {
+    let mut evictions = Vec::new();
+    let mut removals = Vec::new();
     for k in 0..KEYS {
         let set = after.exact.get(&k);
         let want = match set {
@@ -886,6 +945,20 @@ fn check<C: Through>(cache: &C, db: &Shared, model: &mut Model, after: &After, s
             "after {step:?}: key {k} cached as {got:?}, the model's copy {want:?} (evictions {})",
             after.may_evict
         );
+        if let (Some(copy), None, None) = (want, got, set) {
+            evictions.push((k, copy.value));
+        }
+        // A live copy of a key the step wrote, deleted or invalidated.
+        if let (Some(_), Some(old)) = (set, model.live(k)) {
+            removals.push((k, old.value));
+        }
+        // A copy gone past its deadline, or overwritten after it, that the
+        // cache may not have reclaimed yet.
+        if let Some(old) = model.copies.get(&k) {
+            if old.deadline.is_some_and(|d| d <= model.now) {
+                model.expired.push((k, old.value));
+            }
+        }
         match got.and(want) {
             Some(copy) => model.copies.insert(k, copy),
             None => model.copies.remove(&k),
@@ -903,4 +976,56 @@ fn check<C: Through>(cache: &C, db: &Shared, model: &mut Model, after: &After, s
             );
         }
     }
+    check_heard(db, model, after, evictions, removals, step);
+}
+
+/// What the listener heard during `step`, against the copies the step
+/// evicted (`evictions`), those that had expired, and the keys it touched.
+fn check_heard(
+    db: &Shared,
+    model: &mut Model,
+    after: &After,
+    mut evictions: Vec<(u8, u16)>,
+    mut removals: Vec<(u8, u16)>,
+    step: &Step,
+) {
+    let heard = std::mem::take(&mut *db.0.heard.lock().unwrap());
+    let mut refused = after.refused.clone();
+    let take =
+        |list: &mut Vec<(u8, u16)>, k: u8, v: u16| match list.iter().position(|&e| e == (k, v)) {
+            Some(i) => {
+                list.swap_remove(i);
+                true
+            }
+            None => false,
+        };
+    for &(k, v, cause) in &heard {
+        let touched = after.exact.contains_key(&k);
+        let known = match cause {
+            RemovalCause::Size => {
+                take(&mut refused, k, v)
+                    || take(&mut evictions, k, v)
+                    || take(&mut model.expired, k, v)
+                    || (touched && model.too_heavy(v))
+            }
+            RemovalCause::Expired if take(&mut refused, k, v) => true,
+            _ => take(&mut removals, k, v) || take(&mut model.expired, k, v) || touched,
+        };
+        assert!(
+            known,
+            "after {step:?}: heard ({k}, {v}, {cause:?}), which the step did not remove (heard {heard:?})"
+        );
+    }
+    assert!(
+        evictions.is_empty(),
+        "after {step:?}: evicted {evictions:?} unheard (heard {heard:?})"
+    );
+    assert!(
+        refused.is_empty(),
+        "after {step:?}: refused {refused:?} unheard (heard {heard:?})"
+    );
+    assert!(
+        removals.is_empty(),
+        "after {step:?}: replaced or removed {removals:?} unheard (heard {heard:?})"
+    );
 }
