@@ -1015,3 +1015,122 @@ fn another_keys_panicking_hash_undoes_a_new_keys_write_for_the_listener() {
     }
     assert!(undone > 20, "the poisoned hash met {undone} writes");
 }
+
+thread_local! {
+    /// Whether the `Eq` of `TouchyKey`s divisible by 5 panics on this thread.
+    static EQ_ARMED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// A key whose `Eq` panics, while armed on this thread, when either side is
+/// divisible by 5.
+#[derive(Clone, Debug)]
+struct TouchyKey(u64);
+
+impl std::hash::Hash for TouchyKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.0.hash(state);
+    }
+}
+
+impl PartialEq for TouchyKey {
+    fn eq(&self, other: &Self) -> bool {
+        let touchy = self.0 % 5 == 0 || other.0 % 5 == 0;
+        assert!(!(touchy && EQ_ARMED.get()), "the Eq of a touchy key panics");
+        self.0 == other.0
+    }
+}
+impl Eq for TouchyKey {}
+
+/// A call on a key whose `Eq` panics leaves the cache as it was: the same
+/// entries, nothing heard, and the same policy state — a twin cache that
+/// never saw the calls goes on to evict exactly the same entries in the
+/// same order. (A key's `Eq` runs as its lookup finds it, before anything
+/// changes.)
+#[test]
+fn a_keys_panicking_eq_leaves_the_cache_as_it_was() {
+    type Heard = Arc<Mutex<Vec<(u64, u64, RemovalCause)>>>;
+    let build = |eviction: Eviction| {
+        let heard: Heard = Arc::default();
+        let log = heard.clone();
+        let cache: Cache<TouchyKey, u64, _> = Cache::builder()
+            .max_capacity(20)
+            .shards(1)
+            .eviction(eviction)
+            .hasher(std::hash::BuildHasherDefault::<
+                std::collections::hash_map::DefaultHasher,
+            >::default())
+            .eviction_listener(move |k: TouchyKey, v, cause| {
+                log.lock().unwrap().push((k.0, v, cause))
+            })
+            .build()
+            .unwrap();
+        (cache, heard)
+    };
+    for eviction in [Eviction::Lru, Eviction::Lfu, Eviction::TinyLfu] {
+        let (a, heard_a) = build(eviction);
+        let (b, heard_b) = build(eviction);
+        let mut panicked = 0;
+        for i in 0..200u64 {
+            let k = (i * 7) % 40;
+            for cache in [&a, &b] {
+                if cache.get(&TouchyKey(k)).is_none() {
+                    cache.insert(TouchyKey(k), i);
+                }
+            }
+            // A resident touchy key of `a`, and a call on it that panics.
+            let Some(t) = (0..40)
+                .map(|t| t * 5 % 40)
+                .find(|&t| a.contains_key(&TouchyKey(t)))
+            else {
+                continue;
+            };
+            let heard_before = heard_a.lock().unwrap().len();
+            let key = TouchyKey(t);
+            EQ_ARMED.set(true);
+            let call = catch_unwind(AssertUnwindSafe(|| match i % 9 {
+                0 => drop(a.get(&key)),
+                1 => drop(a.peek(&key)),
+                2 => drop(a.contains_key(&key)),
+                3 => a.insert(key.clone(), 999),
+                4 => drop(a.try_insert(key.clone(), 999)),
+                5 => drop(a.remove(&key)),
+                6 => drop(a.get_or_load(key.clone(), |_| unreachable!("resident"))),
+                7 => drop(a.get_or_load_by_ref(&key, |_| unreachable!("resident"))),
+                _ => {
+                    let tagged = larder::EntryOptions::new().tags(["t"]);
+                    a.insert_with(key.clone(), 999, tagged);
+                }
+            }));
+            EQ_ARMED.set(false);
+            assert!(
+                call.is_err(),
+                "{eviction:?}: call {} on {t} did not panic",
+                i % 9
+            );
+            panicked += 1;
+            assert_eq!(
+                heard_a.lock().unwrap().len(),
+                heard_before,
+                "{eviction:?}: heard"
+            );
+        }
+        assert!(panicked > 100, "{eviction:?}: {panicked} panicking calls");
+        let entries = |c: &Cache<TouchyKey, u64, _>| {
+            let mut e: Vec<(u64, u64)> = c.iter().map(|(k, v)| (k.0, v)).collect();
+            e.sort_unstable();
+            e
+        };
+        assert_eq!(entries(&a), entries(&b), "{eviction:?}: entries");
+        // The same policy state: the same victims, in the same order.
+        for k in 100..300 {
+            a.insert(TouchyKey(k), k);
+            b.insert(TouchyKey(k), k);
+        }
+        assert_eq!(
+            *heard_a.lock().unwrap(),
+            *heard_b.lock().unwrap(),
+            "{eviction:?}: heard"
+        );
+        assert_eq!(entries(&a), entries(&b), "{eviction:?}: entries");
+    }
+}
