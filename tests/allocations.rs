@@ -54,6 +54,7 @@ fn hits_through_a_borrowed_key_allocate_nothing() {
             assert_eq!(cache.get_or_load_by_ref("k", |_| unreachable!()), 1);
             let hit = cache.try_get_or_load_by_ref("k", |_| Err::<u64, ()>(()));
             assert_eq!(hit, Ok(1));
+            assert_eq!(cache.optionally_get_or_load_by_ref("k", |_| None), Some(1));
         }
     });
     assert_eq!(by_ref, 0, "hits through a borrowed key allocated");

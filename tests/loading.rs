@@ -117,8 +117,8 @@ fn errors_are_shared_and_not_cached() {
     assert_eq!(cache.stats().load_failures, 1);
 }
 
-/// Callers with a borrowed key (`_by_ref`, sync and async, plain and
-/// fallible) share one flight with callers that hand the key over.
+/// Callers with a borrowed key (`_by_ref`, sync and async, plain, fallible
+/// and optional) share one flight with callers that hand the key over.
 #[test]
 fn borrowed_and_owned_keys_share_one_load() {
     let turn = AtomicUsize::new(0);
@@ -127,11 +127,14 @@ fn borrowed_and_owned_keys_share_one_load() {
             hook();
             format!("value {k}")
         };
-        match turn.fetch_add(1, Ordering::SeqCst) % 4 {
+        match turn.fetch_add(1, Ordering::SeqCst) % 5 {
             0 => cache.get_or_load(1, load),
             1 => cache.get_or_load_by_ref(&1, load),
             2 => cache
                 .try_get_or_load_by_ref(&1, |k| Ok::<_, ()>(load(k)))
+                .unwrap(),
+            3 => cache
+                .optionally_get_or_load_by_ref(&1, |k| Some(load(k)))
                 .unwrap(),
             _ => common::block_on(cache.get_or_load_by_ref_async(&1, async {
                 hook();

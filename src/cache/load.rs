@@ -274,6 +274,39 @@ where
         if let Some(v) = self.get(&key) {
             return Some(v);
         }
+        self.optionally_load_value(key, load)
+    }
+
+    /// [`optionally_get_or_load`](Self::optionally_get_or_load) with the key
+    /// borrowed: an owned key is made only on a miss.
+    ///
+    /// ```
+    /// let cache: larder::Cache<String, usize> =
+    ///     larder::Cache::builder().max_capacity(100).build().unwrap();
+    /// assert_eq!(cache.optionally_get_or_load_by_ref("k", |_| None), None);
+    /// assert!(!cache.contains_key("k"));
+    /// assert_eq!(cache.optionally_get_or_load_by_ref("k", |k| Some(k.len())), Some(1));
+    /// ```
+    pub fn optionally_get_or_load_by_ref<Q>(
+        &self,
+        key: &Q,
+        load: impl FnOnce(&K) -> Option<V>,
+    ) -> Option<V>
+    where
+        K: Clone + Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+    {
+        if let Some(v) = self.get(key) {
+            return Some(v);
+        }
+        self.optionally_load_value(key.to_owned(), load)
+    }
+
+    /// The miss path of [`optionally_get_or_load`](Self::optionally_get_or_load).
+    fn optionally_load_value(&self, key: K, load: impl FnOnce(&K) -> Option<V>) -> Option<V>
+    where
+        K: Clone,
+    {
         match self.load(key, Mode::Optional, |k| {
             Ok::<_, std::convert::Infallible>(load(k).map(|v| (v, EntryOptions::default())))
         }) {
@@ -465,6 +498,45 @@ where
         if let Some(v) = self.get(&key) {
             return Some(v);
         }
+        self.optionally_load_value_async(key, load).await
+    }
+
+    /// [`optionally_get_or_load_async`](Self::optionally_get_or_load_async)
+    /// with the key borrowed: an owned key is made only on a miss.
+    ///
+    /// ```
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// let cache: larder::Cache<String, usize> = larder::Cache::builder().max_capacity(100).build().unwrap();
+    /// assert_eq!(cache.optionally_get_or_load_by_ref_async("k", async { None }).await, None);
+    /// let v = cache.optionally_get_or_load_by_ref_async("k", async { Some(1) }).await;
+    /// assert_eq!(v, Some(1));
+    /// # });
+    /// ```
+    pub async fn optionally_get_or_load_by_ref_async<Q>(
+        &self,
+        key: &Q,
+        load: impl Future<Output = Option<V>>,
+    ) -> Option<V>
+    where
+        K: Clone + Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+    {
+        if let Some(v) = self.get(key) {
+            return Some(v);
+        }
+        self.optionally_load_value_async(key.to_owned(), load).await
+    }
+
+    /// The miss path of
+    /// [`optionally_get_or_load_async`](Self::optionally_get_or_load_async).
+    async fn optionally_load_value_async(
+        &self,
+        key: K,
+        load: impl Future<Output = Option<V>>,
+    ) -> Option<V>
+    where
+        K: Clone,
+    {
         match self
             .load_async(key, Mode::Optional, async {
                 Ok::<_, std::convert::Infallible>(load.await.map(|v| (v, EntryOptions::default())))
