@@ -663,3 +663,56 @@ async fn get_async_asks_a_store_once_however_many_callers_miss_or_hit() {
         .write_through(store.clone());
     assert_eq!(requests_for_18_gets!(cache.build().unwrap(), store), 1);
 }
+
+/// The async calls' futures are `Send`, so a multi-threaded runtime can
+/// spawn them: the loading calls (borrowed keys included), and every write
+/// policy's calls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_calls_can_be_spawned() {
+    let aside: Cache<String, String> = Cache::builder().max_capacity(100).build().unwrap();
+    let remote = Remote::default();
+    let through = Cache::builder()
+        .max_capacity(100)
+        .write_through(remote.clone())
+        .build()
+        .unwrap();
+    let handle = tokio::runtime::Handle::current();
+    let behind = Cache::builder()
+        .max_capacity(100)
+        .write_back(
+            Spawned::new(remote.clone(), move |call| {
+                handle.spawn(call);
+            }),
+            WriteBack::default(),
+        )
+        .build()
+        .unwrap();
+    let (a, t, b) = (aside.clone(), through.clone(), behind.clone());
+    let task = tokio::spawn(async move {
+        let v = a.get_or_load_async("k".to_string(), async { "v".to_string() });
+        assert_eq!(v.await, "v");
+        let hit = a.get_or_load_by_ref_async("k", async { unreachable!("cached") });
+        assert_eq!(hit.await, "v");
+        let tried = a.try_get_or_load_by_ref_async("t", async { Ok::<_, ()>("t".to_string()) });
+        assert_eq!(tried.await, Ok("t".to_string()));
+        let none = a.optionally_get_or_load_by_ref_async("n", async { None });
+        assert_eq!(none.await, None);
+        let tagged = EntryOptions::new().tags(["shelf"]);
+        t.put_with_async(1, 10, tagged.clone()).await.unwrap();
+        t.put_async(2, 20).await.unwrap();
+        assert_eq!(t.get_async(&1).await, Ok(Some(10)));
+        t.delete_async(&2).await.unwrap();
+        b.put_with_async(3, 30, tagged).await.unwrap();
+        b.put_async(4, 40).await.unwrap();
+        b.delete_async(&4).await.unwrap();
+        assert_eq!(b.get_async(&3).await, Ok(Some(30)));
+        b.flush_async().await.unwrap();
+    });
+    task.await.unwrap();
+    assert_eq!(aside.get("k").as_deref(), Some("v"));
+    assert_eq!(
+        [1, 2, 3, 4].map(|k| remote.0.value(k)),
+        [Some(10), None, Some(30), None]
+    );
+    behind.close_async().await.unwrap();
+}
