@@ -117,8 +117,8 @@ fn errors_are_shared_and_not_cached() {
     assert_eq!(cache.stats().load_failures, 1);
 }
 
-/// Callers with a borrowed key (`_by_ref`, sync and async, plain, fallible
-/// and optional) share one flight with callers that hand the key over.
+/// Callers with a borrowed key (`_by_ref`, sync and async, plain, with
+/// options, fallible and optional) share one flight with callers that hand the key over.
 #[test]
 fn borrowed_and_owned_keys_share_one_load() {
     let turn = AtomicUsize::new(0);
@@ -127,7 +127,7 @@ fn borrowed_and_owned_keys_share_one_load() {
             hook();
             format!("value {k}")
         };
-        match turn.fetch_add(1, Ordering::SeqCst) % 5 {
+        match turn.fetch_add(1, Ordering::SeqCst) % 6 {
             0 => cache.get_or_load(1, load),
             1 => cache.get_or_load_by_ref(&1, load),
             2 => cache
@@ -136,6 +136,7 @@ fn borrowed_and_owned_keys_share_one_load() {
             3 => cache
                 .optionally_get_or_load_by_ref(&1, |k| Some(load(k)))
                 .unwrap(),
+            4 => cache.get_or_load_with_by_ref(&1, |k| (load(k), larder::EntryOptions::new())),
             _ => common::block_on(cache.get_or_load_by_ref_async(&1, async {
                 hook();
                 "value 1".to_string()

@@ -160,7 +160,8 @@ impl Store<String, usize> for Lengths {
     }
 }
 
-/// Every policy's `get` takes the key borrowed (`&str` for `String` keys),
+/// Every policy's `get` and `delete` take the key borrowed (`&str` for
+/// `String` keys),
 /// and counts one lookup once: a miss that loads is one miss (write-back
 /// counted two, looking the cache up again after its queue), a hit one hit.
 #[test]
@@ -194,11 +195,21 @@ fn write_policy_gets_take_borrowed_keys_and_count_each_lookup_once() {
     ] {
         assert_eq!((stats.hits, stats.misses), (1, 1), "{name}");
     }
+    // Deletes take the key borrowed too.
+    write_through.put("gone".to_string(), 4).unwrap();
+    write_back.put("gone".to_string(), 4).unwrap();
+    assert_eq!(read_through.delete("larder"), Ok(()));
+    assert_eq!(write_through.delete("gone"), Ok(()));
+    assert_eq!(write_back.delete("gone"), Ok(()));
+    assert_eq!(read_through.peek(&"larder".to_string()), None);
+    assert_eq!(write_through.peek(&"gone".to_string()), None);
+    assert_eq!(store.0 .1.lock().unwrap().get("gone"), None, "deleted");
+    assert_eq!(write_back.get("gone"), Ok(None), "the queued delete");
     // A queued write answers a borrowed key too, and counts its miss once.
     write_back.put("queued".to_string(), 1).unwrap();
     write_back.invalidate_all();
     assert_eq!(write_back.get("queued"), Ok(Some(1)));
-    assert_eq!(write_back.stats().misses, 2);
+    assert_eq!(write_back.stats().misses, 3);
     assert!(write_back.close().is_ok());
 }
 

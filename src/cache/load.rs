@@ -73,7 +73,9 @@ where
 
     /// [`get_or_load`](Self::get_or_load) with the key borrowed: an owned
     /// key is made (`to_owned`) only on a miss, so a hit on a `String`-keyed
-    /// cache allocates nothing.
+    /// cache allocates nothing. The borrowed form must own to `K` (`str` to
+    /// `String`, `[T]` to `Vec<T>`, a `K` to itself): for a key such as
+    /// `Arc<str>`, pass a `&Arc<str>` or call `get_or_load`.
     ///
     /// ```
     /// let cache: larder::Cache<String, usize> =
@@ -88,10 +90,38 @@ where
         K: Clone + Borrow<Q>,
         Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
     {
-        if let Some(v) = self.get(key) {
-            return v;
+        self.hit_or(key, |v| v, |key| self.load_value(key, load))
+    }
+
+    /// What a `_by_ref` call returns: `hit` of the cached value, or `miss`
+    /// of the owned key made from `key` (the lookup counted once).
+    fn hit_or<Q, R>(&self, key: &Q, hit: impl FnOnce(V) -> R, miss: impl FnOnce(K) -> R) -> R
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+    {
+        match self.get(key) {
+            Some(v) => hit(v),
+            None => miss(key.to_owned()),
         }
-        self.load_value(key.to_owned(), load)
+    }
+
+    /// [`hit_or`](Self::hit_or) for the async calls: `miss` is awaited.
+    async fn hit_or_async<Q, R, F>(
+        &self,
+        key: &Q,
+        hit: impl FnOnce(V) -> R,
+        miss: impl FnOnce(K) -> F,
+    ) -> R
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+        F: Future<Output = R>,
+    {
+        match self.get(key) {
+            Some(v) => hit(v),
+            None => miss(key.to_owned()).await,
+        }
     }
 
     /// The miss path of [`get_or_load`](Self::get_or_load).
@@ -136,6 +166,38 @@ where
         if let Some(v) = self.get(&key) {
             return v;
         }
+        self.load_value_with(key, load)
+    }
+
+    /// [`get_or_load_with`](Self::get_or_load_with) with the key borrowed:
+    /// an owned key is made only on a miss.
+    ///
+    /// ```
+    /// use larder::{Cache, EntryOptions};
+    ///
+    /// let cache: Cache<String, usize> = Cache::builder().max_capacity(100).build().unwrap();
+    /// let v = cache.get_or_load_with_by_ref("shelf", |k| (k.len(), EntryOptions::new().tags(["s"])));
+    /// assert_eq!(v, 5);
+    /// cache.invalidate_tag("s");
+    /// assert!(!cache.contains_key("shelf"));
+    /// ```
+    pub fn get_or_load_with_by_ref<Q>(
+        &self,
+        key: &Q,
+        load: impl FnOnce(&K) -> (V, EntryOptions),
+    ) -> V
+    where
+        K: Clone + Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+    {
+        self.hit_or(key, |v| v, |key| self.load_value_with(key, load))
+    }
+
+    /// The miss path of [`get_or_load_with`](Self::get_or_load_with).
+    fn load_value_with(&self, key: K, load: impl FnOnce(&K) -> (V, EntryOptions)) -> V
+    where
+        K: Clone,
+    {
         let loaded = self.load(key, Mode::Value, |k| {
             Ok::<_, std::convert::Infallible>(Some(load(k)))
         });
@@ -172,6 +234,45 @@ where
         if let Some(v) = self.get(&key) {
             return v;
         }
+        self.load_value_with_async(key, load).await
+    }
+
+    /// [`get_or_load_with_async`](Self::get_or_load_with_async) with the key
+    /// borrowed: an owned key is made only on a miss.
+    ///
+    /// ```
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// use larder::{Cache, EntryOptions};
+    ///
+    /// let cache: Cache<String, usize> = Cache::builder().max_capacity(100).build().unwrap();
+    /// let load = async { (5, EntryOptions::new().tags(["s"])) };
+    /// assert_eq!(cache.get_or_load_with_by_ref_async("shelf", load).await, 5);
+    /// cache.invalidate_tag("s");
+    /// assert!(!cache.contains_key("shelf"));
+    /// # });
+    /// ```
+    pub async fn get_or_load_with_by_ref_async<Q>(
+        &self,
+        key: &Q,
+        load: impl Future<Output = (V, EntryOptions)>,
+    ) -> V
+    where
+        K: Clone + Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+    {
+        let miss = |key| self.load_value_with_async(key, load);
+        self.hit_or_async(key, |v| v, miss).await
+    }
+
+    /// The miss path of [`get_or_load_with_async`](Self::get_or_load_with_async).
+    async fn load_value_with_async(
+        &self,
+        key: K,
+        load: impl Future<Output = (V, EntryOptions)>,
+    ) -> V
+    where
+        K: Clone,
+    {
         let loaded = self
             .load_async(key, Mode::Value, async {
                 Ok::<_, std::convert::Infallible>(Some(load.await))
@@ -237,10 +338,7 @@ where
         Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
         E: Send + Sync + 'static,
     {
-        if let Some(v) = self.get(key) {
-            return Ok(v);
-        }
-        self.try_load_value(key.to_owned(), load)
+        self.hit_or(key, Ok, |key| self.try_load_value(key, load))
     }
 
     /// The miss path of [`try_get_or_load`](Self::try_get_or_load).
@@ -296,10 +394,7 @@ where
         K: Clone + Borrow<Q>,
         Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
     {
-        if let Some(v) = self.get(key) {
-            return Some(v);
-        }
-        self.optionally_load_value(key.to_owned(), load)
+        self.hit_or(key, Some, |key| self.optionally_load_value(key, load))
     }
 
     /// The miss path of [`optionally_get_or_load`](Self::optionally_get_or_load).
@@ -367,10 +462,8 @@ where
         K: Clone + Borrow<Q>,
         Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
     {
-        if let Some(v) = self.get(key) {
-            return v;
-        }
-        self.load_value_async(key.to_owned(), load).await
+        let miss = |key| self.load_value_async(key, load);
+        self.hit_or_async(key, |v| v, miss).await
     }
 
     /// The miss path of [`get_or_load_async`](Self::get_or_load_async).
@@ -446,10 +539,8 @@ where
         Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
         E: Send + Sync + 'static,
     {
-        if let Some(v) = self.get(key) {
-            return Ok(v);
-        }
-        self.try_load_value_async(key.to_owned(), load).await
+        let miss = |key| self.try_load_value_async(key, load);
+        self.hit_or_async(key, Ok, miss).await
     }
 
     /// The miss path of [`try_get_or_load_async`](Self::try_get_or_load_async).
@@ -508,6 +599,7 @@ where
     /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
     /// let cache: larder::Cache<String, usize> = larder::Cache::builder().max_capacity(100).build().unwrap();
     /// assert_eq!(cache.optionally_get_or_load_by_ref_async("k", async { None }).await, None);
+    /// assert!(!cache.contains_key("k")); // a None is not cached
     /// let v = cache.optionally_get_or_load_by_ref_async("k", async { Some(1) }).await;
     /// assert_eq!(v, Some(1));
     /// # });
@@ -521,10 +613,8 @@ where
         K: Clone + Borrow<Q>,
         Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
     {
-        if let Some(v) = self.get(key) {
-            return Some(v);
-        }
-        self.optionally_load_value_async(key.to_owned(), load).await
+        let miss = |key| self.optionally_load_value_async(key, load);
+        self.hit_or_async(key, Some, miss).await
     }
 
     /// The miss path of

@@ -133,7 +133,11 @@ where
     }
 
     /// Removes `key` from the cache alone, as [`land_write`](Self::land_write).
-    fn land_delete<G>(&self, key: &K, guard: G) {
+    fn land_delete<Q, G>(&self, key: &Q, guard: G)
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
         let removed = self.take(key);
         drop(guard);
         self.notify(removed);

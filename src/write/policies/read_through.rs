@@ -153,6 +153,8 @@ where
     /// Drops `key` from the cache (after the caller changed the store), so
     /// that the next `get` loads it again.
     ///
+    /// `key` may be a borrowed form (`&str` for `String` keys).
+    ///
     /// # Errors
     ///
     /// None with this policy; the `Result` matches the other policies.
@@ -189,7 +191,11 @@ where
     /// cache.delete(&1).unwrap(); // ...and tells the cache
     /// assert_eq!(cache.get(&1), Ok(Some(11)));
     /// ```
-    pub fn delete(&self, key: &K) -> Result<(), WriteError<St::Error>> {
+    pub fn delete<Q>(&self, key: &Q) -> Result<(), WriteError<St::Error>>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
         self.land_delete(key, ());
         Ok(())
     }
@@ -450,6 +456,8 @@ where
 
     /// `delete` for an [`AsyncStore`]: drops `key` from the cache.
     ///
+    /// `key` may be a borrowed form (`&str` for `String` keys).
+    ///
     /// # Errors
     ///
     /// None with this policy; the `Result` matches the other policies.
@@ -494,7 +502,11 @@ where
     /// assert_eq!(cache.get_async(&1).await, Ok(Some(11)));
     /// # });
     /// ```
-    pub async fn delete_async(&self, key: &K) -> Result<(), WriteError<St::Error>> {
+    pub async fn delete_async<Q>(&self, key: &Q) -> Result<(), WriteError<St::Error>>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
         self.land_delete(key, ());
         Ok(())
     }

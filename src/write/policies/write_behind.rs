@@ -249,6 +249,8 @@ where
     /// Drops `key` from the cache and queues its delete from the store. Until
     /// the store has it, `get` reads the key as `None`.
     ///
+    /// `key` may be a borrowed form (`&str` for `String` keys).
+    ///
     /// # Errors
     ///
     /// [`WriteError::QueueFull`] if the queue is full and the cache was
@@ -295,13 +297,18 @@ where
     /// cache.flush().unwrap();
     /// assert_eq!(cache.store().get(1), None);
     /// ```
-    pub fn delete(&self, key: &K) -> Result<(), WriteError<St::Error>> {
+    pub fn delete<Q>(&self, key: &Q) -> Result<(), WriteError<St::Error>>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+    {
+        let key = &key.to_owned();
         let policy = self.policy();
         let mut write = Some(Pending::Delete);
         loop {
             let guard = policy.shared.locks.lock(self.hash(key));
             if policy.try_accept(key, &mut write)? {
-                self.land_delete(key, guard);
+                self.land_delete::<K, _>(key, guard);
                 return Ok(());
             }
             drop(guard);
@@ -428,7 +435,7 @@ where
             let forgot = catch_unwind(AssertUnwindSafe(|| {
                 let guard = policy.shared.locks.lock(self.hash(key));
                 if policy.lookup(key).is_none() {
-                    self.land_delete(key, guard);
+                    self.land_delete::<K, _>(key, guard);
                 }
             }));
             if let Err(panic) = forgot {
@@ -681,6 +688,8 @@ where
     /// instead of blocking its thread. Cancelled while it waits for room, it
     /// changes nothing.
     ///
+    /// `key` may be a borrowed form (`&str` for `String` keys).
+    ///
     /// # Errors
     ///
     /// [`WriteError::QueueFull`] if the queue is full and the cache was
@@ -728,7 +737,12 @@ where
     /// assert_eq!(cache.store().get(1), None);
     /// # });
     /// ```
-    pub async fn delete_async(&self, key: &K) -> Result<(), WriteError<St::Error>> {
+    pub async fn delete_async<Q>(&self, key: &Q) -> Result<(), WriteError<St::Error>>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+    {
+        let key = &key.to_owned();
         let policy = self.policy();
         let mut write = Some(Pending::Delete);
         // Waiting for room (below) files a waker; done or dropped, this
@@ -738,7 +752,7 @@ where
         loop {
             let guard = policy.shared.locks.lock_async(self.hash(key)).await;
             if policy.try_accept(key, &mut write)? {
-                self.land_delete(key, guard);
+                self.land_delete::<K, _>(key, guard);
                 return Ok(());
             }
             drop(guard);

@@ -258,6 +258,8 @@ where
 
     /// Deletes `key` from the store, then from the cache.
     ///
+    /// `key` may be a borrowed form (`&str` for `String` keys).
+    ///
     /// # Errors
     ///
     /// [`WriteError::Store`] with the store's error; the cache is unchanged.
@@ -301,13 +303,17 @@ where
     /// assert_eq!((cache.store().get(1), cache.peek(&1)), (None, None));
     /// assert_eq!(cache.get(&1), Ok(None));
     /// ```
-    pub fn delete(&self, key: &K) -> Result<(), WriteError<St::Error>> {
+    pub fn delete<Q>(&self, key: &Q) -> Result<(), WriteError<St::Error>>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+    {
         let policy = self.policy();
         let guard = policy.locks.lock(self.hash(key));
-        let op = Op::Delete(key.clone());
-        let (written, guard) = self.store_call_sync(key, guard, || policy.store.write(&op));
+        let op = Op::Delete(key.to_owned());
+        let (written, guard) = self.store_call_sync(op.key(), guard, || policy.store.write(&op));
         written.map_err(WriteError::Store)?;
-        self.land_delete(key, guard);
+        self.land_delete::<K, _>(op.key(), guard);
         Ok(())
     }
 
@@ -633,6 +639,8 @@ where
     /// cache. If the task is cancelled while the store call runs, the key's
     /// cached copy is dropped, as with `put_async`.
     ///
+    /// `key` may be a borrowed form (`&str` for `String` keys).
+    ///
     /// # Errors
     ///
     /// [`WriteError::Store`] with the store's error; the cache is unchanged.
@@ -680,15 +688,19 @@ where
     /// assert_eq!((cache.store().get(1), cache.peek(&1)), (None, None));
     /// # });
     /// ```
-    pub async fn delete_async(&self, key: &K) -> Result<(), WriteError<St::Error>> {
+    pub async fn delete_async<Q>(&self, key: &Q) -> Result<(), WriteError<St::Error>>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+    {
         let policy = self.policy();
         let guard = policy.locks.lock_async(self.hash(key)).await;
-        let op = [Op::Delete(key.clone())];
+        let op = [Op::Delete(key.to_owned())];
         let (written, guard) = self
-            .store_call(key, guard, policy.store.write_batch(&op))
+            .store_call(op[0].key(), guard, policy.store.write_batch(&op))
             .await;
         written.map_err(WriteError::Store)?;
-        self.land_delete(key, guard);
+        self.land_delete::<K, _>(op[0].key(), guard);
         Ok(())
     }
 
