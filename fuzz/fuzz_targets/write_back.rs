@@ -32,11 +32,19 @@
 //! store holds. A key with a write handed to the failure handler may read,
 //! from then on, as any write it was ever acknowledged with (the handed-over
 //! write while it stays cached, else the store's older value).
+//!
+//! `put_async`, `put_with_async` and `delete_async` steps poll their future
+//! (with a waker that does nothing, yielding between polls) until it ends,
+//! or drop it once a given number of polls found it pending (a cancelled
+//! task, as when waiting for room in a full queue): a dropped write is not
+//! acknowledged and must change nothing, so every check above stands.
 #![no_main]
 
 use std::collections::{HashMap, HashSet};
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Once};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use arbitrary::Arbitrary;
@@ -60,6 +68,11 @@ enum Step {
     Flush,
     Fail(bool),
     Panic(bool),
+    /// `put_async` (`put_with_async` with `true`), dropped once `cancel % 3`
+    /// polls found it pending, if given.
+    PutAsync(u8, u16, bool, Option<u8>),
+    /// `delete_async`, dropped likewise.
+    DeleteAsync(u8, Option<u8>),
 }
 
 #[derive(Arbitrary, Debug)]
@@ -234,34 +247,23 @@ fuzz_target!(|input: Input| {
     // only to book a call's outcome: the calls of two writers overlap, and
     // their keys never meet.
     let step = |step: &Step, key: &dyn Fn(u8) -> u8| match *step {
-        Step::Put(k, v, tagged) => {
-            let k = key(k);
-            match put(&cache, k, v, tagged) {
-                Ok(()) => {
+        Step::Put(..) | Step::Delete(..) | Step::PutAsync(..) | Step::DeleteAsync(..) => {
+            let Some((k, w, outcome)) = write(&cache, step, key) else {
+                unreachable!("a write step")
+            };
+            match outcome {
+                // Dropped before it ended: not acknowledged, nothing changed.
+                None => {}
+                Some(Ok(())) => {
                     let mut m = state.lock().unwrap();
                     m.settled.remove(&k);
-                    m.last.insert(k, Some(v));
-                    m.acked.entry(k).or_default().push(Some(v));
+                    m.last.insert(k, w);
+                    m.acked.entry(k).or_default().push(w);
                 }
-                Err(WriteError::QueueFull) => {
+                Some(Err(WriteError::QueueFull)) => {
                     assert!(!blocking, "a blocking write found the queue full")
                 }
-                Err(e) => panic!("unexpected {e:?}"),
-            }
-        }
-        Step::Delete(k) => {
-            let k = key(k);
-            match cache.delete(&k) {
-                Ok(()) => {
-                    let mut m = state.lock().unwrap();
-                    m.settled.remove(&k);
-                    m.last.insert(k, None);
-                    m.acked.entry(k).or_default().push(None);
-                }
-                Err(WriteError::QueueFull) => {
-                    assert!(!blocking, "a blocking write found the queue full")
-                }
-                Err(e) => panic!("unexpected {e:?}"),
+                Some(Err(e)) => panic!("unexpected {e:?}"),
             }
         }
         Step::Get(k) => {
@@ -391,6 +393,59 @@ fn interleaves(log: &[Option<u16>], a: &[Option<u16>], b: &[Option<u16>]) -> boo
 
 type WbCache = Cache<u8, u16, DefaultHashBuilder, WriteBehind<u8, u16, Shared>>;
 
+/// Polls `future` with a waker that does nothing, yielding between polls
+/// (the flusher thread makes the room a write may wait for), until it ends,
+/// or drops it once `cancel % 3` polls found it pending: `None` then.
+fn drive<T>(future: impl Future<Output = T>, cancel: Option<u8>) -> Option<T> {
+    let mut future = std::pin::pin!(future);
+    let mut cx = Context::from_waker(Waker::noop());
+    let limit = cancel.map(|c| usize::from(c % 3));
+    for polls in 0.. {
+        if limit == Some(polls) {
+            return None;
+        }
+        if let Poll::Ready(out) = future.as_mut().poll(&mut cx) {
+            return Some(out);
+        }
+        std::thread::yield_now();
+    }
+    unreachable!("the loop returns")
+}
+
+/// What a write step did: its key, the write (`None`: a delete) and how the
+/// call ended (`None`: its future was dropped first); `None` for the steps
+/// that do not write.
+type Written = (
+    u8,
+    Option<u16>,
+    Option<Result<(), WriteError<&'static str>>>,
+);
+
+/// Runs a write step, sync or async, on the key `key` makes of its byte.
+fn write(cache: &WbCache, step: &Step, key: &dyn Fn(u8) -> u8) -> Option<Written> {
+    Some(match *step {
+        Step::Put(k, v, tagged) => (key(k), Some(v), Some(put(cache, key(k), v, tagged))),
+        Step::Delete(k) => (key(k), None, Some(cache.delete(&key(k)))),
+        Step::PutAsync(k, v, tagged, cancel) => {
+            let k = key(k);
+            let call = async move {
+                if tagged {
+                    let options = EntryOptions::new().tags(["t"]);
+                    cache.put_with_async(k, v, options).await
+                } else {
+                    cache.put_async(k, v).await
+                }
+            };
+            (k, Some(v), drive(call, cancel))
+        }
+        Step::DeleteAsync(k, cancel) => {
+            let k = key(k);
+            (k, None, drive(cache.delete_async(&k), cancel))
+        }
+        _ => return None,
+    })
+}
+
 /// The `two` + `shared` mode: see the module's docs.
 fn shared_keys(input: &Input, cache: &WbCache, db: &Shared, handed: &Handed) {
     let blocking = input.handler && input.block;
@@ -413,15 +468,18 @@ fn shared_keys(input: &Input, cache: &WbCache, db: &Shared, handed: &Handed) {
                         let mut seen = Seen::default();
                         for s in steps.iter().skip(t).step_by(2) {
                             match *s {
-                                Step::Put(k, v, tagged) => match put(cache, k % 8, v, tagged) {
-                                    Ok(()) => seen.acked.entry(k % 8).or_default().push(Some(v)),
-                                    Err(WriteError::QueueFull) => assert!(!blocking),
-                                    Err(e) => panic!("unexpected {e:?}"),
-                                },
-                                Step::Delete(k) => match cache.delete(&(k % 8)) {
-                                    Ok(()) => seen.acked.entry(k % 8).or_default().push(None),
-                                    Err(WriteError::QueueFull) => assert!(!blocking),
-                                    Err(e) => panic!("unexpected {e:?}"),
+                                Step::Put(..)
+                                | Step::Delete(..)
+                                | Step::PutAsync(..)
+                                | Step::DeleteAsync(..) => match write(cache, s, &|k| k % 8) {
+                                    Some((k, w, Some(Ok(())))) => {
+                                        seen.acked.entry(k).or_default().push(w)
+                                    }
+                                    Some((_, _, Some(Err(WriteError::QueueFull)))) => {
+                                        assert!(!blocking)
+                                    }
+                                    Some((_, _, Some(Err(e)))) => panic!("unexpected {e:?}"),
+                                    _ => {}
                                 },
                                 Step::Get(k) => {
                                     seen.reads.push((k % 8, cache.get(&(k % 8)).unwrap()))
