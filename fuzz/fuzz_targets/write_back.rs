@@ -38,6 +38,13 @@
 //! or drop it once a given number of polls found it pending (a cancelled
 //! task, as when waiting for room in a full queue): a dropped write is not
 //! acknowledged and must change nothing, so every check above stands.
+//!
+//! A stretch may also end with `flush_async` or `close_async`, polled
+//! likewise. One that ends is checked as a flush is; one dropped reports
+//! nothing, and what it would have reported must come in the next report
+//! instead. A `close_async` polled at least once has closed the cache,
+//! ended or not: from then on every write is refused as closed (and a
+//! write is refused so only then), and reads go on as before.
 #![no_main]
 
 use std::collections::{HashMap, HashSet};
@@ -73,6 +80,10 @@ enum Step {
     PutAsync(u8, u16, bool, Option<u8>),
     /// `delete_async`, dropped likewise.
     DeleteAsync(u8, Option<u8>),
+    /// `flush_async`, ending a stretch as `Flush` does, dropped likewise.
+    FlushAsync(Option<u8>),
+    /// `close_async`, ending a stretch, dropped likewise.
+    CloseAsync(Option<u8>),
 }
 
 #[derive(Arbitrary, Debug)]
@@ -187,6 +198,8 @@ fuzz_target!(|input: Input| {
     }
     let cache = builder.build().unwrap();
     let state = Mutex::new(Model::default());
+    // Whether a `close_async` has closed the cache.
+    let closed = AtomicBool::new(false);
     let check_flush = |report: Result<(), larder::FlushError<u8, u16, &'static str>>,
                        state: &mut Model| {
         let Model {
@@ -251,9 +264,12 @@ fuzz_target!(|input: Input| {
             let Some((k, w, outcome)) = write(&cache, step, key) else {
                 unreachable!("a write step")
             };
+            let closed = closed.load(Ordering::SeqCst);
             match outcome {
                 // Dropped before it ended: not acknowledged, nothing changed.
                 None => {}
+                Some(Err(WriteError::Closed)) => assert!(closed, "refused as closed while open"),
+                Some(_) if closed => panic!("a write to a closed cache was not refused"),
                 Some(Ok(())) => {
                     let mut m = state.lock().unwrap();
                     m.settled.remove(&k);
@@ -294,17 +310,19 @@ fuzz_target!(|input: Input| {
         Step::InvalidateTag => cache.invalidate_tag("t"),
         Step::Fail(on) => db.0.failing.store(on, Ordering::SeqCst),
         Step::Panic(on) => db.0.panicking.store(on, Ordering::SeqCst),
-        Step::Flush => unreachable!("flushes end a stretch"),
+        Step::Flush | Step::FlushAsync(_) | Step::CloseAsync(_) => {
+            unreachable!("flushes end a stretch")
+        }
     };
     if input.two && input.shared {
         shared_keys(&input, &cache, &db, &handed);
         return;
     }
     // The steps between flushes, then the flush.
-    for stretch in input.steps.split_inclusive(|s| matches!(s, Step::Flush)) {
-        let (steps, flush) = match stretch.split_last() {
-            Some((Step::Flush, steps)) => (steps, true),
-            _ => (stretch, false),
+    for stretch in input.steps.split_inclusive(ends_stretch) {
+        let (steps, end) = match stretch.split_last() {
+            Some((last, steps)) if ends_stretch(last) => (steps, Some(last)),
+            _ => (stretch, None),
         };
         if input.two {
             std::thread::scope(|scope| {
@@ -332,14 +350,35 @@ fuzz_target!(|input: Input| {
                 step(s, &|k| k % 16);
             }
         }
-        if flush {
-            check_flush(cache.flush(), &mut state.lock().unwrap());
+        let report = match end {
+            None => None,
+            Some(Step::FlushAsync(cancel)) => drive(cache.flush_async(), *cancel),
+            Some(Step::CloseAsync(cancel)) => {
+                // Polled at all, it has closed the cache.
+                if cancel.is_none_or(|c| c % 3 > 0) {
+                    closed.store(true, Ordering::SeqCst);
+                }
+                drive(cache.close_async(), *cancel)
+            }
+            Some(_) => Some(cache.flush()),
+        };
+        // A report dropped unread comes in the next one.
+        if let Some(report) = report {
+            check_flush(report, &mut state.lock().unwrap());
         }
     }
     db.0.failing.store(false, Ordering::SeqCst);
     db.0.panicking.store(false, Ordering::SeqCst);
     check_flush(cache.close(), &mut state.lock().unwrap());
 });
+
+/// Whether a step ends a stretch: a flush, sync or async, or a close.
+fn ends_stretch(step: &Step) -> bool {
+    matches!(
+        step,
+        Step::Flush | Step::FlushAsync(_) | Step::CloseAsync(_)
+    )
+}
 
 /// What one writer of the shared keys saw in a stretch: its acknowledged
 /// writes of each key in order, and every read as `(key, value)`.
@@ -459,7 +498,8 @@ fn shared_keys(input: &Input, cache: &WbCache, db: &Shared, handed: &Handed) {
     // whatever the store holds, which a failed write left at an older value.
     let mut loose: HashSet<u8> = HashSet::new();
     let mut logged = 0;
-    let stretches: Vec<&[Step]> = input.steps.split(|s| matches!(s, Step::Flush)).collect();
+    // The async flushes and closes end a stretch here as a plain flush.
+    let stretches: Vec<&[Step]> = input.steps.split(ends_stretch).collect();
     for (n, steps) in stretches.iter().enumerate() {
         let seen: Vec<Seen> = std::thread::scope(|scope| {
             let writers: Vec<_> = (0..2usize)
@@ -487,7 +527,7 @@ fn shared_keys(input: &Input, cache: &WbCache, db: &Shared, handed: &Handed) {
                                 Step::InvalidateTag => cache.invalidate_tag("t"),
                                 Step::Fail(on) => db.0.failing.store(on, Ordering::SeqCst),
                                 Step::Panic(on) => db.0.panicking.store(on, Ordering::SeqCst),
-                                Step::Flush => {}
+                                Step::Flush | Step::FlushAsync(_) | Step::CloseAsync(_) => {}
                             }
                         }
                         seen
