@@ -929,6 +929,41 @@ fn max_entry_weight_sets_the_heaviest_entry_the_cache_takes() {
     assert!(err.to_string().ends_with("use at most 4 shards"), "{err}");
 }
 
+/// Every `BuildError` prints, including values no builder makes: its fields
+/// are public, and printing one a caller made (a zero capacity, a zero
+/// weight) used to panic taking the logarithm of zero.
+#[test]
+fn hand_made_build_errors_print_without_panicking() {
+    let edges = [0, 1, 2, 3, u64::MAX - 1, u64::MAX];
+    for weight in edges {
+        for capacity in edges {
+            for shards in [0, 1, 3, usize::MAX] {
+                let err = BuildError::EntryTooHeavy {
+                    weight,
+                    capacity,
+                    shards,
+                };
+                let text = err.to_string();
+                assert!(
+                    text.contains(&format!("max_entry_weight {weight}")),
+                    "{text}"
+                );
+            }
+        }
+        let err = BuildError::MoreShardsThanCapacity {
+            shards: 4,
+            capacity: weight,
+        };
+        assert!(err.to_string().contains("use at most"), "{err}");
+    }
+    for shards in [0, 3, usize::MAX] {
+        let err = BuildError::InvalidShards { shards };
+        assert!(err.to_string().contains(&shards.to_string()), "{err}");
+    }
+    let err = BuildError::InitialCapacityTooLarge { entries: 0 };
+    assert!(!err.to_string().is_empty());
+}
+
 /// A key whose `Hash` panics while `POISON_ARMED` is set, if it is at or
 /// above `POISON_FROM`.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -125,7 +125,9 @@ impl fmt::Display for BuildError {
                     )
                 } else {
                     // The most shards whose shares hold the weight.
-                    let most = 1u64 << (capacity / weight.max(&1)).min(MAX_SHARDS as u64).ilog2();
+                    // Clamped from below too: the fields are public, and a value
+                    // made by hand may have a capacity of 0.
+                    let most = 1u64 << (capacity / weight.max(&1)).clamp(1, MAX_SHARDS as u64).ilog2();
                     let noun = if most == 1 { "shard" } else { "shards" };
                     write!(
                         f,

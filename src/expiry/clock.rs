@@ -139,7 +139,10 @@ impl Clock {
                 origin,
                 coarse: None,
             },
-            MockClock(mock),
+            MockClock(Arc::new(Hand {
+                mock,
+                advanced: AtomicU64::new(0),
+            })),
         )
     }
 
@@ -207,12 +210,22 @@ impl fmt::Debug for Clock {
 /// assert_eq!(cache.get(&1), None);
 /// ```
 #[derive(Clone, Debug)]
-pub struct MockClock(Arc<quanta::Mock>);
+pub struct MockClock(Arc<Hand>);
+
+/// What the clones of a [`MockClock`] share.
+#[derive(Debug)]
+struct Hand {
+    mock: Arc<quanta::Mock>,
+    /// Nanoseconds the hands have moved the clock, at most `LATEST_NANOS`:
+    /// each hand claims its step here before it moves the clock by it, so
+    /// that hands racing to the limit share what room is left.
+    advanced: AtomicU64,
+}
 
 impl MockClock {
     /// Moves the clock forward by `by`, up to [`MockClock::LATEST`]: time
     /// stops there (it never wraps, and never reaches the deadline that
-    /// stands for "never expires").
+    /// stands for "never expires"), however many clones move it at once.
     ///
     /// ```
     /// let (clock, time) = larder::Clock::mock();
@@ -220,10 +233,17 @@ impl MockClock {
     /// time.advance(std::time::Duration::MAX); // saturates
     /// ```
     pub fn advance(&self, by: Duration) {
-        // One hand moves it at a time in tests; racing hands could only
-        // stop it short of the limit, never carry it past.
-        let room = Self::LATEST_NANOS.saturating_sub(self.0.value());
-        self.0.increment(nanos(by).min(room));
+        let by = nanos(by);
+        let mut step = 0;
+        // Never fails: the closure always gives a value.
+        let _ = self
+            .0
+            .advanced
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |advanced| {
+                step = by.min(Self::LATEST_NANOS - advanced);
+                Some(advanced + step)
+            });
+        self.0.mock.increment(step);
     }
 
     /// The latest a mock clock reads: about 292 years after it was made.
@@ -253,6 +273,33 @@ mod tests {
         assert_eq!(clock.now(), start);
         time.advance(Duration::from_millis(1500));
         assert_eq!(clock.now() - start, 1_500_000_000);
+    }
+
+    #[test]
+    fn racing_hands_stop_the_clock_at_the_latest() {
+        // Hands that each found the room before moving the clock used to
+        // add it twice over, carrying the clock past LATEST (and with a
+        // third hand, past u64::MAX): this failed on every run.
+        for _ in 0..1_000 {
+            let (clock, time) = Clock::mock();
+            time.advance(MockClock::LATEST / 2);
+            // A spinning start: both hands move within nanoseconds.
+            let ready = AtomicU64::new(0);
+            std::thread::scope(|s| {
+                for _ in 0..2 {
+                    s.spawn(|| {
+                        ready.fetch_add(1, Ordering::SeqCst);
+                        while ready.load(Ordering::SeqCst) < 2 {
+                            std::hint::spin_loop();
+                        }
+                        time.advance(Duration::MAX);
+                    });
+                }
+            });
+            assert_eq!(clock.now(), MockClock::LATEST_NANOS);
+            time.advance(Duration::from_secs(1));
+            assert_eq!(clock.now(), MockClock::LATEST_NANOS);
+        }
     }
 
     #[test]
