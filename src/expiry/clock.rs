@@ -234,15 +234,20 @@ impl MockClock {
     /// ```
     pub fn advance(&self, by: Duration) {
         let by = nanos(by);
-        let mut step = 0;
-        // Never fails: the closure always gives a value.
-        let _ = self
-            .0
-            .advanced
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |advanced| {
-                step = by.min(Self::LATEST_NANOS - advanced);
-                Some(advanced + step)
-            });
+        let hand = &self.0.advanced;
+        let mut advanced = hand.load(Ordering::Relaxed);
+        let step = loop {
+            let step = by.min(Self::LATEST_NANOS - advanced);
+            match hand.compare_exchange_weak(
+                advanced,
+                advanced + step,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => break step,
+                Err(now) => advanced = now,
+            }
+        };
         self.0.mock.increment(step);
     }
 
