@@ -49,6 +49,12 @@
 //!   shards before the one that panicked are swept whole, that one (which
 //!   holds a picked key whose `Hash` panics) and the rest are left as they
 //!   were.
+//! - With a nonzero `eq_panics` byte, the keys congruent to it mod 8 have an
+//!   `Eq` that panics while armed (either side of a comparison). Which
+//!   comparisons a lookup makes is the table's business (it compares the
+//!   keys whose hash tags match), so a call may end in such a panic only
+//!   when armed, on such a key or with one resident, and it must then have
+//!   changed nothing, run no loader and heard nothing.
 #![no_main]
 
 use arbitrary::Arbitrary;
@@ -91,6 +97,9 @@ struct Input {
     /// Nonzero: keys congruent to it mod 8 have a `Hash` that panics while
     /// armed.
     hash_panics: u8,
+    /// Nonzero: keys congruent to it mod 8 have an `Eq` that panics while
+    /// armed.
+    eq_panics: u8,
     ops: Vec<Op>,
 }
 
@@ -127,8 +136,11 @@ struct Panics {
     armed: bool,
     /// The panicking keys, by their residue mod 8.
     residue: Option<u8>,
+    /// The keys whose `Eq` panics, likewise.
+    eq_residue: Option<u8>,
     hash: u32,
     weigher: u32,
+    eq: u32,
 }
 
 thread_local! {
@@ -152,15 +164,31 @@ fn panicky(k: u8) -> bool {
     panics().residue == Some(k % 8)
 }
 
+/// Whether `k`'s `Eq` panics when armed.
+fn touchy(k: u8) -> bool {
+    panics().eq_residue == Some(k % 8)
+}
+
 /// Whether the weigher panics on `(k, (v, w))`: one entry in 8, by `seed`.
 fn weigher_fails(seed: u8, k: u8, v: u8, w: u8) -> bool {
     seed != 0 && u32::from_le_bytes([k, v, w, seed]).wrapping_mul(0x9E37_79B1) >> 29 == 0
 }
 
-/// A key that hashes as its byte does, except that the keys `panicky` picks
-/// panic while armed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+/// A key that hashes and compares as its byte does, except that the keys
+/// `panicky` picks panic in `Hash`, and those `touchy` picks in `Eq`, while
+/// armed.
+#[derive(Clone, Copy, Debug, Eq, PartialOrd, Ord)]
 struct Key(u8);
+
+impl PartialEq for Key {
+    fn eq(&self, other: &Self) -> bool {
+        if panics().armed && (touchy(self.0) || touchy(other.0)) {
+            set_panics(|p| p.eq += 1);
+            std::panic::panic_any(Deliberate::Eq);
+        }
+        self.0 == other.0
+    }
+}
 
 impl Hash for Key {
     fn hash<H: Hasher>(&self, state: &mut H) {
@@ -315,6 +343,7 @@ enum Deliberate {
     Listener,
     Weigher,
     Hash,
+    Eq,
 }
 
 /// Lets deliberate panics unwind to the target instead of aborting in
@@ -370,6 +399,8 @@ fn fate(outcome: Option<Deliberate>, own_hash: bool, weighs: bool) -> Fate {
     }
     match outcome {
         Some(Deliberate::Hash) => Fate::Undone,
+        // A comparison at the lookup, before anything changed.
+        Some(Deliberate::Eq) => Fate::Refused,
         _ => Fate::Done,
     }
 }
@@ -453,9 +484,11 @@ fuzz_target!(|input: Input| {
     let listener_panics = input.policy >= 128;
     let triggers = move |v: u8| listener_panics && v % 4 == 0;
     let residue = (input.hash_panics != 0).then_some(input.hash_panics % 8);
+    let eq_residue = (input.eq_panics != 0).then_some(input.eq_panics % 8);
     PANICS.with(|p| {
         p.set(Panics {
             residue,
+            eq_residue,
             ..Panics::default()
         })
     });
@@ -514,7 +547,10 @@ fuzz_target!(|input: Input| {
         .collect();
     for op in input.ops.into_iter().take(2_000) {
         let before = residents();
-        set_panics(|p| (p.hash, p.weigher) = (0, 0));
+        set_panics(|p| (p.hash, p.weigher, p.eq) = (0, 0, 0));
+        // Whether a comparison the step's call makes may panic: armed, with
+        // a key whose `Eq` panics on either side of it.
+        let comparable = |k: u8| armed && (touchy(k) || before.iter().any(|e| touchy(e.0)));
         let mut expected_heard: Vec<Removal> = Vec::new();
         // The deliberate panic the step's call ended in.
         let mut outcome: Option<Deliberate> = None;
@@ -532,6 +568,9 @@ fuzz_target!(|input: Input| {
                 outcome = got.as_ref().err().copied();
                 if armed && panicky(k) {
                     assert_eq!(outcome, Some(Deliberate::Hash));
+                    unchanged = true;
+                } else if outcome == Some(Deliberate::Eq) {
+                    assert!(comparable(k), "a get panicked in an Eq that was not armed");
                     unchanged = true;
                 } else {
                     let got = got
@@ -556,6 +595,9 @@ fuzz_target!(|input: Input| {
                 if armed && panicky(k) {
                     assert_eq!(outcome, Some(Deliberate::Hash));
                     unchanged = true;
+                } else if outcome == Some(Deliberate::Eq) {
+                    assert!(comparable(k), "a peek panicked in an Eq that was not armed");
+                    unchanged = true;
                 } else {
                     let got = got.expect("a peek panics only in its key's Hash");
                     if exact {
@@ -569,6 +611,12 @@ fuzz_target!(|input: Input| {
             Op::Insert(k, v, w) => {
                 outcome = call(armed, || cache.insert(Key(k), (v, w))).err();
                 let fate = fate(outcome, armed && panicky(k), weighs(k, v, w));
+                if outcome == Some(Deliberate::Eq) {
+                    assert!(
+                        comparable(k),
+                        "an insert panicked in an Eq that was not armed"
+                    );
+                }
                 if fate == Fate::Done {
                     inserts += 1;
                     expected_heard = models[shard_of(k)].insert(k, v, u64::from(w % 16));
@@ -590,6 +638,12 @@ fuzz_target!(|input: Input| {
                 let result = call(armed, || cache.try_insert(Key(k), (v, w)));
                 outcome = result.as_ref().err().copied();
                 let fate = fate(outcome, armed && panicky(k), weighs(k, v, w));
+                if outcome == Some(Deliberate::Eq) {
+                    assert!(
+                        comparable(k),
+                        "a try_insert panicked in an Eq that was not armed"
+                    );
+                }
                 if fate == Fate::Done {
                     let too_heavy = u64::from(w % 16) > base;
                     expected_heard = models[shard_of(k)].insert(k, v, u64::from(w % 16));
@@ -642,12 +696,19 @@ fuzz_target!(|input: Input| {
                     }
                 });
                 outcome = got.as_ref().err().copied();
+                let compared = outcome == Some(Deliberate::Eq);
                 assert_eq!(
                     loaded,
-                    !resident && !own_hash,
+                    !resident && !own_hash && !compared,
                     "the loader runs exactly on a miss"
                 );
-                if own_hash {
+                if compared {
+                    assert!(
+                        comparable(k),
+                        "a get_or_load panicked in an Eq that was not armed"
+                    );
+                    unchanged = true;
+                } else if own_hash {
                     write = Some((k, v, w, fate(outcome, true, false)));
                 } else if resident {
                     let got = got.expect("a hit reaches no callback that panics").0;
@@ -693,6 +754,12 @@ fuzz_target!(|input: Input| {
                 if armed && panicky(k) {
                     assert_eq!(outcome, Some(Deliberate::Hash));
                     unchanged = true;
+                } else if outcome == Some(Deliberate::Eq) {
+                    assert!(
+                        comparable(k),
+                        "a remove panicked in an Eq that was not armed"
+                    );
+                    unchanged = true;
                 } else {
                     let model = &mut models[shard_of(k)];
                     let expected = model.pos(k).map(|i| model.entries.remove(i).1);
@@ -729,25 +796,30 @@ fuzz_target!(|input: Input| {
         let Panics {
             hash: hash_panics,
             weigher: weigher_panics,
+            eq: eq_panics,
             ..
         } = panics();
         let listener_panicked = step_heard.iter().any(|e| triggers(e.1));
         match outcome {
             None => assert!(
-                !listener_panicked && hash_panics == 0 && weigher_panics == 0,
+                !listener_panicked && hash_panics == 0 && weigher_panics == 0 && eq_panics == 0,
                 "a callback panicked, and the call did not"
             ),
             Some(Deliberate::Listener) => assert!(
-                listener_panicked && hash_panics == 0 && weigher_panics == 0,
+                listener_panicked && hash_panics == 0 && weigher_panics == 0 && eq_panics == 0,
                 "the call panicked as the listener, which did not (or another callback did)"
             ),
             Some(Deliberate::Weigher) => assert!(
-                weigher_panics == 1 && hash_panics == 0 && step_heard.is_empty(),
+                weigher_panics == 1 && hash_panics == 0 && eq_panics == 0 && step_heard.is_empty(),
                 "the call panicked as the weigher"
             ),
             Some(Deliberate::Hash) => assert!(
-                hash_panics >= 1 && weigher_panics == 0,
+                hash_panics >= 1 && weigher_panics == 0 && eq_panics == 0,
                 "the call panicked as a key's Hash"
+            ),
+            Some(Deliberate::Eq) => assert!(
+                eq_panics == 1 && hash_panics == 0 && weigher_panics == 0,
+                "the call panicked as a key's Eq"
             ),
         }
         // The step's own write, which may be heard as `Size` without having
