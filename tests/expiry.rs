@@ -204,6 +204,42 @@ fn tti_alone_expires_exactly_five_seconds_after_the_last_read() {
     assert_eq!(cache.get(&1), None);
 }
 
+/// A short time-to-idle is extended by reads as a long one is: a read
+/// skips moving the deadline only by less than a tick or 1/1024 of the
+/// time-to-idle. With a whole tick (2^20 ns), an entry idle for 2 ms read
+/// every millisecond expired at 2 ms, and one under a tick was never
+/// extended at all.
+#[test]
+fn a_short_tti_is_extended_by_every_read_of_its_length() {
+    let ms = Duration::from_millis(1);
+    let us = Duration::from_micros(1);
+    for (tti, every) in [
+        (2 * ms, ms),
+        (ms, 500 * us),
+        (500 * us, 100 * us),
+        (5 * us, 4 * us),
+    ] {
+        let (cache, time, _) = cache_with(|b| b.time_to_idle(tti));
+        cache.insert(1, 1);
+        for read in 0..50 {
+            time.advance(every);
+            assert_eq!(cache.get(&1), Some(1), "{tti:?}, read {read}");
+        }
+        // Each read moved it: it expires exactly its length after the last.
+        time.advance(tti - NS);
+        assert!(cache.contains_key(&1), "{tti:?}: expired early");
+        time.advance(NS);
+        assert!(!cache.contains_key(&1), "{tti:?}: outlived its last read");
+    }
+    // A long one still skips the moves of less than a tick.
+    let (cache, time, _) = cache_with(|b| b.time_to_idle(10 * SEC));
+    cache.insert(1, 1);
+    time.advance(us);
+    assert_eq!(cache.get(&1), Some(1));
+    time.advance(10 * SEC - us);
+    assert!(!cache.contains_key(&1), "a move of a microsecond was made");
+}
+
 #[test]
 fn per_entry_ttl_overrides_and_zero_means_do_not_cache() {
     let (cache, time, log) = cache_with(|b| b.time_to_live(60 * SEC));

@@ -398,8 +398,10 @@ where
     /// [`time_to_live`](Self::time_to_live) too, an entry expires at whichever
     /// deadline comes first, and reads never extend it past its time-to-live.
     /// A read extends the deadline only when that moves it by a tick (about a
-    /// millisecond), so hot entries' reads write nothing. Zero and
-    /// `Duration::MAX` mean what they mean for `time_to_live`.
+    /// millisecond) or by 1/1024 of the time-to-idle, whichever is less, so
+    /// hot entries' reads write nothing: an entry may expire that much
+    /// earlier than its last read plus the time-to-idle, never later. Zero
+    /// and `Duration::MAX` mean what they mean for `time_to_live`.
     ///
     /// A read returns the entry if it was live when the read took the clock.
     /// Should the deadline pass before the read extends it (the value's

@@ -294,8 +294,11 @@ impl<K: 'static, V: 'static> Expiration<K, V> {
             Rule::Fixed { tti: Some(i), .. } => {
                 let at = d.cap.min(now.saturating_add(*i));
                 // Less than a tick later: not worth a write to a line other
-                // readers of a hot entry share.
-                if at > d.at && at - d.at < TICK_NANOS {
+                // readers of a hot entry share. Nor less than 1/1024 of the
+                // time-to-idle, which a short one needs: with a whole tick
+                // (about a millisecond) a time-to-idle of 2 ms lost half its
+                // length, and one below a tick was never extended at all.
+                if at > d.at && at - d.at < TICK_NANOS.min(*i >> 10) {
                     return None;
                 }
                 at

@@ -73,9 +73,11 @@ fn agree(eviction: Eviction, tti: bool, ops: Vec<Op>) -> Result<(), TestCaseErro
                 let expected = model.live(k);
                 prop_assert_eq!(cache.get(&k), expected.map(|e| e.0));
                 if let (Some((v, at, cap)), true) = (expected, tti) {
-                    // Moved only by a tick (2^20 ns) or more: 2 ms in whole ms.
+                    // Moved only by a tick (2^20 ns) or 1/1024 of the
+                    // time-to-idle, whichever is less, or more.
                     let moved = cap.min(model.now + TTI);
-                    if moved >= at + 2 {
+                    let least = (1u64 << 20).min((TTI * 1_000_000) >> 10);
+                    if moved > at && (moved - at) * 1_000_000 >= least {
                         model.entries.insert(k, (v, moved, cap));
                     }
                 }
