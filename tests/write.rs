@@ -256,6 +256,96 @@ fn read_through_loads_once_per_key_and_caches_only_values() {
     assert!(cache.flush().is_ok());
 }
 
+/// A store whose first load panics once `release` is set, after the
+/// callers that are to wait on it have looked the cache up.
+#[derive(Clone, Default)]
+struct FirstLoadPanics(Arc<(AtomicU64, AtomicBool)>);
+
+impl Store<u64, u64> for FirstLoadPanics {
+    type Error = String;
+    fn load(&self, key: &u64) -> Result<Option<u64>, String> {
+        if self.0 .0.fetch_add(1, Ordering::SeqCst) == 0 {
+            wait_until("the release", || self.0 .1.load(Ordering::SeqCst));
+            panic!("load exploded");
+        }
+        Ok(Some(key * 10))
+    }
+    fn write(&self, _: &Op<u64, u64>) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+/// Under every policy, a `get` whose store load panics raises the panic in
+/// its own caller alone: the callers waiting on that load load for
+/// themselves, once between them, and get the value.
+#[test]
+fn a_panicking_store_load_hands_the_load_to_a_waiter_under_every_policy() {
+    fn check(
+        policy: &str,
+        store: &FirstLoadPanics,
+        get: &(dyn Fn() -> Result<Option<u64>, Arc<String>> + Sync),
+        misses: &(dyn Fn() -> u64 + Sync),
+    ) {
+        std::thread::scope(|s| {
+            let leader = s.spawn(|| catch_unwind(AssertUnwindSafe(get)));
+            wait_until("the leader's load", || {
+                store.0 .0.load(Ordering::SeqCst) == 1
+            });
+            let waiters: Vec<_> = (0..3).map(|_| s.spawn(get)).collect();
+            // Each waiter has missed, and is waiting on the load or about
+            // to.
+            wait_until("the waiters' lookups", || misses() == 4);
+            store.0 .1.store(true, Ordering::SeqCst);
+            let panic = leader.join().unwrap().unwrap_err();
+            assert_eq!(
+                panic.downcast_ref::<&str>(),
+                Some(&"load exploded"),
+                "{policy}"
+            );
+            for w in waiters {
+                assert_eq!(w.join().unwrap(), Ok(Some(10)), "{policy}");
+            }
+        });
+        assert_eq!(
+            store.0 .0.load(Ordering::SeqCst),
+            2,
+            "{policy}: the panicking load and one takeover"
+        );
+        assert_eq!(get(), Ok(Some(10)), "{policy}: cached");
+        assert_eq!(store.0 .0.load(Ordering::SeqCst), 2, "{policy}: a hit");
+    }
+    let store = FirstLoadPanics::default();
+    let cache = Cache::builder()
+        .max_capacity(10)
+        .record_stats()
+        .read_through(store.clone())
+        .build()
+        .unwrap();
+    check("read-through", &store, &|| cache.get(&1), &|| {
+        cache.stats().misses
+    });
+    let store = FirstLoadPanics::default();
+    let cache = Cache::builder()
+        .max_capacity(10)
+        .record_stats()
+        .write_through(store.clone())
+        .build()
+        .unwrap();
+    check("write-through", &store, &|| cache.get(&1), &|| {
+        cache.stats().misses
+    });
+    let store = FirstLoadPanics::default();
+    let cache = Cache::builder()
+        .max_capacity(10)
+        .record_stats()
+        .write_back(store.clone(), WriteBack::default())
+        .build()
+        .unwrap();
+    check("write-back", &store, &|| cache.get(&1), &|| {
+        cache.stats().misses
+    });
+}
+
 #[test]
 fn read_through_shares_a_store_error_and_does_not_cache_it() {
     struct Down(AtomicBool);

@@ -507,7 +507,9 @@ impl<St> Clone for ReadThrough<St> {
 /// Write-through: `put` and `delete` return only after the store accepted the
 /// write, and then the cache holds it; a store error leaves the cache
 /// unchanged. Writes to one key are serialized, so the cache and the store
-/// never end up holding different values. `get` reads through. Built with
+/// never end up holding different values (over an [`AsyncStore`], provided
+/// a write whose future was dropped does not land after it: see
+/// [`AsyncStore::write_batch`]). `get` reads through. Built with
 /// [`CacheBuilder::write_through`](crate::CacheBuilder::write_through).
 ///
 /// ```

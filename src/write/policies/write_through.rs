@@ -28,7 +28,8 @@ where
     ///
     /// # Panics
     ///
-    /// If the store's `load` panics, in the caller that ran it.
+    /// If the store's `load` panics, in the caller that ran it; a waiting
+    /// caller then loads for itself.
     ///
     /// ```
     /// # use std::collections::HashMap;
