@@ -408,6 +408,9 @@ where
     /// `Clone`, or an [`Expiry`] answering the read, taking
     /// that long), the read still returns the value but leaves the deadline
     /// where it was: the entry stays expired, as any other read since found it.
+    /// (It checks the clock once more just before it moves the deadline; a
+    /// deadline passing in the few instructions between the two, should the
+    /// thread be preempted there, is missed, and the entry lives on.)
     ///
     /// ```
     /// use std::time::Duration;
