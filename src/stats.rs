@@ -96,11 +96,12 @@ impl CacheStats {
     /// assert_eq!(cache.stats().hit_ratio(), 0.75);
     /// ```
     pub fn hit_ratio(&self) -> f64 {
-        let lookups = self.hits + self.misses;
-        if lookups == 0 {
+        // Added as floats: counts set by hand may add up past `u64::MAX`.
+        let lookups = self.hits as f64 + self.misses as f64;
+        if lookups == 0.0 {
             0.0
         } else {
-            self.hits as f64 / lookups as f64
+            self.hits as f64 / lookups
         }
     }
 }

@@ -964,6 +964,26 @@ fn hand_made_build_errors_print_without_panicking() {
     assert!(!err.to_string().is_empty());
 }
 
+/// Statistics set by hand to counts that add up past `u64::MAX` give a
+/// ratio instead of overflowing; a write-back failure goes through `?` into
+/// a boxed error like the crate's other errors.
+#[test]
+fn hand_made_stats_and_write_failures_behave() {
+    let mut stats = larder::CacheStats::default();
+    stats.hits = u64::MAX;
+    stats.misses = u64::MAX;
+    assert_eq!(stats.hit_ratio(), 0.5);
+    stats.misses = 0;
+    assert_eq!(stats.hit_ratio(), 1.0);
+    fn boxed(f: larder::Failure<std::io::Error>) -> Box<dyn std::error::Error + Send + Sync> {
+        Box::new(f)
+    }
+    let err = boxed(larder::Failure::Store(std::sync::Arc::new(
+        std::io::Error::other("down"),
+    )));
+    assert_eq!(err.to_string(), "down");
+}
+
 /// A key whose `Hash` panics while `POISON_ARMED` is set, if it is at or
 /// above `POISON_FROM`.
 #[derive(Clone, Debug, PartialEq, Eq)]

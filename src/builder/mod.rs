@@ -47,6 +47,7 @@ const MIN_DEFAULT_SHARD_CAPACITY: u64 = 1024;
 /// cache.insert("a".to_string(), vec![0; 100]);
 /// assert_eq!(cache.weighted_size(), 101);
 /// ```
+#[must_use = "a builder does nothing until `build`; each setting returns the builder to keep"]
 pub struct CacheBuilder<K, V, S = DefaultHashBuilder, W = CacheAside> {
     settings: Settings<K, V>,
     hasher: S,

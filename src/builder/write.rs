@@ -114,7 +114,7 @@ where
     ///     .write_back(Memory::default(), WriteBack::default())
     ///     .build()
     ///     .unwrap();
-    /// cache.put(1, "one".to_string());
+    /// cache.put(1, "one".to_string()).unwrap();
     /// assert_eq!(cache.get(&1).unwrap().as_deref(), Some("one")); // before the store has it
     /// cache.flush().unwrap();
     /// assert_eq!(cache.store().load(&1).unwrap().as_deref(), Some("one"));

@@ -92,6 +92,7 @@ pub trait Expiry<K, V>: Send + Sync + 'static {
 /// assert_eq!(options.tag_list(), &[Tag::from("team:7"), Tag::from("hot")]);
 /// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[must_use = "options do nothing until passed to a write; each setting returns the options to keep"]
 pub struct EntryOptions {
     ttl: Option<Duration>,
     tags: crate::tags::Tags,

@@ -38,12 +38,14 @@ use super::Op;
 /// match cache.put(1, 500) {
 ///     Err(WriteError::Store(e)) => assert_eq!(e, "too large"),
 ///     Err(WriteError::QueueFull | WriteError::Closed) => unreachable!("write-back only"),
+///     Err(other) => unreachable!("{other}"), // the enum may grow
 ///     Ok(()) => unreachable!("refused"),
 /// }
 /// let closed = WriteError::<&str>::Closed;
 /// assert_eq!(closed.to_string(), "the write-back cache is closed");
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum WriteError<E> {
     /// The store refused a write-through write.
     Store(E),
@@ -116,6 +118,8 @@ impl<E> Clone for Failure<E> {
         }
     }
 }
+
+impl<E: fmt::Debug + fmt::Display> std::error::Error for Failure<E> {}
 
 impl<E: fmt::Display> fmt::Display for Failure<E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

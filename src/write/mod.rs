@@ -620,6 +620,7 @@ impl<St> WriteThrough<St> {
 /// assert_eq!((stats.store_calls, stats.dirty), (1, 0));
 /// ```
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct WriteStats {
     /// Writes accepted by `put` and `delete`.
     pub accepted: u64,

@@ -26,6 +26,7 @@ use std::time::Duration;
 /// assert_eq!(settings.batch_size(), 256);
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[must_use = "settings do nothing until passed to `write_back`; each returns the settings to keep"]
 pub struct WriteBack {
     pub(crate) max_delay: Duration,
     pub(crate) batch: usize,
@@ -452,6 +453,7 @@ const MAX_BACKOFF: Duration = Duration::from_secs(24 * 60 * 60);
 /// assert_eq!(cache.get(&2), Ok(None)); // nothing was changed
 /// ```
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Backpressure {
     /// Wait until the flusher makes room (the default).
     #[default]
