@@ -17,7 +17,7 @@ const SAMPLE: u64 = 10;
 /// ... except the first, shorter so that a cold cache finds its window sooner:
 /// on the 30 trace cases the mean rose from 45.89 to 45.98 (three runs each;
 /// 3 scored 45.68 and 1 scored 45.94), mostly on short recency-biased traces
-/// (corda vault at 5%: 30.4 → 32.0).
+/// (trace_vaultservice at 5%: 30.4 → 32.0).
 const FIRST_SAMPLE: u64 = 5;
 const STEP_DECAY: f64 = 0.95;
 const RESTART_THRESHOLD: f64 = 0.05;

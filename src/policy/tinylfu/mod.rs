@@ -98,7 +98,7 @@ pub(super) const GHOST_SHARE: f64 = 0.5;
 /// it by as much. The climber needs ten capacities of requests per
 /// decision, more than most traces at 20% of their keys hold; the ghosts
 /// move at every such return. On the 30 trace cases (three runs each) the
-/// mean went from 46.46 to 46.58 with them: OLTP +1.2 and +0.5, corda vault
+/// mean went from 46.46 to 46.58 with them: OLTP +1.2 and +0.5, trace_vaultservice
 /// at 5% +1.1, P12 at 20% +0.3, cloudPhysicsIO at 20% −0.6, multi1 −0.4.
 ///
 /// Their moves add up to a nudge, at most this share of the capacity either
