@@ -176,3 +176,9 @@ pub use write::{
 pub fn fuzz_wheel(data: &[u8]) {
     expiry::wheel::fuzz(data);
 }
+
+/// The README's examples, compiled and run as doc tests so that they cannot
+/// go stale unnoticed.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
