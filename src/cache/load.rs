@@ -25,15 +25,13 @@ where
     /// The value under `key`, or the one `load` makes for it on a miss, which
     /// is then cached. Concurrent callers for one absent key share one load:
     /// the first runs `load`, the others wait for its value. No shard lock is
-    /// held while `load` runs, so it may use the cache for other keys; asking
-    /// for its own key panics (it would wait for itself forever). Not
+    /// held while `load` runs, so it may use the cache for other keys (but
+    /// not its own: see Panics). Not
     /// detected: a `load` that blocks on a future awaiting its own key
     /// through an `_async` call (`block_on(cache.get_or_load_async(key, ..))`)
     /// waits forever, as that wait cannot be told from another task's.
     ///
-    /// A hit costs what [`get`](Self::get) costs. If `load` panics, the panic
-    /// reaches this caller, and one of the waiting callers runs its own loader
-    /// instead; nobody waits forever. If the key is written, removed or the
+    /// A hit costs what [`get`](Self::get) costs. If the key is written, removed or the
     /// cache invalidated while the load runs, the loaded value is returned to
     /// the callers already waiting for it but not cached over the newer
     /// state. A caller arriving after that write (or after an invalidation of
@@ -49,10 +47,18 @@ where
     /// detected (only a loader asking on its own thread is), as with any
     /// cycle of locks.
     ///
-    /// The caller that ends a load wakes the async callers waiting for it
-    /// (their tasks' wakers). Should a waker panic (an executor's bug), the
-    /// others are woken all the same and the first panic then reaches that
-    /// caller, its value cached.
+    /// # Panics
+    ///
+    /// - If `load` asks the cache for its own key (through any loading
+    ///   call): it would wait for itself forever.
+    /// - If `load` panics: the panic reaches this caller, and one of the
+    ///   waiting callers runs its own loader instead; nobody waits forever.
+    /// - If the weigher, the [`Expiry`](crate::Expiry), the listener or a
+    ///   key's `Hash` or `Eq` panics, as for [`insert`](Self::insert).
+    /// - The caller that ends a load wakes the async callers waiting for it
+    ///   (their tasks' wakers). Should a waker panic (an executor's bug), the
+    ///   others are woken all the same and the first panic then reaches that
+    ///   caller, its value cached.
     ///
     /// ```
     /// let cache: larder::Cache<u32, String> =
@@ -76,6 +82,10 @@ where
     /// cache allocates nothing. The borrowed form must own to `K` (`str` to
     /// `String`, `[T]` to `Vec<T>`, a `K` to itself): for a key such as
     /// `Arc<str>`, pass a `&Arc<str>` or call `get_or_load`.
+    ///
+    /// # Panics
+    ///
+    /// As [`get_or_load`](Self::get_or_load).
     ///
     /// ```
     /// let cache: larder::Cache<String, usize> =
@@ -146,6 +156,10 @@ where
     /// of tag hashes, so one of an unrelated tag in the same bucket, one in
     /// 64, does the same.)
     ///
+    /// # Panics
+    ///
+    /// As [`get_or_load`](Self::get_or_load).
+    ///
     /// ```
     /// use std::time::Duration;
     /// use larder::{Cache, EntryOptions};
@@ -171,6 +185,10 @@ where
 
     /// [`get_or_load_with`](Self::get_or_load_with) with the key borrowed:
     /// an owned key is made only on a miss.
+    ///
+    /// # Panics
+    ///
+    /// As [`get_or_load`](Self::get_or_load).
     ///
     /// ```
     /// use larder::{Cache, EntryOptions};
@@ -209,6 +227,10 @@ where
 
     /// [`get_or_load_with`](Self::get_or_load_with) for async code.
     ///
+    /// # Panics
+    ///
+    /// As [`get_or_load`](Self::get_or_load).
+    ///
     /// ```
     /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
     /// use std::time::Duration;
@@ -239,6 +261,10 @@ where
 
     /// [`get_or_load_with_async`](Self::get_or_load_with_async) with the key
     /// borrowed: an owned key is made only on a miss.
+    ///
+    /// # Panics
+    ///
+    /// As [`get_or_load`](Self::get_or_load).
     ///
     /// ```
     /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
@@ -293,6 +319,10 @@ where
     ///
     /// The loader's error, shared.
     ///
+    /// # Panics
+    ///
+    /// As [`get_or_load`](Self::get_or_load).
+    ///
     /// ```
     /// let cache: larder::Cache<u32, u32> = larder::Cache::builder().max_capacity(100).build().unwrap();
     /// let err = cache.try_get_or_load(1, |_| Err::<u32, _>("db down")).unwrap_err();
@@ -320,6 +350,10 @@ where
     /// # Errors
     ///
     /// The loader's error, shared.
+    ///
+    /// # Panics
+    ///
+    /// As [`get_or_load`](Self::get_or_load).
     ///
     /// ```
     /// let cache: larder::Cache<String, usize> =
@@ -359,6 +393,10 @@ where
     /// Like [`get_or_load`](Self::get_or_load) with a loader that may find
     /// nothing: `None` is returned to every caller of the load and not cached.
     ///
+    /// # Panics
+    ///
+    /// As [`get_or_load`](Self::get_or_load).
+    ///
     /// ```
     /// let cache: larder::Cache<u32, u32> = larder::Cache::builder().max_capacity(100).build().unwrap();
     /// assert_eq!(cache.optionally_get_or_load(1, |_| None), None);
@@ -377,6 +415,10 @@ where
 
     /// [`optionally_get_or_load`](Self::optionally_get_or_load) with the key
     /// borrowed: an owned key is made only on a miss.
+    ///
+    /// # Panics
+    ///
+    /// As [`get_or_load`](Self::get_or_load).
     ///
     /// ```
     /// let cache: larder::Cache<String, usize> =
@@ -424,6 +466,10 @@ where
     /// its own that inserts its value (or pass a future that awaits such a
     /// task's handle), so that it finishes whoever is still waiting.
     ///
+    /// # Panics
+    ///
+    /// As [`get_or_load`](Self::get_or_load).
+    ///
     /// ```
     /// # let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
     /// # runtime.block_on(async {
@@ -445,6 +491,10 @@ where
 
     /// [`get_or_load_async`](Self::get_or_load_async) with the key borrowed:
     /// an owned key is made only on a miss.
+    ///
+    /// # Panics
+    ///
+    /// As [`get_or_load`](Self::get_or_load).
     ///
     /// ```
     /// # let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
@@ -488,6 +538,10 @@ where
     ///
     /// The loader's error, shared with every caller of the same load.
     ///
+    /// # Panics
+    ///
+    /// As [`get_or_load`](Self::get_or_load).
+    ///
     /// ```
     /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
     /// let cache: larder::Cache<u32, String> = larder::Cache::builder().max_capacity(100).build().unwrap();
@@ -519,6 +573,10 @@ where
     /// # Errors
     ///
     /// The loader's error, shared with every caller of the same load.
+    ///
+    /// # Panics
+    ///
+    /// As [`get_or_load`](Self::get_or_load).
     ///
     /// ```
     /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
@@ -568,6 +626,10 @@ where
     /// Like [`optionally_get_or_load`](Self::optionally_get_or_load), for
     /// async code.
     ///
+    /// # Panics
+    ///
+    /// As [`get_or_load`](Self::get_or_load).
+    ///
     /// ```
     /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
     /// let cache: larder::Cache<u32, String> = larder::Cache::builder().max_capacity(100).build().unwrap();
@@ -594,6 +656,10 @@ where
 
     /// [`optionally_get_or_load_async`](Self::optionally_get_or_load_async)
     /// with the key borrowed: an owned key is made only on a miss.
+    ///
+    /// # Panics
+    ///
+    /// As [`get_or_load`](Self::get_or_load).
     ///
     /// ```
     /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
