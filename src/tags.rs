@@ -30,6 +30,10 @@ use crate::store::Token;
 /// assert_eq!(Tag::from(customer_id), Tag::from(7u64));
 /// assert_eq!(Tag::from(7usize), Tag::from(7)); // a literal is an `i32`
 /// assert_eq!(Tag::from(-1i64), Tag::from(u64::MAX));
+/// // Borrowed strings too, so a list of names tags an entry as it is:
+/// let teams = vec!["team:1".to_string(), "team:2".to_string()];
+/// let options = larder::EntryOptions::new().tags(&teams);
+/// assert_eq!(options.tag_list(), &[Tag::from("team:1"), Tag::from("team:2")]);
 /// ```
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct Tag(Repr);
@@ -58,6 +62,12 @@ impl From<&str> for Tag {
 impl From<String> for Tag {
     fn from(s: String) -> Self {
         Tag(Repr::Str(s.into()))
+    }
+}
+
+impl From<&String> for Tag {
+    fn from(s: &String) -> Self {
+        Tag(Repr::Str(s.as_str().into()))
     }
 }
 

@@ -181,6 +181,11 @@ where
     /// let mut all: Vec<_> = cache.iter().collect();
     /// all.sort();
     /// assert_eq!(all, vec![(1, 10), (2, 20)]);
+    /// let mut sum = 0;
+    /// for (_, v) in &cache {
+    ///     sum += v;
+    /// }
+    /// assert_eq!(sum, 30);
     /// ```
     pub fn iter(&self) -> Iter<'_, K, V, S, W>
     where
@@ -338,5 +343,29 @@ where
                 }
             }
         }
+    }
+}
+
+/// Once done, the iterator stays done: it has passed the last shard.
+impl<K, V, S, W> std::iter::FusedIterator for Iter<'_, K, V, S, W>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+    S: BuildHasher,
+{
+}
+
+impl<'a, K, V, S, W> IntoIterator for &'a Cache<K, V, S, W>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+    S: BuildHasher,
+{
+    type Item = (K, V);
+    type IntoIter = Iter<'a, K, V, S, W>;
+
+    /// [`Cache::iter`].
+    fn into_iter(self) -> Self::IntoIter {
+        self.iter()
     }
 }
