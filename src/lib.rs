@@ -171,7 +171,7 @@ pub use write::{
 
 /// Replays fuzzer bytes as timer-wheel operations against a model (the
 /// `wheel` fuzz target); panics on a disagreement.
-#[cfg(fuzzing)]
+#[cfg(feature = "__fuzz")]
 #[doc(hidden)]
 pub fn fuzz_wheel(data: &[u8]) {
     expiry::wheel::fuzz(data);

@@ -252,7 +252,7 @@ impl TagIndex {
 
     /// Both directions agree, ids and groups agree, and only `live` tokens
     /// are named.
-    #[cfg(any(test, fuzzing))]
+    #[cfg(any(test, feature = "__fuzz"))]
     pub(crate) fn validate(&self, live: &dyn Fn(Token) -> bool) {
         let ids_of = |t: &Token| -> Vec<u32> {
             let mut ids: Vec<u32> = self.of_token[t]

@@ -222,7 +222,7 @@ where
 
     /// Checks every shard's invariants.
     #[doc(hidden)]
-    #[cfg(any(test, fuzzing))]
+    #[cfg(any(test, feature = "__fuzz"))]
     pub fn validate(&self) {
         for shard in self.inner.shards.iter() {
             shard.write(&|k| self.hash(k)).validate();

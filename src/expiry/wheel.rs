@@ -114,13 +114,13 @@ impl Wheel {
     }
 
     /// The wheel's time in ticks.
-    #[cfg(any(test, fuzzing))]
+    #[cfg(any(test, feature = "__fuzz"))]
     pub(crate) fn elapsed(&self) -> u64 {
         self.elapsed
     }
 
     /// Tokens filed.
-    #[cfg(any(test, fuzzing))]
+    #[cfg(any(test, feature = "__fuzz"))]
     pub(crate) fn len(&self) -> usize {
         self.len
     }
@@ -133,7 +133,7 @@ impl Wheel {
     }
 
     /// The deadline `token` is filed under, if it is filed.
-    #[cfg(any(test, fuzzing))]
+    #[cfg(any(test, feature = "__fuzz"))]
     pub(crate) fn deadline(&self, token: Token) -> Option<u64> {
         let i = token as usize;
         (self.place.get(i).is_some_and(|&p| p != UNFILED)).then(|| self.when[i])
@@ -323,7 +323,7 @@ impl Wheel {
     }
 
     /// Checks the wheel's structure; panics on the first broken invariant.
-    #[cfg(any(test, fuzzing))]
+    #[cfg(any(test, feature = "__fuzz"))]
     pub(crate) fn validate(&self) {
         let mut filed = 0;
         for level in 0..LEVELS {
@@ -550,7 +550,7 @@ mod tests {
 }
 
 /// One step of a random schedule for the model check.
-#[cfg(any(test, fuzzing))]
+#[cfg(any(test, feature = "__fuzz"))]
 #[derive(Debug, Clone)]
 pub(crate) enum Op {
     /// File a token `delta` ticks from now.
@@ -573,7 +573,7 @@ pub(crate) enum Op {
 /// [`Wheel::advance`]), no call may do more than its budget, and the wheel's
 /// invariants must hold throughout, also between the calls of an advance
 /// that stopped part-way.
-#[cfg(any(test, fuzzing))]
+#[cfg(any(test, feature = "__fuzz"))]
 pub(crate) fn replay(ops: &[Op]) -> Result<(), String> {
     use std::collections::BTreeMap;
     let mut wheel = Wheel::default();
@@ -652,7 +652,7 @@ pub(crate) fn replay(ops: &[Op]) -> Result<(), String> {
 }
 
 /// Decodes fuzzer bytes into a schedule and replays it (the `wheel` target).
-#[cfg(fuzzing)]
+#[cfg(feature = "__fuzz")]
 pub(crate) fn fuzz(data: &[u8]) {
     let mut ops = Vec::new();
     for chunk in data.chunks_exact(6).take(200) {

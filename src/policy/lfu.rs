@@ -151,7 +151,7 @@ impl Lfu {
     }
 
     /// Resident tokens in eviction order: ascending frequency, then least recent first.
-    #[cfg(any(test, fuzzing))]
+    #[cfg(any(test, feature = "__fuzz"))]
     pub(crate) fn order(&self, entries: &impl Entries) -> Vec<Token> {
         let mut out = Vec::new();
         let mut bucket = self.lowest;

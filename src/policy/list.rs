@@ -207,7 +207,7 @@ impl List {
     }
 
     /// The tokens from head to tail (for invariant checks and tests).
-    #[cfg(any(test, fuzzing))]
+    #[cfg(any(test, feature = "__fuzz"))]
     pub(crate) fn tokens(&self, links: &impl LinkStore) -> Vec<Token> {
         let mut out = Vec::with_capacity(self.len as usize);
         let mut at = self.head;

@@ -39,7 +39,7 @@ impl Lru {
     }
 
     /// Resident tokens, least recent first.
-    #[cfg(any(test, fuzzing))]
+    #[cfg(any(test, feature = "__fuzz"))]
     pub(crate) fn order(&self, entries: &impl Entries) -> Vec<Token> {
         self.order.tokens(&entries)
     }

@@ -213,7 +213,7 @@ impl Policy {
     }
 
     /// Resident tokens in eviction order (first = next victim for LRU and LFU).
-    #[cfg(any(test, fuzzing))]
+    #[cfg(any(test, feature = "__fuzz"))]
     pub(crate) fn order(&self, entries: &impl Entries) -> Vec<Token> {
         match self {
             Self::Lru(p) => p.order(entries),
@@ -222,7 +222,7 @@ impl Policy {
         }
     }
 
-    #[cfg(any(test, fuzzing))]
+    #[cfg(any(test, feature = "__fuzz"))]
     pub(crate) fn validate(&self, entries: &impl Entries) {
         if let Self::TinyLfu(p) = self {
             p.validate(entries);

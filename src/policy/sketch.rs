@@ -234,7 +234,7 @@ impl Sketch {
         self.sample_size = u32::MAX;
     }
 
-    #[cfg(any(test, fuzzing))]
+    #[cfg(any(test, feature = "__fuzz"))]
     pub(crate) fn validate(&self) {
         assert!(self.size < self.sample_size, "aging overdue");
     }

@@ -85,7 +85,7 @@ impl Bucket {
     }
 
     /// The tag of `slot`.
-    #[cfg(any(test, fuzzing))]
+    #[cfg(any(test, feature = "__fuzz"))]
     fn tag(&self, slot: usize) -> u8 {
         if slot < 8 {
             (self.tags >> (slot * 8)) as u8
@@ -113,7 +113,7 @@ impl Bucket {
     }
 
     /// Whether `slot` holds a token.
-    #[cfg(any(test, fuzzing))]
+    #[cfg(any(test, feature = "__fuzz"))]
     fn used(&self, slot: usize) -> bool {
         self.tag(slot) != 0
     }
@@ -214,7 +214,7 @@ impl Table {
         Some(table)
     }
 
-    #[cfg(any(test, fuzzing))]
+    #[cfg(any(test, feature = "__fuzz"))]
     pub(crate) fn len(&self) -> usize {
         self.len
     }
@@ -403,7 +403,7 @@ impl Table {
     }
 
     /// Checks the overflow counts and the length against the tokens' hashes.
-    #[cfg(any(test, fuzzing))]
+    #[cfg(any(test, feature = "__fuzz"))]
     pub(crate) fn validate(&self, hash_of: impl Fn(Token) -> u64) {
         let n = self.buckets.len();
         let mut overflow = vec![0u32; n];

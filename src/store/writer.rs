@@ -635,7 +635,7 @@ impl<K: Eq, V, H: Fn(&K) -> u64> ShardWriter<'_, K, V, H> {
     }
 
     /// Checks every structural invariant of the shard; panics on the first broken one.
-    #[cfg(any(test, fuzzing))]
+    #[cfg(any(test, feature = "__fuzz"))]
     pub(crate) fn validate(&self) {
         let map = &*self.map;
         let hash_of = self.hash_of;

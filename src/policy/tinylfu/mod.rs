@@ -527,7 +527,7 @@ impl TinyLfu {
     }
 
     /// Resident tokens in eviction order: probation, protected, then window.
-    #[cfg(any(test, fuzzing))]
+    #[cfg(any(test, feature = "__fuzz"))]
     pub(crate) fn order(&self, entries: &impl Entries) -> Vec<Token> {
         let mut out = self.probation.tokens(&entries);
         out.extend(self.protected.tokens(&entries));
@@ -536,7 +536,7 @@ impl TinyLfu {
     }
 
     /// Region weights add up, every token is in the region it is listed in.
-    #[cfg(any(test, fuzzing))]
+    #[cfg(any(test, feature = "__fuzz"))]
     pub(crate) fn validate(&self, entries: &impl Entries) {
         assert_eq!(
             self.fresh.0, NIL,
