@@ -55,6 +55,11 @@
 //!   keys whose hash tags match), so a call may end in such a panic only
 //!   when armed, on such a key or with one resident, and it must then have
 //!   changed nothing, run no loader and heard nothing.
+//! - With a nonzero `clone_panics` byte, the keys congruent to it mod 8 have
+//!   a `Clone` that panics while armed. The loading calls clone a key on a
+//!   miss (`get_or_load_by_ref` to own it, every one to file its load), so a
+//!   miss on such a key must end in that panic, before its loader runs,
+//!   having changed nothing; no other call may clone a key.
 #![no_main]
 
 use arbitrary::Arbitrary;
@@ -75,9 +80,10 @@ enum Op {
     Insert(u8, u8, u8),
     /// `try_insert`: a value too heavy for the cache comes back to the caller.
     TryInsert(u8, u8, u8),
-    /// `get_or_load` with a loader yielding `(value, weight)`; with the
-    /// `bool`, `get_or_load_async`.
-    GetOrLoad(u8, u8, u8, bool),
+    /// `get_or_load` with a loader yielding `(value, weight)`; by the last
+    /// byte mod 3, `get_or_load`, `get_or_load_async` or
+    /// `get_or_load_by_ref`.
+    GetOrLoad(u8, u8, u8, u8),
     Remove(u8),
     /// `invalidate_entries_if` on `(key + value) % (m % 5 + 2) == 0`.
     InvalidateIf(u8),
@@ -100,6 +106,9 @@ struct Input {
     /// Nonzero: keys congruent to it mod 8 have an `Eq` that panics while
     /// armed.
     eq_panics: u8,
+    /// Nonzero: keys congruent to it mod 8 have a `Clone` that panics while
+    /// armed.
+    clone_panics: u8,
     ops: Vec<Op>,
 }
 
@@ -138,9 +147,12 @@ struct Panics {
     residue: Option<u8>,
     /// The keys whose `Eq` panics, likewise.
     eq_residue: Option<u8>,
+    /// The keys whose `Clone` panics, likewise.
+    clone_residue: Option<u8>,
     hash: u32,
     weigher: u32,
     eq: u32,
+    clone: u32,
 }
 
 thread_local! {
@@ -169,16 +181,33 @@ fn touchy(k: u8) -> bool {
     panics().eq_residue == Some(k % 8)
 }
 
+/// Whether `k`'s `Clone` panics when armed.
+fn cloney(k: u8) -> bool {
+    panics().clone_residue == Some(k % 8)
+}
+
 /// Whether the weigher panics on `(k, (v, w))`: one entry in 8, by `seed`.
 fn weigher_fails(seed: u8, k: u8, v: u8, w: u8) -> bool {
     seed != 0 && u32::from_le_bytes([k, v, w, seed]).wrapping_mul(0x9E37_79B1) >> 29 == 0
 }
 
-/// A key that hashes and compares as its byte does, except that the keys
-/// `panicky` picks panic in `Hash`, and those `touchy` picks in `Eq`, while
-/// armed.
-#[derive(Clone, Copy, Debug, Eq, PartialOrd, Ord)]
+/// A key that hashes, compares and clones as its byte does, except that the
+/// keys `panicky` picks panic in `Hash`, those `touchy` picks in `Eq` and
+/// those `cloney` picks in `Clone`, while armed. `Copy` for the target's own
+/// use: the cache, generic over its keys, can only `Clone` them.
+#[derive(Copy, Debug, Eq, PartialOrd, Ord)]
 struct Key(u8);
+
+#[allow(clippy::expl_impl_clone_on_copy)]
+impl Clone for Key {
+    fn clone(&self) -> Self {
+        if panics().armed && cloney(self.0) {
+            set_panics(|p| p.clone += 1);
+            std::panic::panic_any(Deliberate::Clone);
+        }
+        *self
+    }
+}
 
 impl PartialEq for Key {
     fn eq(&self, other: &Self) -> bool {
@@ -344,6 +373,7 @@ enum Deliberate {
     Weigher,
     Hash,
     Eq,
+    Clone,
 }
 
 /// Lets deliberate panics unwind to the target instead of aborting in
@@ -485,10 +515,12 @@ fuzz_target!(|input: Input| {
     let triggers = move |v: u8| listener_panics && v % 4 == 0;
     let residue = (input.hash_panics != 0).then_some(input.hash_panics % 8);
     let eq_residue = (input.eq_panics != 0).then_some(input.eq_panics % 8);
+    let clone_residue = (input.clone_panics != 0).then_some(input.clone_panics % 8);
     PANICS.with(|p| {
         p.set(Panics {
             residue,
             eq_residue,
+            clone_residue,
             ..Panics::default()
         })
     });
@@ -547,7 +579,7 @@ fuzz_target!(|input: Input| {
         .collect();
     for op in input.ops.into_iter().take(2_000) {
         let before = residents();
-        set_panics(|p| (p.hash, p.weigher, p.eq) = (0, 0, 0));
+        set_panics(|p| (p.hash, p.weigher, p.eq, p.clone) = (0, 0, 0, 0));
         // Whether a comparison the step's call makes may panic: armed, with
         // a key whose `Eq` panics on either side of it.
         let comparable = |k: u8| armed && (touchy(k) || before.iter().any(|e| touchy(e.0)));
@@ -558,6 +590,9 @@ fuzz_target!(|input: Input| {
         let mut write: Option<(u8, u8, u8, Fate)> = None;
         // The step leaves the cache as it was, and nothing is heard.
         let mut unchanged = false;
+        // A loading call's miss on a key whose `Clone` panics: the one
+        // call that may end in that panic.
+        let mut clones = false;
         // A sweep's checks, once the step's removals are heard: what it
         // picks, the cause it removes with.
         let mut swept: Option<(Picks, RemovalCause)> = None;
@@ -678,31 +713,42 @@ fuzz_target!(|input: Input| {
                 }
                 write = Some((k, v, w, fate));
             }
-            Op::GetOrLoad(k, v, w, asynchronous) => {
+            Op::GetOrLoad(k, v, w, mode) => {
                 let own_hash = armed && panicky(k);
                 let resident = before.iter().any(|e| e.0 == k);
                 let mut loaded = false;
-                let got = call(armed, || {
-                    if asynchronous {
-                        block_on(cache.get_or_load_async(Key(k), async {
-                            loaded = true;
-                            (v, w)
-                        }))
-                    } else {
-                        cache.get_or_load(Key(k), |_| {
-                            loaded = true;
-                            (v, w)
-                        })
-                    }
+                let got = call(armed, || match mode % 3 {
+                    0 => cache.get_or_load(Key(k), |_| {
+                        loaded = true;
+                        (v, w)
+                    }),
+                    1 => block_on(cache.get_or_load_async(Key(k), async {
+                        loaded = true;
+                        (v, w)
+                    })),
+                    _ => cache.get_or_load_by_ref(&Key(k), |_| {
+                        loaded = true;
+                        (v, w)
+                    }),
                 });
                 outcome = got.as_ref().err().copied();
                 let compared = outcome == Some(Deliberate::Eq);
+                // A miss clones the key, after the lookup's `Hash` and `Eq`.
+                let cloned = armed && cloney(k) && !resident && !own_hash && !compared;
+                assert_eq!(
+                    outcome == Some(Deliberate::Clone),
+                    cloned,
+                    "a miss on a key whose Clone panics ends in that panic, and only one"
+                );
                 assert_eq!(
                     loaded,
-                    !resident && !own_hash && !compared,
+                    !resident && !own_hash && !compared && !cloned,
                     "the loader runs exactly on a miss"
                 );
-                if compared {
+                if cloned {
+                    clones = true;
+                    unchanged = true;
+                } else if compared {
                     assert!(
                         comparable(k),
                         "a get_or_load panicked in an Eq that was not armed"
@@ -797,8 +843,13 @@ fuzz_target!(|input: Input| {
             hash: hash_panics,
             weigher: weigher_panics,
             eq: eq_panics,
+            clone: clone_panics,
             ..
         } = panics();
+        assert!(
+            clone_panics <= u32::from(outcome == Some(Deliberate::Clone)),
+            "a key was cloned, and its Clone's panic did not end the call"
+        );
         let listener_panicked = step_heard.iter().any(|e| triggers(e.1));
         match outcome {
             None => assert!(
@@ -820,6 +871,15 @@ fuzz_target!(|input: Input| {
             Some(Deliberate::Eq) => assert!(
                 eq_panics == 1 && hash_panics == 0 && weigher_panics == 0,
                 "the call panicked as a key's Eq"
+            ),
+            Some(Deliberate::Clone) => assert!(
+                clones
+                    && clone_panics == 1
+                    && eq_panics == 0
+                    && hash_panics == 0
+                    && weigher_panics == 0
+                    && step_heard.is_empty(),
+                "the call panicked as a key's Clone"
             ),
         }
         // The step's own write, which may be heard as `Size` without having
