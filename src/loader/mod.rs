@@ -359,6 +359,21 @@ impl<K, V> Drop for WaitAsync<'_, K, V> {
     }
 }
 
+/// The room a table of flights keeps however few are in flight; past it,
+/// [`trim`] gives back what a burst of loads took.
+const TRIM_ABOVE: usize = 256;
+
+/// Shrinks `table` once under an eighth of its room is in use (and the room
+/// is past [`TRIM_ABOVE`]), to about twice what is: a burst of 200k pending
+/// loads otherwise left 2.3 MB held by a shard's table after they ended,
+/// until the cache was dropped. After a shrink the room is at most four
+/// times the flights, so the next removals do not shrink it again.
+fn trim<K, V>(table: &mut HashTable<Arc<Flight<K, V>>>) {
+    if table.capacity() > TRIM_ABOVE && table.len() * 8 < table.capacity() {
+        table.shrink_to((table.len() * 2).max(TRIM_ABOVE / 4), |f| f.hash);
+    }
+}
+
 /// A shard's table of flights.
 pub(crate) struct Flights<K, V> {
     table: Mutex<HashTable<Arc<Flight<K, V>>>>,
@@ -484,6 +499,7 @@ impl<K, V> Flights<K, V> {
                 // An abandoned flight left for older ones that have ended.
                 found.remove();
                 self.active.fetch_sub(1, Ordering::SeqCst);
+                trim(&mut table);
             }
         }
     }
@@ -502,6 +518,7 @@ impl<K, V> Flights<K, V> {
             }
             keep
         });
+        trim(&mut table);
     }
 }
 
@@ -525,6 +542,7 @@ impl<K, V> Flights<K, V> {
             flight.supersede_older();
             entry.remove();
             self.active.fetch_sub(1, Ordering::SeqCst);
+            trim(&mut table);
         } else {
             flight.supersede_older();
             // A newer flight abandoned while it waited for this one stayed in
@@ -536,6 +554,7 @@ impl<K, V> Flights<K, V> {
                 if !entry.get().holds_older() {
                     entry.remove();
                     self.active.fetch_sub(1, Ordering::SeqCst);
+                    trim(&mut table);
                 }
             }
         }
@@ -662,6 +681,28 @@ mod tests {
 
     fn active(table: &Table) -> usize {
         table.active.load(Ordering::SeqCst)
+    }
+
+    #[test]
+    fn a_burst_of_flights_gives_its_room_back_as_they_end() {
+        let table = Flights::<u16, u32>::default();
+        let room = || table.table.lock().capacity();
+        let leaders: Vec<_> = (0..10_000u16)
+            .map(|k| match table.join(u64::from(k) << 8, &k, false, 0) {
+                Role::Leader(leader) => leader,
+                Role::Waiter(_) => panic!("expected to lead"),
+            })
+            .collect();
+        let peak = room();
+        assert!(peak >= 10_000, "{peak}");
+        for (i, leader) in leaders.into_iter().enumerate() {
+            assert_eq!(leader.start(|| 0), 0);
+            leader.finish(Outcome::Loaded(1));
+            // Never below what is still in flight, nor above the peak.
+            assert!((10_000 - i - 1..=peak).contains(&room()), "{i}: {}", room());
+        }
+        assert_eq!(table.active.load(Ordering::SeqCst), 0);
+        assert!(room() <= TRIM_ABOVE, "{} of {peak} kept", room());
     }
 
     #[test]
