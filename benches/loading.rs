@@ -7,6 +7,9 @@
 //!   or 1,000 tokio tasks, ask for one absent key whose loader takes 20 ms; the
 //!   loader must run once, and the time from its return to each waiter's
 //!   wake-up is reported (median and p99 over all waiters of 30 rounds).
+//! * Then a herd timing out (printed): 10k and 40k async waiters of one
+//!   load, dropped at once as by a shared timeout; the time to drop them all
+//!   (median of 5 rounds), which should grow with the herd, not its square.
 
 mod common;
 
@@ -155,6 +158,37 @@ fn stampede_tasks() {
     );
 }
 
+/// Async waiters of one load, all dropped at once (a shared timeout).
+fn herd_timeout() {
+    use std::future::Future;
+    use std::task::{Context, Waker};
+    for herd in [10_000, 40_000] {
+        let mut times: Vec<Duration> = (0..5)
+            .map(|_| {
+                let cache: Cache<u32, u32> = Cache::builder().max_capacity(10).build().unwrap();
+                let mut cx = Context::from_waker(Waker::noop());
+                let mut leader =
+                    Box::pin(cache.get_or_load_async(1, std::future::pending::<u32>()));
+                assert!(leader.as_mut().poll(&mut cx).is_pending());
+                let mut waiters: Vec<_> = (0..herd)
+                    .map(|_| Box::pin(cache.get_or_load_async(1, async { 0 })))
+                    .collect();
+                for w in &mut waiters {
+                    assert!(w.as_mut().poll(&mut cx).is_pending());
+                }
+                let start = Instant::now();
+                drop(waiters);
+                start.elapsed()
+            })
+            .collect();
+        times.sort_unstable();
+        println!(
+            "herd timing out: {herd} async waiters of one load dropped at once in {:?} (median of 5)",
+            times[2]
+        );
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     // Positional arguments are name filters, except baseline names.
@@ -165,6 +199,7 @@ fn main() {
     if args.iter().any(|a| a == "--bench") && !filtered {
         stampede_threads();
         stampede_tasks();
+        herd_timeout();
     }
     let mut c = Criterion::default()
         .sample_size(20)

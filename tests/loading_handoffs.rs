@@ -508,3 +508,88 @@ fn a_listener_hearing_of_an_undone_sync_leaders_write_loads_its_key() {
 fn a_listener_hearing_of_an_undone_async_leaders_write_loads_its_key() {
     a_listener_hearing_of_an_undone_leaders_write_loads_its_key(true);
 }
+
+type HeldLeader = RefCell<Option<std::pin::Pin<Box<dyn Future<Output = u32>>>>>;
+
+thread_local! {
+    /// A leader's future kept by its thread, dropped as the thread exits.
+    static HELD_LEADER: HeldLeader = const { RefCell::new(None) };
+    /// A value whose `Drop` loads through the cache as its thread exits.
+    static LOADS_ON_EXIT: RefCell<Option<LoadsOnDrop>> = const { RefCell::new(None) };
+}
+
+/// Loads key 2 when dropped, and sends what it got.
+struct LoadsOnDrop {
+    cache: Cache<u32, u32>,
+    got: mpsc::Sender<u32>,
+}
+
+impl Drop for LoadsOnDrop {
+    fn drop(&mut self) {
+        let _ = self.got.send(self.cache.get_or_load(2, |_| 99));
+    }
+}
+
+/// A leader held in a thread-local is cancelled as its thread exits, after
+/// the thread's own bookkeeping of what it leads is gone: the load is given
+/// up like any cancelled one (this aborted the process: the bookkeeping's
+/// access panicked inside a destructor).
+#[test]
+fn a_leader_cancelled_as_its_thread_exits_hands_the_load_on() {
+    let cache: Cache<u32, u32> = Cache::builder().max_capacity(10).build().unwrap();
+    let c = cache.clone();
+    std::thread::spawn(move || {
+        // Registered first, so torn down after the cache's own locals.
+        HELD_LEADER.with(|h| h.borrow_mut().take());
+        let mut leader: std::pin::Pin<Box<dyn Future<Output = u32>>> =
+            Box::pin(async move { c.get_or_load_async(1, std::future::pending::<u32>()).await });
+        let polled = leader
+            .as_mut()
+            .poll(&mut Context::from_waker(Waker::noop()));
+        assert!(polled.is_pending());
+        HELD_LEADER.with(|h| *h.borrow_mut() = Some(leader));
+    })
+    .join()
+    .unwrap();
+    assert_eq!(
+        cache.get_or_load(1, |_| 5),
+        5,
+        "the next caller loads afresh"
+    );
+    assert_eq!(cache.get(&1), Some(5));
+}
+
+/// A thread-local's `Drop` that waits for another thread's load of its key,
+/// as its thread exits after it led an async load: it gets that load's value.
+#[test]
+fn a_caller_waiting_as_its_thread_exits_gets_the_loaded_value() {
+    let cache: Cache<u32, u32> = Cache::builder().max_capacity(10).build().unwrap();
+    let (started, loading) = mpsc::channel();
+    let (release, released) = mpsc::channel::<()>();
+    let leader = {
+        let cache = cache.clone();
+        std::thread::spawn(move || {
+            cache.get_or_load(2, |_| {
+                started.send(()).unwrap();
+                released.recv().unwrap();
+                7
+            })
+        })
+    };
+    loading.recv().unwrap();
+    let (got, value) = mpsc::channel();
+    let c = cache.clone();
+    let exiting = std::thread::spawn(move || {
+        // Registered first, so torn down after the cache's own locals.
+        LOADS_ON_EXIT.with(|l| l.borrow_mut().take());
+        // Leading an async load makes the cache keep its locals on this thread.
+        assert_eq!(block_on(c.get_or_load_async(3, async { 3 })), 3);
+        LOADS_ON_EXIT.with(|l| *l.borrow_mut() = Some(LoadsOnDrop { cache: c, got }));
+    });
+    // The exiting thread's wait begins while key 2 is loading, or after.
+    std::thread::sleep(Duration::from_millis(50));
+    release.send(()).unwrap();
+    assert_eq!(leader.join().unwrap(), 7);
+    exiting.join().unwrap();
+    assert_eq!(value.recv_timeout(Duration::from_secs(20)), Ok(7));
+}
