@@ -120,6 +120,19 @@ fn main() {
             |c| c.len() as u64,
         ),
     ));
+    rows.push((
+        "larder (TinyLfu), every entry with a tag of its own",
+        measure(
+            || {
+                larder::Cache::<u64, u64>::builder()
+                    .max_capacity(N)
+                    .build()
+                    .unwrap()
+            },
+            |c, k| c.insert_with(k, k, larder::EntryOptions::new().tags([k])),
+            |c| c.len() as u64,
+        ),
+    ));
     println!("| cache | entries | bytes held | bytes per entry |");
     println!("|---|---:|---:|---:|");
     for (name, (entries, bytes)) in rows {

@@ -106,6 +106,10 @@ impl<K: Eq, V, H: Fn(&K) -> u64> ShardWriter<'_, K, V, H> {
         }
         if let Some(index) = &mut self.map.tags {
             index.set(token, timing.tags);
+            if index.len() == 0 {
+                // An untagged write over the last tagged entry (see `unlink`).
+                self.map.tags = None;
+            }
         }
         let fitted = self.map.weight <= self.map.capacity;
         // Evictions down to the capacity if over it, and the new key's count:
@@ -611,6 +615,11 @@ impl<K: Eq, V, H: Fn(&K) -> u64> ShardWriter<'_, K, V, H> {
         }
         if let Some(index) = &mut map.tags {
             index.forget(token);
+            if index.len() == 0 {
+                // The shard's last tagged entry left: untagged writes take
+                // the plain path again, and the index's room comes back.
+                map.tags = None;
+            }
         }
         let entry = map.slab.remove(token);
         map.weight -= u64::from(entry.weight());
