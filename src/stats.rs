@@ -32,7 +32,10 @@ pub struct CacheStats {
     /// load (this caller's or another's) or a write-back queue then
     /// supplied the value.
     pub misses: u64,
-    /// Entries added under a key that was absent.
+    /// Entries added under a key that was absent. A write refused because its
+    /// entry was already past its deadline (a zero TTL) adds none and counts
+    /// only under `expirations`, so the counters of entries in and out need
+    /// not balance against [`len`](crate::Cache::len).
     pub inserts: u64,
     /// Values replaced under a key that was present.
     pub updates: u64,
@@ -42,7 +45,9 @@ pub struct CacheStats {
     pub evictions: u64,
     /// Total weight of the entries counted in `evictions`.
     pub evicted_weight: u64,
-    /// Entries removed by `remove` or `invalidate_all` (cause
+    /// Entries removed by `remove`, `invalidate_all` or a write policy's
+    /// `delete`, or dropped by a write policy's write whose weigher, `Expiry`
+    /// or key `Clone` panicked after the store or the queue took it (cause
     /// [`RemovalCause::Explicit`]), or replaced by a write that was then
     /// refused (cause [`RemovalCause::Replaced`]).
     ///

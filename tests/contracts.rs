@@ -893,6 +893,7 @@ fn max_entry_weight_sets_the_heaviest_entry_the_cache_takes() {
     }
     let err = Cache::<u32, u32>::builder()
         .max_capacity(100)
+        .weigher(|_, v| *v)
         .max_entry_weight(101)
         .build()
         .unwrap_err();
@@ -912,6 +913,7 @@ fn max_entry_weight_sets_the_heaviest_entry_the_cache_takes() {
     let build = |shards: usize| {
         Cache::<u32, u32>::builder()
             .max_capacity(4_096)
+            .weigher(|_, v| *v)
             .shards(shards)
             .max_entry_weight(1_024)
             .build()
@@ -927,6 +929,29 @@ fn max_entry_weight_sets_the_heaviest_entry_the_cache_takes() {
         }
     );
     assert!(err.to_string().ends_with("use at most 4 shards"), "{err}");
+    // Without a weigher every entry weighs 1: a heavier limit is refused
+    // (it only dropped the cache to one shard), 0 and 1 ask nothing.
+    let unweighed = |weight: u64| {
+        Cache::<u32, u32>::builder()
+            .max_capacity(1 << 20)
+            .max_entry_weight(weight)
+            .build()
+    };
+    let plain = Cache::<u32, u32>::builder()
+        .max_capacity(1 << 20)
+        .build()
+        .unwrap();
+    for weight in [0, 1] {
+        assert_eq!(
+            unweighed(weight).unwrap().shard_count(),
+            plain.shard_count()
+        );
+    }
+    for weight in [2, 1 << 20, u64::MAX] {
+        let err = unweighed(weight).unwrap_err();
+        assert_eq!(err, BuildError::EntryWeightWithoutWeigher { weight });
+        assert!(err.to_string().contains("without a weigher"), "{err}");
+    }
 }
 
 /// Every `BuildError` prints, including values no builder makes: its fields

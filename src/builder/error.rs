@@ -75,6 +75,14 @@ pub enum BuildError {
         /// weight is above the capacity).
         shards: usize,
     },
+    /// [`max_entry_weight`](crate::CacheBuilder::max_entry_weight) above 1
+    /// without a [`weigher`](crate::CacheBuilder::weigher): every entry
+    /// weighs 1, so the setting could only lower the shard count (down to one
+    /// shard), never let a heavier entry in.
+    EntryWeightWithoutWeigher {
+        /// The weight asked for.
+        weight: u64,
+    },
 }
 
 impl fmt::Display for BuildError {
@@ -135,6 +143,10 @@ impl fmt::Display for BuildError {
                     )
                 }
             }
+            Self::EntryWeightWithoutWeigher { weight } => write!(
+                f,
+                "max_entry_weight {weight} without a weigher, where every entry weighs 1: set a weigher, or leave max_entry_weight out"
+            ),
         }
     }
 }

@@ -253,7 +253,10 @@ where
     /// each shard's share is at least `weight`, so that the limit no longer
     /// depends on the machine's cores; with it, `build` refuses a count
     /// whose shares are smaller, as it refuses a `weight` above the
-    /// capacity ([`BuildError::EntryTooHeavy`]).
+    /// capacity ([`BuildError::EntryTooHeavy`]). It needs a
+    /// [`weigher`](Self::weigher): without one every entry weighs 1, and
+    /// `build` refuses a `weight` above 1
+    /// ([`BuildError::EntryWeightWithoutWeigher`]; 0 and 1 ask nothing).
     ///
     /// ```
     /// use std::sync::Arc;
@@ -271,12 +274,16 @@ where
     ///
     /// let err = Cache::<u32, u32>::builder()
     ///     .max_capacity(1_000)
+    ///     .weigher(|_, v| *v)
     ///     .shards(4)
     ///     .max_entry_weight(300)
     ///     .build()
     ///     .unwrap_err();
     /// assert_eq!(err, BuildError::EntryTooHeavy { weight: 300, capacity: 1_000, shards: 4 });
     /// assert_eq!(err.to_string(), "4 shards split a capacity of 1000 into shares below max_entry_weight 300: use at most 2 shards");
+    ///
+    /// let err = Cache::<u32, u32>::builder().max_capacity(1_000).max_entry_weight(300).build();
+    /// assert_eq!(err.unwrap_err(), BuildError::EntryWeightWithoutWeigher { weight: 300 });
     /// ```
     pub fn max_entry_weight(mut self, weight: u64) -> Self {
         self.settings.entry_weight = Some(weight);
@@ -562,7 +569,9 @@ where
     /// exceeds the capacity; an [`Expiry`] is combined with `time_to_live` or
     /// `time_to_idle`; a `background_sweep` interval is below
     /// [`MIN_SWEEP_INTERVAL`]; the [`WriteBack`](crate::WriteBack) settings are invalid;
-    /// `initial_capacity` asks for more room than can be allocated; or the
+    /// `initial_capacity` asks for more room than can be allocated;
+    /// `max_entry_weight` is above the capacity, above each shard's share of
+    /// it when `shards` is set, or above 1 without a weigher; or the
     /// sweeper's or the write-back flusher's thread cannot be started.
     ///
     /// ```
@@ -586,6 +595,9 @@ where
             .ok_or(BuildError::MissingCapacity)?;
         if capacity == 0 {
             return Err(BuildError::ZeroCapacity);
+        }
+        if let (Some(weight @ 2..), None) = (self.settings.entry_weight, &self.settings.weigher) {
+            return Err(BuildError::EntryWeightWithoutWeigher { weight });
         }
         let shards = match self.settings.shards {
             Some(n) if n == 0 || !n.is_power_of_two() || n > MAX_SHARDS => {

@@ -173,6 +173,9 @@ where
     ///
     /// Each entry costs a lookup as it is yielded, as [`peek`](Self::peek)
     /// does: the keys are cloned a batch at a time, their values one by one.
+    /// Both clones run under the shard's read lock (as `get`'s clone of a
+    /// value does): a `Clone` that writes to this cache would wait for itself.
+    /// No lock is held between calls to `next`.
     ///
     /// ```
     /// let cache: larder::Cache<u32, u32> = larder::Cache::builder().max_capacity(10).build().unwrap();
