@@ -1234,3 +1234,81 @@ fn a_write_while_a_replaced_load_is_between_flights_is_not_undone() {
         "a load that began before the insert was cached over it"
     );
 }
+
+thread_local! {
+    /// Set on the threads whose clones of a `Meeting` wait for one another.
+    static MEETS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Clones that, on a thread that asked for it, wait (up to a few seconds)
+/// until another such thread is cloning at the same time; each records
+/// whether it met one.
+#[derive(Debug)]
+struct Meeting {
+    cloning: Arc<AtomicUsize>,
+    met: Arc<AtomicUsize>,
+}
+
+impl Clone for Meeting {
+    fn clone(&self) -> Self {
+        if MEETS.with(std::cell::Cell::get) {
+            self.cloning.fetch_add(1, Ordering::SeqCst);
+            let deadline = std::time::Instant::now() + Duration::from_secs(3);
+            while self.cloning.load(Ordering::SeqCst) < 2 && std::time::Instant::now() < deadline {
+                std::thread::yield_now();
+            }
+            if self.cloning.load(Ordering::SeqCst) >= 2 {
+                self.met.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        Meeting {
+            cloning: self.cloning.clone(),
+            met: self.met.clone(),
+        }
+    }
+}
+
+/// Waiters woken by a load clone its value outside the flight's lock, so
+/// that their clones (user code, of any cost) run side by side: one
+/// waiter's clone waiting for the other's met it only once they did (each
+/// cloned in turn, holding the lock, and each waited in vain).
+#[test]
+fn waiters_clone_the_loaded_value_side_by_side() {
+    let cache: Cache<u32, Meeting> = Cache::builder().max_capacity(10).build().unwrap();
+    let (cloning, met) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let arrived = AtomicUsize::new(0);
+    std::thread::scope(|s| {
+        let (started, loading) = std::sync::mpsc::channel();
+        let (cache, arrived, cloning, met) = (&cache, &arrived, &cloning, &met);
+        let leader = s.spawn(move || {
+            cache.get_or_load(1, |_| {
+                started.send(()).unwrap();
+                wait_for(arrived, 2);
+                Meeting {
+                    cloning: cloning.clone(),
+                    met: met.clone(),
+                }
+            })
+        });
+        loading.recv().unwrap();
+        let waiters: Vec<_> = (0..2)
+            .map(|_| {
+                s.spawn(move || {
+                    MEETS.with(|m| m.set(true));
+                    arrived.fetch_add(1, Ordering::SeqCst);
+                    cache.get_or_load(1, |_| unreachable!("one load"))
+                })
+            })
+            .collect();
+        for waiter in waiters {
+            waiter.join().unwrap();
+        }
+        leader.join().unwrap();
+    });
+    assert_eq!(cloning.load(Ordering::SeqCst), 2);
+    assert_eq!(
+        met.load(Ordering::SeqCst),
+        2,
+        "the waiters cloned one at a time"
+    );
+}

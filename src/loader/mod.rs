@@ -51,7 +51,10 @@ pub(crate) enum Outcome<V> {
 enum State<V> {
     /// With the wakers of async waiters to wake when it ends.
     Loading(Waiters),
-    Done(Outcome<V>),
+    /// Shared, so that each waiter takes the outcome under the flight's lock
+    /// but clones the value (user code, of any cost) after releasing it: a
+    /// herd of waiters woken together clones in parallel, not one at a time.
+    Done(Arc<Outcome<V>>),
 }
 
 /// The async waiters of a flight, each in a slot of its own, so that a
@@ -236,12 +239,14 @@ impl<K, V> Flight<K, V> {
     fn wait_then<R>(&self, take: impl FnOnce(&Outcome<V>) -> R) -> R {
         self.check_not_leading(true);
         let mut state = self.state.lock();
-        loop {
+        let outcome = loop {
             if let State::Done(outcome) = &*state {
-                return take(outcome);
+                break outcome.clone();
             }
             state = self.done.wait(state);
-        }
+        };
+        drop(state);
+        take(&outcome)
     }
 
     /// Whether a write of the key happened while the load ran, or a newer
@@ -331,7 +336,8 @@ impl<K, V> Flight<K, V> {
     }
 
     fn finish(&self, outcome: Outcome<V>) {
-        let previous = std::mem::replace(&mut *self.state.lock(), State::Done(outcome));
+        let outcome = State::Done(Arc::new(outcome));
+        let previous = std::mem::replace(&mut *self.state.lock(), outcome);
         self.done.notify_all();
         if let State::Loading(waiters) = previous {
             crate::sync::wake_all(waiters.slots.into_iter().flatten());
@@ -364,7 +370,7 @@ impl<K, V: Clone> std::future::Future for WaitAsync<'_, K, V> {
                 drop(state);
                 // `finish` took the waiters: nothing to deregister.
                 self.id = None;
-                return Poll::Ready(outcome);
+                return Poll::Ready(outcome.map(|outcome| Outcome::clone(&outcome)));
             }
             State::Loading(waiters) => waiters,
         };
