@@ -593,3 +593,41 @@ fn a_caller_waiting_as_its_thread_exits_gets_the_loaded_value() {
     exiting.join().unwrap();
     assert_eq!(value.recv_timeout(Duration::from_secs(20)), Ok(7));
 }
+
+/// `invalidate_tags` with no tags removes nothing and lets a later caller
+/// join the load in flight: it shares a failing load's error instead of
+/// loading again once that load has failed (a new tag epoch kept it out).
+#[test]
+fn invalidating_no_tags_lets_later_callers_join_a_load() {
+    let cache: Cache<u32, u32> = Cache::builder().max_capacity(10).build().unwrap();
+    cache.insert_with(7, 7, EntryOptions::new().tags(["kept"]));
+    let loads = std::sync::atomic::AtomicUsize::new(0);
+    let (started, loading) = mpsc::channel();
+    let (release, released) = mpsc::channel::<()>();
+    std::thread::scope(|s| {
+        let (c, loads) = (&cache, &loads);
+        let leader = s.spawn(move || {
+            c.try_get_or_load(1, move |_| {
+                loads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                started.send(()).unwrap();
+                released.recv().unwrap();
+                Err::<u32, _>("down")
+            })
+        });
+        loading.recv().unwrap();
+        cache.invalidate_tags(Vec::<larder::Tag>::new());
+        let late = s.spawn(move || {
+            c.try_get_or_load(1, |_| {
+                loads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                Err::<u32, _>("down again")
+            })
+        });
+        // The late caller has joined, or will: the load is still held.
+        std::thread::sleep(Duration::from_millis(100));
+        release.send(()).unwrap();
+        assert_eq!(*leader.join().unwrap().unwrap_err(), "down");
+        assert_eq!(*late.join().unwrap().unwrap_err(), "down");
+    });
+    assert_eq!(loads.into_inner(), 1, "the late caller loaded for itself");
+    assert_eq!(cache.get(&7), Some(7));
+}

@@ -173,9 +173,17 @@ where
     /// cache: an insert racing with it lands either before its own shard's
     /// sweep (and is removed) or after it (and stays), and of two racing
     /// inserts into different shards, the later may be removed while the
-    /// earlier stays. A load whose tags include `tag` and that is in flight
-    /// when the call returns, or that began before it and ended during it,
-    /// hands its value to its callers but is not cached.
+    /// earlier stays. A load whose tags include `tag` and that began before
+    /// the sweep of the last shard ended and is still in flight when the
+    /// call returns, or that began before the call and ended during it,
+    /// hands its value to its callers but is not cached (one that begins
+    /// after the sweep ended reads what the call left).
+    ///
+    /// Should a key's `Hash` panic while a shard is swept (the keys of a
+    /// tag's entries are hashed before any of them is removed), the entries
+    /// of that tag in that shard stay, the shards after it are not swept,
+    /// the listener still hears what was removed before, and the panic
+    /// reaches the caller.
     ///
     /// ```
     /// use larder::{Cache, EntryOptions};
@@ -195,6 +203,7 @@ where
 
     /// Removes every entry that carries any of `tags` (see
     /// [`invalidate_tag`](Self::invalidate_tag)), visiting each shard once.
+    /// No tags, nothing done.
     ///
     /// ```
     /// use larder::{Cache, EntryOptions};
@@ -209,6 +218,11 @@ where
     /// ```
     pub fn invalidate_tags<T: Into<Tag>>(&self, tags: impl IntoIterator<Item = T>) {
         let tags: Vec<Tag> = tags.into_iter().map(Into::into).collect();
+        if tags.is_empty() {
+            // Nothing to remove, and no reason to keep later callers from
+            // joining the loads in flight (a new epoch would).
+            return;
+        }
         // Before any shard is swept: a load of one of these tags that began
         // before this point and lands after it is not cached.
         let epoch = self.inner.tag_epoch.fetch_add(1, Ordering::SeqCst) + 1;
