@@ -6,7 +6,8 @@
 //! index at all, and untagged entries cost nothing on any path). Every removal
 //! of a tagged entry — eviction, expiry, replacement, removal — takes it out of
 //! the index, so the index holds exactly the tagged entries alive, and a
-//! shard whose last tagged entry left gives its index back.
+//! shard whose last tagged entry left gives back an index grown large (see
+//! [`KEPT_EMPTY`]); untagged writes take the plain path while it is empty.
 
 use std::fmt;
 use std::sync::Arc;
@@ -217,6 +218,13 @@ impl Members {
     }
 }
 
+/// The room (entries or tags) an index may keep while it indexes nothing:
+/// a shard whose only tagged entry comes and goes keeps its index rather
+/// than building it anew each time (5 allocations a round trip, against
+/// none kept: `tests/allocations.rs`), and a shard whose many tagged
+/// entries left gives the room of its peak back.
+const KEPT_EMPTY: usize = 64;
+
 /// An empty slot of an entry's inline ids.
 const NO_TAG: u32 = u32::MAX;
 
@@ -309,6 +317,12 @@ impl TagIndex {
             .get(tag)
             .and_then(|&id| self.groups[id as usize].as_ref())
             .map_or_else(Vec::new, |g| g.tokens.iter().collect())
+    }
+
+    /// Whether the index holds room for more than [`KEPT_EMPTY`] tagged
+    /// entries or tags: worth giving back once it indexes none.
+    pub(crate) fn roomy(&self) -> bool {
+        self.of_token.capacity().max(self.ids.capacity()) > KEPT_EMPTY
     }
 
     /// Tagged entries indexed.

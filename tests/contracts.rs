@@ -952,6 +952,14 @@ fn max_entry_weight_sets_the_heaviest_entry_the_cache_takes() {
         assert_eq!(err, BuildError::EntryWeightWithoutWeigher { weight });
         assert!(err.to_string().contains("without a weigher"), "{err}");
     }
+    // Settings refused before that check still are, as they were.
+    let err = Cache::<u32, u32>::builder()
+        .max_capacity(100)
+        .shards(3)
+        .max_entry_weight(10)
+        .build()
+        .unwrap_err();
+    assert_eq!(err, BuildError::InvalidShards { shards: 3 });
 }
 
 /// Every `BuildError` prints, including values no builder makes: its fields

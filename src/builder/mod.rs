@@ -596,9 +596,6 @@ where
         if capacity == 0 {
             return Err(BuildError::ZeroCapacity);
         }
-        if let (Some(weight @ 2..), None) = (self.settings.entry_weight, &self.settings.weigher) {
-            return Err(BuildError::EntryWeightWithoutWeigher { weight });
-        }
         let shards = match self.settings.shards {
             Some(n) if n == 0 || !n.is_power_of_two() || n > MAX_SHARDS => {
                 return Err(BuildError::InvalidShards { shards: n })
@@ -620,6 +617,9 @@ where
                 n
             }
         };
+        if let (Some(weight @ 2..), None) = (self.settings.entry_weight, &self.settings.weigher) {
+            return Err(BuildError::EntryWeightWithoutWeigher { weight });
+        }
         if let Some(weight) = self.settings.entry_weight {
             if capacity / (shards as u64) < weight {
                 return Err(BuildError::EntryTooHeavy {

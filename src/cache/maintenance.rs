@@ -183,7 +183,8 @@ where
     /// tag's entries are hashed before any of them is removed), the entries
     /// of that tag in that shard stay, the shards after it are not swept,
     /// the listener still hears what was removed before, and the panic
-    /// reaches the caller.
+    /// reaches the caller. The call then never returns, and a load of the tag
+    /// that began during the sweep may be cached when it lands.
     ///
     /// ```
     /// use larder::{Cache, EntryOptions};

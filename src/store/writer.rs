@@ -106,7 +106,7 @@ impl<K: Eq, V, H: Fn(&K) -> u64> ShardWriter<'_, K, V, H> {
         }
         if let Some(index) = &mut self.map.tags {
             index.set(token, timing.tags);
-            if index.len() == 0 {
+            if index.len() == 0 && index.roomy() {
                 // An untagged write over the last tagged entry (see `unlink`).
                 self.map.tags = None;
             }
@@ -171,7 +171,8 @@ impl<K: Eq, V, H: Fn(&K) -> u64> ShardWriter<'_, K, V, H> {
     /// bringing neither may take [`insert_plain`](Self::insert_plain).
     #[inline]
     pub(crate) fn is_plain(&self) -> bool {
-        !self.map.timed && self.map.tags.is_none()
+        // An index kept empty (see `unlink`) has no entry's tags to drop.
+        !self.map.timed && self.map.tags.as_ref().is_none_or(|index| index.len() == 0)
     }
 
     /// Gives the resident entry at `t` a new value and weight; the old value
@@ -615,9 +616,11 @@ impl<K: Eq, V, H: Fn(&K) -> u64> ShardWriter<'_, K, V, H> {
         }
         if let Some(index) = &mut map.tags {
             index.forget(token);
-            if index.len() == 0 {
-                // The shard's last tagged entry left: untagged writes take
-                // the plain path again, and the index's room comes back.
+            if index.len() == 0 && index.roomy() {
+                // The shard's last tagged entry left: the room of its peak
+                // comes back (an index with little room stays, so that a
+                // shard whose one tagged entry comes and goes does not
+                // build it anew each time).
                 map.tags = None;
             }
         }
