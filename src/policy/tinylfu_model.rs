@@ -13,7 +13,7 @@ use super::climber::Climber;
 use super::ghosts::Ghosts;
 use super::sketch::Sketch;
 use super::tinylfu::{
-    TinyLfu, ADMIT_MARGIN, ADMIT_WARM_ONE_IN, ADMIT_WARM_THRESHOLD, GHOST_NUDGE_CAP, GHOST_SHARE,
+    margin_for, TinyLfu, ADMIT_WARM_ONE_IN, ADMIT_WARM_THRESHOLD, GHOST_NUDGE_CAP, GHOST_SHARE,
 };
 use super::{slot_state_in, Entries, TestSlots};
 use crate::store::Token;
@@ -72,6 +72,9 @@ struct Naive {
     protected: Vec<Token>,
     capacity: u64,
     window_max: u64,
+    /// The window at the start: the admission margin is 0 once the window
+    /// has grown past it and a share of the capacity.
+    initial_window: u64,
     protected_max: u64,
     /// The climber's window, and the ghosts' nudge on top of it.
     climbed: u64,
@@ -100,6 +103,7 @@ impl Naive {
             protected: Vec::new(),
             capacity,
             window_max,
+            initial_window: window_max,
             protected_max,
             climbed,
             nudge: 0,
@@ -110,6 +114,10 @@ impl Naive {
             read: Vec::new(),
             ghosts: Ghosts::default(),
         }
+    }
+
+    fn margin(&self) -> u8 {
+        margin_for(self.window_max, self.initial_window, self.capacity)
     }
 
     fn weight(list: &[Token], e: &Fake) -> u64 {
@@ -249,7 +257,8 @@ impl Naive {
         let c = self.counts[&c];
         let estimate = self.sketch.as_ref().map_or(0, |s| s.frequency(e.hash(v)));
         let v = self.counts[&v].max(estimate);
-        if c > ADMIT_MARGIN && u16::from(c) > u16::from(v) + u16::from(ADMIT_MARGIN) {
+        let margin = self.margin();
+        if c > margin && u16::from(c) > u16::from(v) + u16::from(margin) {
             return true;
         }
         if c >= ADMIT_WARM_THRESHOLD {
@@ -305,7 +314,7 @@ impl Naive {
             // Contest (unless too rare to win one); a loser whose ghost is
             // kept is admitted all the same, one without a ghost leaves one.
             let mut victim = None;
-            if self.counts[&c] > ADMIT_MARGIN {
+            if self.counts[&c] > self.margin() {
                 let Some(v) = self.main_victim(keep, e) else {
                     to_probation(self);
                     continue;

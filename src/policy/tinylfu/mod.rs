@@ -32,7 +32,7 @@ mod admission;
 
 /// For the naive model (`tinylfu_model.rs`), which plays by the same rules.
 #[cfg(test)]
-pub(super) use admission::{ADMIT_MARGIN, ADMIT_WARM_ONE_IN, ADMIT_WARM_THRESHOLD};
+pub(super) use admission::{margin_for, ADMIT_MARGIN, ADMIT_WARM_ONE_IN, ADMIT_WARM_THRESHOLD};
 
 use super::climber::Climber;
 use super::ghosts::Ghosts;
@@ -142,6 +142,11 @@ pub(crate) struct TinyLfu {
     climbed: u64,
     /// The ghosts' moves since, within ±[`GHOST_NUDGE_CAP`] of the capacity.
     nudge: i64,
+    /// The window the policy started with.
+    initial_window: u64,
+    /// What a candidate must beat the victim by, for the window as it is
+    /// (see `admission::RECENCY_WINDOW`).
+    margin: u8,
     /// Allocated once the shard is half full: counting earlier only adds noise.
     sketch: Option<Sketch>,
     /// Keys recently turned away at admission, and keys main evicted
@@ -174,6 +179,8 @@ impl TinyLfu {
             protected_max: 0,
             climbed: 0,
             nudge: 0,
+            initial_window: 0,
+            margin: admission::ADMIT_MARGIN,
             sketch: None,
             ghosts: Ghosts::default(),
             climber: Climber::new(capacity),
@@ -183,6 +190,8 @@ impl TinyLfu {
             fresh: (NIL, 0),
         };
         policy.set_window((capacity as f64 * INITIAL_WINDOW) as u64);
+        policy.initial_window = policy.window_max;
+        policy.margin = admission::ADMIT_MARGIN;
         policy
     }
 
@@ -209,6 +218,7 @@ impl TinyLfu {
         let window = self.climbed.saturating_add_signed(self.nudge);
         self.window_max = window.max(1).min(self.capacity.saturating_sub(1));
         self.protected_max = ((self.capacity - self.window_max) as f64 * PROTECTED_SHARE) as u64;
+        self.margin = admission::margin_for(self.window_max, self.initial_window, self.capacity);
     }
 
     #[inline]

@@ -216,6 +216,51 @@ fn counts_halve_when_the_sketch_ages() {
     p.validate(&e);
 }
 
+/// Ties go to the incumbent until the window has grown past its start and
+/// a fiftieth of the capacity (the workload showed recency), then to the
+/// candidate, and back to the incumbent once the window shrinks again.
+#[test]
+fn ties_go_to_the_candidate_once_the_window_has_grown() {
+    use super::admission::{margin_for, RECENCY_WINDOW};
+    assert_eq!(
+        margin_for(10, 10, 1_000),
+        ADMIT_MARGIN,
+        "the window it started with"
+    );
+    assert_eq!(
+        margin_for(20, 10, 1_000),
+        ADMIT_MARGIN,
+        "grown, but not past a fiftieth"
+    );
+    assert_eq!(margin_for(21, 10, 1_000), 0);
+    assert_eq!(
+        margin_for(1, 1, 10),
+        ADMIT_MARGIN,
+        "a tiny shard's window of one"
+    );
+    assert_eq!(margin_for(2, 1, 10), 0);
+    assert_eq!(RECENCY_WINDOW, 50);
+    let (mut p, e) = (TinyLfu::new(1_000), Fake::default());
+    p.climber.hold();
+    insert(&mut p, &e, 1);
+    // Counts of 1 against 0 (no sketch yet): a tie within the margin.
+    let m = e.meta(1);
+    e.set_meta(1, (m & (REGION_BITS | READ)) | 1 << COUNT_SHIFT);
+    insert(&mut p, &e, 2);
+    assert_eq!(TinyLfu::count_of(2, &e), 0);
+    assert_eq!(p.margin, ADMIT_MARGIN);
+    assert!(!p.admit(1, 2, &e), "the incumbent keeps a tie at the start");
+    p.set_window(100);
+    assert_eq!(p.margin, 0);
+    assert!(
+        p.admit(1, 2, &e),
+        "a grown window gives the candidate the tie"
+    );
+    p.set_window(10);
+    assert_eq!(p.margin, ADMIT_MARGIN);
+    assert!(!p.admit(1, 2, &e));
+}
+
 #[test]
 fn a_cold_candidate_loses_without_a_contest() {
     let (mut p, e) = (TinyLfu::new(10), Fake::default());
