@@ -7,8 +7,11 @@
 //! (quick_cache's time / larder's; above 1.0× means larder is faster).
 //!
 //! ```text
-//! cargo bench --bench interleaved [-- ROUNDS]
+//! cargo bench --bench interleaved [-- ROUNDS] [--quick-shards N]
 //! ```
+//!
+//! `--quick-shards N` gives quick_cache `N` shards (a power of two) instead of
+//! its default (four per core), to compare the two at larder's shard count.
 
 use std::sync::Barrier;
 use std::time::Instant;
@@ -80,17 +83,48 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// quick_cache with its defaults, or with `shards` shards.
+fn quick(shards: Option<usize>) -> quick_cache::sync::Cache<u64, u64> {
+    let Some(shards) = shards else {
+        return quick_cache::sync::Cache::new(CAPACITY as usize);
+    };
+    let options = quick_cache::OptionsBuilder::new()
+        .estimated_items_capacity(CAPACITY as usize)
+        .weight_capacity(CAPACITY)
+        .shards(shards)
+        .build()
+        .unwrap_or_else(|e| panic!("quick_cache refused {shards} shards: {e:?}"));
+    quick_cache::sync::Cache::with_options(
+        options,
+        quick_cache::UnitWeighter,
+        quick_cache::DefaultHashBuilder::default(),
+        quick_cache::sync::DefaultLifecycle::default(),
+    )
+}
+
 fn main() {
-    let rounds: usize = std::env::args()
-        .skip(1)
-        .find_map(|a| a.parse().ok())
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let quick_shards: Option<usize> = args.iter().position(|a| a == "--quick-shards").map(|i| {
+        match args.get(i + 1).map(|n| n.parse()) {
+            Some(Ok(n)) => n,
+            _ => panic!("--quick-shards needs a count"),
+        }
+    });
+    let rounds: usize = args
+        .iter()
+        .enumerate()
+        .filter(|&(i, _)| i == 0 || args[i - 1] != "--quick-shards")
+        .find_map(|(_, a)| a.parse().ok())
         .unwrap_or(15);
+    if let Some(n) = quick_shards {
+        println!("quick_cache with {n} shards");
+    }
     let keys = zipf_keys(0xC0FFEE);
     println!("| threads | larder ns/op | quick_cache ns/op | ratio (median of {rounds} rounds) | ratio range |");
     println!("|---:|---:|---:|---:|---:|");
     for threads in [1, 2] {
         let larder: Cache<u64, u64> = Cache::builder().max_capacity(CAPACITY).build().unwrap();
-        let quick = quick_cache::sync::Cache::<u64, u64>::new(CAPACITY as usize);
+        let quick = quick(quick_shards);
         let subjects: [&dyn Subject; 2] = [&larder, &quick];
         let mut cursor = [0usize; 2];
         // Warm both to a steady state.
