@@ -2039,6 +2039,60 @@ fn async_waiters_that_give_up_leave_no_waker_behind() {
     assert_eq!(report.failed.len(), 1, "only the first put was accepted");
 }
 
+/// A flush takes the failed writes to report, then wakes the writers
+/// waiting for room: a waker that panics there must not take the report
+/// down with it. The panic reaches the caller, and the failure waits for the
+/// next `flush` or `close` to report it, its cached copy kept until then.
+#[test]
+fn a_wakers_panic_during_a_flush_leaves_its_report_for_the_next_one() {
+    use std::future::Future;
+    use std::task::{Context, Wake, Waker};
+    struct Panics;
+    impl Wake for Panics {
+        fn wake(self: Arc<Self>) {
+            panic!("waker panics");
+        }
+    }
+    let db = Db::with_faults(Faults {
+        fail: 100,
+        ..Faults::default()
+    });
+    let cache = write_back(
+        &db,
+        WriteBack::default()
+            .retries(0, Duration::ZERO)
+            .queue_capacity(1),
+        100,
+    );
+    cache.put(1, 10).unwrap();
+    wait_until("the write failed", || cache.write_stats().failed == 1);
+    // A writer waiting for room in the queue the failure holds.
+    let waker = Waker::from(Arc::new(Panics));
+    let mut blocked = Box::pin(cache.put_async(2, 20));
+    assert!(blocked
+        .as_mut()
+        .poll(&mut Context::from_waker(&waker))
+        .is_pending());
+    let flushed = catch_unwind(AssertUnwindSafe(|| cache.flush()));
+    assert!(flushed.is_err(), "the waker's panic reaches the caller");
+    drop(blocked);
+    assert_eq!(
+        cache.get(&1),
+        Ok(Some(10)),
+        "the unreported write's cached copy is kept"
+    );
+    let report = cache.flush().unwrap_err();
+    assert_eq!(report.failed.len(), 1, "the next flush reports the failure");
+    assert_eq!(report.failed[0].op, Op::Put(1, 10));
+    assert_eq!(db.value(1), None);
+    assert_eq!(
+        cache.get(&1),
+        Ok(None),
+        "reported: its cached copy is dropped"
+    );
+    assert!(cache.close().is_ok(), "reported once");
+}
+
 #[test]
 fn invalid_write_back_settings_are_refused() {
     let db = Db::new();

@@ -1,8 +1,9 @@
 //! Write-back lets go of keys and values outside its queue lock: a value whose
 //! `Drop` reads its own cache (whose reads of a key not cached ask that queue)
 //! must not hang a `put` that replaces it, the flusher that stores it, or a
-//! `flush` that reports it — nor the flusher's death when a key's `Hash`
-//! panics, nor a report put back after a listener's panic.
+//! `flush` that reports it, nor a `put` or `delete` whose dropped value
+//! writes its own key — nor the flusher's death when a key's `Hash` panics,
+//! nor a report put back after a listener's panic.
 
 use std::collections::HashMap;
 use std::sync::{mpsc, Arc, Mutex, OnceLock};
@@ -32,6 +33,8 @@ fn within(secs: u64, what: &str, f: impl FnOnce() + Send + 'static) {
 
 thread_local! {
     static IN_DROP: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// A key the next value dropped on this thread writes, instead of reading.
+    static WRITE_ON_DROP: std::cell::Cell<Option<u32>> = const { std::cell::Cell::new(None) };
 }
 
 /// A store that refuses every write when `down`, and the writes of
@@ -85,7 +88,10 @@ impl Drop for Val {
             return;
         }
         if let Some(cache) = self.1.get() {
-            let _ = cache.get(&999_999);
+            match WRITE_ON_DROP.with(std::cell::Cell::take) {
+                Some(key) => cache.put(key, Val(999, self.1.clone())).unwrap(),
+                None => drop(cache.get(&999_999)),
+            }
         }
         IN_DROP.with(|d| d.set(false));
     }
@@ -111,6 +117,37 @@ fn a_put_drops_the_write_it_replaces_outside_the_queue_lock() {
         cache.put(1, Val(2, hook.clone())).unwrap();
         assert_eq!(cache.get(&1).unwrap().map(|v| v.0), Some(2));
     });
+}
+
+/// Nor inside the key's stripe, which `put` and `delete` hold until the cache has
+/// the write: a value whose `Drop` writes the same key (or another of its
+/// stripe) would wait for that stripe for good.
+#[test]
+fn a_write_drops_the_write_it_replaces_outside_the_keys_stripe() {
+    let (cache, hook) = cache(Db::default(), 5);
+    within(
+        10,
+        "a put whose replaced write's drop writes the key",
+        move || {
+            cache.put(1, Val(1, hook.clone())).unwrap();
+            WRITE_ON_DROP.with(|k| k.set(Some(1)));
+            cache.put(1, Val(2, hook.clone())).unwrap();
+            assert_eq!(
+                WRITE_ON_DROP.with(std::cell::Cell::get),
+                None,
+                "a dropped value wrote"
+            );
+            assert_eq!(cache.get(&1).unwrap().map(|v| v.0), Some(999));
+            // A delete replacing a waiting write, whose value writes the
+            // key again as it goes: that write comes after the delete.
+            cache.put(1, Val(3, hook.clone())).unwrap();
+            WRITE_ON_DROP.with(|k| k.set(Some(1)));
+            cache.delete(&1).unwrap();
+            assert_eq!(WRITE_ON_DROP.with(std::cell::Cell::get), None);
+            assert_eq!(cache.get(&1).unwrap().map(|v| v.0), Some(999));
+            assert!(cache.flush().is_ok());
+        },
+    );
 }
 
 #[test]

@@ -58,7 +58,9 @@ where
         self.len() == 0
     }
 
-    /// The total weight of the entries (their count when no weigher is set).
+    /// The total weight of the entries (their count when no weigher is set),
+    /// weakly consistent as [`len`](Self::len) is. Like it, this includes
+    /// entries past their deadline that maintenance has not reclaimed yet.
     ///
     /// ```
     /// let cache: larder::Cache<u32, Vec<u8>> = larder::Cache::builder()

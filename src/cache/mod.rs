@@ -352,8 +352,9 @@ where
     ///
     /// Only if the weigher, the [`Expiry`](crate::Expiry), the listener or a
     /// key's `Hash` or `Eq` panics. The cache stays consistent either way. An
-    /// `Expiry` that panics, or this key's `Hash` or `Eq`, leaves the cache as
-    /// it was. Another key's `Hash`, met before a new key's entry is placed
+    /// `Expiry` that panics, or this key's `Hash` or `Eq`, leaves the cache's
+    /// entries as they were (a load of the key in flight is still not
+    /// cached, as after any write of the key). Another key's `Hash`, met before a new key's entry is placed
     /// (evicting; growing the shard's table; under W-TinyLFU, hashing the
     /// window's oldest entry, its next candidate for the main region, which
     /// it does for every new key once the shard is half full), undoes the

@@ -30,8 +30,10 @@ pub(crate) const NEVER: u64 = u64::MAX;
 /// The methods run on the calling thread with the entry's shard locked (for
 /// writing on create and update, for reading on read), so they should be quick
 /// and must not call back into the cache. A panic in one propagates to the
-/// caller: the write that called it does not happen, and the read that
-/// called it moves no deadline.
+/// caller: the write that called it does not happen (but a load of the key
+/// in flight is not cached, as after a write that lands: the write marked it
+/// stale before it called the method), and the read that called it moves no
+/// deadline.
 ///
 /// ```
 /// use std::time::Duration;

@@ -86,7 +86,7 @@ where
         &self,
         key: &K,
         write: &mut Option<Pending<V>>,
-    ) -> Result<bool, WriteError<St::Error>> {
+    ) -> Result<Option<LetGo<V>>, WriteError<St::Error>> {
         let shared = &*self.shared;
         let q = shared.queue.lock();
         if q.closing || !q.running {
@@ -97,11 +97,10 @@ where
         if !q.has_room(key, shared.settings.queue_capacity) {
             return match shared.settings.backpressure {
                 Backpressure::Fail => Err(WriteError::QueueFull),
-                Backpressure::Block => Ok(false),
+                Backpressure::Block => Ok(None),
             };
         }
-        self.enqueue(q, key, write);
-        Ok(true)
+        Ok(Some(self.enqueue(q, key, write)))
     }
 
     /// Blocks until a write of `key` would find room, or the queue stops
@@ -149,14 +148,15 @@ where
     #[cfg(all(test, larder_loom))]
     pub(crate) fn accept(&self, key: &K, write: Pending<V>) -> Result<(), WriteError<St::Error>> {
         let mut write = Some(write);
-        while !self.try_accept(key, &mut write)? {
+        while self.try_accept(key, &mut write)?.is_none() {
             self.wait_for_room(key);
         }
         Ok(())
     }
 
     /// Files an accepted write, taken out of `write`: coalesced into the
-    /// key's waiting write, or queued behind the others.
+    /// key's waiting write, or queued behind the others. Returns what the
+    /// write replaced, for the caller to drop once it holds no lock.
     ///
     /// The write stays the caller's until the last of the user code filing
     /// it runs (the key's `Clone`, `Hash` and `Eq`): should that panic, the
@@ -166,7 +166,7 @@ where
         mut q: MutexGuard<'_, Queue<K, V, St::Error>>,
         key: &K,
         write: &mut Option<Pending<V>>,
-    ) {
+    ) -> LetGo<V> {
         let shared = &*self.shared;
         // The key's copies first: a `Clone` that panics leaves the queue as
         // it was (no write filed that is never sent, no room held).
@@ -183,8 +183,8 @@ where
         // Counted once filed: the key's `Hash` and `Eq` run below.
         let seq = q.seq + 1;
         let queue = &mut *q;
-        // The write this one replaces, dropped once the lock is released
-        // (see `Bin`).
+        // The write this one replaces, dropped by the caller once it holds
+        // no lock (see `LetGo`).
         let mut replaced = None;
         let mut displaced = None;
         let queued = match (queue.slots.get_mut(key), slot_key) {
@@ -241,8 +241,10 @@ where
             q.stats.coalesced += 1;
         }
         drop(q);
-        drop(replaced);
-        drop(displaced);
+        LetGo {
+            _replaced: replaced,
+            _displaced: displaced,
+        }
     }
 
     /// The latest acknowledged write of `key` the store may not hold yet.
@@ -400,60 +402,7 @@ where
     /// same key with a later sequence number. Until then a put-back write
     /// reads as its key's value (see `lookup`).
     pub(crate) fn settled(&self, unreported: Report<K, V, St::Error>) {
-        // Declared before the guard: what is let go of is dropped after the
-        // lock (see `Bin`), and each write stays here until the key's `Hash`
-        // and `Eq` (which may panic) have run for it.
-        let mut failed: Vec<_> = unreported.failed.into_iter().map(Some).collect();
-        let mut bin = Bin::default();
-        let mut q = self.shared.queue.lock();
-        let checked = catch_unwind(AssertUnwindSafe(|| {
-            for write in &mut failed {
-                let Some((seq, f)) = write.as_ref() else {
-                    continue;
-                };
-                let stored = q.stored_while_out.get(f.op.key());
-                let superseded = stored.is_some_and(|stored| stored > seq);
-                let Some((seq, f)) = write.take() else {
-                    continue;
-                };
-                if superseded {
-                    q.stats.superseded += 1;
-                    bin.ops.push(f.op);
-                } else {
-                    q.failed.insert(seq, f);
-                    q.loose += 1;
-                }
-            }
-        }));
-        // Should a key's `Hash` or `Eq` have panicked, the writes not looked
-        // up go back unchecked: reported again, not lost.
-        // Reports keep each key's writes in the order they were accepted
-        // (`failed` is by sequence number), however many reports were put
-        // back, in what order.
-        for (seq, f) in failed.into_iter().flatten() {
-            q.failed.insert(seq, f);
-            q.loose += 1;
-        }
-        for hash in &unreported.hashes {
-            if let Some(count) = q.reported.get_mut(hash) {
-                *count -= 1;
-                if *count == 0 {
-                    q.reported.remove(hash);
-                }
-            }
-        }
-        q.reports_out -= 1;
-        if q.reports_out == 0 {
-            let stored = q.stored_while_out.drain().map(|(key, _)| key);
-            bin.keys.extend(stored);
-            q.stored_while_out.shrink_to_fit();
-            q.reported.clear();
-        }
-        drop(q);
-        drop(bin);
-        if let Err(panic) = checked {
-            resume_unwind(panic);
-        }
+        settle(&self.shared, unreported);
     }
 
     pub(crate) fn stats(&self) -> WriteStats {
@@ -463,6 +412,81 @@ where
             ..q.stats
         }
     }
+}
+
+/// [`settled`](WriteBehind::settled)'s work, for a report that could not be
+/// handed on.
+fn settle<K, V, St>(shared: &Shared<K, V, St>, unreported: Report<K, V, St::Error>)
+where
+    K: Hash + Eq,
+    St: Store<K, V>,
+{
+    // Declared before the guard: what is let go of is dropped after the
+    // lock (see `Bin`), and each write stays here until the key's `Hash`
+    // and `Eq` (which may panic) have run for it.
+    let mut failed: Vec<_> = unreported.failed.into_iter().map(Some).collect();
+    let mut bin = Bin::default();
+    let mut q = shared.queue.lock();
+    let checked = catch_unwind(AssertUnwindSafe(|| {
+        for write in &mut failed {
+            let Some((seq, f)) = write.as_ref() else {
+                continue;
+            };
+            let stored = q.stored_while_out.get(f.op.key());
+            let superseded = stored.is_some_and(|stored| stored > seq);
+            let Some((seq, f)) = write.take() else {
+                continue;
+            };
+            if superseded {
+                q.stats.superseded += 1;
+                bin.ops.push(f.op);
+            } else {
+                q.failed.insert(seq, f);
+                q.loose += 1;
+            }
+        }
+    }));
+    // Should a key's `Hash` or `Eq` have panicked, the writes not looked
+    // up go back unchecked: reported again, not lost.
+    // Reports keep each key's writes in the order they were accepted
+    // (`failed` is by sequence number), however many reports were put
+    // back, in what order.
+    for (seq, f) in failed.into_iter().flatten() {
+        q.failed.insert(seq, f);
+        q.loose += 1;
+    }
+    for hash in &unreported.hashes {
+        if let Some(count) = q.reported.get_mut(hash) {
+            *count -= 1;
+            if *count == 0 {
+                q.reported.remove(hash);
+            }
+        }
+    }
+    q.reports_out -= 1;
+    if q.reports_out == 0 {
+        let stored = q.stored_while_out.drain().map(|(key, _)| key);
+        bin.keys.extend(stored);
+        q.stored_while_out.shrink_to_fit();
+        q.reported.clear();
+    }
+    drop(q);
+    drop(bin);
+    if let Err(panic) = checked {
+        resume_unwind(panic);
+    }
+}
+
+/// What filing a write let go of (the waiting write it replaced; a slot a
+/// key whose `Hash` or `Eq` changed its mind displaced), handed to the
+/// writer to drop once it holds no lock: not the queue's (see `Bin`), nor
+/// the key's stripe, which `put` and `delete` hold until the cache has
+/// the write. A value's `Drop` that writes to the cache takes that stripe
+/// again if the key, or another of its stripe, is the one it writes.
+#[must_use = "dropped once the caller holds no lock"]
+pub(crate) struct LetGo<V> {
+    _replaced: Option<Pending<V>>,
+    _displaced: Option<Slot<V>>,
 }
 
 /// Takes the unreported failures; their keys stop reading as dirty.
@@ -550,7 +574,16 @@ where
     for &hash in &hashes {
         *q.reported.entry(hash).or_default() += 1;
     }
-    shared.progressed(q);
-    drop(bin);
-    Err(Report { failed, hashes })
+    let report = Report { failed, hashes };
+    // A waker's panic, or a key's or value's `Drop` panicking on what the
+    // slots let go of, must not take the report down with it: it goes back
+    // for the next `flush` or `close` to report (as after a listener's panic
+    // in `forget_failed`), and the panic on to the caller.
+    let woken = catch_unwind(AssertUnwindSafe(|| shared.progressed(q)));
+    let dropped = catch_unwind(AssertUnwindSafe(|| drop(bin)));
+    if let Some(panic) = woken.err().or(dropped.err()) {
+        settle(shared, report);
+        resume_unwind(panic);
+    }
+    Err(report)
 }

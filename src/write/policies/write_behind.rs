@@ -237,8 +237,10 @@ where
         let mut write = Some(Pending::Put(value.clone()));
         loop {
             let guard = policy.shared.locks.lock(self.hash(&key));
-            if policy.try_accept(&key, &mut write)? {
+            if let Some(let_go) = policy.try_accept(&key, &mut write)? {
                 self.land_write(key, value, options, guard);
+                // What the write replaced goes once the stripe is released.
+                drop(let_go);
                 return Ok(());
             }
             // Wait for room holding no stripe: `flush` may need it.
@@ -308,8 +310,10 @@ where
         let mut write = Some(Pending::Delete);
         loop {
             let guard = policy.shared.locks.lock(self.hash(key));
-            if policy.try_accept(key, &mut write)? {
+            if let Some(let_go) = policy.try_accept(key, &mut write)? {
                 self.land_delete::<K, _>(key, guard);
+                // What the write replaced goes once the stripe is released.
+                drop(let_go);
                 return Ok(());
             }
             drop(guard);
@@ -675,8 +679,10 @@ where
         let _forget = crate::write::Forget(|| policy.forget(&waiter));
         loop {
             let guard = policy.shared.locks.lock_async(self.hash(&key)).await;
-            if policy.try_accept(&key, &mut write)? {
+            if let Some(let_go) = policy.try_accept(&key, &mut write)? {
                 self.land_write(key, value, options.as_ref(), guard);
+                // What the write replaced goes once the stripe is released.
+                drop(let_go);
                 return Ok(());
             }
             drop(guard);
@@ -752,8 +758,10 @@ where
         let _forget = crate::write::Forget(|| policy.forget(&waiter));
         loop {
             let guard = policy.shared.locks.lock_async(self.hash(key)).await;
-            if policy.try_accept(key, &mut write)? {
+            if let Some(let_go) = policy.try_accept(key, &mut write)? {
                 self.land_delete::<K, _>(key, guard);
+                // What the write replaced goes once the stripe is released.
+                drop(let_go);
                 return Ok(());
             }
             drop(guard);
