@@ -1173,3 +1173,82 @@ fn a_read_racing_its_entrys_idle_deadline_does_not_bring_it_back() {
         );
     }
 }
+
+/// What the `Hooked` key's `Hash` runs once `.0` more hashes have passed.
+type Hook = Option<(u32, Box<dyn FnOnce()>)>;
+
+thread_local! {
+    static HASH_HOOK: std::cell::RefCell<Hook> = const { std::cell::RefCell::new(None) };
+}
+
+/// A key whose `Hash` runs the thread's `HASH_HOOK` when it is due: a way
+/// to act at a chosen step of a call, with no lock of the cache held.
+#[derive(Clone, PartialEq, Eq, Debug)]
+struct Hooked(u32);
+
+impl std::hash::Hash for Hooked {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        let due = HASH_HOOK.with(|hook| {
+            let mut hook = hook.borrow_mut();
+            match hook.as_mut() {
+                Some((0, _)) => hook.take().map(|(_, f)| f),
+                Some((n, _)) => {
+                    *n -= 1;
+                    None
+                }
+                None => None,
+            }
+        });
+        if let Some(f) = due {
+            f();
+        }
+        self.0.hash(state);
+    }
+}
+
+/// A load that finds its key cached by a write made after its caller's
+/// lookup missed returns that value, read as `get` reads it: its
+/// time-to-idle deadline moves (it used to be only peeked at, and expired
+/// at the deadline the write set).
+#[test]
+fn a_load_that_finds_its_key_written_meanwhile_reads_it_as_a_get_does() {
+    let (clock, time) = Clock::mock();
+    let cache: Cache<Hooked, u32> = Cache::builder()
+        .max_capacity(100)
+        .clock(clock)
+        .time_to_idle(10 * SEC)
+        .build()
+        .unwrap();
+    let (writer, at) = (cache.clone(), time.clone());
+    // The lookup hashes the key once; the load's first hash writes the key
+    // at 0 s (deadline 10 s) and moves the clock to 5 s.
+    HASH_HOOK.with(|hook| {
+        *hook.borrow_mut() = Some((
+            1,
+            Box::new(move || {
+                writer.insert(Hooked(1), 10);
+                at.advance(5 * SEC);
+            }),
+        ));
+    });
+    let loaded = AtomicBool::new(false);
+    let v = cache.get_or_load(Hooked(1), |_| {
+        loaded.store(true, Ordering::SeqCst);
+        20
+    });
+    assert!(
+        HASH_HOOK.with(|hook| hook.borrow().is_none()),
+        "the hook ran"
+    );
+    assert_eq!(v, 10, "the value written meanwhile");
+    assert!(!loaded.load(Ordering::SeqCst), "no load ran");
+    // Read at 5 s: idle until 15 s.
+    time.advance(7 * SEC);
+    assert_eq!(
+        cache.get(&Hooked(1)),
+        Some(10),
+        "expired at the write's deadline"
+    );
+    time.advance(10 * SEC);
+    assert_eq!(cache.get(&Hooked(1)), None);
+}

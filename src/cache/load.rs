@@ -738,7 +738,7 @@ where
             // A panic here (this thread leads an older load of the key)
             // abandons the flight, as one in `load` below does.
             let epoch = leader.start(|| self.inner.tag_epoch.load(Ordering::SeqCst));
-            if let Some(v) = self.peek_leaving(&key, &mut leader) {
+            if let Some(v) = self.find_leaving(&key, &mut leader) {
                 leader.finish(Outcome::Loaded(v.clone()));
                 return Ok(Some(v));
             }
@@ -781,7 +781,7 @@ where
             let epoch = leader
                 .start_async(|| self.inner.tag_epoch.load(Ordering::SeqCst))
                 .await;
-            if let Some(v) = self.peek_leaving(&key, &mut leader) {
+            if let Some(v) = self.find_leaving(&key, &mut leader) {
                 leader.finish(Outcome::Loaded(v.clone()));
                 return Ok(Some(v));
             }
@@ -860,17 +860,26 @@ where
         }
     }
 
-    /// [`peek`](Self::peek) by a leader that has started: on a hit its flight
-    /// leaves the table before the shard's lock is released (see
+    /// A leader that has started looks for a value cached since its caller's
+    /// lookup missed (by a write, or a load it waited out). One found is read
+    /// as [`get`](Self::get) reads it (its time-to-idle deadline moves, the
+    /// policy hears of the read) but not counted as a hit, the caller's
+    /// lookup having counted its miss; and the flight leaves the table before
+    /// the shard's lock is released (see
     /// [`Leader::leave`](crate::loader::Leader::leave)).
-    fn peek_leaving(&self, key: &K, leader: &mut crate::loader::Leader<'_, K, V>) -> Option<V> {
+    fn find_leaving(&self, key: &K, leader: &mut crate::loader::Leader<'_, K, V>) -> Option<V> {
         let hash = self.hash(key);
-        let map = self.shard(hash).read();
+        let shard = self.shard(hash);
+        let map = shard.read();
         let now = self.now_for(&map);
-        let v = map
-            .find(hash, key)
-            .filter(|&(t, _)| map.is_live(t, now))
-            .map(|(_, e)| e.value.clone())?;
+        let (token, entry) = map.find(hash, key).filter(|&(t, _)| map.is_live(t, now))?;
+        let v = entry.value.clone();
+        if let Some(now) = now {
+            if self.inner.expiration.reads_move_deadlines() {
+                self.after_read(&map, token, entry, now);
+            }
+        }
+        shard.record_read(&map, token, entry, &|k| self.hash(k));
         leader.leave();
         Some(v)
     }
