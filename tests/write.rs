@@ -2093,6 +2093,87 @@ fn a_wakers_panic_during_a_flush_leaves_its_report_for_the_next_one() {
     assert!(cache.close().is_ok(), "reported once");
 }
 
+thread_local! {
+    /// Makes the next comparison of a `Moody` key on this thread panic.
+    static MOODY_EQ: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// A key whose `Eq` panics once when asked to (`MOODY_EQ`).
+#[derive(Clone, Debug)]
+struct Moody(u64);
+
+impl std::hash::Hash for Moody {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.0.hash(state);
+    }
+}
+
+impl PartialEq for Moody {
+    fn eq(&self, other: &Self) -> bool {
+        assert!(!MOODY_EQ.with(|m| m.replace(false)), "Eq panics once");
+        self.0 == other.0
+    }
+}
+
+impl Eq for Moody {}
+
+/// A store that arms `MOODY_EQ` once it has taken a write: the cache's own
+/// comparison of the key, after the store, panics.
+#[derive(Clone, Default)]
+struct MoodyDb(Arc<Mutex<HashMap<u64, u64>>>);
+
+impl Store<Moody, u64> for MoodyDb {
+    type Error = String;
+    fn load(&self, key: &Moody) -> Result<Option<u64>, String> {
+        Ok(self.0.lock().unwrap().get(&key.0).copied())
+    }
+    fn write(&self, op: &Op<Moody, u64>) -> Result<(), String> {
+        match op {
+            Op::Put(k, v) => self.0.lock().unwrap().insert(k.0, *v),
+            Op::Delete(k) => self.0.lock().unwrap().remove(&k.0),
+        };
+        MOODY_EQ.with(|m| m.set(true));
+        Ok(())
+    }
+}
+
+/// The store has a write-through write when the key's `Eq` panics in the
+/// cache: the cached copy goes, so reads find the store's value, not the
+/// one it replaced (with no weigher or `Expiry` it used to stay).
+#[test]
+fn a_key_eq_panicking_after_the_store_took_the_write_drops_the_cached_copy() {
+    let db = MoodyDb::default();
+    let cache = Cache::builder()
+        .max_capacity(100)
+        .write_through(db.clone())
+        .build()
+        .unwrap();
+    cache.put(Moody(1), 10).unwrap();
+    MOODY_EQ.with(|m| m.set(false));
+    let put = catch_unwind(AssertUnwindSafe(|| cache.put(Moody(1), 13)));
+    assert!(put.is_err(), "the key's panic goes on");
+    assert_eq!(db.0.lock().unwrap().get(&1), Some(&13));
+    assert_eq!(
+        cache.peek(&Moody(1)),
+        None,
+        "the replaced value is not kept"
+    );
+    assert_eq!(cache.get(&Moody(1)), Ok(Some(13)));
+    // A delete: the store has it, and the cached copy goes too.
+    MOODY_EQ.with(|m| m.set(false));
+    let delete = catch_unwind(AssertUnwindSafe(|| cache.delete(&Moody(1))));
+    assert!(delete.is_err(), "the key's panic goes on");
+    assert_eq!(db.0.lock().unwrap().get(&1), None);
+    assert_eq!(cache.peek(&Moody(1)), None, "the deleted value is not kept");
+    assert!(
+        cache.put(Moody(1), 14).is_ok(),
+        "the key's stripe was released"
+    );
+    // A new key is placed without a comparison: the store's arming stands.
+    MOODY_EQ.with(|m| m.set(false));
+    assert_eq!(cache.get(&Moody(1)), Ok(Some(14)));
+}
+
 #[test]
 fn invalid_write_back_settings_are_refused() {
     let db = Db::new();

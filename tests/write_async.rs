@@ -716,3 +716,60 @@ async fn async_calls_can_be_spawned() {
     );
     behind.close_async().await.unwrap();
 }
+
+/// A store may start a write when `write_batch` is called, before its
+/// future is polled, and panic there: that is a store panic like any other,
+/// and the key's cached copy goes (it stayed, holding the value the store
+/// had just replaced).
+#[test]
+fn an_async_store_panicking_before_its_future_is_polled_drops_the_cached_copy() {
+    #[derive(Clone, Default)]
+    struct Eager(Arc<Mutex<HashMap<u64, u64>>>);
+    impl AsyncStore<u64, u64> for Eager {
+        type Error = String;
+        async fn load(&self, key: &u64) -> Result<Option<u64>, String> {
+            Ok(self.0.lock().unwrap().get(key).copied())
+        }
+        #[allow(clippy::manual_async_fn)]
+        fn write_batch(
+            &self,
+            ops: &[Op<u64, u64>],
+        ) -> impl std::future::Future<Output = Result<(), String>> + Send {
+            // Sent at once; then the client fails on the way back.
+            let mut data = self.0.lock().unwrap();
+            for op in ops {
+                match op {
+                    Op::Put(k, v) => data.insert(*k, *v),
+                    Op::Delete(k) => data.remove(k),
+                };
+            }
+            drop(data);
+            assert!(
+                !ops.iter().any(|op| matches!(op, Op::Put(_, 13))),
+                "the client panics after sending 13"
+            );
+            async { Ok(()) }
+        }
+    }
+    let store = Eager::default();
+    let cache = Cache::builder()
+        .max_capacity(100)
+        .write_through(store.clone())
+        .build()
+        .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    rt.block_on(cache.put_async(1, 10)).unwrap();
+    let put = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        rt.block_on(cache.put_async(1, 13))
+    }));
+    assert!(put.is_err(), "the store's panic goes on");
+    assert_eq!(store.0.lock().unwrap().get(&1), Some(&13));
+    assert_eq!(cache.peek(&1), None, "the replaced value is not kept");
+    assert_eq!(rt.block_on(cache.get_async(&1)), Ok(Some(13)));
+    assert!(
+        rt.block_on(cache.put_async(1, 11)).is_ok(),
+        "the key's stripe was released"
+    );
+}

@@ -755,12 +755,6 @@ where
         }
     }
 
-    /// Whether a write runs user code that may panic after the caller has
-    /// committed to it elsewhere (a weigher, an [`Expiry`](crate::Expiry)).
-    pub(crate) fn write_calls_back(&self) -> bool {
-        self.inner.weigher.is_some() || self.inner.expiration.is_custom()
-    }
-
     /// The invalidation mark of `tag`'s bucket.
     fn tag_mark(&self, tag: &Tag) -> &std::sync::atomic::AtomicU64 {
         let bucket = crate::hash::spread(self.inner.tag_hasher.hash_one(tag)) as usize % TAG_MARKS;

@@ -223,11 +223,6 @@ impl<K: 'static, V: 'static> Expiration<K, V> {
         }
     }
 
-    /// Whether lifetimes come from a user's [`Expiry`] (code that may panic).
-    pub(crate) fn is_custom(&self) -> bool {
-        matches!(self.rule, Rule::Custom(_))
-    }
-
     /// Whether reads may move deadlines (so `get` must ask).
     pub(crate) fn reads_move_deadlines(&self) -> bool {
         matches!(

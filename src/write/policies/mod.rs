@@ -63,16 +63,20 @@ where
     /// it displaced to the listener once `guard` (a key lock) is released.
     ///
     /// The store (or the write-back queue) already has the write. Should the
-    /// weigher or the [`Expiry`](crate::Expiry) panic, the key's cached copy
-    /// is dropped before the panic goes on, so that reads find the write
-    /// there instead of the value it replaced.
+    /// weigher, the [`Expiry`](crate::Expiry), or the key's `Clone`, `Hash`
+    /// or `Eq` panic, the key's cached copy is dropped before the panic goes
+    /// on, so that reads find the write there instead of the value it
+    /// replaced.
     fn land_write<G>(&self, key: K, value: V, options: Option<&EntryOptions>, guard: G) {
         let mut removed = Removed::new();
         let (ttl, tags) = options.map_or((None, &[][..]), |o| (o.time_to_live(), o.tag_list()));
-        // The key's `Clone` may panic too: the stale copy goes all the same.
-        let copy = match catch_unwind(AssertUnwindSafe(|| {
-            self.write_calls_back().then(|| key.clone())
-        })) {
+        // A copy of the key, to find the stale copy by should the write
+        // panic: the write hashes and compares the key (a key whose `Hash`
+        // or `Eq` panics now and then), and may call the weigher and the
+        // `Expiry`. One clone per write that already went to the store or
+        // the queue. The key's `Clone` may panic too: the stale copy goes
+        // all the same.
+        let copy = match catch_unwind(AssertUnwindSafe(|| key.clone())) {
             Ok(copy) => copy,
             Err(panic) => self.drop_stale_copy(&key, removed, guard, panic),
         };
@@ -82,17 +86,25 @@ where
         match landed {
             Ok(Ok(())) => {}
             Ok(Err(rejected)) => removed.push((rejected.key, rejected.value, RemovalCause::Size)),
-            Err(panic) => match copy {
-                Some(key) => self.drop_stale_copy(&key, removed, guard, panic),
-                None => {
-                    drop(guard);
-                    let _ = catch_unwind(AssertUnwindSafe(|| self.notify(removed)));
-                    resume_unwind(panic);
-                }
-            },
+            Err(panic) => self.drop_stale_copy(&copy, removed, guard, panic),
         }
+        drop(copy);
         drop(guard);
         self.notify(removed);
+    }
+
+    /// Takes `key`'s cached copy out after the store (or the queue) took a
+    /// newer write and user code panicked on the way. The key's own `Hash`
+    /// or `Eq` may have been what panicked, and may again: the copy then
+    /// stays, and reads of the key meet that panic looking for it.
+    fn take_stale<Q>(&self, key: &Q) -> Option<(K, V, RemovalCause)>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        catch_unwind(AssertUnwindSafe(|| self.take(key)))
+            .ok()
+            .flatten()
     }
 
     /// After user code panicked in [`land_write`](Self::land_write): drops
@@ -106,7 +118,7 @@ where
         guard: G,
         panic: Box<dyn std::any::Any + Send>,
     ) -> ! {
-        if let Some(stale) = self.take(key) {
+        if let Some(stale) = self.take_stale(key) {
             removed.push(stale);
         }
         drop(guard);
@@ -133,12 +145,22 @@ where
     }
 
     /// Removes `key` from the cache alone, as [`land_write`](Self::land_write).
+    /// Should the key's `Hash` or `Eq` panic, the removal is tried once more
+    /// before the panic goes on: the store (or the queue) has the delete.
     fn land_delete<Q, G>(&self, key: &Q, guard: G)
     where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        let removed = self.take(key);
+        let removed = match catch_unwind(AssertUnwindSafe(|| self.take(key))) {
+            Ok(removed) => removed,
+            Err(panic) => {
+                let stale = self.take_stale(key);
+                drop(guard);
+                let _ = catch_unwind(AssertUnwindSafe(|| self.notify(stale)));
+                resume_unwind(panic)
+            }
+        };
         drop(guard);
         self.notify(removed);
     }

@@ -119,8 +119,9 @@ where
     ///
     /// # Panics
     ///
-    /// If the weigher, the [`Expiry`](crate::Expiry) or the key's `Clone`
-    /// panics after the write was queued, the key's cached copy is dropped,
+    /// If the weigher, the [`Expiry`](crate::Expiry), or the key's `Clone`,
+    /// `Hash` or `Eq` panics after the write was queued, the key's cached
+    /// copy is dropped,
     /// so that reads find the queued value. An eviction listener that panics on what
     /// the write displaced does so after the write was queued and cached:
     /// that panic is not a failed write.

@@ -96,9 +96,9 @@ where
     /// If the store panics: it may have taken the write before it did, so
     /// the key's cached copy is dropped before the panic goes on, and the next
     /// read asks the store (as `put_async` does). If the
-    /// weigher, the [`Expiry`](crate::Expiry) or the key's `Clone` panics,
-    /// the store has the write and the key's cached copy is dropped, so that
-    /// reads load the new value. An eviction listener that panics on what
+    /// weigher, the [`Expiry`](crate::Expiry), or the key's `Clone`, `Hash`
+    /// or `Eq` panics, the store has the write and the key's cached copy is
+    /// dropped, so that reads load the new value. An eviction listener that panics on what
     /// the write displaced does so after the write landed in the store and
     /// the cache: that panic is not a failed write.
     ///
@@ -188,8 +188,8 @@ where
     ///
     /// If the store panics: it may have taken the write, so the key's cached
     /// copy is dropped before the panic goes on. If the weigher, the
-    /// [`Expiry`](crate::Expiry) or the key's `Clone` panics, the store has
-    /// the write and the key's cached copy is dropped. An eviction listener that panics on what
+    /// [`Expiry`](crate::Expiry), or the key's `Clone`, `Hash` or `Eq`
+    /// panics, the store has the write and the key's cached copy is dropped. An eviction listener that panics on what
     /// the write displaced does so after the write landed in the store and
     /// the cache: that panic is not a failed write.
     ///
@@ -331,7 +331,7 @@ where
         match catch_unwind(AssertUnwindSafe(call)) {
             Ok(out) => (out, guard),
             Err(panic) => {
-                let stale = self.take(key);
+                let stale = self.take_stale(key);
                 drop(guard);
                 let _ = catch_unwind(AssertUnwindSafe(|| self.notify(stale)));
                 resume_unwind(panic)
@@ -626,7 +626,7 @@ where
         let guard = policy.locks.lock_async(self.hash(&key)).await;
         let op = [Op::Put(key.clone(), value)];
         let (written, guard) = self
-            .store_call(&key, guard, policy.store.write_batch(&op))
+            .store_call(&key, guard, || policy.store.write_batch(&op))
             .await;
         written.map_err(WriteError::Store)?;
         let [Op::Put(key, value)] = op else {
@@ -698,33 +698,43 @@ where
         let guard = policy.locks.lock_async(self.hash(key)).await;
         let op = [Op::Delete(key.to_owned())];
         let (written, guard) = self
-            .store_call(op[0].key(), guard, policy.store.write_batch(&op))
+            .store_call(op[0].key(), guard, || policy.store.write_batch(&op))
             .await;
         written.map_err(WriteError::Store)?;
         self.land_delete::<K, _>(op[0].key(), guard);
         Ok(())
     }
 
-    /// Runs a write-through store `call` for `key`, holding its stripe. If the
-    /// task is cancelled while the call runs, or the store panics, the store
-    /// may or may not have the write: the key's cached copy is dropped, so the
-    /// next read asks the store. The stripe is released before the listener
-    /// hears of it, and a store's panic goes on once the listener has (a
-    /// listener's panic then is not raised over it, nor from a drop).
-    async fn store_call<'a, T>(
+    /// Runs a write-through store call for `key`, holding its stripe: the
+    /// future `call` makes, and `call` itself (a store may start the write
+    /// before its future is first polled). If the task is cancelled while
+    /// the call runs, or the store panics, the store may or may not have the
+    /// write: the key's cached copy is dropped, so the next read asks the
+    /// store. The stripe is released before the listener hears of it, and a
+    /// store's panic goes on once the listener has (a listener's panic then
+    /// is not raised over it, nor from a drop).
+    async fn store_call<'a, T, F: std::future::Future<Output = T>>(
         &'a self,
         key: &'a K,
         guard: KeyGuard<'a>,
-        call: impl std::future::Future<Output = T>,
+        call: impl FnOnce() -> F,
     ) -> (T, KeyGuard<'a>) {
         // A mutex, not a cell: the future stays `Send` (it is never contended).
         let held = parking_lot::Mutex::new(Some(guard));
         let undo = || {
-            let stale = self.take(key);
+            let stale = self.take_stale(key);
             drop(held.lock().take());
             let _ = catch_unwind(AssertUnwindSafe(|| self.notify(stale)));
         };
         let mut cancelled = OnDrop(Some(&undo));
+        let call = match catch_unwind(AssertUnwindSafe(call)) {
+            Ok(call) => call,
+            Err(panic) => {
+                cancelled.0 = None;
+                undo();
+                resume_unwind(panic)
+            }
+        };
         let mut call = std::pin::pin!(call);
         let result = std::future::poll_fn(|cx| {
             match catch_unwind(AssertUnwindSafe(|| call.as_mut().poll(cx))) {
