@@ -294,6 +294,44 @@ fn a_refused_replacement_counts_the_entry_it_removed() {
     );
 }
 
+/// A refused write over a resident key hands the caller back its own key
+/// and value, and the listener hears the resident's own key and value as
+/// replaced: a key type whose `Eq` ignores some fields tells them apart (the
+/// two keys were swapped).
+#[test]
+fn a_refused_replacement_hands_back_the_callers_key_and_the_listener_the_residents() {
+    #[derive(Debug, Clone)]
+    struct Labelled(u32, &'static str);
+    impl PartialEq for Labelled {
+        fn eq(&self, other: &Self) -> bool {
+            self.0 == other.0
+        }
+    }
+    impl Eq for Labelled {}
+    impl std::hash::Hash for Labelled {
+        fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+            self.0.hash(state);
+        }
+    }
+    type Heard = Vec<(&'static str, u32, RemovalCause)>;
+    let heard: Arc<Mutex<Heard>> = Arc::default();
+    let sink = heard.clone();
+    let cache: Cache<Labelled, u32> = Cache::builder()
+        .max_capacity(10)
+        .shards(1)
+        .weigher(|_, v| *v)
+        .eviction_listener(move |k: Labelled, v, cause| sink.lock().unwrap().push((k.1, v, cause)))
+        .build()
+        .unwrap();
+    cache.insert(Labelled(1, "resident"), 5);
+    let refused = cache.try_insert(Labelled(1, "caller's"), 50).unwrap_err();
+    assert_eq!((refused.key.1, refused.value), ("caller's", 50));
+    assert_eq!(
+        *heard.lock().unwrap(),
+        vec![("resident", 5, RemovalCause::Replaced)]
+    );
+}
+
 #[test]
 fn zero_weight_entries_are_kept_without_counting() {
     let cache: Cache<u32, u32> = Cache::builder()

@@ -318,8 +318,10 @@ impl<K: Eq, V, H: Fn(&K) -> u64> ShardWriter<'_, K, V, H> {
         std::mem::forget(undo);
     }
 
-    /// Removes the entry under the refused key, if any, and hands the refused
-    /// key and value back.
+    /// Removes the entry under the refused key, if any (the listener hears
+    /// its own key and value as replaced), and hands the refused key and
+    /// value back: the caller's own, which a key type whose `Eq` ignores
+    /// some of its fields tells apart from the resident's.
     fn refuse(
         &mut self,
         hash: u64,
@@ -333,8 +335,8 @@ impl<K: Eq, V, H: Fn(&K) -> u64> ShardWriter<'_, K, V, H> {
             Some(t) => {
                 let old = self.unlink(hash, t);
                 self.map.counters.invalidations += 1;
-                out.push((key, old.value, RemovalCause::Replaced));
-                refused(old.key, value)
+                out.push((old.key, old.value, RemovalCause::Replaced));
+                refused(key, value)
             }
             None => refused(key, value),
         };
