@@ -43,11 +43,12 @@ pub struct CacheStats {
     ///
     /// [`RemovalCause::Size`]: crate::RemovalCause::Size
     pub evictions: u64,
-    /// Total weight of the entries counted in `evictions`.
+    /// Total weight of the entries counted in `evictions` (saturating at
+    /// `u64::MAX`: each may weigh up to `u32::MAX - 1`).
     pub evicted_weight: u64,
     /// Entries removed by `remove`, `invalidate_all` or a write policy's
-    /// `delete`, or dropped by a write policy's write whose weigher, `Expiry`
-    /// or key `Clone` panicked after the store or the queue took it (cause
+    /// `delete`, or dropped by a write policy's write whose weigher, `Expiry`,
+    /// or key `Clone`, `Hash` or `Eq` panicked after the store or the queue took it (cause
     /// [`RemovalCause::Explicit`]), or replaced by a write that was then
     /// refused (cause [`RemovalCause::Replaced`]).
     ///

@@ -150,7 +150,7 @@ where
             stats.inserts += c.inserts;
             stats.updates += c.updates;
             stats.evictions += c.evictions;
-            stats.evicted_weight += c.evicted_weight;
+            stats.evicted_weight = stats.evicted_weight.saturating_add(c.evicted_weight);
             stats.invalidations += c.invalidations;
             stats.rejections += c.rejections;
             stats.expirations += c.expirations;

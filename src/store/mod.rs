@@ -766,6 +766,26 @@ mod tests {
     type S = Shard<u64, u64>;
     type M = Map<u64, u64>;
 
+    /// The evicted weight saturates: entries may weigh up to `u32::MAX - 1`,
+    /// so about 4e9 of the heaviest would wrap it (and panic a debug build).
+    #[test]
+    fn the_evicted_weight_saturates() {
+        let hash_of = |k: &u64| k.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let shard = S::new(u64::MAX, u64::MAX, Eviction::Lru, 0, false, true).expect("small");
+        let mut out = super::Removed::new();
+        let mut writer = shard.write(&hash_of);
+        writer.map.capacity = u64::from(u32::MAX);
+        writer.map.counters.evicted_weight = u64::MAX - 1;
+        for k in 1..=2u64 {
+            let weight = u32::MAX - 1;
+            assert!(writer
+                .insert_plain(hash_of(&k), k, k, weight, &mut out)
+                .is_ok());
+        }
+        assert_eq!(writer.map.counters.evictions, 1, "the first made way");
+        assert_eq!(writer.map.counters.evicted_weight, u64::MAX);
+    }
+
     /// LRU: a read that finds the ring full (it filled while the policy lock
     /// was taken, so no drain could run) drains it and is applied after,
     /// where it used to be dropped.

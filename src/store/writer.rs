@@ -578,7 +578,8 @@ impl<K: Eq, V, H: Fn(&K) -> u64> ShardWriter<'_, K, V, H> {
         let entry = self.unlink(hash, victim);
         let cause = if live {
             self.map.counters.evictions += 1;
-            self.map.counters.evicted_weight += u64::from(entry.weight());
+            let evicted = &mut self.map.counters.evicted_weight;
+            *evicted = evicted.saturating_add(u64::from(entry.weight()));
             RemovalCause::Size
         } else {
             self.map.counters.expirations += 1;
