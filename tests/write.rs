@@ -2174,6 +2174,68 @@ fn a_key_eq_panicking_after_the_store_took_the_write_drops_the_cached_copy() {
     assert_eq!(cache.get(&Moody(1)), Ok(Some(14)));
 }
 
+type EchoCache = Cache<u64, u64, larder::DefaultHashBuilder, larder::WriteThrough<Echo>>;
+
+/// A write-through store that, against its docs, writes to the cache it
+/// stands behind: each put of a value under 100 puts 100 more.
+#[derive(Clone, Default)]
+struct Echo {
+    cache: Arc<std::sync::OnceLock<EchoCache>>,
+    data: Arc<Mutex<HashMap<u64, u64>>>,
+}
+
+impl Store<u64, u64> for Echo {
+    type Error = String;
+    fn load(&self, key: &u64) -> Result<Option<u64>, String> {
+        Ok(self.data.lock().unwrap().get(key).copied())
+    }
+    fn write(&self, op: &Op<u64, u64>) -> Result<(), String> {
+        if let Op::Put(k, v) = op {
+            self.data.lock().unwrap().insert(*k, *v);
+            if *v < 100 {
+                let cache = self.cache.get().expect("set after the build");
+                cache.put(*k, v + 100).map_err(|e| e.to_string())?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A store writing its own key to the cache from within that key's write
+/// used to wait for the key's lock, which its own thread held, for good.
+/// It panics with a message instead, and the cache stays usable.
+#[test]
+fn a_store_writing_its_own_key_to_the_cache_panics_instead_of_hanging() {
+    let store = Echo::default();
+    let cache: EchoCache = Cache::builder()
+        .max_capacity(100)
+        .write_through(store.clone())
+        .build()
+        .unwrap();
+    assert!(store.cache.set(cache.clone()).is_ok());
+    let (tx, rx) = std::sync::mpsc::channel();
+    let writer = cache.clone();
+    std::thread::spawn(move || {
+        let put = catch_unwind(AssertUnwindSafe(|| writer.put(1, 1)));
+        let message = put.err().map(|panic| {
+            panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default()
+        });
+        let _ = tx.send(message);
+    });
+    let message = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the put returned")
+        .expect("the put panicked");
+    assert!(message.contains("would wait for itself"), "{message}");
+    assert_eq!(cache.peek(&1), None, "no copy of an uncertain write");
+    assert!(cache.put(1, 500).is_ok(), "the key's lock was released");
+    assert_eq!(cache.get(&1), Ok(Some(500)));
+}
+
 #[test]
 fn invalid_write_back_settings_are_refused() {
     let db = Db::new();

@@ -21,8 +21,24 @@ struct Stripe {
 #[derive(Default)]
 struct StripeState {
     held: bool,
+    /// The thread holding the stripe by [`KeyLocks::lock`] ([`this_thread`]),
+    /// 0 when free or held by an async caller (which may move between
+    /// threads, and shares its thread with other tasks).
+    holder: usize,
     /// Async callers waiting for the stripe; all are woken on release.
     wakers: Wakers,
+}
+
+thread_local! {
+    /// A byte whose address names the thread (see [`this_thread`]).
+    static THREAD_MARK: u8 = const { 0 };
+}
+
+/// An id of the calling thread, never 0: the address of its
+/// [`THREAD_MARK`]. Cheaper than `std::thread::current().id()`, which
+/// counts a reference.
+fn this_thread() -> usize {
+    THREAD_MARK.with(|mark| std::ptr::from_ref(mark).addr())
 }
 
 /// A held stripe; released on drop.
@@ -34,6 +50,7 @@ impl Drop for KeyGuard<'_> {
     fn drop(&mut self) {
         let mut state = self.stripe.state.lock();
         state.held = false;
+        state.holder = 0;
         let wakers: Vec<_> = state.wakers.take().collect();
         drop(state);
         self.stripe.released.notify_one();
@@ -151,13 +168,30 @@ impl KeyLocks {
     }
 
     /// Takes a key's stripe, blocking.
+    ///
+    /// # Panics
+    ///
+    /// If this thread holds the stripe already: a store writing to the cache
+    /// it stands behind, from within a write of a key of the same stripe
+    /// (which [`Store`](crate::Store)'s docs forbid), would wait for itself
+    /// forever.
     pub(crate) fn lock(&self, hash: u64) -> KeyGuard<'_> {
         let stripe = self.stripe(hash);
+        let me = this_thread();
         let mut state = stripe.state.lock();
+        // Loom runs its threads on one thread of the OS, so thread-locals
+        // do not tell them apart there.
+        assert!(
+            cfg!(larder_loom) || !(state.held && state.holder == me),
+            "larder: a store wrote to the cache it stands behind while serving \
+             a write of a key of the same lock stripe; this would wait for \
+             itself forever"
+        );
         while state.held {
             state = stripe.released.wait(state);
         }
         state.held = true;
+        state.holder = me;
         KeyGuard { stripe }
     }
 

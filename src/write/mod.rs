@@ -73,7 +73,9 @@ impl<K, V> Op<K, V> {
 /// A store must not write to the cache it stands behind: a write-through
 /// `write` runs under a lock of its key's stripe (shared with about one key in
 /// 1,024), and a write-back `write_batch` runs on the flusher, which a
-/// blocking `put`, `flush` or `close` would wait for.
+/// blocking `put`, `flush` or `close` would wait for. A write-through
+/// `write` that does `put` or `delete` a key of its own stripe panics with a
+/// message rather than wait for itself.
 ///
 /// ```
 /// use std::collections::HashMap;

@@ -88,8 +88,9 @@ where
             Ok(Err(rejected)) => removed.push((rejected.key, rejected.value, RemovalCause::Size)),
             Err(panic) => self.drop_stale_copy(&copy, removed, guard, panic),
         }
-        drop(copy);
+        // The copy after the stripe: a key's `Drop` may call into the cache.
         drop(guard);
+        drop(copy);
         self.notify(removed);
     }
 
