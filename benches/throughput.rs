@@ -1,7 +1,7 @@
 //! `get` and `insert` throughput of larder beside quick_cache and moka, measured
 //! in the same run so that ratios are meaningful on a noisy machine.
 //!
-//! Workload (DESIGN §4): u64 keys and values, Zipf(1.0) over 1M keys, capacity
+//! Workload: u64 keys and values, Zipf(1.0) over 1M keys, capacity
 //! 100k. Multi-threaded groups report the time per operation of the whole cache
 //! (wall time divided by the number of threads' operations), so 1 and 2 threads
 //! are directly comparable.

@@ -8,8 +8,8 @@
 //! ```
 //!
 //! A TRACE is a path, or a path relative to `--traces-dir` (default
-//! `../shared/traces`); with no TRACE every trace listed in that directory's
-//! README is replayed. Formats and compressions (`.zst`, `.gz`, `.xz`) are
+//! `../shared/traces`); with no TRACE the 15 traces of `ALL_TRACES` (those
+//! that directory's README lists) are replayed. Formats and compressions (`.zst`, `.gz`, `.xz`) are
 //! recognised from the file name; see `../shared/traces/README.md`.
 //! `--percent` derives capacities from the trace's number of distinct keys.
 //! `--threads N` replays with N threads sharing each cache, serving the trace

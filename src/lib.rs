@@ -75,9 +75,9 @@
 //!   their eviction order is exact. W-TinyLFU keeps an LRU window and a
 //!   probation/protected SLRU on the same links, a 4-bit count-min sketch in
 //!   64-byte blocks (allocated once the shard is half full, aged by halving), a
-//!   table of 16-bit ghosts of keys recently turned away at admission (a key
-//!   turned away again while its ghost remains is admitted instead), another
-//!   of keys main evicted recently, and a hill climber that resizes the
+//!   table of 16-bit ghosts whose slots each hold a key recently turned away
+//!   at admission (a key turned away again while its ghost remains is
+//!   admitted instead) and a key main evicted recently, and a hill climber that resizes the
 //!   window per sample period. Between the climber's decisions the ghosts
 //!   nudge it, as ARC moves its split: a key let in by its ghost grows the
 //!   window by its weight, a key turned away that main evicted a short while
@@ -132,7 +132,9 @@
 //! ## Panics and bad input
 //!
 //! Invalid settings are a [`BuildError`], never a panic. An entry heavier than
-//! its shard's capacity is refused ([`Cache::try_insert`] hands it back). A
+//! the per-entry limit, the smallest shard's capacity
+//! ([`Cache::max_entry_weight`]), is refused ([`Cache::try_insert`] hands it
+//! back). A
 //! panicking weigher runs before any shard lock is taken; a panicking listener
 //! runs after it is released; either way the cache stays consistent and usable.
 //! A key type whose `Hash` panics may do so wherever the cache hashes a key,

@@ -301,7 +301,8 @@ impl<K, V, S, W> fmt::Debug for Iter<'_, K, V, S, W> {
     }
 }
 
-/// Entries cloned per lock acquisition while iterating.
+/// Keys cloned per lock acquisition while iterating (each value is then
+/// looked up on its own).
 const ITER_BATCH: usize = 64;
 
 impl<K, V, S, W> Iterator for Iter<'_, K, V, S, W>
