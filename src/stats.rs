@@ -58,7 +58,9 @@ pub struct CacheStats {
     /// Inserts refused because the entry alone outweighs the per-entry limit
     /// (the smallest shard's capacity: see [`Rejected::limit`]),
     /// and writes undone because a key's `Hash` panicked while they evicted
-    /// (their entries reach the listener as [`RemovalCause::Size`] too).
+    /// (their entries reach the listener as [`RemovalCause::Size`] too). An
+    /// undone write had landed, and counts under `inserts` or `updates` as
+    /// well.
     ///
     /// [`RemovalCause::Size`]: crate::RemovalCause::Size
     /// [`Rejected::limit`]: crate::Rejected::limit
