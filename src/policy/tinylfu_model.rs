@@ -14,6 +14,7 @@ use super::ghosts::Ghosts;
 use super::sketch::Sketch;
 use super::tinylfu::{
     margin_for, TinyLfu, ADMIT_WARM_ONE_IN, ADMIT_WARM_THRESHOLD, GHOST_NUDGE_CAP, GHOST_SHARE,
+    PROTECTED_SHARE,
 };
 use super::{slot_state_in, Entries, TestSlots};
 use crate::store::Token;
@@ -137,7 +138,7 @@ impl Naive {
         self.climbed = climbed.min(self.capacity);
         let window = (self.climbed as i64 + self.nudge).max(0) as u64;
         self.window_max = window.max(1).min(self.capacity.saturating_sub(1));
-        self.protected_max = ((self.capacity - self.window_max) as f64 * 0.8) as u64;
+        self.protected_max = ((self.capacity - self.window_max) as f64 * PROTECTED_SHARE) as u64;
     }
 
     fn nudge(&mut self, by: i64) {
