@@ -773,3 +773,85 @@ fn an_async_store_panicking_before_its_future_is_polled_drops_the_cached_copy() 
         "the key's stripe was released"
     );
 }
+
+/// A store's future may hold something whose `Drop` panics once the write
+/// is done: that is a store panic like any other, and the key's cached copy
+/// goes (it stayed, holding the value the store had just replaced).
+#[test]
+fn an_async_store_future_panicking_in_its_drop_drops_the_cached_copy() {
+    struct PanicsOnDrop;
+    impl Drop for PanicsOnDrop {
+        fn drop(&mut self) {
+            if !std::thread::panicking() {
+                panic!("the client panics as its finished call is dropped");
+            }
+        }
+    }
+    /// Writes on its first poll; holds a `PanicsOnDrop` for a put of 13.
+    struct Call {
+        data: Arc<Mutex<HashMap<u64, u64>>>,
+        ops: Vec<Op<u64, u64>>,
+        _trap: Option<PanicsOnDrop>,
+    }
+    impl std::future::Future for Call {
+        type Output = Result<(), String>;
+        fn poll(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Self::Output> {
+            let mut data = self.data.lock().unwrap();
+            for op in &self.ops {
+                match op {
+                    Op::Put(k, v) => data.insert(*k, *v),
+                    Op::Delete(k) => data.remove(k),
+                };
+            }
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+    #[derive(Clone, Default)]
+    struct Client(Arc<Mutex<HashMap<u64, u64>>>);
+    impl AsyncStore<u64, u64> for Client {
+        type Error = String;
+        async fn load(&self, key: &u64) -> Result<Option<u64>, String> {
+            Ok(self.0.lock().unwrap().get(key).copied())
+        }
+        fn write_batch(
+            &self,
+            ops: &[Op<u64, u64>],
+        ) -> impl std::future::Future<Output = Result<(), String>> + Send {
+            let trap = if ops.iter().any(|op| matches!(op, Op::Put(_, 13))) {
+                Some(PanicsOnDrop)
+            } else {
+                None
+            };
+            Call {
+                data: self.0.clone(),
+                ops: ops.to_vec(),
+                _trap: trap,
+            }
+        }
+    }
+    let store = Client::default();
+    let cache = Cache::builder()
+        .max_capacity(100)
+        .write_through(store.clone())
+        .build()
+        .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    rt.block_on(cache.put_async(1, 10)).unwrap();
+    let put = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        rt.block_on(cache.put_async(1, 13))
+    }));
+    assert!(put.is_err(), "the future's panic goes on");
+    assert_eq!(store.0.lock().unwrap().get(&1), Some(&13));
+    assert_eq!(cache.peek(&1), None, "the replaced value is not kept");
+    assert_eq!(rt.block_on(cache.get_async(&1)), Ok(Some(13)));
+    assert!(
+        rt.block_on(cache.put_async(1, 11)).is_ok(),
+        "the key's stripe was released"
+    );
+    assert_eq!(cache.peek(&1), Some(11));
+}

@@ -706,8 +706,8 @@ where
     }
 
     /// Runs a write-through store call for `key`, holding its stripe: the
-    /// future `call` makes, and `call` itself (a store may start the write
-    /// before its future is first polled). If the task is cancelled while
+    /// future `call` makes, its drop, and `call` itself (a store may start
+    /// the write before its future is first polled). If the task is cancelled while
     /// the call runs, or the store panics, the store may or may not have the
     /// write: the key's cached copy is dropped, so the next read asks the
     /// store. The stripe is released before the listener hears of it, and a
@@ -735,9 +735,22 @@ where
                 resume_unwind(panic)
             }
         };
-        let mut call = std::pin::pin!(call);
+        // In an `Option`, so that the future is dropped as soon as it is
+        // done, inside the guard: a panic from its `Drop` is a store panic.
+        let mut call = std::pin::pin!(Some(call));
         let result = std::future::poll_fn(|cx| {
-            match catch_unwind(AssertUnwindSafe(|| call.as_mut().poll(cx))) {
+            let poll = catch_unwind(AssertUnwindSafe(|| {
+                let poll = call
+                    .as_mut()
+                    .as_pin_mut()
+                    .expect("polled only until it is ready")
+                    .poll(cx);
+                if poll.is_ready() {
+                    call.set(None);
+                }
+                poll
+            }));
+            match poll {
                 Ok(poll) => poll.map(Ok),
                 Err(panic) => std::task::Poll::Ready(Err(panic)),
             }
@@ -750,6 +763,10 @@ where
                 held.lock().take().expect("the guard is held until now"),
             ),
             Err(panic) => {
+                // A future that panicked in its poll goes first, its own
+                // drop's panic (if any) swallowed: the first panic is the
+                // one raised.
+                let _ = catch_unwind(AssertUnwindSafe(|| call.set(None)));
                 undo();
                 resume_unwind(panic)
             }
