@@ -3301,3 +3301,192 @@ fn retries_back_off_doubling_each_time() {
         );
     }
 }
+
+/// A store that says when it is dropped, and whose writes fail when `fail`
+/// is set; every write but the first waits while `held` is set.
+#[derive(Default)]
+struct Telling {
+    /// Dropped with the store, which is what it tells.
+    _dropped: Told,
+    fail: bool,
+    held: Arc<AtomicBool>,
+    calls: AtomicU64,
+}
+
+impl Store<u64, u64> for Telling {
+    type Error = String;
+    fn load(&self, _: &u64) -> Result<Option<u64>, String> {
+        Ok(None)
+    }
+    fn write(&self, _: &Op<u64, u64>) -> Result<(), String> {
+        if self.calls.fetch_add(1, Ordering::SeqCst) > 0 {
+            while self.held.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        if self.fail {
+            Err("down".into())
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// Sets its flag when dropped.
+#[derive(Default)]
+struct Told(Arc<AtomicBool>);
+
+impl Drop for Told {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
+/// Dropping the last handle does what `close` does, the store's own drop
+/// included (a buffer it flushes, a connection it shuts): it ran on the
+/// flusher thread, after the drop had returned.
+#[test]
+fn dropping_the_last_handle_drops_the_store_before_returning() {
+    for round in 0..20 {
+        let dropped = Arc::new(AtomicBool::new(false));
+        let store = Telling {
+            _dropped: Told(dropped.clone()),
+            ..Telling::default()
+        };
+        let cache = Cache::builder()
+            .max_capacity(10)
+            .write_back(store, WriteBack::default())
+            .build()
+            .unwrap();
+        for k in 0..10 {
+            cache.put(k, k).unwrap();
+        }
+        drop(cache);
+        assert!(dropped.load(Ordering::SeqCst), "round {round}");
+    }
+}
+
+/// What a dropped write-back cache says on stderr must not panic when
+/// stderr is gone (a closed pipe): the drop may run while its thread
+/// unwinds, and a second panic aborts. Runs itself again as a child process
+/// whose stderr is a pipe the parent has closed.
+#[test]
+fn a_dropped_write_back_cache_with_stderr_closed_does_not_panic() {
+    if std::env::var_os("LARDER_TEST_CHILD_EPIPE").is_some() {
+        let cache = Cache::builder()
+            .max_capacity(10)
+            .write_back(
+                Telling {
+                    fail: true,
+                    ..Telling::default()
+                },
+                WriteBack::default()
+                    .retries(0, Duration::ZERO)
+                    .max_delay(Duration::ZERO),
+            )
+            .build()
+            .unwrap();
+        cache.put(1, 1).unwrap();
+        wait_until("the write refused", || cache.write_stats().failed == 1);
+        // The parent has closed its end of stderr once stdin ends.
+        std::io::Read::read_to_end(&mut std::io::stdin(), &mut Vec::new()).unwrap();
+        // Dropped while unwinding: a panic there would abort.
+        let unwound = catch_unwind(AssertUnwindSafe(move || {
+            let _cache = cache;
+            std::panic::resume_unwind(Box::new("unwinding"));
+        }));
+        assert!(unwound.is_err());
+        println!("CHILD: dropped");
+        return;
+    }
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "a_dropped_write_back_cache_with_stderr_closed_does_not_panic",
+        ])
+        .args(["--nocapture", "--test-threads=1"])
+        .env("LARDER_TEST_CHILD_EPIPE", "1")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stderr.take());
+    drop(child.stdin.take());
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("CHILD: dropped"),
+        "the child failed ({:?}):\n{stdout}",
+        out.status
+    );
+}
+
+/// A write-back cache dropped while its flusher still sends says on stderr
+/// what its store had refused and what was unsent; the flusher then says
+/// what it went on to lose, counting no write twice. Runs itself again as
+/// a child process, whose stderr it reads.
+#[test]
+fn a_dropped_write_back_cache_counts_each_lost_write_once_on_stderr() {
+    if std::env::var_os("LARDER_TEST_CHILD_COUNT").is_some() {
+        let dropped = Arc::new(AtomicBool::new(false));
+        let held = Arc::new(AtomicBool::new(true));
+        let cache = Cache::builder()
+            .max_capacity(10)
+            .write_back(
+                Telling {
+                    _dropped: Told(dropped.clone()),
+                    fail: true,
+                    held: held.clone(),
+                    ..Telling::default()
+                },
+                WriteBack::default()
+                    .batch(1)
+                    .max_delay(Duration::ZERO)
+                    .retries(0, Duration::ZERO)
+                    .drop_wait(Duration::from_millis(30)),
+            )
+            .build()
+            .unwrap();
+        for k in 0..5 {
+            cache.put(k, k).unwrap();
+        }
+        // The first write is refused before the drop and the second held in
+        // the store until after it: the drop gives up waiting for four.
+        wait_until("a write refused", || cache.write_stats().failed == 1);
+        drop(cache);
+        held.store(false, Ordering::SeqCst);
+        // The flusher drops the store as its thread ends, after its line.
+        wait_until("the store dropped", || dropped.load(Ordering::SeqCst));
+        return;
+    }
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "a_dropped_write_back_cache_counts_each_lost_write_once_on_stderr",
+        ])
+        .args(["--nocapture", "--test-threads=1"])
+        .env("LARDER_TEST_CHILD_COUNT", "1")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "the child failed:\n{stderr}");
+    // The number before `word` on the line holding `line`.
+    let count = |line: &str, word: &str| -> usize {
+        let line = stderr.lines().find(|l| l.contains(line)).unwrap_or("");
+        let before = line.split(word).next().unwrap_or("");
+        before
+            .split_whitespace()
+            .last()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no count before {word:?} in:\n{stderr}"))
+    };
+    let refused = count("was dropped with", " write(s) its store refused");
+    let unsent = count("was dropped with", " not yet stored");
+    assert_eq!((refused, unsent), (1, 4), "{stderr}");
+    let later = count(
+        "after its last handle was dropped",
+        " write(s) of a write-back",
+    );
+    assert_eq!(later, unsent, "refused writes counted twice:\n{stderr}");
+}

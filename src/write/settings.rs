@@ -344,8 +344,11 @@ impl WriteBack {
 
     /// How long dropping the last handle of a write-back cache waits for its
     /// queue to drain. Writes still queued after it are written by the flusher
-    /// thread for as long as the process lives. `Duration::MAX` waits until
-    /// the queue drains, however long the store takes (for ever, if it hangs).
+    /// thread for as long as the process lives, and the store is dropped on
+    /// that thread when it is done; a queue drained in time has the store
+    /// dropped before the handle's drop returns, as `close` does.
+    /// `Duration::MAX` waits until the queue drains, however long the store
+    /// takes (for ever, if it hangs).
     ///
     /// ```
     /// # use std::collections::HashMap;

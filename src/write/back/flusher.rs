@@ -197,12 +197,15 @@ where
         if left > 0 {
             queue.dead = Some((from, reason));
         }
-        let lost = q.failed.len() + left;
-        if q.abandoned && lost > 0 {
-            eprintln!(
-                "larder: the store refused {lost} write(s) of a write-back cache after its last \
-                 handle was dropped; they are lost"
-            );
+        // The failures the drop's own message counted are not counted again.
+        if let Some(told) = q.abandoned {
+            let lost = q.failed.len().saturating_sub(told) + left;
+            if lost > 0 {
+                super::tell_stderr(format_args!(
+                    "larder: the store refused {lost} write(s) of a write-back cache after its \
+                     last handle was dropped; they are lost"
+                ));
+            }
         }
         self.progressed_quietly(q);
     }

@@ -41,7 +41,7 @@ where
                 closing: false,
                 running: false,
                 flusher_id: None,
-                abandoned: false,
+                abandoned: None,
                 stats: WriteStats::default(),
                 wakers: Wakers::default(),
                 handing: false,

@@ -256,8 +256,9 @@ struct Queue<K, V, E> {
     /// The flusher thread, for `close` called from it (a failure handler).
     flusher_id: Option<thread::ThreadId>,
     /// The last handle was dropped before the flusher finished: failures it
-    /// meets from then on can only go to stderr.
-    abandoned: bool,
+    /// meets from then on can only go to stderr. Holds how many of `failed`
+    /// the drop's own message counted already.
+    abandoned: Option<usize>,
     stats: WriteStats,
     /// Async `flush` / `close` callers to wake on progress.
     wakers: super::Wakers,
@@ -649,15 +650,27 @@ where
             .filter(|s| s.waiting.is_some() || s.sending.is_some())
             .count();
         // Failures the flusher meets from now on have nobody to go to.
-        q.abandoned = q.running;
+        q.abandoned = q.running.then_some(q.failed.len());
+        // A flusher that has stopped is joined, as `close` joins it: it holds
+        // the store until its thread ends, and a store's `Drop` (a buffer to
+        // flush, a connection to shut) must have run when the drop returns.
+        let stopped = !q.running && !on_flusher;
         drop(q);
         if failed > 0 || unsent > 0 {
             // Nobody is left to report to: say so rather than drop silently.
-            eprintln!(
+            tell_stderr(format_args!(
                 "larder: a write-back cache was dropped with {failed} write(s) its store \
                  refused and {unsent} not yet stored (still queued or being sent; the \
                  flusher goes on with them); call `close()` to receive every outcome"
-            );
+            ));
+        }
+        if stopped {
+            let flusher = shared.flusher.lock().take();
+            if let Some(flusher) = flusher {
+                // A join error (the flusher panicked outside the store's
+                // calls) needs nothing more: `stopped` reported what it left.
+                let _ = flusher.join();
+            }
         }
     }
 }
@@ -810,4 +823,12 @@ mod loom_models {
             assert_eq!(wb.store().of(2), vec![2]);
         });
     }
+}
+
+/// Writes a line to stderr, for what a dropped cache can tell nobody else.
+/// Unlike `eprintln!` it never panics: a drop may run while its thread
+/// unwinds, and a closed or broken stderr would then abort the process.
+fn tell_stderr(message: fmt::Arguments<'_>) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr().lock(), "{message}");
 }
