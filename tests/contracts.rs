@@ -1260,3 +1260,51 @@ fn a_keys_panicking_eq_leaves_the_cache_as_it_was() {
         assert_eq!(entries(&a), entries(&b), "{eviction:?}: entries");
     }
 }
+
+/// A value whose `Drop` panics for 13.
+#[derive(Clone, Debug)]
+struct Brittle(u32);
+
+impl Drop for Brittle {
+    fn drop(&mut self) {
+        if self.0 == 13 && !std::thread::panicking() {
+            panic!("13 will not be dropped quietly");
+        }
+    }
+}
+
+/// Without a listener the cache drops what a sweep removes itself: a value's
+/// panicking `Drop` reaches the caller once every shard is swept, as a
+/// listener's panic does (the shards after the value's were left as they
+/// were).
+#[test]
+fn a_values_panicking_drop_in_a_sweep_does_not_stop_it() {
+    let (clock, time) = larder::Clock::mock();
+    let cache: Cache<u32, Brittle> = Cache::builder()
+        .max_capacity(1000)
+        .shards(8)
+        .clock(clock)
+        .build()
+        .unwrap();
+    let fill = |tagged: bool| {
+        for k in 0..200 {
+            let options = larder::EntryOptions::new().ttl(std::time::Duration::from_secs(1));
+            let options = if tagged { options.tags(["t"]) } else { options };
+            cache.insert_with(k, Brittle(k), options);
+        }
+        assert_eq!(cache.len(), 200);
+    };
+    fill(false);
+    assert!(catch_unwind(AssertUnwindSafe(|| cache.invalidate_all())).is_err());
+    assert_eq!(cache.len(), 0, "every shard cleared");
+    fill(true);
+    assert!(catch_unwind(AssertUnwindSafe(|| cache.invalidate_tag("t"))).is_err());
+    assert_eq!(cache.len(), 0, "every shard's tagged entries removed");
+    fill(false);
+    assert!(catch_unwind(AssertUnwindSafe(|| cache.invalidate_entries_if(|_, _| true))).is_err());
+    assert_eq!(cache.len(), 0, "every shard visited");
+    fill(false);
+    time.advance(std::time::Duration::from_secs(2));
+    assert!(catch_unwind(AssertUnwindSafe(|| cache.run_pending_tasks())).is_err());
+    assert_eq!(cache.len(), 0, "every shard's expired entries reclaimed");
+}

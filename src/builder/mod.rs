@@ -338,11 +338,13 @@ where
     /// that caused the removal, after the shard lock is released, so it may call
     /// back into the cache. If it panics, the cache stays consistent, every other
     /// removed entry is still delivered, and the first panic then resumes in the
-    /// caller of the operation that removed them.
+    /// caller of the operation that removed them. The entries still cached when
+    /// the cache itself is dropped are dropped with it, unheard.
     ///
-    /// A listener (or a value) that owns a handle of its own cache keeps the
-    /// cache alive: the two are dropped only once that handle is let go of
-    /// (a cycle of `Arc`s, as with any shared owner). Give it a handle it can
+    /// A listener (or a value, a weigher, an `Expiry`, a store or a failure
+    /// handler) that owns a handle of its own cache keeps the cache alive: the
+    /// two are dropped only once that handle is let go of (a cycle of `Arc`s,
+    /// as with any shared owner). Give it a handle it can
     /// drop, such as one in a `Mutex<Option<_>>` you empty, if the cache is
     /// to be dropped while the program runs.
     ///

@@ -45,9 +45,10 @@ where
     /// `write_deferred`: a load may be of a key the sweep removes, so none is
     /// cached over it). The listener hears what each shard's sweep removed
     /// once that shard's lock is released. As the pass ends the flights are
-    /// made stale again (see `invalidate_flights`), then the listener's first
-    /// panic, if any, reaches the caller; a panic of `sweep` reaches it at
-    /// once, leaving the shards not yet swept as they were.
+    /// made stale again (see `invalidate_flights`), then the first panic of
+    /// the listener (or, with none, of a removed key's or value's `Drop`), if
+    /// any, reaches the caller; a panic of `sweep` reaches it at once, leaving
+    /// the shards not yet swept as they were.
     fn sweep_shards(
         &self,
         mut sweep: impl FnMut(
@@ -72,15 +73,34 @@ where
             sweep(&mut writer, heard.list);
             drop(writer);
             std::mem::forget(heard);
-            if let Some(listener) = &self.inner.listener {
-                for (k, v, cause) in removed {
-                    deliver(listener, k, v, cause, &mut first_panic);
-                }
-            }
+            self.hand_over(removed, &mut first_panic);
         }
         self.invalidate_flights();
         if let Some(panic) = first_panic {
             resume_unwind(panic);
+        }
+    }
+
+    /// Hands what a shard's sweep removed to the listener, or drops it when
+    /// there is none; a panic either way (the listener's, or a key's or
+    /// value's `Drop`) is kept for the end of the pass, so that the other
+    /// shards are swept all the same.
+    fn hand_over(
+        &self,
+        removed: impl IntoIterator<Item = (K, V, RemovalCause)>,
+        first_panic: &mut Option<Box<dyn std::any::Any + Send>>,
+    ) {
+        match &self.inner.listener {
+            Some(listener) => {
+                for (k, v, cause) in removed {
+                    deliver(listener, k, v, cause, first_panic);
+                }
+            }
+            None => {
+                if let Err(panic) = catch_unwind(AssertUnwindSafe(|| drop(removed))) {
+                    first_panic.get_or_insert(panic);
+                }
+            }
         }
     }
 
@@ -141,11 +161,7 @@ where
                     .write(&hash_of)
                     .expire(clock.now(), MAINTENANCE_BATCH, heard.list);
                 std::mem::forget(heard);
-                if let Some(listener) = &self.inner.listener {
-                    for (k, v, cause) in removed {
-                        deliver(listener, k, v, cause, &mut first_panic);
-                    }
-                }
+                self.hand_over(removed, &mut first_panic);
                 if !more {
                     break;
                 }
@@ -249,11 +265,7 @@ where
                 drop(writer);
                 std::mem::forget(heard);
             }
-            if let Some(listener) = &self.inner.listener {
-                for (k, v, cause) in removed {
-                    deliver(listener, k, v, cause, &mut first_panic);
-                }
-            }
+            self.hand_over(removed, &mut first_panic);
         }
         // Again as the sweep ends: a load of one of these tags that began
         // while it ran (from another thread or the listener) and is still in
