@@ -3490,3 +3490,56 @@ fn a_dropped_write_back_cache_counts_each_lost_write_once_on_stderr() {
     );
     assert_eq!(later, unsent, "refused writes counted twice:\n{stderr}");
 }
+
+/// A value whose `Drop` panics for 13 on the flusher thread.
+#[derive(Clone, Debug, PartialEq)]
+struct Fragile(u64);
+
+impl Drop for Fragile {
+    fn drop(&mut self) {
+        let on_flusher = std::thread::current().name() == Some("larder-flusher");
+        if self.0 == 13 && on_flusher && !std::thread::panicking() {
+            panic!("13 will not be dropped quietly there");
+        }
+    }
+}
+
+#[derive(Default)]
+struct FragileDb(Mutex<HashMap<u64, u64>>);
+
+impl Store<u64, Fragile> for FragileDb {
+    type Error = String;
+    fn load(&self, k: &u64) -> Result<Option<Fragile>, String> {
+        Ok(self.0.lock().unwrap().get(k).map(|&v| Fragile(v)))
+    }
+    fn write(&self, op: &Op<u64, Fragile>) -> Result<(), String> {
+        let mut data = self.0.lock().unwrap();
+        match op {
+            Op::Put(k, v) => data.insert(*k, v.0),
+            Op::Delete(k) => data.remove(k),
+        };
+        Ok(())
+    }
+}
+
+/// The flusher drops each write once it is stored or given up on: a value
+/// whose `Drop` panics there is the value's business, and the flusher goes
+/// on (it died, and every later write was refused as `Closed`).
+#[test]
+fn a_values_panicking_drop_on_the_flusher_does_not_stop_it() {
+    let cache = Cache::builder()
+        .max_capacity(100)
+        .write_back(
+            FragileDb::default(),
+            WriteBack::default().max_delay(Duration::ZERO),
+        )
+        .build()
+        .unwrap();
+    cache.put(1, Fragile(13)).unwrap();
+    cache.flush().unwrap();
+    assert_eq!(cache.store().0.lock().unwrap().get(&1), Some(&13));
+    cache.put(2, Fragile(20)).unwrap();
+    cache.flush().unwrap();
+    assert_eq!(cache.store().0.lock().unwrap().get(&2), Some(&20));
+    cache.close().unwrap();
+}

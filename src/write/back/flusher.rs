@@ -77,7 +77,11 @@ where
             handing.set(handed.len());
             q.handing = !handed.is_empty();
             self.progressed_quietly(q);
-            drop(bin);
+            // What the batch let go of is the flusher's to drop, and a
+            // panicking `Drop` of a key or value is theirs: the flusher goes
+            // on (it has nobody to raise it to, and dying would fail every
+            // write still queued).
+            drop_quietly((bin, batch));
             if let (Some(handler), false) = (handler, handed.is_empty()) {
                 for failed in handed {
                     // The handler's panic is its own; the flusher goes on.
@@ -99,7 +103,7 @@ where
                 q.handing_only = 0;
                 q.handing = false;
                 self.progressed_quietly(q);
-                drop(bin);
+                drop_quietly(bin);
             }
         }
     }
@@ -258,4 +262,9 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
     } else {
         "a panic without a message".to_owned()
     }
+}
+
+/// Drops `what`, swallowing a panic of its `Drop` (see the flusher's loop).
+fn drop_quietly<T>(what: T) {
+    let _ = catch_unwind(AssertUnwindSafe(|| drop(what)));
 }

@@ -77,7 +77,9 @@ use super::{
 ///   key's or value's `Clone`, `Hash` or `Eq` kills the flusher, each key's
 ///   latest unsent write is reported failed by the next `flush` or `close`
 ///   (it reads as the key's value until then), and later writes get
-///   [`WriteError::Closed`](crate::WriteError::Closed).
+///   [`WriteError::Closed`](crate::WriteError::Closed). A key's or value's
+///   `Drop` that panics on the flusher, once it is done with a write, does
+///   not stop it: the panic is swallowed there.
 /// - **Crashes.** A crash loses what was queued: the latest writes of at most
 ///   `queue_capacity` keys. A write is due once it has waited `max_delay`, but
 ///   it is sent only when the flusher is free, so a slow or failing store
