@@ -466,6 +466,12 @@ where
     /// its own that inserts its value (or pass a future that awaits such a
     /// task's handle), so that it finishes whoever is still waiting.
     ///
+    /// The leader's future is the load's only driver: one kept alive but no
+    /// longer polled (the losing branch of `futures::future::select`, kept
+    /// for later; a future leaked or parked) holds the load open, and every
+    /// caller of the key, present or to come, waits until it is polled to the
+    /// end or dropped. Drop a leader you will not poll.
+    ///
     /// # Panics
     ///
     /// As [`get_or_load`](Self::get_or_load).

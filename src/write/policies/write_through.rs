@@ -501,6 +501,10 @@ where
     /// of one key, sync or async, are serialized. If the task is cancelled
     /// while the store call runs, the store may or may not have the write, so
     /// the key's cached copy is dropped and the next read asks the store.
+    /// Until then the call holds its key's lock stripe (one of 1,024, shared
+    /// with other keys): a future kept alive but no longer polled mid-call
+    /// keeps every write of that stripe waiting, so drop one you will not
+    /// poll.
     ///
     /// # Errors
     ///
@@ -508,8 +512,9 @@ where
     ///
     /// # Panics
     ///
-    /// If the store panics: as with a cancellation, the store may have the
-    /// write, so the key's cached copy is dropped before the panic goes on.
+    /// If the store panics (its future's `Drop` too): as with a cancellation,
+    /// the store may have the write, so the key's cached copy is dropped
+    /// before the panic goes on.
     ///
     /// ```
     /// # use std::collections::HashMap;
