@@ -48,9 +48,11 @@ pub struct CacheStats {
     pub evicted_weight: u64,
     /// Entries removed by `remove`, `invalidate_all` or a write policy's
     /// `delete`, or dropped by a write policy's write whose weigher, `Expiry`,
-    /// or key `Clone`, `Hash` or `Eq` panicked after the store or the queue took it (cause
-    /// [`RemovalCause::Explicit`]), or replaced by a write that was then
-    /// refused (cause [`RemovalCause::Replaced`]).
+    /// or key `Clone`, `Hash` or `Eq` panicked after the store or the queue took it,
+    /// by a write-through write whose store call panicked or whose async task
+    /// was cancelled, or by a write-back `flush` or `close` reporting the
+    /// key's failed write (cause [`RemovalCause::Explicit`]), or replaced by
+    /// a write that was then refused (cause [`RemovalCause::Replaced`]).
     ///
     /// [`RemovalCause::Explicit`]: crate::RemovalCause::Explicit
     /// [`RemovalCause::Replaced`]: crate::RemovalCause::Replaced
@@ -59,8 +61,8 @@ pub struct CacheStats {
     /// (the smallest shard's capacity: see [`Rejected::limit`]),
     /// and writes undone because a key's `Hash` panicked while they evicted
     /// (their entries reach the listener as [`RemovalCause::Size`] too). An
-    /// undone write had landed, and counts under `inserts` or `updates` as
-    /// well.
+    /// undone write counts under `inserts` or `updates` as well, whether the
+    /// panic met it before or after its entry was placed.
     ///
     /// [`RemovalCause::Size`]: crate::RemovalCause::Size
     /// [`Rejected::limit`]: crate::Rejected::limit

@@ -60,7 +60,8 @@ pub enum RemovalCause {
     /// Removed by [`Cache::remove`] or [`Cache::invalidate_all`], by a write
     /// policy's `delete`, or dropped by a write policy as a copy that may be
     /// stale once a store call, the weigher or an [`Expiry`](crate::Expiry)
-    /// panicked.
+    /// panicked or an async store call was cancelled, or as the copy of a
+    /// write-back write that failed, when `flush` or `close` reports it.
     Explicit,
     /// Its value was replaced by an insert under the same key.
     Replaced,

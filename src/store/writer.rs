@@ -732,7 +732,8 @@ impl<K: Eq, V, H: Fn(&K) -> u64> Drop for Undo<'_, '_, K, V, H> {
 
 /// A new key's write before it is placed (see [`ShardWriter::place`]):
 /// dropped still holding the key and value (another key's `Hash` panicked),
-/// it hands them to `out` as refused for size.
+/// it hands them to `out` as refused for size. Counted as an insert too, as
+/// a write undone once placed is (see `CacheStats::rejections`).
 struct Unplaced<'w, 'a, K: Eq, V, H: Fn(&K) -> u64> {
     writer: &'w mut ShardWriter<'a, K, V, H>,
     entry: Option<(K, V)>,
@@ -743,6 +744,7 @@ impl<K: Eq, V, H: Fn(&K) -> u64> Drop for Unplaced<'_, '_, K, V, H> {
     #[inline]
     fn drop(&mut self) {
         if let Some((key, value)) = self.entry.take() {
+            self.writer.map.counters.inserts += 1;
             self.writer.map.counters.rejections += 1;
             self.out.push((key, value, RemovalCause::Size));
         }
