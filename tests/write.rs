@@ -3543,3 +3543,56 @@ fn a_values_panicking_drop_on_the_flusher_does_not_stop_it() {
     assert_eq!(cache.store().0.lock().unwrap().get(&2), Some(&20));
     cache.close().unwrap();
 }
+
+/// A store call is counted as it starts: `write_stats` shows a batch in
+/// the store's hands (or retried through an outage) before it is settled.
+#[test]
+fn store_calls_are_counted_as_they_start() {
+    let db = Db::new();
+    db.close_gate();
+    let cache = write_back(&db, WriteBack::default().max_delay(Duration::ZERO), 10);
+    cache.put(1, 10).unwrap();
+    wait_until("the call at the gate", || {
+        db.arrived.load(Ordering::SeqCst) == 1
+    });
+    let stats = cache.write_stats();
+    assert_eq!((stats.store_calls, stats.retries, stats.stored), (1, 0, 0));
+    db.open_gate();
+    cache.flush().unwrap();
+    let stats = cache.write_stats();
+    assert_eq!(
+        (stats.store_calls, stats.retries, stats.stored),
+        (1, 0, 1),
+        "counted once"
+    );
+}
+
+/// `queued` is the room the backpressure weighs: a key written again while
+/// the store is down holds a unit per failure, though it is one dirty key.
+#[test]
+fn queued_counts_the_room_a_keys_failures_hold() {
+    let db = Db::with_faults(Faults {
+        fail: 100,
+        ..Faults::default()
+    });
+    let settings = WriteBack::default()
+        .max_delay(Duration::ZERO)
+        .retries(0, Duration::ZERO)
+        .queue_capacity(2)
+        .backpressure(Backpressure::Fail);
+    let cache = write_back(&db, settings, 10);
+    cache.put(1, 1).unwrap();
+    wait_until("the first write failed", || cache.write_stats().failed == 1);
+    cache.put(1, 2).unwrap();
+    wait_until("the second write failed", || {
+        cache.write_stats().failed == 2
+    });
+    let stats = cache.write_stats();
+    assert_eq!((stats.dirty, stats.queued), (1, 2));
+    assert_eq!(cache.put(2, 2), Err(WriteError::QueueFull));
+    let report = cache.flush().unwrap_err();
+    assert_eq!(report.failed.len(), 2);
+    let stats = cache.write_stats();
+    assert_eq!((stats.dirty, stats.queued), (0, 0));
+    assert_eq!(cache.put(2, 2), Ok(()), "the report freed the room");
+}

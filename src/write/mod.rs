@@ -615,11 +615,11 @@ impl<St> WriteThrough<St> {
 /// cache.put(1, 10).unwrap();
 /// cache.put(1, 11).unwrap(); // replaces the first while it waits
 /// cache.put(2, 20).unwrap();
-/// assert_eq!(cache.write_stats().dirty, 2);
+/// assert_eq!((cache.write_stats().dirty, cache.write_stats().queued), (2, 2));
 /// cache.flush().unwrap();
 /// let stats = cache.write_stats();
 /// assert_eq!((stats.accepted, stats.coalesced, stats.stored), (3, 1, 2));
-/// assert_eq!((stats.store_calls, stats.dirty), (1, 0));
+/// assert_eq!((stats.store_calls, stats.dirty, stats.queued), (1, 0, 0));
 /// ```
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
@@ -628,12 +628,14 @@ pub struct WriteStats {
     pub accepted: u64,
     /// Accepted writes replaced by a later write to the same key before being sent.
     pub coalesced: u64,
-    /// Calls to [`Store::write_batch`], retries included.
+    /// Calls to [`Store::write_batch`], retries included, counted as each
+    /// starts (so a batch retried through an outage shows its attempts as
+    /// they are made).
     pub store_calls: u64,
     /// Writes the store took.
     pub stored: u64,
-    /// Attempts after a batch's first: a batch sent three times in all
-    /// counts 2.
+    /// Attempts after a batch's first, counted as each starts: a batch sent
+    /// three times in all counts 2.
     pub retries: u64,
     /// Writes given up on after every retry, reported (by `flush`, `close` or
     /// to the failure handler) unless superseded.
@@ -645,6 +647,12 @@ pub struct WriteStats {
     pub superseded: u64,
     /// Dirty keys now held: waiting, being written, or failed and unreported.
     pub dirty: u64,
+    /// Room of the queue in use, against
+    /// [`queue_capacity`](crate::WriteBack::queue_capacity): each dirty key,
+    /// plus each older failed write of a key still unreported (a key written
+    /// again while the store is down holds one unit per failure). A new
+    /// key's write meets the backpressure once this reaches the capacity.
+    pub queued: u64,
 }
 
 /// The write policy of a [`Cache`](crate::Cache): [`CacheAside`],

@@ -168,7 +168,9 @@ impl WriteBack {
     /// so that a store that is down cannot make memory grow: a key's failed
     /// write that a newer write of the key followed takes a room of its own,
     /// and once such failures alone fill the queue, a dirty key's writes
-    /// wait for room too (unless they replace a write still waiting). An application
+    /// wait for room too (unless they replace a write still waiting;
+    /// [`WriteStats::queued`](crate::WriteStats::queued) counts the room in
+    /// use). An application
     /// whose store can fail for long should set a failure handler
     /// ([`CacheBuilder::on_write_failure`](crate::CacheBuilder::on_write_failure)),
     /// which frees the room as each failure is handed over, or call `flush`

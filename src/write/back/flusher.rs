@@ -223,6 +223,13 @@ where
         loop {
             tried += 1;
             let attempts = u32::try_from(tried).unwrap_or(u32::MAX);
+            {
+                // Counted as the call starts, for `write_stats` during an
+                // outage's retries.
+                let mut q = self.queue.lock();
+                q.stats.store_calls += 1;
+                q.stats.retries += u64::from(tried > 1);
+            }
             let failure = match catch_unwind(AssertUnwindSafe(|| self.store.write_batch(ops))) {
                 Ok(Ok(())) => {
                     return Sent {

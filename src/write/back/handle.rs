@@ -407,8 +407,10 @@ where
 
     pub(crate) fn stats(&self) -> WriteStats {
         let q = self.shared.queue.lock();
+        let dirty = q.slots.len() - q.handing_only;
         WriteStats {
-            dirty: (q.slots.len() - q.handing_only) as u64,
+            dirty: dirty as u64,
+            queued: (dirty + q.loose) as u64,
             ..q.stats
         }
     }

@@ -420,8 +420,6 @@ impl<K: Hash + Eq, V: Clone, E> Queue<K, V, E> {
         bin: &mut Bin<K, V>,
         handed: &mut Vec<FailedWrite<K, V, E>>,
     ) {
-        self.stats.store_calls += u64::from(sent.attempts);
-        self.stats.retries += u64::from(sent.attempts - 1);
         for (&seq, taken) in seqs.iter().zip(batch.iter_mut()) {
             let Some(op) = taken.as_ref() else {
                 continue;
