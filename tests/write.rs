@@ -3596,3 +3596,103 @@ fn queued_counts_the_room_a_keys_failures_hold() {
     assert_eq!((stats.dirty, stats.queued), (0, 0));
     assert_eq!(cache.put(2, 2), Ok(()), "the report freed the room");
 }
+
+thread_local! {
+    /// Whether dropping a `Prickly(7)` panics on this thread.
+    static DROP_ARMED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// A key whose `Drop` panics for 7 while armed on this thread.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct Prickly(u64);
+
+impl Drop for Prickly {
+    fn drop(&mut self) {
+        if self.0 == 7 && DROP_ARMED.get() && !std::thread::panicking() {
+            panic!("7 will not be dropped quietly");
+        }
+    }
+}
+
+/// Refuses writes while `down`.
+#[derive(Default)]
+struct FlakyDb {
+    down: AtomicBool,
+    data: Mutex<HashMap<u64, u64>>,
+}
+
+impl Store<Prickly, u64> for Arc<FlakyDb> {
+    type Error = String;
+    fn load(&self, k: &Prickly) -> Result<Option<u64>, String> {
+        Ok(self.data.lock().unwrap().get(&k.0).copied())
+    }
+    fn write(&self, op: &Op<Prickly, u64>) -> Result<(), String> {
+        if self.down.load(Ordering::SeqCst) {
+            return Err("down".into());
+        }
+        let mut data = self.data.lock().unwrap();
+        match op {
+            Op::Put(k, v) => data.insert(k.0, *v),
+            Op::Delete(k) => data.remove(&k.0),
+        };
+        Ok(())
+    }
+}
+
+/// The queue keeps a copy of each reported key stored while its report is
+/// out (the key's own, not a clone), and lets go of it as `flush` hands the
+/// report over: a panic of that key's `Drop` must not cost the caller the
+/// report (it was lost: the failure never reported, its cached copy gone).
+#[test]
+fn a_keys_panicking_drop_as_a_flush_ends_does_not_lose_the_report() {
+    type C = Cache<
+        Prickly,
+        u64,
+        larder::DefaultHashBuilder,
+        larder::WriteBehind<Prickly, u64, Arc<FlakyDb>>,
+    >;
+    let db = Arc::new(FlakyDb::default());
+    db.down.store(true, Ordering::SeqCst);
+    let handle: Arc<Mutex<Option<C>>> = Arc::default();
+    let in_listener = handle.clone();
+    let db_in_listener = db.clone();
+    let cache: C = Cache::builder()
+        .max_capacity(10)
+        .eviction_listener(move |k: Prickly, _, cause| {
+            if k.0 != 7 || cause != larder::RemovalCause::Explicit {
+                return;
+            }
+            drop(k);
+            // While the report is out, the key is written again and stored.
+            let cache = in_listener.lock().unwrap().take().unwrap();
+            db_in_listener.down.store(false, Ordering::SeqCst);
+            cache.put(Prickly(7), 2).unwrap();
+            wait_until("the new write stored", || {
+                db_in_listener.data.lock().unwrap().get(&7) == Some(&2)
+            });
+            drop(cache);
+            DROP_ARMED.set(true);
+        })
+        .write_back(
+            db.clone(),
+            WriteBack::default()
+                .max_delay(Duration::ZERO)
+                .retries(0, Duration::ZERO),
+        )
+        .build()
+        .unwrap();
+    *handle.lock().unwrap() = Some(cache.clone());
+    cache.put(Prickly(7), 1).unwrap();
+    wait_until("the write refused", || cache.write_stats().failed == 1);
+    let flushed = catch_unwind(AssertUnwindSafe(|| cache.flush()));
+    DROP_ARMED.set(false);
+    let report = match flushed {
+        Ok(Err(report)) => report,
+        Ok(Ok(())) => panic!("the failure went unreported"),
+        Err(_) => cache.flush().expect_err("the report lost with the panic"),
+    };
+    assert_eq!(report.failed.len(), 1);
+    assert_eq!(report.failed[0].op, Op::Put(Prickly(7), 1));
+    assert_eq!(cache.get(&Prickly(7)), Ok(Some(2)));
+    cache.close().unwrap();
+}

@@ -454,10 +454,16 @@ where
             policy.settled(report);
             resume_unwind(panic);
         }
-        policy.settled(Report {
-            failed: Vec::new(),
-            hashes: std::mem::take(&mut report.hashes),
-        });
+        // The queue lets go of the keys it kept while the report was out: a
+        // panic of such a key's `Drop` must not cost the caller the report,
+        // which cannot go back now that the queue's books are closed on it.
+        // It is swallowed, as on the flusher.
+        let _ = catch_unwind(AssertUnwindSafe(|| {
+            policy.settled(Report {
+                failed: Vec::new(),
+                hashes: std::mem::take(&mut report.hashes),
+            });
+        }));
         Err(FlushError {
             failed: report.failed.into_iter().map(|(_, w)| w).collect(),
         })
