@@ -3303,12 +3303,14 @@ fn retries_back_off_doubling_each_time() {
 }
 
 /// A store that says when it is dropped, and whose writes fail when `fail`
-/// is set; every write but the first waits while `held` is set.
+/// is set (but `spared`); every write but the first waits while `held` is
+/// set.
 #[derive(Default)]
 struct Telling {
     /// Dropped with the store, which is what it tells.
     _dropped: Told,
     fail: bool,
+    spared: Option<Op<u64, u64>>,
     held: Arc<AtomicBool>,
     calls: AtomicU64,
 }
@@ -3318,13 +3320,13 @@ impl Store<u64, u64> for Telling {
     fn load(&self, _: &u64) -> Result<Option<u64>, String> {
         Ok(None)
     }
-    fn write(&self, _: &Op<u64, u64>) -> Result<(), String> {
+    fn write(&self, op: &Op<u64, u64>) -> Result<(), String> {
         if self.calls.fetch_add(1, Ordering::SeqCst) > 0 {
             while self.held.load(Ordering::SeqCst) {
                 std::thread::sleep(Duration::from_millis(1));
             }
         }
-        if self.fail {
+        if self.fail && self.spared.as_ref() != Some(op) {
             Err("down".into())
         } else {
             Ok(())
@@ -3355,7 +3357,7 @@ fn dropping_the_last_handle_drops_the_store_before_returning() {
         };
         let cache = Cache::builder()
             .max_capacity(10)
-            .write_back(store, WriteBack::default())
+            .write_back(store, WriteBack::default().drop_wait(Duration::MAX))
             .build()
             .unwrap();
         for k in 0..10 {
@@ -3695,4 +3697,222 @@ fn a_keys_panicking_drop_as_a_flush_ends_does_not_lose_the_report() {
     assert_eq!(report.failed[0].op, Op::Put(Prickly(7), 1));
     assert_eq!(cache.get(&Prickly(7)), Ok(Some(2)));
     cache.close().unwrap();
+}
+
+/// What a `Locky` key's `Drop` on the flusher waits for, while armed.
+static LOCKY_GATE: Mutex<()> = Mutex::new(());
+static LOCKY_ARMED: AtomicBool = AtomicBool::new(false);
+
+/// A key whose `Drop` on the flusher takes `LOCKY_GATE` while armed.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct Locky(u64);
+
+impl Drop for Locky {
+    fn drop(&mut self) {
+        let on_flusher = std::thread::current().name() == Some("larder-flusher");
+        if on_flusher && LOCKY_ARMED.load(Ordering::SeqCst) {
+            drop(LOCKY_GATE.lock().unwrap_or_else(|e| e.into_inner()));
+        }
+    }
+}
+
+#[derive(Default)]
+struct LockyDb;
+
+impl Store<Locky, Brittle> for LockyDb {
+    type Error = String;
+    fn load(&self, _: &Locky) -> Result<Option<Brittle>, String> {
+        Ok(None)
+    }
+    fn write(&self, _: &Op<Locky, Brittle>) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+/// A flusher that has stopped may still run user code (the `Drop` of what
+/// it let go of), and that code may wait for the thread dropping the
+/// cache: the drop waits for the flusher's end no longer than `drop_wait`
+/// (it waited for ever).
+#[test]
+fn a_flusher_stuck_in_a_drop_holds_the_caches_drop_no_longer_than_drop_wait() {
+    let held = LOCKY_GATE.lock().unwrap();
+    LOCKY_ARMED.store(true, Ordering::SeqCst);
+    let cache = Cache::builder()
+        .max_capacity(100)
+        .write_back(
+            LockyDb,
+            WriteBack::default()
+                .max_delay(Duration::ZERO)
+                .drop_wait(Duration::from_millis(100)),
+        )
+        .build()
+        .unwrap();
+    // The flusher dies cloning 13 for its batch, then waits for the gate
+    // as it drops the key it left queued.
+    cache.put(Locky(1), Brittle(13)).unwrap();
+    wait_until("the flusher gone", || {
+        cache.put(Locky(99), Brittle(99)).is_err()
+    });
+    let (returned, wait) = std::sync::mpsc::channel();
+    let dropper = std::thread::spawn(move || {
+        drop(cache);
+        returned.send(()).unwrap();
+    });
+    let in_time = wait.recv_timeout(Duration::from_secs(10)).is_ok();
+    drop(held);
+    dropper.join().unwrap();
+    LOCKY_ARMED.store(false, Ordering::SeqCst);
+    assert!(in_time, "the drop waited for the flusher past drop_wait");
+}
+
+/// As above, when a write stored after the drop supersedes a failure the
+/// drop's line counted: the flusher's line still counts the write it went
+/// on to lose (a count of failures took the superseded one off against it,
+/// and the line went unsaid).
+#[test]
+fn a_dropped_write_back_cache_tells_of_a_loss_after_a_superseded_failure() {
+    if std::env::var_os("LARDER_TEST_CHILD_SUPERSEDED").is_some() {
+        let dropped = Arc::new(AtomicBool::new(false));
+        let held = Arc::new(AtomicBool::new(true));
+        let cache = Cache::builder()
+            .max_capacity(10)
+            .write_back(
+                Telling {
+                    _dropped: Told(dropped.clone()),
+                    fail: true,
+                    spared: Some(Op::Put(1, 2)),
+                    held: held.clone(),
+                    ..Telling::default()
+                },
+                WriteBack::default()
+                    .batch(1)
+                    .max_delay(Duration::ZERO)
+                    .retries(0, Duration::ZERO)
+                    .drop_wait(Duration::from_millis(30)),
+            )
+            .build()
+            .unwrap();
+        cache.put(1, 1).unwrap();
+        wait_until("the first write refused", || {
+            cache.write_stats().failed == 1
+        });
+        // Held until after the drop: (1, 2) is stored, superseding (1, 1)'s
+        // failure, and (2, 2) is refused.
+        cache.put(1, 2).unwrap();
+        cache.put(2, 2).unwrap();
+        drop(cache);
+        held.store(false, Ordering::SeqCst);
+        wait_until("the store dropped", || dropped.load(Ordering::SeqCst));
+        return;
+    }
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "a_dropped_write_back_cache_tells_of_a_loss_after_a_superseded_failure",
+        ])
+        .args(["--nocapture", "--test-threads=1"])
+        .env("LARDER_TEST_CHILD_SUPERSEDED", "1")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "the child failed:\n{stderr}");
+    assert!(
+        stderr.contains("dropped with 1 write(s) its store refused and 2 not yet stored"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("the store refused 1 write(s) of a write-back cache after its last"),
+        "the write lost after the drop went unmentioned:\n{stderr}"
+    );
+}
+
+static LOUD_ARMED: AtomicBool = AtomicBool::new(false);
+
+/// A value whose `Drop` panics from 13 up while armed, even while its
+/// thread unwinds already (so that two of them in one drop would abort).
+#[derive(Clone, Debug, PartialEq)]
+struct Loud(u64);
+
+impl Drop for Loud {
+    fn drop(&mut self) {
+        if self.0 >= 13 && LOUD_ARMED.load(Ordering::SeqCst) {
+            panic!("{} will not be dropped quietly", self.0);
+        }
+    }
+}
+
+#[derive(Default)]
+struct LoudDb(Mutex<HashMap<u64, u64>>);
+
+impl Store<u64, Loud> for LoudDb {
+    type Error = String;
+    fn load(&self, k: &u64) -> Result<Option<Loud>, String> {
+        Ok(self.0.lock().unwrap().get(k).map(|&v| Loud(v)))
+    }
+    fn write(&self, op: &Op<u64, Loud>) -> Result<(), String> {
+        let mut data = self.0.lock().unwrap();
+        match op {
+            Op::Put(k, v) => data.insert(*k, v.0),
+            Op::Delete(k) => data.remove(k),
+        };
+        Ok(())
+    }
+}
+
+/// Where the cache drops several keys or values at once (what the
+/// flusher's batch let go of, what a sweep removed with no listener), each
+/// `Drop` panic is caught alone: two in one drop aborted the process. Runs
+/// itself again as a child process, which would abort.
+#[test]
+fn several_panicking_drops_at_once_do_not_abort() {
+    if std::env::var_os("LARDER_TEST_CHILD_LOUD").is_some() {
+        // The flusher drops the slot's copy of a stored write and the
+        // batch's: both panic.
+        let cache = Cache::builder()
+            .max_capacity(100)
+            .write_back(
+                LoudDb::default(),
+                WriteBack::default().max_delay(Duration::ZERO),
+            )
+            .build()
+            .unwrap();
+        let _ = cache.put(1, Loud(1));
+        LOUD_ARMED.store(true, Ordering::SeqCst);
+        cache.put(13, Loud(13)).unwrap();
+        cache.flush().unwrap();
+        cache.put(2, Loud(2)).unwrap();
+        cache.flush().unwrap();
+        assert_eq!(cache.store().0.lock().unwrap().get(&2), Some(&2));
+        LOUD_ARMED.store(false, Ordering::SeqCst);
+        drop(cache);
+        // A sweep without a listener drops two such values.
+        let plain: Cache<u64, Loud> = Cache::builder()
+            .max_capacity(100)
+            .shards(1)
+            .build()
+            .unwrap();
+        for k in 10..20 {
+            plain.insert(k, Loud(k));
+        }
+        LOUD_ARMED.store(true, Ordering::SeqCst);
+        let swept = catch_unwind(AssertUnwindSafe(|| plain.invalidate_all()));
+        LOUD_ARMED.store(false, Ordering::SeqCst);
+        assert!(swept.is_err(), "the first panic reaches the caller");
+        assert!(plain.is_empty());
+        println!("CHILD: done");
+        return;
+    }
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "several_panicking_drops_at_once_do_not_abort"])
+        .args(["--nocapture", "--test-threads=1"])
+        .env("LARDER_TEST_CHILD_LOUD", "1")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("CHILD: done"),
+        "the child failed ({:?}):\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

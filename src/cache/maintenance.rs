@@ -97,8 +97,17 @@ where
                 }
             }
             None => {
-                if let Err(panic) = catch_unwind(AssertUnwindSafe(|| drop(removed))) {
-                    first_panic.get_or_insert(panic);
+                // One at a time, so that a second panic does not meet the
+                // first one's unwinding, which would abort.
+                for (k, v, _) in removed {
+                    for dropped in [
+                        catch_unwind(AssertUnwindSafe(|| drop(k))),
+                        catch_unwind(AssertUnwindSafe(|| drop(v))),
+                    ] {
+                        if let Err(panic) = dropped {
+                            first_panic.get_or_insert(panic);
+                        }
+                    }
                 }
             }
         }

@@ -348,7 +348,8 @@ impl WriteBack {
     /// queue to drain. Writes still queued after it are written by the flusher
     /// thread for as long as the process lives, and the store is dropped on
     /// that thread when it is done; a queue drained in time has the store
-    /// dropped before the handle's drop returns, as `close` does.
+    /// dropped before the handle's drop returns, as `close` does (unless the
+    /// flusher's last drops of keys and values outlast the wait too).
     /// `Duration::MAX` waits until the queue drains, however long the store
     /// takes (for ever, if it hangs).
     ///

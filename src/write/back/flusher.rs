@@ -81,7 +81,8 @@ where
             // panicking `Drop` of a key or value is theirs: the flusher goes
             // on (it has nobody to raise it to, and dying would fail every
             // write still queued).
-            drop_quietly((bin, batch));
+            drop_quietly(bin);
+            drop_ops_quietly(batch.into_iter().flatten());
             if let (Some(handler), false) = (handler, handed.is_empty()) {
                 for failed in handed {
                     // The handler's panic is its own; the flusher goes on.
@@ -202,8 +203,12 @@ where
             queue.dead = Some((from, reason));
         }
         // The failures the drop's own message counted are not counted again.
-        if let Some(told) = q.abandoned {
-            let lost = q.failed.len().saturating_sub(told) + left;
+        if let Some(told) = &q.abandoned {
+            let untold = q
+                .failed
+                .keys()
+                .filter(|seq| told.binary_search(seq).is_err());
+            let lost = untold.count() + left;
             if lost > 0 {
                 super::tell_stderr(format_args!(
                     "larder: the store refused {lost} write(s) of a write-back cache after its \
@@ -271,7 +276,29 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
     }
 }
 
-/// Drops `what`, swallowing a panic of its `Drop` (see the flusher's loop).
-fn drop_quietly<T>(what: T) {
-    let _ = catch_unwind(AssertUnwindSafe(|| drop(what)));
+/// Drops what `bin` holds one by one, swallowing each panic of a `Drop`
+/// (see the flusher's loop): one at a time, so that a second panic does not
+/// meet the first one's unwinding, which would abort.
+fn drop_quietly<K, V>(bin: Bin<K, V>) {
+    let Bin { writes, ops, keys } = bin;
+    writes.into_iter().for_each(drop_one_quietly);
+    drop_ops_quietly(ops);
+    keys.into_iter().for_each(drop_one_quietly);
+}
+
+/// [`drop_quietly`] for writes, a key and a value apart.
+fn drop_ops_quietly<K, V>(ops: impl IntoIterator<Item = Op<K, V>>) {
+    for op in ops {
+        match op {
+            Op::Put(key, value) => {
+                drop_one_quietly(key);
+                drop_one_quietly(value);
+            }
+            Op::Delete(key) => drop_one_quietly(key),
+        }
+    }
+}
+
+fn drop_one_quietly<T>(item: T) {
+    let _ = catch_unwind(AssertUnwindSafe(|| drop(item)));
 }

@@ -258,9 +258,11 @@ struct Queue<K, V, E> {
     /// The flusher thread, for `close` called from it (a failure handler).
     flusher_id: Option<thread::ThreadId>,
     /// The last handle was dropped before the flusher finished: failures it
-    /// meets from then on can only go to stderr. Holds how many of `failed`
-    /// the drop's own message counted already.
-    abandoned: Option<usize>,
+    /// meets from then on can only go to stderr. Holds the sequence numbers
+    /// of the failures in `failed` that the drop's own message counted, in
+    /// order (a stored write may take one out of `failed` meanwhile, so a
+    /// count would not do).
+    abandoned: Option<Vec<u64>>,
     stats: WriteStats,
     /// Async `flush` / `close` callers to wake on progress.
     wakers: super::Wakers,
@@ -650,7 +652,7 @@ where
             .filter(|s| s.waiting.is_some() || s.sending.is_some())
             .count();
         // Failures the flusher meets from now on have nobody to go to.
-        q.abandoned = q.running.then_some(q.failed.len());
+        q.abandoned = q.running.then(|| q.failed.keys().copied().collect());
         // A flusher that has stopped is joined, as `close` joins it: it holds
         // the store until its thread ends, and a store's `Drop` (a buffer to
         // flush, a connection to shut) must have run when the drop returns.
@@ -667,9 +669,7 @@ where
         if stopped {
             let flusher = shared.flusher.lock().take();
             if let Some(flusher) = flusher {
-                // A join error (the flusher panicked outside the store's
-                // calls) needs nothing more: `stopped` reported what it left.
-                let _ = flusher.join();
+                join_by(flusher, deadline);
             }
         }
     }
@@ -823,6 +823,27 @@ mod loom_models {
             assert_eq!(wb.store().of(2), vec![2]);
         });
     }
+}
+
+/// Joins the flusher, which has left its loop, unless it is still running
+/// user code (a key's or value's `Drop` on what it let go of) when the
+/// `deadline` of `drop_wait` passes: that code could be waiting for the
+/// thread that drops the cache. A join error (the flusher panicked outside
+/// the store's calls) needs nothing more: `stopped` reported what it left.
+fn join_by(flusher: JoinHandle<()>, deadline: Option<Instant>) {
+    #[cfg(not(larder_loom))]
+    if let Some(deadline) = deadline {
+        while !flusher.is_finished() {
+            if Instant::now() >= deadline {
+                // Left to end on its own, as a flusher the wait gave up on.
+                return;
+            }
+            thread::sleep(std::time::Duration::from_micros(50));
+        }
+    }
+    #[cfg(larder_loom)]
+    let _ = deadline;
+    let _ = flusher.join();
 }
 
 /// Writes a line to stderr, for what a dropped cache can tell nobody else.
