@@ -17,7 +17,8 @@ where
     St: Store<K, V>,
 {
     /// The cached value, or the store's, loaded once per key as with
-    /// [`ReadThrough`](crate::ReadThrough).
+    /// [`ReadThrough`](crate::ReadThrough) (a value the cache refuses is
+    /// loaded again at each read, as there).
     ///
     /// `key` may be a borrowed form (`&str` for `String` keys): an owned
     /// key is made only for a load.
