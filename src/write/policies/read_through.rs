@@ -18,11 +18,10 @@ where
     /// The cached value, or the store's, loaded once however many callers
     /// miss on `key` together (see [`Cache::get_or_load`] for what they see).
     /// A value found is cached; `None` is not. A value the cache refuses (too
-    /// heavy, or with a zero time-to-live from
-    /// [`Store::load_options`](crate::Store::load_options)) is returned but
-    /// not kept: each read loads it again, and each such load reaches the
-    /// listener ([`RemovalCause::Size`](crate::RemovalCause::Size) or
-    /// [`Expired`](crate::RemovalCause::Expired)) and the stats'
+    /// heavy, or with a zero time-to-live from [`Store::load_options`]) is
+    /// returned but not kept: each read loads it again, and each such load
+    /// reaches the listener ([`RemovalCause::Size`](crate::RemovalCause::Size)
+    /// or [`Expired`](crate::RemovalCause::Expired)) and the stats'
     /// `rejections` or `expirations`.
     ///
     /// `key` may be a borrowed form (`&str` for `String` keys): an owned
