@@ -407,6 +407,77 @@ fn listener_sees_every_cause_and_runs_outside_the_lock() {
     );
 }
 
+/// The listener runs outside every shard lock on each path that removes
+/// entries, not only on inserts and removes: tag invalidation, predicate
+/// invalidation, expiry met by a read, by `iter` and by maintenance, and the
+/// evictions of loads. It calls back into the cache, reading and writing
+/// the very keys it hears of; a path that held a lock would deadlock, which
+/// the watchdog turns into a failure.
+#[test]
+fn a_listener_may_call_back_into_the_cache_on_every_removal_path() {
+    use larder::{Clock, EntryOptions};
+    use std::time::Duration;
+    let (done, watchdog) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let (clock, time) = Clock::mock();
+        let slot: Arc<Mutex<Option<Cache<u32, u32>>>> = Arc::default();
+        let reentrant = slot.clone();
+        let heard = Arc::new(Mutex::new(Vec::new()));
+        let sink = heard.clone();
+        let cache: Cache<u32, u32> = Cache::builder()
+            .max_capacity(4)
+            .shards(1)
+            .clock(clock)
+            .time_to_live(Duration::from_secs(10))
+            .eviction_listener(move |k, _, cause| {
+                let cache = reentrant.lock().unwrap().clone();
+                if let Some(c) = cache {
+                    let _ = c.get(&k);
+                    let _ = (c.contains_key(&(k ^ 1)), c.len(), c.stats());
+                    if k < 1000 {
+                        c.insert(k + 1000, 0);
+                    }
+                }
+                sink.lock().unwrap().push(cause);
+            })
+            .build()
+            .unwrap();
+        *slot.lock().unwrap() = Some(cache.clone());
+        let causes = || std::mem::take(&mut *heard.lock().unwrap());
+        cache.insert_with(1, 1, EntryOptions::new().tags(["t"]));
+        cache.invalidate_tag("t");
+        assert!(causes().contains(&RemovalCause::Invalidated));
+        cache.insert(2, 2);
+        cache.invalidate_entries_if(|k, _| *k == 2);
+        assert!(causes().contains(&RemovalCause::Invalidated));
+        cache.insert(2, 2);
+        assert_eq!(cache.remove(&2), Some(2));
+        assert!(causes().contains(&RemovalCause::Explicit));
+        for (k, step) in [(3, "get"), (4, "iter"), (5, "maintenance")] {
+            cache.invalidate_all();
+            cache.insert(k, k);
+            time.advance(Duration::from_secs(11));
+            causes();
+            match step {
+                "get" => assert_eq!(cache.get(&k), None),
+                "iter" => assert_eq!(cache.iter().count(), 0),
+                _ => cache.run_pending_tasks(),
+            }
+            cache.run_pending_tasks();
+            assert!(causes().contains(&RemovalCause::Expired), "{step}");
+        }
+        for k in 20..30 {
+            assert_eq!(cache.get_or_load(k, |k| *k), k);
+        }
+        assert!(causes().contains(&RemovalCause::Size));
+        slot.lock().unwrap().take();
+        let _ = done.send(());
+    });
+    watchdog
+        .recv_timeout(std::time::Duration::from_secs(60))
+        .expect("a removal path called the listener under a lock (or a step failed)");
+}
+
 #[test]
 fn panicking_weigher_leaves_the_cache_unchanged_and_usable() {
     let cache: Cache<u32, u32> = Cache::builder()
@@ -639,6 +710,28 @@ fn custom_hasher_is_used() {
         .unwrap();
     cache.insert(1, 1);
     assert_eq!(cache.get(&1), Some(1));
+}
+
+/// Each cache built with the default hasher draws a seed of its own, so an
+/// attacker who learns one cache's layout (or a key set that floods its
+/// shards) learns nothing of another's, on this thread or any other.
+#[test]
+fn each_cache_hashes_with_a_seed_of_its_own() {
+    let layout = || {
+        let cache: Cache<u64, u64> = Cache::builder()
+            .max_capacity(1 << 20)
+            .shards(64)
+            .build()
+            .unwrap();
+        (0..256u64)
+            .map(|k| cache.shard_index(&k))
+            .collect::<Vec<_>>()
+    };
+    let first = layout();
+    // 256 keys over 64 shards: a chance of 64^-256 that two seeds agree.
+    assert_ne!(first, layout(), "two caches of one thread share a seed");
+    let elsewhere = std::thread::spawn(layout).join().unwrap();
+    assert_ne!(first, elsewhere, "caches of two threads share a seed");
 }
 
 #[test]

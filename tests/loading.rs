@@ -655,12 +655,13 @@ mod model {
 mod asynchronous {
     use super::common::block_on;
     use std::future::Future;
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::panic::{catch_unwind, AssertUnwindSafe};
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     use std::sync::{Arc, Barrier};
-    use std::task::{Context, Wake, Waker};
+    use std::task::{Context, Poll, Wake, Waker};
     use std::time::Duration;
 
-    use larder::Cache;
+    use larder::{Cache, EntryOptions};
 
     fn cache() -> Cache<u32, String> {
         Cache::builder().max_capacity(1_000).build().unwrap()
@@ -1026,35 +1027,132 @@ mod asynchronous {
         assert_eq!((stats.loads, stats.load_failures), (3, 1));
     }
 
+    /// A loader that stays pending until `open` is set (it registers no
+    /// waker: poll it again only once the gate is open).
+    async fn gated(open: &AtomicBool) {
+        std::future::poll_fn(|_| {
+            if open.load(Ordering::SeqCst) {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+        .await
+    }
+
+    /// Polls each of `calls` once, in order, with a waker that does nothing:
+    /// the first becomes the leader, its loader pending, and the rest join
+    /// its flight as waiters.
+    fn join_in_order<F: Future>(calls: &mut [std::pin::Pin<Box<F>>]) {
+        for call in calls.iter_mut() {
+            assert!(call
+                .as_mut()
+                .poll(&mut Context::from_waker(Waker::noop()))
+                .is_pending());
+        }
+    }
+
     #[test]
     fn async_errors_are_shared_and_not_cached() {
-        let cache = Arc::new(cache());
-        let errors = runtime().block_on(async {
-            let tasks: Vec<_> = (0..10)
-                .map(|_| {
-                    let cache = cache.clone();
-                    tokio::spawn(async move {
-                        cache
-                            .try_get_or_load_async(1, async {
-                                tokio::time::sleep(Duration::from_millis(50)).await;
-                                Err::<String, _>("timeout")
-                            })
-                            .await
-                            .unwrap_err()
-                    })
-                })
-                .collect();
-            let mut errors = Vec::new();
-            for t in tasks {
-                errors.push(t.await.unwrap());
-            }
+        let cache = cache();
+        let loads = AtomicUsize::new(0);
+        let open = AtomicBool::new(false);
+        let mut calls: Vec<_> = (0..10)
+            .map(|_| {
+                Box::pin(cache.try_get_or_load_async(1, async {
+                    loads.fetch_add(1, Ordering::SeqCst);
+                    gated(&open).await;
+                    Err::<String, _>("timeout")
+                }))
+            })
+            .collect();
+        join_in_order(&mut calls);
+        assert_eq!(loads.load(Ordering::SeqCst), 1, "one caller loads");
+        open.store(true, Ordering::SeqCst);
+        let errors: Vec<_> = calls
+            .into_iter()
+            .map(|call| block_on(call).unwrap_err())
+            .collect();
+        assert_eq!(loads.load(Ordering::SeqCst), 1, "the waiters ran no load");
+        assert!(
             errors
-        });
-        assert!(errors.iter().all(|e| **e == "timeout"));
-        assert!(cache.stats().loads <= 10 && cache.stats().load_failures == cache.stats().loads);
+                .iter()
+                .all(|e| Arc::ptr_eq(e, &errors[0]) && **e == "timeout"),
+            "one failed load, its error shared"
+        );
+        let stats = cache.stats();
+        assert_eq!((stats.loads, stats.load_failures), (1, 1));
         assert!(!cache.contains_key(&1));
         let v = block_on(cache.optionally_get_or_load_async(1, async { Some("back".to_string()) }));
         assert_eq!(v.as_deref(), Some("back"));
+    }
+
+    /// The async form of `a_panicking_loader_hands_the_load_to_a_waiter`:
+    /// the leader's loader panics while three callers wait on its flight, and
+    /// exactly one of them loads in its place.
+    #[test]
+    fn an_async_loader_panicking_hands_the_load_to_one_waiter() {
+        let cache = cache();
+        let loads = AtomicUsize::new(0);
+        let open = AtomicBool::new(false);
+        let mut calls: Vec<_> = (0..4)
+            .map(|i| {
+                let (loads, open) = (&loads, &open);
+                Box::pin(cache.get_or_load_async(1, async move {
+                    loads.fetch_add(1, Ordering::SeqCst);
+                    if i == 0 {
+                        gated(open).await;
+                        panic!("loader exploded");
+                    }
+                    "recovered".to_string()
+                }))
+            })
+            .collect();
+        join_in_order(&mut calls);
+        open.store(true, Ordering::SeqCst);
+        let mut calls = calls.into_iter();
+        let leader = calls.next().unwrap();
+        let panic = catch_unwind(AssertUnwindSafe(|| block_on(leader))).unwrap_err();
+        assert_eq!(panic.downcast_ref::<&str>(), Some(&"loader exploded"));
+        for waiter in calls {
+            assert_eq!(block_on(waiter), "recovered");
+        }
+        assert_eq!(
+            loads.load(Ordering::SeqCst),
+            2,
+            "the panicking load and one takeover"
+        );
+        let stats = cache.stats();
+        assert_eq!((stats.loads, stats.load_failures), (2, 1));
+        assert_eq!(cache.peek(&1).as_deref(), Some("recovered"));
+    }
+
+    /// An async load in flight when `remove` or `invalidate_tag` returns does
+    /// not land in the cache (its callers still get its value).
+    #[test]
+    fn an_async_load_in_flight_when_an_invalidation_returns_is_not_cached() {
+        for how in ["remove", "invalidate_tag", "invalidate_all"] {
+            let cache = cache();
+            let open = AtomicBool::new(false);
+            let mut calls = vec![Box::pin(cache.get_or_load_with_async(1, async {
+                gated(&open).await;
+                ("stale".to_string(), EntryOptions::new().tags(["t"]))
+            }))];
+            join_in_order(&mut calls);
+            match how {
+                "remove" => assert_eq!(cache.remove(&1), None),
+                "invalidate_tag" => cache.invalidate_tag("t"),
+                _ => cache.invalidate_all(),
+            }
+            open.store(true, Ordering::SeqCst);
+            assert_eq!(block_on(calls.pop().unwrap()), "stale", "{how}");
+            assert_eq!(cache.peek(&1), None, "{how}");
+            assert_eq!(
+                cache.get_or_load(1, |_| "fresh".to_string()),
+                "fresh",
+                "{how}"
+            );
+        }
     }
 }
 

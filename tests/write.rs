@@ -629,6 +629,43 @@ fn write_through_stores_before_caching_and_a_failure_changes_nothing() {
     assert_eq!(cache.get(&1), Ok(None));
 }
 
+/// While a write-through call waits in the store, readers see the value
+/// before it: the cache is written only after the store took the write, and
+/// never at all when the store fails it (not cached first and rolled back).
+#[test]
+fn readers_never_see_a_write_through_value_the_store_has_not_taken() {
+    let db = Db::new();
+    let cache = Cache::builder()
+        .max_capacity(100)
+        .write_through(Shared(db.clone()))
+        .build()
+        .unwrap();
+    cache.put(1, 10).unwrap();
+    for (fail, delete) in [(100, false), (100, true), (0, false)] {
+        db.faults.lock().unwrap().fail = fail;
+        db.arrived.store(0, Ordering::SeqCst);
+        db.close_gate();
+        std::thread::scope(|s| {
+            let writer = s.spawn(|| {
+                if delete {
+                    cache.delete(&1)
+                } else {
+                    cache.put(1, 11)
+                }
+            });
+            wait_until("the write reaches the store", || {
+                db.arrived.load(Ordering::SeqCst) == 1
+            });
+            assert_eq!(cache.peek(&1), Some(10), "fail {fail}, delete {delete}");
+            assert_eq!(cache.get(&1), Ok(Some(10)), "fail {fail}, delete {delete}");
+            db.open_gate();
+            assert_eq!(writer.join().unwrap().is_ok(), fail == 0);
+        });
+        let now = if fail == 0 { Some(11) } else { Some(10) };
+        assert_eq!((db.value(1), cache.peek(&1)), (now, now), "fail {fail}");
+    }
+}
+
 #[test]
 fn a_write_through_store_that_panics_after_taking_the_write_leaves_no_stale_copy() {
     /// Applies every write, then panics on the value 13 and on deletes of key 7.
