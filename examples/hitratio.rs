@@ -50,13 +50,23 @@ enum Format {
     Be64,
 }
 
+/// The format of the trace at `path`, from its file name and the name of the
+/// folder it sits in (as in `../shared/traces`), never from folders further
+/// up, whose names say nothing of the file.
 fn guess_format(path: &Path) -> Format {
-    let name = path.to_string_lossy();
-    if name.contains(".lis") {
+    let name_of = |p: Option<&Path>| {
+        p.and_then(Path::file_name)
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    };
+    let file = name_of(Some(path));
+    let folder = name_of(path.parent());
+    let either = |word: &str| file.contains(word) || folder.contains(word);
+    if file.contains(".lis") {
         Format::Arc
-    } else if name.contains("cache2k") {
+    } else if either("cache2k") {
         Format::Be32
-    } else if name.contains("scarab") || name.contains("corda") {
+    } else if either("scarab") || either("corda") {
         Format::Be64
     } else {
         Format::Lirs
