@@ -129,6 +129,51 @@ fn count_bound_holds_after_every_insert() {
     }
 }
 
+/// An entry of weight 0 takes no capacity, and evicting it would free
+/// nothing: making room passes over such entries under every policy, even
+/// where they come first in its order (the oldest, the least frequent).
+#[test]
+fn entries_of_weight_zero_are_not_evicted_to_make_room() {
+    for eviction in [Eviction::TinyLfu, Eviction::Lru, Eviction::Lfu] {
+        let cache: Cache<u32, u32> = Cache::builder()
+            .max_capacity(100)
+            .shards(1)
+            .eviction(eviction)
+            .weigher(|_, v| *v)
+            .build()
+            .unwrap();
+        for k in 0..50 {
+            cache.insert(k, 0);
+        }
+        for k in 1000..1100 {
+            cache.insert(k, 1);
+        }
+        // The weighed entries read more often than the weightless ones,
+        // and new keys that come back (warm candidates under W-TinyLfu).
+        for _ in 0..3 {
+            for k in 1000..1100 {
+                cache.get(&k);
+            }
+        }
+        for _ in 0..5 {
+            for k in 2000..2030 {
+                cache.insert(k, 1);
+            }
+        }
+        let stats = cache.stats();
+        assert!(stats.evictions > 0, "{eviction:?}");
+        assert_eq!(
+            stats.evicted_weight, stats.evictions,
+            "{eviction:?}: each eviction freed a unit"
+        );
+        assert!(cache.weighted_size() <= 100, "{eviction:?}");
+        assert!(
+            (0..50).all(|k| cache.peek(&k) == Some(0)),
+            "{eviction:?}: a weightless entry was evicted"
+        );
+    }
+}
+
 #[test]
 fn weight_bound_holds_and_heavy_entries_are_refused() {
     let log = Arc::new(Mutex::new(Vec::new()));

@@ -175,7 +175,11 @@ where
     /// Weights above `u32::MAX - 1` are clamped to it. A weight of 0 is
     /// allowed; such entries take no capacity, so only memory bounds their
     /// number, up to `u32::MAX - 1` entries a shard (its tokens are `u32`s):
-    /// beyond that a new key evicts one entry in policy order first. An entry
+    /// beyond that a new key evicts one entry in policy order first. Making
+    /// room for a write passes them over, as evicting them would free
+    /// nothing: expiry, removal and invalidation still take them out, but
+    /// weight does not (at most as many are passed over per write as the
+    /// shard holds entries, after which they go in policy order). An entry
     /// heavier than one shard's share of the capacity is refused (see
     /// [`Cache::max_entry_weight`](crate::Cache::max_entry_weight)): the
     /// default shard count depends on the cores, so say how heavy entries

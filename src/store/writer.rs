@@ -555,12 +555,28 @@ impl<K: Eq, V, H: Fn(&K) -> u64> ShardWriter<'_, K, V, H> {
     /// Evicts in policy order, never `keep`, until the shard weighs at most `limit`.
     /// A victim whose deadline had passed (expiry not yet reclaimed it) is
     /// reported, and counted, as expired.
+    ///
+    /// A live victim of weight 0 would free nothing: it is passed over (see
+    /// [`Policy::pass_over`](crate::policy::Policy::pass_over)), so entries
+    /// of weight 0 are not evicted to make room, as in Caffeine. At most as
+    /// many are passed over as the shard holds entries, so a policy that
+    /// would name them again and again still ends: past that, they go in
+    /// policy order.
     #[inline(always)]
     fn evict_to(&mut self, limit: u64, keep: Token, now: Option<u64>, out: &mut Removed<K, V>) {
+        let mut passed = 0;
         while self.map.weight > limit {
             let Some(victim) = self.with_policy(|p, view| p.victim(keep, view)) else {
                 break;
             };
+            if self.map.slab.get(victim).weight() == 0
+                && passed < self.map.slab.len()
+                && self.map.is_live(victim, now)
+            {
+                passed += 1;
+                self.with_policy(|p, view| p.pass_over(victim, view));
+                continue;
+            }
             self.evict(victim, now, out);
         }
     }

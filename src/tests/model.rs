@@ -71,6 +71,21 @@ impl Model {
         self.sort();
     }
 
+    /// Under LRU, as a read; under LFU, to the next frequency up that an
+    /// entry has (or its own if none is higher), as the most recent there.
+    fn pass_over(&mut self, i: usize) {
+        if self.eviction == Eviction::Lfu {
+            let own = self.entries[i].2;
+            let up = self.entries.iter().map(|e| e.2).filter(|&f| f > own).min();
+            self.entries[i].2 = up.unwrap_or(own);
+            self.clock += 1;
+            self.entries[i].3 = self.clock;
+            self.sort();
+        } else {
+            self.touch(i);
+        }
+    }
+
     fn get(&mut self, k: u8) -> Option<Val> {
         let i = self.pos(k)?;
         let v = self.entries[i].1;
@@ -78,11 +93,19 @@ impl Model {
         Some(v)
     }
 
+    /// Entries of weight 0 free nothing: the cache passes them over, up to
+    /// as many times as it holds entries.
     fn evict(&mut self, limit: u64, keep: Option<u8>) {
+        let mut passed = 0;
         while self.weight() > limit {
             let Some(i) = self.entries.iter().position(|e| Some(e.0) != keep) else {
                 break;
             };
+            if self.entries[i].1 .1 == 0 && passed < self.entries.len() {
+                passed += 1;
+                self.pass_over(i);
+                continue;
+            }
             let (k, v, ..) = self.entries.remove(i);
             self.removed.push((k, v, RemovalCause::Size));
         }
@@ -106,10 +129,11 @@ impl Model {
                 self.evict(self.capacity, Some(k));
             }
             None => {
-                self.evict(self.capacity - w, None);
+                // In first, then room made around it, as the cache does.
                 self.clock += 1;
                 self.entries.push((k, v, 1, self.clock));
                 self.sort();
+                self.evict(self.capacity, Some(k));
             }
         }
     }
