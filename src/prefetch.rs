@@ -10,8 +10,8 @@
 //! help — it holds up the instructions after it until the line arrives, and
 //! the lock release waits for it — while a prefetch asks nothing to wait.
 //!
-//! This module and `store::slots` (the slab's line-aligned memory) are the
-//! only ones with `unsafe` code.
+//! This module, `store::slots` (the slab's line-aligned memory) and the SSE2
+//! tag match in `store::table` are the only places with `unsafe` code.
 #![allow(unsafe_code)]
 
 /// Starts fetching the cache line holding `address` into every cache level.
