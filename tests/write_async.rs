@@ -855,3 +855,95 @@ fn an_async_store_future_panicking_in_its_drop_drops_the_cached_copy() {
     );
     assert_eq!(cache.peek(&1), Some(11));
 }
+
+type AsyncEchoCache = Cache<u64, u64, larder::DefaultHashBuilder, larder::WriteThrough<AsyncEcho>>;
+
+/// A boxed `put_async` of the cache behind an [`AsyncEcho`].
+type EchoPut = Box<
+    dyn Fn(u64, u64) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send>>
+        + Send
+        + Sync,
+>;
+
+/// An async write-through store that, against its docs, writes to the cache
+/// it stands behind from within its write: each put of a value under 100
+/// puts 100 more under the same key. The cache's `put_async` is reached
+/// through a boxed function, set after the build (the store's future
+/// cannot name the cache's, which holds it).
+#[derive(Clone, Default)]
+struct AsyncEcho {
+    put: Arc<std::sync::OnceLock<EchoPut>>,
+}
+
+impl AsyncStore<u64, u64> for AsyncEcho {
+    type Error = String;
+    async fn load(&self, _: &u64) -> Result<Option<u64>, String> {
+        Ok(None)
+    }
+    async fn write_batch(&self, ops: &[Op<u64, u64>]) -> Result<(), String> {
+        for op in ops {
+            if let Op::Put(k, v) = op {
+                if *v < 100 {
+                    let put = self.put.get().expect("set after the build");
+                    if !put(*k, v + 100).await {
+                        return Err("the echo failed".into());
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// An async store writing its own key (or another of its lock stripe) to
+/// the cache from within that key's write used to leave the write pending
+/// for good: the stripe was held by the very call that waited for it. It
+/// panics with a message instead, and the cache stays usable.
+#[test]
+fn an_async_store_writing_its_own_key_to_the_cache_panics_instead_of_hanging() {
+    let store = AsyncEcho::default();
+    let cache: AsyncEchoCache = Cache::builder()
+        .max_capacity(100)
+        .write_through(store.clone())
+        .build()
+        .unwrap();
+    let echo = cache.clone();
+    let put: EchoPut = Box::new(move |k, v| {
+        let cache = echo.clone();
+        Box::pin(async move { cache.put_async(k, v).await.is_ok() })
+    });
+    assert!(store.put.set(put).is_ok());
+    let (tx, rx) = std::sync::mpsc::channel();
+    let writer = cache.clone();
+    // On a thread of its own: a regression hangs that thread, not the test.
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let put = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            runtime.block_on(writer.put_async(1, 1))
+        }));
+        let message = put.err().map(|panic| {
+            panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default()
+        });
+        let _ = tx.send(message);
+    });
+    let message = rx
+        .recv_timeout(Duration::from_secs(20))
+        .unwrap_or_else(|_| panic!("the put hung"))
+        .unwrap_or_else(|| panic!("the put did not panic"));
+    assert!(message.contains("would wait for itself"), "{message}");
+    assert_eq!(cache.peek(&1), None, "no copy of an uncertain write");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    assert!(
+        runtime.block_on(cache.put_async(1, 500)).is_ok(),
+        "the key's stripe was released"
+    );
+    assert_eq!(cache.peek(&1), Some(500));
+}

@@ -32,6 +32,22 @@ struct StripeState {
 thread_local! {
     /// A byte whose address names the thread (see [`this_thread`]).
     static THREAD_MARK: u8 = const { 0 };
+    /// The stripes (by address) whose async store calls this thread is in
+    /// now: making, polling or dropping the store's future (see
+    /// [`KeyGuard::serving`]). Innermost last.
+    static SERVING: std::cell::RefCell<Vec<usize>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// The message of a store that writes a key of the stripe it serves.
+const WAITS_FOR_ITSELF: &str = "larder: a store wrote to the cache it stands behind while serving \
+     a write of a key of the same lock stripe; this would wait for itself forever";
+
+/// Whether this thread is inside an async store call holding `stripe`.
+/// Loom runs its threads on one thread of the OS, so thread-locals do not
+/// tell them apart there.
+fn serving(stripe: &Stripe) -> bool {
+    let stripe = std::ptr::from_ref(stripe).addr();
+    !cfg!(larder_loom) && SERVING.with(|s| s.borrow().contains(&stripe))
 }
 
 /// An id of the calling thread, never 0: the address of its
@@ -45,6 +61,36 @@ fn this_thread() -> usize {
 pub(crate) struct KeyGuard<'a> {
     stripe: &'a Stripe,
 }
+
+impl KeyGuard<'_> {
+    /// A mark of this guard's stripe, for [`serving`](Self::serving).
+    pub(crate) fn mark(&self) -> StripeMark {
+        StripeMark(std::ptr::from_ref(self.stripe).addr())
+    }
+
+    /// Runs `f` (a step of an async store call: making its future, a poll,
+    /// its drop) with this thread marked as serving the stripe of `mark`, so
+    /// that a write of the same stripe that the store makes from within the
+    /// step panics with a message instead of waiting for itself: a blocking
+    /// one would park the thread the holder's task needs, an awaiting one
+    /// would leave the holder's future pending for good.
+    pub(crate) fn serving<R>(mark: StripeMark, f: impl FnOnce() -> R) -> R {
+        /// Takes the mark off again, however `f` ends.
+        struct Unmark;
+        impl Drop for Unmark {
+            fn drop(&mut self) {
+                SERVING.with(|s| s.borrow_mut().pop());
+            }
+        }
+        SERVING.with(|s| s.borrow_mut().push(mark.0));
+        let _unmark = Unmark;
+        f()
+    }
+}
+
+/// The stripe a [`KeyGuard`] holds, by address.
+#[derive(Clone, Copy)]
+pub(crate) struct StripeMark(usize);
 
 impl Drop for KeyGuard<'_> {
     fn drop(&mut self) {
@@ -174,7 +220,8 @@ impl KeyLocks {
     /// If this thread holds the stripe already: a store writing to the cache
     /// it stands behind, from within a write of a key of the same stripe
     /// (which [`Store`](crate::Store)'s docs forbid), would wait for itself
-    /// forever.
+    /// forever. (A cache over an [`AsyncStore`](crate::AsyncStore) takes
+    /// its stripes with [`lock_async`](Self::lock_async) only.)
     pub(crate) fn lock(&self, hash: u64) -> KeyGuard<'_> {
         let stripe = self.stripe(hash);
         let me = this_thread();
@@ -183,9 +230,7 @@ impl KeyLocks {
         // do not tell them apart there.
         assert!(
             cfg!(larder_loom) || !(state.held && state.holder == me),
-            "larder: a store wrote to the cache it stands behind while serving \
-             a write of a key of the same lock stripe; this would wait for \
-             itself forever"
+            "{WAITS_FOR_ITSELF}"
         );
         while state.held {
             state = stripe.released.wait(state);
@@ -197,8 +242,14 @@ impl KeyLocks {
 
     /// Takes a key's stripe, awaiting. Dropping the future while it waits
     /// gives up nothing (it held nothing yet) and leaves no waker behind.
+    ///
+    /// # Panics
+    ///
+    /// When first polled inside an async store call holding the stripe (see
+    /// [`lock`](Self::lock)).
     pub(crate) async fn lock_async(&self, hash: u64) -> KeyGuard<'_> {
         let stripe = self.stripe(hash);
+        assert!(!serving(stripe), "{WAITS_FOR_ITSELF}");
         let waiter = Waiter::new();
         let _forget = Forget(|| {
             if waiter.filed() {

@@ -184,6 +184,13 @@ pub trait Store<K, V>: Send + Sync + 'static {
 /// `_async` calls (`get_async`, `put_async`, `delete_async`). For write-back,
 /// wrap it in [`Spawned`] with your runtime's spawn function.
 ///
+/// An `AsyncStore` must not write to the cache it stands behind either. A
+/// write-through `write_batch` whose future awaits a `put_async` or
+/// `delete_async` of a key of its own stripe panics with a message rather
+/// than stay pending for good (caught as the future is made, polled or
+/// dropped once done; a write the future starts elsewhere, on a task it
+/// spawns, or from its `Drop` when cancelled, is not caught).
+///
 /// From async code, call only the `_async` methods. A blocking call (`put`,
 /// `delete`, `flush`, `close`, `get_or_load`) parks its thread while it waits
 /// for a key's stripe, a load or the queue; on a single-threaded runtime the

@@ -725,6 +725,9 @@ where
         guard: KeyGuard<'a>,
         call: impl FnOnce() -> F,
     ) -> (T, KeyGuard<'a>) {
+        // Each step of the call runs marked as serving the stripe, so that
+        // a store writing a key of it panics instead of waiting for itself.
+        let mark = guard.mark();
         // A mutex, not a cell: the future stays `Send` (it is never contended).
         let held = parking_lot::Mutex::new(Some(guard));
         let undo = || {
@@ -733,7 +736,7 @@ where
             let _ = catch_unwind(AssertUnwindSafe(|| self.notify(stale)));
         };
         let mut cancelled = OnDrop(Some(&undo));
-        let call = match catch_unwind(AssertUnwindSafe(call)) {
+        let call = match catch_unwind(AssertUnwindSafe(|| KeyGuard::serving(mark, call))) {
             Ok(call) => call,
             Err(panic) => {
                 cancelled.0 = None;
@@ -746,15 +749,17 @@ where
         let mut call = std::pin::pin!(Some(call));
         let result = std::future::poll_fn(|cx| {
             let poll = catch_unwind(AssertUnwindSafe(|| {
-                let poll = call
-                    .as_mut()
-                    .as_pin_mut()
-                    .expect("polled only until it is ready")
-                    .poll(cx);
-                if poll.is_ready() {
-                    call.set(None);
-                }
-                poll
+                KeyGuard::serving(mark, || {
+                    let poll = call
+                        .as_mut()
+                        .as_pin_mut()
+                        .expect("polled only until it is ready")
+                        .poll(cx);
+                    if poll.is_ready() {
+                        call.set(None);
+                    }
+                    poll
+                })
             }));
             match poll {
                 Ok(poll) => poll.map(Ok),
@@ -772,7 +777,9 @@ where
                 // A future that panicked in its poll goes first, its own
                 // drop's panic (if any) swallowed: the first panic is the
                 // one raised.
-                let _ = catch_unwind(AssertUnwindSafe(|| call.set(None)));
+                let _ = catch_unwind(AssertUnwindSafe(|| {
+                    KeyGuard::serving(mark, || call.set(None))
+                }));
                 undo();
                 resume_unwind(panic)
             }
