@@ -174,6 +174,64 @@ fn entries_of_weight_zero_are_not_evicted_to_make_room() {
     }
 }
 
+/// However far ahead of the weighed entries in the policy's order the
+/// weightless ones stand (the least frequent under LFU, read less than the
+/// victim), and whichever way their weight changes, only weighed entries
+/// make room.
+#[test]
+fn weightless_entries_stay_out_of_the_way_of_every_eviction() {
+    for eviction in [Eviction::TinyLfu, Eviction::Lru, Eviction::Lfu] {
+        let evicted = Arc::new(Mutex::new(Vec::new()));
+        let sink = evicted.clone();
+        let cache: Cache<u32, u32> = Cache::builder()
+            .max_capacity(10)
+            .shards(1)
+            .eviction(eviction)
+            .weigher(|_, v| *v)
+            .eviction_listener(move |k, v, cause| {
+                if cause == RemovalCause::Size {
+                    sink.lock().unwrap().push((k, v));
+                }
+            })
+            .build()
+            .unwrap();
+        cache.insert(100, 5);
+        for _ in 0..6 {
+            cache.get(&100);
+        }
+        for k in 0..10 {
+            cache.insert(k, 0);
+        }
+        for f in 1..6 {
+            cache.insert(10 + f, 0);
+            for _ in 0..f {
+                cache.get(&(10 + f));
+            }
+        }
+        cache.insert(200, 6);
+        for k in (0..16).filter(|&k| k != 10) {
+            assert_eq!(cache.peek(&k), Some(0), "{eviction:?}: {k} was evicted");
+        }
+        // Weighed at last, 3 joins the eviction order; 400 leaves it.
+        cache.insert(400, 2);
+        cache.insert(3, 1);
+        cache.insert(400, 0);
+        for k in 500..510 {
+            cache.insert(k, 4);
+        }
+        for k in (0..16).filter(|&k| k != 3 && k != 10).chain([400]) {
+            assert_eq!(cache.peek(&k), Some(0), "{eviction:?}: {k} was evicted");
+        }
+        let evicted = evicted.lock().unwrap();
+        assert!(!evicted.is_empty(), "{eviction:?}");
+        assert!(
+            evicted.iter().all(|&(_, v)| v != 0),
+            "{eviction:?}: {evicted:?}"
+        );
+        assert!(cache.weighted_size() <= 10, "{eviction:?}");
+    }
+}
+
 #[test]
 fn weight_bound_holds_and_heavy_entries_are_refused() {
     let log = Arc::new(Mutex::new(Vec::new()));

@@ -273,39 +273,19 @@ impl Model {
     fn weight(&self) -> u64 {
         self.entries.iter().map(|e| e.2).sum()
     }
-    /// How the cache passes over an entry of weight 0 as it makes room:
-    /// under LRU as a read, under LFU to the next frequency up that an entry
-    /// has (or its own if none is higher), as the most recent there.
-    fn pass_over(&mut self, i: usize) {
-        if self.lfu {
-            let own = self.entries[i].3;
-            let up = self.entries.iter().map(|e| e.3).filter(|&f| f > own).min();
-            self.entries[i].3 = up.unwrap_or(own);
-            self.clock += 1;
-            self.entries[i].4 = self.clock;
-            self.sort();
-        } else {
-            self.touch(i);
-        }
-    }
-    /// The next victim, never `keep`, entries of weight 0 passed over on
-    /// the way while `passed` stays below `most` (then they go too).
-    fn next_victim(&mut self, keep: Option<u8>, passed: &mut usize, most: usize) -> Option<usize> {
-        loop {
-            let i = self.entries.iter().position(|e| Some(e.0) != keep)?;
-            if self.entries[i].2 != 0 || *passed >= most {
-                return Some(i);
-            }
-            *passed += 1;
-            self.pass_over(i);
-        }
+    /// The next victim in eviction order, never `keep`, nor an entry of
+    /// weight 0 (the cache keeps those out of its policy: evicting one
+    /// would free nothing).
+    fn next_victim(&self, keep: Option<u8>) -> Option<usize> {
+        self.entries
+            .iter()
+            .position(|e| Some(e.0) != keep && e.2 != 0)
     }
     /// Evicts in order until the weight is within `limit`; returns the
     /// entries evicted, as the listener hears of them.
     fn evict(&mut self, limit: u64, keep: Option<u8>, out: &mut Vec<Removal>) {
-        let (mut passed, most) = (0, self.entries.len());
         while self.weight() > limit {
-            match self.next_victim(keep, &mut passed, most) {
+            match self.next_victim(keep) {
                 Some(i) => {
                     let e = self.entries.remove(i);
                     out.push((e.0, e.1, RemovalCause::Size));
@@ -329,17 +309,21 @@ impl Model {
         match self.pos(k) {
             Some(i) => {
                 out.push((k, self.entries[i].1, RemovalCause::Replaced));
+                if self.entries[i].2 == 0 && w != 0 {
+                    // Weighed at last: it joins the policy as a new entry
+                    // (then read, as any update is).
+                    self.entries[i].3 = 1;
+                }
                 self.entries[i].1 = v;
                 self.entries[i].2 = w;
                 self.touch(i);
                 self.evict(self.capacity, Some(k), &mut out);
             }
             None => {
-                // In first, then room made around it, as the cache does.
+                self.evict(self.capacity - w, None, &mut out);
                 self.clock += 1;
                 self.entries.push((k, v, w, 1, self.clock));
                 self.sort();
-                self.evict(self.capacity, Some(k), &mut out);
             }
         }
         out
@@ -364,17 +348,15 @@ impl Model {
         let victims = heard
             .iter()
             .filter(|e| e.2 == RemovalCause::Size && e.0 != k);
-        // The written entry was resident while room was made: it counts
-        // towards the entries the cache passes over at most.
-        let (mut passed, most) = (0, self.entries.len() + 1);
         for &(victim, value, cause) in victims {
             assert!(
                 weight > self.capacity,
                 "{victim} evicted with the shard within its capacity"
             );
-            let i = self.next_victim(None, &mut passed, most);
-            let i = i.unwrap_or_else(|| panic!("{victim} evicted from nothing"));
-            let e = self.entries.remove(i);
+            let i = self.next_victim(None);
+            let e = self
+                .entries
+                .remove(i.unwrap_or_else(|| panic!("{victim} evicted from nothing")));
             assert_eq!((victim, value), (e.0, e.1), "evicted out of order");
             assert!(!panicky(victim), "{victim} evicted, its `Hash` panicking");
             weight -= e.2;
@@ -382,7 +364,7 @@ impl Model {
         }
         let at_victim = weight > self.capacity
             && self
-                .next_victim(None, &mut passed, most)
+                .next_victim(None)
                 .is_some_and(|i| panicky(self.entries[i].0));
         let as_grown = old.is_none() && out.is_empty() && self.entries.iter().any(|e| panicky(e.0));
         assert!(

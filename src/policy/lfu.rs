@@ -65,26 +65,6 @@ impl Lfu {
         self.place(token, to, entries);
     }
 
-    /// Moves `token` to the back of the next bucket up, taking its
-    /// frequency, or to the back of its own bucket if none is higher: the
-    /// eviction passes over an entry of weight 0 this way, reaching an entry
-    /// that frees something after one pass per bucket at most.
-    pub(crate) fn pass_over(&mut self, token: Token, entries: &impl Entries) {
-        let from = match self.bucket_of.get(token as usize) {
-            Some(&b) if b != NIL => b,
-            _ => return,
-        };
-        let next = self.buckets[from as usize].next;
-        if next == NIL {
-            let b = &mut self.buckets[from as usize];
-            b.entries.move_to_back(&mut { entries }, token);
-            return;
-        }
-        // Freeing `from`, if it empties, leaves `next` where it is.
-        self.take(token, entries);
-        self.place(token, next, entries);
-    }
-
     pub(crate) fn on_remove(&mut self, token: Token, entries: &impl Entries) {
         self.take(token, entries);
     }

@@ -140,19 +140,6 @@ impl Policy {
     /// fetching the lines its insert and the eviction after it will read.
     /// Returns the hash of the entry that eviction will most likely take,
     /// if the policy knows it.
-    /// Moves a victim of weight 0, which would free nothing, out of the
-    /// way of the eviction: as a read would under LRU and W-TinyLfu (the
-    /// back of its list; a second chance), and under LFU to the back of the
-    /// next frequency up, so that it is passed over once per bucket at most.
-    #[cold]
-    pub(crate) fn pass_over(&mut self, token: Token, entries: &impl Entries) {
-        match self {
-            Self::Lru(p) => p.on_access(token, entries),
-            Self::Lfu(p) => p.pass_over(token, entries),
-            Self::TinyLfu(p) => p.on_access(token, entries),
-        }
-    }
-
     #[inline]
     pub(crate) fn prefetch_insert(&mut self, hash: u64, entries: &impl Entries) -> Option<u64> {
         match self {

@@ -93,7 +93,7 @@ impl<K: Eq, V, H: Fn(&K) -> u64> ShardWriter<'_, K, V, H> {
         };
         let token = match existing {
             Some(t) => {
-                self.replace(t, key, value, weight, out);
+                self.replace(hash, t, key, value, weight, out);
                 t
             }
             None => self.place(hash, key, value, weight, now, out),
@@ -148,7 +148,7 @@ impl<K: Eq, V, H: Fn(&K) -> u64> ShardWriter<'_, K, V, H> {
         }
         let token = match existing {
             Some(t) => {
-                self.replace(t, key, value, weight, out);
+                self.replace(hash, t, key, value, weight, out);
                 t
             }
             None => self.place(hash, key, value, weight, None, out),
@@ -175,19 +175,39 @@ impl<K: Eq, V, H: Fn(&K) -> u64> ShardWriter<'_, K, V, H> {
         !self.map.timed && self.map.tags.as_ref().is_none_or(|index| index.len() == 0)
     }
 
-    /// Gives the resident entry at `t` a new value and weight; the old value
-    /// goes to `out` as replaced.
+    /// Gives the resident entry at `t` (under `hash`) a new value and
+    /// weight; the old value goes to `out` as replaced. An entry whose
+    /// weight becomes 0 leaves the policy, and one whose weight was 0 joins
+    /// it as a new entry would (see [`add`](Self::add)).
     #[inline(always)]
-    fn replace(&mut self, t: Token, key: K, value: V, weight: u32, out: &mut Removed<K, V>) {
+    fn replace(
+        &mut self,
+        hash: u64,
+        t: Token,
+        key: K,
+        value: V,
+        weight: u32,
+        out: &mut Removed<K, V>,
+    ) {
+        let old_weight = self.map.slab.get(t).weight();
+        if old_weight != 0 && weight == 0 {
+            // Before the weight changes: the policy takes its old weight off.
+            self.with_policy(|p, view| p.on_remove(t, hash, view));
+        }
         let map = &mut *self.map;
         let entry = map.slab.get_mut(t);
-        let old_weight = entry.weight();
         let old_value = std::mem::replace(&mut entry.value, value);
         entry.set_weight(weight);
         map.weight = map.weight - u64::from(old_weight) + u64::from(weight);
         map.counters.updates += 1;
         out.push((key, old_value, RemovalCause::Replaced));
-        if old_weight != weight {
+        if weight == 0 {
+            return;
+        }
+        if old_weight == 0 {
+            self.with_policy(|p, view| p.on_insert(t, hash, view));
+            self.count_fresh();
+        } else if old_weight != weight {
             self.with_policy(|p, view| p.on_reweigh(t, old_weight, weight, view));
         }
         self.with_policy(|p, view| p.on_access(t, view));
@@ -233,6 +253,12 @@ impl<K: Eq, V, H: Fn(&K) -> u64> ShardWriter<'_, K, V, H> {
 
     /// Adds a new entry to the slab, the table (its room reserved: see
     /// [`place`](Self::place)) and the policy; returns its token.
+    ///
+    /// An entry of weight 0 stays out of the policy: evicting it would free
+    /// nothing, so the policy never names it to make room (as in Caffeine),
+    /// and it costs the evictions nothing. Only expiry, a removal, an
+    /// invalidation, or a new key that finds every token taken
+    /// ([`evict_for_token`](Self::evict_for_token)) takes it out.
     #[inline(always)]
     fn add(&mut self, hash: u64, key: K, value: V, weight: u32) -> Token {
         let map = &mut *self.map;
@@ -243,7 +269,9 @@ impl<K: Eq, V, H: Fn(&K) -> u64> ShardWriter<'_, K, V, H> {
         map.table.insert_reserved(hash, t);
         map.weight += u64::from(weight);
         map.counters.inserts += 1;
-        self.with_policy(|p, view| p.on_insert(t, hash, view));
+        if weight != 0 {
+            self.with_policy(|p, view| p.on_insert(t, hash, view));
+        }
         t
     }
 
@@ -262,12 +290,19 @@ impl<K: Eq, V, H: Fn(&K) -> u64> ShardWriter<'_, K, V, H> {
             self.fit(hash, token, now, out);
         }
         if added {
-            self.with_policy(|p, view| p.count_fresh(view));
-            // The count may have started the sketch.
-            let map = &mut *self.map;
-            if !map.sketch_lines.is_some() {
-                map.sketch_lines = map.policy.get_mut().sketch_lines();
-            }
+            self.count_fresh();
+        }
+    }
+
+    /// Counts the entry the policy took in last in the sketch (see
+    /// `TinyLfu::count_fresh`).
+    #[inline(always)]
+    fn count_fresh(&mut self) {
+        self.with_policy(|p, view| p.count_fresh(view));
+        // The count may have started the sketch.
+        let map = &mut *self.map;
+        if !map.sketch_lines.is_some() {
+            map.sketch_lines = map.policy.get_mut().sketch_lines();
         }
     }
 
@@ -541,11 +576,13 @@ impl<K: Eq, V, H: Fn(&K) -> u64> ShardWriter<'_, K, V, H> {
 
     /// A shard's tokens are `u32`s: with every one taken (`u32::MAX - 1`
     /// entries, which only weights of 0 or a capacity above that count per
-    /// shard allow), a new key first evicts one entry in policy order.
+    /// shard allow), a new key first evicts one entry in policy order, or,
+    /// if the policy holds none, the entry of weight 0 at the lowest token.
     #[cold]
     #[inline(never)]
     fn evict_for_token(&mut self, now: Option<u64>, out: &mut Removed<K, V>) {
-        let Some(victim) = self.with_policy(|p, view| p.victim(crate::policy::list::NIL, view))
+        let victim = self.with_policy(|p, view| p.victim(crate::policy::list::NIL, view));
+        let Some(victim) = victim.or_else(|| self.map.slab.iter_from(0).next().map(|(t, _)| t))
         else {
             unreachable!("a full slab holds entries");
         };
@@ -555,28 +592,12 @@ impl<K: Eq, V, H: Fn(&K) -> u64> ShardWriter<'_, K, V, H> {
     /// Evicts in policy order, never `keep`, until the shard weighs at most `limit`.
     /// A victim whose deadline had passed (expiry not yet reclaimed it) is
     /// reported, and counted, as expired.
-    ///
-    /// A live victim of weight 0 would free nothing: it is passed over (see
-    /// [`Policy::pass_over`](crate::policy::Policy::pass_over)), so entries
-    /// of weight 0 are not evicted to make room, as in Caffeine. At most as
-    /// many are passed over as the shard holds entries, so a policy that
-    /// would name them again and again still ends: past that, they go in
-    /// policy order.
     #[inline(always)]
     fn evict_to(&mut self, limit: u64, keep: Token, now: Option<u64>, out: &mut Removed<K, V>) {
-        let mut passed = 0;
         while self.map.weight > limit {
             let Some(victim) = self.with_policy(|p, view| p.victim(keep, view)) else {
                 break;
             };
-            if self.map.slab.get(victim).weight() == 0
-                && passed < self.map.slab.len()
-                && self.map.is_live(victim, now)
-            {
-                passed += 1;
-                self.with_policy(|p, view| p.pass_over(victim, view));
-                continue;
-            }
             self.evict(victim, now, out);
         }
     }
@@ -628,7 +649,10 @@ impl<K: Eq, V, H: Fn(&K) -> u64> ShardWriter<'_, K, V, H> {
             }
             None => unreachable!("resident token {token} missing from the table"),
         }
-        self.with_policy(|p, view| p.on_remove(token, hash, view));
+        // An entry of weight 0 was never in the policy (see `add`).
+        if self.map.slab.get(token).weight() != 0 {
+            self.with_policy(|p, view| p.on_remove(token, hash, view));
+        }
         let map = &mut *self.map;
         if let (true, Some(timers)) = (map.timed, &mut map.timers) {
             timers.wheel.cancel(token);
@@ -648,7 +672,8 @@ impl<K: Eq, V, H: Fn(&K) -> u64> ShardWriter<'_, K, V, H> {
         entry
     }
 
-    /// Resident keys in eviction order.
+    /// Resident keys in eviction order (entries of weight 0, never
+    /// evicted to make room, are not in it).
     #[cfg(test)]
     pub(crate) fn eviction_order(&self) -> Vec<&K> {
         let view = View {
@@ -691,6 +716,12 @@ impl<K: Eq, V, H: Fn(&K) -> u64> ShardWriter<'_, K, V, H> {
             hash_of,
         };
         let mut order = policy.order(&view);
+        // Entries of weight 0 stay out of the policy (see `add`).
+        assert!(
+            order.iter().all(|&t| map.slab.get(t).weight() != 0),
+            "an entry of weight 0 in the policy"
+        );
+        order.extend(live.iter().filter(|&&t| map.slab.get(t).weight() == 0));
         order.sort_unstable();
         assert_eq!(order, live, "policy and slab disagree on residents");
         policy.validate(&view);

@@ -71,21 +71,6 @@ impl Model {
         self.sort();
     }
 
-    /// Under LRU, as a read; under LFU, to the next frequency up that an
-    /// entry has (or its own if none is higher), as the most recent there.
-    fn pass_over(&mut self, i: usize) {
-        if self.eviction == Eviction::Lfu {
-            let own = self.entries[i].2;
-            let up = self.entries.iter().map(|e| e.2).filter(|&f| f > own).min();
-            self.entries[i].2 = up.unwrap_or(own);
-            self.clock += 1;
-            self.entries[i].3 = self.clock;
-            self.sort();
-        } else {
-            self.touch(i);
-        }
-    }
-
     fn get(&mut self, k: u8) -> Option<Val> {
         let i = self.pos(k)?;
         let v = self.entries[i].1;
@@ -93,19 +78,17 @@ impl Model {
         Some(v)
     }
 
-    /// Entries of weight 0 free nothing: the cache passes them over, up to
-    /// as many times as it holds entries.
+    /// Entries of weight 0 are never evicted to make room: they would free
+    /// nothing (the cache keeps them out of its policy).
     fn evict(&mut self, limit: u64, keep: Option<u8>) {
-        let mut passed = 0;
         while self.weight() > limit {
-            let Some(i) = self.entries.iter().position(|e| Some(e.0) != keep) else {
+            let next = self
+                .entries
+                .iter()
+                .position(|e| Some(e.0) != keep && e.1 .1 != 0);
+            let Some(i) = next else {
                 break;
             };
-            if self.entries[i].1 .1 == 0 && passed < self.entries.len() {
-                passed += 1;
-                self.pass_over(i);
-                continue;
-            }
             let (k, v, ..) = self.entries.remove(i);
             self.removed.push((k, v, RemovalCause::Size));
         }
@@ -125,15 +108,19 @@ impl Model {
             Some(i) => {
                 let old = std::mem::replace(&mut self.entries[i].1, v);
                 self.removed.push((k, old, RemovalCause::Replaced));
+                if old.1 == 0 && w != 0 {
+                    // Weighed at last: it joins the policy as a new entry
+                    // (then read, as any update is).
+                    self.entries[i].2 = 1;
+                }
                 self.touch(i);
                 self.evict(self.capacity, Some(k));
             }
             None => {
-                // In first, then room made around it, as the cache does.
+                self.evict(self.capacity - w, None);
                 self.clock += 1;
                 self.entries.push((k, v, 1, self.clock));
                 self.sort();
-                self.evict(self.capacity, Some(k));
             }
         }
     }
@@ -201,7 +188,12 @@ fn exact_agreement(eviction: Eviction, capacity: u64, ops: Vec<Op>) -> Result<()
         }
         cache.validate();
         let order: Vec<u8> = cache.eviction_order().concat();
-        let expected: Vec<u8> = model.entries.iter().map(|e| e.0).collect();
+        let expected: Vec<u8> = model
+            .entries
+            .iter()
+            .filter(|e| e.1 .1 != 0)
+            .map(|e| e.0)
+            .collect();
         prop_assert_eq!(order, expected);
         prop_assert_eq!(&*log.lock().unwrap(), &model.removed);
         prop_assert_eq!(cache.weighted_size(), model.weight());
