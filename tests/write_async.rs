@@ -947,3 +947,106 @@ fn an_async_store_writing_its_own_key_to_the_cache_panics_instead_of_hanging() {
     );
     assert_eq!(cache.peek(&1), Some(500));
 }
+
+type NestingCache = Cache<u64, u64, larder::DefaultHashBuilder, larder::WriteThrough<Nesting>>;
+
+/// An async write-through store that, while it writes, polls once a future
+/// of another task's (as an executor it runs would): a `put_async` of the
+/// key being written.
+/// A boxed future of another task's.
+type Job = std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send>>;
+
+#[derive(Clone, Default)]
+struct Nesting {
+    job: Arc<Mutex<Option<Job>>>,
+    /// Whether the job was still pending after that poll.
+    pending: Arc<AtomicBool>,
+}
+
+impl AsyncStore<u64, u64> for Nesting {
+    type Error = String;
+    async fn load(&self, _: &u64) -> Result<Option<u64>, String> {
+        Ok(None)
+    }
+    async fn write_batch(&self, _: &[Op<u64, u64>]) -> Result<(), String> {
+        if let Some(job) = self.job.lock().unwrap().as_mut() {
+            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+            let pending = job.as_mut().poll(&mut cx).is_pending();
+            self.pending.store(pending, Ordering::SeqCst);
+        }
+        Ok(())
+    }
+}
+
+/// Another task's write of the stripe, polled on the store's thread while
+/// the store writes, is no re-entry: it waits its turn, and lands after.
+#[test]
+fn another_tasks_write_polled_inside_a_store_call_waits_its_turn() {
+    let store = Nesting::default();
+    let cache: NestingCache = Cache::builder()
+        .max_capacity(100)
+        .write_through(store.clone())
+        .build()
+        .unwrap();
+    let other = cache.clone();
+    *store.job.lock().unwrap() = Some(Box::pin(async move { other.put_async(1, 7).await.is_ok() }));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    runtime
+        .block_on(cache.put_async(1, 1))
+        .expect("the write is no re-entry");
+    assert!(
+        store.pending.load(Ordering::SeqCst),
+        "the job waited for the stripe"
+    );
+    assert_eq!(cache.peek(&1), Some(1));
+    let job = store.job.lock().unwrap().take().unwrap();
+    assert!(runtime.block_on(job), "the job landed after");
+    assert_eq!(cache.peek(&1), Some(7));
+}
+
+/// A write made as the thread ends, from a thread-local's `Drop` (after the
+/// cache's own thread-locals may be gone), goes through like any other.
+#[test]
+fn an_async_write_from_a_thread_locals_drop_goes_through() {
+    struct WritesOnDrop(NestingCache, Arc<AtomicBool>);
+    impl Drop for WritesOnDrop {
+        fn drop(&mut self) {
+            let mut put = std::pin::pin!(self.0.put_async(2, 2));
+            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+            // Uncontended, against a store that is ready at once.
+            let done = std::future::Future::poll(put.as_mut(), &mut cx);
+            self.1.store(
+                matches!(done, std::task::Poll::Ready(Ok(()))),
+                Ordering::SeqCst,
+            );
+        }
+    }
+    thread_local! {
+        static ON_EXIT: std::cell::RefCell<Option<WritesOnDrop>> = const { std::cell::RefCell::new(None) };
+    }
+    let cache: NestingCache = Cache::builder()
+        .max_capacity(100)
+        .write_through(Nesting::default())
+        .build()
+        .unwrap();
+    let written = Arc::new(AtomicBool::new(false));
+    let (c, w) = (cache.clone(), written.clone());
+    std::thread::spawn(move || {
+        // Registered first, so dropped after the thread-locals the write
+        // below registers.
+        ON_EXIT.with(|slot| *slot.borrow_mut() = Some(WritesOnDrop(c.clone(), w)));
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        runtime.block_on(c.put_async(1, 1)).unwrap();
+    })
+    .join()
+    .expect("the thread ended without a panic");
+    assert!(
+        written.load(Ordering::SeqCst),
+        "the write from the drop went through"
+    );
+    assert_eq!((cache.peek(&1), cache.peek(&2)), (Some(1), Some(2)));
+}

@@ -32,22 +32,35 @@ struct StripeState {
 thread_local! {
     /// A byte whose address names the thread (see [`this_thread`]).
     static THREAD_MARK: u8 = const { 0 };
-    /// The stripes (by address) whose async store calls this thread is in
-    /// now: making, polling or dropping the store's future (see
-    /// [`KeyGuard::serving`]). Innermost last.
-    static SERVING: std::cell::RefCell<Vec<usize>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// The stripes (by address) whose async store calls this thread is
+    /// polling now, each with the address of the waker it is polled with
+    /// (see [`KeyGuard::serving`]). Innermost last.
+    static SERVING: std::cell::RefCell<Vec<(usize, usize)>> =
+        const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// The message of a store that writes a key of the stripe it serves.
 const WAITS_FOR_ITSELF: &str = "larder: a store wrote to the cache it stands behind while serving \
      a write of a key of the same lock stripe; this would wait for itself forever";
 
-/// Whether this thread is inside an async store call holding `stripe`.
-/// Loom runs its threads on one thread of the OS, so thread-locals do not
-/// tell them apart there.
-fn serving(stripe: &Stripe) -> bool {
-    let stripe = std::ptr::from_ref(stripe).addr();
-    !cfg!(larder_loom) && SERVING.with(|s| s.borrow().contains(&stripe))
+/// Whether this thread is polling an async store call that holds `stripe`,
+/// with `waker` (the very waker, not a clone: a future the store's future
+/// polls itself, or through a combinator such as `join!`, is handed the
+/// same one), so that a future waiting for the stripe would wait for
+/// itself. A future of another task, polled on this thread meanwhile by an
+/// executor the store runs, has a waker of its own and only waits its turn.
+/// False once the thread's locals are gone, and under loom, which runs its
+/// threads on one thread of the OS, so that thread-locals do not tell them
+/// apart.
+fn serving(stripe: &Stripe, waker: &std::task::Waker) -> bool {
+    let polled = (
+        std::ptr::from_ref(stripe).addr(),
+        std::ptr::from_ref(waker).addr(),
+    );
+    !cfg!(larder_loom)
+        && SERVING
+            .try_with(|s| s.borrow().contains(&polled))
+            .unwrap_or(false)
 }
 
 /// An id of the calling thread, never 0: the address of its
@@ -68,22 +81,28 @@ impl KeyGuard<'_> {
         StripeMark(std::ptr::from_ref(self.stripe).addr())
     }
 
-    /// Runs `f` (a step of an async store call: making its future, a poll,
-    /// its drop) with this thread marked as serving the stripe of `mark`, so
-    /// that a write of the same stripe that the store makes from within the
-    /// step panics with a message instead of waiting for itself: a blocking
-    /// one would park the thread the holder's task needs, an awaiting one
-    /// would leave the holder's future pending for good.
-    pub(crate) fn serving<R>(mark: StripeMark, f: impl FnOnce() -> R) -> R {
+    /// Runs `f`, a poll of an async store call's future with the waker at
+    /// address `waker` (taken from the poll's `Context`), with this thread
+    /// marked as serving the stripe of `mark` for that waker: a write of the
+    /// same stripe that the store awaits from within the poll panics with a
+    /// message instead of staying pending for good (see
+    /// [`KeyLocks::lock_async`]).
+    pub(crate) fn serving<R>(mark: StripeMark, waker: usize, f: impl FnOnce() -> R) -> R {
         /// Takes the mark off again, however `f` ends.
-        struct Unmark;
+        struct Unmark(bool);
         impl Drop for Unmark {
             fn drop(&mut self) {
-                SERVING.with(|s| s.borrow_mut().pop());
+                if self.0 {
+                    let _ = SERVING.try_with(|s| s.borrow_mut().pop());
+                }
             }
         }
-        SERVING.with(|s| s.borrow_mut().push(mark.0));
-        let _unmark = Unmark;
+        // A thread whose locals are gone (a poll from a thread-local's
+        // `Drop`) goes unmarked.
+        let marked = SERVING
+            .try_with(|s| s.borrow_mut().push((mark.0, waker)))
+            .is_ok();
+        let _unmark = Unmark(marked);
         f()
     }
 }
@@ -245,11 +264,10 @@ impl KeyLocks {
     ///
     /// # Panics
     ///
-    /// When first polled inside an async store call holding the stripe (see
-    /// [`lock`](Self::lock)).
+    /// When polled, for a task, inside that task's async store call holding
+    /// the stripe (see [`lock`](Self::lock)).
     pub(crate) async fn lock_async(&self, hash: u64) -> KeyGuard<'_> {
         let stripe = self.stripe(hash);
-        assert!(!serving(stripe), "{WAITS_FOR_ITSELF}");
         let waiter = Waiter::new();
         let _forget = Forget(|| {
             if waiter.filed() {
@@ -257,6 +275,7 @@ impl KeyLocks {
             }
         });
         std::future::poll_fn(|cx| {
+            assert!(!serving(stripe, cx.waker()), "{WAITS_FOR_ITSELF}");
             let mut state = stripe.state.lock();
             if state.held {
                 state.wakers.register(&waiter, cx);

@@ -187,9 +187,12 @@ pub trait Store<K, V>: Send + Sync + 'static {
 /// An `AsyncStore` must not write to the cache it stands behind either. A
 /// write-through `write_batch` whose future awaits a `put_async` or
 /// `delete_async` of a key of its own stripe panics with a message rather
-/// than stay pending for good (caught as the future is made, polled or
-/// dropped once done; a write the future starts elsewhere, on a task it
-/// spawns, or from its `Drop` when cancelled, is not caught).
+/// than stay pending for good. It is caught when the store's future polls
+/// that write itself, or through a combinator that hands it the task's own
+/// waker (`join!`, `select!`); a write it leaves to another task (one it
+/// spawns, or a combinator such as `FuturesUnordered` that gives each
+/// future a waker of its own), or makes from its `Drop` when cancelled, is
+/// not caught.
 ///
 /// From async code, call only the `_async` methods. A blocking call (`put`,
 /// `delete`, `flush`, `close`, `get_or_load`) parks its thread while it waits

@@ -725,8 +725,9 @@ where
         guard: KeyGuard<'a>,
         call: impl FnOnce() -> F,
     ) -> (T, KeyGuard<'a>) {
-        // Each step of the call runs marked as serving the stripe, so that
-        // a store writing a key of it panics instead of waiting for itself.
+        // Each poll of the call runs marked as serving the stripe for this
+        // task, so that a store awaiting a write of a key of it panics
+        // instead of waiting for itself.
         let mark = guard.mark();
         // A mutex, not a cell: the future stays `Send` (it is never contended).
         let held = parking_lot::Mutex::new(Some(guard));
@@ -736,7 +737,7 @@ where
             let _ = catch_unwind(AssertUnwindSafe(|| self.notify(stale)));
         };
         let mut cancelled = OnDrop(Some(&undo));
-        let call = match catch_unwind(AssertUnwindSafe(|| KeyGuard::serving(mark, call))) {
+        let call = match catch_unwind(AssertUnwindSafe(call)) {
             Ok(call) => call,
             Err(panic) => {
                 cancelled.0 = None;
@@ -748,8 +749,10 @@ where
         // done, inside the guard: a panic from its `Drop` is a store panic.
         let mut call = std::pin::pin!(Some(call));
         let result = std::future::poll_fn(|cx| {
+            // The waker's address names this poll (see `KeyGuard::serving`).
+            let waker = std::ptr::from_ref(cx.waker()).addr();
             let poll = catch_unwind(AssertUnwindSafe(|| {
-                KeyGuard::serving(mark, || {
+                KeyGuard::serving(mark, waker, || {
                     let poll = call
                         .as_mut()
                         .as_pin_mut()
@@ -777,9 +780,7 @@ where
                 // A future that panicked in its poll goes first, its own
                 // drop's panic (if any) swallowed: the first panic is the
                 // one raised.
-                let _ = catch_unwind(AssertUnwindSafe(|| {
-                    KeyGuard::serving(mark, || call.set(None))
-                }));
+                let _ = catch_unwind(AssertUnwindSafe(|| call.set(None)));
                 undo();
                 resume_unwind(panic)
             }
