@@ -65,8 +65,16 @@ impl Lfu {
         self.place(token, to, entries);
     }
 
+    /// Forgets `token`, if it is in a bucket (an entry of weight 0 never
+    /// is: the store keeps it out of the policy).
     pub(crate) fn on_remove(&mut self, token: Token, entries: &impl Entries) {
-        self.take(token, entries);
+        if self
+            .bucket_of
+            .get(token as usize)
+            .is_some_and(|&b| b != NIL)
+        {
+            self.take(token, entries);
+        }
     }
 
     pub(crate) fn victim(&self, keep: Token, entries: &impl Entries) -> Option<Token> {

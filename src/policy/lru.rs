@@ -21,8 +21,12 @@ impl Lru {
         }
     }
 
+    /// Forgets `token`, if it is on the list (an entry of weight 0 never
+    /// is: the store keeps it out of the policy).
     pub(crate) fn on_remove(&mut self, token: Token, entries: &impl Entries) {
-        self.order.unlink(&mut { entries }, token);
+        if entries.is_linked(token) {
+            self.order.unlink(&mut { entries }, token);
+        }
     }
 
     pub(crate) fn victim(&self, keep: Token, entries: &impl Entries) -> Option<Token> {

@@ -185,7 +185,9 @@ impl Policy {
     /// The hash comes from the caller, which has just used it to take the
     /// token out of the table, so that a removal runs no user code: a key's
     /// `Hash` panicking halfway through would leave the entry half removed.
-    #[inline]
+    /// Inlined: out of line, each eviction's removal paid the call (about
+    /// 2 instructions per operation of the throughput mix under callgrind).
+    #[inline(always)]
     pub(crate) fn on_remove(&mut self, token: Token, hash: u64, entries: &impl Entries) {
         match self {
             Self::Lru(p) => p.on_remove(token, entries),

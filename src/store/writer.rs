@@ -176,9 +176,7 @@ impl<K: Eq, V, H: Fn(&K) -> u64> ShardWriter<'_, K, V, H> {
     }
 
     /// Gives the resident entry at `t` (under `hash`) a new value and
-    /// weight; the old value goes to `out` as replaced. An entry whose
-    /// weight becomes 0 leaves the policy, and one whose weight was 0 joins
-    /// it as a new entry would (see [`add`](Self::add)).
+    /// weight; the old value goes to `out` as replaced.
     #[inline(always)]
     fn replace(
         &mut self,
@@ -190,27 +188,55 @@ impl<K: Eq, V, H: Fn(&K) -> u64> ShardWriter<'_, K, V, H> {
         out: &mut Removed<K, V>,
     ) {
         let old_weight = self.map.slab.get(t).weight();
-        if old_weight != 0 && weight == 0 {
+        if (old_weight == 0) != (weight == 0) {
+            return self.replace_weightless(hash, t, key, value, weight, out);
+        }
+        self.swap_value(t, key, value, weight, out);
+        if old_weight != weight {
+            self.with_policy(|p, view| p.on_reweigh(t, old_weight, weight, view));
+        }
+        // A no-op for an entry of weight 0, in no policy's order.
+        self.with_policy(|p, view| p.on_access(t, view));
+    }
+
+    /// [`replace`](Self::replace) for a weight that falls to 0 or rises
+    /// from it: the entry leaves the policy, or joins it as a new entry
+    /// would (see [`add`](Self::add)) and is read.
+    #[cold]
+    #[inline(never)]
+    fn replace_weightless(
+        &mut self,
+        hash: u64,
+        t: Token,
+        key: K,
+        value: V,
+        weight: u32,
+        out: &mut Removed<K, V>,
+    ) {
+        if weight == 0 {
             // Before the weight changes: the policy takes its old weight off.
             self.with_policy(|p, view| p.on_remove(t, hash, view));
         }
+        self.swap_value(t, key, value, weight, out);
+        if weight != 0 {
+            self.with_policy(|p, view| p.on_insert(t, hash, view));
+            self.count_fresh();
+            self.with_policy(|p, view| p.on_access(t, view));
+        }
+    }
+
+    /// Puts `value` and `weight` in the resident entry at `t`; its old
+    /// value goes to `out` as replaced.
+    #[inline(always)]
+    fn swap_value(&mut self, t: Token, key: K, value: V, weight: u32, out: &mut Removed<K, V>) {
         let map = &mut *self.map;
         let entry = map.slab.get_mut(t);
+        let old_weight = entry.weight();
         let old_value = std::mem::replace(&mut entry.value, value);
         entry.set_weight(weight);
         map.weight = map.weight - u64::from(old_weight) + u64::from(weight);
         map.counters.updates += 1;
         out.push((key, old_value, RemovalCause::Replaced));
-        if weight == 0 {
-            return;
-        }
-        if old_weight == 0 {
-            self.with_policy(|p, view| p.on_insert(t, hash, view));
-            self.count_fresh();
-        } else if old_weight != weight {
-            self.with_policy(|p, view| p.on_reweigh(t, old_weight, weight, view));
-        }
-        self.with_policy(|p, view| p.on_access(t, view));
     }
 
     /// Makes room for a new key (a token, the table's room) and adds it;
@@ -649,10 +675,9 @@ impl<K: Eq, V, H: Fn(&K) -> u64> ShardWriter<'_, K, V, H> {
             }
             None => unreachable!("resident token {token} missing from the table"),
         }
-        // An entry of weight 0 was never in the policy (see `add`).
-        if self.map.slab.get(token).weight() != 0 {
-            self.with_policy(|p, view| p.on_remove(token, hash, view));
-        }
+        // An entry of weight 0, never in the policy (see `add`), is no
+        // token of its: each policy lets it go by.
+        self.with_policy(|p, view| p.on_remove(token, hash, view));
         let map = &mut *self.map;
         if let (true, Some(timers)) = (map.timed, &mut map.timers) {
             timers.wheel.cancel(token);
