@@ -119,6 +119,25 @@ impl Policy {
 
     /// Counts the entry inserted last in W-TinyLFU's sketch: called once the
     /// insert's evictions are done (see `TinyLfu::count_fresh`).
+    /// Takes back a resident entry whose weight rose from 0 (the store
+    /// keeps entries of weight 0 out of the policy): as a new entry that is
+    /// read at once under LRU and LFU, as an update is; under W-TinyLfu
+    /// without counting a sighting, a miss or a read (see
+    /// `TinyLfu::on_rejoin`).
+    pub(crate) fn on_rejoin(&mut self, token: Token, hash: u64, entries: &impl Entries) {
+        match self {
+            Self::Lru(p) => {
+                p.on_insert(token, entries);
+                p.on_access(token, entries);
+            }
+            Self::Lfu(p) => {
+                p.on_insert(token, entries);
+                p.on_access(token, entries);
+            }
+            Self::TinyLfu(p) => p.on_rejoin(token, hash, entries),
+        }
+    }
+
     #[inline]
     pub(crate) fn count_fresh(&mut self, entries: &impl Entries) {
         if let Self::TinyLfu(p) = self {

@@ -200,8 +200,8 @@ impl<K: Eq, V, H: Fn(&K) -> u64> ShardWriter<'_, K, V, H> {
     }
 
     /// [`replace`](Self::replace) for a weight that falls to 0 or rises
-    /// from it: the entry leaves the policy, or joins it as a new entry
-    /// would (see [`add`](Self::add)) and is read.
+    /// from it: the entry leaves the policy, or joins it again (see
+    /// [`Policy::on_rejoin`](crate::policy::Policy::on_rejoin)).
     #[cold]
     #[inline(never)]
     fn replace_weightless(
@@ -219,9 +219,7 @@ impl<K: Eq, V, H: Fn(&K) -> u64> ShardWriter<'_, K, V, H> {
         }
         self.swap_value(t, key, value, weight, out);
         if weight != 0 {
-            self.with_policy(|p, view| p.on_insert(t, hash, view));
-            self.count_fresh();
-            self.with_policy(|p, view| p.on_access(t, view));
+            self.with_policy(|p, view| p.on_rejoin(t, hash, view));
         }
     }
 

@@ -375,6 +375,22 @@ impl TinyLfu {
         entries.set_meta(token, (m & (REGION_BITS | READ)) | count << COUNT_SHIFT);
     }
 
+    /// Takes back a resident entry whose weight rose from 0 (the store keeps
+    /// entries of weight 0 out of the policy): into the window, as a new
+    /// entry, but with no sighting counted, no miss for the climber and no
+    /// read: its count is the sketch's estimate, which its leaving raised to
+    /// the count it had (see [`on_remove`](Self::on_remove)), and the reads
+    /// it noted while out are dropped. A weight that flips between 0 and
+    /// more so gains its key nothing.
+    pub(crate) fn on_rejoin(&mut self, token: Token, hash: u64, entries: &impl Entries) {
+        let weight = u64::from(entries.weight(token));
+        self.window.push_back(&mut { entries }, token);
+        self.window_weight += weight;
+        let count = self.sketch.as_ref().map_or(0, |s| s.frequency(hash));
+        entries.set_meta(token, Region::Window as u8 | count << COUNT_SHIFT);
+        entries.take_hits(token);
+    }
+
     /// [`count_fresh`](Self::count_fresh) for an insert that finds the last
     /// one's count still pending, out of line: inlined into
     /// [`on_insert`](Self::on_insert), the sketch's increment made every

@@ -509,3 +509,32 @@ fn a_read_window_entry_gets_a_second_chance() {
     assert_eq!(p.window.tokens(&&e).last(), Some(&head));
     p.validate(&e);
 }
+
+/// An entry whose weight falls to 0 leaves the policy, and comes back when
+/// it rises again: going out and back in, however often, counts no
+/// sighting, no miss and no read, so its count stays what it was.
+#[test]
+fn an_entry_leaving_and_rejoining_gains_no_count() {
+    let (mut p, e) = (TinyLfu::new(100), Fake::default());
+    for t in 0..80 {
+        insert(&mut p, &e, t);
+    }
+    assert!(p.sketch.is_some(), "half full: the sketch counts");
+    let t = 7;
+    for _ in 0..3 {
+        p.on_access(t, &e);
+    }
+    p.collect(t, &e);
+    let count = TinyLfu::count_of(t, &e);
+    let misses = p.climber.misses;
+    for _ in 0..10 {
+        p.on_remove(t, e.hash(t), &e);
+        // Reads while out of the policy are dropped when it comes back.
+        p.on_access(t, &e);
+        p.on_rejoin(t, e.hash(t), &e);
+        p.validate(&e);
+    }
+    assert_eq!(TinyLfu::count_of(t, &e), count, "the count stays");
+    assert_eq!(p.climber.misses, misses, "no miss for the climber");
+    assert!(!p.collect(t, &e), "no read noted");
+}
