@@ -472,6 +472,79 @@ fn replacing_grows_weight_and_evicts_others_not_itself() {
     assert_eq!(cache.len(), 1);
 }
 
+/// A weighted W-TinyLfu cache whose shard of 1,000 units holds 1,000 unit
+/// entries: keys `0..cold` never read, the rest read five times each. The
+/// second value is what the listener heard evicted for size.
+fn read_set(cold: u32) -> (Cache<u32, u32>, Arc<Mutex<Vec<u32>>>) {
+    let evicted = Arc::new(Mutex::new(Vec::new()));
+    let sink = evicted.clone();
+    let cache: Cache<u32, u32> = Cache::builder()
+        .max_capacity(1000)
+        .shards(1)
+        .weigher(|_, v| *v)
+        .eviction_listener(move |k, _, cause| {
+            if cause == RemovalCause::Size {
+                sink.lock().unwrap().push(k);
+            }
+        })
+        .build()
+        .unwrap();
+    for k in 0..1000 {
+        cache.insert(k, 1);
+    }
+    for _ in 0..5 {
+        for k in cold..1000 {
+            assert_eq!(cache.get(&k), Some(1));
+        }
+    }
+    (cache, evicted)
+}
+
+/// Under W-TinyLfu a new entry heavier than the admission window (1% of the
+/// shard's capacity here) contests for room at once, as the window's
+/// candidates do: one seen once is turned away by its own insert, not let
+/// in to sweep out the entries read most. (The first such insert pushes the
+/// window's ten entries, as hot as main's, into contests they lose on ties.)
+#[test]
+fn a_heavy_newcomer_contests_admission_instead_of_sweeping_the_cache() {
+    let (cache, evicted) = read_set(0);
+    cache.insert(5000, 900);
+    assert_eq!(cache.peek(&5000), None);
+    assert_eq!(evicted.lock().unwrap().last(), Some(&5000));
+    for k in 6000..6010 {
+        evicted.lock().unwrap().clear();
+        cache.insert(k, 500);
+        assert_eq!(cache.peek(&k), None);
+        assert_eq!(*evicted.lock().unwrap(), [k], "only itself");
+    }
+    let kept = (0..1000).filter(|k| cache.peek(k) == Some(1)).count();
+    assert!(kept >= 990, "{kept} of the 1,000 entries read kept");
+    assert_eq!(cache.weighted_size(), kept as u64);
+}
+
+/// A heavy candidate that beats its first victim still needs more room: it
+/// contests each victim in turn, so it takes the entries it outranks and
+/// loses to the first one it does not, leaving the entries read most.
+#[test]
+fn a_heavy_candidate_contests_every_victim_it_needs() {
+    let (cache, evicted) = read_set(20);
+    // Seen once before (its sketch count is 1), so it outranks the entries
+    // never read, counted before the shard was half full; then removed, so
+    // that no ghost of a turned-away key lets it in either.
+    cache.insert(5000, 1);
+    cache.remove(&5000);
+    evicted.lock().unwrap().clear();
+    cache.insert(5000, 100);
+    assert_eq!(cache.peek(&5000), None);
+    let evicted = evicted.lock().unwrap();
+    assert_eq!(evicted.last(), Some(&5000), "{evicted:?}");
+    assert!(
+        evicted[..evicted.len() - 1].iter().all(|&k| k < 20),
+        "{evicted:?}"
+    );
+    assert!((20..1000).all(|k| cache.peek(&k) == Some(1)));
+}
+
 #[test]
 fn listener_sees_every_cause_and_runs_outside_the_lock() {
     let causes = Arc::new(Mutex::new(Vec::new()));

@@ -349,6 +349,15 @@ where
     /// value under the key with [`RemovalCause::Replaced`]). Use
     /// [`try_insert`](Self::try_insert) to get it back instead.
     ///
+    /// Under [`Eviction::TinyLfu`], an entry heavier
+    /// than the admission window (at first 1% of its shard's capacity) is its
+    /// own first candidate for the main region: if it needs room there and
+    /// its key is seen less often than the entries it would displace, this
+    /// insert evicts it ([`RemovalCause::Size`]), as a later insert would
+    /// have evicted a lighter newcomer once it left the window, instead of
+    /// evicting entries read more often. Entries of one unit (every entry of
+    /// a cache without a weigher) are never evicted by their own insert.
+    ///
     /// # Panics
     ///
     /// Only if the weigher, the [`Expiry`](crate::Expiry), the listener or a
@@ -382,6 +391,10 @@ where
     /// per-entry limit, the smallest shard's capacity ([`Rejected::limit`]). Any value previously under the key is removed all the
     /// same (the listener sees it as [`RemovalCause::Replaced`]), so a read never
     /// returns the value this call meant to replace.
+    ///
+    /// `Ok` means the entry was written; under W-TinyLfu one heavier than the
+    /// admission window may lose its contest for room and leave at once (see
+    /// [`insert`](Self::insert)).
     ///
     /// ```
     /// let cache: larder::Cache<u32, Vec<u8>> = larder::Cache::builder()

@@ -92,6 +92,8 @@ struct Naive {
     /// Keys turned away, and keys main evicted: a turned-away key main
     /// evicted shrinks the window.
     ghosts: Ghosts,
+    /// The entry inserted last, until it is counted.
+    fresh: Option<Token>,
 }
 
 impl Naive {
@@ -114,6 +116,7 @@ impl Naive {
             counts: HashMap::new(),
             read: Vec::new(),
             ghosts: Ghosts::default(),
+            fresh: None,
         }
     }
 
@@ -226,16 +229,24 @@ impl Naive {
     fn insert(&mut self, t: Token, e: &Fake) {
         self.window.push(t);
         self.counts.insert(t, 0);
+        self.fresh = Some(t);
         self.climber.misses += 1;
         self.climb(e);
     }
 
+    /// Counts `t` if it is the entry inserted last and still uncounted.
     fn count_fresh(&mut self, t: Token, e: &Fake) {
-        let count = self.count(e.hash(t), e);
-        self.counts.insert(t, count);
+        if self.fresh == Some(t) {
+            self.fresh = None;
+            let count = self.count(e.hash(t), e);
+            self.counts.insert(t, count);
+        }
     }
 
     fn remove(&mut self, t: Token, e: &Fake) {
+        if self.fresh == Some(t) {
+            self.fresh = None;
+        }
         let count = self.counts.remove(&t).expect("a resident");
         if self.read.contains(&t) {
             if let Some(s) = &mut self.sketch {
@@ -294,7 +305,16 @@ impl Naive {
     fn victim(&mut self, keep: Token, e: &Fake) -> Option<Token> {
         let first = |list: &[Token]| list.iter().copied().find(|&t| t != keep);
         while Self::weight(&self.window, e) > self.window_max {
-            let Some(c) = first(&self.window) else { break };
+            // The window holding only `keep` (heavier than the window and
+            // than a unit): `keep` contests, counted first.
+            let c = match first(&self.window) {
+                Some(c) => c,
+                None if self.window == [keep] && e.weight(keep) > 1 => {
+                    self.count_fresh(keep, e);
+                    keep
+                }
+                None => break,
+            };
             if self.collect(c, e) {
                 self.window.retain(|&x| x != c);
                 self.window.push(c);
@@ -321,7 +341,13 @@ impl Naive {
                     continue;
                 };
                 if self.admit(c, v, e) {
-                    to_probation(self);
+                    // A winner heavier than its victim that still would not
+                    // fit stays in the window to contest the next one.
+                    let freed = u64::from(e.weight(v));
+                    let main = Self::weight(&self.probation, e) + Self::weight(&self.protected, e);
+                    if w <= freed || main - freed + w <= main_max {
+                        to_probation(self);
+                    }
                     self.ghosts.remember_evicted(e.hash(v));
                     return Some(v);
                 }

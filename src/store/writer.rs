@@ -336,7 +336,9 @@ impl<K: Eq, V, H: Fn(&K) -> u64> ShardWriter<'_, K, V, H> {
     /// the shard fits, or after [`FIT_EXPIRY_BATCHES`] batches unless the
     /// last one made room, and after [`FIT_EXPIRY_CEILING`] at most), then
     /// evictions in policy order. The entry just
-    /// written is never its own victim: it stays readable at least until the
+    /// written is its own victim only under W-TinyLfu, when it is heavier
+    /// than the admission window and loses its contest for room (see
+    /// `TinyLfu::victim`); otherwise it stays readable at least until the
     /// next write to this shard.
     ///
     /// A key's `Hash` that panics on the way (the policy hashes victims and

@@ -50,10 +50,20 @@ impl TinyLfu {
     /// into main and settling admission contests on the way. Entries read since
     /// the policy last looked get a second chance where they stand: a window
     /// entry goes to the window's back, a probation entry is promoted.
+    ///
+    /// `keep`, the entry just written, is a candidate too when the window
+    /// holds nothing else and it alone is over the window's limit (it is
+    /// heavier than the window): it contests for room at once, as Caffeine's
+    /// candidates do, and may be the victim. Otherwise a heavy newcomer would
+    /// go straight past admission, evicting from main until it fitted.
     pub(crate) fn victim(&mut self, keep: Token, entries: &impl Entries) -> Option<Token> {
         while self.window_weight > self.window_max {
-            let Some(candidate) = first_other(&self.window, entries, keep) else {
-                break;
+            let candidate = match first_other(&self.window, entries, keep) {
+                Some(candidate) => candidate,
+                None => match self.lone_candidate(keep, entries) {
+                    Some(candidate) => candidate,
+                    None => break,
+                },
             };
             if self.collect(candidate, entries) {
                 self.window.move_to_back(&mut { entries }, candidate);
@@ -80,7 +90,14 @@ impl TinyLfu {
                 // Looking for the victim may have aged the counts.
                 let count = Self::count_of(candidate, entries);
                 if self.admit(count, v, entries) {
-                    self.enter_main(candidate, weight, entries);
+                    // A candidate heavier than its victim that would still
+                    // not fit once the victim is gone stays the window's
+                    // oldest, to contest the next victim too.
+                    let freed = u64::from(entries.weight(v));
+                    let main = self.probation_weight + self.protected_weight;
+                    if weight <= freed || main - freed + weight <= main_max {
+                        self.enter_main(candidate, weight, entries);
+                    }
                     return Some(self.evict_from_main(v, entries));
                 }
                 victim = Some(v);
@@ -107,6 +124,25 @@ impl TinyLfu {
             Some(v) => Some(self.evict_from_main(v, entries)),
             None => first_other(&self.window, entries, keep),
         }
+    }
+
+    /// `keep` as the window's candidate, when the window holds it alone (see
+    /// [`victim`](Self::victim)) and it weighs more than a unit: counted in
+    /// the sketch first if it is the new entry still uncounted, as its count
+    /// is about to be read. An entry of one unit never is (only a shard of
+    /// capacity 1 has a window below one unit, and there a new entry would
+    /// otherwise contest, and may lose, at every insert).
+    #[cold]
+    #[inline(never)]
+    fn lone_candidate(&mut self, keep: Token, entries: &impl Entries) -> Option<Token> {
+        if keep == NIL || entries.weight(keep) <= 1 || Self::region(keep, entries) != Region::Window
+        {
+            return None;
+        }
+        if self.fresh.0 == keep {
+            self.count_fresh(entries);
+        }
+        Some(keep)
     }
 
     /// Moves the window's `candidate` (of `weight`) to probation's back.
