@@ -6,8 +6,11 @@
 //! admits a warm loser one time in 128, which keeps the cache moving: its hit
 //! ratio on the legitimate traffic must stay at least LRU's under the same attack.
 
+mod common;
+
 use std::hash::{BuildHasher, Hasher};
 
+use common::{xorshift, zipf};
 use larder::{Cache, Eviction};
 
 /// A hasher the attacker knows: keys equal in their low 32 bits collide.
@@ -35,30 +38,6 @@ impl BuildHasher for Known {
     fn build_hasher(&self) -> KnownHasher {
         KnownHasher(0)
     }
-}
-
-fn xorshift(x: &mut u64) -> u64 {
-    *x ^= *x << 13;
-    *x ^= *x >> 7;
-    *x ^= *x << 17;
-    *x
-}
-
-/// Zipf(1.0) ranks over `n` keys by inverse CDF.
-fn zipf(n: usize, samples: usize, seed: u64) -> Vec<u64> {
-    let mut cdf = Vec::with_capacity(n);
-    let mut sum = 0.0;
-    for k in 1..=n {
-        sum += 1.0 / k as f64;
-        cdf.push(sum);
-    }
-    let mut x = seed;
-    (0..samples)
-        .map(|_| {
-            let u = (xorshift(&mut x) >> 11) as f64 / (1u64 << 53) as f64 * sum;
-            cdf.partition_point(|&c| c < u) as u64
-        })
-        .collect()
 }
 
 /// Legitimate hit ratio under attack: every legitimate request is followed by

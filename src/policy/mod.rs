@@ -117,8 +117,6 @@ impl Policy {
         }
     }
 
-    /// Counts the entry inserted last in W-TinyLFU's sketch: called once the
-    /// insert's evictions are done (see `TinyLfu::count_fresh`).
     /// Takes back a resident entry whose weight rose from 0 (the store
     /// keeps entries of weight 0 out of the policy): as a new entry that is
     /// read at once under LRU and LFU, as an update is; under W-TinyLfu
@@ -138,11 +136,17 @@ impl Policy {
         }
     }
 
+    /// Counts the entry inserted last in W-TinyLFU's sketch: called once the
+    /// insert's evictions are done (see `TinyLfu::count_fresh`). True when
+    /// the sketch has been allocated anew since the last call (the store
+    /// keeps where its lines lie).
     #[inline]
-    pub(crate) fn count_fresh(&mut self, entries: &impl Entries) {
+    pub(crate) fn count_fresh(&mut self, entries: &impl Entries) -> bool {
         if let Self::TinyLfu(p) = self {
             p.count_fresh(entries);
+            return std::mem::take(&mut p.lines_moved);
         }
+        false
     }
 
     /// A read of `token`; ignored when the policy does not hold it (a stale

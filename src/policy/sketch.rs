@@ -71,7 +71,7 @@ pub(crate) struct Lines {
 
 impl Lines {
     /// Whether these name a sketch.
-    #[inline]
+    #[cfg(test)]
     pub(crate) fn is_some(self) -> bool {
         self.base != 0
     }
@@ -99,7 +99,7 @@ impl Sketch {
     /// per entry, rounded up to a power of two, as Caffeine sizes it. Half that
     /// measured 0.25 points lower on the mean of the 30 trace cases.
     pub(crate) fn new(entries: u64) -> Self {
-        let words = entries.clamp(BLOCK as u64, 1 << 26).next_power_of_two() as usize;
+        let words = Self::words_for(entries);
         Self {
             table: vec![Block::default(); words / BLOCK],
             block_mask: words / BLOCK - 1,
@@ -222,8 +222,12 @@ impl Sketch {
         self.size /= 2;
     }
 
-    /// Counters' words (tests of the sizing).
-    #[cfg(test)]
+    /// The words of a sketch sized for `entries`.
+    pub(crate) fn words_for(entries: u64) -> usize {
+        entries.clamp(BLOCK as u64, 1 << 26).next_power_of_two() as usize
+    }
+
+    /// Counters' words: one per entry sized for, rounded up to a power of two.
     pub(crate) fn words(&self) -> usize {
         self.table.len() * BLOCK
     }

@@ -150,15 +150,40 @@ impl Naive {
         self.set_window(self.climbed);
     }
 
+    fn entries(&self) -> u64 {
+        (self.window.len() + self.probation.len() + self.protected.len()) as u64
+    }
+
+    /// The entries when full: the capacity scaled by entries per weight
+    /// unit, at least the entries held.
+    fn entries_when_full(&self, e: &Fake) -> u64 {
+        let count = self.entries();
+        (self.capacity * count / self.total(e).max(1))
+            .max(count)
+            .clamp(1, self.capacity.max(1))
+    }
+
+    /// Sizes the counting by the entries when full.
+    fn size_counting(&mut self, e: &Fake) {
+        let entries = self.entries_when_full(e);
+        self.sketch = Some(Sketch::new(entries));
+        self.ghosts = Ghosts::new((entries as f64 * GHOST_SHARE) as usize);
+        self.climber.set_samples(entries);
+    }
+
+    /// The sketch aged: counts halve, and more entries than the sketch has
+    /// words sizes the counting anew, if that makes the sketch larger.
+    fn aged(&mut self, e: &Fake) {
+        self.halve();
+        let words = self.sketch.as_ref().map_or(0, Sketch::words);
+        if self.entries() > words as u64 && Sketch::words_for(self.entries_when_full(e)) > words {
+            self.size_counting(e);
+        }
+    }
+
     fn count(&mut self, hash: u64, e: &Fake) -> u8 {
         if self.sketch.is_none() && self.total(e) >= self.capacity / 2 {
-            // Entries when full: the capacity scaled by entries per weight unit.
-            let count = (self.window.len() + self.probation.len() + self.protected.len()) as u64;
-            let entries =
-                (self.capacity * count / self.total(e).max(1)).clamp(1, self.capacity.max(1));
-            self.sketch = Some(Sketch::new(entries));
-            self.ghosts = Ghosts::new((entries as f64 * GHOST_SHARE) as usize);
-            self.climber.set_samples(entries);
+            self.size_counting(e);
         }
         match &mut self.sketch {
             Some(s) => {
@@ -168,7 +193,7 @@ impl Naive {
                 // residents' counts if the sighting aged the sketch.
                 let estimate = (before + 1).min(15);
                 if aged {
-                    self.halve();
+                    self.aged(e);
                     estimate / 2
                 } else {
                     estimate
@@ -204,10 +229,8 @@ impl Naive {
             if !self.read.contains(&t) {
                 self.read.push(t);
             }
-            if let Some(s) = &mut self.sketch {
-                if s.note(h) {
-                    self.halve();
-                }
+            if self.sketch.as_mut().is_some_and(|s| s.note(h)) {
+                self.aged(e);
             }
         }
         h > 0
@@ -215,8 +238,12 @@ impl Naive {
 
     fn demote(&mut self, e: &Fake) {
         while Self::weight(&self.protected, e) > self.protected_max && !self.protected.is_empty() {
-            let t = self.protected.remove(0);
-            if self.collect(t, e) {
+            // Collected while still in protected: the sketch may age, and
+            // resize by the entries held.
+            let t = self.protected[0];
+            let read = self.collect(t, e);
+            self.protected.remove(0);
+            if read {
                 self.protected.push(t);
             } else {
                 self.probation.push(t);

@@ -1123,7 +1123,8 @@ mod tests {
 
     /// A lookup that misses prefetches from where the policy's sketch lies:
     /// the map's copy of it is set once the policy counts, dropped with the
-    /// sketch when the shard is cleared, and set again when it counts anew.
+    /// sketch when the shard is cleared, set again when it counts anew, and
+    /// moved with the sketch when the sketch grows.
     #[test]
     fn the_maps_sketch_lines_follow_the_policys_sketch() {
         use super::{Deadlines, Removed, WriteContext, NEVER};
@@ -1142,17 +1143,19 @@ mod tests {
         };
         let mut out = Removed::new();
         let mut writer = shard.write(&hash_of);
-        let mut fill = |writer: &mut super::ShardWriter<'_, u64, u64, _>,
-                        keys: std::ops::Range<u64>| {
+        let mut fill_weighing = |writer: &mut super::ShardWriter<'_, u64, u64, _>,
+                                 keys: std::ops::Range<u64>,
+                                 weight: u32| {
             for k in keys {
                 assert!(writer
-                    .insert(hash_of(&k), k, k, 1, timing(), &mut out)
+                    .insert(hash_of(&k), k, k, weight, timing(), &mut out)
                     .is_ok());
                 // Set by the very insert that starts the sketch.
                 let policy_lines = writer.map.policy.get_mut().sketch_lines();
                 assert_eq!(writer.map.sketch_lines, policy_lines);
             }
         };
+        let mut fill = |writer: &mut _, keys| fill_weighing(writer, keys, 1);
         fill(&mut writer, 0..10);
         assert!(
             !writer.map.sketch_lines.is_some(),
@@ -1183,6 +1186,14 @@ mod tests {
             writer.map.policy.get_mut().sketch_lines(),
             "the new sketch's lines"
         );
+        // Two heavy entries start the counting sized for a few entries; the
+        // light ones that follow grow the sketch, and the lines move with it.
+        writer.clear(&clock, &mut removed);
+        fill_weighing(&mut writer, 400..402, 30);
+        let small = writer.map.sketch_lines;
+        assert!(small.is_some());
+        fill_weighing(&mut writer, 402..2_000, 1);
+        assert_ne!(writer.map.sketch_lines, small, "a larger sketch");
         writer.validate();
     }
 

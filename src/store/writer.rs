@@ -322,10 +322,10 @@ impl<K: Eq, V, H: Fn(&K) -> u64> ShardWriter<'_, K, V, H> {
     /// `TinyLfu::count_fresh`).
     #[inline(always)]
     fn count_fresh(&mut self) {
-        self.with_policy(|p, view| p.count_fresh(view));
-        // The count may have started the sketch.
-        let map = &mut *self.map;
-        if !map.sketch_lines.is_some() {
+        // The count (or the insert's evictions) may have started the
+        // sketch, or sized it anew.
+        if self.with_policy(|p, view| p.count_fresh(view)) {
+            let map = &mut *self.map;
             map.sketch_lines = map.policy.get_mut().sketch_lines();
         }
     }

@@ -154,6 +154,9 @@ pub(crate) struct TinyLfu {
     margin: u8,
     /// Allocated once the shard is half full: counting earlier only adds noise.
     sketch: Option<Sketch>,
+    /// Set when the sketch is allocated anew, until the store, which keeps
+    /// where its lines lie, has been told (see `Policy::count_fresh`).
+    pub(super) lines_moved: bool,
     /// Keys recently turned away at admission, and keys main evicted
     /// recently (as the victims of contests, or when the window had nothing
     /// to give); allocated with the sketch.
@@ -187,6 +190,7 @@ impl TinyLfu {
             initial_window: 0,
             margin: admission::ADMIT_MARGIN,
             sketch: None,
+            lines_moved: false,
             ghosts: Ghosts::default(),
             climber: Climber::new(capacity),
             // Never zero: xorshift would stay at zero for good.
@@ -259,7 +263,7 @@ impl TinyLfu {
         };
         let (estimate, aged) = sketch.increment(hash);
         if aged {
-            halve_counts(entries);
+            self.on_aged(entries);
             return estimate / 2;
         }
         estimate
@@ -268,16 +272,48 @@ impl TinyLfu {
     /// Sizes the sketch, the ghosts and the climber's sample periods by the
     /// entries the shard will hold when full, estimated now that it is half
     /// full: the capacity for unweighted entries, the capacity over the mean
-    /// weight for weighted ones (a capacity in bytes must not size them).
+    /// weight for weighted ones (a capacity in bytes must not size them), and
+    /// at least the entries it holds. Called again, from
+    /// [`on_aged`](Self::on_aged), when a weighted shard comes to hold more
+    /// entries than the sketch has words (its first entries were heavier
+    /// than the ones that followed): as Caffeine grows its sketch with the
+    /// entries, the counts start over in a larger sketch.
     #[cold]
     fn start_counting(&mut self) {
-        let count = self.window.len() + self.probation.len() + self.protected.len();
-        let entries = (u128::from(self.capacity) * u128::from(count)
-            / u128::from(self.total().max(1)))
-        .clamp(1, u128::from(self.capacity.max(1))) as u64;
+        let entries = self.entries_when_full();
         self.sketch = Some(Sketch::new(entries));
+        self.lines_moved = true;
         self.ghosts = Ghosts::new((entries as f64 * GHOST_SHARE) as usize);
         self.climber.set_samples(entries);
+    }
+
+    /// The entries the shard will hold when full, by the entries and the
+    /// weight it holds now (see [`start_counting`](Self::start_counting)).
+    fn entries_when_full(&self) -> u64 {
+        let count = self.window.len() + self.probation.len() + self.protected.len();
+        (u128::from(self.capacity) * u128::from(count) / u128::from(self.total().max(1)))
+            .max(u128::from(count))
+            .clamp(1, u128::from(self.capacity.max(1))) as u64
+    }
+
+    /// The sketch aged: the residents' counts halve with its counters, and a
+    /// shard holding more entries than the sketch has words (one per entry
+    /// when sized, rounded up to a power of two) sizes the counting anew if
+    /// that makes the sketch larger (see
+    /// [`start_counting`](Self::start_counting)), as Caffeine grows its
+    /// sketch. Checked here, once a sample period, the hot paths pay nothing
+    /// for it: a period is ten times the entries sized for, so a shard
+    /// growing from a few entries to many resizes a handful of times on the
+    /// way, and one whose entries hold steady not at all.
+    #[cold]
+    #[inline(never)]
+    fn on_aged(&mut self, entries: &impl Entries) {
+        halve_counts(entries);
+        let count = self.window.len() + self.probation.len() + self.protected.len();
+        let words = self.sketch.as_ref().map_or(0, Sketch::words);
+        if count as usize > words && Sketch::words_for(self.entries_when_full()) > words {
+            self.start_counting();
+        }
     }
 
     /// Starts fetching what inserting a new key under `hash` will read that
@@ -420,10 +456,8 @@ impl TinyLfu {
         let m = entries.meta(token);
         let count = ((m >> COUNT_SHIFT) as u32 + u32::from(hits)).min(15) as u8;
         entries.set_meta(token, (m & REGION_BITS) | READ | count << COUNT_SHIFT);
-        if let Some(sketch) = &mut self.sketch {
-            if sketch.note(hits) {
-                halve_counts(entries);
-            }
+        if self.sketch.as_mut().is_some_and(|sketch| sketch.note(hits)) {
+            self.on_aged(entries);
         }
         true
     }

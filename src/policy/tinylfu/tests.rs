@@ -490,6 +490,67 @@ fn weighted_shards_size_their_counting_by_entries_not_weight() {
     p.validate(&e);
 }
 
+/// Five entries of 7,000 units, then entries of one unit.
+struct HeavyFirst(TestSlots);
+
+impl Entries for HeavyFirst {
+    fn hash(&self, token: Token) -> u64 {
+        u64::from(token).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+    }
+    fn weight(&self, token: Token) -> u32 {
+        if token < 5 {
+            7_000
+        } else {
+            1
+        }
+    }
+    fn take_hits(&self, _: Token) -> u8 {
+        0
+    }
+    fn touch(&self, _: Token) {}
+    slot_state_in!(0);
+}
+
+/// A weighted shard whose first entries were heavy starts counting sized for
+/// a few entries; as it comes to hold many light ones, the sketch, the
+/// ghosts and the climber's periods grow with them (each time it holds more
+/// entries than the sketch has words, checked as the sketch ages).
+#[test]
+fn the_counting_grows_with_the_entries_a_weighted_shard_holds() {
+    let e = HeavyFirst(TestSlots::default());
+    let capacity = 1 << 16;
+    let mut p = TinyLfu::new(capacity);
+    let add = |p: &mut TinyLfu, t: Token| {
+        p.on_insert(t, e.hash(t), &e);
+        while p.total() > capacity {
+            let v = p.victim(t, &e).expect("something to evict");
+            p.on_remove(v, e.hash(v), &e);
+        }
+        p.count_fresh(&e);
+    };
+    for t in 0..5 {
+        add(&mut p, t);
+    }
+    // 35,000 units of 65,536: half full with five entries.
+    // Sized for 9 entries (65,536 × 5 / 35,000): the least sketch.
+    assert_eq!(p.sketch.as_ref().map(Sketch::words), Some(16));
+    assert_eq!(p.ghosts.len(), 4);
+    for t in 5..200_000 {
+        add(&mut p, t);
+    }
+    let held = u64::from(p.window.len() + p.probation.len() + p.protected.len());
+    assert!(held > 30_000, "{held}");
+    // A word of the sketch for each entry held.
+    let words = p.sketch.as_ref().unwrap().words() as u64;
+    assert!(words >= held, "{words} words for {held} entries");
+    assert!(
+        p.ghosts.len() as u64 >= held / 4,
+        "{} ghosts",
+        p.ghosts.len()
+    );
+    p.validate(&e);
+}
+
 #[test]
 fn a_read_window_entry_gets_a_second_chance() {
     let (mut p, e) = (TinyLfu::new(1000), Fake::default());
