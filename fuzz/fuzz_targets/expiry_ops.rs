@@ -342,10 +342,12 @@ fuzz_target!(|input: Input| {
                     _ => {
                         assert_eq!(got, Ok(expected.map(|e| e.0)));
                         if let (Some((v, at, cap)), true) = (expected, tti) {
-                            // A read moves the deadline only by a tick
-                            // (2^20 ns) or more.
+                            // A read moves the deadline only by the less
+                            // of a tick (2^20 ns) and 1/1024 of the
+                            // time-to-idle (under 1 ms here) or more: by
+                            // any whole millisecond.
                             let moved = cap.min(now + TTI);
-                            if moved >= at + 2 {
+                            if moved > at {
                                 model.insert(k, (v, moved, cap));
                             }
                         }
