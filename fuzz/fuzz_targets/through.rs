@@ -13,7 +13,8 @@
 //! `peek` of every key must show the model's copy (or, after such a step and
 //! for keys it did not write, nothing). So a write acknowledged is cached at
 //! once unless refused (zero time-to-live: then nothing is cached under its
-//! key); a refused or failed write changes no key's copy; a tag invalidation
+//! key) or, weighted under W-TinyLfu and heavier than a unit (than the
+//! admission window), turned away by its own insert (heard as `Size`); a refused or failed write changes no key's copy; a tag invalidation
 //! drops exactly the tagged copies, the clock exactly the expired ones; a
 //! `get` of a cached key returns the copy without calling the store; a `get`
 //! of any other calls `load` exactly once and returns the store's value,
@@ -414,6 +415,9 @@ struct Model {
     expired: Vec<(u8, u16)>,
     /// The heaviest value a weighted cache takes (a shard's capacity).
     max_weight: Option<u64>,
+    /// Weighted under W-TinyLfu: a value heavier than a unit (than the
+    /// admission window) contests for room at its own write, and may lose.
+    heavy_contest: bool,
 }
 
 impl Model {
@@ -522,17 +526,18 @@ fuzz_target!(|input: Input| {
         ..Db::default()
     }));
     let (clock, time) = Clock::mock();
+    let eviction = match input.eviction % 3 {
+        0 => Eviction::Lru,
+        1 => Eviction::Lfu,
+        _ => Eviction::TinyLfu,
+    };
     let capacity = u64::from(input.capacity % 8) + 1;
     // Both powers of two: the smaller one is the count.
     let shards = (1u64 << ((input.capacity >> 3) % 3)).min(1 << capacity.ilog2());
     let builder = Cache::builder()
         .max_capacity(capacity)
         .shards(shards as usize)
-        .eviction(match input.eviction % 3 {
-            0 => Eviction::Lru,
-            1 => Eviction::Lfu,
-            _ => Eviction::TinyLfu,
-        })
+        .eviction(eviction)
         .clock(clock)
         .eviction_listener({
             let db = db.clone();
@@ -544,12 +549,25 @@ fuzz_target!(|input: Input| {
         builder
     };
     let max_weight = input.weighted.then_some(capacity / shards);
+    let heavy_contest = input.weighted && eviction == Eviction::TinyLfu;
     if input.write_through {
         let cache = builder.write_through(db.clone()).build().unwrap();
-        run(&cache, &db, &time, max_weight, &input.steps);
+        run(
+            &cache,
+            &db,
+            &time,
+            (max_weight, heavy_contest),
+            &input.steps,
+        );
     } else {
         let cache = builder.read_through(db.clone()).build().unwrap();
-        run(&cache, &db, &time, max_weight, &input.steps);
+        run(
+            &cache,
+            &db,
+            &time,
+            (max_weight, heavy_contest),
+            &input.steps,
+        );
     }
     // A hook a step left unrun holds a handle of the cache.
     db.0.race.lock().unwrap().take();
@@ -559,11 +577,12 @@ fn run<C: Through>(
     cache: &C,
     db: &Shared,
     time: &MockClock,
-    max_weight: Option<u64>,
+    (max_weight, heavy_contest): (Option<u64>, bool),
     steps: &[Step],
 ) {
     let mut model = Model {
         max_weight,
+        heavy_contest,
         ..Model::default()
     };
     for step in steps {
@@ -940,8 +959,25 @@ fn check<C: Through>(cache: &C, db: &Shared, model: &mut Model, after: &After, s
         };
         let got = cache.peek(k);
         let evicted = after.may_evict && set.is_none() && got.is_none();
+        // A copy the step set, heavier than a unit, that lost its contest
+        // for room at its own write (heard as `Size` in the step).
+        let turned_away = match (set, want, got) {
+            (Some(_), Some(copy), None)
+                if model.heavy_contest
+                    && copy.value % 3 > 1
+                    && db.0.heard.lock().unwrap().contains(&(
+                        k,
+                        copy.value,
+                        RemovalCause::Size,
+                    )) =>
+            {
+                evictions.push((k, copy.value));
+                true
+            }
+            _ => false,
+        };
         assert!(
-            got == want.map(|c| c.value) || evicted,
+            got == want.map(|c| c.value) || evicted || turned_away,
             "after {step:?}: key {k} cached as {got:?}, the model's copy {want:?} (evictions {})",
             after.may_evict
         );
