@@ -517,6 +517,15 @@ fn a_heavy_newcomer_contests_admission_instead_of_sweeping_the_cache() {
         assert_eq!(cache.peek(&k), None);
         assert_eq!(*evicted.lock().unwrap(), [k], "only itself");
     }
+    // Turned away and asked for again at once, a key finds its ghost; the
+    // ghost buys the room one victim frees, not a sweep of main. (A third
+    // sighting would outrank these entries, whose reads count once each.)
+    for _ in 0..2 {
+        evicted.lock().unwrap().clear();
+        cache.insert(7000, 900);
+        assert_eq!(cache.peek(&7000), None);
+        assert_eq!(*evicted.lock().unwrap(), [7000], "only itself");
+    }
     let kept = (0..1000).filter(|k| cache.peek(k) == Some(1)).count();
     assert!(kept >= 990, "{kept} of the 1,000 entries read kept");
     assert_eq!(cache.weighted_size(), kept as u64);

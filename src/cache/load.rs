@@ -23,7 +23,7 @@ where
     S: BuildHasher,
 {
     /// The value under `key`, or the one `load` makes for it on a miss, which
-    /// is then cached. Concurrent callers for one absent key share one load:
+    /// is then cached as [`insert`](Self::insert) would cache it. Concurrent callers for one absent key share one load:
     /// the first runs `load`, the others wait for its value. No shard lock is
     /// held while `load` runs, so it may use the cache for other keys (but
     /// not its own: see Panics). Not

@@ -351,12 +351,14 @@ where
     ///
     /// Under [`Eviction::TinyLfu`], an entry heavier
     /// than the admission window (at first 1% of its shard's capacity) is its
-    /// own first candidate for the main region: if it needs room there and
-    /// its key is seen less often than the entries it would displace, this
-    /// insert evicts it ([`RemovalCause::Size`]), as a later insert would
-    /// have evicted a lighter newcomer once it left the window, instead of
-    /// evicting entries read more often. Entries of one unit (every entry of
-    /// a cache without a weigher) are never evicted by their own insert.
+    /// own first candidate for the main region: if main has no room for it,
+    /// it contests each entry it would displace, as any candidate does (its
+    /// count against theirs; a key's first sighting loses), and one that
+    /// loses is evicted by this insert ([`RemovalCause::Size`]), as a later
+    /// insert would have evicted a lighter newcomer once it left the window,
+    /// instead of evicting entries read more often. Entries of one unit
+    /// (every entry of a cache without a weigher) are never evicted by their
+    /// own insert.
     ///
     /// # Panics
     ///

@@ -219,7 +219,9 @@ impl Policy {
         }
     }
 
-    /// The next entry to evict, never `keep` (pass `list::NIL` to allow any).
+    /// The next entry to evict, not `keep` (pass `list::NIL` to allow any),
+    /// but for W-TinyLfu's `keep` heavier than its window, which contests
+    /// for room and may lose (see `TinyLfu::victim`).
     #[inline]
     pub(crate) fn victim(&mut self, keep: Token, entries: &impl Entries) -> Option<Token> {
         match self {

@@ -163,27 +163,28 @@ impl Naive {
             .clamp(1, self.capacity.max(1))
     }
 
-    /// Sizes the counting by the entries when full.
-    fn size_counting(&mut self, e: &Fake) {
-        let entries = self.entries_when_full(e);
+    /// Sizes the counting for `entries`.
+    fn size_counting(&mut self, entries: u64) {
         self.sketch = Some(Sketch::new(entries));
         self.ghosts = Ghosts::new((entries as f64 * GHOST_SHARE) as usize);
         self.climber.set_samples(entries);
     }
 
     /// The sketch aged: counts halve, and more entries than the sketch has
-    /// words sizes the counting anew, if that makes the sketch larger.
+    /// words sizes the counting anew, for the entries when full but at most
+    /// twice those held, if that makes the sketch larger.
     fn aged(&mut self, e: &Fake) {
         self.halve();
         let words = self.sketch.as_ref().map_or(0, Sketch::words);
-        if self.entries() > words as u64 && Sketch::words_for(self.entries_when_full(e)) > words {
-            self.size_counting(e);
+        let entries = self.entries_when_full(e).min(2 * self.entries());
+        if self.entries() > words as u64 && Sketch::words_for(entries) > words {
+            self.size_counting(entries);
         }
     }
 
     fn count(&mut self, hash: u64, e: &Fake) -> u8 {
         if self.sketch.is_none() && self.total(e) >= self.capacity / 2 {
-            self.size_counting(e);
+            self.size_counting(self.entries_when_full(e));
         }
         match &mut self.sketch {
             Some(s) => {
@@ -309,6 +310,13 @@ impl Naive {
         false
     }
 
+    /// Whether `w` fits in main once `v` leaves it, or weighs no more.
+    fn fits_after(&self, w: u64, v: Token, e: &Fake) -> bool {
+        let freed = u64::from(e.weight(v));
+        let main = Self::weight(&self.probation, e) + Self::weight(&self.protected, e);
+        w <= freed || main - freed + w <= self.capacity - self.window_max
+    }
+
     fn main_victim(&mut self, keep: Token, e: &Fake) -> Option<Token> {
         let first = |list: &[Token]| list.iter().copied().find(|&t| t != keep);
         while let Some(t) = first(&self.probation) {
@@ -370,9 +378,7 @@ impl Naive {
                 if self.admit(c, v, e) {
                     // A winner heavier than its victim that still would not
                     // fit stays in the window to contest the next one.
-                    let freed = u64::from(e.weight(v));
-                    let main = Self::weight(&self.probation, e) + Self::weight(&self.protected, e);
-                    if w <= freed || main - freed + w <= main_max {
+                    if self.fits_after(w, v, e) {
                         to_probation(self);
                     }
                     self.ghosts.remember_evicted(e.hash(v));
@@ -391,6 +397,11 @@ impl Naive {
             }
             self.nudge(w as i64);
             let victim = victim.or_else(|| self.main_victim(keep, e));
+            // A ghost buys one victim's room: one that would still not fit
+            // is turned away.
+            if victim.is_some_and(|v| !self.fits_after(w, v, e)) {
+                return Some(c);
+            }
             to_probation(self);
             if let Some(v) = victim {
                 self.ghosts.remember_evicted(e.hash(v));

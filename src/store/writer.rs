@@ -615,7 +615,9 @@ impl<K: Eq, V, H: Fn(&K) -> u64> ShardWriter<'_, K, V, H> {
         self.evict(victim, now, out);
     }
 
-    /// Evicts in policy order, never `keep`, until the shard weighs at most `limit`.
+    /// Evicts in policy order, sparing `keep` as the policy does (see
+    /// [`Policy::victim`](crate::policy::Policy::victim)), until the shard
+    /// weighs at most `limit`.
     /// A victim whose deadline had passed (expiry not yet reclaimed it) is
     /// reported, and counted, as expired.
     #[inline(always)]

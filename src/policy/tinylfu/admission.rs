@@ -46,7 +46,7 @@ pub(in crate::policy) const ADMIT_WARM_THRESHOLD: u8 = 6;
 pub(in crate::policy) const ADMIT_WARM_ONE_IN: u64 = 128;
 
 impl TinyLfu {
-    /// Chooses the next entry to evict (never `keep`), moving window overflow
+    /// Chooses the next entry to evict (`keep` only as below), moving window overflow
     /// into main and settling admission contests on the way. Entries read since
     /// the policy last looked get a second chance where they stand: a window
     /// entry goes to the window's back, a probation entry is promoted.
@@ -93,9 +93,7 @@ impl TinyLfu {
                     // A candidate heavier than its victim that would still
                     // not fit once the victim is gone stays the window's
                     // oldest, to contest the next victim too.
-                    let freed = u64::from(entries.weight(v));
-                    let main = self.probation_weight + self.protected_weight;
-                    if weight <= freed || main - freed + weight <= main_max {
+                    if self.fits_after(weight, v, entries) {
                         self.enter_main(candidate, weight, entries);
                     }
                     return Some(self.evict_from_main(v, entries));
@@ -115,6 +113,11 @@ impl TinyLfu {
             }
             self.nudge_window(units);
             let victim = victim.or_else(|| self.main_victim(keep, entries));
+            // A ghost buys the room one victim frees, not a sweep of main: a
+            // candidate that would still not fit is turned away after all.
+            if victim.is_some_and(|v| !self.fits_after(weight, v, entries)) {
+                return Some(candidate);
+            }
             self.enter_main(candidate, weight, entries);
             if let Some(v) = victim {
                 return Some(self.evict_from_main(v, entries));
@@ -143,6 +146,15 @@ impl TinyLfu {
             self.count_fresh(entries);
         }
         Some(keep)
+    }
+
+    /// Whether a candidate of `weight` fits in main once `victim` (in main)
+    /// is gone, or weighs no more than it.
+    #[inline]
+    fn fits_after(&self, weight: u64, victim: Token, entries: &impl Entries) -> bool {
+        let freed = u64::from(entries.weight(victim));
+        let main = self.probation_weight + self.protected_weight;
+        weight <= freed || main - freed + weight <= self.capacity - self.window_max
     }
 
     /// Moves the window's `candidate` (of `weight`) to probation's back.

@@ -280,7 +280,12 @@ impl TinyLfu {
     /// entries, the counts start over in a larger sketch.
     #[cold]
     fn start_counting(&mut self) {
-        let entries = self.entries_when_full();
+        self.count_for(self.entries_when_full());
+    }
+
+    /// Sizes the sketch, the ghosts and the climber's periods for `entries`.
+    #[cold]
+    fn count_for(&mut self, entries: u64) {
         self.sketch = Some(Sketch::new(entries));
         self.lines_moved = true;
         self.ghosts = Ghosts::new((entries as f64 * GHOST_SHARE) as usize);
@@ -304,15 +309,24 @@ impl TinyLfu {
     /// sketch. Checked here, once a sample period, the hot paths pay nothing
     /// for it: a period is ten times the entries sized for, so a shard
     /// growing from a few entries to many resizes a handful of times on the
-    /// way, and one whose entries hold steady not at all.
+    /// way, and one whose entries hold steady not at all. A resize sizes for
+    /// at most twice the entries held.
     #[cold]
     #[inline(never)]
     fn on_aged(&mut self, entries: &impl Entries) {
         halve_counts(entries);
         let count = self.window.len() + self.probation.len() + self.protected.len();
         let words = self.sketch.as_ref().map_or(0, Sketch::words);
-        if count as usize > words && Sketch::words_for(self.entries_when_full()) > words {
-            self.start_counting();
+        if count as usize <= words {
+            return;
+        }
+        // Extrapolated from the weight held only up to twice the entries
+        // held: at half full the estimate is within that anyway, but a
+        // shard nearly empty (its heavy entries gone) would otherwise take
+        // its few light ones for a full shard's worth.
+        let entries = self.entries_when_full().min(2 * u64::from(count));
+        if Sketch::words_for(entries) > words {
+            self.count_for(entries);
         }
     }
 

@@ -490,8 +490,8 @@ fn weighted_shards_size_their_counting_by_entries_not_weight() {
     p.validate(&e);
 }
 
-/// Five entries of 7,000 units, then entries of one unit.
-struct HeavyFirst(TestSlots);
+/// Five entries of the weight given, then entries of one unit.
+struct HeavyFirst(u32, TestSlots);
 
 impl Entries for HeavyFirst {
     fn hash(&self, token: Token) -> u64 {
@@ -499,7 +499,7 @@ impl Entries for HeavyFirst {
     }
     fn weight(&self, token: Token) -> u32 {
         if token < 5 {
-            7_000
+            self.0
         } else {
             1
         }
@@ -508,7 +508,7 @@ impl Entries for HeavyFirst {
         0
     }
     fn touch(&self, _: Token) {}
-    slot_state_in!(0);
+    slot_state_in!(1);
 }
 
 /// A weighted shard whose first entries were heavy starts counting sized for
@@ -517,7 +517,7 @@ impl Entries for HeavyFirst {
 /// entries than the sketch has words, checked as the sketch ages).
 #[test]
 fn the_counting_grows_with_the_entries_a_weighted_shard_holds() {
-    let e = HeavyFirst(TestSlots::default());
+    let e = HeavyFirst(7_000, TestSlots::default());
     let capacity = 1 << 16;
     let mut p = TinyLfu::new(capacity);
     let add = |p: &mut TinyLfu, t: Token| {
@@ -548,6 +548,36 @@ fn the_counting_grows_with_the_entries_a_weighted_shard_holds() {
         "{} ghosts",
         p.ghosts.len()
     );
+    p.validate(&e);
+}
+
+/// A resize sizes for at most twice the entries held: a shard whose heavy
+/// entries started the counting and then left, holding a few light ones,
+/// does not take them for a full shard's worth (here a capacity of 2^30
+/// units would have sized a 512 MiB sketch for 500 entries).
+#[test]
+fn a_resize_sizes_for_the_entries_held_not_the_capacity() {
+    let e = HeavyFirst(1 << 27, TestSlots::default());
+    let capacity = 1 << 30;
+    let mut p = TinyLfu::new(capacity);
+    for t in 0..5 {
+        p.on_insert(t, e.hash(t), &e);
+        p.count_fresh(&e);
+    }
+    assert!(p.sketch.is_some(), "half full");
+    for t in 0..5 {
+        p.on_remove(t, e.hash(t), &e);
+    }
+    for t in 5..3_000 {
+        p.on_insert(t, e.hash(t), &e);
+        p.count_fresh(&e);
+        let held = u64::from(p.window.len() + p.probation.len() + p.protected.len());
+        let words = p.sketch.as_ref().map_or(0, Sketch::words) as u64;
+        assert!(words <= 4 * held.max(8), "{words} words for {held} entries");
+        assert!(p.ghosts.len() as u64 <= 2 * held.max(8));
+    }
+    let words = p.sketch.as_ref().map_or(0, Sketch::words);
+    assert!(words >= 2_995, "grown with the entries: {words}");
     p.validate(&e);
 }
 

@@ -22,7 +22,9 @@ where
     /// returned but not kept: each read loads it again, and each such load
     /// reaches the listener ([`RemovalCause::Size`](crate::RemovalCause::Size)
     /// or [`Expired`](crate::RemovalCause::Expired)) and the stats'
-    /// `rejections` or `expirations`.
+    /// `rejections` or `expirations`. Under W-TinyLfu a value heavier than
+    /// the admission window may also lose its contest for room and leave at
+    /// once (see [`Cache::insert`]): heard as `Size`, counted in `evictions`.
     ///
     /// `key` may be a borrowed form (`&str` for `String` keys): an owned
     /// key is made only for a load.
@@ -67,7 +69,8 @@ where
     ///
     /// An entry heavier than one shard's share of the capacity (see
     /// [`Cache::try_insert`]) is not cached: the listener gets it with
-    /// [`RemovalCause::Size`](crate::RemovalCause::Size), and `put` still returns `Ok(())`.
+    /// [`RemovalCause::Size`](crate::RemovalCause::Size), and `put` still returns `Ok(())`;
+    /// so does one W-TinyLfu turns away at once (see [`Cache::insert`]).
     ///
     /// # Errors
     ///

@@ -104,7 +104,8 @@ where
     ///
     /// A value the cache refuses (heavier than one shard's share of the
     /// capacity: see [`Cache::try_insert`]; the listener gets it with
-    /// [`RemovalCause::Size`](crate::RemovalCause::Size)) is queued all the same, and reads find it in
+    /// [`RemovalCause::Size`](crate::RemovalCause::Size)), or that W-TinyLfu turns away at once
+    /// (see [`Cache::insert`]), is queued all the same, and reads find it in
     /// the queue until the store has it.
     ///
     /// # Errors

@@ -86,7 +86,9 @@ where
     /// [`RemovalCause::Size`](crate::RemovalCause::Size) (and the key's previous cached value with
     /// [`RemovalCause::Replaced`](crate::RemovalCause::Replaced)), `put` still returns `Ok(())`, and reads
     /// load the value from the store. An entry whose time-to-live is zero is
-    /// likewise dropped, with [`RemovalCause::Expired`](crate::RemovalCause::Expired).
+    /// likewise dropped, with [`RemovalCause::Expired`](crate::RemovalCause::Expired), and so is one
+    /// W-TinyLfu turns away at once, heavier than its admission window (see
+    /// [`Cache::insert`]), with `Size`.
     ///
     /// # Errors
     ///
