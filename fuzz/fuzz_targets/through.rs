@@ -6,7 +6,8 @@
 //! a write or after (loads panic in both), and back; the application may
 //! write it behind the cache's back; a mock clock moves for the entries'
 //! time-to-live, and the store's `load_options` may tag loaded values and
-//! give them a time-to-live of `value % 4` ms (zero: not cached).
+//! give them a time-to-live of `value % 4` ms (zero: not cached). The cache
+//! may have a time-to-live of its own, 1–8 ms, for the copies given none.
 //!
 //! After every step the model knows each key's cached copy exactly, except
 //! that a step which cached something may have evicted other keys' copies:
@@ -154,6 +155,8 @@ struct Input {
     /// Values weigh `value % 3` (zero included), and the capacity is their
     /// weight: one too heavy for a shard is not cached.
     weighted: bool,
+    /// The cache's time-to-live, `ttl % 8 + 1` ms, if given.
+    ttl: Option<u8>,
     steps: Vec<Step>,
 }
 
@@ -418,6 +421,8 @@ struct Model {
     /// Weighted under W-TinyLfu: a value heavier than a unit (than the
     /// admission window) contests for room at its own write, and may lose.
     heavy_contest: bool,
+    /// The cache's time-to-live in ms, for copies given none of their own.
+    ttl: Option<u64>,
 }
 
 impl Model {
@@ -444,7 +449,7 @@ impl Model {
             Some(0) => None,
             ttl => Some(Cached {
                 value,
-                deadline: ttl.map(|t| self.now + t),
+                deadline: ttl.or(self.ttl).map(|t| self.now + t),
                 tagged,
             }),
         }
@@ -548,6 +553,11 @@ fuzz_target!(|input: Input| {
     } else {
         builder
     };
+    let ttl = input.ttl.map(|t| u64::from(t % 8) + 1);
+    let builder = match ttl {
+        Some(t) => builder.time_to_live(Duration::from_millis(t)),
+        None => builder,
+    };
     let max_weight = input.weighted.then_some(capacity / shards);
     let heavy_contest = input.weighted && eviction == Eviction::TinyLfu;
     if input.write_through {
@@ -556,7 +566,7 @@ fuzz_target!(|input: Input| {
             &cache,
             &db,
             &time,
-            (max_weight, heavy_contest),
+            (max_weight, heavy_contest, ttl),
             &input.steps,
         );
     } else {
@@ -565,7 +575,7 @@ fuzz_target!(|input: Input| {
             &cache,
             &db,
             &time,
-            (max_weight, heavy_contest),
+            (max_weight, heavy_contest, ttl),
             &input.steps,
         );
     }
@@ -577,12 +587,13 @@ fn run<C: Through>(
     cache: &C,
     db: &Shared,
     time: &MockClock,
-    (max_weight, heavy_contest): (Option<u64>, bool),
+    (max_weight, heavy_contest, ttl): (Option<u64>, bool, Option<u64>),
     steps: &[Step],
 ) {
     let mut model = Model {
         max_weight,
         heavy_contest,
+        ttl,
         ..Model::default()
     };
     for step in steps {

@@ -45,6 +45,20 @@
 //! instead. A `close_async` polled at least once has closed the cache,
 //! ended or not: from then on every write is refused as closed (and a
 //! write is refused so only then), and reads go on as before.
+//!
+//! The cache evicts by LRU, LFU or W-TinyLfu (`eviction % 3`). With
+//! `weighted`, a value weighs its residue mod 4: entries of weight 0 that
+//! size never evicts, and entries heavier than the cache, which it refuses,
+//! or than W-TinyLfu's admission window, which it may turn away at their own
+//! write; either way the write is queued, and every check above stands. An
+//! eviction listener hears every cached copy that leaves, and must only ever
+//! hear a value its key was acknowledged with (a write refused, or dropped
+//! before it ended, is never cached). With `eviction` of 128 or more the
+//! listener panics on the values congruent to `eviction` mod 8: a write
+//! whose call ends in that panic was queued and cached before it (the docs
+//! of `put`), so it counts as acknowledged; a read that ends so returns
+//! nothing to check; a flush or close that ends so (dropping the cached
+//! copies of failed writes) leaves its report to the next one.
 #![no_main]
 
 use std::collections::{HashMap, HashSet};
@@ -56,8 +70,8 @@ use std::time::Duration;
 
 use arbitrary::Arbitrary;
 use larder::{
-    Backpressure, Cache, DefaultHashBuilder, EntryOptions, Op, Store, WriteBack, WriteBehind,
-    WriteError,
+    Backpressure, Cache, DefaultHashBuilder, EntryOptions, Eviction, Op, Store, WriteBack,
+    WriteBehind, WriteError,
 };
 
 /// Writes handed to the failure handler, as `(key, value or deletion)`.
@@ -96,6 +110,9 @@ struct Input {
     capacity: u8,
     batch: u8,
     queue: u8,
+    /// The policy by its residue mod 3; 128 and up, the listener panics.
+    eviction: u8,
+    weighted: bool,
     steps: Vec<Step>,
 }
 
@@ -111,6 +128,33 @@ struct Db {
 /// The payload of the store's deliberate panics.
 struct Deliberate;
 
+/// The payload of the listener's deliberate panics.
+struct Heard;
+
+/// What the listener heard, as `(key, value)`.
+type Listened = Arc<Mutex<Vec<(u8, u16)>>>;
+
+/// Runs a call of the cache's, `Err` when it ended in the listener's panic
+/// (any other panic goes on).
+fn calm<T>(call: impl FnOnce() -> T) -> Result<T, ()> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(call)) {
+        Ok(out) => Ok(out),
+        Err(panic) if panic.is::<Heard>() => Err(()),
+        Err(panic) => std::panic::resume_unwind(panic),
+    }
+}
+
+/// Checks that the listener heard, of each key, only values in `ever`
+/// (its acknowledged writes), and forgets what it heard.
+fn check_heard(listened: &Listened, ever: &dyn Fn(u8, u16) -> bool) {
+    for (k, v) in listened.lock().unwrap().drain(..) {
+        assert!(
+            ever(k, v),
+            "the listener heard {k} => {v}, never acknowledged"
+        );
+    }
+}
+
 /// Lets deliberate panics unwind to the flusher instead of aborting in
 /// libFuzzer's panic hook, which every other panic still reaches.
 fn allow_deliberate_panics() {
@@ -118,7 +162,7 @@ fn allow_deliberate_panics() {
     ONCE.call_once(|| {
         let previous = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
-            if !info.payload().is::<Deliberate>() {
+            if !info.payload().is::<Deliberate>() && !info.payload().is::<Heard>() {
                 previous(info);
             }
         }));
@@ -166,6 +210,8 @@ struct Model {
     /// Keys whose last acknowledged write was handed to the failure handler
     /// and settled by a flush, with that write: a read may still return it.
     settled: HashMap<u8, Option<u16>>,
+    /// Every value each key was acknowledged with.
+    ever: HashSet<(u8, u16)>,
 }
 
 fuzz_target!(|input: Input| {
@@ -183,9 +229,30 @@ fuzz_target!(|input: Input| {
         })
         .retries(1, Duration::ZERO);
     let handed: Handed = Arc::default();
-    let mut builder = Cache::builder()
+    let listened: Listened = Arc::default();
+    let builder = Cache::builder()
         .max_capacity(u64::from(input.capacity % 8) + 1)
-        .write_back(db.clone(), settings);
+        .eviction(match input.eviction % 3 {
+            0 => Eviction::Lru,
+            1 => Eviction::Lfu,
+            _ => Eviction::TinyLfu,
+        })
+        .eviction_listener({
+            let listened = Arc::clone(&listened);
+            let panics = (input.eviction >= 128).then_some(input.eviction % 8);
+            move |k, v: u16, _| {
+                listened.lock().unwrap().push((k, v));
+                if panics == Some((v % 8) as u8) {
+                    std::panic::panic_any(Heard);
+                }
+            }
+        });
+    let builder = if input.weighted {
+        builder.weigher(|_: &u8, v: &u16| u32::from(v % 4))
+    } else {
+        builder
+    };
+    let mut builder = builder.write_back(db.clone(), settings);
     if input.handler {
         let sink = Arc::clone(&handed);
         builder = builder.on_write_failure(move |failed: larder::FailedWrite<u8, u16, _>| {
@@ -206,7 +273,9 @@ fuzz_target!(|input: Input| {
             last: model,
             acked,
             settled,
+            ever,
         } = state;
+        check_heard(&listened, &|k, v| ever.contains(&(k, v)));
         let mut failed: Vec<(u8, Option<u16>)> = match report {
             Ok(()) => Vec::new(),
             Err(e) => e
@@ -275,6 +344,9 @@ fuzz_target!(|input: Input| {
                     m.settled.remove(&k);
                     m.last.insert(k, w);
                     m.acked.entry(k).or_default().push(w);
+                    if let Some(v) = w {
+                        m.ever.insert((k, v));
+                    }
                 }
                 Some(Err(WriteError::QueueFull)) => {
                     assert!(!blocking, "a blocking write found the queue full")
@@ -288,7 +360,11 @@ fuzz_target!(|input: Input| {
                 let m = state.lock().unwrap();
                 (m.last.get(&k).copied(), m.settled.get(&k).copied())
             };
-            let got = cache.get(&k).unwrap();
+            // A read that caches what it found may evict, and the listener
+            // panic on it: nothing to check then.
+            let Ok(got) = calm(|| cache.get(&k).unwrap()) else {
+                return;
+            };
             if got != last.flatten() {
                 // Only a last write handed over may read otherwise: as
                 // itself (still cached) or as what the store holds.
@@ -307,7 +383,9 @@ fuzz_target!(|input: Input| {
                 );
             }
         }
-        Step::InvalidateTag => cache.invalidate_tag("t"),
+        Step::InvalidateTag => {
+            let _ = calm(|| cache.invalidate_tag("t"));
+        }
         Step::Fail(on) => db.0.failing.store(on, Ordering::SeqCst),
         Step::Panic(on) => db.0.panicking.store(on, Ordering::SeqCst),
         Step::Flush | Step::FlushAsync(_) | Step::CloseAsync(_) => {
@@ -315,7 +393,7 @@ fuzz_target!(|input: Input| {
         }
     };
     if input.two && input.shared {
-        shared_keys(&input, &cache, &db, &handed);
+        shared_keys(&input, &cache, &db, &handed, &listened);
         return;
     }
     // The steps between flushes, then the flush.
@@ -350,17 +428,21 @@ fuzz_target!(|input: Input| {
                 step(s, &|k| k % 16);
             }
         }
+        // One that ends in the listener's panic leaves its report to the
+        // next, as one dropped does.
         let report = match end {
             None => None,
-            Some(Step::FlushAsync(cancel)) => drive(cache.flush_async(), *cancel),
+            Some(Step::FlushAsync(cancel)) => {
+                calm(|| drive(cache.flush_async(), *cancel)).unwrap_or(None)
+            }
             Some(Step::CloseAsync(cancel)) => {
                 // Polled at all, it has closed the cache.
                 if cancel.is_none_or(|c| c % 3 > 0) {
                     closed.store(true, Ordering::SeqCst);
                 }
-                drive(cache.close_async(), *cancel)
+                calm(|| drive(cache.close_async(), *cancel)).unwrap_or(None)
             }
-            Some(_) => Some(cache.flush()),
+            Some(_) => calm(|| cache.flush()).ok(),
         };
         // A report dropped unread comes in the next one.
         if let Some(report) = report {
@@ -369,8 +451,24 @@ fuzz_target!(|input: Input| {
     }
     db.0.failing.store(false, Ordering::SeqCst);
     db.0.panicking.store(false, Ordering::SeqCst);
-    check_flush(cache.close(), &mut state.lock().unwrap());
+    check_flush(close(&cache), &mut state.lock().unwrap());
 });
+
+/// Reads `k`, up to three times while the listener panics (a read that
+/// caches what it found may evict, or have its find turned away); `None` if
+/// every try did.
+fn read(cache: &WbCache, k: u8) -> Option<Option<u16>> {
+    (0..3).find_map(|_| calm(|| cache.get(&k).unwrap()).ok())
+}
+
+/// Closes the cache, again if the listener panicked as the first call
+/// dropped the failed writes' cached copies: the second finds none left to
+/// drop, and reports what the first could not.
+fn close(cache: &WbCache) -> Result<(), larder::FlushError<u8, u16, &'static str>> {
+    calm(|| cache.close()).unwrap_or_else(|()| {
+        calm(|| cache.close()).unwrap_or_else(|()| panic!("close panicked twice"))
+    })
+}
 
 /// Whether a step ends a stretch: a flush, sync or async, or a close.
 fn ends_stretch(step: &Step) -> bool {
@@ -461,7 +559,22 @@ type Written = (
 );
 
 /// Runs a write step, sync or async, on the key `key` makes of its byte.
+/// A call that ends in the listener's panic was queued and cached before it
+/// (the docs of `put` and `delete`): it reads as acknowledged.
 fn write(cache: &WbCache, step: &Step, key: &dyn Fn(u8) -> u8) -> Option<Written> {
+    let (k, w, outcome) = calm(|| written(cache, step, key)).unwrap_or_else(|()| {
+        let (k, w) = match *step {
+            Step::Put(k, v, _) | Step::PutAsync(k, v, _, _) => (key(k), Some(v)),
+            Step::Delete(k) | Step::DeleteAsync(k, _) => (key(k), None),
+            _ => unreachable!("only writes reach the listener's panic here"),
+        };
+        Some((k, w, Some(Ok(()))))
+    })?;
+    Some((k, w, outcome))
+}
+
+/// [`write`]'s call.
+fn written(cache: &WbCache, step: &Step, key: &dyn Fn(u8) -> u8) -> Option<Written> {
     Some(match *step {
         Step::Put(k, v, tagged) => (key(k), Some(v), Some(put(cache, key(k), v, tagged))),
         Step::Delete(k) => (key(k), None, Some(cache.delete(&key(k)))),
@@ -486,7 +599,7 @@ fn write(cache: &WbCache, step: &Step, key: &dyn Fn(u8) -> u8) -> Option<Written
 }
 
 /// The `two` + `shared` mode: see the module's docs.
-fn shared_keys(input: &Input, cache: &WbCache, db: &Shared, handed: &Handed) {
+fn shared_keys(input: &Input, cache: &WbCache, db: &Shared, handed: &Handed, listened: &Listened) {
     let blocking = input.handler && input.block;
     // Each key's value before the stretch (every stretch ends with a flush).
     let mut before: HashMap<u8, Option<u16>> = HashMap::new();
@@ -522,9 +635,13 @@ fn shared_keys(input: &Input, cache: &WbCache, db: &Shared, handed: &Handed) {
                                     _ => {}
                                 },
                                 Step::Get(k) => {
-                                    seen.reads.push((k % 8, cache.get(&(k % 8)).unwrap()))
+                                    if let Ok(got) = calm(|| cache.get(&(k % 8)).unwrap()) {
+                                        seen.reads.push((k % 8, got));
+                                    }
                                 }
-                                Step::InvalidateTag => cache.invalidate_tag("t"),
+                                Step::InvalidateTag => {
+                                    let _ = calm(|| cache.invalidate_tag("t"));
+                                }
                                 Step::Fail(on) => db.0.failing.store(on, Ordering::SeqCst),
                                 Step::Panic(on) => db.0.panicking.store(on, Ordering::SeqCst),
                                 Step::Flush | Step::FlushAsync(_) | Step::CloseAsync(_) => {}
@@ -545,14 +662,21 @@ fn shared_keys(input: &Input, cache: &WbCache, db: &Shared, handed: &Handed) {
             let all = ever.get_mut(&k).expect("every key has a set");
             all.extend(acked(0, k).iter().chain(acked(1, k)).copied());
         }
-        // What the cache reads once both writers are done, before the flush.
-        let now: HashMap<u8, Option<u16>> = (0..8u8).map(|k| (k, cache.get(&k).unwrap())).collect();
+        check_heard(listened, &|k, v| ever[&k].contains(&Some(v)));
+        // What the cache reads once both writers are done, before the flush
+        // (`None`: the listener panicked on every try).
+        let now: HashMap<u8, Option<Option<u16>>> = (0..8u8).map(|k| (k, read(cache, k))).collect();
         let report = if n + 1 == stretches.len() {
             db.0.failing.store(false, Ordering::SeqCst);
             db.0.panicking.store(false, Ordering::SeqCst);
-            cache.close()
+            close(cache)
         } else {
-            cache.flush()
+            // Once more if the listener panicked as the flush dropped the
+            // failed writes' cached copies: the second reports what the
+            // first could not, with none left to drop.
+            calm(|| cache.flush()).unwrap_or_else(|()| {
+                calm(|| cache.flush()).unwrap_or_else(|()| panic!("flush panicked twice"))
+            })
         };
         let mut failed: Vec<(u8, Option<u16>)> = match report {
             Ok(()) => Vec::new(),
@@ -592,8 +716,12 @@ fn shared_keys(input: &Input, cache: &WbCache, db: &Shared, handed: &Handed) {
         }
         let data = db.0.data.lock().unwrap().clone();
         for k in 0..8u8 {
-            let now = now[&k];
             let stored = data.get(&k).copied();
+            let Some(now) = now[&k] else {
+                // Unread: from now on the key may read as any of its writes.
+                loose.insert(k);
+                continue;
+            };
             if loose.contains(&k) {
                 assert!(
                     ever[&k].contains(&now),
@@ -620,7 +748,10 @@ fn shared_keys(input: &Input, cache: &WbCache, db: &Shared, handed: &Handed) {
                 );
             }
             if n + 1 < stretches.len() {
-                let after = cache.get(&k).unwrap();
+                let Some(after) = read(cache, k) else {
+                    loose.insert(k);
+                    continue;
+                };
                 if !input.handler {
                     // A reported failure falls back to the store; a stored
                     // write is what the store holds.
