@@ -264,6 +264,12 @@ where
     /// after [`close`](Self::close) or once the flusher thread has died.
     /// Nothing is changed either way.
     ///
+    /// # Panics
+    ///
+    /// An eviction listener that panics on the cached copy the delete
+    /// dropped does so after the delete was queued: that panic is not a
+    /// failed write.
+    ///
     /// ```
     /// # use std::collections::HashMap;
     /// # use std::sync::{Arc, Mutex};
@@ -336,6 +342,12 @@ where
     /// ([`on_write_failure`](crate::CacheBuilder::on_write_failure)), given-up
     /// writes go to the handler instead of into the report.
     ///
+    /// # Panics
+    ///
+    /// If an eviction listener panics on a failed write's cached copy as the
+    /// report drops it, after every such copy was dropped; the report then
+    /// waits for the next `flush` or `close`.
+    ///
     /// ```
     /// # use larder::Store;
     /// # struct Down; // a store that refuses every write
@@ -382,6 +394,12 @@ where
     /// # Errors
     ///
     /// [`FlushError`] listing the writes given up on and not yet reported.
+    ///
+    /// # Panics
+    ///
+    /// As [`flush`](Self::flush), if an eviction listener panics on a
+    /// failed write's cached copy: the cache is closed all the same, and a
+    /// second call reports what the first could not.
     ///
     /// ```
     /// # use std::collections::HashMap;
