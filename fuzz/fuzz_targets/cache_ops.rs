@@ -17,7 +17,11 @@
 //! write, refused or undone) was resident before the step. The statistics'
 //! `rejections` count exactly the too-heavy writes and the undone ones (below),
 //! and with `evictions` they add up to the entries heard as `Size` and handed
-//! back. With a `policy` byte of 128 or more the listener panics on every
+//! back. `hits` and `misses` count exactly the lookups of `get` and of the
+//! `get_or_load` calls that got past their key's `Hash` and `Eq`, as they
+//! found the key or not; `loads`, the loaders run (none fails);
+//! `tag_invalidations`, the entries heard as `Invalidated`; nothing expires.
+//! With a `policy` byte of 128 or more the listener panics on every
 //! value divisible by 4: the call that removed it panics, and only then, and
 //! the cache still agrees with the model. `try_insert` hands a too-heavy
 //! entry back instead of to the listener (unless the listener panicked on the
@@ -25,7 +29,11 @@
 //! miss writes what it loaded as an insert would, a hit reads as `get`;
 //! `invalidate_entries_if` removes exactly the entries its predicate picks,
 //! heard as `Invalidated`. `get_or_load_async` (polled to completion here: its
-//! load is ready at once) must behave as `get_or_load`.
+//! load is ready at once) must behave as `get_or_load`. `insert_with` tags
+//! its entry `a` or `b` and must behave as `insert` otherwise; an entry
+//! carries the tag of its last write (none for the other writes), and
+//! `invalidate_tag` removes exactly the entries carrying it, heard as
+//! `Invalidated`, a shard at a time as `invalidate_entries_if` does.
 //!
 //! Other callbacks panic too, and a call panics exactly when one of its
 //! callbacks did, with the panic of the weigher or a key's `Hash` when one
@@ -73,7 +81,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Mutex, Once};
 use std::task::{Context, Poll, Waker};
 
-use larder::{Cache, Eviction, RemovalCause};
+use larder::{Cache, EntryOptions, Eviction, RemovalCause};
 use libfuzzer_sys::fuzz_target;
 
 #[derive(Arbitrary, Debug)]
@@ -81,6 +89,8 @@ enum Op {
     Get(u8),
     Peek(u8),
     Insert(u8, u8, u8),
+    /// `insert_with`, tagged `b` with `true`, else `a`.
+    InsertWith(u8, u8, u8, bool),
     /// `try_insert`: a value too heavy for the cache comes back to the caller.
     TryInsert(u8, u8, u8),
     /// `get_or_load` with a loader yielding `(value, weight)`; by the last
@@ -91,6 +101,8 @@ enum Op {
     /// `invalidate_entries_if` on `(key + value) % (m % 5 + 2) == 0`.
     InvalidateIf(u8),
     InvalidateAll,
+    /// `invalidate_tag` of `b` with `true`, else `a`.
+    InvalidateTag(bool),
     /// Arms (`true`) or disarms the panicking keys' `Hash` for the calls of
     /// the steps that follow.
     Arm(bool),
@@ -379,6 +391,15 @@ impl Model {
     }
 }
 
+/// The tags `insert_with` gives.
+fn tag_name(b: bool) -> &'static str {
+    if b {
+        "b"
+    } else {
+        "a"
+    }
+}
+
 /// (key, value, cause) as the listener hears of an entry leaving.
 type Removal = (u8, u8, RemovalCause);
 
@@ -547,6 +568,9 @@ fuzz_target!(|input: Input| {
     let seed = input.weigher_panics;
     let weighs = move |k: u8, v: u8, w: u8| weigher_fails(seed, k, v, w);
     let mut written: std::collections::HashMap<u8, u8> = Default::default();
+    // The tag of each key's last write that reached its shard (`None`:
+    // untagged); what a resident carries.
+    let mut tags: std::collections::HashMap<u8, Option<bool>> = Default::default();
     let heard: Arc<Mutex<Vec<Removal>>> = Arc::default();
     let sink = Arc::clone(&heard);
     let cache: Cache<Key, (u8, u8), FixedState> = Cache::builder()
@@ -554,6 +578,7 @@ fuzz_target!(|input: Input| {
         .shards(shards as usize)
         .hasher(FixedState)
         .eviction(eviction)
+        .record_stats()
         .weigher(move |k: &Key, v: &(u8, u8)| {
             if weighs(k.0, v.0, v.1) {
                 set_panics(|p| p.weigher += 1);
@@ -586,6 +611,9 @@ fuzz_target!(|input: Input| {
     let mut rejections = 0u64;
     let mut size_heard = 0u64;
     let mut handed_back = 0u64;
+    // Lookups that found their key and that did not, loaders run, entries
+    // heard as `Invalidated`.
+    let (mut hits, mut misses, mut loads, mut invalidated) = (0u64, 0u64, 0u64, 0u64);
     // One model per shard: shard i holds `base + (i < extra)` units and
     // takes entries of up to `base`.
     let mut models: Vec<Model> = (0..shards)
@@ -598,6 +626,11 @@ fuzz_target!(|input: Input| {
         })
         .collect();
     for op in input.ops.into_iter().take(2_000) {
+        // `insert_with` runs as `insert` does, its tag aside.
+        let (op, tag) = match op {
+            Op::InsertWith(k, v, w, b) => (Op::Insert(k, v, w), Some(b)),
+            op => (op, None),
+        };
         let before = residents();
         set_panics(|p| (p.hash, p.weigher, p.eq, p.clone) = (0, 0, 0, 0));
         // Whether a comparison the step's call makes may panic: armed, with
@@ -636,6 +669,11 @@ fuzz_target!(|input: Input| {
                     let got = got
                         .expect("a get panics only in its key's Hash")
                         .map(|(v, w)| (v, w % 16));
+                    if got.is_some() {
+                        hits += 1;
+                    } else {
+                        misses += 1;
+                    }
                     if exact {
                         let model = &mut models[shard_of(k)];
                         let expected = model.pos(k).map(|i| {
@@ -669,7 +707,14 @@ fuzz_target!(|input: Input| {
                 }
             }
             Op::Insert(k, v, w) => {
-                outcome = call(armed, || cache.insert(Key(k), (v, w))).err();
+                outcome = call(armed, || match tag {
+                    Some(b) => {
+                        let options = EntryOptions::new().tags([tag_name(b)]);
+                        cache.insert_with(Key(k), (v, w), options)
+                    }
+                    None => cache.insert(Key(k), (v, w)),
+                })
+                .err();
                 let fate = fate(outcome, armed && panicky(k), weighs(k, v, w));
                 if outcome == Some(Deliberate::Eq) {
                     assert!(
@@ -762,6 +807,14 @@ fuzz_target!(|input: Input| {
                 });
                 outcome = got.as_ref().err().copied();
                 let compared = outcome == Some(Deliberate::Eq);
+                loads += u64::from(loaded);
+                if !own_hash && !compared {
+                    if resident {
+                        hits += 1;
+                    } else {
+                        misses += 1;
+                    }
+                }
                 // A miss clones the key, after the lookup's `Hash` and `Eq`.
                 let cloned = armed && cloney(k) && !resident && !own_hash && !compared;
                 assert_eq!(
@@ -859,6 +912,15 @@ fuzz_target!(|input: Input| {
                 outcome = call(armed, || cache.invalidate_all()).err();
                 swept = Some((Box::new(|_, _| true), RemovalCause::Explicit));
             }
+            Op::InvalidateTag(b) => {
+                outcome = call(armed, || cache.invalidate_tag(tag_name(b))).err();
+                let carriers = tags.clone();
+                swept = Some((
+                    Box::new(move |k, _| carriers.get(&k) == Some(&Some(b))),
+                    RemovalCause::Invalidated,
+                ));
+            }
+            Op::InsertWith(..) => unreachable!("run as an insert"),
         }
         cache.validate();
         assert!(cache.weighted_size() <= capacity);
@@ -867,6 +929,10 @@ fuzz_target!(|input: Input| {
         size_heard += step_heard
             .iter()
             .filter(|e| e.2 == RemovalCause::Size)
+            .count() as u64;
+        invalidated += step_heard
+            .iter()
+            .filter(|e| e.2 == RemovalCause::Invalidated)
             .count() as u64;
         let Panics {
             hash: hash_panics,
@@ -918,6 +984,7 @@ fuzz_target!(|input: Input| {
             match fate {
                 Fate::Refused => unchanged = true,
                 Fate::Done => {
+                    tags.insert(k, tag);
                     own = Some((k, v));
                     if u64::from(w % 16) > base {
                         rejections += 1;
@@ -1004,6 +1071,14 @@ fuzz_target!(|input: Input| {
             size_heard + handed_back,
             "evictions and rejections: heard as Size or handed back"
         );
+        assert_eq!(
+            (stats.hits, stats.misses),
+            (hits, misses),
+            "hits and misses"
+        );
+        assert_eq!((stats.loads, stats.load_failures), (loads, 0), "loads");
+        assert_eq!(stats.tag_invalidations, invalidated, "invalidations heard");
+        assert_eq!(stats.expirations, 0, "nothing expires");
         if exact {
             let mut step_heard = step_heard;
             step_heard.sort_unstable();
