@@ -1,7 +1,9 @@
 //! Cache operations — tagged inserts and tag invalidations among them —
 //! interleaved with clock moves against a model that knows every key's
 //! deadline and tags. What reads see must agree exactly, under every policy,
-//! with and without time-to-idle (the capacity is out of reach, or with
+//! with and without time-to-idle (one of 1 ms, 2 ms, 1 s, 2 s, 60 s and
+//! about 116 days, so that a read moves a deadline by a whole millisecond
+//! or only by a tick; the capacity is out of reach, or with
 //! `small` the model learns of evictions from the listener, below);
 //! `validate()` (wheel included) must hold after every step. The top of the
 //! ranges of `InsertTtl` and `Advance` stands for time-to-lives and clock
@@ -60,7 +62,13 @@ use larder::{Cache, Clock, EntryOptions, Eviction, Expiry, RemovalCause};
 use libfuzzer_sys::fuzz_target;
 
 const TTL: u64 = 3_000;
-const TTI: u64 = 1_000;
+/// The time-to-idles `tti_len` picks from, in ms: below a tick, about one,
+/// below the time-to-live (one whose reads move a deadline by any whole
+/// millisecond, one whose by 2 ms or more), and above it (for entries with
+/// a longer time-to-live of their own).
+const TTIS: [u64; 6] = [1, 2, 1_000, 2_000, 60_000, 10_000_000_000];
+/// The cache's clock tick, in ns.
+const TICK_NANOS: u64 = 1 << 20;
 /// `InsertTtl` and `Advance` values from here on are long (see `long`).
 const LONG_FROM: u16 = 60_000;
 /// The model's clock stays below this (ms, 250 years: the mock clock stops
@@ -223,6 +231,9 @@ enum Op {
     InsertTtl(u8, u16),
     Remove(u8),
     Advance(u16),
+    /// Moves the clock by 1 ms: a read then moves a deadline by 1 ms at
+    /// most, which a time-to-idle of 1 s does and one of 2 s does not.
+    Nudge,
     /// Moves the clock to a key's deadline exactly (with the `bool`, to 1 ms
     /// before it), so that reads at the boundary are common.
     AdvanceToDeadline(u8, bool),
@@ -238,6 +249,8 @@ struct Input {
     policy: u8,
     shards: u8,
     tti: bool,
+    /// The time-to-idle, `TTIS[tti_len % 6]`.
+    tti_len: u8,
     custom: bool,
     weighted: bool,
     /// With `custom`, the `Expiry` methods that panic (see `fails`).
@@ -276,9 +289,13 @@ fuzz_target!(|input: Input| {
     let sink = Arc::clone(&heard);
     builder =
         builder.eviction_listener(move |k, v, cause| sink.lock().unwrap().push((k, v, cause)));
+    let tti_ms = TTIS[usize::from(input.tti_len) % TTIS.len()];
     if tti {
-        builder = builder.time_to_idle(Duration::from_millis(TTI));
+        builder = builder.time_to_idle(Duration::from_millis(tti_ms));
     }
+    // A read moves the deadline only by the less of a tick and 1/1024 of
+    // the time-to-idle, or more.
+    let least_move = TICK_NANOS.min((tti_ms * 1_000_000) >> 10);
     let cache: Cache<u8, u32> = builder.build().unwrap();
     // key -> (value, deadline, cap), in ms; deadlines are exclusive. Values
     // are write ids, one per write call; `writes` counts those that were not
@@ -319,7 +336,7 @@ fuzz_target!(|input: Input| {
             }
         } else {
             let cap = now + TTL;
-            Some((if tti { cap.min(now + TTI) } else { cap }, cap))
+            Some((if tti { cap.min(now + tti_ms) } else { cap }, cap))
         }
     };
     for op in input.ops.into_iter().take(2_000) {
@@ -345,12 +362,8 @@ fuzz_target!(|input: Input| {
                     _ => {
                         assert_eq!(got, Ok(expected.map(|e| e.0)));
                         if let (Some((v, at, cap)), true) = (expected, tti) {
-                            // A read moves the deadline only by the less
-                            // of a tick (2^20 ns) and 1/1024 of the
-                            // time-to-idle (under 1 ms here) or more: by
-                            // any whole millisecond.
-                            let moved = cap.min(now + TTI);
-                            if moved > at {
+                            let moved = cap.min(now + tti_ms);
+                            if moved > at && (moved - at) * 1_000_000 >= least_move {
                                 model.insert(k, (v, moved, cap));
                             }
                         }
@@ -449,7 +462,7 @@ fuzz_target!(|input: Input| {
                     // With an `Expiry` the entry's own time-to-live is also
                     // the latest a read may move its deadline to.
                     let cap = now + ttl;
-                    let at = if tti { cap.min(now + TTI) } else { cap };
+                    let at = if tti { cap.min(now + tti_ms) } else { cap };
                     model.insert(k, (v, at, cap));
                 }
             }
@@ -462,8 +475,12 @@ fuzz_target!(|input: Input| {
                 model.remove(&k);
                 tags.remove(&k);
             }
-            Op::Advance(ms) => {
-                let ms = long(ms, 2_000, 24).min(LATEST - now);
+            Op::Advance(_) | Op::Nudge => {
+                let ms = match op {
+                    Op::Advance(ms) => long(ms, 2_000, 24),
+                    _ => 1,
+                }
+                .min(LATEST - now);
                 time.advance(Duration::from_millis(ms));
                 now += ms;
             }
