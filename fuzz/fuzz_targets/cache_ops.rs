@@ -29,7 +29,8 @@
 //! miss writes what it loaded as an insert would, a hit reads as `get`;
 //! `invalidate_entries_if` removes exactly the entries its predicate picks,
 //! heard as `Invalidated`. `get_or_load_async` (polled to completion here: its
-//! load is ready at once) must behave as `get_or_load`. `insert_with` tags
+//! load is ready at once) must behave as `get_or_load`, and so must
+//! `get_or_load_by_ref` and `get_or_load_by_ref_async`. `insert_with` tags
 //! its entry `a` or `b` and must behave as `insert` otherwise; an entry
 //! carries the tag of its last write (none for the other writes), and
 //! `invalidate_tag` removes exactly the entries carrying it, heard as
@@ -94,8 +95,8 @@ enum Op {
     /// `try_insert`: a value too heavy for the cache comes back to the caller.
     TryInsert(u8, u8, u8),
     /// `get_or_load` with a loader yielding `(value, weight)`; by the last
-    /// byte mod 3, `get_or_load`, `get_or_load_async` or
-    /// `get_or_load_by_ref`.
+    /// byte mod 4, `get_or_load`, `get_or_load_async`, `get_or_load_by_ref`
+    /// or `get_or_load_by_ref_async`.
     GetOrLoad(u8, u8, u8, u8),
     Remove(u8),
     /// `invalidate_entries_if` on `(key + value) % (m % 5 + 2) == 0`.
@@ -115,6 +116,9 @@ struct Input {
     shards: u8,
     /// Nonzero: the weigher panics on the entries `weigher_fails` picks.
     weigher_panics: u8,
+    /// The room the cache reserves up front, `% 64` entries: it must behave
+    /// the same.
+    initial: u8,
     /// Nonzero: keys congruent to it mod 8 have a `Hash` that panics while
     /// armed.
     hash_panics: u8,
@@ -576,6 +580,7 @@ fuzz_target!(|input: Input| {
     let cache: Cache<Key, (u8, u8), FixedState> = Cache::builder()
         .max_capacity(capacity)
         .shards(shards as usize)
+        .initial_capacity(usize::from(input.initial % 64))
         .hasher(FixedState)
         .eviction(eviction)
         .record_stats()
@@ -791,7 +796,7 @@ fuzz_target!(|input: Input| {
                 let own_hash = armed && panicky(k);
                 let resident = before.iter().any(|e| e.0 == k);
                 let mut loaded = false;
-                let got = call(armed, || match mode % 3 {
+                let got = call(armed, || match mode % 4 {
                     0 => cache.get_or_load(Key(k), |_| {
                         loaded = true;
                         (v, w)
@@ -800,10 +805,14 @@ fuzz_target!(|input: Input| {
                         loaded = true;
                         (v, w)
                     })),
-                    _ => cache.get_or_load_by_ref(&Key(k), |_| {
+                    2 => cache.get_or_load_by_ref(&Key(k), |_| {
                         loaded = true;
                         (v, w)
                     }),
+                    _ => block_on(cache.get_or_load_by_ref_async(&Key(k), async {
+                        loaded = true;
+                        (v, w)
+                    })),
                 });
                 outcome = got.as_ref().err().copied();
                 let compared = outcome == Some(Deliberate::Eq);
