@@ -7,7 +7,10 @@
 //! write it behind the cache's back; a mock clock moves for the entries'
 //! time-to-live, and the store's `load_options` may tag loaded values and
 //! give them a time-to-live of `value % 4` ms (zero: not cached). The cache
-//! may have a time-to-live of its own, 1–8 ms, for the copies given none.
+//! may have a time-to-live of its own, 1–8 ms, for the copies given none,
+//! and a time-to-idle of 1–4 ms: a copy then expires that long after it was
+//! written or last read by a `get` that found it (never past its
+//! time-to-live; `peek` reads nothing).
 //!
 //! After every step the model knows each key's cached copy exactly, except
 //! that a step which cached something may have evicted other keys' copies:
@@ -157,6 +160,8 @@ struct Input {
     weighted: bool,
     /// The cache's time-to-live, `ttl % 8 + 1` ms, if given.
     ttl: Option<u8>,
+    /// The cache's time-to-idle, `tti % 4 + 1` ms, if given.
+    tti: Option<u8>,
     steps: Vec<Step>,
 }
 
@@ -400,6 +405,8 @@ struct Cached {
     value: u16,
     /// When it expires, in mock milliseconds.
     deadline: Option<u64>,
+    /// The latest a read may move `deadline` to: its time-to-live's end.
+    cap: Option<u64>,
     tagged: bool,
 }
 
@@ -423,6 +430,8 @@ struct Model {
     heavy_contest: bool,
     /// The cache's time-to-live in ms, for copies given none of their own.
     ttl: Option<u64>,
+    /// The cache's time-to-idle in ms.
+    tti: Option<u64>,
 }
 
 impl Model {
@@ -432,6 +441,18 @@ impl Model {
             .get(&k)
             .copied()
             .filter(|c| c.deadline.is_none_or(|d| d > self.now))
+    }
+
+    /// The deadline of a copy written or read now whose time-to-live ends
+    /// at `cap`: the time-to-idle's end, if sooner. (A read moves a deadline
+    /// only by the less of a tick and 1/1024 of the time-to-idle, or more:
+    /// here, with time-to-idles of a few ms, by any whole millisecond.)
+    fn idle(&self, cap: Option<u64>) -> Option<u64> {
+        match (cap, self.tti) {
+            (Some(c), Some(i)) => Some(c.min(self.now + i)),
+            (None, Some(i)) => Some(self.now + i),
+            (cap, None) => cap,
+        }
     }
 
     /// Whether the cache refuses `value` for its weight.
@@ -449,7 +470,8 @@ impl Model {
             Some(0) => None,
             ttl => Some(Cached {
                 value,
-                deadline: ttl.or(self.ttl).map(|t| self.now + t),
+                deadline: self.idle(ttl.or(self.ttl).map(|t| self.now + t)),
+                cap: ttl.or(self.ttl).map(|t| self.now + t),
                 tagged,
             }),
         }
@@ -558,6 +580,11 @@ fuzz_target!(|input: Input| {
         Some(t) => builder.time_to_live(Duration::from_millis(t)),
         None => builder,
     };
+    let tti = input.tti.map(|t| u64::from(t % 4) + 1);
+    let builder = match tti {
+        Some(t) => builder.time_to_idle(Duration::from_millis(t)),
+        None => builder,
+    };
     let max_weight = input.weighted.then_some(capacity / shards);
     let heavy_contest = input.weighted && eviction == Eviction::TinyLfu;
     if input.write_through {
@@ -566,7 +593,7 @@ fuzz_target!(|input: Input| {
             &cache,
             &db,
             &time,
-            (max_weight, heavy_contest, ttl),
+            (max_weight, heavy_contest, ttl, tti),
             &input.steps,
         );
     } else {
@@ -575,7 +602,7 @@ fuzz_target!(|input: Input| {
             &cache,
             &db,
             &time,
-            (max_weight, heavy_contest, ttl),
+            (max_weight, heavy_contest, ttl, tti),
             &input.steps,
         );
     }
@@ -587,13 +614,14 @@ fn run<C: Through>(
     cache: &C,
     db: &Shared,
     time: &MockClock,
-    (max_weight, heavy_contest, ttl): (Option<u64>, bool, Option<u64>),
+    (max_weight, heavy_contest, ttl, tti): (Option<u64>, bool, Option<u64>, Option<u64>),
     steps: &[Step],
 ) {
     let mut model = Model {
         max_weight,
         heavy_contest,
         ttl,
+        tti,
         ..Model::default()
     };
     for step in steps {
@@ -759,6 +787,11 @@ fn get<C: Through>(
     if let Some(copy) = live {
         assert_eq!(got, Ok(Ok(Some(copy.value))), "get of {k}: a hit");
         assert_eq!(db.loads(), loads, "get of {k}: a hit loaded");
+        // The read moves the copy's time-to-idle on.
+        let deadline = model.idle(copy.cap);
+        if let Some(copy) = model.copies.get_mut(&k) {
+            copy.deadline = deadline;
+        }
         return;
     }
     assert_eq!(db.loads(), loads + 1, "get of {k}: a miss loads once");
