@@ -1,5 +1,6 @@
-//! `get` and `insert` throughput of larder beside quick_cache and moka, measured
-//! in the same run so that ratios are meaningful on a noisy machine.
+//! `get` and `insert` throughput of larder beside quick_cache and moka (and
+//! `compute` beside moka's `and_compute_with`), measured in the same run so
+//! that ratios are meaningful on a noisy machine.
 //!
 //! Workload: u64 keys and values, Zipf(1.0) over 1M keys, capacity
 //! 100k. Multi-threaded groups report the time per operation of the whole cache
@@ -83,9 +84,12 @@ fn subjects(with_peek: bool) -> Vec<(&'static str, Box<dyn Subject>)> {
     v
 }
 
+/// One operation of a workload, on a key, the `i`th of its thread.
+type Step<'a> = dyn Fn(u64, usize) + Sync + 'a;
+
 /// Runs `op` over the key stream on `threads` threads, `iters` operations each;
 /// returns the wall time per operation of the whole cache.
-fn run(threads: usize, iters: u64, keys: &[u64], op: &(dyn Fn(u64, usize) + Sync)) -> Duration {
+fn run(threads: usize, iters: u64, keys: &[u64], op: &Step<'_>) -> Duration {
     let barrier = Barrier::new(threads + 1);
     std::thread::scope(|s| {
         for t in 0..threads {
@@ -156,6 +160,47 @@ fn mixed(c: &mut Criterion) {
     group.finish();
 }
 
+/// Read-modify-writes: every operation counts its Zipf key up by one,
+/// atomically (larder's `compute`, moka's `entry().and_compute_with`), and,
+/// for scale, larder's `get` then `insert`, which loses updates under
+/// contention. Same keys and capacity as the mix: a key not resident is
+/// inserted at 1, evicting. quick_cache has no atomic read-modify-write.
+fn compute(c: &mut Criterion) {
+    use larder::Compute;
+    use moka::ops::compute::Op;
+    let keys = zipf_keys(0xC0DE);
+    let mut group = c.benchmark_group("compute_zipf");
+    group.throughput(Throughput::Elements(1));
+    let larder: Cache<u64, u64> = Cache::builder().max_capacity(CAPACITY).build().unwrap();
+    let moka: moka::sync::Cache<u64, u64> = moka::sync::Cache::new(CAPACITY);
+    let plain: Cache<u64, u64> = Cache::builder().max_capacity(CAPACITY).build().unwrap();
+    let subjects: [(&str, &Step<'_>); 3] = [
+        ("larder_compute", &|k, _| {
+            let out = larder.compute(k, |n| Compute::Put(n.map_or(1, |n| n + 1)));
+            std::hint::black_box(out.is_ok());
+        }),
+        ("moka_and_compute_with", &|k, _| {
+            let out = moka
+                .entry(k)
+                .and_compute_with(|e| Op::Put(e.map_or(1, |e| e.into_value() + 1)));
+            std::hint::black_box(out);
+        }),
+        ("larder_get_then_insert", &|k, _| {
+            plain.insert(k, plain.get(&k).map_or(1, |n| n + 1));
+        }),
+    ];
+    for threads in [1, 2] {
+        for (name, op) in subjects {
+            // Warm up to a steady state before measuring.
+            run(1, SAMPLES as u64, &keys, op);
+            group.bench_function(BenchmarkId::new(name, threads), |b| {
+                b.iter_custom(|iters| run(threads, iters, &keys, op))
+            });
+        }
+    }
+    group.finish();
+}
+
 /// A bijection on `u64` (splitmix64's finalizer): distinct counts, distinct
 /// scattered keys.
 fn mix(n: u64) -> u64 {
@@ -218,6 +263,6 @@ fn config() -> Criterion {
 criterion_group! {
     name = benches;
     config = config();
-    targets = read_only, mixed, micro
+    targets = read_only, mixed, micro, compute
 }
 criterion_main!(benches);

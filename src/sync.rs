@@ -79,6 +79,17 @@ impl<T> RwLock<T> {
         self.inner.try_read().ok()
     }
 
+    #[cfg(not(larder_loom))]
+    #[inline]
+    pub(crate) fn try_write(&self) -> Option<WriteGuard<'_, T>> {
+        self.inner.try_write()
+    }
+
+    #[cfg(larder_loom)]
+    pub(crate) fn try_write(&self) -> Option<WriteGuard<'_, T>> {
+        self.inner.try_write().ok()
+    }
+
     #[cfg(larder_loom)]
     pub(crate) fn read(&self) -> ReadGuard<'_, T> {
         self.inner.read().unwrap_or_else(|e| e.into_inner())

@@ -72,6 +72,13 @@
 //!   miss (`get_or_load_by_ref` to own it, every one to file its load), so a
 //!   miss on such a key must end in that panic, before its loader runs,
 //!   having changed nothing; no other call may clone a key.
+//!
+//! `compute` runs its closure once its key's `Hash` and `Eq` got through,
+//! on what `peek` would have returned, and then does what the closure said:
+//! keeping changes nothing at all (not even LRU's or LFU's order) and counts
+//! no hit or miss; a put is a `try_insert` of the closure's value (the
+//! weigher runs after the closure, so a panicking `Eq` comes first); a
+//! removal is a `remove`. Its outcome must name what it did, with the value.
 #![no_main]
 
 use arbitrary::Arbitrary;
@@ -82,7 +89,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Mutex, Once};
 use std::task::{Context, Poll, Waker};
 
-use larder::{Cache, EntryOptions, Eviction, RemovalCause};
+use larder::{Cache, Compute, Computed, EntryOptions, Eviction, RemovalCause};
 use libfuzzer_sys::fuzz_target;
 
 #[derive(Arbitrary, Debug)]
@@ -104,6 +111,10 @@ enum Op {
     InvalidateAll,
     /// `invalidate_tag` of `b` with `true`, else `a`.
     InvalidateTag(bool),
+    /// `compute` of a key, whose closure, by the last byte mod 4, keeps what
+    /// it finds, puts `(value, weight)`, removes the entry, or puts the value
+    /// it found plus one (else `value`) with `weight`.
+    Compute(u8, u8, u8, u8),
     /// Arms (`true`) or disarms the panicking keys' `Hash` for the calls of
     /// the steps that follow.
     Arm(bool),
@@ -480,6 +491,70 @@ fn fate(outcome: Option<Deliberate>, own_hash: bool, weighs: bool) -> Fate {
     }
 }
 
+/// A write that hands a too-heavy entry back to its caller (`try_insert`,
+/// a compute's put) and went through ([`Fate::Done`]).
+struct Tried {
+    /// The key, value and weight byte written.
+    entry: (u8, u8, u8),
+    /// The heaviest entry the cache takes.
+    base: u64,
+    /// Under W-TinyLfu, its own insert evicted it.
+    turned_away: bool,
+}
+
+impl Tried {
+    fn new(entry: (u8, u8, u8), base: u64, turned_away: bool) -> Self {
+        Self {
+            entry,
+            base,
+            turned_away,
+        }
+    }
+
+    /// Plays the write on `model` and `written` and checks the call's
+    /// `answer` (the entry it handed back, if any; `Err` when it ended in
+    /// the listener's panic) and what `cache` reads: returns what the
+    /// listener should hear of, and whether an entry was written (resident
+    /// or heard of from now on).
+    fn check(
+        &self,
+        answer: Result<Option<&larder::Rejected<Key, (u8, u8)>>, &Deliberate>,
+        model: &mut Model,
+        written: &mut std::collections::HashMap<u8, u8>,
+        cache: &Cache<Key, (u8, u8), FixedState>,
+    ) -> (Vec<Removal>, bool) {
+        let (k, v, w) = self.entry;
+        let too_heavy = u64::from(w % 16) > self.base;
+        match answer {
+            Ok(None) => assert!(!too_heavy, "a too-heavy entry was accepted"),
+            Ok(Some(rejected)) => {
+                assert!(too_heavy, "a fitting entry was rejected");
+                assert_eq!((rejected.key, rejected.value), (Key(k), (v, w)));
+                assert_eq!(rejected.weight, u32::from(w % 16));
+                assert_eq!(rejected.limit, self.base);
+            }
+            Err(_) => {}
+        }
+        let mut heard = model.insert(k, v, u64::from(w % 16));
+        if !too_heavy && !self.turned_away {
+            written.insert(k, v);
+            assert_eq!(cache.peek(&Key(k)).map(|v| v.0), Some(v));
+        } else {
+            written.remove(&k);
+            assert_eq!(cache.peek(&Key(k)), None);
+        }
+        // A too-heavy entry is handed back, never heard of, never
+        // resident; or, when the listener panicked on the value it
+        // replaced, heard of as `Size` after all (the panic cannot carry
+        // it back).
+        if too_heavy && answer.is_ok() {
+            heard.retain(|e| e.2 != RemovalCause::Size);
+            return (heard, false);
+        }
+        (heard, true)
+    }
+}
+
 /// Checks a sweep over the shards (`invalidate_entries_if`, `invalidate_all`)
 /// that removes the entries `picks` picks, heard as `cause`, given the
 /// residents before it and what the listener heard: the shards before the
@@ -755,40 +830,13 @@ fuzz_target!(|input: Input| {
                     );
                 }
                 if fate == Fate::Done {
-                    let too_heavy = u64::from(w % 16) > base;
-                    expected_heard = models[shard_of(k)].insert(k, v, u64::from(w % 16));
-                    if too_heavy {
-                        // Handed back, never heard of, never resident; or,
-                        // when the listener panicked on the value it
-                        // replaced, heard of as `Size` after all (the panic
-                        // cannot carry it back).
-                        if result.is_ok() {
-                            expected_heard.retain(|e| e.2 != RemovalCause::Size);
-                        } else {
-                            inserts += 1;
-                        }
-                        written.remove(&k);
-                        assert_eq!(cache.peek(&Key(k)), None);
-                    } else if turned_away(k, v, w) {
-                        inserts += 1;
-                        written.remove(&k);
-                        assert_eq!(cache.peek(&Key(k)), None);
-                    } else {
-                        inserts += 1;
-                        written.insert(k, v);
-                        assert_eq!(cache.peek(&Key(k)).map(|v| v.0), Some(v));
-                    }
-                    match result {
-                        Ok(Ok(())) => assert!(!too_heavy, "a too-heavy entry was accepted"),
-                        Ok(Err(rejected)) => {
-                            assert!(too_heavy, "a fitting entry was rejected");
-                            assert_eq!((rejected.key, rejected.value), (Key(k), (v, w)));
-                            assert_eq!(rejected.weight, u32::from(w % 16));
-                            assert_eq!(rejected.limit, base);
-                            handed_back += 1;
-                        }
-                        Err(_) => {}
-                    }
+                    let tried = Tried::new((k, v, w), base, turned_away(k, v, w));
+                    let answer = result.as_ref().map(|r| r.as_ref().err());
+                    let (heard, written_one) =
+                        tried.check(answer, &mut models[shard_of(k)], &mut written, &cache);
+                    expected_heard = heard;
+                    inserts += usize::from(written_one);
+                    handed_back += u64::from(matches!(result, Ok(Err(_))));
                 }
                 write = Some((k, v, w, fate));
             }
@@ -874,6 +922,123 @@ fuzz_target!(|input: Input| {
                         }
                     }
                     write = Some((k, v, w, fate));
+                }
+            }
+            Op::Compute(k, v, w, mode) => {
+                let mut found = None;
+                let result = call(armed, || {
+                    cache.compute(Key(k), |current| {
+                        let current = current.copied();
+                        found = Some(current);
+                        match mode % 4 {
+                            0 => Compute::Keep,
+                            1 => Compute::Put((v, w)),
+                            2 => Compute::Remove,
+                            _ => Compute::Put((current.map_or(v, |c| c.0.wrapping_add(1)), w)),
+                        }
+                    })
+                });
+                outcome = result.as_ref().err().copied();
+                let own_hash = armed && panicky(k);
+                let compared = !own_hash && outcome == Some(Deliberate::Eq);
+                if compared {
+                    assert!(
+                        comparable(k),
+                        "a compute panicked in an Eq that was not armed"
+                    );
+                }
+                assert_eq!(
+                    found.is_some(),
+                    !own_hash && !compared,
+                    "the closure runs once the key's Hash and Eq got through"
+                );
+                if own_hash {
+                    assert_eq!(outcome, Some(Deliberate::Hash));
+                    unchanged = true;
+                } else if compared {
+                    unchanged = true;
+                } else {
+                    let found = found.expect("the closure ran");
+                    let resident = before.iter().find(|e| e.0 == k).map(|e| e.1);
+                    assert_eq!(
+                        found.map(|f| f.0),
+                        resident,
+                        "the closure finds what peek would"
+                    );
+                    if let (true, Some((v, w))) = (exact, found) {
+                        let model = &models[shard_of(k)];
+                        let i = model.pos(k).expect("resident");
+                        assert_eq!(
+                            (v, u64::from(w % 16)),
+                            (model.entries[i].1, model.entries[i].2)
+                        );
+                    }
+                    match mode % 4 {
+                        0 => {
+                            let expected = found.map_or(Computed::Absent, Computed::Unchanged);
+                            assert_eq!(
+                                result.expect("keeping calls nothing that panics"),
+                                Ok(expected)
+                            );
+                            unchanged = true;
+                        }
+                        2 => {
+                            let model = &mut models[shard_of(k)];
+                            if let Some(i) = model.pos(k) {
+                                model.entries.remove(i);
+                            }
+                            expected_heard
+                                .extend(found.map(|(v, _)| (k, v, RemovalCause::Explicit)));
+                            match result {
+                                Ok(out) => assert_eq!(
+                                    out,
+                                    Ok(found.map_or(Computed::Absent, Computed::Removed))
+                                ),
+                                Err(panic) => assert_eq!(
+                                    panic,
+                                    Deliberate::Listener,
+                                    "a removing compute panics only in the listener, past its lookup"
+                                ),
+                            }
+                            written.remove(&k);
+                            assert_eq!(cache.peek(&Key(k)), None);
+                        }
+                        _ => {
+                            let v = match (mode % 4, found) {
+                                (3, Some(f)) => f.0.wrapping_add(1),
+                                _ => v,
+                            };
+                            let fate = if weighs(k, v, w) {
+                                assert_eq!(outcome, Some(Deliberate::Weigher));
+                                Fate::Refused
+                            } else if outcome == Some(Deliberate::Hash) {
+                                Fate::Undone
+                            } else {
+                                Fate::Done
+                            };
+                            if fate == Fate::Done {
+                                let tried = Tried::new((k, v, w), base, turned_away(k, v, w));
+                                let answer = result.as_ref().map(|r| r.as_ref().err());
+                                let (heard, written_one) = tried.check(
+                                    answer,
+                                    &mut models[shard_of(k)],
+                                    &mut written,
+                                    &cache,
+                                );
+                                expected_heard = heard;
+                                inserts += usize::from(written_one);
+                                handed_back += u64::from(matches!(result, Ok(Err(_))));
+                                if let Ok(Ok(out)) = result {
+                                    let expected = match found {
+                                        Some(_) => Computed::Replaced((v, w)),
+                                        None => Computed::Inserted((v, w)),
+                                    };
+                                    assert_eq!(out, expected);
+                                }
+                            }
+                            write = Some((k, v, w, fate));
+                        }
+                    }
                 }
             }
             Op::InvalidateIf(m) => {

@@ -18,9 +18,11 @@ use crate::tags::Tag;
 use crate::write::CacheAside;
 use crate::DefaultHashBuilder;
 
+mod compute;
 mod inspect;
 mod load;
 mod maintenance;
+pub use compute::{Compute, Computed};
 pub use inspect::Iter;
 pub(crate) use load::Mode;
 pub(crate) use maintenance::spawn_sweeper;
@@ -483,6 +485,12 @@ where
         Q: Hash + Eq + ?Sized,
     {
         let (key, value, cause) = self.take(key)?;
+        self.hand_back(key, value, cause)
+    }
+
+    /// An entry a removal took, to the listener and (cloned, if there is a
+    /// listener) to the caller; `None` when it had expired.
+    fn hand_back(&self, key: K, value: V, cause: RemovalCause) -> Option<V> {
         if cause == RemovalCause::Expired {
             self.notify_one(key, value, cause);
             return None;

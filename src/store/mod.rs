@@ -33,7 +33,9 @@ use crate::expiry::wheel::Wheel;
 use crate::expiry::{Deadlines, NEVER};
 use crate::policy::list::DETACHED;
 use crate::policy::{Entries, Eviction, Policy, SketchLines};
-use crate::sync::{AtomicBool, AtomicU32, AtomicU64, Mutex, Ordering, ReadGuard, RwLock};
+use crate::sync::{
+    AtomicBool, AtomicU32, AtomicU64, Mutex, Ordering, ReadGuard, RwLock, WriteGuard,
+};
 use crate::tags::{Tag, TagIndex};
 use crate::RemovalCause;
 use read_buffer::{ReadBuffer, Recorded};
@@ -334,6 +336,53 @@ fn storage<K, V>(reserved: usize, ceiling: usize) -> Option<(Slab<K, V>, Table)>
     ))
 }
 
+/// This thread's mark of a shard (its address) whose write lock it holds
+/// while it runs user code under it; dropped when that code returns. Marks
+/// nest: a closure may compute on another shard in turn, and each shard it
+/// holds stays marked.
+#[must_use]
+pub(crate) struct LockedMark {
+    _private: (),
+}
+
+#[cfg(not(larder_loom))]
+std::thread_local! {
+    static LOCKED: std::cell::RefCell<Vec<usize>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+impl LockedMark {
+    #[cfg(not(larder_loom))]
+    fn new(shard: usize) -> Self {
+        LOCKED.with_borrow_mut(|marks| marks.push(shard));
+        Self { _private: () }
+    }
+
+    /// Loom's threads share the process's thread-locals: no mark.
+    #[cfg(larder_loom)]
+    fn new(_shard: usize) -> Self {
+        Self { _private: () }
+    }
+
+    #[cfg(not(larder_loom))]
+    fn is_marked(shard: usize) -> bool {
+        LOCKED.with_borrow(|marks| marks.contains(&shard))
+    }
+
+    #[cfg(larder_loom)]
+    fn is_marked(_shard: usize) -> bool {
+        false
+    }
+}
+
+#[cfg(not(larder_loom))]
+impl Drop for LockedMark {
+    fn drop(&mut self) {
+        // Marks are dropped in the reverse of their making (each lives in
+        // one call's frame).
+        LOCKED.with_borrow_mut(Vec::pop);
+    }
+}
+
 impl<K, V> Shard<K, V> {
     /// A shard with room for `initial_capacity` entries; `None` when that
     /// room cannot be allocated. `weighted`: whether a weigher weighs the
@@ -391,6 +440,7 @@ impl<K, V> Shard<K, V> {
     /// waking a parked thread costs tens of microseconds on its own.
     #[cold]
     fn read_contended(&self) -> ReadGuard<'_, Map<K, V>> {
+        self.refuse_reentry();
         for _ in 0..READ_SPINS {
             std::hint::spin_loop();
             // A plain load while the writer works: it takes the lock's line
@@ -412,7 +462,10 @@ impl<K, V> Shard<K, V> {
         &'a self,
         hash_of: &'a H,
     ) -> ShardWriter<'a, K, V, H> {
-        let mut guard = self.map.write();
+        let mut guard = match self.map.try_write() {
+            Some(guard) => guard,
+            None => self.write_contended(),
+        };
         let map = &mut *guard;
         // No reader can race these two: the write lock is held.
         // The flag first: it is on the line the lock word is on.
@@ -430,6 +483,35 @@ impl<K, V> Shard<K, V> {
         ShardWriter {
             map: guard,
             hash_of,
+        }
+    }
+
+    /// Another thread holds the map, or this one does, running a
+    /// [`Cache::compute`](crate::Cache::compute) closure (which panics).
+    #[cold]
+    fn write_contended(&self) -> WriteGuard<'_, Map<K, V>> {
+        self.refuse_reentry();
+        self.map.write()
+    }
+
+    /// Marks this thread as running user code under this shard's write lock
+    /// until the mark is dropped: a call of this thread's that would then
+    /// wait for the lock panics instead of deadlocking (see
+    /// [`refuse_reentry`](Self::refuse_reentry)).
+    pub(crate) fn mark_locked(&self) -> LockedMark {
+        LockedMark::new(self as *const Self as usize)
+    }
+
+    /// Panics if this thread holds this shard's write lock and is running
+    /// user code under it (see [`mark_locked`](Self::mark_locked)): waiting
+    /// would never end. Checked only on the way to waiting for the lock.
+    #[cold]
+    fn refuse_reentry(&self) {
+        if LockedMark::is_marked(self as *const Self as usize) {
+            panic!(
+                "larder: a `Cache::compute` closure called into its cache on the key's own shard, \
+                 whose lock the closure runs under"
+            );
         }
     }
 

@@ -406,6 +406,17 @@ impl<K: Eq, V, H: Fn(&K) -> u64> ShardWriter<'_, K, V, H> {
         refused
     }
 
+    /// The value under `key` if its entry is live at the clock's time.
+    pub(crate) fn live_value<Q>(&self, hash: u64, key: &Q, clock: &Clock) -> Option<&V>
+    where
+        K: Borrow<Q>,
+        Q: Eq + ?Sized,
+    {
+        let (t, entry) = self.map.find(hash, key)?;
+        let now = self.map.timed().then(|| clock.now());
+        self.map.is_live(t, now).then_some(&entry.value)
+    }
+
     /// Removes `key`'s entry: `Explicit` when it was live, `Expired` when its
     /// deadline had passed (the caller then reports the key absent).
     pub(crate) fn remove<Q>(

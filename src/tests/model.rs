@@ -11,7 +11,7 @@ use proptest::prelude::*;
 
 use std::time::Duration;
 
-use crate::{Cache, EntryOptions, Eviction, RemovalCause};
+use crate::{Cache, Compute, Computed, EntryOptions, Eviction, RemovalCause};
 
 /// Values carry their own weight so the weigher is a pure function.
 type Val = (u16, u32);
@@ -24,6 +24,60 @@ enum Op {
     Insert(u8, Val),
     Remove(u8),
     InvalidateAll,
+    Compute(u8, Act),
+}
+
+/// What a [`Op::Compute`] closure does with what it finds.
+#[derive(Debug, Clone, Copy)]
+enum Act {
+    Keep,
+    Put(Val),
+    /// The value found, counted up (or 0), weighing this much.
+    Bump(u32),
+    Remove,
+}
+
+impl Act {
+    fn apply(self, current: Option<&Val>) -> Compute<Val> {
+        match self {
+            Act::Keep => Compute::Keep,
+            Act::Put(v) => Compute::Put(v),
+            Act::Bump(w) => Compute::Put((current.map_or(0, |v| v.0.wrapping_add(1)), w)),
+            Act::Remove => Compute::Remove,
+        }
+    }
+}
+
+/// The outcome of a compute that found `current` and did `compute`, when
+/// a value it put fits.
+fn computed(current: Option<Val>, compute: &Compute<Val>) -> Computed<Val> {
+    match (compute, current) {
+        (Compute::Keep, Some(v)) => Computed::Unchanged(v),
+        (Compute::Remove, Some(v)) => Computed::Removed(v),
+        (Compute::Keep | Compute::Remove, None) => Computed::Absent,
+        (Compute::Put(v) | Compute::PutWith(v, _), Some(_)) => Computed::Replaced(*v),
+        (Compute::Put(v) | Compute::PutWith(v, _), None) => Computed::Inserted(*v),
+    }
+}
+
+/// Runs an [`Op::Compute`] on `cache`: what the closure found, and the outcome
+/// (a rejected value as `Err`).
+fn compute<S: std::hash::BuildHasher>(
+    cache: &Cache<u8, Val, S>,
+    k: u8,
+    act: Act,
+    options: Option<EntryOptions>,
+) -> (Option<Val>, Result<Computed<Val>, Val>) {
+    let mut found = None;
+    let out = cache.compute(k, |v| {
+        found = Some(v.copied());
+        match (act.apply(v), options) {
+            (Compute::Put(v), Some(options)) => Compute::PutWith(v, options),
+            (compute, _) => compute,
+        }
+    });
+    let found = found.expect("the closure runs once");
+    (found, out.map_err(|rejected| rejected.value))
 }
 
 fn op(keys: u8, max_weight: u32) -> impl Strategy<Value = Op> {
@@ -34,6 +88,16 @@ fn op(keys: u8, max_weight: u32) -> impl Strategy<Value = Op> {
         4 => (0..keys, any::<u16>(), 0..=max_weight).prop_map(|(k, v, w)| Op::Insert(k, (v, w))),
         1 => (0..keys).prop_map(Op::Remove),
         1 => Just(Op::InvalidateAll),
+        3 => (0..keys, act(max_weight)).prop_map(|(k, a)| Op::Compute(k, a)),
+    ]
+}
+
+fn act(max_weight: u32) -> impl Strategy<Value = Act> {
+    prop_oneof![
+        1 => Just(Act::Keep),
+        2 => (any::<u16>(), 0..=max_weight).prop_map(Act::Put),
+        2 => (0..=max_weight).prop_map(Act::Bump),
+        1 => Just(Act::Remove),
     ]
 }
 
@@ -125,6 +189,20 @@ impl Model {
         }
     }
 
+    /// A compute that put `v`: as an insert, but a value too heavy comes
+    /// back to the caller instead of going to the listener.
+    fn compute_put(&mut self, k: u8, v: Val) -> Result<(), Val> {
+        if u64::from(v.1) <= self.capacity {
+            self.insert(k, v);
+            return Ok(());
+        }
+        if let Some(i) = self.pos(k) {
+            let old = self.entries.remove(i);
+            self.removed.push((k, old.1, RemovalCause::Replaced));
+        }
+        Err(v)
+    }
+
     fn remove(&mut self, k: u8) -> Option<Val> {
         let i = self.pos(k)?;
         let (k, v, ..) = self.entries.remove(i);
@@ -170,6 +248,23 @@ fn exact_agreement(eviction: Eviction, capacity: u64, ops: Vec<Op>) -> Result<()
                 model.insert(k, v);
             }
             Op::Remove(k) => prop_assert_eq!(cache.remove(&k), model.remove(k)),
+            Op::Compute(k, act) => {
+                let current = model.pos(k).map(|i| model.entries[i].1);
+                let (found, out) = compute(&cache, k, act, None);
+                prop_assert_eq!(found, current);
+                let decided = act.apply(current.as_ref());
+                let expected = match &decided {
+                    Compute::Keep => Ok(computed(current, &decided)),
+                    Compute::Remove => {
+                        model.remove(k);
+                        Ok(computed(current, &decided))
+                    }
+                    Compute::Put(v) | Compute::PutWith(v, _) => model
+                        .compute_put(k, *v)
+                        .map(|()| computed(current, &decided)),
+                };
+                prop_assert_eq!(out, expected);
+            }
             Op::InvalidateAll => {
                 cache.invalidate_all();
                 let mut gone: Vec<_> = model.entries.drain(..).collect();
@@ -198,6 +293,35 @@ fn exact_agreement(eviction: Eviction, capacity: u64, ops: Vec<Op>) -> Result<()
         prop_assert_eq!(&*log.lock().unwrap(), &model.removed);
         prop_assert_eq!(cache.weighted_size(), model.weight());
         prop_assert_eq!(cache.len(), model.entries.len());
+    }
+    Ok(())
+}
+
+/// After a write of `v` under `k` that fits: readable at once, unless,
+/// under W-TinyLfu and heavier than a unit, it lost its contest for room at
+/// its own insert (the listener heard it last, as `Size`). `written` then
+/// holds the key's last value, or not the key.
+fn fitting_write(
+    cache: &Cache<u8, Val>,
+    log: &Log,
+    eviction: Eviction,
+    written: &mut HashMap<u8, Val>,
+    k: u8,
+    v: Val,
+) -> Result<(), TestCaseError> {
+    let turned_away = eviction == Eviction::TinyLfu
+        && v.1 > 1
+        && log.lock().unwrap().last() == Some(&(k, v, RemovalCause::Size));
+    if turned_away {
+        prop_assert_eq!(cache.peek(&k), None);
+        written.remove(&k);
+    } else {
+        prop_assert_eq!(
+            cache.peek(&k),
+            Some(v),
+            "a fitting write is readable at once"
+        );
+        written.insert(k, v);
     }
     Ok(())
 }
@@ -244,20 +368,7 @@ fn semantics(
                 log.lock().unwrap().clear();
                 cache.insert(k, v);
                 if u64::from(v.1) <= capacity / shards {
-                    let turned_away = eviction == Eviction::TinyLfu
-                        && v.1 > 1
-                        && log.lock().unwrap().last() == Some(&(k, v, RemovalCause::Size));
-                    if turned_away {
-                        prop_assert_eq!(cache.peek(&k), None);
-                        written.remove(&k);
-                    } else {
-                        prop_assert_eq!(
-                            cache.peek(&k),
-                            Some(v),
-                            "a fitting insert is readable at once"
-                        );
-                        written.insert(k, v);
-                    }
+                    fitting_write(&cache, &log, eviction, &mut written, k, v)?;
                 } else {
                     prop_assert_eq!(cache.peek(&k), None);
                     written.remove(&k);
@@ -275,6 +386,35 @@ fn semantics(
                 cache.invalidate_all();
                 written.clear();
                 prop_assert!(cache.is_empty());
+            }
+            Op::Compute(k, act) => {
+                log.lock().unwrap().clear();
+                let (found, out) = compute(&cache, k, act, None);
+                if let Some(v) = found {
+                    prop_assert_eq!(Some(&v), written.get(&k));
+                }
+                let decided = act.apply(found.as_ref());
+                match decided {
+                    Compute::Keep => {
+                        prop_assert_eq!(out, Ok(computed(found, &decided)));
+                        prop_assert_eq!(cache.peek(&k), found);
+                    }
+                    Compute::Remove => {
+                        prop_assert_eq!(out, Ok(computed(found, &decided)));
+                        written.remove(&k);
+                        prop_assert_eq!(cache.peek(&k), None);
+                    }
+                    Compute::Put(v) | Compute::PutWith(v, _) => {
+                        if u64::from(v.1) > capacity / shards {
+                            prop_assert_eq!(out, Err(v));
+                            prop_assert_eq!(cache.peek(&k), None);
+                            written.remove(&k);
+                        } else {
+                            prop_assert_eq!(out, Ok(computed(found, &decided)));
+                            fitting_write(&cache, &log, eviction, &mut written, k, v)?;
+                        }
+                    }
+                }
             }
         }
         cache.validate();
@@ -355,6 +495,20 @@ fn plain_and_general_writes_agree(
                 Op::InvalidateAll => {
                     cache.invalidate_all();
                     None
+                }
+                Op::Compute(k, act) => {
+                    let options = match writes {
+                        Writes::Plain => None,
+                        Writes::Tagged => Some(EntryOptions::new().tags(["t"])),
+                        Writes::Timed => Some(EntryOptions::new().ttl(Duration::MAX)),
+                    };
+                    let (found, out) = compute(cache, k, act, options);
+                    match out {
+                        Ok(Computed::Unchanged(v) | Computed::Inserted(v)) => Some(v),
+                        Ok(Computed::Replaced(v) | Computed::Removed(v)) => Some(v),
+                        Ok(Computed::Absent) => None,
+                        Err(v) => found.or(Some(v)),
+                    }
                 }
             };
             cache.validate();

@@ -1,0 +1,258 @@
+//! [`Cache::compute`]: a read-modify-write of one key, atomic with every other
+//! write of it.
+
+use std::hash::{BuildHasher, Hash};
+use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
+
+use super::{Cache, HeardIfUnwinding, Rejected, RemovalCause};
+use crate::expiry::EntryOptions;
+use crate::store::{Refused, Removed, WriteContext};
+use crate::write::CacheAside;
+
+/// What a [`Cache::compute`] closure does with the key's entry.
+///
+/// ```
+/// use larder::{Cache, Compute};
+///
+/// let cache: Cache<&str, u32> = Cache::builder().max_capacity(10).build().unwrap();
+/// cache.compute("hits", |n| Compute::Put(n.map_or(1, |n| n + 1))).unwrap();
+/// cache.compute("hits", |n| Compute::Put(n.map_or(1, |n| n + 1))).unwrap();
+/// assert_eq!(cache.get("hits"), Some(2));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Compute<V> {
+    /// Leave the key as it is: its entry, or its absence.
+    Keep,
+    /// Store this value under the key, with the cache's own settings.
+    Put(V),
+    /// Store this value under the key with settings for this entry alone, as
+    /// [`Cache::insert_with`] does.
+    PutWith(V, EntryOptions),
+    /// Remove the key's entry, if it has one.
+    Remove,
+}
+
+/// What a [`Cache::compute`] call did, with the value it leaves under the key
+/// (cloned) or the one it removed.
+///
+/// ```
+/// use larder::{Cache, Compute, Computed};
+///
+/// let cache: Cache<u32, u32> = Cache::builder().max_capacity(10).build().unwrap();
+/// assert_eq!(cache.compute(1, |_| Compute::Keep).unwrap(), Computed::Absent);
+/// assert_eq!(cache.compute(1, |_| Compute::Put(10)).unwrap(), Computed::Inserted(10));
+/// assert_eq!(cache.compute(1, |_| Compute::Put(11)).unwrap(), Computed::Replaced(11));
+/// assert_eq!(cache.compute(1, |_| Compute::Keep).unwrap(), Computed::Unchanged(11));
+/// assert_eq!(cache.compute(1, |_| Compute::Remove).unwrap(), Computed::Removed(11));
+/// assert_eq!(cache.compute(1, |_| Compute::Remove).unwrap(), Computed::Absent);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Computed<V> {
+    /// The key had no live entry, and has none: the closure kept or removed
+    /// nothing.
+    Absent,
+    /// The closure kept the live entry: its value.
+    Unchanged(V),
+    /// The key had no live entry; the closure's value was written.
+    Inserted(V),
+    /// The closure's value was written over the live entry's (which the
+    /// listener hears of as [`RemovalCause::Replaced`]).
+    Replaced(V),
+    /// The closure removed the live entry: its value (which the listener
+    /// hears of as [`RemovalCause::Explicit`]).
+    Removed(V),
+}
+
+/// What the shard's part of a compute leaves to do once its lock is released.
+enum Done<K, V> {
+    Computed(Computed<V>),
+    /// The entry removed, for the listener and the caller.
+    Removed(K, V, RemovalCause),
+    Rejected(Rejected<K, V>),
+}
+
+impl<K, V, S> Cache<K, V, S, CacheAside>
+where
+    K: Hash + Eq + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+    S: BuildHasher,
+{
+    /// Reads and rewrites `key`'s entry in one step: `f` gets the live value
+    /// under `key` (or `None`) and says what to do with the entry (see
+    /// [`Compute`]). No other write of the key (an insert, a removal, another
+    /// compute, a load's result) lands between `f`'s read and its write, so
+    /// counters and other read-modify-writes lose no update.
+    ///
+    /// A write is an explicit write as [`insert`](Self::insert) and
+    /// [`insert_with`](Self::insert_with) make it, and a removal as
+    /// [`remove`](Self::remove) makes it: a load of the key in flight hands
+    /// its value to its callers but does not cache it. Keeping the entry
+    /// changes nothing, not even its place in the eviction order, its
+    /// deadline or the statistics. An entry whose deadline has passed is
+    /// absent to `f`, and one [`Put`](Compute::Put) replaces as expired.
+    ///
+    /// `f` runs while the key's shard is locked for writing, as the
+    /// weigher's and the [`Expiry`](crate::Expiry)'s calls for the write do: it
+    /// should be short, and it must not call into this cache. A call that
+    /// reaches the key's own shard panics (it would wait for the lock `f`
+    /// runs under for ever); a call that reaches another shard may deadlock
+    /// with a compute on another thread.
+    ///
+    /// # Errors
+    ///
+    /// [`Rejected`], with the key and the closure's value, when the value
+    /// weighs more than the per-entry limit: as with
+    /// [`try_insert`](Self::try_insert), any value under the key is removed
+    /// all the same ([`RemovalCause::Replaced`]).
+    ///
+    /// Under [`Eviction::TinyLfu`](crate::Eviction::TinyLfu) a written entry
+    /// heavier than the admission window may lose its contest for room and
+    /// leave at once, and an entry given no time to live (by
+    /// [`EntryOptions::ttl`] or the `Expiry`) leaves at once as expired, as
+    /// with `insert`; the outcome still reports the write.
+    ///
+    /// # Panics
+    ///
+    /// If `f`, the weigher, the value's `Clone`, the `Expiry`, the listener
+    /// or a key's `Hash` or `Eq` panics, or as above when `f` calls into the
+    /// cache. A panic in `f`, the weigher or the `Clone` changes nothing;
+    /// the others leave the cache as [`insert`](Self::insert) and
+    /// [`remove`](Self::remove) describe.
+    ///
+    /// ```
+    /// use larder::{Cache, Compute, Computed};
+    ///
+    /// let cache: Cache<&str, Vec<&str>> = Cache::builder().max_capacity(100).build().unwrap();
+    /// let push = |item| {
+    ///     move |list: Option<&Vec<&'static str>>| {
+    ///         let mut list = list.cloned().unwrap_or_default();
+    ///         list.push(item);
+    ///         Compute::Put(list)
+    ///     }
+    /// };
+    /// cache.compute("todo", push("milk")).unwrap();
+    /// let out = cache.compute("todo", push("eggs")).unwrap();
+    /// assert_eq!(out, Computed::Replaced(vec!["milk", "eggs"]));
+    /// // Remove the list once it is empty: here it is not.
+    /// let out = cache
+    ///     .compute("todo", |l| if l.is_some_and(|l| l.is_empty()) { Compute::Remove } else { Compute::Keep })
+    ///     .unwrap();
+    /// assert_eq!(out, Computed::Unchanged(vec!["milk", "eggs"]));
+    /// ```
+    pub fn compute(
+        &self,
+        key: K,
+        f: impl FnOnce(Option<&V>) -> Compute<V>,
+    ) -> Result<Computed<V>, Rejected<K, V>> {
+        let mut removed = Removed::new();
+        let guard = HeardIfUnwinding {
+            cache: self,
+            list: &mut removed,
+        };
+        let done = self.compute_locked(key, f, guard.list);
+        std::mem::forget(guard);
+        match done {
+            Done::Computed(computed) => {
+                self.notify(removed);
+                Ok(computed)
+            }
+            Done::Rejected(rejected) => {
+                // As `write`: the listener's panic must not drop the rejected
+                // entry, which goes to it then.
+                if let Err(panic) = catch_unwind(AssertUnwindSafe(|| self.notify(removed))) {
+                    let _ = catch_unwind(AssertUnwindSafe(|| {
+                        self.notify_one(rejected.key, rejected.value, RemovalCause::Size);
+                    }));
+                    resume_unwind(panic);
+                }
+                Err(rejected)
+            }
+            Done::Removed(key, value, cause) => {
+                // As `remove` does after its listener: a load of the key that
+                // began since the lock was released is not cached either.
+                self.flights_stale(&key);
+                Ok(match self.hand_back(key, value, cause) {
+                    Some(value) => Computed::Removed(value),
+                    None => Computed::Absent,
+                })
+            }
+        }
+    }
+
+    /// The part of [`compute`](Self::compute) under the shard's lock.
+    fn compute_locked(
+        &self,
+        key: K,
+        f: impl FnOnce(Option<&V>) -> Compute<V>,
+        removed: &mut Removed<K, V>,
+    ) -> Done<K, V> {
+        let hash = self.hash(&key);
+        let shard = self.shard(hash);
+        let expiration = &self.inner.expiration;
+        let hash_of = |k: &K| self.hash(k);
+        let mut writer = shard.write(&hash_of);
+        // User code runs from here to the write: a call of it into this
+        // shard panics instead of waiting for the lock for ever.
+        let _mark = shard.mark_locked();
+        let current = writer.live_value(hash, &key, &expiration.clock);
+        let present = current.is_some();
+        let (value, options) = match f(current) {
+            Compute::Keep => {
+                return Done::Computed(match current {
+                    Some(value) => Computed::Unchanged(value.clone()),
+                    None => Computed::Absent,
+                });
+            }
+            Compute::Remove => {
+                // Under the write lock, as in `write_deferred`.
+                shard.flights.invalidate(hash, &key);
+                if !present {
+                    return Done::Computed(Computed::Absent);
+                }
+                return match writer.remove(hash, &key, &expiration.clock) {
+                    Some((key, value, cause)) => Done::Removed(key, value, cause),
+                    None => Done::Computed(Computed::Absent),
+                };
+            }
+            Compute::Put(value) => (value, None),
+            Compute::PutWith(value, options) => (value, Some(options)),
+        };
+        let weight = match &self.inner.weigher {
+            Some(weigher) => weigher(&key, &value),
+            None => 1,
+        };
+        let returned = value.clone();
+        // Nothing has changed yet; from here the write is an explicit one.
+        shard.flights.invalidate(hash, &key);
+        let ttl = options.as_ref().and_then(EntryOptions::time_to_live);
+        let tags = options.as_ref().map_or(&[][..], EntryOptions::tag_list);
+        let deadlines = |k: &K, v: &V, now: u64, current: Option<u64>| {
+            expiration.on_write(k, v, now, current, ttl)
+        };
+        let context = WriteContext {
+            clock: &expiration.clock,
+            start: ttl.is_some(),
+            deadlines: &deadlines,
+            tags,
+        };
+        match writer.insert(hash, key, value, weight, context, removed) {
+            Ok(()) => {}
+            Err(Refused::Expired(key, value)) => {
+                removed.push((key, value, RemovalCause::Expired));
+            }
+            Err(Refused::TooHeavy(key, value)) => {
+                return Done::Rejected(Rejected {
+                    key,
+                    value,
+                    weight: weight.min(crate::store::MAX_WEIGHT),
+                    limit: self.inner.max_entry_weight,
+                });
+            }
+        }
+        Done::Computed(if present {
+            Computed::Replaced(returned)
+        } else {
+            Computed::Inserted(returned)
+        })
+    }
+}
