@@ -140,6 +140,12 @@ fn an_expired_entry_is_absent_to_the_closure_and_replaced_as_expired() {
         .unwrap()
         .iter()
         .any(|e| e.2 == RemovalCause::Explicit));
+    // But takes the expired entry out, as `remove` does.
+    assert!(heard
+        .lock()
+        .unwrap()
+        .contains(&(2, 8, RemovalCause::Expired)));
+    assert_eq!(cache.len(), 1);
 }
 
 #[test]

@@ -25,6 +25,13 @@
 //! clock to a deadline exactly or to 1 ms before it: an entry is live before
 //! its deadline and expired at it.
 //!
+//! `compute` must find exactly what `get` would (an entry past its deadline
+//! is absent), keeping must move no deadline, and its puts and removals must
+//! agree with `insert`, `insert_with` and `remove` in every respect above:
+//! deadlines, the `Expiry`'s calls and panics, what the listener hears (an
+//! entry past its deadline that a put or a removal takes out is heard as
+//! `Expired`).
+//!
 //! With `custom`, lifetimes come from an `Expiry` instead of the fixed TTL
 //! and TTI: its answers depend on the key and the write id, and on the
 //! remaining lifetime it is given; they cover no deadline, zero (a write
@@ -59,6 +66,7 @@ use std::time::Duration;
 
 use arbitrary::Arbitrary;
 use larder::{Cache, Clock, EntryOptions, Eviction, Expiry, RemovalCause};
+use larder::{Compute, Computed};
 use libfuzzer_sys::fuzz_target;
 
 const TTL: u64 = 3_000;
@@ -241,6 +249,10 @@ enum Op {
     InvalidateAll,
     InsertTagged(u8, u8),
     InvalidateTag(u8),
+    /// `compute` on a key, whose closure, by the byte mod 4, keeps what it
+    /// finds, puts a fresh id (as `Insert`), puts one with its own
+    /// time-to-live (as `InsertTtl`), or removes the entry (as `Remove`).
+    Compute(u8, u8, u16),
 }
 
 #[derive(Arbitrary, Debug)]
@@ -465,6 +477,81 @@ fuzz_target!(|input: Input| {
                     let at = if tti { cap.min(now + tti_ms) } else { cap };
                     model.insert(k, (v, at, cap));
                 }
+            }
+            Op::Compute(k, mode, ttl) => {
+                // What the closure must find: the live entry's id, as `get`
+                // would return it (and, unlike `get`, moving no deadline).
+                let seen = live(&model, k, now).map(|e| e.0);
+                let mut found = None;
+                let mut run = |put: Compute<u32>| {
+                    call(|| {
+                        cache.compute(k, |v| {
+                            found = Some(v.copied());
+                            put
+                        })
+                    })
+                };
+                let written = |v| match seen {
+                    Some(_) => Ok(Computed::Replaced(v)),
+                    None => Ok(Computed::Inserted(v)),
+                };
+                match mode % 4 {
+                    0 => {
+                        let out = run(Compute::Keep);
+                        assert_eq!(
+                            out,
+                            Ok(Ok(seen.map_or(Computed::Absent, Computed::Unchanged)))
+                        );
+                    }
+                    1 => {
+                        ids += 1;
+                        let v = ids;
+                        let panicking = panicking(&model, k, v, now);
+                        let deadlines = write(&model, k, v, now);
+                        let wrote = run(Compute::Put(v));
+                        if let Some(method) = panicking {
+                            assert_eq!(wrote, Err(method), "the compute of {k} ({v}) panics");
+                            refused = true;
+                        } else {
+                            assert_eq!(wrote, Ok(written(v)));
+                            writes += 1;
+                            cause = Some((RemovalCause::Replaced, Some(k)));
+                            tags.remove(&k);
+                            match deadlines {
+                                Some((at, cap)) => model.insert(k, (v, at, cap)),
+                                None => model.remove(&k),
+                            };
+                        }
+                    }
+                    2 => {
+                        ids += 1;
+                        writes += 1;
+                        let v = ids;
+                        cause = Some((RemovalCause::Replaced, Some(k)));
+                        tags.remove(&k);
+                        let ttl = long(ttl, 5_000, 24);
+                        let options = EntryOptions::new().ttl(Duration::from_millis(ttl));
+                        assert_eq!(run(Compute::PutWith(v, options)), Ok(written(v)));
+                        if ttl == 0 {
+                            model.remove(&k);
+                        } else {
+                            let cap = now + ttl;
+                            let at = if tti { cap.min(now + tti_ms) } else { cap };
+                            model.insert(k, (v, at, cap));
+                        }
+                    }
+                    _ => {
+                        cause = Some((RemovalCause::Explicit, Some(k)));
+                        let out = run(Compute::Remove);
+                        assert_eq!(
+                            out,
+                            Ok(Ok(seen.map_or(Computed::Absent, Computed::Removed)))
+                        );
+                        model.remove(&k);
+                        tags.remove(&k);
+                    }
+                }
+                assert_eq!(found, Some(seen), "the closure finds what get would");
             }
             Op::Remove(k) => {
                 cause = Some((RemovalCause::Explicit, Some(k)));

@@ -89,7 +89,9 @@ where
     /// its value to its callers but does not cache it. Keeping the entry
     /// changes nothing, not even its place in the eviction order, its
     /// deadline or the statistics. An entry whose deadline has passed is
-    /// absent to `f`, and one [`Put`](Compute::Put) replaces as expired.
+    /// absent to `f`; a [`Put`](Compute::Put) or a [`Remove`](Compute::Remove)
+    /// then takes it out, and the listener hears of it as
+    /// [`RemovalCause::Expired`].
     ///
     /// `f` runs while the key's shard is locked for writing, as the
     /// weigher's and the [`Expiry`](crate::Expiry)'s calls for the write do: it
@@ -206,9 +208,8 @@ where
             Compute::Remove => {
                 // Under the write lock, as in `write_deferred`.
                 shard.flights.invalidate(hash, &key);
-                if !present {
-                    return Done::Computed(Computed::Absent);
-                }
+                // An entry past its deadline goes too, as `remove` takes it:
+                // heard as expired, and the key reported absent.
                 return match writer.remove(hash, &key, &expiration.clock) {
                     Some((key, value, cause)) => Done::Removed(key, value, cause),
                     None => Done::Computed(Computed::Absent),
