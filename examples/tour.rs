@@ -1,12 +1,13 @@
 //! A tour of larder in a few seconds: hits, misses, eviction, the listener,
-//! weights, statistics, expiry, tags, single-flight loading and write-back.
+//! weights, statistics, expiry, tags, single-flight loading, read-modify-writes
+//! and write-back.
 //!
 //! `cargo run --release --example tour`
 
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use larder::{Cache, Eviction};
+use larder::{Cache, Compute, Eviction};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("== a small LRU cache with a listener ==");
@@ -131,6 +132,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     });
     println!("loads run: {}", loads.into_inner());
+
+    println!("\n== compute: 4 threads count 10,000 page views each, none lost ==");
+    let views: Cache<&str, u64> = Cache::builder().max_capacity(100).build()?;
+    std::thread::scope(|s| {
+        for _ in 0..4 {
+            s.spawn(|| {
+                for _ in 0..10_000 {
+                    let _ = views.compute("/home", |n| Compute::Put(n.map_or(1, |n| n + 1)));
+                }
+            });
+        }
+    });
+    println!("views of /home: {:?}", views.get("/home"));
 
     println!("\n== write-back: 10,000 puts, a few store calls ==");
     let orders = Cache::builder()
