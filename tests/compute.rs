@@ -326,3 +326,58 @@ fn a_load_in_flight_does_not_cache_over_a_compute() {
     });
     assert_eq!(cache.get(&3), Some(300));
 }
+
+/// A key that counts its clones.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct Counted(u32);
+
+static CLONES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+impl Clone for Counted {
+    fn clone(&self) -> Self {
+        CLONES.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Counted(self.0)
+    }
+}
+
+#[test]
+fn compute_by_ref_owns_its_key_only_to_put() {
+    let clones = || CLONES.load(std::sync::atomic::Ordering::SeqCst);
+    let cache: Cache<Counted, u64> = Cache::builder().max_capacity(10).build().unwrap();
+    let key = Counted(1);
+    let bump_ref = |n: Option<&u64>| Compute::Put(n.map_or(1, |n| n + 1));
+    assert_eq!(
+        cache.compute_by_ref(&key, |_| Compute::Keep),
+        Ok(Computed::Absent)
+    );
+    assert_eq!(
+        cache.compute_by_ref(&key, |_| Compute::Remove),
+        Ok(Computed::Absent)
+    );
+    assert_eq!(clones(), 0, "keeping and removing own no key");
+    assert_eq!(
+        cache.compute_by_ref(&key, bump_ref),
+        Ok(Computed::Inserted(1))
+    );
+    assert_eq!(
+        cache.compute_by_ref(&key, bump_ref),
+        Ok(Computed::Replaced(2))
+    );
+    assert_eq!(clones(), 2, "each put owns the key once");
+    assert_eq!(
+        cache.compute_by_ref(&key, |_| Compute::Keep),
+        Ok(Computed::Unchanged(2))
+    );
+    assert_eq!(
+        cache.compute_by_ref(&key, |_| Compute::Remove),
+        Ok(Computed::Removed(2))
+    );
+    assert_eq!(clones(), 2);
+    assert_eq!(cache.get(&key), None);
+    // A borrowed `str` for `String` keys.
+    let paths: Cache<String, u64> = Cache::builder().max_capacity(10).build().unwrap();
+    for _ in 0..3 {
+        paths.compute_by_ref("/home", bump).unwrap();
+    }
+    assert_eq!(paths.get("/home"), Some(3));
+}

@@ -71,7 +71,8 @@
 //!   a `Clone` that panics while armed. The loading calls clone a key on a
 //!   miss (`get_or_load_by_ref` to own it, every one to file its load), so a
 //!   miss on such a key must end in that panic, before its loader runs,
-//!   having changed nothing; no other call may clone a key.
+//!   having changed nothing; no other call but a `compute_by_ref` that puts
+//!   (below) may clone a key.
 //!
 //! `compute` runs its closure once its key's `Hash` and `Eq` got through,
 //! on what `peek` would have returned, and then does what the closure said:
@@ -79,6 +80,9 @@
 //! no hit or miss; a put is a `try_insert` of the closure's value (the
 //! weigher runs after the closure, so a panicking `Eq` comes first); a
 //! removal is a `remove`. Its outcome must name what it did, with the value.
+//! `compute_by_ref` must behave the same; a put clones its key, after the
+//! closure and before the weigher, so that a key whose `Clone` panics ends
+//! such a call in that panic, having changed nothing.
 #![no_main]
 
 use arbitrary::Arbitrary;
@@ -113,7 +117,8 @@ enum Op {
     InvalidateTag(bool),
     /// `compute` of a key, whose closure, by the last byte mod 4, keeps what
     /// it finds, puts `(value, weight)`, removes the entry, or puts the value
-    /// it found plus one (else `value`) with `weight`.
+    /// it found plus one (else `value`) with `weight`; with bit 2 of that
+    /// byte, `compute_by_ref`.
     Compute(u8, u8, u8, u8),
     /// Arms (`true`) or disarms the panicking keys' `Hash` for the calls of
     /// the steps that follow.
@@ -926,17 +931,20 @@ fuzz_target!(|input: Input| {
             }
             Op::Compute(k, v, w, mode) => {
                 let mut found = None;
-                let result = call(armed, || {
-                    cache.compute(Key(k), |current| {
-                        let current = current.copied();
-                        found = Some(current);
-                        match mode % 4 {
-                            0 => Compute::Keep,
-                            1 => Compute::Put((v, w)),
-                            2 => Compute::Remove,
-                            _ => Compute::Put((current.map_or(v, |c| c.0.wrapping_add(1)), w)),
-                        }
-                    })
+                let by_ref = mode & 4 != 0;
+                let f = |current: Option<&(u8, u8)>| {
+                    let current = current.copied();
+                    found = Some(current);
+                    match mode % 4 {
+                        0 => Compute::Keep,
+                        1 => Compute::Put((v, w)),
+                        2 => Compute::Remove,
+                        _ => Compute::Put((current.map_or(v, |c| c.0.wrapping_add(1)), w)),
+                    }
+                };
+                let result = call(armed, || match by_ref {
+                    true => cache.compute_by_ref(&Key(k), f),
+                    false => cache.compute(Key(k), f),
                 });
                 outcome = result.as_ref().err().copied();
                 let own_hash = armed && panicky(k);
@@ -1002,6 +1010,14 @@ fuzz_target!(|input: Input| {
                             }
                             written.remove(&k);
                             assert_eq!(cache.peek(&Key(k)), None);
+                        }
+                        _ if by_ref && armed && cloney(k) => {
+                            // A put owns the borrowed key first: its
+                            // `Clone` panics, before the weigher, changing
+                            // nothing.
+                            assert_eq!(outcome, Some(Deliberate::Clone));
+                            clones = true;
+                            unchanged = true;
                         }
                         _ => {
                             let v = match (mode % 4, found) {

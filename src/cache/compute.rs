@@ -1,6 +1,7 @@
 //! [`Cache::compute`]: a read-modify-write of one key, atomic with every other
 //! write of it.
 
+use std::borrow::Borrow;
 use std::hash::{BuildHasher, Hash};
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 
@@ -61,6 +62,29 @@ pub enum Computed<V> {
     /// The closure removed the live entry: its value (which the listener
     /// hears of as [`RemovalCause::Explicit`]).
     Removed(V),
+}
+
+/// A compute's key: the caller's own, or borrowed, with the way to own it
+/// should the closure put a value.
+enum KeyArg<'a, K, Q: ?Sized> {
+    Owned(K),
+    Borrowed(&'a Q, fn(&Q) -> K),
+}
+
+impl<K: Borrow<Q>, Q: ?Sized> KeyArg<'_, K, Q> {
+    fn get(&self) -> &Q {
+        match self {
+            Self::Owned(key) => key.borrow(),
+            Self::Borrowed(key, _) => key,
+        }
+    }
+
+    fn into_owned(self) -> K {
+        match self {
+            Self::Owned(key) => key,
+            Self::Borrowed(key, to_owned) => to_owned(key),
+        }
+    }
 }
 
 /// What the shard's part of a compute leaves to do once its lock is released.
@@ -146,6 +170,54 @@ where
         key: K,
         f: impl FnOnce(Option<&V>) -> Compute<V>,
     ) -> Result<Computed<V>, Rejected<K, V>> {
+        self.compute_key(KeyArg::<K, K>::Owned(key), f)
+    }
+
+    /// [`compute`](Self::compute) with the key borrowed: an owned key is
+    /// made (`to_owned`) only when the closure puts a value, so counting up
+    /// a `String`-keyed entry that is there, keeping or removing allocates
+    /// no key. The borrowed form must own to `K`, as with
+    /// [`get_or_load_by_ref`](Self::get_or_load_by_ref).
+    ///
+    /// # Errors
+    ///
+    /// As [`compute`](Self::compute).
+    ///
+    /// # Panics
+    ///
+    /// As [`compute`](Self::compute), and if the key's `to_owned` (its
+    /// `Clone`) panics, which changes nothing.
+    ///
+    /// ```
+    /// use larder::{Cache, Compute, Computed};
+    ///
+    /// let hits: Cache<String, u64> = Cache::builder().max_capacity(100).build().unwrap();
+    /// let count = |path: &str| hits.compute_by_ref(path, |n| Compute::Put(n.map_or(1, |n| n + 1)));
+    /// assert_eq!(count("/home"), Ok(Computed::Inserted(1))); // the one `String` made
+    /// assert_eq!(count("/home"), Ok(Computed::Replaced(2)));
+    /// assert_eq!(hits.get("/home"), Some(2));
+    /// ```
+    pub fn compute_by_ref<Q>(
+        &self,
+        key: &Q,
+        f: impl FnOnce(Option<&V>) -> Compute<V>,
+    ) -> Result<Computed<V>, Rejected<K, V>>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+    {
+        self.compute_key(KeyArg::Borrowed(key, Q::to_owned), f)
+    }
+
+    fn compute_key<Q>(
+        &self,
+        key: KeyArg<'_, K, Q>,
+        f: impl FnOnce(Option<&V>) -> Compute<V>,
+    ) -> Result<Computed<V>, Rejected<K, V>>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
         let mut removed = Removed::new();
         let guard = HeardIfUnwinding {
             cache: self,
@@ -172,7 +244,7 @@ where
             Done::Removed(key, value, cause) => {
                 // As `remove` does after its listener: a load of the key that
                 // began since the lock was released is not cached either.
-                self.flights_stale(&key);
+                self.flights_stale::<K>(&key);
                 Ok(match self.hand_back(key, value, cause) {
                     Some(value) => Computed::Removed(value),
                     None => Computed::Absent,
@@ -182,13 +254,17 @@ where
     }
 
     /// The part of [`compute`](Self::compute) under the shard's lock.
-    fn compute_locked(
+    fn compute_locked<Q>(
         &self,
-        key: K,
+        key: KeyArg<'_, K, Q>,
         f: impl FnOnce(Option<&V>) -> Compute<V>,
         removed: &mut Removed<K, V>,
-    ) -> Done<K, V> {
-        let hash = self.hash(&key);
+    ) -> Done<K, V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let hash = self.hash(key.get());
         let shard = self.shard(hash);
         let expiration = &self.inner.expiration;
         let hash_of = |k: &K| self.hash(k);
@@ -196,7 +272,7 @@ where
         // User code runs from here to the write: a call of it into this
         // shard panics instead of waiting for the lock for ever.
         let _mark = shard.mark_locked();
-        let current = writer.live_value(hash, &key, &expiration.clock);
+        let current = writer.live_value(hash, key.get(), &expiration.clock);
         let present = current.is_some();
         let (value, options) = match f(current) {
             Compute::Keep => {
@@ -207,10 +283,10 @@ where
             }
             Compute::Remove => {
                 // Under the write lock, as in `write_deferred`.
-                shard.flights.invalidate(hash, &key);
+                shard.flights.invalidate(hash, key.get());
                 // An entry past its deadline goes too, as `remove` takes it:
                 // heard as expired, and the key reported absent.
-                return match writer.remove(hash, &key, &expiration.clock) {
+                return match writer.remove(hash, key.get(), &expiration.clock) {
                     Some((key, value, cause)) => Done::Removed(key, value, cause),
                     None => Done::Computed(Computed::Absent),
                 };
@@ -218,13 +294,14 @@ where
             Compute::Put(value) => (value, None),
             Compute::PutWith(value, options) => (value, Some(options)),
         };
+        let key = key.into_owned();
         let weight = match &self.inner.weigher {
             Some(weigher) => weigher(&key, &value),
             None => 1,
         };
         let returned = value.clone();
         // Nothing has changed yet; from here the write is an explicit one.
-        shard.flights.invalidate(hash, &key);
+        shard.flights.invalidate::<K>(hash, &key);
         let ttl = options.as_ref().and_then(EntryOptions::time_to_live);
         let tags = options.as_ref().map_or(&[][..], EntryOptions::tag_list);
         let deadlines = |k: &K, v: &V, now: u64, current: Option<u64>| {

@@ -60,8 +60,8 @@ fn computed(current: Option<Val>, compute: &Compute<Val>) -> Computed<Val> {
     }
 }
 
-/// Runs an [`Op::Compute`] on `cache`: what the closure found, and the outcome
-/// (a rejected value as `Err`).
+/// Runs an [`Op::Compute`] on `cache` (`compute_by_ref` for odd keys): what
+/// the closure found, and the outcome (a rejected value as `Err`).
 fn compute<S: std::hash::BuildHasher>(
     cache: &Cache<u8, Val, S>,
     k: u8,
@@ -69,13 +69,17 @@ fn compute<S: std::hash::BuildHasher>(
     options: Option<EntryOptions>,
 ) -> (Option<Val>, Result<Computed<Val>, Val>) {
     let mut found = None;
-    let out = cache.compute(k, |v| {
+    let f = |v: Option<&Val>| {
         found = Some(v.copied());
         match (act.apply(v), options) {
             (Compute::Put(v), Some(options)) => Compute::PutWith(v, options),
             (compute, _) => compute,
         }
-    });
+    };
+    let out = match k % 2 {
+        0 => cache.compute(k, f),
+        _ => cache.compute_by_ref(&k, f),
+    };
     let found = found.expect("the closure runs once");
     (found, out.map_err(|rejected| rejected.value))
 }
