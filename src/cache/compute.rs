@@ -272,7 +272,9 @@ where
         // User code runs from here to the write: a call of it into this
         // shard panics instead of waiting for the lock for ever.
         let _mark = shard.mark_locked();
-        let current = writer.live_value(hash, key.get(), &expiration.clock);
+        let found = writer.live_value(hash, key.get(), &expiration.clock);
+        let current = found.map(|(_, value)| value);
+        let existing = found.map(|(token, _)| token);
         let present = current.is_some();
         let (value, options) = match f(current) {
             Compute::Keep => {
@@ -313,7 +315,14 @@ where
             deadlines: &deadlines,
             tags,
         };
-        match writer.insert(hash, key, value, weight, context, removed) {
+        let written = if options.is_none() && writer.is_plain() {
+            // No deadline, no tag, none kept: the shorter path, at the entry
+            // found above (nothing has moved since, under this lock).
+            writer.insert_plain_at(hash, key, value, weight, existing, removed)
+        } else {
+            writer.insert(hash, key, value, weight, context, removed)
+        };
+        match written {
             Ok(()) => {}
             Err(Refused::Expired(key, value)) => {
                 removed.push((key, value, RemovalCause::Expired));

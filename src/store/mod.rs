@@ -262,6 +262,10 @@ pub(crate) struct Shard<K, V> {
     pub(crate) hits: AtomicU64,
     pub(crate) misses: AtomicU64,
     reads: ReadBuffer,
+    /// The thread (see [`LockedMark`]) running user code under this shard's
+    /// write lock, or 0. Read only on the way to waiting for the lock.
+    #[cfg(not(larder_loom))]
+    locked_by: std::sync::atomic::AtomicUsize,
 }
 
 /// What the map lock protects. `repr(C)`: what a lookup reads — the table's
@@ -336,50 +340,34 @@ fn storage<K, V>(reserved: usize, ceiling: usize) -> Option<(Slab<K, V>, Table)>
     ))
 }
 
-/// This thread's mark of a shard (its address) whose write lock it holds
-/// while it runs user code under it; dropped when that code returns. Marks
-/// nest: a closure may compute on another shard in turn, and each shard it
-/// holds stays marked.
+/// A shard's mark, while its write lock is held, that this thread runs user
+/// code under it (a [`Cache::compute`](crate::Cache::compute) closure); the
+/// mark is cleared when dropped. Each shard keeps its own, so computes
+/// nested across shards leave every shard they hold marked.
 #[must_use]
-pub(crate) struct LockedMark {
-    _private: (),
+pub(crate) struct LockedMark<'a> {
+    #[cfg(not(larder_loom))]
+    by: &'a std::sync::atomic::AtomicUsize,
+    #[cfg(larder_loom)]
+    by: std::marker::PhantomData<&'a ()>,
 }
 
 #[cfg(not(larder_loom))]
 std::thread_local! {
-    static LOCKED: std::cell::RefCell<Vec<usize>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// Its address names the thread, unlike any other live thread's.
+    static THREAD: u8 = const { 0 };
 }
 
-impl LockedMark {
-    #[cfg(not(larder_loom))]
-    fn new(shard: usize) -> Self {
-        LOCKED.with_borrow_mut(|marks| marks.push(shard));
-        Self { _private: () }
-    }
-
-    /// Loom's threads share the process's thread-locals: no mark.
-    #[cfg(larder_loom)]
-    fn new(_shard: usize) -> Self {
-        Self { _private: () }
-    }
-
-    #[cfg(not(larder_loom))]
-    fn is_marked(shard: usize) -> bool {
-        LOCKED.with_borrow(|marks| marks.contains(&shard))
-    }
-
-    #[cfg(larder_loom)]
-    fn is_marked(_shard: usize) -> bool {
-        false
-    }
+/// This thread's name for marks: the address of its own thread-local, never 0.
+#[cfg(not(larder_loom))]
+fn this_thread() -> usize {
+    THREAD.with(|byte| std::ptr::from_ref(byte) as usize)
 }
 
 #[cfg(not(larder_loom))]
-impl Drop for LockedMark {
+impl Drop for LockedMark<'_> {
     fn drop(&mut self) {
-        // Marks are dropped in the reverse of their making (each lives in
-        // one call's frame).
-        LOCKED.with_borrow_mut(Vec::pop);
+        self.by.store(0, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -423,6 +411,8 @@ impl<K, V> Shard<K, V> {
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
             flights: crate::loader::Flights::default(),
+            #[cfg(not(larder_loom))]
+            locked_by: std::sync::atomic::AtomicUsize::new(0),
         })
     }
 
@@ -498,8 +488,22 @@ impl<K, V> Shard<K, V> {
     /// until the mark is dropped: a call of this thread's that would then
     /// wait for the lock panics instead of deadlocking (see
     /// [`refuse_reentry`](Self::refuse_reentry)).
-    pub(crate) fn mark_locked(&self) -> LockedMark {
-        LockedMark::new(self as *const Self as usize)
+    ///
+    /// Loom's threads share one thread's locals: no mark there.
+    pub(crate) fn mark_locked(&self) -> LockedMark<'_> {
+        #[cfg(not(larder_loom))]
+        {
+            // Only the holder of the write lock writes the mark.
+            self.locked_by
+                .store(this_thread(), std::sync::atomic::Ordering::Relaxed);
+            LockedMark {
+                by: &self.locked_by,
+            }
+        }
+        #[cfg(larder_loom)]
+        LockedMark {
+            by: std::marker::PhantomData,
+        }
     }
 
     /// Panics if this thread holds this shard's write lock and is running
@@ -507,7 +511,11 @@ impl<K, V> Shard<K, V> {
     /// would never end. Checked only on the way to waiting for the lock.
     #[cold]
     fn refuse_reentry(&self) {
-        if LockedMark::is_marked(self as *const Self as usize) {
+        #[cfg(not(larder_loom))]
+        let marked = self.locked_by.load(std::sync::atomic::Ordering::Relaxed) == this_thread();
+        #[cfg(larder_loom)]
+        let marked = false;
+        if marked {
             panic!(
                 "larder: a `Cache::compute` closure called into its cache on the key's own shard, \
                  whose lock the closure runs under"

@@ -141,6 +141,21 @@ impl<K: Eq, V, H: Fn(&K) -> u64> ShardWriter<'_, K, V, H> {
         out: &mut Removed<K, V>,
     ) -> Result<(), Refused<K, V>> {
         let existing = self.map.find(hash, &key).map(|(t, _)| t);
+        self.insert_plain_at(hash, key, value, weight, existing, out)
+    }
+
+    /// [`insert_plain`](Self::insert_plain) for a caller that looked the
+    /// key up already, under this lock: `existing` is its entry, if any.
+    #[inline(always)]
+    pub(crate) fn insert_plain_at(
+        &mut self,
+        hash: u64,
+        key: K,
+        value: V,
+        weight: u32,
+        existing: Option<Token>,
+        out: &mut Removed<K, V>,
+    ) -> Result<(), Refused<K, V>> {
         let weight = weight.min(MAX_WEIGHT);
         if u64::from(weight) > self.map.max_entry {
             self.map.counters.rejections += 1;
@@ -406,15 +421,20 @@ impl<K: Eq, V, H: Fn(&K) -> u64> ShardWriter<'_, K, V, H> {
         refused
     }
 
-    /// The value under `key` if its entry is live at the clock's time.
-    pub(crate) fn live_value<Q>(&self, hash: u64, key: &Q, clock: &Clock) -> Option<&V>
+    /// The entry under `key` (its token and value) if it is live at the
+    /// clock's time. A key not found may be written next: its sketch line
+    /// starts coming in, as after a lookup's miss.
+    pub(crate) fn live_value<Q>(&self, hash: u64, key: &Q, clock: &Clock) -> Option<(Token, &V)>
     where
         K: Borrow<Q>,
         Q: Eq + ?Sized,
     {
-        let (t, entry) = self.map.find(hash, key)?;
+        let Some((t, entry)) = self.map.find(hash, key) else {
+            self.map.prefetch_insert(hash);
+            return None;
+        };
         let now = self.map.timed().then(|| clock.now());
-        self.map.is_live(t, now).then_some(&entry.value)
+        self.map.is_live(t, now).then_some((t, &entry.value))
     }
 
     /// Removes `key`'s entry: `Explicit` when it was live, `Expired` when its
