@@ -424,6 +424,12 @@ impl<K: Eq, V, H: Fn(&K) -> u64> ShardWriter<'_, K, V, H> {
     /// The entry under `key` (its token and value) if it is live at the
     /// clock's time. A key not found may be written next: its sketch line
     /// starts coming in, as after a lookup's miss.
+    ///
+    /// Always inlined, as `get`'s lookup is: out of line, a loop of
+    /// computes counting Zipf keys up ran 1.15–1.17 s against 0.85–1.06
+    /// inlined (10M operations, four runs each), slower than `get` then
+    /// `insert` (0.91–0.96), its lookups' misses no longer overlapping.
+    #[inline(always)]
     pub(crate) fn live_value<Q>(&self, hash: u64, key: &Q, clock: &Clock) -> Option<(Token, &V)>
     where
         K: Borrow<Q>,
