@@ -1,6 +1,7 @@
 //! Bytes per entry, measured with a counting global allocator: 1M u64 → u64
 //! entries in a cache of capacity 1M, for larder, quick_cache and moka; then
-//! larder with expiry: what 1M entries with TTLs cost, and what is left once
+//! larder with expiry (and with `refresh_after`, which keeps each entry's
+//! write time): what 1M entries with TTLs cost, and what is left once
 //! they have all expired and been reclaimed; then the three caches in a steady
 //! state, after 3M distinct keys went through them (full and evicting: what a
 //! cache holds beside its entries, such as quick_cache's ghosts, is there).
@@ -94,6 +95,35 @@ fn main() {
                 larder::Cache::<u64, u64>::builder()
                     .max_capacity(N)
                     .time_to_live(std::time::Duration::from_secs(3600))
+                    .build()
+                    .unwrap()
+            },
+            |c, k| c.insert(k, k),
+            |c| c.len() as u64,
+        ),
+    ));
+    rows.push((
+        "larder (TinyLfu, time_to_live, refresh_after)",
+        measure(
+            || {
+                larder::Cache::<u64, u64>::builder()
+                    .max_capacity(N)
+                    .time_to_live(std::time::Duration::from_secs(3600))
+                    .refresh_after(std::time::Duration::from_secs(600))
+                    .build()
+                    .unwrap()
+            },
+            |c, k| c.insert(k, k),
+            |c| c.len() as u64,
+        ),
+    ));
+    rows.push((
+        "larder (TinyLfu, refresh_after)",
+        measure(
+            || {
+                larder::Cache::<u64, u64>::builder()
+                    .max_capacity(N)
+                    .refresh_after(std::time::Duration::from_secs(600))
                     .build()
                     .unwrap()
             },

@@ -281,6 +281,20 @@ impl TagIndex {
         Some(id)
     }
 
+    /// The tags `token` carries.
+    pub(crate) fn tags_of(&self, token: Token) -> Vec<Tag> {
+        let Some(inline) = self.of_token.get(&token) else {
+            return Vec::new();
+        };
+        let more = self.more.get(&token).map_or(&[][..], Vec::as_slice);
+        inline
+            .iter()
+            .chain(more)
+            .filter(|&&id| id != NO_TAG)
+            .filter_map(|&id| self.groups[id as usize].as_ref().map(|g| g.tag.clone()))
+            .collect()
+    }
+
     /// Takes `token` out of the index (it left the shard or lost its tags).
     pub(crate) fn forget(&mut self, token: Token) {
         let Some(inline) = self.of_token.remove(&token) else {

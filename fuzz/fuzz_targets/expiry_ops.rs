@@ -32,6 +32,16 @@
 //! entry past its deadline that a put or a removal takes out is heard as
 //! `Expired`).
 //!
+//! `Load` runs a loading call (a loader that gives a fresh id, fails, or
+//! finds nothing) and, with `refresh`, a `refresh_after` of 1 ms to just
+//! under the time-to-live: a live entry written at least that long ago is
+//! refreshed (the model knows when each value was written), so that the
+//! call must return the new id, or the cached one when the loader fails, or
+//! nothing, the entry removed, when it finds nothing; one not yet due is a
+//! plain hit, its loader never run; one absent (or ended by the hit's own
+//! read) is loaded as a miss. Its read and its write move deadlines, ask the
+//! `Expiry` and panic with it as `get` and `insert` do.
+//!
 //! With `custom`, lifetimes come from an `Expiry` instead of the fixed TTL
 //! and TTI: its answers depend on the key and the write id, and on the
 //! remaining lifetime it is given; they cover no deadline, zero (a write
@@ -253,6 +263,11 @@ enum Op {
     /// finds, puts a fresh id (as `Insert`), puts one with its own
     /// time-to-live (as `InsertTtl`), or removes the entry (as `Remove`).
     Compute(u8, u8, u16),
+    /// A loading call on a key, whose loader, by the byte mod 3, gives a
+    /// fresh id (`get_or_load`), fails (`try_get_or_load`) or finds nothing
+    /// (`optionally_get_or_load`): with `refresh`, a live entry written at
+    /// least that long ago is reloaded.
+    Load(u8, u8),
 }
 
 #[derive(Arbitrary, Debug)]
@@ -267,8 +282,14 @@ struct Input {
     weighted: bool,
     /// With `custom`, the `Expiry` methods that panic (see `fails`).
     panics: u8,
+    /// `refresh_after`, `REFRESH[refresh % 5]` ms, 0 for none.
+    refresh: u8,
     ops: Vec<Op>,
 }
+
+/// The `refresh_after` intervals `refresh` picks from, in ms (0: none); all
+/// below the time-to-live, as the builder requires.
+const REFRESH: [u64; 5] = [0, 1, 2, 500, TTL - 1];
 
 fuzz_target!(|input: Input| {
     let eviction = match input.policy % 3 {
@@ -301,6 +322,10 @@ fuzz_target!(|input: Input| {
     let sink = Arc::clone(&heard);
     builder =
         builder.eviction_listener(move |k, v, cause| sink.lock().unwrap().push((k, v, cause)));
+    let refresh = REFRESH[usize::from(input.refresh) % REFRESH.len()];
+    if refresh != 0 {
+        builder = builder.refresh_after(Duration::from_millis(refresh));
+    }
     let tti_ms = TTIS[usize::from(input.tti_len) % TTIS.len()];
     if tti {
         builder = builder.time_to_idle(Duration::from_millis(tti_ms));
@@ -318,6 +343,8 @@ fuzz_target!(|input: Input| {
     let mut heard_total = 0usize;
     // key -> its tags (a bit per tag 0..4), for entries written with tags.
     let mut tags: HashMap<u8, u8> = HashMap::new();
+    // key -> when its value was written, in ms.
+    let mut written: HashMap<u8, u64> = HashMap::new();
     let mut now = 0u64;
     let live = |m: &HashMap<u8, (u32, u64, u64)>, k: u8, now: u64| {
         m.get(&k).copied().filter(|e| e.1 > now)
@@ -351,6 +378,22 @@ fuzz_target!(|input: Input| {
             Some((if tti { cap.min(now + tti_ms) } else { cap }, cap))
         }
     };
+    // A read of the live entry `e` of `k` moves its deadline in the model
+    // as the cache moves it (time-to-idle, or the `Expiry`'s answer).
+    let read = |model: &mut HashMap<u8, (u32, u64, u64)>, k: u8, e: (u32, u64, u64), now: u64| {
+        let (v, at, cap) = e;
+        if tti {
+            let moved = cap.min(now + tti_ms);
+            if moved > at && (moved - at) * 1_000_000 >= least_move {
+                model.insert(k, (v, moved, cap));
+            }
+        }
+        if custom {
+            let current = (at != NEVER).then(|| at - now);
+            let moved = on_read(k, v, current).map_or(NEVER, |l| now + l).min(cap);
+            model.insert(k, (v, moved, cap));
+        }
+    };
     for op in input.ops.into_iter().take(2_000) {
         let before = model.clone();
         // The cause a live entry leaving in this step is heard with, and the
@@ -373,16 +416,80 @@ fuzz_target!(|input: Input| {
                     }
                     _ => {
                         assert_eq!(got, Ok(expected.map(|e| e.0)));
-                        if let (Some((v, at, cap)), true) = (expected, tti) {
-                            let moved = cap.min(now + tti_ms);
-                            if moved > at && (moved - at) * 1_000_000 >= least_move {
-                                model.insert(k, (v, moved, cap));
-                            }
+                        if let Some(e) = expected {
+                            read(&mut model, k, e, now);
                         }
-                        if let (Some((v, at, cap)), true) = (expected, custom) {
-                            let current = (at != NEVER).then(|| at - now);
-                            let moved = on_read(k, v, current).map_or(NEVER, |l| now + l).min(cap);
-                            model.insert(k, (v, moved, cap));
+                    }
+                }
+            }
+            Op::Load(k, mode) => 'load: {
+                let expected = live(&model, k, now);
+                let due = |written: Option<&u64>| {
+                    refresh != 0 && written.is_some_and(|&w| now - w >= refresh)
+                };
+                if let Some((v, at, _)) = expected {
+                    if custom && fails(panics, READ, k, v, (at != NEVER).then(|| at - now)) {
+                        // The hit's read panics: nothing loads.
+                        let got = call(|| cache.get_or_load(k, |_| unreachable!("panicked")));
+                        assert_eq!(got, Err(READ), "the read of {k} ({v}) panics");
+                        refused = true;
+                        break 'load;
+                    }
+                    if !due(written.get(&k)) {
+                        let got = match mode % 3 {
+                            0 => call(|| cache.get_or_load(k, |_| unreachable!("fresh"))),
+                            1 => call(|| cache.try_get_or_load(k, |_| Err::<u32, _>(())))
+                                .map(|r| r.unwrap()),
+                            _ => call(|| cache.optionally_get_or_load(k, |_| None))
+                                .map(|r| r.unwrap()),
+                        };
+                        assert_eq!(got, Ok(v), "a hit on {k} not due");
+                        read(&mut model, k, expected.unwrap(), now);
+                        break 'load;
+                    }
+                    read(&mut model, k, expected.unwrap(), now);
+                }
+                // Due (a refresh) if still live after its read; else a miss.
+                let refreshing = expected.is_some() && live(&model, k, now).is_some();
+                let old = expected.map(|e| e.0);
+                match mode % 3 {
+                    0 => {
+                        ids += 1;
+                        let v = ids;
+                        let panicking = panicking(&model, k, v, now);
+                        let deadlines = write(&model, k, v, now);
+                        let got = call(|| cache.get_or_load(k, |_| v));
+                        if let Some(method) = panicking {
+                            assert_eq!(got, Err(method), "the load of {k} ({v}) panics");
+                            refused = true;
+                        } else {
+                            assert_eq!(got, Ok(v), "the load of {k}");
+                            writes += 1;
+                            cause = Some((RemovalCause::Replaced, Some(k)));
+                            tags.remove(&k);
+                            match deadlines {
+                                Some((at, cap)) => model.insert(k, (v, at, cap)),
+                                None => model.remove(&k),
+                            };
+                        }
+                    }
+                    1 => {
+                        let got = call(|| cache.try_get_or_load(k, |_| Err::<u32, _>(())));
+                        let got = got.map(|r| r.map_err(|_| ()));
+                        let want = if refreshing {
+                            Ok(old.unwrap())
+                        } else {
+                            Err(())
+                        };
+                        assert_eq!(got, Ok(want), "a failing load of {k}");
+                    }
+                    _ => {
+                        let got = call(|| cache.optionally_get_or_load(k, |_| None));
+                        assert_eq!(got, Ok(None), "a load of {k} finding nothing");
+                        if refreshing {
+                            cause = Some((RemovalCause::Explicit, Some(k)));
+                            model.remove(&k);
+                            tags.remove(&k);
                         }
                     }
                 }
@@ -592,6 +699,12 @@ fuzz_target!(|input: Input| {
                 model.clear();
                 tags.clear();
                 assert!(cache.is_empty());
+            }
+        }
+        // Every write stores a fresh id: a value that changed was written now.
+        for (&k, e) in &model {
+            if before.get(&k).is_none_or(|b| b.0 != e.0) {
+                written.insert(k, now);
             }
         }
         cache.validate();

@@ -38,6 +38,13 @@ pub enum BuildError {
     /// An [`Expiry`](crate::Expiry) together with `time_to_live` or `time_to_idle`: the
     /// `Expiry` alone decides lifetimes, so say it there.
     ConflictingExpiry,
+    /// A [`refresh_after`](crate::CacheBuilder::refresh_after) that cannot
+    /// work: zero, not shorter than the `time_to_live`, or on a cache that
+    /// loads through a [`Store`](crate::Store).
+    InvalidRefresh {
+        /// What is wrong.
+        reason: &'static str,
+    },
     /// A write-back setting that cannot work (a zero batch size or queue, a
     /// `max_backoff` above a day).
     InvalidWriteBack {
@@ -104,6 +111,7 @@ impl fmt::Display for BuildError {
             Self::ConflictingExpiry => f.write_str(
                 "an Expiry decides every lifetime: drop time_to_live / time_to_idle or fold them into it",
             ),
+            Self::InvalidRefresh { reason } => write!(f, "invalid refresh_after: {reason}"),
             Self::InvalidWriteBack { reason } => write!(f, "invalid write-back settings: {reason}"),
             Self::FlusherNotStarted { reason } => {
                 write!(f, "the write-back flusher could not start: {reason}")

@@ -74,6 +74,7 @@ struct Settings<K, V> {
     time_to_idle: Option<Duration>,
     expiry: Option<Arc<dyn Expiry<K, V>>>,
     clock: Option<Clock>,
+    refresh_after: Option<Duration>,
 }
 
 /// Starts the background sweeper of a built cache (monomorphized where the
@@ -107,6 +108,7 @@ impl<K, V, S, W> fmt::Debug for CacheBuilder<K, V, S, W> {
             .field("time_to_live", &self.settings.time_to_live)
             .field("time_to_idle", &self.settings.time_to_idle)
             .field("expiry", &self.settings.expiry.is_some())
+            .field("refresh_after", &self.settings.refresh_after)
             .finish_non_exhaustive()
     }
 }
@@ -127,6 +129,7 @@ impl<K, V> CacheBuilder<K, V, DefaultHashBuilder> {
                 time_to_idle: None,
                 expiry: None,
                 clock: None,
+                refresh_after: None,
             },
             hasher: DefaultHashBuilder::default(),
             sweeper: None,
@@ -450,6 +453,64 @@ where
         self
     }
 
+    /// Entries become due for a refresh this long after they were written: the
+    /// next loading call that hits one ([`get_or_load`](Cache::get_or_load)
+    /// and its kin, sync or async) reloads it, so that a hot key's value is
+    /// renewed before it grows old and no caller waits on a load that another
+    /// caller runs.
+    ///
+    /// - **Who waits.** The caller that hits a due entry runs its own loader
+    ///   and returns what it loaded. Every other caller of the key meanwhile
+    ///   gets the cached value at once: hits never join a refresh. Callers
+    ///   that miss (the entry expired or was removed meanwhile) join it as
+    ///   they join any load.
+    /// - **What lands.** The loaded value replaces the entry as the loader's
+    ///   write (the listener hears [`RemovalCause::Replaced`]), with what the
+    ///   loader gives it: the options of
+    ///   [`get_or_load_with`](Cache::get_or_load_with), or none. It does not
+    ///   land if the key was written or removed, the cache invalidated, or a
+    ///   tag of the old entry or the new one invalidated while it ran.
+    /// - **Failures.** A loader's error (the `try_` calls) leaves the entry as
+    ///   it was; the caller gets the cached value, the statistics count the
+    ///   failure, and the next loading call that hits the entry tries again.
+    ///   An `optionally_` loader answering `None` removes the entry
+    ///   ([`RemovalCause::Explicit`]). A panicking loader leaves the entry,
+    ///   and the panic reaches its caller.
+    /// - **What does not refresh.** [`get`](Cache::get), `peek` and
+    ///   `compute` never load. An entry written more recently than this is
+    ///   never reloaded.
+    ///
+    /// With expiry too, an entry still expires at its deadline: a refresh
+    /// renews only entries read before then. `Duration::MAX` means never.
+    /// The cache keeps each entry's write time (8 bytes an entry) and its
+    /// shards' deadline wheels, as a cache with expiry does.
+    ///
+    /// Refused by [`build`](Self::build) ([`BuildError::InvalidRefresh`]) when
+    /// zero, when not shorter than the `time_to_live`, or on a cache that
+    /// loads through a [`Store`](crate::Store).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use larder::{Cache, Clock};
+    ///
+    /// let (clock, time) = Clock::mock();
+    /// let cache: Cache<&str, u32> = Cache::builder()
+    ///     .max_capacity(10)
+    ///     .refresh_after(Duration::from_secs(60))
+    ///     .clock(clock)
+    ///     .build()
+    ///     .unwrap();
+    /// assert_eq!(cache.get_or_load("rate", |_| 1), 1);
+    /// time.advance(Duration::from_secs(61));
+    /// assert_eq!(cache.get("rate"), Some(1)); // due, but `get` never loads
+    /// assert_eq!(cache.get_or_load("rate", |_| 2), 2); // this caller reloads
+    /// assert_eq!(cache.get_or_load("rate", |_| unreachable!("fresh")), 2);
+    /// ```
+    pub fn refresh_after(mut self, after: Duration) -> Self {
+        self.settings.refresh_after = Some(after);
+        self
+    }
+
     /// Computes each entry's lifetime on create, update and read (see
     /// [`Expiry`]). Cannot be combined with `time_to_live` or `time_to_idle`.
     ///
@@ -573,7 +634,9 @@ where
     /// A [`BuildError`] when a setting cannot work: the capacity is missing or
     /// zero; the shard count is not a power of two in `1..=MAX_SHARDS` or
     /// exceeds the capacity; an [`Expiry`] is combined with `time_to_live` or
-    /// `time_to_idle`; a `background_sweep` interval is below
+    /// `time_to_idle`; a `refresh_after` is zero, not shorter than the
+    /// `time_to_live`, or on a cache with a [`Store`](crate::Store); a
+    /// `background_sweep` interval is below
     /// [`MIN_SWEEP_INTERVAL`]; the [`WriteBack`](crate::WriteBack) settings are invalid;
     /// `initial_capacity` asks for more room than can be allocated;
     /// `max_entry_weight` is above the capacity, above each shard's share of
@@ -644,7 +707,22 @@ where
                 return Err(BuildError::SweepIntervalTooShort { interval });
             }
         }
-        let timed = fixed || self.settings.expiry.is_some();
+        if let Some(after) = self.settings.refresh_after {
+            let reason = if after.is_zero() {
+                Some("it must be above zero (every hit would reload)")
+            } else if self.settings.time_to_live.is_some_and(|ttl| after >= ttl) {
+                Some("it must be shorter than the time_to_live, or entries expire before they are due")
+            } else if !W::CACHE_ASIDE {
+                Some("a cache with a Store loads through it, not through get_or_load")
+            } else {
+                None
+            };
+            if let Some(reason) = reason {
+                return Err(BuildError::InvalidRefresh { reason });
+            }
+        }
+        let refresh = self.settings.refresh_after;
+        let timed = fixed || self.settings.expiry.is_some() || refresh.is_some();
         let clock = self.settings.clock.unwrap_or_default();
         let expiration = match self.settings.expiry {
             Some(expiry) => Expiration::custom(clock, expiry),
@@ -653,7 +731,8 @@ where
                 self.settings.time_to_live,
                 self.settings.time_to_idle,
             ),
-        };
+        }
+        .refreshing(refresh);
         let initial_capacity = self.settings.initial_capacity.min(capacity as usize);
         let cache = Cache::from_parts(crate::cache::Parts {
             capacity,

@@ -314,6 +314,7 @@ where
             start: ttl.is_some(),
             deadlines: &deadlines,
             tags,
+            stamp: expiration.refreshes(),
         };
         let written = if options.is_none() && writer.is_plain() {
             // No deadline, no tag, none kept: the shorter path, at the entry

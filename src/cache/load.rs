@@ -9,7 +9,7 @@ use std::future::Future;
 use std::hash::{BuildHasher, Hash};
 use std::sync::Arc;
 
-use super::{Cache, HeardIfUnwinding, RemovalCause};
+use super::{Cache, HeardIfUnwinding, Landing, RemovalCause};
 use crate::expiry::EntryOptions;
 use crate::loader::{LoadStats, Outcome, Role};
 use crate::store::Removed;
@@ -31,7 +31,11 @@ where
     /// through an `_async` call (`block_on(cache.get_or_load_async(key, ..))`)
     /// waits forever, as that wait cannot be told from another task's.
     ///
-    /// A hit costs what [`get`](Self::get) costs. If the key is written, removed or the
+    /// A hit costs what [`get`](Self::get) costs. In a cache built with
+    /// [`refresh_after`](crate::CacheBuilder::refresh_after), a hit on an
+    /// entry due for a refresh runs `load` and returns its value, while other
+    /// callers of the key keep getting the cached one meanwhile (see there).
+    /// If the key is written, removed or the
     /// cache invalidated while the load runs, the loaded value is returned to
     /// the callers already waiting for it but not cached over the newer
     /// state. A caller arriving after that write (or after an invalidation of
@@ -71,10 +75,10 @@ where
     where
         K: Clone,
     {
-        if let Some(v) = self.get(&key) {
-            return v;
+        match self.get_for_load(&key) {
+            Ok(v) => v,
+            Err(stale) => self.load_value(key, stale, load),
         }
-        self.load_value(key, load)
     }
 
     /// [`get_or_load`](Self::get_or_load) with the key borrowed: an owned
@@ -100,19 +104,24 @@ where
         K: Clone + Borrow<Q>,
         Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
     {
-        self.hit_or(key, |v| v, |key| self.load_value(key, load))
+        self.hit_or(key, |v| v, |key, stale| self.load_value(key, stale, load))
     }
 
     /// What a `_by_ref` call returns: `hit` of the cached value, or `miss`
     /// of the owned key made from `key` (the lookup counted once).
-    fn hit_or<Q, R>(&self, key: &Q, hit: impl FnOnce(V) -> R, miss: impl FnOnce(K) -> R) -> R
+    fn hit_or<Q, R>(
+        &self,
+        key: &Q,
+        hit: impl FnOnce(V) -> R,
+        miss: impl FnOnce(K, Option<V>) -> R,
+    ) -> R
     where
         K: Borrow<Q>,
         Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
     {
-        match self.get(key) {
-            Some(v) => hit(v),
-            None => miss(key.to_owned()),
+        match self.get_for_load(key) {
+            Ok(v) => hit(v),
+            Err(stale) => miss(key.to_owned(), stale),
         }
     }
 
@@ -121,25 +130,25 @@ where
         &self,
         key: &Q,
         hit: impl FnOnce(V) -> R,
-        miss: impl FnOnce(K) -> F,
+        miss: impl FnOnce(K, Option<V>) -> F,
     ) -> R
     where
         K: Borrow<Q>,
         Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
         F: Future<Output = R>,
     {
-        match self.get(key) {
-            Some(v) => hit(v),
-            None => miss(key.to_owned()).await,
+        match self.get_for_load(key) {
+            Ok(v) => hit(v),
+            Err(stale) => miss(key.to_owned(), stale).await,
         }
     }
 
     /// The miss path of [`get_or_load`](Self::get_or_load).
-    fn load_value(&self, key: K, load: impl FnOnce(&K) -> V) -> V
+    fn load_value(&self, key: K, stale: Option<V>, load: impl FnOnce(&K) -> V) -> V
     where
         K: Clone,
     {
-        let loaded = self.load(key, Mode::Value, |k| {
+        let loaded = self.load(key, stale, Mode::Value, |k| {
             Ok::<_, std::convert::Infallible>(Some((load(k), EntryOptions::default())))
         });
         match loaded {
@@ -177,10 +186,10 @@ where
     where
         K: Clone,
     {
-        if let Some(v) = self.get(&key) {
-            return v;
+        match self.get_for_load(&key) {
+            Ok(v) => v,
+            Err(stale) => self.load_value_with(key, stale, load),
         }
-        self.load_value_with(key, load)
     }
 
     /// [`get_or_load_with`](Self::get_or_load_with) with the key borrowed:
@@ -208,15 +217,24 @@ where
         K: Clone + Borrow<Q>,
         Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
     {
-        self.hit_or(key, |v| v, |key| self.load_value_with(key, load))
+        self.hit_or(
+            key,
+            |v| v,
+            |key, stale| self.load_value_with(key, stale, load),
+        )
     }
 
     /// The miss path of [`get_or_load_with`](Self::get_or_load_with).
-    fn load_value_with(&self, key: K, load: impl FnOnce(&K) -> (V, EntryOptions)) -> V
+    fn load_value_with(
+        &self,
+        key: K,
+        stale: Option<V>,
+        load: impl FnOnce(&K) -> (V, EntryOptions),
+    ) -> V
     where
         K: Clone,
     {
-        let loaded = self.load(key, Mode::Value, |k| {
+        let loaded = self.load(key, stale, Mode::Value, |k| {
             Ok::<_, std::convert::Infallible>(Some(load(k)))
         });
         match loaded {
@@ -253,10 +271,10 @@ where
     where
         K: Clone,
     {
-        if let Some(v) = self.get(&key) {
-            return v;
+        match self.get_for_load(&key) {
+            Ok(v) => v,
+            Err(stale) => self.load_value_with_async(key, stale, load).await,
         }
-        self.load_value_with_async(key, load).await
     }
 
     /// [`get_or_load_with_async`](Self::get_or_load_with_async) with the key
@@ -286,7 +304,7 @@ where
         K: Clone + Borrow<Q>,
         Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
     {
-        let miss = |key| self.load_value_with_async(key, load);
+        let miss = |key, stale| self.load_value_with_async(key, stale, load);
         self.hit_or_async(key, |v| v, miss).await
     }
 
@@ -294,13 +312,14 @@ where
     async fn load_value_with_async(
         &self,
         key: K,
+        stale: Option<V>,
         load: impl Future<Output = (V, EntryOptions)>,
     ) -> V
     where
         K: Clone,
     {
         let loaded = self
-            .load_async(key, Mode::Value, async {
+            .load_async(key, stale, Mode::Value, async {
                 Ok::<_, std::convert::Infallible>(Some(load.await))
             })
             .await;
@@ -338,10 +357,10 @@ where
         K: Clone,
         E: Send + Sync + 'static,
     {
-        if let Some(v) = self.get(&key) {
-            return Ok(v);
+        match self.get_for_load(&key) {
+            Ok(v) => Ok(v),
+            Err(stale) => self.try_load_value(key, stale, load),
         }
-        self.try_load_value(key, load)
     }
 
     /// [`try_get_or_load`](Self::try_get_or_load) with the key borrowed: an
@@ -372,16 +391,21 @@ where
         Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
         E: Send + Sync + 'static,
     {
-        self.hit_or(key, Ok, |key| self.try_load_value(key, load))
+        self.hit_or(key, Ok, |key, stale| self.try_load_value(key, stale, load))
     }
 
     /// The miss path of [`try_get_or_load`](Self::try_get_or_load).
-    fn try_load_value<E>(&self, key: K, load: impl FnOnce(&K) -> Result<V, E>) -> Result<V, Arc<E>>
+    fn try_load_value<E>(
+        &self,
+        key: K,
+        stale: Option<V>,
+        load: impl FnOnce(&K) -> Result<V, E>,
+    ) -> Result<V, Arc<E>>
     where
         K: Clone,
         E: Send + Sync + 'static,
     {
-        match self.load(key, Mode::Fallible, |k| {
+        match self.load(key, stale, Mode::Fallible, |k| {
             load(k).map(|v| Some((v, EntryOptions::default())))
         }) {
             Ok(Some(v)) => Ok(v),
@@ -407,10 +431,10 @@ where
     where
         K: Clone,
     {
-        if let Some(v) = self.get(&key) {
-            return Some(v);
+        match self.get_for_load(&key) {
+            Ok(v) => Some(v),
+            Err(stale) => self.optionally_load_value(key, stale, load),
         }
-        self.optionally_load_value(key, load)
     }
 
     /// [`optionally_get_or_load`](Self::optionally_get_or_load) with the key
@@ -436,15 +460,22 @@ where
         K: Clone + Borrow<Q>,
         Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
     {
-        self.hit_or(key, Some, |key| self.optionally_load_value(key, load))
+        self.hit_or(key, Some, |key, stale| {
+            self.optionally_load_value(key, stale, load)
+        })
     }
 
     /// The miss path of [`optionally_get_or_load`](Self::optionally_get_or_load).
-    fn optionally_load_value(&self, key: K, load: impl FnOnce(&K) -> Option<V>) -> Option<V>
+    fn optionally_load_value(
+        &self,
+        key: K,
+        stale: Option<V>,
+        load: impl FnOnce(&K) -> Option<V>,
+    ) -> Option<V>
     where
         K: Clone,
     {
-        match self.load(key, Mode::Optional, |k| {
+        match self.load(key, stale, Mode::Optional, |k| {
             Ok::<_, std::convert::Infallible>(load(k).map(|v| (v, EntryOptions::default())))
         }) {
             Ok(v) => v,
@@ -489,10 +520,10 @@ where
     where
         K: Clone,
     {
-        if let Some(v) = self.get(&key) {
-            return v;
+        match self.get_for_load(&key) {
+            Ok(v) => v,
+            Err(stale) => self.load_value_async(key, stale, load).await,
         }
-        self.load_value_async(key, load).await
     }
 
     /// [`get_or_load_async`](Self::get_or_load_async) with the key borrowed:
@@ -518,17 +549,17 @@ where
         K: Clone + Borrow<Q>,
         Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
     {
-        let miss = |key| self.load_value_async(key, load);
+        let miss = |key, stale| self.load_value_async(key, stale, load);
         self.hit_or_async(key, |v| v, miss).await
     }
 
     /// The miss path of [`get_or_load_async`](Self::get_or_load_async).
-    async fn load_value_async(&self, key: K, load: impl Future<Output = V>) -> V
+    async fn load_value_async(&self, key: K, stale: Option<V>, load: impl Future<Output = V>) -> V
     where
         K: Clone,
     {
         let loaded = self
-            .load_async(key, Mode::Value, async {
+            .load_async(key, stale, Mode::Value, async {
                 Ok::<_, std::convert::Infallible>(Some((load.await, EntryOptions::default())))
             })
             .await;
@@ -567,10 +598,10 @@ where
         K: Clone,
         E: Send + Sync + 'static,
     {
-        if let Some(v) = self.get(&key) {
-            return Ok(v);
+        match self.get_for_load(&key) {
+            Ok(v) => Ok(v),
+            Err(stale) => self.try_load_value_async(key, stale, load).await,
         }
-        self.try_load_value_async(key, load).await
     }
 
     /// [`try_get_or_load_async`](Self::try_get_or_load_async) with the key
@@ -603,7 +634,7 @@ where
         Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
         E: Send + Sync + 'static,
     {
-        let miss = |key| self.try_load_value_async(key, load);
+        let miss = |key, stale| self.try_load_value_async(key, stale, load);
         self.hit_or_async(key, Ok, miss).await
     }
 
@@ -611,6 +642,7 @@ where
     async fn try_load_value_async<E>(
         &self,
         key: K,
+        stale: Option<V>,
         load: impl Future<Output = Result<V, E>>,
     ) -> Result<V, Arc<E>>
     where
@@ -618,7 +650,7 @@ where
         E: Send + Sync + 'static,
     {
         match self
-            .load_async(key, Mode::Fallible, async {
+            .load_async(key, stale, Mode::Fallible, async {
                 load.await.map(|v| Some((v, EntryOptions::default())))
             })
             .await
@@ -654,10 +686,10 @@ where
     where
         K: Clone,
     {
-        if let Some(v) = self.get(&key) {
-            return Some(v);
+        match self.get_for_load(&key) {
+            Ok(v) => Some(v),
+            Err(stale) => self.optionally_load_value_async(key, stale, load).await,
         }
-        self.optionally_load_value_async(key, load).await
     }
 
     /// [`optionally_get_or_load_async`](Self::optionally_get_or_load_async)
@@ -685,7 +717,7 @@ where
         K: Clone + Borrow<Q>,
         Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
     {
-        let miss = |key| self.optionally_load_value_async(key, load);
+        let miss = |key, stale| self.optionally_load_value_async(key, stale, load);
         self.hit_or_async(key, Some, miss).await
     }
 
@@ -694,13 +726,14 @@ where
     async fn optionally_load_value_async(
         &self,
         key: K,
+        stale: Option<V>,
         load: impl Future<Output = Option<V>>,
     ) -> Option<V>
     where
         K: Clone,
     {
         match self
-            .load_async(key, Mode::Optional, async {
+            .load_async(key, stale, Mode::Optional, async {
                 Ok::<_, std::convert::Infallible>(load.await.map(|v| (v, EntryOptions::default())))
             })
             .await
@@ -719,10 +752,16 @@ where
 {
     /// The miss path shared by the loading calls: join the key's flight, or
     /// lead it and run `load`.
+    ///
+    /// `stale`: the value of an entry due for a refresh, which this caller
+    /// hit. It is returned at once if the key's load is already in flight
+    /// (another caller refreshing it); else this caller refreshes the entry,
+    /// and returns `stale` should its loader fail.
     #[cold]
     pub(crate) fn load<E: Send + Sync + 'static>(
         &self,
         key: K,
+        stale: Option<V>,
         mode: Mode,
         load: impl FnOnce(&K) -> Result<Option<(V, EntryOptions)>, E>,
     ) -> Result<Option<V>, Arc<E>>
@@ -732,10 +771,16 @@ where
         let hash = self.hash(&key);
         let shard = self.shard(hash);
         let mut load = Some(load);
+        // Being refreshed (or loaded, should the entry have gone since):
+        // a hit takes the value cached meanwhile, without waiting.
+        if stale.is_some() && shard.flights.loading(hash, &key) {
+            return Ok(stale);
+        }
         loop {
             let joined = self.inner.tag_epoch.load(Ordering::SeqCst);
             let mut leader = match shard.flights.join(hash, &key, true, joined) {
                 Role::Leader(leader) => leader,
+                Role::Waiter(_) if stale.is_some() => return Ok(stale),
                 Role::Waiter(flight) => match accept::<V, E>(flight.wait(), mode) {
                     Some(result) => return result,
                     None => continue,
@@ -744,10 +789,14 @@ where
             // A panic here (this thread leads an older load of the key)
             // abandons the flight, as one in `load` below does.
             let epoch = leader.start(|| self.inner.tag_epoch.load(Ordering::SeqCst));
-            if let Some(v) = self.find_leaving(&key, &mut leader) {
-                leader.finish(Outcome::Loaded(v.clone()));
-                return Ok(Some(v));
-            }
+            let refresh = match self.find_leaving(&key, &mut leader, stale.is_some()) {
+                Found::Fresh(v) => {
+                    leader.finish(Outcome::Loaded(v.clone()));
+                    return Ok(Some(v));
+                }
+                Found::Due(refresh) => Some(refresh),
+                Found::Nothing => None,
+            };
             let Some(load) = load.take() else {
                 unreachable!("a caller leads at most one flight to the end")
             };
@@ -756,7 +805,7 @@ where
             // and `timer`, booking the load as failed.
             let result = timer.run(|| load(&key));
             timer.stop();
-            return self.land(key, leader, epoch, result);
+            return self.land(key, leader, epoch, result, refresh);
         }
     }
 
@@ -766,6 +815,7 @@ where
     pub(crate) async fn load_async<E: Send + Sync + 'static>(
         &self,
         key: K,
+        stale: Option<V>,
         mode: Mode,
         load: impl Future<Output = Result<Option<(V, EntryOptions)>, E>>,
     ) -> Result<Option<V>, Arc<E>>
@@ -775,10 +825,16 @@ where
         let hash = self.hash(&key);
         let shard = self.shard(hash);
         let mut load = Some(load);
+        // Being refreshed (or loaded, should the entry have gone since):
+        // a hit takes the value cached meanwhile, without waiting.
+        if stale.is_some() && shard.flights.loading(hash, &key) {
+            return Ok(stale);
+        }
         loop {
             let joined = self.inner.tag_epoch.load(Ordering::SeqCst);
             let mut leader = match shard.flights.join(hash, &key, false, joined) {
                 Role::Leader(leader) => leader,
+                Role::Waiter(_) if stale.is_some() => return Ok(stale),
                 Role::Waiter(flight) => match accept::<V, E>(flight.wait_async().await, mode) {
                     Some(result) => return result,
                     None => continue,
@@ -787,10 +843,14 @@ where
             let epoch = leader
                 .start_async(|| self.inner.tag_epoch.load(Ordering::SeqCst))
                 .await;
-            if let Some(v) = self.find_leaving(&key, &mut leader) {
-                leader.finish(Outcome::Loaded(v.clone()));
-                return Ok(Some(v));
-            }
+            let refresh = match self.find_leaving(&key, &mut leader, stale.is_some()) {
+                Found::Fresh(v) => {
+                    leader.finish(Outcome::Loaded(v.clone()));
+                    return Ok(Some(v));
+                }
+                Found::Due(refresh) => Some(refresh),
+                Found::Nothing => None,
+            };
             let Some(load) = load.take() else {
                 unreachable!("a caller leads at most one flight to the end")
             };
@@ -806,19 +866,23 @@ where
             };
             let result = crate::loader::lead(leader.flight(), polled).await;
             timer.stop();
-            return self.land(key, leader, epoch, result);
+            return self.land(key, leader, epoch, result, refresh);
         }
     }
 
     /// A leader's result: cache a value unless the flight went stale, then
-    /// hand the outcome to the waiters.
+    /// hand the outcome to the waiters. A refresh's loader finding nothing
+    /// removes the entry (unless the flight went stale); one failing leaves
+    /// it, and its caller gets the value it hit.
     fn land<E: Send + Sync + 'static>(
         &self,
         key: K,
         leader: crate::loader::Leader<'_, K, V>,
         epoch: u64,
         result: Result<Option<(V, EntryOptions)>, E>,
+        refresh: Option<Refresh<V>>,
     ) -> Result<Option<V>, Arc<E>> {
+        let refreshed = refresh.as_ref().map_or(&[][..], |r| &r.tags[..]);
         match result {
             Ok(Some((v, options))) => {
                 // Cloned before the write: a `Clone` that panics after it
@@ -840,7 +904,11 @@ where
                     v.clone(),
                     options.time_to_live(),
                     options.tag_list(),
-                    Some((leader.flight(), epoch)),
+                    Some(Landing {
+                        flight: leader.flight(),
+                        epoch,
+                        refreshed,
+                    }),
                     heard.list,
                 );
                 std::mem::forget(heard);
@@ -854,14 +922,26 @@ where
                 Ok(Some(v))
             }
             Ok(None) => {
+                let gone = refresh.as_ref().and_then(|_| {
+                    let landing = Landing {
+                        flight: leader.flight(),
+                        epoch,
+                        refreshed,
+                    };
+                    self.take_landing(&key, landing)
+                });
                 leader.finish(Outcome::Absent);
+                self.notify(gone);
                 Ok(None)
             }
             Err(e) => {
                 self.inner.loads.failures.fetch_add(1, Ordering::Relaxed);
                 let e = Arc::new(e);
                 leader.finish(Outcome::Failed(e.clone()));
-                Err(e)
+                match refresh {
+                    Some(refresh) => Ok(Some(refresh.fallback)),
+                    None => Err(e),
+                }
             }
         }
     }
@@ -873,12 +953,29 @@ where
     /// lookup having counted its miss; and the flight leaves the table before
     /// the shard's lock is released (see
     /// [`Leader::leave`](crate::loader::Leader::leave)).
-    fn find_leaving(&self, key: &K, leader: &mut crate::loader::Leader<'_, K, V>) -> Option<V> {
+    ///
+    /// `refreshing`: the caller hit an entry due for a refresh. If it is
+    /// still there and due, the flight stays to refresh it, and the entry's
+    /// value and tags come back for [`land`](Self::land).
+    fn find_leaving(
+        &self,
+        key: &K,
+        leader: &mut crate::loader::Leader<'_, K, V>,
+        refreshing: bool,
+    ) -> Found<V> {
         let hash = self.hash(key);
         let shard = self.shard(hash);
         let map = shard.read();
         let now = self.now_for(&map);
-        let (token, entry) = map.find(hash, key).filter(|&(t, _)| map.is_live(t, now))?;
+        let Some((token, entry)) = map.find(hash, key).filter(|&(t, _)| map.is_live(t, now)) else {
+            return Found::Nothing;
+        };
+        if refreshing && self.is_due(&map, token, now) {
+            return Found::Due(Refresh {
+                fallback: entry.value.clone(),
+                tags: map.tags_of(token),
+            });
+        }
         let v = entry.value.clone();
         if let Some(now) = now {
             if self.inner.expiration.reads_move_deadlines() {
@@ -887,8 +984,27 @@ where
         }
         shard.record_read(&map, token, entry, &|k| self.hash(k));
         leader.leave();
-        Some(v)
+        Found::Fresh(v)
     }
+}
+
+/// What a leader that has started finds cached (see
+/// [`Cache::find_leaving`]).
+enum Found<V> {
+    /// A value to take: the flight has left the table.
+    Fresh(V),
+    /// The entry the caller hit, still due for a refresh.
+    Due(Refresh<V>),
+    /// No entry: load.
+    Nothing,
+}
+
+/// A refresh under way: the value it replaces, for its caller should the
+/// loader fail, and that value's tags, whose invalidation while it runs
+/// keeps it from landing.
+struct Refresh<V> {
+    fallback: V,
+    tags: Vec<crate::tags::Tag>,
 }
 
 /// Books a load in the statistics: its time when stopped or dropped, and a

@@ -129,6 +129,17 @@ pub(crate) struct Parts<K, V, S> {
     pub(crate) timed: bool,
 }
 
+/// A load's write of what it loaded: it happens only if `flight` is not
+/// stale and no tag of the new entry, nor of the entry it refreshes
+/// (`refreshed`), was invalidated since the load started at tag epoch
+/// `epoch`, all checked under the shard's lock.
+#[derive(Clone, Copy)]
+pub(crate) struct Landing<'a, K, V> {
+    pub(crate) flight: &'a Flight<K, V>,
+    pub(crate) epoch: u64,
+    pub(crate) refreshed: &'a [Tag],
+}
+
 struct Inner<K, V, S> {
     shards: Box<[Padded<Shard<K, V>>]>,
     /// `shards.len() - 1`; shards are picked from hash bits 32.., clear of both the
@@ -558,6 +569,50 @@ where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
+        self.hit(key, |_, _, _| ()).map(|(v, ())| v)
+    }
+
+    /// The lookup of the loading calls: `Ok` with the value to return, or
+    /// `Err` to load, with the value to fall back on when the entry is there
+    /// but due for a refresh (see
+    /// [`refresh_after`](crate::CacheBuilder::refresh_after)).
+    #[inline(always)]
+    pub(crate) fn get_for_load<Q>(&self, key: &Q) -> Result<V, Option<V>>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        if !self.inner.expiration.refreshes() {
+            return self.get_cached(key).ok_or(None);
+        }
+        match self.hit(key, |map, token, now| self.is_due(map, token, now)) {
+            Some((v, false)) => Ok(v),
+            Some((v, true)) => Err(Some(v)),
+            None => Err(None),
+        }
+    }
+
+    /// Whether the entry at `token` is due for a refresh at `now`.
+    fn is_due(&self, map: &Map<K, V>, token: Token, now: Option<u64>) -> bool {
+        match (map.written(token), now) {
+            (Some(written), Some(now)) => self.inner.expiration.refresh_due(written, now),
+            _ => false,
+        }
+    }
+
+    /// [`get_cached`](Self::get_cached), with `also` of the entry found (under
+    /// the shard's lock, with the time the lookup read) returned beside its
+    /// value.
+    #[inline(always)]
+    fn hit<Q, R>(
+        &self,
+        key: &Q,
+        also: impl FnOnce(&Map<K, V>, Token, Option<u64>) -> R,
+    ) -> Option<(V, R)>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
         let hash = self.hash(key);
         let shard = self.shard(hash);
         // The clock is read under the lock: a time read before waiting for a
@@ -575,6 +630,7 @@ where
             return None;
         };
         let value = entry.value.clone();
+        let also = also(&map, token, now);
         if let Some(now) = now {
             if self.inner.expiration.reads_move_deadlines() {
                 self.after_read(&map, token, entry, now);
@@ -585,7 +641,7 @@ where
         if self.inner.record_stats {
             shard.hits.fetch_add(1, Ordering::Relaxed);
         }
-        Some(value)
+        Some((value, also))
     }
 
     /// A read that may move the entry's deadline (time-to-idle, or an [`Expiry`]
@@ -662,7 +718,7 @@ where
         value: V,
         ttl: Option<Duration>,
         tags: &[Tag],
-        flight: Option<(&Flight<K, V>, u64)>,
+        flight: Option<Landing<'_, K, V>>,
     ) -> Result<(), Rejected<K, V>> {
         let mut removed = Removed::new();
         let result = self.write_heard(key, value, ttl, tags, flight, &mut removed);
@@ -693,7 +749,7 @@ where
         value: V,
         ttl: Option<Duration>,
         tags: &[Tag],
-        flight: Option<(&Flight<K, V>, u64)>,
+        flight: Option<Landing<'_, K, V>>,
         removed: &mut Removed<K, V>,
     ) -> Result<(), Rejected<K, V>> {
         let guard = HeardIfUnwinding {
@@ -713,7 +769,7 @@ where
         value: V,
         ttl: Option<Duration>,
         tags: &[Tag],
-        flight: Option<(&Flight<K, V>, u64)>,
+        flight: Option<Landing<'_, K, V>>,
         removed: &mut Removed<K, V>,
     ) -> Result<(), Rejected<K, V>> {
         let weight = match &self.inner.weigher {
@@ -734,11 +790,13 @@ where
         if flight.is_none() {
             shard.flights.invalidate(hash, &key);
         }
-        if let Some((flight, epoch)) = flight {
-            let untagged_since = tags
-                .iter()
-                .all(|tag| self.tag_mark(tag).load(Ordering::SeqCst) <= epoch);
-            if flight.is_stale() || !untagged_since {
+        if let Some(Landing {
+            flight,
+            epoch,
+            refreshed,
+        }) = flight
+        {
+            if flight.is_stale() || !self.untagged_since(tags.iter().chain(refreshed), epoch) {
                 return Ok(());
             }
             // Cached now: an older load of the key still running must not
@@ -758,6 +816,7 @@ where
                     start: ttl.is_some(),
                     deadlines: &deadlines,
                     tags,
+                    stamp: expiration.refreshes(),
                 },
                 removed,
             )
@@ -777,6 +836,31 @@ where
                 limit: self.inner.max_entry_weight,
             }),
         }
+    }
+
+    /// Whether none of `tags` was invalidated since tag epoch `epoch`.
+    fn untagged_since<'t>(&self, mut tags: impl Iterator<Item = &'t Tag>, epoch: u64) -> bool {
+        tags.all(|tag| self.tag_mark(tag).load(Ordering::SeqCst) <= epoch)
+    }
+
+    /// Removes `key`'s entry for a refresh whose loader found nothing, unless
+    /// the refresh went stale (see [`Landing`]); returns it with why it left.
+    pub(crate) fn take_landing(
+        &self,
+        key: &K,
+        landing: Landing<'_, K, V>,
+    ) -> Option<(K, V, RemovalCause)> {
+        let hash = self.hash(key);
+        let shard = self.shard(hash);
+        let hash_of = |k: &K| self.hash(k);
+        let mut writer = shard.write(&hash_of);
+        if landing.flight.is_stale()
+            || !self.untagged_since(landing.refreshed.iter(), landing.epoch)
+        {
+            return None;
+        }
+        landing.flight.supersede_older();
+        writer.remove(hash, key, &self.inner.expiration.clock)
     }
 
     /// The invalidation mark of `tag`'s bucket.

@@ -187,6 +187,9 @@ pub(crate) enum Rule<K, V> {
 pub(crate) struct Expiration<K, V> {
     pub(crate) clock: Clock,
     rule: Rule<K, V>,
+    /// How long after its write an entry is due for a refresh by the next
+    /// loading call that hits it (`refresh_after`); `NEVER` for none.
+    refresh: u64,
 }
 
 /// An entry's deadline and the latest a read may move it to.
@@ -213,6 +216,7 @@ impl<K: 'static, V: 'static> Expiration<K, V> {
                 ttl: ttl.map(nanos),
                 tti: tti.map(nanos),
             },
+            refresh: NEVER,
         }
     }
 
@@ -220,7 +224,28 @@ impl<K: 'static, V: 'static> Expiration<K, V> {
         Self {
             clock,
             rule: Rule::Custom(expiry),
+            refresh: NEVER,
         }
+    }
+
+    /// The same expiry, with entries due for a refresh `after` their write.
+    pub(crate) fn refreshing(self, after: Option<Duration>) -> Self {
+        Self {
+            refresh: after.map_or(NEVER, nanos),
+            ..self
+        }
+    }
+
+    /// Whether loading calls refresh entries (so writes stamp their time).
+    #[inline]
+    pub(crate) fn refreshes(&self) -> bool {
+        self.refresh != NEVER
+    }
+
+    /// Whether an entry written at `written` is due for a refresh at `now`.
+    #[inline]
+    pub(crate) fn refresh_due(&self, written: u64, now: u64) -> bool {
+        now.saturating_sub(written) >= self.refresh
     }
 
     /// Whether reads may move deadlines (so `get` must ask).

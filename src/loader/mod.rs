@@ -510,6 +510,19 @@ impl<K, V> Flights<K, V> {
         self.active.load(Ordering::SeqCst) != 0
     }
 
+    /// Whether a load of `key` is running (joinable or not).
+    pub(crate) fn loading(&self, hash: u64, key: &K) -> bool
+    where
+        K: Eq,
+    {
+        self.is_active()
+            && self
+                .table
+                .lock()
+                .find(hash, |f| f.key == *key)
+                .is_some_and(|f| f.is_loading())
+    }
+
     /// A write of `key` happened: its flight, if started, goes stale (its
     /// leader and waiters still get its outcome, but it is not cached, and a
     /// caller arriving from now on replaces it and waits for it to end); if

@@ -82,6 +82,8 @@ pub(crate) struct WriteContext<'a, K, V> {
     pub(crate) start: bool,
     pub(crate) deadlines: DeadlinesFn<'a, K, V>,
     pub(crate) tags: &'a [Tag],
+    /// Note the time of the write (the cache refreshes entries).
+    pub(crate) stamp: bool,
 }
 
 /// `spin_loop` hints a reader spins through behind a writer before it parks
@@ -154,6 +156,9 @@ pub(crate) struct Timers {
     /// are slots (reads moving deadlines earlier with no write in between):
     /// the next writer files every token again, and the queue stays bounded.
     refile_all: AtomicBool,
+    /// Per token, when its entry was written, for caches that refresh
+    /// (`refresh_after`); empty in the others.
+    written: Vec<u64>,
 }
 
 impl Timers {
@@ -223,6 +228,15 @@ impl Timers {
                 Some(at) => self.wheel.schedule(t, ticks(at)),
             }
         }
+    }
+
+    /// Notes that `token`'s entry was written at `now`.
+    fn stamp(&mut self, token: Token, now: u64) {
+        let i = token as usize;
+        if self.written.len() <= i {
+            self.written.resize(i + 1, 0);
+        }
+        self.written[i] = now;
     }
 
     fn cap(&self, token: Token) -> u64 {
@@ -720,6 +734,20 @@ impl<K: Eq, V> Map<K, V> {
         }
     }
 
+    /// When the entry at `token` was written, in a shard whose writes note
+    /// it (see [`WriteContext::stamp`]).
+    #[inline]
+    pub(crate) fn written(&self, token: Token) -> Option<u64> {
+        self.timers.as_ref()?.written.get(token as usize).copied()
+    }
+
+    /// The tags of the entry at `token`.
+    pub(crate) fn tags_of(&self, token: Token) -> Vec<Tag> {
+        self.tags
+            .as_ref()
+            .map_or_else(Vec::new, |index| index.tags_of(token))
+    }
+
     /// The entry's deadlines, when the cache has expiry.
     pub(crate) fn deadlines(&self, token: Token) -> Option<Deadlines> {
         let timers = self.timers.as_ref()?;
@@ -926,6 +954,7 @@ mod tests {
                 start: false,
                 deadlines: &sub_tick,
                 tags: &[],
+                stamp: false,
             };
             let mut writer = shard.write(&hash_of);
             assert!(writer.insert(1, 1, i, 1, timing, &mut out).is_ok());
@@ -961,6 +990,7 @@ mod tests {
                 start: false,
                 deadlines: &idle,
                 tags: &[],
+                stamp: false,
             };
             assert!(shard
                 .write(&hash_of)
@@ -1006,6 +1036,7 @@ mod tests {
             start: false,
             deadlines: &never,
             tags: &[],
+            stamp: false,
         };
         let mut out = Removed::new();
         let mut writer = shard.write(&hash_of);
@@ -1134,6 +1165,7 @@ mod tests {
                         cap: super::NEVER,
                     },
                     tags: &[],
+                    stamp: false,
                 };
                 let written = if k % 2 == 0 {
                     writer.insert_plain(hash_of(&k), k, k, 0, &mut out)
@@ -1186,6 +1218,7 @@ mod tests {
                         cap: super::NEVER,
                     },
                     tags: &[],
+                    stamp: false,
                 };
                 let written = if k % 2 == 0 {
                     writer.insert_plain(hash_of(&k), k, k, 1, &mut out)
@@ -1230,6 +1263,7 @@ mod tests {
             start: false,
             deadlines: &never,
             tags: &[],
+            stamp: false,
         };
         let mut out = Removed::new();
         let mut writer = shard.write(&hash_of);

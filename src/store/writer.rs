@@ -100,6 +100,9 @@ impl<K: Eq, V, H: Fn(&K) -> u64> ShardWriter<'_, K, V, H> {
         };
         if let (Some(d), Some(timers)) = (timed, &mut self.map.timers) {
             timers.set(token, d);
+            if let (true, Some(now)) = (timing.stamp, now) {
+                timers.stamp(token, now);
+            }
         }
         if !timing.tags.is_empty() && self.map.tags.is_none() {
             self.map.tags = Some(Box::default());

@@ -701,9 +701,14 @@ pub(crate) mod sealed {
         fn start(&self) -> std::io::Result<()> {
             Ok(())
         }
+
+        /// Whether the cache's own loading calls fill it (no `Store`).
+        const CACHE_ASIDE: bool = false;
     }
 
-    impl Sealed for super::CacheAside {}
+    impl Sealed for super::CacheAside {
+        const CACHE_ASIDE: bool = true;
+    }
     impl<St> Sealed for super::ReadThrough<St> {}
     impl<St> Sealed for super::WriteThrough<St> {}
 }

@@ -51,7 +51,7 @@ where
         fetch: impl FnOnce(&K) -> Result<Option<V>, E>,
         options: impl FnOnce(&K, &V) -> EntryOptions,
     ) -> Loaded<V, E> {
-        self.load(key, Mode::Store, |k| {
+        self.load(key, None, Mode::Store, |k| {
             Ok(fetch(k)?.map(|v| {
                 let options = options(k, &v);
                 (v, options)
@@ -142,7 +142,7 @@ where
                 (v, options)
             }))
         };
-        self.load_async(key.clone(), Mode::Store, load).await
+        self.load_async(key.clone(), None, Mode::Store, load).await
     }
 
     /// Removes `key` from the cache alone, as [`land_write`](Self::land_write).

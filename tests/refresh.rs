@@ -1,0 +1,430 @@
+//! `refresh_after`: the caller that hits a due entry reloads it while the
+//! others keep getting the cached value; what lands and what does not (a
+//! write, a removal or a tag invalidation during the refresh); failures,
+//! panics and cancellation; expiry; builder errors.
+
+mod common;
+
+use std::future::Future;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Barrier, Mutex};
+use std::time::Duration;
+
+use larder::{BuildError, Cache, Clock, EntryOptions, MockClock, RemovalCause, Store};
+
+type Heard = Arc<Mutex<Vec<(u32, u64, RemovalCause)>>>;
+
+const AFTER: Duration = Duration::from_secs(60);
+
+/// A cache refreshing entries a minute after their write, on a mock clock,
+/// with a listener.
+fn refreshing() -> (Cache<u32, u64>, MockClock, Heard) {
+    let (clock, time) = Clock::mock();
+    let heard = Heard::default();
+    let sink = heard.clone();
+    let cache = Cache::builder()
+        .max_capacity(100)
+        .refresh_after(AFTER)
+        .clock(clock)
+        .record_stats()
+        .eviction_listener(move |k, v, cause| sink.lock().unwrap().push((k, v, cause)))
+        .build()
+        .unwrap();
+    (cache, time, heard)
+}
+
+/// A thread calling `get_or_load(key)` whose loader, once running, waits
+/// for the returned sender before it gives `value`.
+fn loading_until_released(
+    cache: &Arc<Cache<u32, u64>>,
+    key: u32,
+    value: u64,
+) -> (std::thread::JoinHandle<u64>, mpsc::Sender<()>) {
+    let (started_tx, started) = mpsc::channel();
+    let (release, release_rx) = mpsc::channel::<()>();
+    let cache = cache.clone();
+    let loading = std::thread::spawn(move || {
+        cache.get_or_load(key, |_| {
+            started_tx.send(()).unwrap();
+            release_rx.recv().unwrap();
+            value
+        })
+    });
+    started.recv().unwrap();
+    (loading, release)
+}
+
+#[test]
+fn the_caller_hitting_a_due_entry_reloads_it() {
+    let (cache, time, heard) = refreshing();
+    assert_eq!(cache.get_or_load(1, |_| 10), 10);
+    time.advance(AFTER - Duration::from_millis(1));
+    assert_eq!(cache.get_or_load(1, |_| unreachable!("not due yet")), 10);
+    time.advance(Duration::from_millis(1));
+    // Due: `get` and `peek` never load.
+    assert_eq!(cache.get(&1), Some(10));
+    assert_eq!(cache.peek(&1), Some(10));
+    assert_eq!(cache.get_or_load(1, |_| 11), 11);
+    assert_eq!(cache.get(&1), Some(11));
+    // The refresh is a write: a minute from it before the next.
+    time.advance(AFTER - Duration::from_millis(1));
+    assert_eq!(cache.get_or_load(1, |_| unreachable!("refreshed")), 11);
+    time.advance(Duration::from_millis(1));
+    assert_eq!(cache.get_or_load_by_ref(&1, |_| 12), 12);
+    assert_eq!(
+        *heard.lock().unwrap(),
+        vec![
+            (1, 10, RemovalCause::Replaced),
+            (1, 11, RemovalCause::Replaced)
+        ]
+    );
+    let stats = cache.stats();
+    assert_eq!((stats.loads, stats.load_failures), (3, 0));
+    assert_eq!((stats.hits, stats.misses), (6, 1));
+}
+
+#[test]
+fn a_write_restarts_the_wait_for_a_refresh() {
+    let (cache, time, _) = refreshing();
+    cache.insert(1, 10);
+    time.advance(AFTER / 2);
+    cache.insert(1, 20);
+    time.advance(AFTER / 2);
+    assert_eq!(cache.get_or_load(1, |_| unreachable!("written since")), 20);
+    time.advance(AFTER / 2);
+    assert_eq!(cache.get_or_load(1, |_| 30), 30);
+}
+
+#[test]
+fn other_callers_take_the_cached_value_while_a_refresh_runs() {
+    let (cache, time, _) = refreshing();
+    let cache = Arc::new(cache);
+    cache.insert(1, 10);
+    time.advance(AFTER);
+    let (refresher, release) = loading_until_released(&cache, 1, 11);
+    // Hits, sync and async, by value and by reference: none waits or loads.
+    for _ in 0..3 {
+        assert_eq!(cache.get_or_load(1, |_| unreachable!("refreshing")), 10);
+        assert_eq!(cache.get_or_load_by_ref(&1, |_| unreachable!()), 10);
+        let hit = cache.get_or_load_async(1, async { unreachable!("refreshing") });
+        assert_eq!(common::block_on(hit), 10);
+        assert_eq!(cache.try_get_or_load(1, |_| Err::<u64, ()>(())), Ok(10));
+    }
+    release.send(()).unwrap();
+    assert_eq!(refresher.join().unwrap(), 11);
+    assert_eq!(cache.get_or_load(1, |_| unreachable!("refreshed")), 11);
+    assert_eq!(cache.stats().loads, 1);
+}
+
+#[test]
+fn callers_that_miss_during_a_refresh_join_it() {
+    let (clock, time) = Clock::mock();
+    let cache: Arc<Cache<u32, u64>> = Arc::new(
+        Cache::builder()
+            .max_capacity(100)
+            .time_to_live(Duration::from_secs(90))
+            .refresh_after(AFTER)
+            .clock(clock)
+            .build()
+            .unwrap(),
+    );
+    cache.insert(1, 10);
+    time.advance(AFTER);
+    let (refresher, release) = loading_until_released(&cache, 1, 11);
+    // The entry expires while the refresh runs: a caller now misses, and
+    // waits for the refresh rather than loading again.
+    time.advance(Duration::from_secs(30));
+    assert_eq!(cache.get(&1), None);
+    let waiter = {
+        let cache = cache.clone();
+        std::thread::spawn(move || cache.get_or_load(1, |_| unreachable!("joins the refresh")))
+    };
+    std::thread::sleep(Duration::from_millis(50));
+    release.send(()).unwrap();
+    assert_eq!(refresher.join().unwrap(), 11);
+    assert_eq!(waiter.join().unwrap(), 11);
+    // Landed with a deadline of its own.
+    assert_eq!(cache.get(&1), Some(11));
+}
+
+#[test]
+fn a_failed_refresh_keeps_the_entry_and_tries_again() {
+    let (cache, time, heard) = refreshing();
+    cache.insert(1, 10);
+    time.advance(AFTER);
+    assert_eq!(cache.try_get_or_load(1, |_| Err::<u64, _>("down")), Ok(10));
+    assert_eq!(cache.get(&1), Some(10));
+    let async_try = cache.try_get_or_load_async(1, async { Err::<u64, _>("down") });
+    assert_eq!(common::block_on(async_try), Ok(10));
+    let stats = cache.stats();
+    assert_eq!((stats.loads, stats.load_failures), (2, 2));
+    // Still due: the next loading call tries again.
+    assert_eq!(cache.try_get_or_load(1, |_| Ok::<_, &str>(11)), Ok(11));
+    assert_eq!(
+        *heard.lock().unwrap(),
+        vec![(1, 10, RemovalCause::Replaced)]
+    );
+}
+
+#[test]
+fn a_refresh_finding_nothing_removes_the_entry() {
+    let (cache, time, heard) = refreshing();
+    cache.insert(1, 10);
+    cache.insert(2, 20);
+    time.advance(AFTER);
+    assert_eq!(cache.optionally_get_or_load(1, |_| None), None);
+    assert!(!cache.contains_key(&1));
+    let gone = cache.optionally_get_or_load_async(2, async { None });
+    assert_eq!(common::block_on(gone), None);
+    assert!(!cache.contains_key(&2));
+    assert_eq!(
+        *heard.lock().unwrap(),
+        vec![
+            (1, 10, RemovalCause::Explicit),
+            (2, 20, RemovalCause::Explicit)
+        ]
+    );
+}
+
+#[test]
+fn a_panicking_refresh_leaves_the_entry() {
+    let (cache, time, heard) = refreshing();
+    cache.insert(1, 10);
+    time.advance(AFTER);
+    let panicked = catch_unwind(AssertUnwindSafe(|| {
+        cache.get_or_load(1, |_| panic!("loader"));
+    }));
+    assert!(panicked.is_err());
+    assert_eq!(cache.get(&1), Some(10));
+    assert_eq!(cache.stats().load_failures, 1);
+    assert_eq!(cache.get_or_load(1, |_| 11), 11);
+    assert_eq!(
+        *heard.lock().unwrap(),
+        vec![(1, 10, RemovalCause::Replaced)]
+    );
+}
+
+#[test]
+fn a_cancelled_async_refresh_leaves_the_entry() {
+    let (cache, time, _) = refreshing();
+    cache.insert(1, 10);
+    time.advance(AFTER);
+    {
+        let refresh = cache.get_or_load_async(1, std::future::pending());
+        let mut refresh = std::pin::pin!(refresh);
+        let waker = std::task::Waker::noop();
+        let polled = refresh
+            .as_mut()
+            .poll(&mut std::task::Context::from_waker(waker));
+        assert!(polled.is_pending());
+        // While it is pending, a hit takes the cached value.
+        assert_eq!(cache.get_or_load(1, |_| unreachable!("refreshing")), 10);
+    }
+    assert_eq!(cache.get(&1), Some(10));
+    assert_eq!(cache.get_or_load(1, |_| 11), 11);
+}
+
+#[test]
+fn a_write_or_removal_during_a_refresh_wins() {
+    let (cache, time, _) = refreshing();
+    cache.insert(1, 10);
+    cache.insert(2, 20);
+    time.advance(AFTER);
+    // The refreshing caller gets what it loaded; the cache keeps the write.
+    let loaded = cache.get_or_load(1, |_| {
+        cache.insert(1, 100);
+        11
+    });
+    assert_eq!(loaded, 11);
+    assert_eq!(cache.get(&1), Some(100));
+    let loaded = cache.get_or_load(2, |_| {
+        cache.remove(&2);
+        21
+    });
+    assert_eq!(loaded, 21);
+    assert_eq!(cache.get(&2), None);
+    // A refresh finding nothing removes nothing written since it began.
+    cache.insert(3, 30);
+    time.advance(AFTER);
+    let found = cache.optionally_get_or_load(3, |_| {
+        cache.insert(3, 300);
+        None
+    });
+    assert_eq!(found, None);
+    assert_eq!(cache.get(&3), Some(300));
+}
+
+#[test]
+fn a_tag_invalidated_during_a_refresh_keeps_it_from_landing() {
+    let (cache, time, _) = refreshing();
+    cache.insert_with(1, 10, EntryOptions::new().tags(["team:1"]));
+    cache.insert_with(2, 20, EntryOptions::new().tags(["team:2"]));
+    time.advance(AFTER);
+    // The old entry's tag, though the loader gives the new one none.
+    let loaded = cache.get_or_load(1, |_| {
+        cache.invalidate_tag("team:1");
+        11
+    });
+    assert_eq!(loaded, 11);
+    assert!(!cache.contains_key(&1));
+    // An unrelated tag stops nothing.
+    assert_eq!(
+        cache.get_or_load(2, |_| {
+            cache.invalidate_tag("team:9");
+            21
+        }),
+        21
+    );
+    assert_eq!(cache.get(&2), Some(21));
+}
+
+#[test]
+fn a_refresh_takes_the_loaders_options() {
+    let (clock, time) = Clock::mock();
+    let cache: Cache<u32, u64> = Cache::builder()
+        .max_capacity(100)
+        .refresh_after(AFTER)
+        .clock(clock)
+        .build()
+        .unwrap();
+    cache.insert_with(1, 10, EntryOptions::new().tags(["old"]));
+    time.advance(AFTER);
+    let v = cache.get_or_load_with(1, |_| {
+        let options = EntryOptions::new().tags(["new"]).ttl(AFTER * 2);
+        (11, options)
+    });
+    assert_eq!(v, 11);
+    cache.invalidate_tag("old");
+    assert_eq!(cache.get(&1), Some(11));
+    time.advance(AFTER);
+    let v = cache.get_or_load_with_async(1, async { (12, EntryOptions::new().ttl(AFTER * 2)) });
+    assert_eq!(common::block_on(v), 12);
+    cache.invalidate_tag("new");
+    assert_eq!(cache.get(&1), Some(12));
+    // Its own time-to-live from its write.
+    time.advance(AFTER * 2);
+    assert_eq!(cache.get(&1), None);
+}
+
+#[test]
+fn an_expired_entry_is_loaded_not_refreshed() {
+    let (clock, time) = Clock::mock();
+    let cache: Cache<u32, u64> = Cache::builder()
+        .max_capacity(100)
+        .time_to_live(AFTER * 2)
+        .refresh_after(AFTER)
+        .clock(clock)
+        .build()
+        .unwrap();
+    cache.insert(1, 10);
+    time.advance(AFTER * 2);
+    // Expired: a loader failing now fails the call, with nothing to fall back on.
+    let failed = cache.try_get_or_load(1, |_| Err::<u64, _>("down"));
+    assert_eq!(*failed.unwrap_err(), "down");
+    assert_eq!(cache.get_or_load(1, |_| 11), 11);
+}
+
+#[test]
+fn a_huge_interval_never_refreshes() {
+    let (clock, time) = Clock::mock();
+    let cache: Cache<u32, u64> = Cache::builder()
+        .max_capacity(100)
+        .refresh_after(Duration::MAX)
+        .clock(clock)
+        .build()
+        .unwrap();
+    cache.insert(1, 10);
+    time.advance(Duration::from_secs(1 << 40));
+    assert_eq!(cache.get_or_load(1, |_| unreachable!("never due")), 10);
+}
+
+#[test]
+fn many_callers_refresh_once_per_interval_and_never_go_back() {
+    const THREADS: usize = 4;
+    const ROUNDS: u64 = 2_000;
+    let (cache, time, _) = refreshing();
+    let loads = AtomicU64::new(0);
+    let start = Barrier::new(THREADS + 1);
+    std::thread::scope(|s| {
+        let workers: Vec<_> = (0..THREADS)
+            .map(|_| {
+                s.spawn(|| {
+                    start.wait();
+                    let mut last = 0;
+                    for _ in 0..ROUNDS {
+                        let v = cache.get_or_load(1, |_| loads.fetch_add(1, Ordering::SeqCst) + 1);
+                        assert!(v >= last, "went back from {last} to {v}");
+                        last = v;
+                    }
+                })
+            })
+            .collect();
+        start.wait();
+        for _ in 0..20 {
+            std::thread::sleep(Duration::from_millis(2));
+            time.advance(AFTER);
+        }
+        for w in workers {
+            w.join().unwrap();
+        }
+    });
+    // The first load, then at most one refresh per interval that passed.
+    let loads = loads.load(Ordering::SeqCst);
+    assert!((1..=21).contains(&loads), "{loads} loads");
+    assert_eq!(cache.stats().loads, loads);
+}
+
+#[test]
+fn invalid_intervals_are_refused() {
+    let build = |after: Duration, ttl: Option<Duration>| {
+        let builder = Cache::<u32, u32>::builder()
+            .max_capacity(10)
+            .refresh_after(after);
+        match ttl {
+            Some(ttl) => builder.time_to_live(ttl).build(),
+            None => builder.build(),
+        }
+    };
+    let refused = |result: Result<Cache<u32, u32>, BuildError>| match result {
+        Err(BuildError::InvalidRefresh { reason }) => reason,
+        other => panic!("expected InvalidRefresh, got {:?}", other.map(|_| ())),
+    };
+    assert!(refused(build(Duration::ZERO, None)).contains("above zero"));
+    let ttl = Some(Duration::from_secs(5));
+    assert!(refused(build(Duration::from_secs(5), ttl)).contains("time_to_live"));
+    assert!(build(Duration::from_secs(4), ttl).is_ok());
+    // A time-to-idle shorter than the interval is fine: reads keep the entry.
+    let idle = Cache::<u32, u32>::builder()
+        .max_capacity(10)
+        .time_to_idle(Duration::from_secs(1))
+        .refresh_after(Duration::from_secs(5))
+        .build();
+    assert!(idle.is_ok());
+    let message = build(Duration::ZERO, None).unwrap_err().to_string();
+    assert!(message.starts_with("invalid refresh_after"), "{message}");
+}
+
+/// A store that holds nothing.
+struct Nothing;
+
+impl Store<u32, u32> for Nothing {
+    type Error = std::convert::Infallible;
+    fn load(&self, _: &u32) -> Result<Option<u32>, Self::Error> {
+        Ok(None)
+    }
+    fn write(&self, _: &larder::Op<u32, u32>) -> Result<(), Self::Error> {
+        Ok(())
+    }
+}
+
+#[test]
+fn a_cache_with_a_store_refuses_a_refresh() {
+    let built = Cache::<u32, u32>::builder()
+        .max_capacity(10)
+        .refresh_after(AFTER)
+        .read_through(Nothing)
+        .build();
+    assert!(matches!(built, Err(BuildError::InvalidRefresh { .. })));
+}
