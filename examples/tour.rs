@@ -1,6 +1,6 @@
 //! A tour of larder in a few seconds: hits, misses, eviction, the listener,
-//! weights, statistics, expiry, tags, single-flight loading, read-modify-writes
-//! and write-back.
+//! weights, statistics, expiry, tags, single-flight loading, refresh,
+//! read-modify-writes and write-back.
 //!
 //! `cargo run --release --example tour`
 
@@ -132,6 +132,37 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     });
     println!("loads run: {}", loads.into_inner());
+
+    println!("\n== refresh: one caller reloads a due entry, the others keep reading ==");
+    let (clock, time) = larder::Clock::mock();
+    let rates: Cache<&str, u32> = Cache::builder()
+        .max_capacity(100)
+        .time_to_live(std::time::Duration::from_secs(300))
+        .refresh_after(std::time::Duration::from_secs(60))
+        .clock(clock)
+        .build()?;
+    let version = std::sync::atomic::AtomicU32::new(0);
+    let fetch = |_: &&str| {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        version.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1
+    };
+    rates.get_or_load("EUR", fetch);
+    time.advance(std::time::Duration::from_secs(61));
+    let seen = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|s| {
+        for _ in 0..4 {
+            s.spawn(|| {
+                let rate = rates.get_or_load("EUR", fetch);
+                seen.lock().unwrap().push(rate);
+            });
+        }
+    });
+    let mut seen = seen.into_inner()?;
+    seen.sort_unstable();
+    println!(
+        "versions 4 callers got: {seen:?} (the first to hit reloaded, callers meanwhile kept the cached one); now cached: {:?}",
+        rates.get("EUR")
+    );
 
     println!("\n== compute: 4 threads count 10,000 page views each, none lost ==");
     let views: Cache<&str, u64> = Cache::builder().max_capacity(100).build()?;

@@ -346,3 +346,16 @@ pub(crate) mod tests {
         assert_eq!(other.wakes.load(Ordering::SeqCst), 1);
     }
 }
+
+/// Runs its closure when dropped unless disarmed (set to `None`): the undo of
+/// an async write whose task was cancelled mid-way, or of a refresh's mark
+/// on its entry when the refresh fails, panics or is cancelled.
+pub(crate) struct OnDrop<F: FnOnce()>(pub(crate) Option<F>);
+
+impl<F: FnOnce()> Drop for OnDrop<F> {
+    fn drop(&mut self) {
+        if let Some(undo) = self.0.take() {
+            undo();
+        }
+    }
+}

@@ -1,7 +1,8 @@
 //! What maintenance of an empty shard allocates: nothing, with or without the
 //! room `initial_capacity` reserved; what a write-back queue holds while
 //! flush reports overlap without end, and what the tag index holds while a
-//! key is re-tagged without end: no more as writes go on. Counted with a
+//! key is re-tagged without end: no more as writes go on; hits through a
+//! borrowed key, during a refresh too: nothing. Counted with a
 //! global allocator that
 //! counts every thread's allocations, so this binary runs one test, which
 //! makes the checks one after another (the harness's own threads then stay
@@ -39,6 +40,36 @@ fn empty_shards_allocate_nothing_and_churn_holds_no_more() {
     retagging_a_key_with_ever_new_tags_holds_no_more();
     an_index_whose_tagged_entries_all_left_is_given_back();
     hits_through_a_borrowed_key_allocate_nothing();
+    hits_during_a_refresh_allocate_nothing();
+}
+
+/// While a refresh runs, hits on its key take the cached value as any hit
+/// does: through a borrowed key they make no owned one and allocate nothing.
+/// (They are counted from within the loader, which may read its own key
+/// while it refreshes it.)
+fn hits_during_a_refresh_allocate_nothing() {
+    let (clock, time) = Clock::mock();
+    let cache: Cache<String, u64> = Cache::builder()
+        .max_capacity(100)
+        .refresh_after(Duration::from_secs(60))
+        .clock(clock)
+        .build()
+        .unwrap();
+    cache.insert("k".to_string(), 1);
+    time.advance(Duration::from_secs(60));
+    let mut during = None;
+    let refreshed = cache.get_or_load_by_ref("k", |_| {
+        during = Some(counted(|| {
+            for _ in 0..1_000 {
+                assert_eq!(cache.get_or_load_by_ref("k", |_| unreachable!()), 1);
+                let hit = cache.try_get_or_load_by_ref("k", |_| Err::<u64, ()>(()));
+                assert_eq!(hit, Ok(1));
+            }
+        }));
+        2
+    });
+    assert_eq!(refreshed, 2);
+    assert_eq!(during, Some((0, 0)), "hits during a refresh allocated");
 }
 
 /// `get_or_load_by_ref` and its twins make an owned key only on a miss: a

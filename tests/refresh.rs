@@ -207,6 +207,25 @@ fn a_panicking_refresh_leaves_the_entry() {
 }
 
 #[test]
+fn a_refresh_whose_write_panics_leaves_the_entry_due() {
+    let (clock, time) = Clock::mock();
+    let cache: Cache<u32, u64> = Cache::builder()
+        .max_capacity(100)
+        .weigher(|_, v: &u64| if *v == 99 { panic!("weigher") } else { 1 })
+        .refresh_after(AFTER)
+        .clock(clock)
+        .build()
+        .unwrap();
+    cache.insert(1, 10);
+    time.advance(AFTER);
+    let panicked = catch_unwind(AssertUnwindSafe(|| cache.get_or_load(1, |_| 99)));
+    assert!(panicked.is_err());
+    assert_eq!(cache.get(&1), Some(10));
+    // Due still: the next hit refreshes.
+    assert_eq!(cache.get_or_load(1, |_| 11), 11);
+}
+
+#[test]
 fn a_cancelled_async_refresh_leaves_the_entry() {
     let (cache, time, _) = refreshing();
     cache.insert(1, 10);

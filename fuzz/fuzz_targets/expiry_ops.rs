@@ -395,7 +395,7 @@ fuzz_target!(|input: Input| {
         }
     };
     for op in input.ops.into_iter().take(2_000) {
-        let before = model.clone();
+        let mut before = model.clone();
         // The cause a live entry leaving in this step is heard with, and the
         // one key it may concern (`None`: any key).
         let mut cause: Option<(RemovalCause, Option<u8>)> = None;
@@ -448,6 +448,9 @@ fuzz_target!(|input: Input| {
                         break 'load;
                     }
                     read(&mut model, k, expected.unwrap(), now);
+                    // The load's write hears the entry as its read left it:
+                    // expired, should the read have ended it.
+                    before.insert(k, model[&k]);
                 }
                 // Due (a refresh) if still live after its read; else a miss.
                 let refreshing = expected.is_some() && live(&model, k, now).is_some();

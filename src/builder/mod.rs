@@ -461,7 +461,8 @@ where
     ///
     /// - **Who waits.** The caller that hits a due entry runs its own loader
     ///   and returns what it loaded. Every other caller of the key meanwhile
-    ///   gets the cached value at once: hits never join a refresh. Callers
+    ///   gets the cached value at once, as a plain hit (the entry counts as
+    ///   written when its refresh began): hits never join a refresh. Callers
     ///   that miss (the entry expired or was removed meanwhile) join it as
     ///   they join any load.
     /// - **What lands.** The loaded value replaces the entry as the loader's

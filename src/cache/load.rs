@@ -12,7 +12,8 @@ use std::sync::Arc;
 use super::{Cache, HeardIfUnwinding, Landing, RemovalCause};
 use crate::expiry::EntryOptions;
 use crate::loader::{LoadStats, Outcome, Role};
-use crate::store::Removed;
+use crate::store::{Removed, Token};
+use crate::sync::OnDrop;
 use crate::sync::Ordering;
 use crate::write::CacheAside;
 
@@ -802,9 +803,13 @@ where
             };
             let timer = LoadTimer::start(&self.inner.loads);
             // A panic here drops `leader`, abandoning the flight to a waiter,
-            // and `timer`, booking the load as failed.
+            // `timer`, booking the load as failed, and `unstamp`, leaving a
+            // refreshed entry due again.
+            let mut unstamp = OnDrop(refresh.as_ref().map(|r| || self.unstamp(r)));
             let result = timer.run(|| load(&key));
             timer.stop();
+            unstamp.0 = None;
+            drop(unstamp);
             return self.land(key, leader, epoch, result, refresh);
         }
     }
@@ -855,6 +860,9 @@ where
                 unreachable!("a caller leads at most one flight to the end")
             };
             let timer = LoadTimer::start(&self.inner.loads);
+            // Should the task be cancelled (or the loader panic), a
+            // refreshed entry is due again.
+            let mut unstamp = OnDrop(refresh.as_ref().map(|r| || self.unstamp(r)));
             // Each poll runs under `timer`, so that a panic of the loader's
             // own books a failure and a cancellation does not. The loader
             // moves into what `lead` holds, which drops it as the flight's
@@ -866,6 +874,8 @@ where
             };
             let result = crate::loader::lead(leader.flight(), polled).await;
             timer.stop();
+            unstamp.0 = None;
+            drop(unstamp);
             return self.land(key, leader, epoch, result, refresh);
         }
     }
@@ -888,6 +898,9 @@ where
                 // Cloned before the write: a `Clone` that panics after it
                 // would drop what it removed without calling the listener.
                 let outcome = Outcome::Loaded(v.clone());
+                // Should the write panic, it changed nothing: a refreshed
+                // entry is due again.
+                let mut unstamp = OnDrop(refresh.as_ref().map(|r| || self.unstamp(r)));
                 let mut removed = Removed::new();
                 // Should the write panic (a key's `Hash` as it evicts), the
                 // listener hears what it removed, as `write_heard` has it
@@ -912,6 +925,8 @@ where
                     heard.list,
                 );
                 std::mem::forget(heard);
+                unstamp.0 = None;
+                drop(unstamp);
                 if let Err(rejected) = written {
                     removed.push((rejected.key, rejected.value, RemovalCause::Size));
                 }
@@ -939,7 +954,10 @@ where
                 let e = Arc::new(e);
                 leader.finish(Outcome::Failed(e.clone()));
                 match refresh {
-                    Some(refresh) => Ok(Some(refresh.fallback)),
+                    Some(refresh) => {
+                        self.unstamp(&refresh);
+                        Ok(Some(refresh.fallback))
+                    }
                     None => Err(e),
                 }
             }
@@ -970,11 +988,21 @@ where
         let Some((token, entry)) = map.find(hash, key).filter(|&(t, _)| map.is_live(t, now)) else {
             return Found::Nothing;
         };
-        if refreshing && self.is_due(&map, token, now) {
-            return Found::Due(Refresh {
-                fallback: entry.value.clone(),
-                tags: map.tags_of(token),
-            });
+        if let (true, Some(was), Some(now)) = (refreshing, map.written(token), now) {
+            if self.inner.expiration.refresh_due(was, now) {
+                let refresh = Refresh {
+                    fallback: entry.value.clone(),
+                    tags: map.tags_of(token),
+                    hash,
+                    token,
+                    was,
+                    started: now,
+                };
+                // From now on hits find the entry fresh, and take it without
+                // asking the flights.
+                map.restamp(token, was, now);
+                return Found::Due(refresh);
+            }
         }
         let v = entry.value.clone();
         if let Some(now) = now {
@@ -985,6 +1013,16 @@ where
         shard.record_read(&map, token, entry, &|k| self.hash(k));
         leader.leave();
         Found::Fresh(v)
+    }
+
+    /// Gives an entry whose refresh failed, panicked or was cancelled its
+    /// write time back, so that the next hit finds it due and tries again
+    /// (unless a write since gave it a time of its own). By its token, not
+    /// its key: no user code (a key's `Hash` or `Eq`) runs here, which may
+    /// be while a panic unwinds.
+    fn unstamp(&self, refresh: &Refresh<V>) {
+        let map = self.shard(refresh.hash).read();
+        map.restamp(refresh.token, refresh.started, refresh.was);
     }
 }
 
@@ -1005,6 +1043,13 @@ enum Found<V> {
 struct Refresh<V> {
     fallback: V,
     tags: Vec<crate::tags::Tag>,
+    /// Where the entry is (its key's hash and its token), its write time,
+    /// and the refresh's start, its write time while the refresh runs (see
+    /// [`Map::restamp`](crate::store::Map::restamp)).
+    hash: u64,
+    token: Token,
+    was: u64,
+    started: u64,
 }
 
 /// Books a load in the statistics: its time when stopped or dropped, and a

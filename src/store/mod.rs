@@ -157,8 +157,10 @@ pub(crate) struct Timers {
     /// the next writer files every token again, and the queue stays bounded.
     refile_all: AtomicBool,
     /// Per token, when its entry was written, for caches that refresh
-    /// (`refresh_after`); empty in the others.
-    written: Vec<u64>,
+    /// (`refresh_after`); empty in the others. A refresh moves it to when
+    /// it started, under the read lock (hence atomic), so that hits meanwhile
+    /// do not find the entry due, and back should it fail.
+    written: Vec<AtomicU64>,
 }
 
 impl Timers {
@@ -234,9 +236,9 @@ impl Timers {
     fn stamp(&mut self, token: Token, now: u64) {
         let i = token as usize;
         if self.written.len() <= i {
-            self.written.resize(i + 1, 0);
+            self.written.resize_with(i + 1, || AtomicU64::new(0));
         }
-        self.written[i] = now;
+        self.written[i].store(now, Ordering::Relaxed);
     }
 
     fn cap(&self, token: Token) -> u64 {
@@ -738,7 +740,21 @@ impl<K: Eq, V> Map<K, V> {
     /// it (see [`WriteContext::stamp`]).
     #[inline]
     pub(crate) fn written(&self, token: Token) -> Option<u64> {
-        self.timers.as_ref()?.written.get(token as usize).copied()
+        let written = self.timers.as_ref()?.written.get(token as usize)?;
+        Some(written.load(Ordering::Relaxed))
+    }
+
+    /// Moves the write time of the entry at `token` from `from` to `to` (a
+    /// refresh starting, or one that failed giving the entry's time back);
+    /// nothing if it is no longer `from` (a write since).
+    pub(crate) fn restamp(&self, token: Token, from: u64, to: u64) {
+        if let Some(written) = self
+            .timers
+            .as_ref()
+            .and_then(|t| t.written.get(token as usize))
+        {
+            let _ = written.compare_exchange(from, to, Ordering::Relaxed, Ordering::Relaxed);
+        }
     }
 
     /// The tags of the entry at `token`.

@@ -7,6 +7,7 @@ use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
 use super::super::{AsyncStore, FlushError, KeyGuard, Op, Store, WriteError, WriteThrough};
+use crate::sync::OnDrop;
 use crate::{Cache, EntryOptions};
 
 impl<K, V, S, St> Cache<K, V, S, WriteThrough<St>>
@@ -786,18 +787,6 @@ where
                 undo();
                 resume_unwind(panic)
             }
-        }
-    }
-}
-
-/// Runs its closure when dropped unless disarmed (set to `None`): the undo of
-/// an async write whose task was cancelled mid-way.
-struct OnDrop<F: FnOnce()>(Option<F>);
-
-impl<F: FnOnce()> Drop for OnDrop<F> {
-    fn drop(&mut self) {
-        if let Some(undo) = self.0.take() {
-            undo();
         }
     }
 }
