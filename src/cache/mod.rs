@@ -293,6 +293,7 @@ where
                     parts.eviction,
                     per_shard_initial,
                     parts.timed,
+                    parts.expiration.refreshes(),
                     parts.weigher.is_some(),
                 )
                 .map(Padded)

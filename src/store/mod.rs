@@ -124,12 +124,16 @@ const FIT_EXPIRY_CEILING: usize = 4096;
 
 /// Per-entry deadlines and the wheel that reclaims expired entries, for caches
 /// with expiry.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Timers {
     /// Nanoseconds on the cache's clock; `NEVER` for none. Reads may move a
     /// deadline (time-to-idle) under the read lock, hence atomic; the wheel
-    /// learns of a moved deadline when it fires.
+    /// learns of a moved deadline when it fires. In a cache that refreshes,
+    /// each token's deadline is followed by its entry's write time (see
+    /// [`stamp`](Self::stamp)), so that a hit finds both on one line.
     at: Vec<AtomicU64>,
+    /// 1, or 2 in a cache that refreshes: the slots of `at` a token takes.
+    stride: usize,
     /// The latest a read may move `at` to; grown only as far as the last
     /// token with a cap (time-to-idle caches), `NEVER` beyond.
     cap: Vec<u64>,
@@ -156,14 +160,35 @@ pub(crate) struct Timers {
     /// are slots (reads moving deadlines earlier with no write in between):
     /// the next writer files every token again, and the queue stays bounded.
     refile_all: AtomicBool,
-    /// Per token, when its entry was written, for caches that refresh
-    /// (`refresh_after`); empty in the others. A refresh moves it to when
-    /// it started, under the read lock (hence atomic), so that hits meanwhile
-    /// do not find the entry due, and back should it fail.
-    written: Vec<AtomicU64>,
 }
 
 impl Timers {
+    /// No deadlines yet; `refreshing`: the shard's writes note their time.
+    pub(crate) fn new(refreshing: bool) -> Self {
+        Self {
+            at: Vec::new(),
+            stride: if refreshing { 2 } else { 1 },
+            cap: Vec::new(),
+            wheel: Wheel::default(),
+            early: BinaryHeap::new(),
+            early_at: Vec::new(),
+            due: Vec::new(),
+            refile: Mutex::default(),
+            refile_all: AtomicBool::new(false),
+        }
+    }
+
+    /// The same with nothing kept (a shard emptied).
+    pub(crate) fn reset(&mut self) {
+        *self = Self::new(self.stride == 2);
+    }
+
+    /// `token`'s deadline slot, if it has one.
+    #[inline]
+    fn slot(&self, token: Token) -> Option<&AtomicU64> {
+        self.at.get(token as usize * self.stride)
+    }
+
     /// Files `token`, due at `at`, again after a pass took it off the wheel
     /// (nothing for `NEVER`): among the early tokens if `at`'s tick has begun
     /// by `now`, so that every pass within the tick looks at it again, and on
@@ -199,8 +224,7 @@ impl Timers {
     /// The deadline; `NEVER` for an entry stored before the shard kept
     /// deadlines (a first per-entry TTL starts them), which has none.
     fn at(&self, token: Token) -> u64 {
-        self.at
-            .get(token as usize)
+        self.slot(token)
             .map_or(NEVER, |at| at.load(Ordering::Relaxed))
     }
 
@@ -225,20 +249,32 @@ impl Timers {
             if !slab.contains(t) {
                 continue;
             }
-            match self.at.get(t as usize).map(|a| a.load(Ordering::Relaxed)) {
+            let at = self.at.get(t as usize * self.stride);
+            match at.map(|a| a.load(Ordering::Relaxed)) {
                 Some(NEVER) | None => self.wheel.cancel(t),
                 Some(at) => self.wheel.schedule(t, ticks(at)),
             }
         }
     }
 
-    /// Notes that `token`'s entry was written at `now`.
+    /// Notes that `token`'s entry, whose deadline was just set, was written
+    /// at `now` (a cache that refreshes; nothing in the others).
     fn stamp(&mut self, token: Token, now: u64) {
-        let i = token as usize;
-        if self.written.len() <= i {
-            self.written.resize_with(i + 1, || AtomicU64::new(0));
+        if let Some(written) = self.written(token) {
+            written.store(now, Ordering::Relaxed);
         }
-        self.written[i].store(now, Ordering::Relaxed);
+    }
+
+    /// The write time's slot of `token`, in a cache that refreshes: the one
+    /// after its deadline's. Moved under the read lock by a refresh that
+    /// starts (so that hits meanwhile find the entry not due) and back
+    /// should it fail, hence atomic.
+    #[inline]
+    fn written(&self, token: Token) -> Option<&AtomicU64> {
+        match self.stride {
+            2 => self.at.get(token as usize * 2 + 1),
+            _ => None,
+        }
     }
 
     fn cap(&self, token: Token) -> u64 {
@@ -247,10 +283,13 @@ impl Timers {
 
     fn set(&mut self, token: Token, d: Deadlines) {
         let i = token as usize;
-        if self.at.len() <= i {
-            self.at.resize_with(i + 1, || AtomicU64::new(NEVER));
+        let slot = i * self.stride;
+        if self.at.len() <= slot {
+            // A write time of `NEVER` is never due; `stamp` sets it next.
+            self.at
+                .resize_with((i + 1) * self.stride, || AtomicU64::new(NEVER));
         }
-        self.at[i].store(d.at, Ordering::Relaxed);
+        self.at[slot].store(d.at, Ordering::Relaxed);
         if self.cap.len() <= i && d.cap != NEVER {
             self.cap.resize(i + 1, NEVER);
         }
@@ -304,6 +343,10 @@ pub(crate) struct Map<K, V> {
     /// Whether `timers` is there: what a lookup asks, without reaching the
     /// line that holds `timers`.
     timed: bool,
+    /// Whether the timers keep write times beside the deadlines (a cache
+    /// that refreshes): where a lookup finds a token's deadline, without
+    /// reaching the timers' own line for it.
+    refreshing: bool,
     slab: Slab<K, V>,
     // What every write reads next, then the policy, then the timers (large,
     // and only for caches with expiry).
@@ -397,6 +440,7 @@ impl<K, V> Shard<K, V> {
         eviction: Eviction,
         initial_capacity: usize,
         timed: bool,
+        refreshing: bool,
         weighted: bool,
     ) -> Option<Self> {
         let ceiling = match usize::try_from(capacity) {
@@ -411,8 +455,9 @@ impl<K, V> Shard<K, V> {
                 hits: AtomicU32::new(0),
                 deferred_reads: eviction == Eviction::TinyLfu,
                 timed,
+                refreshing,
                 policy: Mutex::new(Policy::new(eviction, capacity)),
-                timers: timed.then(Timers::default),
+                timers: timed.then(|| Timers::new(refreshing)),
                 tags: None,
                 slab,
                 ceiling,
@@ -731,7 +776,14 @@ impl<K: Eq, V> Map<K, V> {
     #[inline]
     pub(crate) fn is_live(&self, token: Token, now: Option<u64>) -> bool {
         match (now, &self.timers) {
-            (Some(now), Some(timers)) => timers.at(token) > now,
+            (Some(now), Some(timers)) => {
+                let slot = (token as usize) << u32::from(self.refreshing);
+                timers
+                    .at
+                    .get(slot)
+                    .map_or(NEVER, |at| at.load(Ordering::Relaxed))
+                    > now
+            }
             _ => true,
         }
     }
@@ -740,7 +792,7 @@ impl<K: Eq, V> Map<K, V> {
     /// it (see [`WriteContext::stamp`]).
     #[inline]
     pub(crate) fn written(&self, token: Token) -> Option<u64> {
-        let written = self.timers.as_ref()?.written.get(token as usize)?;
+        let written = self.timers.as_ref()?.written(token)?;
         Some(written.load(Ordering::Relaxed))
     }
 
@@ -748,11 +800,7 @@ impl<K: Eq, V> Map<K, V> {
     /// refresh starting, or one that failed giving the entry's time back);
     /// nothing if it is no longer `from` (a write since).
     pub(crate) fn restamp(&self, token: Token, from: u64, to: u64) {
-        if let Some(written) = self
-            .timers
-            .as_ref()
-            .and_then(|t| t.written.get(token as usize))
-        {
+        if let Some(written) = self.timers.as_ref().and_then(|t| t.written(token)) {
             let _ = written.compare_exchange(from, to, Ordering::Relaxed, Ordering::Relaxed);
         }
     }
@@ -792,7 +840,7 @@ impl<K: Eq, V> Map<K, V> {
         let Some(timers) = &self.timers else {
             return;
         };
-        if let Some(slot) = timers.at.get(token as usize) {
+        if let Some(slot) = timers.slot(token) {
             // Racing readers each compare with what they find; whoever moves
             // it earlier queues it, and the writer files it by the deadline
             // it finds then.
@@ -808,7 +856,7 @@ impl<K: Eq, V> Map<K, V> {
             };
             if moved && at < before {
                 let mut queued = timers.refile.lock();
-                if queued.len() < timers.at.len() {
+                if queued.len() < timers.at.len() / timers.stride {
                     queued.push(token);
                 } else {
                     timers.refile_all.store(true, Ordering::Relaxed);
@@ -905,7 +953,8 @@ mod tests {
     #[test]
     fn the_evicted_weight_saturates() {
         let hash_of = |k: &u64| k.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        let shard = S::new(u64::MAX, u64::MAX, Eviction::Lru, 0, false, true).expect("small");
+        let shard =
+            S::new(u64::MAX, u64::MAX, Eviction::Lru, 0, false, false, true).expect("small");
         let mut out = super::Removed::new();
         let mut writer = shard.write(&hash_of);
         writer.map.capacity = u64::from(u32::MAX);
@@ -927,7 +976,7 @@ mod tests {
     fn a_read_finding_the_ring_full_is_applied_after_its_drain() {
         use super::read_buffer::READ_BUFFER_LEN;
         let hash_of = |k: &u64| k.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        let shard = S::new(4, 4, Eviction::Lru, 0, false, false).expect("small");
+        let shard = S::new(4, 4, Eviction::Lru, 0, false, false, false).expect("small");
         {
             let mut out = super::Removed::new();
             let mut writer = shard.write(&hash_of);
@@ -957,7 +1006,7 @@ mod tests {
     fn rewrites_within_a_tick_do_not_grow_the_early_tokens() {
         use super::{Deadlines, Removed, WriteContext, NEVER};
         let (clock, _time) = crate::Clock::mock();
-        let shard = S::new(100, 100, Eviction::TinyLfu, 0, true, false).expect("small");
+        let shard = S::new(100, 100, Eviction::TinyLfu, 0, true, false, false).expect("small");
         let hash_of = |k: &u64| *k;
         let sub_tick = |_: &u64, _: &u64, now: u64, _: Option<u64>| Deadlines {
             at: now + 500_000,
@@ -993,7 +1042,7 @@ mod tests {
     fn a_late_store_of_an_earlier_idle_deadline_keeps_the_later_one() {
         use super::{Deadlines, Removed, WriteContext, NEVER};
         let (clock, _time) = crate::Clock::mock();
-        let shard = S::new(100, 100, Eviction::TinyLfu, 0, true, false).expect("small");
+        let shard = S::new(100, 100, Eviction::TinyLfu, 0, true, false, false).expect("small");
         let hash_of = |k: &u64| *k;
         let idle = |_: &u64, _: &u64, now: u64, _: Option<u64>| Deadlines {
             at: now + 10_000_000_000,
@@ -1041,7 +1090,7 @@ mod tests {
     fn a_refused_write_of_the_last_entry_releases_the_shard() {
         use super::{Deadlines, Removed, WriteContext, NEVER};
         let (clock, _time) = crate::Clock::mock();
-        let shard = S::new(100, 100, Eviction::TinyLfu, 0, false, true).expect("small");
+        let shard = S::new(100, 100, Eviction::TinyLfu, 0, false, false, true).expect("small");
         let hash_of = |k: &u64| *k;
         let never = |_: &u64, _: &u64, _: u64, _: Option<u64>| Deadlines {
             at: NEVER,
@@ -1072,7 +1121,7 @@ mod tests {
     #[test]
     fn a_hash_panicking_as_the_table_grows_leaves_the_shard_whole() {
         use std::sync::atomic::{AtomicBool, Ordering};
-        let shard = S::new(1_000, 1_000, Eviction::TinyLfu, 0, false, false).expect("small");
+        let shard = S::new(1_000, 1_000, Eviction::TinyLfu, 0, false, false, false).expect("small");
         let armed = AtomicBool::new(false);
         let hash_of = |k: &u64| {
             assert!(
@@ -1124,7 +1173,7 @@ mod tests {
         for eviction in [Eviction::TinyLfu, Eviction::Lru, Eviction::Lfu] {
             let mut panics = 0;
             for poisoned in 0..8u64 {
-                let shard = S::new(40, 40, eviction, 0, false, false).expect("small");
+                let shard = S::new(40, 40, eviction, 0, false, false, false).expect("small");
                 // Keys hash by value but for the poisoned one, once armed.
                 let armed = AtomicU64::new(u64::MAX);
                 let hash_of = |k: &u64| {
@@ -1168,7 +1217,7 @@ mod tests {
         let (clock, _time) = crate::Clock::mock();
         let hash_of = |k: &u64| k.wrapping_mul(0x9E37_79B9_7F4A_7C15);
         for eviction in [Eviction::TinyLfu, Eviction::Lru, Eviction::Lfu] {
-            let shard = S::new(1_000, 1_000, eviction, 0, false, true).expect("small");
+            let shard = S::new(1_000, 1_000, eviction, 0, false, false, true).expect("small");
             let mut writer = shard.write(&hash_of);
             writer.map.slab.set_limit(4);
             let mut out = super::Removed::new();
@@ -1220,7 +1269,16 @@ mod tests {
         } else {
             (1_000, 1_500)
         };
-        let shard = S::new(capacity, capacity, Eviction::TinyLfu, 0, false, false).expect("small");
+        let shard = S::new(
+            capacity,
+            capacity,
+            Eviction::TinyLfu,
+            0,
+            false,
+            false,
+            false,
+        )
+        .expect("small");
         let hash_of = |k: &u64| k.wrapping_mul(0x9E37_79B9_7F4A_7C15);
         let mut out = super::Removed::new();
         let mut writer = shard.write(&hash_of);
@@ -1268,7 +1326,7 @@ mod tests {
     fn the_maps_sketch_lines_follow_the_policys_sketch() {
         use super::{Deadlines, Removed, WriteContext, NEVER};
         let (clock, _time) = crate::Clock::mock();
-        let shard = S::new(100, 100, Eviction::TinyLfu, 0, false, false).expect("small");
+        let shard = S::new(100, 100, Eviction::TinyLfu, 0, false, false, false).expect("small");
         let hash_of = |k: &u64| k.wrapping_mul(0x9E37_79B9_7F4A_7C15);
         let never = |_: &u64, _: &u64, _: u64, _: Option<u64>| Deadlines {
             at: NEVER,
@@ -1343,7 +1401,7 @@ mod tests {
     #[test]
     fn a_lookup_reads_one_line_of_its_shard() {
         assert_eq!(align_of::<S>(), 64);
-        let shard = S::new(100, 100, Eviction::TinyLfu, 0, false, false).expect("small");
+        let shard = S::new(100, 100, Eviction::TinyLfu, 0, false, false, false).expect("small");
         let map = shard.read();
         let base = std::ptr::from_ref(&shard) as usize;
         let data = std::ptr::from_ref::<M>(&map) as usize - base;
@@ -1357,6 +1415,7 @@ mod tests {
             offset_of!(M, hits),
             offset_of!(M, deferred_reads),
             offset_of!(M, timed),
+            offset_of!(M, refreshing),
         ] {
             assert!(data + field < 64);
         }

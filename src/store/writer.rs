@@ -53,7 +53,7 @@ impl<K: Eq, V, H: Fn(&K) -> u64> ShardWriter<'_, K, V, H> {
         out: &mut Removed<K, V>,
     ) -> Result<(), Refused<K, V>> {
         if timing.start && !self.map.timed {
-            self.map.timers = Some(Timers::default());
+            self.map.timers = Some(Timers::new(false));
             self.map.timed = true;
         }
         let now = self.map.timed().then(|| timing.clock.now());
@@ -549,7 +549,7 @@ impl<K: Eq, V, H: Fn(&K) -> u64> ShardWriter<'_, K, V, H> {
         map.table.clear();
         map.weight = 0;
         if let Some(timers) = &mut map.timers {
-            *timers = Timers::default();
+            timers.reset();
         }
         map.tags = None;
         map.policy.get_mut().clear();
@@ -635,7 +635,7 @@ impl<K: Eq, V, H: Fn(&K) -> u64> ShardWriter<'_, K, V, H> {
         map.policy.get_mut().clear();
         map.sketch_lines = SketchLines::default();
         if let Some(timers) = &mut map.timers {
-            *timers = Timers::default();
+            timers.reset();
         }
         map.tags = None;
     }
