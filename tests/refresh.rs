@@ -8,7 +8,6 @@ mod common;
 use std::future::Future;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc;
 use std::sync::{Arc, Barrier, Mutex};
 use std::time::Duration;
 
@@ -33,27 +32,6 @@ fn refreshing() -> (Cache<u32, u64>, MockClock, Heard) {
         .build()
         .unwrap();
     (cache, time, heard)
-}
-
-/// A thread calling `get_or_load(key)` whose loader, once running, waits
-/// for the returned sender before it gives `value`.
-fn loading_until_released(
-    cache: &Arc<Cache<u32, u64>>,
-    key: u32,
-    value: u64,
-) -> (std::thread::JoinHandle<u64>, mpsc::Sender<()>) {
-    let (started_tx, started) = mpsc::channel();
-    let (release, release_rx) = mpsc::channel::<()>();
-    let cache = cache.clone();
-    let loading = std::thread::spawn(move || {
-        cache.get_or_load(key, |_| {
-            started_tx.send(()).unwrap();
-            release_rx.recv().unwrap();
-            value
-        })
-    });
-    started.recv().unwrap();
-    (loading, release)
 }
 
 #[test]
@@ -103,7 +81,7 @@ fn other_callers_take_the_cached_value_while_a_refresh_runs() {
     let cache = Arc::new(cache);
     cache.insert(1, 10);
     time.advance(AFTER);
-    let (refresher, release) = loading_until_released(&cache, 1, 11);
+    let (refresher, release) = common::loading_until_released(&cache, 1, 11);
     // Hits, sync and async, by value and by reference: none waits or loads.
     for _ in 0..3 {
         assert_eq!(cache.get_or_load(1, |_| unreachable!("refreshing")), 10);
@@ -132,7 +110,7 @@ fn callers_that_miss_during_a_refresh_join_it() {
     );
     cache.insert(1, 10);
     time.advance(AFTER);
-    let (refresher, release) = loading_until_released(&cache, 1, 11);
+    let (refresher, release) = common::loading_until_released(&cache, 1, 11);
     // The entry expires while the refresh runs: a caller now misses, and
     // waits for the refresh rather than loading again.
     time.advance(Duration::from_secs(30));

@@ -17,6 +17,8 @@ use crate::sync::OnDrop;
 use crate::sync::Ordering;
 use crate::write::CacheAside;
 
+mod all;
+
 impl<K, V, S> Cache<K, V, S, CacheAside>
 where
     K: Hash + Eq + Send + Sync + 'static,
@@ -872,7 +874,7 @@ where
                 let mut load = std::pin::pin!(load);
                 std::future::poll_fn(|cx| timer_ref.run(|| load.as_mut().poll(cx))).await
             };
-            let result = crate::loader::lead(leader.flight(), polled).await;
+            let result = crate::loader::lead(&[leader.flight()], polled).await;
             timer.stop();
             unstamp.0 = None;
             drop(unstamp);
@@ -1059,6 +1061,8 @@ struct Refresh<V> {
 /// (a sibling in `join!`, or a runtime dropping a panicked task's future).
 struct LoadTimer<'a> {
     stats: &'a LoadStats,
+    /// The flights the loader serves: one, or a bulk load's keys.
+    flights: u64,
     start: std::time::Instant,
     stopped: bool,
     /// Set when a step of the loader unwound.
@@ -1067,9 +1071,16 @@ struct LoadTimer<'a> {
 
 impl<'a> LoadTimer<'a> {
     fn start(stats: &'a LoadStats) -> Self {
-        stats.loads.fetch_add(1, Ordering::Relaxed);
+        Self::start_many(stats, 1)
+    }
+
+    /// A timer for one loader serving `flights` flights, each booked as a
+    /// load (and as a failure, should it fail).
+    fn start_many(stats: &'a LoadStats, flights: u64) -> Self {
+        stats.loads.fetch_add(flights, Ordering::Relaxed);
         Self {
             stats,
+            flights,
             start: std::time::Instant::now(),
             stopped: false,
             unwound: std::sync::atomic::AtomicBool::new(false),
@@ -1101,7 +1112,9 @@ impl Drop for LoadTimer<'_> {
         let nanos = u64::try_from(self.start.elapsed().as_nanos()).unwrap_or(u64::MAX);
         self.stats.nanos.fetch_add(nanos, Ordering::Relaxed);
         if !self.stopped && self.unwound.load(std::sync::atomic::Ordering::Relaxed) {
-            self.stats.failures.fetch_add(1, Ordering::Relaxed);
+            self.stats
+                .failures
+                .fetch_add(self.flights, Ordering::Relaxed);
         }
     }
 }

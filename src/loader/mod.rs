@@ -139,46 +139,55 @@ thread_local! {
 /// and a `load` whose `Drop` asked for its key waited for itself, and every
 /// later caller of the key with it.
 pub(crate) async fn lead<F: std::future::Future, K, V>(
-    flight: &Flight<K, V>,
+    flights: &[&Flight<K, V>],
     load: F,
 ) -> F::Output {
-    /// Pops the mark pushed before it.
-    struct Mark;
+    /// Pops the marks pushed before it.
+    struct Mark(usize);
     impl Drop for Mark {
         fn drop(&mut self) {
             // Gone only as the thread exits (see `mark`).
-            let _ = LEADING.try_with(|l| l.borrow_mut().pop());
+            let _ = LEADING.try_with(|l| {
+                let mut l = l.borrow_mut();
+                let kept = l.len().saturating_sub(self.0);
+                l.truncate(kept);
+            });
         }
     }
     /// Once the thread's locals are being torn down (a leader held in a
     /// thread-local, cancelled as its thread exits), there is nothing to
     /// mark: the loader asking for its own key then goes undetected, where
     /// `with` would panic in a destructor and abort the process.
-    fn mark(address: usize) -> Mark {
-        let _ = LEADING.try_with(|l| l.borrow_mut().push(address));
-        Mark
+    fn mark(addresses: &[usize]) -> Mark {
+        match LEADING.try_with(|l| l.borrow_mut().extend_from_slice(addresses)) {
+            Ok(()) => Mark(addresses.len()),
+            Err(_) => Mark(0),
+        }
     }
     /// Holds the loader; dropping it (done, cancelled or unwinding) drops the
-    /// loader with the flight marked.
+    /// loader with the flights marked.
     struct Led<'a, F> {
         load: std::pin::Pin<&'a mut Option<F>>,
-        address: usize,
+        addresses: &'a [usize],
     }
     impl<F> Drop for Led<'_, F> {
         fn drop(&mut self) {
             if self.load.is_some() {
-                let _mark = mark(self.address);
+                let _mark = mark(self.addresses);
                 self.load.set(None);
             }
         }
     }
-    let address = flight as *const Flight<K, V> as usize;
+    let addresses: smallvec::SmallVec<[usize; 1]> = flights
+        .iter()
+        .map(|&flight| flight as *const Flight<K, V> as usize)
+        .collect();
     let mut led = Led {
         load: std::pin::pin!(Some(load)),
-        address,
+        addresses: &addresses,
     };
     std::future::poll_fn(|cx| {
-        let _mark = mark(address);
+        let _mark = mark(&addresses);
         match led.load.as_mut().as_pin_mut() {
             Some(load) => load.poll(cx),
             None => unreachable!("the loader is dropped only with its leader"),
@@ -660,6 +669,22 @@ impl<K, V> Leader<'_, K, V> {
         for older in self.flight.older() {
             older.wait_ended();
         }
+        self.flights.start(&self.flight, tag_epoch)
+    }
+
+    /// The older loads of the key this flight replaced that still run:
+    /// [`start`](Self::start) would wait for them. A caller leading several
+    /// flights at once abandons one that has any (dropping it) and waits
+    /// for them holding none, so that two such callers never wait for each
+    /// other.
+    pub(crate) fn waits_for(&self) -> Vec<Arc<Flight<K, V>>> {
+        self.flight.older().filter(|f| f.is_loading()).collect()
+    }
+
+    /// [`start`](Self::start) for a flight with no older load still
+    /// running ([`waits_for`](Self::waits_for) empty): nothing to wait for.
+    pub(crate) fn start_now(&self, tag_epoch: impl FnOnce() -> u64) -> u64 {
+        debug_assert!(self.waits_for().is_empty());
         self.flights.start(&self.flight, tag_epoch)
     }
 

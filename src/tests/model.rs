@@ -25,6 +25,9 @@ enum Op {
     Remove(u8),
     InvalidateAll,
     Compute(u8, Act),
+    /// `get_or_load_all` of the keys, the loader answering the `i`th key
+    /// it is asked for with `answers[i]`.
+    LoadAll(Vec<u8>, Vec<Option<Val>>),
 }
 
 /// What a [`Op::Compute`] closure does with what it finds.
@@ -84,6 +87,36 @@ fn compute<S: std::hash::BuildHasher>(
     (found, out.map_err(|rejected| rejected.value))
 }
 
+/// Runs an [`Op::LoadAll`]: the keys its loader was asked for (it is
+/// called at most once here: no other caller loads), and what it returned.
+fn load_all<S: std::hash::BuildHasher>(
+    cache: &Cache<u8, Val, S>,
+    keys: &[u8],
+    answers: &[Option<Val>],
+) -> (Vec<u8>, Vec<Option<Val>>) {
+    let mut asked = Vec::new();
+    let got = cache.get_or_load_all(keys.iter().copied(), |ids| {
+        assert!(asked.is_empty(), "the loader is called once");
+        asked = ids.to_vec();
+        ids.iter()
+            .zip(answers)
+            .filter_map(|(&k, answer)| Some((k, (*answer)?)))
+            .collect::<Vec<_>>()
+    });
+    (asked, got)
+}
+
+/// The keys in the order first given, each once.
+fn distinct(keys: &[u8]) -> Vec<u8> {
+    let mut distinct = Vec::new();
+    for &k in keys {
+        if !distinct.contains(&k) {
+            distinct.push(k);
+        }
+    }
+    distinct
+}
+
 fn op(keys: u8, max_weight: u32) -> impl Strategy<Value = Op> {
     prop_oneof![
         4 => (0..keys).prop_map(Op::Get),
@@ -93,6 +126,11 @@ fn op(keys: u8, max_weight: u32) -> impl Strategy<Value = Op> {
         1 => (0..keys).prop_map(Op::Remove),
         1 => Just(Op::InvalidateAll),
         3 => (0..keys, act(max_weight)).prop_map(|(k, a)| Op::Compute(k, a)),
+        2 => (
+            proptest::collection::vec(0..keys, 0..6),
+            proptest::collection::vec(proptest::option::of((any::<u16>(), 0..=max_weight)), 6),
+        )
+            .prop_map(|(keys, answers)| Op::LoadAll(keys, answers)),
     ]
 }
 
@@ -252,6 +290,28 @@ fn exact_agreement(eviction: Eviction, capacity: u64, ops: Vec<Op>) -> Result<()
                 model.insert(k, v);
             }
             Op::Remove(k) => prop_assert_eq!(cache.remove(&k), model.remove(k)),
+            Op::LoadAll(ref keys, ref answers) => {
+                // Each distinct key is looked up, in order; the misses are
+                // asked of the loader and land in the order asked.
+                let mut values = HashMap::new();
+                let mut missing = Vec::new();
+                for k in distinct(keys) {
+                    match model.get(k) {
+                        Some(v) => drop(values.insert(k, Some(v))),
+                        None => missing.push(k),
+                    }
+                }
+                let (asked, got) = load_all(&cache, keys, answers);
+                prop_assert_eq!(&asked, &missing);
+                for (&k, answer) in missing.iter().zip(answers) {
+                    if let Some(v) = *answer {
+                        model.insert(k, v);
+                    }
+                    values.insert(k, *answer);
+                }
+                let expected: Vec<Option<Val>> = keys.iter().map(|k| values[k]).collect();
+                prop_assert_eq!(got, expected);
+            }
             Op::Compute(k, act) => {
                 let current = model.pos(k).map(|i| model.entries[i].1);
                 let (found, out) = compute(&cache, k, act, None);
@@ -378,6 +438,30 @@ fn semantics(
                     written.remove(&k);
                 }
             }
+            Op::LoadAll(ref keys, ref answers) => {
+                let (asked, got) = load_all(&cache, keys, answers);
+                for (k, v) in keys.iter().zip(&got) {
+                    match asked.iter().position(|a| a == k) {
+                        Some(j) => prop_assert_eq!(*v, answers[j]),
+                        None => prop_assert_eq!(v.as_ref(), written.get(k), "a hit"),
+                    }
+                }
+                for (&k, answer) in asked.iter().zip(answers) {
+                    let cached = cache.peek(&k);
+                    match answer {
+                        // Cached unless too heavy, turned away or evicted
+                        // by the landings after it.
+                        Some(v) => match cached {
+                            Some(c) => {
+                                prop_assert_eq!(c, *v);
+                                written.insert(k, *v);
+                            }
+                            None => drop(written.remove(&k)),
+                        },
+                        None => prop_assert_eq!(cached, None, "nothing found, nothing cached"),
+                    }
+                }
+            }
             Op::Remove(k) => {
                 let got = cache.remove(&k);
                 let had = written.remove(&k);
@@ -481,6 +565,7 @@ fn plain_and_general_writes_agree(
     for op in ops {
         let mut seen = Vec::new();
         for (writes, cache, log) in &caches {
+            let mut bulk = None;
             let answer = match op {
                 Op::Get(k) => cache.get(&k),
                 Op::Peek(k) => cache.peek(&k),
@@ -496,6 +581,10 @@ fn plain_and_general_writes_agree(
                     None
                 }
                 Op::Remove(k) => cache.remove(&k),
+                Op::LoadAll(ref keys, ref answers) => {
+                    bulk = Some(load_all(cache, keys, answers));
+                    None
+                }
                 Op::InvalidateAll => {
                     cache.invalidate_all();
                     None
@@ -519,6 +608,7 @@ fn plain_and_general_writes_agree(
             let heard = std::mem::take(&mut *log.lock().unwrap());
             seen.push((
                 answer,
+                bulk,
                 cache.eviction_order(),
                 cache.weighted_size(),
                 cache.len(),

@@ -50,3 +50,24 @@ pub(crate) fn zipf(n: usize, samples: usize, seed: u64) -> Vec<u64> {
         })
         .collect()
 }
+
+/// A thread calling `get_or_load(key)` whose loader, once running, waits
+/// for the returned sender before it gives `value`.
+pub(crate) fn loading_until_released(
+    cache: &Arc<larder::Cache<u32, u64>>,
+    key: u32,
+    value: u64,
+) -> (std::thread::JoinHandle<u64>, std::sync::mpsc::Sender<()>) {
+    let (started_tx, started) = std::sync::mpsc::channel();
+    let (release, release_rx) = std::sync::mpsc::channel::<()>();
+    let cache = cache.clone();
+    let loading = std::thread::spawn(move || {
+        cache.get_or_load(key, |_| {
+            started_tx.send(()).unwrap();
+            release_rx.recv().unwrap();
+            value
+        })
+    });
+    started.recv().unwrap();
+    (loading, release)
+}

@@ -1,0 +1,451 @@
+//! `get_or_load_all` and its kin: one loader call for the missing keys,
+//! each key still in a flight of its own shared with single-key and other
+//! bulk callers; errors, panics, cancellation, racing writes, refreshes and
+//! the statistics.
+
+mod common;
+
+use std::future::Future;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use larder::{Cache, Clock};
+
+fn cache() -> Cache<u32, u64> {
+    Cache::builder()
+        .max_capacity(1_000)
+        .record_stats()
+        .build()
+        .unwrap()
+}
+
+/// Answers each key with ten times itself, except the keys over 100.
+fn found(ids: &[u32]) -> Vec<(u32, u64)> {
+    ids.iter()
+        .filter(|&&id| id <= 100)
+        .map(|&id| (id, u64::from(id) * 10))
+        .collect()
+}
+
+/// A cache refreshing entries a minute after their write, on a mock clock.
+fn refreshing() -> (Cache<u32, u64>, larder::MockClock) {
+    let (clock, time) = Clock::mock();
+    let cache = Cache::builder()
+        .max_capacity(100)
+        .refresh_after(Duration::from_secs(60))
+        .clock(clock)
+        .build()
+        .unwrap();
+    (cache, time)
+}
+
+/// Polls `future` once with a waker that does nothing.
+fn poll_once<F: Future>(future: std::pin::Pin<&mut F>) -> Poll<F::Output> {
+    future.poll(&mut Context::from_waker(Waker::noop()))
+}
+
+#[test]
+fn one_call_loads_the_missing_keys_in_order() {
+    let cache = cache();
+    cache.insert(1, 111);
+    let mut calls = Vec::new();
+    let values = cache.get_or_load_all([3, 1, 200, 2, 3], |ids| {
+        calls.push(ids.to_vec());
+        let mut answer = found(ids);
+        answer.reverse(); // in any order
+        answer.push((7, 70)); // not asked: dropped
+        answer
+    });
+    assert_eq!(calls, [vec![3, 200, 2]]);
+    assert_eq!(values, [Some(30), Some(111), None, Some(20), Some(30)]);
+    assert_eq!(cache.get(&3), Some(30));
+    assert_eq!(cache.get(&2), Some(20));
+    assert!(!cache.contains_key(&200), "nothing found is not cached");
+    assert!(!cache.contains_key(&7), "keys not asked for are not cached");
+    // All cached now: the loader is not called.
+    let values = cache.get_or_load_all([1, 2, 3], |_| -> Vec<(u32, u64)> {
+        unreachable!("all cached")
+    });
+    assert_eq!(values, [Some(111), Some(20), Some(30)]);
+    let none: Vec<u32> = Vec::new();
+    let values = cache.get_or_load_all(none, |_| -> Vec<(u32, u64)> {
+        unreachable!("nothing asked")
+    });
+    assert!(values.is_empty());
+}
+
+#[test]
+fn the_first_answer_for_a_key_counts() {
+    let cache = cache();
+    let values = cache.get_or_load_all([1], |_| [(1, 10), (1, 11)]);
+    assert_eq!(values, [Some(10)]);
+    assert_eq!(cache.get(&1), Some(10));
+}
+
+#[test]
+fn statistics_count_each_distinct_key_and_each_key_asked() {
+    let cache = cache();
+    cache.insert(1, 10);
+    cache.get_or_load_all([1, 2, 3, 2, 1], found);
+    let stats = cache.stats();
+    assert_eq!((stats.hits, stats.misses), (1, 2));
+    assert_eq!((stats.loads, stats.load_failures), (2, 0));
+    let _ = cache.try_get_or_load_all([4, 5, 6], |_| Err::<Vec<(u32, u64)>, _>("down"));
+    let stats = cache.stats();
+    assert_eq!((stats.loads, stats.load_failures), (5, 3));
+}
+
+#[test]
+fn single_key_callers_share_a_bulk_load() {
+    let cache = cache();
+    let mut waiter = None;
+    let values = cache.get_or_load_all([1, 2], |ids| {
+        // While the bulk load runs, an async caller of key 2 (on this very
+        // thread) waits for it instead of loading.
+        let mut joined = Box::pin(cache.get_or_load_async(2, async { unreachable!("shared") }));
+        assert!(poll_once(joined.as_mut()).is_pending());
+        waiter = Some(joined);
+        found(ids)
+    });
+    assert_eq!(values, [Some(10), Some(20)]);
+    let mut waiter = waiter.unwrap();
+    assert_eq!(poll_once(waiter.as_mut()), Poll::Ready(20));
+}
+
+#[test]
+fn a_bulk_call_waits_for_keys_another_caller_is_loading() {
+    let cache = Arc::new(cache());
+    let (loading, release) = common::loading_until_released(&cache, 1, 1_000);
+    let mut calls = Vec::new();
+    let values = cache.get_or_load_all([1, 2], |ids| {
+        calls.push(ids.to_vec());
+        // Asked only for the key no one loads, before waiting for the other.
+        release.send(()).unwrap();
+        found(ids)
+    });
+    assert_eq!(calls, [vec![2]]);
+    assert_eq!(values, [Some(1_000), Some(20)]);
+    assert_eq!(loading.join().unwrap(), 1_000);
+}
+
+#[test]
+fn overlapping_bulk_calls_do_not_wait_for_each_other() {
+    let cache = Arc::new(cache());
+    let (started_tx, started) = mpsc::channel();
+    let (loaded_tx, loaded) = mpsc::channel::<()>();
+    let first = {
+        let cache = cache.clone();
+        std::thread::spawn(move || {
+            cache.get_or_load_all([1, 3], |ids| {
+                started_tx.send(()).unwrap();
+                // The second call must load its own key 2 while this one
+                // still leads key 1, which it waits for.
+                let its_load = loaded.recv_timeout(Duration::from_secs(30));
+                assert!(its_load.is_ok(), "the second bulk call waited first");
+                found(ids)
+            })
+        })
+    };
+    started.recv().unwrap();
+    let mut calls = Vec::new();
+    let values = cache.get_or_load_all([2, 1], |ids| {
+        calls.push(ids.to_vec());
+        loaded_tx.send(()).unwrap();
+        found(ids)
+    });
+    assert_eq!(calls, [vec![2]]);
+    assert_eq!(values, [Some(20), Some(10)]);
+    assert_eq!(first.join().unwrap(), [Some(10), Some(30)]);
+}
+
+#[test]
+fn a_key_whose_stale_load_still_runs_is_loaded_once_it_ends() {
+    let cache = Arc::new(cache());
+    let (loading, release) = common::loading_until_released(&cache, 1, 1_000);
+    // The removal makes the running load stale: its value will not be
+    // cached, and no later caller may take it.
+    cache.remove(&1);
+    let mut calls = Vec::new();
+    let values = cache.get_or_load_all([1, 2], |ids| {
+        calls.push(ids.to_vec());
+        if calls.len() == 1 {
+            release.send(()).unwrap();
+        }
+        found(ids)
+    });
+    assert_eq!(calls, [vec![2], vec![1]]);
+    assert_eq!(values, [Some(10), Some(20)]);
+    assert_eq!(loading.join().unwrap(), 1_000);
+    assert_eq!(cache.get(&1), Some(10));
+}
+
+#[test]
+fn a_write_during_the_load_wins() {
+    let cache = cache();
+    let values = cache.get_or_load_all([1, 2], |ids| {
+        cache.insert(1, 100);
+        cache.remove(&2);
+        found(ids)
+    });
+    assert_eq!(
+        values,
+        [Some(10), Some(20)],
+        "the callers get what was loaded"
+    );
+    assert_eq!(cache.get(&1), Some(100));
+    assert_eq!(cache.get(&2), None);
+}
+
+#[test]
+fn a_failed_load_fails_every_key_and_caches_nothing() {
+    let cache = cache();
+    cache.insert(1, 10);
+    let mut waiter = None;
+    let failed = cache.try_get_or_load_all([1, 2, 3], |ids| {
+        assert_eq!(ids, [2, 3]);
+        let mut joined = Box::pin(cache.try_get_or_load_async(3, async { Ok::<u64, &str>(0) }));
+        assert!(poll_once(joined.as_mut()).is_pending());
+        waiter = Some(joined);
+        Err::<Vec<(u32, u64)>, _>("db down")
+    });
+    let error = failed.unwrap_err();
+    assert_eq!(*error, "db down");
+    // The waiter of the same error type gets the same error.
+    match poll_once(waiter.unwrap().as_mut()) {
+        Poll::Ready(Err(shared)) => assert!(Arc::ptr_eq(&shared, &error)),
+        other => panic!("expected the shared error, got {other:?}"),
+    }
+    assert!(!cache.contains_key(&2) && !cache.contains_key(&3));
+    let loaded = cache.try_get_or_load_all([2, 3], |ids| Ok::<_, &str>(found(ids)));
+    assert_eq!(loaded, Ok(vec![Some(20), Some(30)]));
+}
+
+#[test]
+fn a_panicking_loader_hands_its_keys_to_their_waiters() {
+    let cache = Arc::new(cache());
+    let (started_tx, started) = mpsc::channel();
+    let (release, release_rx) = mpsc::channel::<()>();
+    let bulk = {
+        let cache = cache.clone();
+        std::thread::spawn(move || {
+            catch_unwind(AssertUnwindSafe(|| {
+                cache.get_or_load_all([1, 2], |_| -> Vec<(u32, u64)> {
+                    started_tx.send(()).unwrap();
+                    release_rx.recv().unwrap();
+                    panic!("loader panicked")
+                })
+            }))
+        })
+    };
+    started.recv().unwrap();
+    // An async caller of key 2 joins the bulk load, which then panics: the
+    // caller loads the key itself.
+    let mut joined = Box::pin(cache.get_or_load_async(2, async { 22 }));
+    assert!(poll_once(joined.as_mut()).is_pending());
+    release.send(()).unwrap();
+    assert!(
+        bulk.join().unwrap().is_err(),
+        "the panic reaches the bulk caller"
+    );
+    assert_eq!(common::block_on(joined), 22);
+    assert_eq!(cache.get(&2), Some(22));
+    assert_eq!(cache.get_or_load_all([1], found), [Some(10)]);
+    assert_eq!(cache.stats().load_failures, 2);
+}
+
+#[test]
+fn a_loader_asking_for_its_own_key_panics() {
+    let cache = cache();
+    let asked = catch_unwind(AssertUnwindSafe(|| {
+        cache.get_or_load_all([1, 2], |ids| {
+            cache.get_or_load(2, |_| 0);
+            found(ids)
+        })
+    }));
+    assert!(asked.is_err());
+    // The loads were abandoned, not left open.
+    assert_eq!(cache.get_or_load_all([1, 2], found), [Some(10), Some(20)]);
+    let asked = catch_unwind(AssertUnwindSafe(|| {
+        common::block_on(cache.get_or_load_all_async([3, 4], |ids| {
+            let cache = &cache;
+            async move {
+                cache.get_or_load_async(4, async { 0 }).await;
+                found(&ids)
+            }
+        }))
+    }));
+    assert!(
+        asked.is_err(),
+        "an async loader asking for its key panics too"
+    );
+    assert_eq!(cache.get_or_load(4, |_| 44), 44);
+}
+
+#[test]
+fn async_bulk_calls_load_and_share() {
+    let cache = cache();
+    cache.insert(1, 10);
+    let values = common::block_on(cache.get_or_load_all_async([1, 2, 300], |ids| async move {
+        assert_eq!(ids, [2, 300]);
+        found(&ids)
+    }));
+    assert_eq!(values, [Some(10), Some(20), None]);
+    let failed = common::block_on(
+        cache.try_get_or_load_all_async([5], |_| async { Err::<Vec<(u32, u64)>, _>("down") }),
+    );
+    assert_eq!(*failed.unwrap_err(), "down");
+    let loaded = common::block_on(
+        cache.try_get_or_load_all_async([5], |ids| async move { Ok::<_, &str>(found(&ids)) }),
+    );
+    assert_eq!(loaded, Ok(vec![Some(50)]));
+}
+
+#[test]
+fn a_cancelled_async_bulk_call_abandons_its_loads() {
+    let cache = cache();
+    {
+        let pending = |_| std::future::pending::<Vec<(u32, u64)>>();
+        let mut bulk = Box::pin(cache.get_or_load_all_async([1, 2], pending));
+        assert!(poll_once(bulk.as_mut()).is_pending());
+        // A caller arriving meanwhile waits for it.
+        let mut joined = Box::pin(cache.get_or_load_async(1, async { 11 }));
+        assert!(poll_once(joined.as_mut()).is_pending());
+        // Dropped here: cancelled.
+        drop(bulk);
+        assert_eq!(poll_once(joined.as_mut()), Poll::Ready(11));
+    }
+    assert_eq!(cache.get_or_load(2, |_| 22), 22);
+    let stats = cache.stats();
+    assert_eq!(
+        (stats.loads, stats.load_failures),
+        (4, 0),
+        "a cancellation is no failure"
+    );
+}
+
+#[test]
+fn due_entries_are_refreshed_in_the_bulk_load() {
+    let (cache, time) = refreshing();
+    cache.insert(1, 1);
+    cache.insert(2, 2);
+    time.advance(Duration::from_secs(30));
+    cache.insert(3, 3);
+    time.advance(Duration::from_secs(30));
+    let calls = Mutex::new(Vec::new());
+    let values = cache.get_or_load_all([1, 2, 3, 4], |ids| {
+        calls.lock().unwrap().push(ids.to_vec());
+        // While the refresh runs, other callers take the cached values.
+        assert_eq!(cache.get_or_load(1, |_| unreachable!("refreshing")), 1);
+        // Key 2 is found no more: it goes.
+        found(ids)
+            .into_iter()
+            .filter(|&(id, _)| id != 2)
+            .collect::<Vec<_>>()
+    });
+    assert_eq!(*calls.lock().unwrap(), [vec![1, 2, 4]]);
+    assert_eq!(values, [Some(10), None, Some(3), Some(40)]);
+    assert_eq!(cache.get(&1), Some(10));
+    assert!(!cache.contains_key(&2));
+    // A failed refresh of due keys alone returns their cached values and
+    // leaves them due.
+    time.advance(Duration::from_secs(60));
+    let failed = cache.try_get_or_load_all([1, 3], |_| Err::<Vec<(u32, u64)>, _>("down"));
+    assert_eq!(failed, Ok(vec![Some(10), Some(3)]));
+    let failed = cache.try_get_or_load_all([1, 5], |_| Err::<Vec<(u32, u64)>, _>("down"));
+    assert_eq!(*failed.unwrap_err(), "down", "key 5 was no refresh");
+    let values = cache.get_or_load_all([1, 3], found);
+    assert_eq!(values, [Some(10), Some(30)], "still due: reloaded");
+}
+
+#[test]
+fn a_panicking_bulk_refresh_leaves_its_entries_due() {
+    let (cache, time) = refreshing();
+    cache.insert(1, 1);
+    time.advance(Duration::from_secs(60));
+    let panicked = catch_unwind(AssertUnwindSafe(|| {
+        cache.get_or_load_all([1, 2], |_| -> Vec<(u32, u64)> { panic!("loader panicked") })
+    }));
+    assert!(panicked.is_err());
+    assert_eq!(cache.get(&1), Some(1));
+    // Still due: the next loading call reloads it.
+    assert_eq!(cache.get_or_load(1, |_| 10), 10);
+}
+
+thread_local! {
+    /// What the next use of key 13 panics in, if anything, on this thread.
+    static TOUCHY: std::cell::Cell<Touch> = const { std::cell::Cell::new(Touch::None) };
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Touch {
+    None,
+    Hash,
+    Clone,
+}
+
+/// A key whose `Hash` or `Clone` panics once, for key 13, when armed.
+#[derive(Debug, PartialEq, Eq)]
+struct Touchy(u32);
+
+impl std::hash::Hash for Touchy {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        if self.0 == 13 && TOUCHY.with(|t| t.get()) == Touch::Hash {
+            TOUCHY.with(|t| t.set(Touch::None));
+            panic!("key 13's hash panics");
+        }
+        self.0.hash(state);
+    }
+}
+
+impl Clone for Touchy {
+    fn clone(&self) -> Self {
+        if self.0 == 13 && TOUCHY.with(|t| t.get()) == Touch::Clone {
+            TOUCHY.with(|t| t.set(Touch::None));
+            panic!("key 13's clone panics");
+        }
+        Touchy(self.0)
+    }
+}
+
+#[test]
+fn a_panicking_key_leaves_no_load_open() {
+    let cache: Cache<Touchy, u64> = Cache::builder().max_capacity(100).build().unwrap();
+    let answer = |ids: &[Touchy]| ids.iter().map(|k| (k.clone(), 7)).collect::<Vec<_>>();
+    // Key 13's clone, as its flight is made, after key 1's flight was.
+    TOUCHY.with(|t| t.set(Touch::Clone));
+    let panicked = catch_unwind(AssertUnwindSafe(|| {
+        cache.get_or_load_all(
+            [Touchy(1), Touchy(13), Touchy(2)],
+            |_| -> Vec<(Touchy, u64)> { unreachable!("the keys' flights are not all made") },
+        )
+    }));
+    assert!(panicked.is_err());
+    // A key returned by the loader whose hash panics, after it ran.
+    TOUCHY.with(|t| t.set(Touch::None));
+    let panicked = catch_unwind(AssertUnwindSafe(|| {
+        cache.get_or_load_all([Touchy(3), Touchy(4)], |ids| {
+            TOUCHY.with(|t| t.set(Touch::Hash));
+            let mut found = answer(ids);
+            found.insert(0, (Touchy(13), 13));
+            found
+        })
+    }));
+    assert!(panicked.is_err());
+    assert_eq!(TOUCHY.with(|t| t.get()), Touch::None, "the hash panicked");
+    // Every flight was abandoned: loading the keys again (on this thread,
+    // where an open flight would be found its own) loads them.
+    // (Key 13 too: the loader's pair for it, not asked, was not cached.)
+    for k in [1, 2, 3, 4, 13] {
+        let value = u64::from(k) + 100;
+        assert_eq!(cache.get_or_load(Touchy(k), |_| value), value);
+    }
+    let values = cache.get_or_load_all((1..=5).map(Touchy), answer);
+    assert_eq!(
+        values,
+        [Some(101), Some(102), Some(103), Some(104), Some(7)]
+    );
+    assert_eq!(cache.len(), 6);
+}
