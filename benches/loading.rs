@@ -3,7 +3,11 @@
 //! * `get_or_load_hit`: `get_or_load` on a key that is present, beside `get`
 //!   on the same keys and the peers' loading lookups (moka's `get_with`,
 //!   quick_cache's `get_or_insert_with`). Read-only Zipf over a preloaded cache.
-//! * Before the criterion group, the stampede figures (printed): 64 threads,
+//! * `load_16`: sixteen keys at a time, by one `get_or_load_all` call
+//!   against sixteen `get_or_load` calls, all hits (Zipf keys of a
+//!   preloaded cache) or all misses (keys never seen, in a full cache:
+//!   each miss loads, inserts and evicts). Per key.
+//! * Before the criterion groups, the stampede figures (printed): 64 threads,
 //!   or 1,000 tokio tasks, ask for one absent key whose loader takes 20 ms; the
 //!   loader must run once, and the time from its return to each waiter's
 //!   wake-up is reported (median and p99 over all waiters of 30 rounds).
@@ -60,6 +64,60 @@ fn get_or_load_hit(c: &mut Criterion) {
             })
         });
     }
+    group.finish();
+}
+
+fn load_16(c: &mut Criterion) {
+    const BATCH: usize = 16;
+    let keys = zipf_keys(0xBEEF);
+    let cache: Cache<u64, u64> = Cache::builder().max_capacity(CAPACITY).build().unwrap();
+    for k in (0..CAPACITY).rev() {
+        cache.insert(k, k);
+    }
+    let mut group = c.benchmark_group("load_16");
+    group.throughput(Throughput::Elements(BATCH as u64));
+    let batch = |at: &mut usize| {
+        *at = (*at + BATCH) & (SAMPLES - 1);
+        keys[*at..*at + BATCH].iter().map(|k| k % CAPACITY)
+    };
+    group.bench_function("hits/get_or_load_all", |b| {
+        let mut at = 0;
+        b.iter(|| {
+            let found = cache.get_or_load_all(batch(&mut at), |ids| {
+                ids.iter().map(|&k| (k, k)).collect::<Vec<_>>()
+            });
+            std::hint::black_box(found)
+        })
+    });
+    group.bench_function("hits/get_or_load", |b| {
+        let mut at = 0;
+        b.iter(|| {
+            for k in batch(&mut at) {
+                std::hint::black_box(cache.get_or_load(k, |&k| k));
+            }
+        })
+    });
+    // Fresh keys past the preloaded range: every lookup misses.
+    let mut fresh = CAPACITY;
+    let mut next = |n: usize| {
+        fresh += n as u64;
+        fresh - n as u64..fresh
+    };
+    group.bench_function("misses/get_or_load_all", |b| {
+        b.iter(|| {
+            let found = cache.get_or_load_all(next(BATCH), |ids| {
+                ids.iter().map(|&k| (k, k)).collect::<Vec<_>>()
+            });
+            std::hint::black_box(found)
+        })
+    });
+    group.bench_function("misses/get_or_load", |b| {
+        b.iter(|| {
+            for k in next(BATCH) {
+                std::hint::black_box(cache.get_or_load(k, |&k| k));
+            }
+        })
+    });
     group.finish();
 }
 
@@ -207,5 +265,6 @@ fn main() {
         .measurement_time(Duration::from_secs(2))
         .configure_from_args();
     get_or_load_hit(&mut c);
+    load_16(&mut c);
     c.final_summary();
 }

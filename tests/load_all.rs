@@ -78,6 +78,21 @@ fn one_call_loads_the_missing_keys_in_order() {
 }
 
 #[test]
+fn many_keys_given_twice_are_asked_once() {
+    let cache = cache();
+    // Past the keys found by a scan: through a table.
+    let keys: Vec<u32> = (0..40).chain((0..40).rev()).chain([7]).collect();
+    let mut asked = Vec::new();
+    let values = cache.get_or_load_all(keys.clone(), |ids| {
+        asked.push(ids.to_vec());
+        found(ids)
+    });
+    assert_eq!(asked, [(0..40).collect::<Vec<_>>()]);
+    let expected: Vec<_> = keys.iter().map(|&k| Some(u64::from(k) * 10)).collect();
+    assert_eq!(values, expected);
+}
+
+#[test]
 fn the_first_answer_for_a_key_counts() {
     let cache = cache();
     let values = cache.get_or_load_all([1], |_| [(1, 10), (1, 11)]);
@@ -86,12 +101,13 @@ fn the_first_answer_for_a_key_counts() {
 }
 
 #[test]
-fn statistics_count_each_distinct_key_and_each_key_asked() {
+fn statistics_count_each_key_given_and_each_key_asked() {
     let cache = cache();
     cache.insert(1, 10);
     cache.get_or_load_all([1, 2, 3, 2, 1], found);
     let stats = cache.stats();
-    assert_eq!((stats.hits, stats.misses), (1, 2));
+    // Key 2, given twice, missed twice but was asked once.
+    assert_eq!((stats.hits, stats.misses), (2, 3));
     assert_eq!((stats.loads, stats.load_failures), (2, 0));
     let _ = cache.try_get_or_load_all([4, 5, 6], |_| Err::<Vec<(u32, u64)>, _>("down"));
     let stats = cache.stats();
@@ -448,4 +464,67 @@ fn a_panicking_key_leaves_no_load_open() {
         [Some(101), Some(102), Some(103), Some(104), Some(7)]
     );
     assert_eq!(cache.len(), 6);
+}
+
+#[test]
+fn concurrent_bulk_and_single_callers_load_each_key_once() {
+    const ROUNDS: u32 = 300;
+    // Each round, the threads (in step) draw from the same 16 fresh keys.
+    const KEYS: u32 = ROUNDS * 16;
+    let step = Arc::new(std::sync::Barrier::new(4));
+    let cache: Arc<Cache<u32, u64>> =
+        Arc::new(Cache::builder().max_capacity(100_000).build().unwrap());
+    let loads: Arc<Vec<std::sync::atomic::AtomicU32>> = Arc::new(
+        (0..KEYS)
+            .map(|_| std::sync::atomic::AtomicU32::new(0))
+            .collect(),
+    );
+    let threads: Vec<_> = (0..4u64)
+        .map(|t| {
+            let cache = cache.clone();
+            let loads = loads.clone();
+            let step = step.clone();
+            std::thread::spawn(move || {
+                let mut x = 0x9E37_79B9 + t;
+                let mut drawn = Vec::new();
+                for round in 0..ROUNDS {
+                    let keys: Vec<u32> = (0..8)
+                        .map(|_| round * 16 + (common::xorshift(&mut x) % 16) as u32)
+                        .collect();
+                    step.wait();
+                    drawn.extend_from_slice(&keys);
+                    let load = |k: u32| {
+                        loads[k as usize].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        std::thread::yield_now();
+                        u64::from(k) * 3
+                    };
+                    if (round + t as u32) % 3 == 0 {
+                        for &k in &keys {
+                            assert_eq!(cache.get_or_load(k, |&k| load(k)), u64::from(k) * 3);
+                        }
+                    } else {
+                        let values = cache.get_or_load_all(keys.iter().copied(), |ids| {
+                            ids.iter().map(|&k| (k, load(k))).collect::<Vec<_>>()
+                        });
+                        let expected: Vec<_> =
+                            keys.iter().map(|&k| Some(u64::from(k) * 3)).collect();
+                        assert_eq!(values, expected);
+                    }
+                }
+                drawn
+            })
+        })
+        .collect();
+    let mut drawn = std::collections::HashSet::new();
+    for thread in threads {
+        drawn.extend(thread.join().unwrap());
+    }
+    for (k, n) in loads.iter().enumerate() {
+        let n = n.load(std::sync::atomic::Ordering::Relaxed);
+        let expected = u32::from(drawn.contains(&(k as u32)));
+        assert_eq!(
+            n, expected,
+            "key {k}: loaded once if asked, as nothing evicted or wrote it"
+        );
+    }
 }

@@ -583,10 +583,24 @@ where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
+        self.get_for_load_hashed(self.hash(key), key)
+    }
+
+    /// [`get_for_load`](Self::get_for_load) of a key whose hash the caller
+    /// has (see [`hash`](Self::hash)).
+    #[inline(always)]
+    pub(crate) fn get_for_load_hashed<Q>(&self, hash: u64, key: &Q) -> Result<V, Option<V>>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
         if !self.inner.expiration.refreshes() {
-            return self.get_cached(key).ok_or(None);
+            return self
+                .hit_hashed(hash, key, |_, _, _| ())
+                .map(|(v, ())| v)
+                .ok_or(None);
         }
-        match self.hit(key, |map, token, now| self.is_due(map, token, now)) {
+        match self.hit_hashed(hash, key, |map, token, now| self.is_due(map, token, now)) {
             Some((v, false)) => Ok(v),
             Some((v, true)) => Err(Some(v)),
             None => Err(None),
@@ -614,7 +628,21 @@ where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        let hash = self.hash(key);
+        self.hit_hashed(self.hash(key), key, also)
+    }
+
+    /// [`hit`](Self::hit) of a key whose hash the caller has.
+    #[inline(always)]
+    fn hit_hashed<Q, R>(
+        &self,
+        hash: u64,
+        key: &Q,
+        also: impl FnOnce(&Map<K, V>, Token, Option<u64>) -> R,
+    ) -> Option<(V, R)>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
         let shard = self.shard(hash);
         // The clock is read under the lock: a time read before waiting for a
         // writer could find live an entry whose idle deadline passed while it

@@ -54,7 +54,8 @@ where
     /// error type), or when a key's earlier load, made stale by a write,
     /// was still running.
     ///
-    /// Every key's lookup counts as a hit or a miss, and every key asked of
+    /// Every key given counts as a hit or a miss (one given twice, twice),
+    /// and every key asked of
     /// `load` as a load in [`stats`](Self::stats) (its time counted once per
     /// call). In a cache built with
     /// [`refresh_after`](crate::CacheBuilder::refresh_after), keys due for a
@@ -242,9 +243,8 @@ where
     {
         let mut call = self.look_up_all(keys);
         while !call.todo.is_empty() {
-            let (mut batch, waits) = self.next_round(&mut call, true);
+            let (mut batch, asked, waits) = self.next_round(&mut call, true);
             if !batch.is_empty() {
-                let asked = call.ask(batch.iter().map(|led| led.i));
                 let timer = LoadTimer::start_many(&self.inner.loads, asked.len() as u64);
                 // A panic here drops `batch`, abandoning its flights and
                 // leaving refreshed entries due again, and `timer`, booking
@@ -253,7 +253,7 @@ where
                 timer.stop();
                 self.land_all(&mut call, &mut batch, asked, found)?;
             }
-            for (i, wait) in waits {
+            for (miss, wait) in waits {
                 let outcome = match wait {
                     Wait::Older(older) => {
                         older.iter().for_each(|f| f.wait_ended());
@@ -261,7 +261,7 @@ where
                     }
                     Wait::Flight(flight) => Some(flight.wait()),
                 };
-                call.settle(i, outcome, mode)?;
+                call.settle(miss, outcome, mode)?;
             }
         }
         Ok(call.finish())
@@ -282,9 +282,8 @@ where
     {
         let mut call = self.look_up_all(keys);
         while !call.todo.is_empty() {
-            let (mut batch, waits) = self.next_round(&mut call, false);
+            let (mut batch, asked, waits) = self.next_round(&mut call, false);
             if !batch.is_empty() {
-                let asked = call.ask(batch.iter().map(|led| led.i));
                 let timer = LoadTimer::start_many(&self.inner.loads, asked.len() as u64);
                 // As in `load_async`: each poll under `timer`, the loader
                 // dropped with its flights marked as led here.
@@ -303,7 +302,7 @@ where
                 timer.stop();
                 self.land_all(&mut call, &mut batch, asked, found)?;
             }
-            for (i, wait) in waits {
+            for (miss, wait) in waits {
                 let outcome = match wait {
                     Wait::Older(older) => {
                         for f in older {
@@ -313,59 +312,78 @@ where
                     }
                     Wait::Flight(flight) => Some(flight.wait_async().await),
                 };
-                call.settle(i, outcome, mode)?;
+                call.settle(miss, outcome, mode)?;
             }
         }
         Ok(call.finish())
     }
 
-    /// A round's batch (the keys this call leads, started, not cached
-    /// since: see [`start_all`](Self::start_all)) and its waits (see
-    /// [`join_all`](Self::join_all)).
+    /// A round: its batch (the keys this call leads, started, not cached
+    /// since: see [`start_all`](Self::start_all)), the batch's keys, and
+    /// the round's waits (see [`join_all`](Self::join_all)).
     #[allow(clippy::type_complexity)]
     fn next_round(
         &self,
         call: &mut Call<K, V>,
         sync: bool,
-    ) -> (Vec<Led<'_, K, V, S>>, Vec<(usize, Wait<K, V>)>)
+    ) -> (Vec<Led<'_, K, V, S>>, Vec<K>, Vec<(Miss<K, V>, Wait<K, V>)>)
     where
         K: Clone,
     {
         let (led, waits) = self.join_all(call, sync);
-        (self.start_all(call, led), waits)
+        let (batch, asked) = self.start_all(call, led);
+        (batch, asked, waits)
     }
 
-    /// Each distinct key looked up once: the hits answered, the misses (and
-    /// the entries due for a refresh) left to load.
+    /// Each key looked up, as `get_or_load` looks one up: the hits
+    /// answered, the misses (and the entries due for a refresh) left to
+    /// load, each distinct key once.
     fn look_up_all(&self, keys: impl IntoIterator<Item = K>) -> Call<K, V> {
+        /// Up to this many misses, a key missed twice is found by a scan of
+        /// their hashes; past it, through a table.
+        const SCANNED: usize = 16;
         let keys = keys.into_iter();
         let mut call = Call {
-            keys: Vec::with_capacity(keys.size_hint().0),
-            hashes: Vec::with_capacity(keys.size_hint().0),
             values: Vec::with_capacity(keys.size_hint().0),
-            positions: Vec::with_capacity(keys.size_hint().0),
             todo: Vec::new(),
+            aliases: Vec::new(),
         };
-        let mut seen = HashTable::<usize>::with_capacity(keys.size_hint().0);
-        for key in keys {
+        let mut seen: Option<HashTable<usize>> = None;
+        for (i, key) in keys.enumerate() {
             let hash = self.hash(&key);
-            let found = seen.find(hash, |&i| call.keys[i].as_ref() == Some(&key));
-            if let Some(&i) = found {
-                call.positions.push(i);
+            let stale = match self.get_for_load_hashed(hash, &key) {
+                Ok(v) => {
+                    call.values.push(Some(v));
+                    continue;
+                }
+                Err(stale) => stale,
+            };
+            call.values.push(None);
+            let same = |miss: &Miss<K, V>| miss.hash == hash && miss.key == key;
+            let first = match &seen {
+                None => call.todo.iter().position(same),
+                Some(seen) => seen.find(hash, |&j| same(&call.todo[j])).copied(),
+            };
+            if let Some(first) = first {
+                call.aliases.push((i, call.todo[first].i));
                 continue;
             }
-            let i = call.keys.len();
-            seen.insert_unique(hash, i, |&j| call.hashes[j]);
-            call.positions.push(i);
-            call.hashes.push(hash);
-            match self.get_for_load(&key) {
-                Ok(v) => call.values.push(Some(v)),
-                Err(stale) => {
-                    call.values.push(None);
-                    call.todo.push((i, stale));
+            call.todo.push(Miss {
+                i,
+                hash,
+                key,
+                stale,
+            });
+            let todo = &call.todo;
+            if let Some(seen) = &mut seen {
+                seen.insert_unique(hash, todo.len() - 1, |&j| todo[j].hash);
+            } else if todo.len() > SCANNED {
+                let mut table = HashTable::with_capacity(todo.len() * 2);
+                for (j, miss) in todo.iter().enumerate() {
+                    table.insert_unique(miss.hash, j, |&j| todo[j].hash);
                 }
+                seen = Some(table);
             }
-            call.keys.push(Some(key));
         }
         call
     }
@@ -381,8 +399,8 @@ where
         call: &mut Call<K, V>,
         sync: bool,
     ) -> (
-        Vec<(usize, Leader<'_, K, V>, bool)>,
-        Vec<(usize, Wait<K, V>)>,
+        Vec<(Miss<K, V>, Leader<'_, K, V>)>,
+        Vec<(Miss<K, V>, Wait<K, V>)>,
     )
     where
         K: Clone,
@@ -390,26 +408,24 @@ where
         let joined = self.inner.tag_epoch.load(Ordering::SeqCst);
         let mut led = Vec::new();
         let mut waits = Vec::new();
-        for (i, stale) in std::mem::take(&mut call.todo) {
-            let hash = call.hashes[i];
-            let key = call.key(i);
-            let flights = &self.shard(hash).flights;
-            if stale.is_some() && flights.loading(hash, key) {
-                call.values[i] = stale;
+        for mut miss in std::mem::take(&mut call.todo) {
+            let flights = &self.shard(miss.hash).flights;
+            if miss.stale.is_some() && flights.loading(miss.hash, &miss.key) {
+                call.values[miss.i] = miss.stale.take();
                 continue;
             }
-            match flights.join(hash, key, sync, joined) {
+            match flights.join(miss.hash, &miss.key, sync, joined) {
                 Role::Leader(leader) => {
                     let older = leader.waits_for();
                     if older.is_empty() {
-                        led.push((i, leader, stale.is_some()));
+                        led.push((miss, leader));
                     } else {
                         drop(leader);
-                        waits.push((i, Wait::Older(older)));
+                        waits.push((miss, Wait::Older(older)));
                     }
                 }
-                Role::Waiter(_) if stale.is_some() => call.values[i] = stale,
-                Role::Waiter(flight) => waits.push((i, Wait::Flight(flight))),
+                Role::Waiter(_) if miss.stale.is_some() => call.values[miss.i] = miss.stale,
+                Role::Waiter(flight) => waits.push((miss, Wait::Flight(flight))),
             }
         }
         (led, waits)
@@ -417,22 +433,25 @@ where
 
     /// Starts the flights led (none has an older load to wait for: see
     /// [`join_all`](Self::join_all)) and looks each key up again: one
-    /// cached since is taken, the rest are the batch to load.
+    /// cached since is taken, the rest are the batch to load, returned
+    /// with their keys.
     fn start_all<'c>(
         &'c self,
         call: &mut Call<K, V>,
-        led: Vec<(usize, Leader<'c, K, V>, bool)>,
-    ) -> Vec<Led<'c, K, V, S>>
+        led: Vec<(Miss<K, V>, Leader<'c, K, V>)>,
+    ) -> (Vec<Led<'c, K, V, S>>, Vec<K>)
     where
         K: Clone,
     {
         let mut batch = Vec::with_capacity(led.len());
-        for (i, mut leader, refreshing) in led {
+        let mut asked = Vec::with_capacity(led.len());
+        for (miss, mut leader) in led {
             let epoch = leader.start_now(|| self.inner.tag_epoch.load(Ordering::SeqCst));
-            let refresh = match self.find_leaving(call.key(i), &mut leader, refreshing) {
+            let refreshing = miss.stale.is_some();
+            let refresh = match self.find_leaving(&miss.key, &mut leader, refreshing) {
                 Found::Fresh(v) => {
                     leader.finish(Outcome::Loaded(v.clone()));
-                    call.values[i] = Some(v);
+                    call.values[miss.i] = Some(v);
                     continue;
                 }
                 Found::Due(refresh) => Some(refresh),
@@ -440,13 +459,15 @@ where
             };
             batch.push(Led {
                 cache: self,
-                i,
+                i: miss.i,
+                hash: miss.hash,
                 leader: Some(leader),
                 epoch,
                 refresh,
             });
+            asked.push(miss.key);
         }
-        batch
+        (batch, asked)
     }
 
     /// A batch's loader returned: each key asked lands with what it found
@@ -493,8 +514,7 @@ where
         answers.resize_with(asked.len(), || None);
         let mut index = HashTable::<usize>::with_capacity(asked.len());
         for (j, led) in batch.iter().enumerate() {
-            let hash = call.hashes[led.i];
-            index.insert_unique(hash, j, |&k| call.hashes[batch[k].i]);
+            index.insert_unique(led.hash, j, |&k| batch[k].hash);
         }
         for (key, value) in found {
             let hash = self.hash(&key);
@@ -521,73 +541,52 @@ where
     }
 }
 
-/// One bulk call's keys and answers.
+/// One bulk call's answers and the keys it has still to load.
 struct Call<K, V> {
-    /// Each distinct key, in the order first given; taken as it is asked
-    /// of the loader.
-    keys: Vec<Option<K>>,
-    hashes: Vec<u64>,
-    /// Each distinct key's answer so far.
+    /// The answer for each key given, so far.
     values: Vec<Option<V>>,
-    /// For each key given, the index of its distinct key.
-    positions: Vec<usize>,
-    /// The distinct keys still to load, with the cached value of those due
-    /// for a refresh.
-    todo: Vec<(usize, Option<V>)>,
+    /// The keys still to load, each once.
+    todo: Vec<Miss<K, V>>,
+    /// `(i, j)`: key `i` given was also key `j`, whose answer it takes.
+    aliases: Vec<(usize, usize)>,
+}
+
+/// A key a bulk call has to load.
+struct Miss<K, V> {
+    /// Where it was given.
+    i: usize,
+    hash: u64,
+    key: K,
+    /// The cached value of an entry due for a refresh.
+    stale: Option<V>,
 }
 
 impl<K, V: Clone> Call<K, V> {
-    fn key(&self, i: usize) -> &K {
-        self.keys[i]
-            .as_ref()
-            .expect("a key is taken only when asked")
-    }
-
-    /// The batch's keys, taken out to be asked of the loader: each lands
-    /// once it returns, or the call ends.
-    fn ask(&mut self, batch: impl Iterator<Item = usize>) -> Vec<K> {
-        batch
-            .map(|i| self.keys[i].take().expect("asked once"))
-            .collect()
-    }
-
-    /// What a wait for key `i` brought: its answer, or (`None`, or an
+    /// What a wait for `miss` brought: its answer, or (`None`, or an
     /// outcome this call cannot take) another round.
     fn settle<E: Send + Sync + 'static>(
         &mut self,
-        i: usize,
+        miss: Miss<K, V>,
         outcome: Option<Outcome<V>>,
         mode: Mode,
     ) -> Result<(), Arc<E>> {
         match outcome.and_then(|outcome| accept::<V, E>(outcome, mode)) {
-            Some(Ok(value)) => self.values[i] = value,
+            Some(Ok(value)) => self.values[miss.i] = value,
             Some(Err(e)) => return Err(e),
-            None => self.todo.push((i, None)),
+            None => self.todo.push(Miss {
+                stale: None,
+                ..miss
+            }),
         }
         Ok(())
     }
 
     /// The answers, one per key given.
     fn finish(mut self) -> Vec<Option<V>> {
-        if self.positions.len() == self.values.len() {
-            // No key given twice: the positions are 0, 1, 2, ...
-            return self.values;
+        for &(i, j) in &self.aliases {
+            self.values[i] = self.values[j].clone();
         }
-        let mut left = vec![0usize; self.values.len()];
-        for &i in &self.positions {
-            left[i] += 1;
-        }
-        self.positions
-            .iter()
-            .map(|&i| {
-                left[i] -= 1;
-                if left[i] == 0 {
-                    self.values[i].take()
-                } else {
-                    self.values[i].clone()
-                }
-            })
-            .collect()
+        self.values
     }
 }
 
@@ -609,8 +608,9 @@ where
     S: BuildHasher,
 {
     cache: &'c Cache<K, V, S, CacheAside>,
-    /// The key's index in the call.
+    /// Where its key was given.
     i: usize,
+    hash: u64,
     leader: Option<Leader<'c, K, V>>,
     epoch: u64,
     refresh: Option<Refresh<V>>,
