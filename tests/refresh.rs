@@ -1,7 +1,8 @@
 //! `refresh_after`: the caller that hits a due entry reloads it while the
 //! others keep getting the cached value; what lands and what does not (a
 //! write, a removal or a tag invalidation during the refresh); failures,
-//! panics and cancellation; expiry; builder errors.
+//! panics and cancellation; expiry; builder errors. Then `Cache::refresh`
+//! and its kin: the same, on the caller's word, whatever the entry's age.
 
 mod common;
 
@@ -424,4 +425,139 @@ fn a_cache_with_a_store_refuses_a_refresh() {
         .read_through(Nothing)
         .build();
     assert!(matches!(built, Err(BuildError::InvalidRefresh { .. })));
+}
+
+/// A cache without `refresh_after`, with a listener and statistics.
+fn plain() -> (Cache<u32, u64>, Heard) {
+    let heard = Heard::default();
+    let sink = heard.clone();
+    let cache = Cache::builder()
+        .max_capacity(100)
+        .record_stats()
+        .eviction_listener(move |k, v, cause| sink.lock().unwrap().push((k, v, cause)))
+        .build()
+        .unwrap();
+    (cache, heard)
+}
+
+/// Polls `future` once with a waker that does nothing.
+fn poll_once<F: Future>(future: std::pin::Pin<&mut F>) -> std::task::Poll<F::Output> {
+    future.poll(&mut std::task::Context::from_waker(std::task::Waker::noop()))
+}
+
+#[test]
+fn refresh_replaces_the_value_while_readers_keep_the_old_one() {
+    let (cache, heard) = plain();
+    cache.insert(1, 10);
+    let refreshed = cache.refresh(1, |_| {
+        // Readers meanwhile: the cached value, at once.
+        assert_eq!(cache.get(&1), Some(10));
+        assert_eq!(cache.get_or_load(1, |_| unreachable!("cached")), 10);
+        11
+    });
+    assert_eq!(refreshed, 11);
+    assert_eq!(cache.get(&1), Some(11));
+    assert_eq!(*heard.lock().unwrap(), [(1, 10, RemovalCause::Replaced)]);
+    let stats = cache.stats();
+    assert_eq!((stats.loads, stats.hits, stats.misses), (1, 3, 0));
+    // A key not cached is loaded, and callers missing it share the load.
+    let mut waiter = None;
+    let loaded = cache.refresh(2, |_| {
+        let mut joined = Box::pin(cache.get_or_load_async(2, async { unreachable!("shared") }));
+        assert!(poll_once(joined.as_mut()).is_pending());
+        waiter = Some(joined);
+        20
+    });
+    assert_eq!(loaded, 20);
+    assert_eq!(
+        poll_once(waiter.unwrap().as_mut()),
+        std::task::Poll::Ready(20)
+    );
+    assert_eq!(cache.get(&2), Some(20));
+}
+
+#[test]
+fn refresh_does_not_take_a_load_begun_before_it() {
+    let (cache, heard) = plain();
+    let cache = Arc::new(cache);
+    let (loading, release) = common::loading_until_released(&cache, 1, 1_000);
+    let mut refresh = Box::pin(cache.refresh_async(1, async { 5 }));
+    // It waits for the older load to end rather than join it.
+    assert!(poll_once(refresh.as_mut()).is_pending());
+    release.send(()).unwrap();
+    assert_eq!(loading.join().unwrap(), 1_000, "its caller has its value");
+    assert_eq!(common::block_on(refresh), 5);
+    assert_eq!(cache.get(&1), Some(5));
+    assert!(
+        heard.lock().unwrap().is_empty(),
+        "the older load's value was never cached"
+    );
+}
+
+#[test]
+fn a_failed_or_panicking_refresh_keeps_the_value() {
+    let (cache, _) = plain();
+    cache.insert(1, 10);
+    let failed = cache.try_refresh(1, |_| Err::<u64, _>("down"));
+    assert_eq!(*failed.unwrap_err(), "down");
+    assert_eq!(cache.get(&1), Some(10));
+    assert_eq!(cache.stats().load_failures, 1);
+    let panicked = catch_unwind(AssertUnwindSafe(|| {
+        cache.refresh(1, |_| panic!("loader panicked"))
+    }));
+    assert!(panicked.is_err());
+    assert_eq!(cache.get(&1), Some(10));
+    {
+        let mut cancelled = Box::pin(cache.refresh_async(1, std::future::pending()));
+        assert!(poll_once(cancelled.as_mut()).is_pending());
+    }
+    assert_eq!(cache.get(&1), Some(10));
+    // No load was left open.
+    assert_eq!(cache.refresh(1, |_| 11), 11);
+    assert_eq!(
+        common::block_on(cache.try_refresh_async(1, async { Ok::<_, &str>(12) })),
+        Ok(12)
+    );
+    let failed = common::block_on(cache.try_refresh_async(2, async { Err::<u64, _>("down") }));
+    assert_eq!(*failed.unwrap_err(), "down");
+    assert!(!cache.contains_key(&2));
+}
+
+#[test]
+fn a_write_or_tag_invalidation_during_a_refresh_wins() {
+    let (cache, _) = plain();
+    cache.insert(1, 10);
+    let refreshed = cache.refresh(1, |_| {
+        cache.insert(1, 100);
+        11
+    });
+    assert_eq!(refreshed, 11);
+    assert_eq!(cache.get(&1), Some(100));
+    cache.insert_with(2, 20, EntryOptions::new().tags(["team"]));
+    let refreshed = cache.refresh(2, |_| {
+        cache.invalidate_tag("team");
+        21
+    });
+    assert_eq!(refreshed, 21);
+    assert_eq!(cache.get(&2), None, "the old entry's tag was invalidated");
+}
+
+#[test]
+fn an_explicit_refresh_in_a_refreshing_cache_keeps_its_timing() {
+    let (cache, time, _) = refreshing();
+    cache.insert(1, 10);
+    time.advance(AFTER);
+    // Due: while the explicit refresh runs, hits take the cached value and
+    // start no refresh of their own.
+    let refreshed = cache.refresh(1, |_| {
+        assert_eq!(cache.get_or_load(1, |_| unreachable!("refreshing")), 10);
+        11
+    });
+    assert_eq!(refreshed, 11);
+    assert_eq!(cache.get_or_load(1, |_| unreachable!("fresh")), 11);
+    // A failed one gives the write time back: still due.
+    time.advance(AFTER);
+    let failed = cache.try_refresh(1, |_| Err::<u64, _>("down"));
+    assert!(failed.is_err());
+    assert_eq!(cache.get_or_load(1, |_| 12), 12, "due again");
 }
