@@ -88,6 +88,21 @@ pub struct CacheStats {
     /// Loads whose loader returned an error or panicked (not an async load
     /// whose future was dropped: that is a cancellation).
     pub load_failures: u64,
+    /// Loads that refreshed a cached entry (counted under `loads` too): a
+    /// loading call hitting an entry due under
+    /// [`refresh_after`](crate::CacheBuilder::refresh_after), or
+    /// [`Cache::refresh`](crate::Cache::refresh) and its kin finding the key
+    /// cached. Each counts as it starts, whether or not its value lands.
+    ///
+    /// ```
+    /// let cache: larder::Cache<u32, u32> = larder::Cache::builder().max_capacity(10).build().unwrap();
+    /// cache.insert(1, 10);
+    /// cache.refresh(1, |_| 11);
+    /// cache.refresh(2, |_| 20); // not cached: a load, no refresh
+    /// let stats = cache.stats();
+    /// assert_eq!((stats.loads, stats.refreshes), (2, 1));
+    /// ```
+    pub refreshes: u64,
     /// Time spent in loaders, summed over `loads`.
     pub total_load_time: std::time::Duration,
 }

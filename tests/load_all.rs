@@ -37,6 +37,7 @@ fn refreshing() -> (Cache<u32, u64>, larder::MockClock) {
         .max_capacity(100)
         .refresh_after(Duration::from_secs(60))
         .clock(clock)
+        .record_stats()
         .build()
         .unwrap();
     (cache, time)
@@ -362,6 +363,7 @@ fn due_entries_are_refreshed_in_the_bulk_load() {
             .collect::<Vec<_>>()
     });
     assert_eq!(*calls.lock().unwrap(), [vec![1, 2, 4]]);
+    assert_eq!(cache.stats().refreshes, 2);
     assert_eq!(values, [Some(10), None, Some(3), Some(40)]);
     assert_eq!(cache.get(&1), Some(10));
     assert!(!cache.contains_key(&2));

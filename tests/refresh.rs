@@ -52,6 +52,12 @@ fn the_caller_hitting_a_due_entry_reloads_it() {
     assert_eq!(cache.get_or_load(1, |_| unreachable!("refreshed")), 11);
     time.advance(Duration::from_millis(1));
     assert_eq!(cache.get_or_load_by_ref(&1, |_| 12), 12);
+    let stats = cache.stats();
+    assert_eq!(
+        (stats.loads, stats.refreshes),
+        (3, 2),
+        "the first load was none"
+    );
     assert_eq!(
         *heard.lock().unwrap(),
         vec![
@@ -460,6 +466,7 @@ fn refresh_replaces_the_value_while_readers_keep_the_old_one() {
     assert_eq!(*heard.lock().unwrap(), [(1, 10, RemovalCause::Replaced)]);
     let stats = cache.stats();
     assert_eq!((stats.loads, stats.hits, stats.misses), (1, 3, 0));
+    assert_eq!(stats.refreshes, 1);
     // A key not cached is loaded, and callers missing it share the load.
     let mut waiter = None;
     let loaded = cache.refresh(2, |_| {
@@ -474,6 +481,7 @@ fn refresh_replaces_the_value_while_readers_keep_the_old_one() {
         std::task::Poll::Ready(20)
     );
     assert_eq!(cache.get(&2), Some(20));
+    assert_eq!(cache.stats().refreshes, 1, "a key not cached is no refresh");
 }
 
 #[test]

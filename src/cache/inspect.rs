@@ -158,6 +158,7 @@ where
         }
         stats.loads = self.inner.loads.loads.load(Ordering::Relaxed);
         stats.load_failures = self.inner.loads.failures.load(Ordering::Relaxed);
+        stats.refreshes = self.inner.loads.refreshes.load(Ordering::Relaxed);
         stats.total_load_time =
             Duration::from_nanos(self.inner.loads.nanos.load(Ordering::Relaxed));
         stats

@@ -1004,6 +1004,7 @@ where
                 // From now on hits find the entry fresh, and take it without
                 // asking the flights.
                 map.restamp(token, was, now);
+                self.inner.loads.refreshes.fetch_add(1, Ordering::Relaxed);
                 return Found::Due(refresh);
             }
         }

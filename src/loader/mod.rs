@@ -734,6 +734,8 @@ pub(crate) struct LoadStats {
     pub(crate) loads: AtomicU64,
     pub(crate) failures: AtomicU64,
     pub(crate) nanos: AtomicU64,
+    /// Loads that replace a cached entry (counted under `loads` too).
+    pub(crate) refreshes: AtomicU64,
 }
 
 #[cfg(test)]

@@ -267,6 +267,7 @@ where
         if let (Some(was), Some(now)) = (was, now) {
             map.restamp(token, was, now);
         }
+        self.inner.loads.refreshes.fetch_add(1, Ordering::Relaxed);
         Some(Refresh {
             fallback: entry.value.clone(),
             tags: map.tags_of(token),
