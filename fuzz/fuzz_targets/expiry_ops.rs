@@ -268,6 +268,10 @@ enum Op {
     /// (`optionally_get_or_load`): with `refresh`, a live entry written at
     /// least that long ago is reloaded.
     Load(u8, u8),
+    /// `refresh` of a key whose loader gives a fresh id (`true`), or
+    /// `try_refresh` with one that fails (`false`): whatever the entry's
+    /// age, and without reading it.
+    Refresh(u8, bool),
 }
 
 #[derive(Arbitrary, Debug)]
@@ -496,6 +500,31 @@ fuzz_target!(|input: Input| {
                         }
                     }
                 }
+            }
+            Op::Refresh(k, true) => {
+                ids += 1;
+                let v = ids;
+                let panicking = panicking(&model, k, v, now);
+                let deadlines = write(&model, k, v, now);
+                let got = call(|| cache.refresh(k, |_| v));
+                if let Some(method) = panicking {
+                    assert_eq!(got, Err(method), "the refresh of {k} ({v}) panics");
+                    refused = true;
+                } else {
+                    assert_eq!(got, Ok(v), "the refresh of {k}");
+                    writes += 1;
+                    cause = Some((RemovalCause::Replaced, Some(k)));
+                    tags.remove(&k);
+                    match deadlines {
+                        Some((at, cap)) => model.insert(k, (v, at, cap)),
+                        None => model.remove(&k),
+                    };
+                }
+            }
+            Op::Refresh(k, false) => {
+                let got = call(|| cache.try_refresh(k, |_| Err::<u32, _>(())));
+                let got = got.map(|r| r.map_err(|_| ()));
+                assert_eq!(got, Ok(Err(())), "a failing refresh of {k}");
             }
             Op::Contains(k) => assert_eq!(
                 call(|| cache.contains_key(&k)),
