@@ -161,7 +161,7 @@ mod write;
 mod tests;
 
 pub use builder::{BuildError, CacheBuilder, MAX_SHARDS, MIN_SWEEP_INTERVAL};
-pub use cache::{Cache, Compute, Computed, Iter, Rejected, RemovalCause};
+pub use cache::{Cache, Compute, Computed, Iter, LoadedEntry, Rejected, RemovalCause};
 pub use expiry::{Clock, EntryOptions, Expiry, MockClock};
 pub use hash::{DefaultHashBuilder, DefaultHasher};
 pub use policy::Eviction;

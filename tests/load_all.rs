@@ -530,3 +530,36 @@ fn concurrent_bulk_and_single_callers_load_each_key_once() {
         );
     }
 }
+
+#[test]
+fn answers_may_carry_their_options() {
+    let (clock, time) = Clock::mock();
+    let cache: Cache<u32, u64> = Cache::builder()
+        .max_capacity(100)
+        .clock(clock)
+        .build()
+        .unwrap();
+    let values = cache.get_or_load_all([1, 2, 3], |ids| {
+        ids.iter()
+            .map(|&id| {
+                let options = larder::EntryOptions::new()
+                    .tags([format!("parity:{}", id % 2)])
+                    .ttl(Duration::from_secs(u64::from(id)));
+                (id, u64::from(id), options)
+            })
+            .collect::<Vec<_>>()
+    });
+    assert_eq!(values, [Some(1), Some(2), Some(3)]);
+    cache.invalidate_tag("parity:0");
+    assert_eq!(cache.get(&2), None, "tagged");
+    time.advance(Duration::from_secs(2));
+    assert_eq!(cache.get(&1), None, "its own time-to-live");
+    assert_eq!(cache.get(&3), Some(3));
+    // A tag invalidated while the loader ran: returned, not cached.
+    let values = cache.get_or_load_all([4], |_| {
+        cache.invalidate_tag("late");
+        [(4, 4, larder::EntryOptions::new().tags(["late"]))]
+    });
+    assert_eq!(values, [Some(4)]);
+    assert_eq!(cache.get(&4), None);
+}

@@ -18,6 +18,7 @@ use crate::sync::Ordering;
 use crate::write::CacheAside;
 
 mod all;
+pub use all::LoadedEntry;
 mod refresh;
 
 impl<K, V, S> Cache<K, V, S, CacheAside>

@@ -24,6 +24,7 @@ mod load;
 mod maintenance;
 pub use compute::{Compute, Computed};
 pub use inspect::Iter;
+pub use load::LoadedEntry;
 pub(crate) use load::Mode;
 pub(crate) use maintenance::spawn_sweeper;
 

@@ -32,11 +32,13 @@ where
     /// The values under `keys`, in their order, with every key missing
     /// from the cache loaded by one call of `load`: it gets those keys
     /// (each once, however often it is in `keys`) and returns what it found
-    /// for them, in any order, as `(key, value)` pairs. Each value found is
-    /// cached as [`insert`](Self::insert) caches one; a key it returns no
-    /// value for is `None` and not cached. Pairs for keys it was not asked
-    /// for are dropped: only the keys asked for are guarded against writes
-    /// racing the load.
+    /// for them, in any order, as `(key, value)` pairs, each cached as
+    /// [`insert`](Self::insert) caches one, or `(key, value, EntryOptions)`
+    /// triples, each cached as [`insert_with`](Self::insert_with) caches
+    /// one (see [`LoadedEntry`]). A key it returns no
+    /// value for is `None` and not cached. Answers for keys it was not
+    /// asked for are dropped: only the keys asked for are guarded against
+    /// writes racing the load.
     ///
     /// Each key is loaded in a flight of its own, as by
     /// [`get_or_load`](Self::get_or_load): a key already being loaded by
@@ -96,7 +98,7 @@ where
     ) -> Vec<Option<V>>
     where
         K: Clone,
-        L: IntoIterator<Item = (K, V)>,
+        L: IntoIterator<Item: LoadedEntry<K, V>>,
     {
         let loaded = self.load_all(keys, Mode::Optional, |keys| {
             Ok::<_, std::convert::Infallible>(load(keys))
@@ -139,7 +141,7 @@ where
     ) -> Result<Vec<Option<V>>, Arc<E>>
     where
         K: Clone,
-        L: IntoIterator<Item = (K, V)>,
+        L: IntoIterator<Item: LoadedEntry<K, V>>,
         E: Send + Sync + 'static,
     {
         self.load_all(keys, Mode::Store, load)
@@ -176,7 +178,7 @@ where
     where
         K: Clone,
         F: Future<Output = L>,
-        L: IntoIterator<Item = (K, V)>,
+        L: IntoIterator<Item: LoadedEntry<K, V>>,
     {
         let loaded = self
             .load_all_async(keys, Mode::Optional, |keys| {
@@ -222,7 +224,7 @@ where
     where
         K: Clone,
         F: Future<Output = Result<L, E>>,
-        L: IntoIterator<Item = (K, V)>,
+        L: IntoIterator<Item: LoadedEntry<K, V>>,
         E: Send + Sync + 'static,
     {
         self.load_all_async(keys, Mode::Store, load).await
@@ -238,7 +240,7 @@ where
     ) -> Result<Vec<Option<V>>, Arc<E>>
     where
         K: Clone,
-        L: IntoIterator<Item = (K, V)>,
+        L: IntoIterator<Item: LoadedEntry<K, V>>,
         E: Send + Sync + 'static,
     {
         let mut call = self.look_up_all(keys);
@@ -277,7 +279,7 @@ where
     where
         K: Clone,
         F: Future<Output = Result<L, E>>,
-        L: IntoIterator<Item = (K, V)>,
+        L: IntoIterator<Item: LoadedEntry<K, V>>,
         E: Send + Sync + 'static,
     {
         let mut call = self.look_up_all(keys);
@@ -483,7 +485,7 @@ where
         found: Result<L, E>,
     ) -> Result<(), Arc<E>>
     where
-        L: IntoIterator<Item = (K, V)>,
+        L: IntoIterator<Item: LoadedEntry<K, V>>,
         E: Send + Sync + 'static,
     {
         let found = match found {
@@ -510,17 +512,18 @@ where
                 return if refreshes_only { Ok(()) } else { Err(e) };
             }
         };
-        let mut answers: Vec<Option<V>> = Vec::with_capacity(asked.len());
+        let mut answers: Vec<Option<(V, EntryOptions)>> = Vec::with_capacity(asked.len());
         answers.resize_with(asked.len(), || None);
         let mut index = HashTable::<usize>::with_capacity(asked.len());
         for (j, led) in batch.iter().enumerate() {
             index.insert_unique(led.hash, j, |&k| batch[k].hash);
         }
-        for (key, value) in found {
+        for entry in found {
+            let (key, value, options) = entry.into_entry();
             let hash = self.hash(&key);
             if let Some(&j) = index.find(hash, |&j| asked[j] == key) {
                 // The first answer for a key counts.
-                answers[j].get_or_insert(value);
+                answers[j].get_or_insert((value, options));
             }
         }
         // Should a write panic, the `Led`s not yet landed are dropped with
@@ -528,16 +531,54 @@ where
         for (mut led, (key, answer)) in batch.drain(..).zip(asked.into_iter().zip(answers)) {
             let leader = led.leader.take().expect("led");
             let refresh = led.refresh.take();
-            let landed = self.land::<E>(
-                key,
-                leader,
-                led.epoch,
-                Ok(answer.map(|v| (v, EntryOptions::default()))),
-                refresh,
-            );
+            let landed = self.land::<E>(key, leader, led.epoch, Ok(answer), refresh);
             call.values[led.i] = landed.unwrap_or_else(|_| unreachable!("landed a value"));
         }
         Ok(())
+    }
+}
+
+/// What a bulk loader ([`Cache::get_or_load_all`] and its kin) answers for
+/// a key: `(key, value)`, cached as [`insert`](Cache::insert) caches it, or
+/// `(key, value, EntryOptions)`, as [`insert_with`](Cache::insert_with)
+/// does (its own time-to-live and tags; an entry one of whose tags was
+/// invalidated while the loader ran is returned but not cached). A type of
+/// the caller's (a database row) may implement it too.
+///
+/// ```
+/// use larder::{Cache, EntryOptions, LoadedEntry};
+///
+/// struct Row { id: u32, team: u32, name: String }
+///
+/// impl LoadedEntry<u32, String> for Row {
+///     fn into_entry(self) -> (u32, String, EntryOptions) {
+///         (self.id, self.name, EntryOptions::new().tags([format!("team:{}", self.team)]))
+///     }
+/// }
+///
+/// let cache: Cache<u32, String> = Cache::builder().max_capacity(100).build().unwrap();
+/// let names = cache.get_or_load_all([1, 2], |ids| {
+///     ids.iter().map(|&id| Row { id, team: id % 2, name: format!("user {id}") }).collect::<Vec<_>>()
+/// });
+/// assert_eq!(names[1].as_deref(), Some("user 2"));
+/// cache.invalidate_tag("team:0");
+/// assert_eq!(cache.get(&2), None);
+/// assert_eq!(cache.get(&1).as_deref(), Some("user 1"));
+/// ```
+pub trait LoadedEntry<K, V> {
+    /// The key, the value, and how to cache them.
+    fn into_entry(self) -> (K, V, EntryOptions);
+}
+
+impl<K, V> LoadedEntry<K, V> for (K, V) {
+    fn into_entry(self) -> (K, V, EntryOptions) {
+        (self.0, self.1, EntryOptions::default())
+    }
+}
+
+impl<K, V> LoadedEntry<K, V> for (K, V, EntryOptions) {
+    fn into_entry(self) -> (K, V, EntryOptions) {
+        self
     }
 }
 
