@@ -1,6 +1,6 @@
 //! A tour of larder in a few seconds: hits, misses, eviction, the listener,
-//! weights, statistics, expiry, tags, single-flight loading, refresh,
-//! read-modify-writes and write-back.
+//! weights, statistics, expiry, tags, single-flight loading, bulk loading,
+//! refresh, read-modify-writes and write-back.
 //!
 //! `cargo run --release --example tour`
 
@@ -163,6 +163,26 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "versions 4 callers got: {seen:?} (the first to hit reloaded, callers meanwhile kept the cached one); now cached: {:?}",
         rates.get("EUR")
     );
+
+    rates.insert("USD", 7);
+    let reloaded = rates.refresh("USD", |_| 8);
+    println!(
+        "refresh(\"USD\") on demand, not due: {reloaded}; refreshes so far: {}",
+        rates.stats().refreshes
+    );
+
+    println!("\n== bulk loading: one query for every id the cache misses ==");
+    let names: Cache<u32, String> = Cache::builder().max_capacity(1_000).build()?;
+    names.insert(2, "cached".to_string());
+    let queries = std::sync::Mutex::new(Vec::new());
+    let page = names.get_or_load_all([1, 2, 3, 404, 1], |ids| {
+        queries.lock().unwrap().push(ids.to_vec()); // `WHERE id IN (...)`
+        ids.iter()
+            .filter(|&&id| id != 404)
+            .map(|&id| (id, format!("user {id}")))
+            .collect::<Vec<_>>()
+    });
+    println!("page: {page:?}; queries: {:?}", queries.into_inner()?);
 
     println!("\n== compute: 4 threads count 10,000 page views each, none lost ==");
     let views: Cache<&str, u64> = Cache::builder().max_capacity(100).build()?;
