@@ -563,3 +563,98 @@ fn answers_may_carry_their_options() {
     assert_eq!(values, [Some(4)]);
     assert_eq!(cache.get(&4), None);
 }
+
+/// A store of squares below 100 that counts its bulk reads, and fails them
+/// while `down`.
+#[derive(Default)]
+struct Squares {
+    bulk_reads: std::sync::atomic::AtomicUsize,
+    down: std::sync::atomic::AtomicBool,
+}
+
+impl larder::Store<u32, u64> for Squares {
+    type Error = &'static str;
+    fn load(&self, k: &u32) -> Result<Option<u64>, Self::Error> {
+        Ok((*k < 100).then(|| u64::from(*k) * u64::from(*k)))
+    }
+    fn load_all(&self, keys: &[u32]) -> Result<Vec<(u32, u64)>, Self::Error> {
+        self.bulk_reads
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if self.down.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err("down");
+        }
+        Ok(keys
+            .iter()
+            .filter_map(|k| Some((*k, self.load(k).ok()??)))
+            .collect())
+    }
+    fn write(&self, _: &larder::Op<u32, u64>) -> Result<(), Self::Error> {
+        Ok(())
+    }
+    fn load_options(&self, k: &u32, _: &u64) -> larder::EntryOptions {
+        larder::EntryOptions::new().tags([format!("parity:{}", k % 2)])
+    }
+}
+
+#[test]
+fn a_read_through_get_all_asks_the_store_once() {
+    let cache = Cache::builder()
+        .max_capacity(100)
+        .read_through(Squares::default())
+        .build()
+        .unwrap();
+    assert_eq!(cache.get(&2), Ok(Some(4)));
+    let reads = || {
+        cache
+            .store()
+            .bulk_reads
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    assert_eq!(
+        cache.get_all([1, 2, 3, 700]),
+        Ok(vec![Some(1), Some(4), Some(9), None])
+    );
+    assert_eq!(reads(), 1, "the misses in one call");
+    assert_eq!(
+        cache.get_all([1, 2, 3]),
+        Ok(vec![Some(1), Some(4), Some(9)])
+    );
+    assert_eq!(reads(), 1, "all cached");
+    // With the store's options: tags.
+    cache.invalidate_tag("parity:1");
+    assert_eq!((cache.peek(&1), cache.peek(&2)), (None, Some(4)));
+    // The store's error, nothing cached.
+    cache
+        .store()
+        .down
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(*cache.get_all([1, 2, 5]).unwrap_err(), "down");
+    assert_eq!(cache.peek(&5), None);
+}
+
+#[test]
+fn a_write_through_get_all_uses_the_default_bulk_read() {
+    /// Implements `load` alone: `load_all` is the default, one `load` per
+    /// key.
+    #[derive(Default)]
+    struct Plain(Mutex<Vec<u32>>);
+    impl larder::Store<u32, u64> for Plain {
+        type Error = std::convert::Infallible;
+        fn load(&self, k: &u32) -> Result<Option<u64>, Self::Error> {
+            self.0.lock().unwrap().push(*k);
+            Ok((*k != 0).then(|| u64::from(*k)))
+        }
+        fn write(&self, _: &larder::Op<u32, u64>) -> Result<(), Self::Error> {
+            Ok(())
+        }
+    }
+    let cache = Cache::builder()
+        .max_capacity(100)
+        .write_through(Plain::default())
+        .build()
+        .unwrap();
+    cache.put(1, 100).unwrap();
+    assert_eq!(cache.get_all([0, 1, 2]), Ok(vec![None, Some(100), Some(2)]));
+    assert_eq!(*cache.store().0.lock().unwrap(), [0, 2]);
+    assert_eq!(cache.peek(&2), Some(2));
+}

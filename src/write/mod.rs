@@ -112,6 +112,29 @@ pub trait Store<K, V>: Send + Sync + 'static {
     /// not cached.
     fn load(&self, key: &K) -> Result<Option<V>, Self::Error>;
 
+    /// The values the store has under `keys`, as `(key, value)` pairs in
+    /// any order: what a bulk `get_all` asks, in one call, for the keys it
+    /// misses. The default calls [`load`](Self::load) for each and stops at
+    /// the first error; override it when the store reads many keys at once
+    /// (`WHERE id IN (...)`).
+    ///
+    /// # Errors
+    ///
+    /// The store's error; it reaches every caller waiting on these keys'
+    /// loads and is not cached.
+    fn load_all(&self, keys: &[K]) -> Result<Vec<(K, V)>, Self::Error>
+    where
+        K: Clone,
+    {
+        let mut found = Vec::with_capacity(keys.len());
+        for key in keys {
+            if let Some(value) = self.load(key)? {
+                found.push((key.clone(), value));
+            }
+        }
+        Ok(found)
+    }
+
     /// Applies one write.
     ///
     /// # Errors

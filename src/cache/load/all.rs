@@ -229,10 +229,18 @@ where
     {
         self.load_all_async(keys, Mode::Store, load).await
     }
+}
 
-    /// The bulk calls' body: look every key up, then load the misses in
-    /// rounds until each has its answer.
-    fn load_all<L, E>(
+impl<K, V, S, W> Cache<K, V, S, W>
+where
+    K: Hash + Eq + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+    S: BuildHasher,
+{
+    /// The bulk calls' body (a store-backed cache's `get_all` too): look
+    /// every key up, then load the misses in rounds until each has its
+    /// answer. `mode` says what this call takes from another caller's load.
+    pub(crate) fn load_all<L, E>(
         &self,
         keys: impl IntoIterator<Item = K>,
         mode: Mode,
@@ -270,7 +278,7 @@ where
     }
 
     /// [`load_all`](Self::load_all) without blocking the thread.
-    async fn load_all_async<F, L, E>(
+    pub(crate) async fn load_all_async<F, L, E>(
         &self,
         keys: impl IntoIterator<Item = K>,
         mode: Mode,
@@ -328,7 +336,11 @@ where
         &self,
         call: &mut Call<K, V>,
         sync: bool,
-    ) -> (Vec<Led<'_, K, V, S>>, Vec<K>, Vec<(Miss<K, V>, Wait<K, V>)>)
+    ) -> (
+        Vec<Led<'_, K, V, S, W>>,
+        Vec<K>,
+        Vec<(Miss<K, V>, Wait<K, V>)>,
+    )
     where
         K: Clone,
     {
@@ -437,11 +449,12 @@ where
     /// [`join_all`](Self::join_all)) and looks each key up again: one
     /// cached since is taken, the rest are the batch to load, returned
     /// with their keys.
+    #[allow(clippy::type_complexity)]
     fn start_all<'c>(
         &'c self,
         call: &mut Call<K, V>,
         led: Vec<(Miss<K, V>, Leader<'c, K, V>)>,
-    ) -> (Vec<Led<'c, K, V, S>>, Vec<K>)
+    ) -> (Vec<Led<'c, K, V, S, W>>, Vec<K>)
     where
         K: Clone,
     {
@@ -480,7 +493,7 @@ where
     fn land_all<L, E>(
         &self,
         call: &mut Call<K, V>,
-        batch: &mut Vec<Led<'_, K, V, S>>,
+        batch: &mut Vec<Led<'_, K, V, S, W>>,
         asked: Vec<K>,
         found: Result<L, E>,
     ) -> Result<(), Arc<E>>
@@ -642,13 +655,13 @@ enum Wait<K, V> {
 /// A flight of a batch: dropped before it lands (the loader panicked or
 /// was cancelled, or a write before it panicked), it leaves a refreshed
 /// entry due again, then abandons the flight to its waiters.
-struct Led<'c, K, V, S>
+struct Led<'c, K, V, S, W>
 where
     K: Hash + Eq + Send + Sync + 'static,
     V: Clone + Send + Sync + 'static,
     S: BuildHasher,
 {
-    cache: &'c Cache<K, V, S, CacheAside>,
+    cache: &'c Cache<K, V, S, W>,
     /// Where its key was given.
     i: usize,
     hash: u64,
@@ -657,7 +670,7 @@ where
     refresh: Option<Refresh<V>>,
 }
 
-impl<'c, K, V, S> Led<'c, K, V, S>
+impl<'c, K, V, S, W> Led<'c, K, V, S, W>
 where
     K: Hash + Eq + Send + Sync + 'static,
     V: Clone + Send + Sync + 'static,
@@ -668,7 +681,7 @@ where
     }
 }
 
-impl<K, V, S> Drop for Led<'_, K, V, S>
+impl<K, V, S, W> Drop for Led<'_, K, V, S, W>
 where
     K: Hash + Eq + Send + Sync + 'static,
     V: Clone + Send + Sync + 'static,

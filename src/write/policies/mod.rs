@@ -43,6 +43,24 @@ where
         self.load_through(key.to_owned(), fetch, options)
     }
 
+    /// [`read_through`](Self::read_through) of many keys: the misses
+    /// fetched by one call of `fetch`, each value found cached with the
+    /// `options` it gives it (see [`Cache::get_or_load_all`]).
+    fn read_through_all<E: Send + Sync + 'static>(
+        &self,
+        keys: impl IntoIterator<Item = K>,
+        mut fetch: impl FnMut(&[K]) -> Result<Vec<(K, V)>, E>,
+        options: impl Fn(&K, &V) -> EntryOptions,
+    ) -> Result<Vec<Option<V>>, Arc<E>> {
+        self.load_all(keys, Mode::Store, |keys| {
+            let found = fetch(keys)?;
+            Ok(found.into_iter().map(|(k, v)| {
+                let options = options(&k, &v);
+                (k, v, options)
+            }))
+        })
+    }
+
     /// The miss path of [`read_through`](Self::read_through), for a caller
     /// that looked the key up already (a lookup counts in the statistics).
     fn load_through<E: Send + Sync + 'static>(

@@ -65,6 +65,59 @@ where
         self.read_through(key, |k| store.load(k), |k, v| store.load_options(k, v))
     }
 
+    /// The values under `keys`, in their order, every key the cache misses
+    /// loaded by one [`Store::load_all`] call (keys another caller is
+    /// loading are waited for, not asked again): [`get`](Self::get) for a
+    /// page of keys, with one store round trip instead of one per miss. A
+    /// key the store has no value for is `None`. As
+    /// [`Cache::get_or_load_all`] for the rest.
+    ///
+    /// # Errors
+    ///
+    /// The store's error, shared with every caller waiting on the keys it
+    /// was loading.
+    ///
+    /// # Panics
+    ///
+    /// If the store's `load_all` panics, in this caller; the callers
+    /// waiting on its keys then load them for themselves.
+    ///
+    /// ```
+    /// use std::sync::atomic::{AtomicUsize, Ordering};
+    /// use larder::{Cache, Op, Store};
+    ///
+    /// #[derive(Default)]
+    /// struct Squares(AtomicUsize); // counts its round trips
+    /// impl Store<u64, u64> for Squares {
+    ///     type Error = String;
+    ///     fn load(&self, k: &u64) -> Result<Option<u64>, String> {
+    ///         Ok(self.load_all(&[*k])?.pop().map(|(_, v)| v))
+    ///     }
+    ///     fn load_all(&self, keys: &[u64]) -> Result<Vec<(u64, u64)>, String> {
+    ///         self.0.fetch_add(1, Ordering::Relaxed);
+    ///         Ok(keys.iter().filter(|&&k| k < 100).map(|&k| (k, k * k)).collect())
+    ///     }
+    ///     fn write(&self, _: &Op<u64, u64>) -> Result<(), String> {
+    ///         Err("read-only".into())
+    ///     }
+    /// }
+    /// let cache = Cache::builder().max_capacity(10).read_through(Squares::default()).build().unwrap();
+    /// assert_eq!(cache.get(&2), Ok(Some(4)));
+    /// assert_eq!(cache.get_all([1, 2, 3, 700]), Ok(vec![Some(1), Some(4), Some(9), None]));
+    /// assert_eq!(cache.store().0.load(Ordering::Relaxed), 2, "one round trip each");
+    /// ```
+    pub fn get_all(
+        &self,
+        keys: impl IntoIterator<Item = K>,
+    ) -> Result<Vec<Option<V>>, Arc<St::Error>> {
+        let store = &self.policy().store;
+        self.read_through_all(
+            keys,
+            |ks| store.load_all(ks),
+            |k, v| store.load_options(k, v),
+        )
+    }
+
     /// Caches `value` under `key`; the store is the caller's to write.
     ///
     /// An entry heavier than one shard's share of the capacity (see

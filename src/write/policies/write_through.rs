@@ -76,6 +76,58 @@ where
         self.read_through(key, |k| store.load(k), |k, v| store.load_options(k, v))
     }
 
+    /// The values under `keys`, in their order, every key the cache misses
+    /// loaded by one [`Store::load_all`] call (keys another caller is
+    /// loading are waited for, not asked again): [`get`](Self::get) for a
+    /// page of keys. A key the store has no value for is `None`. As
+    /// [`Cache::get_or_load_all`] for the rest.
+    ///
+    /// # Errors
+    ///
+    /// The store's error, shared with every caller waiting on the keys it
+    /// was loading.
+    ///
+    /// # Panics
+    ///
+    /// If the store's `load_all` panics, in this caller.
+    ///
+    /// ```
+    /// # use std::collections::HashMap;
+    /// # use std::sync::{Arc, Mutex};
+    /// # use larder::{Op, Store};
+    /// # #[derive(Clone, Default)]
+    /// # struct Db(Arc<Mutex<HashMap<u32, u32>>>);
+    /// # impl Store<u32, u32> for Db {
+    /// #     type Error = &'static str;
+    /// #     fn load(&self, k: &u32) -> Result<Option<u32>, Self::Error> { Ok(self.0.lock().unwrap().get(k).copied()) }
+    /// #     fn write(&self, op: &Op<u32, u32>) -> Result<(), Self::Error> {
+    /// #         match op {
+    /// #             Op::Put(k, v) => { self.0.lock().unwrap().insert(*k, *v); }
+    /// #             Op::Delete(k) => { self.0.lock().unwrap().remove(k); }
+    /// #         }
+    /// #         Ok(())
+    /// #     }
+    /// # }
+    /// use larder::Cache;
+    ///
+    /// let cache = Cache::builder().max_capacity(100).write_through(Db::default()).build().unwrap();
+    /// cache.put(1, 10).unwrap();
+    /// cache.store().0.lock().unwrap().insert(2, 20); // written by someone else
+    /// assert_eq!(cache.get_all([1, 2, 3]), Ok(vec![Some(10), Some(20), None]));
+    /// assert_eq!(cache.peek(&2), Some(20)); // loaded and cached
+    /// ```
+    pub fn get_all(
+        &self,
+        keys: impl IntoIterator<Item = K>,
+    ) -> Result<Vec<Option<V>>, Arc<St::Error>> {
+        let store = &self.policy().store;
+        self.read_through_all(
+            keys,
+            |ks| store.load_all(ks),
+            |k, v| store.load_options(k, v),
+        )
+    }
+
     /// Writes `value` to the store, then to the cache, and returns once the
     /// store took it. Writes to one key are serialized across the two steps,
     /// so the cache and the store end with the same last write (unless the
