@@ -91,6 +91,9 @@ const KEYS: u8 = 16;
 #[derive(Arbitrary, Debug)]
 enum Step {
     Get(u8),
+    /// `get_all` of the keys (sync; the store's `load_all` is the default,
+    /// one `load` per key missed, stopping at the first failure).
+    GetAll(Vec<u8>),
     Put(u8, u16),
     /// `put_with`: a time-to-live of `ttl % 8` ms if given (zero: refused),
     /// and the tag `"t"` with `true`.
@@ -332,6 +335,7 @@ type Boxed<'a, T> = Pin<Box<dyn Future<Output = T> + 'a>>;
 trait Through: Clone + Send + Sync + 'static {
     const WRITE_THROUGH: bool;
     fn get(&self, k: u8) -> Loaded;
+    fn get_all(&self, keys: &[u8]) -> Result<Vec<Option<u16>>, Arc<&'static str>>;
     fn put(&self, k: u8, v: u16, options: Option<EntryOptions>) -> Written;
     fn delete(&self, k: u8) -> Written;
     fn get_async(&self, k: u8) -> Boxed<'_, Loaded>;
@@ -347,6 +351,9 @@ macro_rules! through {
             const WRITE_THROUGH: bool = $write_through;
             fn get(&self, k: u8) -> Loaded {
                 Cache::<u8, u16, DefaultHashBuilder, $policy>::get(self, &k)
+            }
+            fn get_all(&self, keys: &[u8]) -> Result<Vec<Option<u16>>, Arc<&'static str>> {
+                Cache::<u8, u16, DefaultHashBuilder, $policy>::get_all(self, keys.iter().copied())
             }
             fn put(&self, k: u8, v: u16, options: Option<EntryOptions>) -> Written {
                 match options {
@@ -654,6 +661,12 @@ fn one_step<C: Through>(
         Step::Racing(k, race) => {
             get(cache, db, model, k % KEYS, Some(race), mode, &mut after);
         }
+        Step::GetAll(ref keys) => {
+            // Sync only: an `Async` step before it goes to the next call.
+            model.mode = mode;
+            let keys: Vec<u8> = keys.iter().take(4).map(|k| k % KEYS).collect();
+            get_all(cache, db, model, &keys, &mut after);
+        }
         Step::Put(k, v) => write(
             cache,
             db,
@@ -852,6 +865,97 @@ fn get<C: Through>(
             after.set(k, loaded);
             model.behind[usize::from(k)] = true;
         }
+    }
+}
+
+/// A `get_all` of `keys`: each key looked up in order (a hit moves its
+/// time-to-idle on), the keys missed loaded by the store's default
+/// `load_all`, one `load` each in order of first miss, the first failure
+/// (or panic) ending it and failing the call; each value found cached.
+fn get_all<C: Through>(cache: &C, db: &Shared, model: &mut Model, keys: &[u8], after: &mut After) {
+    let state = db.state();
+    let loads = db.loads();
+    let mut expected = Vec::new();
+    let mut missed: Vec<u8> = Vec::new();
+    for &k in keys {
+        match model.live(k) {
+            Some(copy) => {
+                expected.push(Some(copy.value));
+                let deadline = model.idle(copy.cap);
+                if let Some(copy) = model.copies.get_mut(&k) {
+                    copy.deadline = deadline;
+                }
+            }
+            None => {
+                expected.push(db.value(k));
+                if !missed.contains(&k) {
+                    missed.push(k);
+                }
+            }
+        }
+    }
+    let got = deliberate(|| cache.get_all(keys));
+    if missed.is_empty() {
+        assert_eq!(got, Ok(Ok(expected)), "get_all of {keys:?}: all hits");
+        assert_eq!(db.loads(), loads, "get_all of {keys:?}: a hit loaded");
+        return;
+    }
+    match state {
+        FAILING => {
+            assert_eq!(got, Ok(Err(Arc::new("failing"))), "get_all of {keys:?}");
+            assert_eq!(
+                db.loads(),
+                loads + 1,
+                "get_all of {keys:?}: stops at a failure"
+            );
+        }
+        PANIC_BEFORE | PANIC_AFTER => {
+            assert!(
+                got.is_err(),
+                "get_all of {keys:?}: the load's panic is lost"
+            );
+            assert_eq!(
+                db.loads(),
+                loads + 1,
+                "get_all of {keys:?}: stops at a panic"
+            );
+        }
+        _ => {
+            assert_eq!(
+                got,
+                Ok(Ok(expected)),
+                "get_all of {keys:?}: the store's values"
+            );
+            assert_eq!(
+                db.loads(),
+                loads + missed.len(),
+                "get_all of {keys:?}: a load per miss"
+            );
+            for &k in &missed {
+                let loaded = db.value(k).and_then(|v| {
+                    model.written(
+                        v,
+                        db.0.time_loads.then_some(u64::from(v % 4)),
+                        db.0.tag_loads,
+                    )
+                });
+                // A later key's landing may evict an earlier one's: the
+                // copy is the model's, not one the step pins down.
+                match loaded {
+                    Some(copy) => {
+                        model.copies.insert(k, copy);
+                        after.may_evict = true;
+                    }
+                    None => {
+                        after.exact.insert(k, None);
+                    }
+                }
+            }
+            return;
+        }
+    }
+    for &k in &missed {
+        after.exact.insert(k, None);
     }
 }
 
