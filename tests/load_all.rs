@@ -658,3 +658,70 @@ fn a_write_through_get_all_uses_the_default_bulk_read() {
     assert_eq!(*cache.store().0.lock().unwrap(), [0, 2]);
     assert_eq!(cache.peek(&2), Some(2));
 }
+
+#[test]
+fn an_async_get_all_uses_the_default_bulk_read_and_can_be_cancelled() {
+    /// Implements `load` alone; pending until `open`, failing while `down`.
+    #[derive(Default)]
+    struct Remote {
+        loads: Mutex<Vec<u32>>,
+        open: std::sync::atomic::AtomicBool,
+        down: std::sync::atomic::AtomicBool,
+    }
+    impl larder::AsyncStore<u32, u64> for Remote {
+        type Error = &'static str;
+        async fn load(&self, k: &u32) -> Result<Option<u64>, Self::Error> {
+            std::future::poll_fn(|_| {
+                if self.open.load(std::sync::atomic::Ordering::SeqCst) {
+                    Poll::Ready(())
+                } else {
+                    Poll::Pending
+                }
+            })
+            .await;
+            self.loads.lock().unwrap().push(*k);
+            if self.down.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err("down");
+            }
+            Ok((*k != 0).then(|| u64::from(*k)))
+        }
+        async fn write_batch(&self, _: &[larder::Op<u32, u64>]) -> Result<(), Self::Error> {
+            Ok(())
+        }
+    }
+    let cache = Cache::builder()
+        .max_capacity(100)
+        .read_through(Remote::default())
+        .build()
+        .unwrap();
+    {
+        // Cancelled while the store is pending: a caller waiting on one of
+        // its keys then loads it itself.
+        let mut bulk = Box::pin(cache.get_all_async([1, 2]));
+        assert!(poll_once(bulk.as_mut()).is_pending());
+        let mut joined = Box::pin(cache.get_async(&2));
+        assert!(poll_once(joined.as_mut()).is_pending());
+        drop(bulk);
+        cache
+            .store()
+            .open
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(poll_once(joined.as_mut()), Poll::Ready(Ok(Some(2))));
+    }
+    assert_eq!(
+        common::block_on(cache.get_all_async([0, 1, 2])),
+        Ok(vec![None, Some(1), Some(2)])
+    );
+    assert_eq!(*cache.store().loads.lock().unwrap(), [2, 0, 1]);
+    cache
+        .store()
+        .down
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let failed = common::block_on(cache.get_all_async([3, 4]));
+    assert_eq!(*failed.unwrap_err(), "down");
+    assert_eq!(
+        *cache.store().loads.lock().unwrap(),
+        [2, 0, 1, 3],
+        "stops at the first error"
+    );
+}

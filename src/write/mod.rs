@@ -251,6 +251,26 @@ pub trait AsyncStore<K, V>: Send + Sync + 'static {
     /// The value under `key`, or `Ok(None)` if the store has none.
     fn load(&self, key: &K) -> impl Future<Output = Result<Option<V>, Self::Error>> + Send;
 
+    /// The values the store has under `keys`, as `(key, value)` pairs in
+    /// any order: what a bulk `get_all_async` asks, in one call, for the
+    /// keys it misses (see [`Store::load_all`]). The default awaits
+    /// [`load`](Self::load) for each in turn and stops at the first error.
+    fn load_all(&self, keys: &[K]) -> impl Future<Output = Result<Vec<(K, V)>, Self::Error>> + Send
+    where
+        K: Clone + Send + Sync,
+        V: Send,
+    {
+        async move {
+            let mut found = Vec::with_capacity(keys.len());
+            for key in keys {
+                if let Some(value) = self.load(key).await? {
+                    found.push((key.clone(), value));
+                }
+            }
+            Ok(found)
+        }
+    }
+
     /// Applies writes in order, at most one per key, idempotently (see
     /// [`Store`]).
     ///

@@ -61,6 +61,31 @@ where
         })
     }
 
+    /// [`read_through_all`](Self::read_through_all) with a fetch of a
+    /// future, awaited without blocking the thread.
+    async fn read_through_all_async<E, F>(
+        &self,
+        keys: impl IntoIterator<Item = K>,
+        mut fetch: impl FnMut(Vec<K>) -> F,
+        options: impl Fn(&K, &V) -> EntryOptions,
+    ) -> Result<Vec<Option<V>>, Arc<E>>
+    where
+        E: Send + Sync + 'static,
+        F: std::future::Future<Output = Result<Vec<(K, V)>, E>>,
+    {
+        let options = &options;
+        self.load_all_async(keys, Mode::Store, |keys| {
+            let found = fetch(keys);
+            async move {
+                Ok(found.await?.into_iter().map(|(k, v)| {
+                    let options = options(&k, &v);
+                    (k, v, options)
+                }))
+            }
+        })
+        .await
+    }
+
     /// The miss path of [`read_through`](Self::read_through), for a caller
     /// that looked the key up already (a lookup counts in the statistics).
     fn load_through<E: Send + Sync + 'static>(

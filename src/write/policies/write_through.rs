@@ -553,6 +553,56 @@ where
             .await
     }
 
+    /// `get_all` for an [`AsyncStore`]: the values under `keys`, in their
+    /// order, every key the cache misses loaded by one
+    /// [`AsyncStore::load_all`] call (keys another caller is loading are
+    /// waited for, not asked again). A key the store has no value for is
+    /// `None`. Dropping the returned future while it loads abandons its
+    /// keys' loads to their waiters. As [`Cache::get_or_load_all`] for the
+    /// rest.
+    ///
+    /// # Errors
+    ///
+    /// The store's error, shared with every caller waiting on the keys it
+    /// was loading.
+    ///
+    /// ```
+    /// use std::sync::atomic::{AtomicUsize, Ordering};
+    /// use larder::{AsyncStore, Cache, Op};
+    ///
+    /// #[derive(Default)]
+    /// struct Remote(AtomicUsize); // counts its round trips
+    /// impl AsyncStore<u32, u32> for Remote {
+    ///     type Error = std::io::Error;
+    ///     async fn load(&self, key: &u32) -> Result<Option<u32>, Self::Error> {
+    ///         Ok(self.load_all(&[*key]).await?.pop().map(|(_, v)| v))
+    ///     }
+    ///     async fn load_all(&self, keys: &[u32]) -> Result<Vec<(u32, u32)>, Self::Error> {
+    ///         self.0.fetch_add(1, Ordering::Relaxed); // one `WHERE id IN (...)`
+    ///         Ok(keys.iter().filter(|&&k| k != 0).map(|&k| (k, k * 10)).collect())
+    ///     }
+    ///     async fn write_batch(&self, _ops: &[Op<u32, u32>]) -> Result<(), Self::Error> {
+    ///         Ok(())
+    ///     }
+    /// }
+    /// # let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    /// # runtime.block_on(async {
+    /// let cache = Cache::builder().max_capacity(100).write_through(Remote::default()).build().unwrap();
+    /// assert_eq!(cache.get_all_async([0, 1, 2]).await.unwrap(), [None, Some(10), Some(20)]);
+    /// assert_eq!(cache.get_all_async([1, 2]).await.unwrap(), [Some(10), Some(20)]);
+    /// assert_eq!(cache.store().0.load(Ordering::Relaxed), 1, "cached after one round trip");
+    /// # });
+    /// ```
+    pub async fn get_all_async(
+        &self,
+        keys: impl IntoIterator<Item = K>,
+    ) -> Result<Vec<Option<V>>, Arc<St::Error>> {
+        let store = &self.policy().store;
+        let fetch = |keys: Vec<K>| async move { store.load_all(&keys).await };
+        self.read_through_all_async(keys, fetch, |k, v| store.load_options(k, v))
+            .await
+    }
+
     /// `put` for an [`AsyncStore`]: writes the store, then the cache; writes
     /// of one key, sync or async, are serialized. If the task is cancelled
     /// while the store call runs, the store may or may not have the write, so
