@@ -570,6 +570,8 @@ fn answers_may_carry_their_options() {
 struct Squares {
     bulk_reads: std::sync::atomic::AtomicUsize,
     down: std::sync::atomic::AtomicBool,
+    /// The keys of every bulk read, in turn.
+    asked: Mutex<Vec<u32>>,
 }
 
 impl larder::Store<u32, u64> for Squares {
@@ -580,6 +582,7 @@ impl larder::Store<u32, u64> for Squares {
     fn load_all(&self, keys: &[u32]) -> Result<Vec<(u32, u64)>, Self::Error> {
         self.bulk_reads
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.asked.lock().unwrap().extend_from_slice(keys);
         if self.down.load(std::sync::atomic::Ordering::Relaxed) {
             return Err("down");
         }
@@ -724,4 +727,141 @@ fn an_async_get_all_uses_the_default_bulk_read_and_can_be_cancelled() {
         [2, 0, 1, 3],
         "stops at the first error"
     );
+}
+
+#[test]
+fn a_write_back_get_all_reads_the_queue_before_the_store() {
+    let cache = Cache::builder()
+        .max_capacity(100)
+        .write_back(
+            Squares::default(),
+            larder::WriteBack::default().max_delay(Duration::MAX),
+        )
+        .build()
+        .unwrap();
+    cache.put(5, 55).unwrap();
+    cache.delete(&3).unwrap();
+    cache.put(8, 88).unwrap();
+    // The cache alone: the queue keeps the writes of 5, 3 and 8.
+    cache.invalidate_all();
+    assert_eq!(
+        cache.get_all([1, 3, 5, 700, 8]),
+        Ok(vec![Some(1), None, Some(55), None, Some(88)])
+    );
+    assert_eq!(
+        *cache.store().asked.lock().unwrap(),
+        [1, 700],
+        "only the keys the queue has no write for, in one call"
+    );
+    // The queued values are cached as the store's would be, with its
+    // options; the deleted key is not cached.
+    assert_eq!((cache.peek(&5), cache.peek(&3)), (Some(55), None));
+    cache.invalidate_tag("parity:1");
+    assert_eq!((cache.peek(&5), cache.peek(&8)), (None, Some(88)));
+    // With the store down, keys the queue answers still read.
+    cache
+        .store()
+        .down
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(cache.get_all([3, 5]), Ok(vec![None, Some(55)]));
+    assert_eq!(cache.store().asked.lock().unwrap().len(), 2, "not asked");
+    assert_eq!(*cache.get_all([5, 9]).unwrap_err(), "down");
+    assert_eq!(cache.peek(&9), None);
+    cache
+        .store()
+        .down
+        .store(false, std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(cache.get_all([9]), Ok(vec![Some(81)]));
+}
+
+#[test]
+fn a_write_back_put_during_the_bulk_read_wins() {
+    /// Squares, whose bulk read waits for a word from the test once it has
+    /// said it started.
+    struct Gated {
+        started: Mutex<mpsc::Sender<()>>,
+        go: Mutex<mpsc::Receiver<()>>,
+    }
+    impl larder::Store<u32, u64> for Gated {
+        type Error = std::convert::Infallible;
+        fn load(&self, k: &u32) -> Result<Option<u64>, Self::Error> {
+            Ok(Some(u64::from(*k) * u64::from(*k)))
+        }
+        fn load_all(&self, keys: &[u32]) -> Result<Vec<(u32, u64)>, Self::Error> {
+            self.started.lock().unwrap().send(()).unwrap();
+            self.go.lock().unwrap().recv().unwrap();
+            Ok(keys
+                .iter()
+                .map(|k| (*k, u64::from(*k) * u64::from(*k)))
+                .collect())
+        }
+        fn write(&self, _: &larder::Op<u32, u64>) -> Result<(), Self::Error> {
+            Ok(())
+        }
+    }
+    let (started, on_start) = mpsc::channel();
+    let (go, on_go) = mpsc::channel();
+    let store = Gated {
+        started: Mutex::new(started),
+        go: Mutex::new(on_go),
+    };
+    let cache = Cache::builder()
+        .max_capacity(100)
+        .write_back(store, larder::WriteBack::default().max_delay(Duration::MAX))
+        .build()
+        .unwrap();
+    std::thread::scope(|s| {
+        let reader = s.spawn(|| cache.get_all([6, 7]));
+        on_start.recv().unwrap();
+        cache.put(7, 700).unwrap();
+        go.send(()).unwrap();
+        // The read began before the write: it may answer the store's value.
+        assert_eq!(reader.join().unwrap(), Ok(vec![Some(36), Some(49)]));
+    });
+    assert_eq!(cache.peek(&6), Some(36));
+    assert_eq!(cache.peek(&7), Some(700), "the write, not the older read");
+    assert_eq!(cache.get_all([7]), Ok(vec![Some(700)]));
+}
+
+#[test]
+fn an_async_write_back_get_all_reads_the_queue_before_the_store() {
+    /// Squares over an `AsyncStore`, recording the keys of its bulk reads.
+    #[derive(Default)]
+    struct Remote(Mutex<Vec<u32>>);
+    impl larder::AsyncStore<u32, u64> for Remote {
+        type Error = std::convert::Infallible;
+        async fn load(&self, k: &u32) -> Result<Option<u64>, Self::Error> {
+            Ok(Some(u64::from(*k) * u64::from(*k)))
+        }
+        async fn load_all(&self, keys: &[u32]) -> Result<Vec<(u32, u64)>, Self::Error> {
+            self.0.lock().unwrap().extend_from_slice(keys);
+            Ok(keys
+                .iter()
+                .map(|k| (*k, u64::from(*k) * u64::from(*k)))
+                .collect())
+        }
+        async fn write_batch(&self, _: &[larder::Op<u32, u64>]) -> Result<(), Self::Error> {
+            Ok(())
+        }
+    }
+    let store = larder::Spawned::new(Remote::default(), |call| {
+        std::thread::spawn(move || common::block_on(call));
+    });
+    let cache = Cache::builder()
+        .max_capacity(100)
+        .write_back(store, larder::WriteBack::default().max_delay(Duration::MAX))
+        .build()
+        .unwrap();
+    common::block_on(async {
+        cache.put_async(2, 20).await.unwrap();
+        cache.delete_async(&3).await.unwrap();
+        cache.invalidate_all();
+        assert_eq!(
+            cache.get_all_async([1, 2, 3, 4]).await,
+            Ok(vec![Some(1), Some(20), None, Some(16)])
+        );
+        assert_eq!(cache.get_all_async([2, 3]).await, Ok(vec![Some(20), None]));
+    });
+    assert_eq!(*cache.store().store().0.lock().unwrap(), [1, 4]);
+    assert_eq!(cache.peek(&2), Some(20));
 }

@@ -33,6 +33,10 @@
 //! from then on, as any write it was ever acknowledged with (the handed-over
 //! write while it stays cached, else the store's older value).
 //!
+//! A `get_all` step reads up to four keys at once (the cache's misses
+//! looked up in the queue, the rest read from the store in one call), and
+//! each key it returns is checked as a read of it alone is.
+//!
 //! `put_async`, `put_with_async` and `delete_async` steps poll their future
 //! (with a waker that does nothing, yielding between polls) until it ends,
 //! or drop it once a given number of polls found it pending (a cancelled
@@ -86,6 +90,8 @@ enum Step {
     /// Drops the tagged cached copies; their writes stay queued.
     InvalidateTag,
     Get(u8),
+    /// `get_all` of the first four keys at most.
+    GetAll(Vec<u8>),
     Flush,
     Fail(bool),
     Panic(bool),
@@ -325,6 +331,31 @@ fuzz_target!(|input: Input| {
             }
         }
     };
+    // Checks a read of `k` that returned `got` against the model, as its
+    // writer (the only one writing `k`) sees it.
+    let check_read = |k: u8, got: Option<u16>| {
+        let (last, settled) = {
+            let m = state.lock().unwrap();
+            (m.last.get(&k).copied(), m.settled.get(&k).copied())
+        };
+        if got != last.flatten() {
+            // Only a last write handed over may read otherwise: as itself
+            // (still cached) or as what the store holds.
+            let last = last.expect("a key never written reads as absent");
+            let handed_over = match settled {
+                Some(w) => Some(w),
+                None => handed.lock().unwrap().contains(&(k, last)).then_some(last),
+            };
+            let Some(w) = handed_over else {
+                panic!("read of {k}: {got:?}, last acknowledged {last:?}");
+            };
+            let stored = db.0.data.lock().unwrap().get(&k).copied();
+            assert!(
+                got == w || got == stored,
+                "read of {k}: {got:?}, handed over {w:?}, stored {stored:?}"
+            );
+        }
+    };
     // One step by a writer whose keys are `key(k)`. The model is locked
     // only to book a call's outcome: the calls of two writers overlap, and
     // their keys never meet.
@@ -356,31 +387,17 @@ fuzz_target!(|input: Input| {
         }
         Step::Get(k) => {
             let k = key(k);
-            let (last, settled) = {
-                let m = state.lock().unwrap();
-                (m.last.get(&k).copied(), m.settled.get(&k).copied())
-            };
             // A read that caches what it found may evict, and the listener
             // panic on it: nothing to check then.
-            let Ok(got) = calm(|| cache.get(&k).unwrap()) else {
-                return;
-            };
-            if got != last.flatten() {
-                // Only a last write handed over may read otherwise: as
-                // itself (still cached) or as what the store holds.
-                let last = last.expect("a key never written reads as absent");
-                let handed_over = match settled {
-                    Some(w) => Some(w),
-                    None => handed.lock().unwrap().contains(&(k, last)).then_some(last),
-                };
-                let Some(w) = handed_over else {
-                    panic!("read of {k}: {got:?}, last acknowledged {last:?}");
-                };
-                let stored = db.0.data.lock().unwrap().get(&k).copied();
-                assert!(
-                    got == w || got == stored,
-                    "read of {k}: {got:?}, handed over {w:?}, stored {stored:?}"
-                );
+            if let Ok(got) = calm(|| cache.get(&k).unwrap()) {
+                check_read(k, got);
+            }
+        }
+        Step::GetAll(ref ks) => {
+            let ks: Vec<u8> = ks.iter().take(4).map(|&k| key(k)).collect();
+            if let Ok(got) = calm(|| cache.get_all(ks.iter().copied()).unwrap()) {
+                assert_eq!(got.len(), ks.len(), "one answer per key given");
+                ks.iter().zip(got).for_each(|(&k, got)| check_read(k, got));
             }
         }
         Step::InvalidateTag => {
@@ -637,6 +654,14 @@ fn shared_keys(input: &Input, cache: &WbCache, db: &Shared, handed: &Handed, lis
                                 Step::Get(k) => {
                                     if let Ok(got) = calm(|| cache.get(&(k % 8)).unwrap()) {
                                         seen.reads.push((k % 8, got));
+                                    }
+                                }
+                                Step::GetAll(ref ks) => {
+                                    let ks: Vec<u8> = ks.iter().take(4).map(|k| k % 8).collect();
+                                    let all = || cache.get_all(ks.iter().copied()).unwrap();
+                                    if let Ok(got) = calm(all) {
+                                        assert_eq!(got.len(), ks.len(), "one answer per key");
+                                        seen.reads.extend(ks.iter().copied().zip(got));
                                     }
                                 }
                                 Step::InvalidateTag => {

@@ -99,6 +99,84 @@ where
         })
     }
 
+    /// The values under `keys`, in their order: [`get`](Self::get) for a
+    /// page of keys. A key's cached value answers first, then its write
+    /// still queued for the store (a queued delete reads as `None`), and the
+    /// keys neither has are read by one [`Store::load_all`] call (keys
+    /// another caller is loading are waited for, not asked again). A key the
+    /// store has no value for is `None`. As [`Cache::get_or_load_all`] for
+    /// the rest.
+    ///
+    /// The queue is read inside each key's load, as `get` reads it: a key
+    /// whose load began before its queued write waits for that load to end,
+    /// then reads the write.
+    ///
+    /// # Errors
+    ///
+    /// The store's error, shared with every caller waiting on the keys it
+    /// was loading. The store is not called when the queue answers every
+    /// key missed.
+    ///
+    /// # Panics
+    ///
+    /// If the store's `load_all` panics, in this caller; the callers
+    /// waiting on its keys then load them for themselves.
+    ///
+    /// ```
+    /// use std::collections::HashMap;
+    /// use std::sync::Mutex;
+    /// use std::time::Duration;
+    /// use larder::{Cache, Op, Store, WriteBack};
+    ///
+    /// #[derive(Default)]
+    /// struct Db(Mutex<(HashMap<u32, u32>, usize)>); // rows, round trips
+    /// impl Store<u32, u32> for Db {
+    ///     type Error = String;
+    ///     fn load(&self, k: &u32) -> Result<Option<u32>, String> {
+    ///         Ok(self.load_all(&[*k])?.pop().map(|(_, v)| v))
+    ///     }
+    ///     fn load_all(&self, keys: &[u32]) -> Result<Vec<(u32, u32)>, String> {
+    ///         let mut db = self.0.lock().unwrap();
+    ///         db.1 += 1; // one `WHERE id IN (...)`
+    ///         Ok(keys.iter().filter_map(|k| Some((*k, *db.0.get(k)?))).collect())
+    ///     }
+    ///     fn write(&self, op: &Op<u32, u32>) -> Result<(), String> {
+    ///         let mut db = self.0.lock().unwrap();
+    ///         match op {
+    ///             Op::Put(k, v) => db.0.insert(*k, *v),
+    ///             Op::Delete(k) => db.0.remove(k),
+    ///         };
+    ///         Ok(())
+    ///     }
+    /// }
+    /// let db = Db::default();
+    /// db.0.lock().unwrap().0.extend([(1, 10), (2, 20), (3, 30)]);
+    /// let cache = Cache::builder()
+    ///     .max_capacity(100)
+    ///     .write_back(db, WriteBack::default().max_delay(Duration::MAX))
+    ///     .build()
+    ///     .unwrap();
+    /// cache.put(4, 40).unwrap();
+    /// cache.delete(&2).unwrap();
+    /// cache.invalidate_all(); // the cache alone: the queue keeps the write of 4
+    /// assert_eq!(cache.get_all([1, 2, 3, 4, 5]), Ok(vec![Some(10), None, Some(30), Some(40), None]));
+    /// assert_eq!(cache.store().0.lock().unwrap().1, 1, "keys 1, 3 and 5 in one round trip");
+    /// ```
+    pub fn get_all(
+        &self,
+        keys: impl IntoIterator<Item = K>,
+    ) -> Result<Vec<Option<V>>, Arc<St::Error>> {
+        let policy = self.policy();
+        let fetch = |keys: &[K]| {
+            let (mut found, unqueued) = split_queued(policy, keys);
+            if !unqueued.is_empty() {
+                found.extend(policy.store().load_all(&unqueued)?);
+            }
+            Ok(found)
+        };
+        self.read_through_all(keys, fetch, |k, v| policy.store().load_options(k, v))
+    }
+
     /// Caches `value` and queues its write to the store. A later write to
     /// the same key before this one is sent replaces it in the queue.
     ///
@@ -990,4 +1068,89 @@ where
         let options = |k: &K, v: &V| policy.store().load_options(k, v);
         self.load_through_async(&key, fetch, options).await
     }
+
+    /// `get_all` for a write-back cache over an [`AsyncStore`]: the values
+    /// under `keys`, in their order, each key's cached value first, then its
+    /// write still queued for the store, and the keys neither has read by
+    /// one [`AsyncStore::load_all`] call, awaited. Dropping the returned
+    /// future while it loads abandons its keys' loads to their waiters. As
+    /// [`get_all`](Self::get_all) (on a cache over a [`Store`]) for the rest.
+    ///
+    /// # Errors
+    ///
+    /// The store's error, shared with every caller waiting on the keys it
+    /// was loading.
+    ///
+    /// ```
+    /// use std::sync::atomic::{AtomicUsize, Ordering};
+    /// use std::time::Duration;
+    /// use larder::{AsyncStore, Cache, Op, Spawned, WriteBack};
+    ///
+    /// #[derive(Default)]
+    /// struct Remote(AtomicUsize); // counts its round trips
+    /// impl AsyncStore<u32, u32> for Remote {
+    ///     type Error = std::io::Error;
+    ///     async fn load(&self, key: &u32) -> Result<Option<u32>, Self::Error> {
+    ///         Ok(self.load_all(&[*key]).await?.pop().map(|(_, v)| v))
+    ///     }
+    ///     async fn load_all(&self, keys: &[u32]) -> Result<Vec<(u32, u32)>, Self::Error> {
+    ///         self.0.fetch_add(1, Ordering::Relaxed);
+    ///         Ok(keys.iter().map(|&k| (k, k * 10)).collect())
+    ///     }
+    ///     async fn write_batch(&self, _ops: &[Op<u32, u32>]) -> Result<(), Self::Error> {
+    ///         Ok(())
+    ///     }
+    /// }
+    /// # let runtime = tokio::runtime::Runtime::new().unwrap();
+    /// # runtime.block_on(async {
+    /// let handle = tokio::runtime::Handle::current();
+    /// let store = Spawned::new(Remote::default(), move |call| {
+    ///     handle.spawn(call);
+    /// });
+    /// let settings = WriteBack::default().max_delay(Duration::MAX);
+    /// let cache = Cache::builder().max_capacity(100).write_back(store, settings).build().unwrap();
+    /// cache.delete_async(&2).await.unwrap();
+    /// assert_eq!(cache.get_all_async([1, 2, 3]).await.unwrap(), [Some(10), None, Some(30)]);
+    /// assert_eq!(cache.store().store().0.load(Ordering::Relaxed), 1, "keys 1 and 3 at once");
+    /// # });
+    /// ```
+    pub async fn get_all_async(
+        &self,
+        keys: impl IntoIterator<Item = K>,
+    ) -> Result<Vec<Option<V>>, Arc<St::Error>> {
+        let policy = self.policy();
+        let fetch = |keys: Vec<K>| {
+            let (mut found, unqueued) = split_queued(policy, &keys);
+            async move {
+                if !unqueued.is_empty() {
+                    found.extend(policy.store().store().load_all(&unqueued).await?);
+                }
+                Ok(found)
+            }
+        };
+        let options = |k: &K, v: &V| policy.store().load_options(k, v);
+        self.read_through_all_async(keys, fetch, options).await
+    }
+}
+
+/// Splits the keys a bulk read missed into the ones the write-back queue
+/// answers, each with its latest acknowledged write (a put as its value, a
+/// delete as no answer: the key reads as `None`), and the ones only the
+/// store can answer.
+fn split_queued<K, V, St>(policy: &WriteBehind<K, V, St>, keys: &[K]) -> (Vec<(K, V)>, Vec<K>)
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+    St: Store<K, V>,
+{
+    let mut found = Vec::new();
+    let mut unqueued = Vec::new();
+    for key in keys {
+        match policy.lookup::<K>(key) {
+            Some(Pending::Put(v)) => found.push((key.clone(), v)),
+            Some(Pending::Delete) => {}
+            None => unqueued.push(key.clone()),
+        }
+    }
+    (found, unqueued)
 }
