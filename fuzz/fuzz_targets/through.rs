@@ -57,15 +57,17 @@
 //! deleted, loaded or invalidated.
 //!
 //! Async: a step may make the next call its async twin (`get_async`,
-//! `put_async`, `put_with_async`, `delete_async`) over the same store as an
-//! `AsyncStore` whose calls stay pending for 0–3 polls before they do what
-//! the sync call does, and may drop the call's future after a number of
+//! `get_all_async`, `put_async`, `put_with_async`, `delete_async`) over the
+//! same store as an `AsyncStore` whose calls stay pending for 0–3 polls
+//! before they do what the sync call does, and may drop the call's future after a number of
 //! polls (a cancelled task). Run to the end, an async call must do exactly
 //! what its sync twin does. Dropped: a `get` that missed leaves nothing
 //! behind (no store call, nothing cached, its race not run); a
 //! write-through `put` or `delete` dropped during its store call leaves the
 //! store without the write and the key uncached, and its stripe free for the
-//! next write; a call dropped before its first poll changes nothing.
+//! next write; a `get_all` leaves only the loads it had run (one a key, in
+//! turn, each pending for the delay) and nothing cached; a call dropped
+//! before its first poll changes nothing.
 #![no_main]
 
 use std::any::Any;
@@ -91,8 +93,9 @@ const KEYS: u8 = 16;
 #[derive(Arbitrary, Debug)]
 enum Step {
     Get(u8),
-    /// `get_all` of the keys (sync; the store's `load_all` is the default,
-    /// one `load` per key missed, stopping at the first failure).
+    /// `get_all` of the first four keys at most (the store's `load_all` is
+    /// the default, one `load` per key missed, stopping at the first
+    /// failure).
     GetAll(Vec<u8>),
     Put(u8, u16),
     /// `put_with`: a time-to-live of `ttl % 8` ms if given (zero: refused),
@@ -109,8 +112,8 @@ enum Step {
     Advance(u8),
     /// A `get` during whose load another thread does `Race` on the key.
     Racing(u8, Race),
-    /// Makes the next step, if a call (`Get`, `Racing`, `Put`, `PutWith`,
-    /// `Delete`), its async twin, with the store's calls pending for
+    /// Makes the next step, if a call (`Get`, `GetAll`, `Racing`, `Put`,
+    /// `PutWith`, `Delete`), its async twin, with the store's calls pending for
     /// `delay % 4` polls, and its future dropped after `cancel % 6` polls if
     /// given and it has not ended by then.
     Async {
@@ -339,6 +342,7 @@ trait Through: Clone + Send + Sync + 'static {
     fn put(&self, k: u8, v: u16, options: Option<EntryOptions>) -> Written;
     fn delete(&self, k: u8) -> Written;
     fn get_async(&self, k: u8) -> Boxed<'_, Loaded>;
+    fn get_all_async(&self, keys: &[u8]) -> Boxed<'_, Result<Vec<Option<u16>>, Arc<&'static str>>>;
     fn put_async(&self, k: u8, v: u16, options: Option<EntryOptions>) -> Boxed<'_, Written>;
     fn delete_async(&self, k: u8) -> Boxed<'_, Written>;
     fn peek(&self, k: u8) -> Option<u16>;
@@ -369,6 +373,15 @@ macro_rules! through {
             fn get_async(&self, k: u8) -> Boxed<'_, Loaded> {
                 Box::pin(async move {
                     Cache::<u8, u16, DefaultHashBuilder, $policy>::get_async(self, &k).await
+                })
+            }
+            fn get_all_async(
+                &self,
+                keys: &[u8],
+            ) -> Boxed<'_, Result<Vec<Option<u16>>, Arc<&'static str>>> {
+                let keys = keys.to_vec();
+                Box::pin(async move {
+                    Cache::<u8, u16, DefaultHashBuilder, $policy>::get_all_async(self, keys).await
                 })
             }
             fn put_async(
@@ -662,10 +675,8 @@ fn one_step<C: Through>(
             get(cache, db, model, k % KEYS, Some(race), mode, &mut after);
         }
         Step::GetAll(ref keys) => {
-            // Sync only: an `Async` step before it goes to the next call.
-            model.mode = mode;
             let keys: Vec<u8> = keys.iter().take(4).map(|k| k % KEYS).collect();
-            get_all(cache, db, model, &keys, &mut after);
+            get_all(cache, db, model, &keys, mode, &mut after);
         }
         Step::Put(k, v) => write(
             cache,
@@ -872,19 +883,24 @@ fn get<C: Through>(
 /// time-to-idle on), the keys missed loaded by the store's default
 /// `load_all`, one `load` each in order of first miss, the first failure
 /// (or panic) ending it and failing the call; each value found cached.
-fn get_all<C: Through>(cache: &C, db: &Shared, model: &mut Model, keys: &[u8], after: &mut After) {
+fn get_all<C: Through>(
+    cache: &C,
+    db: &Shared,
+    model: &mut Model,
+    keys: &[u8],
+    mode: Option<Async>,
+    after: &mut After,
+) {
     let state = db.state();
     let loads = db.loads();
     let mut expected = Vec::new();
     let mut missed: Vec<u8> = Vec::new();
+    let mut hits = Vec::new();
     for &k in keys {
         match model.live(k) {
             Some(copy) => {
                 expected.push(Some(copy.value));
-                let deadline = model.idle(copy.cap);
-                if let Some(copy) = model.copies.get_mut(&k) {
-                    copy.deadline = deadline;
-                }
+                hits.push((k, copy.cap));
             }
             None => {
                 expected.push(db.value(k));
@@ -894,7 +910,51 @@ fn get_all<C: Through>(cache: &C, db: &Shared, model: &mut Model, keys: &[u8], a
             }
         }
     }
-    let got = deliberate(|| cache.get_all(keys));
+    // The store's loads the call runs to its end: one per miss, or up to
+    // the first that fails or panics. Async, each stays pending for the
+    // delay, and the call ends on the poll after the last one's.
+    let runs = match state {
+        _ if missed.is_empty() => 0,
+        WORKING => missed.len(),
+        _ => 1,
+    };
+    let delay = mode.map_or(0, |m| m.delay);
+    let cancelled = Async::cancels(mode, 1 + delay * runs);
+    let got = call(
+        db,
+        mode,
+        || cache.get_all(keys),
+        || cache.get_all_async(keys),
+    );
+    assert_eq!(
+        got.is_none(),
+        cancelled,
+        "get_all of {keys:?}: dropped, {mode:?}"
+    );
+    // The hits are read (and their time-to-idle moved on) on the first
+    // poll, before any load.
+    if Async::polled(mode) {
+        for (k, cap) in hits {
+            let deadline = model.idle(cap);
+            if let Some(copy) = model.copies.get_mut(&k) {
+                copy.deadline = deadline;
+            }
+        }
+    }
+    let Some(got) = got else {
+        // Dropped before it ended: the loads that had run, nothing cached.
+        let polls = mode.and_then(|m| m.cancel).unwrap_or(0);
+        let ran = match delay {
+            0 => 0,
+            d => runs.min(polls.saturating_sub(1) / d),
+        };
+        assert_eq!(
+            db.loads(),
+            loads + ran,
+            "get_all of {keys:?}: dropped after {polls} polls"
+        );
+        return;
+    };
     if missed.is_empty() {
         assert_eq!(got, Ok(Ok(expected)), "get_all of {keys:?}: all hits");
         assert_eq!(db.loads(), loads, "get_all of {keys:?}: a hit loaded");
