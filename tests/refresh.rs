@@ -2,7 +2,8 @@
 //! others keep getting the cached value; what lands and what does not (a
 //! write, a removal or a tag invalidation during the refresh); failures,
 //! panics and cancellation; expiry; builder errors. Then `Cache::refresh`
-//! and its kin: the same, on the caller's word, whatever the entry's age.
+//! and its kin: the same, on the caller's word, whatever the entry's age;
+//! and `refresh` on store-backed caches, reading the store again.
 
 mod common;
 
@@ -568,4 +569,199 @@ fn an_explicit_refresh_in_a_refreshing_cache_keeps_its_timing() {
     let failed = cache.try_refresh(1, |_| Err::<u64, _>("down"));
     assert!(failed.is_err());
     assert_eq!(cache.get_or_load(1, |_| 12), 12, "due again");
+}
+
+/// A store of rows that counts its loads, can fail or panic them, can run
+/// a hook (on another thread, as another caller) once a load has read its
+/// row, and, as an `AsyncStore`, keeps its loads pending while `held`.
+#[derive(Default)]
+struct Shelf {
+    rows: Mutex<std::collections::HashMap<u32, u64>>,
+    loads: AtomicU64,
+    /// 0: working; 1: loads fail; 2: loads panic.
+    state: AtomicU64,
+    during: Mutex<Option<Box<dyn FnOnce() + Send>>>,
+    held: std::sync::atomic::AtomicBool,
+}
+
+impl Shelf {
+    fn set(&self, k: u32, v: Option<u64>) {
+        let mut rows = self.rows.lock().unwrap();
+        match v {
+            Some(v) => rows.insert(k, v),
+            None => rows.remove(&k),
+        };
+    }
+
+    fn read(&self, k: &u32) -> Result<Option<u64>, &'static str> {
+        self.loads.fetch_add(1, Ordering::SeqCst);
+        match self.state.load(Ordering::SeqCst) {
+            1 => return Err("down"),
+            2 => panic!("the store panicked"),
+            _ => {}
+        }
+        let row = self.rows.lock().unwrap().get(k).copied();
+        let hook = self.during.lock().unwrap().take();
+        if let Some(hook) = hook {
+            std::thread::spawn(hook).join().unwrap();
+        }
+        Ok(row)
+    }
+
+    fn apply(&self, op: &larder::Op<u32, u64>) {
+        match op {
+            larder::Op::Put(k, v) => self.set(*k, Some(*v)),
+            larder::Op::Delete(k) => self.set(*k, None),
+        }
+    }
+}
+
+impl Store<u32, u64> for Shelf {
+    type Error = &'static str;
+    fn load(&self, k: &u32) -> Result<Option<u64>, Self::Error> {
+        self.read(k)
+    }
+    fn write(&self, op: &larder::Op<u32, u64>) -> Result<(), Self::Error> {
+        self.apply(op);
+        Ok(())
+    }
+    fn load_options(&self, _: &u32, _: &u64) -> EntryOptions {
+        EntryOptions::new().tags(["shelf"])
+    }
+}
+
+impl larder::AsyncStore<u32, u64> for Shelf {
+    type Error = &'static str;
+    async fn load(&self, k: &u32) -> Result<Option<u64>, Self::Error> {
+        std::future::poll_fn(|_| {
+            if self.held.load(Ordering::SeqCst) {
+                std::task::Poll::Pending
+            } else {
+                std::task::Poll::Ready(())
+            }
+        })
+        .await;
+        self.read(k)
+    }
+    async fn write_batch(&self, ops: &[larder::Op<u32, u64>]) -> Result<(), Self::Error> {
+        ops.iter().for_each(|op| self.apply(op));
+        Ok(())
+    }
+}
+
+/// A listener's sink and the listener.
+fn listener() -> (
+    Heard,
+    impl Fn(u32, u64, RemovalCause) + Send + Sync + 'static,
+) {
+    let heard = Heard::default();
+    let sink = heard.clone();
+    (heard, move |k, v, cause| {
+        sink.lock().unwrap().push((k, v, cause))
+    })
+}
+
+#[test]
+fn a_store_refresh_reads_the_store_again() {
+    let (heard, listen) = listener();
+    let cache = Cache::builder()
+        .max_capacity(100)
+        .record_stats()
+        .eviction_listener(listen)
+        .read_through(Shelf::default())
+        .build()
+        .unwrap();
+    let shelf = cache.store();
+    shelf.set(1, Some(10));
+    assert_eq!(cache.get(&1), Ok(Some(10)));
+    shelf.set(1, Some(11)); // behind the cache's back
+    assert_eq!(cache.get(&1), Ok(Some(10)));
+    assert_eq!(cache.refresh(1), Ok(Some(11)));
+    assert_eq!(cache.peek(&1), Some(11));
+    assert_eq!(*heard.lock().unwrap(), [(1, 10, RemovalCause::Replaced)]);
+    let stats = cache.stats();
+    assert_eq!(
+        (stats.refreshes, stats.loads, stats.hits, stats.misses),
+        (1, 2, 1, 1)
+    );
+    // Cached with the store's options.
+    cache.invalidate_tag("shelf");
+    assert_eq!(cache.peek(&1), None);
+    // A key not cached is loaded and cached; not counted as a refresh.
+    assert_eq!(cache.refresh(1), Ok(Some(11)));
+    assert_eq!(cache.peek(&1), Some(11));
+    assert_eq!(cache.stats().refreshes, 1);
+    // Gone from the store: taken out of the cache.
+    heard.lock().unwrap().clear();
+    shelf.set(1, None);
+    assert_eq!(cache.refresh(1), Ok(None));
+    assert_eq!(cache.peek(&1), None);
+    assert_eq!(*heard.lock().unwrap(), [(1, 11, RemovalCause::Explicit)]);
+    assert_eq!(cache.refresh(2), Ok(None), "nothing to take out");
+}
+
+#[test]
+fn a_failed_panicking_or_cancelled_store_refresh_keeps_the_value() {
+    let cache = Cache::builder()
+        .max_capacity(100)
+        .write_through(Shelf::default())
+        .build()
+        .unwrap();
+    let shelf = cache.store();
+    cache.put(1, 10).unwrap();
+    shelf.set(1, Some(11));
+    shelf.state.store(1, Ordering::SeqCst);
+    assert_eq!(*cache.refresh(1).unwrap_err(), "down");
+    assert_eq!(cache.peek(&1), Some(10));
+    shelf.state.store(2, Ordering::SeqCst);
+    assert!(catch_unwind(AssertUnwindSafe(|| cache.refresh(1))).is_err());
+    assert_eq!(cache.peek(&1), Some(10));
+    shelf.state.store(0, Ordering::SeqCst);
+    shelf.held.store(true, Ordering::SeqCst);
+    {
+        let mut cancelled = Box::pin(cache.refresh_async(1));
+        assert!(poll_once(cancelled.as_mut()).is_pending());
+    }
+    assert_eq!(cache.peek(&1), Some(10));
+    assert_eq!(
+        shelf.loads.load(Ordering::SeqCst),
+        2,
+        "the cancelled load never read"
+    );
+    // No load was left open.
+    shelf.held.store(false, Ordering::SeqCst);
+    assert_eq!(common::block_on(cache.refresh_async(1)), Ok(Some(11)));
+    assert_eq!(cache.peek(&1), Some(11));
+}
+
+#[test]
+fn a_write_during_a_store_refresh_wins() {
+    let cache = Cache::builder()
+        .max_capacity(100)
+        .write_back(
+            Shelf::default(),
+            larder::WriteBack::default().max_delay(Duration::MAX),
+        )
+        .build()
+        .unwrap();
+    let shelf = cache.store();
+    shelf.set(1, Some(10));
+    assert_eq!(cache.get(&1), Ok(Some(10)));
+    let writer = cache.clone();
+    *shelf.during.lock().unwrap() = Some(Box::new(move || writer.put(1, 100).unwrap()));
+    // The refresh read 10 before the write: it returns it, and does not
+    // cache it over the write.
+    assert_eq!(cache.refresh(1), Ok(Some(10)));
+    assert_eq!(cache.peek(&1), Some(100));
+    // Now the queued write answers, without the store.
+    let loads = shelf.loads.load(Ordering::SeqCst);
+    assert_eq!(cache.refresh(1), Ok(Some(100)));
+    cache.delete(&1).unwrap();
+    assert_eq!(cache.refresh(1), Ok(None), "the queued delete");
+    assert_eq!(
+        shelf.loads.load(Ordering::SeqCst),
+        loads,
+        "the store not read"
+    );
+    assert_eq!(cache.peek(&1), None);
 }

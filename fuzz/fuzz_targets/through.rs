@@ -10,7 +10,9 @@
 //! may have a time-to-live of its own, 1–8 ms, for the copies given none,
 //! and a time-to-idle of 1–4 ms: a copy then expires that long after it was
 //! written or last read by a `get` that found it (never past its
-//! time-to-live; `peek` reads nothing).
+//! time-to-live; `peek` reads nothing). A `refresh` reads the store once
+//! whatever is cached: the copy becomes what `get` of a miss would cache
+//! (none for `None`), and stays as it was if the store fails or panics.
 //!
 //! After every step the model knows each key's cached copy exactly, except
 //! that a step which cached something may have evicted other keys' copies:
@@ -97,6 +99,8 @@ enum Step {
     /// the default, one `load` per key missed, stopping at the first
     /// failure).
     GetAll(Vec<u8>),
+    /// `refresh` of the key: the store read again, whatever is cached.
+    Refresh(u8),
     Put(u8, u16),
     /// `put_with`: a time-to-live of `ttl % 8` ms if given (zero: refused),
     /// and the tag `"t"` with `true`.
@@ -112,8 +116,8 @@ enum Step {
     Advance(u8),
     /// A `get` during whose load another thread does `Race` on the key.
     Racing(u8, Race),
-    /// Makes the next step, if a call (`Get`, `GetAll`, `Racing`, `Put`,
-    /// `PutWith`, `Delete`), its async twin, with the store's calls pending for
+    /// Makes the next step, if a call (`Get`, `GetAll`, `Refresh`,
+    /// `Racing`, `Put`, `PutWith`, `Delete`), its async twin, with the store's calls pending for
     /// `delay % 4` polls, and its future dropped after `cancel % 6` polls if
     /// given and it has not ended by then.
     Async {
@@ -342,6 +346,8 @@ trait Through: Clone + Send + Sync + 'static {
     fn put(&self, k: u8, v: u16, options: Option<EntryOptions>) -> Written;
     fn delete(&self, k: u8) -> Written;
     fn get_async(&self, k: u8) -> Boxed<'_, Loaded>;
+    fn refresh(&self, k: u8) -> Loaded;
+    fn refresh_async(&self, k: u8) -> Boxed<'_, Loaded>;
     fn get_all_async(&self, keys: &[u8]) -> Boxed<'_, Result<Vec<Option<u16>>, Arc<&'static str>>>;
     fn put_async(&self, k: u8, v: u16, options: Option<EntryOptions>) -> Boxed<'_, Written>;
     fn delete_async(&self, k: u8) -> Boxed<'_, Written>;
@@ -374,6 +380,12 @@ macro_rules! through {
                 Box::pin(async move {
                     Cache::<u8, u16, DefaultHashBuilder, $policy>::get_async(self, &k).await
                 })
+            }
+            fn refresh(&self, k: u8) -> Loaded {
+                Cache::<u8, u16, DefaultHashBuilder, $policy>::refresh(self, k)
+            }
+            fn refresh_async(&self, k: u8) -> Boxed<'_, Loaded> {
+                Box::pin(Cache::<u8, u16, DefaultHashBuilder, $policy>::refresh_async(self, k))
             }
             fn get_all_async(
                 &self,
@@ -678,6 +690,7 @@ fn one_step<C: Through>(
             let keys: Vec<u8> = keys.iter().take(4).map(|k| k % KEYS).collect();
             get_all(cache, db, model, &keys, mode, &mut after);
         }
+        Step::Refresh(k) => refresh(cache, db, model, k % KEYS, mode, &mut after),
         Step::Put(k, v) => write(
             cache,
             db,
@@ -1016,6 +1029,57 @@ fn get_all<C: Through>(
     }
     for &k in &missed {
         after.exact.insert(k, None);
+    }
+}
+
+/// A `refresh` of `k`: a load whatever is cached. What the store gives
+/// replaces the copy (`None` takes it out); a failure or a panic leaves it.
+fn refresh<C: Through>(
+    cache: &C,
+    db: &Shared,
+    model: &mut Model,
+    k: u8,
+    mode: Option<Async>,
+    after: &mut After,
+) {
+    let state = db.state();
+    let stored = db.value(k);
+    let loads = db.loads();
+    let cancelled = Async::cancels(mode, mode.map_or(1, |m| m.delay + 1));
+    let got = call(db, mode, || cache.refresh(k), || cache.refresh_async(k));
+    assert_eq!(
+        got.is_none(),
+        cancelled,
+        "refresh of {k}: dropped, {mode:?}"
+    );
+    let Some(got) = got else {
+        // Dropped before its load read the store: nothing changed.
+        assert_eq!(db.loads(), loads, "refresh of {k}: a dropped call loaded");
+        return;
+    };
+    assert_eq!(
+        db.loads(),
+        loads + 1,
+        "refresh of {k}: one load, cached or not"
+    );
+    match state {
+        FAILING => assert_eq!(got, Ok(Err(Arc::new("failing"))), "refresh of {k}"),
+        PANIC_BEFORE | PANIC_AFTER => {
+            assert!(got.is_err(), "refresh of {k}: the load's panic is lost");
+        }
+        _ => {
+            assert_eq!(got, Ok(Ok(stored)), "refresh of {k}: the store's value");
+            let loaded = stored.and_then(|v| {
+                model.written(
+                    v,
+                    db.0.time_loads.then_some(u64::from(v % 4)),
+                    db.0.tag_loads,
+                )
+            });
+            after.set(k, loaded);
+            // The copy, if any, is the store's again.
+            model.behind[usize::from(k)] = false;
+        }
     }
 }
 

@@ -68,10 +68,10 @@ where
         K: Clone,
     {
         let loaded = self.refresh_with(key, Mode::Value, |k| {
-            Ok::<_, std::convert::Infallible>(load(k))
+            Ok::<_, std::convert::Infallible>(Some((load(k), EntryOptions::default())))
         });
         match loaded {
-            Ok(v) => v,
+            Ok(v) => v.expect("a value loads as a value"),
             Err(e) => match *e {},
         }
     }
@@ -102,7 +102,10 @@ where
         K: Clone,
         E: Send + Sync + 'static,
     {
-        self.refresh_with(key, Mode::Fallible, load)
+        let loaded = self.refresh_with(key, Mode::Fallible, |k| {
+            load(k).map(|v| Some((v, EntryOptions::default())))
+        });
+        loaded.map(|v| v.expect("a value loads as a value"))
     }
 
     /// [`refresh`](Self::refresh) for async code: `load` is awaited, and
@@ -128,11 +131,11 @@ where
     {
         let loaded = self
             .refresh_with_async(key, Mode::Value, async {
-                Ok::<_, std::convert::Infallible>(load.await)
+                Ok::<_, std::convert::Infallible>(Some((load.await, EntryOptions::default())))
             })
             .await;
         match loaded {
-            Ok(v) => v,
+            Ok(v) => v.expect("a value loads as a value"),
             Err(e) => match *e {},
         }
     }
@@ -166,17 +169,29 @@ where
         K: Clone,
         E: Send + Sync + 'static,
     {
-        self.refresh_with_async(key, Mode::Fallible, load).await
+        let load = async { load.await.map(|v| Some((v, EntryOptions::default()))) };
+        let loaded = self.refresh_with_async(key, Mode::Fallible, load).await;
+        loaded.map(|v| v.expect("a value loads as a value"))
     }
+}
 
+impl<K, V, S, W> Cache<K, V, S, W>
+where
+    K: Hash + Eq + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+    S: BuildHasher,
+{
     /// The refreshes' body: the key's loads in flight go stale, then this
-    /// caller leads a load of its own (or takes one begun since).
-    fn refresh_with<E: Send + Sync + 'static>(
+    /// caller leads a load of its own (or takes one begun since). `load`
+    /// gives a value with its options, or nothing (the key's entry is then
+    /// taken out), or an error (the entry stays); `mode` says which of
+    /// these a load begun since may end in for this caller to take it.
+    pub(crate) fn refresh_with<E: Send + Sync + 'static>(
         &self,
         key: K,
         mode: Mode,
-        load: impl FnOnce(&K) -> Result<V, E>,
-    ) -> Result<V, Arc<E>>
+        load: impl FnOnce(&K) -> Result<Option<(V, EntryOptions)>, E>,
+    ) -> Result<Option<V>, Arc<E>>
     where
         K: Clone,
     {
@@ -189,7 +204,7 @@ where
             let leader = match flights.join(hash, &key, true, joined) {
                 Role::Leader(leader) => leader,
                 Role::Waiter(flight) => match accept::<V, E>(flight.wait(), mode) {
-                    Some(result) => return result.map(|v| v.expect("a value or an error")),
+                    Some(result) => return result,
                     None => continue,
                 },
             };
@@ -212,12 +227,12 @@ where
     }
 
     /// [`refresh_with`](Self::refresh_with) without blocking the thread.
-    async fn refresh_with_async<E: Send + Sync + 'static>(
+    pub(crate) async fn refresh_with_async<E: Send + Sync + 'static>(
         &self,
         key: K,
         mode: Mode,
-        load: impl Future<Output = Result<V, E>>,
-    ) -> Result<V, Arc<E>>
+        load: impl Future<Output = Result<Option<(V, EntryOptions)>, E>>,
+    ) -> Result<Option<V>, Arc<E>>
     where
         K: Clone,
     {
@@ -230,7 +245,7 @@ where
             let leader = match flights.join(hash, &key, false, joined) {
                 Role::Leader(leader) => leader,
                 Role::Waiter(flight) => match accept::<V, E>(flight.wait_async().await, mode) {
-                    Some(result) => return result.map(|v| v.expect("a value or an error")),
+                    Some(result) => return result,
                     None => continue,
                 },
             };
@@ -280,27 +295,19 @@ where
         })
     }
 
-    /// A refresh's result: a value lands as a load's does; an error leaves
-    /// the entry (its write time given back) and is returned.
+    /// A refresh's result: a value lands as a load's does, and nothing
+    /// takes the entry out (unless written meanwhile); an error leaves the
+    /// entry (its write time given back) and is returned.
     fn land_refresh<E: Send + Sync + 'static>(
         &self,
         key: K,
         leader: Leader<'_, K, V>,
         epoch: u64,
-        result: Result<V, E>,
+        result: Result<Option<(V, EntryOptions)>, E>,
         refresh: Option<Refresh<V>>,
-    ) -> Result<V, Arc<E>> {
+    ) -> Result<Option<V>, Arc<E>> {
         match result {
-            Ok(v) => {
-                let landed = self.land::<E>(
-                    key,
-                    leader,
-                    epoch,
-                    Ok(Some((v, EntryOptions::default()))),
-                    refresh,
-                );
-                Ok(landed.ok().flatten().expect("a value lands as a value"))
-            }
+            Ok(loaded) => self.land::<E>(key, leader, epoch, Ok(loaded), refresh),
             Err(e) => {
                 self.inner.loads.failures.fetch_add(1, Ordering::Relaxed);
                 let e = Arc::new(e);

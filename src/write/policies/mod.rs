@@ -86,6 +86,62 @@ where
         .await
     }
 
+    /// A refresh of `key` through `fetch` (see [`Cache::refresh`]): a value
+    /// found replaces the cached one, with the `options` it gives it, and
+    /// nothing found takes the cached one out, unless the key was written
+    /// meanwhile; an error leaves the cached one.
+    fn refresh_through<E: Send + Sync + 'static>(
+        &self,
+        key: K,
+        fetch: impl FnOnce(&K) -> Result<Option<V>, E>,
+        options: impl FnOnce(&K, &V) -> EntryOptions,
+    ) -> Loaded<V, E> {
+        self.refresh_with(key, Mode::Store, |k| {
+            Ok(fetch(k)?.map(|v| {
+                let options = options(k, &v);
+                (v, options)
+            }))
+        })
+    }
+
+    /// [`refresh_through`](Self::refresh_through) with a fetch of a future
+    /// (built for its own copy of the key), awaited without blocking.
+    async fn refresh_through_async<E: Send + Sync + 'static>(
+        &self,
+        key: K,
+        fetch: impl std::future::Future<Output = Result<Option<V>, E>>,
+        options: impl FnOnce(&K, &V) -> EntryOptions,
+    ) -> Loaded<V, E> {
+        let copy = key.clone();
+        let load = async move {
+            Ok(fetch.await?.map(|v| {
+                let options = options(&copy, &v);
+                (v, options)
+            }))
+        };
+        self.refresh_with_async(key, Mode::Store, load).await
+    }
+
+    /// [`refresh_through`](Self::refresh_through) from `store` itself.
+    fn refresh_from<St: super::Store<K, V>>(&self, store: &St, key: K) -> Loaded<V, St::Error> {
+        self.refresh_through(key, |k| store.load(k), |k, v| store.load_options(k, v))
+    }
+
+    /// [`refresh_through_async`](Self::refresh_through_async) from `store`
+    /// itself.
+    async fn refresh_from_async<St: super::AsyncStore<K, V>>(
+        &self,
+        store: &St,
+        key: K,
+    ) -> Loaded<V, St::Error> {
+        let fetch = {
+            let key = key.clone();
+            async move { store.load(&key).await }
+        };
+        self.refresh_through_async(key, fetch, |k, v| store.load_options(k, v))
+            .await
+    }
+
     /// The miss path of [`read_through`](Self::read_through), for a caller
     /// that looked the key up already (a lookup counts in the statistics).
     fn load_through<E: Send + Sync + 'static>(

@@ -118,6 +118,74 @@ where
         )
     }
 
+    /// Reads `key` from the store again now, for when it changed there
+    /// (behind the cache's back): a value found replaces the cached one
+    /// (cached with the store's `load_options`; the listener hears
+    /// `Replaced`), and `None` takes the cached one out (heard as
+    /// `Explicit`). [`Cache::refresh`] for a read-through cache.
+    ///
+    /// - Other callers of the key keep getting the cached value while the
+    ///   store is read (a hit, as ever). A key not cached is loaded as `get`
+    ///   loads it, callers missing it meanwhile sharing this load.
+    /// - The value returned was read after this call began: a load of the
+    ///   key already in flight is not joined but goes stale (its callers get
+    ///   its value, the cache does not keep it), and this call reads the
+    ///   store once it has ended.
+    /// - As for any load, nothing is cached or taken out if the key was
+    ///   written, deleted or invalidated meanwhile; the call still returns
+    ///   what it read.
+    /// - It counts as a load in [`stats`](Cache::stats) (and in its
+    ///   `refreshes` if the key was cached), not as a hit or a miss.
+    ///
+    /// # Errors
+    ///
+    /// The store's error, shared with the callers that waited on this
+    /// load. The cached value, if any, stays.
+    ///
+    /// # Panics
+    ///
+    /// If the store's `load` panics, in this caller; the cached value stays.
+    ///
+    /// ```
+    /// # use std::collections::HashMap;
+    /// # use std::sync::{Arc, Mutex};
+    /// # use larder::{Op, Store};
+    /// # #[derive(Clone, Default)]
+    /// # struct Db(Arc<Mutex<HashMap<u32, u32>>>);
+    /// # impl Db {
+    /// #     fn get(&self, k: u32) -> Option<u32> { self.0.lock().unwrap().get(&k).copied() }
+    /// #     fn set(&self, k: u32, v: u32) { self.0.lock().unwrap().insert(k, v); }
+    /// #     fn remove(&self, k: u32) { self.0.lock().unwrap().remove(&k); }
+    /// # }
+    /// # impl Store<u32, u32> for Db {
+    /// #     type Error = &'static str;
+    /// #     fn load(&self, k: &u32) -> Result<Option<u32>, Self::Error> { Ok(self.get(*k)) }
+    /// #     fn write(&self, op: &Op<u32, u32>) -> Result<(), Self::Error> {
+    /// #         match op {
+    /// #             Op::Put(k, v) => self.set(*k, *v),
+    /// #             Op::Delete(k) => self.remove(*k),
+    /// #         }
+    /// #         Ok(())
+    /// #     }
+    /// # }
+    /// use larder::Cache;
+    ///
+    /// let db = Db::default();
+    /// db.set(1, 10);
+    /// let cache = Cache::builder().max_capacity(100).read_through(db).build().unwrap();
+    /// assert_eq!(cache.get(&1), Ok(Some(10)));
+    /// cache.store().set(1, 11); // behind the cache's back
+    /// assert_eq!(cache.get(&1), Ok(Some(10)), "still cached");
+    /// assert_eq!(cache.refresh(1), Ok(Some(11)));
+    /// assert_eq!(cache.get(&1), Ok(Some(11)));
+    /// cache.store().remove(1);
+    /// assert_eq!(cache.refresh(1), Ok(None));
+    /// assert_eq!(cache.peek(&1), None, "taken out");
+    /// ```
+    pub fn refresh(&self, key: K) -> Result<Option<V>, Arc<St::Error>> {
+        self.refresh_from(&*self.policy().store, key)
+    }
+
     /// Caches `value` under `key`; the store is the caller's to write.
     ///
     /// An entry heavier than one shard's share of the capacity (see
@@ -460,6 +528,57 @@ where
         let fetch = |keys: Vec<K>| async move { store.load_all(&keys).await };
         self.read_through_all_async(keys, fetch, |k, v| store.load_options(k, v))
             .await
+    }
+
+    /// `refresh` for an [`AsyncStore`]: reads `key` from the store again
+    /// now, awaited, and caches what it found (`None` takes the cached
+    /// value out). Dropping the returned future while it loads (a cancelled
+    /// task) leaves the cached value in place. As `refresh` on a read-through
+    /// cache over a [`Store`] for the rest.
+    ///
+    /// # Errors
+    ///
+    /// The store's error, shared with the callers that waited on this
+    /// load. The cached value, if any, stays.
+    ///
+    /// ```
+    /// # use std::collections::HashMap;
+    /// # use std::sync::Mutex;
+    /// # use larder::{AsyncStore, Op};
+    /// # #[derive(Default)]
+    /// # struct Remote(Mutex<HashMap<u32, u32>>);
+    /// # impl Remote {
+    /// #     fn get(&self, k: u32) -> Option<u32> { self.0.lock().unwrap().get(&k).copied() }
+    /// #     fn set(&self, k: u32, v: u32) { self.0.lock().unwrap().insert(k, v); }
+    /// # }
+    /// # impl AsyncStore<u32, u32> for Remote {
+    /// #     type Error = &'static str;
+    /// #     async fn load(&self, k: &u32) -> Result<Option<u32>, Self::Error> { Ok(self.get(*k)) }
+    /// #     async fn write_batch(&self, ops: &[Op<u32, u32>]) -> Result<(), Self::Error> {
+    /// #         for op in ops {
+    /// #             match op {
+    /// #                 Op::Put(k, v) => self.set(*k, *v),
+    /// #                 Op::Delete(k) => { self.0.lock().unwrap().remove(k); }
+    /// #             }
+    /// #         }
+    /// #         Ok(())
+    /// #     }
+    /// # }
+    /// use larder::Cache;
+    ///
+    /// # let runtime = tokio::runtime::Runtime::new().unwrap();
+    /// # runtime.block_on(async {
+    /// let remote = Remote::default();
+    /// remote.set(1, 10);
+    /// let cache = Cache::builder().max_capacity(100).read_through(remote).build().unwrap();
+    /// assert_eq!(cache.get_async(&1).await, Ok(Some(10)));
+    /// cache.store().set(1, 11); // behind the cache's back
+    /// assert_eq!(cache.refresh_async(1).await, Ok(Some(11)));
+    /// assert_eq!(cache.peek(&1), Some(11));
+    /// # });
+    /// ```
+    pub async fn refresh_async(&self, key: K) -> Result<Option<V>, Arc<St::Error>> {
+        self.refresh_from_async(&*self.policy().store, key).await
     }
 
     /// `put` for an [`AsyncStore`]: caches `value`; the store is the
