@@ -865,3 +865,47 @@ fn an_async_write_back_get_all_reads_the_queue_before_the_store() {
     assert_eq!(*cache.store().store().0.lock().unwrap(), [1, 4]);
     assert_eq!(cache.peek(&2), Some(20));
 }
+
+#[test]
+fn a_write_back_get_all_never_caches_a_store_row_over_a_queued_delete() {
+    /// Answers every bulk read with all its rows, asked or not (a page).
+    #[derive(Default)]
+    struct Page(Mutex<std::collections::HashMap<u32, u64>>);
+    impl larder::Store<u32, u64> for Page {
+        type Error = std::convert::Infallible;
+        fn load(&self, k: &u32) -> Result<Option<u64>, Self::Error> {
+            Ok(self.0.lock().unwrap().get(k).copied())
+        }
+        fn load_all(&self, _: &[u32]) -> Result<Vec<(u32, u64)>, Self::Error> {
+            Ok(self
+                .0
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|(k, v)| (*k, *v))
+                .collect())
+        }
+        fn write(&self, op: &larder::Op<u32, u64>) -> Result<(), Self::Error> {
+            let mut rows = self.0.lock().unwrap();
+            match op {
+                larder::Op::Put(k, v) => rows.insert(*k, *v),
+                larder::Op::Delete(k) => rows.remove(k),
+            };
+            Ok(())
+        }
+    }
+    let page = Page::default();
+    page.0.lock().unwrap().extend([(1, 10), (2, 20), (3, 30)]);
+    let cache = Cache::builder()
+        .max_capacity(100)
+        .write_back(page, larder::WriteBack::default().max_delay(Duration::MAX))
+        .build()
+        .unwrap();
+    cache.delete(&2).unwrap();
+    cache.put(3, 33).unwrap();
+    cache.invalidate_all();
+    assert_eq!(cache.get_all([1, 2, 3]), Ok(vec![Some(10), None, Some(33)]));
+    assert_eq!((cache.peek(&2), cache.peek(&3)), (None, Some(33)));
+    cache.flush().unwrap();
+    assert_eq!(cache.get(&2), Ok(None));
+}

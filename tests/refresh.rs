@@ -765,3 +765,28 @@ fn a_write_during_a_store_refresh_wins() {
     );
     assert_eq!(cache.peek(&1), None);
 }
+
+/// A load waiting for an older one to end, when a refresh arrives, may yet
+/// end with a value cached before the refresh (a write's): the refresh
+/// does not join it, but loads after it.
+#[test]
+fn refresh_does_not_take_a_pending_load_that_finds_an_older_write() {
+    let (cache, _) = plain();
+    let cache = Arc::new(cache);
+    let (loading, release) = common::loading_until_released(&cache, 1, 1_000);
+    // A tag invalidation: the running load may carry an invalidated tag,
+    // so the next caller does not join it but waits for it to end.
+    cache.invalidate_tag("elsewhere");
+    let mut pending = Box::pin(cache.get_or_load_async(1, async { 99 }));
+    assert!(poll_once(pending.as_mut()).is_pending());
+    cache.insert(1, 2);
+    let mut refresh = Box::pin(cache.refresh_async(1, async { 3 }));
+    assert!(poll_once(refresh.as_mut()).is_pending());
+    release.send(()).unwrap();
+    assert_eq!(loading.join().unwrap(), 1_000);
+    // The pending load finds the write's value and takes it...
+    assert_eq!(common::block_on(pending), 2);
+    // ...but the refresh, begun after that write, loads.
+    assert_eq!(common::block_on(refresh), 3);
+    assert_eq!(cache.get(&1), Some(3));
+}

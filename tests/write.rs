@@ -777,6 +777,164 @@ fn concurrent_write_through_puts_leave_cache_and_store_agreeing() {
     }
 }
 
+/// A listener's record of what it heard.
+type Heard = Arc<Mutex<Vec<(u64, u64, larder::RemovalCause)>>>;
+
+#[test]
+fn a_write_through_batch_is_one_store_call_of_each_keys_last_write() {
+    let db = Db::new();
+    let heard = Heard::default();
+    let sink = heard.clone();
+    let cache = Cache::builder()
+        .max_capacity(100)
+        .eviction_listener(move |k, v, cause| sink.lock().unwrap().push((k, v, cause)))
+        .write_through(Shared(db.clone()))
+        .build()
+        .unwrap();
+    cache.put(3, 30).unwrap();
+    cache.put(4, 40).unwrap();
+    let calls = db.write_calls.load(Ordering::SeqCst);
+    cache
+        .write_all([
+            Op::Put(1, 10),
+            Op::Delete(3),
+            Op::Put(2, 20),
+            Op::Put(1, 11),
+            Op::Put(4, 41),
+            Op::Delete(4),
+        ])
+        .unwrap();
+    assert_eq!(db.write_calls.load(Ordering::SeqCst), calls + 1, "one call");
+    assert_eq!(
+        db.log()[2..],
+        [Op::Delete(3), Op::Put(2, 20), Op::Put(1, 11), Op::Delete(4)],
+        "each key's last write, in their order"
+    );
+    for key in 1..=4 {
+        assert_eq!(cache.peek(&key), db.value(key), "key {key}");
+    }
+    assert_eq!(
+        *heard.lock().unwrap(),
+        [
+            (3, 30, larder::RemovalCause::Explicit),
+            (4, 40, larder::RemovalCause::Explicit)
+        ]
+    );
+    // Puts alone; an empty batch calls nothing.
+    cache.put_all((10..20).map(|k| (k, k * 10))).unwrap();
+    cache.put_all([]).unwrap();
+    assert_eq!(db.write_calls.load(Ordering::SeqCst), calls + 2);
+    assert_eq!(cache.get(&15), Ok(Some(150)));
+    assert_eq!(db.value(19), Some(190));
+}
+
+#[test]
+fn a_failed_or_panicking_write_through_batch_drops_its_keys_from_the_cache() {
+    let db = Db::new();
+    let cache = Cache::builder()
+        .max_capacity(100)
+        .write_through(Shared(db.clone()))
+        .build()
+        .unwrap();
+    cache.put_all([(1, 10), (2, 20), (3, 30)]).unwrap();
+    db.faults.lock().unwrap().fail = 100;
+    assert_eq!(
+        cache.write_all([Op::Put(1, 11), Op::Delete(2)]),
+        Err(WriteError::Store("injected failure".into()))
+    );
+    // The store may have taken part of a batch: its keys are dropped, the
+    // others stay.
+    assert_eq!(
+        (cache.peek(&1), cache.peek(&2), cache.peek(&3)),
+        (None, None, Some(30))
+    );
+    *db.faults.lock().unwrap() = Faults {
+        panic: 100,
+        ..Faults::default()
+    };
+    assert!(catch_unwind(AssertUnwindSafe(|| cache.put_all([(3, 31), (4, 40)]))).is_err());
+    assert_eq!((cache.peek(&3), cache.peek(&4)), (None, None));
+    *db.faults.lock().unwrap() = Faults::default();
+    // Reads load what the store holds; the stripes were released.
+    assert_eq!(cache.get(&1), Ok(Some(10)));
+    assert_eq!(cache.get(&3), Ok(Some(30)));
+    cache.put_all([(1, 12), (3, 32)]).unwrap();
+    assert_eq!((cache.peek(&1), cache.peek(&3)), (Some(12), Some(32)));
+}
+
+/// Batches over overlapping keys, given in opposite orders, and single puts
+/// of the same keys, all at once: none waits for another in a cycle, and
+/// each key ends as the store holds it.
+#[test]
+fn concurrent_write_through_batches_never_deadlock_and_leave_cache_and_store_agreeing() {
+    let db = Db::with_faults(Faults {
+        slow: 30,
+        ..Faults::default()
+    });
+    let cache = Arc::new(
+        Cache::builder()
+            .max_capacity(1_000)
+            .write_through(Shared(db.clone()))
+            .build()
+            .unwrap(),
+    );
+    let (done, finished) = std::sync::mpsc::channel();
+    let writers: Vec<_> = (0..4u64)
+        .map(|t| {
+            let (cache, done) = (cache.clone(), done.clone());
+            std::thread::spawn(move || {
+                for i in 0..200u64 {
+                    let value = t * 1_000_000 + i;
+                    let mut batch: Vec<(u64, u64)> = (0..8).map(|k| (k, value)).collect();
+                    if t % 2 == 1 {
+                        batch.reverse();
+                    }
+                    match t {
+                        3 => cache.put(i % 8, value).unwrap(),
+                        _ => cache.put_all(batch).unwrap(),
+                    }
+                }
+                done.send(()).unwrap();
+            })
+        })
+        .collect();
+    for _ in 0..4 {
+        // A wait in a cycle would never end: fail instead of hanging.
+        finished
+            .recv_timeout(Duration::from_secs(120))
+            .expect("every writer ends");
+    }
+    writers.into_iter().for_each(|w| w.join().unwrap());
+    for key in 0..8 {
+        assert_eq!(cache.peek(&key), db.value(key), "key {key}");
+        assert!(cache.peek(&key).is_some());
+    }
+}
+
+/// While a batch waits in the store, readers see the values before it.
+#[test]
+fn readers_never_see_a_write_through_batch_the_store_has_not_taken() {
+    let db = Db::new();
+    let cache = Cache::builder()
+        .max_capacity(100)
+        .write_through(Shared(db.clone()))
+        .build()
+        .unwrap();
+    cache.put_all([(1, 10), (2, 20)]).unwrap();
+    db.arrived.store(0, Ordering::SeqCst);
+    db.close_gate();
+    std::thread::scope(|s| {
+        let writer = s.spawn(|| cache.write_all([Op::Put(1, 11), Op::Delete(2)]));
+        wait_until("the batch reaches the store", || {
+            db.arrived.load(Ordering::SeqCst) == 1
+        });
+        assert_eq!((cache.peek(&1), cache.get(&2)), (Some(10), Ok(Some(20))));
+        db.open_gate();
+        assert!(writer.join().unwrap().is_ok());
+    });
+    assert_eq!((cache.peek(&1), cache.peek(&2)), (Some(11), None));
+}
+
 // ------------------------------------------------------------------ write-back
 
 type WriteBackCache =
@@ -2238,11 +2396,8 @@ impl Store<u64, u64> for Echo {
     }
 }
 
-/// A store writing its own key to the cache from within that key's write
-/// used to wait for the key's lock, which its own thread held, for good.
-/// It panics with a message instead, and the cache stays usable.
-#[test]
-fn a_store_writing_its_own_key_to_the_cache_panics_instead_of_hanging() {
+/// A write-through cache over an [`Echo`] of itself.
+fn echo_cache() -> EchoCache {
     let store = Echo::default();
     let cache: EchoCache = Cache::builder()
         .max_capacity(100)
@@ -2250,11 +2405,15 @@ fn a_store_writing_its_own_key_to_the_cache_panics_instead_of_hanging() {
         .build()
         .unwrap();
     assert!(store.cache.set(cache.clone()).is_ok());
+    cache
+}
+
+/// Runs `call` on a thread of its own (a regression hangs that thread, not
+/// the test) and returns the message it panicked with.
+fn panic_message(call: impl FnOnce() + Send + 'static) -> String {
     let (tx, rx) = std::sync::mpsc::channel();
-    let writer = cache.clone();
     std::thread::spawn(move || {
-        let put = catch_unwind(AssertUnwindSafe(|| writer.put(1, 1)));
-        let message = put.err().map(|panic| {
+        let message = catch_unwind(AssertUnwindSafe(call)).err().map(|panic| {
             panic
                 .downcast_ref::<String>()
                 .cloned()
@@ -2263,14 +2422,39 @@ fn a_store_writing_its_own_key_to_the_cache_panics_instead_of_hanging() {
         });
         let _ = tx.send(message);
     });
-    let message = rx
-        .recv_timeout(Duration::from_secs(10))
-        .expect("the put returned")
-        .expect("the put panicked");
+    rx.recv_timeout(Duration::from_secs(10))
+        .expect("the call returned")
+        .expect("the call panicked")
+}
+
+/// A store writing its own key to the cache from within that key's write
+/// used to wait for the key's lock, which its own thread held, for good.
+/// It panics with a message instead, and the cache stays usable.
+#[test]
+fn a_store_writing_its_own_key_to_the_cache_panics_instead_of_hanging() {
+    let cache = echo_cache();
+    let writer = cache.clone();
+    let message = panic_message(move || drop(writer.put(1, 1)));
     assert!(message.contains("would wait for itself"), "{message}");
     assert_eq!(cache.peek(&1), None, "no copy of an uncertain write");
     assert!(cache.put(1, 500).is_ok(), "the key's lock was released");
     assert_eq!(cache.get(&1), Ok(Some(500)));
+}
+
+/// A batch whose store writes one of the batch's keys to the cache panics
+/// instead of waiting for the stripe its own thread holds.
+#[test]
+fn a_store_writing_a_key_of_its_batch_to_the_cache_panics_instead_of_hanging() {
+    let cache = echo_cache();
+    let writer = cache.clone();
+    let message = panic_message(move || drop(writer.put_all([(7, 700), (8, 8)])));
+    assert!(message.contains("would wait for itself"), "{message}");
+    assert_eq!((cache.peek(&7), cache.peek(&8)), (None, None));
+    assert!(
+        cache.put_all([(7, 500), (8, 600)]).is_ok(),
+        "the stripes were released"
+    );
+    assert_eq!(cache.get(&8), Ok(Some(600)));
 }
 
 #[test]

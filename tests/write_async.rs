@@ -238,6 +238,50 @@ async fn a_cancelled_async_put_drops_the_cached_copy() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_write_through_batches_take_one_call_and_a_cancelled_one_drops_its_keys() {
+    let remote = Remote::default();
+    let cache = Cache::builder()
+        .max_capacity(100)
+        .write_through(remote.clone())
+        .build()
+        .unwrap();
+    cache
+        .put_all_async([(1, 10), (2, 20), (3, 30)])
+        .await
+        .unwrap();
+    assert_eq!(remote.0.write_calls.load(Ordering::SeqCst), 1);
+    cache
+        .write_all_async([Op::Delete(3), Op::Put(1, 11), Op::Put(1, 12)])
+        .await
+        .unwrap();
+    assert_eq!(remote.0.write_calls.load(Ordering::SeqCst), 2);
+    assert_eq!((remote.0.value(1), remote.0.value(3)), (Some(12), None));
+    assert_eq!((cache.peek(&1), cache.peek(&3)), (Some(12), None));
+    // A failure drops the batch's keys: the store may have part of it.
+    remote.0.fail.store(true, Ordering::SeqCst);
+    let failed = cache.put_all_async([(1, 13), (2, 23)]).await;
+    assert_eq!(failed, Err(WriteError::Store("remote down".into())));
+    assert_eq!((cache.peek(&1), cache.peek(&2)), (None, None));
+    remote.0.fail.store(false, Ordering::SeqCst);
+    assert_eq!(cache.get_async(&2).await, Ok(Some(20)), "the store decides");
+    // Cancelled during its store call: the same.
+    remote.0.hold_next_ms.store(3_600_000, Ordering::SeqCst);
+    let cancelled = tokio::time::timeout(
+        Duration::from_millis(20),
+        cache.put_all_async([(2, 24), (4, 40)]),
+    )
+    .await;
+    assert!(cancelled.is_err(), "the batch was cancelled mid-call");
+    assert_eq!(cache.peek(&2), None, "the cache no longer claims 20");
+    cache.put_all_async([(2, 25), (4, 45)]).await.unwrap();
+    assert_eq!(
+        (cache.peek(&2), cache.peek(&4)),
+        (Some(25), Some(45)),
+        "the stripes were released"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancelled_async_put_tells_the_listener_after_releasing_the_key() {
     let remote = Remote::default();
     // The listener checks that the key's stripe is free: a lock-free look,
@@ -895,12 +939,8 @@ impl AsyncStore<u64, u64> for AsyncEcho {
     }
 }
 
-/// An async store writing its own key (or another of its lock stripe) to
-/// the cache from within that key's write used to leave the write pending
-/// for good: the stripe was held by the very call that waited for it. It
-/// panics with a message instead, and the cache stays usable.
-#[test]
-fn an_async_store_writing_its_own_key_to_the_cache_panics_instead_of_hanging() {
+/// A write-through cache over an [`AsyncEcho`] of itself.
+fn async_echo_cache() -> AsyncEchoCache {
     let store = AsyncEcho::default();
     let cache: AsyncEchoCache = Cache::builder()
         .max_capacity(100)
@@ -913,17 +953,25 @@ fn an_async_store_writing_its_own_key_to_the_cache_panics_instead_of_hanging() {
         Box::pin(async move { cache.put_async(k, v).await.is_ok() })
     });
     assert!(store.put.set(put).is_ok());
+    cache
+}
+
+/// Runs `call` to its end on a single-threaded runtime of a thread of its
+/// own (a regression hangs that thread, not the test) and returns the
+/// message it panicked with.
+fn panic_message<F>(call: F) -> String
+where
+    F: std::future::Future + Send + 'static,
+{
     let (tx, rx) = std::sync::mpsc::channel();
-    let writer = cache.clone();
-    // On a thread of its own: a regression hangs that thread, not the test.
     std::thread::spawn(move || {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap();
-        let put = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            runtime.block_on(writer.put_async(1, 1))
+        let ended = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            runtime.block_on(call);
         }));
-        let message = put.err().map(|panic| {
+        let message = ended.err().map(|panic| {
             panic
                 .downcast_ref::<String>()
                 .cloned()
@@ -932,10 +980,20 @@ fn an_async_store_writing_its_own_key_to_the_cache_panics_instead_of_hanging() {
         });
         let _ = tx.send(message);
     });
-    let message = rx
-        .recv_timeout(Duration::from_secs(20))
-        .unwrap_or_else(|_| panic!("the put hung"))
-        .unwrap_or_else(|| panic!("the put did not panic"));
+    rx.recv_timeout(Duration::from_secs(20))
+        .unwrap_or_else(|_| panic!("the call hung"))
+        .unwrap_or_else(|| panic!("the call did not panic"))
+}
+
+/// An async store writing its own key (or another of its lock stripe) to
+/// the cache from within that key's write used to leave the write pending
+/// for good: the stripe was held by the very call that waited for it. It
+/// panics with a message instead, and the cache stays usable.
+#[test]
+fn an_async_store_writing_its_own_key_to_the_cache_panics_instead_of_hanging() {
+    let cache = async_echo_cache();
+    let writer = cache.clone();
+    let message = panic_message(async move { writer.put_async(1, 1).await });
     assert!(message.contains("would wait for itself"), "{message}");
     assert_eq!(cache.peek(&1), None, "no copy of an uncertain write");
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -946,6 +1004,24 @@ fn an_async_store_writing_its_own_key_to_the_cache_panics_instead_of_hanging() {
         "the key's stripe was released"
     );
     assert_eq!(cache.peek(&1), Some(500));
+}
+
+/// The same for a batch: its store writing a key of the batch (in the
+/// stripe of whichever key it writes) panics instead of hanging.
+#[test]
+fn an_async_store_writing_a_key_of_its_batch_to_the_cache_panics_instead_of_hanging() {
+    let cache = async_echo_cache();
+    let writer = cache.clone();
+    let message = panic_message(async move { writer.put_all_async([(7, 700), (8, 8)]).await });
+    assert!(message.contains("would wait for itself"), "{message}");
+    assert_eq!((cache.peek(&7), cache.peek(&8)), (None, None));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    assert!(runtime
+        .block_on(cache.put_all_async([(7, 500), (8, 600)]))
+        .is_ok());
+    assert_eq!(cache.peek(&8), Some(600));
 }
 
 type NestingCache = Cache<u64, u64, larder::DefaultHashBuilder, larder::WriteThrough<Nesting>>;

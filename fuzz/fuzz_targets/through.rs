@@ -38,6 +38,10 @@
 //! since the key was last written through it or left the cache, every `get`
 //! returns exactly the store's value and any cached copy equals it.
 //! Read-through: `put` and `delete` never call the store, whatever its state.
+//! Write-through `write_all` sends each key's last write in one store call
+//! (the default `write_batch`, stopping at the first failure or panic) and
+//! lands them as `put` and `delete` do; failed, panicked or dropped during
+//! the store call, it leaves the batch's keys uncached.
 //!
 //! A racing `get` misses, and its `load`, having read the store, waits for
 //! another thread to put or delete the key through the cache (under
@@ -106,6 +110,9 @@ enum Step {
     /// and the tag `"t"` with `true`.
     PutWith(u8, u16, Option<u8>, bool),
     Delete(u8),
+    /// `write_all` of the first four writes at most (`None`: a delete):
+    /// write-through only, a step that does nothing under read-through.
+    WriteAll(Vec<(u8, Option<u16>)>),
     InvalidateTag,
     /// The store's state, `% 4`: working, failing, panicking before it
     /// applies a write, panicking after.
@@ -117,7 +124,7 @@ enum Step {
     /// A `get` during whose load another thread does `Race` on the key.
     Racing(u8, Race),
     /// Makes the next step, if a call (`Get`, `GetAll`, `Refresh`,
-    /// `Racing`, `Put`, `PutWith`, `Delete`), its async twin, with the store's calls pending for
+    /// `Racing`, `Put`, `PutWith`, `Delete`, `WriteAll`), its async twin, with the store's calls pending for
     /// `delay % 4` polls, and its future dropped after `cancel % 6` polls if
     /// given and it has not ended by then.
     Async {
@@ -353,10 +360,17 @@ trait Through: Clone + Send + Sync + 'static {
     fn delete_async(&self, k: u8) -> Boxed<'_, Written>;
     fn peek(&self, k: u8) -> Option<u16>;
     fn invalidate(&self);
+    /// `write_all`, write-through only.
+    fn write_all(&self, _ops: Vec<Op<u8, u16>>) -> Written {
+        unreachable!("write-through only")
+    }
+    fn write_all_async(&self, _ops: Vec<Op<u8, u16>>) -> Boxed<'_, Written> {
+        unreachable!("write-through only")
+    }
 }
 
 macro_rules! through {
-    ($policy:ty, $write_through:expr) => {
+    ($policy:ty, $write_through:expr, { $($batch:tt)* }) => {
         impl Through for Cache<u8, u16, DefaultHashBuilder, $policy> {
             const WRITE_THROUGH: bool = $write_through;
             fn get(&self, k: u8) -> Loaded {
@@ -424,12 +438,22 @@ macro_rules! through {
             fn invalidate(&self) {
                 self.invalidate_tag("t");
             }
+            $($batch)*
         }
     };
 }
 
-through!(ReadThrough<Shared>, false);
-through!(WriteThrough<Shared>, true);
+through!(ReadThrough<Shared>, false, {});
+through!(WriteThrough<Shared>, true, {
+    fn write_all(&self, ops: Vec<Op<u8, u16>>) -> Written {
+        Cache::<u8, u16, DefaultHashBuilder, WriteThrough<Shared>>::write_all(self, ops)
+    }
+    fn write_all_async(&self, ops: Vec<Op<u8, u16>>) -> Boxed<'_, Written> {
+        Box::pin(
+            Cache::<u8, u16, DefaultHashBuilder, WriteThrough<Shared>>::write_all_async(self, ops),
+        )
+    }
+});
 
 /// A cached copy as the model knows it.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -520,6 +544,9 @@ struct After {
     /// heard (as `Size`, or as `Expired` for one that also had a zero
     /// time-to-live).
     refused: Vec<(u8, u16)>,
+    /// Keys set exactly that a later write of the same step may evict (a
+    /// batch's): then gone, and heard as evicted.
+    evictable: Vec<u8>,
 }
 
 impl After {
@@ -722,6 +749,19 @@ fn one_step<C: Through>(
             );
         }
         Step::Delete(k) => write(cache, db, model, k % KEYS, None, mode, &mut after),
+        Step::WriteAll(ref ops) => {
+            if C::WRITE_THROUGH {
+                let ops: Vec<Op<u8, u16>> = ops
+                    .iter()
+                    .take(4)
+                    .map(|&(k, w)| match w {
+                        Some(v) => Op::Put(k % KEYS, v),
+                        None => Op::Delete(k % KEYS),
+                    })
+                    .collect();
+                write_all(cache, db, model, ops, mode, &mut after);
+            }
+        }
         Step::InvalidateTag => {
             cache.invalidate();
             for (&k, copy) in &model.copies {
@@ -1083,6 +1123,131 @@ fn refresh<C: Through>(
     }
 }
 
+/// A write-through `write_all` of `ops`: each key's last write, in one
+/// store call (the store's default `write_batch`: a write per op, stopping
+/// at the first that fails or panics). Taken, the writes land as `put` and
+/// `delete` land them; failed, panicked or dropped during the store call,
+/// the batch's keys lose their copies (the store may have some of it).
+fn write_all<C: Through>(
+    cache: &C,
+    db: &Shared,
+    model: &mut Model,
+    ops: Vec<Op<u8, u16>>,
+    mode: Option<Async>,
+    after: &mut After,
+) {
+    let state = db.state();
+    let before = db.snapshot();
+    let writes = db.writes();
+    let mut batch: Vec<Op<u8, u16>> = Vec::new();
+    for op in ops.iter().rev() {
+        if !batch.iter().any(|b| b.key() == op.key()) {
+            batch.insert(0, op.clone());
+        }
+    }
+    // The stripes are free: taken on the first poll, with the store call
+    // started; it does its work on its last. An empty batch calls nothing.
+    let polls = match mode {
+        Some(m) if !batch.is_empty() => m.delay + 1,
+        _ => 1,
+    };
+    let cancelled = Async::cancels(mode, polls);
+    let async_ops = ops.clone();
+    let got = call(
+        db,
+        mode,
+        || cache.write_all(ops),
+        || cache.write_all_async(async_ops),
+    );
+    assert_eq!(
+        got.is_none(),
+        cancelled,
+        "write_all {batch:?}: dropped, {mode:?}"
+    );
+    let Some(got) = got else {
+        assert_eq!(
+            db.writes(),
+            writes,
+            "write_all {batch:?}: a dropped call wrote"
+        );
+        assert_eq!(
+            db.snapshot(),
+            before,
+            "write_all {batch:?}: a dropped call changed the store"
+        );
+        if Async::polled(mode) {
+            for op in &batch {
+                after.exact.insert(*op.key(), None);
+                model.behind[usize::from(*op.key())] = false;
+            }
+        }
+        return;
+    };
+    let sent = match state {
+        _ if batch.is_empty() => 0,
+        WORKING => batch.len(),
+        _ => 1,
+    };
+    assert_eq!(
+        db.writes(),
+        writes + sent,
+        "write_all {batch:?}: writes sent"
+    );
+    assert_eq!(
+        db.0.writes.lock().unwrap()[writes..],
+        batch[..sent],
+        "write_all {batch:?}: the last write of each key, in order"
+    );
+    let mut stored = before.clone();
+    let applied = match state {
+        WORKING | PANIC_AFTER => sent,
+        _ => 0,
+    };
+    for op in &batch[..applied] {
+        match op {
+            Op::Put(k, v) => stored.insert(*k, *v),
+            Op::Delete(k) => stored.remove(k),
+        };
+    }
+    assert_eq!(db.snapshot(), stored, "write_all {batch:?}: the store");
+    match state {
+        _ if batch.is_empty() => assert_eq!(got, Ok(Ok(())), "an empty write_all"),
+        WORKING => {
+            assert_eq!(got, Ok(Ok(())), "write_all {batch:?}");
+            for op in &batch {
+                let (k, value) = match *op {
+                    Op::Put(k, v) => (k, Some(v)),
+                    Op::Delete(k) => (k, None),
+                };
+                after.set(k, value.and_then(|v| model.written(v, None, false)));
+                // A later key's landing may evict this one.
+                after.evictable.push(k);
+                after
+                    .refused
+                    .extend(value.filter(|&v| model.too_heavy(v)).map(|v| (k, v)));
+            }
+        }
+        FAILING => assert_eq!(
+            got,
+            Ok(Err(WriteError::Store("failing"))),
+            "write_all {batch:?}"
+        ),
+        _ => assert!(
+            got.is_err(),
+            "write_all {batch:?}: the store's panic is lost"
+        ),
+    }
+    if state != WORKING {
+        // The store may have taken part of the batch: its keys' copies go.
+        for op in &batch {
+            after.exact.insert(*op.key(), None);
+        }
+    }
+    for op in &batch {
+        model.behind[usize::from(*op.key())] = false;
+    }
+}
+
 /// A `put` (`Some((value, options))`) or `delete` (`None`) of `k`.
 fn write<C: Through>(
     cache: &C,
@@ -1230,7 +1395,8 @@ fn check<C: Through>(cache: &C, db: &Shared, model: &mut Model, after: &After, s
             None => model.live(k),
         };
         let got = cache.peek(k);
-        let evicted = after.may_evict && set.is_none() && got.is_none();
+        let evictable = set.is_none() || after.evictable.contains(&k);
+        let evicted = after.may_evict && evictable && got.is_none();
         // A copy the step set, heavier than a unit, that lost its contest
         // for room at its own write (heard as `Size` in the step).
         let turned_away = match (set, want, got) {
@@ -1253,7 +1419,7 @@ fn check<C: Through>(cache: &C, db: &Shared, model: &mut Model, after: &After, s
             "after {step:?}: key {k} cached as {got:?}, the model's copy {want:?} (evictions {})",
             after.may_evict
         );
-        if let (Some(copy), None, None) = (want, got, set) {
+        if let (Some(copy), None, true, false) = (want, got, evictable, turned_away) {
             evictions.push((k, copy.value));
         }
         // A live copy of a key the step wrote, deleted or invalidated.
@@ -1315,6 +1481,9 @@ fn check_heard(
                     || take(&mut evictions, k, v)
                     || take(&mut model.expired, k, v)
                     || (touched && model.too_heavy(v))
+                    // A batch key's old copy, evicted by an earlier key's
+                    // landing before its own write replaced it.
+                    || (after.evictable.contains(&k) && take(&mut removals, k, v))
             }
             RemovalCause::Expired if take(&mut refused, k, v) => true,
             _ => take(&mut removals, k, v) || take(&mut model.expired, k, v) || touched,

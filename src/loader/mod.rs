@@ -466,12 +466,34 @@ impl<K: Eq + Clone, V: Clone> Flights<K, V> {
     /// so such a flight is left to its waiters and a new one takes its place,
     /// keeping it (and the older flights it kept, those still loading).
     pub(crate) fn join(&self, hash: u64, key: &K, sync: bool, epoch: u64) -> Role<'_, K, V> {
-        let mut table = self.table.lock();
+        let table = self.table.lock();
         if let Some(found) = table.find(hash, |f| f.key == *key) {
             if found.joinable(epoch) {
                 return Role::Waiter(found.clone());
             }
         }
+        Role::Leader(self.replace(table, hash, key, sync))
+    }
+
+    /// Starts a flight for `key` and leads it, joining none: a flight in
+    /// the table, running or pending, is replaced and kept as older (with
+    /// the older flights it kept, those still loading), so that this one
+    /// loads once they have ended. For an explicit refresh, which must load
+    /// after it began: a pending flight's leader may yet take a value cached
+    /// before then instead of loading.
+    pub(crate) fn lead(&self, hash: u64, key: &K, sync: bool) -> Leader<'_, K, V> {
+        self.replace(self.table.lock(), hash, key, sync)
+    }
+
+    /// [`join`](Self::join)'s leader: a new flight in the table, in place of
+    /// the key's flight there, if any.
+    fn replace(
+        &self,
+        mut table: crate::sync::MutexGuard<'_, HashTable<Arc<Flight<K, V>>>>,
+        hash: u64,
+        key: &K,
+        sync: bool,
+    ) -> Leader<'_, K, V> {
         // Before the table changes: a `Clone` that panics leaves it as it was.
         let key = key.clone();
         let mut older = Vec::new();
@@ -503,12 +525,12 @@ impl<K: Eq + Clone, V: Clone> Flights<K, V> {
             older,
         });
         table.insert_unique(hash, flight.clone(), |f| f.hash);
-        Role::Leader(Leader {
+        Leader {
             flights: self,
             flight,
             finished: false,
             left: false,
-        })
+        }
     }
 }
 

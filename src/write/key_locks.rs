@@ -83,29 +83,36 @@ impl KeyGuard<'_> {
 
     /// Runs `f`, a poll of an async store call's future with the waker at
     /// address `waker` (taken from the poll's `Context`), with this thread
-    /// marked as serving the stripe of `mark` for that waker: a write of the
-    /// same stripe that the store awaits from within the poll panics with a
+    /// marked as serving the stripes of `marks` for that waker: a write of
+    /// one of them that the store awaits from within the poll panics with a
     /// message instead of staying pending for good (see
     /// [`KeyLocks::lock_async`]).
-    pub(crate) fn serving<R>(mark: StripeMark, waker: usize, f: impl FnOnce() -> R) -> R {
-        /// Takes the mark off again, however `f` ends.
-        struct Unmark(bool);
+    pub(crate) fn serving<R>(marks: &[StripeMark], waker: usize, f: impl FnOnce() -> R) -> R {
+        /// Takes the marks off again, however `f` ends.
+        struct Unmark(usize);
         impl Drop for Unmark {
             fn drop(&mut self) {
-                if self.0 {
-                    let _ = SERVING.try_with(|s| s.borrow_mut().pop());
+                if self.0 > 0 {
+                    let _ = SERVING.try_with(|s| {
+                        let mut s = s.borrow_mut();
+                        let kept = s.len().saturating_sub(self.0);
+                        s.truncate(kept);
+                    });
                 }
             }
         }
         // A thread whose locals are gone (a poll from a thread-local's
         // `Drop`) goes unmarked.
         let marked = SERVING
-            .try_with(|s| s.borrow_mut().push((mark.0, waker)))
-            .is_ok();
+            .try_with(|s| s.borrow_mut().extend(marks.iter().map(|m| (m.0, waker))))
+            .map_or(0, |()| marks.len());
         let _unmark = Unmark(marked);
         f()
     }
 }
+
+/// The stripes a batch write holds (one for a single key's write).
+pub(crate) type Guards<'a> = smallvec::SmallVec<[KeyGuard<'a>; 1]>;
 
 /// The stripe a [`KeyGuard`] holds, by address.
 #[derive(Clone, Copy)]
@@ -229,7 +236,12 @@ impl KeyLocks {
 
     /// The stripe of a key's hash (its low bits; shards use bits 32 and up).
     fn stripe(&self, hash: u64) -> &Stripe {
-        &self.stripes[(hash as usize) & (STRIPES - 1)]
+        &self.stripes[Self::index(hash)]
+    }
+
+    /// The index of [`stripe`](Self::stripe).
+    fn index(hash: u64) -> usize {
+        (hash as usize) & (STRIPES - 1)
     }
 
     /// Takes a key's stripe, blocking.
@@ -242,7 +254,34 @@ impl KeyLocks {
     /// forever. (A cache over an [`AsyncStore`](crate::AsyncStore) takes
     /// its stripes with [`lock_async`](Self::lock_async) only.)
     pub(crate) fn lock(&self, hash: u64) -> KeyGuard<'_> {
-        let stripe = self.stripe(hash);
+        Self::lock_stripe(self.stripe(hash))
+    }
+
+    /// Takes the stripes of many keys (by their hashes), blocking: each
+    /// stripe once, in the stripes' order, so that two callers taking
+    /// overlapping sets never wait for each other in a cycle (and a caller
+    /// taking one stripe holds none while it waits).
+    ///
+    /// # Panics
+    ///
+    /// As [`lock`](Self::lock), for any of them; those taken are released.
+    pub(crate) fn lock_all(&self, hashes: &[u64]) -> Guards<'_> {
+        self.stripes_of(hashes)
+            .into_iter()
+            .map(|i| Self::lock_stripe(&self.stripes[i]))
+            .collect()
+    }
+
+    /// The stripes of `hashes`, each once, in order.
+    fn stripes_of(&self, hashes: &[u64]) -> Vec<usize> {
+        let mut stripes: Vec<usize> = hashes.iter().map(|&h| Self::index(h)).collect();
+        stripes.sort_unstable();
+        stripes.dedup();
+        stripes
+    }
+
+    /// [`lock`](Self::lock)'s body.
+    fn lock_stripe(stripe: &Stripe) -> KeyGuard<'_> {
         let me = this_thread();
         let mut state = stripe.state.lock();
         // Loom runs its threads on one thread of the OS, so thread-locals
@@ -267,7 +306,25 @@ impl KeyLocks {
     /// When polled, for a task, inside that task's async store call holding
     /// the stripe (see [`lock`](Self::lock)).
     pub(crate) async fn lock_async(&self, hash: u64) -> KeyGuard<'_> {
-        let stripe = self.stripe(hash);
+        Self::lock_stripe_async(self.stripe(hash)).await
+    }
+
+    /// [`lock_all`](Self::lock_all), awaiting: the stripes in order, one at
+    /// a time. Dropping the future while it waits releases those taken.
+    ///
+    /// # Panics
+    ///
+    /// As [`lock_async`](Self::lock_async), for any of them.
+    pub(crate) async fn lock_all_async(&self, hashes: &[u64]) -> Guards<'_> {
+        let mut guards = Guards::new();
+        for i in self.stripes_of(hashes) {
+            guards.push(Self::lock_stripe_async(&self.stripes[i]).await);
+        }
+        guards
+    }
+
+    /// [`lock_async`](Self::lock_async)'s body.
+    async fn lock_stripe_async(stripe: &Stripe) -> KeyGuard<'_> {
         let waiter = Waiter::new();
         let _forget = Forget(|| {
             if waiter.filed() {

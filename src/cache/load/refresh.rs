@@ -10,10 +10,10 @@ use std::future::Future;
 use std::hash::{BuildHasher, Hash};
 use std::sync::Arc;
 
-use super::{accept, LoadTimer, Mode, Refresh};
+use super::{LoadTimer, Refresh};
 use crate::cache::Cache;
 use crate::expiry::EntryOptions;
-use crate::loader::{Leader, Outcome, Role};
+use crate::loader::{Leader, Outcome};
 use crate::sync::{OnDrop, Ordering};
 use crate::write::CacheAside;
 
@@ -32,12 +32,11 @@ where
     ///   write would (the listener hears `Replaced`). A key not cached is
     ///   loaded as [`get_or_load`](Self::get_or_load) loads it, callers
     ///   missing it meanwhile sharing this load.
-    /// - The value returned was loaded after this call began: a load of the
-    ///   key already in flight is not joined but goes stale (its callers
-    ///   get its value, the cache does not keep it), and this call waits
-    ///   for it to end before it loads (one loader of a key runs at a time).
-    ///   A load begun after this call, by a caller arriving meanwhile, may
-    ///   be taken instead of running `load`.
+    /// - The value returned was loaded by `load`, after this call began: a
+    ///   load of the key already in flight, or waiting to start, is not
+    ///   joined but goes stale (its callers get its value, the cache does
+    ///   not keep it), and this call waits for it to end before it loads
+    ///   (one loader of a key runs at a time).
     /// - As for any load, the value is not cached if the key was written,
     ///   removed or invalidated (by tag too, for the entry's old tags)
     ///   while `load` ran; the call still returns it.
@@ -67,7 +66,7 @@ where
     where
         K: Clone,
     {
-        let loaded = self.refresh_with(key, Mode::Value, |k| {
+        let loaded = self.refresh_with(key, |k| {
             Ok::<_, std::convert::Infallible>(Some((load(k), EntryOptions::default())))
         });
         match loaded {
@@ -82,8 +81,7 @@ where
     /// # Errors
     ///
     /// The loader's error, shared with the callers that waited on this
-    /// load (a key not cached), or the error of a load begun after this
-    /// call that it took (of the same type).
+    /// load.
     ///
     /// # Panics
     ///
@@ -102,9 +100,8 @@ where
         K: Clone,
         E: Send + Sync + 'static,
     {
-        let loaded = self.refresh_with(key, Mode::Fallible, |k| {
-            load(k).map(|v| Some((v, EntryOptions::default())))
-        });
+        let loaded =
+            self.refresh_with(key, |k| load(k).map(|v| Some((v, EntryOptions::default()))));
         loaded.map(|v| v.expect("a value loads as a value"))
     }
 
@@ -130,7 +127,7 @@ where
         K: Clone,
     {
         let loaded = self
-            .refresh_with_async(key, Mode::Value, async {
+            .refresh_with_async(key, async {
                 Ok::<_, std::convert::Infallible>(Some((load.await, EntryOptions::default())))
             })
             .await;
@@ -170,7 +167,7 @@ where
         E: Send + Sync + 'static,
     {
         let load = async { load.await.map(|v| Some((v, EntryOptions::default()))) };
-        let loaded = self.refresh_with_async(key, Mode::Fallible, load).await;
+        let loaded = self.refresh_with_async(key, load).await;
         loaded.map(|v| v.expect("a value loads as a value"))
     }
 }
@@ -181,15 +178,15 @@ where
     V: Clone + Send + Sync + 'static,
     S: BuildHasher,
 {
-    /// The refreshes' body: the key's loads in flight go stale, then this
-    /// caller leads a load of its own (or takes one begun since). `load`
-    /// gives a value with its options, or nothing (the key's entry is then
-    /// taken out), or an error (the entry stays); `mode` says which of
-    /// these a load begun since may end in for this caller to take it.
+    /// The refreshes' body: the key's loads in flight go stale, and this
+    /// caller leads a load of its own once they have ended, joining none
+    /// (a pending flight's leader may yet take a value cached before this
+    /// call instead of loading). `load` gives a value with its options, or
+    /// nothing (the key's entry is then taken out), or an error (the entry
+    /// stays).
     pub(crate) fn refresh_with<E: Send + Sync + 'static>(
         &self,
         key: K,
-        mode: Mode,
         load: impl FnOnce(&K) -> Result<Option<(V, EntryOptions)>, E>,
     ) -> Result<Option<V>, Arc<E>>
     where
@@ -198,39 +195,25 @@ where
         let hash = self.hash(&key);
         let flights = &self.shard(hash).flights;
         flights.invalidate(hash, &key);
-        let mut load = Some(load);
-        loop {
-            let joined = self.inner.tag_epoch.load(Ordering::SeqCst);
-            let leader = match flights.join(hash, &key, true, joined) {
-                Role::Leader(leader) => leader,
-                Role::Waiter(flight) => match accept::<V, E>(flight.wait(), mode) {
-                    Some(result) => return result,
-                    None => continue,
-                },
-            };
-            // Waits for the loads made stale above.
-            let epoch = leader.start(|| self.inner.tag_epoch.load(Ordering::SeqCst));
-            let refresh = self.find_refreshed(hash, &key);
-            let Some(load) = load.take() else {
-                unreachable!("a caller leads at most one flight to the end")
-            };
-            let timer = LoadTimer::start(&self.inner.loads);
-            // A panic here abandons the flight, books the load as failed,
-            // and gives the entry its write time back.
-            let mut unstamp = OnDrop(refresh.as_ref().map(|r| || self.unstamp(r)));
-            let result = timer.run(|| load(&key));
-            timer.stop();
-            unstamp.0 = None;
-            drop(unstamp);
-            return self.land_refresh(key, leader, epoch, result, refresh);
-        }
+        let leader = flights.lead(hash, &key, true);
+        // Waits for the loads made stale above.
+        let epoch = leader.start(|| self.inner.tag_epoch.load(Ordering::SeqCst));
+        let refresh = self.find_refreshed(hash, &key);
+        let timer = LoadTimer::start(&self.inner.loads);
+        // A panic here abandons the flight, books the load as failed, and
+        // gives the entry its write time back.
+        let mut unstamp = OnDrop(refresh.as_ref().map(|r| || self.unstamp(r)));
+        let result = timer.run(|| load(&key));
+        timer.stop();
+        unstamp.0 = None;
+        drop(unstamp);
+        self.land_refresh(key, leader, epoch, result, refresh)
     }
 
     /// [`refresh_with`](Self::refresh_with) without blocking the thread.
     pub(crate) async fn refresh_with_async<E: Send + Sync + 'static>(
         &self,
         key: K,
-        mode: Mode,
         load: impl Future<Output = Result<Option<(V, EntryOptions)>, E>>,
     ) -> Result<Option<V>, Arc<E>>
     where
@@ -239,36 +222,23 @@ where
         let hash = self.hash(&key);
         let flights = &self.shard(hash).flights;
         flights.invalidate(hash, &key);
-        let mut load = Some(load);
-        loop {
-            let joined = self.inner.tag_epoch.load(Ordering::SeqCst);
-            let leader = match flights.join(hash, &key, false, joined) {
-                Role::Leader(leader) => leader,
-                Role::Waiter(flight) => match accept::<V, E>(flight.wait_async().await, mode) {
-                    Some(result) => return result,
-                    None => continue,
-                },
-            };
-            let epoch = leader
-                .start_async(|| self.inner.tag_epoch.load(Ordering::SeqCst))
-                .await;
-            let refresh = self.find_refreshed(hash, &key);
-            let Some(load) = load.take() else {
-                unreachable!("a caller leads at most one flight to the end")
-            };
-            let timer = LoadTimer::start(&self.inner.loads);
-            let mut unstamp = OnDrop(refresh.as_ref().map(|r| || self.unstamp(r)));
-            let timer_ref = &timer;
-            let polled = async move {
-                let mut load = std::pin::pin!(load);
-                std::future::poll_fn(|cx| timer_ref.run(|| load.as_mut().poll(cx))).await
-            };
-            let result = crate::loader::lead(&[leader.flight()], polled).await;
-            timer.stop();
-            unstamp.0 = None;
-            drop(unstamp);
-            return self.land_refresh(key, leader, epoch, result, refresh);
-        }
+        let leader = flights.lead(hash, &key, false);
+        let epoch = leader
+            .start_async(|| self.inner.tag_epoch.load(Ordering::SeqCst))
+            .await;
+        let refresh = self.find_refreshed(hash, &key);
+        let timer = LoadTimer::start(&self.inner.loads);
+        let mut unstamp = OnDrop(refresh.as_ref().map(|r| || self.unstamp(r)));
+        let timer_ref = &timer;
+        let polled = async move {
+            let mut load = std::pin::pin!(load);
+            std::future::poll_fn(|cx| timer_ref.run(|| load.as_mut().poll(cx))).await
+        };
+        let result = crate::loader::lead(&[leader.flight()], polled).await;
+        timer.stop();
+        unstamp.0 = None;
+        drop(unstamp);
+        self.land_refresh(key, leader, epoch, result, refresh)
     }
 
     /// The entry a refresh replaces, if the key is cached: its value and

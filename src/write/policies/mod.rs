@@ -10,6 +10,7 @@ use std::hash::{BuildHasher, Hash};
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
+use super::Op;
 use crate::cache::Mode;
 use crate::store::Removed;
 use crate::{Cache, EntryOptions, RemovalCause};
@@ -96,7 +97,7 @@ where
         fetch: impl FnOnce(&K) -> Result<Option<V>, E>,
         options: impl FnOnce(&K, &V) -> EntryOptions,
     ) -> Loaded<V, E> {
-        self.refresh_with(key, Mode::Store, |k| {
+        self.refresh_with(key, |k| {
             Ok(fetch(k)?.map(|v| {
                 let options = options(k, &v);
                 (v, options)
@@ -119,7 +120,7 @@ where
                 (v, options)
             }))
         };
-        self.refresh_with_async(key, Mode::Store, load).await
+        self.refresh_with_async(key, load).await
     }
 
     /// [`refresh_through`](Self::refresh_through) from `store` itself.
@@ -214,16 +215,130 @@ where
     fn drop_stale_copy<G>(
         &self,
         key: &K,
-        mut removed: Removed<K, V>,
+        removed: Removed<K, V>,
         guard: G,
         panic: Box<dyn std::any::Any + Send>,
     ) -> ! {
-        if let Some(stale) = self.take_stale(key) {
-            removed.push(stale);
-        }
+        self.drop_stale_copies(std::iter::once(key), removed, guard, panic)
+    }
+
+    /// [`drop_stale_copy`](Self::drop_stale_copy) for many keys.
+    fn drop_stale_copies<'k, G>(
+        &self,
+        keys: impl IntoIterator<Item = &'k K>,
+        mut removed: Removed<K, V>,
+        guard: G,
+        panic: Box<dyn std::any::Any + Send>,
+    ) -> !
+    where
+        K: 'k,
+    {
+        removed.extend(keys.into_iter().filter_map(|k| self.take_stale(k)));
         drop(guard);
         let _ = catch_unwind(AssertUnwindSafe(|| self.notify(removed)));
         resume_unwind(panic)
+    }
+
+    /// Lands a batch of writes the store took, in order, as
+    /// [`land_write`](Self::land_write) and [`land_delete`](Self::land_delete)
+    /// land one, holding `guard` (the keys' stripes) until all have landed;
+    /// the listener hears once it is released. Should user code panic on
+    /// the way (a key's `Clone`, `Hash` or `Eq`, the weigher), the cached
+    /// copies of the keys not landed yet are dropped before the panic goes
+    /// on: the store has their writes.
+    fn land_batch<G>(&self, ops: Vec<Op<K, V>>, guard: G) {
+        let removed = Removed::new();
+        // Copies of the keys, to find the stale copies by should a write
+        // panic (one clone per key, as `land_write` makes).
+        let keys = match catch_unwind(AssertUnwindSafe(|| {
+            ops.iter().map(|op| op.key().clone()).collect::<Vec<K>>()
+        })) {
+            Ok(keys) => keys,
+            Err(panic) => self.drop_stale_copies(ops.iter().map(Op::key), removed, guard, panic),
+        };
+        let mut removed = removed;
+        for (i, op) in ops.into_iter().enumerate() {
+            let landed = catch_unwind(AssertUnwindSafe(|| match op {
+                Op::Put(key, value) => {
+                    if let Err(rejected) =
+                        self.write_deferred(key, value, None, &[], None, &mut removed)
+                    {
+                        removed.push((rejected.key, rejected.value, RemovalCause::Size));
+                    }
+                }
+                Op::Delete(key) => removed.extend(self.take(&key)),
+            }));
+            if let Err(panic) = landed {
+                self.drop_stale_copies(&keys[i..], removed, guard, panic);
+            }
+        }
+        // The copies after the stripes: a key's `Drop` may call into the
+        // cache.
+        drop(guard);
+        drop(keys);
+        self.notify(removed);
+    }
+
+    /// Ends a batch's write once its store call returned `written`: taken,
+    /// the writes land ([`land_batch`](Self::land_batch)); failed, the
+    /// keys' copies are dropped ([`drop_batch`](Self::drop_batch)) and the
+    /// store's error returned.
+    fn settle_batch<G, E>(
+        &self,
+        ops: Vec<Op<K, V>>,
+        guard: G,
+        written: Result<(), E>,
+    ) -> Result<(), super::WriteError<E>> {
+        match written {
+            Ok(()) => {
+                self.land_batch(ops, guard);
+                Ok(())
+            }
+            Err(e) => {
+                self.drop_batch(&ops, guard);
+                Err(super::WriteError::Store(e))
+            }
+        }
+    }
+
+    /// After a batch's store call failed: the store may have taken part of
+    /// it, so its keys' cached copies are dropped (the listener hears them
+    /// once `guard`, the keys' stripes, is released).
+    fn drop_batch<G>(&self, ops: &[Op<K, V>], guard: G) {
+        let stale: Removed<K, V> = ops
+            .iter()
+            .filter_map(|op| self.take_stale(op.key()))
+            .collect();
+        drop(guard);
+        self.notify(stale);
+    }
+
+    /// `ops` with each key's last write alone, in the order of those, with
+    /// their keys' hashes: a store's `write_batch` takes at most one write
+    /// per key. A key's `Hash` or `Eq` that panics panics here, before
+    /// anything is locked or written.
+    fn last_per_key(&self, ops: Vec<Op<K, V>>) -> (Vec<Op<K, V>>, Vec<u64>) {
+        let hashes: Vec<u64> = ops.iter().map(|op| self.hash(op.key())).collect();
+        if ops.len() < 2 {
+            return (ops, hashes);
+        }
+        let mut seen = hashbrown::HashTable::<usize>::with_capacity(ops.len());
+        let mut last = vec![false; ops.len()];
+        for i in (0..ops.len()).rev() {
+            let key = ops[i].key();
+            if seen.find(hashes[i], |&j| ops[j].key() == key).is_none() {
+                seen.insert_unique(hashes[i], i, |&j| hashes[j]);
+                last[i] = true;
+            }
+        }
+        if last.iter().all(|&l| l) {
+            return (ops, hashes);
+        }
+        ops.into_iter()
+            .zip(hashes)
+            .zip(last)
+            .filter_map(|(pair, last)| last.then_some(pair))
+            .unzip()
     }
 
     /// An async read-through miss, for a caller that looked the key up

@@ -168,9 +168,13 @@ where
     ) -> Result<Vec<Option<V>>, Arc<St::Error>> {
         let policy = self.policy();
         let fetch = |keys: &[K]| {
-            let (mut found, unqueued) = split_queued(policy, keys);
+            let Queued {
+                mut found,
+                unqueued,
+                deleted,
+            } = split_queued(policy, keys);
             if !unqueued.is_empty() {
-                found.extend(policy.store().load_all(&unqueued)?);
+                found.extend(deleted.keep(policy.store().load_all(&unqueued)?));
             }
             Ok(found)
         };
@@ -1198,10 +1202,14 @@ where
     ) -> Result<Vec<Option<V>>, Arc<St::Error>> {
         let policy = self.policy();
         let fetch = |keys: Vec<K>| {
-            let (mut found, unqueued) = split_queued(policy, &keys);
+            let Queued {
+                mut found,
+                unqueued,
+                deleted,
+            } = split_queued(policy, &keys);
             async move {
                 if !unqueued.is_empty() {
-                    found.extend(policy.store().store().load_all(&unqueued).await?);
+                    found.extend(deleted.keep(policy.store().store().load_all(&unqueued).await?));
                 }
                 Ok(found)
             }
@@ -1280,24 +1288,51 @@ where
     }
 }
 
-/// Splits the keys a bulk read missed into the ones the write-back queue
-/// answers, each with its latest acknowledged write (a put as its value, a
-/// delete as no answer: the key reads as `None`), and the ones only the
-/// store can answer.
-fn split_queued<K, V, St>(policy: &WriteBehind<K, V, St>, keys: &[K]) -> (Vec<(K, V)>, Vec<K>)
+/// The keys a bulk read missed, split by what the write-back queue holds.
+struct Queued<K, V> {
+    /// The keys with a queued put, each with its value.
+    found: Vec<(K, V)>,
+    /// The keys the queue holds nothing for: the store's to answer.
+    unqueued: Vec<K>,
+    /// The keys with a queued delete: they read as `None`.
+    deleted: Deleted<K>,
+}
+
+/// The keys of a bulk read with a queued delete.
+struct Deleted<K>(Vec<K>);
+
+impl<K: Hash + Eq> Deleted<K> {
+    /// The store's answers, but for these keys: a store may answer keys it
+    /// was not asked for (a page of rows), and an answer for a key deleted
+    /// since would be cached over the delete.
+    fn keep<V>(&self, mut answers: Vec<(K, V)>) -> Vec<(K, V)> {
+        if !self.0.is_empty() {
+            answers.retain(|(k, _)| !self.0.contains(k));
+        }
+        answers
+    }
+}
+
+/// Splits the keys a bulk read missed by what the write-back queue holds
+/// for each: its latest acknowledged write (a put as its value, a delete as
+/// no answer: the key reads as `None`), or nothing (the store answers).
+fn split_queued<K, V, St>(policy: &WriteBehind<K, V, St>, keys: &[K]) -> Queued<K, V>
 where
     K: Hash + Eq + Clone + Send + Sync + 'static,
     V: Clone + Send + Sync + 'static,
     St: Store<K, V>,
 {
-    let mut found = Vec::new();
-    let mut unqueued = Vec::new();
+    let mut split = Queued {
+        found: Vec::new(),
+        unqueued: Vec::new(),
+        deleted: Deleted(Vec::new()),
+    };
     for key in keys {
         match policy.lookup::<K>(key) {
-            Some(Pending::Put(v)) => found.push((key.clone(), v)),
-            Some(Pending::Delete) => {}
-            None => unqueued.push(key.clone()),
+            Some(Pending::Put(v)) => split.found.push((key.clone(), v)),
+            Some(Pending::Delete) => split.deleted.0.push(key.clone()),
+            None => split.unqueued.push(key.clone()),
         }
     }
-    (found, unqueued)
+    split
 }

@@ -6,7 +6,9 @@ use std::hash::{BuildHasher, Hash};
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
+use super::super::key_locks::{Guards, StripeMark};
 use super::super::{AsyncStore, FlushError, KeyGuard, Op, Store, WriteError, WriteThrough};
+use crate::store::Removed;
 use crate::sync::OnDrop;
 use crate::{Cache, EntryOptions};
 
@@ -370,11 +372,11 @@ where
         options: Option<&EntryOptions>,
     ) -> Result<(), WriteError<St::Error>> {
         let policy = self.policy();
-        let guard = policy.locks.lock(self.hash(&key));
-        let op = Op::Put(key, value);
-        let (written, guard) = self.store_call_sync(op.key(), guard, || policy.store.write(&op));
+        let guard = Guards::from_buf([policy.locks.lock(self.hash(&key))]);
+        let op = [Op::Put(key, value)];
+        let (written, guard) = self.store_call_sync(&op, guard, || policy.store.write(&op[0]));
         written.map_err(WriteError::Store)?;
-        let Op::Put(key, value) = op else {
+        let [Op::Put(key, value)] = op else {
             unreachable!("the op built above")
         };
         self.land_write(key, value, options, guard);
@@ -434,31 +436,155 @@ where
         Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
     {
         let policy = self.policy();
-        let guard = policy.locks.lock(self.hash(key));
-        let op = Op::Delete(key.to_owned());
-        let (written, guard) = self.store_call_sync(op.key(), guard, || policy.store.write(&op));
+        let guard = Guards::from_buf([policy.locks.lock(self.hash(key))]);
+        let op = [Op::Delete(key.to_owned())];
+        let (written, guard) = self.store_call_sync(&op, guard, || policy.store.write(&op[0]));
         written.map_err(WriteError::Store)?;
-        self.land_delete::<K, _>(op.key(), guard);
+        self.land_delete::<K, _>(op[0].key(), guard);
         Ok(())
     }
 
-    /// Runs a write-through store `call` for `key`, holding its stripe. If
-    /// the store panics it may or may not have the write: the key's cached
-    /// copy is dropped, the stripe released, the listener told (its own panic
-    /// is not raised over the store's), and the store's panic goes on.
+    /// Writes a batch of puts and deletes to the store with one
+    /// [`Store::write_batch`] call, then to the cache: [`put`](Self::put)
+    /// and [`delete`](Self::delete) of many keys for one store round trip.
+    /// A key given more than once is written once, with its last write
+    /// (a store takes at most one write per key in a batch); the batch is
+    /// the keys' last writes in their order.
+    ///
+    /// The batch holds its keys' lock stripes across the store call, as
+    /// `put` holds one, so that another write of one of its keys lands
+    /// before or after it, in the store and the cache alike. Writes of
+    /// other keys sharing those stripes wait meanwhile.
+    ///
+    /// # Errors
+    ///
+    /// [`WriteError::Store`] with the store's error. The store may have
+    /// taken part of the batch (the default `write_batch` stops at its first
+    /// failing write): the batch's keys are dropped from the cache, so that
+    /// reads load what the store holds.
+    ///
+    /// # Panics
+    ///
+    /// If the store panics: the batch's keys' cached copies are dropped
+    /// before the panic goes on. If a key's `Hash` or `Eq` panics as the
+    /// batch is read, before anything is written.
+    ///
+    /// ```
+    /// # use std::collections::HashMap;
+    /// # use std::sync::Mutex;
+    /// use larder::{Cache, Op, Store};
+    ///
+    /// #[derive(Default)]
+    /// struct Db(Mutex<(HashMap<u32, u32>, usize)>); // rows, round trips
+    /// impl Store<u32, u32> for Db {
+    ///     type Error = &'static str;
+    ///     fn load(&self, k: &u32) -> Result<Option<u32>, Self::Error> {
+    ///         Ok(self.0.lock().unwrap().0.get(k).copied())
+    ///     }
+    ///     fn write(&self, op: &Op<u32, u32>) -> Result<(), Self::Error> {
+    ///         self.write_batch(std::slice::from_ref(op))
+    ///     }
+    ///     fn write_batch(&self, ops: &[Op<u32, u32>]) -> Result<(), Self::Error> {
+    ///         let mut db = self.0.lock().unwrap();
+    ///         db.1 += 1; // one transaction
+    ///         for op in ops {
+    ///             match op {
+    ///                 Op::Put(k, v) => db.0.insert(*k, *v),
+    ///                 Op::Delete(k) => db.0.remove(k),
+    ///             };
+    ///         }
+    ///         Ok(())
+    ///     }
+    /// }
+    /// let cache = Cache::builder().max_capacity(100).write_through(Db::default()).build().unwrap();
+    /// cache.put(3, 30).unwrap();
+    /// cache.write_all([Op::Put(1, 10), Op::Put(2, 20), Op::Delete(3), Op::Put(1, 11)]).unwrap();
+    /// assert_eq!((cache.peek(&1), cache.peek(&2), cache.peek(&3)), (Some(11), Some(20), None));
+    /// let db = cache.store().0.lock().unwrap();
+    /// assert_eq!(db.0, HashMap::from([(1, 11), (2, 20)]));
+    /// assert_eq!(db.1, 2, "one round trip for the put, one for the batch");
+    /// ```
+    pub fn write_all(
+        &self,
+        ops: impl IntoIterator<Item = Op<K, V>>,
+    ) -> Result<(), WriteError<St::Error>> {
+        let (ops, hashes) = self.last_per_key(ops.into_iter().collect());
+        if ops.is_empty() {
+            return Ok(());
+        }
+        let policy = self.policy();
+        let guards = policy.locks.lock_all(&hashes);
+        let (written, guards) =
+            self.store_call_sync(&ops, guards, || policy.store.write_batch(&ops));
+        self.settle_batch(ops, guards, written)
+    }
+
+    /// [`write_all`](Self::write_all) of puts: stores many entries with one
+    /// [`Store::write_batch`] call, then caches them.
+    ///
+    /// # Errors
+    ///
+    /// As [`write_all`](Self::write_all): the store's error, the keys then
+    /// dropped from the cache.
+    ///
+    /// # Panics
+    ///
+    /// As [`write_all`](Self::write_all).
+    ///
+    /// ```
+    /// # use std::collections::HashMap;
+    /// # use std::sync::Mutex;
+    /// use larder::{Cache, Op, Store};
+    ///
+    /// #[derive(Default)]
+    /// struct Db(Mutex<(HashMap<u32, u32>, usize)>); // rows, round trips
+    /// impl Store<u32, u32> for Db {
+    ///     type Error = &'static str;
+    ///     fn load(&self, k: &u32) -> Result<Option<u32>, Self::Error> {
+    ///         Ok(self.0.lock().unwrap().0.get(k).copied())
+    ///     }
+    ///     fn write(&self, op: &Op<u32, u32>) -> Result<(), Self::Error> {
+    ///         self.write_batch(std::slice::from_ref(op))
+    ///     }
+    ///     fn write_batch(&self, ops: &[Op<u32, u32>]) -> Result<(), Self::Error> {
+    ///         let mut db = self.0.lock().unwrap();
+    ///         db.1 += 1; // one transaction
+    ///         for op in ops {
+    ///             match op {
+    ///                 Op::Put(k, v) => db.0.insert(*k, *v),
+    ///                 Op::Delete(k) => db.0.remove(k),
+    ///             };
+    ///         }
+    ///         Ok(())
+    ///     }
+    /// }
+    /// let cache = Cache::builder().max_capacity(100).write_through(Db::default()).build().unwrap();
+    /// cache.put_all((0..50).map(|id| (id, id * 2))).unwrap();
+    /// assert_eq!(cache.get(&7), Ok(Some(14)));
+    /// assert_eq!(cache.store().0.lock().unwrap().1, 1, "fifty rows, one round trip");
+    /// ```
+    pub fn put_all(
+        &self,
+        entries: impl IntoIterator<Item = (K, V)>,
+    ) -> Result<(), WriteError<St::Error>> {
+        self.write_all(entries.into_iter().map(|(k, v)| Op::Put(k, v)))
+    }
+
+    /// Runs a write-through store `call` for `ops`, holding their keys'
+    /// stripes. If the store panics it may or may not have the writes: the
+    /// keys' cached copies are dropped, the stripes released, the listener
+    /// told (its own panic is not raised over the store's), and the store's
+    /// panic goes on.
     fn store_call_sync<'a, T>(
         &'a self,
-        key: &K,
-        guard: KeyGuard<'a>,
+        ops: &[Op<K, V>],
+        guards: Guards<'a>,
         call: impl FnOnce() -> T,
-    ) -> (T, KeyGuard<'a>) {
+    ) -> (T, Guards<'a>) {
         match catch_unwind(AssertUnwindSafe(call)) {
-            Ok(out) => (out, guard),
+            Ok(out) => (out, guards),
             Err(panic) => {
-                let stale = self.take_stale(key);
-                drop(guard);
-                let _ = catch_unwind(AssertUnwindSafe(|| self.notify(stale)));
-                resume_unwind(panic)
+                self.drop_stale_copies(ops.iter().map(Op::key), Removed::new(), guards, panic)
             }
         }
     }
@@ -853,10 +979,10 @@ where
         options: Option<EntryOptions>,
     ) -> Result<(), WriteError<St::Error>> {
         let policy = self.policy();
-        let guard = policy.locks.lock_async(self.hash(&key)).await;
-        let op = [Op::Put(key.clone(), value)];
+        let guard = Guards::from_buf([policy.locks.lock_async(self.hash(&key)).await]);
+        let op = [Op::Put(key, value)];
         let (written, guard) = self
-            .store_call(&key, guard, || policy.store.write_batch(&op))
+            .store_call(&op, guard, || policy.store.write_batch(&op))
             .await;
         written.map_err(WriteError::Store)?;
         let [Op::Put(key, value)] = op else {
@@ -925,38 +1051,157 @@ where
         Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
     {
         let policy = self.policy();
-        let guard = policy.locks.lock_async(self.hash(key)).await;
+        let guard = Guards::from_buf([policy.locks.lock_async(self.hash(key)).await]);
         let op = [Op::Delete(key.to_owned())];
         let (written, guard) = self
-            .store_call(op[0].key(), guard, || policy.store.write_batch(&op))
+            .store_call(&op, guard, || policy.store.write_batch(&op))
             .await;
         written.map_err(WriteError::Store)?;
         self.land_delete::<K, _>(op[0].key(), guard);
         Ok(())
     }
 
-    /// Runs a write-through store call for `key`, holding its stripe: the
-    /// future `call` makes, its drop, and `call` itself (a store may start
-    /// the write before its future is first polled). If the task is cancelled while
-    /// the call runs, or the store panics, the store may or may not have the
-    /// write: the key's cached copy is dropped, so the next read asks the
-    /// store. The stripe is released before the listener hears of it, and a
-    /// store's panic goes on once the listener has (a listener's panic then
-    /// is not raised over it, nor from a drop).
+    /// `write_all` for an [`AsyncStore`]: a batch of puts and deletes
+    /// written to the store with one awaited `write_batch` call, then to the
+    /// cache. If the task is cancelled while the store call runs, the
+    /// batch's keys' cached copies are dropped, as with `put_async`. As
+    /// `write_all` on a cache over a [`Store`] for the rest.
+    ///
+    /// # Errors
+    ///
+    /// [`WriteError::Store`] with the store's error; the batch's keys are
+    /// then dropped from the cache (the store may have taken part of it).
+    ///
+    /// # Panics
+    ///
+    /// If the store panics: the batch's keys' cached copies are dropped
+    /// before the panic goes on.
+    ///
+    /// ```
+    /// # use std::collections::HashMap;
+    /// # use std::sync::Mutex;
+    /// use larder::{AsyncStore, Cache, Op};
+    ///
+    /// #[derive(Default)]
+    /// struct Remote(Mutex<(HashMap<u32, u32>, usize)>); // rows, round trips
+    /// impl AsyncStore<u32, u32> for Remote {
+    ///     type Error = &'static str;
+    ///     async fn load(&self, k: &u32) -> Result<Option<u32>, Self::Error> {
+    ///         Ok(self.0.lock().unwrap().0.get(k).copied())
+    ///     }
+    ///     async fn write_batch(&self, ops: &[Op<u32, u32>]) -> Result<(), Self::Error> {
+    ///         let mut remote = self.0.lock().unwrap();
+    ///         remote.1 += 1;
+    ///         for op in ops {
+    ///             match op {
+    ///                 Op::Put(k, v) => remote.0.insert(*k, *v),
+    ///                 Op::Delete(k) => remote.0.remove(k),
+    ///             };
+    ///         }
+    ///         Ok(())
+    ///     }
+    /// }
+    /// # let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    /// # runtime.block_on(async {
+    /// let cache = Cache::builder().max_capacity(100).write_through(Remote::default()).build().unwrap();
+    /// cache.write_all_async([Op::Put(1, 10), Op::Put(2, 20), Op::Delete(3)]).await.unwrap();
+    /// assert_eq!((cache.peek(&1), cache.peek(&2)), (Some(10), Some(20)));
+    /// assert_eq!(cache.store().0.lock().unwrap().1, 1);
+    /// # });
+    /// ```
+    pub async fn write_all_async(
+        &self,
+        ops: impl IntoIterator<Item = Op<K, V>>,
+    ) -> Result<(), WriteError<St::Error>> {
+        let (ops, hashes) = self.last_per_key(ops.into_iter().collect());
+        if ops.is_empty() {
+            return Ok(());
+        }
+        let policy = self.policy();
+        let guards = policy.locks.lock_all_async(&hashes).await;
+        let (written, guards) = self
+            .store_call(&ops, guards, || policy.store.write_batch(&ops))
+            .await;
+        self.settle_batch(ops, guards, written)
+    }
+
+    /// [`write_all_async`](Self::write_all_async) of puts: stores many
+    /// entries with one awaited `write_batch` call, then caches them.
+    ///
+    /// # Errors
+    ///
+    /// As [`write_all_async`](Self::write_all_async).
+    ///
+    /// # Panics
+    ///
+    /// As [`write_all_async`](Self::write_all_async).
+    ///
+    /// ```
+    /// # use std::collections::HashMap;
+    /// # use std::sync::Mutex;
+    /// use larder::{AsyncStore, Cache, Op};
+    ///
+    /// #[derive(Default)]
+    /// struct Remote(Mutex<(HashMap<u32, u32>, usize)>); // rows, round trips
+    /// impl AsyncStore<u32, u32> for Remote {
+    ///     type Error = &'static str;
+    ///     async fn load(&self, k: &u32) -> Result<Option<u32>, Self::Error> {
+    ///         Ok(self.0.lock().unwrap().0.get(k).copied())
+    ///     }
+    ///     async fn write_batch(&self, ops: &[Op<u32, u32>]) -> Result<(), Self::Error> {
+    ///         let mut remote = self.0.lock().unwrap();
+    ///         remote.1 += 1;
+    ///         for op in ops {
+    ///             match op {
+    ///                 Op::Put(k, v) => remote.0.insert(*k, *v),
+    ///                 Op::Delete(k) => remote.0.remove(k),
+    ///             };
+    ///         }
+    ///         Ok(())
+    ///     }
+    /// }
+    /// # let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    /// # runtime.block_on(async {
+    /// let cache = Cache::builder().max_capacity(100).write_through(Remote::default()).build().unwrap();
+    /// cache.put_all_async((0..50).map(|id| (id, id * 2))).await.unwrap();
+    /// assert_eq!(cache.get_async(&7).await, Ok(Some(14)));
+    /// assert_eq!(cache.store().0.lock().unwrap().1, 1, "fifty rows, one round trip");
+    /// # });
+    /// ```
+    pub async fn put_all_async(
+        &self,
+        entries: impl IntoIterator<Item = (K, V)>,
+    ) -> Result<(), WriteError<St::Error>> {
+        self.write_all_async(entries.into_iter().map(|(k, v)| Op::Put(k, v)))
+            .await
+    }
+
+    /// Runs a write-through store call for `ops`, holding their keys'
+    /// stripes: the future `call` makes, its drop, and `call` itself (a
+    /// store may start the write before its future is first polled). If the
+    /// task is cancelled while the call runs, or the store panics, the store
+    /// may or may not have the writes: the keys' cached copies are dropped,
+    /// so the next read asks the store. The stripes are released before the
+    /// listener hears of it, and a store's panic goes on once the listener
+    /// has (a listener's panic then is not raised over it, nor from a drop).
     async fn store_call<'a, T, F: std::future::Future<Output = T>>(
         &'a self,
-        key: &'a K,
-        guard: KeyGuard<'a>,
+        ops: &[Op<K, V>],
+        guards: Guards<'a>,
         call: impl FnOnce() -> F,
-    ) -> (T, KeyGuard<'a>) {
-        // Each poll of the call runs marked as serving the stripe for this
-        // task, so that a store awaiting a write of a key of it panics
+    ) -> (T, Guards<'a>) {
+        // Each poll of the call runs marked as serving the stripes for this
+        // task, so that a store awaiting a write of a key of them panics
         // instead of waiting for itself.
-        let mark = guard.mark();
+        let marks: smallvec::SmallVec<[StripeMark; 1]> =
+            guards.iter().map(KeyGuard::mark).collect();
         // A mutex, not a cell: the future stays `Send` (it is never contended).
-        let held = parking_lot::Mutex::new(Some(guard));
+        let held = parking_lot::Mutex::new(Some(guards));
         let undo = || {
-            let stale = self.take_stale(key);
+            let stale: Removed<K, V> = ops
+                .iter()
+                .filter_map(|op| self.take_stale(op.key()))
+                .collect();
             drop(held.lock().take());
             let _ = catch_unwind(AssertUnwindSafe(|| self.notify(stale)));
         };
@@ -976,7 +1221,7 @@ where
             // The waker's address names this poll (see `KeyGuard::serving`).
             let waker = std::ptr::from_ref(cx.waker()).addr();
             let poll = catch_unwind(AssertUnwindSafe(|| {
-                KeyGuard::serving(mark, waker, || {
+                KeyGuard::serving(&marks, waker, || {
                     let poll = call
                         .as_mut()
                         .as_pin_mut()
