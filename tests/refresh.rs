@@ -790,3 +790,25 @@ fn refresh_does_not_take_a_pending_load_that_finds_an_older_write() {
     assert_eq!(common::block_on(refresh), 3);
     assert_eq!(cache.get(&1), Some(3));
 }
+
+/// Refreshes arriving while another waits to start share its load: it
+/// reads the source after all of them began.
+#[test]
+fn refreshes_waiting_together_share_one_load() {
+    let (cache, _) = plain();
+    let cache = Arc::new(cache);
+    let (loading, release) = common::loading_until_released(&cache, 1, 1_000);
+    let mut first = Box::pin(cache.refresh_async(1, async { 5 }));
+    assert!(poll_once(first.as_mut()).is_pending());
+    let mut second = Box::pin(cache.refresh_async(1, async {
+        panic!("the first refresh's load is shared");
+    }));
+    assert!(poll_once(second.as_mut()).is_pending());
+    release.send(()).unwrap();
+    assert_eq!(loading.join().unwrap(), 1_000);
+    assert_eq!(common::block_on(first), 5);
+    assert_eq!(common::block_on(second), 5);
+    assert_eq!(cache.get(&1), Some(5));
+    // Once a refresh's load runs, a newcomer loads after it.
+    assert_eq!(cache.refresh(1, |_| 6), 6);
+}

@@ -114,6 +114,10 @@ pub(crate) struct Flight<K, V> {
     epoch: AtomicU64,
     /// Set as the flight ends (its value, if any, already cached or not).
     ended: AtomicBool,
+    /// Led by an explicit refresh ([`Flights::lead`]): while it waits to
+    /// start, another refresh may join it, its load reading the source
+    /// after both began.
+    refresh: bool,
     /// Older flights of the key, still loading when this one replaced them
     /// in the table: its leader waits for them before it loads, and a write
     /// that reaches this flight reaches them too. Weak, so that one that
@@ -472,17 +476,24 @@ impl<K: Eq + Clone, V: Clone> Flights<K, V> {
                 return Role::Waiter(found.clone());
             }
         }
-        Role::Leader(self.replace(table, hash, key, sync))
+        Role::Leader(self.replace(table, hash, key, sync, false))
     }
 
-    /// Starts a flight for `key` and leads it, joining none: a flight in
-    /// the table, running or pending, is replaced and kept as older (with
-    /// the older flights it kept, those still loading), so that this one
-    /// loads once they have ended. For an explicit refresh, which must load
-    /// after it began: a pending flight's leader may yet take a value cached
-    /// before then instead of loading.
-    pub(crate) fn lead(&self, hash: u64, key: &K, sync: bool) -> Leader<'_, K, V> {
-        self.replace(self.table.lock(), hash, key, sync)
+    /// Joins or starts a flight for an explicit refresh of `key`, which must
+    /// take a value loaded after it began. It joins only another refresh's
+    /// flight still waiting to start (and joinable at `epoch`); any other
+    /// flight in the table, running or pending, is replaced and kept as
+    /// older (with the older flights it kept, those still loading), so that
+    /// this one loads once they have ended: a pending flight of a `get`
+    /// may yet take a value cached before the refresh instead of loading.
+    pub(crate) fn lead(&self, hash: u64, key: &K, sync: bool, epoch: u64) -> Role<'_, K, V> {
+        let table = self.table.lock();
+        if let Some(found) = table.find(hash, |f| f.key == *key) {
+            if found.refresh && !found.is_started() && found.joinable(epoch) {
+                return Role::Waiter(found.clone());
+            }
+        }
+        Role::Leader(self.replace(table, hash, key, sync, true))
     }
 
     /// [`join`](Self::join)'s leader: a new flight in the table, in place of
@@ -493,6 +504,7 @@ impl<K: Eq + Clone, V: Clone> Flights<K, V> {
         hash: u64,
         key: &K,
         sync: bool,
+        refresh: bool,
     ) -> Leader<'_, K, V> {
         // Before the table changes: a `Clone` that panics leaves it as it was.
         let key = key.clone();
@@ -522,6 +534,7 @@ impl<K: Eq + Clone, V: Clone> Flights<K, V> {
             stale: AtomicBool::new(false),
             epoch: AtomicU64::new(PENDING),
             ended: AtomicBool::new(false),
+            refresh,
             older,
         });
         table.insert_unique(hash, flight.clone(), |f| f.hash);

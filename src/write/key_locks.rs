@@ -266,7 +266,19 @@ impl KeyLocks {
     ///
     /// As [`lock`](Self::lock), for any of them; those taken are released.
     pub(crate) fn lock_all(&self, hashes: &[u64]) -> Guards<'_> {
-        self.stripes_of(hashes)
+        let stripes = self.stripes_of(hashes);
+        // Before waiting for any: a stripe this thread holds would be
+        // waited for forever, and a stripe before it, held by a caller
+        // waiting for one this thread holds, would keep it from noticing.
+        let me = this_thread();
+        for &i in &stripes {
+            let state = self.stripes[i].state.lock();
+            assert!(
+                cfg!(larder_loom) || !(state.held && state.holder == me),
+                "{WAITS_FOR_ITSELF}"
+            );
+        }
+        stripes
             .into_iter()
             .map(|i| Self::lock_stripe(&self.stripes[i]))
             .collect()
@@ -316,8 +328,17 @@ impl KeyLocks {
     ///
     /// As [`lock_async`](Self::lock_async), for any of them.
     pub(crate) async fn lock_all_async(&self, hashes: &[u64]) -> Guards<'_> {
+        let stripes = self.stripes_of(hashes);
+        // Before waiting for any, as in `lock_all`.
+        std::future::poll_fn(|cx| {
+            for &i in &stripes {
+                assert!(!serving(&self.stripes[i], cx.waker()), "{WAITS_FOR_ITSELF}");
+            }
+            std::task::Poll::Ready(())
+        })
+        .await;
         let mut guards = Guards::new();
-        for i in self.stripes_of(hashes) {
+        for i in stripes {
             guards.push(Self::lock_stripe_async(&self.stripes[i]).await);
         }
         guards

@@ -10,10 +10,10 @@ use std::future::Future;
 use std::hash::{BuildHasher, Hash};
 use std::sync::Arc;
 
-use super::{LoadTimer, Refresh};
+use super::{accept, LoadTimer, Mode, Refresh};
 use crate::cache::Cache;
 use crate::expiry::EntryOptions;
-use crate::loader::{Leader, Outcome};
+use crate::loader::{Leader, Outcome, Role};
 use crate::sync::{OnDrop, Ordering};
 use crate::write::CacheAside;
 
@@ -32,11 +32,13 @@ where
     ///   write would (the listener hears `Replaced`). A key not cached is
     ///   loaded as [`get_or_load`](Self::get_or_load) loads it, callers
     ///   missing it meanwhile sharing this load.
-    /// - The value returned was loaded by `load`, after this call began: a
-    ///   load of the key already in flight, or waiting to start, is not
-    ///   joined but goes stale (its callers get its value, the cache does
-    ///   not keep it), and this call waits for it to end before it loads
-    ///   (one loader of a key runs at a time).
+    /// - The value returned was loaded after this call began: a load of the
+    ///   key already running is not joined but goes stale (its callers get
+    ///   its value, the cache does not keep it), nor is one of a caller's
+    ///   waiting to start (it may yet take a value cached before this call),
+    ///   and this call loads once they have ended (one loader of a key runs
+    ///   at a time). Refreshes of the key arriving while another waits to
+    ///   start share its load.
     /// - As for any load, the value is not cached if the key was written,
     ///   removed or invalidated (by tag too, for the entry's old tags)
     ///   while `load` ran; the call still returns it.
@@ -66,7 +68,7 @@ where
     where
         K: Clone,
     {
-        let loaded = self.refresh_with(key, |k| {
+        let loaded = self.refresh_with(key, Mode::Value, |k| {
             Ok::<_, std::convert::Infallible>(Some((load(k), EntryOptions::default())))
         });
         match loaded {
@@ -100,8 +102,9 @@ where
         K: Clone,
         E: Send + Sync + 'static,
     {
-        let loaded =
-            self.refresh_with(key, |k| load(k).map(|v| Some((v, EntryOptions::default()))));
+        let loaded = self.refresh_with(key, Mode::Fallible, |k| {
+            load(k).map(|v| Some((v, EntryOptions::default())))
+        });
         loaded.map(|v| v.expect("a value loads as a value"))
     }
 
@@ -127,7 +130,7 @@ where
         K: Clone,
     {
         let loaded = self
-            .refresh_with_async(key, async {
+            .refresh_with_async(key, Mode::Value, async {
                 Ok::<_, std::convert::Infallible>(Some((load.await, EntryOptions::default())))
             })
             .await;
@@ -167,7 +170,7 @@ where
         E: Send + Sync + 'static,
     {
         let load = async { load.await.map(|v| Some((v, EntryOptions::default()))) };
-        let loaded = self.refresh_with_async(key, load).await;
+        let loaded = self.refresh_with_async(key, Mode::Fallible, load).await;
         loaded.map(|v| v.expect("a value loads as a value"))
     }
 }
@@ -179,14 +182,16 @@ where
     S: BuildHasher,
 {
     /// The refreshes' body: the key's loads in flight go stale, and this
-    /// caller leads a load of its own once they have ended, joining none
-    /// (a pending flight's leader may yet take a value cached before this
-    /// call instead of loading). `load` gives a value with its options, or
-    /// nothing (the key's entry is then taken out), or an error (the entry
-    /// stays).
+    /// caller leads a load of its own once they have ended, or joins
+    /// another refresh's load still waiting to start (see
+    /// [`Flights::lead`](crate::loader::Flights::lead)). `load` gives a
+    /// value with its options, or nothing (the key's entry is then taken
+    /// out), or an error (the entry stays); `mode` says which of these a
+    /// joined load may end in for this caller to take it.
     pub(crate) fn refresh_with<E: Send + Sync + 'static>(
         &self,
         key: K,
+        mode: Mode,
         load: impl FnOnce(&K) -> Result<Option<(V, EntryOptions)>, E>,
     ) -> Result<Option<V>, Arc<E>>
     where
@@ -195,7 +200,17 @@ where
         let hash = self.hash(&key);
         let flights = &self.shard(hash).flights;
         flights.invalidate(hash, &key);
-        let leader = flights.lead(hash, &key, true);
+        let leader = loop {
+            let joined = self.inner.tag_epoch.load(Ordering::SeqCst);
+            match flights.lead(hash, &key, true, joined) {
+                Role::Leader(leader) => break leader,
+                Role::Waiter(flight) => {
+                    if let Some(result) = accept::<V, E>(flight.wait(), mode) {
+                        return result;
+                    }
+                }
+            }
+        };
         // Waits for the loads made stale above.
         let epoch = leader.start(|| self.inner.tag_epoch.load(Ordering::SeqCst));
         let refresh = self.find_refreshed(hash, &key);
@@ -214,6 +229,7 @@ where
     pub(crate) async fn refresh_with_async<E: Send + Sync + 'static>(
         &self,
         key: K,
+        mode: Mode,
         load: impl Future<Output = Result<Option<(V, EntryOptions)>, E>>,
     ) -> Result<Option<V>, Arc<E>>
     where
@@ -222,7 +238,17 @@ where
         let hash = self.hash(&key);
         let flights = &self.shard(hash).flights;
         flights.invalidate(hash, &key);
-        let leader = flights.lead(hash, &key, false);
+        let leader = loop {
+            let joined = self.inner.tag_epoch.load(Ordering::SeqCst);
+            match flights.lead(hash, &key, false, joined) {
+                Role::Leader(leader) => break leader,
+                Role::Waiter(flight) => {
+                    if let Some(result) = accept::<V, E>(flight.wait_async().await, mode) {
+                        return result;
+                    }
+                }
+            }
+        };
         let epoch = leader
             .start_async(|| self.inner.tag_epoch.load(Ordering::SeqCst))
             .await;

@@ -97,7 +97,7 @@ where
         fetch: impl FnOnce(&K) -> Result<Option<V>, E>,
         options: impl FnOnce(&K, &V) -> EntryOptions,
     ) -> Loaded<V, E> {
-        self.refresh_with(key, |k| {
+        self.refresh_with(key, Mode::Store, |k| {
             Ok(fetch(k)?.map(|v| {
                 let options = options(k, &v);
                 (v, options)
@@ -120,7 +120,7 @@ where
                 (v, options)
             }))
         };
-        self.refresh_with_async(key, load).await
+        self.refresh_with_async(key, Mode::Store, load).await
     }
 
     /// [`refresh_through`](Self::refresh_through) from `store` itself.
@@ -257,6 +257,8 @@ where
             Err(panic) => self.drop_stale_copies(ops.iter().map(Op::key), removed, guard, panic),
         };
         let mut removed = removed;
+        // The deletes' keys, dropped with the copies.
+        let mut deleted = Vec::new();
         for (i, op) in ops.into_iter().enumerate() {
             let landed = catch_unwind(AssertUnwindSafe(|| match op {
                 Op::Put(key, value) => {
@@ -266,16 +268,20 @@ where
                         removed.push((rejected.key, rejected.value, RemovalCause::Size));
                     }
                 }
-                Op::Delete(key) => removed.extend(self.take(&key)),
+                Op::Delete(key) => {
+                    removed.extend(self.take(&key));
+                    deleted.push(key);
+                }
             }));
             if let Err(panic) = landed {
-                self.drop_stale_copies(&keys[i..], removed, guard, panic);
+                self.drop_stale_copies(&keys[i..], removed, (guard, deleted), panic);
             }
         }
-        // The copies after the stripes: a key's `Drop` may call into the
+        // The keys after the stripes: a key's `Drop` may call into the
         // cache.
         drop(guard);
         drop(keys);
+        drop(deleted);
         self.notify(removed);
     }
 

@@ -128,9 +128,10 @@ where
     ///   store is read (a hit, as ever). A key not cached is loaded as `get`
     ///   loads it, callers missing it meanwhile sharing this load.
     /// - The value returned was read after this call began: a load of the
-    ///   key already in flight is not joined but goes stale (its callers get
-    ///   its value, the cache does not keep it), and this call reads the
-    ///   store once it has ended.
+    ///   key already in flight is not joined (a running one goes stale: its
+    ///   callers get its value, the cache does not keep it), and this call
+    ///   reads the store once it has ended. Refreshes of the key arriving
+    ///   while another waits to start share its read.
     /// - As for any load, nothing is cached or taken out if the key was
     ///   written, deleted or invalidated meanwhile; the call still returns
     ///   what it read.

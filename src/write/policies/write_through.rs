@@ -140,9 +140,10 @@ where
     ///   store is read (a hit, as ever). A key not cached is loaded as `get`
     ///   loads it, callers missing it meanwhile sharing this load.
     /// - The value returned was read after this call began: a load of the
-    ///   key already in flight is not joined but goes stale (its callers get
-    ///   its value, the cache does not keep it), and this call reads the
-    ///   store once it has ended.
+    ///   key already in flight is not joined (a running one goes stale: its
+    ///   callers get its value, the cache does not keep it), and this call
+    ///   reads the store once it has ended. Refreshes of the key arriving
+    ///   while another waits to start share its read.
     /// - As for any load, nothing is cached or taken out if the key was
     ///   written, deleted or invalidated meanwhile; the call still returns
     ///   what it read.
@@ -465,9 +466,18 @@ where
     ///
     /// # Panics
     ///
-    /// If the store panics: the batch's keys' cached copies are dropped
-    /// before the panic goes on. If a key's `Hash` or `Eq` panics as the
-    /// batch is read, before anything is written.
+    /// - If the store panics: the batch's keys' cached copies are dropped
+    ///   before the panic goes on.
+    /// - If a key's `Hash` or `Eq` panics as the batch is read: before
+    ///   anything is written.
+    /// - If the weigher, or a key's `Clone`, `Hash` or `Eq`, panics as the
+    ///   batch lands in the cache (the store has it): the copies of the
+    ///   keys not landed yet are dropped before the panic goes on.
+    /// - If the listener panics, after the batch, as for a `put`; on a
+    ///   failed batch its panic is raised instead of the store's error.
+    /// - If called from within this cache's store call for a key of one of
+    ///   the batch's lock stripes (the [`Store`] docs forbid it), instead of
+    ///   waiting for itself.
     ///
     /// ```
     /// # use std::collections::HashMap;
@@ -1074,8 +1084,7 @@ where
     ///
     /// # Panics
     ///
-    /// If the store panics: the batch's keys' cached copies are dropped
-    /// before the panic goes on.
+    /// As [`write_all`](Self::write_all) on a cache over a [`Store`].
     ///
     /// ```
     /// # use std::collections::HashMap;
