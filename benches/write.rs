@@ -7,6 +7,9 @@
 //! * `put_100us_store/write_back`: puts land in the cache and the queue; one
 //!   flusher thread sends coalesced batches of up to 256.
 //! * `put_100us_store/cache_only`: a plain `insert`, for scale.
+//! * `put_16_100us_store/write_through_put_all`: sixteen writes in one
+//!   `put_all` (one store call), against `write_through_puts`, sixteen
+//!   `put` calls (sixteen store calls).
 //!
 //! After each policy's rows, the store's call count per 1,000 puts is printed
 //! (the write-back figure after a `flush`, so every put was stored).
@@ -127,6 +130,33 @@ fn put_100us_store(c: &mut Criterion) {
     group.finish();
 }
 
+fn put_16_100us_store(c: &mut Criterion) {
+    let keys = zipf_keys(0xB0B);
+    let mut group = c.benchmark_group("put_16_100us_store");
+    group.throughput(Throughput::Elements(16));
+    let through = Cache::builder()
+        .max_capacity(CAPACITY)
+        .write_through(Slow::default())
+        .build()
+        .unwrap();
+    let page = |at: usize| (at..at + 16).map(|i| (keys[i & (SAMPLES - 1)], i as u64));
+    group.bench_function("write_through_put_all", |b| {
+        let mut at = 0;
+        b.iter(|| {
+            at = (at + 16) & (SAMPLES - 1);
+            through.put_all(page(at)).unwrap()
+        })
+    });
+    group.bench_function("write_through_puts", |b| {
+        let mut at = 0;
+        b.iter(|| {
+            at = (at + 16) & (SAMPLES - 1);
+            page(at).for_each(|(k, v)| through.put(k, v).unwrap())
+        })
+    });
+    group.finish();
+}
+
 /// A store that refuses every write while `down`, and counts those it takes.
 #[derive(Clone, Default)]
 struct Outage(Arc<(AtomicBool, AtomicU64)>);
@@ -193,5 +223,6 @@ fn main() {
     let mut c = Criterion::default().configure_from_args();
     write_back_recovery(&mut c);
     put_100us_store(&mut c);
+    put_16_100us_store(&mut c);
     c.final_summary();
 }
