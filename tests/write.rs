@@ -862,6 +862,29 @@ fn a_failed_or_panicking_write_through_batch_drops_its_keys_from_the_cache() {
     assert_eq!((cache.peek(&1), cache.peek(&3)), (Some(12), Some(32)));
 }
 
+/// Runs `write(t)` on `threads` threads at once, `t` from 0, and returns
+/// once all have ended; a wait in a cycle would never end, so a writer still
+/// running after two minutes fails the test instead of hanging it.
+fn race_writers<W: Fn(u64) + Send + Sync + 'static>(threads: u64, write: W) {
+    let write = Arc::new(write);
+    let (done, finished) = std::sync::mpsc::channel();
+    let writers: Vec<_> = (0..threads)
+        .map(|t| {
+            let (write, done) = (write.clone(), done.clone());
+            std::thread::spawn(move || {
+                write(t);
+                done.send(()).unwrap();
+            })
+        })
+        .collect();
+    for _ in 0..threads {
+        finished
+            .recv_timeout(Duration::from_secs(120))
+            .expect("every writer ends");
+    }
+    writers.into_iter().for_each(|w| w.join().unwrap());
+}
+
 /// Batches over overlapping keys, given in opposite orders, and single puts
 /// of the same keys, all at once: none waits for another in a cycle, and
 /// each key ends as the store holds it.
@@ -878,33 +901,20 @@ fn concurrent_write_through_batches_never_deadlock_and_leave_cache_and_store_agr
             .build()
             .unwrap(),
     );
-    let (done, finished) = std::sync::mpsc::channel();
-    let writers: Vec<_> = (0..4u64)
-        .map(|t| {
-            let (cache, done) = (cache.clone(), done.clone());
-            std::thread::spawn(move || {
-                for i in 0..200u64 {
-                    let value = t * 1_000_000 + i;
-                    let mut batch: Vec<(u64, u64)> = (0..8).map(|k| (k, value)).collect();
-                    if t % 2 == 1 {
-                        batch.reverse();
-                    }
-                    match t {
-                        3 => cache.put(i % 8, value).unwrap(),
-                        _ => cache.put_all(batch).unwrap(),
-                    }
-                }
-                done.send(()).unwrap();
-            })
-        })
-        .collect();
-    for _ in 0..4 {
-        // A wait in a cycle would never end: fail instead of hanging.
-        finished
-            .recv_timeout(Duration::from_secs(120))
-            .expect("every writer ends");
-    }
-    writers.into_iter().for_each(|w| w.join().unwrap());
+    let writer = cache.clone();
+    race_writers(4, move |t| {
+        for i in 0..200u64 {
+            let value = t * 1_000_000 + i;
+            let mut batch: Vec<(u64, u64)> = (0..8).map(|k| (k, value)).collect();
+            if t % 2 == 1 {
+                batch.reverse();
+            }
+            match t {
+                3 => writer.put(i % 8, value).unwrap(),
+                _ => writer.put_all(batch).unwrap(),
+            }
+        }
+    });
     for key in 0..8 {
         assert_eq!(cache.peek(&key), db.value(key), "key {key}");
         assert!(cache.peek(&key).is_some());
@@ -1231,6 +1241,462 @@ fn a_full_queue_fails_writers_when_configured_and_changes_nothing() {
     assert_eq!(cache.put(3, 3), Ok(()));
     cache.flush().unwrap();
     assert_eq!((db.value(1), db.value(3)), (Some(5), Some(3)));
+}
+
+#[test]
+fn a_write_back_batch_queues_each_keys_last_write_in_its_place() {
+    let db = Db::new();
+    db.data.lock().unwrap().insert(3, 30);
+    let cache = write_back(&db, WriteBack::default().max_delay(Duration::MAX), 100);
+    cache.put(9, 90).unwrap();
+    let batch = [
+        Op::Put(1, 10),
+        Op::Put(2, 20),
+        Op::Delete(3),
+        Op::Put(1, 11),
+        Op::Put(9, 91),
+    ];
+    cache.write_all(batch).unwrap();
+    assert_eq!(
+        (cache.peek(&1), cache.peek(&2), cache.peek(&9)),
+        (Some(11), Some(20), Some(91))
+    );
+    assert_eq!(cache.get(&3), Ok(None), "the queued delete");
+    let stats = cache.write_stats();
+    assert_eq!((stats.accepted, stats.coalesced, stats.dirty), (5, 1, 4));
+    assert_eq!(db.write_calls.load(Ordering::SeqCst), 0, "nothing due yet");
+    cache.write_all(Vec::new()).unwrap();
+    assert_eq!(
+        cache.write_stats().accepted,
+        5,
+        "an empty batch queues nothing"
+    );
+    cache.flush().unwrap();
+    assert_eq!(
+        db.log(),
+        vec![
+            Op::Put(9, 91),
+            Op::Put(2, 20),
+            Op::Delete(3),
+            Op::Put(1, 11)
+        ],
+        "key 9 keeps its place in the queue; the batch follows in its order"
+    );
+}
+
+#[test]
+fn a_write_back_batch_is_queued_whole_or_not_at_all() {
+    let (db, cache) = behind_a_closed_gate(3, Backpressure::Fail);
+    cache.put(1, 1).unwrap();
+    wait_until("key 1 in flight", || db.arrived.load(Ordering::SeqCst) == 1);
+    // Key 1 is in flight: one key dirty, room for two more.
+    let full = cache.put_all([(2, 2), (3, 3), (4, 4)]);
+    assert_eq!(
+        full,
+        Err(WriteError::QueueFull),
+        "three new keys, room for two"
+    );
+    assert_eq!(
+        (cache.peek(&2), cache.peek(&3), cache.peek(&4)),
+        (None, None, None)
+    );
+    assert_eq!(
+        cache.write_stats().accepted,
+        1,
+        "none of the batch was queued"
+    );
+    assert_eq!(
+        cache.put_all([(4, 4), (5, 5), (6, 6), (7, 7)]),
+        Err(WriteError::BatchTooLarge {
+            keys: 4,
+            queue_capacity: 3
+        }),
+        "more keys than the queue holds"
+    );
+    // Key 1 behind its own write in flight takes no room.
+    cache
+        .write_all([Op::Put(1, 11), Op::Put(2, 2), Op::Delete(3)])
+        .unwrap();
+    assert_eq!(
+        cache.put_all([(2, 22), (3, 33)]),
+        Ok(()),
+        "all dirty: coalesced"
+    );
+    assert_eq!(cache.put(4, 4), Err(WriteError::QueueFull));
+    db.open_gate();
+    cache.flush().unwrap();
+    assert_eq!(
+        (db.value(1), db.value(2), db.value(3), db.value(4)),
+        (Some(11), Some(22), Some(33), None)
+    );
+    cache.close().unwrap();
+    assert_eq!(cache.put_all([(5, 5)]), Err(WriteError::Closed));
+    assert_eq!(cache.write_all([]), Err(WriteError::Closed), "even empty");
+    assert_eq!(cache.peek(&5), None);
+}
+
+/// A batch takes the room its writes would take one by one: against a store
+/// that is down, a key's older unreported failures hold room of their own,
+/// and a batch with a new key, or a key behind its failed write once those
+/// failures fill the queue, is refused as a single write would be.
+#[test]
+fn a_write_back_batch_takes_the_room_its_writes_would_one_by_one() {
+    let db = Db::with_faults(Faults {
+        fail: 100,
+        ..Faults::default()
+    });
+    let settings = WriteBack::default()
+        .max_delay(Duration::ZERO)
+        .queue_capacity(2)
+        .backpressure(Backpressure::Fail)
+        .retries(0, Duration::ZERO);
+    let cache = write_back(&db, settings, 100);
+    cache.put(1, 1).unwrap();
+    wait_until("key 1 given up", || cache.write_stats().failed == 1);
+    // Behind its own failure, with no older failure held: it fits.
+    cache.put_all([(1, 2)]).unwrap();
+    wait_until("key 1 given up again", || cache.write_stats().failed == 2);
+    assert_eq!(
+        cache.write_stats().queued,
+        2,
+        "key 1, and its older failure"
+    );
+    assert_eq!(cache.put(3, 3), Err(WriteError::QueueFull));
+    assert_eq!(
+        cache.put_all([(1, 3), (3, 3)]),
+        Err(WriteError::QueueFull),
+        "the new key finds no room, so neither write is taken"
+    );
+    assert_eq!(cache.get(&1), Ok(Some(2)));
+    // One older failure: key 1 still gets in behind its own.
+    cache.put_all([(1, 3)]).unwrap();
+    wait_until("key 1 given up a third time", || {
+        cache.write_stats().failed == 3
+    });
+    // Two older failures fill the queue: not even key 1 gets in now.
+    assert_eq!(cache.put(1, 4), Err(WriteError::QueueFull));
+    assert_eq!(cache.put_all([(1, 4)]), Err(WriteError::QueueFull));
+    assert_eq!(cache.get(&1), Ok(Some(3)));
+    *db.faults.lock().unwrap() = Faults::default();
+    assert_eq!(cache.flush().unwrap_err().failed.len(), 3);
+    cache.put_all([(1, 5), (3, 5)]).unwrap();
+    cache.flush().unwrap();
+    assert_eq!((db.value(1), db.value(3)), (Some(5), Some(5)));
+}
+
+/// Replacing waiting writes takes no room, even with the queue over its
+/// capacity (keys' older failures held beside their newer writes).
+#[test]
+fn a_write_back_batch_of_waiting_keys_always_fits() {
+    let db = Db::with_faults(Faults {
+        fail: 100,
+        ..Faults::default()
+    });
+    // A batch goes out once two keys wait.
+    let settings = WriteBack::default()
+        .max_delay(Duration::MAX)
+        .batch(2)
+        .queue_capacity(3)
+        .backpressure(Backpressure::Fail)
+        .retries(0, Duration::ZERO);
+    let cache = write_back(&db, settings, 100);
+    cache.put(1, 1).unwrap();
+    cache.put(2, 2).unwrap();
+    wait_until("both given up", || cache.write_stats().failed == 2);
+    // Each behind its failure, which is held apart once this one fails too.
+    cache.put(1, 3).unwrap();
+    cache.put(2, 4).unwrap();
+    wait_until("both given up again", || cache.write_stats().failed == 4);
+    cache.put(1, 5).unwrap(); // waits: one key is not a batch
+    assert_eq!(cache.write_stats().queued, 4, "over the capacity of 3");
+    assert_eq!(cache.put_all([(1, 6)]), Ok(()), "a waiting write replaced");
+    assert_eq!(cache.put_all([(1, 7), (3, 3)]), Err(WriteError::QueueFull));
+    assert_eq!(cache.get(&1), Ok(Some(6)));
+    *db.faults.lock().unwrap() = Faults::default();
+    let report = cache.flush().unwrap_err();
+    let failed: Vec<_> = report.failed.iter().map(|f| f.op.clone()).collect();
+    assert_eq!(failed, vec![Op::Put(2, 2), Op::Put(2, 4)], "key 1's stored");
+    assert_eq!((db.value(1), db.value(3)), (Some(6), None));
+}
+
+#[test]
+fn a_write_back_batch_waits_for_room_for_all_its_keys() {
+    let (db, cache) = behind_a_closed_gate(3, Backpressure::Block);
+    cache.put(1, 1).unwrap();
+    wait_until("key 1 in flight", || db.arrived.load(Ordering::SeqCst) == 1);
+    cache.put(2, 2).unwrap();
+    let returned = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let batch = s.spawn(|| {
+            let queued = cache.put_all([(3, 3), (4, 4)]);
+            returned.store(true, Ordering::SeqCst);
+            queued
+        });
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(
+            !returned.load(Ordering::SeqCst),
+            "room for one key is not room for the batch"
+        );
+        assert_eq!((cache.peek(&3), cache.peek(&4)), (None, None));
+        // A single key fits meanwhile; the batch then waits for more room.
+        cache.put(5, 5).unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(!returned.load(Ordering::SeqCst));
+        assert_eq!((cache.peek(&3), cache.peek(&4)), (None, None));
+        db.open_gate();
+        assert_eq!(batch.join().unwrap(), Ok(()));
+    });
+    cache.flush().unwrap();
+    assert_eq!(
+        (db.value(3), db.value(4), db.value(5)),
+        (Some(3), Some(4), Some(5))
+    );
+}
+
+/// While set, key 2 of `ShyKey` refuses to be cloned.
+static SHY: AtomicBool = AtomicBool::new(false);
+
+/// A key whose `Clone` panics for key 2 while `SHY` is set.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct ShyKey(u64);
+impl Clone for ShyKey {
+    fn clone(&self) -> Self {
+        assert!(
+            !(self.0 == 2 && SHY.load(Ordering::SeqCst)),
+            "key 2 will not be cloned"
+        );
+        ShyKey(self.0)
+    }
+}
+
+#[derive(Default)]
+struct ShyKeyDb(Mutex<HashMap<u64, u64>>);
+impl Store<ShyKey, u64> for ShyKeyDb {
+    type Error = String;
+    fn load(&self, k: &ShyKey) -> Result<Option<u64>, String> {
+        Ok(self.0.lock().unwrap().get(&k.0).copied())
+    }
+    fn write(&self, op: &Op<ShyKey, u64>) -> Result<(), String> {
+        let mut data = self.0.lock().unwrap();
+        match op {
+            Op::Put(k, v) => data.insert(k.0, *v),
+            Op::Delete(k) => data.remove(&k.0),
+        };
+        Ok(())
+    }
+}
+
+#[test]
+fn a_key_panicking_as_a_write_back_batch_is_queued_leaves_no_stale_copy() {
+    let key = ShyKey;
+    let cache = Cache::builder()
+        .max_capacity(100)
+        .write_back(
+            ShyKeyDb::default(),
+            WriteBack::default().max_delay(Duration::MAX),
+        )
+        .build()
+        .unwrap();
+    cache.put_all([(key(1), 1), (key(2), 2)]).unwrap();
+    cache.flush().unwrap();
+    // Key 2 is clean: queueing it again clones it, and that panics before
+    // anything of the batch is queued.
+    SHY.store(true, Ordering::SeqCst);
+    let panicked = catch_unwind(AssertUnwindSafe(|| {
+        cache.put_all([(key(1), 10), (key(2), 20)])
+    }));
+    assert!(panicked.is_err());
+    assert_eq!(
+        cache.write_stats().accepted,
+        2,
+        "nothing of the batch queued"
+    );
+    assert_eq!(
+        (cache.peek(&key(1)), cache.peek(&key(2))),
+        (None, None),
+        "the batch's cached copies go, whatever was queued"
+    );
+    SHY.store(false, Ordering::SeqCst);
+    assert_eq!(
+        (cache.get(&key(1)), cache.get(&key(2))),
+        (Ok(Some(1)), Ok(Some(2)))
+    );
+    // Both dirty: queueing clones nothing, and the batch is queued; landing
+    // it in the cache clones key 2 and panics. No cached copy may hide the
+    // queued writes.
+    cache.put_all([(key(1), 3), (key(2), 4)]).unwrap();
+    SHY.store(true, Ordering::SeqCst);
+    let panicked = catch_unwind(AssertUnwindSafe(|| {
+        cache.put_all([(key(1), 10), (key(2), 20)])
+    }));
+    assert!(panicked.is_err());
+    assert_eq!(cache.write_stats().accepted, 6, "the batch was queued");
+    SHY.store(false, Ordering::SeqCst);
+    assert_eq!(
+        (cache.get(&key(1)), cache.get(&key(2))),
+        (Ok(Some(10)), Ok(Some(20)))
+    );
+    cache.close().unwrap();
+    let stored = cache.store().0.lock().unwrap().clone();
+    assert_eq!(stored, HashMap::from([(1, 10), (2, 20)]));
+}
+
+/// While armed, `MidBatchKey(2)` panics on its third hash by the write-back
+/// queue's own hasher (foldhash; the cache here hashes with std's): the
+/// queue hashes a key to find room, to copy it, then to file it, so the
+/// panic comes as key 2 is filed, after key 1.
+static MID_BATCH_ARMED: AtomicBool = AtomicBool::new(false);
+static MID_BATCH_HASHES: AtomicU64 = AtomicU64::new(0);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct MidBatchKey(u64);
+impl std::hash::Hash for MidBatchKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        let by_queue = std::any::type_name::<H>().contains("foldhash");
+        if self.0 == 2 && by_queue && MID_BATCH_ARMED.load(Ordering::SeqCst) {
+            let n = MID_BATCH_HASHES.fetch_add(1, Ordering::SeqCst) + 1;
+            assert!(n != 3, "key 2 fails as it is filed");
+        }
+        state.write_u64(self.0);
+    }
+}
+
+type MidBatchCache = Cache<
+    MidBatchKey,
+    Watched,
+    std::hash::RandomState,
+    larder::WriteBehind<MidBatchKey, Watched, MidBatchDb>,
+>;
+
+/// The cache whose queue lock `Watched(111)`'s drop checks.
+static MID_BATCH_CACHE: std::sync::OnceLock<Arc<MidBatchCache>> = std::sync::OnceLock::new();
+/// Drops of `Watched(111)` that found the queue lock free, and held.
+static LOCK_FREE: AtomicU64 = AtomicU64::new(0);
+static LOCK_HELD: AtomicU64 = AtomicU64::new(0);
+
+/// A value whose drop (of 111) checks, from another thread, that the queue
+/// lock is free: a value's `Drop` may call into the cache.
+#[derive(Debug, Clone, PartialEq)]
+struct Watched(u64);
+impl Drop for Watched {
+    fn drop(&mut self) {
+        let Some(cache) = MID_BATCH_CACHE.get().filter(|_| self.0 == 111) else {
+            return;
+        };
+        let cache = cache.clone();
+        let (done, stats) = std::sync::mpsc::channel();
+        std::thread::spawn(move || done.send(cache.write_stats()));
+        match stats.recv_timeout(Duration::from_secs(2)) {
+            Ok(_) => LOCK_FREE.fetch_add(1, Ordering::SeqCst),
+            Err(_) => LOCK_HELD.fetch_add(1, Ordering::SeqCst),
+        };
+    }
+}
+
+#[derive(Default)]
+struct MidBatchDb(Mutex<HashMap<u64, u64>>);
+impl Store<MidBatchKey, Watched> for MidBatchDb {
+    type Error = String;
+    fn load(&self, k: &MidBatchKey) -> Result<Option<Watched>, String> {
+        Ok(self.0.lock().unwrap().get(&k.0).map(|&v| Watched(v)))
+    }
+    fn write(&self, op: &Op<MidBatchKey, Watched>) -> Result<(), String> {
+        let mut data = self.0.lock().unwrap();
+        match op {
+            Op::Put(k, v) => data.insert(k.0, v.0),
+            Op::Delete(k) => data.remove(&k.0),
+        };
+        Ok(())
+    }
+}
+
+/// A key's `Hash` panicking as a batch is filed leaves the writes filed
+/// before it queued, drops the batch's cached copies, and lets go of what
+/// those writes replaced only once the queue lock is released.
+#[test]
+fn a_key_panicking_midway_through_a_write_back_batch_keeps_what_was_queued() {
+    let cache: MidBatchCache = Cache::builder()
+        .max_capacity(100)
+        .hasher(std::hash::RandomState::new())
+        .write_back(
+            MidBatchDb::default(),
+            WriteBack::default().max_delay(Duration::MAX),
+        )
+        .build()
+        .unwrap();
+    let cache = MID_BATCH_CACHE.get_or_init(|| Arc::new(cache));
+    cache.put(MidBatchKey(1), Watched(111)).unwrap();
+    let accepted = cache.write_stats().accepted;
+    MID_BATCH_ARMED.store(true, Ordering::SeqCst);
+    let batch = [(MidBatchKey(1), Watched(5)), (MidBatchKey(2), Watched(6))];
+    let panicked = catch_unwind(AssertUnwindSafe(|| cache.put_all(batch)));
+    MID_BATCH_ARMED.store(false, Ordering::SeqCst);
+    assert!(panicked.is_err());
+    assert_eq!(
+        cache.write_stats().accepted,
+        accepted + 1,
+        "key 1 was filed before key 2 panicked"
+    );
+    assert_eq!(
+        (
+            LOCK_FREE.load(Ordering::SeqCst),
+            LOCK_HELD.load(Ordering::SeqCst)
+        ),
+        (2, 0),
+        "the queued write key 1 replaced, and its cached copy, went once the queue lock was free"
+    );
+    assert_eq!(
+        cache.peek(&MidBatchKey(1)),
+        None,
+        "no cached copy hides the queue"
+    );
+    assert_eq!(cache.get(&MidBatchKey(1)), Ok(Some(Watched(5))));
+    assert_eq!(cache.get(&MidBatchKey(2)), Ok(None), "key 2 was not queued");
+    cache.close().unwrap();
+    let stored = cache.store().0.lock().unwrap().clone();
+    assert_eq!(stored, HashMap::from([(1, 5)]));
+}
+
+/// Write-back batches over overlapping keys in opposite orders, single puts
+/// and deletes, against a queue small enough that writers wait for room:
+/// no writer waits for another in a cycle, and once flushed each key reads
+/// as the store holds it.
+#[test]
+fn concurrent_write_back_batches_never_deadlock_and_leave_cache_and_store_agreeing() {
+    let db = Db::with_faults(Faults {
+        slow: 30,
+        ..Faults::default()
+    });
+    let settings = WriteBack::default()
+        .queue_capacity(12)
+        .batch(4)
+        .max_delay(Duration::ZERO);
+    let cache = Arc::new(write_back(&db, settings, 1_000));
+    let writer = cache.clone();
+    race_writers(4, move |t| {
+        for i in 0..300u64 {
+            let value = t * 1_000_000 + i;
+            let first = (i * 3 + t) % 16;
+            let mut batch: Vec<Op<u64, u64>> = (first..first + 8)
+                .map(|k| match (k + i) % 5 {
+                    0 => Op::Delete(k % 16),
+                    _ => Op::Put(k % 16, value),
+                })
+                .collect();
+            if t % 2 == 1 {
+                batch.reverse();
+            }
+            match t {
+                3 => writer.put(i % 16, value).unwrap(),
+                _ => writer.write_all(batch).unwrap(),
+            }
+        }
+    });
+    cache.flush().unwrap();
+    for key in 0..16 {
+        assert_eq!(cache.get(&key), Ok(db.value(key)), "key {key}");
+    }
+    assert_eq!(cache.write_stats().dirty, 0);
 }
 
 #[test]

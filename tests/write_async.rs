@@ -516,28 +516,36 @@ async fn async_stores_tag_what_they_load_read_through_and_write_back() {
     back.close_async().await.unwrap();
 }
 
-/// On a single-threaded runtime, a writer that blocked its thread for room
-/// would starve the spawned store calls that make room: `put_async` waits
-/// as a pending task instead.
-#[tokio::test(flavor = "current_thread")]
-async fn async_write_back_waits_for_room_without_blocking_the_runtime() {
+type SpawnedWriteBack =
+    Cache<u64, u64, larder::DefaultHashBuilder, larder::WriteBehind<u64, u64, Spawned<Remote>>>;
+
+/// A write-back cache over a `Remote` whose calls take 2 ms, spawned on the
+/// current runtime, with a queue of `queue_capacity` keys sent two at a time.
+fn small_spawned_queue(queue_capacity: usize) -> (Remote, SpawnedWriteBack) {
     let remote = Remote::default();
     remote.0.delay_ms.store(2, Ordering::SeqCst);
     let handle = tokio::runtime::Handle::current();
     let store = Spawned::new(remote.clone(), move |call| {
         handle.spawn(call);
     });
+    let settings = WriteBack::default()
+        .max_delay(Duration::from_millis(1))
+        .batch(2)
+        .queue_capacity(queue_capacity);
     let cache = Cache::builder()
         .max_capacity(100)
-        .write_back(
-            store,
-            WriteBack::default()
-                .max_delay(Duration::from_millis(1))
-                .batch(2)
-                .queue_capacity(2),
-        )
+        .write_back(store, settings)
         .build()
         .unwrap();
+    (remote, cache)
+}
+
+/// On a single-threaded runtime, a writer that blocked its thread for room
+/// would starve the spawned store calls that make room: `put_async` waits
+/// as a pending task instead.
+#[tokio::test(flavor = "current_thread")]
+async fn async_write_back_waits_for_room_without_blocking_the_runtime() {
+    let (remote, cache) = small_spawned_queue(2);
     for k in 0..20 {
         cache.put_async(k, k).await.unwrap();
     }
@@ -548,6 +556,44 @@ async fn async_write_back_waits_for_room_without_blocking_the_runtime() {
     }
     assert!(cache.write_stats().dirty == 0);
     cache.close_async().await.unwrap();
+}
+
+/// `write_all_async` waits for room as a pending task, as `put_async` does;
+/// cancelled while it waits, none of its batch is queued or cached.
+#[tokio::test(flavor = "current_thread")]
+async fn async_write_back_batches_wait_for_room_and_a_cancelled_one_changes_nothing() {
+    let (remote, cache) = small_spawned_queue(3);
+    for k in (0..30).step_by(3) {
+        let batch = [Op::Put(k, k), Op::Put(k + 1, k + 1), Op::Delete(k + 2)];
+        cache.write_all_async(batch).await.unwrap();
+    }
+    cache.flush_async().await.unwrap();
+    for k in 0..30 {
+        assert_eq!(remote.0.value(k), (k % 3 != 2).then_some(k), "key {k}");
+    }
+    // Hold the store: key 100's write stays in flight, leaving room for two.
+    remote.0.hold_next_ms.store(500, Ordering::SeqCst);
+    cache.put_async(100, 1).await.unwrap();
+    let accepted = cache.write_stats().accepted;
+    let batch = cache.put_all_async([(101, 1), (102, 1), (103, 1)]);
+    let cancelled = tokio::time::timeout(Duration::from_millis(50), batch).await;
+    assert!(cancelled.is_err(), "the batch waited for room");
+    assert_eq!(cache.write_stats().accepted, accepted, "none of it queued");
+    assert_eq!((cache.peek(&101), cache.peek(&103)), (None, None));
+    assert_eq!(
+        cache.put_all_async([(101, 2), (102, 2)]).await,
+        Ok(()),
+        "room for two"
+    );
+    cache.close_async().await.unwrap();
+    assert_eq!(
+        (
+            remote.0.value(100),
+            remote.0.value(101),
+            remote.0.value(103)
+        ),
+        (Some(1), Some(2), None)
+    );
 }
 
 #[test]

@@ -37,6 +37,12 @@
 //! looked up in the queue, the rest read from the store in one call), and
 //! each key it returns is checked as a read of it alone is.
 //!
+//! A `write_all` step (sync, or async and polled as below) writes up to four
+//! puts and deletes as one batch: acknowledged, each key's last write in it
+//! counts as a write of that key alone; refused, none of it does. Only a
+//! batch of more keys than the queue holds is refused as too large, and it
+//! always is.
+//!
 //! `put_async`, `put_with_async` and `delete_async` steps poll their future
 //! (with a waker that does nothing, yielding between polls) until it ends,
 //! or drop it once a given number of polls found it pending (a cancelled
@@ -100,6 +106,9 @@ enum Step {
     PutAsync(u8, u16, bool, Option<u8>),
     /// `delete_async`, dropped likewise.
     DeleteAsync(u8, Option<u8>),
+    /// `write_all` of the first four (key, write) pairs (`None`: a delete);
+    /// with `Some(cancel)`, `write_all_async`, dropped likewise.
+    WriteAll(Vec<(u8, Option<u16>)>, Option<Option<u8>>),
     /// `flush_async`, ending a stretch as `Flush` does, dropped likewise.
     FlushAsync(Option<u8>),
     /// `close_async`, ending a stretch, dropped likewise.
@@ -220,14 +229,27 @@ struct Model {
     ever: HashSet<(u8, u16)>,
 }
 
+impl Model {
+    /// Books an acknowledged write `w` of `k` (`None`: a delete).
+    fn acknowledge(&mut self, k: u8, w: Option<u16>) {
+        self.settled.remove(&k);
+        self.last.insert(k, w);
+        self.acked.entry(k).or_default().push(w);
+        if let Some(v) = w {
+            self.ever.insert((k, v));
+        }
+    }
+}
+
 fuzz_target!(|input: Input| {
     allow_deliberate_panics();
     let db = Shared::default();
     let blocking = input.handler && input.block;
+    let queue_capacity = usize::from(input.queue % 16) + 1;
     let settings = WriteBack::default()
         .max_delay(Duration::from_micros(u64::from(input.delay % 4) * 200))
         .batch(usize::from(input.batch % 8) + 1)
-        .queue_capacity(usize::from(input.queue % 16) + 1)
+        .queue_capacity(queue_capacity)
         .backpressure(if blocking {
             Backpressure::Block
         } else {
@@ -370,17 +392,31 @@ fuzz_target!(|input: Input| {
                 None => {}
                 Some(Err(WriteError::Closed)) => assert!(closed, "refused as closed while open"),
                 Some(_) if closed => panic!("a write to a closed cache was not refused"),
-                Some(Ok(())) => {
-                    let mut m = state.lock().unwrap();
-                    m.settled.remove(&k);
-                    m.last.insert(k, w);
-                    m.acked.entry(k).or_default().push(w);
-                    if let Some(v) = w {
-                        m.ever.insert((k, v));
-                    }
-                }
+                Some(Ok(())) => state.lock().unwrap().acknowledge(k, w),
                 Some(Err(WriteError::QueueFull)) => {
                     assert!(!blocking, "a blocking write found the queue full")
+                }
+                Some(Err(e)) => panic!("unexpected {e:?}"),
+            }
+        }
+        Step::WriteAll(ref ops, mode) => {
+            let (writes, outcome) = write_all(&cache, ops, mode, key);
+            let closed = closed.load(Ordering::SeqCst);
+            let too_large = writes.len() > queue_capacity;
+            match outcome {
+                None => {}
+                Some(Err(WriteError::BatchTooLarge { keys, .. })) => {
+                    assert!(too_large && keys == writes.len(), "{keys} keys too many")
+                }
+                _ if too_large => panic!("a batch larger than the queue was not refused"),
+                Some(Err(WriteError::Closed)) => assert!(closed, "refused as closed while open"),
+                Some(_) if closed => panic!("a write to a closed cache was not refused"),
+                Some(Ok(())) => {
+                    let mut m = state.lock().unwrap();
+                    writes.into_iter().for_each(|(k, w)| m.acknowledge(k, w));
+                }
+                Some(Err(WriteError::QueueFull)) => {
+                    assert!(!blocking, "a blocking batch found the queue full")
                 }
                 Some(Err(e)) => panic!("unexpected {e:?}"),
             }
@@ -615,9 +651,42 @@ fn written(cache: &WbCache, step: &Step, key: &dyn Fn(u8) -> u8) -> Option<Writt
     })
 }
 
+/// Runs a `write_all` step on the keys `key` makes of its bytes: each key's
+/// last write in the batch (what an acknowledged batch writes), and how the
+/// call ended (`None`: its future was dropped first). A call that ends in the
+/// listener's panic queued and cached the whole batch before it (the docs of
+/// `write_all`): it reads as acknowledged.
+fn write_all(
+    cache: &WbCache,
+    ops: &[(u8, Option<u16>)],
+    mode: Option<Option<u8>>,
+    key: &dyn Fn(u8) -> u8,
+) -> (
+    Vec<(u8, Option<u16>)>,
+    Option<Result<(), WriteError<&'static str>>>,
+) {
+    let ops: Vec<(u8, Option<u16>)> = ops.iter().take(4).map(|&(k, w)| (key(k), w)).collect();
+    let mut writes: Vec<(u8, Option<u16>)> = Vec::new();
+    for &(k, w) in &ops {
+        writes.retain(|&(j, _)| j != k);
+        writes.push((k, w));
+    }
+    let batch = ops.iter().map(|&(k, w)| match w {
+        Some(v) => Op::Put(k, v),
+        None => Op::Delete(k),
+    });
+    let outcome = calm(|| match mode {
+        None => Some(cache.write_all(batch)),
+        Some(cancel) => drive(cache.write_all_async(batch), cancel),
+    })
+    .unwrap_or(Some(Ok(())));
+    (writes, outcome)
+}
+
 /// The `two` + `shared` mode: see the module's docs.
 fn shared_keys(input: &Input, cache: &WbCache, db: &Shared, handed: &Handed, listened: &Listened) {
     let blocking = input.handler && input.block;
+    let input_queue = usize::from(input.queue % 16) + 1;
     // Each key's value before the stretch (every stretch ends with a flush).
     let mut before: HashMap<u8, Option<u16>> = HashMap::new();
     // Every value each key was ever acknowledged with, and its start (absent).
@@ -651,6 +720,23 @@ fn shared_keys(input: &Input, cache: &WbCache, db: &Shared, handed: &Handed, lis
                                     Some((_, _, Some(Err(e)))) => panic!("unexpected {e:?}"),
                                     _ => {}
                                 },
+                                Step::WriteAll(ref ops, mode) => {
+                                    match write_all(cache, ops, mode, &|k| k % 8) {
+                                        (writes, Some(Ok(()))) => {
+                                            for (k, w) in writes {
+                                                seen.acked.entry(k).or_default().push(w);
+                                            }
+                                        }
+                                        (_, Some(Err(WriteError::QueueFull))) => {
+                                            assert!(!blocking)
+                                        }
+                                        (writes, Some(Err(WriteError::BatchTooLarge { .. }))) => {
+                                            assert!(writes.len() > input_queue)
+                                        }
+                                        (_, Some(Err(e))) => panic!("unexpected {e:?}"),
+                                        (_, None) => {}
+                                    }
+                                }
                                 Step::Get(k) => {
                                     if let Ok(got) = calm(|| cache.get(&(k % 8)).unwrap()) {
                                         seen.reads.push((k % 8, got));

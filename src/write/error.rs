@@ -7,7 +7,8 @@ use std::sync::Arc;
 
 use super::Op;
 
-/// Why a `put` or `delete` was not accepted. Nothing was changed.
+/// Why a `put` or `delete` (or a batch of them, `put_all` or `write_all`)
+/// was not accepted. Nothing was changed.
 ///
 /// ```
 /// # use std::collections::HashMap;
@@ -54,6 +55,17 @@ pub enum WriteError<E> {
     QueueFull,
     /// The write-back cache was closed.
     Closed,
+    /// A write-back batch (`put_all` or `write_all`) has more keys than
+    /// [`queue_capacity`](crate::WriteBack::queue_capacity), whatever the
+    /// queue holds: it would need more room than the queue has once its
+    /// keys are clean. Nothing is changed. Split it, or build the cache
+    /// with a larger capacity.
+    BatchTooLarge {
+        /// The batch's distinct keys.
+        keys: usize,
+        /// The queue's capacity, in keys.
+        queue_capacity: usize,
+    },
 }
 
 impl<E: fmt::Display> fmt::Display for WriteError<E> {
@@ -62,6 +74,13 @@ impl<E: fmt::Display> fmt::Display for WriteError<E> {
             WriteError::Store(e) => write!(f, "the store refused the write: {e}"),
             WriteError::QueueFull => f.write_str("the write-back queue is full"),
             WriteError::Closed => f.write_str("the write-back cache is closed"),
+            WriteError::BatchTooLarge {
+                keys,
+                queue_capacity,
+            } => write!(
+                f,
+                "the batch writes {keys} keys, more than the write-back queue holds ({queue_capacity})"
+            ),
         }
     }
 }

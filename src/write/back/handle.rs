@@ -106,14 +106,7 @@ where
     /// Blocks until a write of `key` would find room, or the queue stops
     /// taking writes. The caller holds no stripe lock.
     pub(crate) fn wait_for_room(&self, key: &K) {
-        let shared = &*self.shared;
-        let mut q = shared.queue.lock();
-        while q.running && !q.closing && !q.has_room(key, shared.settings.queue_capacity) {
-            q.blocked += 1;
-            shared.work.notify_one();
-            q = shared.progress.wait(q);
-            q.blocked -= 1;
-        }
+        self.wait_for_room_all(&[key]);
     }
 
     /// [`wait_for_room`](Self::wait_for_room) for async writers: pending,
@@ -125,14 +118,7 @@ where
         waiter: &Waiter,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<()> {
-        let shared = &*self.shared;
-        let mut q = shared.queue.lock();
-        if q.running && !q.closing && !q.has_room(key, shared.settings.queue_capacity) {
-            q.wakers.register(waiter, cx);
-            shared.work.notify_one();
-            return std::task::Poll::Pending;
-        }
-        std::task::Poll::Ready(())
+        self.poll_room_all(&[key], waiter, cx)
     }
 
     /// Takes away the waker `waiter` filed, if any: its future is done, or
@@ -154,6 +140,97 @@ where
         Ok(())
     }
 
+    /// Queues a batch of writes, one per key (`writes[i]` is `keys[i]`'s),
+    /// if the queue has room for all of them, taking `writes`: the batch is
+    /// accepted whole or not at all. Returns what the writes replaced, for
+    /// the caller to drop once it holds no lock, or `None` when a
+    /// [`Backpressure::Block`] writer must wait for room
+    /// ([`wait_for_room_all`](Self::wait_for_room_all)) and try again. The
+    /// caller holds the keys' stripes, and checked the batch against the
+    /// queue's capacity ([`check_batch`](Self::check_batch)).
+    ///
+    /// Should a key's `Clone` panic, nothing is queued; should its `Hash`
+    /// or `Eq` panic, the writes filed before it stay queued.
+    pub(crate) fn try_accept_all(
+        &self,
+        keys: &[&K],
+        writes: &mut [Option<Pending<V>>],
+    ) -> Result<Option<Vec<LetGo<V>>>, WriteError<St::Error>> {
+        let shared = &*self.shared;
+        // Declared before the lock, so dropped after it should a key's
+        // `Hash` or `Eq` panic midway: what the writes filed so far replaced
+        // (see `LetGo`), and the copies of the keys not filed yet.
+        let mut let_go = Vec::with_capacity(keys.len());
+        let mut copies: Vec<(Option<K>, Option<K>)> = Vec::with_capacity(keys.len());
+        let mut q = shared.queue.lock();
+        if q.closing || !q.running {
+            return Err(WriteError::Closed);
+        }
+        if !q.has_room_for_all(keys, shared.settings.queue_capacity) {
+            return match shared.settings.backpressure {
+                Backpressure::Fail => Err(WriteError::QueueFull),
+                Backpressure::Block => Ok(None),
+            };
+        }
+        // Every key's copies before anything is filed, as `enqueue`.
+        for key in keys {
+            let copy = q.copies_of(key);
+            copies.push(copy);
+        }
+        let new = copies.iter().filter(|(slot, _)| slot.is_some()).count();
+        q.slots.reserve(new);
+        for ((key, write), copy) in keys.iter().zip(writes).zip(&mut copies) {
+            let filed = self.file(&mut q, key, write, std::mem::take(copy));
+            let_go.push(filed);
+        }
+        drop(q);
+        Ok(Some(let_go))
+    }
+
+    /// A batch of `keys` writes is never accepted: it could need more room
+    /// than the queue has.
+    pub(crate) fn check_batch(&self, keys: usize) -> Result<(), WriteError<St::Error>> {
+        let queue_capacity = self.shared.settings.queue_capacity;
+        if keys > queue_capacity {
+            return Err(WriteError::BatchTooLarge {
+                keys,
+                queue_capacity,
+            });
+        }
+        Ok(())
+    }
+
+    /// [`wait_for_room`](Self::wait_for_room) for a batch: blocks until
+    /// writes of all of `keys` would find room together.
+    pub(crate) fn wait_for_room_all(&self, keys: &[&K]) {
+        let shared = &*self.shared;
+        let mut q = shared.queue.lock();
+        while q.running && !q.closing && !q.has_room_for_all(keys, shared.settings.queue_capacity) {
+            q.blocked += 1;
+            shared.work.notify_one();
+            q = shared.progress.wait(q);
+            q.blocked -= 1;
+        }
+    }
+
+    /// [`poll_room`](Self::poll_room) for a batch, as
+    /// [`wait_for_room_all`](Self::wait_for_room_all).
+    pub(crate) fn poll_room_all(
+        &self,
+        keys: &[&K],
+        waiter: &Waiter,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        let shared = &*self.shared;
+        let mut q = shared.queue.lock();
+        if q.running && !q.closing && !q.has_room_for_all(keys, shared.settings.queue_capacity) {
+            q.wakers.register(waiter, cx);
+            shared.work.notify_one();
+            return std::task::Poll::Pending;
+        }
+        std::task::Poll::Ready(())
+    }
+
     /// Files an accepted write, taken out of `write`: coalesced into the
     /// key's waiting write, or queued behind the others. Returns what the
     /// write replaced, for the caller to drop once it holds no lock.
@@ -167,18 +244,28 @@ where
         key: &K,
         write: &mut Option<Pending<V>>,
     ) -> LetGo<V> {
-        let shared = &*self.shared;
         // The key's copies first: a `Clone` that panics leaves the queue as
         // it was (no write filed that is never sent, no room held).
-        let (slot_key, order_key) = match q.slots.get(key) {
-            Some(slot) if slot.waiting.is_some() => (None, None),
-            Some(_) => (None, Some(key.clone())),
-            None => (Some(key.clone()), Some(key.clone())),
-        };
+        let copies = q.copies_of(key);
         // Room for a new slot before anything moves: growing rehashes.
-        if slot_key.is_some() {
+        if copies.0.is_some() {
             q.slots.reserve(1);
         }
+        let let_go = self.file(&mut q, key, write, copies);
+        drop(q);
+        let_go
+    }
+
+    /// Files `write` under `key`, given the copies of the key that
+    /// [`Queue::copies_of`] made and room for its slot, if new.
+    fn file(
+        &self,
+        q: &mut Queue<K, V, St::Error>,
+        key: &K,
+        write: &mut Option<Pending<V>>,
+        (slot_key, order_key): (Option<K>, Option<K>),
+    ) -> LetGo<V> {
+        let shared = &*self.shared;
         let mut write = || write.take().expect("a write is accepted once");
         // Counted once filed: the key's `Hash` and `Eq` run below.
         let seq = q.seq + 1;
@@ -206,7 +293,7 @@ where
             }
             (None, slot_key) => {
                 // The key hashed (user code) before the write is taken; the
-                // room reserved above, the insert hashes nothing more.
+                // room reserved by the caller, the insert hashes nothing more.
                 let slot = |write| Slot {
                     waiting: Some((seq, write)),
                     sending: None,
@@ -240,7 +327,6 @@ where
         } else {
             q.stats.coalesced += 1;
         }
-        drop(q);
         LetGo {
             _replaced: replaced,
             _displaced: displaced,

@@ -34,9 +34,9 @@ use super::{
 /// Write-back: `put` and `delete` update the cache and queue the write; a
 /// flusher thread sends queued writes to the store in batches. Built with
 /// [`CacheBuilder::write_back`](crate::CacheBuilder::write_back), which
-/// takes the [`WriteBack`] settings. The cache's calls are `get`, `put`,
-/// `put_with`, `delete`, `flush`, `close`, `write_stats` and the `_async`
-/// twins.
+/// takes the [`WriteBack`] settings. The cache's calls are `get`,
+/// `get_all`, `refresh`, `put`, `put_with`, `delete`, `put_all`,
+/// `write_all`, `flush`, `close`, `write_stats` and the `_async` twins.
 ///
 /// # Guarantees
 ///
@@ -332,11 +332,40 @@ impl<K: Hash + Eq, V: Clone, E> Queue<K, V, E> {
     /// would otherwise pile up failures without bound. Replacing a waiting
     /// write adds nothing and always fits.
     fn has_room(&self, key: &K, capacity: usize) -> bool {
+        self.has_room_for_all(&[key], capacity)
+    }
+
+    /// [`has_room`](Self::has_room) for writes of all of `keys` (distinct)
+    /// at once: the keys not dirty yet fit together, and a write behind its
+    /// key's write in flight or failed gets in under the same condition as
+    /// alone.
+    fn has_room_for_all(&self, keys: &[&K], capacity: usize) -> bool {
+        let mut new = 0;
+        let mut behind = false;
+        for key in keys {
+            match self.slots.get(*key) {
+                Some(s) if s.waiting.is_some() => {}
+                Some(s) if !s.only_handing() => behind = true,
+                _ => new += 1,
+            }
+        }
         let dirty = self.slots.len() - self.handing_only;
-        dirty + self.loose < capacity
-            || self.slots.get(key).is_some_and(|s| {
-                s.waiting.is_some() || (!s.only_handing() && self.loose < capacity)
-            })
+        (new == 0 || dirty + self.loose + new <= capacity) && (!behind || self.loose < capacity)
+    }
+
+    /// The copies of `key` a write of it needs filed: one for a new slot,
+    /// one for its place in the order unless it has a waiting write to
+    /// coalesce with. Made before anything is filed, so that a `Clone`
+    /// that panics leaves the queue as it was.
+    fn copies_of(&self, key: &K) -> (Option<K>, Option<K>)
+    where
+        K: Clone,
+    {
+        match self.slots.get(key) {
+            Some(slot) if slot.waiting.is_some() => (None, None),
+            Some(_) => (None, Some(key.clone())),
+            None => (Some(key.clone()), Some(key.clone())),
+        }
     }
 
     /// The lowest sequence number still waiting or being sent.

@@ -8,7 +8,7 @@ use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
 use super::super::back::{Pending, Report, WriteBehind};
-use super::super::{AsyncStore, FlushError, Spawned, Store, WriteError, WriteStats};
+use super::super::{AsyncStore, FlushError, Op, Spawned, Store, WriteError, WriteStats};
 use crate::{Cache, EntryOptions};
 
 impl<K, V, S, St> Cache<K, V, S, WriteBehind<K, V, St>>
@@ -492,6 +492,230 @@ where
         }
     }
 
+    /// Queues a batch of puts and deletes, then writes them to the cache:
+    /// [`put`](Self::put) and [`delete`](Self::delete) of many keys,
+    /// acknowledged together. The queue takes the whole batch or none of it:
+    /// a `flush` or `close` that starts after the call returned sends every
+    /// write in it, and an error leaves nothing of it queued or cached. A key
+    /// given more than once is written once, with its last write, in that
+    /// write's place.
+    ///
+    /// The batch holds its keys' lock stripes while it is queued and lands,
+    /// as `put` holds one, so another write of one of its keys comes before
+    /// or after it in the queue and the cache alike. The keys land in the
+    /// cache one after another: a concurrent reader may see some of them
+    /// written and not yet others.
+    ///
+    /// With [`Backpressure::Block`](crate::Backpressure::Block), the call
+    /// waits, holding no stripe, until the queue has room for every key of
+    /// the batch not already waiting in it at once; writers of single keys
+    /// may take room first meanwhile.
+    ///
+    /// # Errors
+    ///
+    /// Nothing is changed on any of them:
+    /// - [`WriteError::BatchTooLarge`] if the batch has more keys than
+    ///   [`queue_capacity`](crate::WriteBack::queue_capacity), whatever the
+    ///   queue holds (checked first, before [`WriteError::Closed`]): such a
+    ///   batch needs more room than the queue has once its keys are clean.
+    /// - [`WriteError::QueueFull`] if the queue has no room for the batch
+    ///   and the cache was built with
+    ///   [`Backpressure::Fail`](crate::Backpressure::Fail).
+    /// - [`WriteError::Closed`] after [`close`](Self::close) or once the
+    ///   flusher thread has died, even for an empty batch.
+    ///
+    /// # Panics
+    ///
+    /// - If a key's `Hash` or `Eq`, or a value's `Clone`, panics as the
+    ///   batch is read, before anything is queued.
+    /// - If a key's `Clone`, `Hash` or `Eq` panics as the batch is queued:
+    ///   the batch's cached copies are dropped, so that reads find the queue
+    ///   or the store. A key's `Clone` panics before anything is queued; its
+    ///   `Hash` or `Eq` may panic midway, and the writes queued before it
+    ///   stay queued (the flusher sends them).
+    /// - If the weigher, the [`Expiry`](crate::Expiry), or a key's `Clone`,
+    ///   `Hash` or `Eq`, panics as the batch lands in the cache (the queue
+    ///   has it): the cached copies of the keys not landed yet are dropped
+    ///   before the panic goes on.
+    /// - If the listener panics on what the batch displaced, after the
+    ///   batch was queued and cached.
+    ///
+    /// ```
+    /// # use std::collections::HashMap;
+    /// # use std::sync::{Arc, Mutex};
+    /// # use larder::{Op, Store};
+    /// # #[derive(Clone, Default)]
+    /// # struct Db(Arc<Mutex<HashMap<u32, u32>>>);
+    /// # impl Db {
+    /// #     fn get(&self, k: u32) -> Option<u32> { self.0.lock().unwrap().get(&k).copied() }
+    /// #     fn set(&self, k: u32, v: u32) { self.0.lock().unwrap().insert(k, v); }
+    /// # }
+    /// # impl Store<u32, u32> for Db {
+    /// #     type Error = &'static str;
+    /// #     fn load(&self, k: &u32) -> Result<Option<u32>, Self::Error> { Ok(self.get(*k)) }
+    /// #     fn write(&self, op: &Op<u32, u32>) -> Result<(), Self::Error> {
+    /// #         match op {
+    /// #             Op::Put(_, v) if *v > 100 => return Err("too large"),
+    /// #             Op::Put(k, v) => self.set(*k, *v),
+    /// #             Op::Delete(k) => { self.0.lock().unwrap().remove(k); }
+    /// #         }
+    /// #         Ok(())
+    /// #     }
+    /// # }
+    /// use std::time::Duration;
+    /// use larder::{Backpressure, Cache, WriteBack, WriteError};
+    ///
+    /// let db = Db::default(); // an in-memory `Store`
+    /// db.set(3, 30);
+    /// let settings = WriteBack::default()
+    ///     .queue_capacity(4)
+    ///     .backpressure(Backpressure::Fail)
+    ///     .max_delay(Duration::MAX);
+    /// let cache = Cache::builder()
+    ///     .max_capacity(100)
+    ///     .write_back(db, settings)
+    ///     .build()
+    ///     .unwrap();
+    /// cache.write_all([Op::Put(1, 10), Op::Put(2, 20), Op::Delete(3), Op::Put(1, 11)]).unwrap();
+    /// assert_eq!(cache.get(&1), Ok(Some(11)));
+    /// assert_eq!(cache.get(&3), Ok(None)); // the queued delete
+    /// // Three keys are dirty: a batch of two new keys does not fit, and
+    /// // none of it is taken.
+    /// assert_eq!(cache.put_all([(4, 40), (5, 50)]), Err(WriteError::QueueFull));
+    /// assert_eq!(cache.get(&4), Ok(None));
+    /// cache.flush().unwrap();
+    /// assert_eq!((cache.store().get(1), cache.store().get(3)), (Some(11), None));
+    /// cache.put_all([(4, 40), (5, 50)]).unwrap(); // room now
+    /// ```
+    pub fn write_all(
+        &self,
+        ops: impl IntoIterator<Item = Op<K, V>>,
+    ) -> Result<(), WriteError<St::Error>> {
+        let mut batch = self.write_batch_of(ops)?;
+        let policy = self.policy();
+        loop {
+            let guards = policy.shared.locks.lock_all(&batch.hashes);
+            if self.accept_batch(&mut batch, guards)? {
+                return Ok(());
+            }
+            // Wait for room holding no stripe, as `put`.
+            policy.wait_for_room_all(&batch.keys());
+        }
+    }
+
+    /// [`write_all`](Self::write_all) of puts: queues many entries at once,
+    /// acknowledged together, then caches them.
+    ///
+    /// # Errors
+    ///
+    /// As [`write_all`](Self::write_all):
+    /// [`WriteError::BatchTooLarge`], [`WriteError::QueueFull`] (with
+    /// [`Backpressure::Fail`](crate::Backpressure::Fail)) or
+    /// [`WriteError::Closed`]; nothing is changed on any of them.
+    ///
+    /// # Panics
+    ///
+    /// As [`write_all`](Self::write_all).
+    ///
+    /// ```
+    /// # use std::collections::HashMap;
+    /// # use std::sync::{Arc, Mutex};
+    /// # use larder::{Op, Store};
+    /// # #[derive(Clone, Default)]
+    /// # struct Db(Arc<Mutex<HashMap<u32, u32>>>);
+    /// # impl Db {
+    /// #     fn get(&self, k: u32) -> Option<u32> { self.0.lock().unwrap().get(&k).copied() }
+    /// #     fn set(&self, k: u32, v: u32) { self.0.lock().unwrap().insert(k, v); }
+    /// # }
+    /// # impl Store<u32, u32> for Db {
+    /// #     type Error = &'static str;
+    /// #     fn load(&self, k: &u32) -> Result<Option<u32>, Self::Error> { Ok(self.get(*k)) }
+    /// #     fn write(&self, op: &Op<u32, u32>) -> Result<(), Self::Error> {
+    /// #         match op {
+    /// #             Op::Put(_, v) if *v > 100 => return Err("too large"),
+    /// #             Op::Put(k, v) => self.set(*k, *v),
+    /// #             Op::Delete(k) => { self.0.lock().unwrap().remove(k); }
+    /// #         }
+    /// #         Ok(())
+    /// #     }
+    /// # }
+    /// use larder::{Cache, WriteBack};
+    ///
+    /// let cache = Cache::builder()
+    ///     .max_capacity(100)
+    ///     .write_back(Db::default(), WriteBack::default())
+    ///     .build()
+    ///     .unwrap();
+    /// cache.put_all((0..50).map(|id| (id, id * 2))).unwrap();
+    /// assert_eq!(cache.get(&7), Ok(Some(14)));
+    /// cache.close().unwrap();
+    /// assert_eq!(cache.store().get(49), Some(98));
+    /// ```
+    pub fn put_all(
+        &self,
+        entries: impl IntoIterator<Item = (K, V)>,
+    ) -> Result<(), WriteError<St::Error>> {
+        self.write_all(entries.into_iter().map(|(k, v)| Op::Put(k, v)))
+    }
+
+    /// The batch `write_all` queues: each key's last write, with the hashes
+    /// of the keys and the copies of the writes the queue takes (a value's
+    /// `Clone` that panics does so here, before anything changed). An empty
+    /// batch goes on like any other, to be refused if the cache is closed.
+    fn write_batch_of(
+        &self,
+        ops: impl IntoIterator<Item = Op<K, V>>,
+    ) -> Result<WriteBatch<K, V>, WriteError<St::Error>> {
+        let (ops, hashes) = self.last_per_key(ops.into_iter().collect());
+        self.policy().check_batch(ops.len())?;
+        let writes = ops
+            .iter()
+            .map(|op| {
+                Some(match op {
+                    Op::Put(_, v) => Pending::Put(v.clone()),
+                    Op::Delete(_) => Pending::Delete,
+                })
+            })
+            .collect();
+        Ok(WriteBatch {
+            ops,
+            hashes,
+            writes,
+        })
+    }
+
+    /// Queues `batch` and lands it in the cache, holding `guards` (its
+    /// keys' stripes): true once done, false if the queue has no room yet
+    /// (the guards are released for the caller to wait).
+    fn accept_batch<G>(
+        &self,
+        batch: &mut WriteBatch<K, V>,
+        guards: G,
+    ) -> Result<bool, WriteError<St::Error>> {
+        let policy = self.policy();
+        let keys: Vec<&K> = batch.ops.iter().map(Op::key).collect();
+        let writes = &mut batch.writes;
+        let accepted = catch_unwind(AssertUnwindSafe(|| policy.try_accept_all(&keys, writes)));
+        drop(keys);
+        match accepted {
+            Ok(Ok(Some(let_go))) => {
+                self.land_batch(std::mem::take(&mut batch.ops), guards);
+                // What the writes replaced goes once the stripes are released.
+                drop(let_go);
+                Ok(true)
+            }
+            Ok(Ok(None)) => Ok(false),
+            Ok(Err(e)) => Err(e),
+            // Part of the batch may be queued: reads must find it there.
+            Err(panic) => self.drop_stale_copies(
+                batch.ops.iter().map(Op::key),
+                crate::store::Removed::new(),
+                guards,
+                panic,
+            ),
+        }
+    }
+
     /// Sends every write accepted before this call and returns once the store
     /// took each of them or it was given up on after every retry.
     ///
@@ -958,6 +1182,139 @@ where
         }
     }
 
+    /// [`write_all`](Self::write_all) for async code: a full queue with
+    /// [`Backpressure::Block`](crate::Backpressure::Block) suspends the task
+    /// instead of blocking its thread. Cancelled while it waits for the
+    /// stripes or for room, it changes nothing.
+    ///
+    /// # Errors
+    ///
+    /// As [`write_all`](Self::write_all): [`WriteError::BatchTooLarge`],
+    /// [`WriteError::QueueFull`] (with
+    /// [`Backpressure::Fail`](crate::Backpressure::Fail)) or
+    /// [`WriteError::Closed`]; nothing is changed on any of them.
+    ///
+    /// # Panics
+    ///
+    /// As [`write_all`](Self::write_all).
+    ///
+    /// ```
+    /// # use std::collections::HashMap;
+    /// # use std::sync::{Arc, Mutex};
+    /// # use larder::{Op, Store};
+    /// # #[derive(Clone, Default)]
+    /// # struct Db(Arc<Mutex<HashMap<u32, u32>>>);
+    /// # impl Db {
+    /// #     fn get(&self, k: u32) -> Option<u32> { self.0.lock().unwrap().get(&k).copied() }
+    /// #     fn set(&self, k: u32, v: u32) { self.0.lock().unwrap().insert(k, v); }
+    /// # }
+    /// # impl Store<u32, u32> for Db {
+    /// #     type Error = &'static str;
+    /// #     fn load(&self, k: &u32) -> Result<Option<u32>, Self::Error> { Ok(self.get(*k)) }
+    /// #     fn write(&self, op: &Op<u32, u32>) -> Result<(), Self::Error> {
+    /// #         match op {
+    /// #             Op::Put(_, v) if *v > 100 => return Err("too large"),
+    /// #             Op::Put(k, v) => self.set(*k, *v),
+    /// #             Op::Delete(k) => { self.0.lock().unwrap().remove(k); }
+    /// #         }
+    /// #         Ok(())
+    /// #     }
+    /// # }
+    /// use std::time::Duration;
+    /// use larder::{Cache, WriteBack};
+    ///
+    /// # let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
+    /// # runtime.unwrap().block_on(async {
+    /// let settings = WriteBack::default().queue_capacity(2).max_delay(Duration::MAX);
+    /// let cache = Cache::builder()
+    ///     .max_capacity(100)
+    ///     .write_back(Db::default(), settings)
+    ///     .build()
+    ///     .unwrap();
+    /// cache.put_async(1, 10).await.unwrap();
+    /// // Suspended until key 1 is sent: the queue holds two keys.
+    /// cache.write_all_async([Op::Put(2, 20), Op::Put(3, 30)]).await.unwrap();
+    /// assert_eq!(cache.store().get(1), Some(10));
+    /// cache.close_async().await.unwrap();
+    /// assert_eq!(cache.store().get(3), Some(30));
+    /// # });
+    /// ```
+    pub async fn write_all_async(
+        &self,
+        ops: impl IntoIterator<Item = Op<K, V>>,
+    ) -> Result<(), WriteError<St::Error>> {
+        let mut batch = self.write_batch_of(ops)?;
+        let policy = self.policy();
+        // Waiting for room (below) files a waker; done or dropped, this
+        // future takes it away.
+        let waiter = crate::write::Waiter::new();
+        let _forget = crate::write::Forget(|| policy.forget(&waiter));
+        loop {
+            let guards = policy.shared.locks.lock_all_async(&batch.hashes).await;
+            if self.accept_batch(&mut batch, guards)? {
+                return Ok(());
+            }
+            let keys = batch.keys();
+            std::future::poll_fn(|cx| policy.poll_room_all(&keys, &waiter, cx)).await;
+        }
+    }
+
+    /// [`put_all`](Self::put_all) for async code, as
+    /// [`write_all_async`](Self::write_all_async).
+    ///
+    /// # Errors
+    ///
+    /// As [`write_all`](Self::write_all); nothing is changed on any of them.
+    ///
+    /// # Panics
+    ///
+    /// As [`write_all`](Self::write_all).
+    ///
+    /// ```
+    /// # use std::collections::HashMap;
+    /// # use std::sync::{Arc, Mutex};
+    /// # use larder::{Op, Store};
+    /// # #[derive(Clone, Default)]
+    /// # struct Db(Arc<Mutex<HashMap<u32, u32>>>);
+    /// # impl Db {
+    /// #     fn get(&self, k: u32) -> Option<u32> { self.0.lock().unwrap().get(&k).copied() }
+    /// #     fn set(&self, k: u32, v: u32) { self.0.lock().unwrap().insert(k, v); }
+    /// # }
+    /// # impl Store<u32, u32> for Db {
+    /// #     type Error = &'static str;
+    /// #     fn load(&self, k: &u32) -> Result<Option<u32>, Self::Error> { Ok(self.get(*k)) }
+    /// #     fn write(&self, op: &Op<u32, u32>) -> Result<(), Self::Error> {
+    /// #         match op {
+    /// #             Op::Put(_, v) if *v > 100 => return Err("too large"),
+    /// #             Op::Put(k, v) => self.set(*k, *v),
+    /// #             Op::Delete(k) => { self.0.lock().unwrap().remove(k); }
+    /// #         }
+    /// #         Ok(())
+    /// #     }
+    /// # }
+    /// use larder::{Cache, WriteBack};
+    ///
+    /// # let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
+    /// # runtime.unwrap().block_on(async {
+    /// let cache = Cache::builder()
+    ///     .max_capacity(100)
+    ///     .write_back(Db::default(), WriteBack::default())
+    ///     .build()
+    ///     .unwrap();
+    /// cache.put_all_async([(1, 10), (2, 20)]).await.unwrap();
+    /// assert_eq!(cache.peek(&2), Some(20));
+    /// cache.flush_async().await.unwrap();
+    /// assert_eq!(cache.store().get(1), Some(10));
+    /// # });
+    /// ```
+    pub async fn put_all_async(
+        &self,
+        entries: impl IntoIterator<Item = (K, V)>,
+    ) -> Result<(), WriteError<St::Error>> {
+        self.write_all_async(entries.into_iter().map(|(k, v)| Op::Put(k, v)))
+            .await
+    }
+
     /// `flush`, awaiting instead of blocking the thread: sends every write
     /// accepted before this call and completes once the store took each of
     /// them or it was given up on after every retry.
@@ -1288,6 +1645,21 @@ where
         };
         let options = |k: &K, v: &V| policy.store().load_options(k, v);
         self.refresh_through_async(key, fetch, options).await
+    }
+}
+
+/// A write-back batch on its way into the queue (see `write_all`).
+struct WriteBatch<K, V> {
+    /// Each key's last write, in order.
+    ops: Vec<Op<K, V>>,
+    hashes: Vec<u64>,
+    /// The queue's copies of the writes, taken as they are filed.
+    writes: Vec<Option<Pending<V>>>,
+}
+
+impl<K, V> WriteBatch<K, V> {
+    fn keys(&self) -> Vec<&K> {
+        self.ops.iter().map(Op::key).collect()
     }
 }
 
