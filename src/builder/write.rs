@@ -167,7 +167,8 @@ where
     /// reported in its place.
     ///
     /// `handler` must not wait for the cache's queue to drain (a blocking
-    /// `put` on a full queue): the flusher is busy running it. `flush` and
+    /// `put` on a full queue, or a blocking `put_all` whose keys do not all
+    /// fit): the flusher is busy running it. `flush` and
     /// `close` called from it return at once, with what is reported so far.
     /// Nor should it own a handle of the cache: the cache would then never be
     /// dropped, and its queue never drained by the drop.

@@ -285,8 +285,9 @@ impl KeyLocks {
     }
 
     /// The stripes of `hashes`, each once, in order.
-    fn stripes_of(&self, hashes: &[u64]) -> Vec<usize> {
-        let mut stripes: Vec<usize> = hashes.iter().map(|&h| Self::index(h)).collect();
+    fn stripes_of(&self, hashes: &[u64]) -> smallvec::SmallVec<[usize; 16]> {
+        let mut stripes: smallvec::SmallVec<[usize; 16]> =
+            hashes.iter().map(|&h| Self::index(h)).collect();
         stripes.sort_unstable();
         stripes.dedup();
         stripes
@@ -374,6 +375,50 @@ mod tests {
     use crate::sync::tests::waker;
     use std::future::Future;
     use std::task::{Context, Poll};
+
+    /// A thread holding a stripe that asks for it again among others
+    /// panics before it waits for any, even when a stripe it would take
+    /// first is held by another thread waiting for the one it holds: checked
+    /// one stripe at a time as it takes them, it would wait for that other
+    /// thread, which waits for it.
+    #[test]
+    fn a_batch_asking_for_a_stripe_its_thread_holds_panics_before_waiting_for_any() {
+        let locks = std::sync::Arc::new(KeyLocks::new());
+        let (low, high) = (1, 2); // stripes 1 and 2: taken in that order
+        let (took_high, holding) = std::sync::mpsc::channel();
+        let (done, result) = std::sync::mpsc::channel();
+        let holder = {
+            let locks = locks.clone();
+            std::thread::spawn(move || {
+                let guard = locks.lock(high);
+                took_high.send(()).unwrap();
+                // Wait until the other thread holds the low stripe: it then
+                // waits for the high one, which this thread holds.
+                while !locks.stripes[KeyLocks::index(low)].state.lock().held {
+                    std::thread::yield_now();
+                }
+                let batch = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    drop(locks.lock_all(&[low, high]))
+                }));
+                done.send(batch.is_err()).unwrap();
+                drop(guard);
+            })
+        };
+        holding.recv().unwrap();
+        let other = {
+            let locks = locks.clone();
+            std::thread::spawn(move || drop(locks.lock_all(&[low, high])))
+        };
+        let panicked = result
+            .recv_timeout(std::time::Duration::from_secs(20))
+            .expect("the batch panics instead of waiting in a cycle");
+        assert!(panicked);
+        holder.join().unwrap();
+        other.join().unwrap();
+        for stripe in [low, high] {
+            assert!(!locks.stripes[KeyLocks::index(stripe)].state.lock().held);
+        }
+    }
 
     #[test]
     fn a_panicking_waker_leaves_no_other_taker_unwoken() {
