@@ -10,6 +10,9 @@
 //! * `put_16_100us_store/write_through_put_all`: sixteen writes in one
 //!   `put_all` (one store call), against `write_through_puts`, sixteen
 //!   `put` calls (sixteen store calls).
+//! * `put_16_100us_store/write_back_put_all`: the same sixteen writes queued
+//!   by one write-back `put_all` (one trip through the queue's lock, the
+//!   stripes taken together), against `write_back_puts`, sixteen `put`s.
 //!
 //! After each policy's rows, the store's call count per 1,000 puts is printed
 //! (the write-back figure after a `flush`, so every put was stored).
@@ -154,6 +157,26 @@ fn put_16_100us_store(c: &mut Criterion) {
             page(at).for_each(|(k, v)| through.put(k, v).unwrap())
         })
     });
+    let back = Cache::builder()
+        .max_capacity(CAPACITY)
+        .write_back(Slow::default(), WriteBack::default())
+        .build()
+        .unwrap();
+    group.bench_function("write_back_put_all", |b| {
+        let mut at = 0;
+        b.iter(|| {
+            at = (at + 16) & (SAMPLES - 1);
+            back.put_all(page(at)).unwrap()
+        })
+    });
+    group.bench_function("write_back_puts", |b| {
+        let mut at = 0;
+        b.iter(|| {
+            at = (at + 16) & (SAMPLES - 1);
+            page(at).for_each(|(k, v)| back.put(k, v).unwrap())
+        })
+    });
+    back.close().unwrap();
     group.finish();
 }
 

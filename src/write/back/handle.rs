@@ -160,8 +160,9 @@ where
         // Declared before the lock, so dropped after it should a key's
         // `Hash` or `Eq` panic midway: what the writes filed so far replaced
         // (see `LetGo`), and the copies of the keys not filed yet.
-        let mut let_go = Vec::with_capacity(keys.len());
-        let mut copies: Vec<(Option<K>, Option<K>)> = Vec::with_capacity(keys.len());
+        let mut let_go = Vec::new();
+        let mut copies: smallvec::SmallVec<[(Option<K>, Option<K>); 16]> =
+            smallvec::SmallVec::with_capacity(keys.len());
         let mut q = shared.queue.lock();
         if q.closing || !q.running {
             return Err(WriteError::Closed);
@@ -179,9 +180,14 @@ where
         }
         let new = copies.iter().filter(|(slot, _)| slot.is_some()).count();
         q.slots.reserve(new);
+        // One time for the batch: it is queued at once.
+        let now = Instant::now();
         for ((key, write), copy) in keys.iter().zip(writes).zip(&mut copies) {
-            let filed = self.file(&mut q, key, write, std::mem::take(copy));
-            let_go.push(filed);
+            let filed = self.file(&mut q, key, write, std::mem::take(copy), now);
+            // Most writes replace nothing: only the others are kept.
+            if filed.holds_anything() {
+                let_go.push(filed);
+            }
         }
         drop(q);
         Ok(Some(let_go))
@@ -251,19 +257,20 @@ where
         if copies.0.is_some() {
             q.slots.reserve(1);
         }
-        let let_go = self.file(&mut q, key, write, copies);
+        let let_go = self.file(&mut q, key, write, copies, Instant::now());
         drop(q);
         let_go
     }
 
-    /// Files `write` under `key`, given the copies of the key that
-    /// [`Queue::copies_of`] made and room for its slot, if new.
+    /// Files `write` under `key` as queued at `now`, given the copies of the
+    /// key that [`Queue::copies_of`] made and room for its slot, if new.
     fn file(
         &self,
         q: &mut Queue<K, V, St::Error>,
         key: &K,
         write: &mut Option<Pending<V>>,
         (slot_key, order_key): (Option<K>, Option<K>),
+        now: Instant,
     ) -> LetGo<V> {
         let shared = &*self.shared;
         let mut write = || write.take().expect("a write is accepted once");
@@ -319,7 +326,7 @@ where
             q.order.push_back(Queued {
                 seq,
                 key: order_key.expect("copied for a queued write"),
-                at: Instant::now(),
+                at: now,
             });
             if q.order.len() == 1 || q.order.len() >= shared.settings.batch {
                 shared.work.notify_one();
@@ -575,6 +582,12 @@ where
 pub(crate) struct LetGo<V> {
     _replaced: Option<Pending<V>>,
     _displaced: Option<Slot<V>>,
+}
+
+impl<V> LetGo<V> {
+    fn holds_anything(&self) -> bool {
+        self._replaced.is_some() || self._displaced.is_some()
+    }
 }
 
 /// Takes the unreported failures; their keys stop reading as dirty.

@@ -15,6 +15,10 @@ use crate::cache::Mode;
 use crate::store::Removed;
 use crate::{Cache, EntryOptions, RemovalCause};
 
+/// Batches up to this many writes find their keys given twice by comparing
+/// them pairwise rather than through a table.
+const SMALL_BATCH: usize = 32;
+
 /// What `get` returns on a store-backed cache: the value, `None` when the
 /// store has none, or the store's error shared by everyone waiting on the load.
 type Loaded<V, E> = Result<Option<V>, Arc<E>>;
@@ -328,15 +332,32 @@ where
         if ops.len() < 2 {
             return (ops, hashes);
         }
-        let mut seen = hashbrown::HashTable::<usize>::with_capacity(ops.len());
-        let mut last = vec![false; ops.len()];
-        for i in (0..ops.len()).rev() {
-            let key = ops[i].key();
-            if seen.find(hashes[i], |&j| ops[j].key() == key).is_none() {
-                seen.insert_unique(hashes[i], i, |&j| hashes[j]);
-                last[i] = true;
+        let last: Vec<bool> = if ops.len() <= SMALL_BATCH {
+            // A few keys: no hash twice (sorted on the stack) means no key
+            // twice, and nothing to allocate; else compared pairwise, with
+            // no table to build.
+            let mut sorted: smallvec::SmallVec<[u64; SMALL_BATCH]> =
+                hashes.iter().copied().collect();
+            sorted.sort_unstable();
+            if sorted.windows(2).all(|w| w[0] != w[1]) {
+                return (ops, hashes);
             }
-        }
+            let later = |i: usize| {
+                (i + 1..ops.len()).any(|j| hashes[j] == hashes[i] && ops[j].key() == ops[i].key())
+            };
+            (0..ops.len()).map(|i| !later(i)).collect()
+        } else {
+            let mut last = vec![false; ops.len()];
+            let mut seen = hashbrown::HashTable::<usize>::with_capacity(ops.len());
+            for i in (0..ops.len()).rev() {
+                let key = ops[i].key();
+                if seen.find(hashes[i], |&j| ops[j].key() == key).is_none() {
+                    seen.insert_unique(hashes[i], i, |&j| hashes[j]);
+                    last[i] = true;
+                }
+            }
+            last
+        };
         if last.iter().all(|&l| l) {
             return (ops, hashes);
         }

@@ -693,7 +693,7 @@ where
         guards: G,
     ) -> Result<bool, WriteError<St::Error>> {
         let policy = self.policy();
-        let keys: Vec<&K> = batch.ops.iter().map(Op::key).collect();
+        let keys: BatchKeys<'_, K> = batch.ops.iter().map(Op::key).collect();
         let writes = &mut batch.writes;
         let accepted = catch_unwind(AssertUnwindSafe(|| policy.try_accept_all(&keys, writes)));
         drop(keys);
@@ -1657,8 +1657,12 @@ struct WriteBatch<K, V> {
     writes: Vec<Option<Pending<V>>>,
 }
 
+/// A batch's keys, by reference: on the stack for the batches most pages
+/// of writes make.
+type BatchKeys<'a, K> = smallvec::SmallVec<[&'a K; 16]>;
+
 impl<K, V> WriteBatch<K, V> {
-    fn keys(&self) -> Vec<&K> {
+    fn keys(&self) -> BatchKeys<'_, K> {
         self.ops.iter().map(Op::key).collect()
     }
 }
