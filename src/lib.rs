@@ -35,7 +35,7 @@
 //! | eviction | [`Eviction::TinyLfu`] (default), [`Eviction::Lru`], [`Eviction::Lfu`] |
 //! | expiry | [`CacheBuilder::time_to_live`], [`CacheBuilder::time_to_idle`], [`Cache::insert_with`] + [`EntryOptions::ttl`], [`Expiry`]; [`Clock::mock`] for tests; [`Cache::run_pending_tasks`] |
 //! | loading | [`Cache::get_or_load`], [`Cache::try_get_or_load`], [`Cache::optionally_get_or_load`], [`Cache::get_or_load_with`] and `_async` twins: one load per key however many callers |
-//! | read-modify-write | [`Cache::compute`] (or [`Cache::compute_by_ref`]) with a [`Compute`]: no other write of the key lands between the read and the write |
+//! | read-modify-write | [`Cache::compute`] (or [`Cache::compute_by_ref`]) with a [`Compute`]: no other write of the key lands between the read and the write; write-through caches have a `compute` that reads and writes through the store |
 //! | tags | [`EntryOptions::tags`], [`Cache::invalidate_tag`], [`Cache::invalidate_tags`], [`Cache::invalidate_entries_if`] |
 //! | write policies | a [`Store`] (or [`AsyncStore`]) behind [`CacheBuilder::read_through`], [`CacheBuilder::write_through`] or [`CacheBuilder::write_back`] with [`WriteBack`] settings |
 //! | listener | [`CacheBuilder::eviction_listener`], told each [`RemovalCause`] |

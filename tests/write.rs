@@ -12,7 +12,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Barrier, Condvar, Mutex};
 use std::time::Duration;
 
-use larder::{Backpressure, Cache, Failure, Op, Store, WriteBack, WriteError};
+use larder::{
+    Backpressure, Cache, Compute, Computed, EntryOptions, Failure, Op, Store, WriteBack, WriteError,
+};
 
 /// Faults a store call may meet, in percent of calls.
 #[derive(Default, Clone, Copy)]
@@ -885,22 +887,29 @@ fn race_writers<W: Fn(u64) + Send + Sync + 'static>(threads: u64, write: W) {
     writers.into_iter().for_each(|w| w.join().unwrap());
 }
 
+type WriteThroughCache = Cache<u64, u64, larder::DefaultHashBuilder, larder::WriteThrough<Shared>>;
+
+/// A shared write-through cache of `capacity` over a store whose calls are
+/// slow `slow` percent of the time.
+fn slow_write_through(slow: u64, capacity: u64) -> (Arc<Db>, Arc<WriteThroughCache>) {
+    let db = Db::with_faults(Faults {
+        slow,
+        ..Faults::default()
+    });
+    let cache = Cache::builder()
+        .max_capacity(capacity)
+        .write_through(Shared(db.clone()))
+        .build()
+        .unwrap();
+    (db, Arc::new(cache))
+}
+
 /// Batches over overlapping keys, given in opposite orders, and single puts
 /// of the same keys, all at once: none waits for another in a cycle, and
 /// each key ends as the store holds it.
 #[test]
 fn concurrent_write_through_batches_never_deadlock_and_leave_cache_and_store_agreeing() {
-    let db = Db::with_faults(Faults {
-        slow: 30,
-        ..Faults::default()
-    });
-    let cache = Arc::new(
-        Cache::builder()
-            .max_capacity(1_000)
-            .write_through(Shared(db.clone()))
-            .build()
-            .unwrap(),
-    );
+    let (db, cache) = slow_write_through(30, 1_000);
     let writer = cache.clone();
     race_writers(4, move |t| {
         for i in 0..200u64 {
@@ -919,6 +928,106 @@ fn concurrent_write_through_batches_never_deadlock_and_leave_cache_and_store_agr
         assert_eq!(cache.peek(&key), db.value(key), "key {key}");
         assert!(cache.peek(&key).is_some());
     }
+}
+
+/// Counting up one key in the store from four threads at once loses no
+/// update: each compute holds the key's stripe from its read to its write.
+#[test]
+fn write_through_compute_counts_in_the_store_without_losing_updates() {
+    let (db, cache) = slow_write_through(20, 100);
+    let writer = cache.clone();
+    race_writers(4, move |t| {
+        for i in 0..100 {
+            if i % 10 == t {
+                // Now and then the cached copy goes: the next compute reads
+                // the store.
+                writer.invalidate_entries_if(|k, _| *k == 7);
+            }
+            let count = |n: Option<&u64>| Compute::Put(n.map_or(1, |n| n + 1));
+            assert!(writer.compute(7, count).is_ok());
+        }
+    });
+    assert_eq!(db.value(7), Some(400));
+    assert_eq!(cache.get(&7), Ok(Some(400)));
+}
+
+#[test]
+fn write_through_compute_keeps_puts_and_removes_through_the_store() {
+    let db = Db::new();
+    db.data.lock().unwrap().insert(1, 10);
+    let cache = Cache::builder()
+        .max_capacity(100)
+        .write_through(Shared(db.clone()))
+        .build()
+        .unwrap();
+    let calls = || db.write_calls.load(Ordering::SeqCst);
+    // A miss reads the store, and a keep writes nothing nor caches.
+    assert_eq!(
+        cache.compute(1, |_| Compute::Keep),
+        Ok(Computed::Unchanged(10))
+    );
+    assert_eq!((cache.peek(&1), calls()), (None, 0));
+    assert_eq!(cache.compute(2, |_| Compute::Keep), Ok(Computed::Absent));
+    assert_eq!(cache.compute(2, |_| Compute::Remove), Ok(Computed::Absent));
+    assert_eq!(calls(), 0, "nothing to remove: no store call");
+    assert_eq!(
+        cache.compute(1, |v| Compute::Put(v.unwrap() + 1)),
+        Ok(Computed::Replaced(11))
+    );
+    assert_eq!((db.value(1), cache.peek(&1)), (Some(11), Some(11)));
+    assert_eq!(
+        cache.compute(2, |_| Compute::PutWith(20, EntryOptions::new().tags(["t"]))),
+        Ok(Computed::Inserted(20))
+    );
+    cache.invalidate_tag("t");
+    assert_eq!((db.value(2), cache.peek(&2)), (Some(20), None));
+    assert_eq!(
+        cache.compute(1, |_| Compute::Remove),
+        Ok(Computed::Removed(11))
+    );
+    assert_eq!((db.value(1), cache.peek(&1)), (None, None));
+    assert_eq!(calls(), 3);
+}
+
+#[test]
+fn a_failing_or_panicking_write_through_compute_changes_nothing() {
+    let db = Db::new();
+    let cache = Cache::builder()
+        .max_capacity(100)
+        .write_through(Shared(db.clone()))
+        .build()
+        .unwrap();
+    cache.put(1, 10).unwrap();
+    *db.faults.lock().unwrap() = Faults {
+        fail: 100,
+        ..Faults::default()
+    };
+    assert_eq!(
+        cache.compute(1, |_| Compute::Put(11)),
+        Err(WriteError::Store("injected failure".into()))
+    );
+    assert_eq!(
+        cache.compute(1, |_| Compute::Remove),
+        Err(WriteError::Store("injected failure".into()))
+    );
+    assert_eq!((db.value(1), cache.peek(&1)), (Some(10), Some(10)));
+    *db.faults.lock().unwrap() = Faults::default();
+    let panicked = catch_unwind(AssertUnwindSafe(|| {
+        cache.compute(1, |_| -> Compute<u64> { panic!("the closure fails") })
+    }));
+    assert!(panicked.is_err());
+    assert_eq!((db.value(1), cache.peek(&1)), (Some(10), Some(10)));
+    // The closure writing its own key would wait for itself: it panics, and
+    // the stripe is released.
+    let reentered = catch_unwind(AssertUnwindSafe(|| {
+        cache.compute(1, |_| {
+            let _ = cache.put(1, 12);
+            Compute::Keep
+        })
+    }));
+    assert!(reentered.is_err());
+    assert_eq!(cache.put(1, 13), Ok(()));
+    assert_eq!(db.value(1), Some(13));
 }
 
 /// While a batch waits in the store, readers see the values before it.

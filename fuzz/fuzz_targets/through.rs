@@ -42,6 +42,10 @@
 //! (the default `write_batch`, stopping at the first failure or panic) and
 //! lands them as `put` and `delete` do; failed, panicked or dropped during
 //! the store call, it leaves the batch's keys uncached.
+//! Write-through `compute` reads the cached copy, else the store (a load
+//! that fails or panics changes nothing), hands the closure exactly that,
+//! and writes what the closure says as `put` and `delete` do; a keep, or
+//! a remove of a key the store does not have, calls the store for nothing.
 //!
 //! A racing `get` misses, and its `load`, having read the store, waits for
 //! another thread to put or delete the key through the cache (under
@@ -88,8 +92,8 @@ use std::time::Duration;
 
 use arbitrary::Arbitrary;
 use larder::{
-    AsyncStore, Cache, Clock, DefaultHashBuilder, EntryOptions, Eviction, MockClock, Op,
-    ReadThrough, RemovalCause, Store, WriteError, WriteThrough,
+    AsyncStore, Cache, Clock, Compute, Computed, DefaultHashBuilder, EntryOptions, Eviction,
+    MockClock, Op, ReadThrough, RemovalCause, Store, WriteError, WriteThrough,
 };
 use libfuzzer_sys::fuzz_target;
 
@@ -113,6 +117,9 @@ enum Step {
     /// `write_all` of the first four writes at most (`None`: a delete):
     /// write-through only, a step that does nothing under read-through.
     WriteAll(Vec<(u8, Option<u16>)>),
+    /// `compute` of the key, write-through only: `kind % 3` keeps, puts
+    /// (the value read plus one, or `v` if none) or removes.
+    Compute(u8, u8, u16),
     InvalidateTag,
     /// The store's state, `% 4`: working, failing, panicking before it
     /// applies a write, panicking after.
@@ -367,6 +374,14 @@ trait Through: Clone + Send + Sync + 'static {
     fn write_all_async(&self, _ops: Vec<Op<u8, u16>>) -> Boxed<'_, Written> {
         unreachable!("write-through only")
     }
+    /// `compute`, write-through only.
+    fn compute(
+        &self,
+        _k: u8,
+        _f: &mut dyn FnMut(Option<&u16>) -> Compute<u16>,
+    ) -> Result<Computed<u16>, WriteError<&'static str>> {
+        unreachable!("write-through only")
+    }
 }
 
 macro_rules! through {
@@ -445,6 +460,13 @@ macro_rules! through {
 
 through!(ReadThrough<Shared>, false, {});
 through!(WriteThrough<Shared>, true, {
+    fn compute(
+        &self,
+        k: u8,
+        f: &mut dyn FnMut(Option<&u16>) -> Compute<u16>,
+    ) -> Result<Computed<u16>, WriteError<&'static str>> {
+        Cache::<u8, u16, DefaultHashBuilder, WriteThrough<Shared>>::compute(self, k, f)
+    }
     fn write_all(&self, ops: Vec<Op<u8, u16>>) -> Written {
         Cache::<u8, u16, DefaultHashBuilder, WriteThrough<Shared>>::write_all(self, ops)
     }
@@ -760,6 +782,11 @@ fn one_step<C: Through>(
                     })
                     .collect();
                 write_all(cache, db, model, ops, mode, &mut after);
+            }
+        }
+        Step::Compute(k, kind, v) => {
+            if C::WRITE_THROUGH {
+                compute(cache, db, model, k % KEYS, kind, v, &mut after);
             }
         }
         Step::InvalidateTag => {
@@ -1262,6 +1289,129 @@ fn write<C: Through>(
         .as_ref()
         .and_then(|&(v, _)| model.written(v, None, false));
     write_as(cache, db, model, k, put, copy, mode, after);
+}
+
+/// A write-through `compute` of `k` (sync; an `Async` step before it is
+/// spent): `kind % 3` keeps, puts the value read plus one (`v` if none), or
+/// removes.
+fn compute<C: Through>(
+    cache: &C,
+    db: &Shared,
+    model: &mut Model,
+    k: u8,
+    kind: u8,
+    v: u16,
+    after: &mut After,
+) {
+    // A hook a racing `get` left unrun would run in this load, and its
+    // write wait for the stripe the compute holds.
+    db.0.race.lock().unwrap().take();
+    let state = db.state();
+    let loads = db.loads();
+    let writes = db.writes();
+    let before = db.snapshot();
+    let live = model.live(k);
+    let current = live.map_or(before.get(&k).copied(), |c| Some(c.value));
+    let wanted = |read: Option<u16>| match kind % 3 {
+        0 => Compute::Keep,
+        1 => Compute::Put(read.map_or(v, |r| r.wrapping_add(1))),
+        _ => Compute::Remove,
+    };
+    let mut seen = None;
+    let got = deliberate(|| {
+        cache.compute(k, &mut |read| {
+            seen = Some(read.copied());
+            wanted(read.copied())
+        })
+    });
+    let what = format!("compute {} of {k}", kind % 3);
+    if let Some(copy) = live {
+        assert_eq!(db.loads(), loads, "{what}: a hit loaded");
+        // The read moves the copy's time-to-idle on.
+        let deadline = model.idle(copy.cap);
+        if let Some(copy) = model.copies.get_mut(&k) {
+            copy.deadline = deadline;
+        }
+    } else {
+        assert_eq!(db.loads(), loads + 1, "{what}: a miss loads once");
+        let failed = match state {
+            FAILING => {
+                assert_eq!(got, Ok(Err(WriteError::Store("failing"))), "{what}");
+                true
+            }
+            PANIC_BEFORE | PANIC_AFTER => {
+                assert!(got.is_err(), "{what}: the load's panic is lost");
+                true
+            }
+            _ => false,
+        };
+        if failed {
+            assert_eq!(seen, None, "{what}: the closure ran on a failed read");
+            assert_eq!(db.writes(), writes, "{what}: wrote after a failed read");
+            return;
+        }
+    }
+    assert_eq!(
+        seen,
+        Some(current),
+        "{what}: the value handed to the closure"
+    );
+    let write = match wanted(current) {
+        Compute::Put(x) => Some(x),
+        Compute::Remove if current.is_some() => None,
+        _ => {
+            let expect = current.map_or(Computed::Absent, Computed::Unchanged);
+            assert_eq!(got, Ok(Ok(expect)), "{what}");
+            assert_eq!(db.writes(), writes, "{what}: nothing to write, yet a call");
+            return;
+        }
+    };
+    let op = match write {
+        Some(x) => Op::Put(k, x),
+        None => Op::Delete(k),
+    };
+    assert_eq!(db.writes(), writes + 1, "{what}: one store call");
+    assert_eq!(
+        db.0.writes.lock().unwrap().last(),
+        Some(&op),
+        "{what}: sent"
+    );
+    let mut stored = before.clone();
+    match write {
+        Some(x) => stored.insert(k, x),
+        None => stored.remove(&k),
+    };
+    match state {
+        FAILING => {
+            assert_eq!(got, Ok(Err(WriteError::Store("failing"))), "{what}");
+            assert_eq!(db.snapshot(), before, "{what}: refused, yet stored");
+        }
+        PANIC_BEFORE | PANIC_AFTER => {
+            assert!(got.is_err(), "{what}: the store's panic is lost");
+            let expect = if state == PANIC_AFTER {
+                &stored
+            } else {
+                &before
+            };
+            assert_eq!(&db.snapshot(), expect, "{what}: the store");
+            after.exact.insert(k, None);
+            model.behind[usize::from(k)] = false;
+        }
+        _ => {
+            let expect = match (write, current) {
+                (Some(x), Some(_)) => Computed::Replaced(x),
+                (Some(x), None) => Computed::Inserted(x),
+                (None, old) => Computed::Removed(old.expect("a remove of a present key")),
+            };
+            assert_eq!(got, Ok(Ok(expect)), "{what}");
+            assert_eq!(db.snapshot(), stored, "{what}: acknowledged, not stored");
+            after.set(k, write.and_then(|x| model.written(x, None, false)));
+            after
+                .refused
+                .extend(write.filter(|&x| model.too_heavy(x)).map(|x| (k, x)));
+            model.behind[usize::from(k)] = false;
+        }
+    }
 }
 
 /// [`write`], which caches `copy` when it lands.

@@ -10,7 +10,7 @@ use super::super::key_locks::{Guards, StripeMark};
 use super::super::{AsyncStore, FlushError, KeyGuard, Op, Store, WriteError, WriteThrough};
 use crate::store::Removed;
 use crate::sync::OnDrop;
-use crate::{Cache, EntryOptions};
+use crate::{Cache, Compute, Computed, EntryOptions};
 
 impl<K, V, S, St> Cache<K, V, S, WriteThrough<St>>
 where
@@ -578,6 +578,109 @@ where
         entries: impl IntoIterator<Item = (K, V)>,
     ) -> Result<(), WriteError<St::Error>> {
         self.write_all(entries.into_iter().map(|(k, v)| Op::Put(k, v)))
+    }
+
+    /// Reads and rewrites `key` in one step, through the store: `f` gets the
+    /// key's value (the cached one, else the store's) and says what to do
+    /// with it (see [`Compute`]); a [`Put`](Compute::Put) or
+    /// [`Remove`](Compute::Remove) goes to the store, then to the cache, as
+    /// [`put`](Self::put) and [`delete`](Self::delete) send theirs. The
+    /// call holds the key's lock stripe from the read to the write, so no
+    /// other write of the key through this cache (a `put`, a `delete`, a
+    /// batch, another `compute`) lands between them: counters kept in the
+    /// store lose no update.
+    ///
+    /// A miss reads the store directly, under the stripe, without sharing
+    /// the load with other callers or caching what it read; it counts as a
+    /// miss, not a load. [`Keep`](Compute::Keep) calls the store for nothing
+    /// more; so does a `Remove` of a key the store does not have.
+    ///
+    /// `f` runs holding the stripe: it must not write to this cache (a write
+    /// of a key of the same stripe panics instead of waiting for itself).
+    ///
+    /// # Errors
+    ///
+    /// [`WriteError::Store`] with the store's error, from the read or the
+    /// write; nothing is changed then.
+    ///
+    /// # Panics
+    ///
+    /// If `f` panics, nothing is changed. If the store panics on the write,
+    /// it may have taken it: the key's cached copy is dropped before the
+    /// panic goes on, as for `put`. Panics in the weigher, the `Expiry`, the
+    /// listener, or the key's `Clone`, `Hash` or `Eq` as the write lands
+    /// leave the cache as for `put`.
+    ///
+    /// ```
+    /// # use std::collections::HashMap;
+    /// # use std::sync::Mutex;
+    /// use larder::{Cache, Compute, Computed, Op, Store};
+    ///
+    /// #[derive(Default)]
+    /// struct Db(Mutex<HashMap<&'static str, u64>>);
+    /// impl Store<&'static str, u64> for Db {
+    ///     type Error = &'static str;
+    ///     fn load(&self, k: &&'static str) -> Result<Option<u64>, Self::Error> {
+    ///         Ok(self.0.lock().unwrap().get(k).copied())
+    ///     }
+    ///     fn write(&self, op: &Op<&'static str, u64>) -> Result<(), Self::Error> {
+    ///         let mut db = self.0.lock().unwrap();
+    ///         match op {
+    ///             Op::Put(k, v) => db.insert(*k, *v),
+    ///             Op::Delete(k) => db.remove(k),
+    ///         };
+    ///         Ok(())
+    ///     }
+    /// }
+    /// let cache = Cache::builder().max_capacity(100).write_through(Db::default()).build().unwrap();
+    /// let count = |n: Option<&u64>| Compute::Put(n.map_or(1, |n| n + 1));
+    /// assert_eq!(cache.compute("visits", count), Ok(Computed::Inserted(1)));
+    /// assert_eq!(cache.compute("visits", count), Ok(Computed::Replaced(2)));
+    /// assert_eq!(cache.store().0.lock().unwrap().get("visits"), Some(&2));
+    /// assert_eq!(cache.compute("visits", |_| Compute::Remove), Ok(Computed::Removed(2)));
+    /// assert_eq!(cache.get(&"visits"), Ok(None));
+    /// ```
+    pub fn compute(
+        &self,
+        key: K,
+        f: impl FnOnce(Option<&V>) -> Compute<V>,
+    ) -> Result<Computed<V>, WriteError<St::Error>> {
+        let policy = self.policy();
+        let guard = Guards::from_buf([policy.locks.lock(self.hash(&key))]);
+        let current = match self.get_cached(&key) {
+            Some(v) => Some(v),
+            None => policy.store.load(&key).map_err(WriteError::Store)?,
+        };
+        let (value, options) = match f(current.as_ref()) {
+            Compute::Keep => {
+                return Ok(current.map_or(Computed::Absent, Computed::Unchanged));
+            }
+            Compute::Remove => {
+                let Some(old) = current else {
+                    return Ok(Computed::Absent);
+                };
+                let op = [Op::Delete(key)];
+                let (written, guard) =
+                    self.store_call_sync(&op, guard, || policy.store.write(&op[0]));
+                written.map_err(WriteError::Store)?;
+                self.land_delete::<K, _>(op[0].key(), guard);
+                return Ok(Computed::Removed(old));
+            }
+            Compute::Put(value) => (value, None),
+            Compute::PutWith(value, options) => (value, Some(options)),
+        };
+        let returned = value.clone();
+        let op = [Op::Put(key, value)];
+        let (written, guard) = self.store_call_sync(&op, guard, || policy.store.write(&op[0]));
+        written.map_err(WriteError::Store)?;
+        let [Op::Put(key, value)] = op else {
+            unreachable!("the op built above")
+        };
+        self.land_write(key, value, options.as_ref(), guard);
+        Ok(match current {
+            Some(_) => Computed::Replaced(returned),
+            None => Computed::Inserted(returned),
+        })
     }
 
     /// Runs a write-through store `call` for `ops`, holding their keys'
