@@ -990,7 +990,7 @@ fn write_through_compute_keeps_puts_and_removes_through_the_store() {
 }
 
 #[test]
-fn a_failing_or_panicking_write_through_compute_changes_nothing() {
+fn a_failing_or_panicking_write_through_compute_leaves_no_stale_copy() {
     let db = Db::new();
     let cache = Cache::builder()
         .max_capacity(100)
@@ -1012,6 +1012,17 @@ fn a_failing_or_panicking_write_through_compute_changes_nothing() {
     );
     assert_eq!((db.value(1), cache.peek(&1)), (Some(10), Some(10)));
     *db.faults.lock().unwrap() = Faults::default();
+    // A store that panics on the write may have taken it: the cached copy
+    // goes, and reads find the store.
+    *db.faults.lock().unwrap() = Faults {
+        panic: 100,
+        ..Faults::default()
+    };
+    let panicked = catch_unwind(AssertUnwindSafe(|| cache.compute(1, |_| Compute::Put(11))));
+    assert!(panicked.is_err());
+    *db.faults.lock().unwrap() = Faults::default();
+    assert_eq!((db.value(1), cache.peek(&1)), (Some(10), None));
+    assert_eq!(cache.get(&1), Ok(Some(10)));
     let panicked = catch_unwind(AssertUnwindSafe(|| {
         cache.compute(1, |_| -> Compute<u64> { panic!("the closure fails") })
     }));

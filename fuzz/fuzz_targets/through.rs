@@ -45,7 +45,8 @@
 //! Write-through `compute` reads the cached copy, else the store (a load
 //! that fails or panics changes nothing), hands the closure exactly that,
 //! and writes what the closure says as `put` and `delete` do; a keep, or
-//! a remove of a key the store does not have, calls the store for nothing.
+//! a remove of a key neither the cache nor the store has, calls the store
+//! for nothing.
 //!
 //! A racing `get` misses, and its `load`, having read the store, waits for
 //! another thread to put or delete the key through the cache (under
@@ -1303,9 +1304,6 @@ fn compute<C: Through>(
     v: u16,
     after: &mut After,
 ) {
-    // A hook a racing `get` left unrun would run in this load, and its
-    // write wait for the stripe the compute holds.
-    db.0.race.lock().unwrap().take();
     let state = db.state();
     let loads = db.loads();
     let writes = db.writes();

@@ -588,15 +588,26 @@ where
     /// call holds the key's lock stripe from the read to the write, so no
     /// other write of the key through this cache (a `put`, a `delete`, a
     /// batch, another `compute`) lands between them: counters kept in the
-    /// store lose no update.
+    /// store and written only through this cache lose no update. (A write
+    /// made to the store behind the cache is not seen while a copy of the
+    /// key is cached, as for `get`.)
     ///
-    /// A miss reads the store directly, under the stripe, without sharing
-    /// the load with other callers or caching what it read; it counts as a
-    /// miss, not a load. [`Keep`](Compute::Keep) calls the store for nothing
-    /// more; so does a `Remove` of a key the store does not have.
+    /// The read is a `get`'s: a hit counts as one and moves a time-to-idle
+    /// and the eviction order, whatever `f` then does. A miss reads the
+    /// store directly, under the stripe, without sharing the load with
+    /// other callers or caching what it read; it counts as a miss, not a
+    /// load. [`Keep`](Compute::Keep) calls the store for nothing more; so
+    /// does a `Remove` of a key neither the cache nor the store has.
+    ///
+    /// The outcome is [`Cache::compute`]'s, with the value read from the
+    /// store standing for a live entry: [`Computed::Unchanged`],
+    /// [`Computed::Replaced`] and [`Computed::Removed`] may carry a value
+    /// that was never cached, and the listener hears only of cached copies
+    /// replaced or removed.
     ///
     /// `f` runs holding the stripe: it must not write to this cache (a write
-    /// of a key of the same stripe panics instead of waiting for itself).
+    /// of a key of the same stripe panics instead of waiting for itself; one
+    /// of another stripe may deadlock with another thread's).
     ///
     /// # Errors
     ///
@@ -605,11 +616,12 @@ where
     ///
     /// # Panics
     ///
-    /// If `f` panics, nothing is changed. If the store panics on the write,
-    /// it may have taken it: the key's cached copy is dropped before the
-    /// panic goes on, as for `put`. Panics in the weigher, the `Expiry`, the
-    /// listener, or the key's `Clone`, `Hash` or `Eq` as the write lands
-    /// leave the cache as for `put`.
+    /// - If `f`, the store's `load`, or the read's value `Clone` or
+    ///   [`Expiry`](crate::Expiry) panics: nothing is changed.
+    /// - If the store panics on the write, it may have taken it: the key's
+    ///   cached copy is dropped before the panic goes on, as for `put`.
+    /// - If the weigher, the `Expiry`, the listener, or the key's `Clone`,
+    ///   `Hash` or `Eq` panics as the write lands: as for `put`.
     ///
     /// ```
     /// # use std::collections::HashMap;
