@@ -118,8 +118,9 @@ enum Step {
     /// `write_all` of the first four writes at most (`None`: a delete):
     /// write-through only, a step that does nothing under read-through.
     WriteAll(Vec<(u8, Option<u16>)>),
-    /// `compute` of the key, write-through only: `kind % 3` keeps, puts
-    /// (the value read plus one, or `v` if none) or removes.
+    /// `compute` of the key, write-through only: `kind % 4` keeps, puts
+    /// (the value read plus one, or `v` if none), removes, or puts with the
+    /// tag `"t"` (`PutWith`).
     Compute(u8, u8, u16),
     InvalidateTag,
     /// The store's state, `% 4`: working, failing, panicking before it
@@ -1293,8 +1294,8 @@ fn write<C: Through>(
 }
 
 /// A write-through `compute` of `k` (sync; an `Async` step before it is
-/// spent): `kind % 3` keeps, puts the value read plus one (`v` if none), or
-/// removes.
+/// spent): `kind % 4` keeps, puts the value read plus one (`v` if none),
+/// removes, or puts it tagged `"t"`.
 fn compute<C: Through>(
     cache: &C,
     db: &Shared,
@@ -1310,10 +1311,15 @@ fn compute<C: Through>(
     let before = db.snapshot();
     let live = model.live(k);
     let current = live.map_or(before.get(&k).copied(), |c| Some(c.value));
-    let wanted = |read: Option<u16>| match kind % 3 {
-        0 => Compute::Keep,
-        1 => Compute::Put(read.map_or(v, |r| r.wrapping_add(1))),
-        _ => Compute::Remove,
+    let tagged = kind % 4 == 3;
+    let wanted = |read: Option<u16>| {
+        let next = read.map_or(v, |r| r.wrapping_add(1));
+        match kind % 4 {
+            0 => Compute::Keep,
+            1 => Compute::Put(next),
+            2 => Compute::Remove,
+            _ => Compute::PutWith(next, EntryOptions::new().tags(["t"])),
+        }
     };
     let mut seen = None;
     let got = deliberate(|| {
@@ -1322,7 +1328,7 @@ fn compute<C: Through>(
             wanted(read.copied())
         })
     });
-    let what = format!("compute {} of {k}", kind % 3);
+    let what = format!("compute {} of {k}", kind % 4);
     if let Some(copy) = live {
         assert_eq!(db.loads(), loads, "{what}: a hit loaded");
         // The read moves the copy's time-to-idle on.
@@ -1355,7 +1361,7 @@ fn compute<C: Through>(
         "{what}: the value handed to the closure"
     );
     let write = match wanted(current) {
-        Compute::Put(x) => Some(x),
+        Compute::Put(x) | Compute::PutWith(x, _) => Some(x),
         Compute::Remove if current.is_some() => None,
         _ => {
             let expect = current.map_or(Computed::Absent, Computed::Unchanged);
@@ -1403,7 +1409,7 @@ fn compute<C: Through>(
             };
             assert_eq!(got, Ok(Ok(expect)), "{what}");
             assert_eq!(db.snapshot(), stored, "{what}: acknowledged, not stored");
-            after.set(k, write.and_then(|x| model.written(x, None, false)));
+            after.set(k, write.and_then(|x| model.written(x, None, tagged)));
             after
                 .refused
                 .extend(write.filter(|&x| model.too_heavy(x)).map(|x| (k, x)));
