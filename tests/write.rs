@@ -1819,6 +1819,247 @@ fn concurrent_write_back_batches_never_deadlock_and_leave_cache_and_store_agreei
     assert_eq!(cache.write_stats().dirty, 0);
 }
 
+/// Counting up keys from four threads at once, against a slow store and a
+/// queue too small for every writer at once, loses no update: each compute
+/// holds its key's stripe from its read (the cache, the queue or the store)
+/// to its write, and waits for room before it reads.
+#[test]
+fn write_back_compute_counts_without_losing_updates() {
+    let db = Db::with_faults(Faults {
+        slow: 30,
+        ..Faults::default()
+    });
+    let settings = WriteBack::default()
+        .queue_capacity(3)
+        .batch(2)
+        .max_delay(Duration::ZERO);
+    let cache = Arc::new(write_back(&db, settings, 1_000));
+    let writer = cache.clone();
+    race_writers(4, move |t| {
+        for i in 0..150 {
+            if i % 10 == t {
+                // Now and then the cached copies go: the next computes read
+                // the queue or the store.
+                writer.invalidate_entries_if(|_, _| true);
+            }
+            let count = |n: Option<&u64>| Compute::Put(n.map_or(1, |n| n + 1));
+            assert!(writer.compute(i % 5, count).is_ok());
+            if i % 7 == 0 {
+                writer.put(100 + t, i).unwrap();
+            }
+        }
+    });
+    cache.flush().unwrap();
+    for key in 0..5 {
+        assert_eq!(db.value(key), Some(120), "key {key}");
+        assert_eq!(cache.get(&key), Ok(Some(120)));
+    }
+    assert_eq!(cache.write_stats().dirty, 0);
+}
+
+#[test]
+fn write_back_compute_reads_the_cache_then_the_queue_then_the_store() {
+    let db = Db::new();
+    db.data.lock().unwrap().extend([(1, 10), (3, 30), (4, 40)]);
+    let settings = WriteBack::default().max_delay(Duration::MAX);
+    let cache = write_back(&db, settings, 100);
+    let accepted = || cache.write_stats().accepted;
+    // A miss reads the store, and a keep queues nothing nor caches.
+    assert_eq!(
+        cache.compute(1, |_| Compute::Keep),
+        Ok(Computed::Unchanged(10))
+    );
+    assert_eq!((cache.peek(&1), accepted()), (None, 0));
+    assert_eq!(cache.compute(2, |_| Compute::Keep), Ok(Computed::Absent));
+    assert_eq!(cache.compute(2, |_| Compute::Remove), Ok(Computed::Absent));
+    assert_eq!(accepted(), 0, "nothing to remove: nothing queued");
+    assert_eq!(db.loads.load(Ordering::SeqCst), 3);
+    // A queued write answers before the store, the cached copy gone.
+    cache.put(2, 20).unwrap();
+    cache.invalidate_entries_if(|k, _| *k == 2);
+    assert_eq!(
+        cache.compute(2, |v| Compute::Put(v.unwrap() + 1)),
+        Ok(Computed::Replaced(21))
+    );
+    assert_eq!(cache.peek(&2), Some(21));
+    // A queued delete reads as no value, though the store has one.
+    cache.delete(&3).unwrap();
+    assert_eq!(
+        cache.compute(3, |v| {
+            assert_eq!(v, None);
+            Compute::Keep
+        }),
+        Ok(Computed::Absent)
+    );
+    assert_eq!(db.loads.load(Ordering::SeqCst), 3, "the queue answered");
+    // A cached copy answers first; the write is queued, not sent.
+    assert_eq!(
+        cache.compute(1, |v| Compute::Put(v.unwrap() + 1)),
+        Ok(Computed::Replaced(11))
+    );
+    assert_eq!(
+        cache.compute(1, |v| Compute::Put(v.unwrap() + 1)),
+        Ok(Computed::Replaced(12))
+    );
+    assert_eq!(db.loads.load(Ordering::SeqCst), 4);
+    assert_eq!(
+        cache.compute(5, |_| Compute::PutWith(50, EntryOptions::new().tags(["t"]))),
+        Ok(Computed::Inserted(50))
+    );
+    cache.invalidate_tag("t");
+    assert_eq!((cache.peek(&5), cache.get(&5)), (None, Ok(Some(50))));
+    assert_eq!(
+        cache.compute(4, |_| Compute::Remove),
+        Ok(Computed::Removed(40))
+    );
+    assert_eq!((cache.peek(&4), cache.get(&4)), (None, Ok(None)));
+    assert_eq!(db.value(4), Some(40), "not sent yet");
+    let stats = cache.write_stats();
+    assert_eq!(
+        (stats.accepted, stats.coalesced),
+        (7, 2),
+        "key 2 twice, key 1 twice"
+    );
+    cache.flush().unwrap();
+    let stored: Vec<_> = (1..=5).map(|k| db.value(k)).collect();
+    assert_eq!(stored, [Some(12), Some(21), None, None, Some(50)]);
+}
+
+/// A compute holds a unit of queue room from before its read until its
+/// write is queued, and gives it back when it writes nothing, fails or
+/// panics.
+#[test]
+fn write_back_compute_holds_room_from_its_read_to_its_write() {
+    let (db, cache) = behind_a_closed_gate(2, Backpressure::Fail);
+    cache.put(1, 1).unwrap();
+    let (reading_tx, reading) = std::sync::mpsc::channel();
+    let (go, go_rx) = std::sync::mpsc::channel::<()>();
+    std::thread::scope(|s| {
+        let computing = s.spawn(|| {
+            cache.compute(5, move |v| {
+                reading_tx.send(()).unwrap();
+                go_rx.recv().unwrap();
+                Compute::Put(v.map_or(50, |v| v + 1))
+            })
+        });
+        // Dropped should an assertion fail, so that the compute ends.
+        let go = go;
+        reading.recv().unwrap();
+        // Key 1 and the compute's room fill the queue.
+        assert_eq!(cache.put(3, 3), Err(WriteError::QueueFull));
+        let ran = AtomicBool::new(false);
+        assert_eq!(
+            cache.compute(6, |_| {
+                ran.store(true, Ordering::SeqCst);
+                Compute::Keep
+            }),
+            Err(WriteError::QueueFull)
+        );
+        assert!(!ran.load(Ordering::SeqCst), "refused before its read");
+        go.send(()).unwrap();
+        assert_eq!(computing.join().unwrap(), Ok(Computed::Inserted(50)));
+    });
+    assert_eq!(
+        cache.compute(1, |_| Compute::Keep),
+        Err(WriteError::QueueFull),
+        "room is taken even for a key that would coalesce"
+    );
+    db.open_gate();
+    cache.flush().unwrap();
+    assert_eq!(db.value(5), Some(50));
+    db.close_gate();
+    // Room given back: had any of these kept its unit, the two puts after
+    // them would not both fit.
+    for key in 10..14 {
+        assert_eq!(cache.compute(key, |_| Compute::Keep), Ok(Computed::Absent));
+        assert_eq!(
+            cache.compute(key, |_| Compute::Remove),
+            Ok(Computed::Absent)
+        );
+        let panicked = catch_unwind(AssertUnwindSafe(|| {
+            cache.compute(key, |_| -> Compute<u64> { panic!("the closure fails") })
+        }));
+        assert!(panicked.is_err());
+        // The closure writing its own key would wait for itself: it panics.
+        let reentered = catch_unwind(AssertUnwindSafe(|| {
+            cache.compute(key, |_| {
+                let _ = cache.put(key, 1);
+                Compute::Put(2)
+            })
+        }));
+        assert!(reentered.is_err());
+    }
+    assert_eq!(cache.put(20, 20), Ok(()));
+    assert_eq!(cache.put(21, 21), Ok(()));
+    assert_eq!(
+        (10..14).map(|k| cache.peek(&k)).collect::<Vec<_>>(),
+        [None; 4]
+    );
+    db.open_gate();
+    cache.close().unwrap();
+    let ran = AtomicBool::new(false);
+    assert_eq!(
+        cache.compute(1, |_| {
+            ran.store(true, Ordering::SeqCst);
+            Compute::Keep
+        }),
+        Err(WriteError::Closed)
+    );
+    assert!(!ran.load(Ordering::SeqCst));
+    assert_eq!(
+        (db.value(20), db.value(21), db.value(10)),
+        (Some(20), Some(21), None)
+    );
+}
+
+/// With `Block`, a compute waits for room before its read, holding no
+/// stripe: a writer of another key of its stripe is not held up.
+#[test]
+fn a_write_back_compute_waits_for_room_holding_no_stripe() {
+    let (db, cache) = behind_a_closed_gate(1, Backpressure::Block);
+    cache.put(1, 1).unwrap();
+    let returned = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let out = cache.compute(2, |v| Compute::Put(v.map_or(20, |v| v + 1)));
+            assert_eq!(out, Ok(Computed::Inserted(20)));
+            returned.store(true, Ordering::SeqCst);
+        });
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(!returned.load(Ordering::SeqCst), "it waits for room");
+        // Key 1 coalesces, though the compute waits on the same queue.
+        cache.put(1, 2).unwrap();
+        db.open_gate();
+    });
+    assert!(returned.load(Ordering::SeqCst));
+    cache.flush().unwrap();
+    assert_eq!((db.value(1), db.value(2)), (Some(2), Some(20)));
+}
+
+/// A store load that panics under a compute gives its room back.
+#[test]
+fn a_write_back_compute_whose_load_panics_gives_its_room_back() {
+    let store = FirstLoadPanics::default();
+    store.0 .1.store(true, Ordering::SeqCst);
+    let settings = WriteBack::default()
+        .queue_capacity(1)
+        .backpressure(Backpressure::Fail)
+        .max_delay(Duration::MAX);
+    let cache = Cache::builder()
+        .max_capacity(100)
+        .write_back(store, settings)
+        .build()
+        .unwrap();
+    let panicked = catch_unwind(AssertUnwindSafe(|| cache.compute(1, |_| Compute::Put(1))));
+    assert!(panicked.is_err());
+    assert_eq!(cache.peek(&1), None);
+    assert_eq!(
+        cache.compute(1, |v| Compute::Put(v.unwrap() + 1)),
+        Ok(Computed::Replaced(11))
+    );
+    assert_eq!(cache.write_stats().queued, 1);
+}
+
 #[test]
 fn writes_that_exhaust_retries_are_reported_once_and_readable_until_then() {
     let db = Db::with_faults(Faults {

@@ -43,6 +43,13 @@
 //! batch of more keys than the queue holds is refused as too large, and it
 //! always is.
 //!
+//! A `compute` step reads its key and decides, by its `kind`, to keep it,
+//! to put a value (the one given plus what it read, tagged or not), or to
+//! remove it. What its closure read is checked as a read is; the write it
+//! decided on, once the call returns it, counts as a write of that key, a
+//! removal of a key that read as absent as none. A `Fail` queue refuses it
+//! before its read, so a refused compute read nothing.
+//!
 //! `put_async`, `put_with_async` and `delete_async` steps poll their future
 //! (with a waker that does nothing, yielding between polls) until it ends,
 //! or drop it once a given number of polls found it pending (a cancelled
@@ -80,8 +87,8 @@ use std::time::Duration;
 
 use arbitrary::Arbitrary;
 use larder::{
-    Backpressure, Cache, DefaultHashBuilder, EntryOptions, Eviction, Op, Store, WriteBack,
-    WriteBehind, WriteError,
+    Backpressure, Cache, Compute, Computed, DefaultHashBuilder, EntryOptions, Eviction, Op, Store,
+    WriteBack, WriteBehind, WriteError,
 };
 
 /// Writes handed to the failure handler, as `(key, value or deletion)`.
@@ -109,6 +116,9 @@ enum Step {
     /// `write_all` of the first four (key, write) pairs (`None`: a delete);
     /// with `Some(cancel)`, `write_all_async`, dropped likewise.
     WriteAll(Vec<(u8, Option<u16>)>, Option<Option<u8>>),
+    /// `compute` of a key: by `kind % 4`, keep, put (the value plus what
+    /// was read), remove, or put tagged.
+    Compute(u8, u8, u16),
     /// `flush_async`, ending a stretch as `Flush` does, dropped likewise.
     FlushAsync(Option<u8>),
     /// `close_async`, ending a stretch, dropped likewise.
@@ -421,6 +431,31 @@ fuzz_target!(|input: Input| {
                 Some(Err(e)) => panic!("unexpected {e:?}"),
             }
         }
+        Step::Compute(k, kind, v) => {
+            let k = key(k);
+            let (read, decided, outcome) = compute(&cache, k, kind, v);
+            if let Some(got) = read {
+                check_read(k, got);
+            }
+            let closed = closed.load(Ordering::SeqCst);
+            match outcome {
+                Err(WriteError::QueueFull) => {
+                    assert!(!blocking, "a blocking compute found the queue full");
+                    assert_eq!(read, None, "refused before its read");
+                }
+                Err(WriteError::Closed) => {
+                    assert!(closed, "refused as closed while open");
+                    assert_eq!(read, None, "refused before its read");
+                }
+                Err(e) => panic!("unexpected {e:?}"),
+                Ok(_) if closed => panic!("a compute on a closed cache was not refused"),
+                Ok(()) => {
+                    if let Some(w) = decided {
+                        state.lock().unwrap().acknowledge(k, w);
+                    }
+                }
+            }
+        }
         Step::Get(k) => {
             let k = key(k);
             // A read that caches what it found may evict, and the listener
@@ -683,6 +718,67 @@ fn write_all(
     (writes, outcome)
 }
 
+/// Runs a `compute` step on `k`: what its closure read (`None`: it did not
+/// run), the write it decided on (`None`: none; `Some(None)`: a delete),
+/// and how the call ended, its outcome checked against the read and the
+/// decision. A call that ends in the listener's panic queued and cached
+/// its write before it (the docs of `compute`): it reads as `Ok`.
+#[allow(clippy::type_complexity)]
+fn compute(
+    cache: &WbCache,
+    k: u8,
+    kind: u8,
+    v: u16,
+) -> (
+    Option<Option<u16>>,
+    Option<Option<u16>>,
+    Result<(), WriteError<&'static str>>,
+) {
+    let read = std::cell::Cell::new(None);
+    let decide = |got: Option<&u16>| {
+        let got = got.copied();
+        read.set(Some(got));
+        match kind % 4 {
+            0 => Compute::Keep,
+            1 => Compute::Put(v.wrapping_add(got.unwrap_or(0))),
+            2 => Compute::Remove,
+            _ => Compute::PutWith(
+                v.wrapping_add(got.unwrap_or(0)),
+                EntryOptions::new().tags(["t"]),
+            ),
+        }
+    };
+    let outcome = calm(|| cache.compute(k, decide));
+    let read = read.get();
+    // The write decided on, once the closure ran.
+    let decided = read.and_then(|got| match kind % 4 {
+        0 => None,
+        2 => got.map(|_| None),
+        _ => Some(Some(v.wrapping_add(got.unwrap_or(0)))),
+    });
+    let outcome = match outcome {
+        Err(()) => {
+            assert!(decided.is_some(), "only a write's landing evicts");
+            Ok(())
+        }
+        Ok(Err(e)) => Err(e),
+        Ok(Ok(computed)) => {
+            let got = read.expect("an answer after the closure ran");
+            let expected = match (decided, got) {
+                (None, None) => Computed::Absent,
+                (None, Some(x)) => Computed::Unchanged(x),
+                (Some(None), Some(x)) => Computed::Removed(x),
+                (Some(Some(w)), None) => Computed::Inserted(w),
+                (Some(Some(w)), Some(_)) => Computed::Replaced(w),
+                (Some(None), None) => unreachable!("a removal of nothing writes nothing"),
+            };
+            assert_eq!(computed, expected, "compute of {k}, kind {}", kind % 4);
+            Ok(())
+        }
+    };
+    (read, decided, outcome)
+}
+
 /// The `two` + `shared` mode: see the module's docs.
 fn shared_keys(input: &Input, cache: &WbCache, db: &Shared, handed: &Handed, listened: &Listened) {
     let blocking = input.handler && input.block;
@@ -735,6 +831,23 @@ fn shared_keys(input: &Input, cache: &WbCache, db: &Shared, handed: &Handed, lis
                                         }
                                         (_, Some(Err(e))) => panic!("unexpected {e:?}"),
                                         (_, None) => {}
+                                    }
+                                }
+                                Step::Compute(k, kind, v) => {
+                                    let (read, decided, outcome) = compute(cache, k % 8, kind, v);
+                                    if let Some(got) = read {
+                                        seen.reads.push((k % 8, got));
+                                    }
+                                    match outcome {
+                                        Ok(()) => {
+                                            if let Some(w) = decided {
+                                                seen.acked.entry(k % 8).or_default().push(w);
+                                            }
+                                        }
+                                        Err(WriteError::QueueFull) => {
+                                            assert!(!blocking && read.is_none())
+                                        }
+                                        Err(e) => panic!("unexpected {e:?}"),
                                     }
                                 }
                                 Step::Get(k) => {

@@ -47,6 +47,7 @@ where
                 handing: false,
                 handing_only: 0,
                 loose: 0,
+                reserved: 0,
                 reports_out: 0,
                 stored_while_out: HashMap::default(),
                 reported: HashMap::default(),
@@ -191,6 +192,75 @@ where
         }
         drop(q);
         Ok(Some(let_go))
+    }
+
+    /// Holds a unit of queue room for a write not decided yet, for
+    /// `compute`: the write it decides on then fits whatever other writers
+    /// do meanwhile, so it never waits for room holding the key's stripe.
+    /// `None` when a [`Backpressure::Block`] caller must wait
+    /// ([`wait_to_reserve`](Self::wait_to_reserve)) and try again. The
+    /// caller holds no stripe.
+    pub(crate) fn try_reserve(&self) -> Result<MaybeReserved<'_, K, V, St>, WriteError<St::Error>> {
+        let shared = &*self.shared;
+        let mut q = shared.queue.lock();
+        if q.closing || !q.running {
+            return Err(WriteError::Closed);
+        }
+        if !q.has_room_to_reserve(shared.settings.queue_capacity) {
+            return match shared.settings.backpressure {
+                Backpressure::Fail => Err(WriteError::QueueFull),
+                Backpressure::Block => Ok(None),
+            };
+        }
+        q.reserved += 1;
+        Ok(Some(Reservation { shared, held: true }))
+    }
+
+    /// Blocks until [`try_reserve`](Self::try_reserve) would find room, or
+    /// the queue stops taking writes. The caller holds no stripe.
+    pub(crate) fn wait_to_reserve(&self) {
+        let shared = &*self.shared;
+        let mut q = shared.queue.lock();
+        while q.running && !q.closing && !q.has_room_to_reserve(shared.settings.queue_capacity) {
+            q.blocked += 1;
+            shared.work.notify_one();
+            q = shared.progress.wait(q);
+            q.blocked -= 1;
+        }
+    }
+
+    /// Queues a write of `key` in the room `reservation` holds, taking
+    /// `write`; returns what it replaced, for the caller to drop once it
+    /// holds no lock. [`WriteError::Closed`] if the queue stopped taking
+    /// writes since the room was reserved: nothing is queued then.
+    ///
+    /// Should the key's `Clone` panic, nothing is queued and the room is
+    /// given back; should its `Hash` or `Eq` panic (a key that hashed
+    /// already, as the caller's stripe took it), nothing is queued and the
+    /// room is free again, without waking writers waiting for it: the
+    /// next write sent wakes them.
+    pub(crate) fn file_reserved(
+        &self,
+        mut reservation: Reservation<'_, K, V, St>,
+        key: &K,
+        write: &mut Option<Pending<V>>,
+    ) -> Result<LetGo<V>, WriteError<St::Error>> {
+        let mut q = self.shared.queue.lock();
+        if q.closing || !q.running {
+            drop(q);
+            // `reservation` gives the room back as it drops.
+            return Err(WriteError::Closed);
+        }
+        let copies = q.copies_of(key);
+        if copies.0.is_some() {
+            q.slots.reserve(1);
+        }
+        // The room moves from the reservation to the write.
+        q.reserved -= 1;
+        reservation.held = false;
+        let let_go = self.file(&mut q, key, write, copies, Instant::now());
+        drop(q);
+        Ok(let_go)
     }
 
     /// A batch of `keys` writes is never accepted: it could need more room
@@ -569,6 +639,29 @@ where
     drop(bin);
     if let Err(panic) = checked {
         resume_unwind(panic);
+    }
+}
+
+/// What [`WriteBehind::try_reserve`] holds: `None` when a
+/// [`Backpressure::Block`] caller must wait for room.
+pub(crate) type MaybeReserved<'a, K, V, St> = Option<Reservation<'a, K, V, St>>;
+
+/// A unit of queue room held for a write not decided yet (see
+/// [`WriteBehind::try_reserve`]): given back, waking the writers waiting
+/// for room, when dropped unfiled (the write was not made, or the call
+/// making it failed or panicked).
+pub(crate) struct Reservation<'a, K, V, St: Store<K, V>> {
+    shared: &'a Shared<K, V, St>,
+    held: bool,
+}
+
+impl<K, V, St: Store<K, V>> Drop for Reservation<'_, K, V, St> {
+    fn drop(&mut self) {
+        if self.held {
+            let mut q = self.shared.queue.lock();
+            q.reserved -= 1;
+            self.shared.progressed(q);
+        }
     }
 }
 

@@ -14,6 +14,7 @@
 
 mod flusher;
 mod handle;
+pub(crate) use handle::Reservation;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
@@ -276,6 +277,11 @@ struct Queue<K, V, E> {
     /// of its key waiting or failed after it, a report put back): each takes
     /// queue room as a dirty key does, until reported.
     loose: usize,
+    /// Units of room held by `compute` calls for the write they may make
+    /// (see [`Reservation`]): taken from the room
+    /// before the call reads its key, so that the write it decides on
+    /// always fits, given back when it is queued or not made.
+    reserved: usize,
     /// Reports taken and not yet settled by their caller (see
     /// `WriteBehind::settled`), and the keys stored meanwhile, each with the
     /// sequence number of its latest stored write: a report put back must
@@ -350,7 +356,17 @@ impl<K: Hash + Eq, V: Clone, E> Queue<K, V, E> {
             }
         }
         let dirty = self.slots.len() - self.handing_only;
-        (new == 0 || dirty + self.loose + new <= capacity) && (!behind || self.loose < capacity)
+        (new == 0 || dirty + self.loose + self.reserved + new <= capacity)
+            && (!behind || self.loose < capacity)
+    }
+
+    /// Whether a unit of room can be held for a write not decided yet (see
+    /// [`Reservation`]): as for a key not dirty, whatever
+    /// the key, since a write of it that would coalesce now may find it in
+    /// flight by the time it is queued.
+    fn has_room_to_reserve(&self, capacity: usize) -> bool {
+        let dirty = self.slots.len() - self.handing_only;
+        dirty + self.loose + self.reserved < capacity
     }
 
     /// The copies of `key` a write of it needs filed: one for a new slot,

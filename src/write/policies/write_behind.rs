@@ -7,9 +7,9 @@ use std::hash::{BuildHasher, Hash};
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
-use super::super::back::{Pending, Report, WriteBehind};
+use super::super::back::{Pending, Report, Reservation, WriteBehind};
 use super::super::{AsyncStore, FlushError, Op, Spawned, Store, WriteError, WriteStats};
-use crate::{Cache, EntryOptions};
+use crate::{Cache, Compute, Computed, EntryOptions};
 
 impl<K, V, S, St> Cache<K, V, S, WriteBehind<K, V, St>>
 where
@@ -490,6 +490,160 @@ where
             drop(guard);
             policy.wait_for_room(key);
         }
+    }
+
+    /// Reads and rewrites `key` in one step: `f` gets the key's latest
+    /// acknowledged value, as [`get`](Self::get) reads it (the cached one,
+    /// else a write still queued, else the store's), and says what to do
+    /// with it (see [`Compute`]). A [`Put`](Compute::Put) or
+    /// [`Remove`](Compute::Remove) is queued and cached as
+    /// [`put`](Self::put) and [`delete`](Self::delete) queue and cache
+    /// theirs. The call holds the key's lock stripe from the read to the
+    /// write, so no other write of the key through this cache (a `put`, a
+    /// `delete`, a batch, another `compute`) lands between them: counters
+    /// written only through this cache lose no update.
+    ///
+    /// The call takes a unit of queue room before it reads, and holds it
+    /// until its write is queued or `f` decides on none: the write `f`
+    /// decides on always fits, and the call never waits for room holding
+    /// the stripe. It takes the unit even for a key whose write would
+    /// coalesce with one still waiting. With
+    /// [`Backpressure::Block`](crate::Backpressure::Block) it waits for that
+    /// room first, holding nothing.
+    ///
+    /// The read is a `get`'s without its load: a hit counts as one and moves
+    /// a time-to-idle and the eviction order, whatever `f` then does. A
+    /// miss reads the queue, then the store, directly, under the stripe,
+    /// without sharing the load with other callers or caching what it read;
+    /// it counts as a miss, not a load. [`Keep`](Compute::Keep) queues
+    /// nothing; nor does a `Remove` of a key that has no value.
+    ///
+    /// The outcome is [`Cache::compute`]'s, with the value read from the
+    /// queue or the store standing for a live entry: [`Computed::Unchanged`],
+    /// [`Computed::Replaced`] and [`Computed::Removed`] may carry a value that
+    /// was never cached.
+    ///
+    /// `f` runs holding the stripe: it must not write to this cache (a write
+    /// of a key of the same stripe panics instead of waiting for itself; one
+    /// of another stripe may deadlock with another thread's).
+    ///
+    /// # Errors
+    ///
+    /// Nothing is changed on any of them:
+    /// - [`WriteError::QueueFull`] if the queue has no room for the write and
+    ///   the cache was built with
+    ///   [`Backpressure::Fail`](crate::Backpressure::Fail), before the read
+    ///   (`f` does not run).
+    /// - [`WriteError::Closed`] after [`close`](Self::close) or once the
+    ///   flusher thread has died: before the read, or, if the queue stopped
+    ///   taking writes while `f` ran, after it (its write is dropped).
+    /// - [`WriteError::Store`] with the store's error from the read.
+    ///
+    /// # Panics
+    ///
+    /// - If `f`, the store's `load`, or the read's value `Clone` or
+    ///   [`Expiry`](crate::Expiry) panics: nothing is changed, and the room
+    ///   is given back.
+    /// - If the value's or the key's `Clone`, or the key's `Hash` or `Eq`,
+    ///   panics as the write is queued: nothing is queued or cached.
+    /// - If the weigher, the `Expiry`, the listener, or the key's `Clone`,
+    ///   `Hash` or `Eq` panics as the write lands in the cache: as for `put`.
+    ///
+    /// ```
+    /// # use std::collections::HashMap;
+    /// # use std::sync::Mutex;
+    /// use std::time::Duration;
+    /// use larder::{Cache, Compute, Computed, Op, Store, WriteBack};
+    ///
+    /// #[derive(Default)]
+    /// struct Db(Mutex<HashMap<&'static str, u64>>);
+    /// impl Store<&'static str, u64> for Db {
+    ///     type Error = &'static str;
+    ///     fn load(&self, k: &&'static str) -> Result<Option<u64>, Self::Error> {
+    ///         Ok(self.0.lock().unwrap().get(k).copied())
+    ///     }
+    ///     fn write(&self, op: &Op<&'static str, u64>) -> Result<(), Self::Error> {
+    ///         let mut db = self.0.lock().unwrap();
+    ///         match op {
+    ///             Op::Put(k, v) => db.insert(*k, *v),
+    ///             Op::Delete(k) => db.remove(k),
+    ///         };
+    ///         Ok(())
+    ///     }
+    /// }
+    /// let settings = WriteBack::default().max_delay(Duration::MAX);
+    /// let cache = Cache::builder().max_capacity(100).write_back(Db::default(), settings).build().unwrap();
+    /// let count = |n: Option<&u64>| Compute::Put(n.map_or(1, |n| n + 1));
+    /// assert_eq!(cache.compute("visits", count), Ok(Computed::Inserted(1)));
+    /// cache.invalidate_entries_if(|_, _| true); // the cached copy goes; the queued write stays
+    /// assert_eq!(cache.compute("visits", count), Ok(Computed::Replaced(2)));
+    /// assert_eq!(cache.store().0.lock().unwrap().get("visits"), None, "not sent yet");
+    /// cache.flush().unwrap();
+    /// assert_eq!(cache.store().0.lock().unwrap().get("visits"), Some(&2));
+    /// assert_eq!(cache.compute("visits", |_| Compute::Remove), Ok(Computed::Removed(2)));
+    /// assert_eq!(cache.get(&"visits"), Ok(None));
+    /// ```
+    pub fn compute(
+        &self,
+        key: K,
+        f: impl FnOnce(Option<&V>) -> Compute<V>,
+    ) -> Result<Computed<V>, WriteError<St::Error>> {
+        let policy = self.policy();
+        // Room first, holding nothing: a `flush` may need the stripe.
+        let reservation = loop {
+            if let Some(reservation) = policy.try_reserve()? {
+                break reservation;
+            }
+            policy.wait_to_reserve();
+        };
+        let guard = policy.shared.locks.lock(self.hash(&key));
+        let current = match self.get_cached(&key) {
+            Some(v) => Some(v),
+            None => match policy.lookup::<K>(&key) {
+                Some(Pending::Put(v)) => Some(v),
+                Some(Pending::Delete) => None,
+                None => policy.store().load(&key).map_err(WriteError::Store)?,
+            },
+        };
+        match f(current.as_ref()) {
+            Compute::Keep => Ok(current.map_or(Computed::Absent, Computed::Unchanged)),
+            Compute::Remove => {
+                let Some(old) = current else {
+                    return Ok(Computed::Absent);
+                };
+                let let_go = policy.file_reserved(reservation, &key, &mut Some(Pending::Delete))?;
+                self.land_delete::<K, _>(&key, guard);
+                // What the write replaced goes once the stripe is released.
+                drop(let_go);
+                Ok(Computed::Removed(old))
+            }
+            Compute::Put(value) => self.compute_put(key, value, None, current, reservation, guard),
+            Compute::PutWith(value, options) => {
+                self.compute_put(key, value, Some(&options), current, reservation, guard)
+            }
+        }
+    }
+
+    /// Queues and caches the write a [`compute`](Self::compute) decided on,
+    /// in the room it holds.
+    fn compute_put<G>(
+        &self,
+        key: K,
+        value: V,
+        options: Option<&EntryOptions>,
+        current: Option<V>,
+        reservation: Reservation<'_, K, V, St>,
+        guard: G,
+    ) -> Result<Computed<V>, WriteError<St::Error>> {
+        let returned = value.clone();
+        let mut write = Some(Pending::Put(value.clone()));
+        let let_go = self.policy().file_reserved(reservation, &key, &mut write)?;
+        self.land_write(key, value, options, guard);
+        drop(let_go);
+        Ok(match current {
+            Some(_) => Computed::Replaced(returned),
+            None => Computed::Inserted(returned),
+        })
     }
 
     /// Queues a batch of puts and deletes, then writes them to the cache:
