@@ -7,7 +7,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use larder::{AsyncStore, Cache, Clock, EntryOptions, Op, Spawned, WriteBack, WriteError};
+use larder::{
+    AsyncStore, Cache, Clock, Compute, Computed, EntryOptions, Op, Spawned, WriteBack, WriteError,
+};
 
 #[derive(Default)]
 struct Db {
@@ -957,7 +959,7 @@ type EchoPut = Box<
 
 /// An async write-through store that, against its docs, writes to the cache
 /// it stands behind from within its write: each put of a value under 100
-/// puts 100 more under the same key. The cache's `put_async` is reached
+/// puts 100 more under the same key; and from within its load of key 42. The cache's `put_async` is reached
 /// through a boxed function, set after the build (the store's future
 /// cannot name the cache's, which holds it).
 #[derive(Clone, Default)]
@@ -967,7 +969,14 @@ struct AsyncEcho {
 
 impl AsyncStore<u64, u64> for AsyncEcho {
     type Error = String;
-    async fn load(&self, _: &u64) -> Result<Option<u64>, String> {
+    async fn load(&self, key: &u64) -> Result<Option<u64>, String> {
+        // Key 42's load writes it too.
+        if *key == 42 {
+            let put = self.put.get().expect("set after the build");
+            if !put(42, 142).await {
+                return Err("the echo failed".into());
+            }
+        }
         Ok(None)
     }
     async fn write_batch(&self, ops: &[Op<u64, u64>]) -> Result<(), String> {
@@ -1171,4 +1180,167 @@ fn an_async_write_from_a_thread_locals_drop_goes_through() {
         "the write from the drop went through"
     );
     assert_eq!((cache.peek(&1), cache.peek(&2)), (Some(1), Some(2)));
+}
+
+/// A compute whose store load or write puts its own key to the cache, from
+/// the same task, panics instead of waiting for itself, and releases the
+/// stripe.
+#[test]
+fn an_async_store_writing_its_own_key_under_compute_async_panics_instead_of_hanging() {
+    let cache = async_echo_cache();
+    let writer = cache.clone();
+    let message =
+        panic_message(async move { writer.compute_async(42, |_| Compute::<u64>::Keep).await });
+    assert!(message.contains("would wait for itself"), "{message}");
+    let writer = cache.clone();
+    let message = panic_message(async move { writer.compute_async(1, |_| Compute::Put(1)).await });
+    assert!(message.contains("would wait for itself"), "{message}");
+    assert_eq!((cache.peek(&42), cache.peek(&1)), (None, None));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let out = runtime.block_on(cache.compute_async(1, |v| Compute::Put(v.map_or(500, |v| v + 1))));
+    assert_eq!(
+        out,
+        Ok(Computed::Inserted(500)),
+        "the key's stripe was released"
+    );
+    assert_eq!(cache.peek(&1), Some(500));
+}
+
+/// Tasks counting up one key through an async store lose no update: each
+/// compute holds the key's stripe from its read to its write, across the
+/// store's awaits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_write_through_compute_counts_without_losing_updates() {
+    let remote = Remote::default();
+    remote.0.delay_ms.store(1, Ordering::SeqCst);
+    let cache = Cache::builder()
+        .max_capacity(100)
+        .write_through(remote.clone())
+        .build()
+        .unwrap();
+    let tasks: Vec<_> = (0..4u64)
+        .map(|t| {
+            let cache = cache.clone();
+            tokio::spawn(async move {
+                for i in 0..25 {
+                    if i % 5 == t {
+                        // The next compute reads the store.
+                        cache.invalidate_all();
+                    }
+                    let count = |n: Option<&u64>| Compute::Put(n.map_or(1, |n| n + 1));
+                    assert!(cache.compute_async(7, count).await.is_ok());
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    assert_eq!(remote.0.value(7), Some(100));
+    assert_eq!(cache.get_async(&7).await, Ok(Some(100)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_write_through_compute_writes_through_and_a_failure_changes_nothing() {
+    let remote = Remote::default();
+    remote.0.data.lock().unwrap().insert(1, 10);
+    let cache = Cache::builder()
+        .max_capacity(100)
+        .write_through(remote.clone())
+        .build()
+        .unwrap();
+    let calls = || remote.0.write_calls.load(Ordering::SeqCst);
+    assert_eq!(
+        cache.compute_async(1, |_| Compute::Keep).await,
+        Ok(Computed::Unchanged(10))
+    );
+    assert_eq!((cache.peek(&1), calls()), (None, 0), "read, not cached");
+    assert_eq!(
+        cache.compute_async(2, |_| Compute::Remove).await,
+        Ok(Computed::Absent)
+    );
+    assert_eq!(calls(), 0, "nothing to remove: no store call");
+    assert_eq!(
+        cache
+            .compute_async(1, |v| Compute::Put(v.unwrap() + 1))
+            .await,
+        Ok(Computed::Replaced(11))
+    );
+    assert_eq!((remote.0.value(1), cache.peek(&1)), (Some(11), Some(11)));
+    let tagged = EntryOptions::new().tags(["t"]);
+    assert_eq!(
+        cache
+            .compute_async(2, |_| Compute::PutWith(20, tagged))
+            .await,
+        Ok(Computed::Inserted(20))
+    );
+    cache.invalidate_tag("t");
+    assert_eq!((remote.0.value(2), cache.peek(&2)), (Some(20), None));
+    remote.0.fail.store(true, Ordering::SeqCst);
+    assert_eq!(
+        cache.compute_async(1, |_| Compute::Remove).await,
+        Err(WriteError::Store("remote down".into()))
+    );
+    assert_eq!((remote.0.value(1), cache.peek(&1)), (Some(11), Some(11)));
+    remote.0.fail.store(false, Ordering::SeqCst);
+    assert_eq!(
+        cache.compute_async(1, |_| Compute::Remove).await,
+        Ok(Computed::Removed(11))
+    );
+    assert_eq!((remote.0.value(1), cache.peek(&1)), (None, None));
+    assert_eq!(calls(), 4);
+}
+
+/// Cancelled in its load, a compute changes nothing; cancelled in its
+/// write, it drops the key's cached copy, as `put_async` does; either way
+/// the stripe is released.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_async_write_through_compute_releases_its_key() {
+    let remote = Remote::default();
+    remote.0.data.lock().unwrap().insert(2, 20);
+    let cache = Cache::builder()
+        .max_capacity(100)
+        .write_through(remote.clone())
+        .build()
+        .unwrap();
+    cache.put_async(1, 10).await.unwrap();
+    remote.0.delay_ms.store(3_600_000, Ordering::SeqCst);
+    let ran = AtomicBool::new(false);
+    let cancelled = tokio::time::timeout(
+        Duration::from_millis(20),
+        cache.compute_async(2, |_| {
+            ran.store(true, Ordering::SeqCst);
+            Compute::Put(21)
+        }),
+    )
+    .await;
+    assert!(cancelled.is_err(), "the compute was cancelled in its load");
+    assert!(!ran.load(Ordering::SeqCst));
+    remote.0.delay_ms.store(0, Ordering::SeqCst);
+    assert_eq!((remote.0.value(2), cache.peek(&2)), (Some(20), None));
+    remote.0.hold_next_ms.store(3_600_000, Ordering::SeqCst);
+    let cancelled = tokio::time::timeout(
+        Duration::from_millis(20),
+        cache.compute_async(1, |v| Compute::Put(v.unwrap() + 1)),
+    )
+    .await;
+    assert!(cancelled.is_err(), "the compute was cancelled in its write");
+    assert_eq!(cache.peek(&1), None, "the cache no longer claims 10");
+    remote.0.hold_next_ms.store(0, Ordering::SeqCst);
+    assert_eq!(
+        cache
+            .compute_async(1, |v| Compute::Put(v.unwrap() + 1))
+            .await,
+        Ok(Computed::Replaced(11)),
+        "the store decides, and the stripe is free"
+    );
+    assert_eq!(
+        cache
+            .compute_async(2, |v| Compute::Put(v.unwrap() + 1))
+            .await,
+        Ok(Computed::Replaced(21))
+    );
+    assert_eq!((remote.0.value(1), remote.0.value(2)), (Some(11), Some(21)));
 }

@@ -46,7 +46,9 @@
 //! that fails or panics changes nothing), hands the closure exactly that,
 //! and writes what the closure says as `put` and `delete` do; a keep, or
 //! a remove of a key neither the cache nor the store has, calls the store
-//! for nothing.
+//! for nothing. Its async twin, `compute_async`, dropped during its load
+//! changes nothing (the closure has not run); dropped during its write, it
+//! leaves the store without the write and the key uncached.
 //!
 //! A racing `get` misses, and its `load`, having read the store, waits for
 //! another thread to put or delete the key through the cache (under
@@ -133,7 +135,7 @@ enum Step {
     /// A `get` during whose load another thread does `Race` on the key.
     Racing(u8, Race),
     /// Makes the next step, if a call (`Get`, `GetAll`, `Refresh`,
-    /// `Racing`, `Put`, `PutWith`, `Delete`, `WriteAll`), its async twin, with the store's calls pending for
+    /// `Racing`, `Put`, `PutWith`, `Delete`, `WriteAll`, `Compute`), its async twin, with the store's calls pending for
     /// `delay % 4` polls, and its future dropped after `cancel % 6` polls if
     /// given and it has not ended by then.
     Async {
@@ -384,7 +386,14 @@ trait Through: Clone + Send + Sync + 'static {
     ) -> Result<Computed<u16>, WriteError<&'static str>> {
         unreachable!("write-through only")
     }
+    fn compute_async<'a>(&'a self, _k: u8, _f: ComputeFn<'a>) -> Boxed<'a, Computing> {
+        unreachable!("write-through only")
+    }
 }
+
+/// What a `compute` closure is, boxed for `compute_async`.
+type ComputeFn<'a> = Box<dyn FnOnce(Option<&u16>) -> Compute<u16> + 'a>;
+type Computing = Result<Computed<u16>, WriteError<&'static str>>;
 
 macro_rules! through {
     ($policy:ty, $write_through:expr, { $($batch:tt)* }) => {
@@ -468,6 +477,11 @@ through!(WriteThrough<Shared>, true, {
         f: &mut dyn FnMut(Option<&u16>) -> Compute<u16>,
     ) -> Result<Computed<u16>, WriteError<&'static str>> {
         Cache::<u8, u16, DefaultHashBuilder, WriteThrough<Shared>>::compute(self, k, f)
+    }
+    fn compute_async<'a>(&'a self, k: u8, f: ComputeFn<'a>) -> Boxed<'a, Computing> {
+        Box::pin(
+            Cache::<u8, u16, DefaultHashBuilder, WriteThrough<Shared>>::compute_async(self, k, f),
+        )
     }
     fn write_all(&self, ops: Vec<Op<u8, u16>>) -> Written {
         Cache::<u8, u16, DefaultHashBuilder, WriteThrough<Shared>>::write_all(self, ops)
@@ -788,7 +802,7 @@ fn one_step<C: Through>(
         }
         Step::Compute(k, kind, v) => {
             if C::WRITE_THROUGH {
-                compute(cache, db, model, k % KEYS, kind, v, &mut after);
+                compute(cache, db, model, k % KEYS, kind, v, mode, &mut after);
             }
         }
         Step::InvalidateTag => {
@@ -1293,9 +1307,10 @@ fn write<C: Through>(
     write_as(cache, db, model, k, put, copy, mode, after);
 }
 
-/// A write-through `compute` of `k` (sync; an `Async` step before it is
-/// spent): `kind % 4` keeps, puts the value read plus one (`v` if none),
+/// A write-through `compute` of `k` (`compute_async` after an `Async`
+/// step): `kind % 4` keeps, puts the value read plus one (`v` if none),
 /// removes, or puts it tagged `"t"`.
+#[allow(clippy::too_many_arguments)]
 fn compute<C: Through>(
     cache: &C,
     db: &Shared,
@@ -1303,6 +1318,7 @@ fn compute<C: Through>(
     k: u8,
     kind: u8,
     v: u16,
+    mode: Option<Async>,
     after: &mut After,
 ) {
     let state = db.state();
@@ -1321,14 +1337,53 @@ fn compute<C: Through>(
             _ => Compute::PutWith(next, EntryOptions::new().tags(["t"])),
         }
     };
-    let mut seen = None;
-    let got = deliberate(|| {
-        cache.compute(k, &mut |read| {
-            seen = Some(read.copied());
-            wanted(read.copied())
-        })
-    });
-    let what = format!("compute {} of {k}", kind % 4);
+    let seen = std::cell::Cell::new(None);
+    let f = |read: Option<&u16>| {
+        seen.set(Some(read.copied()));
+        wanted(read.copied())
+    };
+    let what = format!("compute {} of {k}, {mode:?}", kind % 4);
+    // Async: the stripe is free, taken on the first poll; a miss's load is
+    // then pending for the delay, and the write, if any, started on the
+    // poll the load ends (the first, for a hit), for the delay again.
+    let delay = mode.map_or(0, |m| m.delay);
+    let load_polls = if live.is_some() { 0 } else { delay };
+    let read_fails = live.is_none() && state != WORKING;
+    let writes_any = !read_fails
+        && match wanted(current) {
+            Compute::Keep => false,
+            Compute::Remove => current.is_some(),
+            _ => true,
+        };
+    let polls = 1 + load_polls + if writes_any { delay } else { 0 };
+    let cancelled = Async::cancels(mode, polls);
+    let got = call(
+        db,
+        mode,
+        || cache.compute(k, &mut { f }),
+        || cache.compute_async(k, Box::new(f)),
+    );
+    assert_eq!(got.is_none(), cancelled, "{what}: dropped");
+    let Some(got) = got else {
+        // Dropped after `polled` polls: in its load (or before its first
+        // poll) it changed nothing; in its write, the store does not have
+        // it and the key's cached copy is gone.
+        let polled = mode.and_then(|m| m.cancel).unwrap_or(0);
+        let in_write = polled > load_polls;
+        assert_eq!(db.writes(), writes, "{what}: a dropped call wrote");
+        assert_eq!(db.snapshot(), before, "{what}: a dropped call stored");
+        let loaded = usize::from(in_write && live.is_none());
+        assert_eq!(db.loads(), loads + loaded, "{what}: loads");
+        if in_write {
+            assert_eq!(seen.get(), Some(current), "{what}: the value read");
+            after.exact.insert(k, None);
+            model.behind[usize::from(k)] = false;
+        } else {
+            assert_eq!(seen.get(), None, "{what}: the closure ran");
+        }
+        return;
+    };
+    let seen = seen.get();
     if let Some(copy) = live {
         assert_eq!(db.loads(), loads, "{what}: a hit loaded");
         // The read moves the copy's time-to-idle on.

@@ -1300,6 +1300,117 @@ where
             .await
     }
 
+    /// [`compute`](Self::compute) for an [`AsyncStore`]: reads and rewrites
+    /// `key` in one step, through the store, holding the key's lock stripe
+    /// from the read to the write (waited for without blocking the thread).
+    /// `f` gets the cached value, else the store's `load`; a
+    /// [`Put`](Compute::Put) or [`Remove`](Compute::Remove) goes to the
+    /// store's `write_batch`, then to the cache, as
+    /// [`put_async`](Self::put_async) and [`delete_async`](Self::delete_async)
+    /// send theirs. The outcome, the counting of the read and what `f` must
+    /// not do are `compute`'s.
+    ///
+    /// Cancelled while waiting for the stripe or during the load, it
+    /// changes nothing; cancelled during the write, the store may have
+    /// taken it, so the key's cached copy is dropped, as for `put_async`. A
+    /// store whose `load` or `write_batch` writes a key of the stripe to
+    /// this cache, from the same task, panics instead of waiting for itself.
+    ///
+    /// # Errors
+    ///
+    /// [`WriteError::Store`] with the store's error, from the read or the
+    /// write; nothing is changed then.
+    ///
+    /// # Panics
+    ///
+    /// As [`compute`](Self::compute); a store panicking in its `load` (or
+    /// its future's `Drop`) changes nothing.
+    ///
+    /// ```
+    /// # use std::collections::HashMap;
+    /// # use std::sync::Mutex;
+    /// use larder::{AsyncStore, Cache, Compute, Computed, Op};
+    ///
+    /// #[derive(Default)]
+    /// struct Remote(Mutex<HashMap<&'static str, u64>>);
+    /// impl AsyncStore<&'static str, u64> for Remote {
+    ///     type Error = &'static str;
+    ///     async fn load(&self, k: &&'static str) -> Result<Option<u64>, Self::Error> {
+    ///         Ok(self.0.lock().unwrap().get(k).copied())
+    ///     }
+    ///     async fn write_batch(&self, ops: &[Op<&'static str, u64>]) -> Result<(), Self::Error> {
+    ///         let mut db = self.0.lock().unwrap();
+    ///         for op in ops {
+    ///             match op {
+    ///                 Op::Put(k, v) => db.insert(*k, *v),
+    ///                 Op::Delete(k) => db.remove(k),
+    ///             };
+    ///         }
+    ///         Ok(())
+    ///     }
+    /// }
+    /// # let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    /// # runtime.block_on(async {
+    /// let cache = Cache::builder().max_capacity(100).write_through(Remote::default()).build().unwrap();
+    /// let count = |n: Option<&u64>| Compute::Put(n.map_or(1, |n| n + 1));
+    /// assert_eq!(cache.compute_async("visits", count).await, Ok(Computed::Inserted(1)));
+    /// cache.invalidate_all(); // the next compute reads the store
+    /// assert_eq!(cache.compute_async("visits", count).await, Ok(Computed::Replaced(2)));
+    /// assert_eq!(cache.store().0.lock().unwrap().get("visits"), Some(&2));
+    /// # });
+    /// ```
+    pub async fn compute_async(
+        &self,
+        key: K,
+        f: impl FnOnce(Option<&V>) -> Compute<V>,
+    ) -> Result<Computed<V>, WriteError<St::Error>> {
+        let policy = self.policy();
+        let guard = Guards::from_buf([policy.locks.lock_async(self.hash(&key)).await]);
+        let (current, guard) = match self.get_cached(&key) {
+            Some(v) => (Some(v), guard),
+            None => {
+                // No writes: cancelled or panicking, the call drops no copy.
+                let (loaded, guard) = self
+                    .store_call(&[], guard, || policy.store.load(&key))
+                    .await;
+                (loaded.map_err(WriteError::Store)?, guard)
+            }
+        };
+        let (value, options) = match f(current.as_ref()) {
+            Compute::Keep => {
+                return Ok(current.map_or(Computed::Absent, Computed::Unchanged));
+            }
+            Compute::Remove => {
+                let Some(old) = current else {
+                    return Ok(Computed::Absent);
+                };
+                let op = [Op::Delete(key)];
+                let (written, guard) = self
+                    .store_call(&op, guard, || policy.store.write_batch(&op))
+                    .await;
+                written.map_err(WriteError::Store)?;
+                self.land_delete::<K, _>(op[0].key(), guard);
+                return Ok(Computed::Removed(old));
+            }
+            Compute::Put(value) => (value, None),
+            Compute::PutWith(value, options) => (value, Some(options)),
+        };
+        let returned = value.clone();
+        let op = [Op::Put(key, value)];
+        let (written, guard) = self
+            .store_call(&op, guard, || policy.store.write_batch(&op))
+            .await;
+        written.map_err(WriteError::Store)?;
+        let [Op::Put(key, value)] = op else {
+            unreachable!("the op built above")
+        };
+        self.land_write(key, value, options.as_ref(), guard);
+        Ok(match current {
+            Some(_) => Computed::Replaced(returned),
+            None => Computed::Inserted(returned),
+        })
+    }
+
     /// Runs a write-through store call for `ops`, holding their keys'
     /// stripes: the future `call` makes, its drop, and `call` itself (a
     /// store may start the write before its future is first polled). If the
