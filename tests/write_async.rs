@@ -1344,3 +1344,131 @@ async fn a_cancelled_async_write_through_compute_releases_its_key() {
     );
     assert_eq!((remote.0.value(1), remote.0.value(2)), (Some(11), Some(21)));
 }
+
+/// Tasks counting up keys through a write-back cache over an async store,
+/// with a queue too small for all of them, lose no update, and wait for
+/// room as pending tasks: on one thread, a compute blocking it would starve
+/// the store calls that make room.
+#[tokio::test(flavor = "current_thread")]
+async fn async_write_back_compute_counts_and_waits_for_room_as_a_task() {
+    let (remote, cache) = small_spawned_queue(2);
+    remote.0.data.lock().unwrap().insert(0, 1_000);
+    let tasks: Vec<_> = (0..3u64)
+        .map(|t| {
+            let cache = cache.clone();
+            tokio::spawn(async move {
+                for i in 0..20 {
+                    if i % 4 == t {
+                        // The next computes read the queue or the store.
+                        cache.invalidate_all();
+                    }
+                    let count = |n: Option<&u64>| Compute::Put(n.map_or(1, |n| n + 1));
+                    assert!(cache.compute_async(i % 3, count).await.is_ok());
+                }
+            })
+        })
+        .collect();
+    // A task never woken for the room it waits for would hang the test.
+    let all = async {
+        for task in tasks {
+            task.await.unwrap();
+        }
+    };
+    let ended = tokio::time::timeout(Duration::from_secs(120), all).await;
+    assert!(ended.is_ok(), "every compute ends");
+    cache.flush_async().await.unwrap();
+    let stored: Vec<_> = (0..3).map(|k| remote.0.value(k)).collect();
+    assert_eq!(stored, [Some(1_021), Some(21), Some(18)]);
+    assert_eq!(cache.get_async(&0).await, Ok(Some(1_021)));
+    cache.close_async().await.unwrap();
+}
+
+/// Cancelled while it waits for room, or during its load, a write-back
+/// compute changes nothing and gives its room back.
+#[tokio::test(flavor = "current_thread")]
+async fn a_cancelled_async_write_back_compute_changes_nothing() {
+    let (remote, cache) = small_spawned_queue(1);
+    remote.0.data.lock().unwrap().insert(5, 50);
+    // Key 1's write stays in flight, and takes the queue's one unit.
+    remote.0.hold_next_ms.store(200, Ordering::SeqCst);
+    cache.put_async(1, 1).await.unwrap();
+    let accepted = cache.write_stats().accepted;
+    let waiting = cache.compute_async(2, |_| Compute::Put(2));
+    let cancelled = tokio::time::timeout(Duration::from_millis(30), waiting).await;
+    assert!(cancelled.is_err(), "the compute waited for room");
+    assert_eq!(cache.write_stats().accepted, accepted);
+    assert_eq!(cache.peek(&2), None);
+    cache.flush_async().await.unwrap();
+    // The load of key 5 takes an hour: cancelled in it.
+    remote.0.delay_ms.store(3_600_000, Ordering::SeqCst);
+    let ran = AtomicBool::new(false);
+    let loading = cache.compute_async(5, |_| {
+        ran.store(true, Ordering::SeqCst);
+        Compute::Put(51)
+    });
+    let cancelled = tokio::time::timeout(Duration::from_millis(30), loading).await;
+    assert!(cancelled.is_err(), "the compute was cancelled in its load");
+    assert!(!ran.load(Ordering::SeqCst));
+    remote.0.delay_ms.store(2, Ordering::SeqCst);
+    // Had either kept its unit, the queue of one would have no room now.
+    let put = tokio::time::timeout(Duration::from_secs(60), cache.put_async(6, 6)).await;
+    assert_eq!(put.ok(), Some(Ok(())), "the room was given back");
+    assert_eq!(
+        cache
+            .compute_async(5, |v| Compute::Put(v.unwrap() + 1))
+            .await,
+        Ok(Computed::Replaced(51))
+    );
+    cache.close_async().await.unwrap();
+    let stored: Vec<_> = [1, 2, 5, 6].iter().map(|&k| remote.0.value(k)).collect();
+    assert_eq!(stored, [Some(1), None, Some(51), Some(6)]);
+}
+
+/// A write-back compute whose async store load writes its own key to the
+/// cache, from the same task, panics instead of waiting for itself, and
+/// releases the stripe and the room.
+#[test]
+fn an_async_store_writing_its_own_key_under_write_back_compute_async_panics() {
+    type EchoWriteBack = Cache<
+        u64,
+        u64,
+        larder::DefaultHashBuilder,
+        larder::WriteBehind<u64, u64, Spawned<AsyncEcho>>,
+    >;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let handle = runtime.handle().clone();
+    let store = AsyncEcho::default();
+    let settings = WriteBack::default()
+        .queue_capacity(1)
+        .backpressure(larder::Backpressure::Fail);
+    let cache: EchoWriteBack = Cache::builder()
+        .max_capacity(100)
+        .write_back(
+            Spawned::new(store.clone(), move |call| {
+                handle.spawn(call);
+            }),
+            settings,
+        )
+        .build()
+        .unwrap();
+    let echo = cache.clone();
+    let put: EchoPut = Box::new(move |k, v| {
+        let cache = echo.clone();
+        Box::pin(async move { cache.put_async(k, v).await.is_ok() })
+    });
+    assert!(store.put.set(put).is_ok());
+    let writer = cache.clone();
+    let message =
+        panic_message(async move { writer.compute_async(42, |_| Compute::<u64>::Keep).await });
+    assert!(message.contains("would wait for itself"), "{message}");
+    assert_eq!(cache.peek(&42), None);
+    assert_eq!(
+        runtime.block_on(cache.put_async(7, 7)),
+        Ok(()),
+        "the stripe and the room were given back"
+    );
+}

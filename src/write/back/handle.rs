@@ -229,6 +229,24 @@ where
         }
     }
 
+    /// [`wait_to_reserve`](Self::wait_to_reserve) for async callers:
+    /// pending, woken when the queue moves, instead of blocking the thread.
+    /// The caller's future calls [`forget`](Self::forget) when it ends.
+    pub(crate) fn poll_reserve(
+        &self,
+        waiter: &Waiter,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        let shared = &*self.shared;
+        let mut q = shared.queue.lock();
+        if q.running && !q.closing && !q.has_room_to_reserve(shared.settings.queue_capacity) {
+            q.wakers.register(waiter, cx);
+            shared.work.notify_one();
+            return std::task::Poll::Pending;
+        }
+        std::task::Poll::Ready(())
+    }
+
     /// Queues a write of `key` in the room `reservation` holds, taking
     /// `write`; returns what it replaced, for the caller to drop once it
     /// holds no lock. [`WriteError::Closed`] if the queue stopped taking

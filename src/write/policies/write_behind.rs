@@ -3,12 +3,13 @@
 //! a pending write before the store.
 
 use std::borrow::Borrow;
+use std::future::Future;
 use std::hash::{BuildHasher, Hash};
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
 use super::super::back::{Pending, Report, Reservation, WriteBehind};
-use super::super::{AsyncStore, FlushError, Op, Spawned, Store, WriteError, WriteStats};
+use super::super::{AsyncStore, FlushError, KeyGuard, Op, Spawned, Store, WriteError, WriteStats};
 use crate::{Cache, Compute, Computed, EntryOptions};
 
 impl<K, V, S, St> Cache<K, V, S, WriteBehind<K, V, St>>
@@ -597,21 +598,46 @@ where
             policy.wait_to_reserve();
         };
         let guard = policy.shared.locks.lock(self.hash(&key));
-        let current = match self.get_cached(&key) {
-            Some(v) => Some(v),
-            None => match policy.lookup::<K>(&key) {
-                Some(Pending::Put(v)) => Some(v),
-                Some(Pending::Delete) => None,
-                None => policy.store().load(&key).map_err(WriteError::Store)?,
-            },
+        let current = match self.cached_or_queued(&key) {
+            Some(current) => current,
+            None => policy.store().load(&key).map_err(WriteError::Store)?,
         };
+        self.compute_with(key, current, f, reservation, guard)
+    }
+
+    /// What a [`compute`](Self::compute) reads before the store: the cached
+    /// value, else the queued write (`Some(None)` for a delete); `None`
+    /// when the store has the say.
+    fn cached_or_queued(&self, key: &K) -> Option<Option<V>> {
+        match self.get_cached(key) {
+            Some(v) => Some(Some(v)),
+            None => match self.policy().lookup::<K>(key) {
+                Some(Pending::Put(v)) => Some(Some(v)),
+                Some(Pending::Delete) => Some(None),
+                None => None,
+            },
+        }
+    }
+
+    /// The rest of a [`compute`](Self::compute) once it has read `current`,
+    /// holding its room and the key's stripe: `f`, and the write it decides
+    /// on.
+    fn compute_with<G>(
+        &self,
+        key: K,
+        current: Option<V>,
+        f: impl FnOnce(Option<&V>) -> Compute<V>,
+        reservation: Reservation<'_, K, V, St>,
+        guard: G,
+    ) -> Result<Computed<V>, WriteError<St::Error>> {
         match f(current.as_ref()) {
             Compute::Keep => Ok(current.map_or(Computed::Absent, Computed::Unchanged)),
             Compute::Remove => {
                 let Some(old) = current else {
                     return Ok(Computed::Absent);
                 };
-                let let_go = policy.file_reserved(reservation, &key, &mut Some(Pending::Delete))?;
+                let write = &mut Some(Pending::Delete);
+                let let_go = self.policy().file_reserved(reservation, &key, write)?;
                 self.land_delete::<K, _>(&key, guard);
                 // What the write replaced goes once the stripe is released.
                 drop(let_go);
@@ -1579,6 +1605,102 @@ where
     S: BuildHasher,
     St: AsyncStore<K, V>,
 {
+    /// [`compute`](Self::compute) for a write-back cache over an
+    /// [`AsyncStore`]: the room for its write waited for (with
+    /// [`Backpressure::Block`](crate::Backpressure::Block)) and the key's
+    /// stripe taken without blocking the thread, and a read that reaches the
+    /// store awaits its `load`. Holding the stripe from the read to the
+    /// write, as `compute` does. The outcome, the counting of the read,
+    /// what `f` must not do and the errors are `compute`'s.
+    ///
+    /// Cancelled before its write is queued (while it waits for room or the
+    /// stripe, or during the load), it changes nothing and gives its room
+    /// back. A store whose `load` writes a key of the stripe to this cache,
+    /// from the same task, panics instead of waiting for itself.
+    ///
+    /// # Errors
+    ///
+    /// As [`compute`](Self::compute): [`WriteError::QueueFull`] or
+    /// [`WriteError::Closed`] before the read, `Closed` after it if the
+    /// queue stopped taking writes meanwhile, [`WriteError::Store`] from the
+    /// load. Nothing is changed on any of them.
+    ///
+    /// # Panics
+    ///
+    /// As [`compute`](Self::compute).
+    ///
+    /// ```
+    /// # use std::collections::HashMap;
+    /// # use std::sync::Mutex;
+    /// use larder::{AsyncStore, Cache, Compute, Computed, Op, Spawned, WriteBack};
+    ///
+    /// #[derive(Default)]
+    /// struct Remote(Mutex<HashMap<u32, u64>>);
+    /// impl AsyncStore<u32, u64> for Remote {
+    ///     type Error = &'static str;
+    ///     async fn load(&self, k: &u32) -> Result<Option<u64>, Self::Error> {
+    ///         Ok(self.0.lock().unwrap().get(k).copied())
+    ///     }
+    ///     async fn write_batch(&self, ops: &[Op<u32, u64>]) -> Result<(), Self::Error> {
+    ///         let mut db = self.0.lock().unwrap();
+    ///         for op in ops {
+    ///             match op {
+    ///                 Op::Put(k, v) => db.insert(*k, *v),
+    ///                 Op::Delete(k) => db.remove(k),
+    ///             };
+    ///         }
+    ///         Ok(())
+    ///     }
+    /// }
+    /// # let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    /// # let handle = runtime.handle().clone();
+    /// # runtime.block_on(async {
+    /// let store = Spawned::new(Remote::default(), move |call| {
+    ///     handle.spawn(call);
+    /// });
+    /// let cache = Cache::builder().max_capacity(100).write_back(store, WriteBack::default()).build().unwrap();
+    /// let count = |n: Option<&u64>| Compute::Put(n.map_or(1, |n| n + 1));
+    /// assert_eq!(cache.compute_async(7, count).await, Ok(Computed::Inserted(1)));
+    /// assert_eq!(cache.compute_async(7, count).await, Ok(Computed::Replaced(2)));
+    /// cache.close_async().await.unwrap();
+    /// assert_eq!(cache.store().store().0.lock().unwrap().get(&7), Some(&2));
+    /// # });
+    /// ```
+    pub async fn compute_async(
+        &self,
+        key: K,
+        f: impl FnOnce(Option<&V>) -> Compute<V>,
+    ) -> Result<Computed<V>, WriteError<St::Error>> {
+        let policy = self.policy();
+        // Waiting for room (below) files a waker; done or dropped, this
+        // future takes it away.
+        let waiter = crate::write::Waiter::new();
+        let _forget = crate::write::Forget(|| policy.forget(&waiter));
+        let reservation = loop {
+            if let Some(reservation) = policy.try_reserve()? {
+                break reservation;
+            }
+            std::future::poll_fn(|cx| policy.poll_reserve(&waiter, cx)).await;
+        };
+        let guard = policy.shared.locks.lock_async(self.hash(&key)).await;
+        let current = match self.cached_or_queued(&key) {
+            Some(current) => current,
+            None => {
+                // Polled as serving the stripe: a store writing a key of it
+                // from this task panics instead of waiting for itself.
+                let marks = [guard.mark()];
+                let mut load = std::pin::pin!(policy.store().store().load(&key));
+                let loaded = std::future::poll_fn(|cx| {
+                    let waker = std::ptr::from_ref(cx.waker()).addr();
+                    KeyGuard::serving(&marks, waker, || load.as_mut().poll(cx))
+                })
+                .await;
+                loaded.map_err(WriteError::Store)?
+            }
+        };
+        self.compute_with(key, current, f, reservation, guard)
+    }
+
     /// `get` for a write-back cache over an [`AsyncStore`]: the cached value,
     /// else the key's pending write, else the store's, awaited (one load per
     /// key at a time).
