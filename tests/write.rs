@@ -2064,6 +2064,202 @@ fn a_write_back_compute_waits_for_room_holding_no_stripe() {
     assert_eq!((db.value(1), db.value(2)), (Some(2), Some(20)));
 }
 
+/// Runs `compute(key, f)` on a thread of its own, `f` held until `go`:
+/// returns once `f` has read, with the thread and the sender that lets
+/// `f` go on.
+#[allow(clippy::type_complexity)]
+fn compute_held<'s, 'c: 's>(
+    s: &'s std::thread::Scope<'s, 'c>,
+    cache: &'c WriteBackCache,
+    key: u64,
+    f: impl FnOnce(Option<&u64>) -> Compute<u64> + Send + 'c,
+) -> (
+    std::thread::ScopedJoinHandle<'s, Result<Computed<u64>, WriteError<String>>>,
+    std::sync::mpsc::Sender<()>,
+) {
+    let (reading_tx, reading) = std::sync::mpsc::channel();
+    let (go, go_rx) = std::sync::mpsc::channel::<()>();
+    let computing = s.spawn(move || {
+        cache.compute(key, move |v| {
+            reading_tx.send(()).unwrap();
+            // An assertion failing meanwhile drops the sender: go on.
+            let _ = go_rx.recv();
+            f(v)
+        })
+    });
+    reading.recv().unwrap();
+    (computing, go)
+}
+
+/// A compute that ends up taking no new room (it keeps, or its write
+/// coalesces with a waiting one) gives its unit back and wakes the writers
+/// waiting for it at once, not when the flusher next makes progress.
+#[test]
+fn a_write_back_compute_taking_no_room_wakes_blocked_writers() {
+    let keep = |_: Option<&u64>| Compute::Keep;
+    let coalesce = |v: Option<&u64>| Compute::Put(v.unwrap() + 1);
+    for (key, f) in [(5, keep as fn(Option<&u64>) -> Compute<u64>), (1, coalesce)] {
+        let (db, cache) = behind_a_closed_gate(3, Backpressure::Block);
+        cache.put(10, 10).unwrap();
+        wait_until("key 10 in flight", || {
+            db.arrived.load(Ordering::SeqCst) == 1
+        });
+        cache.put(1, 1).unwrap();
+        let written = AtomicBool::new(false);
+        std::thread::scope(|s| {
+            // Should an assertion fail, the writers still end.
+            let _open = GateOpener(&db);
+            // Keys 10 and 1, and the compute's unit: the queue is full.
+            let (computing, go) = compute_held(s, &cache, key, f);
+            s.spawn(|| {
+                cache.put(2, 2).unwrap();
+                written.store(true, Ordering::SeqCst);
+            });
+            std::thread::sleep(Duration::from_millis(100));
+            assert!(!written.load(Ordering::SeqCst), "the writer waits for room");
+            go.send(()).unwrap();
+            assert!(computing.join().unwrap().is_ok());
+            // The store is still stuck on key 10: only the compute's unit,
+            // given back, lets the writer in.
+            wait_until("the writer woken", || written.load(Ordering::SeqCst));
+            assert_eq!(db.arrived.load(Ordering::SeqCst), 1, "still stuck");
+        });
+        cache.flush().unwrap();
+        let want = if key == 1 { Some(2) } else { Some(1) };
+        assert_eq!(
+            (db.value(1), db.value(2), db.value(5)),
+            (want, Some(2), None)
+        );
+    }
+}
+
+/// A compute called from `f` of a key of its stripe panics, instead of
+/// waiting for room its own caller holds; a queue closed while `f` runs
+/// refuses the write, and nothing is queued; a remove of a cached key
+/// drops the cached copy.
+#[test]
+fn a_write_back_compute_refuses_re_entry_and_a_closed_queue() {
+    for backpressure in [Backpressure::Block, Backpressure::Fail] {
+        // The outer compute's unit fills a queue of one.
+        let (db, cache) = behind_a_closed_gate(1, backpressure);
+        let nested = catch_unwind(AssertUnwindSafe(|| {
+            cache.compute(1, |_| {
+                let _ = cache.compute(1, |_| Compute::Put(5));
+                Compute::Put(1)
+            })
+        }));
+        assert!(
+            nested.is_err(),
+            "{backpressure:?}: the nested compute panics"
+        );
+        assert_eq!(cache.write_stats().accepted, 0);
+        db.open_gate();
+        cache.put(6, 60).unwrap();
+        cache.flush().unwrap(); // room for the compute's unit
+        assert_eq!(
+            cache.compute(6, |_| Compute::Remove),
+            Ok(Computed::Removed(60))
+        );
+        assert_eq!((cache.peek(&6), cache.get(&6)), (None, Ok(None)));
+    }
+    let db = Db::new();
+    let cache = write_back(&db, WriteBack::default(), 100);
+    std::thread::scope(|s| {
+        let (computing, go) = compute_held(s, &cache, 5, |_| Compute::Put(50));
+        cache.close().unwrap();
+        go.send(()).unwrap();
+        assert_eq!(computing.join().unwrap(), Err(WriteError::Closed));
+    });
+    assert_eq!(
+        (cache.peek(&5), cache.get(&5), db.value(5)),
+        (None, Ok(None), None)
+    );
+    assert_eq!(cache.write_stats().accepted, 0);
+}
+
+/// A key whose `Hash` panics once armed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Jumpy(u64);
+
+static JUMPY_ARMED: AtomicBool = AtomicBool::new(false);
+
+impl std::hash::Hash for Jumpy {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        if self.0 == 7 && JUMPY_ARMED.load(Ordering::SeqCst) {
+            panic!("a key's hash panics");
+        }
+        self.0.hash(h);
+    }
+}
+
+#[derive(Default)]
+struct JumpyDb(Mutex<HashMap<u64, u64>>);
+
+impl Store<Jumpy, u64> for JumpyDb {
+    type Error = String;
+    fn load(&self, k: &Jumpy) -> Result<Option<u64>, String> {
+        Ok(self.0.lock().unwrap().get(&k.0).copied())
+    }
+    fn write(&self, op: &Op<Jumpy, u64>) -> Result<(), String> {
+        let mut db = self.0.lock().unwrap();
+        match op {
+            Op::Put(k, v) => db.insert(k.0, *v),
+            Op::Delete(k) => db.remove(&k.0),
+        };
+        Ok(())
+    }
+}
+
+/// A compute whose key's `Hash` panics as its write is queued queues
+/// nothing, and gives its unit of room back to the writer waiting for it.
+#[test]
+fn a_write_back_compute_whose_key_panics_as_it_is_queued_gives_its_room_back() {
+    let settings = WriteBack::default()
+        .queue_capacity(1)
+        .max_delay(Duration::ZERO);
+    let cache = Cache::builder()
+        .max_capacity(100)
+        .write_back(JumpyDb::default(), settings)
+        .build()
+        .unwrap();
+    let written = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let (reading_tx, reading) = std::sync::mpsc::channel();
+        let (go, go_rx) = std::sync::mpsc::channel::<()>();
+        let computing = s.spawn(|| {
+            catch_unwind(AssertUnwindSafe(|| {
+                cache.compute(Jumpy(7), move |_| {
+                    reading_tx.send(()).unwrap();
+                    let _ = go_rx.recv();
+                    JUMPY_ARMED.store(true, Ordering::SeqCst);
+                    Compute::Put(1)
+                })
+            }))
+        });
+        reading.recv().unwrap();
+        let writer = s.spawn(|| {
+            cache.put(Jumpy(1), 1).unwrap();
+            written.store(true, Ordering::SeqCst);
+        });
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(!written.load(Ordering::SeqCst), "the writer waits for room");
+        go.send(()).unwrap();
+        assert!(
+            computing.join().unwrap().is_err(),
+            "the key's hash panicked"
+        );
+        JUMPY_ARMED.store(false, Ordering::SeqCst);
+        wait_until("the writer woken", || written.load(Ordering::SeqCst));
+        writer.join().unwrap();
+    });
+    assert_eq!(cache.write_stats().accepted, 1);
+    cache.flush().unwrap();
+    assert_eq!(
+        cache.store().0.lock().unwrap().clone(),
+        HashMap::from([(1, 1)])
+    );
+}
+
 /// A store load that panics under a compute gives its room back.
 #[test]
 fn a_write_back_compute_whose_load_panics_gives_its_room_back() {

@@ -269,20 +269,23 @@ where
 
     /// Queues a write of `key` in the room `reservation` holds, taking
     /// `write`; returns what it replaced, for the caller to drop once it
-    /// holds no lock. [`WriteError::Closed`] if the queue stopped taking
-    /// writes since the room was reserved: nothing is queued then.
+    /// holds no lock, with the reservation, for the caller to drop then
+    /// too. A write that took a new unit of room took the reservation's,
+    /// and the reservation comes back empty; one that took none (it
+    /// coalesced, or waits behind its key's write in flight or failed)
+    /// leaves it held, so that its drop gives the unit back and wakes the
+    /// writers waiting for room. [`WriteError::Closed`] if the queue
+    /// stopped taking writes since the room was reserved: nothing is
+    /// queued then.
     ///
-    /// Should the key's `Clone` panic, nothing is queued and the room is
-    /// given back; should its `Hash` or `Eq` panic (a key that hashed
-    /// already, as the caller's stripe took it), nothing is queued and the
-    /// room is free again, without waking writers waiting for it: the
-    /// next write sent wakes them.
-    pub(crate) fn file_reserved(
-        &self,
-        mut reservation: Reservation<'_, K, V, St>,
+    /// Should the key's `Clone`, `Hash` or `Eq` panic, nothing is queued,
+    /// and the reservation, still held, gives the room back as it drops.
+    pub(crate) fn file_reserved<'a>(
+        &'a self,
+        mut reservation: Reservation<'a, K, V, St>,
         key: &K,
         write: &mut Option<Pending<V>>,
-    ) -> Result<LetGo<V>, WriteError<St::Error>> {
+    ) -> Result<Filed<'a, K, V, St>, WriteError<St::Error>> {
         let mut q = self.shared.queue.lock();
         if q.closing || !q.running {
             drop(q);
@@ -290,15 +293,18 @@ where
             return Err(WriteError::Closed);
         }
         let copies = q.copies_of(key);
+        let takes_room = q.needs(&[key]).0 > 0;
         if copies.0.is_some() {
             q.slots.reserve(1);
         }
-        // The room moves from the reservation to the write.
-        q.reserved -= 1;
-        reservation.held = false;
         let let_go = self.file(&mut q, key, write, copies, Instant::now());
+        if takes_room {
+            // The room moves from the reservation to the write.
+            q.reserved -= 1;
+            reservation.held = false;
+        }
         drop(q);
-        Ok(let_go)
+        Ok((let_go, reservation))
     }
 
     /// A batch of `keys` writes is never accepted: it could need more room
@@ -718,6 +724,11 @@ impl<K, V, St: Store<K, V>> Drop for Ticket<'_, K, V, St> {
 /// What [`WriteBehind::try_reserve`] holds: `None` when a
 /// [`Backpressure::Block`] caller must wait for room.
 pub(crate) type MaybeReserved<'a, K, V, St> = Option<Reservation<'a, K, V, St>>;
+
+/// What [`WriteBehind::file_reserved`] hands back: what the write
+/// replaced, and the reservation, for the caller to drop once it holds no
+/// lock.
+pub(crate) type Filed<'a, K, V, St> = (LetGo<V>, Reservation<'a, K, V, St>);
 
 /// A unit of queue room held for a write not decided yet (see
 /// [`WriteBehind::try_reserve`]): given back, waking the writers waiting

@@ -524,9 +524,11 @@ where
     /// [`Computed::Replaced`] and [`Computed::Removed`] may carry a value that
     /// was never cached.
     ///
-    /// `f` runs holding the stripe: it must not write to this cache (a write
-    /// of a key of the same stripe panics instead of waiting for itself; one
-    /// of another stripe may deadlock with another thread's).
+    /// `f` runs holding the stripe and a unit of queue room: it must not
+    /// write to this cache. A write of a key of the same stripe panics
+    /// instead of waiting for itself; one of another key may wait for room
+    /// this call holds (with `Block`; with `Fail` it may find the queue
+    /// full), or deadlock with another thread's.
     ///
     /// # Errors
     ///
@@ -590,14 +592,17 @@ where
         f: impl FnOnce(Option<&V>) -> Compute<V>,
     ) -> Result<Computed<V>, WriteError<St::Error>> {
         let policy = self.policy();
-        // Room first, holding nothing: a `flush` may need the stripe.
-        let reservation = loop {
+        // The stripe first, so that a call from `f` of a key of it panics
+        // before it waits for room this call holds; then room, waited for
+        // holding nothing: a `flush` may need the stripe.
+        let (reservation, guard) = loop {
+            let guard = policy.shared.locks.lock(self.hash(&key));
             if let Some(reservation) = policy.try_reserve()? {
-                break reservation;
+                break (reservation, guard);
             }
+            drop(guard);
             policy.wait_to_reserve();
         };
-        let guard = policy.shared.locks.lock(self.hash(&key));
         let current = match self.cached_or_queued(&key) {
             Some(current) => current,
             None => policy.store().load(&key).map_err(WriteError::Store)?,
@@ -637,10 +642,20 @@ where
                     return Ok(Computed::Absent);
                 };
                 let write = &mut Some(Pending::Delete);
-                let let_go = self.policy().file_reserved(reservation, &key, write)?;
+                let (let_go, reservation) =
+                    match self.policy().file_reserved(reservation, &key, write) {
+                        Ok(filed) => filed,
+                        Err(e) => {
+                            // Values go once the stripe is released.
+                            drop(guard);
+                            return Err(e);
+                        }
+                    };
                 self.land_delete::<K, _>(&key, guard);
-                // What the write replaced goes once the stripe is released.
+                // What the write replaced goes once the stripe is released,
+                // and room it left free is told of.
                 drop(let_go);
+                drop(reservation);
                 Ok(Computed::Removed(old))
             }
             Compute::Put(value) => self.compute_put(key, value, None, current, reservation, guard),
@@ -663,9 +678,18 @@ where
     ) -> Result<Computed<V>, WriteError<St::Error>> {
         let returned = value.clone();
         let mut write = Some(Pending::Put(value.clone()));
-        let let_go = self.policy().file_reserved(reservation, &key, &mut write)?;
+        let (let_go, reservation) = match self.policy().file_reserved(reservation, &key, &mut write)
+        {
+            Ok(filed) => filed,
+            Err(e) => {
+                // Values go once the stripe is released.
+                drop(guard);
+                return Err(e);
+            }
+        };
         self.land_write(key, value, options, guard);
         drop(let_go);
+        drop(reservation);
         Ok(match current {
             Some(_) => Computed::Replaced(returned),
             None => Computed::Inserted(returned),
@@ -1688,13 +1712,15 @@ where
         // future takes it away.
         let waiter = crate::write::Waiter::new();
         let _forget = crate::write::Forget(|| policy.forget(&waiter));
-        let reservation = loop {
+        // The stripe, then room, as `compute`.
+        let (reservation, guard) = loop {
+            let guard = policy.shared.locks.lock_async(self.hash(&key)).await;
             if let Some(reservation) = policy.try_reserve()? {
-                break reservation;
+                break (reservation, guard);
             }
+            drop(guard);
             std::future::poll_fn(|cx| policy.poll_reserve(&waiter, cx)).await;
         };
-        let guard = policy.shared.locks.lock_async(self.hash(&key)).await;
         let current = match self.cached_or_queued(&key) {
             Some(current) => current,
             None => {
