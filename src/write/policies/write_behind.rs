@@ -276,8 +276,7 @@ where
     ///
     /// [`WriteError::QueueFull`] if the queue is full and the cache was
     /// built with [`Backpressure::Fail`](crate::Backpressure::Fail) (with
-    /// `Block`, the call waits for room instead, behind a batch waiting first:
-    /// see [`write_all`](Self::write_all)); [`WriteError::Closed`]
+    /// `Block`, the call waits for room instead); [`WriteError::Closed`]
     /// after [`close`](Self::close), or once the flusher thread has died (a
     /// panic in a key's or value's `Clone`, `Hash` or `Eq` on it; what it
     /// left unsent is reported by the next `flush`). Nothing is changed
