@@ -14,7 +14,7 @@
 
 mod flusher;
 mod handle;
-pub(crate) use handle::{Reservation, Ticket};
+pub(crate) use handle::Reservation;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
@@ -282,13 +282,6 @@ struct Queue<K, V, E> {
     /// before the call reads its key, so that the write it decides on
     /// always fits, given back when it is queued or not made.
     reserved: usize,
-    /// The batch first to wait for room (see [`Ticket`]), by its ticket,
-    /// with the room it needs: until it is queued, other writes leave that
-    /// much room free for it, so that writers of single keys, taking each
-    /// unit as it frees, cannot keep a batch waiting for good.
-    first: Option<(u64, usize)>,
-    /// The last ticket handed out.
-    tickets: u64,
     /// Reports taken and not yet settled by their caller (see
     /// `WriteBehind::settled`), and the keys stored meanwhile, each with the
     /// sequence number of its latest stored write: a report put back must
@@ -345,18 +338,17 @@ impl<K: Hash + Eq, V: Clone, E> Queue<K, V, E> {
     /// would otherwise pile up failures without bound. Replacing a waiting
     /// write adds nothing and always fits.
     fn has_room(&self, key: &K, capacity: usize) -> bool {
-        self.has_room_for_all(&[key], capacity, None)
+        self.has_room_for_all(&[key], capacity)
     }
 
     /// [`has_room`](Self::has_room) for writes of all of `keys` (distinct)
-    /// at once, by the batch holding ticket `own` if any: the keys not dirty
-    /// yet fit together, beside the room the first waiting batch needs if
-    /// that is another's, and a write behind its key's write in flight or
-    /// failed gets in under the same condition as alone.
-    fn has_room_for_all(&self, keys: &[&K], capacity: usize, own: Option<u64>) -> bool {
+    /// at once: the keys not dirty yet fit together, and a write behind its
+    /// key's write in flight or failed gets in under the same condition as
+    /// alone.
+    fn has_room_for_all(&self, keys: &[&K], capacity: usize) -> bool {
         let (new, behind) = self.needs(keys);
         let dirty = self.slots.len() - self.handing_only;
-        (new == 0 || dirty + self.loose + self.reserved + self.held_for(own) + new <= capacity)
+        (new == 0 || dirty + self.loose + self.reserved + new <= capacity)
             && (!behind || self.loose < capacity)
     }
 
@@ -375,30 +367,13 @@ impl<K: Hash + Eq, V: Clone, E> Queue<K, V, E> {
         (new, behind)
     }
 
-    /// The room kept free for the first waiting batch, unless it is the
-    /// one holding ticket `own`.
-    fn held_for(&self, own: Option<u64>) -> usize {
-        match self.first {
-            Some((ticket, needed)) if Some(ticket) != own => needed,
-            _ => 0,
-        }
-    }
-
     /// Whether a unit of room can be held for a write not decided yet (see
     /// [`Reservation`]): as for a key not dirty, whatever
     /// the key, since a write of it that would coalesce now may find it in
     /// flight by the time it is queued.
     fn has_room_to_reserve(&self, capacity: usize) -> bool {
         let dirty = self.slots.len() - self.handing_only;
-        dirty + self.loose + self.reserved + self.held_for(None) < capacity
-    }
-
-    /// Makes the batch of `keys` holding ticket `own` the first waiting, if
-    /// no other is, keeping the room it needs now free for it.
-    fn claim_first(&mut self, keys: &[&K], own: u64) {
-        if self.first.is_none_or(|(ticket, _)| ticket == own) {
-            self.first = Some((own, self.needs(keys).0));
-        }
+        dirty + self.loose + self.reserved < capacity
     }
 
     /// The copies of `key` a write of it needs filed: one for a new slot,
