@@ -758,7 +758,7 @@ async fn get_async_asks_a_store_once_however_many_callers_miss_or_hit() {
 
 /// The async calls' futures are `Send`, so a multi-threaded runtime can
 /// spawn them: the loading calls (borrowed keys included), and every write
-/// policy's calls.
+/// policy's calls, `compute_async` among them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn async_calls_can_be_spawned() {
     let aside: Cache<String, String> = Cache::builder().max_capacity(100).build().unwrap();
@@ -798,13 +798,16 @@ async fn async_calls_can_be_spawned() {
         b.put_async(4, 40).await.unwrap();
         b.delete_async(&4).await.unwrap();
         assert_eq!(b.get_async(&3).await, Ok(Some(30)));
+        let count = |n: Option<&u64>| Compute::Put(n.map_or(1, |n| n + 1));
+        assert_eq!(t.compute_async(5, count).await, Ok(Computed::Inserted(1)));
+        assert_eq!(b.compute_async(6, count).await, Ok(Computed::Inserted(1)));
         b.flush_async().await.unwrap();
     });
     task.await.unwrap();
     assert_eq!(aside.get("k").as_deref(), Some("v"));
     assert_eq!(
-        [1, 2, 3, 4].map(|k| remote.0.value(k)),
-        [Some(10), None, Some(30), None]
+        [1, 2, 3, 4, 5, 6].map(|k| remote.0.value(k)),
+        [Some(10), None, Some(30), None, Some(1), Some(1)]
     );
     behind.close_async().await.unwrap();
 }
