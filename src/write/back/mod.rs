@@ -768,7 +768,10 @@ mod loom_models {
     //! Whatever the interleaving, `flush` returns only once every write
     //! accepted before it reached the store, writes to one key reach it in
     //! the order they were accepted, a read of a dirty key sees its latest
-    //! write, and nobody waits forever (loom reports a deadlock otherwise).
+    //! write, a unit of room held for a write (`compute`'s reservation)
+    //! keeps the queue within its capacity and wakes the writers waiting
+    //! for it when given back, and nobody waits forever (loom reports a
+    //! deadlock otherwise).
     use super::*;
     use crate::write::sealed::Sealed;
     use std::time::Duration;
@@ -869,6 +872,71 @@ mod loom_models {
             // Room for one dirty key: one of the two writes may wait for the
             // flusher to send the other.
             put(&wb, 2, 2);
+            writer.join().unwrap();
+            wb.close().expect("nothing fails");
+            assert_eq!(wb.store().of(1), vec![1]);
+            assert_eq!(wb.store().of(2), vec![2]);
+        });
+    }
+
+    /// A queue of one key's room, for the reservations' models.
+    fn queue_of_one() -> WriteBehind<u8, u32, Log> {
+        let settings = WriteBack {
+            max_delay: Duration::ZERO,
+            queue_capacity: 1,
+            ..WriteBack::default()
+        };
+        let wb = WriteBehind::new(Log::default(), settings);
+        wb.start().expect("loom spawns the flusher");
+        wb
+    }
+
+    /// A unit of room, as `compute` takes it: waiting while there is none.
+    fn reserve(wb: &WriteBehind<u8, u32, Log>) -> Reservation<'_, u8, u32, Log> {
+        loop {
+            match wb.try_reserve().expect("the queue is open") {
+                Some(reservation) => return reservation,
+                None => wb.wait_to_reserve(),
+            }
+        }
+    }
+
+    #[test]
+    fn a_reservation_given_back_unfiled_lets_a_blocked_writer_in() {
+        loom::model(|| {
+            let wb = queue_of_one();
+            let writer = {
+                let wb = wb.clone();
+                thread::spawn(move || put(&wb, 1, 1))
+            };
+            // The writer may be waiting for the one unit held here; dropping
+            // it unfiled (a compute that keeps) must wake it, as the flusher,
+            // with nothing queued, never would.
+            drop(reserve(&wb));
+            writer.join().unwrap();
+            wb.close().expect("nothing fails");
+            assert_eq!(wb.store().of(1), vec![1]);
+        });
+    }
+
+    #[test]
+    fn a_reserved_write_fits_whatever_another_writer_does() {
+        loom::model(|| {
+            let wb = queue_of_one();
+            let writer = {
+                let wb = wb.clone();
+                thread::spawn(move || put(&wb, 2, 2))
+            };
+            let reservation = reserve(&wb);
+            // Filed without waiting, whatever the writer did meanwhile: the
+            // room was held, so the queue holds no more than it may.
+            let mut write = Some(Pending::Put(1));
+            let (let_go, reservation) = wb
+                .file_reserved(reservation, &1, &mut write)
+                .expect("the queue is open");
+            assert!(write.is_none(), "the write was not taken");
+            assert!(wb.stats().queued <= 1, "the queue overflowed");
+            drop((let_go, reservation));
             writer.join().unwrap();
             wb.close().expect("nothing fails");
             assert_eq!(wb.store().of(1), vec![1]);
