@@ -1271,25 +1271,6 @@ fn a_full_queue_blocks_writers_until_there_is_room() {
     );
 }
 
-/// Hashes a `u64` key to itself modulo 1,024, so that tests can put keys on
-/// one lock stripe: keys 1,024 apart hash alike, so whatever the cache makes
-/// of the hash, they share its stripe.
-#[derive(Default)]
-struct KeyMod1024(u64);
-impl std::hash::Hasher for KeyMod1024 {
-    fn finish(&self) -> u64 {
-        self.0 % 1024
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = self.0 << 8 | u64::from(b);
-        }
-    }
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n;
-    }
-}
-
 #[test]
 fn a_flush_finishes_while_writers_wait_for_the_room_it_frees() {
     let db = Db::with_faults(Faults {
@@ -1298,7 +1279,7 @@ fn a_flush_finishes_while_writers_wait_for_the_room_it_frees() {
     });
     let cache = Cache::builder()
         .max_capacity(100)
-        .hasher(std::hash::BuildHasherDefault::<KeyMod1024>::default())
+        .hasher(std::hash::BuildHasherDefault::<common::KeyMod1024>::default())
         .write_back(
             Shared(db.clone()),
             WriteBack::default()

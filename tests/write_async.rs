@@ -2,6 +2,8 @@
 //! (tokio timers), used through `get_async` / `put_async` / `delete_async`,
 //! and write-back over it with the flusher's calls spawned on tokio.
 
+mod common;
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -1425,6 +1427,66 @@ async fn a_cancelled_async_write_back_compute_changes_nothing() {
     cache.close_async().await.unwrap();
     let stored: Vec<_> = [1, 2, 5, 6].iter().map(|&k| remote.0.value(k)).collect();
     assert_eq!(stored, [Some(1), None, Some(51), Some(6)]);
+}
+
+/// A write-back `compute_async` waiting for room holds no lock stripe: a
+/// write of another key of its stripe, which needs no room, goes through
+/// meanwhile, on the compute's own thread.
+#[tokio::test(flavor = "current_thread")]
+async fn an_async_write_back_compute_waits_for_room_holding_no_stripe() {
+    let remote = Remote::default();
+    remote.0.delay_ms.store(2, Ordering::SeqCst);
+    let handle = tokio::runtime::Handle::current();
+    let store = Spawned::new(remote.clone(), move |call| {
+        handle.spawn(call);
+    });
+    // Keys 1 and 1025 share a stripe.
+    let cache: Cache<
+        u64,
+        u64,
+        std::hash::BuildHasherDefault<common::KeyMod1024>,
+        larder::WriteBehind<u64, u64, Spawned<Remote>>,
+    > = Cache::builder()
+        .max_capacity(100)
+        .hasher(Default::default())
+        .write_back(
+            store,
+            WriteBack::default()
+                .max_delay(Duration::ZERO)
+                .queue_capacity(1),
+        )
+        .build()
+        .unwrap();
+    // Key 1's write stays in flight a while, holding the queue's one unit.
+    remote.0.hold_next_ms.store(1_500, Ordering::SeqCst);
+    cache.put_async(1, 1).await.unwrap();
+    while remote.0.write_calls.load(Ordering::SeqCst) == 0 {
+        tokio::task::yield_now().await;
+    }
+    let computing = tokio::spawn({
+        let cache = cache.clone();
+        async move {
+            cache
+                .compute_async(1025, |v| Compute::Put(v.map_or(10, |v| v + 1)))
+                .await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert!(!computing.is_finished(), "the compute waits for room");
+    // Waits behind the write in flight, taking no room: it needs only the
+    // stripe, which the waiting compute must not hold.
+    cache.put_async(1, 2).await.unwrap();
+    assert!(
+        !computing.is_finished(),
+        "the put waited for the compute, so for the room"
+    );
+    assert_eq!(computing.await.unwrap(), Ok(Computed::Inserted(10)));
+    cache.flush_async().await.unwrap();
+    assert_eq!(
+        (remote.0.value(1), remote.0.value(1025)),
+        (Some(2), Some(10))
+    );
+    cache.close_async().await.unwrap();
 }
 
 /// A write-back compute whose async store load writes its own key to the

@@ -71,3 +71,22 @@ pub(crate) fn loading_until_released(
     started.recv().unwrap();
     (loading, release)
 }
+
+/// Hashes a `u64` key to itself modulo 1,024, so that tests can put keys on
+/// one lock stripe: keys 1,024 apart hash alike, so whatever the cache makes
+/// of the hash, they share its stripe.
+#[derive(Default)]
+pub(crate) struct KeyMod1024(u64);
+impl std::hash::Hasher for KeyMod1024 {
+    fn finish(&self) -> u64 {
+        self.0 % 1024
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = self.0 << 8 | u64::from(b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
