@@ -48,6 +48,8 @@ where
                 handing_only: 0,
                 loose: 0,
                 reserved: 0,
+                first: None,
+                tickets: 0,
                 reports_out: 0,
                 stored_while_out: HashMap::default(),
                 reported: HashMap::default(),
@@ -107,7 +109,7 @@ where
     /// Blocks until a write of `key` would find room, or the queue stops
     /// taking writes. The caller holds no stripe lock.
     pub(crate) fn wait_for_room(&self, key: &K) {
-        self.wait_for_room_all(&[key]);
+        self.wait_for_room_all(&[key], None);
     }
 
     /// [`wait_for_room`](Self::wait_for_room) for async writers: pending,
@@ -119,7 +121,7 @@ where
         waiter: &Waiter,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<()> {
-        self.poll_room_all(&[key], waiter, cx)
+        self.poll_room_all(&[key], None, waiter, cx)
     }
 
     /// Takes away the waker `waiter` filed, if any: its future is done, or
@@ -156,6 +158,7 @@ where
         &self,
         keys: &[&K],
         writes: &mut [Option<Pending<V>>],
+        ticket: Option<&Ticket<'_, K, V, St>>,
     ) -> Result<Option<Vec<LetGo<V>>>, WriteError<St::Error>> {
         let shared = &*self.shared;
         // Declared before the lock, so dropped after it should a key's
@@ -168,7 +171,8 @@ where
         if q.closing || !q.running {
             return Err(WriteError::Closed);
         }
-        if !q.has_room_for_all(keys, shared.settings.queue_capacity) {
+        let own = ticket.map(|t| t.id);
+        if !q.has_room_for_all(keys, shared.settings.queue_capacity, own) {
             return match shared.settings.backpressure {
                 Backpressure::Fail => Err(WriteError::QueueFull),
                 Backpressure::Block => Ok(None),
@@ -190,8 +194,29 @@ where
                 let_go.push(filed);
             }
         }
-        drop(q);
+        if own.is_some() && q.first.map(|(id, _)| id) == own {
+            // In: the room kept for it is its own now (cleared under the
+            // lock that filed it: an eviction listener's write, on this
+            // thread as the batch lands, must not wait for it). The next
+            // batch waiting claims the place, and waiters whose room the
+            // estimate overstated look again. A waker's panic is raised
+            // once all are woken: the batch is queued (see `accept_batch`).
+            q.first = None;
+            shared.progressed(q);
+        } else {
+            drop(q);
+        }
         Ok(Some(let_go))
+    }
+
+    /// A ticket for a batch about to wait for room (see [`Ticket`]).
+    pub(crate) fn ticket(&self) -> Ticket<'_, K, V, St> {
+        let mut q = self.shared.queue.lock();
+        q.tickets += 1;
+        Ticket {
+            shared: &self.shared,
+            id: q.tickets,
+        }
     }
 
     /// Holds a unit of queue room for a write not decided yet, for
@@ -301,11 +326,20 @@ where
     }
 
     /// [`wait_for_room`](Self::wait_for_room) for a batch: blocks until
-    /// writes of all of `keys` would find room together.
-    pub(crate) fn wait_for_room_all(&self, keys: &[&K]) {
+    /// writes of all of `keys` would find room together. A batch holding a
+    /// `ticket` becomes the first waiting, if no other is: room is kept
+    /// free for it from then on.
+    pub(crate) fn wait_for_room_all(&self, keys: &[&K], ticket: Option<&Ticket<'_, K, V, St>>) {
         let shared = &*self.shared;
+        let own = ticket.map(|t| t.id);
         let mut q = shared.queue.lock();
-        while q.running && !q.closing && !q.has_room_for_all(keys, shared.settings.queue_capacity) {
+        while q.running
+            && !q.closing
+            && !q.has_room_for_all(keys, shared.settings.queue_capacity, own)
+        {
+            if let Some(own) = own {
+                q.claim_first(keys, own);
+            }
             q.blocked += 1;
             shared.work.notify_one();
             q = shared.progress.wait(q);
@@ -318,12 +352,18 @@ where
     pub(crate) fn poll_room_all(
         &self,
         keys: &[&K],
+        ticket: Option<&Ticket<'_, K, V, St>>,
         waiter: &Waiter,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<()> {
         let shared = &*self.shared;
+        let own = ticket.map(|t| t.id);
         let mut q = shared.queue.lock();
-        if q.running && !q.closing && !q.has_room_for_all(keys, shared.settings.queue_capacity) {
+        if q.running && !q.closing && !q.has_room_for_all(keys, shared.settings.queue_capacity, own)
+        {
+            if let Some(own) = own {
+                q.claim_first(keys, own);
+            }
             q.wakers.register(waiter, cx);
             shared.work.notify_one();
             return std::task::Poll::Pending;
@@ -663,6 +703,26 @@ where
     drop(bin);
     if let Err(panic) = checked {
         resume_unwind(panic);
+    }
+}
+
+/// A batch's place among the writers waiting for room: the first batch to
+/// wait with one (see `Queue::first`) has the room it needs kept free for
+/// it until it is queued, or this is dropped (the call gave up, failed,
+/// panicked, or its future was dropped), which wakes the other waiters.
+/// Taken only once a batch has to wait.
+pub(crate) struct Ticket<'a, K, V, St: Store<K, V>> {
+    shared: &'a Shared<K, V, St>,
+    id: u64,
+}
+
+impl<K, V, St: Store<K, V>> Drop for Ticket<'_, K, V, St> {
+    fn drop(&mut self) {
+        let mut q = self.shared.queue.lock();
+        if q.first.is_some_and(|(id, _)| id == self.id) {
+            q.first = None;
+            self.shared.progressed(q);
+        }
     }
 }
 
