@@ -1529,22 +1529,14 @@ fn a_write_back_batch_of_waiting_keys_always_fits() {
     assert_eq!((db.value(1), db.value(3)), (Some(6), None));
 }
 
-/// A batch waits for room for all its keys at once, and once it waits,
-/// that room is kept for it: a writer of a single new key that comes
-/// meanwhile waits behind it (writers of single keys, each taking a unit as
-/// it frees, could otherwise keep a batch waiting for good), while a write
-/// that coalesces, taking no room, still gets in.
 #[test]
-fn a_write_back_batch_waits_for_room_for_all_its_keys_and_keeps_it() {
+fn a_write_back_batch_waits_for_room_for_all_its_keys() {
     let (db, cache) = behind_a_closed_gate(3, Backpressure::Block);
     cache.put(1, 1).unwrap();
     wait_until("key 1 in flight", || db.arrived.load(Ordering::SeqCst) == 1);
     cache.put(2, 2).unwrap();
     let returned = AtomicBool::new(false);
-    let single_returned = AtomicBool::new(false);
     std::thread::scope(|s| {
-        // Should an assertion fail, the writers still end.
-        let _open = GateOpener(&db);
         let batch = s.spawn(|| {
             let queued = cache.put_all([(3, 3), (4, 4)]);
             returned.store(true, Ordering::SeqCst);
@@ -1556,212 +1548,19 @@ fn a_write_back_batch_waits_for_room_for_all_its_keys_and_keeps_it() {
             "room for one key is not room for the batch"
         );
         assert_eq!((cache.peek(&3), cache.peek(&4)), (None, None));
-        // A single key would fit alone: it waits behind the batch.
-        let single = s.spawn(|| {
-            let queued = cache.put(5, 5);
-            single_returned.store(true, Ordering::SeqCst);
-            queued
-        });
-        // Key 2's write is waiting: replacing it takes no room.
-        cache.put(2, 22).unwrap();
-        std::thread::sleep(Duration::from_millis(100));
+        // A single key fits meanwhile; the batch then waits for more room.
+        cache.put(5, 5).unwrap();
+        std::thread::sleep(Duration::from_millis(50));
         assert!(!returned.load(Ordering::SeqCst));
-        assert!(
-            !single_returned.load(Ordering::SeqCst),
-            "the single key took the batch's room"
-        );
-        assert_eq!((cache.peek(&3), cache.peek(&5)), (None, None));
+        assert_eq!((cache.peek(&3), cache.peek(&4)), (None, None));
         db.open_gate();
         assert_eq!(batch.join().unwrap(), Ok(()));
-        assert_eq!(single.join().unwrap(), Ok(()));
     });
     cache.flush().unwrap();
     assert_eq!(
-        (db.value(2), db.value(3), db.value(4), db.value(5)),
-        (Some(22), Some(3), Some(4), Some(5))
+        (db.value(3), db.value(4), db.value(5)),
+        (Some(3), Some(4), Some(5))
     );
-}
-
-/// Runs `f` on a thread of its own and waits up to 20 s for it to end:
-/// `None` if it did not (it is left running), for tests of writers that
-/// must not wait for good.
-fn within_20s<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
-    spawned(f).recv_timeout(Duration::from_secs(20)).ok()
-}
-
-/// Runs `f` on a thread of its own: its result comes on the receiver.
-fn spawned<T: Send + 'static>(
-    f: impl FnOnce() -> T + Send + 'static,
-) -> std::sync::mpsc::Receiver<T> {
-    let (done, ended) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = done.send(f());
-    });
-    ended
-}
-
-/// Waits until `cache`'s `put_all` of `keys`, on a thread of its own, has
-/// had to wait for room (the queue accepted nothing more meanwhile).
-fn batch_waiting(
-    cache: &WriteBackCache,
-    keys: &[u64],
-) -> std::thread::JoinHandle<Result<(), WriteError<String>>> {
-    let batch = {
-        let cache = cache.clone();
-        let entries: Vec<(u64, u64)> = keys.iter().map(|&k| (k, k)).collect();
-        std::thread::spawn(move || cache.put_all(entries))
-    };
-    std::thread::sleep(Duration::from_millis(100));
-    assert!(!batch.is_finished(), "the batch waits for room");
-    batch
-}
-
-/// A failure handler's `put` runs on the flusher thread, which is what
-/// frees room: it is never held behind a waiting batch, or the flusher
-/// would wait for itself.
-#[test]
-fn a_failure_handlers_write_is_not_held_behind_a_waiting_batch() {
-    let db = Db::new();
-    db.close_gate();
-    let handle: Arc<Mutex<Option<WriteBackCache>>> = Arc::default();
-    let (in_handler, handled) = std::sync::mpsc::channel();
-    let cache = Cache::builder()
-        .max_capacity(100)
-        .write_back(
-            Shared(db.clone()),
-            WriteBack::default()
-                .max_delay(Duration::ZERO)
-                .batch(1)
-                .queue_capacity(2)
-                .retries(0, Duration::ZERO),
-        )
-        .on_write_failure({
-            let db = db.clone();
-            let handle = handle.clone();
-            let in_handler = Mutex::new(in_handler);
-            move |failed| {
-                assert_eq!(failed.op, Op::Put(1, 1));
-                *db.faults.lock().unwrap() = Faults::default();
-                let cache = handle.lock().unwrap().clone().unwrap();
-                // The failed write's slot takes no room: key 2 and this.
-                let _ = in_handler.lock().unwrap().send(cache.put(50, 50));
-            }
-        })
-        .build()
-        .unwrap();
-    *handle.lock().unwrap() = Some(cache.clone());
-    cache.put(1, 1).unwrap();
-    wait_until("key 1 in flight", || db.arrived.load(Ordering::SeqCst) == 1);
-    cache.put(2, 2).unwrap();
-    // The queue is full: the batch waits, and has its two units kept.
-    let batch = batch_waiting(&cache, &[3, 4]);
-    db.faults.lock().unwrap().fail = 100;
-    db.open_gate();
-    let put = handled.recv_timeout(Duration::from_secs(20));
-    assert_eq!(put, Ok(Ok(())), "the handler's put went in");
-    assert_eq!(batch.join().unwrap(), Ok(()));
-    cache.flush().unwrap();
-    handle.lock().unwrap().take();
-    let stored: Vec<_> = [1, 2, 3, 4, 50].iter().map(|&k| db.value(k)).collect();
-    assert_eq!(stored, [None, Some(2), Some(3), Some(4), Some(50)]);
-}
-
-/// While failures not yet reported hold the room a batch waits for, only
-/// a report frees it: a single writer that fits is not held behind the
-/// batch, so that the thread can go on to the `flush` that reports them.
-#[test]
-fn a_batch_keeps_no_room_while_unreported_failures_hold_it() {
-    let db = Db::with_faults(Faults {
-        fail: 100,
-        ..Faults::default()
-    });
-    let settings = WriteBack::default()
-        .max_delay(Duration::ZERO)
-        .queue_capacity(3)
-        .retries(0, Duration::ZERO);
-    let cache = write_back(&db, settings, 100);
-    cache.put(1, 1).unwrap();
-    cache.put(2, 2).unwrap();
-    wait_until("both writes given up", || cache.write_stats().failed == 2);
-    *db.faults.lock().unwrap() = Faults::default();
-    // One unit free, the batch needs two.
-    let batch = batch_waiting(&cache, &[3, 4]);
-    let writer = cache.clone();
-    let put_then_flush = within_20s(move || {
-        let put = writer.put(5, 5);
-        (put, writer.flush().map_err(|e| e.failed.len()))
-    });
-    assert_eq!(
-        put_then_flush,
-        Some((Ok(()), Err(2))),
-        "the put went in, and its flush reported the failures"
-    );
-    assert_eq!(batch.join().unwrap(), Ok(()));
-    cache.flush().unwrap();
-    let stored: Vec<_> = (1..=5).map(|k| db.value(k)).collect();
-    assert_eq!(stored, [None, None, Some(3), Some(4), Some(5)]);
-}
-
-/// A write from inside a `compute`'s `f` is not held behind a batch that
-/// could not fit while the compute holds its unit of room: the compute
-/// would never give it back.
-#[test]
-fn a_write_inside_a_compute_is_not_held_behind_a_batch_its_room_shuts_out() {
-    let db = Db::new();
-    db.close_gate();
-    // Keys 7 and 8 on stripes of their own.
-    let cache: Cache<
-        u64,
-        u64,
-        std::hash::BuildHasherDefault<common::KeyMod1024>,
-        larder::WriteBehind<u64, u64, Shared>,
-    > = Cache::builder()
-        .max_capacity(100)
-        .hasher(Default::default())
-        .write_back(
-            Shared(db.clone()),
-            WriteBack::default()
-                .max_delay(Duration::ZERO)
-                .queue_capacity(2),
-        )
-        .build()
-        .unwrap();
-    let _open = GateOpener(&db);
-    cache.put(1, 1).unwrap();
-    wait_until("key 1 in flight", || db.arrived.load(Ordering::SeqCst) == 1);
-    // The compute holds the queue's other unit while `f` runs.
-    let (in_f, entered) = std::sync::mpsc::channel();
-    let (go, go_on) = std::sync::mpsc::channel::<()>();
-    let computing = {
-        let cache = cache.clone();
-        spawned(move || {
-            cache.compute(7, |_| {
-                in_f.send(()).unwrap();
-                let _ = go_on.recv();
-                assert_eq!(cache.put(8, 8), Ok(()));
-                Compute::Put(70)
-            })
-        })
-    };
-    entered.recv().unwrap();
-    // The batch needs both units: it fits only once the compute is done.
-    let batch = {
-        let cache = cache.clone();
-        std::thread::spawn(move || cache.put_all([(3, 3), (4, 4)]))
-    };
-    std::thread::sleep(Duration::from_millis(100));
-    assert!(!batch.is_finished(), "the batch waits for room");
-    go.send(()).unwrap();
-    db.open_gate();
-    assert_eq!(
-        computing.recv_timeout(Duration::from_secs(20)),
-        Ok(Ok(larder::Computed::Inserted(70))),
-        "the compute and the put inside it ended"
-    );
-    assert_eq!(batch.join().unwrap(), Ok(()));
-    cache.flush().unwrap();
-    let stored: Vec<_> = [3, 4, 7, 8].iter().map(|&k| db.value(k)).collect();
-    assert_eq!(stored, [Some(3), Some(4), Some(70), Some(8)]);
 }
 
 /// While set, key 2 of `ShyKey` refuses to be cloned.

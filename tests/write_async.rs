@@ -563,8 +563,7 @@ async fn async_write_back_waits_for_room_without_blocking_the_runtime() {
 }
 
 /// `write_all_async` waits for room as a pending task, as `put_async` does;
-/// cancelled while it waits, none of its batch is queued or cached, and
-/// the room kept for it is kept no more.
+/// cancelled while it waits, none of its batch is queued or cached.
 #[tokio::test(flavor = "current_thread")]
 async fn async_write_back_batches_wait_for_room_and_a_cancelled_one_changes_nothing() {
     let (remote, cache) = small_spawned_queue(3);
@@ -585,8 +584,6 @@ async fn async_write_back_batches_wait_for_room_and_a_cancelled_one_changes_noth
     assert!(cancelled.is_err(), "the batch waited for room");
     assert_eq!(cache.write_stats().accepted, accepted, "none of it queued");
     assert_eq!((cache.peek(&101), cache.peek(&103)), (None, None));
-    // The cancelled batch had the room it waits for kept for it: dropped,
-    // it gives that place up.
     let smaller = cache.put_all_async([(101, 2), (102, 2)]);
     assert_eq!(
         tokio::time::timeout(Duration::from_secs(20), smaller)

@@ -48,8 +48,6 @@ where
                 handing_only: 0,
                 loose: 0,
                 reserved: 0,
-                first: None,
-                tickets: 0,
                 reports_out: 0,
                 stored_while_out: HashMap::default(),
                 reported: HashMap::default(),
@@ -109,7 +107,7 @@ where
     /// Blocks until a write of `key` would find room, or the queue stops
     /// taking writes. The caller holds no stripe lock.
     pub(crate) fn wait_for_room(&self, key: &K) {
-        self.wait_for_room_all(&[key], None);
+        self.wait_for_room_all(&[key]);
     }
 
     /// [`wait_for_room`](Self::wait_for_room) for async writers: pending,
@@ -121,7 +119,7 @@ where
         waiter: &Waiter,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<()> {
-        self.poll_room_all(&[key], None, waiter, cx)
+        self.poll_room_all(&[key], waiter, cx)
     }
 
     /// Takes away the waker `waiter` filed, if any: its future is done, or
@@ -158,7 +156,6 @@ where
         &self,
         keys: &[&K],
         writes: &mut [Option<Pending<V>>],
-        ticket: Option<&Ticket<'_, K, V, St>>,
     ) -> Result<Option<Vec<LetGo<V>>>, WriteError<St::Error>> {
         let shared = &*self.shared;
         // Declared before the lock, so dropped after it should a key's
@@ -171,8 +168,7 @@ where
         if q.closing || !q.running {
             return Err(WriteError::Closed);
         }
-        let own = ticket.map(|t| t.id);
-        if !q.has_room_for_all(keys, shared.settings.queue_capacity, own) {
+        if !q.has_room_for_all(keys, shared.settings.queue_capacity) {
             return match shared.settings.backpressure {
                 Backpressure::Fail => Err(WriteError::QueueFull),
                 Backpressure::Block => Ok(None),
@@ -194,29 +190,8 @@ where
                 let_go.push(filed);
             }
         }
-        if own.is_some() && q.first.map(|(id, _)| id) == own {
-            // In: the room kept for it is its own now (cleared under the
-            // lock that filed it: an eviction listener's write, on this
-            // thread as the batch lands, must not wait for it). The next
-            // batch waiting claims the place, and waiters whose room the
-            // estimate overstated look again. A waker's panic is raised
-            // once all are woken: the batch is queued (see `accept_batch`).
-            q.first = None;
-            shared.progressed(q);
-        } else {
-            drop(q);
-        }
+        drop(q);
         Ok(Some(let_go))
-    }
-
-    /// A ticket for a batch about to wait for room (see [`Ticket`]).
-    pub(crate) fn ticket(&self) -> Ticket<'_, K, V, St> {
-        let mut q = self.shared.queue.lock();
-        q.tickets += 1;
-        Ticket {
-            shared: &self.shared,
-            id: q.tickets,
-        }
     }
 
     /// Holds a unit of queue room for a write not decided yet, for
@@ -326,20 +301,11 @@ where
     }
 
     /// [`wait_for_room`](Self::wait_for_room) for a batch: blocks until
-    /// writes of all of `keys` would find room together. A batch holding a
-    /// `ticket` becomes the first waiting, if no other is: room is kept
-    /// free for it from then on.
-    pub(crate) fn wait_for_room_all(&self, keys: &[&K], ticket: Option<&Ticket<'_, K, V, St>>) {
+    /// writes of all of `keys` would find room together.
+    pub(crate) fn wait_for_room_all(&self, keys: &[&K]) {
         let shared = &*self.shared;
-        let own = ticket.map(|t| t.id);
         let mut q = shared.queue.lock();
-        while q.running
-            && !q.closing
-            && !q.has_room_for_all(keys, shared.settings.queue_capacity, own)
-        {
-            if let Some(own) = own {
-                q.claim_first(keys, own);
-            }
+        while q.running && !q.closing && !q.has_room_for_all(keys, shared.settings.queue_capacity) {
             q.blocked += 1;
             shared.work.notify_one();
             q = shared.progress.wait(q);
@@ -352,18 +318,12 @@ where
     pub(crate) fn poll_room_all(
         &self,
         keys: &[&K],
-        ticket: Option<&Ticket<'_, K, V, St>>,
         waiter: &Waiter,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<()> {
         let shared = &*self.shared;
-        let own = ticket.map(|t| t.id);
         let mut q = shared.queue.lock();
-        if q.running && !q.closing && !q.has_room_for_all(keys, shared.settings.queue_capacity, own)
-        {
-            if let Some(own) = own {
-                q.claim_first(keys, own);
-            }
+        if q.running && !q.closing && !q.has_room_for_all(keys, shared.settings.queue_capacity) {
             q.wakers.register(waiter, cx);
             shared.work.notify_one();
             return std::task::Poll::Pending;
@@ -703,26 +663,6 @@ where
     drop(bin);
     if let Err(panic) = checked {
         resume_unwind(panic);
-    }
-}
-
-/// A batch's place among the writers waiting for room: the first batch to
-/// wait with one (see `Queue::first`) has the room it needs kept free for
-/// it until it is queued, or this is dropped (the call gave up, failed,
-/// panicked, or its future was dropped), which wakes the other waiters.
-/// Taken only once a batch has to wait.
-pub(crate) struct Ticket<'a, K, V, St: Store<K, V>> {
-    shared: &'a Shared<K, V, St>,
-    id: u64,
-}
-
-impl<K, V, St: Store<K, V>> Drop for Ticket<'_, K, V, St> {
-    fn drop(&mut self) {
-        let mut q = self.shared.queue.lock();
-        if q.first.is_some_and(|(id, _)| id == self.id) {
-            q.first = None;
-            self.shared.progressed(q);
-        }
     }
 }
 

@@ -14,7 +14,7 @@
 
 mod flusher;
 mod handle;
-pub(crate) use handle::{Reservation, Ticket};
+pub(crate) use handle::Reservation;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
@@ -282,13 +282,6 @@ struct Queue<K, V, E> {
     /// before the call reads its key, so that the write it decides on
     /// always fits, given back when it is queued or not made.
     reserved: usize,
-    /// The batch first to wait for room (see [`Ticket`]), by its ticket,
-    /// with the room it needs: until it is queued, other writes leave that
-    /// much room free for it, so that writers of single keys, taking each
-    /// unit as it frees, cannot keep a batch waiting for good.
-    first: Option<(u64, usize)>,
-    /// The last ticket handed out.
-    tickets: u64,
     /// Reports taken and not yet settled by their caller (see
     /// `WriteBehind::settled`), and the keys stored meanwhile, each with the
     /// sequence number of its latest stored write: a report put back must
@@ -345,19 +338,17 @@ impl<K: Hash + Eq, V: Clone, E> Queue<K, V, E> {
     /// would otherwise pile up failures without bound. Replacing a waiting
     /// write adds nothing and always fits.
     fn has_room(&self, key: &K, capacity: usize) -> bool {
-        self.has_room_for_all(&[key], capacity, None)
+        self.has_room_for_all(&[key], capacity)
     }
 
     /// [`has_room`](Self::has_room) for writes of all of `keys` (distinct)
-    /// at once, by the batch holding ticket `own` if any: the keys not dirty
-    /// yet fit together, beside the room the first waiting batch needs if
-    /// that is another's, and a write behind its key's write in flight or
-    /// failed gets in under the same condition as alone.
-    fn has_room_for_all(&self, keys: &[&K], capacity: usize, own: Option<u64>) -> bool {
+    /// at once: the keys not dirty yet fit together, and a write behind its
+    /// key's write in flight or failed gets in under the same condition as
+    /// alone.
+    fn has_room_for_all(&self, keys: &[&K], capacity: usize) -> bool {
         let (new, behind) = self.needs(keys);
         let dirty = self.slots.len() - self.handing_only;
-        (new == 0
-            || dirty + self.loose + self.reserved + self.held_for(own, capacity) + new <= capacity)
+        (new == 0 || dirty + self.loose + self.reserved + new <= capacity)
             && (!behind || self.loose < capacity)
     }
 
@@ -376,54 +367,13 @@ impl<K: Hash + Eq, V: Clone, E> Queue<K, V, E> {
         (new, behind)
     }
 
-    /// The room kept free for the first waiting batch, unless it is the
-    /// one holding ticket `own` (see [`first`](Self::first)).
-    ///
-    /// None is kept while the batch could wait on the writers it holds
-    /// back, which would then wait for good:
-    /// - while failures not yet reported hold room (`failed`, `loose`, a
-    ///   report out): only a `flush` or `close` frees it, and the writer
-    ///   held back may be the thread about to call one;
-    /// - while the room `compute` calls hold leaves the batch too little
-    ///   even once every dirty key is sent: a writer held back inside a
-    ///   compute's `f` keeps its reservation until it returns;
-    /// - for a writer on the flusher thread (a failure handler's write):
-    ///   the flusher is the one that frees room.
-    ///
-    /// Otherwise the room the batch waits for is freed by the flusher
-    /// alone, sending the dirty keys (woken by the writers waiting), and
-    /// should a send fail, the failure ends the wait's priority.
-    fn held_for(&self, own: Option<u64>, capacity: usize) -> usize {
-        let Some((ticket, needed)) = self.first else {
-            return 0;
-        };
-        if Some(ticket) == own
-            || !self.failed.is_empty()
-            || self.loose > 0
-            || self.reports_out > 0
-            || self.reserved + needed > capacity
-            || self.flusher_id == Some(thread::current().id())
-        {
-            return 0;
-        }
-        needed
-    }
-
     /// Whether a unit of room can be held for a write not decided yet (see
     /// [`Reservation`]): as for a key not dirty, whatever
     /// the key, since a write of it that would coalesce now may find it in
     /// flight by the time it is queued.
     fn has_room_to_reserve(&self, capacity: usize) -> bool {
         let dirty = self.slots.len() - self.handing_only;
-        dirty + self.loose + self.reserved + self.held_for(None, capacity) < capacity
-    }
-
-    /// Makes the batch of `keys` holding ticket `own` the first waiting, if
-    /// no other is, keeping the room it needs now free for it.
-    fn claim_first(&mut self, keys: &[&K], own: u64) {
-        if self.first.is_none_or(|(ticket, _)| ticket == own) {
-            self.first = Some((own, self.needs(keys).0));
-        }
+        dirty + self.loose + self.reserved < capacity
     }
 
     /// The copies of `key` a write of it needs filed: one for a new slot,
@@ -929,24 +879,16 @@ mod loom_models {
         });
     }
 
-    /// A queue of `capacity` keys' room, every write due at once.
-    fn queue_of(capacity: usize) -> WriteBehind<u8, u32, Log> {
+    /// A queue of one key's room, for the reservations' models.
+    fn queue_of_one() -> WriteBehind<u8, u32, Log> {
         let settings = WriteBack {
             max_delay: Duration::ZERO,
-            queue_capacity: capacity,
+            queue_capacity: 1,
             ..WriteBack::default()
         };
         let wb = WriteBehind::new(Log::default(), settings);
         wb.start().expect("loom spawns the flusher");
         wb
-    }
-
-    fn queue_of_one() -> WriteBehind<u8, u32, Log> {
-        queue_of(1)
-    }
-
-    fn queue_of_two() -> WriteBehind<u8, u32, Log> {
-        queue_of(2)
     }
 
     /// A unit of room, as `compute` takes it: waiting while there is none.
@@ -957,45 +899,6 @@ mod loom_models {
                 None => wb.wait_to_reserve(),
             }
         }
-    }
-
-    /// A batch of `keys`, as `put_all` queues it: whole, waiting for room
-    /// with a ticket once it has to wait.
-    fn put_all(wb: &WriteBehind<u8, u32, Log>, keys: &[u8]) {
-        let refs: Vec<&u8> = keys.iter().collect();
-        let mut writes: Vec<_> = keys
-            .iter()
-            .map(|&k| Some(Pending::Put(u32::from(k))))
-            .collect();
-        let mut ticket = None;
-        loop {
-            let accepted = wb.try_accept_all(&refs, &mut writes, ticket.as_ref());
-            if accepted.expect("the queue is open").is_some() {
-                return;
-            }
-            let ticket = ticket.get_or_insert_with(|| wb.ticket());
-            wb.wait_for_room_all(&refs, Some(ticket));
-        }
-    }
-
-    #[test]
-    fn a_waiting_batch_and_single_writers_all_get_in() {
-        loom::model(|| {
-            let wb = queue_of_two();
-            let batch = {
-                let wb = wb.clone();
-                thread::spawn(move || put_all(&wb, &[1, 2]))
-            };
-            // These may take room first, or wait behind the batch once it
-            // waits: either way everyone gets in.
-            put(&wb, 3, 3);
-            put(&wb, 4, 4);
-            batch.join().unwrap();
-            wb.close().expect("nothing fails");
-            for key in 1..=4 {
-                assert_eq!(wb.store().of(key), vec![u32::from(key)]);
-            }
-        });
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::hash::{BuildHasher, Hash};
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
-use super::super::back::{Pending, Report, Reservation, Ticket, WriteBehind};
+use super::super::back::{Pending, Report, Reservation, WriteBehind};
 use super::super::{AsyncStore, FlushError, KeyGuard, Op, Spawned, Store, WriteError, WriteStats};
 use crate::{Cache, Compute, Computed, EntryOptions};
 
@@ -712,19 +712,16 @@ where
     ///
     /// With [`Backpressure::Block`](crate::Backpressure::Block), the call
     /// waits, holding no stripe, until the queue has room for every key of
-    /// the batch not already waiting in it at once. The first batch to wait
-    /// has that room kept for it as it frees: other writes that need room
-    /// (a `put` of a key not waiting, a `compute`, a later batch) wait
-    /// behind it, while writes that replace a waiting one, taking no room,
-    /// still get in. So writers of single keys, each taking a unit as it
-    /// frees, cannot keep a batch waiting for good. The room is kept only
-    /// while sending the queued writes is sure to free it, so that no
-    /// writer held back waits for good: not while failures not yet
-    /// reported hold room (a `flush` or `close` frees it, which the writer
-    /// held back may be about to call), not while `compute` calls hold so
-    /// much room that the batch would not fit even once everything queued
-    /// is sent, and never for writes on the flusher thread (a failure
-    /// handler's).
+    /// the batch not already waiting in it at once; writers of single keys
+    /// may take room first meanwhile, and a batch waits as long as they
+    /// take each unit as it frees. Room is not kept for a waiting batch:
+    /// the writers held back would then wait on whatever the batch waits
+    /// on, a deadlock wherever the queue's progress depends on one of them
+    /// (a store whose write waits for a thread that is writing to the
+    /// cache, an async batch never polled again). Where batches must not
+    /// wait long, leave them room: a larger
+    /// [`queue_capacity`](crate::WriteBack::queue_capacity), or single
+    /// writers that fail when the queue is full.
     ///
     /// # Errors
     ///
@@ -808,16 +805,13 @@ where
     ) -> Result<(), WriteError<St::Error>> {
         let mut batch = self.write_batch_of(ops)?;
         let policy = self.policy();
-        // Taken once the batch has to wait: room is kept for it from then on.
-        let mut ticket = None;
         loop {
             let guards = policy.shared.locks.lock_all(&batch.hashes);
-            if self.accept_batch(&mut batch, guards, ticket.as_ref())? {
+            if self.accept_batch(&mut batch, guards)? {
                 return Ok(());
             }
             // Wait for room holding no stripe, as `put`.
-            let ticket = ticket.get_or_insert_with(|| policy.ticket());
-            policy.wait_for_room_all(&batch.keys(), Some(ticket));
+            policy.wait_for_room_all(&batch.keys());
         }
     }
 
@@ -909,14 +903,11 @@ where
         &self,
         batch: &mut WriteBatch<K, V>,
         guards: G,
-        ticket: Option<&Ticket<'_, K, V, St>>,
     ) -> Result<bool, WriteError<St::Error>> {
         let policy = self.policy();
         let keys: BatchKeys<'_, K> = batch.ops.iter().map(Op::key).collect();
         let writes = &mut batch.writes;
-        let accepted = catch_unwind(AssertUnwindSafe(|| {
-            policy.try_accept_all(&keys, writes, ticket)
-        }));
+        let accepted = catch_unwind(AssertUnwindSafe(|| policy.try_accept_all(&keys, writes)));
         drop(keys);
         match accepted {
             Ok(Ok(Some(let_go))) => {
@@ -1470,15 +1461,13 @@ where
         // future takes it away.
         let waiter = crate::write::Waiter::new();
         let _forget = crate::write::Forget(|| policy.forget(&waiter));
-        let mut ticket = None;
         loop {
             let guards = policy.shared.locks.lock_all_async(&batch.hashes).await;
-            if self.accept_batch(&mut batch, guards, ticket.as_ref())? {
+            if self.accept_batch(&mut batch, guards)? {
                 return Ok(());
             }
             let keys = batch.keys();
-            let ticket = Some(&*ticket.get_or_insert_with(|| policy.ticket()));
-            std::future::poll_fn(|cx| policy.poll_room_all(&keys, ticket, &waiter, cx)).await;
+            std::future::poll_fn(|cx| policy.poll_room_all(&keys, &waiter, cx)).await;
         }
     }
 
