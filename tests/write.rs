@@ -1563,6 +1563,107 @@ fn a_write_back_batch_waits_for_room_for_all_its_keys() {
     );
 }
 
+/// A single writer that fits goes in while a batch waits for more room
+/// than there is, whatever the store waits on: here the store's write
+/// waits for a gate that the writer opens once its `put` returns. (Room kept
+/// for the waiting batch would hold the writer back, and the store, the
+/// batch and the writer would wait on each other for good.)
+#[test]
+fn a_writer_that_fits_goes_in_while_a_batch_waits() {
+    let (db, cache) = behind_a_closed_gate(2, Backpressure::Block);
+    cache.put(1, 1).unwrap();
+    wait_until("key 1 in flight", || db.arrived.load(Ordering::SeqCst) == 1);
+    let batch = {
+        let cache = cache.clone();
+        std::thread::spawn(move || cache.put_all([(3, 3), (4, 4)]))
+    };
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(!batch.is_finished(), "the batch waits for room");
+    let (done, ended) = std::sync::mpsc::channel();
+    {
+        let (cache, db) = (cache.clone(), db.clone());
+        std::thread::spawn(move || {
+            let _open = GateOpener(&db);
+            let _ = done.send(cache.put(5, 5));
+        });
+    }
+    assert_eq!(
+        ended.recv_timeout(Duration::from_secs(20)),
+        Ok(Ok(())),
+        "the single write went in"
+    );
+    assert_eq!(batch.join().unwrap(), Ok(()));
+    cache.flush().unwrap();
+    let stored: Vec<_> = [1, 3, 4, 5].iter().map(|&k| db.value(k)).collect();
+    assert_eq!(stored, [Some(1), Some(3), Some(4), Some(5)]);
+}
+
+/// Computes whose `f` writes another key, and batches of two keys (one on
+/// a compute's stripe), on a queue of three: every call ends. Kept since
+/// room kept for a waiting batch made this hang within seconds (a batch
+/// with its room waiting for a compute's stripe, the write inside that
+/// compute held back for the batch).
+#[test]
+fn computes_writing_inside_f_and_batches_all_end_on_a_small_queue() {
+    let db = Db::new();
+    let cache: Cache<
+        u64,
+        u64,
+        std::hash::BuildHasherDefault<common::KeyMod1024>,
+        larder::WriteBehind<u64, u64, Shared>,
+    > = Cache::builder()
+        .max_capacity(100)
+        .hasher(Default::default())
+        .write_back(
+            Shared(db.clone()),
+            WriteBack::default()
+                .max_delay(Duration::ZERO)
+                .batch(2)
+                .queue_capacity(3),
+        )
+        .build()
+        .unwrap();
+    const CALLS: u64 = 2_000;
+    let (done, ended) = std::sync::mpsc::channel();
+    for t in 0..4u64 {
+        let (cache, done) = (cache.clone(), done.clone());
+        std::thread::spawn(move || {
+            for i in 0..CALLS {
+                if t < 2 {
+                    let out = cache.compute(i % 4, |_| {
+                        cache.put(2_000 + i % 8, i).unwrap();
+                        Compute::Put(i)
+                    });
+                    assert!(out.is_ok());
+                } else {
+                    // Key 1,024 + k shares key k's stripe.
+                    cache
+                        .put_all([(1_024 + i % 4, i), (3_000 + i % 16, i)])
+                        .unwrap();
+                }
+            }
+            done.send(t).unwrap();
+        });
+    }
+    drop(done);
+    for _ in 0..4 {
+        let thread = ended.recv_timeout(Duration::from_secs(60));
+        assert!(thread.is_ok(), "a writer stalled: {thread:?}");
+    }
+    cache.flush().unwrap();
+    assert_eq!(cache.write_stats().dirty, 0);
+    // Each key's last write reached the store.
+    let keys = (0..4)
+        .chain(2_000..2_008)
+        .chain(1_024..1_028)
+        .chain(3_000..3_016);
+    for k in keys {
+        let stored = db.value(k);
+        assert!(stored.is_some(), "key {k} never stored");
+        assert_eq!(cache.get(&k), Ok(stored), "key {k}");
+    }
+}
+
 /// While set, key 2 of `ShyKey` refuses to be cloned.
 static SHY: AtomicBool = AtomicBool::new(false);
 
