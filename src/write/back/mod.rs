@@ -879,16 +879,21 @@ mod loom_models {
         });
     }
 
-    /// A queue of one key's room, for the reservations' models.
-    fn queue_of_one() -> WriteBehind<u8, u32, Log> {
+    /// A queue of `capacity` keys' room, every write due at once.
+    fn queue_of(capacity: usize) -> WriteBehind<u8, u32, Log> {
         let settings = WriteBack {
             max_delay: Duration::ZERO,
-            queue_capacity: 1,
+            queue_capacity: capacity,
             ..WriteBack::default()
         };
         let wb = WriteBehind::new(Log::default(), settings);
         wb.start().expect("loom spawns the flusher");
         wb
+    }
+
+    /// A queue of one key's room, for the reservations' models.
+    fn queue_of_one() -> WriteBehind<u8, u32, Log> {
+        queue_of(1)
     }
 
     /// A unit of room, as `compute` takes it: waiting while there is none.
@@ -899,6 +904,46 @@ mod loom_models {
                 None => wb.wait_to_reserve(),
             }
         }
+    }
+
+    /// A batch of `keys`, as `put_all` queues it: whole, waiting for room
+    /// for all of them at once.
+    fn put_all(wb: &WriteBehind<u8, u32, Log>, keys: &[u8]) {
+        let refs: Vec<&u8> = keys.iter().collect();
+        let mut writes: Vec<_> = keys
+            .iter()
+            .map(|&k| Some(Pending::Put(u32::from(k))))
+            .collect();
+        while wb
+            .try_accept_all(&refs, &mut writes)
+            .expect("the queue is open")
+            .is_none()
+        {
+            wb.wait_for_room_all(&refs);
+        }
+        assert!(wb.stats().queued <= 2, "the queue overflowed");
+    }
+
+    #[test]
+    fn a_batch_waiting_for_room_and_single_writers_all_get_in() {
+        loom::model(|| {
+            let wb = queue_of(2);
+            let batch = {
+                let wb = wb.clone();
+                thread::spawn(move || put_all(&wb, &[1, 2]))
+            };
+            // These may take room before the batch, or after it, but
+            // never more than there is.
+            put(&wb, 3, 3);
+            assert!(wb.stats().queued <= 2, "the queue overflowed");
+            put(&wb, 4, 4);
+            assert!(wb.stats().queued <= 2, "the queue overflowed");
+            batch.join().unwrap();
+            wb.close().expect("nothing fails");
+            for key in 1..=4 {
+                assert_eq!(wb.store().of(key), vec![u32::from(key)]);
+            }
+        });
     }
 
     #[test]
