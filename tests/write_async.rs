@@ -1353,6 +1353,43 @@ async fn a_cancelled_async_write_through_compute_releases_its_key() {
     assert_eq!((remote.0.value(1), remote.0.value(2)), (Some(11), Some(21)));
 }
 
+/// Cancelled in the store's delete, a write-through `compute_async` that
+/// decided to remove its key drops the key's cached copy (the store may or
+/// may not have deleted it), so the next read asks the store; the stripe
+/// is released.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_through_compute_cancelled_in_its_delete_drops_the_cached_copy() {
+    let remote = Remote::default();
+    let cache = Cache::builder()
+        .max_capacity(100)
+        .write_through(remote.clone())
+        .build()
+        .unwrap();
+    cache.put_async(1, 10).await.unwrap();
+    remote.0.hold_next_ms.store(3_600_000, Ordering::SeqCst);
+    let cancelled = tokio::time::timeout(
+        Duration::from_millis(20),
+        cache.compute_async(1, |v| {
+            assert_eq!(v, Some(&10), "read from the cache");
+            Compute::Remove
+        }),
+    )
+    .await;
+    assert!(
+        cancelled.is_err(),
+        "the compute was cancelled in its delete"
+    );
+    assert_eq!(cache.peek(&1), None, "the cache no longer claims 10");
+    // The delete never reached the store: a read finds its value there.
+    assert_eq!(cache.get_async(&1).await, Ok(Some(10)));
+    assert_eq!(
+        cache.compute_async(1, |_| Compute::Remove).await,
+        Ok(Computed::Removed(10)),
+        "the stripe is free"
+    );
+    assert_eq!((remote.0.value(1), cache.peek(&1)), (None, None));
+}
+
 /// Tasks counting up keys through a write-back cache over an async store,
 /// with a queue too small for all of them, lose no update, and wait for
 /// room as pending tasks: on one thread, a compute blocking it would starve
