@@ -830,6 +830,141 @@ fn a_write_through_batch_is_one_store_call_of_each_keys_last_write() {
     assert_eq!(db.value(19), Some(190));
 }
 
+/// A read-through batch lands each key's last write in the cache, in their
+/// order, and never calls the store: the listener hears the copies it
+/// replaced and dropped.
+#[test]
+fn a_read_through_batch_lands_each_keys_last_write_in_the_cache_alone() {
+    let db = Db::new();
+    db.data.lock().unwrap().insert(5, 50);
+    let heard = Heard::default();
+    let sink = heard.clone();
+    let cache = Cache::builder()
+        .max_capacity(100)
+        .eviction_listener(move |k, v, cause| sink.lock().unwrap().push((k, v, cause)))
+        .read_through(Shared(db.clone()))
+        .build()
+        .unwrap();
+    cache.put(3, 30).unwrap();
+    cache.put(4, 40).unwrap();
+    cache
+        .write_all([
+            Op::Put(1, 10),
+            Op::Delete(3),
+            Op::Put(2, 20),
+            Op::Put(1, 11),
+            Op::Put(4, 41),
+            Op::Delete(5),
+        ])
+        .unwrap();
+    let cached: Vec<_> = (1..=5).map(|k| cache.peek(&k)).collect();
+    assert_eq!(cached, [Some(11), Some(20), None, Some(41), None]);
+    assert_eq!(
+        *heard.lock().unwrap(),
+        [
+            (3, 30, larder::RemovalCause::Explicit),
+            (4, 40, larder::RemovalCause::Replaced)
+        ],
+        "key 1's first write never landed"
+    );
+    assert_eq!(db.write_calls.load(Ordering::SeqCst), 0, "no store call");
+    assert_eq!(cache.get(&5), Ok(Some(50)), "a delete drops the copy only");
+    cache.put_all((10..20).map(|k| (k, k * 10))).unwrap();
+    cache.put_all([]).unwrap();
+    let loads = db.loads.load(Ordering::SeqCst);
+    assert_eq!(cache.get(&15), Ok(Some(150)));
+    assert_eq!(db.loads.load(Ordering::SeqCst), loads, "a hit");
+    assert_eq!(db.write_calls.load(Ordering::SeqCst), 0);
+}
+
+/// A load of a key that a read-through batch writes while it is in flight
+/// hands its value to its caller but is not cached over the batch's.
+#[test]
+fn a_load_in_flight_is_not_cached_over_a_read_through_batch() {
+    let (loading, release) = (Arc::new(Barrier::new(2)), Arc::new(Barrier::new(2)));
+    let db = Db::new();
+    db.data.lock().unwrap().insert(1, 10);
+    let store = Gated {
+        inner: Shared(db.clone()),
+        loading: loading.clone(),
+        release: release.clone(),
+    };
+    let cache = Arc::new(
+        Cache::builder()
+            .max_capacity(100)
+            .read_through(store)
+            .build()
+            .unwrap(),
+    );
+    for batch in [
+        vec![Op::Put(1, 11), Op::Put(2, 20)],
+        vec![Op::Delete(1), Op::Put(2, 21)],
+    ] {
+        cache.delete(&1).unwrap();
+        let reader = {
+            let cache = cache.clone();
+            std::thread::spawn(move || cache.get(&1))
+        };
+        loading.wait();
+        let expected = match &batch[0] {
+            Op::Put(_, v) => Some(*v),
+            Op::Delete(_) => None,
+        };
+        cache.write_all(batch).unwrap();
+        release.wait();
+        assert_eq!(reader.join().unwrap(), Ok(Some(10)), "the load's own value");
+        assert_eq!(cache.peek(&1), expected, "the batch's write stands");
+    }
+}
+
+/// A store whose loads wait at two barriers: one as they start, one before
+/// they read.
+struct Gated {
+    inner: Shared,
+    loading: Arc<Barrier>,
+    release: Arc<Barrier>,
+}
+
+impl Store<u64, u64> for Gated {
+    type Error = String;
+
+    fn load(&self, key: &u64) -> Result<Option<u64>, String> {
+        self.loading.wait();
+        self.release.wait();
+        self.inner.load(key)
+    }
+
+    fn write(&self, op: &Op<u64, u64>) -> Result<(), String> {
+        self.inner.write(op)
+    }
+}
+
+/// A weigher that panics partway through a read-through batch: the writes
+/// before it have landed, and the keys after it have no cached copy left
+/// (the caller may have stored newer values), so reads load them.
+#[test]
+fn a_panic_midway_through_a_read_through_batch_drops_the_keys_not_landed() {
+    let db = Db::new();
+    db.data.lock().unwrap().extend([(2, 200), (3, 300)]);
+    let cache = Cache::builder()
+        .max_capacity(100)
+        .weigher(|_, v: &u64| {
+            assert_ne!(*v, 666, "the weigher refuses 666");
+            1
+        })
+        .read_through(Shared(db.clone()))
+        .build()
+        .unwrap();
+    cache.put_all([(2, 20), (3, 30)]).unwrap();
+    let panicked = catch_unwind(AssertUnwindSafe(|| {
+        cache.put_all([(1, 10), (2, 666), (3, 31)])
+    }));
+    assert!(panicked.is_err());
+    assert_eq!(cache.peek(&1), Some(10), "landed before the panic");
+    assert_eq!((cache.peek(&2), cache.peek(&3)), (None, None));
+    assert_eq!(cache.get(&3), Ok(Some(300)), "loaded from the store");
+}
+
 #[test]
 fn a_failed_or_panicking_write_through_batch_drops_its_keys_from_the_cache() {
     let db = Db::new();

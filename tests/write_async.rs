@@ -109,6 +109,16 @@ async fn async_read_through_loads_once_for_many_tasks() {
     cache.put_async(3, 30).await.unwrap();
     cache.delete_async(&1).await.unwrap();
     assert_eq!((cache.peek(&3), cache.peek(&1)), (Some(30), None));
+    // Batches land in the cache alone, each key's last write.
+    cache
+        .write_all_async([Op::Delete(3), Op::Put(4, 40), Op::Put(4, 41)])
+        .await
+        .unwrap();
+    cache.put_all_async([(5, 50)]).await.unwrap();
+    assert_eq!(
+        [3, 4, 5].map(|k| cache.peek(&k)),
+        [None, Some(41), Some(50)]
+    );
     assert_eq!(remote.0.write_calls.load(Ordering::SeqCst), 0);
 }
 

@@ -243,7 +243,8 @@ where
         resume_unwind(panic)
     }
 
-    /// Lands a batch of writes the store took, in order, as
+    /// Lands a batch of writes the store took (or, read-through, that the
+    /// caller wrote to it), in order, as
     /// [`land_write`](Self::land_write) and [`land_delete`](Self::land_delete)
     /// land one, holding `guard` (the keys' stripes) until all have landed;
     /// the listener hears once it is released. Should user code panic on

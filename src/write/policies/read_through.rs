@@ -5,7 +5,7 @@ use std::borrow::Borrow;
 use std::hash::{BuildHasher, Hash};
 use std::sync::Arc;
 
-use super::super::{AsyncStore, FlushError, ReadThrough, Store, WriteError};
+use super::super::{AsyncStore, FlushError, Op, ReadThrough, Store, WriteError};
 use crate::{Cache, EntryOptions};
 
 impl<K, V, S, St> Cache<K, V, S, ReadThrough<St>>
@@ -328,6 +328,103 @@ where
     {
         self.land_delete(key, ());
         Ok(())
+    }
+
+    /// Caches a batch of puts and drops a batch of deletes: [`put`](Self::put)
+    /// and [`delete`](Self::delete) of many keys in one call, after the
+    /// caller wrote them to the store. A key given more than once lands
+    /// once, with its last write; the batch lands in the order of those, as
+    /// the other policies' batches do. A load of one of the keys in flight
+    /// meanwhile is not cached over the batch.
+    ///
+    /// # Errors
+    ///
+    /// None with this policy; the `Result` matches the other policies.
+    ///
+    /// # Panics
+    ///
+    /// If a key's `Clone`, `Hash` or `Eq`, or the weigher, panics as the
+    /// batch lands: the writes before it have landed, the cached copies of
+    /// the keys not landed yet are dropped (the store may hold newer
+    /// values), and the panic goes on. If the listener panics, once the
+    /// whole batch has landed.
+    ///
+    /// ```
+    /// # use std::collections::HashMap;
+    /// # use std::sync::{Arc, Mutex};
+    /// # use larder::{Op, Store};
+    /// # #[derive(Clone, Default)]
+    /// # struct Db(Arc<Mutex<HashMap<u32, u32>>>);
+    /// # impl Db {
+    /// #     fn get(&self, k: u32) -> Option<u32> { self.0.lock().unwrap().get(&k).copied() }
+    /// #     fn set(&self, k: u32, v: u32) { self.0.lock().unwrap().insert(k, v); }
+    /// #     fn remove(&self, k: u32) { self.0.lock().unwrap().remove(&k); }
+    /// # }
+    /// # impl Store<u32, u32> for Db {
+    /// #     type Error = &'static str;
+    /// #     fn load(&self, k: &u32) -> Result<Option<u32>, Self::Error> { Ok(self.get(*k)) }
+    /// #     fn write(&self, _: &Op<u32, u32>) -> Result<(), Self::Error> { Ok(()) }
+    /// # }
+    /// use larder::Cache;
+    ///
+    /// let cache = Cache::builder().max_capacity(100).read_through(Db::default()).build().unwrap();
+    /// cache.store().set(3, 30);
+    /// assert_eq!(cache.get(&3), Ok(Some(30)));
+    /// // The caller changes the store...
+    /// cache.store().set(1, 11);
+    /// cache.store().remove(3);
+    /// // ...and tells the cache, in one call.
+    /// cache.write_all([Op::Put(1, 10), Op::Delete(3), Op::Put(1, 11)]).unwrap();
+    /// assert_eq!((cache.peek(&1), cache.peek(&3)), (Some(11), None));
+    /// assert_eq!(cache.get(&3), Ok(None)); // loaded: the store has none
+    /// ```
+    pub fn write_all(
+        &self,
+        ops: impl IntoIterator<Item = Op<K, V>>,
+    ) -> Result<(), WriteError<St::Error>> {
+        let (ops, _) = self.last_per_key(ops.into_iter().collect());
+        if !ops.is_empty() {
+            self.land_batch(ops, ());
+        }
+        Ok(())
+    }
+
+    /// [`write_all`](Self::write_all) of puts: caches many entries the
+    /// caller stored.
+    ///
+    /// # Errors
+    ///
+    /// None with this policy; the `Result` matches the other policies.
+    ///
+    /// # Panics
+    ///
+    /// As [`write_all`](Self::write_all).
+    ///
+    /// ```
+    /// # use std::collections::HashMap;
+    /// # use std::sync::{Arc, Mutex};
+    /// # use larder::{Op, Store};
+    /// # #[derive(Clone, Default)]
+    /// # struct Db(Arc<Mutex<HashMap<u32, u32>>>);
+    /// # impl Store<u32, u32> for Db {
+    /// #     type Error = &'static str;
+    /// #     fn load(&self, k: &u32) -> Result<Option<u32>, Self::Error> {
+    /// #         Ok(self.0.lock().unwrap().get(k).copied())
+    /// #     }
+    /// #     fn write(&self, _: &Op<u32, u32>) -> Result<(), Self::Error> { Ok(()) }
+    /// # }
+    /// use larder::Cache;
+    ///
+    /// let cache = Cache::builder().max_capacity(100).read_through(Db::default()).build().unwrap();
+    /// cache.put_all((0..50).map(|id| (id, id * 2))).unwrap();
+    /// assert_eq!(cache.get(&7), Ok(Some(14))); // a hit: the store is empty
+    /// assert_eq!(cache.len(), 50);
+    /// ```
+    pub fn put_all(
+        &self,
+        entries: impl IntoIterator<Item = (K, V)>,
+    ) -> Result<(), WriteError<St::Error>> {
+        self.write_all(entries.into_iter().map(|(k, v)| Op::Put(k, v)))
     }
 
     /// Nothing to send with this policy.
@@ -740,5 +837,92 @@ where
     {
         self.land_delete(key, ());
         Ok(())
+    }
+
+    /// [`write_all`](Self::write_all) for an [`AsyncStore`]: caches a
+    /// batch of puts and drops a batch of deletes the caller wrote to the
+    /// store; the store is not called.
+    ///
+    /// # Errors
+    ///
+    /// None with this policy; the `Result` matches the other policies.
+    ///
+    /// # Panics
+    ///
+    /// As [`write_all`](Self::write_all).
+    ///
+    /// ```
+    /// # use std::collections::HashMap;
+    /// # use std::sync::Mutex;
+    /// # use larder::{AsyncStore, Op};
+    /// # #[derive(Default)]
+    /// # struct Remote(Mutex<HashMap<u32, u32>>);
+    /// # impl AsyncStore<u32, u32> for Remote {
+    /// #     type Error = &'static str;
+    /// #     async fn load(&self, k: &u32) -> Result<Option<u32>, Self::Error> {
+    /// #         Ok(self.0.lock().unwrap().get(k).copied())
+    /// #     }
+    /// #     async fn write_batch(&self, _: &[Op<u32, u32>]) -> Result<(), Self::Error> { Ok(()) }
+    /// # }
+    /// use larder::Cache;
+    ///
+    /// # let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    /// # runtime.block_on(async {
+    /// let cache = Cache::builder().max_capacity(100).read_through(Remote::default()).build().unwrap();
+    /// cache.put_async(3, 30).await.unwrap();
+    /// cache.write_all_async([Op::Put(1, 10), Op::Delete(3)]).await.unwrap();
+    /// assert_eq!((cache.peek(&1), cache.peek(&3)), (Some(10), None));
+    /// # });
+    /// ```
+    pub async fn write_all_async(
+        &self,
+        ops: impl IntoIterator<Item = Op<K, V>>,
+    ) -> Result<(), WriteError<St::Error>> {
+        let (ops, _) = self.last_per_key(ops.into_iter().collect());
+        if !ops.is_empty() {
+            self.land_batch(ops, ());
+        }
+        Ok(())
+    }
+
+    /// [`write_all_async`](Self::write_all_async) of puts: caches many
+    /// entries the caller stored.
+    ///
+    /// # Errors
+    ///
+    /// None with this policy; the `Result` matches the other policies.
+    ///
+    /// # Panics
+    ///
+    /// As [`write_all`](Self::write_all).
+    ///
+    /// ```
+    /// # use std::collections::HashMap;
+    /// # use std::sync::Mutex;
+    /// # use larder::{AsyncStore, Op};
+    /// # #[derive(Default)]
+    /// # struct Remote(Mutex<HashMap<u32, u32>>);
+    /// # impl AsyncStore<u32, u32> for Remote {
+    /// #     type Error = &'static str;
+    /// #     async fn load(&self, k: &u32) -> Result<Option<u32>, Self::Error> {
+    /// #         Ok(self.0.lock().unwrap().get(k).copied())
+    /// #     }
+    /// #     async fn write_batch(&self, _: &[Op<u32, u32>]) -> Result<(), Self::Error> { Ok(()) }
+    /// # }
+    /// use larder::Cache;
+    ///
+    /// # let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    /// # runtime.block_on(async {
+    /// let cache = Cache::builder().max_capacity(100).read_through(Remote::default()).build().unwrap();
+    /// cache.put_all_async((0..50).map(|id| (id, id * 2))).await.unwrap();
+    /// assert_eq!(cache.get_async(&7).await, Ok(Some(14)));
+    /// # });
+    /// ```
+    pub async fn put_all_async(
+        &self,
+        entries: impl IntoIterator<Item = (K, V)>,
+    ) -> Result<(), WriteError<St::Error>> {
+        self.write_all_async(entries.into_iter().map(|(k, v)| Op::Put(k, v)))
+            .await
     }
 }
