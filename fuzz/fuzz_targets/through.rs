@@ -37,7 +37,10 @@
 //! stored. For a key the application has not written behind the cache's back
 //! since the key was last written through it or left the cache, every `get`
 //! returns exactly the store's value and any cached copy equals it.
-//! Read-through: `put` and `delete` never call the store, whatever its state.
+//! Read-through: `put`, `delete` and `write_all` never call the store,
+//! whatever its state; its `write_all` lands each key's last write in the
+//! cache, in order, as a write-through batch the store took, and its async
+//! twin ends on its first poll.
 //! Write-through `write_all` sends each key's last write in one store call
 //! (the default `write_batch`, stopping at the first failure or panic) and
 //! lands them as `put` and `delete` do; failed, panicked or dropped during
@@ -372,12 +375,8 @@ trait Through: Clone + Send + Sync + 'static {
     fn peek(&self, k: u8) -> Option<u16>;
     fn invalidate(&self);
     /// `write_all`, write-through only.
-    fn write_all(&self, _ops: Vec<Op<u8, u16>>) -> Written {
-        unreachable!("write-through only")
-    }
-    fn write_all_async(&self, _ops: Vec<Op<u8, u16>>) -> Boxed<'_, Written> {
-        unreachable!("write-through only")
-    }
+    fn write_all(&self, ops: Vec<Op<u8, u16>>) -> Written;
+    fn write_all_async(&self, ops: Vec<Op<u8, u16>>) -> Boxed<'_, Written>;
     /// `compute`, write-through only.
     fn compute(
         &self,
@@ -469,7 +468,16 @@ macro_rules! through {
     };
 }
 
-through!(ReadThrough<Shared>, false, {});
+through!(ReadThrough<Shared>, false, {
+    fn write_all(&self, ops: Vec<Op<u8, u16>>) -> Written {
+        Cache::<u8, u16, DefaultHashBuilder, ReadThrough<Shared>>::write_all(self, ops)
+    }
+    fn write_all_async(&self, ops: Vec<Op<u8, u16>>) -> Boxed<'_, Written> {
+        Box::pin(
+            Cache::<u8, u16, DefaultHashBuilder, ReadThrough<Shared>>::write_all_async(self, ops),
+        )
+    }
+});
 through!(WriteThrough<Shared>, true, {
     fn compute(
         &self,
@@ -788,17 +796,15 @@ fn one_step<C: Through>(
         }
         Step::Delete(k) => write(cache, db, model, k % KEYS, None, mode, &mut after),
         Step::WriteAll(ref ops) => {
-            if C::WRITE_THROUGH {
-                let ops: Vec<Op<u8, u16>> = ops
-                    .iter()
-                    .take(4)
-                    .map(|&(k, w)| match w {
-                        Some(v) => Op::Put(k % KEYS, v),
-                        None => Op::Delete(k % KEYS),
-                    })
-                    .collect();
-                write_all(cache, db, model, ops, mode, &mut after);
-            }
+            let ops: Vec<Op<u8, u16>> = ops
+                .iter()
+                .take(4)
+                .map(|&(k, w)| match w {
+                    Some(v) => Op::Put(k % KEYS, v),
+                    None => Op::Delete(k % KEYS),
+                })
+                .collect();
+            write_all(cache, db, model, ops, mode, &mut after);
         }
         Step::Compute(k, kind, v) => {
             if C::WRITE_THROUGH {
@@ -1179,7 +1185,13 @@ fn write_all<C: Through>(
     mode: Option<Async>,
     after: &mut After,
 ) {
-    let state = db.state();
+    // Read-through: the batch lands in the cache alone, whatever the
+    // store's state, as a write-through batch the store took.
+    let state = if C::WRITE_THROUGH {
+        db.state()
+    } else {
+        WORKING
+    };
     let before = db.snapshot();
     let writes = db.writes();
     let mut batch: Vec<Op<u8, u16>> = Vec::new();
@@ -1189,9 +1201,10 @@ fn write_all<C: Through>(
         }
     }
     // The stripes are free: taken on the first poll, with the store call
-    // started; it does its work on its last. An empty batch calls nothing.
+    // started; it does its work on its last. An empty batch calls nothing,
+    // nor does a read-through one: it ends on its first poll.
     let polls = match mode {
-        Some(m) if !batch.is_empty() => m.delay + 1,
+        Some(m) if !batch.is_empty() && C::WRITE_THROUGH => m.delay + 1,
         _ => 1,
     };
     let cancelled = Async::cancels(mode, polls);
@@ -1227,7 +1240,7 @@ fn write_all<C: Through>(
         return;
     };
     let sent = match state {
-        _ if batch.is_empty() => 0,
+        _ if batch.is_empty() || !C::WRITE_THROUGH => 0,
         WORKING => batch.len(),
         _ => 1,
     };
