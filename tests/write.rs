@@ -2153,7 +2153,8 @@ fn write_back_compute_reads_the_cache_then_the_queue_then_the_store() {
 
 /// A compute holds a unit of queue room from before its read until its
 /// write is queued, and gives it back when it writes nothing, fails or
-/// panics.
+/// panics. With `Fail`, a compute of a dirty key holds none: it gets in
+/// whenever a `put` of the key would.
 #[test]
 fn write_back_compute_holds_room_from_its_read_to_its_write() {
     let (db, cache) = behind_a_closed_gate(2, Backpressure::Fail);
@@ -2185,14 +2186,26 @@ fn write_back_compute_holds_room_from_its_read_to_its_write() {
         go.send(()).unwrap();
         assert_eq!(computing.join().unwrap(), Ok(Computed::Inserted(50)));
     });
+    // The queue is full (key 1 in flight, key 5 waiting), yet computes of
+    // those keys get in, as puts of them would: 5 coalesces, 1 waits
+    // behind its write in flight.
+    assert_eq!(cache.put(3, 3), Err(WriteError::QueueFull));
+    assert_eq!(
+        cache.compute(5, |v| Compute::Put(v.unwrap() + 1)),
+        Ok(Computed::Replaced(51))
+    );
     assert_eq!(
         cache.compute(1, |_| Compute::Keep),
-        Err(WriteError::QueueFull),
-        "room is taken even for a key that would coalesce"
+        Ok(Computed::Unchanged(1))
     );
+    assert_eq!(
+        cache.compute(1, |v| Compute::Put(v.unwrap() + 1)),
+        Ok(Computed::Replaced(2))
+    );
+    assert_eq!(cache.put(3, 3), Err(WriteError::QueueFull), "still full");
     db.open_gate();
     cache.flush().unwrap();
-    assert_eq!(db.value(5), Some(50));
+    assert_eq!((db.value(5), db.value(1)), (Some(51), Some(2)));
     db.close_gate();
     // Room given back: had any of these kept its unit, the two puts after
     // them would not both fit.
@@ -2236,6 +2249,38 @@ fn write_back_compute_holds_room_from_its_read_to_its_write() {
         (db.value(20), db.value(21), db.value(10)),
         (Some(20), Some(21), None)
     );
+}
+
+/// With `Fail`, a compute of a dirty key holds no room. Should the flusher
+/// store the key's writes while `f` runs (its slot goes), and other keys
+/// fill the queue meanwhile, the write `f` decided on is refused after it,
+/// and nothing changes.
+#[test]
+fn a_write_back_compute_of_a_dirty_key_refused_after_f_changes_nothing() {
+    let (db, cache) = behind_a_closed_gate(2, Backpressure::Fail);
+    cache.put(1, 1).unwrap();
+    wait_until("key 1 in flight", || db.arrived.load(Ordering::SeqCst) == 1);
+    // Key 2 waits behind the batch in flight: the queue is full.
+    cache.put(2, 2).unwrap();
+    assert_eq!(cache.put(5, 5), Err(WriteError::QueueFull));
+    std::thread::scope(|s| {
+        // Should an assertion fail, the flusher still ends.
+        let _open = GateOpener(&db);
+        let (computing, go) = compute_held(s, &cache, 2, |v| Compute::Put(v.unwrap() + 10));
+        db.open_gate();
+        wait_until("keys 1 and 2 stored", || cache.write_stats().dirty == 0);
+        db.close_gate();
+        cache.put(3, 3).unwrap();
+        wait_until("key 3 in flight", || db.arrived.load(Ordering::SeqCst) == 3);
+        cache.put(4, 4).unwrap();
+        go.send(()).unwrap();
+        assert_eq!(computing.join().unwrap(), Err(WriteError::QueueFull));
+    });
+    assert_eq!(cache.peek(&2), Some(2), "the cached copy as it was");
+    assert_eq!(cache.write_stats().accepted, 4, "keys 1 to 4 only");
+    cache.flush().unwrap();
+    let stored: Vec<_> = (1..=4).map(|k| db.value(k)).collect();
+    assert_eq!(stored, [Some(1), Some(2), Some(3), Some(4)]);
 }
 
 /// With `Block`, a compute waits for room before its read, holding no

@@ -554,6 +554,41 @@ fn small_spawned_queue(queue_capacity: usize) -> (Remote, SpawnedWriteBack) {
     (remote, cache)
 }
 
+/// With `Fail`, `compute_async` of a dirty key holds no room, as `compute`
+/// does: on a full queue it gets in whenever a put of the key would.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_async_write_back_compute_of_a_dirty_key_gets_in_on_a_full_queue() {
+    let remote = Remote::default();
+    let handle = tokio::runtime::Handle::current();
+    let store = Spawned::new(remote.clone(), move |call| {
+        handle.spawn(call);
+    });
+    let settings = WriteBack::default()
+        .max_delay(Duration::MAX)
+        .queue_capacity(1)
+        .backpressure(larder::Backpressure::Fail);
+    let cache: SpawnedWriteBack = Cache::builder()
+        .max_capacity(100)
+        .write_back(store, settings)
+        .build()
+        .unwrap();
+    cache.put_async(1, 1).await.unwrap();
+    assert_eq!(cache.put_async(2, 2).await, Err(WriteError::QueueFull));
+    assert_eq!(
+        cache
+            .compute_async(1, |v| Compute::Put(v.unwrap() + 1))
+            .await,
+        Ok(Computed::Replaced(2)),
+        "coalesced, as a put of key 1 would"
+    );
+    assert_eq!(
+        cache.compute_async(2, |_| Compute::Put(20)).await,
+        Err(WriteError::QueueFull)
+    );
+    cache.close_async().await.unwrap();
+    assert_eq!((remote.0.value(1), remote.0.value(2)), (Some(2), None));
+}
+
 /// On a single-threaded runtime, a writer that blocked its thread for room
 /// would starve the spawned store calls that make room: `put_async` waits
 /// as a pending task instead.

@@ -194,19 +194,41 @@ where
         Ok(Some(let_go))
     }
 
-    /// Holds a unit of queue room for a write not decided yet, for
+    /// Holds a unit of queue room for a write of `key` not decided yet, for
     /// `compute`: the write it decides on then fits whatever other writers
     /// do meanwhile, so it never waits for room holding the key's stripe.
     /// `None` when a [`Backpressure::Block`] caller must wait
     /// ([`wait_to_reserve`](Self::wait_to_reserve)) and try again. The
     /// caller holds no stripe.
-    pub(crate) fn try_reserve(&self) -> Result<MaybeReserved<'_, K, V, St>, WriteError<St::Error>> {
+    ///
+    /// With [`Backpressure::Fail`], a dirty key whose write would take no
+    /// new room now (it coalesces with the key's waiting write, or waits
+    /// behind its write in flight or failed, as [`Queue::has_room`] has
+    /// it) gets a reservation that holds no room, and
+    /// [`file_reserved`](Self::file_reserved) checks for room as `put`
+    /// does: a compute of such a key gets in whenever a `put` of it would,
+    /// and fails after `f` only if its key's slot went meanwhile (the
+    /// flusher stored its writes) and the queue is full.
+    pub(crate) fn try_reserve(
+        &self,
+        key: &K,
+    ) -> Result<MaybeReserved<'_, K, V, St>, WriteError<St::Error>> {
         let shared = &*self.shared;
         let mut q = shared.queue.lock();
         if q.closing || !q.running {
             return Err(WriteError::Closed);
         }
-        if !q.has_room_to_reserve(shared.settings.queue_capacity) {
+        let capacity = shared.settings.queue_capacity;
+        if shared.settings.backpressure == Backpressure::Fail
+            && q.needs(&[key]).0 == 0
+            && q.has_room(key, capacity)
+        {
+            return Ok(Some(Reservation {
+                shared,
+                held: false,
+            }));
+        }
+        if !q.has_room_to_reserve(capacity) {
             return match shared.settings.backpressure {
                 Backpressure::Fail => Err(WriteError::QueueFull),
                 Backpressure::Block => Ok(None),
@@ -256,7 +278,10 @@ where
     /// leaves it held, so that its drop gives the unit back and wakes the
     /// writers waiting for room. [`WriteError::Closed`] if the queue
     /// stopped taking writes since the room was reserved: nothing is
-    /// queued then.
+    /// queued then. A reservation holding no room (see
+    /// [`try_reserve`](Self::try_reserve)) files as `put` would:
+    /// [`WriteError::QueueFull`] if the write needs room the queue does not
+    /// have, nothing queued.
     ///
     /// Should the key's `Clone`, `Hash` or `Eq` panic, nothing is queued,
     /// and the reservation, still held, gives the room back as it drops.
@@ -272,13 +297,17 @@ where
             // `reservation` gives the room back as it drops.
             return Err(WriteError::Closed);
         }
+        if !reservation.held && !q.has_room(key, self.shared.settings.queue_capacity) {
+            drop(q);
+            return Err(WriteError::QueueFull);
+        }
         let copies = q.copies_of(key);
         let takes_room = q.needs(&[key]).0 > 0;
         if copies.0.is_some() {
             q.slots.reserve(1);
         }
         let let_go = self.file(&mut q, key, write, copies, Instant::now());
-        if takes_room {
+        if takes_room && reservation.held {
             // The room moves from the reservation to the write.
             q.reserved -= 1;
             reservation.held = false;

@@ -280,7 +280,9 @@ struct Queue<K, V, E> {
     /// Units of room held by `compute` calls for the write they may make
     /// (see [`Reservation`]): taken from the room
     /// before the call reads its key, so that the write it decides on
-    /// always fits, given back when it is queued or not made.
+    /// always fits, given back when it is queued or not made. (With
+    /// `Fail`, a compute of a dirty key holds none: see
+    /// `WriteBehind::try_reserve`.)
     reserved: usize,
     /// Reports taken and not yet settled by their caller (see
     /// `WriteBehind::settled`), and the keys stored meanwhile, each with the
@@ -770,10 +772,12 @@ mod loom_models {
     //! the order they were accepted, a read of a dirty key sees its latest
     //! write, a unit of room held for a write (`compute`'s reservation)
     //! keeps the queue within its capacity and wakes the writers waiting
-    //! for it when given back, and nobody waits forever (loom reports a
-    //! deadlock otherwise).
+    //! for it when given back, a compute of a dirty key holding none (with
+    //! `Fail`) files as a put would, and nobody waits forever (loom reports
+    //! a deadlock otherwise).
     use super::*;
     use crate::write::sealed::Sealed;
+    use crate::WriteError;
     use std::time::Duration;
 
     /// Every write the store received, in order. (A std lock: loom threads
@@ -896,10 +900,11 @@ mod loom_models {
         queue_of(1)
     }
 
-    /// A unit of room, as `compute` takes it: waiting while there is none.
-    fn reserve(wb: &WriteBehind<u8, u32, Log>) -> Reservation<'_, u8, u32, Log> {
+    /// A unit of room for a write of `key`, as `compute` takes it: waiting
+    /// while there is none.
+    fn reserve(wb: &WriteBehind<u8, u32, Log>, key: u8) -> Reservation<'_, u8, u32, Log> {
         loop {
-            match wb.try_reserve().expect("the queue is open") {
+            match wb.try_reserve(&key).expect("the queue is open") {
                 Some(reservation) => return reservation,
                 None => wb.wait_to_reserve(),
             }
@@ -947,6 +952,59 @@ mod loom_models {
     }
 
     #[test]
+    fn a_compute_of_a_dirty_key_holding_no_room_never_overflows_the_queue() {
+        loom::model(|| {
+            let settings = WriteBack {
+                max_delay: Duration::ZERO,
+                queue_capacity: 1,
+                backpressure: crate::Backpressure::Fail,
+                ..WriteBack::default()
+            };
+            let wb = WriteBehind::new(Log::default(), settings);
+            wb.start().expect("loom spawns the flusher");
+            put(&wb, 1, 1);
+            let writer = {
+                let wb = wb.clone();
+                thread::spawn(move || {
+                    let put = wb.accept(&2, Pending::Put(2));
+                    assert!(wb.stats().queued <= 1, "the queue overflowed");
+                    put.is_ok()
+                })
+            };
+            // Key 1 is dirty, unless the flusher has stored it already: a
+            // compute of it then holds no room (`Fail`), and its write gets
+            // in as a put of key 1 would, or is refused.
+            let filed = match wb.try_reserve(&1) {
+                Ok(Some(reservation)) => {
+                    let mut write = Some(Pending::Put(10));
+                    match wb.file_reserved(reservation, &1, &mut write) {
+                        Ok(filed) => {
+                            assert!(write.is_none(), "the write was not taken");
+                            drop(filed);
+                            true
+                        }
+                        Err(WriteError::QueueFull) => false,
+                        Err(e) => panic!("{e:?}"),
+                    }
+                }
+                Ok(None) => unreachable!("with `Fail` nobody waits"),
+                Err(WriteError::QueueFull) => false,
+                Err(e) => panic!("{e:?}"),
+            };
+            assert!(wb.stats().queued <= 1, "the queue overflowed");
+            let put_2 = writer.join().unwrap();
+            wb.close().expect("nothing fails");
+            let of_1 = wb.store().of(1);
+            if filed {
+                assert!(of_1 == [10] || of_1 == [1, 10], "{of_1:?}");
+            } else {
+                assert_eq!(of_1, [1]);
+            }
+            assert_eq!(wb.store().of(2), if put_2 { vec![2] } else { vec![] });
+        });
+    }
+
+    #[test]
     fn a_reservation_given_back_unfiled_lets_a_blocked_writer_in() {
         loom::model(|| {
             let wb = queue_of_one();
@@ -957,7 +1015,7 @@ mod loom_models {
             // The writer may be waiting for the one unit held here; dropping
             // it unfiled (a compute that keeps) must wake it, as the flusher,
             // with nothing queued, never would.
-            drop(reserve(&wb));
+            drop(reserve(&wb, 1));
             writer.join().unwrap();
             wb.close().expect("nothing fails");
             assert_eq!(wb.store().of(1), vec![1]);
@@ -972,7 +1030,7 @@ mod loom_models {
                 let wb = wb.clone();
                 thread::spawn(move || put(&wb, 2, 2))
             };
-            let reservation = reserve(&wb);
+            let reservation = reserve(&wb, 1);
             // Filed without waiting, whatever the writer did meanwhile: the
             // room was held, so the queue holds no more than it may.
             let mut write = Some(Pending::Put(1));

@@ -507,10 +507,13 @@ where
     /// The call takes a unit of queue room before it reads, and holds it
     /// until its write is queued or `f` decides on none: the write `f`
     /// decides on always fits, and the call never waits for room holding
-    /// the stripe. It takes the unit even for a key whose write would
-    /// coalesce with one still waiting. With
-    /// [`Backpressure::Block`](crate::Backpressure::Block) it waits for that
-    /// room first, holding nothing.
+    /// the stripe. With [`Backpressure::Block`](crate::Backpressure::Block)
+    /// it takes the unit even for a dirty key, whose write would coalesce
+    /// with one still waiting, and waits for that room first, holding
+    /// nothing. With [`Backpressure::Fail`](crate::Backpressure::Fail) a
+    /// dirty key takes no unit whenever a `put` of it would take none: its
+    /// write coalesces, or waits behind the key's write in flight, full
+    /// queue or not.
     ///
     /// The read is a `get`'s without its load: a hit counts as one and moves
     /// a time-to-idle and the eviction order, whatever `f` then does. A
@@ -536,7 +539,10 @@ where
     /// - [`WriteError::QueueFull`] if the queue has no room for the write and
     ///   the cache was built with
     ///   [`Backpressure::Fail`](crate::Backpressure::Fail), before the read
-    ///   (`f` does not run).
+    ///   (`f` does not run). For a dirty key that took no room (see above),
+    ///   after `f` instead, and only if the flusher stored the key's writes
+    ///   meanwhile and the queue has no room left for this one, which is
+    ///   dropped.
     /// - [`WriteError::Closed`] after [`close`](Self::close) or once the
     ///   flusher thread has died: before the read, or, if the queue stopped
     ///   taking writes while `f` ran, after it (its write is dropped).
@@ -597,7 +603,7 @@ where
         // holding nothing: a `flush` may need the stripe.
         let (reservation, guard) = loop {
             let guard = policy.shared.locks.lock(self.hash(&key));
-            if let Some(reservation) = policy.try_reserve()? {
+            if let Some(reservation) = policy.try_reserve(&key)? {
                 break (reservation, guard);
             }
             drop(guard);
@@ -1654,8 +1660,10 @@ where
     ///
     /// As [`compute`](Self::compute): [`WriteError::QueueFull`] or
     /// [`WriteError::Closed`] before the read, `Closed` after it if the
-    /// queue stopped taking writes meanwhile, [`WriteError::Store`] from the
-    /// load. Nothing is changed on any of them.
+    /// queue stopped taking writes meanwhile (and `QueueFull` after it, with
+    /// `Fail`, for a dirty key whose writes the flusher stored meanwhile),
+    /// [`WriteError::Store`] from the load. Nothing is changed on any of
+    /// them.
     ///
     /// # Panics
     ///
@@ -1711,7 +1719,7 @@ where
         // The stripe, then room, as `compute`.
         let (reservation, guard) = loop {
             let guard = policy.shared.locks.lock_async(self.hash(&key)).await;
-            if let Some(reservation) = policy.try_reserve()? {
+            if let Some(reservation) = policy.try_reserve(&key)? {
                 break (reservation, guard);
             }
             drop(guard);
