@@ -2283,6 +2283,112 @@ fn a_write_back_compute_of_a_dirty_key_refused_after_f_changes_nothing() {
     assert_eq!(stored, [Some(1), Some(2), Some(3), Some(4)]);
 }
 
+/// With `Fail` and a unit free, a compute of a dirty key holds it, as any
+/// compute does: whatever the queue does while `f` runs, its write gets in.
+#[test]
+fn a_write_back_compute_of_a_dirty_key_with_room_free_holds_a_unit() {
+    let (db, cache) = behind_a_closed_gate(3, Backpressure::Fail);
+    cache.put(1, 1).unwrap();
+    wait_until("key 1 in flight", || db.arrived.load(Ordering::SeqCst) == 1);
+    std::thread::scope(|s| {
+        let _open = GateOpener(&db);
+        let (computing, go) = compute_held(s, &cache, 1, |v| Compute::Put(v.unwrap() + 10));
+        // Key 1 stored: its slot goes, and its write will need room.
+        db.open_gate();
+        wait_until("key 1 stored", || cache.write_stats().dirty == 0);
+        db.close_gate();
+        cache.put(3, 3).unwrap();
+        wait_until("key 3 in flight", || db.arrived.load(Ordering::SeqCst) == 2);
+        cache.put(4, 4).unwrap();
+        assert_eq!(
+            cache.put(5, 5),
+            Err(WriteError::QueueFull),
+            "keys 3 and 4, and the compute's unit"
+        );
+        go.send(()).unwrap();
+        assert_eq!(computing.join().unwrap(), Ok(Computed::Replaced(11)));
+    });
+    cache.flush().unwrap();
+    let stored: Vec<_> = (1..=5).map(|k| db.value(k)).collect();
+    assert_eq!(stored, [Some(11), None, Some(3), Some(4), None]);
+}
+
+/// A compute that went on without room (`Fail`, the queue full) and whose
+/// write needs room by the time it is filed takes it from the queue, as a
+/// `put` would: the queue stays within its capacity.
+#[test]
+fn a_write_back_compute_going_on_without_room_takes_the_room_its_write_needs() {
+    let (db, cache) = behind_a_closed_gate(2, Backpressure::Fail);
+    cache.put(1, 1).unwrap();
+    wait_until("key 1 in flight", || db.arrived.load(Ordering::SeqCst) == 1);
+    cache.put(2, 2).unwrap();
+    std::thread::scope(|s| {
+        let _open = GateOpener(&db);
+        let (computing, go) = compute_held(s, &cache, 2, |v| Compute::Put(v.unwrap() + 10));
+        db.open_gate();
+        wait_until("keys 1 and 2 stored", || cache.write_stats().dirty == 0);
+        db.close_gate();
+        go.send(()).unwrap();
+        assert_eq!(computing.join().unwrap(), Ok(Computed::Replaced(12)));
+        // Before the gate opens again (as the scope ends): key 2 stays in
+        // flight.
+        wait_until("key 2 in flight", || db.arrived.load(Ordering::SeqCst) == 3);
+        cache.put(3, 3).unwrap();
+        assert_eq!(
+            cache.put(4, 4),
+            Err(WriteError::QueueFull),
+            "keys 2 and 3 fill the queue"
+        );
+    });
+    cache.flush().unwrap();
+    let stored: Vec<_> = (1..=4).map(|k| db.value(k)).collect();
+    assert_eq!(stored, [Some(1), Some(12), Some(3), None]);
+}
+
+/// With `Fail`, a compute of a key behind unreported failures that fill
+/// the queue is refused before its read, as a `put` of the key would be.
+#[test]
+fn a_write_back_compute_behind_failures_filling_the_queue_is_refused_before_f() {
+    let db = Db::with_faults(Faults {
+        fail: 100,
+        ..Faults::default()
+    });
+    let settings = WriteBack::default()
+        .max_delay(Duration::ZERO)
+        .queue_capacity(1)
+        .backpressure(Backpressure::Fail)
+        .retries(0, Duration::ZERO);
+    let cache = write_back(&db, settings, 100);
+    cache.put(1, 1).unwrap();
+    wait_until("the first write given up", || {
+        cache.write_stats().failed == 1
+    });
+    // Behind its failure, the slot's: in, as no failure is held by no slot.
+    cache.put(1, 2).unwrap();
+    wait_until("the second given up", || cache.write_stats().failed == 2);
+    // The first failure is held by no slot now, and fills the queue.
+    assert_eq!(cache.put(1, 3), Err(WriteError::QueueFull));
+    let ran = AtomicBool::new(false);
+    assert_eq!(
+        cache.compute(1, |_| {
+            ran.store(true, Ordering::SeqCst);
+            Compute::Keep
+        }),
+        Err(WriteError::QueueFull)
+    );
+    assert!(!ran.load(Ordering::SeqCst), "refused before its read");
+    let report = cache.flush().unwrap_err();
+    assert_eq!(report.failed.len(), 2);
+    db.faults.lock().unwrap().fail = 0;
+    assert_eq!(
+        cache.compute(1, |v| Compute::Put(v.map_or(30, |v| v + 1))),
+        Ok(Computed::Inserted(30)),
+        "room again once reported; the failed writes never stored"
+    );
+    cache.flush().unwrap();
+    assert_eq!(db.value(1), Some(30));
+}
+
 /// With `Block`, a compute waits for room before its read, holding no
 /// stripe: a writer of another key of its stripe is not held up.
 #[test]

@@ -47,10 +47,11 @@
 //! to put a value (the one given plus what it read, tagged or not), or to
 //! remove it. What its closure read is checked as a read is; the write it
 //! decided on, once the call returns it, counts as a write of that key, a
-//! removal of a key that read as absent as none. A `Fail` queue refuses it
-//! before its read, or, for a key dirty as the call began (which holds no
-//! room), after it, should the flusher have stored the key's writes
-//! meanwhile with the queue full: either way its write counts for nothing.
+//! removal of a key that read as absent as none. A full `Fail` queue
+//! refuses it before its read, or, for a key dirty as the call began (which
+//! then goes on holding no room), after it, should the flusher have stored
+//! or given up on the key's writes meanwhile: either way its write counts
+//! for nothing.
 //!
 //! `put_async`, `put_with_async` and `delete_async` steps poll their future
 //! (with a waker that does nothing, yielding between polls) until it ends,

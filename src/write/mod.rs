@@ -510,8 +510,9 @@ where
 pub struct CacheAside;
 
 /// Read-through: `get` loads a missing key from the store, one load per key
-/// at a time; `put` and `delete` change the cache alone (the application
-/// writes the store itself and tells the cache). Built with
+/// at a time; `put` and `delete` (and the batches `put_all` and
+/// `write_all`) change the cache alone (the application writes the store
+/// itself and tells the cache). Built with
 /// [`CacheBuilder::read_through`](crate::CacheBuilder::read_through).
 ///
 /// ```

@@ -201,14 +201,16 @@ where
     /// ([`wait_to_reserve`](Self::wait_to_reserve)) and try again. The
     /// caller holds no stripe.
     ///
-    /// With [`Backpressure::Fail`], a dirty key whose write would take no
-    /// new room now (it coalesces with the key's waiting write, or waits
-    /// behind its write in flight or failed, as [`Queue::has_room`] has
-    /// it) gets a reservation that holds no room, and
-    /// [`file_reserved`](Self::file_reserved) checks for room as `put`
-    /// does: a compute of such a key gets in whenever a `put` of it would,
-    /// and fails after `f` only if its key's slot went meanwhile (the
-    /// flusher stored its writes) and the queue is full.
+    /// With [`Backpressure::Fail`] and no unit left, a dirty key whose write
+    /// would take no new room now (it coalesces with the key's waiting
+    /// write, or waits behind its write in flight or failed, as
+    /// [`Queue::has_room`] has it) gets a reservation that holds no room,
+    /// and [`file_reserved`](Self::file_reserved) checks for room as `put`
+    /// does: on a full queue a compute of such a key gets in whenever a
+    /// `put` of it would, and is refused after `f` only if its write needs
+    /// room by then (the flusher stored or gave up on the key's writes
+    /// meanwhile). With a unit free it holds one, as ever, and is never
+    /// refused after `f`.
     pub(crate) fn try_reserve(
         &self,
         key: &K,
@@ -219,17 +221,14 @@ where
             return Err(WriteError::Closed);
         }
         let capacity = shared.settings.queue_capacity;
-        if shared.settings.backpressure == Backpressure::Fail
-            && q.needs(&[key]).0 == 0
-            && q.has_room(key, capacity)
-        {
-            return Ok(Some(Reservation {
-                shared,
-                held: false,
-            }));
-        }
         if !q.has_room_to_reserve(capacity) {
             return match shared.settings.backpressure {
+                Backpressure::Fail if q.needs(&[key]).0 == 0 && q.has_room(key, capacity) => {
+                    Ok(Some(Reservation {
+                        shared,
+                        held: false,
+                    }))
+                }
                 Backpressure::Fail => Err(WriteError::QueueFull),
                 Backpressure::Block => Ok(None),
             };

@@ -510,10 +510,10 @@ where
     /// the stripe. With [`Backpressure::Block`](crate::Backpressure::Block)
     /// it takes the unit even for a dirty key, whose write would coalesce
     /// with one still waiting, and waits for that room first, holding
-    /// nothing. With [`Backpressure::Fail`](crate::Backpressure::Fail) a
-    /// dirty key takes no unit whenever a `put` of it would take none: its
-    /// write coalesces, or waits behind the key's write in flight, full
-    /// queue or not.
+    /// nothing. With [`Backpressure::Fail`](crate::Backpressure::Fail) and
+    /// the queue full, a dirty key whose `put` would get in takes no unit
+    /// (its write coalesces with the key's waiting write, or waits behind
+    /// its write in flight or failed) and goes on without one.
     ///
     /// The read is a `get`'s without its load: a hit counts as one and moves
     /// a time-to-idle and the eviction order, whatever `f` then does. A
@@ -527,8 +527,8 @@ where
     /// [`Computed::Replaced`] and [`Computed::Removed`] may carry a value that
     /// was never cached.
     ///
-    /// `f` runs holding the stripe and a unit of queue room: it must not
-    /// write to this cache. A write of a key of the same stripe panics
+    /// `f` runs holding the stripe and (but as above) a unit of queue room:
+    /// it must not write to this cache. A write of a key of the same stripe panics
     /// instead of waiting for itself; one of another key may wait for room
     /// this call holds (with `Block`; with `Fail` it may find the queue
     /// full), or deadlock with another thread's.
@@ -539,10 +539,10 @@ where
     /// - [`WriteError::QueueFull`] if the queue has no room for the write and
     ///   the cache was built with
     ///   [`Backpressure::Fail`](crate::Backpressure::Fail), before the read
-    ///   (`f` does not run). For a dirty key that took no room (see above),
-    ///   after `f` instead, and only if the flusher stored the key's writes
-    ///   meanwhile and the queue has no room left for this one, which is
-    ///   dropped.
+    ///   (`f` does not run). For a dirty key that went on without room (see
+    ///   above), after `f` instead, if its write needs room by then that
+    ///   the queue does not have (the flusher stored or gave up on the
+    ///   key's writes meanwhile): the write is dropped.
     /// - [`WriteError::Closed`] after [`close`](Self::close) or once the
     ///   flusher thread has died: before the read, or, if the queue stopped
     ///   taking writes while `f` ran, after it (its write is dropped).
@@ -1661,7 +1661,8 @@ where
     /// As [`compute`](Self::compute): [`WriteError::QueueFull`] or
     /// [`WriteError::Closed`] before the read, `Closed` after it if the
     /// queue stopped taking writes meanwhile (and `QueueFull` after it, with
-    /// `Fail`, for a dirty key whose writes the flusher stored meanwhile),
+    /// `Fail`, for a dirty key that went on without room and whose writes
+    /// the flusher stored or gave up on meanwhile),
     /// [`WriteError::Store`] from the load. Nothing is changed on any of
     /// them.
     ///
