@@ -1202,12 +1202,14 @@ fn readers_never_see_a_write_through_batch_the_store_has_not_taken() {
 
 // ------------------------------------------------------------------ write-back
 
-type WriteBackCache =
-    Cache<u64, u64, larder::DefaultHashBuilder, larder::WriteBehind<u64, u64, Shared>>;
+/// Write-back caches over a [`Db`], on stripes fixed across runs: many
+/// tests hold one key's stripe while they write others.
+type WriteBackCache = Cache<u64, u64, common::FixedStripes, larder::WriteBehind<u64, u64, Shared>>;
 
 fn write_back(db: &Arc<Db>, settings: WriteBack, capacity: u64) -> WriteBackCache {
     Cache::builder()
         .max_capacity(capacity)
+        .hasher(Default::default())
         .write_back(Shared(db.clone()), settings)
         .build()
         .unwrap()
@@ -2395,22 +2397,30 @@ fn a_write_back_compute_behind_failures_filling_the_queue_is_refused_before_f() 
 fn a_write_back_compute_waits_for_room_holding_no_stripe() {
     let (db, cache) = behind_a_closed_gate(1, Backpressure::Block);
     cache.put(1, 1).unwrap();
-    let returned = AtomicBool::new(false);
+    let (returned, written) = (AtomicBool::new(false), AtomicBool::new(false));
     std::thread::scope(|s| {
+        // Should an assertion fail, the compute and the writer still end.
+        let _open = GateOpener(&db);
         s.spawn(|| {
-            let out = cache.compute(2, |v| Compute::Put(v.map_or(20, |v| v + 1)));
+            // Key 1,025 shares key 1's stripe.
+            let out = cache.compute(1025, |v| Compute::Put(v.map_or(20, |v| v + 1)));
             assert_eq!(out, Ok(Computed::Inserted(20)));
             returned.store(true, Ordering::SeqCst);
         });
         std::thread::sleep(Duration::from_millis(100));
         assert!(!returned.load(Ordering::SeqCst), "it waits for room");
         // Key 1 coalesces, though the compute waits on the same queue.
-        cache.put(1, 2).unwrap();
+        s.spawn(|| {
+            cache.put(1, 2).unwrap();
+            written.store(true, Ordering::SeqCst);
+        });
+        wait_until("the write of key 1", || written.load(Ordering::SeqCst));
+        assert!(!returned.load(Ordering::SeqCst), "still waiting for room");
         db.open_gate();
     });
     assert!(returned.load(Ordering::SeqCst));
     cache.flush().unwrap();
-    assert_eq!((db.value(1), db.value(2)), (Some(2), Some(20)));
+    assert_eq!((db.value(1), db.value(1025)), (Some(2), Some(20)));
 }
 
 /// Runs `compute(key, f)` on a thread of its own, `f` held until `go`:

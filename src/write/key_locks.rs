@@ -376,6 +376,18 @@ mod tests {
     use std::future::Future;
     use std::task::{Context, Poll};
 
+    /// The write tests' fixed hasher (`tests/common`) hashes a key below
+    /// 1,024 to itself, and those tests take keys 0 to 57 to be on
+    /// different stripes whatever the run: a write of one key must not wait
+    /// for another's stripe, held while the test holds that key's compute.
+    #[test]
+    fn hashes_0_to_57_spread_to_58_stripes() {
+        let stripe = |hash| KeyLocks::index(crate::hash::spread(hash));
+        let stripes: std::collections::HashSet<_> = (0..58).map(stripe).collect();
+        assert_eq!(stripes.len(), 58);
+        assert_eq!(stripe(58), stripe(11), "the first to share one");
+    }
+
     /// A thread holding a stripe that asks for it again among others
     /// panics before it waits for any, even when a stripe it would take
     /// first is held by another thread waiting for the one it holds: checked
