@@ -141,6 +141,13 @@ fn wait_until(what: &str, done: impl Fn() -> bool) {
     panic!("timed out waiting for {what}");
 }
 
+/// The next message on `rx`, waited for as long as [`wait_until`] waits: a
+/// test whose other thread never sends fails instead of hanging.
+fn recv_within<T>(what: &str, rx: &std::sync::mpsc::Receiver<T>) -> T {
+    rx.recv_timeout(Duration::from_secs(20))
+        .unwrap_or_else(|e| panic!("waiting for {what}: {e}"))
+}
+
 /// A store of `String` keys that loads each key's length and counts its
 /// loads.
 #[derive(Clone, Default)]
@@ -568,8 +575,10 @@ fn a_read_after_an_acknowledged_delete_does_not_take_an_older_load() {
         .build()
         .unwrap();
     std::thread::scope(|s| {
+        // Dropped should an assertion fail, so that the thread it holds ends.
+        let release = release;
         let early = s.spawn(|| cache.get(&1));
-        load_started.recv().unwrap();
+        recv_within("the load to start", &load_started);
         cache.delete(&1).unwrap();
         // Begun after the delete returned: it must see the delete, not wait
         // for the load that began before it.
@@ -648,6 +657,8 @@ fn readers_never_see_a_write_through_value_the_store_has_not_taken() {
         db.arrived.store(0, Ordering::SeqCst);
         db.close_gate();
         std::thread::scope(|s| {
+            // Should an assertion fail, the writer still ends.
+            let _open = GateOpener(&db);
             let writer = s.spawn(|| {
                 if delete {
                     cache.delete(&1)
@@ -1189,6 +1200,8 @@ fn readers_never_see_a_write_through_batch_the_store_has_not_taken() {
     db.arrived.store(0, Ordering::SeqCst);
     db.close_gate();
     std::thread::scope(|s| {
+        // Should an assertion fail, the writer still ends.
+        let _open = GateOpener(&db);
         let writer = s.spawn(|| cache.write_all([Op::Put(1, 11), Op::Delete(2)]));
         wait_until("the batch reaches the store", || {
             db.arrived.load(Ordering::SeqCst) == 1
@@ -1389,6 +1402,8 @@ fn a_full_queue_blocks_writers_until_there_is_room() {
     cache.put(2, 3).unwrap(); // a dirty key takes no more room
     let returned = AtomicBool::new(false);
     std::thread::scope(|s| {
+        // Should an assertion fail, the writer still ends.
+        let _open = GateOpener(&db);
         s.spawn(|| {
             cache.put(3, 3).unwrap();
             returned.store(true, Ordering::SeqCst);
@@ -1455,12 +1470,19 @@ fn a_flush_finishes_while_writers_wait_for_the_room_it_frees() {
     assert_eq!(report, Err(1), "key 1's failure, reported once");
     // Each further report frees room for the next writer.
     let mut reported = 1;
-    while writers.iter().any(|w| !w.is_finished()) || reported < 3 {
+    for _ in 0..20_000 {
+        if writers.iter().all(|w| w.is_finished()) && reported >= 3 {
+            break;
+        }
         if let Err(e) = cache.flush() {
             reported += e.failed.len();
         }
         std::thread::sleep(Duration::from_millis(1));
     }
+    assert!(
+        writers.iter().all(|w| w.is_finished()),
+        "the writers got room"
+    );
     for writer in writers {
         assert_eq!(writer.join().unwrap(), Ok(()));
     }
@@ -1674,6 +1696,8 @@ fn a_write_back_batch_waits_for_room_for_all_its_keys() {
     cache.put(2, 2).unwrap();
     let returned = AtomicBool::new(false);
     std::thread::scope(|s| {
+        // Should an assertion fail, the writer still ends.
+        let _open = GateOpener(&db);
         let batch = s.spawn(|| {
             let queued = cache.put_all([(3, 3), (4, 4)]);
             returned.store(true, Ordering::SeqCst);
@@ -2173,7 +2197,7 @@ fn write_back_compute_holds_room_from_its_read_to_its_write() {
         });
         // Dropped should an assertion fail, so that the compute ends.
         let go = go;
-        reading.recv().unwrap();
+        recv_within("the compute to read", &reading);
         // Key 1 and the compute's room fill the queue.
         assert_eq!(cache.put(3, 3), Err(WriteError::QueueFull));
         let ran = AtomicBool::new(false);
@@ -2446,7 +2470,7 @@ fn compute_held<'s, 'c: 's>(
             f(v)
         })
     });
-    reading.recv().unwrap();
+    recv_within("the compute to read", &reading);
     (computing, go)
 }
 
@@ -2576,8 +2600,11 @@ fn a_write_back_compute_whose_key_panics_as_it_is_queued_gives_its_room_back() {
     let settings = WriteBack::default()
         .queue_capacity(1)
         .max_delay(Duration::ZERO);
+    // Keys 7 and 1 on stripes of their own: the writer waits for room,
+    // not for the compute's stripe.
     let cache = Cache::builder()
         .max_capacity(100)
+        .hasher(common::FixedStripes::default())
         .write_back(JumpyDb::default(), settings)
         .build()
         .unwrap();
@@ -2595,7 +2622,7 @@ fn a_write_back_compute_whose_key_panics_as_it_is_queued_gives_its_room_back() {
                 })
             }))
         });
-        reading.recv().unwrap();
+        recv_within("the compute to read", &reading);
         let writer = s.spawn(|| {
             cache.put(Jumpy(1), 1).unwrap();
             written.store(true, Ordering::SeqCst);
@@ -2772,10 +2799,10 @@ fn a_write_on_its_way_to_the_failure_handler_still_reads_as_itself() {
         .unwrap();
     cache.put(1, 10).unwrap();
     let (state, moved) = &*gate;
-    let mut entered = state.lock().unwrap();
-    while !entered.0 {
-        entered = moved.wait(entered).unwrap();
-    }
+    let (entered, _) = moved
+        .wait_timeout_while(state.lock().unwrap(), Duration::from_secs(20), |s| !s.0)
+        .unwrap();
+    assert!(entered.0, "the handler was called");
     drop(entered);
     // Evict key 1's copy with a write the store will take: a read of key 1
     // now goes past the cache.
@@ -3016,10 +3043,10 @@ fn writes_being_handed_over_neither_take_nor_give_queue_room() {
     cache.put(1, 10).unwrap();
     cache.put(2, 20).unwrap(); // a full batch: sent, refused, handed over
     let (state, moved) = &*gate;
-    let mut entered = state.lock().unwrap();
-    while !entered.0 {
-        entered = moved.wait(entered).unwrap();
-    }
+    let (entered, _) = moved
+        .wait_timeout_while(state.lock().unwrap(), Duration::from_secs(20), |s| !s.0)
+        .unwrap();
+    assert!(entered.0, "the handler was called");
     drop(entered);
     *db.faults.lock().unwrap() = Faults::default();
     assert_eq!(cache.write_stats().dirty, 0);
@@ -3375,8 +3402,10 @@ fn a_report_put_back_after_a_listener_panic_drops_what_a_stored_write_superseded
     cache.put(7, 1).unwrap();
     armed.store(true, Ordering::SeqCst);
     std::thread::scope(|s| {
+        // Dropped should an assertion fail, so that the thread it holds ends.
+        let release = release;
         let first = s.spawn(|| catch_unwind(AssertUnwindSafe(|| cache.flush())).is_err());
-        listening.recv().unwrap();
+        recv_within("the listener", &listening);
         // While the first flush's listener runs, a newer write of key 7 is stored.
         cache.put(7, 2).unwrap();
         cache.flush().unwrap();
@@ -3435,8 +3464,10 @@ fn a_report_put_back_keeps_the_order_writes_were_given_up_in() {
     wait_until("the first failure", || cache.write_stats().failed == 1);
     armed.store(true, Ordering::SeqCst);
     std::thread::scope(|s| {
+        // Dropped should an assertion fail, so that the thread it holds ends.
+        let release = release;
         let first = s.spawn(|| catch_unwind(AssertUnwindSafe(|| cache.flush())).is_err());
-        listening.recv().unwrap();
+        recv_within("the listener", &listening);
         // While the first report is out, a newer write of key 7 fails too.
         cache.put(7, 3).unwrap();
         wait_until("the second failure", || cache.write_stats().failed == 2);
@@ -4114,8 +4145,10 @@ fn a_key_clone_panicking_while_a_report_is_out_fails_no_stored_write() {
     cache.put(Key(1), 1).unwrap();
     armed.store(true, Ordering::SeqCst);
     std::thread::scope(|s| {
+        // Dropped should an assertion fail, so that the thread it holds ends.
+        let release = release;
         let first = s.spawn(|| catch_unwind(AssertUnwindSafe(|| cache.flush())).is_err());
-        listening.recv().unwrap();
+        recv_within("the listener", &listening);
         // Key 1's report is out; keys 2 and 3 go in one batch, which the
         // store takes.
         cache.put(Key(2), 20).unwrap();
@@ -4384,12 +4417,22 @@ fn reports_put_back_in_either_order_keep_the_newest_write_last() {
         panic!("the listener panics on {v}");
     });
     std::thread::scope(|s| {
+        // Dropped should an assertion fail, so that the thread it holds ends.
+        let (go1_tx, go3_tx) = (go1_tx, go3_tx);
         let first = s.spawn(|| catch_unwind(AssertUnwindSafe(|| cache.flush())).is_err());
-        assert_eq!(entered.recv().unwrap(), 1, "the report of 7 = 1 is out");
+        assert_eq!(
+            recv_within("the listener", &entered),
+            1,
+            "the report of 7 = 1 is out"
+        );
         cache.put(7, 3).unwrap();
         wait_until("7 = 3 to fail", || cache.write_stats().failed == 2);
         let second = s.spawn(|| catch_unwind(AssertUnwindSafe(|| cache.flush())).is_err());
-        assert_eq!(entered.recv().unwrap(), 3, "the report of 7 = 3 is out");
+        assert_eq!(
+            recv_within("the listener", &entered),
+            3,
+            "the report of 7 = 3 is out"
+        );
         go1_tx.send(()).unwrap();
         assert!(first.join().unwrap(), "the older report is put back first");
         go3_tx.send(()).unwrap();
@@ -4416,8 +4459,10 @@ fn a_put_back_failure_newer_than_a_write_stored_meanwhile_is_still_reported() {
         _ => {}
     });
     std::thread::scope(|s| {
+        // Dropped should an assertion fail, so that the thread it holds ends.
+        let go_tx = go_tx;
         let first = s.spawn(|| cache.flush().unwrap_err().failed.len());
-        entered.recv().unwrap();
+        recv_within("the listener", &entered);
         cache.put(7, 2).unwrap();
         wait_until("7 = 2 to be stored", || cache.write_stats().stored == 1);
         cache.put(7, 3).unwrap();
