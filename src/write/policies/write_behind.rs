@@ -531,7 +531,10 @@ where
     /// it must not write to this cache. A write of a key of the same stripe panics
     /// instead of waiting for itself; one of another key may wait for room
     /// this call holds (with `Block`; with `Fail` it may find the queue
-    /// full), or deadlock with another thread's.
+    /// full), or deadlock with another thread's. Nor may it wait for
+    /// another thread that writes to this cache: keys share a fixed set of
+    /// stripes by hash, so that thread's write, of whatever key, may need
+    /// this stripe, and wait for `f`.
     ///
     /// # Errors
     ///

@@ -607,7 +607,10 @@ where
     ///
     /// `f` runs holding the stripe: it must not write to this cache (a write
     /// of a key of the same stripe panics instead of waiting for itself; one
-    /// of another stripe may deadlock with another thread's).
+    /// of another stripe may deadlock with another thread's). Nor may it
+    /// wait for another thread that writes to this cache: keys share a
+    /// fixed set of stripes by hash, so that thread's write, of whatever
+    /// key, may need this stripe, and wait for `f`.
     ///
     /// # Errors
     ///
