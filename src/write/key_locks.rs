@@ -39,9 +39,10 @@ thread_local! {
         const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// The message of a store that writes a key of the stripe it serves.
-const WAITS_FOR_ITSELF: &str = "larder: a store wrote to the cache it stands behind while serving \
-     a write of a key of the same lock stripe; this would wait for itself forever";
+/// The message of a store that writes a key of the stripe it serves, or of
+/// a compute's closure that writes a key of the stripe its compute holds.
+const WAITS_FOR_ITSELF: &str = "larder: a write to the cache from within a write holding the same \
+     lock stripe (a store serving it, or a compute's closure); this would wait for itself forever";
 
 /// Whether this thread is polling an async store call that holds `stripe`,
 /// with `waker` (the very waker, not a clone: a future the store's future
@@ -52,16 +53,35 @@ const WAITS_FOR_ITSELF: &str = "larder: a store wrote to the cache it stands beh
 /// False once the thread's locals are gone, and under loom, which runs its
 /// threads on one thread of the OS, so that thread-locals do not tell them
 /// apart.
+/// A compute's closure marks its stripe for every waker (see
+/// [`KeyGuard::computing`]).
 fn serving(stripe: &Stripe, waker: &std::task::Waker) -> bool {
-    let polled = (
-        std::ptr::from_ref(stripe).addr(),
-        std::ptr::from_ref(waker).addr(),
-    );
+    let stripe = std::ptr::from_ref(stripe).addr();
+    let polled = (stripe, std::ptr::from_ref(waker).addr());
     !cfg!(larder_loom)
         && SERVING
-            .try_with(|s| s.borrow().contains(&polled))
+            .try_with(|s| {
+                s.borrow()
+                    .iter()
+                    .any(|&mark| mark == polled || mark == (stripe, ANY_WAKER))
+            })
             .unwrap_or(false)
 }
+
+/// Whether this thread runs a compute's closure holding `stripe` (see
+/// [`KeyGuard::computing`]): a write of a key of the stripe, by blocking or
+/// by awaiting, would wait for itself. False as for [`serving`].
+fn computing(stripe: &Stripe) -> bool {
+    let mark = (std::ptr::from_ref(stripe).addr(), ANY_WAKER);
+    !cfg!(larder_loom)
+        && SERVING
+            .try_with(|s| s.borrow().contains(&mark))
+            .unwrap_or(false)
+}
+
+/// The waker address of a [`KeyGuard::computing`] mark: no waker's (a
+/// waker is a pointer and a vtable, aligned), so it stands for them all.
+const ANY_WAKER: usize = usize::MAX;
 
 /// An id of the calling thread, never 0: the address of its
 /// [`THREAD_MARK`]. Cheaper than `std::thread::current().id()`, which
@@ -108,6 +128,16 @@ impl KeyGuard<'_> {
             .map_or(0, |()| marks.len());
         let _unmark = Unmark(marked);
         f()
+    }
+
+    /// Runs `f`, a compute's closure, with this thread marked as holding
+    /// the stripes of `marks`: a write of a key of one of them from `f`
+    /// panics instead of waiting for itself, whether it blocks (a `put`) or
+    /// awaits on this thread (a `put_async` under `block_on`), and whether
+    /// the compute took the stripe by blocking or by awaiting (an async
+    /// holder is no thread's, so [`KeyLocks::lock`] alone cannot tell).
+    pub(crate) fn computing<R>(marks: &[StripeMark], f: impl FnOnce() -> R) -> R {
+        Self::serving(marks, ANY_WAKER, f)
     }
 }
 
@@ -251,8 +281,9 @@ impl KeyLocks {
     /// If this thread holds the stripe already: a store writing to the cache
     /// it stands behind, from within a write of a key of the same stripe
     /// (which [`Store`](crate::Store)'s docs forbid), would wait for itself
-    /// forever. (A cache over an [`AsyncStore`](crate::AsyncStore) takes
-    /// its stripes with [`lock_async`](Self::lock_async) only.)
+    /// forever. So would a compute's closure (see
+    /// [`KeyGuard::computing`]), whether its compute took the stripe by
+    /// blocking or by awaiting.
     pub(crate) fn lock(&self, hash: u64) -> KeyGuard<'_> {
         Self::lock_stripe(self.stripe(hash))
     }
@@ -274,7 +305,8 @@ impl KeyLocks {
         for &i in &stripes {
             let state = self.stripes[i].state.lock();
             assert!(
-                cfg!(larder_loom) || !(state.held && state.holder == me),
+                cfg!(larder_loom)
+                    || !(state.held && (state.holder == me || computing(&self.stripes[i]))),
                 "{WAITS_FOR_ITSELF}"
             );
         }
@@ -300,7 +332,7 @@ impl KeyLocks {
         // Loom runs its threads on one thread of the OS, so thread-locals
         // do not tell them apart there.
         assert!(
-            cfg!(larder_loom) || !(state.held && state.holder == me),
+            cfg!(larder_loom) || !(state.held && (state.holder == me || computing(stripe))),
             "{WAITS_FOR_ITSELF}"
         );
         while state.held {
@@ -317,7 +349,8 @@ impl KeyLocks {
     /// # Panics
     ///
     /// When polled, for a task, inside that task's async store call holding
-    /// the stripe (see [`lock`](Self::lock)).
+    /// the stripe (see [`lock`](Self::lock)), or on a thread running a
+    /// compute's closure that holds it (see [`KeyGuard::computing`]).
     pub(crate) async fn lock_async(&self, hash: u64) -> KeyGuard<'_> {
         Self::lock_stripe_async(self.stripe(hash)).await
     }

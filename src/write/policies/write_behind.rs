@@ -636,15 +636,17 @@ where
     /// The rest of a [`compute`](Self::compute) once it has read `current`,
     /// holding its room and the key's stripe: `f`, and the write it decides
     /// on.
-    fn compute_with<G>(
+    fn compute_with(
         &self,
         key: K,
         current: Option<V>,
         f: impl FnOnce(Option<&V>) -> Compute<V>,
         reservation: Reservation<'_, K, V, St>,
-        guard: G,
+        guard: KeyGuard<'_>,
     ) -> Result<Computed<V>, WriteError<St::Error>> {
-        match f(current.as_ref()) {
+        // A write of a key of the stripe from `f` panics instead of waiting
+        // for itself, however this call took the stripe.
+        match KeyGuard::computing(&[guard.mark()], || f(current.as_ref())) {
             Compute::Keep => Ok(current.map_or(Computed::Absent, Computed::Unchanged)),
             Compute::Remove => {
                 let Some(old) = current else {

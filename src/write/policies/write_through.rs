@@ -666,7 +666,10 @@ where
             Some(v) => Some(v),
             None => policy.store.load(&key).map_err(WriteError::Store)?,
         };
-        let (value, options) = match f(current.as_ref()) {
+        // A write of a key of the stripe from `f` panics instead of waiting
+        // for itself, however this call took the stripe.
+        let (value, options) = match KeyGuard::computing(&[guard[0].mark()], || f(current.as_ref()))
+        {
             Compute::Keep => {
                 return Ok(current.map_or(Computed::Absent, Computed::Unchanged));
             }
@@ -1379,7 +1382,10 @@ where
                 (loaded.map_err(WriteError::Store)?, guard)
             }
         };
-        let (value, options) = match f(current.as_ref()) {
+        // A write of a key of the stripe from `f` panics instead of waiting
+        // for itself, however this call took the stripe.
+        let (value, options) = match KeyGuard::computing(&[guard[0].mark()], || f(current.as_ref()))
+        {
             Compute::Keep => {
                 return Ok(current.map_or(Computed::Absent, Computed::Unchanged));
             }
