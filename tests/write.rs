@@ -3202,6 +3202,51 @@ fn writes_a_dead_flusher_leaves_are_reported_and_later_ones_refused() {
     assert!(cache.close().is_ok(), "each failure is reported once");
 }
 
+/// A key with a failure still unreported when the flusher dies holds two
+/// units of `queued` (its failure and its latest write, failed in its
+/// place), as it did before the flusher died, and the report has both.
+#[test]
+fn queued_counts_a_keys_older_failure_after_the_flusher_died() {
+    /// Refuses a put of 1.
+    struct Picky(BrittleDb);
+    impl Store<u64, Brittle> for Picky {
+        type Error = String;
+        fn load(&self, k: &u64) -> Result<Option<Brittle>, String> {
+            self.0.load(k)
+        }
+        fn write(&self, op: &Op<u64, Brittle>) -> Result<(), String> {
+            match op {
+                Op::Put(_, Brittle(1)) => Err("refused".into()),
+                _ => self.0.write(op),
+            }
+        }
+    }
+    let settings = WriteBack::default()
+        .max_delay(Duration::ZERO)
+        .retries(0, Duration::ZERO);
+    let cache = Cache::builder()
+        .max_capacity(100)
+        .write_back(Picky(BrittleDb::default()), settings)
+        .build()
+        .unwrap();
+    cache.put(5, Brittle(1)).unwrap();
+    wait_until("the refusal", || cache.write_stats().failed == 1);
+    let stats = cache.write_stats();
+    assert_eq!((stats.dirty, stats.queued), (1, 1));
+    cache.put(5, Brittle(13)).unwrap(); // the flusher dies cloning it
+    wait_until("the flusher gone", || cache.put(6, Brittle(6)).is_err());
+    let stats = cache.write_stats();
+    let report = cache.flush().unwrap_err();
+    let reported = |key| report.failed.iter().filter(|f| *f.op.key() == key).count();
+    assert_eq!(reported(5), 2, "the refused write and the one after it");
+    assert_eq!(
+        stats.queued,
+        stats.dirty + 1,
+        "key 5's older failure holds room too: {stats:?}"
+    );
+    assert_eq!(stats.queued as usize, report.failed.len());
+}
+
 /// The last handle of a cache whose flusher died, dropped with nobody having
 /// called `flush`: the writes it left unsent must be mentioned on stderr.
 /// Runs itself again as a child process, whose stderr it reads.

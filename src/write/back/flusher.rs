@@ -182,8 +182,10 @@ where
             if !counted {
                 queue.stats.failed += 1;
             }
-            // An older failure of the key, if any, is in `failed` already.
+            // An older failure of the key, if any, is in `failed` already,
+            // held by no slot now.
             if let Some((_, older)) = slot.failed.replace((queue.seq, write)) {
+                queue.loose += 1;
                 bin.writes.push(older);
             }
             left += 1;
