@@ -301,6 +301,40 @@ fn a_loader_asking_for_its_own_key_panics() {
     assert_eq!(cache.get_or_load(4, |_| 44), 44);
 }
 
+/// An async bulk loader asking for one of its keys before it returns its
+/// future (in the closure's body, not the future's) panics too, instead of
+/// waiting for the load its own call leads. Run on a thread of its own, so
+/// that a regression hangs that thread, not the test.
+#[test]
+fn an_async_bulk_loader_asking_for_its_own_key_before_its_future_panics() {
+    let cache = cache();
+    let (tx, rx) = mpsc::channel();
+    let asker = cache.clone();
+    std::thread::spawn(move || {
+        let asked = catch_unwind(AssertUnwindSafe(|| {
+            common::block_on(asker.get_or_load_all_async([1, 2], |ids| {
+                asker.get_or_load(2, |_| 0);
+                async move { found(&ids) }
+            }))
+        }));
+        let message = asked.err().map(|panic| {
+            panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default()
+        });
+        let _ = tx.send(message);
+    });
+    let message = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the call waited for itself")
+        .expect("the call panicked");
+    assert!(message.contains("key it is loading"), "{message}");
+    // The loads were abandoned, not left open.
+    assert_eq!(cache.get_or_load_all([1, 2], found), [Some(10), Some(20)]);
+}
+
 #[test]
 fn async_bulk_calls_load_and_share() {
     let cache = cache();

@@ -296,10 +296,14 @@ where
             if !batch.is_empty() {
                 let timer = LoadTimer::start_many(&self.inner.loads, asked.len() as u64);
                 // As in `load_async`: each poll under `timer`, the loader
-                // dropped with its flights marked as led here.
+                // dropped with its flights marked as led here. The loader
+                // is called in the first poll, marked too: one asking for
+                // its own keys before it returns its future panics instead
+                // of waiting for itself.
                 let timer_ref = &timer;
-                let found = timer.run(|| load(asked.clone()));
+                let load = &mut load;
                 let polled = async move {
+                    let found = timer_ref.run(|| load(asked.clone()));
                     let mut found = std::pin::pin!(found);
                     let found =
                         std::future::poll_fn(|cx| timer_ref.run(|| found.as_mut().poll(cx))).await;
