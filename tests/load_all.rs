@@ -335,6 +335,66 @@ fn an_async_bulk_loader_asking_for_its_own_key_before_its_future_panics() {
     assert_eq!(cache.get_or_load_all([1, 2], found), [Some(10), Some(20)]);
 }
 
+/// A cache of room for one entry whose listener, on the first removal it
+/// hears, loads key 2 through the cache, and records what it got.
+fn listener_loading_2() -> (Cache<u32, u64>, Arc<Mutex<Option<u64>>>) {
+    let cache_slot: Arc<std::sync::OnceLock<Cache<u32, u64>>> = Arc::default();
+    let got: Arc<Mutex<Option<u64>>> = Arc::default();
+    let (slot, seen) = (cache_slot.clone(), got.clone());
+    let cache: Cache<u32, u64> = Cache::builder()
+        .max_capacity(1)
+        .shards(1)
+        .eviction_listener(move |_, _, _| {
+            let mut seen = seen.lock().unwrap();
+            if seen.is_none() {
+                let cache = slot.get().expect("set after the build");
+                *seen = Some(cache.get_or_load(2, |_| 222));
+            }
+        })
+        .build()
+        .unwrap();
+    assert!(cache_slot.set(cache.clone()).is_ok());
+    cache.insert(0, 0);
+    (cache, got)
+}
+
+/// A listener hearing of what a bulk load's landing removed may load a key
+/// of the same batch landed after it, as it may for a single key's load:
+/// it hears once every flight of the batch has ended. Before, it waited
+/// for a flight its own thread led (async) or was taken for the loader
+/// asking for its own key (sync). Each call runs on a thread of its own, so
+/// that a regression hangs that thread, not the test.
+#[test]
+fn a_listener_may_load_a_key_landed_later_in_the_same_batch() {
+    type Bulk = fn(&Cache<u32, u64>) -> Vec<Option<u64>>;
+    let calls: [(&str, Bulk); 2] = [
+        ("get_or_load_all", |cache| {
+            cache.get_or_load_all([1, 2], found)
+        }),
+        ("get_or_load_all_async", |cache| {
+            common::block_on(cache.get_or_load_all_async([1, 2], |ids| async move { found(&ids) }))
+        }),
+    ];
+    for (name, call) in calls {
+        let (cache, got) = listener_loading_2();
+        let (tx, rx) = mpsc::channel();
+        let caller = cache.clone();
+        std::thread::spawn(move || {
+            let _ = tx.send(catch_unwind(AssertUnwindSafe(|| call(&caller))).is_ok());
+        });
+        let returned = rx
+            .recv_timeout(Duration::from_secs(20))
+            .unwrap_or_else(|_| panic!("{name}: the listener waited for the batch"));
+        assert!(returned, "{name}: the call panicked");
+        let got = got.lock().unwrap().expect("the listener heard a removal");
+        assert!(
+            got == 20 || got == 222,
+            "{name}: the listener read key 2 as the batch loaded it, or loaded it \
+             itself once it had gone: {got}"
+        );
+    }
+}
+
 #[test]
 fn async_bulk_calls_load_and_share() {
     let cache = cache();

@@ -887,7 +887,9 @@ where
     /// A leader's result: cache a value unless the flight went stale, then
     /// hand the outcome to the waiters. A refresh's loader finding nothing
     /// removes the entry (unless the flight went stale); one failing leaves
-    /// it, and its caller gets the value it hit.
+    /// it, and its caller gets the value it hit. The listener hears what
+    /// the landing removed once the flight has ended: it may call back into
+    /// the cache, for this key too.
     fn land<E: Send + Sync + 'static>(
         &self,
         key: K,
@@ -895,6 +897,34 @@ where
         epoch: u64,
         result: Result<Option<(V, EntryOptions)>, E>,
         refresh: Option<Refresh<V>>,
+    ) -> Result<Option<V>, Arc<E>> {
+        let mut removed = Removed::new();
+        // Should the write panic (a key's `Hash` as it evicts), the listener
+        // hears what it removed, as `write_heard` has it do, but only once
+        // the flight has ended (the leader, moved into `land_into`, is
+        // dropped before this guard): the listener may load this key too,
+        // and would wait for itself.
+        let heard = HeardIfUnwinding {
+            cache: self,
+            list: &mut removed,
+        };
+        let landed = self.land_into(key, leader, epoch, result, refresh, heard.list);
+        std::mem::forget(heard);
+        self.notify(removed);
+        landed
+    }
+
+    /// [`land`](Self::land), the flight ended, but what the landing removed
+    /// added to `removed` for the caller to tell the listener of (also
+    /// should this panic), once every flight it leads has ended.
+    fn land_into<E: Send + Sync + 'static>(
+        &self,
+        key: K,
+        leader: crate::loader::Leader<'_, K, V>,
+        epoch: u64,
+        result: Result<Option<(V, EntryOptions)>, E>,
+        refresh: Option<Refresh<V>>,
+        removed: &mut Removed<K, V>,
     ) -> Result<Option<V>, Arc<E>> {
         let refreshed = refresh.as_ref().map_or(&[][..], |r| &r.tags[..]);
         match result {
@@ -905,17 +935,6 @@ where
                 // Should the write panic, it changed nothing: a refreshed
                 // entry is due again.
                 let mut unstamp = OnDrop(refresh.as_ref().map(|r| || self.unstamp(r)));
-                let mut removed = Removed::new();
-                // Should the write panic (a key's `Hash` as it evicts), the
-                // listener hears what it removed, as `write_heard` has it
-                // do, but only once the flight has ended (the leader, moved
-                // in after the guard, is dropped before it): the listener
-                // may load this key too, and would wait for itself.
-                let heard = HeardIfUnwinding {
-                    cache: self,
-                    list: &mut removed,
-                };
-                let leader = leader;
                 let written = self.write_deferred(
                     key,
                     v.clone(),
@@ -926,18 +945,14 @@ where
                         epoch,
                         refreshed,
                     }),
-                    heard.list,
+                    removed,
                 );
-                std::mem::forget(heard);
                 unstamp.0 = None;
                 drop(unstamp);
                 if let Err(rejected) = written {
                     removed.push((rejected.key, rejected.value, RemovalCause::Size));
                 }
-                // The flight ends before the listener runs: it may call back
-                // into the cache, for this key too.
                 leader.finish(outcome);
-                self.notify(removed);
                 Ok(Some(v))
             }
             Ok(None) => {
@@ -950,7 +965,7 @@ where
                     self.take_landing(&key, landing)
                 });
                 leader.finish(Outcome::Absent);
-                self.notify(gone);
+                removed.extend(gone);
                 Ok(None)
             }
             Err(e) => {

@@ -17,9 +17,10 @@ use std::sync::Arc;
 use hashbrown::HashTable;
 
 use super::{accept, Found, LoadTimer, Mode, Refresh};
-use crate::cache::Cache;
+use crate::cache::{Cache, HeardIfUnwinding};
 use crate::expiry::EntryOptions;
 use crate::loader::{Flight, Leader, Outcome, Role};
+use crate::store::Removed;
 use crate::sync::Ordering;
 use crate::write::CacheAside;
 
@@ -543,14 +544,25 @@ where
                 answers[j].get_or_insert((value, options));
             }
         }
-        // Should a write panic, the `Led`s not yet landed are dropped with
-        // the drain: abandoned, their entries due again.
+        // The listener hears what the landings removed once every flight of
+        // the batch has ended: it may call back into the cache, for a key
+        // landed later too. Should a write panic, the `Led`s not yet landed
+        // are dropped with the drain (abandoned, their entries due again)
+        // before this guard tells the listener.
+        let mut removed = Removed::new();
+        let heard = HeardIfUnwinding {
+            cache: self,
+            list: &mut removed,
+        };
         for (mut led, (key, answer)) in batch.drain(..).zip(asked.into_iter().zip(answers)) {
             let leader = led.leader.take().expect("led");
             let refresh = led.refresh.take();
-            let landed = self.land::<E>(key, leader, led.epoch, Ok(answer), refresh);
+            let landed =
+                self.land_into::<E>(key, leader, led.epoch, Ok(answer), refresh, heard.list);
             call.values[led.i] = landed.unwrap_or_else(|_| unreachable!("landed a value"));
         }
+        std::mem::forget(heard);
+        self.notify(removed);
         Ok(())
     }
 }
