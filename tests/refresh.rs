@@ -285,6 +285,80 @@ fn a_tag_invalidated_during_a_refresh_keeps_it_from_landing() {
     assert_eq!(cache.get(&2), Some(21));
 }
 
+/// A write made during a refresh that then fails is not reloaded at once,
+/// even in the tick the refresh began (the clock here does not move): the
+/// refresh gives back the entry's old write time only if nothing wrote it
+/// since. Nor is another key's, written into the refreshed entry's slot.
+#[test]
+fn a_failed_refresh_never_sets_back_a_write_made_during_it() {
+    let (cache, time, _) = refreshing();
+    let loads = AtomicU64::new(0);
+    let loads = &loads;
+    let counted = |v| {
+        move |_: &u32| {
+            loads.fetch_add(1, Ordering::SeqCst);
+            v
+        }
+    };
+    cache.insert(1, 10);
+    time.advance(AFTER);
+    let refreshed = cache.try_get_or_load(1, |_| {
+        cache.insert(1, 20);
+        Err::<u64, _>("down")
+    });
+    assert_eq!(refreshed, Ok(10), "the caller gets the value it hit");
+    assert_eq!(cache.get_or_load(1, counted(30)), 20);
+    assert_eq!(loads.load(Ordering::SeqCst), 0, "written 0 s ago: not due");
+    // The refreshed entry removed, and another key written into its slot
+    // (one shard's slab reuses the slot freed last).
+    let (clock, time) = Clock::mock();
+    let cache: Cache<u32, u64> = Cache::builder()
+        .max_capacity(100)
+        .shards(1)
+        .refresh_after(AFTER)
+        .clock(clock)
+        .build()
+        .unwrap();
+    cache.insert(1, 10);
+    time.advance(AFTER);
+    let refreshed = cache.try_get_or_load(1, |_| {
+        cache.remove(&1);
+        cache.insert(2, 20);
+        Err::<u64, _>("down")
+    });
+    assert_eq!(refreshed, Ok(10));
+    assert_eq!(cache.get_or_load(2, counted(30)), 20);
+    assert_eq!(loads.load(Ordering::SeqCst), 0, "key 2 written 0 s ago");
+}
+
+/// A refresh whose value does not land (a tag of its own invalidated
+/// while it loaded) leaves the entry it would have replaced due, as a
+/// failed one does: it is no fresher for the attempt.
+#[test]
+fn a_refresh_that_does_not_land_leaves_the_entry_due() {
+    let (cache, time, _) = refreshing();
+    cache.insert(1, 10);
+    time.advance(AFTER);
+    let loaded = cache.get_or_load_with(1, |_| {
+        cache.invalidate_tag("new");
+        (11, EntryOptions::new().tags(["new"]))
+    });
+    assert_eq!(loaded, 11, "the caller gets what it loaded");
+    assert_eq!(cache.get(&1), Some(10), "not cached");
+    assert_eq!(cache.get_or_load(1, |_| 12), 12, "still due");
+    assert_eq!(cache.get(&1), Some(12));
+    // Likewise a refresh finding nothing, whose removal an invalidation
+    // that spared the entry kept from landing.
+    time.advance(AFTER);
+    let found = cache.optionally_get_or_load(1, |_| {
+        cache.invalidate_entries_if(|_, _| false);
+        None
+    });
+    assert_eq!(found, None);
+    assert_eq!(cache.get(&1), Some(12), "not removed");
+    assert_eq!(cache.get_or_load(1, |_| 13), 13, "still due");
+}
+
 #[test]
 fn a_refresh_takes_the_loaders_options() {
     let (clock, time) = Clock::mock();

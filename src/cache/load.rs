@@ -932,9 +932,11 @@ where
                 // Cloned before the write: a `Clone` that panics after it
                 // would drop what it removed without calling the listener.
                 let outcome = Outcome::Loaded(v.clone());
-                // Should the write panic, it changed nothing: a refreshed
-                // entry is due again.
-                let mut unstamp = OnDrop(refresh.as_ref().map(|r| || self.unstamp(r)));
+                // A refreshed entry the landing did not replace (the write
+                // panicked, or was refused: the flight went stale, a tag was
+                // invalidated, the value too heavy) is due again; one it
+                // replaced has a time of its own, which this leaves.
+                let unstamp = OnDrop(refresh.as_ref().map(|r| || self.unstamp(r)));
                 let written = self.write_deferred(
                     key,
                     v.clone(),
@@ -947,7 +949,6 @@ where
                     }),
                     removed,
                 );
-                unstamp.0 = None;
                 drop(unstamp);
                 if let Err(rejected) = written {
                     removed.push((rejected.key, rejected.value, RemovalCause::Size));
@@ -964,6 +965,11 @@ where
                     };
                     self.take_landing(&key, landing)
                 });
+                // An entry the landing did not take out (the flight went
+                // stale) is due again.
+                if let Some(refresh) = &refresh {
+                    self.unstamp(refresh);
+                }
                 leader.finish(Outcome::Absent);
                 removed.extend(gone);
                 Ok(None)
@@ -1015,11 +1021,10 @@ where
                     hash,
                     token,
                     was,
-                    started: now,
+                    // From now on hits find the entry fresh, and take it
+                    // without asking the flights.
+                    started: map.start_refresh(token, was, now),
                 };
-                // From now on hits find the entry fresh, and take it without
-                // asking the flights.
-                map.restamp(token, was, now);
                 self.inner.loads.refreshes.fetch_add(1, Ordering::Relaxed);
                 return Found::Due(refresh);
             }
@@ -1035,11 +1040,12 @@ where
         Found::Fresh(v)
     }
 
-    /// Gives an entry whose refresh failed, panicked or was cancelled its
-    /// write time back, so that the next hit finds it due and tries again
-    /// (unless a write since gave it a time of its own). By its token, not
-    /// its key: no user code (a key's `Hash` or `Eq`) runs here, which may
-    /// be while a panic unwinds.
+    /// Gives an entry whose refresh failed, panicked, was cancelled or did
+    /// not land its write time back, so that the next hit finds it due and
+    /// tries again (unless a write since gave it a time of its own: see
+    /// [`Map::start_refresh`](crate::store::Map::start_refresh)). By its
+    /// token, not its key: no user code (a key's `Hash` or `Eq`) runs here,
+    /// which may be while a panic unwinds.
     fn unstamp(&self, refresh: &Refresh<V>) {
         let map = self.shard(refresh.hash).read();
         map.restamp(refresh.token, refresh.started, refresh.was);
@@ -1064,8 +1070,8 @@ struct Refresh<V> {
     fallback: V,
     tags: Vec<crate::tags::Tag>,
     /// Where the entry is (its key's hash and its token), its write time,
-    /// and the refresh's start, its write time while the refresh runs (see
-    /// [`Map::restamp`](crate::store::Map::restamp)).
+    /// and the refresh's start, marked, its write time while the refresh
+    /// runs (see [`Map::start_refresh`](crate::store::Map::start_refresh)).
     hash: u64,
     token: Token,
     was: u64,

@@ -48,6 +48,11 @@ pub(crate) use writer::ShardWriter;
 /// dropped) after the lock is released.
 pub(crate) type Removed<K, V> = SmallVec<[(K, V, RemovalCause); 2]>;
 
+/// The bit of a write time that marks a refresh under way (see
+/// [`Map::start_refresh`]): clear in every time the clock gives (a mock
+/// clock stops at 2^63 − 1 nanoseconds, a real one would take 292 years).
+pub(crate) const REFRESHING: u64 = 1 << 63;
+
 /// Write-side counters, kept under the map's write lock (so plain integers).
 #[derive(Debug, Default, Clone, Copy)]
 pub(crate) struct Counters {
@@ -794,6 +799,19 @@ impl<K: Eq, V> Map<K, V> {
     pub(crate) fn written(&self, token: Token) -> Option<u64> {
         let written = self.timers.as_ref()?.written(token)?;
         Some(written.load(Ordering::Relaxed))
+    }
+
+    /// Marks the entry at `token`, written at `was`, as refreshed from `now`
+    /// on: its write time becomes `now` with [`REFRESHING`] set, which no
+    /// write's time has, so that hits meanwhile find it not due (its time
+    /// is in the future) and [`restamp`](Self::restamp) can give `was`
+    /// back should the refresh not land, unless a write since, even in the
+    /// same tick or of another key in the slot, gave it a time of its own.
+    /// Returns the marked time.
+    pub(crate) fn start_refresh(&self, token: Token, was: u64, now: u64) -> u64 {
+        let started = now | REFRESHING;
+        self.restamp(token, was, started);
+        started
     }
 
     /// Moves the write time of the entry at `token` from `from` to `to` (a

@@ -274,9 +274,14 @@ where
         let map = self.shard(hash).read();
         let now = self.now_for(&map);
         let (token, entry) = map.find(hash, key).filter(|&(t, _)| map.is_live(t, now))?;
-        let was = map.written(token);
-        if let (Some(was), Some(now)) = (was, now) {
-            map.restamp(token, was, now);
+        // Without write times (no `refresh_after`), restamping does
+        // nothing: these are never read.
+        let (mut was, mut started) = (0, 0);
+        if let (Some(written), Some(now)) = (map.written(token), now) {
+            // An entry another refresh has marked goes back to that
+            // refresh's start, should neither land.
+            was = written & !crate::store::REFRESHING;
+            started = map.start_refresh(token, written, now);
         }
         self.inner.loads.refreshes.fetch_add(1, Ordering::Relaxed);
         Some(Refresh {
@@ -284,10 +289,8 @@ where
             tags: map.tags_of(token),
             hash,
             token,
-            // Without write times (no `refresh_after`), restamping does
-            // nothing: these are never read.
-            was: was.unwrap_or(0),
-            started: now.unwrap_or(0),
+            was,
+            started,
         })
     }
 
