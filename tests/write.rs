@@ -3247,6 +3247,183 @@ fn queued_counts_a_keys_older_failure_after_the_flusher_died() {
     assert_eq!(stats.queued as usize, report.failed.len());
 }
 
+/// Refuses every write.
+struct Down;
+impl Store<u64, u64> for Down {
+    type Error = &'static str;
+    fn load(&self, _: &u64) -> Result<Option<u64>, Self::Error> {
+        Ok(None)
+    }
+    fn write(&self, _: &Op<u64, u64>) -> Result<(), Self::Error> {
+        Err("down")
+    }
+}
+
+type DownCache = Cache<u64, u64, larder::DefaultHashBuilder, larder::WriteBehind<u64, u64, Down>>;
+
+/// A write-back cache over [`Down`] of room for four keys, whose listener
+/// runs `listener` on each failed write's cached copy a report drops.
+fn down_cache(
+    backpressure: Backpressure,
+    listener: impl Fn(u64) + Send + Sync + 'static,
+) -> DownCache {
+    let settings = WriteBack::default()
+        .retries(0, Duration::ZERO)
+        .queue_capacity(4)
+        .backpressure(backpressure)
+        .max_delay(Duration::MAX);
+    Cache::builder()
+        .max_capacity(1_000)
+        .eviction_listener(move |k, _, cause| {
+            if cause == larder::RemovalCause::Explicit {
+                listener(k)
+            }
+        })
+        .write_back(Down, settings)
+        .build()
+        .unwrap()
+}
+
+/// A listener that panics in every `flush` makes each report go back for
+/// the next one; the room a report frees as it is taken is refilled by
+/// other writers while the listener runs. Before, each put-back then added
+/// a capacity's worth of failures, without bound; the failures a report
+/// put back now keep their room while it is out, and the queue holds at
+/// most twice its capacity. Nothing acknowledged is lost.
+#[test]
+fn reports_put_back_again_and_again_hold_the_queue_within_twice_its_capacity() {
+    let panicking = Arc::new(AtomicBool::new(true));
+    // `true`: fill the queue; `false`: stop.
+    let (fill, fills) = std::sync::mpsc::channel::<bool>();
+    let (filled, fill_done) = std::sync::mpsc::channel::<()>();
+    let stop = fill.clone();
+    let (fill, fill_done) = (Mutex::new(fill), Mutex::new(fill_done));
+    let first_in_round = Arc::new(AtomicBool::new(true));
+    let cache = {
+        let (panicking, first_in_round) = (panicking.clone(), first_in_round.clone());
+        down_cache(Backpressure::Fail, move |_| {
+            if panicking.load(Ordering::SeqCst) {
+                // The writer fills the room the report freed, then the
+                // listener panics.
+                if first_in_round.swap(false, Ordering::SeqCst) {
+                    fill.lock().unwrap().send(true).unwrap();
+                    recv_within("the writer", &fill_done.lock().unwrap());
+                }
+                panic!("the listener fails");
+            }
+        })
+    };
+    let next = AtomicU64::new(1);
+    let acknowledged = Mutex::new(Vec::new());
+    // Puts new keys until the queue is full.
+    let fill_up = |cache: &DownCache| loop {
+        let k = next.fetch_add(1, Ordering::SeqCst);
+        match cache.put(k, k) {
+            Ok(()) => acknowledged.lock().unwrap().push(k),
+            Err(WriteError::QueueFull) => break,
+            Err(e) => panic!("{e:?}"),
+        }
+    };
+    let mut reported = Vec::new();
+    std::thread::scope(|scope| {
+        let writer = cache.clone();
+        let fill_up = &fill_up;
+        scope.spawn(move || {
+            while fills.recv() == Ok(true) {
+                fill_up(&writer);
+                filled.send(()).unwrap();
+            }
+        });
+        // However the test ends, the writer stops.
+        struct Stop(std::sync::mpsc::Sender<bool>);
+        impl Drop for Stop {
+            fn drop(&mut self) {
+                let _ = self.0.send(false);
+            }
+        }
+        let _stop = Stop(stop);
+        fill_up(&cache);
+        // A round's listener runs (and panics) only if the report has
+        // cached copies to drop: of writes the writer got in meanwhile.
+        let mut panicked = 0;
+        for round in 0..8 {
+            first_in_round.store(true, Ordering::SeqCst);
+            match catch_unwind(AssertUnwindSafe(|| cache.flush())) {
+                Err(_) => panicked += 1,
+                Ok(Err(report)) => reported.extend(report.failed.into_iter().map(|f| *f.op.key())),
+                Ok(Ok(())) => {}
+            }
+            let queued = cache.write_stats().queued;
+            assert!(queued <= 8, "round {round}: {queued} queued, room for 4");
+        }
+        assert!(panicked >= 2, "a report went back at least twice");
+        panicking.store(false, Ordering::SeqCst);
+        while let Err(report) = cache.flush() {
+            reported.extend(report.failed.into_iter().map(|f| *f.op.key()));
+        }
+        assert_eq!(cache.write_stats().queued, 0);
+    });
+    reported.sort_unstable();
+    let mut acknowledged = acknowledged.into_inner().unwrap();
+    acknowledged.sort_unstable();
+    assert_eq!(
+        reported, acknowledged,
+        "each acknowledged write reported once"
+    );
+}
+
+/// The room a report put back holds while the next report is out is no
+/// room that report's own listener waits for: a listener writing to a
+/// `Block` queue as a report is delivered finds the room the report's
+/// fresh failures freed, whatever its put-backs hold.
+#[test]
+fn a_listener_writing_as_a_report_is_delivered_never_waits_for_its_room() {
+    let panicking = Arc::new(AtomicBool::new(true));
+    let hook: Arc<std::sync::OnceLock<DownCache>> = Arc::default();
+    let (wrote, writes) = std::sync::mpsc::channel();
+    let wrote = Mutex::new(Some(wrote));
+    let cache = {
+        let (panicking, hook) = (panicking.clone(), hook.clone());
+        down_cache(Backpressure::Block, move |_| {
+            if panicking.load(Ordering::SeqCst) {
+                panic!("the listener fails");
+            }
+            // Once: three new keys.
+            if let Some(wrote) = wrote.lock().unwrap().take() {
+                let cache = hook.get().expect("set after the build");
+                for k in 101..=103 {
+                    let _ = wrote.send(cache.put(k, k).is_ok());
+                }
+            }
+        })
+    };
+    assert!(hook.set(cache.clone()).is_ok());
+    // Keys 1 and 2 fail, and their report goes back: two units of room
+    // held by no slot.
+    cache.put(1, 1).unwrap();
+    cache.put(2, 2).unwrap();
+    assert!(catch_unwind(AssertUnwindSafe(|| cache.flush())).is_err());
+    assert_eq!(cache.write_stats().queued, 2);
+    panicking.store(false, Ordering::SeqCst);
+    cache.put(3, 3).unwrap();
+    cache.put(4, 4).unwrap();
+    // The next report holds the put-backs' two units while out, and frees
+    // keys 3 and 4's: the listener's three writes fit beside the two held
+    // only because they are the report's own.
+    let flusher = cache.clone();
+    let flushed = std::thread::spawn(move || flusher.flush().map_err(|r| r.failed.len()));
+    for _ in 101..=103 {
+        assert!(recv_within("the listener's put", &writes));
+    }
+    assert_eq!(flushed.join().unwrap(), Err(4));
+    let Err(report) = cache.close() else {
+        panic!("the listener's writes failed too")
+    };
+    let mut keys: Vec<u64> = report.failed.iter().map(|f| *f.op.key()).collect();
+    keys.sort_unstable();
+    assert_eq!(keys, [101, 102, 103]);
+}
+
 /// The last handle of a cache whose flusher died, dropped with nobody having
 /// called `flush`: the writes it left unsent must be mentioned on stderr.
 /// Runs itself again as a child process, whose stderr it reads.

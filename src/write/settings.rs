@@ -177,6 +177,15 @@ impl WriteBack {
     /// now and then: otherwise, with [`Backpressure::Block`], a full queue of
     /// unreported failures keeps writers waiting.
     ///
+    /// A report that goes back because an eviction listener panicked on it
+    /// (see the write-back `flush`'s panics) is reported again by
+    /// the next `flush` or `close`, its failures taking room meanwhile; the
+    /// room a report freed as it was taken may have been written into
+    /// before it came back, so the queue may then hold up to twice this
+    /// many, and no more however many times it goes back (the writes of
+    /// the listener that fails aside: they never wait for room the report
+    /// holds).
+    ///
     /// ```
     /// # use std::collections::HashMap;
     /// # use std::sync::{Arc, Mutex};
