@@ -177,14 +177,14 @@ impl WriteBack {
     /// now and then: otherwise, with [`Backpressure::Block`], a full queue of
     /// unreported failures keeps writers waiting.
     ///
-    /// A report that goes back because an eviction listener panicked on it
-    /// (see the write-back `flush`'s panics) is reported again by
-    /// the next `flush` or `close`, its failures taking room meanwhile; the
-    /// room a report freed as it was taken may have been written into
-    /// before it came back, so the queue may then hold up to twice this
-    /// many, and no more however many times it goes back (the writes of
-    /// the listener that fails aside: they never wait for room the report
-    /// holds).
+    /// One exception to the bound: a report goes back for the next `flush`
+    /// or `close` when an eviction listener panics on it (see the
+    /// write-back `flush`'s panics), its failures taking room again, while
+    /// the room it freed as it was taken may have been written into
+    /// meanwhile. A listener that panics in every `flush`, beside writers
+    /// that keep writing, so lets the failures held grow by up to this many
+    /// per `flush`. None is lost: each is reported by the first `flush`
+    /// whose listener does not panic.
     ///
     /// ```
     /// # use std::collections::HashMap;

@@ -48,7 +48,6 @@ where
                 handing_only: 0,
                 loose: 0,
                 reserved: 0,
-                out: 0,
                 reports_out: 0,
                 stored_while_out: HashMap::default(),
                 reported: HashMap::default(),
@@ -681,7 +680,6 @@ where
             }
         }
     }
-    q.out -= unreported.held;
     q.reports_out -= 1;
     if q.reports_out == 0 {
         let stored = q.stored_while_out.drain().map(|(key, _)| key);
@@ -689,8 +687,7 @@ where
         q.stored_while_out.shrink_to_fit();
         q.reported.clear();
     }
-    // Wakes the writers waiting for the room the report held.
-    drop(shared.wake_waiting(q));
+    drop(q);
     drop(bin);
     if let Err(panic) = checked {
         resume_unwind(panic);
@@ -754,7 +751,6 @@ where
 {
     let mut failed: Vec<_> = std::mem::take(&mut q.failed).into_iter().collect();
     let mut loose = std::mem::take(&mut q.loose);
-    let held = loose;
     if let Some((from, reason)) = q.dead {
         let mut dead: Vec<_> = q
             .slots
@@ -826,15 +822,10 @@ where
     }
     // Settled by the caller (`WriteBehind::settled`).
     q.reports_out += 1;
-    q.out += held;
     for &hash in &hashes {
         *q.reported.entry(hash).or_default() += 1;
     }
-    let report = Report {
-        failed,
-        hashes,
-        held,
-    };
+    let report = Report { failed, hashes };
     // A waker's panic, or a key's or value's `Drop` panicking on what the
     // slots let go of, must not take the report down with it: it goes back
     // for the next `flush` or `close` to report (as after a listener's panic

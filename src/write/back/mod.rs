@@ -158,33 +158,6 @@ pub(crate) struct Report<K, V, E> {
     /// The hashes the report counted in `Queue::reported`, for `settled`
     /// to take back.
     pub(crate) hashes: Vec<u64>,
-    /// Units of room the report holds until settled (see `Queue::out`).
-    pub(crate) held: usize,
-}
-
-thread_local! {
-    /// The reports this thread is delivering now (see [`Delivering`]).
-    static DELIVERING: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
-}
-
-/// Marks this thread as delivering a report (dropping the failed writes'
-/// cached copies, which calls the listener) until dropped: its writes
-/// meanwhile do not count the room the reports out hold (see
-/// `Queue::held_out`).
-pub(crate) struct Delivering(bool);
-
-impl Delivering {
-    pub(crate) fn start() -> Self {
-        Self(DELIVERING.try_with(|d| d.set(d.get() + 1)).is_ok())
-    }
-}
-
-impl Drop for Delivering {
-    fn drop(&mut self) {
-        if self.0 {
-            let _ = DELIVERING.try_with(|d| d.set(d.get() - 1));
-        }
-    }
 }
 
 /// A queued write, without its key (the slot's key).
@@ -311,14 +284,6 @@ struct Queue<K, V, E> {
     /// `Fail`, a compute of a dirty key holds none: see
     /// `WriteBehind::try_reserve`.)
     reserved: usize,
-    /// Room held by the reports out (taken, not yet settled): each holds
-    /// that of the failures no slot held when it was taken (among them
-    /// those put back), so that a report put back again and again (a
-    /// listener panicking in every `flush`) cannot let writers refill the
-    /// room it comes back to, one capacity more each time: the failures
-    /// held stay within twice the capacity. Fresh failures free theirs as
-    /// the report is taken.
-    out: usize,
     /// Reports taken and not yet settled by their caller (see
     /// `WriteBehind::settled`), and the keys stored meanwhile, each with the
     /// sequence number of its latest stored write: a report put back must
@@ -385,24 +350,8 @@ impl<K: Hash + Eq, V: Clone, E> Queue<K, V, E> {
     fn has_room_for_all(&self, keys: &[&K], capacity: usize) -> bool {
         let (new, behind) = self.needs(keys);
         let dirty = self.slots.len() - self.handing_only;
-        let out = self.held_out();
-        (new == 0 || dirty + self.loose + out + self.reserved + new <= capacity)
-            && (!behind || self.loose + out < capacity)
-    }
-
-    /// The room the reports out hold (see `out`), as a write on this
-    /// thread sees it: none while this thread delivers a report (see
-    /// [`Delivering`]), whose listener writing to the cache would otherwise
-    /// wait for room held by the very report it is part of. Counted under
-    /// loom, whose threads share one of the OS's.
-    fn held_out(&self) -> usize {
-        let delivering =
-            !cfg!(larder_loom) && DELIVERING.try_with(|d| d.get() > 0).unwrap_or(false);
-        if delivering {
-            0
-        } else {
-            self.out
-        }
+        (new == 0 || dirty + self.loose + self.reserved + new <= capacity)
+            && (!behind || self.loose < capacity)
     }
 
     /// The units of room writes of `keys` need (the keys not dirty), and
@@ -426,7 +375,7 @@ impl<K: Hash + Eq, V: Clone, E> Queue<K, V, E> {
     /// flight by the time it is queued.
     fn has_room_to_reserve(&self, capacity: usize) -> bool {
         let dirty = self.slots.len() - self.handing_only;
-        dirty + self.loose + self.held_out() + self.reserved < capacity
+        dirty + self.loose + self.reserved < capacity
     }
 
     /// The copies of `key` a write of it needs filed: one for a new slot,

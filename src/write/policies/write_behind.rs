@@ -1063,9 +1063,6 @@ where
         };
         let policy = self.policy();
         let mut first_panic = None;
-        // The listener may write to the cache: not waiting for room the
-        // report holds.
-        let delivering = crate::write::back::Delivering::start();
         for (_, failed) in &report.failed {
             let key = failed.op.key();
             // A panicking listener must not cost the other keys their
@@ -1080,7 +1077,6 @@ where
                 first_panic.get_or_insert(panic);
             }
         }
-        drop(delivering);
         if let Some(panic) = first_panic {
             // The listener's panic goes on to the caller, as after any
             // removal; the report waits for the next `flush` or `close`.
@@ -1095,7 +1091,6 @@ where
             policy.settled(Report {
                 failed: Vec::new(),
                 hashes: std::mem::take(&mut report.hashes),
-                held: report.held,
             });
         }));
         Err(FlushError {
