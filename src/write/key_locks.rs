@@ -53,26 +53,22 @@ const WAITS_FOR_ITSELF: &str = "larder: a write to the cache from within a write
 /// False once the thread's locals are gone, and under loom, which runs its
 /// threads on one thread of the OS, so that thread-locals do not tell them
 /// apart.
-/// A compute's closure marks its stripe for every waker (see
-/// [`KeyGuard::computing`]).
 fn serving(stripe: &Stripe, waker: &std::task::Waker) -> bool {
-    let stripe = std::ptr::from_ref(stripe).addr();
-    let polled = (stripe, std::ptr::from_ref(waker).addr());
+    let polled = (
+        std::ptr::from_ref(stripe).addr(),
+        std::ptr::from_ref(waker).addr(),
+    );
     !cfg!(larder_loom)
         && SERVING
-            .try_with(|s| {
-                s.borrow()
-                    .iter()
-                    .any(|&mark| mark == polled || mark == (stripe, ANY_WAKER))
-            })
+            .try_with(|s| s.borrow().contains(&polled))
             .unwrap_or(false)
 }
 
 /// Whether this thread runs a compute's closure holding `stripe` (see
-/// [`KeyGuard::computing`]): a write of a key of the stripe, by blocking or
-/// by awaiting, would wait for itself. False as for [`serving`].
+/// [`KeyGuard::computing`]): a blocking write of a key of the stripe would
+/// wait for itself. False as for [`serving`].
 fn computing(stripe: &Stripe) -> bool {
-    let mark = (std::ptr::from_ref(stripe).addr(), ANY_WAKER);
+    let mark = (std::ptr::from_ref(stripe).addr(), NO_WAKER);
     !cfg!(larder_loom)
         && SERVING
             .try_with(|s| s.borrow().contains(&mark))
@@ -80,8 +76,9 @@ fn computing(stripe: &Stripe) -> bool {
 }
 
 /// The waker address of a [`KeyGuard::computing`] mark: no waker's (a
-/// waker is a pointer and a vtable, aligned), so it stands for them all.
-const ANY_WAKER: usize = usize::MAX;
+/// waker is a pointer and a vtable, aligned), so [`serving`] never
+/// matches it.
+const NO_WAKER: usize = usize::MAX;
 
 /// An id of the calling thread, never 0: the address of its
 /// [`THREAD_MARK`]. Cheaper than `std::thread::current().id()`, which
@@ -131,13 +128,16 @@ impl KeyGuard<'_> {
     }
 
     /// Runs `f`, a compute's closure, with this thread marked as holding
-    /// the stripes of `marks`: a write of a key of one of them from `f`
-    /// panics instead of waiting for itself, whether it blocks (a `put`) or
-    /// awaits on this thread (a `put_async` under `block_on`), and whether
-    /// the compute took the stripe by blocking or by awaiting (an async
-    /// holder is no thread's, so [`KeyLocks::lock`] alone cannot tell).
+    /// the stripes of `marks`: a blocking write of a key of one of them
+    /// from `f` (a `put`, a batch) panics instead of waiting for itself,
+    /// whether the compute took the stripe by blocking or by awaiting (an
+    /// async holder is no thread's, so [`KeyLocks::lock`] alone cannot
+    /// tell). An async write polled meanwhile waits its turn: it may be
+    /// another task's, polled by an executor `f` runs, which the stripe's
+    /// release wakes; only `f`'s own future (a `put_async` under
+    /// `block_on`) would wait for itself, and the two look the same here.
     pub(crate) fn computing<R>(marks: &[StripeMark], f: impl FnOnce() -> R) -> R {
-        Self::serving(marks, ANY_WAKER, f)
+        Self::serving(marks, NO_WAKER, f)
     }
 }
 
@@ -349,8 +349,7 @@ impl KeyLocks {
     /// # Panics
     ///
     /// When polled, for a task, inside that task's async store call holding
-    /// the stripe (see [`lock`](Self::lock)), or on a thread running a
-    /// compute's closure that holds it (see [`KeyGuard::computing`]).
+    /// the stripe (see [`lock`](Self::lock)).
     pub(crate) async fn lock_async(&self, hash: u64) -> KeyGuard<'_> {
         Self::lock_stripe_async(self.stripe(hash)).await
     }

@@ -528,8 +528,10 @@ where
     /// was never cached.
     ///
     /// `f` runs holding the stripe and (but as above) a unit of queue room:
-    /// it must not write to this cache. A write of a key of the same stripe panics
-    /// instead of waiting for itself; one of another key may wait for room
+    /// it must not write to this cache. A blocking write of a key of the same
+    /// stripe panics instead of waiting for itself (an async one that `f`
+    /// drives, as with `block_on`, waits for good: the stripe cannot tell
+    /// it from another task's write, which waits its turn); one of another key may wait for room
     /// this call holds (with `Block`; with `Fail` it may find the queue
     /// full), or deadlock with another thread's. Nor may it wait for
     /// another thread that writes to this cache: keys share a fixed set of
@@ -644,8 +646,8 @@ where
         reservation: Reservation<'_, K, V, St>,
         guard: KeyGuard<'_>,
     ) -> Result<Computed<V>, WriteError<St::Error>> {
-        // A write of a key of the stripe from `f` panics instead of waiting
-        // for itself, however this call took the stripe.
+        // A blocking write of a key of the stripe from `f` panics instead of
+        // waiting for itself, however this call took the stripe.
         match KeyGuard::computing(&[guard.mark()], || f(current.as_ref())) {
             Compute::Keep => Ok(current.map_or(Computed::Absent, Computed::Unchanged)),
             Compute::Remove => {

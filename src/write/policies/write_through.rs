@@ -605,9 +605,12 @@ where
     /// that was never cached, and the listener hears only of cached copies
     /// replaced or removed.
     ///
-    /// `f` runs holding the stripe: it must not write to this cache (a write
-    /// of a key of the same stripe panics instead of waiting for itself; one
-    /// of another stripe may deadlock with another thread's). Nor may it
+    /// `f` runs holding the stripe: it must not write to this cache (a
+    /// blocking write of a key of the same stripe panics instead of waiting
+    /// for itself, while an async one that `f` drives, as with `block_on`,
+    /// waits for good: the stripe cannot tell it from another task's write,
+    /// which waits its turn; one of another stripe may deadlock with
+    /// another thread's). Nor may it
     /// wait for another thread that writes to this cache: keys share a
     /// fixed set of stripes by hash, so that thread's write, of whatever
     /// key, may need this stripe, and wait for `f`.
@@ -666,8 +669,8 @@ where
             Some(v) => Some(v),
             None => policy.store.load(&key).map_err(WriteError::Store)?,
         };
-        // A write of a key of the stripe from `f` panics instead of waiting
-        // for itself, however this call took the stripe.
+        // A blocking write of a key of the stripe from `f` panics instead of
+        // waiting for itself, however this call took the stripe.
         let (value, options) = match KeyGuard::computing(&[guard[0].mark()], || f(current.as_ref()))
         {
             Compute::Keep => {
@@ -1382,8 +1385,8 @@ where
                 (loaded.map_err(WriteError::Store)?, guard)
             }
         };
-        // A write of a key of the stripe from `f` panics instead of waiting
-        // for itself, however this call took the stripe.
+        // A blocking write of a key of the stripe from `f` panics instead of
+        // waiting for itself, however this call took the stripe.
         let (value, options) = match KeyGuard::computing(&[guard[0].mark()], || f(current.as_ref()))
         {
             Compute::Keep => {
