@@ -977,12 +977,15 @@ where
             Err(e) => {
                 self.inner.loads.failures.fetch_add(1, Ordering::Relaxed);
                 let e = Arc::new(e);
+                // The entry's time back before the flight ends: a refresh
+                // that waited for it would otherwise take the time this one
+                // marked for its own entry's.
+                if let Some(refresh) = &refresh {
+                    self.unstamp(refresh);
+                }
                 leader.finish(Outcome::Failed(e.clone()));
                 match refresh {
-                    Some(refresh) => {
-                        self.unstamp(&refresh);
-                        Ok(Some(refresh.fallback))
-                    }
+                    Some(refresh) => Ok(Some(refresh.fallback)),
                     None => Err(e),
                 }
             }

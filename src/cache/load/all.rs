@@ -518,12 +518,15 @@ where
                 let mut refreshes_only = true;
                 for mut led in batch.drain(..) {
                     let leader = led.leader.take().expect("led");
+                    // The entry's time back before the flight ends (see
+                    // `land`).
+                    let refresh = led.refresh.take();
+                    if let Some(refresh) = &refresh {
+                        self.unstamp(refresh);
+                    }
                     leader.finish(Outcome::Failed(e.clone()));
-                    match led.refresh.take() {
-                        Some(refresh) => {
-                            self.unstamp(&refresh);
-                            call.values[led.i] = Some(refresh.fallback);
-                        }
+                    match refresh {
+                        Some(refresh) => call.values[led.i] = Some(refresh.fallback),
                         None => refreshes_only = false,
                     }
                 }

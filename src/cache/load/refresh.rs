@@ -310,10 +310,11 @@ where
             Err(e) => {
                 self.inner.loads.failures.fetch_add(1, Ordering::Relaxed);
                 let e = Arc::new(e);
-                leader.finish(Outcome::Failed(e.clone()));
+                // The entry's time back before the flight ends (see `land`).
                 if let Some(refresh) = refresh {
                     self.unstamp(&refresh);
                 }
+                leader.finish(Outcome::Failed(e.clone()));
                 Err(e)
             }
         }
